@@ -1,0 +1,566 @@
+//! The alerting stage's settings: a serde struct read from TOML, overlaid with env and flags by
+//! the binary, and validated before anything connects. The rules live in their own file
+//! ([`crate::rules`]), named by `rules_file`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use dlog_core::names;
+use dlog_storage::StoreConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Severity;
+use crate::rules::{RulesConfig, RulesError};
+
+/// Default `kafka_brokers`.
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+/// Default `group_id`.
+pub const DEFAULT_GROUP_ID: &str = "dlog-alerter";
+/// Default `state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "dlog-alerter-state";
+
+/// librdkafka properties the stage sets itself, with why a user may not override them.
+const RESERVED_CONSUMER_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set `kafka_brokers` instead"),
+    ("group.id", "set `group_id` instead"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after the alerts were emitted",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only after the alerts were emitted",
+    ),
+];
+
+/// Everything the alerting stage needs to run. Every field has a default, so a TOML file
+/// names only what it changes; unknown keys are an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlerterConfig {
+    /// Kafka bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
+    pub kafka_brokers: String,
+    /// Consumer group: the alerter's own, so it reads every record the indexer reads.
+    pub group_id: String,
+    /// Topic of spans.
+    pub trace_logs_topic: String,
+    /// Topic of log records.
+    pub service_logs_topic: String,
+    /// Topic of registration and heartbeat events.
+    pub heartbeat_logs_topic: String,
+    /// Create missing topics (the three inputs and the alerts topic) at start.
+    pub create_topics: bool,
+    /// Partitions of topics created with `create_topics`.
+    pub topic_partitions: i32,
+    /// Consumer-group session timeout, ms.
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka consumer properties, passed through (e.g. `security.protocol`).
+    pub consumer: BTreeMap<String, String>,
+    /// Admin listen address serving `/metrics` (Prometheus) and `/healthz`. Port 0 picks one.
+    pub admin: SocketAddr,
+    /// The rules file (TOML). Unset: every rule with its defaults.
+    pub rules_file: Option<PathBuf>,
+    /// Directory of the state file (alerts, trackers, windows, undelivered alerts).
+    pub state_dir: PathBuf,
+    /// Most records taken from the input per batch.
+    pub batch_max_records: usize,
+    /// How long a batch waits to fill up, ms.
+    pub batch_linger_ms: u64,
+    /// How often the time-driven rules are evaluated, ms of the stage's clock.
+    pub tick_interval_ms: u64,
+    /// Longest time evaluated records wait for their state to be saved and their offsets
+    /// acknowledged when they raised no alert, ms. Records that raised one are saved and
+    /// acknowledged as soon as the alert was delivered.
+    pub checkpoint_interval_ms: u64,
+    /// Skip records below the offsets recorded in the state file (a replay after a crash),
+    /// so they are not evaluated twice. Turn off for in-process sources whose offsets
+    /// restart at 0 with the process.
+    pub skip_replayed_offsets: bool,
+    /// First wait before retrying a failed delivery to a required output, ms; doubles.
+    pub retry_initial_ms: u64,
+    /// Longest wait between delivery retries, ms.
+    pub retry_max_ms: u64,
+    /// How long a graceful shutdown waits for best-effort outputs to drain, ms.
+    pub shutdown_timeout_ms: u64,
+    /// Where alerts go (`[outputs.terminal]`, `[outputs.kafka]`, `[outputs.webhook]`,
+    /// `[outputs.store]`).
+    pub outputs: OutputsConfig,
+}
+
+impl Default for AlerterConfig {
+    fn default() -> Self {
+        AlerterConfig {
+            kafka_brokers: DEFAULT_KAFKA_BROKERS.to_string(),
+            group_id: DEFAULT_GROUP_ID.to_string(),
+            trace_logs_topic: names::TRACE_LOGS_TOPIC.to_string(),
+            service_logs_topic: names::SERVICE_LOGS_TOPIC.to_string(),
+            heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
+            create_topics: false,
+            topic_partitions: 3,
+            session_timeout_ms: 10_000,
+            consumer: BTreeMap::new(),
+            admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), names::ALERTER_ADMIN_PORT),
+            rules_file: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            batch_max_records: 500,
+            batch_linger_ms: 100,
+            tick_interval_ms: 1_000,
+            checkpoint_interval_ms: 1_000,
+            skip_replayed_offsets: true,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+            outputs: OutputsConfig::default(),
+        }
+    }
+}
+
+/// Every output.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    /// Readable, coloured lines on stdout.
+    pub terminal: TerminalConfig,
+    /// `AlertEvent` protobuf records on the alerts topic.
+    pub kafka: KafkaOutputConfig,
+    /// HTTP POST of JSON.
+    pub webhook: WebhookConfig,
+    /// Alert documents in the store, for the viewer.
+    pub store: StoreOutputConfig,
+}
+
+/// When an output gets an alert.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Filter {
+    /// Alerts below this severity are not sent to this output.
+    pub min_severity: Severity,
+    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
+    /// only when they fire and resolve.
+    pub updates: bool,
+}
+
+/// Whether to colour terminal output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    /// When stdout is a terminal.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `[outputs.terminal]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// Print alerts. Default true.
+    pub enabled: bool,
+    /// `auto`, `always` or `never`. Default auto.
+    pub color: ColorMode,
+    /// Alerts below this severity are not sent here. Default info.
+    pub min_severity: Severity,
+    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
+    /// only when they fire and resolve. Default false.
+    pub updates: bool,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        TerminalConfig {
+            enabled: true,
+            color: ColorMode::Auto,
+            min_severity: Severity::Info,
+            updates: false,
+        }
+    }
+}
+
+/// `[outputs.kafka]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaOutputConfig {
+    /// Write alerts to Kafka. Default true.
+    pub enabled: bool,
+    /// The topic. Default `alerts`.
+    pub topic: String,
+    /// Brokers; unset: `kafka_brokers`.
+    pub brokers: Option<String>,
+    /// Offsets are acknowledged only after Kafka acknowledged the alerts (acks=all). Default
+    /// true.
+    pub required: bool,
+    /// How long one delivery may take before it is retried, ms. Default 30000.
+    pub timeout_ms: u64,
+    /// Extra librdkafka producer properties, passed through.
+    pub producer: BTreeMap<String, String>,
+    /// Alerts below this severity are not sent here. Default info.
+    pub min_severity: Severity,
+    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
+    /// only when they fire and resolve. Default false.
+    pub updates: bool,
+}
+
+impl Default for KafkaOutputConfig {
+    fn default() -> Self {
+        KafkaOutputConfig {
+            enabled: true,
+            topic: names::ALERTS_TOPIC.to_string(),
+            brokers: None,
+            required: true,
+            timeout_ms: 30_000,
+            producer: BTreeMap::new(),
+            min_severity: Severity::Info,
+            updates: false,
+        }
+    }
+}
+
+/// `[outputs.webhook]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// POST alerts to `url`. Default false.
+    pub enabled: bool,
+    /// The endpoint, `http://HOST:PORT/PATH` (this build has no TLS client; put a relay in
+    /// front of an https endpoint).
+    pub url: String,
+    /// Extra request headers (e.g. `Authorization`).
+    pub headers: BTreeMap<String, String>,
+    /// Timeout of one request, ms. Default 5000.
+    pub timeout_ms: u64,
+    /// Attempts per alert (connection errors, 408, 429 and 5xx are retried). Default 5.
+    pub max_attempts: u32,
+    /// Wait before the first retry, ms; doubles per attempt (a `Retry-After` header wins).
+    /// Default 200.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between attempts, ms. Default 5000.
+    pub backoff_max_ms: u64,
+    /// When true, offsets wait until the webhook accepted the alert (and the stage retries
+    /// without end); when false, an alert the webhook still refuses after `max_attempts` is
+    /// dropped for it and counted, and the other outputs never wait for it. Default false.
+    pub required: bool,
+    /// Alerts queued for the webhook while it is slow (best effort only); beyond it they are
+    /// dropped and counted. Default 1000.
+    pub queue: usize,
+    /// Alerts below this severity are not sent here. Default info.
+    pub min_severity: Severity,
+    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
+    /// only when they fire and resolve. Default false.
+    pub updates: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            enabled: false,
+            url: String::new(),
+            headers: BTreeMap::new(),
+            timeout_ms: 5_000,
+            max_attempts: 5,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 5_000,
+            required: false,
+            queue: 1_000,
+            min_severity: Severity::Info,
+            updates: false,
+        }
+    }
+}
+
+/// `[outputs.store]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreOutputConfig {
+    /// Upsert alerts into the store. Default false.
+    pub enabled: bool,
+    /// Offsets wait until the store accepted the alerts. Default true.
+    pub required: bool,
+    /// The store (`[outputs.store.backend]`: `data_dir`, or `elasticsearch_url`, ...).
+    pub backend: StoreConfig,
+    /// Alerts below this severity are not sent here. Default info.
+    pub min_severity: Severity,
+    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
+    /// only when they fire and resolve. Default true.
+    pub updates: bool,
+}
+
+impl Default for StoreOutputConfig {
+    fn default() -> Self {
+        StoreOutputConfig {
+            enabled: false,
+            required: true,
+            backend: StoreConfig::default(),
+            min_severity: Severity::Info,
+            updates: true,
+        }
+    }
+}
+
+macro_rules! filter_of {
+    ($($ty:ty),*) => {$(
+        impl $ty {
+            /// Which alerts this output gets.
+            pub fn filter(&self) -> Filter {
+                Filter {
+                    min_severity: self.min_severity,
+                    updates: self.updates,
+                }
+            }
+        }
+    )*};
+}
+
+filter_of!(
+    TerminalConfig,
+    KafkaOutputConfig,
+    WebhookConfig,
+    StoreOutputConfig
+);
+
+/// A configuration could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error, naming the key and line.
+        message: String,
+    },
+    /// A setting has a value the stage cannot run with.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The key, as spelt in the file.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The rules file is invalid.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl AlerterConfig {
+    /// Reads a TOML file (missing keys take their defaults).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The topics consumed.
+    pub fn input_topics(&self) -> Vec<String> {
+        vec![
+            self.trace_logs_topic.clone(),
+            self.service_logs_topic.clone(),
+            self.heartbeat_logs_topic.clone(),
+        ]
+    }
+
+    /// Reads the rules file named by `rules_file`, or the defaults.
+    pub fn load_rules(&self) -> Result<RulesConfig, ConfigError> {
+        Ok(match &self.rules_file {
+            Some(path) => RulesConfig::from_file(path)?,
+            None => RulesConfig::default(),
+        })
+    }
+
+    /// Checks every setting, naming the key and the reason of the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(invalid("kafka_brokers", "is empty"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid("group_id", "is empty"));
+        }
+        for (key, topic) in [
+            ("trace_logs_topic", &self.trace_logs_topic),
+            ("service_logs_topic", &self.service_logs_topic),
+            ("heartbeat_logs_topic", &self.heartbeat_logs_topic),
+        ] {
+            if topic.trim().is_empty() {
+                return Err(invalid(key, "is empty"));
+            }
+        }
+        if self.topic_partitions < 1 {
+            return Err(invalid("topic_partitions", "must be at least 1"));
+        }
+        for (key, why) in RESERVED_CONSUMER_PROPERTIES {
+            if self.consumer.contains_key(*key) {
+                return Err(invalid(&format!("consumer.{key}"), *why));
+            }
+        }
+        if self.batch_max_records == 0 {
+            return Err(invalid("batch_max_records", "must be at least 1"));
+        }
+        if self.tick_interval_ms == 0 {
+            return Err(invalid("tick_interval_ms", "must be at least 1"));
+        }
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
+            return Err(invalid(
+                "retry_max_ms",
+                format!(
+                    "retry_initial_ms ({}) must be at least 1 and at most retry_max_ms ({})",
+                    self.retry_initial_ms, self.retry_max_ms
+                ),
+            ));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "is empty"));
+        }
+        let k = &self.outputs.kafka;
+        if k.enabled {
+            if k.topic.trim().is_empty() {
+                return Err(invalid("outputs.kafka.topic", "is empty"));
+            }
+            if [
+                &self.trace_logs_topic,
+                &self.service_logs_topic,
+                &self.heartbeat_logs_topic,
+            ]
+            .contains(&&k.topic)
+            {
+                return Err(invalid(
+                    "outputs.kafka.topic",
+                    format!("`{}` is one of the input topics", k.topic),
+                ));
+            }
+            if k.timeout_ms == 0 {
+                return Err(invalid("outputs.kafka.timeout_ms", "must be at least 1"));
+            }
+            for key in ["acks", "bootstrap.servers"] {
+                if k.producer.contains_key(key) {
+                    return Err(invalid(
+                        &format!("outputs.kafka.producer.{key}"),
+                        "is set by the stage (acks=all, `brokers`)",
+                    ));
+                }
+            }
+        }
+        let w = &self.outputs.webhook;
+        if w.enabled {
+            match reqwest::Url::parse(&w.url) {
+                Ok(url) if url.scheme() == "http" => {}
+                Ok(url) => {
+                    return Err(invalid(
+                        "outputs.webhook.url",
+                        format!(
+                            "scheme `{}` is not supported (this build speaks http only)",
+                            url.scheme()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(invalid("outputs.webhook.url", format!("`{}`: {e}", w.url))),
+            }
+            if w.max_attempts == 0 {
+                return Err(invalid(
+                    "outputs.webhook.max_attempts",
+                    "must be at least 1",
+                ));
+            }
+            if w.timeout_ms == 0 {
+                return Err(invalid("outputs.webhook.timeout_ms", "must be at least 1"));
+            }
+            if w.queue == 0 {
+                return Err(invalid("outputs.webhook.queue", "must be at least 1"));
+            }
+            for name in w.headers.keys() {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid(
+                        &format!("outputs.webhook.headers.{name}"),
+                        "is not a valid header name",
+                    ));
+                }
+            }
+        }
+        if self.outputs.store.enabled {
+            self.outputs
+                .store
+                .backend
+                .validate()
+                .map_err(|e| invalid("outputs.store.backend", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = AlerterConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.admin.port(), names::ALERTER_ADMIN_PORT);
+        assert_eq!(c.outputs.kafka.topic, "alerts");
+        assert!(c.outputs.terminal.enabled && c.outputs.kafka.enabled);
+        assert!(!c.outputs.webhook.enabled && !c.outputs.store.enabled);
+    }
+
+    #[test]
+    fn toml_tables_and_unknown_keys() {
+        let c: AlerterConfig = toml::from_str(
+            "group_id = \"g\"\n[outputs.webhook]\nenabled = true\nurl = \"http://127.0.0.1:9/hook\"\nmin_severity = \"warning\"\n\
+             [outputs.store]\nenabled = true\n[outputs.store.backend]\ndata_dir = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.outputs.webhook.min_severity, Severity::Warning);
+        assert_eq!(c.outputs.store.backend.data_dir, PathBuf::from("/tmp/x"));
+        let err = toml::from_str::<AlerterConfig>("[outputs.webhook]\nurll = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn invalid_settings_name_their_key() {
+        let mut c = AlerterConfig::default();
+        c.outputs.webhook.enabled = true;
+        c.outputs.webhook.url = "https://hooks.example/x".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("outputs.webhook.url"));
+        let mut c = AlerterConfig::default();
+        c.outputs.kafka.topic = c.trace_logs_topic.clone();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("outputs.kafka.topic"));
+        let mut c = AlerterConfig::default();
+        c.consumer
+            .insert("enable.auto.commit".into(), "true".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("consumer.enable.auto.commit"));
+    }
+}

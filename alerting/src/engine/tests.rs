@@ -1,0 +1,989 @@
+//! One or more tests per rule, driven by a manual clock.
+
+use std::time::Duration;
+
+use dlog_core::model::{HeartbeatKind, StatusCode};
+use serde_json::Value;
+
+use super::*;
+use crate::clock::ManualClock;
+
+const T0: u64 = 1_700_000_000_000_000_000;
+const MS: u64 = NANOS_PER_MS;
+
+fn service(name: &str, deps: &[&str]) -> ServiceInfo {
+    ServiceInfo {
+        name: name.into(),
+        version: None,
+        instance_id: Some(format!("{name}-1")),
+        dependencies: deps.iter().map(|d| d.to_string()).collect(),
+        attributes: Default::default(),
+    }
+}
+
+fn log(svc: &str, level: &str, body: &str, attrs: &[(&str, Value)]) -> Record {
+    Record::Log(LogEntry {
+        time_unix_nano: T0,
+        severity_number: 0,
+        level: level.into(),
+        body: body.into(),
+        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+        span_id: None,
+        event_name: None,
+        service: service(svc, &[]),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    })
+}
+
+fn call(source: &str, deps: &[&str], target: &str, success: bool, trace: &str) -> Record {
+    let Record::Log(mut entry) = log(
+        source,
+        if success { "INFO" } else { "WARN" },
+        "call",
+        &[
+            (names::CALL_SOURCE, source.into()),
+            (names::CALL_TARGET, target.into()),
+            (names::CALL_SUCCESS, success.into()),
+            (
+                names::CALL_STATUS,
+                if success { "SUCCESS" } else { "FAILURE" }.into(),
+            ),
+            (names::CALL_DURATION_MS, 12.5.into()),
+        ],
+    ) else {
+        unreachable!()
+    };
+    entry.event_name = Some(names::SERVICE_CALL_EVENT.into());
+    entry.trace_id = Some(trace.into());
+    entry.service = service(source, deps);
+    Record::Log(entry)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn span(
+    svc: &str,
+    deps: &[&str],
+    name: &str,
+    kind: SpanKind,
+    trace: &str,
+    id: u64,
+    parent: Option<u64>,
+    duration_ms: u64,
+    error: bool,
+) -> SpanRecord {
+    SpanRecord {
+        trace_id: trace.into(),
+        span_id: format!("{id:016x}"),
+        parent_span_id: parent.map(|p| format!("{p:016x}")),
+        name: name.into(),
+        kind,
+        start_unix_nano: T0,
+        end_unix_nano: T0 + duration_ms * MS,
+        status: if error {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        },
+        status_message: if error { "boom".into() } else { String::new() },
+        service: service(svc, deps),
+        scope: String::new(),
+        attributes: Default::default(),
+        events: Vec::new(),
+        links: Vec::new(),
+    }
+}
+
+fn heartbeat(
+    svc: &str,
+    kind: HeartbeatKind,
+    status: ServiceStatus,
+    at: u64,
+    interval_ms: Option<u64>,
+) -> Record {
+    Record::Heartbeat(Heartbeat {
+        kind,
+        status,
+        time_unix_nano: at,
+        interval_ms,
+        service: service(svc, &[]),
+    })
+}
+
+struct Harness {
+    clock: ManualClock,
+    engine: Engine,
+}
+
+impl Harness {
+    fn new(rules: RulesConfig) -> Self {
+        let clock = ManualClock::new(T0);
+        let engine = Engine::new(rules, Arc::new(clock.clone())).unwrap();
+        Harness { clock, engine }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_unix_nanos()
+    }
+
+    fn feed(&mut self, record: Record) -> Vec<Transition> {
+        self.engine.process(&record)
+    }
+
+    fn advance(&mut self, secs: u64) -> Vec<Transition> {
+        self.clock.advance(Duration::from_secs(secs));
+        let now = self.now();
+        self.engine.tick(now)
+    }
+
+    /// Fired and resolved transitions only (what the terminal, Kafka and webhook see).
+    fn visible(transitions: Vec<Transition>) -> Vec<(TransitionKind, String, String)> {
+        transitions
+            .into_iter()
+            .filter(|t| t.kind != TransitionKind::Updated)
+            .map(|t| (t.kind, t.alert.rule, t.alert.key))
+            .collect()
+    }
+}
+
+fn only_rules(enabled: &[&str]) -> RulesConfig {
+    let mut r = RulesConfig::default();
+    r.error_log.enabled = enabled.contains(&rule::ERROR_LOG);
+    r.warn_log.enabled = enabled.contains(&rule::WARN_LOG);
+    r.slow_response.enabled = enabled.contains(&rule::SLOW_RESPONSE);
+    r.span_latency.enabled = enabled.contains(&rule::SPAN_LATENCY);
+    r.failed_call.enabled = enabled.contains(&rule::FAILED_CALL);
+    r.heartbeat.enabled = enabled.contains(&rule::HEARTBEAT_DOWN);
+    r.error_rate.enabled = enabled.contains(&rule::ERROR_RATE);
+    r.root_cause.enabled = enabled.contains(&rule::INCIDENT);
+    r.dependency_drift.enabled = enabled.contains(&rule::DEPENDENCY_DRIFT);
+    r
+}
+
+use Harness as H;
+use TransitionKind::{Fired, Resolved, Updated};
+
+#[test]
+fn error_log_fires_once_with_code_and_message_then_resolves_after_cooldown() {
+    let mut h = H::new(RulesConfig::default());
+    let error = || {
+        log(
+            "svc-a",
+            "ERROR",
+            "payment failed",
+            &[
+                (names::ERROR_CODE, "E500".into()),
+                (names::ERROR_MESSAGE, "database timeout".into()),
+            ],
+        )
+    };
+    let fired = h.feed(error());
+    assert_eq!(fired.len(), 1);
+    let a = &fired[0].alert;
+    assert_eq!(fired[0].kind, Fired);
+    assert_eq!(a.rule, "error_log");
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(a.service, "svc-a");
+    assert_eq!(a.instance.as_deref(), Some("svc-a-1"));
+    assert_eq!(a.summary, "svc-a ERROR E500: database timeout");
+    assert_eq!(a.labels["error_code"], "E500");
+    assert_eq!(a.labels["error_message"], "database timeout");
+    assert_eq!(
+        a.example_trace_ids,
+        vec!["0af7651916cd43dd8448eb211c80319c"]
+    );
+    assert_eq!(a.id, alert_id("error_log", "svc-a|E500"));
+    assert_eq!(a.revision, 1);
+    // Repeats fold in: no new alert, one update with the count at the next tick.
+    assert!(h.feed(error()).is_empty());
+    assert!(h.feed(error()).is_empty());
+    let t = h.advance(1);
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (t[0].kind, t[0].alert.occurrences, t[0].alert.revision),
+        (Updated, 3, 2)
+    );
+    // Nothing more while it lasts.
+    assert!(h.advance(200).is_empty());
+    // 300 s after the last repeat, it resolves.
+    let t = h.advance(101);
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Resolved, "error_log".into(), "svc-a|E500".into())]
+    );
+    assert_eq!(t[0].alert.occurrences, 3);
+    assert_eq!(t[0].alert.state, AlertState::Resolved);
+    // A new occurrence after that fires again, with the same id.
+    let again = h.feed(error());
+    assert_eq!(
+        (again[0].kind, again[0].alert.id.clone()),
+        (Fired, a.id.clone())
+    );
+}
+
+#[test]
+fn warn_logs_raise_warnings_and_levels_are_configurable() {
+    let mut h = H::new(RulesConfig::default());
+    let t = h.feed(log("svc-a", "WARN", "cache miss ratio high: 93%", &[]));
+    assert_eq!(t[0].alert.rule, "warn_log");
+    assert_eq!(t[0].alert.severity, Severity::Warning);
+    assert_eq!(t[0].alert.summary, "svc-a WARN: cache miss ratio high: 93%");
+    // Digit runs are collapsed in the key, so the same warning with other numbers folds in.
+    assert!(h
+        .feed(log("svc-a", "WARN", "cache miss ratio high: 97%", &[]))
+        .is_empty());
+    assert!(h.feed(log("svc-a", "INFO", "hello", &[])).is_empty());
+
+    let mut rules = RulesConfig::default();
+    rules.warn_log.enabled = false;
+    rules.error_log.levels = vec!["FATAL".into()];
+    let mut h = H::new(rules);
+    assert!(h.feed(log("svc-a", "WARN", "w", &[])).is_empty());
+    assert!(h.feed(log("svc-a", "ERROR", "e", &[])).is_empty());
+    assert_eq!(
+        h.feed(log("svc-a", "FATAL", "f", &[]))[0].alert.rule,
+        "error_log"
+    );
+}
+
+#[test]
+fn slow_response_fires_when_response_time_exceeds_its_limit() {
+    let mut h = H::new(RulesConfig::default());
+    let slow = |rt: f64| {
+        log(
+            "svc-a",
+            "WARN",
+            "slow checkout",
+            &[
+                (names::RESPONSE_TIME_MS, rt.into()),
+                (names::THRESHOLD_LIMIT_MS, 1000.into()),
+            ],
+        )
+    };
+    // Under the limit: a plain warning, not a latency alert.
+    let t = h.feed(slow(800.0));
+    assert_eq!(t[0].alert.rule, "warn_log");
+    let t = h.feed(slow(1500.0));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].alert.rule, "slow_response");
+    assert_eq!(
+        t[0].alert.summary,
+        "svc-a responded in 1500 ms, over its 1000 ms limit: slow checkout"
+    );
+    assert_eq!(t[0].alert.labels["response_time_ms"], "1500");
+    assert_eq!(t[0].alert.labels["threshold_limit_ms"], "1000");
+}
+
+#[test]
+fn span_latency_fires_on_p95_over_threshold_and_resolves_when_it_drops() {
+    let mut h = H::new(only_rules(&[rule::SPAN_LATENCY]));
+    let trace = "11111111111111111111111111111111";
+    for i in 0..100u64 {
+        let ms = if i < 90 { 100 } else { 1_800 };
+        h.feed(Record::Span(span(
+            "svc-b",
+            &[],
+            "GET /slow",
+            SpanKind::Server,
+            trace,
+            i + 1,
+            None,
+            ms,
+            false,
+        )));
+    }
+    let t = h.advance(1);
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "span_latency".into(), "svc-b|GET /slow".into())]
+    );
+    let a = &t[0].alert;
+    assert_eq!(a.labels["operation"], "GET /slow");
+    assert_eq!(a.labels["threshold_ms"], "1000");
+    assert_eq!(a.labels["samples"], "100");
+    let p95: f64 = a.labels["p95_ms"].parse().unwrap();
+    assert!((1_700.0..=1_900.0).contains(&p95), "{p95}");
+    assert!(
+        a.summary.starts_with("svc-b GET /slow: p95 "),
+        "{}",
+        a.summary
+    );
+    assert_eq!(a.example_trace_ids, vec![trace.to_string()]);
+    // Still slow: no repeat.
+    assert!(h.advance(4).is_empty());
+    // Fast spans keep arriving; once the slow ones leave the window, it resolves, once.
+    let mut seen = Vec::new();
+    for round in 0..14u64 {
+        for i in 0..20u64 {
+            let id = 1_000 + round * 100 + i;
+            h.feed(Record::Span(span(
+                "svc-b",
+                &[],
+                "GET /slow",
+                SpanKind::Server,
+                trace,
+                id,
+                None,
+                50,
+                false,
+            )));
+        }
+        seen.extend(h.advance(5));
+    }
+    let visible: Vec<_> = seen.iter().filter(|t| t.kind != Updated).collect();
+    assert_eq!(visible.len(), 1, "{seen:#?}");
+    assert_eq!(
+        (visible[0].kind, visible[0].alert.rule.as_str()),
+        (Resolved, "span_latency")
+    );
+    // Diluted by fast spans, the p95 is back under the threshold before the slow spans age out.
+    let summary = &visible[0].alert.summary;
+    let p95: f64 = summary
+        .strip_prefix("svc-b GET /slow: p95 back to ")
+        .and_then(|s| s.strip_suffix(" ms"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(p95 < 1_000.0, "{summary}");
+}
+
+#[test]
+fn span_latency_overrides_and_min_samples() {
+    let mut rules = only_rules(&[rule::SPAN_LATENCY]);
+    rules
+        .span_latency
+        .overrides
+        .push(crate::rules::LatencyOverride {
+            service: "svc-b".into(),
+            operation: None,
+            threshold_ms: 5_000.0,
+        });
+    let mut h = H::new(rules);
+    for i in 0..20u64 {
+        h.feed(Record::Span(span(
+            "svc-b",
+            &[],
+            "op",
+            SpanKind::Server,
+            "t",
+            i + 1,
+            None,
+            2_000,
+            false,
+        )));
+    }
+    // Only 5 spans of svc-a: under min_samples (10).
+    for i in 0..5u64 {
+        h.feed(Record::Span(span(
+            "svc-a",
+            &[],
+            "op",
+            SpanKind::Server,
+            "t",
+            100 + i,
+            None,
+            2_000,
+            false,
+        )));
+    }
+    assert!(h.advance(1).is_empty());
+}
+
+#[test]
+fn failed_calls_from_service_call_records_and_client_spans() {
+    let mut h = H::new(only_rules(&[rule::FAILED_CALL]));
+    let t = h.feed(call("svc-a", &[], "svc-b", false, "aaaa"));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].alert.rule, "failed_call");
+    assert_eq!(t[0].alert.key, "svc-a->svc-b");
+    assert_eq!(t[0].alert.summary, "svc-a → svc-b failed: call");
+    assert_eq!(t[0].alert.labels["target"], "svc-b");
+    // A client span with error status into the same callee is the same condition.
+    let mut client = span(
+        "svc-a",
+        &[],
+        "GET",
+        SpanKind::Client,
+        "bbbb",
+        7,
+        None,
+        5,
+        true,
+    );
+    client
+        .attributes
+        .insert(names::PEER_SERVICE.into(), "svc-b".into());
+    assert!(h.feed(Record::Span(client)).is_empty());
+    let t = h.advance(1);
+    assert_eq!((t[0].kind, t[0].alert.occurrences), (Updated, 2));
+    assert_eq!(t[0].alert.example_trace_ids, vec!["aaaa", "bbbb"]);
+    // Successful calls raise nothing.
+    assert!(h.feed(call("svc-a", &[], "svc-c", true, "cccc")).is_empty());
+    // A client span without peer.service learns its callee from the child server span.
+    let child = span(
+        "svc-c",
+        &[],
+        "GET /",
+        SpanKind::Server,
+        "dddd",
+        21,
+        Some(20),
+        5,
+        false,
+    );
+    h.feed(Record::Span(child));
+    let t = h.feed(Record::Span(span(
+        "svc-a",
+        &[],
+        "GET",
+        SpanKind::Client,
+        "dddd",
+        20,
+        None,
+        5,
+        true,
+    )));
+    assert_eq!(t[0].alert.key, "svc-a->svc-c");
+    assert_eq!(t[0].alert.summary, "svc-a → svc-c failed: boom");
+}
+
+#[test]
+fn heartbeat_delayed_then_down_then_resolved_by_the_clock() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    // Tracking starts from the first heartbeat: the service started before the alerter.
+    assert!(h
+        .feed(heartbeat(
+            "svc-b",
+            HeartbeatKind::Heartbeat,
+            ServiceStatus::Up,
+            T0,
+            None
+        ))
+        .is_empty());
+    assert!(h.advance(10).is_empty());
+    assert!(h.advance(10).is_empty()); // exactly 2 intervals: not yet "more than"
+    let t = h.advance(1);
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "heartbeat_delayed".into(), "svc-b-1".into())]
+    );
+    assert_eq!(t[0].alert.severity, Severity::Warning);
+    assert_eq!(
+        t[0].alert.summary,
+        "svc-b (svc-b-1) heartbeat delayed: no heartbeat for 21 s (interval 10 s)"
+    );
+    assert!(h.advance(9).is_empty()); // 30 s
+    let t = h.advance(1);
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "heartbeat_down".into(), "svc-b-1".into())]
+    );
+    assert_eq!(t[0].alert.severity, Severity::Critical);
+    assert_eq!(t[0].alert.instance.as_deref(), Some("svc-b-1"));
+    // No repeat while it stays down (the old system repeated every 5 s).
+    for _ in 0..20 {
+        assert!(h.advance(5).is_empty());
+    }
+    let now = h.now();
+    let t = h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        now,
+        None,
+    ));
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![
+            (Resolved, "heartbeat_down".into(), "svc-b-1".into()),
+            (Resolved, "heartbeat_delayed".into(), "svc-b-1".into())
+        ]
+    );
+    assert_eq!(
+        t[0].alert.summary,
+        "svc-b (svc-b-1) is back: heartbeat after 131 s of silence"
+    );
+    assert!(t[0].alert.revision < t[1].alert.revision);
+}
+
+#[test]
+fn heartbeat_uses_the_announced_interval_and_registration_starts_tracking() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    h.feed(heartbeat(
+        "svc-c",
+        HeartbeatKind::Registration,
+        ServiceStatus::Up,
+        T0,
+        Some(2_000),
+    ));
+    assert!(h.advance(4).is_empty());
+    let t = h.advance(1);
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "heartbeat_delayed".into(), "svc-c-1".into())]
+    );
+    let t = h.advance(2);
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "heartbeat_down".into(), "svc-c-1".into())]
+    );
+}
+
+#[test]
+fn down_registration_ends_tracking_without_an_alert() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Registration,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    h.advance(5);
+    let now = h.now();
+    assert!(h
+        .feed(heartbeat(
+            "svc-b",
+            HeartbeatKind::Registration,
+            ServiceStatus::Down,
+            now,
+            None
+        ))
+        .is_empty());
+    assert!(h.advance(3_600).is_empty());
+    // A delayed alert that was firing resolves on a clean shutdown.
+    h.feed(heartbeat(
+        "svc-c",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        h.now(),
+        None,
+    ));
+    assert_eq!(H::visible(h.advance(25)).len(), 1);
+    let now = h.now();
+    let t = h.feed(heartbeat(
+        "svc-c",
+        HeartbeatKind::Registration,
+        ServiceStatus::Down,
+        now,
+        None,
+    ));
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Resolved, "heartbeat_delayed".into(), "svc-c-1".into())]
+    );
+    assert_eq!(t[0].alert.labels["reason"], "shutdown");
+}
+
+#[test]
+fn stale_history_does_not_start_tracking() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    h.clock.advance(Duration::from_secs(3_600));
+    h.feed(heartbeat(
+        "svc-old",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    assert!(h.advance(60).is_empty());
+    assert_eq!(h.engine.stats().stale_heartbeats, 1);
+}
+
+#[test]
+fn error_rate_fires_over_five_percent_in_the_window_and_resolves() {
+    let mut h = H::new(only_rules(&[rule::ERROR_RATE]));
+    for i in 0..100u64 {
+        let failed = i % 10 == 0; // 10%
+        h.feed(Record::Span(span(
+            "svc-b",
+            &[],
+            "GET /",
+            SpanKind::Server,
+            &format!("{i:032x}"),
+            i + 1,
+            None,
+            5,
+            failed,
+        )));
+    }
+    let t = h.advance(1);
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "error_rate".into(), "svc-b".into())]
+    );
+    let a = &t[0].alert;
+    assert_eq!(a.severity, Severity::Critical);
+    assert_eq!(a.labels["rate_percent"], "10.0");
+    assert_eq!(a.labels["total"], "100");
+    assert_eq!(
+        a.summary,
+        "svc-b: 10.0% of 100 calls and requests failed over the last 60 s (threshold 5%)"
+    );
+    assert_eq!(a.example_trace_ids.len(), 5);
+    assert!(h.advance(10).is_empty());
+    // The window slides past the failures.
+    let t = h.advance(60);
+    assert_eq!(
+        H::visible(t),
+        vec![(Resolved, "error_rate".into(), "svc-b".into())]
+    );
+}
+
+#[test]
+fn error_rate_needs_min_samples_and_exactly_five_percent_is_fine() {
+    let mut h = H::new(only_rules(&[rule::ERROR_RATE]));
+    for i in 0..10u64 {
+        h.feed(call("svc-a", &[], "svc-b", i != 0, "t"));
+    }
+    assert!(h.advance(1).is_empty(), "10 samples < min_samples 20");
+    for i in 0..90u64 {
+        h.feed(call("svc-a", &[], "svc-b", i >= 4, "t"));
+    }
+    // 5 failures of 100: not more than 5%.
+    assert!(h.advance(1).is_empty());
+}
+
+#[test]
+fn b_down_and_a_calls_to_b_failing_is_one_incident_naming_b() {
+    let mut h = H::new(RulesConfig::default());
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Registration,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    h.advance(21);
+    let t = h.advance(10);
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "heartbeat_down".into(), "svc-b-1".into())]
+    );
+    // A's calls into B fail, traced and logged, from several requests.
+    let mut all = Vec::new();
+    for i in 0..5u64 {
+        let trace = format!("{:032x}", 0xa0 + i);
+        all.extend(h.feed(call("svc-a", &["svc-b"], "svc-b", false, &trace)));
+        let mut client = span(
+            "svc-a",
+            &["svc-b"],
+            "GET /b",
+            SpanKind::Client,
+            &trace,
+            100 + i,
+            None,
+            3,
+            true,
+        );
+        client
+            .attributes
+            .insert(names::PEER_SERVICE.into(), "svc-b".into());
+        all.extend(h.feed(Record::Span(client)));
+    }
+    all.extend(h.advance(1));
+    let visible = H::visible(all.clone());
+    assert_eq!(
+        visible,
+        vec![(Fired, "incident".into(), "svc-b".into())],
+        "{all:#?}"
+    );
+    let incident = all
+        .iter()
+        .rev()
+        .find(|t| t.alert.rule == "incident")
+        .unwrap();
+    assert_eq!(incident.alert.root_cause.as_deref(), Some("svc-b"));
+    assert_eq!(incident.alert.service, "svc-b");
+    assert_eq!(incident.alert.occurrences, 10);
+    assert_eq!(incident.alert.labels["cause"], "heartbeat_down");
+    assert_eq!(incident.alert.labels["dependents"], "svc-a");
+    assert_eq!(
+        incident.alert.summary,
+        "svc-b is down: probable root cause of 10 failures in svc-a"
+    );
+    // B's own down alert now names the incident.
+    let down = all
+        .iter()
+        .find(|t| t.alert.rule == "heartbeat_down")
+        .unwrap();
+    assert_eq!(down.kind, Updated);
+    assert_eq!(down.alert.incident_id, incident.alert.incident_id);
+    // No failed_call alert was shown on its own.
+    assert!(h.engine.firing().all(|a| a.rule != "failed_call"));
+    // B comes back and keeps beating; the incident resolves once B has been healthy and
+    // nothing was grouped into it for the window (60 s).
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let now = h.now();
+        seen.extend(h.feed(heartbeat(
+            "svc-b",
+            HeartbeatKind::Heartbeat,
+            ServiceStatus::Up,
+            now,
+            None,
+        )));
+        seen.extend(h.advance(10));
+    }
+    assert_eq!(
+        H::visible(seen),
+        vec![
+            (Resolved, "heartbeat_down".into(), "svc-b-1".into()),
+            (Resolved, "heartbeat_delayed".into(), "svc-b-1".into()),
+            (Resolved, "incident".into(), "svc-b".into()),
+        ]
+    );
+}
+
+#[test]
+fn failures_from_several_callers_make_the_callee_the_root_and_attach_earlier_alerts() {
+    let mut h = H::new(only_rules(&[rule::FAILED_CALL, rule::INCIDENT]));
+    let t = h.feed(call("svc-a", &[], "svc-db", false, "t1"));
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "failed_call".into(), "svc-a->svc-db".into())]
+    );
+    // A second caller failing into the same service: svc-db is failing.
+    let t = h.feed(call("svc-c", &[], "svc-db", false, "t2"));
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "incident".into(), "svc-db".into())]
+    );
+    assert_eq!(t[0].alert.labels["cause"], "failing_callers");
+    let t = h.advance(1);
+    // The earlier failed_call alert joins the incident.
+    let attached = t.iter().find(|t| t.alert.rule == "failed_call").unwrap();
+    assert_eq!(attached.kind, Updated);
+    assert_eq!(attached.alert.root_cause.as_deref(), Some("svc-db"));
+    let incident = t.iter().find(|t| t.alert.rule == "incident").unwrap();
+    assert_eq!(incident.alert.labels["dependents"], "svc-a,svc-c");
+}
+
+#[test]
+fn root_cause_follows_dependencies_to_the_deepest_failing_service() {
+    let mut h = H::new(RulesConfig::default());
+    // B declares it depends on C; C is down.
+    h.feed(Record::Span(span(
+        "svc-b",
+        &["svc-c"],
+        "op",
+        SpanKind::Server,
+        "t",
+        1,
+        None,
+        1,
+        false,
+    )));
+    h.feed(heartbeat(
+        "svc-c",
+        HeartbeatKind::Registration,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    h.advance(31);
+    let t = h.feed(call("svc-a", &["svc-b"], "svc-b", false, "t9"));
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "incident".into(), "svc-c".into())]
+    );
+    assert_eq!(t[0].alert.root_cause.as_deref(), Some("svc-c"));
+}
+
+#[test]
+fn drift_is_raised_once_per_undeclared_edge() {
+    let mut h = H::new(only_rules(&[rule::DEPENDENCY_DRIFT]));
+    // Declared edge: fine.
+    assert!(h
+        .feed(call("svc-a", &["svc-b"], "svc-b", true, "t"))
+        .is_empty());
+    let t = h.feed(call("svc-a", &["svc-b"], "svc-z", true, "t"));
+    assert_eq!(
+        H::visible(t.clone()),
+        vec![(Fired, "dependency_drift".into(), "svc-a->svc-z".into())]
+    );
+    assert_eq!(t[0].alert.severity, Severity::Info);
+    assert_eq!(
+        t[0].alert.summary,
+        "svc-a calls svc-z, which is not among its declared dependencies (svc-b)"
+    );
+    // The same edge again, through a span: nothing new.
+    let mut client = span(
+        "svc-a",
+        &["svc-b"],
+        "GET",
+        SpanKind::Client,
+        "t",
+        5,
+        None,
+        1,
+        false,
+    );
+    client
+        .attributes
+        .insert(names::PEER_SERVICE.into(), "svc-z".into());
+    assert!(h.feed(Record::Span(client)).is_empty());
+    assert!(h
+        .feed(call("svc-a", &["svc-b"], "svc-z", true, "t"))
+        .is_empty());
+    assert!(h.advance(3_600).is_empty());
+    // Another undeclared edge: one more.
+    let t = h.feed(call("svc-a", &["svc-b"], "svc-y", true, "t"));
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "dependency_drift".into(), "svc-a->svc-y".into())]
+    );
+    // An edge seen through parent/child spans of different services.
+    h.feed(Record::Span(span(
+        "svc-a",
+        &["svc-b"],
+        "GET",
+        SpanKind::Client,
+        "t",
+        40,
+        None,
+        1,
+        false,
+    )));
+    let t = h.feed(Record::Span(span(
+        "svc-x",
+        &[],
+        "GET /",
+        SpanKind::Server,
+        "t",
+        41,
+        Some(40),
+        1,
+        false,
+    )));
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "dependency_drift".into(), "svc-a->svc-x".into())]
+    );
+    // Declaring the dependency resolves it.
+    let t = h.feed(call("svc-a", &["svc-b", "svc-z"], "svc-b", true, "t"));
+    assert_eq!(
+        H::visible(t),
+        vec![(Resolved, "dependency_drift".into(), "svc-a->svc-z".into())]
+    );
+    // Services that declare nothing are not judged by default.
+    assert!(h.feed(call("svc-q", &[], "svc-z", true, "t")).is_empty());
+}
+
+#[test]
+fn every_rule_can_be_turned_off() {
+    let mut h = H::new(only_rules(&[]));
+    h.feed(log("svc-a", "ERROR", "e", &[]));
+    h.feed(log(
+        "svc-a",
+        "WARN",
+        "w",
+        &[
+            (names::RESPONSE_TIME_MS, 5000.into()),
+            (names::THRESHOLD_LIMIT_MS, 1.into()),
+        ],
+    ));
+    h.feed(call("svc-a", &["svc-b"], "svc-z", false, "t"));
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    for i in 0..100u64 {
+        h.feed(Record::Span(span(
+            "svc-c",
+            &[],
+            "op",
+            SpanKind::Server,
+            "t",
+            i + 1,
+            None,
+            5_000,
+            true,
+        )));
+    }
+    assert!(h.advance(1).is_empty());
+    assert!(h.advance(100).is_empty());
+    assert_eq!(h.engine.firing().count(), 0);
+}
+
+#[test]
+fn snapshot_restore_keeps_alerts_and_does_not_refire_or_lose_the_resolution() {
+    let mut h = H::new(RulesConfig::default());
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    let fired = H::visible(h.advance(31));
+    assert_eq!(fired.len(), 2);
+    let json = serde_json::to_vec(&h.engine.snapshot()).unwrap();
+    // "Restart", an hour later.
+    h.clock.advance(Duration::from_secs(3_600));
+    let snapshot: EngineSnapshot = serde_json::from_slice(&json).unwrap();
+    let mut engine =
+        Engine::restore(RulesConfig::default(), Arc::new(h.clock.clone()), snapshot).unwrap();
+    assert!(engine.tick(h.now()).is_empty(), "no repeat after restore");
+    assert_eq!(engine.firing().count(), 2);
+    let t = engine.process(&heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        h.now(),
+        None,
+    ));
+    let kinds: Vec<_> = t.iter().map(|t| (t.kind, t.alert.rule.as_str())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (Resolved, "heartbeat_down"),
+            (Resolved, "heartbeat_delayed")
+        ]
+    );
+    // Revisions continue after the restore.
+    assert!(t[0].alert.revision > 2);
+}
+
+#[test]
+fn restore_does_not_mistake_the_alerters_own_downtime_for_silence() {
+    let mut h = H::new(RulesConfig::default());
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    let snapshot = h.engine.snapshot();
+    h.clock.advance(Duration::from_secs(600));
+    let mut engine =
+        Engine::restore(RulesConfig::default(), Arc::new(h.clock.clone()), snapshot).unwrap();
+    assert!(engine.tick(h.now()).is_empty());
+    // Silence counts again from the restore.
+    h.clock.advance(Duration::from_secs(21));
+    let t = engine.tick(h.now());
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].alert.rule, "heartbeat_delayed");
+}
+
+#[test]
+fn active_alerts_are_bounded() {
+    let mut rules = only_rules(&[rule::ERROR_LOG]);
+    rules.defaults.max_active_alerts = 3;
+    let mut h = H::new(rules);
+    for i in 0..10 {
+        h.feed(log(
+            "svc-a",
+            "ERROR",
+            "x",
+            &[(names::ERROR_CODE, format!("E{i}").into())],
+        ));
+    }
+    assert_eq!(h.engine.firing().count(), 3);
+    assert_eq!(h.engine.stats().alerts_dropped, 7);
+}

@@ -1,0 +1,122 @@
+//! Alerts POSTed as JSON to an HTTP endpoint, one request per transition, retried with
+//! exponential backoff.
+//!
+//! Each request carries `Content-Type: application/json` and `Idempotency-Key: <id>-<revision>`,
+//! so a receiver can drop a repeat delivery. Connection errors, timeouts, 408, 429 and 5xx are
+//! retried (a `Retry-After` header in seconds sets the wait); any other status is final.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::{AlertJson, AlertSink, SinkError};
+use crate::alert::Transition;
+use crate::config::WebhookConfig;
+
+/// Header carrying `<alert id>-<revision>`.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Posts alerts.
+pub struct WebhookSink {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    max_attempts: u32,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+impl WebhookSink {
+    /// A sink for the configured endpoint.
+    pub fn new(config: &WebhookConfig) -> Result<Self, SinkError> {
+        let url = reqwest::Url::parse(&config.url)
+            .map_err(|e| SinkError::new("webhook", format!("url `{}`: {e}", config.url)))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| SinkError::new("webhook", format!("header `{k}`: {e}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| SinkError::new("webhook", format!("header `{k}` value: {e}")))?;
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .default_headers(headers)
+            .user_agent(concat!("dlog-alerter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SinkError::new("webhook", format!("cannot build HTTP client: {e}")))?;
+        Ok(WebhookSink {
+            client,
+            url,
+            max_attempts: config.max_attempts.max(1),
+            backoff_initial: Duration::from_millis(config.backoff_initial_ms),
+            backoff_max: Duration::from_millis(
+                config.backoff_max_ms.max(config.backoff_initial_ms),
+            ),
+        })
+    }
+
+    async fn post(&self, transition: &Transition) -> Result<(), SinkError> {
+        let body = serde_json::to_vec(&AlertJson::new(transition))
+            .map_err(|e| SinkError::new("webhook", format!("cannot encode alert: {e}")))?;
+        let key = format!("{}-{}", transition.alert.id, transition.alert.revision);
+        let mut wait = self.backoff_initial;
+        let mut last_error = String::new();
+        for attempt in 1..=self.max_attempts {
+            let result = self
+                .client
+                .post(self.url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .header(IDEMPOTENCY_KEY_HEADER, &key)
+                .body(body.clone())
+                .send()
+                .await;
+            let mut retry_after = None;
+            match result {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => {
+                    let status = response.status();
+                    retry_after = response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    last_error = format!("{} answered {status}", self.url);
+                    let retryable = status.is_server_error()
+                        || status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::REQUEST_TIMEOUT;
+                    if !retryable {
+                        return Err(SinkError::new("webhook", last_error));
+                    }
+                }
+                Err(e) => last_error = format!("POST {}: {e}", self.url),
+            }
+            if attempt < self.max_attempts {
+                let pause = retry_after.unwrap_or(wait).min(self.backoff_max);
+                tracing::debug!(attempt, error = %last_error, ?pause, "webhook delivery failed; retrying");
+                tokio::time::sleep(pause).await;
+                wait = (wait * 2).min(self.backoff_max);
+            }
+        }
+        Err(SinkError::new(
+            "webhook",
+            format!("gave up after {} attempts: {last_error}", self.max_attempts),
+        ))
+    }
+}
+
+#[async_trait]
+impl AlertSink for WebhookSink {
+    fn name(&self) -> &'static str {
+        "webhook"
+    }
+
+    async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError> {
+        for t in transitions {
+            self.post(t).await?;
+        }
+        Ok(())
+    }
+}

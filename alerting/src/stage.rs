@@ -1,0 +1,515 @@
+//! The alerting stage: input → [`Engine`] → outputs, with state saved before input is
+//! acknowledged.
+//!
+//! Per batch: records already reflected in the saved state (a replay after a crash) are
+//! skipped; the rest are decoded and evaluated; the time-driven rules run every
+//! `tick_interval_ms` of the stage's clock. When alerts changed, or `checkpoint_interval_ms`
+//! passed, the stage checkpoints:
+//! 1. the transitions go into the outbox, each with the required outputs that owe it;
+//! 2. the state (engine, applied offsets, outbox) is saved atomically;
+//! 3. best-effort outputs (the terminal; the webhook unless required) get the transitions
+//!    through their queues;
+//! 4. required outputs (Kafka, the store; the webhook when required) get the outbox, retried
+//!    with backoff (input paused) until they accept it;
+//! 5. the emptied outbox is saved and the input acknowledged.
+//!
+//! A crash before 2 replays the records (nothing was emitted); between 2 and 5 the replayed
+//! records are skipped and the outbox is delivered at start, so nothing fires twice and
+//! nothing is lost (a required output may see an event again if the crash fell between its
+//! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dlog_core::kafka::{ensure_topics, ConsumerSettings, KafkaSource};
+use dlog_core::names;
+use dlog_core::source::{RawRecord, Source, SourceError};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::alert::Transition;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{AlerterConfig, ConfigError};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::output::kafka::KafkaSink;
+use crate::output::store::StoreSink;
+use crate::output::terminal::TerminalSink;
+use crate::output::webhook::WebhookSink;
+use crate::output::{BestEffort, Output, SinkError};
+use crate::record::{decode_into, Record, TopicKind};
+use crate::state::{
+    is_applied, mark_applied, AppliedOffsets, Pending, StateError, StateFile, StateView,
+};
+
+/// The stage could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AlerterError {
+    /// The configuration or the rules are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The input failed.
+    #[error("input: {0}")]
+    Source(#[from] SourceError),
+    /// An output could not be set up.
+    #[error(transparent)]
+    Output(#[from] SinkError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] dlog_storage::StoreError),
+    /// The admin port could not be bound.
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the stage on Kafka with the wall clock until `shutdown` resolves.
+pub async fn run(
+    config: AlerterConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AlerterError> {
+    let source = kafka_source(&config).await?;
+    run_with(config, source, Arc::new(SystemClock), shutdown).await
+}
+
+/// The Kafka input the configuration names: creates missing topics when `create_topics` is
+/// set, then joins `group_id` on the three input topics.
+pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, AlerterError> {
+    config.validate()?;
+    if config.create_topics {
+        let mut topics = config.input_topics();
+        if config.outputs.kafka.enabled {
+            topics.push(config.outputs.kafka.topic.clone());
+        }
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        ensure_topics(&config.kafka_brokers, &refs, config.topic_partitions, 1).await?;
+    }
+    let mut settings = ConsumerSettings::new(
+        &config.kafka_brokers,
+        &config.group_id,
+        config.input_topics(),
+    );
+    settings.session_timeout_ms = config.session_timeout_ms;
+    settings.extra = config.consumer.clone();
+    Ok(KafkaSource::new(&settings)?)
+}
+
+/// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` resolves (the
+/// all-in-one mode feeds it a `ChannelSource`; tests drive it with a `ManualClock`).
+pub async fn run_with<S: Source>(
+    config: AlerterConfig,
+    source: S,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AlerterError> {
+    config.validate()?;
+    let rules = config.load_rules()?;
+    let state_file = StateFile::open(&config.state_dir)?;
+    let saved = state_file.load()?;
+    let (engine, applied, outbox) = match saved {
+        Some(saved) => {
+            tracing::info!(
+                path = %state_file.path().display(),
+                firing = saved.engine.firing(),
+                undelivered = saved.outbox.len(),
+                "resuming from saved state"
+            );
+            (
+                Engine::restore(rules, clock.clone(), saved.engine).map_err(ConfigError::from)?,
+                saved.applied,
+                saved.outbox,
+            )
+        }
+        None => (
+            Engine::new(rules, clock.clone()).map_err(ConfigError::from)?,
+            BTreeMap::new(),
+            Vec::new(),
+        ),
+    };
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let (required, best_effort) = build_outputs(&config, &metrics).await?;
+
+    let admin_state = Arc::new(AdminState {
+        registry,
+        serving: AtomicBool::new(true),
+    });
+    let listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .map_err(|source| AlerterError::Admin {
+            addr: config.admin,
+            source,
+        })?;
+    let admin_addr = listener.local_addr().unwrap_or(config.admin);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        let served = axum::serve(listener, admin::router(admin_state.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|stop| *stop).await;
+                admin_state.serving.store(false, Ordering::Relaxed);
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "admin server failed");
+        }
+    });
+    tracing::info!(
+        admin = %admin_addr,
+        outputs = ?required.iter().map(Output::name).chain(best_effort.iter().map(BestEffort::name)).collect::<Vec<_>>(),
+        "alerter running"
+    );
+
+    let mut topic_kinds = HashMap::new();
+    topic_kinds.insert(config.trace_logs_topic.clone(), TopicKind::Traces);
+    topic_kinds.insert(config.service_logs_topic.clone(), TopicKind::Logs);
+    topic_kinds.insert(config.heartbeat_logs_topic.clone(), TopicKind::Logs);
+    let mut stage = Stage {
+        source,
+        clock,
+        engine,
+        applied,
+        outbox,
+        state_file,
+        required,
+        best_effort,
+        metrics,
+        stop: stop_rx,
+        topic_kinds,
+        pending_ack: BTreeMap::new(),
+        last_checkpoint: Instant::now(),
+        last_tick: None,
+        config,
+    };
+    let result = stage.run().await;
+    shutdown_task.abort();
+    let timeout = Duration::from_millis(stage.config.shutdown_timeout_ms);
+    for output in std::mem::take(&mut stage.best_effort) {
+        output.close(timeout).await;
+    }
+    // The admin server stops with the stop flag; on an error exit, stop it here.
+    admin_task.abort();
+    result
+}
+
+async fn build_outputs(
+    config: &AlerterConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<(Vec<Output>, Vec<BestEffort>), AlerterError> {
+    let o = &config.outputs;
+    let mut required = Vec::new();
+    let mut best_effort = Vec::new();
+    if o.terminal.enabled {
+        let output = Output {
+            sink: Arc::new(TerminalSink::stdout(o.terminal.color)),
+            filter: o.terminal.filter(),
+            required: false,
+        };
+        best_effort.push(BestEffort::spawn(output, 10_000, metrics.clone()));
+    }
+    if o.kafka.enabled {
+        let brokers = o.kafka.brokers.as_deref().unwrap_or(&config.kafka_brokers);
+        let sink = KafkaSink::new(
+            brokers,
+            &o.kafka.topic,
+            Duration::from_millis(o.kafka.timeout_ms),
+            &o.kafka.producer,
+        )?;
+        let output = Output {
+            sink: Arc::new(sink),
+            filter: o.kafka.filter(),
+            required: o.kafka.required,
+        };
+        if output.required {
+            required.push(output);
+        } else {
+            best_effort.push(BestEffort::spawn(output, 10_000, metrics.clone()));
+        }
+    }
+    if o.webhook.enabled {
+        let output = Output {
+            sink: Arc::new(WebhookSink::new(&o.webhook)?),
+            filter: o.webhook.filter(),
+            required: o.webhook.required,
+        };
+        if output.required {
+            required.push(output);
+        } else {
+            best_effort.push(BestEffort::spawn(output, o.webhook.queue, metrics.clone()));
+        }
+    }
+    if o.store.enabled {
+        let store = dlog_storage::open_store(&o.store.backend).await?;
+        let output = Output {
+            sink: Arc::new(StoreSink::new(store)),
+            filter: o.store.filter(),
+            required: o.store.required,
+        };
+        if output.required {
+            required.push(output);
+        } else {
+            best_effort.push(BestEffort::spawn(output, 10_000, metrics.clone()));
+        }
+    }
+    Ok((required, best_effort))
+}
+
+struct Stage<S> {
+    config: AlerterConfig,
+    source: S,
+    clock: Arc<dyn Clock>,
+    engine: Engine,
+    applied: AppliedOffsets,
+    outbox: Vec<Pending>,
+    state_file: StateFile,
+    required: Vec<Output>,
+    best_effort: Vec<BestEffort>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    topic_kinds: HashMap<String, TopicKind>,
+    /// Highest offset taken per topic and partition since the last acknowledgement.
+    pending_ack: BTreeMap<(String, i32), i64>,
+    last_checkpoint: Instant,
+    /// Clock time of the last tick.
+    last_tick: Option<u64>,
+}
+
+impl<S: Source> Stage<S> {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn run(&mut self) -> Result<(), AlerterError> {
+        // Alerts a previous run saved but could not deliver go out first.
+        if !self.outbox.is_empty() && self.deliver().await? {
+            self.save()?;
+        }
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let tick_nanos = self.config.tick_interval_ms.saturating_mul(1_000_000);
+        let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
+        let mut records: Vec<Record> = Vec::new();
+        while !self.stopping() {
+            let mut stop = self.stop.clone();
+            let batch = tokio::select! {
+                batch = self.source.next_batch(self.config.batch_max_records, linger) => match batch {
+                    Ok(batch) => batch,
+                    // An in-process input whose sender went away: the feeding side shut down.
+                    Err(SourceError::Closed) => break,
+                    Err(e) => return Err(e.into()),
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let mut transitions = Vec::new();
+            for raw in &batch {
+                let slot = self
+                    .pending_ack
+                    .entry((raw.topic.clone(), raw.partition))
+                    .or_insert(raw.offset);
+                *slot = (*slot).max(raw.offset);
+                if self.config.skip_replayed_offsets
+                    && is_applied(&self.applied, &raw.topic, raw.partition, raw.offset)
+                {
+                    self.metrics.replayed.inc();
+                    continue;
+                }
+                let kind = self.kind_of(raw);
+                if let Err(e) = decode_into(raw, kind, &mut records) {
+                    // The indexer dead-letters undecodable records; the alerter only skips them.
+                    self.metrics.decode_errors.inc();
+                    tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "skipping undecodable record");
+                }
+                for record in records.drain(..) {
+                    transitions.extend(self.engine.process(&record));
+                }
+                mark_applied(&mut self.applied, &raw.topic, raw.partition, raw.offset);
+                self.metrics
+                    .records
+                    .get_or_create(&crate::metrics::TopicLabels {
+                        topic: raw.topic.clone(),
+                    })
+                    .inc();
+            }
+            let now = self.clock.now_unix_nanos();
+            if self
+                .last_tick
+                .is_none_or(|last| now.saturating_sub(last) >= tick_nanos)
+            {
+                transitions.extend(self.engine.tick(now));
+                self.last_tick = Some(now);
+            }
+            let due =
+                !self.pending_ack.is_empty() && self.last_checkpoint.elapsed() >= checkpoint_every;
+            if !transitions.is_empty() || due {
+                self.checkpoint(transitions).await?;
+            }
+        }
+        // Graceful stop: save and acknowledge what was evaluated.
+        if !self.pending_ack.is_empty() || !self.outbox.is_empty() {
+            self.checkpoint(Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    fn kind_of(&self, raw: &RawRecord) -> TopicKind {
+        if let Some(kind) = self.topic_kinds.get(&raw.topic) {
+            return *kind;
+        }
+        match raw.header(names::SIGNAL_HEADER) {
+            Some(b"traces") => TopicKind::Traces,
+            _ => TopicKind::Logs,
+        }
+    }
+
+    fn save(&self) -> Result<(), AlerterError> {
+        let view = StateView {
+            engine: self.engine.state(),
+            applied: &self.applied,
+            outbox: &self.outbox,
+        };
+        let bytes = self.state_file.save(&view)?;
+        self.metrics.state_bytes.set(bytes as i64);
+        self.metrics.outbox.set(self.outbox.len() as i64);
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self, transitions: Vec<Transition>) -> Result<(), AlerterError> {
+        let started = Instant::now();
+        self.metrics.count_transitions(&transitions);
+        for t in &transitions {
+            let owed: BTreeSet<String> = self
+                .required
+                .iter()
+                .filter(|o| o.filter.accepts(t))
+                .map(|o| o.name().to_string())
+                .collect();
+            if !owed.is_empty() {
+                self.outbox.push(Pending {
+                    transition: t.clone(),
+                    outputs: owed,
+                });
+            }
+        }
+        self.save()?;
+        for output in &self.best_effort {
+            output.offer(&transitions);
+        }
+        let delivered = if self.outbox.is_empty() {
+            true
+        } else {
+            self.deliver().await?
+        };
+        if !delivered {
+            // Stopping with alerts undelivered: they are in the saved outbox, and the input
+            // stays unacknowledged.
+            return Ok(());
+        }
+        if !transitions.is_empty() {
+            self.save()?;
+        }
+        self.ack().await?;
+        self.last_checkpoint = Instant::now();
+        self.metrics
+            .engine(self.engine.stats(), self.engine.state().firing());
+        self.metrics
+            .checkpoint_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Delivers the outbox to every required output that still owes it, retrying with
+    /// backoff while the input is paused. Returns false when the stage was told to stop
+    /// before everything was delivered.
+    async fn deliver(&mut self) -> Result<bool, AlerterError> {
+        let mut paused = false;
+        let mut complete = true;
+        for output in self.required.clone() {
+            let name = output.name();
+            let batch: Vec<Transition> = self
+                .outbox
+                .iter()
+                .filter(|p| p.outputs.contains(name))
+                .map(|p| p.transition.clone())
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+            loop {
+                match output.sink.send(&batch).await {
+                    Ok(()) => {
+                        self.metrics
+                            .output(&self.metrics.output_sent, name, batch.len() as u64);
+                        for p in &mut self.outbox {
+                            p.outputs.remove(name);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics.output(&self.metrics.output_errors, name, 1);
+                        tracing::warn!(error = %e, retry_in = ?wait, "required output refused alerts; input paused");
+                        if !paused {
+                            self.source.pause()?;
+                            paused = true;
+                        }
+                        let mut stop = self.stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stop.wait_for(|s| *s) => {}
+                        }
+                        if self.stopping() {
+                            complete = false;
+                            break;
+                        }
+                        wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
+                    }
+                }
+            }
+            if !complete {
+                break;
+            }
+        }
+        self.outbox.retain(|p| !p.outputs.is_empty());
+        if paused {
+            self.source.resume()?;
+        }
+        Ok(complete)
+    }
+
+    async fn ack(&mut self) -> Result<(), AlerterError> {
+        if self.pending_ack.is_empty() {
+            return Ok(());
+        }
+        let marks: Vec<RawRecord> = std::mem::take(&mut self.pending_ack)
+            .into_iter()
+            .map(|((topic, partition), offset)| RawRecord {
+                topic,
+                partition,
+                offset,
+                key: None,
+                payload: Vec::new(),
+                headers: Vec::new(),
+                timestamp_ms: None,
+            })
+            .collect();
+        self.source.ack(&marks).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! The stage's persisted state: the engine snapshot, which input offsets it already
+//! reflects, and the alert transitions not yet delivered to every required output.
+//!
+//! Written atomically (temporary file, fsync, rename, fsync of the directory) before offsets
+//! are acknowledged, so after a crash the stage resumes from a state that matches what Kafka
+//! will replay: replayed records below the recorded offsets are skipped instead of evaluated
+//! twice, and transitions left in the outbox are delivered again rather than lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Transition;
+use crate::engine::EngineSnapshot;
+
+/// Name of the state file inside the state directory.
+pub const STATE_FILE: &str = "alerter-state.json";
+
+/// A transition some required outputs still owe delivery of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The transition.
+    pub transition: Transition,
+    /// Names of the outputs that have not accepted it yet.
+    pub outputs: BTreeSet<String>,
+}
+
+/// Everything the stage persists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageState {
+    /// The engine's alerts, trackers and windows.
+    pub engine: EngineSnapshot,
+    /// Per topic and partition, the offset after the last record the engine evaluated.
+    pub applied: AppliedOffsets,
+    /// Transitions not yet delivered to every required output, oldest first.
+    pub outbox: Vec<Pending>,
+}
+
+/// Per topic and partition, the offset after the last record evaluated.
+pub type AppliedOffsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// True when the record at `offset` was already evaluated.
+pub fn is_applied(applied: &AppliedOffsets, topic: &str, partition: i32, offset: i64) -> bool {
+    applied
+        .get(topic)
+        .and_then(|p| p.get(&partition))
+        .is_some_and(|next| offset < *next)
+}
+
+/// Marks the record at `offset` evaluated.
+pub fn mark_applied(applied: &mut AppliedOffsets, topic: &str, partition: i32, offset: i64) {
+    let partitions = match applied.get_mut(topic) {
+        Some(p) => p,
+        None => applied.entry(topic.to_string()).or_default(),
+    };
+    let next = partitions.entry(partition).or_insert(0);
+    *next = (*next).max(offset + 1);
+}
+
+/// A borrowed [`StageState`], to save without copying the engine's state.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StateView<'a> {
+    /// See [`StageState::engine`].
+    pub engine: &'a EngineSnapshot,
+    /// See [`StageState::applied`].
+    pub applied: &'a AppliedOffsets,
+    /// See [`StageState::outbox`].
+    pub outbox: &'a [Pending],
+}
+
+/// The state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The directory or file could not be created, read or written.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file exists but is not a state this version can read.
+    #[error(
+        "state file {path} is not readable state ({message}); move it away to start from scratch"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        message: String,
+    },
+}
+
+/// The state file in a directory.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    dir: PathBuf,
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+impl StateFile {
+    /// The state file in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path) -> Result<StateFile, StateError> {
+        fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(StateFile {
+            dir: dir.to_path_buf(),
+            path: dir.join(STATE_FILE),
+            tmp: dir.join(format!("{STATE_FILE}.tmp")),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, or `None` when nothing was saved yet.
+    pub fn load(&self) -> Result<Option<StageState>, StateError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Replaces the saved state atomically and durably. Returns the bytes written.
+    pub fn save<T: Serialize>(&self, state: &T) -> Result<usize, StateError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| StateError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        let mut file = fs::File::create(&self.tmp).map_err(io(&self.tmp))?;
+        file.write_all(&bytes).map_err(io(&self.tmp))?;
+        file.sync_all().map_err(io(&self.tmp))?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
+        // The rename is durable only once the directory entry is.
+        if let Ok(dir) = fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(bytes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_and_loads_and_tracks_applied_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::open(&dir.path().join("nested")).unwrap();
+        assert!(file.load().unwrap().is_none());
+        let mut state = StageState::default();
+        mark_applied(&mut state.applied, "trace_logs", 2, 41);
+        mark_applied(&mut state.applied, "trace_logs", 2, 7);
+        assert!(is_applied(&state.applied, "trace_logs", 2, 41));
+        assert!(!is_applied(&state.applied, "trace_logs", 2, 42));
+        assert!(!is_applied(&state.applied, "trace_logs", 1, 0));
+        file.save(&state).unwrap();
+        let loaded = file.load().unwrap().unwrap();
+        assert_eq!(loaded.applied, state.applied);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::open(dir.path()).unwrap();
+        fs::write(file.path(), b"{not json").unwrap();
+        let err = file.load().unwrap_err().to_string();
+        assert!(err.contains(STATE_FILE), "{err}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Command-line flags and `DLOG_BRIDGE_*` environment variables, layered over the TOML file.
+//!
+//! Precedence: flags > env > `--config` file > defaults. clap resolves flag over env; a
+//! setting given by neither keeps the file's (or the default) value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use dlog_core::encoding::Encoding;
+
+use crate::config::{Config, ConfigError};
+
+/// OTLP (gRPC and HTTP) in, Kafka out: answers senders only after Kafka acknowledged.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "collector-bridge", version, about)]
+pub struct Args {
+    /// TOML config file; flags and env override what it sets.
+    #[arg(long, env = "DLOG_BRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Kafka bootstrap brokers [default: 127.0.0.1:9092].
+    #[arg(long, env = "DLOG_BRIDGE_KAFKA_BROKERS", value_name = "HOST:PORT[,..]")]
+    pub kafka_brokers: Option<String>,
+
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "DLOG_BRIDGE_OTLP_GRPC", value_name = "ADDR:PORT")]
+    pub otlp_grpc: Option<SocketAddr>,
+
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "DLOG_BRIDGE_OTLP_HTTP", value_name = "ADDR:PORT")]
+    pub otlp_http: Option<SocketAddr>,
+
+    /// Admin listen address for /metrics and /healthz [default: 127.0.0.1:8888].
+    #[arg(long, env = "DLOG_BRIDGE_ADMIN", value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
+
+    /// Topic for spans [default: trace_logs].
+    #[arg(long, env = "DLOG_BRIDGE_TRACE_LOGS_TOPIC", value_name = "TOPIC")]
+    pub trace_logs_topic: Option<String>,
+
+    /// Topic for log records [default: service_logs].
+    #[arg(long, env = "DLOG_BRIDGE_SERVICE_LOGS_TOPIC", value_name = "TOPIC")]
+    pub service_logs_topic: Option<String>,
+
+    /// Topic for registration and heartbeat events [default: heartbeat_logs].
+    #[arg(long, env = "DLOG_BRIDGE_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC")]
+    pub heartbeat_logs_topic: Option<String>,
+
+    /// Record value encoding: otlp_proto or otlp_json [default: otlp_proto].
+    #[arg(long, env = "DLOG_BRIDGE_ENCODING", value_name = "ENCODING")]
+    pub encoding: Option<Encoding>,
+
+    /// Largest Kafka record (value + key + headers) in bytes [default: 1000000].
+    #[arg(long, env = "DLOG_BRIDGE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Create missing topics at start [default: false].
+    #[arg(
+        long,
+        env = "DLOG_BRIDGE_CREATE_TOPICS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub create_topics: Option<bool>,
+
+    /// Partitions of topics created with --create-topics [default: 3].
+    #[arg(long, env = "DLOG_BRIDGE_TOPIC_PARTITIONS", value_name = "N")]
+    pub topic_partitions: Option<i32>,
+
+    /// How long a request waits for Kafka before UNAVAILABLE/503, in ms [default: 10000].
+    #[arg(long, env = "DLOG_BRIDGE_PRODUCE_TIMEOUT_MS", value_name = "MS")]
+    pub produce_timeout_ms: Option<u64>,
+
+    /// Extra librdkafka producer property (repeatable), e.g. -X compression.type=lz4.
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_property: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+impl Args {
+    /// The configuration these flags describe: the file (or defaults), overridden by every
+    /// flag or env variable that was given, then validated.
+    pub fn load(self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field {
+                    config.$field = value;
+                }
+            )*};
+        }
+        overlay!(
+            kafka_brokers,
+            otlp_grpc,
+            otlp_http,
+            admin,
+            trace_logs_topic,
+            service_logs_topic,
+            heartbeat_logs_topic,
+            encoding,
+            max_message_bytes,
+            create_topics,
+            topic_partitions,
+            produce_timeout_ms
+        );
+        config.kafka.extend(self.kafka_property);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("collector-bridge").chain(list.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(
+            &path,
+            "kafka_brokers = \"file:9092\"\nencoding = \"otlp_json\"\ncreate_topics = true\n",
+        )
+        .unwrap();
+        let config = args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--kafka-brokers",
+            "flag:9092",
+            "--otlp-grpc",
+            "0.0.0.0:14317",
+            "--create-topics",
+            "false",
+            "-X",
+            "compression.type=gzip",
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(config.kafka_brokers, "flag:9092");
+        assert_eq!(config.encoding, Encoding::OtlpJson);
+        assert!(!config.create_topics);
+        assert_eq!(config.otlp_grpc.to_string(), "0.0.0.0:14317");
+        assert_eq!(config.otlp_http.to_string(), "127.0.0.1:4318");
+        assert_eq!(config.kafka["compression.type"], "gzip");
+    }
+
+    #[test]
+    fn bare_create_topics_flag_means_true() {
+        let config = args(&["--create-topics", "--topic-partitions", "6"])
+            .load()
+            .unwrap();
+        assert!(config.create_topics);
+        assert_eq!(config.topic_partitions, 6);
+    }
+
+    #[test]
+    fn invalid_flag_values_are_reported_with_the_key() {
+        let err = args(&["--max-message-bytes", "5"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_message_bytes"), "{err}");
+        assert!(Args::try_parse_from(["collector-bridge", "--encoding", "avro"]).is_err());
+        assert!(Args::try_parse_from(["collector-bridge", "--otlp-grpc", "nope"]).is_err());
+    }
+}

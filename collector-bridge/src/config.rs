@@ -1,0 +1,444 @@
+//! The bridge's settings: a serde struct read from TOML, overlaid with env and flags by the
+//! binary, and validated before anything binds or connects.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dlog_core::encoding::Encoding;
+use dlog_core::names;
+use serde::{Deserialize, Serialize};
+
+/// Default `kafka_brokers`.
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+/// Default `produce_timeout_ms`.
+pub const DEFAULT_PRODUCE_TIMEOUT_MS: u64 = 10_000;
+/// Default `max_request_bytes` (decompressed), as the OpenTelemetry Collector's HTTP receiver.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Default `max_in_flight_bytes`.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
+/// Default `topic_partitions`.
+pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
+/// Default `retry_after_secs`.
+pub const DEFAULT_RETRY_AFTER_SECS: u64 = 2;
+/// Default `shutdown_timeout_ms`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+/// Default `linger_ms`.
+pub const DEFAULT_LINGER_MS: u64 = 5;
+
+/// librdkafka properties the bridge sets itself and a user may not override, with why.
+const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set `kafka_brokers` instead"),
+    (
+        "acks",
+        "the bridge answers OTLP only after every in-sync replica has a record, so it always runs with acks=all",
+    ),
+    (
+        "request.required.acks",
+        "the bridge answers OTLP only after every in-sync replica has a record, so it always runs with acks=all",
+    ),
+    (
+        "enable.idempotence",
+        "the producer is always idempotent, so that its own retries never duplicate or reorder records",
+    ),
+];
+
+/// Everything the collector bridge needs to run.
+///
+/// Every field has a default (see [`Config::default`]), so a TOML file names only what it
+/// changes. Unknown keys are an error, so a misspelt setting never silently does nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
+    pub kafka_brokers: String,
+    /// OTLP/gRPC listen address (TraceService and LogsService). Port 0 picks a free port.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP listen address (`/v1/traces`, `/v1/logs`). Port 0 picks a free port.
+    pub otlp_http: SocketAddr,
+    /// Admin listen address serving `/metrics` (Prometheus) and `/healthz`.
+    pub admin: SocketAddr,
+    /// Topic for spans: one record per trace per request, keyed by the trace id.
+    pub trace_logs_topic: String,
+    /// Topic for log records, keyed by trace id, or by service instance without trace context.
+    pub service_logs_topic: String,
+    /// Topic for registration and heartbeat events, keyed by service instance.
+    pub heartbeat_logs_topic: String,
+    /// Record value encoding: `otlp_proto` or `otlp_json`.
+    pub encoding: Encoding,
+    /// Largest record (value + key + headers) written to Kafka, in bytes. Larger requests are
+    /// split; a single span or log record that cannot fit is rejected in the partial-success
+    /// response.
+    pub max_message_bytes: usize,
+    /// Create missing topics at start (with `topic_partitions` partitions).
+    pub create_topics: bool,
+    /// Partitions of topics created with `create_topics`.
+    pub topic_partitions: i32,
+    /// Replication factor of topics created with `create_topics`.
+    pub topic_replication: i32,
+    /// How long a request waits for Kafka (queue space and acknowledgement) before it is
+    /// answered with gRPC `UNAVAILABLE` / HTTP 503. Also librdkafka's `message.timeout.ms`.
+    pub produce_timeout_ms: u64,
+    /// Largest OTLP request accepted, after decompression, in bytes (gRPC and HTTP).
+    pub max_request_bytes: usize,
+    /// Encoded bytes that may wait for Kafka at once, summed over all requests. A request that
+    /// cannot get its share within `produce_timeout_ms` is answered `UNAVAILABLE` / 503, which
+    /// bounds memory when Kafka is slow.
+    pub max_in_flight_bytes: usize,
+    /// The retry hint, in seconds, sent with `UNAVAILABLE` (gRPC `RetryInfo`) and 503
+    /// (`Retry-After`).
+    pub retry_after_secs: u64,
+    /// How long a graceful shutdown waits for in-flight requests and the producer flush.
+    pub shutdown_timeout_ms: u64,
+    /// librdkafka `linger.ms`: how long the producer gathers records into one produce request.
+    pub linger_ms: u64,
+    /// Extra librdkafka producer properties, passed through as they are (for example
+    /// `compression.type`, `security.protocol`). They override the bridge's own tuning but may
+    /// not change `acks`, `enable.idempotence` or `bootstrap.servers`.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Config {
+            kafka_brokers: DEFAULT_KAFKA_BROKERS.to_string(),
+            otlp_grpc: SocketAddr::new(loopback, names::OTLP_GRPC_PORT),
+            otlp_http: SocketAddr::new(loopback, names::OTLP_HTTP_PORT),
+            admin: SocketAddr::new(loopback, names::BRIDGE_ADMIN_PORT),
+            trace_logs_topic: names::TRACE_LOGS_TOPIC.to_string(),
+            service_logs_topic: names::SERVICE_LOGS_TOPIC.to_string(),
+            heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
+            encoding: Encoding::OtlpProto,
+            max_message_bytes: names::DEFAULT_MAX_MESSAGE_BYTES,
+            create_topics: false,
+            topic_partitions: DEFAULT_TOPIC_PARTITIONS,
+            topic_replication: 1,
+            produce_timeout_ms: DEFAULT_PRODUCE_TIMEOUT_MS,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            linger_ms: DEFAULT_LINGER_MS,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct (unknown key, wrong type).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error, naming the key and line.
+        message: String,
+    },
+    /// A setting has a value the bridge cannot run with.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The setting, as spelt in the TOML file.
+        key: String,
+        /// Why it is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The smallest `max_message_bytes` accepted: below it hardly any span fits a record.
+const MIN_MAX_MESSAGE_BYTES: usize = 1024;
+
+impl Config {
+    /// Reads a TOML file; keys it leaves out keep their defaults. The result is not yet
+    /// validated (flags and env may still change it): call [`Config::validate`].
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (see [`Config::from_toml_file`]).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Checks every setting, returning the first problem with its key and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(invalid("kafka_brokers", "must name at least one HOST:PORT"));
+        }
+        for broker in self.kafka_brokers.split(',') {
+            let broker = broker.trim();
+            let port = broker
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            match port {
+                Some((host, Ok(port))) if !host.is_empty() && port != 0 => {}
+                _ => {
+                    return Err(invalid(
+                        "kafka_brokers",
+                        format!(
+                            "`{broker}` is not HOST:PORT (expected for example 127.0.0.1:9092)"
+                        ),
+                    ))
+                }
+            }
+        }
+        for (key, topic) in [
+            ("trace_logs_topic", &self.trace_logs_topic),
+            ("service_logs_topic", &self.service_logs_topic),
+            ("heartbeat_logs_topic", &self.heartbeat_logs_topic),
+        ] {
+            validate_topic(key, topic)?;
+        }
+        let listeners = [
+            ("otlp_grpc", self.otlp_grpc),
+            ("otlp_http", self.otlp_http),
+            ("admin", self.admin),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            for (other_key, other) in &listeners[..i] {
+                if addr.port() != 0 && addr == other {
+                    return Err(invalid(
+                        *key,
+                        format!("{addr} is already used by `{other_key}`"),
+                    ));
+                }
+            }
+        }
+        if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is below the minimum of {MIN_MAX_MESSAGE_BYTES} bytes",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        // librdkafka refuses message.max.bytes above 1e9.
+        if self.max_message_bytes > 900_000_000 {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "{} is above librdkafka's limit of 900000000",
+                    self.max_message_bytes
+                ),
+            ));
+        }
+        if self.topic_partitions < 1 {
+            return Err(invalid("topic_partitions", "must be at least 1"));
+        }
+        if self.topic_replication < 1 {
+            return Err(invalid("topic_replication", "must be at least 1"));
+        }
+        if self.produce_timeout_ms == 0 {
+            return Err(invalid(
+                "produce_timeout_ms",
+                "must be above 0: it is how long a request may wait for Kafka",
+            ));
+        }
+        if self.linger_ms >= self.produce_timeout_ms {
+            return Err(invalid(
+                "linger_ms",
+                format!(
+                    "{} must be below produce_timeout_ms ({})",
+                    self.linger_ms, self.produce_timeout_ms
+                ),
+            ));
+        }
+        if self.max_request_bytes == 0 {
+            return Err(invalid("max_request_bytes", "must be above 0"));
+        }
+        if self.max_in_flight_bytes < self.max_message_bytes {
+            return Err(invalid(
+                "max_in_flight_bytes",
+                format!(
+                    "{} must be at least max_message_bytes ({})",
+                    self.max_in_flight_bytes, self.max_message_bytes
+                ),
+            ));
+        }
+        // tokio's semaphore counts permits in a usize with a few bits reserved.
+        if self.max_in_flight_bytes > (usize::MAX >> 4) {
+            return Err(invalid("max_in_flight_bytes", "is too large"));
+        }
+        for (key, value) in &self.kafka {
+            if let Some((_, why)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(k, _)| k == key) {
+                return Err(invalid(
+                    format!("kafka.{key}"),
+                    format!("cannot be set: {why}"),
+                ));
+            }
+            if value.is_empty() {
+                return Err(invalid(format!("kafka.{key}"), "has an empty value"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `produce_timeout_ms` as a duration.
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+
+    /// `shutdown_timeout_ms` as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The three topic names, in the order trace, service, heartbeat.
+    pub fn topics(&self) -> [&str; 3] {
+        [
+            &self.trace_logs_topic,
+            &self.service_logs_topic,
+            &self.heartbeat_logs_topic,
+        ]
+    }
+}
+
+/// Kafka's own rules for topic names, so a bad name fails at start and not on the first record.
+fn validate_topic(key: &str, topic: &str) -> Result<(), ConfigError> {
+    if topic.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if topic.len() > 249 {
+        return Err(invalid(key, "is longer than Kafka's 249 characters"));
+    }
+    if topic == "." || topic == ".." {
+        return Err(invalid(key, "`.` and `..` are not valid Kafka topic names"));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            key,
+            format!("`{topic}` contains `{c}`; Kafka topic names allow only ASCII letters, digits, `.`, `_` and `-`"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.kafka_brokers, "127.0.0.1:9092");
+        assert_eq!(c.otlp_grpc.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.otlp_http.to_string(), "127.0.0.1:4318");
+        assert_eq!(c.admin.to_string(), "127.0.0.1:8888");
+        assert_eq!(c.topics(), ["trace_logs", "service_logs", "heartbeat_logs"]);
+        assert_eq!(c.encoding, Encoding::OtlpProto);
+        assert_eq!(c.max_message_bytes, 1_000_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_file_overrides_only_what_it_names() {
+        let c = Config::from_toml_str(
+            r#"
+            kafka_brokers = "10.0.0.5:9092,10.0.0.6:9092"
+            otlp_grpc = "0.0.0.0:4317"
+            encoding = "otlp_json"
+            [kafka]
+            "compression.type" = "gzip"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.kafka_brokers, "10.0.0.5:9092,10.0.0.6:9092");
+        assert_eq!(c.otlp_grpc.to_string(), "0.0.0.0:4317");
+        assert_eq!(c.encoding, Encoding::OtlpJson);
+        assert_eq!(c.kafka["compression.type"], "gzip");
+        assert_eq!(c.otlp_http, Config::default().otlp_http);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("kafka_broker = \"x:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka_broker"), "{err}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, "max_message_bytes = \"big\"").unwrap();
+        let err = Config::from_toml_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bridge.toml") && err.contains("max_message_bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_names_key_and_reason() {
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|c| c.kafka_brokers = "nohost".into()),
+                "kafka_brokers",
+            ),
+            (
+                Box::new(|c| c.trace_logs_topic = "bad topic".into()),
+                "trace_logs_topic",
+            ),
+            (Box::new(|c| c.max_message_bytes = 10), "max_message_bytes"),
+            (Box::new(|c| c.topic_partitions = 0), "topic_partitions"),
+            (Box::new(|c| c.produce_timeout_ms = 0), "produce_timeout_ms"),
+            (Box::new(|c| c.otlp_http = c.otlp_grpc), "otlp_http"),
+            (
+                Box::new(|c| {
+                    c.kafka.insert("acks".into(), "1".into());
+                }),
+                "kafka.acks",
+            ),
+            (
+                Box::new(|c| {
+                    c.kafka.insert("enable.idempotence".into(), "false".into());
+                }),
+                "kafka.enable.idempotence",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut c = Config::default();
+            change(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! The collector bridge: OTLP in, Kafka out, and a "yes" only for what Kafka acknowledged.
+//!
+//! It receives OTLP over gRPC (`TraceService`, `LogsService`) and HTTP (`/v1/traces`,
+//! `/v1/logs`, protobuf or JSON, gzip accepted), routes spans to `trace_logs`, log records to
+//! `service_logs` and registration/heartbeat events to `heartbeat_logs`, writes one record
+//! per trace (or per key for logs) per request, split so that no record exceeds
+//! `max_message_bytes`, and answers the sender only once Kafka acknowledged every record
+//! (`acks=all`, idempotent producer). When Kafka does not acknowledge within
+//! `produce_timeout_ms` the answer is gRPC `UNAVAILABLE` / HTTP 503 with a retry hint, so
+//! senders retry instead of losing data.
+//!
+//! The output sits behind the [`Sink`] trait: [`KafkaSink`] in production, [`ChannelSink`]
+//! to hand batches in-process to the stages (all-in-one mode) under the same rule.
+//!
+//! ```no_run
+//! use collector_bridge::{start, Config};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config {
+//!     kafka_brokers: "127.0.0.1:9092".into(),
+//!     otlp_grpc: "127.0.0.1:0".parse()?, // port 0: pick a free port
+//!     otlp_http: "127.0.0.1:0".parse()?,
+//!     admin: "127.0.0.1:0".parse()?,
+//!     ..Config::default()
+//! };
+//! let bridge = start(config).await?;
+//! println!("OTLP/gRPC on {}, OTLP/HTTP on {}", bridge.grpc_addr(), bridge.http_addr());
+//! // ... export to it ...
+//! bridge.shutdown().await?; // stop accepting, finish in-flight requests, flush Kafka
+//! # Ok(())
+//! # }
+//! ```
+
+mod admin;
+pub mod cli;
+pub mod config;
+mod grpc;
+mod http;
+mod ingest;
+mod metrics;
+pub mod route;
+pub mod sink;
+mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use config::{Config, ConfigError};
+pub use route::{InvalidRequest, Routed, Router};
+pub use sink::{ChannelSink, KafkaSink, OutRecord, Sink, SinkError, Subscriber};
+
+/// The bridge could not start, or failed while running.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not bind.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener (`otlp_grpc`, `otlp_http`, `admin`).
+        what: &'static str,
+        /// The address from the configuration.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Kafka could not be set up (producer creation, topic creation).
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// A server stopped with an error while running.
+    #[error("the {what} server failed: {message}")]
+    Server {
+        /// Which server.
+        what: &'static str,
+        /// What it reported.
+        message: String,
+    },
+    /// The graceful shutdown did not complete in time.
+    #[error("shutdown incomplete: {0}")]
+    Shutdown(String),
+}
+
+type FlushFn =
+    Box<dyn FnOnce(Duration) -> Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>> + Send>;
+
+/// A started bridge. Dropping it stops the listeners without waiting; call
+/// [`RunningBridge::shutdown`] for a graceful stop.
+pub struct RunningBridge {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop_receivers: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    admin: JoinHandle<Result<(), String>>,
+    admin_state: Arc<admin::AdminState>,
+    failures: mpsc::UnboundedReceiver<BridgeError>,
+    flush: FlushFn,
+    in_flight: Box<dyn Fn() -> i64 + Send + Sync>,
+    shutdown_timeout: Duration,
+}
+
+/// How long a shutdown waits for idle client connections to close once no request is in
+/// flight.
+const IDLE_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+impl RunningBridge {
+    /// Where OTLP/gRPC is served.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where OTLP/HTTP is served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where `/metrics` and `/healthz` are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Resolves when a server fails while running (for supervisors such as [`run`]).
+    pub async fn failed(&mut self) -> BridgeError {
+        match self.failures.recv().await {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Graceful stop: `/healthz` turns 503, the receivers stop accepting connections and
+    /// finish the requests in flight (each still answered only after Kafka acknowledged or
+    /// its produce timeout passed), then the producer is flushed, all within
+    /// `shutdown_timeout_ms`.
+    pub async fn shutdown(self) -> Result<(), BridgeError> {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.admin_state.serving.store(false, Ordering::Relaxed);
+        let _ = self.stop_receivers.send(true);
+        let mut problems = Vec::new();
+        // Receivers finish once their connections close. A client that ignores the HTTP/2
+        // GOAWAY would hold that up to the deadline, so once no request is in flight for a
+        // grace period, the remaining (idle) connections are closed.
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            if self.receivers.iter().all(|(_, task)| task.is_finished()) {
+                break;
+            }
+            let now = Instant::now();
+            let in_flight = (self.in_flight)();
+            if now >= deadline {
+                if in_flight > 0 {
+                    problems.push(format!(
+                        "{in_flight} requests still in flight at the shutdown deadline"
+                    ));
+                }
+                break;
+            }
+            if in_flight == 0 {
+                let since = *idle_since.get_or_insert(now);
+                if now.duration_since(since) >= IDLE_CONNECTION_GRACE {
+                    tracing::debug!("closing idle client connections");
+                    break;
+                }
+            } else {
+                idle_since = None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (what, task) in self.receivers {
+            if !task.is_finished() {
+                task.abort();
+                continue;
+            }
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => problems.push(format!("{what}: {e}")),
+                Err(e) => problems.push(format!("{what} task: {e}")),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = (self.flush)(left).await {
+            problems.push(format!("flush: {e}"));
+        }
+        let _ = self.stop_admin.send(true);
+        let mut admin = self.admin;
+        if tokio::time::timeout(Duration::from_secs(1), &mut admin)
+            .await
+            .is_err()
+        {
+            admin.abort();
+        }
+        tracing::info!("collector bridge stopped");
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(BridgeError::Shutdown(problems.join("; ")))
+        }
+    }
+}
+
+/// Validates `config`, creates the topics when `create_topics` is set, and starts the bridge
+/// with a [`KafkaSink`]. Returns once every listener is bound; an unreachable broker does not
+/// fail the start, it makes requests answer `UNAVAILABLE` until it is back.
+pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
+    config.validate()?;
+    if config.create_topics {
+        dlog_core::kafka::ensure_topics(
+            &config.kafka_brokers,
+            &config.topics(),
+            config.topic_partitions,
+            config.topic_replication,
+        )
+        .await
+        .map_err(|e| BridgeError::Kafka(e.to_string()))?;
+    }
+    let sink = KafkaSink::new(&config).map_err(|e| BridgeError::Kafka(e.to_string()))?;
+    start_with_sink(config, sink).await
+}
+
+/// Starts the bridge over any [`Sink`] (for example a [`ChannelSink`] in the all-in-one
+/// mode). `create_topics` and `kafka_brokers` are not used here.
+pub async fn start_with_sink<S: Sink>(
+    config: Config,
+    sink: S,
+) -> Result<RunningBridge, BridgeError> {
+    config.validate()?;
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| BridgeError::Bind { what, addr, source })
+    };
+    let grpc_listener = bind("otlp_grpc", config.otlp_grpc).await?;
+    let http_listener = bind("otlp_http", config.otlp_http).await?;
+    let admin_listener = bind("admin", config.admin).await?;
+    let local = |what: &'static str, addr: SocketAddr, l: &TcpListener| {
+        l.local_addr()
+            .map_err(|source| BridgeError::Bind { what, addr, source })
+    };
+    let grpc_addr = local("otlp_grpc", config.otlp_grpc, &grpc_listener)?;
+    let http_addr = local("otlp_http", config.otlp_http, &http_listener)?;
+    let admin_addr = local("admin", config.admin, &admin_listener)?;
+
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::new(&mut registry, &config);
+    let ingest = Arc::new(ingest::Ingest::new(&config, sink, metrics));
+    let admin_state = Arc::new(admin::AdminState {
+        registry,
+        serving: AtomicBool::new(true),
+    });
+
+    let (stop_receivers, stop_rx) = watch::channel(false);
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let (fail_tx, failures) = mpsc::unbounded_channel();
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(grpc::OtlpService::<S, grpc::Traces>::new(
+            ingest.clone(),
+            config.max_request_bytes,
+        ))
+        .add_service(grpc::OtlpService::<S, grpc::Logs>::new(
+            ingest.clone(),
+            config.max_request_bytes,
+        ))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let grpc_task = spawn_server("otlp_grpc", fail_tx.clone(), async move {
+        grpc.await.map_err(|e| e.to_string())
+    });
+
+    let http_app = http::router(ingest.clone(), config.max_request_bytes);
+    let http = axum::serve(http_listener, http_app).with_graceful_shutdown(stopped(stop_rx));
+    let http_task = spawn_server("otlp_http", fail_tx.clone(), async move {
+        http.await.map_err(|e| e.to_string())
+    });
+
+    let admin_app = admin::router(admin_state.clone());
+    let admin =
+        axum::serve(admin_listener, admin_app).with_graceful_shutdown(stopped(stop_admin_rx));
+    let admin_task = spawn_server("admin", fail_tx, async move {
+        admin.await.map_err(|e| e.to_string())
+    });
+
+    let flush: FlushFn = {
+        let ingest = ingest.clone();
+        Box::new(move |timeout| Box::pin(async move { ingest.sink().flush(timeout).await }))
+    };
+
+    tracing::info!(
+        otlp_grpc = %grpc_addr,
+        otlp_http = %http_addr,
+        admin = %admin_addr,
+        kafka_brokers = %config.kafka_brokers,
+        encoding = %config.encoding,
+        "collector bridge listening"
+    );
+    Ok(RunningBridge {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        stop_receivers,
+        stop_admin,
+        receivers: vec![("otlp_grpc", grpc_task), ("otlp_http", http_task)],
+        admin: admin_task,
+        admin_state,
+        failures,
+        flush,
+        in_flight: {
+            let ingest = ingest.clone();
+            Box::new(move || ingest.requests_in_flight())
+        },
+        shutdown_timeout: config.shutdown_timeout(),
+    })
+}
+
+/// Runs the bridge until `shutdown` resolves (or a server fails), then stops gracefully.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BridgeError> {
+    let mut bridge = start(config).await?;
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down: finishing in-flight requests and flushing Kafka");
+            bridge.shutdown().await
+        }
+        error = bridge.failed() => {
+            let _ = bridge.shutdown().await;
+            Err(error)
+        }
+    }
+}
+
+/// Resolves once `stop` turns true or its sender is gone (the bridge was dropped).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn spawn_server(
+    what: &'static str,
+    failures: mpsc::UnboundedSender<BridgeError>,
+    server: impl Future<Output = Result<(), String>> + Send + 'static,
+) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        let result = server.await;
+        if let Err(message) = &result {
+            tracing::error!(server = what, %message, "server failed");
+            let _ = failures.send(BridgeError::Server {
+                what,
+                message: message.clone(),
+            });
+        }
+        result
+    })
+}

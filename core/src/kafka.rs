@@ -1,0 +1,294 @@
+//! Kafka plumbing shared by the stages: the consumer [`KafkaSource`], the [`DeadLetters`]
+//! producer and topic creation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+use crate::source::{RawRecord, Source, SourceError};
+
+/// How a stage reaches Kafka and which group it consumes in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Group session timeout in ms. A join takes about half of it on some brokers.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka properties, passed through as they are.
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+fn default_session_timeout_ms() -> u32 {
+    6000
+}
+
+impl ConsumerSettings {
+    /// Settings with defaults for everything but brokers, group and topics.
+    pub fn new(
+        brokers: impl Into<String>,
+        group_id: impl Into<String>,
+        topics: Vec<String>,
+    ) -> Self {
+        ConsumerSettings {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topics,
+            session_timeout_ms: default_session_timeout_ms(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// The Kafka [`Source`]: a consumer-group member that never auto-commits. Offsets move only
+/// through [`Source::ack`].
+pub struct KafkaSource {
+    consumer: StreamConsumer,
+}
+
+impl KafkaSource {
+    /// Joins the group and subscribes to the topics.
+    pub fn new(settings: &ConsumerSettings) -> Result<Self, SourceError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (settings.session_timeout_ms / 3).max(100).to_string(),
+            );
+        for (k, v) in &settings.extra {
+            config.set(k, v);
+        }
+        let consumer: StreamConsumer = config.create().map_err(kafka_err)?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_err)?;
+        Ok(KafkaSource { consumer })
+    }
+
+    /// The underlying consumer, for lag metrics.
+    pub fn consumer(&self) -> &StreamConsumer {
+        &self.consumer
+    }
+}
+
+fn kafka_err(e: rdkafka::error::KafkaError) -> SourceError {
+    SourceError::Kafka(e.to_string())
+}
+
+fn to_raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+    let headers = message
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    RawRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        headers,
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
+impl Source for KafkaSource {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<RawRecord>, SourceError> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + linger;
+        while out.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(message)) => out.push(to_raw(&message)),
+                Ok(Err(e)) => {
+                    // Transient consumer errors (broker down, rebalance) are logged and
+                    // retried by librdkafka; hand back what we have.
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    if out.is_empty() {
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                    break;
+                }
+            }
+            if !out.is_empty() && tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in records {
+            let entry = next
+                .entry((r.topic.as_str(), r.partition))
+                .or_insert(r.offset + 1);
+            *entry = (*entry).max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+                .map_err(kafka_err)?;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // Partitions were revoked mid-batch: the new owner replays them, which idempotent
+            // writes absorb.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::RebalanceInProgress,
+            ))
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::IllegalGeneration,
+            )) => {
+                tracing::warn!("offset commit lost to a rebalance; records will be replayed");
+                Ok(())
+            }
+            Err(e) => Err(kafka_err(e)),
+        }
+    }
+
+    fn pause(&mut self) -> Result<(), SourceError> {
+        let assignment = self.consumer.assignment().map_err(kafka_err)?;
+        self.consumer.pause(&assignment).map_err(kafka_err)
+    }
+
+    fn resume(&mut self) -> Result<(), SourceError> {
+        let assignment = self.consumer.assignment().map_err(kafka_err)?;
+        self.consumer.resume(&assignment).map_err(kafka_err)
+    }
+}
+
+/// Producer for the `dead_letters` topic.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    stage: String,
+}
+
+impl DeadLetters {
+    /// An idempotent, acks=all producer for `topic`, naming `stage` in every dead letter.
+    pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, SourceError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka_err)?;
+        Ok(DeadLetters {
+            producer,
+            topic: topic.to_string(),
+            stage: stage.to_string(),
+        })
+    }
+
+    /// Writes `record` to the dead-letter topic with its reason and source coordinates, and
+    /// waits for the broker's acknowledgement.
+    pub async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &record.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        for (k, v) in [
+            (names::DLQ_REASON_HEADER, reason),
+            (names::DLQ_TOPIC_HEADER, record.topic.as_str()),
+            (names::DLQ_PARTITION_HEADER, partition.as_str()),
+            (names::DLQ_OFFSET_HEADER, offset.as_str()),
+            (names::DLQ_STAGE_HEADER, self.stage.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut future_record = FutureRecord::to(&self.topic)
+            .payload(&record.payload)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        self.producer
+            .send(future_record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| kafka_err(e))
+    }
+}
+
+/// Creates the topics that do not exist yet. Existing topics are left as they are.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), SourceError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(kafka_err)?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(kafka_err)?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(SourceError::Kafka(format!(
+                    "cannot create topic `{topic}` on brokers {brokers}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}

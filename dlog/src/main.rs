@@ -1,0 +1,171 @@
+//! `dlog`: run everything in one process on embedded defaults (`dlog` or `dlog up`), or query
+//! the embedded store (`dlog trace <id>`, `dlog traces`, `dlog logs`, `dlog services`,
+//! `dlog deps`, `dlog status`, `dlog alerts`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dlog_storage::cli::{query, Command as QueryCommand};
+use dlog_storage::{open_store, AlertQuery, StoreConfig};
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_LOG_FILTER: &str = "info,rdkafka=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=warn,tower=warn,axum=warn,reqwest=warn";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dlog",
+    version,
+    about = "dlog: OTLP in, searchable traces and logs, alerts; all in one process"
+)]
+struct Args {
+    /// Data directory: the embedded store and the alerting state.
+    #[arg(long, env = "DLOG_DATA_DIR", default_value = dlog::DEFAULT_DATA_DIR, global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bridge, the indexing and alerting stages and the embedded store (the default).
+    Up(UpArgs),
+    /// List alerts, newest first.
+    Alerts {
+        /// Only this service's alerts.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only `firing` or `resolved` alerts.
+        #[arg(long)]
+        state: Option<String>,
+        /// Most alerts.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    #[command(flatten)]
+    Query(QueryCommand),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct UpArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "DLOG_OTLP_GRPC")]
+    otlp_grpc: Option<SocketAddr>,
+    /// OTLP/HTTP listen address.
+    #[arg(long, env = "DLOG_OTLP_HTTP")]
+    otlp_http: Option<SocketAddr>,
+    /// Alert rules file (TOML, see config/alerting/rules.toml).
+    #[arg(long, env = "DLOG_RULES")]
+    rules: Option<PathBuf>,
+    /// Also POST alerts as JSON to this URL.
+    #[arg(long, env = "DLOG_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_new(&filter).with_context(|| format!("invalid RUST_LOG `{filter}`"))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match args.command {
+        None => up(args.data_dir, UpArgs::default()).await,
+        Some(Command::Up(up_args)) => up(args.data_dir, up_args).await,
+        Some(Command::Alerts {
+            service,
+            state,
+            limit,
+        }) => {
+            let store = open_store(&StoreConfig::embedded(args.data_dir.join("store")))
+                .await
+                .context("cannot open the store")?;
+            let alerts = store
+                .list_alerts(&AlertQuery {
+                    service,
+                    state,
+                    limit,
+                })
+                .await
+                .context("query failed")?;
+            for a in alerts {
+                let root = a
+                    .root_cause
+                    .map(|r| format!(" (root cause: {r})"))
+                    .unwrap_or_default();
+                println!(
+                    "{:<8} {:<9} {:<16} {:<20} x{:<4} {}{}",
+                    a.state, a.severity, a.service, a.rule, a.occurrences, a.summary, root
+                );
+            }
+            Ok(())
+        }
+        Some(Command::Query(QueryCommand::Run(_))) => {
+            anyhow::bail!("`run` belongs to dlog-indexer; use `dlog up` to run everything here")
+        }
+        Some(Command::Query(command)) => {
+            let store = open_store(&StoreConfig::embedded(args.data_dir.join("store")))
+                .await
+                .context("cannot open the store")?;
+            print!(
+                "{}",
+                query(store.as_ref(), &command)
+                    .await
+                    .context("query failed")?
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
+    let mut config = dlog::Config {
+        data_dir,
+        rules_file: args.rules,
+        webhook_url: args.webhook_url,
+        ..dlog::Config::default()
+    };
+    if let Some(addr) = args.otlp_grpc {
+        config.otlp_grpc = addr;
+    }
+    if let Some(addr) = args.otlp_http {
+        config.otlp_http = addr;
+    }
+    let running = dlog::start(config).await.context("cannot start dlog")?;
+    eprintln!(
+        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · metrics http://{}/metrics. Ctrl-C stops.",
+        running.grpc_addr(),
+        running.http_addr(),
+        running.bridge_admin_addr()
+    );
+    shutdown_signal().await;
+    eprintln!("stopping: finishing in-flight requests");
+    running.shutdown().await.context("shutdown")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

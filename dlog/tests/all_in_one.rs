@@ -1,0 +1,146 @@
+//! The all-in-one process end to end: a service instrumented with the SDK exports to it, and
+//! once the SDK's shutdown reports everything delivered (which the bridge only confirms after
+//! both in-process stages acknowledged), the trace, the logs, the service's status and the
+//! alert for its error are in the embedded store.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use distributed_logger::Telemetry;
+use dlog_storage::{AlertQuery, Liveness, LogQuery, StatusQuery};
+
+fn loopback_port_zero() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+#[tracing::instrument(skip(logger))]
+fn checkout(logger: &distributed_logger::DistributedLogger, order: i64) -> String {
+    tracing::info!(order, "checking out");
+    payment(logger);
+    // The trace id of the request, as the store keys it.
+    use opentelemetry_trace_id::current_trace_id;
+    current_trace_id()
+}
+
+#[tracing::instrument(skip(logger))]
+fn payment(logger: &distributed_logger::DistributedLogger) {
+    logger.error(
+        "payment failed",
+        "PAY-502",
+        "gateway timeout",
+        Some("payments"),
+    );
+}
+
+/// Reads the current trace id from the W3C `traceparent` the SDK would send downstream.
+mod opentelemetry_trace_id {
+    pub fn current_trace_id() -> String {
+        let mut headers = http::HeaderMap::new();
+        distributed_logger::propagation::inject_current_http(&mut headers);
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        traceparent
+            .split('-')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_stored_searchable_and_alerted_on() {
+    let data = tempfile::tempdir().unwrap();
+    let running = dlog::start(dlog::Config {
+        data_dir: data.path().to_path_buf(),
+        otlp_grpc: loopback_port_zero(),
+        otlp_http: loopback_port_zero(),
+        bridge_admin: loopback_port_zero(),
+        indexer_admin: loopback_port_zero(),
+        alerter_admin: loopback_port_zero(),
+        rules_file: None,
+        webhook_url: None,
+    })
+    .await
+    .unwrap();
+    let endpoint = format!("http://{}", running.grpc_addr());
+
+    let (trace_id, report) = tokio::task::spawn_blocking(move || {
+        let telemetry = Telemetry::builder("checkout")
+            .with_endpoint(endpoint)
+            .with_dependencies(["payments"])
+            .with_stderr(false)
+            .with_heartbeat_interval(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let logger = telemetry.logger();
+        let trace_id =
+            tracing::dispatcher::with_default(telemetry.dispatch(), || checkout(&logger, 42));
+        (trace_id, telemetry.shutdown())
+    })
+    .await
+    .unwrap();
+    assert!(report.is_complete(), "SDK could not deliver: {report}");
+    assert_eq!(trace_id.len(), 32, "no trace id: {trace_id:?}");
+
+    let store = running.store();
+    let spans = store.get_trace(&trace_id).await.unwrap();
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["checkout", "payment"]);
+    let checkout_span = spans.iter().find(|s| s.name == "checkout").unwrap();
+    let payment_span = spans.iter().find(|s| s.name == "payment").unwrap();
+    assert_eq!(
+        payment_span.parent_span_id.as_deref(),
+        Some(checkout_span.span_id.as_str())
+    );
+
+    let logs = store
+        .search_logs(&LogQuery {
+            trace_id: Some(trace_id.clone()),
+            ..LogQuery::default()
+        })
+        .await
+        .unwrap();
+    let error = logs
+        .iter()
+        .find(|l| l.level == "ERROR")
+        .expect("the error record is stored");
+    assert_eq!(error.body, "payment failed");
+    assert_eq!(error.attr_str("error.code"), Some("PAY-502"));
+    assert_eq!(
+        error.span_id.as_deref(),
+        Some(payment_span.span_id.as_str())
+    );
+    assert!(logs.iter().any(|l| l.body == "checking out"));
+
+    let status = store.service_status(&StatusQuery::default()).await.unwrap();
+    let checkout_status = status
+        .iter()
+        .find(|s| s.entry.service == "checkout")
+        .unwrap_or_else(|| panic!("no status for checkout: {status:?}"));
+    // The SDK's shutdown sent the DOWN registration after the UP one.
+    assert_eq!(checkout_status.status, Liveness::Down);
+    assert_eq!(
+        checkout_status.entry.dependencies,
+        vec!["payments".to_string()]
+    );
+
+    let alerts = store
+        .list_alerts(&AlertQuery {
+            service: Some("checkout".into()),
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    let alert = alerts
+        .iter()
+        .find(|a| a.rule == "error_log")
+        .unwrap_or_else(|| panic!("no error_log alert in {alerts:?}"));
+    assert!(alert.summary.contains("PAY-502"), "{}", alert.summary);
+    assert_eq!(alert.example_trace_ids, vec![trace_id]);
+
+    running.shutdown().await.unwrap();
+}

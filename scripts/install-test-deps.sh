@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the test suite and benchmarks need, idempotently:
+#   - Debian build packages for the -sys crates (librdkafka is built from source by rdkafka);
+#   - rustfmt and clippy;
+#   - tansu, the Kafka-protocol broker the system tests start (cargo install skips an
+#     already-installed version);
+#   - osmem-server (Elasticsearch/OpenSearch-API server), rotel (peer OTLP -> Kafka collector),
+#     confluent-kafka and the OpenTelemetry Python SDK (interoperability tests), pinned.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+
+need_apt=()
+for pkg in build-essential pkg-config libssl-dev python3-pip; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    echo "==> rustup component add ${component}"
+    rustup component add "${component}"
+  fi
+done
+
+TANSU_VERSION=0.6.0
+if ! "${HOME}/.cargo/bin/tansu" --version 2>/dev/null | grep -q "${TANSU_VERSION}"; then
+  echo "==> cargo install tansu ${TANSU_VERSION} (about 12 minutes on 2 cores, once per machine)"
+  cargo install tansu --version "${TANSU_VERSION}" --locked --no-default-features --features dynostore
+fi
+
+echo "==> pip install -r requirements-test.txt"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  -r "${here}/requirements-test.txt"

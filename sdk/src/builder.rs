@@ -1,0 +1,742 @@
+//! [`TelemetryBuilder`]: every setting, its default, and where environment variables fill in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::{Array, KeyValue, StringValue, Value};
+use opentelemetry_sdk::logs::LogExporter;
+use opentelemetry_sdk::trace::SpanExporter;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::Targets;
+
+use crate::export::{BoundedLogProcessor, BoundedSpanProcessor, Diagnostics, QueueConfig};
+use crate::telemetry::Telemetry;
+use crate::{names, DistributedLogger, InstallError, TelemetryGuard};
+
+/// Environment variable: the OTLP/gRPC endpoint, when [`TelemetryBuilder::with_endpoint`] is not called.
+pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Environment variable: the service name, when the builder is given an empty name.
+pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// Environment variable: `key=value,...` resource attributes (values percent-encoded).
+pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// Environment variable: the filter directives, when [`TelemetryBuilder::with_env_filter`] is not called.
+pub const ENV_LOG_FILTER: &str = "RUST_LOG";
+
+/// Default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default capacity of each of the span and log queues.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 2048;
+/// Default largest batch per export call.
+pub const DEFAULT_MAX_EXPORT_BATCH: usize = 512;
+/// Default longest wait of a record in the queue before it is exported.
+pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time budget of one export call, retries included.
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default deadline of [`Telemetry::shutdown`](crate::Telemetry::shutdown).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default filter directives when neither the builder nor `RUST_LOG` gives any.
+pub const DEFAULT_ENV_FILTER: &str = "info";
+/// Shortest heartbeat interval accepted (shorter would flood the pipeline).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A setting was invalid, or a part of the pipeline could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Neither the builder, `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` named the service.
+    #[error("no service name: pass one to Telemetry::builder, or set OTEL_SERVICE_NAME")]
+    MissingServiceName,
+    /// The endpoint is not an `http://host:port` URI.
+    #[error("OTLP endpoint `{endpoint}` (from {source_name}) is invalid: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Where it came from: `with_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
+        source_name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `OTEL_RESOURCE_ATTRIBUTES` holds an entry that is not `key=value`.
+    #[error("OTEL_RESOURCE_ATTRIBUTES entry `{entry}` is invalid: {reason}")]
+    InvalidResourceAttributes {
+        /// The offending entry.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The filter directives do not parse.
+    #[error("filter directives `{directives}` (from {source_name}) are invalid: {reason}")]
+    InvalidEnvFilter {
+        /// The directives as given.
+        directives: String,
+        /// Where they came from: `with_env_filter` or `RUST_LOG`.
+        source_name: &'static str,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A numeric setting is out of range.
+    #[error("setting `{setting}` is invalid: {reason}")]
+    InvalidSetting {
+        /// The builder method.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The OTLP exporter could not be built.
+    #[error("cannot build the OTLP {signal} exporter for {endpoint}: {reason}")]
+    Exporter {
+        /// `spans` or `logs`.
+        signal: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// The exporter's message.
+        reason: String,
+    },
+    /// The export worker's runtime could not be created.
+    #[error("cannot create the export worker's Tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A background thread could not be spawned.
+    #[error("cannot spawn a telemetry thread: {0}")]
+    Thread(std::io::Error),
+    /// An export worker exited while starting.
+    #[error("the {0} export worker exited while starting")]
+    WorkerDied(&'static str),
+}
+
+type SpanWorkerFactory = Box<
+    dyn FnOnce(&QueueConfig, Arc<Diagnostics>) -> Result<BoundedSpanProcessor, BuildError> + Send,
+>;
+type LogWorkerFactory = Box<
+    dyn FnOnce(&QueueConfig, Arc<Diagnostics>) -> Result<BoundedLogProcessor, BuildError> + Send,
+>;
+
+/// Builds a [`Telemetry`]: the service's identity, where it exports, and how it behaves when
+/// the collector is slow or gone. See the crate docs for an example.
+///
+/// Precedence for every setting: an explicit builder call, then the environment variable,
+/// then the default.
+#[must_use = "a builder does nothing until build() or init()"]
+pub struct TelemetryBuilder {
+    service_name: String,
+    version: Option<String>,
+    instance_id: Option<String>,
+    dependencies: Option<Vec<String>>,
+    endpoint: Option<String>,
+    heartbeat_interval: Duration,
+    stderr: bool,
+    env_filter: Option<String>,
+    queue_capacity: usize,
+    max_export_batch: usize,
+    export_interval: Duration,
+    export_timeout: Duration,
+    shutdown_timeout: Duration,
+    gzip: bool,
+    tracked_inactivity: bool,
+    resource_attributes: Vec<KeyValue>,
+    span_exporter: Option<SpanWorkerFactory>,
+    log_exporter: Option<LogWorkerFactory>,
+}
+
+impl std::fmt::Debug for TelemetryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryBuilder")
+            .field("service_name", &self.service_name)
+            .field("version", &self.version)
+            .field("instance_id", &self.instance_id)
+            .field("dependencies", &self.dependencies)
+            .field("endpoint", &self.endpoint)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("stderr", &self.stderr)
+            .field("env_filter", &self.env_filter)
+            .field("queue_capacity", &self.queue_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryBuilder {
+    pub(crate) fn new(service_name: String) -> Self {
+        TelemetryBuilder {
+            service_name,
+            version: None,
+            instance_id: None,
+            dependencies: None,
+            endpoint: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            stderr: true,
+            env_filter: None,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_export_batch: DEFAULT_MAX_EXPORT_BATCH,
+            export_interval: DEFAULT_EXPORT_INTERVAL,
+            export_timeout: DEFAULT_EXPORT_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            gzip: false,
+            tracked_inactivity: false,
+            resource_attributes: Vec::new(),
+            span_exporter: None,
+            log_exporter: None,
+        }
+    }
+
+    /// `service.version`. Default: `service.version` from `OTEL_RESOURCE_ATTRIBUTES`, else unset.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// `service.instance.id`. Default: from `OTEL_RESOURCE_ATTRIBUTES`, else a random UUID.
+    pub fn with_instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = Some(instance_id.into());
+        self
+    }
+
+    /// The services this one calls, published as the `service.dependencies` resource attribute
+    /// (an OTLP string array). Default: from `OTEL_RESOURCE_ATTRIBUTES` (comma-separated,
+    /// percent-encoded: `service.dependencies=a%2Cb`), else none.
+    pub fn with_dependencies<I, S>(mut self, dependencies: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.dependencies = Some(dependencies.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// OTLP/gRPC endpoint, `http://host:port`. Default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else
+    /// `http://127.0.0.1:4317`.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// How often a heartbeat event is sent. Default 10 s; at least 10 ms.
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Whether a human-readable log layer writes to stderr. Default: on.
+    pub fn with_stderr(mut self, enabled: bool) -> Self {
+        self.stderr = enabled;
+        self
+    }
+
+    /// `EnvFilter` directives (`info,my_crate=debug`). Default: `RUST_LOG`, else `info`.
+    pub fn with_env_filter(mut self, directives: impl Into<String>) -> Self {
+        self.env_filter = Some(directives.into());
+        self
+    }
+
+    /// Capacity of each of the span and log queues; records beyond it are dropped and counted.
+    /// Default 2048.
+    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity;
+        self
+    }
+
+    /// Largest number of records per export call. Default 512 (capped at the queue capacity).
+    pub fn with_max_export_batch(mut self, records: usize) -> Self {
+        self.max_export_batch = records;
+        self
+    }
+
+    /// Longest time a record waits in the queue before it is exported. Default 1 s.
+    pub fn with_export_interval(mut self, interval: Duration) -> Self {
+        self.export_interval = interval;
+        self
+    }
+
+    /// Time budget of one export call, the exporter's retries included. Default 10 s.
+    pub fn with_export_timeout(mut self, timeout: Duration) -> Self {
+        self.export_timeout = timeout;
+        self
+    }
+
+    /// Deadline of shutdown (DOWN event, then flushing spans and logs). Default 5 s.
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Gzip-compress OTLP requests. Default: off (the collector is usually local).
+    pub fn with_gzip(mut self, enabled: bool) -> Self {
+        self.gzip = enabled;
+        self
+    }
+
+    /// Record `busy_ns`/`idle_ns` on every span (costs two clock reads per enter/exit).
+    /// Default: off.
+    pub fn with_tracked_inactivity(mut self, enabled: bool) -> Self {
+        self.tracked_inactivity = enabled;
+        self
+    }
+
+    /// An extra resource attribute (for example `deployment.environment.name`).
+    pub fn with_resource_attribute(
+        mut self,
+        key: impl Into<opentelemetry::Key>,
+        value: impl Into<Value>,
+    ) -> Self {
+        self.resource_attributes.push(KeyValue::new(key, value));
+        self
+    }
+
+    /// Exports spans through `exporter` instead of OTLP/gRPC (tests, benchmarks, other sinks).
+    /// It is still driven by the SDK's bounded processor.
+    pub fn with_span_exporter<E: SpanExporter + 'static>(mut self, exporter: E) -> Self {
+        self.span_exporter = Some(Box::new(move |config: &QueueConfig, diagnostics| {
+            BoundedSpanProcessor::spawn(config, diagnostics, move || Ok(exporter))
+        }));
+        self
+    }
+
+    /// Exports logs through `exporter` instead of OTLP/gRPC (tests, benchmarks, other sinks).
+    pub fn with_log_exporter<E: LogExporter + 'static>(mut self, exporter: E) -> Self {
+        self.log_exporter = Some(Box::new(move |config: &QueueConfig, diagnostics| {
+            BoundedLogProcessor::spawn(config, diagnostics, move || Ok(exporter))
+        }));
+        self
+    }
+
+    /// Validates the settings, starts the export workers and the heartbeat, and returns the
+    /// running [`Telemetry`] without installing it as the global subscriber.
+    pub fn build(self) -> Result<Telemetry, BuildError> {
+        let settings = self.resolve(&Env::from_process())?;
+        Telemetry::start(settings)
+    }
+
+    /// [`build`](Self::build), then [`Telemetry::install`]: the one call a service makes.
+    pub fn init(self) -> Result<(TelemetryGuard, DistributedLogger), InstallError> {
+        self.build()?.install()
+    }
+
+    fn resolve(self, env: &Env) -> Result<Settings, BuildError> {
+        let env_attrs = match &env.resource_attributes {
+            Some(raw) => parse_resource_attributes(raw)?,
+            None => BTreeMap::new(),
+        };
+        let service_name = [
+            Some(self.service_name.trim().to_string()),
+            env.service_name.clone(),
+            env_attrs.get(names::SERVICE_NAME).cloned(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|name| !name.is_empty())
+        .ok_or(BuildError::MissingServiceName)?;
+        let version = self
+            .version
+            .or_else(|| env_attrs.get(names::SERVICE_VERSION).cloned());
+        let instance_id = self
+            .instance_id
+            .or_else(|| env_attrs.get(names::SERVICE_INSTANCE_ID).cloned())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let dependencies = self.dependencies.unwrap_or_else(|| {
+            env_attrs
+                .get(names::SERVICE_DEPENDENCIES)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+
+        let (endpoint, endpoint_source) = match (self.endpoint, &env.otlp_endpoint) {
+            (Some(endpoint), _) => (endpoint, "with_endpoint"),
+            (None, Some(endpoint)) if !endpoint.trim().is_empty() => {
+                (endpoint.trim().to_string(), ENV_OTLP_ENDPOINT)
+            }
+            (None, _) => (names::DEFAULT_OTLP_ENDPOINT.to_string(), "the default"),
+        };
+        validate_endpoint(&endpoint, endpoint_source)?;
+
+        let (filter, filter_source) = match (self.env_filter, &env.log_filter) {
+            (Some(filter), _) => (filter, "with_env_filter"),
+            (None, Some(filter)) if !filter.trim().is_empty() => (filter.clone(), ENV_LOG_FILTER),
+            (None, _) => (DEFAULT_ENV_FILTER.to_string(), "the default"),
+        };
+        let env_filter = tracing_subscriber::EnvFilter::builder()
+            .parse(&filter)
+            .map_err(|e| BuildError::InvalidEnvFilter {
+                directives: filter.clone(),
+                source_name: filter_source,
+                reason: e.to_string(),
+            })?;
+        // Directives without span or field matchers (`[..]`, `{..}`) are static: the cheaper
+        // `Targets` filter decides them per call site, while `EnvFilter` also takes a lock on
+        // every span enter and exit to track span scopes.
+        let level_filter = match filter.parse::<Targets>() {
+            Ok(targets) if !filter.contains(['[', '{']) => LevelFilter::Static(targets),
+            _ => LevelFilter::Dynamic(env_filter),
+        };
+
+        if self.heartbeat_interval < MIN_HEARTBEAT_INTERVAL {
+            return Err(BuildError::InvalidSetting {
+                setting: "with_heartbeat_interval",
+                reason: format!(
+                    "{:?} is shorter than the minimum {MIN_HEARTBEAT_INTERVAL:?}",
+                    self.heartbeat_interval
+                ),
+            });
+        }
+        if self.queue_capacity == 0 {
+            return Err(BuildError::InvalidSetting {
+                setting: "with_queue_capacity",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.max_export_batch == 0 {
+            return Err(BuildError::InvalidSetting {
+                setting: "with_max_export_batch",
+                reason: "must be at least 1".into(),
+            });
+        }
+        for (setting, value) in [
+            ("with_export_interval", self.export_interval),
+            ("with_export_timeout", self.export_timeout),
+            ("with_shutdown_timeout", self.shutdown_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(BuildError::InvalidSetting {
+                    setting,
+                    reason: "must be longer than zero".into(),
+                });
+            }
+        }
+
+        // Resource: SDK identity, then OTEL_RESOURCE_ATTRIBUTES, then explicit settings, so
+        // that later entries (the explicit ones) win.
+        let mut attributes: Vec<KeyValue> = env_attrs
+            .iter()
+            .filter(|(key, _)| {
+                ![
+                    names::SERVICE_NAME,
+                    names::SERVICE_VERSION,
+                    names::SERVICE_INSTANCE_ID,
+                    names::SERVICE_DEPENDENCIES,
+                ]
+                .contains(&key.as_str())
+            })
+            .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
+            .collect();
+        attributes.extend(self.resource_attributes);
+        attributes.push(KeyValue::new(names::SERVICE_NAME, service_name.clone()));
+        if let Some(version) = &version {
+            attributes.push(KeyValue::new(names::SERVICE_VERSION, version.clone()));
+        }
+        attributes.push(KeyValue::new(
+            names::SERVICE_INSTANCE_ID,
+            instance_id.clone(),
+        ));
+        attributes.push(KeyValue::new(
+            names::SERVICE_DEPENDENCIES,
+            dependency_array(&dependencies),
+        ));
+        let resource = Resource::builder_empty()
+            .with_detector(Box::new(
+                opentelemetry_sdk::resource::TelemetryResourceDetector,
+            ))
+            .with_attributes(attributes)
+            .build();
+
+        Ok(Settings {
+            service_name,
+            instance_id,
+            dependencies,
+            endpoint,
+            heartbeat_interval: self.heartbeat_interval,
+            stderr: self.stderr,
+            level_filter,
+            queue: QueueConfig {
+                capacity: self.queue_capacity,
+                max_batch: self.max_export_batch.min(self.queue_capacity),
+                interval: self.export_interval,
+                export_timeout: self.export_timeout,
+            },
+            shutdown_timeout: self.shutdown_timeout,
+            gzip: self.gzip,
+            tracked_inactivity: self.tracked_inactivity,
+            resource,
+            span_exporter: self.span_exporter,
+            log_exporter: self.log_exporter,
+        })
+    }
+}
+
+/// The resolved settings [`Telemetry::start`] works from.
+pub(crate) struct Settings {
+    pub service_name: String,
+    pub instance_id: String,
+    pub dependencies: Vec<String>,
+    pub endpoint: String,
+    pub heartbeat_interval: Duration,
+    pub stderr: bool,
+    pub level_filter: LevelFilter,
+    pub queue: QueueConfig,
+    pub shutdown_timeout: Duration,
+    pub gzip: bool,
+    pub tracked_inactivity: bool,
+    pub resource: Resource,
+    pub span_exporter: Option<SpanWorkerFactory>,
+    pub log_exporter: Option<LogWorkerFactory>,
+}
+
+/// The `EnvFilter`-syntax directives, in the cheapest filter that can evaluate them.
+#[allow(clippy::large_enum_variant)] // Built once per service, moved once.
+pub(crate) enum LevelFilter {
+    /// Only `target=level` directives.
+    Static(Targets),
+    /// Directives that match on spans or fields.
+    Dynamic(tracing_subscriber::EnvFilter),
+}
+
+/// The declared dependencies as an OTLP string array.
+pub(crate) fn dependency_array(dependencies: &[String]) -> Value {
+    Value::Array(Array::String(
+        dependencies
+            .iter()
+            .cloned()
+            .map(StringValue::from)
+            .collect(),
+    ))
+}
+
+/// The environment variables the builder reads, captured once (and injectable in tests).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Env {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub resource_attributes: Option<String>,
+    pub log_filter: Option<String>,
+}
+
+impl Env {
+    fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok();
+        Env {
+            otlp_endpoint: var(ENV_OTLP_ENDPOINT),
+            service_name: var(ENV_SERVICE_NAME).map(|s| s.trim().to_string()),
+            resource_attributes: var(ENV_RESOURCE_ATTRIBUTES),
+            log_filter: var(ENV_LOG_FILTER),
+        }
+    }
+}
+
+fn validate_endpoint(endpoint: &str, source_name: &'static str) -> Result<(), BuildError> {
+    let invalid = |reason: String| BuildError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        source_name,
+        reason,
+    };
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(invalid(
+                "https is not supported by this build (no TLS); use http:// to a local collector"
+                    .into(),
+            ))
+        }
+        _ => return Err(invalid("expected http://host:port".into())),
+    }
+    if uri.authority().is_none() {
+        return Err(invalid("no host:port".into()));
+    }
+    Ok(())
+}
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES`: comma-separated `key=value`, values percent-decoded.
+pub(crate) fn parse_resource_attributes(raw: &str) -> Result<BTreeMap<String, String>, BuildError> {
+    let mut out = BTreeMap::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let invalid = |reason| BuildError::InvalidResourceAttributes {
+            entry: entry.to_string(),
+            reason,
+        };
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| invalid("expected key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(invalid("empty key"));
+        }
+        let value = percent_decode(value.trim()).ok_or_else(|| invalid("bad percent-encoding"))?;
+        out.insert(key.to_string(), value);
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(builder: TelemetryBuilder, env: Env) -> Result<Settings, BuildError> {
+        builder.resolve(&env)
+    }
+
+    fn attr(settings: &Settings, key: &str) -> Option<Value> {
+        settings
+            .resource
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn explicit_settings_win_over_env_and_env_over_defaults() {
+        let env = Env {
+            otlp_endpoint: Some("http://10.0.0.1:4317".into()),
+            service_name: Some("from-env".into()),
+            resource_attributes: Some(
+                "service.version=9.9,service.instance.id=env-1,service.dependencies=a%2Cb,team=core".into(),
+            ),
+            log_filter: Some("debug".into()),
+        };
+        let s = resolve(TelemetryBuilder::new("".into()), env.clone()).unwrap();
+        assert_eq!(s.service_name, "from-env");
+        assert_eq!(s.endpoint, "http://10.0.0.1:4317");
+        assert_eq!(s.instance_id, "env-1");
+        assert_eq!(s.dependencies, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(attr(&s, "service.version"), Some(Value::from("9.9")));
+        assert_eq!(attr(&s, "team"), Some(Value::from("core")));
+
+        let s = resolve(
+            TelemetryBuilder::new("explicit".into())
+                .with_version("1.0")
+                .with_instance_id("i-1")
+                .with_dependencies(["c"])
+                .with_endpoint("http://127.0.0.1:9999"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(s.service_name, "explicit");
+        assert_eq!(s.endpoint, "http://127.0.0.1:9999");
+        assert_eq!(s.instance_id, "i-1");
+        assert_eq!(attr(&s, names::SERVICE_NAME), Some(Value::from("explicit")));
+        assert_eq!(attr(&s, names::SERVICE_VERSION), Some(Value::from("1.0")));
+        assert_eq!(
+            attr(&s, names::SERVICE_DEPENDENCIES),
+            Some(Value::Array(Array::String(vec![StringValue::from("c")])))
+        );
+    }
+
+    #[test]
+    fn defaults_apply_without_env() {
+        let s = resolve(TelemetryBuilder::new("svc".into()), Env::default()).unwrap();
+        assert_eq!(s.endpoint, names::DEFAULT_OTLP_ENDPOINT);
+        assert_eq!(s.heartbeat_interval, DEFAULT_HEARTBEAT_INTERVAL);
+        assert!(
+            uuid::Uuid::parse_str(&s.instance_id).is_ok(),
+            "{}",
+            s.instance_id
+        );
+        assert_eq!(
+            attr(&s, names::SERVICE_DEPENDENCIES),
+            Some(dependency_array(&[]))
+        );
+        assert_eq!(attr(&s, names::SERVICE_VERSION), None);
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_source() {
+        let err = resolve(TelemetryBuilder::new("".into()), Env::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, BuildError::MissingServiceName));
+
+        let env = Env {
+            otlp_endpoint: Some("localhost:4317".into()),
+            ..Env::default()
+        };
+        let err = resolve(TelemetryBuilder::new("s".into()), env)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("localhost:4317"),
+            "{err}"
+        );
+
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_env_filter("=="),
+            Env::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("with_env_filter"), "{err}");
+
+        let env = Env {
+            resource_attributes: Some("novalue".into()),
+            ..Env::default()
+        };
+        let err = resolve(TelemetryBuilder::new("s".into()), env)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("novalue"), "{err}");
+
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_heartbeat_interval(Duration::ZERO),
+            Env::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("with_heartbeat_interval"), "{err}");
+    }
+
+    #[test]
+    fn static_directives_use_the_cheaper_filter() {
+        let filter = |directives: &str| {
+            resolve(
+                TelemetryBuilder::new("s".into()).with_env_filter(directives),
+                Env::default(),
+            )
+            .unwrap()
+            .level_filter
+        };
+        assert!(matches!(filter("info"), LevelFilter::Static(_)));
+        assert!(matches!(
+            filter("warn,my_crate::db=trace"),
+            LevelFilter::Static(_)
+        ));
+        assert!(matches!(
+            filter("info,[checkout]=debug"),
+            LevelFilter::Dynamic(_)
+        ));
+        assert!(matches!(
+            filter("info,[{order=42}]=trace"),
+            LevelFilter::Dynamic(_)
+        ));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Cb%20c").as_deref(), Some("a,b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%2"), None);
+    }
+}

@@ -1,0 +1,935 @@
+//! Bounded span and log processors that count what they drop.
+//!
+//! The stock `BatchSpanProcessor`/`BatchLogProcessor` drop silently once their queue is full
+//! and lose a batch whose export failed. These processors keep the same cheap hot path (one
+//! `try_send` into a bounded channel plus one atomic add) and add what the SDK promises:
+//!
+//! * every record that does not reach the collector is counted, by reason (queue full,
+//!   export failed, still queued at shutdown), and readable through [`Stats`](crate::Stats);
+//! * a failed export backs off (doubling, capped) before the next attempt, so an unreachable
+//!   collector costs the application nothing but the drops, and export resumes on its own
+//!   once the collector is back;
+//! * flush and shutdown honour a deadline and say what they could not deliver.
+//!
+//! Each processor owns one worker thread with its own single-threaded Tokio runtime, in which
+//! the exporter is built and driven. The application therefore needs no runtime of its own
+//! for telemetry, and a `#[tokio::test]` ending does not strand the exporter.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use opentelemetry::logs::LogRecord as _;
+use opentelemetry::{Context, InstrumentationScope};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+
+use crate::BuildError;
+
+/// Target of the SDK's own diagnostics. It is kept out of the OTLP layers (see
+/// [`crate::filter`]), so a warning about failed exports never becomes an export itself.
+pub(crate) const DIAGNOSTICS_TARGET: &str = "distributed_logger::stderr";
+
+/// First pause after a failed export; it doubles per consecutive failure.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest pause between export attempts while the collector stays unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Bound of the control channel (export wake-ups, flushes, shutdown). At most one wake-up is
+/// outstanding at a time, so this only limits concurrent flush callers.
+const CONTROL_CAPACITY: usize = 64;
+/// Deadline of `force_flush` called through the OpenTelemetry providers (which take none);
+/// `Telemetry::flush` takes its own.
+const PROVIDER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings shared by both processors.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueConfig {
+    /// Records each queue holds before it drops.
+    pub capacity: usize,
+    /// Largest number of records per export call.
+    pub max_batch: usize,
+    /// Longest time a record waits in the queue before it is exported.
+    pub interval: Duration,
+    /// Longest time one export call (with the exporter's own retries) may take.
+    pub export_timeout: Duration,
+}
+
+/// Counters of one signal. Only `queued` and `dropped` are touched on the application's path.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Records in the queue or in the batch being exported.
+    pub queued: AtomicUsize,
+    /// Records the collector accepted.
+    pub exported: AtomicU64,
+    /// Records refused because the queue was full (or the processor had shut down).
+    pub dropped: AtomicU64,
+    /// Records that were handed to the exporter, but whose export failed or timed out.
+    pub failed: AtomicU64,
+    /// Export calls that failed or timed out.
+    pub failed_exports: AtomicU64,
+}
+
+/// How the SDK tells a person that telemetry is being lost: once, not per record.
+#[derive(Debug)]
+pub(crate) struct Diagnostics {
+    endpoint: String,
+    /// Set once the one warning was given.
+    warned: AtomicBool,
+    /// The service's own subscriber, when it has a stderr layer: the warning then appears where
+    /// the service's other logs do. Weak, so the workers never keep the subscriber alive.
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl Diagnostics {
+    pub(crate) fn new(endpoint: String) -> Self {
+        Diagnostics {
+            endpoint,
+            warned: AtomicBool::new(false),
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    /// Routes diagnostics through `dispatch` (its stderr layer) instead of plain stderr.
+    pub(crate) fn route_to(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.dispatch.set(dispatch.downgrade());
+    }
+
+    /// Gives the single warning about lost telemetry, if it was not given yet.
+    fn warn_once(&self, message: impl FnOnce(&str) -> String) {
+        if self.warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.emit(tracing::Level::WARN, &message(&self.endpoint));
+    }
+
+    fn info(&self, message: &str) {
+        self.emit(tracing::Level::INFO, message);
+    }
+
+    fn emit(&self, level: tracing::Level, message: &str) {
+        match self.dispatch.get().and_then(|weak| weak.upgrade()) {
+            Some(dispatch) => tracing::dispatcher::with_default(&dispatch, || {
+                if level == tracing::Level::WARN {
+                    tracing::warn!(target: DIAGNOSTICS_TARGET, "{message}");
+                } else {
+                    tracing::info!(target: DIAGNOSTICS_TARGET, "{message}");
+                }
+            }),
+            None => eprintln!("{level} distributed_logger: {message}"),
+        }
+    }
+}
+
+enum Control {
+    /// A full batch is waiting.
+    Export,
+    /// Export everything queued, once, within the deadline.
+    Flush {
+        deadline: Instant,
+        reply: SyncSender<OTelSdkResult>,
+    },
+    /// Export everything queued within the deadline, then stop.
+    Shutdown {
+        deadline: Instant,
+        reply: SyncSender<()>,
+    },
+    SetResource(Resource),
+}
+
+/// The exporter side of a queue: spans and logs differ only in how a batch is handed over.
+trait BatchExport: Send + 'static {
+    type Item: Send + 'static;
+    /// Exports `batch` and leaves it empty.
+    fn export<'a>(
+        &'a mut self,
+        batch: &'a mut Vec<Self::Item>,
+    ) -> impl Future<Output = OTelSdkResult> + 'a;
+    fn shutdown(&mut self, timeout: Duration);
+    fn set_resource(&mut self, resource: &Resource);
+}
+
+struct Spans<E>(E);
+
+impl<E: SpanExporter + 'static> BatchExport for Spans<E> {
+    type Item = SpanData;
+
+    fn export<'a>(
+        &'a mut self,
+        batch: &'a mut Vec<SpanData>,
+    ) -> impl Future<Output = OTelSdkResult> + 'a {
+        self.0.export(std::mem::take(batch))
+    }
+
+    fn shutdown(&mut self, timeout: Duration) {
+        let _ = self.0.shutdown_with_timeout(timeout);
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// A log record and its scope, boxed so the channel moves one pointer per record.
+pub(crate) type LogItem = Box<(SdkLogRecord, InstrumentationScope)>;
+
+struct Logs<E>(E);
+
+impl<E: LogExporter + 'static> BatchExport for Logs<E> {
+    type Item = LogItem;
+
+    async fn export<'a>(&'a mut self, batch: &'a mut Vec<LogItem>) -> OTelSdkResult {
+        let result = {
+            let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                batch.iter().map(|item| (&item.0, &item.1)).collect();
+            self.0.export(LogBatch::new(&refs)).await
+        };
+        batch.clear();
+        result
+    }
+
+    fn shutdown(&mut self, timeout: Duration) {
+        let _ = self.0.shutdown_with_timeout(timeout);
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// The application-facing half of a queue: cheap, never blocks.
+pub(crate) struct Queue<T> {
+    signal: &'static str,
+    items: SyncSender<T>,
+    control: SyncSender<Control>,
+    counters: Arc<Counters>,
+    /// True while a wake-up for a full batch is outstanding, so that at most one is sent.
+    wake_sent: Arc<AtomicBool>,
+    max_batch: usize,
+    shut_down: AtomicBool,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("signal", &self.signal)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Queue<T> {
+    /// Starts the worker thread, builds the exporter inside its runtime, and returns once the
+    /// exporter is ready (or failed to build).
+    fn spawn<E, F>(
+        signal: &'static str,
+        config: &QueueConfig,
+        diagnostics: Arc<Diagnostics>,
+        make_exporter: F,
+    ) -> Result<Arc<Self>, BuildError>
+    where
+        E: BatchExport<Item = T>,
+        F: FnOnce() -> Result<E, BuildError> + Send + 'static,
+    {
+        let (items, item_rx) = mpsc::sync_channel(config.capacity);
+        let (control, control_rx) = mpsc::sync_channel(CONTROL_CAPACITY);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), BuildError>>(1);
+        let counters = Arc::new(Counters::default());
+        let wake_sent = Arc::new(AtomicBool::new(false));
+        let worker_counters = Arc::clone(&counters);
+        let worker_wake = Arc::clone(&wake_sent);
+        let worker_config = config.clone();
+        let handle = thread::Builder::new()
+            .name(format!("dlog-{signal}-export"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(BuildError::Runtime(e)));
+                        return;
+                    }
+                };
+                // The tonic exporter spawns its connection tasks at build time, so it must be
+                // built inside the runtime that later drives it.
+                let exporter = {
+                    let _entered = runtime.enter();
+                    make_exporter()
+                };
+                let exporter = match exporter {
+                    Ok(exporter) => exporter,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                Worker {
+                    signal,
+                    items: item_rx,
+                    control: control_rx,
+                    exporter,
+                    runtime,
+                    config: worker_config,
+                    counters: worker_counters,
+                    wake_sent: worker_wake,
+                    diagnostics,
+                    batch: Vec::new(),
+                    backoff: None,
+                    next_delay: INITIAL_BACKOFF,
+                    failing: false,
+                }
+                .run();
+            })
+            .map_err(BuildError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(BuildError::WorkerDied(signal));
+            }
+        }
+        Ok(Arc::new(Queue {
+            signal,
+            items,
+            control,
+            counters,
+            wake_sent,
+            max_batch: config.max_batch,
+            shut_down: AtomicBool::new(false),
+            worker: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Hands a record to the worker, or counts it as dropped. Never blocks.
+    #[inline]
+    fn push(&self, item: T) {
+        // Counted before the send so the worker, which subtracts what it takes, never sees
+        // a record it has not been told about.
+        let before = self.counters.queued.fetch_add(1, Ordering::AcqRel);
+        match self.items.try_send(item) {
+            Ok(()) => {
+                if before + 1 >= self.max_batch
+                    && !self.wake_sent.load(Ordering::Relaxed)
+                    && !self.wake_sent.swap(true, Ordering::Relaxed)
+                    && self.control.try_send(Control::Export).is_err()
+                {
+                    self.wake_sent.store(false, Ordering::Relaxed);
+                }
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Exports what is queued now, waiting at most until `deadline`.
+    pub(crate) fn flush(&self, deadline: Instant) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Acquire) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let (reply, reply_rx) = mpsc::sync_channel(1);
+        self.send_control(Control::Flush { deadline, reply }, deadline)?;
+        match reply_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                Err(OTelSdkError::Timeout(remaining_or_zero(deadline)))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(OTelSdkError::AlreadyShutdown),
+        }
+    }
+
+    /// Exports what is queued within the deadline and stops the worker. Idempotent. Returns
+    /// `false` when the worker did not finish before the deadline.
+    pub(crate) fn shutdown(&self, deadline: Instant) -> bool {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let (reply, reply_rx) = mpsc::sync_channel(1);
+        if self
+            .send_control(Control::Shutdown { deadline, reply }, deadline)
+            .is_err()
+        {
+            return false;
+        }
+        // A little grace past the deadline: the worker stops its export at the deadline and
+        // then needs a moment to count what is left.
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(200);
+        match reply_rx.recv_timeout(wait) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Some(handle) = self.worker.lock().ok().and_then(|mut w| w.take()) {
+                    let _ = handle.join();
+                }
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+        }
+    }
+
+    fn send_control(&self, mut message: Control, deadline: Instant) -> OTelSdkResult {
+        loop {
+            match self.control.try_send(message) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(OTelSdkError::Timeout(Duration::ZERO));
+                    }
+                    message = back;
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    fn set_resource(&self, resource: &Resource) {
+        let _ = self
+            .control
+            .try_send(Control::SetResource(resource.clone()));
+    }
+}
+
+fn remaining_or_zero(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+struct Worker<E: BatchExport> {
+    signal: &'static str,
+    items: Receiver<E::Item>,
+    control: Receiver<Control>,
+    exporter: E,
+    runtime: tokio::runtime::Runtime,
+    config: QueueConfig,
+    counters: Arc<Counters>,
+    wake_sent: Arc<AtomicBool>,
+    diagnostics: Arc<Diagnostics>,
+    batch: Vec<E::Item>,
+    /// While set, no export is attempted before this instant.
+    backoff: Option<Instant>,
+    /// The pause to apply after the next failure.
+    next_delay: Duration,
+    /// True between a failed export and the next successful one.
+    failing: bool,
+}
+
+impl<E: BatchExport> Worker<E> {
+    fn run(mut self) {
+        // Whatever the exporter's own crates log while exporting must not be exported again.
+        let _suppressed = Context::enter_telemetry_suppressed_scope();
+        let mut last_export = Instant::now();
+        loop {
+            let now = Instant::now();
+            let wake_at = self.backoff.unwrap_or(last_export + self.config.interval);
+            match self
+                .control
+                .recv_timeout(wake_at.saturating_duration_since(now))
+            {
+                Ok(Control::Export) => {
+                    // In backoff the wake-up flag stays set, so the application stops sending
+                    // wake-ups until the backoff is over and the queue is drained again.
+                    if self.backoff.is_none() {
+                        self.wake_sent.store(false, Ordering::Relaxed);
+                        self.drain(None);
+                        last_export = Instant::now();
+                    }
+                }
+                Ok(Control::Flush { deadline, reply }) => {
+                    self.wake_sent.store(false, Ordering::Relaxed);
+                    let ok = self.drain(Some(deadline));
+                    last_export = Instant::now();
+                    let _ = reply.send(if ok {
+                        Ok(())
+                    } else {
+                        Err(OTelSdkError::InternalFailure(format!(
+                            "not every {} record could be exported before the deadline",
+                            self.signal
+                        )))
+                    });
+                }
+                Ok(Control::Shutdown { deadline, reply }) => {
+                    self.drain(Some(deadline));
+                    self.discard_rest();
+                    self.exporter
+                        .shutdown(remaining_or_zero(deadline).max(Duration::from_millis(10)));
+                    let _ = reply.send(());
+                    return;
+                }
+                Ok(Control::SetResource(resource)) => self.exporter.set_resource(&resource),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.backoff = None;
+                    self.wake_sent.store(false, Ordering::Relaxed);
+                    self.drain(None);
+                    last_export = Instant::now();
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Every handle is gone without a shutdown: export what is there, briefly.
+                    self.drain(Some(
+                        Instant::now() + self.config.export_timeout.min(MAX_BACKOFF),
+                    ));
+                    self.discard_rest();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Exports queued records batch by batch. Without a deadline it stops at the first failure
+    /// (and backs off); with one it keeps trying until the queue is empty or time is up.
+    /// Returns true when the queue was emptied without a failure.
+    fn drain(&mut self, deadline: Option<Instant>) -> bool {
+        let mut all_ok = true;
+        // Without a deadline, stop after about one queue's worth so that control messages
+        // (flush, shutdown) are seen even under a steady stream of records.
+        let mut batches_left = self.config.capacity / self.config.max_batch.max(1) + 1;
+        loop {
+            if deadline.is_none() {
+                if batches_left == 0 {
+                    return all_ok;
+                }
+                batches_left -= 1;
+            }
+            while self.batch.len() < self.config.max_batch {
+                match self.items.try_recv() {
+                    Ok(item) => self.batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            if self.batch.is_empty() {
+                return all_ok;
+            }
+            let count = self.batch.len();
+            let timeout = match deadline {
+                Some(deadline) => self.config.export_timeout.min(remaining_or_zero(deadline)),
+                None => self.config.export_timeout,
+            };
+            let result = if timeout.is_zero() {
+                Err(OTelSdkError::Timeout(Duration::ZERO))
+            } else {
+                let exporter = &mut self.exporter;
+                let batch = &mut self.batch;
+                self.runtime.block_on(async move {
+                    match tokio::time::timeout(timeout, exporter.export(batch)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(OTelSdkError::Timeout(timeout)),
+                    }
+                })
+            };
+            // Whatever the exporter did not consume is gone now; count it by outcome below.
+            self.batch.clear();
+            self.counters.queued.fetch_sub(count, Ordering::AcqRel);
+            match result {
+                Ok(()) => {
+                    self.counters
+                        .exported
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    self.backoff = None;
+                    self.next_delay = INITIAL_BACKOFF;
+                    if self.failing {
+                        self.failing = false;
+                        self.diagnostics.info(&format!(
+                            "{} export to {} recovered",
+                            self.signal, self.diagnostics.endpoint
+                        ));
+                    }
+                }
+                Err(error) => {
+                    all_ok = false;
+                    self.counters
+                        .failed
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                    self.counters.failed_exports.fetch_add(1, Ordering::Relaxed);
+                    self.failing = true;
+                    let signal = self.signal;
+                    let capacity = self.config.capacity;
+                    self.diagnostics.warn_once(|endpoint| {
+                        format!(
+                            "cannot export {signal} to {endpoint}: {error}. Telemetry is being lost: \
+                             exports are retried with backoff, and records are dropped once a queue \
+                             of {capacity} is full. Counts are in Telemetry::stats(); this warning \
+                             is shown once."
+                        )
+                    });
+                    self.backoff = Some(Instant::now() + self.next_delay);
+                    self.next_delay = (self.next_delay * 2).min(MAX_BACKOFF);
+                    match deadline {
+                        None => return false,
+                        Some(deadline) if Instant::now() >= deadline => return false,
+                        Some(_) => {}
+                    }
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Time is up: whatever is still queued stays counted as queued.
+                return self.items_pending() == 0 && all_ok;
+            }
+        }
+    }
+
+    fn items_pending(&self) -> usize {
+        self.counters.queued.load(Ordering::Acquire)
+    }
+
+    /// At shutdown, records still queued will never be exported: they stay counted in
+    /// `queued`, which the shutdown report lists as not delivered.
+    fn discard_rest(&mut self) {
+        while self.items.try_recv().is_ok() {}
+    }
+}
+
+/// A span processor with a bounded queue, counted drops, and backoff on failed exports.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundedSpanProcessor {
+    queue: Arc<Queue<SpanData>>,
+}
+
+impl BoundedSpanProcessor {
+    pub(crate) fn spawn<E, F>(
+        config: &QueueConfig,
+        diagnostics: Arc<Diagnostics>,
+        make_exporter: F,
+    ) -> Result<Self, BuildError>
+    where
+        E: SpanExporter + 'static,
+        F: FnOnce() -> Result<E, BuildError> + Send + 'static,
+    {
+        let queue = Queue::spawn("spans", config, diagnostics, move || {
+            make_exporter().map(Spans)
+        })?;
+        Ok(BoundedSpanProcessor { queue })
+    }
+
+    pub(crate) fn queue(&self) -> &Arc<Queue<SpanData>> {
+        &self.queue
+    }
+}
+
+impl SpanProcessor for BoundedSpanProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    #[inline]
+    fn on_end(&self, span: SpanData) {
+        // Recorded but unsampled spans are not for export.
+        if span.span_context.is_sampled() {
+            self.queue.push(span);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.queue.flush(Instant::now() + PROVIDER_FLUSH_TIMEOUT)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.queue.shutdown(Instant::now() + timeout) {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(timeout))
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.queue.set_resource(resource);
+    }
+}
+
+/// A log processor with a bounded queue, counted drops, and backoff on failed exports.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundedLogProcessor {
+    queue: Arc<Queue<LogItem>>,
+    /// An empty record, swapped in for the one handed over so that the record's attributes
+    /// and body move to the worker instead of being deep-copied (the stock processor clones).
+    /// This processor is the last (and only) one, so nobody reads the record after it.
+    blank: SdkLogRecord,
+}
+
+impl BoundedLogProcessor {
+    pub(crate) fn spawn<E, F>(
+        config: &QueueConfig,
+        diagnostics: Arc<Diagnostics>,
+        make_exporter: F,
+    ) -> Result<Self, BuildError>
+    where
+        E: LogExporter + 'static,
+        F: FnOnce() -> Result<E, BuildError> + Send + 'static,
+    {
+        let queue = Queue::spawn("logs", config, diagnostics, move || {
+            make_exporter().map(Logs)
+        })?;
+        Ok(BoundedLogProcessor {
+            queue,
+            blank: blank_record(),
+        })
+    }
+
+    pub(crate) fn queue(&self) -> &Arc<Queue<LogItem>> {
+        &self.queue
+    }
+}
+
+/// An empty `SdkLogRecord`. Its constructor is crate-private in the SDK; a logger of a provider
+/// without processors hands one out through the public `Logger` API.
+fn blank_record() -> SdkLogRecord {
+    use opentelemetry::logs::{Logger as _, LoggerProvider as _};
+    let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder().build();
+    let record = provider.logger("").create_log_record();
+    let _ = provider.shutdown();
+    record
+}
+
+impl LogProcessor for BoundedLogProcessor {
+    #[inline]
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        let mut record = std::mem::replace(record, self.blank.clone());
+        // The tracing appender names every event after its call site ("event src/x.rs:12");
+        // that is not an event name in the OpenTelemetry sense, and event names are what the
+        // pipeline routes on, so it is cleared. Explicit `name:`s are kept.
+        if record
+            .event_name()
+            .is_some_and(|name| name.starts_with("event ") && name.contains(".rs:"))
+        {
+            record.set_event_name("");
+        }
+        self.queue.push(Box::new((record, scope.clone())));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.queue.flush(Instant::now() + PROVIDER_FLUSH_TIMEOUT)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.queue.shutdown(Instant::now() + timeout) {
+            Ok(())
+        } else {
+            Err(OTelSdkError::Timeout(timeout))
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.queue.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use std::sync::atomic::AtomicBool;
+
+    /// Collects exported spans; fails while `down` is set.
+    #[derive(Debug, Clone, Default)]
+    struct Collect {
+        spans: Arc<Mutex<Vec<SpanData>>>,
+        down: Arc<AtomicBool>,
+    }
+
+    impl SpanExporter for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(OTelSdkError::InternalFailure("collector down".into()));
+            }
+            self.spans.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn span(n: u64) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(u128::from(n) + 1),
+                SpanId::from(n + 1),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "s".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("t").build(),
+        }
+    }
+
+    fn config(capacity: usize) -> QueueConfig {
+        QueueConfig {
+            capacity,
+            max_batch: 8,
+            interval: Duration::from_millis(50),
+            export_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "condition not met within 10 s");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn exports_everything_while_the_collector_is_up() {
+        let exporter = Collect::default();
+        let sink = exporter.clone();
+        let diagnostics = Arc::new(Diagnostics::new("test".into()));
+        let processor =
+            BoundedSpanProcessor::spawn(&config(64), diagnostics, move || Ok(sink)).unwrap();
+        for n in 0..40 {
+            processor.on_end(span(n));
+        }
+        wait_until(|| exporter.spans.lock().unwrap().len() == 40);
+        let counters = processor.queue().counters();
+        assert_eq!(counters.exported.load(Ordering::Relaxed), 40);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        assert!(processor
+            .queue()
+            .shutdown(Instant::now() + Duration::from_secs(1)));
+        assert_eq!(counters.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn counts_drops_when_full_and_resumes_after_an_outage() {
+        let exporter = Collect::default();
+        exporter.down.store(true, Ordering::SeqCst);
+        let sink = exporter.clone();
+        let diagnostics = Arc::new(Diagnostics::new("test".into()));
+        let processor =
+            BoundedSpanProcessor::spawn(&config(16), diagnostics, move || Ok(sink)).unwrap();
+        for n in 0..1000 {
+            processor.on_end(span(n));
+        }
+        let counters = processor.queue().counters();
+        wait_until(|| counters.failed_exports.load(Ordering::Relaxed) >= 1);
+        let dropped = counters.dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 1000 - 16 - 8, "dropped {dropped}");
+        exporter.down.store(false, Ordering::SeqCst);
+        // What was queued during the outage goes out after the backoff...
+        wait_until(|| counters.exported.load(Ordering::Relaxed) > 0);
+        wait_until(|| counters.queued.load(Ordering::Relaxed) == 0);
+        // ...and so does what comes after.
+        for n in 0..5 {
+            processor.on_end(span(10_000 + n));
+        }
+        wait_until(|| {
+            exporter
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.span_context.span_id() == SpanId::from(10_005))
+        });
+        let failed = counters.failed.load(Ordering::Relaxed);
+        let exported = counters.exported.load(Ordering::Relaxed);
+        assert!(processor
+            .queue()
+            .shutdown(Instant::now() + Duration::from_secs(1)));
+        let queued = counters.queued.load(Ordering::Relaxed) as u64;
+        assert_eq!(
+            exported + failed + counters.dropped.load(Ordering::Relaxed) + queued,
+            1005,
+            "every span is accounted for exactly once"
+        );
+    }
+
+    #[test]
+    fn an_outage_gives_one_warning_not_a_flood() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        #[derive(Clone, Default)]
+        struct CountWarnings(Arc<AtomicU64>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let meta = event.metadata();
+                if meta.target() == DIAGNOSTICS_TARGET && *meta.level() == tracing::Level::WARN {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let warnings = CountWarnings::default();
+        let dispatch =
+            tracing::Dispatch::new(tracing_subscriber::registry().with(warnings.clone()));
+        let diagnostics = Arc::new(Diagnostics::new("test".into()));
+        diagnostics.route_to(&dispatch);
+
+        let exporter = Collect::default();
+        exporter.down.store(true, Ordering::SeqCst);
+        let sink = exporter.clone();
+        let mut cfg = config(16);
+        cfg.interval = Duration::from_millis(5);
+        let processor = BoundedSpanProcessor::spawn(&cfg, diagnostics, move || Ok(sink)).unwrap();
+        let counters = processor.queue().counters();
+        // Several failed exports and thousands of drops...
+        for round in 0..4_u64 {
+            for n in 0..1000 {
+                processor.on_end(span(round * 1000 + n));
+            }
+            let failed = counters.failed_exports.load(Ordering::Relaxed);
+            wait_until(|| counters.failed_exports.load(Ordering::Relaxed) > failed);
+        }
+        assert!(counters.dropped.load(Ordering::Relaxed) > 3000);
+        // ...and one warning.
+        assert_eq!(warnings.0.load(Ordering::Relaxed), 1);
+        processor
+            .queue()
+            .shutdown(Instant::now() + Duration::from_millis(100));
+    }
+
+    #[test]
+    fn shutdown_respects_its_deadline_when_the_exporter_hangs() {
+        #[derive(Debug)]
+        struct Hang;
+        impl SpanExporter for Hang {
+            async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+        let diagnostics = Arc::new(Diagnostics::new("test".into()));
+        let mut cfg = config(64);
+        cfg.export_timeout = Duration::from_secs(60);
+        let processor = BoundedSpanProcessor::spawn(&cfg, diagnostics, || Ok(Hang)).unwrap();
+        for n in 0..20 {
+            processor.on_end(span(n));
+        }
+        let started = Instant::now();
+        processor
+            .queue()
+            .shutdown(Instant::now() + Duration::from_millis(300));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "shutdown must not hang"
+        );
+        let counters = processor.queue().counters();
+        let unaccounted = counters.queued.load(Ordering::Relaxed) as u64
+            + counters.failed.load(Ordering::Relaxed);
+        assert_eq!(unaccounted, 20);
+    }
+}

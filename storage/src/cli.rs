@@ -1,0 +1,563 @@
+//! Command-line flags and `DLOG_INDEXER_*` environment variables, layered over the TOML file,
+//! and the query subcommands (`trace`, `traces`, `logs`, `services`, `deps`, `status`).
+//!
+//! Precedence: flags > env > `--config` file > defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+use crate::stage::{ConfigError, IndexerConfig};
+use crate::store::{
+    now_unix_nano, LogQuery, StatusQuery, Store, StoreError, TimeRange, TraceQuery,
+};
+use crate::tree::{format_duration, format_time, render_trace, TreeOptions};
+
+/// Kafka → store indexing stage, and queries over the store.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dlog-indexer", version, about)]
+pub struct Args {
+    /// TOML config file; flags and env override what it sets.
+    #[arg(long, env = "DLOG_INDEXER_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Where the store is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// What to do (default: run the stage).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Store flags, shared by the stage and the queries.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct StoreArgs {
+    /// Elasticsearch URL; without it the embedded store is used [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_URL",
+        value_name = "URL",
+        global = true
+    )]
+    pub elasticsearch_url: Option<String>,
+
+    /// Directory of the embedded store [default: dlog-data].
+    #[arg(long, env = "DLOG_INDEXER_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Prefix of Elasticsearch index names [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_INDEX_PREFIX",
+        value_name = "PREFIX",
+        global = true
+    )]
+    pub index_prefix: Option<String>,
+
+    /// Elasticsearch basic-auth user.
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ES_USERNAME",
+        value_name = "USER",
+        global = true
+    )]
+    pub es_username: Option<String>,
+
+    /// Elasticsearch basic-auth password.
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ES_PASSWORD",
+        value_name = "PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub es_password: Option<String>,
+
+    /// Elasticsearch API key (base64 `id:key`).
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ES_API_KEY",
+        value_name = "KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub es_api_key: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the indexing stage (the default).
+    Run(RunArgs),
+    /// Print a trace as a tree with a waterfall, its logs under their spans.
+    Trace {
+        /// Trace id (32 hex characters).
+        trace_id: String,
+        /// Waterfall bar width in characters.
+        #[arg(long, default_value_t = 40)]
+        width: usize,
+        /// Leave the logs out.
+        #[arg(long)]
+        no_logs: bool,
+    },
+    /// Find traces, newest first.
+    Traces {
+        /// Service of a span.
+        #[arg(long)]
+        service: Option<String>,
+        /// Operation of a span.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Span attribute KEY=VALUE (repeatable).
+        #[arg(long = "attr", value_parser = parse_pair)]
+        attributes: Vec<(String, String)>,
+        /// Span lasted at least this long (`250ms`, `2s`).
+        #[arg(long, value_parser = parse_duration)]
+        min_duration: Option<Duration>,
+        /// Span lasted at most this long.
+        #[arg(long, value_parser = parse_duration)]
+        max_duration: Option<Duration>,
+        /// Only spans that started within this long before now (`15m`, `2h`, `7d`).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Most traces.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Search logs, newest first.
+    Logs {
+        /// Text in the message.
+        #[arg(long)]
+        text: Option<String>,
+        /// Emitting service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Level (INFO, WARN, ERROR, ...).
+        #[arg(long)]
+        level: Option<String>,
+        /// Trace id.
+        #[arg(long)]
+        trace_id: Option<String>,
+        /// Only logs within this long before now.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Most records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List services and their operations.
+    Services,
+    /// Observed and declared dependencies.
+    Deps {
+        /// Only calls within this long before now.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+    },
+    /// UP / DOWN / SILENT per service instance, with the last heartbeat.
+    Status {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Silent after this long without a heartbeat (default: 3 announced intervals).
+        #[arg(long, value_parser = parse_duration)]
+        silent_after: Option<Duration>,
+    },
+}
+
+/// Flags of the stage itself.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct RunArgs {
+    /// Kafka bootstrap brokers [default: 127.0.0.1:9092].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_KAFKA_BROKERS",
+        value_name = "HOST:PORT[,..]"
+    )]
+    pub kafka_brokers: Option<String>,
+    /// Consumer group [default: dlog-indexer].
+    #[arg(long, env = "DLOG_INDEXER_GROUP_ID", value_name = "GROUP")]
+    pub group_id: Option<String>,
+    /// Admin listen address for /metrics and /healthz [default: 127.0.0.1:8889].
+    #[arg(long, env = "DLOG_INDEXER_ADMIN", value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
+    /// Topic of spans [default: trace_logs].
+    #[arg(long, env = "DLOG_INDEXER_TRACE_LOGS_TOPIC", value_name = "TOPIC")]
+    pub trace_logs_topic: Option<String>,
+    /// Topic of log records [default: service_logs].
+    #[arg(long, env = "DLOG_INDEXER_SERVICE_LOGS_TOPIC", value_name = "TOPIC")]
+    pub service_logs_topic: Option<String>,
+    /// Topic of registration and heartbeat events [default: heartbeat_logs].
+    #[arg(long, env = "DLOG_INDEXER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC")]
+    pub heartbeat_logs_topic: Option<String>,
+    /// Dead-letter topic [default: dead_letters].
+    #[arg(long, env = "DLOG_INDEXER_DEAD_LETTERS_TOPIC", value_name = "TOPIC")]
+    pub dead_letters_topic: Option<String>,
+    /// Create missing topics at start [default: false].
+    #[arg(long, env = "DLOG_INDEXER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub create_topics: Option<bool>,
+    /// Partitions of topics created with --create-topics [default: 3].
+    #[arg(long, env = "DLOG_INDEXER_TOPIC_PARTITIONS", value_name = "N")]
+    pub topic_partitions: Option<i32>,
+    /// Most records per batch [default: 500].
+    #[arg(long, env = "DLOG_INDEXER_BATCH_MAX_RECORDS", value_name = "N")]
+    pub batch_max_records: Option<usize>,
+    /// Consumer-group session timeout in ms [default: 10000].
+    #[arg(long, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub session_timeout_ms: Option<u32>,
+    /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
+    #[arg(short = 'X', long = "consumer-property", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub consumer_property: Vec<(String, String)>,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+/// Parses `500ms`, `2s`, `15m`, `3h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 2s, 15m, 3h, 7d"))?;
+    let secs = match unit {
+        "ns" => value / 1e9,
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (ns, us, ms, s, m, h, d)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+impl Args {
+    /// The configuration these flags describe: the file (or defaults), overridden by every
+    /// flag or env variable that was given, then validated.
+    pub fn load(&self) -> Result<IndexerConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => IndexerConfig::from_file(path)?,
+            None => IndexerConfig::default(),
+        };
+        let s = self.store.clone();
+        if let Some(v) = s.elasticsearch_url {
+            config.store.elasticsearch_url = Some(v);
+        }
+        if let Some(v) = s.data_dir {
+            config.store.data_dir = v;
+        }
+        if let Some(v) = s.index_prefix {
+            config.store.index_prefix = v;
+        }
+        if let Some(v) = s.es_username {
+            config.store.username = Some(v);
+        }
+        if let Some(v) = s.es_password {
+            config.store.password = Some(v);
+        }
+        if let Some(v) = s.es_api_key {
+            config.store.api_key = Some(v);
+        }
+        if let Some(Command::Run(run)) = &self.command {
+            let run = run.clone();
+            macro_rules! overlay {
+                ($($field:ident),*) => {$(
+                    if let Some(value) = run.$field {
+                        config.$field = value;
+                    }
+                )*};
+            }
+            overlay!(
+                kafka_brokers,
+                group_id,
+                admin,
+                trace_logs_topic,
+                service_logs_topic,
+                heartbeat_logs_topic,
+                dead_letters_topic,
+                create_topics,
+                topic_partitions,
+                batch_max_records,
+                session_timeout_ms
+            );
+            config.consumer.extend(run.consumer_property);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A query subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// There is no embedded store where it was looked for.
+    #[error("no embedded store in {0} (set --data-dir, or --elasticsearch-url for Elasticsearch)")]
+    NoStore(String),
+}
+
+/// Opens the configured store for reading (no template installation, no new directory).
+pub async fn open_for_queries(config: &IndexerConfig) -> Result<Arc<dyn Store>, QueryError> {
+    let mut store = config.store.clone();
+    store.install_templates = false;
+    if store.elasticsearch_url.is_none() && !store.data_dir.join(crate::embedded::DB_FILE).exists()
+    {
+        return Err(QueryError::NoStore(store.data_dir.display().to_string()));
+    }
+    Ok(crate::open_store(&store).await?)
+}
+
+fn since(d: Option<Duration>) -> TimeRange {
+    match d {
+        Some(d) => {
+            let now = now_unix_nano();
+            TimeRange::between(now.saturating_sub(d.as_nanos() as u64), now)
+        }
+        None => TimeRange::default(),
+    }
+}
+
+/// Runs a query subcommand and returns what to print.
+pub async fn query(store: &dyn Store, command: &Command) -> Result<String, QueryError> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match command {
+        Command::Run(_) => {}
+        Command::Trace {
+            trace_id,
+            width,
+            no_logs,
+        } => {
+            let spans = store.get_trace(trace_id).await?;
+            let logs = if *no_logs || spans.is_empty() {
+                Vec::new()
+            } else {
+                store
+                    .search_logs(&LogQuery {
+                        trace_id: Some(trace_id.clone()),
+                        limit: 10_000,
+                        ..Default::default()
+                    })
+                    .await?
+            };
+            out = render_trace(
+                &spans,
+                &logs,
+                &TreeOptions {
+                    bar_width: *width,
+                    show_logs: !no_logs,
+                    ..Default::default()
+                },
+            );
+        }
+        Command::Traces {
+            service,
+            operation,
+            attributes,
+            min_duration,
+            max_duration,
+            since: s,
+            limit,
+        } => {
+            let found = store
+                .find_traces(&TraceQuery {
+                    service: service.clone(),
+                    operation: operation.clone(),
+                    attributes: attributes.iter().cloned().collect(),
+                    min_duration: *min_duration,
+                    max_duration: *max_duration,
+                    time: since(*s),
+                    limit: *limit,
+                })
+                .await?;
+            for t in found {
+                let _ = writeln!(
+                    out,
+                    "{}  {}  {:>10}  {:>4} spans  {:>3} errors  {}: {}  [{}]",
+                    t.trace_id,
+                    format_time(t.start_unix_nano),
+                    format_duration(t.duration_nanos),
+                    t.span_count,
+                    t.error_count,
+                    t.root_service,
+                    t.root_operation,
+                    t.services.join(", ")
+                );
+            }
+        }
+        Command::Logs {
+            text,
+            service,
+            level,
+            trace_id,
+            since: s,
+            limit,
+        } => {
+            let logs = store
+                .search_logs(&LogQuery {
+                    text: text.clone(),
+                    service: service.clone(),
+                    level: level.clone(),
+                    trace_id: trace_id.clone(),
+                    time: since(*s),
+                    limit: *limit,
+                })
+                .await?;
+            for l in logs {
+                let _ = writeln!(
+                    out,
+                    "{} {:<5} {} {}{}",
+                    format_time(l.time_unix_nano),
+                    l.level,
+                    l.service.name,
+                    l.body.replace('\n', " "),
+                    l.trace_id
+                        .map(|t| format!("  trace={t}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Command::Services => {
+            for service in store.services().await? {
+                let _ = writeln!(out, "{service}");
+                for op in store.operations(&service).await? {
+                    let _ = writeln!(out, "  {} ({})", op.name, op.span_kind);
+                }
+            }
+        }
+        Command::Deps { since: s } => {
+            let deps = store.dependencies(since(*s)).await?;
+            let _ = writeln!(out, "observed calls (caller -> callee: calls, errors):");
+            for e in deps.observed {
+                let _ = writeln!(
+                    out,
+                    "  {} -> {}: {} calls, {} errors",
+                    e.caller, e.callee, e.calls, e.errors
+                );
+            }
+            let _ = writeln!(out, "declared dependencies:");
+            for d in deps.declared {
+                let _ = writeln!(out, "  {} -> {}", d.service, d.depends_on);
+            }
+        }
+        Command::Status {
+            service,
+            silent_after,
+        } => {
+            let now = now_unix_nano();
+            for s in store
+                .service_status(&StatusQuery {
+                    service: service.clone(),
+                    now_unix_nano: Some(now),
+                    silent_after: *silent_after,
+                })
+                .await?
+            {
+                let _ = writeln!(
+                    out,
+                    "{:<6} {} {}  last heartbeat {} ({} ago)",
+                    s.status.as_str(),
+                    s.entry.service,
+                    s.entry.instance_id,
+                    format_time(s.entry.last_heartbeat_unix_nano),
+                    format_duration(now.saturating_sub(s.entry.last_heartbeat_unix_nano))
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("dlog-indexer").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("indexer.toml");
+        std::fs::write(&path, "group_id = \"from-file\"\nkafka_brokers = \"file:9092\"\n[store]\ndata_dir = \"/var/dlog\"\n").unwrap();
+        let config = args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--index-prefix",
+            "p1",
+            "run",
+            "--kafka-brokers",
+            "flag:9092",
+            "--create-topics",
+            "-X",
+            "fetch.max.bytes=1000000",
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(config.group_id, "from-file");
+        assert_eq!(config.kafka_brokers, "flag:9092");
+        assert!(config.create_topics);
+        assert_eq!(config.store.data_dir, PathBuf::from("/var/dlog"));
+        assert_eq!(config.store.index_prefix, "p1");
+        assert_eq!(config.consumer["fetch.max.bytes"], "1000000");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = args(&["run", "--kafka-brokers", "nope"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka_brokers"), "{err}");
+        let err = args(&["--elasticsearch-url", "es:9200", "services"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("elasticsearch_url"), "{err}");
+        let err = args(&["run", "-X", "enable.auto.commit=true"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("consumer.enable.auto.commit"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn trace_subcommand_parses() {
+        let a = args(&[
+            "--data-dir",
+            "/tmp/x",
+            "trace",
+            "0af7651916cd43dd8448eb211c80319c",
+            "--width",
+            "20",
+        ]);
+        assert!(matches!(a.command, Some(Command::Trace { width: 20, .. })));
+    }
+}

@@ -1,0 +1,182 @@
+//! Where the store lives: the embedded directory, or an Elasticsearch cluster.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+
+/// Default directory of the embedded store.
+pub const DEFAULT_DATA_DIR: &str = "dlog-data";
+/// Default largest `_bulk` request body, bytes.
+pub const DEFAULT_BULK_MAX_BYTES: usize = 5 * 1024 * 1024;
+/// Default most documents per `_bulk` request.
+pub const DEFAULT_BULK_MAX_DOCS: usize = 2000;
+/// Default most attributes indexed per document (the mapping-explosion guard).
+pub const DEFAULT_MAX_INDEXED_ATTRIBUTES: usize = 64;
+/// Default Elasticsearch request timeout, ms.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// Which store to open and how. With no `elasticsearch_url`, the embedded store in `data_dir`
+/// is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Elasticsearch (or OpenSearch-API) base URL, e.g. `http://127.0.0.1:9200` (plain http:
+    /// this build has no TLS backend). Unset: the embedded store.
+    pub elasticsearch_url: Option<String>,
+    /// Directory of the embedded store (created if missing). Default `dlog-data`.
+    pub data_dir: PathBuf,
+    /// Prefix of every Elasticsearch index and template name, joined with `-`
+    /// (`<prefix>-jaeger-span-2025-01-31`), as Jaeger's `es.index-prefix`. Default: none.
+    pub index_prefix: String,
+    /// Basic-auth user name.
+    pub username: Option<String>,
+    /// Basic-auth password.
+    pub password: Option<String>,
+    /// Elasticsearch API key (the base64 `id:key` form), used instead of basic auth.
+    pub api_key: Option<String>,
+    /// Largest `_bulk` request body, bytes. Default 5 MiB.
+    pub bulk_max_bytes: usize,
+    /// Most documents per `_bulk` request. Default 2000.
+    pub bulk_max_docs: usize,
+    /// Most attributes indexed per span or log (the rest is kept but not searchable), the
+    /// guard against mapping explosion. Default 64.
+    pub max_indexed_attributes: usize,
+    /// Timeout of one Elasticsearch request, ms. Default 30000.
+    pub request_timeout_ms: u64,
+    /// Install the index templates at start. Default true.
+    pub install_templates: bool,
+    /// Shards of new indices. Default 1.
+    pub shards: u32,
+    /// Replicas of new indices. Default 0 (single node; raise it for a cluster).
+    pub replicas: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            elasticsearch_url: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            index_prefix: String::new(),
+            username: None,
+            password: None,
+            api_key: None,
+            bulk_max_bytes: DEFAULT_BULK_MAX_BYTES,
+            bulk_max_docs: DEFAULT_BULK_MAX_DOCS,
+            max_indexed_attributes: DEFAULT_MAX_INDEXED_ATTRIBUTES,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            install_templates: true,
+            shards: 1,
+            replicas: 0,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The embedded store in `dir`.
+    pub fn embedded(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            data_dir: dir.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Elasticsearch at `url`.
+    pub fn elasticsearch(url: impl Into<String>) -> Self {
+        StoreConfig {
+            elasticsearch_url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Sets the index prefix.
+    pub fn with_index_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.index_prefix = prefix.into();
+        self
+    }
+
+    /// Checks the settings, naming the key and the reason of the first problem.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let bad = |key: &str, reason: &str| Err(StoreError::Config(format!("`{key}`: {reason}")));
+        if let Some(url) = &self.elasticsearch_url {
+            if url.starts_with("https://") {
+                // The workspace builds the `elasticsearch` crate without a TLS backend, to keep
+                // rustls/ring out of every build; fail here rather than on the first request.
+                return bad(
+                    "elasticsearch_url",
+                    &format!("`{url}`: this build speaks plain http only (no TLS backend); use an http:// URL or a local TLS-terminating proxy"),
+                );
+            }
+            if !url.starts_with("http://") {
+                return bad(
+                    "elasticsearch_url",
+                    &format!("`{url}` is not an http:// URL"),
+                );
+            }
+        } else if self.data_dir.as_os_str().is_empty() {
+            return bad(
+                "data_dir",
+                "must not be empty when no elasticsearch_url is set",
+            );
+        }
+        if !self.index_prefix.is_empty()
+            && !self
+                .index_prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return bad(
+                "index_prefix",
+                "may hold only lowercase letters, digits, `-` and `_` (Elasticsearch index names)",
+            );
+        }
+        if self.password.is_some() != self.username.is_some() {
+            return bad("username", "username and password must be set together");
+        }
+        if self.api_key.is_some() && self.username.is_some() {
+            return bad(
+                "api_key",
+                "set either api_key or username/password, not both",
+            );
+        }
+        if self.bulk_max_bytes < 1024 {
+            return bad("bulk_max_bytes", "must be at least 1024");
+        }
+        if self.bulk_max_docs == 0 {
+            return bad("bulk_max_docs", "must be at least 1");
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = StoreConfig::elasticsearch("localhost:9200")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("`elasticsearch_url`"), "{err}");
+        let err = StoreConfig::default()
+            .with_index_prefix("Bad")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("`index_prefix`"), "{err}");
+        assert!(StoreConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys() {
+        let err = toml::from_str::<StoreConfig>("elasticsearch_urll = 'x'").unwrap_err();
+        assert!(err.to_string().contains("elasticsearch_urll"), "{err}");
+        let ok: StoreConfig = toml::from_str("data_dir = '/tmp/x'").unwrap();
+        assert_eq!(ok.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(ok.bulk_max_docs, DEFAULT_BULK_MAX_DOCS);
+    }
+}

@@ -1,0 +1,73 @@
+//! dlog's storage: the [`Store`] trait, its two backends, the indexing stage that feeds them
+//! from Kafka, and the trace-tree view.
+//!
+//! * [`Store`]: idempotent writes of spans, logs and heartbeats (deterministic document ids),
+//!   alerts, and the queries the viewer and the alerting stage need: `get_trace`,
+//!   `find_traces`, `search_logs`, `services`, `operations`, `dependencies`,
+//!   `service_status`, `list_alerts`. Object-safe: stages hold an `Arc<dyn Store>`.
+//! * [`open_store`]: the embedded SQLite store in one directory (the default, see
+//!   [`embedded`]), or Elasticsearch when a URL is configured (see [`elastic`]: Jaeger's span
+//!   model, flat daily log indices, a service registry).
+//! * [`stage`]: consumes `trace_logs`, `service_logs` and `heartbeat_logs` through any
+//!   [`dlog_core::source::Source`], commits only what the store acknowledged, dead-letters
+//!   poison, retries and pauses while the store is away. [`run`] is what `dlog-indexer` runs.
+//! * [`tree`]: the trace tree with a waterfall, as `dlog-indexer trace <id>` prints it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dlog_storage::{open_store, AlertDoc, AlertQuery, StoreConfig};
+//!
+//! let dir = std::env::temp_dir().join(format!("dlog-doc-{}", std::process::id()));
+//! let store = open_store(&StoreConfig::embedded(&dir)).await?;
+//! let alert = AlertDoc {
+//!     id: "error-rate/backend".into(),
+//!     rule: "error_rate".into(),
+//!     severity: "critical".into(),
+//!     state: "firing".into(),
+//!     service: "backend".into(),
+//!     instance: None,
+//!     summary: "backend: 12% of requests failed".into(),
+//!     first_seen_unix_nano: 1,
+//!     last_seen_unix_nano: 2,
+//!     occurrences: 1,
+//!     example_trace_ids: vec![],
+//!     root_cause: None,
+//!     incident_id: None,
+//!     labels: Default::default(),
+//! };
+//! store.upsert_alerts(&[alert.clone()]).await?;
+//! store.upsert_alerts(&[alert.clone()]).await?; // idempotent by id
+//! assert_eq!(store.list_alerts(&AlertQuery::default()).await?, vec![alert]);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cli;
+pub mod config;
+pub mod elastic;
+pub mod embedded;
+pub mod stage;
+pub mod store;
+pub mod tree;
+
+use std::sync::Arc;
+
+pub use config::StoreConfig;
+pub use stage::{run, start, IndexerConfig, RunningIndexer};
+pub use store::{
+    AlertDoc, AlertQuery, DeclaredDependency, Dependencies, DependencyEdge, Document,
+    InstanceStatus, Liveness, LogQuery, Operation, RegistryEntry, StatusQuery, Store, StoreError,
+    TimeRange, TraceQuery, TraceSummary, WriteOutcome,
+};
+
+/// Opens the configured store: Elasticsearch when `elasticsearch_url` is set, otherwise the
+/// embedded store in `data_dir`.
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    config.validate()?;
+    match &config.elasticsearch_url {
+        None => Ok(Arc::new(embedded::EmbeddedStore::open(&config.data_dir)?)),
+        Some(_) => Ok(Arc::new(elastic::ElasticStore::connect(config).await?)),
+    }
+}

@@ -1,0 +1,769 @@
+//! The indexing stage: records from `trace_logs`, `service_logs` and `heartbeat_logs` in,
+//! documents in the store out, offsets committed only once the store acknowledged every
+//! document derived from them.
+//!
+//! One batch at a time:
+//! 1. take up to `batch_max_records` records from the [`Source`];
+//! 2. decode each by its encoding header into documents; a record that does not decode is
+//!    a poison record and goes to the dead-letter topic with the reason and its coordinates;
+//! 3. write the documents; documents the store rejects for good are dead-lettered with their
+//!    record, documents it could not take now (429, 5xx, timeout, store down) are written
+//!    again with exponential backoff while consumption is paused, until they are acked or
+//!    the stage is shut down (then nothing is committed and the batch is replayed on restart);
+//! 4. acknowledge the batch ([`Source::ack`]: the Kafka source commits the offsets).
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dlog_core::encoding::{decode_logs, decode_traces, Signal};
+use dlog_core::kafka::{DeadLetters, KafkaSource};
+use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
+use dlog_core::names;
+use dlog_core::source::{ChannelSource, RawRecord, Source, SourceError};
+use rdkafka::consumer::Consumer;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ConfigError, IndexerConfig};
+pub use metrics::Metrics;
+
+use crate::store::{Document, Store, WriteOutcome};
+
+/// Where records that cannot be stored go.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    /// Stores `record` with `reason` durably; the stage acknowledges the record only after
+    /// this returned `Ok`.
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError>;
+}
+
+#[async_trait]
+impl DeadLetterSink for DeadLetters {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+        DeadLetters::send(self, record, reason).await
+    }
+}
+
+/// A dead-letter sink for in-process mode without Kafka: logs each record at error level
+/// with its reason and coordinates (and the stage counts it).
+#[derive(Debug, Default, Clone)]
+pub struct LogDeadLetters;
+
+#[async_trait]
+impl DeadLetterSink for LogDeadLetters {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+        tracing::error!(
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            bytes = record.payload.len(),
+            reason,
+            "dead letter"
+        );
+        Ok(())
+    }
+}
+
+/// Consumer lag of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records between the consumer's position and the high watermark.
+    pub lag: i64,
+}
+
+/// A source that can say how far behind it is (Kafka); others report nothing.
+pub trait ReportsLag {
+    /// Lag per assigned partition, where the broker reports it.
+    fn lag(&self) -> Vec<PartitionLag> {
+        Vec::new()
+    }
+}
+
+impl ReportsLag for ChannelSource {}
+
+impl ReportsLag for KafkaSource {
+    fn lag(&self) -> Vec<PartitionLag> {
+        let consumer = self.consumer();
+        let Ok(position) = consumer.position() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for elem in position.elements() {
+            let rdkafka::Offset::Offset(pos) = elem.offset() else {
+                continue;
+            };
+            // Blocks for at most the timeout; called every `lag_interval_ms` between batches.
+            let watermarks = match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| {
+                        consumer.fetch_watermarks(
+                            elem.topic(),
+                            elem.partition(),
+                            Duration::from_millis(500),
+                        )
+                    })
+                }
+                _ => continue,
+            };
+            if let Ok((_, high)) = watermarks {
+                out.push(PartitionLag {
+                    topic: elem.topic().to_string(),
+                    partition: elem.partition(),
+                    lag: (high - pos).max(0),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Which topic carries which signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Spans.
+    pub trace_logs: String,
+    /// Log records.
+    pub service_logs: String,
+    /// Registration and heartbeat events.
+    pub heartbeat_logs: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            trace_logs: names::TRACE_LOGS_TOPIC.to_string(),
+            service_logs: names::SERVICE_LOGS_TOPIC.to_string(),
+            heartbeat_logs: names::HEARTBEAT_LOGS_TOPIC.to_string(),
+        }
+    }
+}
+
+/// How the pipeline batches and retries.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Topic roles.
+    pub topics: Topics,
+    /// Most records per batch.
+    pub batch_max_records: usize,
+    /// How long a batch waits to fill up.
+    pub batch_linger: Duration,
+    /// First retry wait; doubles per attempt.
+    pub retry_initial: Duration,
+    /// Longest retry wait.
+    pub retry_max: Duration,
+    /// How often lag is read (zero disables it).
+    pub lag_interval: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            topics: Topics::default(),
+            batch_max_records: config::DEFAULT_BATCH_MAX_RECORDS,
+            batch_linger: Duration::from_millis(config::DEFAULT_BATCH_LINGER_MS),
+            retry_initial: Duration::from_millis(config::DEFAULT_RETRY_INITIAL_MS),
+            retry_max: Duration::from_millis(config::DEFAULT_RETRY_MAX_MS),
+            lag_interval: Duration::from_millis(config::DEFAULT_LAG_INTERVAL_MS),
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// The options an [`IndexerConfig`] asks for.
+    pub fn from_config(config: &IndexerConfig) -> Self {
+        PipelineOptions {
+            topics: Topics {
+                trace_logs: config.trace_logs_topic.clone(),
+                service_logs: config.service_logs_topic.clone(),
+                heartbeat_logs: config.heartbeat_logs_topic.clone(),
+            },
+            batch_max_records: config.batch_max_records,
+            batch_linger: config.batch_linger(),
+            retry_initial: Duration::from_millis(config.retry_initial_ms),
+            retry_max: Duration::from_millis(config.retry_max_ms),
+            lag_interval: Duration::from_millis(config.lag_interval_ms),
+        }
+    }
+}
+
+/// Decodes one record into documents, or says why it cannot be decoded.
+///
+/// The topic decides the signal (`trace_logs` holds traces, the other two logs); a record
+/// from another topic is read by its `otlp.signal` header.
+pub fn decode_record(record: &RawRecord, topics: &Topics) -> Result<Vec<Document>, String> {
+    let signal = if record.topic == topics.trace_logs {
+        Signal::Traces
+    } else if record.topic == topics.service_logs || record.topic == topics.heartbeat_logs {
+        Signal::Logs
+    } else {
+        match record.header(names::SIGNAL_HEADER) {
+            Some(b"traces") => Signal::Traces,
+            Some(b"logs") => Signal::Logs,
+            _ => {
+                return Err(format!(
+                    "record from topic `{}` has no `{}` header saying traces or logs",
+                    record.topic,
+                    names::SIGNAL_HEADER
+                ))
+            }
+        }
+    };
+    let encoding = record.encoding().map_err(|e| e.to_string())?;
+    match signal {
+        Signal::Traces => {
+            let request = decode_traces(encoding, &record.payload).map_err(|e| e.to_string())?;
+            let spans = spans_from_request(&request);
+            let mut docs = Vec::with_capacity(spans.len());
+            for span in spans {
+                if !is_hex_id(&span.trace_id, 32) || !is_hex_id(&span.span_id, 16) {
+                    return Err(format!(
+                        "span `{}` has an invalid trace id `{}` or span id `{}` (need 16 and 8 non-zero bytes)",
+                        span.name, span.trace_id, span.span_id
+                    ));
+                }
+                docs.push(Document::Span(span));
+            }
+            Ok(docs)
+        }
+        Signal::Logs => {
+            let request = decode_logs(encoding, &record.payload).map_err(|e| e.to_string())?;
+            Ok(logs_from_request(&request)
+                .into_iter()
+                .map(|item| match item {
+                    LogItem::Log(l) => Document::Log(l),
+                    LogItem::Heartbeat(h) => Document::Heartbeat(h),
+                })
+                .collect())
+        }
+    }
+}
+
+fn is_hex_id(id: &str, len: usize) -> bool {
+    id.len() == len && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')
+}
+
+/// The stage failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The source failed in a way that retrying will not fix.
+    #[error("input failed: {0}")]
+    Source(#[from] SourceError),
+}
+
+/// Why a step stopped early.
+enum Interrupted {
+    Shutdown,
+}
+
+struct Pipeline<S> {
+    source: S,
+    store: Arc<dyn Store>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    options: PipelineOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    /// Records read while paused, processed before anything new.
+    stash: VecDeque<RawRecord>,
+    paused: bool,
+}
+
+/// Most characters of a dead-letter reason (several rejected documents can add up).
+const MAX_REASON_CHARS: usize = 2000;
+
+impl<S: Source + ReportsLag> Pipeline<S> {
+    async fn run(mut self) -> Result<(), StageError> {
+        let mut next_lag = Instant::now();
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            if !self.options.lag_interval.is_zero() && Instant::now() >= next_lag {
+                next_lag = Instant::now() + self.options.lag_interval;
+                for l in self.source.lag() {
+                    self.metrics
+                        .lag
+                        .get_or_create(&metrics::PartitionLabel {
+                            topic: l.topic,
+                            partition: l.partition.to_string(),
+                        })
+                        .set(l.lag);
+                }
+            }
+            let batch = if !self.stash.is_empty() {
+                let n = self.stash.len().min(self.options.batch_max_records);
+                Ok(self.stash.drain(..n).collect())
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break,
+                    batch = self.source.next_batch(self.options.batch_max_records, self.options.batch_linger) => batch,
+                }
+            };
+            match batch {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => match self.process(batch).await {
+                    Ok(()) => {}
+                    Err(Interrupted::Shutdown) => break,
+                },
+                // The in-process sender is gone: everything it sent was processed.
+                Err(SourceError::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the input failed; retrying");
+                    if self.wait(self.options.retry_initial, false).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("indexing stage stopped");
+        Ok(())
+    }
+
+    async fn process(&mut self, batch: Vec<RawRecord>) -> Result<(), Interrupted> {
+        let mut docs = Vec::new();
+        let mut owners = Vec::new();
+        let mut reasons: BTreeMap<usize, (&'static str, Vec<String>)> = BTreeMap::new();
+        for (i, record) in batch.iter().enumerate() {
+            self.metrics
+                .consumed
+                .get_or_create(&metrics::TopicLabel {
+                    topic: record.topic.clone(),
+                })
+                .inc();
+            match decode_record(record, &self.options.topics) {
+                Ok(decoded) => {
+                    owners.extend(std::iter::repeat_n(i, decoded.len()));
+                    docs.extend(decoded);
+                }
+                Err(reason) => {
+                    tracing::warn!(topic = %record.topic, partition = record.partition,
+                        offset = record.offset, %reason, "poison record");
+                    reasons.insert(i, ("decode", vec![format!("undecodable record: {reason}")]));
+                }
+            }
+        }
+        for (owner, reason) in self.write_all(docs, owners).await? {
+            reasons
+                .entry(owner)
+                .or_insert(("rejected", Vec::new()))
+                .1
+                .push(reason);
+        }
+        for (i, (kind, why)) in reasons {
+            let mut reason = why.join("; ");
+            if reason.len() > MAX_REASON_CHARS {
+                let cut = (0..=MAX_REASON_CHARS)
+                    .rev()
+                    .find(|c| reason.is_char_boundary(*c))
+                    .unwrap_or(0);
+                reason.truncate(cut);
+                reason.push_str("...");
+            }
+            self.dead_letter(&batch[i], &reason).await?;
+            self.metrics
+                .dead_lettered
+                .get_or_create(&metrics::ReasonLabel { reason: kind })
+                .inc();
+        }
+        if let Err(e) = self.source.ack(&batch).await {
+            // Not fatal: the documents are durable; a replay after a restart or rebalance
+            // overwrites them.
+            self.metrics.commit_failures.inc();
+            tracing::warn!(error = %e, "acknowledging the batch failed; it will be replayed");
+        } else {
+            self.metrics.commits.inc();
+        }
+        Ok(())
+    }
+
+    /// Writes until every document is acked or rejected; returns the rejected ones with their
+    /// owner record and reason.
+    async fn write_all(
+        &mut self,
+        mut docs: Vec<Document>,
+        mut owners: Vec<usize>,
+    ) -> Result<Vec<(usize, String)>, Interrupted> {
+        let mut rejected = Vec::new();
+        let mut attempt: u32 = 0;
+        while !docs.is_empty() {
+            let started = Instant::now();
+            let result = self.store.write(&docs).await;
+            self.metrics
+                .write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let mut retry_docs = Vec::new();
+            let mut retry_owners = Vec::new();
+            let mut last_error = String::new();
+            match result {
+                Ok(outcomes) if outcomes.len() == docs.len() => {
+                    for ((doc, owner), outcome) in docs.into_iter().zip(owners).zip(outcomes) {
+                        match outcome {
+                            WriteOutcome::Written => {
+                                self.metrics
+                                    .written
+                                    .get_or_create(&metrics::KindLabel { kind: doc.kind() })
+                                    .inc();
+                            }
+                            WriteOutcome::Rejected(reason) => {
+                                rejected.push((
+                                    owner,
+                                    format!(
+                                        "{} {} rejected by the store: {reason}",
+                                        doc.kind(),
+                                        doc.id()
+                                    ),
+                                ));
+                            }
+                            WriteOutcome::Retry(reason) => {
+                                last_error = reason;
+                                retry_docs.push(doc);
+                                retry_owners.push(owner);
+                            }
+                        }
+                    }
+                }
+                Ok(outcomes) => {
+                    last_error = format!(
+                        "the store answered {} outcomes for {} documents",
+                        outcomes.len(),
+                        docs.len()
+                    );
+                    self.metrics.write_failures.inc();
+                    retry_docs = docs;
+                    retry_owners = owners;
+                }
+                Err(e) => {
+                    if !e.is_retryable() {
+                        tracing::error!(error = %e, "the store refused the write; retrying until it accepts (fix the store or its settings)");
+                    }
+                    last_error = e.to_string();
+                    self.metrics.write_failures.inc();
+                    retry_docs = docs;
+                    retry_owners = owners;
+                }
+            }
+            docs = retry_docs;
+            owners = retry_owners;
+            if docs.is_empty() {
+                break;
+            }
+            for doc in &docs {
+                self.metrics
+                    .retried
+                    .get_or_create(&metrics::KindLabel { kind: doc.kind() })
+                    .inc();
+            }
+            attempt += 1;
+            if attempt == 1 || attempt.is_power_of_two() {
+                tracing::warn!(attempt, documents = docs.len(), error = %last_error,
+                    "store did not take the batch; pausing consumption and retrying");
+            }
+            self.metrics.store_up.set(0);
+            if !self.paused {
+                match self.source.pause() {
+                    Ok(()) => {
+                        self.paused = true;
+                        self.metrics.paused.set(1);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pausing the input failed"),
+                }
+            }
+            let delay = backoff(self.options.retry_initial, self.options.retry_max, attempt);
+            self.wait(delay, true).await?;
+        }
+        if attempt > 0 {
+            tracing::info!(
+                attempts = attempt,
+                "store accepted the batch again; resuming"
+            );
+        }
+        self.metrics.store_up.set(1);
+        if self.paused {
+            match self.source.resume() {
+                Ok(()) => {
+                    self.paused = false;
+                    self.metrics.paused.set(0);
+                }
+                Err(e) => tracing::warn!(error = %e, "resuming the input failed; will try again"),
+            }
+        }
+        Ok(rejected)
+    }
+
+    async fn dead_letter(&mut self, record: &RawRecord, reason: &str) -> Result<(), Interrupted> {
+        let mut attempt = 0;
+        loop {
+            match self.dead_letters.send(record, reason).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "writing a dead letter failed; retrying");
+                    let delay =
+                        backoff(self.options.retry_initial, self.options.retry_max, attempt);
+                    self.wait(delay, false).await?;
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `delay` unless shut down. While paused, keeps polling the source (so the
+    /// consumer stays in its group) and stashes what it hands out for later.
+    async fn wait(&mut self, delay: Duration, poll: bool) -> Result<(), Interrupted> {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let step = (deadline - now).min(Duration::from_millis(250));
+            if poll && self.stash.len() < self.options.batch_max_records {
+                let room = self.options.batch_max_records - self.stash.len();
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Err(Interrupted::Shutdown),
+                    got = self.source.next_batch(room, step) => {
+                        if let Ok(records) = got {
+                            self.stash.extend(records);
+                        }
+                        tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(1)).min(deadline)).await;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Err(Interrupted::Shutdown),
+                    _ = tokio::time::sleep(step) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with up to 25% jitter: `initial * 2^(attempt-1)`, capped at `max`.
+fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let base = exp.min(max);
+    let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
+    (base + jitter).min(max.max(initial))
+}
+
+/// Runs the pipeline over any [`Source`] until `shutdown` is cancelled or the source closes.
+///
+/// This is the entry point of in-process mode: feed a [`ChannelSource`] from the bridge and
+/// each batch's acknowledgement completes once its documents are in the store.
+pub async fn run_pipeline<S: Source + ReportsLag>(
+    source: S,
+    store: Arc<dyn Store>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    options: PipelineOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), StageError> {
+    Pipeline {
+        source,
+        store,
+        dead_letters,
+        options,
+        metrics,
+        shutdown,
+        stash: VecDeque::new(),
+        paused: false,
+    }
+    .run()
+    .await
+}
+
+/// The stage could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Kafka could not be set up (topics, consumer, dead-letter producer).
+    #[error("kafka at {brokers}: {source}")]
+    Kafka {
+        /// The brokers.
+        brokers: String,
+        /// What failed.
+        source: SourceError,
+    },
+    /// The admin address could not be bound.
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running indexing stage.
+pub struct RunningIndexer {
+    admin_addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    pipeline: tokio::task::JoinHandle<Result<(), StageError>>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl RunningIndexer {
+    /// Where `/metrics` and `/healthz` are served.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin_addr
+    }
+
+    /// The stage's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The store the stage writes to.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Stops consuming, finishes the batch in hand when the store takes it (otherwise leaves
+    /// it uncommitted for the next run), and waits for the stage to stop.
+    pub async fn shutdown(self) -> Result<(), StageError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the stage stops by itself or through [`RunningIndexer::shutdown`].
+    pub async fn wait(self) -> Result<(), StageError> {
+        let result = match self.pipeline.await {
+            Ok(result) => result,
+            Err(e) => Err(StageError::Source(SourceError::Kafka(format!(
+                "stage task failed: {e}"
+            )))),
+        };
+        self.shutdown.cancel();
+        let _ = self.admin.await;
+        result
+    }
+}
+
+/// Starts the stage as configured: opens the store (installing Elasticsearch templates),
+/// creates topics when asked, joins the consumer group and serves the admin endpoints.
+pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> {
+    config.validate()?;
+    let store = crate::open_store(&config.store).await?;
+    let kafka_err = |source| StartError::Kafka {
+        brokers: config.kafka_brokers.clone(),
+        source,
+    };
+    if config.create_topics {
+        let mut topics: Vec<&str> = vec![
+            &config.trace_logs_topic,
+            &config.service_logs_topic,
+            &config.heartbeat_logs_topic,
+            &config.dead_letters_topic,
+        ];
+        topics.dedup();
+        dlog_core::kafka::ensure_topics(&config.kafka_brokers, &topics, config.topic_partitions, 1)
+            .await
+            .map_err(kafka_err)?;
+    }
+    let mut settings = dlog_core::kafka::ConsumerSettings::new(
+        config.kafka_brokers.clone(),
+        config.group_id.clone(),
+        config.input_topics(),
+    );
+    settings.session_timeout_ms = config.session_timeout_ms;
+    settings.extra = config.consumer.clone();
+    let source = KafkaSource::new(&settings).map_err(kafka_err)?;
+    let dead_letters = DeadLetters::new(
+        &config.kafka_brokers,
+        &config.dead_letters_topic,
+        "dlog-indexer",
+    )
+    .map_err(kafka_err)?;
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let (admin_addr, admin) = admin::serve(config.admin, Arc::clone(&metrics), shutdown.clone())
+        .await
+        .map_err(|source| StartError::Admin {
+            addr: config.admin,
+            source,
+        })?;
+    tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.kafka_brokers,
+        group = %config.group_id, "indexing stage started");
+    let pipeline = tokio::spawn(run_pipeline(
+        source,
+        Arc::clone(&store),
+        Arc::new(dead_letters),
+        PipelineOptions::from_config(&config),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    Ok(RunningIndexer {
+        admin_addr,
+        metrics,
+        store,
+        shutdown,
+        pipeline,
+        admin,
+    })
+}
+
+/// Runs the stage until `shutdown` completes (SIGTERM, Ctrl-C), then stops gracefully.
+pub async fn run(
+    config: IndexerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let running = start(config).await?;
+    let token = running.shutdown.clone();
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down");
+            token.cancel();
+        }
+        _ = token.cancelled() => {}
+    }
+    Ok(running.wait().await?)
+}
+
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The stage did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The stage stopped with an error.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_millis(100);
+        let m = Duration::from_secs(2);
+        let b1 = backoff(i, m, 1);
+        assert!(b1 >= i && b1 <= i.mul_f64(1.25), "{b1:?}");
+        let b3 = backoff(i, m, 3);
+        assert!(b3 >= i * 4 && b3 <= (i * 4).mul_f64(1.25), "{b3:?}");
+        assert_eq!(backoff(i, m, 40), m);
+    }
+
+    #[test]
+    fn hex_ids_must_have_the_right_length_and_not_be_zero() {
+        assert!(is_hex_id("0af7651916cd43dd8448eb211c80319c", 32));
+        assert!(!is_hex_id("00000000000000000000000000000000", 32));
+        assert!(!is_hex_id("", 16));
+        assert!(!is_hex_id("zz", 2));
+    }
+}

@@ -1,0 +1,539 @@
+//! The [`Store`] trait: what every backend writes and answers, and the types of its queries.
+//!
+//! Writes are idempotent: every [`Document`] has a deterministic id (see
+//! [`dlog_core::model`]), so a replay overwrites and never duplicates. A write returns one
+//! [`WriteOutcome`] per document, so the indexing stage can retry only what is retryable and
+//! dead-letter only what the store rejected for good.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlog_core::model::{Heartbeat, LogEntry, ServiceStatus, SpanKind, SpanRecord};
+use serde::{Deserialize, Serialize};
+
+/// One document derived from a Kafka record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    /// A span.
+    Span(SpanRecord),
+    /// An ordinary log record (including `service.call` events).
+    Log(LogEntry),
+    /// A registration or heartbeat event; it also updates the service registry.
+    Heartbeat(Heartbeat),
+}
+
+impl Document {
+    /// The deterministic document id (trace + span, log identity hash, instance + time).
+    pub fn id(&self) -> String {
+        match self {
+            Document::Span(s) => s.doc_id(),
+            Document::Log(l) => l.doc_id(),
+            Document::Heartbeat(h) => h.doc_id(),
+        }
+    }
+
+    /// `span`, `log` or `heartbeat`, for messages and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Span(_) => "span",
+            Document::Log(_) => "log",
+            Document::Heartbeat(_) => "heartbeat",
+        }
+    }
+}
+
+/// What happened to one document of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Durable in the store.
+    Written,
+    /// Not written, for a reason that may pass (overload, timeout, shard unavailable): write
+    /// it again later.
+    Retry(String),
+    /// Not written, and writing it again will not help (mapping conflict, invalid document).
+    Rejected(String),
+}
+
+/// An alert as kept in the store: one document per alert id, upserted as it fires, repeats
+/// and resolves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertDoc {
+    /// Stable alert id; upserts with the same id replace the document.
+    pub id: String,
+    /// The rule that fired.
+    pub rule: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// `firing` or `resolved`.
+    pub state: String,
+    /// The service the alert is about.
+    pub service: String,
+    /// The service instance, when the alert is about one.
+    pub instance: Option<String>,
+    /// One line for humans.
+    pub summary: String,
+    /// When the condition was first seen, ns since the Unix epoch.
+    pub first_seen_unix_nano: u64,
+    /// When the condition was last seen, ns since the Unix epoch.
+    pub last_seen_unix_nano: u64,
+    /// How many times the condition was seen.
+    pub occurrences: u64,
+    /// Traces that show the problem.
+    pub example_trace_ids: Vec<String>,
+    /// The service or cause the alerting stage blames, when it found one.
+    pub root_cause: Option<String>,
+    /// The incident this alert is grouped into.
+    pub incident_id: Option<String>,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Which alerts [`Store::list_alerts`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct AlertQuery {
+    /// Only alerts about this service.
+    pub service: Option<String>,
+    /// Only alerts in this state (`firing` or `resolved`).
+    pub state: Option<String>,
+    /// At most this many (0 means the default of 100).
+    pub limit: usize,
+}
+
+/// Default result size when a query's `limit` is 0.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// `limit`, or [`DEFAULT_LIMIT`] when 0.
+pub fn effective_limit(limit: usize) -> usize {
+    if limit == 0 {
+        DEFAULT_LIMIT
+    } else {
+        limit
+    }
+}
+
+/// A time range in ns since the Unix epoch, both ends inclusive; `None` leaves that end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// Earliest time.
+    pub start_unix_nano: Option<u64>,
+    /// Latest time.
+    pub end_unix_nano: Option<u64>,
+}
+
+impl TimeRange {
+    /// The range `[start, end]`.
+    pub fn between(start_unix_nano: u64, end_unix_nano: u64) -> Self {
+        TimeRange {
+            start_unix_nano: Some(start_unix_nano),
+            end_unix_nano: Some(end_unix_nano),
+        }
+    }
+
+    /// True when `t` lies in the range.
+    pub fn contains(&self, t: u64) -> bool {
+        self.start_unix_nano.is_none_or(|s| t >= s) && self.end_unix_nano.is_none_or(|e| t <= e)
+    }
+}
+
+/// Which traces [`Store::find_traces`] returns: traces with at least one span matching every
+/// given filter.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    /// The span's service.
+    pub service: Option<String>,
+    /// The span's operation name.
+    pub operation: Option<String>,
+    /// Span attributes that must all match (values compared as text).
+    pub attributes: BTreeMap<String, String>,
+    /// The span lasted at least this long.
+    pub min_duration: Option<Duration>,
+    /// The span lasted at most this long.
+    pub max_duration: Option<Duration>,
+    /// The span started in this range.
+    pub time: TimeRange,
+    /// At most this many traces (0 means [`DEFAULT_LIMIT`]).
+    pub limit: usize,
+}
+
+/// One trace found by [`Store::find_traces`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    /// Trace id, lowercase hex.
+    pub trace_id: String,
+    /// Earliest span start, ns since the Unix epoch.
+    pub start_unix_nano: u64,
+    /// From the earliest start to the latest end, ns.
+    pub duration_nanos: u64,
+    /// Service of the root span (the earliest span without a parent), or of the earliest span.
+    pub root_service: String,
+    /// Operation of that span.
+    pub root_operation: String,
+    /// Spans in the trace.
+    pub span_count: usize,
+    /// Spans whose status is an error.
+    pub error_count: usize,
+    /// Services in the trace, sorted.
+    pub services: Vec<String>,
+}
+
+impl TraceSummary {
+    /// Summarizes a trace's spans; `None` when there are none.
+    pub fn from_spans(spans: &[SpanRecord]) -> Option<TraceSummary> {
+        let first = spans.first()?;
+        let start = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
+        let end = spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(start);
+        let root = spans
+            .iter()
+            .filter(|s| s.parent_span_id.is_none())
+            .min_by_key(|s| s.start_unix_nano)
+            .or_else(|| spans.iter().min_by_key(|s| s.start_unix_nano))
+            .unwrap_or(first);
+        let mut services: Vec<String> = spans.iter().map(|s| s.service.name.clone()).collect();
+        services.sort();
+        services.dedup();
+        Some(TraceSummary {
+            trace_id: first.trace_id.clone(),
+            start_unix_nano: start,
+            duration_nanos: end.saturating_sub(start),
+            root_service: root.service.name.clone(),
+            root_operation: root.name.clone(),
+            span_count: spans.len(),
+            error_count: spans.iter().filter(|s| s.is_error()).count(),
+            services,
+        })
+    }
+}
+
+/// Which logs [`Store::search_logs`] returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// Text the message must contain (a case-insensitive substring in the embedded store,
+    /// every word in Elasticsearch).
+    pub text: Option<String>,
+    /// The emitting service.
+    pub service: Option<String>,
+    /// Normalized level (`INFO`, `WARN`, `ERROR`, ...).
+    pub level: Option<String>,
+    /// The trace the record belongs to.
+    pub trace_id: Option<String>,
+    /// The record's time.
+    pub time: TimeRange,
+    /// At most this many (0 means [`DEFAULT_LIMIT`]).
+    pub limit: usize,
+}
+
+/// One operation of a service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Operation {
+    /// Operation (span) name.
+    pub name: String,
+    /// Span kind as Jaeger spells it (`server`, `client`, ..., or `unspecified`).
+    pub span_kind: String,
+}
+
+impl Operation {
+    /// An operation from a span's name and kind.
+    pub fn new(name: impl Into<String>, kind: SpanKind) -> Self {
+        Operation {
+            name: name.into(),
+            span_kind: kind.as_str().to_string(),
+        }
+    }
+}
+
+/// An observed call edge: spans of `callee` whose parent span belongs to `caller`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DependencyEdge {
+    /// Service of the parent span.
+    pub caller: String,
+    /// Service of the child span.
+    pub callee: String,
+    /// Child spans crossing from caller to callee.
+    pub calls: u64,
+    /// Of those, the ones whose status is an error.
+    pub errors: u64,
+}
+
+/// A dependency a service declares (`service.dependencies`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeclaredDependency {
+    /// The declaring service.
+    pub service: String,
+    /// The service it says it calls.
+    pub depends_on: String,
+}
+
+/// What [`Store::dependencies`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependencies {
+    /// Edges seen in spans of the range, sorted by caller then callee.
+    pub observed: Vec<DependencyEdge>,
+    /// Declared dependencies of every known instance, sorted and deduplicated.
+    pub declared: Vec<DeclaredDependency>,
+}
+
+/// Liveness of a service instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Liveness {
+    /// Reported UP and heard from recently.
+    Up,
+    /// Said DOWN at shutdown.
+    Down,
+    /// Reported UP, but no heartbeat within the silence window.
+    Silent,
+}
+
+impl Liveness {
+    /// `UP`, `DOWN` or `SILENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Up => "UP",
+            Liveness::Down => "DOWN",
+            Liveness::Silent => "SILENT",
+        }
+    }
+}
+
+/// Default number of heartbeat intervals without news after which an UP instance is silent.
+pub const DEFAULT_SILENT_INTERVALS: u64 = 3;
+/// Heartbeat interval assumed when an instance did not announce one (the SDK's default).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Which instances [`Store::service_status`] reports, and when they count as silent.
+#[derive(Debug, Clone, Default)]
+pub struct StatusQuery {
+    /// Only instances of this service.
+    pub service: Option<String>,
+    /// "Now", ns since the Unix epoch (the current time when `None`).
+    pub now_unix_nano: Option<u64>,
+    /// An UP instance not heard from for this long is silent. When `None`:
+    /// [`DEFAULT_SILENT_INTERVALS`] times its announced heartbeat interval.
+    pub silent_after: Option<Duration>,
+}
+
+/// The latest registry entry of one service instance, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryEntry {
+    /// Service name.
+    pub service: String,
+    /// Instance key (`service.instance.id`, or the service name).
+    pub instance_id: String,
+    /// `service.version`.
+    pub version: Option<String>,
+    /// What the latest registration or heartbeat said.
+    pub reported: ServiceStatus,
+    /// Time of the latest registration or heartbeat, ns since the Unix epoch.
+    pub last_heartbeat_unix_nano: u64,
+    /// Announced heartbeat interval, ms.
+    pub interval_ms: Option<u64>,
+    /// Declared dependencies.
+    pub dependencies: Vec<String>,
+}
+
+impl RegistryEntry {
+    /// The registry entry a heartbeat or registration event implies.
+    pub fn from_heartbeat(hb: &Heartbeat) -> Self {
+        RegistryEntry {
+            service: hb.service.name.clone(),
+            instance_id: hb.service.instance_key().to_string(),
+            version: hb.service.version.clone(),
+            reported: hb.status,
+            last_heartbeat_unix_nano: hb.time_unix_nano,
+            interval_ms: hb.interval_ms,
+            dependencies: hb.service.dependencies.clone(),
+        }
+    }
+}
+
+/// One instance's status, as [`Store::service_status`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// UP, DOWN or SILENT.
+    pub status: Liveness,
+    /// The registry entry the status was derived from.
+    pub entry: RegistryEntry,
+}
+
+impl InstanceStatus {
+    /// Derives liveness from a registry entry, as of `now`.
+    pub fn derive(
+        entry: RegistryEntry,
+        now_unix_nano: u64,
+        silent_after: Option<Duration>,
+    ) -> Self {
+        let window = silent_after.unwrap_or_else(|| {
+            entry
+                .interval_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL)
+                * DEFAULT_SILENT_INTERVALS as u32
+        });
+        let status = match entry.reported {
+            ServiceStatus::Down => Liveness::Down,
+            ServiceStatus::Up => {
+                let age = now_unix_nano.saturating_sub(entry.last_heartbeat_unix_nano);
+                if u128::from(age) > window.as_nanos() {
+                    Liveness::Silent
+                } else {
+                    Liveness::Up
+                }
+            }
+        };
+        InstanceStatus { status, entry }
+    }
+}
+
+/// Current time, ns since the Unix epoch.
+pub fn now_unix_nano() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or is overloaded (connection refused, timeout, 429, 5xx).
+    /// Trying again later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store refused the request, and repeating it will not help (bad credentials,
+    /// malformed query, ...).
+    #[error("store refused the request: {0}")]
+    Refused(String),
+    /// The query was invalid before it reached the store.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// The store's configuration is invalid.
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+    /// The embedded store failed.
+    #[error("embedded store at {path}: {message}")]
+    Embedded {
+        /// The store's directory.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A stored document could not be read back.
+    #[error("stored document {id} cannot be read: {message}")]
+    Corrupt {
+        /// Document id.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// True when the operation may succeed if repeated later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A storage backend: Elasticsearch or the embedded SQLite store.
+///
+/// Object-safe, so stages hold an `Arc<dyn Store>` chosen at start by [`crate::open_store`].
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `elasticsearch` or `embedded`.
+    fn backend(&self) -> &'static str;
+
+    /// Writes documents idempotently and returns one outcome per document, in order. An `Err`
+    /// means nothing is known to be written (retry all when it is retryable).
+    async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError>;
+
+    /// Makes every acknowledged write visible to queries (Elasticsearch refresh; a no-op for
+    /// the embedded store, where commits are visible at once).
+    async fn refresh(&self) -> Result<(), StoreError>;
+
+    /// Every span of a trace, sorted by start time then span id; empty when unknown.
+    async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError>;
+
+    /// Traces with a span matching the query, newest first.
+    async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError>;
+
+    /// Log records matching the query, newest first.
+    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Names of the services that sent spans, sorted.
+    async fn services(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Operations of a service, sorted.
+    async fn operations(&self, service: &str) -> Result<Vec<Operation>, StoreError>;
+
+    /// Observed caller → callee edges in the time range (by child span start), next to the
+    /// declared dependencies.
+    async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError>;
+
+    /// UP / DOWN / SILENT per service instance with the last heartbeat, sorted by service
+    /// then instance.
+    async fn service_status(&self, query: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError>;
+
+    /// Inserts or replaces alerts by id.
+    async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError>;
+
+    /// Alerts matching the query, newest `last_seen_unix_nano` first.
+    async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError>;
+}
+
+/// Sorts a trace's spans the way [`Store::get_trace`] promises.
+pub fn sort_spans(spans: &mut [SpanRecord]) {
+    spans.sort_by(|a, b| {
+        a.start_unix_nano
+            .cmp(&b.start_unix_nano)
+            .then_with(|| a.span_id.cmp(&b.span_id))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dlog_core::model::{HeartbeatKind, ServiceInfo};
+
+    fn entry(reported: ServiceStatus, last: u64, interval_ms: Option<u64>) -> RegistryEntry {
+        RegistryEntry::from_heartbeat(&Heartbeat {
+            kind: HeartbeatKind::Heartbeat,
+            status: reported,
+            time_unix_nano: last,
+            interval_ms,
+            service: ServiceInfo {
+                name: "svc".into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    #[test]
+    fn liveness_follows_reported_status_and_heartbeat_age() {
+        let s = 1_000_000_000u64;
+        let up = |now| {
+            InstanceStatus::derive(entry(ServiceStatus::Up, 10 * s, Some(1000)), now, None).status
+        };
+        assert_eq!(up(12 * s), Liveness::Up);
+        assert_eq!(up(13 * s), Liveness::Up);
+        assert_eq!(up(13 * s + 1), Liveness::Silent);
+        let down = InstanceStatus::derive(entry(ServiceStatus::Down, 10 * s, None), 99 * s, None);
+        assert_eq!(down.status, Liveness::Down);
+        let explicit = InstanceStatus::derive(
+            entry(ServiceStatus::Up, 10 * s, None),
+            15 * s,
+            Some(Duration::from_secs(2)),
+        );
+        assert_eq!(explicit.status, Liveness::Silent);
+        assert_eq!(explicit.entry.instance_id, "svc");
+    }
+
+    #[test]
+    fn time_range_is_inclusive_and_open_ended() {
+        assert!(TimeRange::between(5, 10).contains(5));
+        assert!(TimeRange::between(5, 10).contains(10));
+        assert!(!TimeRange::between(5, 10).contains(11));
+        assert!(TimeRange::default().contains(0));
+    }
+}

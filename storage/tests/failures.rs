@@ -1,0 +1,240 @@
+//! Bad input: poison records and documents the store rejects go to `dead_letters` with their
+//! reason and coordinates, and the records after them are still stored.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use dlog_core::names;
+use dlog_storage::{IndexerConfig, LogQuery, Store, StoreConfig};
+
+struct Topics {
+    trace: String,
+    log: String,
+    hb: String,
+    dlq: String,
+}
+
+async fn topics(kafka: &dlog_testkit::Kafka) -> Topics {
+    let t = Topics {
+        trace: dlog_testkit::unique_name("trace_logs"),
+        log: dlog_testkit::unique_name("service_logs"),
+        hb: dlog_testkit::unique_name("heartbeat_logs"),
+        dlq: dlog_testkit::unique_name("dead_letters"),
+    };
+    kafka
+        .create_topics(&[&t.trace, &t.log, &t.hb, &t.dlq], 3)
+        .await
+        .unwrap();
+    t
+}
+
+fn indexer_config(kafka: &dlog_testkit::Kafka, t: &Topics, store: StoreConfig) -> IndexerConfig {
+    IndexerConfig {
+        kafka_brokers: kafka.brokers.clone(),
+        group_id: dlog_testkit::unique_name("indexer"),
+        trace_logs_topic: t.trace.clone(),
+        service_logs_topic: t.log.clone(),
+        heartbeat_logs_topic: t.hb.clone(),
+        dead_letters_topic: t.dlq.clone(),
+        session_timeout_ms: 6000,
+        admin: "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+        batch_linger_ms: 50,
+        store,
+        ..Default::default()
+    }
+}
+
+fn header<'a>(record: &'a dlog_core::source::RawRecord, name: &str) -> &'a str {
+    std::str::from_utf8(
+        record
+            .header(name)
+            .unwrap_or_else(|| panic!("header {name} missing")),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
+    let kafka = dlog_testkit::Kafka::start().unwrap();
+    let t = topics(&kafka).await;
+    let producer = producer(&kafka.brokers);
+    let now = dlog_storage::store::now_unix_nano();
+    let first = two_service_request(now);
+    let second = two_service_request(now + 1_000_000);
+    // Everything under one key, so one partition: the poison sits between the good records.
+    let key = "same-partition";
+    let encode = |r| {
+        dlog_core::encoding::encode_traces(dlog_core::encoding::Encoding::OtlpProto, r).unwrap()
+    };
+    let proto = [(names::ENCODING_HEADER, "otlp_proto")];
+    let good1 = produce(
+        &producer,
+        &t.trace,
+        key,
+        &encode(&first.frontend_spans),
+        &proto,
+    )
+    .await;
+    let garbage = produce(&producer, &t.trace, key, b"\xff\xffnot a protobuf", &proto).await;
+    let avro = produce(
+        &producer,
+        &t.trace,
+        key,
+        b"{}",
+        &[(names::ENCODING_HEADER, "avro")],
+    )
+    .await;
+    let good2 = produce(
+        &producer,
+        &t.trace,
+        key,
+        &encode(&second.frontend_spans),
+        &proto,
+    )
+    .await;
+    assert!(good1.0 == garbage.0 && garbage.0 == avro.0 && avro.0 == good2.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = indexer_config(&kafka, &t, StoreConfig::embedded(dir.path()));
+    let group = config.group_id.clone();
+    let indexer = dlog_storage::start(config).await.unwrap();
+    let store: Arc<dyn Store> = indexer.store();
+
+    for request in [&first, &second] {
+        let id = hex::encode(request.trace_id);
+        wait_for("the good records' spans", Duration::from_secs(30), || {
+            let store = Arc::clone(&store);
+            let id = id.clone();
+            async move { (store.get_trace(&id).await.ok()?.len() == 2).then_some(()) }
+        })
+        .await;
+    }
+
+    let dead = dlog_testkit::read_topic(&kafka.brokers, &t.dlq, Duration::from_secs(30), |r| {
+        r.len() >= 2
+    })
+    .unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let by_offset = |o: i64| {
+        dead.iter()
+            .find(|r| header(r, names::DLQ_OFFSET_HEADER) == o.to_string())
+            .expect("dead letter by offset")
+    };
+    let g = by_offset(garbage.1);
+    assert_eq!(g.payload, b"\xff\xffnot a protobuf");
+    assert_eq!(header(g, names::DLQ_TOPIC_HEADER), t.trace);
+    assert_eq!(
+        header(g, names::DLQ_PARTITION_HEADER),
+        garbage.0.to_string()
+    );
+    assert_eq!(header(g, names::DLQ_STAGE_HEADER), "dlog-indexer");
+    assert!(
+        header(g, names::DLQ_REASON_HEADER)
+            .contains("not a valid protobuf OTLP trace export request"),
+        "{}",
+        header(g, names::DLQ_REASON_HEADER)
+    );
+    assert_eq!(g.key.as_deref(), Some(key.as_bytes()));
+    let a = by_offset(avro.1);
+    assert!(
+        header(a, names::DLQ_REASON_HEADER).contains("unknown encoding `avro`"),
+        "{}",
+        header(a, names::DLQ_REASON_HEADER)
+    );
+    assert_eq!(indexer.metrics().dead_lettered("decode"), 2);
+
+    // The partition's offset moved past the poison.
+    wait_for(
+        "the commit past the last record",
+        Duration::from_secs(30),
+        || {
+            let committed = committed(&kafka.brokers, &group, &t.trace, 3);
+            let done = committed.get(&(t.trace.clone(), good2.0)) == Some(&(good2.1 + 1));
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    indexer.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_elasticsearch_rejects_are_dead_lettered_and_the_rest_is_stored() {
+    let kafka = dlog_testkit::Kafka::start().unwrap();
+    let elastic = dlog_testkit::Elastic::start().unwrap();
+    let t = topics(&kafka).await;
+    let prefix = dlog_testkit::unique_name("rej");
+    let store_config = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(prefix.clone());
+    let now = dlog_storage::store::now_unix_nano();
+    // Someone created today's log index by hand with `message` as a number: a mapping
+    // conflict for every log document of the day.
+    let es = dlog_storage::elastic::ElasticStore::connect(&store_config)
+        .await
+        .unwrap();
+    let index = es.names().logs(now);
+    let response = reqwest::Client::new()
+        .put(format!("{}/{index}", elastic.url))
+        .json(&serde_json::json!({"mappings": {"properties": {"message": {"type": "long"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+
+    let producer = producer(&kafka.brokers);
+    let request = two_service_request(now);
+    let trace_id = hex::encode(request.trace_id);
+    let logs_at = produce_logs(&producer, &t.log, &trace_id, &request.backend_logs).await;
+    produce_traces(&producer, &t.trace, &request.backend_spans).await;
+
+    let indexer = dlog_storage::start(indexer_config(&kafka, &t, store_config.clone()))
+        .await
+        .unwrap();
+    let store = indexer.store();
+    wait_for(
+        "the spans after the rejected logs",
+        Duration::from_secs(30),
+        || {
+            let store = Arc::clone(&store);
+            let id = trace_id.clone();
+            async move {
+                store.refresh().await.ok()?;
+                (store.get_trace(&id).await.ok()?.len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let dead = dlog_testkit::read_topic(&kafka.brokers, &t.dlq, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    })
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    let reason = header(&dead[0], names::DLQ_REASON_HEADER);
+    assert!(
+        reason.contains("rejected by the store") && reason.contains("mapper_parsing_exception"),
+        "{reason}"
+    );
+    assert_eq!(header(&dead[0], names::DLQ_TOPIC_HEADER), t.log);
+    assert_eq!(
+        header(&dead[0], names::DLQ_OFFSET_HEADER),
+        logs_at.1.to_string()
+    );
+    // The registration in the same record is not a log document and was stored.
+    store.refresh().await.unwrap();
+    let status = store.service_status(&Default::default()).await.unwrap();
+    assert_eq!(status.len(), 1);
+    assert!(store
+        .search_logs(&LogQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(indexer.metrics().dead_lettered("rejected"), 1);
+    indexer.shutdown().await.unwrap();
+    es.delete_indices().await.unwrap();
+}

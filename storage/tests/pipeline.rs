@@ -1,0 +1,203 @@
+//! The pipeline over the in-process `ChannelSource` (all-in-one mode): the sender's
+//! acknowledgement completes only once the store took every document; only retryable
+//! documents are written again; rejected ones are dead-lettered with their record.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use dlog_core::encoding::{encode_traces, Encoding};
+use dlog_core::model::{LogEntry, SpanRecord};
+use dlog_core::names;
+use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, SourceError};
+use dlog_storage::embedded::EmbeddedStore;
+use dlog_storage::stage::{run_pipeline, DeadLetterSink, Metrics, PipelineOptions};
+use dlog_storage::*;
+use tokio_util::sync::CancellationToken;
+
+/// Wraps the embedded store: span `retry_span` fails retryably twice, span `bad_span` is
+/// rejected; every attempt per document id is counted.
+struct Flaky {
+    inner: EmbeddedStore,
+    retry_span: String,
+    bad_span: String,
+    attempts: Mutex<HashMap<String, usize>>,
+}
+
+#[async_trait]
+impl Store for Flaky {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut pass = Vec::new();
+        let mut outcomes = Vec::new();
+        for doc in docs {
+            let id = doc.id();
+            let n = {
+                let mut a = self.attempts.lock().unwrap();
+                let n = a.entry(id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            if id.ends_with(&self.retry_span) && n <= 2 {
+                outcomes.push(Some(WriteOutcome::Retry("429 too many requests".into())));
+            } else if id.ends_with(&self.bad_span) {
+                outcomes.push(Some(WriteOutcome::Rejected(
+                    "mapper_parsing_exception: bad".into(),
+                )));
+            } else {
+                pass.push(doc.clone());
+                outcomes.push(None);
+            }
+        }
+        self.inner.write(&pass).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(WriteOutcome::Written))
+            .collect())
+    }
+    async fn refresh(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn get_trace(&self, id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+        self.inner.get_trace(id).await
+    }
+    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
+        self.inner.find_traces(q).await
+    }
+    async fn search_logs(&self, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.search_logs(q).await
+    }
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.services().await
+    }
+    async fn operations(&self, s: &str) -> Result<Vec<Operation>, StoreError> {
+        self.inner.operations(s).await
+    }
+    async fn dependencies(&self, t: TimeRange) -> Result<Dependencies, StoreError> {
+        self.inner.dependencies(t).await
+    }
+    async fn service_status(&self, q: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError> {
+        self.inner.service_status(q).await
+    }
+    async fn upsert_alerts(&self, a: &[AlertDoc]) -> Result<(), StoreError> {
+        self.inner.upsert_alerts(a).await
+    }
+    async fn list_alerts(&self, q: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError> {
+        self.inner.list_alerts(q).await
+    }
+}
+
+#[derive(Default)]
+struct Collected(Mutex<Vec<(RawRecord, String)>>);
+
+#[async_trait]
+impl DeadLetterSink for Collected {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((record.clone(), reason.to_string()));
+        Ok(())
+    }
+}
+
+fn record(payload: Vec<u8>) -> RawRecord {
+    RawRecord {
+        topic: names::TRACE_LOGS_TOPIC.into(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        payload,
+        headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
+        timestamp_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_wait_for_the_store_and_only_retryable_documents_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = two_service_request(dlog_storage::store::now_unix_nano());
+    let trace_id = hex::encode(request.trace_id);
+    let store = Arc::new(Flaky {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        retry_span: hex_id(ROOT),
+        bad_span: hex_id(QUERY),
+        attempts: Mutex::new(HashMap::new()),
+    });
+    let dead = Arc::new(Collected::default());
+    let metrics = Arc::new(Metrics::new());
+    let (tx, source) = ChannelSource::new(4);
+    let shutdown = CancellationToken::new();
+    let options = PipelineOptions {
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(50),
+        batch_linger: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let task = tokio::spawn(run_pipeline(
+        source,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&dead) as Arc<dyn DeadLetterSink>,
+        options,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    tx.send(InProcessBatch {
+        records: vec![
+            record(encode_traces(Encoding::OtlpProto, &request.frontend_spans).unwrap()),
+            record(b"garbage".to_vec()),
+            record(encode_traces(Encoding::OtlpProto, &request.backend_spans).unwrap()),
+        ],
+        ack,
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("acked in time")
+        .unwrap();
+
+    // Acked means stored: the three good spans are there the moment the ack arrives.
+    let spans = store.get_trace(&trace_id).await.unwrap();
+    let ids: Vec<String> = spans.iter().map(|s| s.span_id.clone()).collect();
+    assert_eq!(ids, vec![hex_id(ROOT), hex_id(CLIENT), hex_id(SERVER)]);
+    // The retryable span took three attempts; the others one each.
+    let attempts = store.attempts.lock().unwrap().clone();
+    for (id, n) in &attempts {
+        let expected = if id.ends_with(&hex_id(ROOT)) { 3 } else { 1 };
+        assert_eq!(*n, expected, "attempts of {id}");
+    }
+    assert_eq!(metrics.retried("span"), 2);
+    // The garbage record and the record holding the rejected span went to dead letters.
+    let dead = dead.0.lock().unwrap().clone();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].0.offset, 1);
+    assert!(dead[0].1.starts_with("undecodable record"), "{}", dead[0].1);
+    assert_eq!(dead[1].0.offset, 2);
+    assert!(
+        dead[1].1.contains(&format!(
+            "span {trace_id}{} rejected by the store: mapper_parsing_exception",
+            hex_id(QUERY)
+        )),
+        "{}",
+        dead[1].1
+    );
+    assert_eq!(metrics.dead_lettered("decode"), 1);
+    assert_eq!(metrics.dead_lettered("rejected"), 1);
+
+    // The source closing ends the stage cleanly.
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,298 @@
+//! Test harness for dlog's system tests.
+//!
+//! Starts real servers on free loopback ports and reads what they hold:
+//! * [`Kafka`]: a tansu Kafka-protocol broker (in-memory storage), one per test;
+//! * [`Elastic`]: an osmem OpenSearch-API server, one per test, or the cluster named by
+//!   `ELASTICSEARCH_URL` when set;
+//! * [`unique_name`]: fresh topic, group and index names per test;
+//! * [`read_topic`]: reads a topic from the beginning until a condition holds or a deadline
+//!   passes (never from watermarks, which tansu reports wrongly for multi-record batches).
+//!
+//! Binaries are found through `TANSU_BIN` / `OSMEM_SERVER_BIN`, then `~/.cargo/bin/tansu`,
+//! `PATH`, and the installed `osmem_server` Python package.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dlog_core::source::RawRecord;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A name no other test uses: `prefix` plus a random suffix.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn find_binary(env: &str, name: &str, extra: &[PathBuf]) -> Result<PathBuf> {
+    if let Ok(path) = std::env::var(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut candidates: Vec<PathBuf> = extra.to_vec();
+    if let Ok(home) = std::env::var("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin").join(name));
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|p| p.join(name)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("`{name}` not found: set {env} or run `bash .ci/run` once to install it")
+        })
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .context("run kill")?;
+    if !status.success() {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
+/// A tansu broker on a free loopback port, killed on drop.
+pub struct Kafka {
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub brokers: String,
+    child: Child,
+}
+
+impl Kafka {
+    /// Starts a broker with in-memory storage and waits until it accepts connections.
+    pub fn start() -> Result<Kafka> {
+        let bin = find_binary("TANSU_BIN", "tansu", &[])?;
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let kafka = Kafka {
+            brokers: format!("127.0.0.1:{port}"),
+            child,
+        };
+        wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
+        Ok(kafka)
+    }
+
+    /// Creates topics (3 partitions unless told otherwise).
+    pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
+        dlog_core::kafka::ensure_topics(&self.brokers, topics, partitions, 1)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered.
+    pub fn pause(&self) -> Result<()> {
+        signal(self.child.id(), "-STOP")
+    }
+
+    /// Thaws a paused broker (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        signal(self.child.id(), "-CONT")
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = signal(self.child.id(), "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Elasticsearch-API server for one test: osmem on a free port, or the cluster named by
+/// `ELASTICSEARCH_URL`.
+pub struct Elastic {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl Elastic {
+    /// Starts osmem (or uses `ELASTICSEARCH_URL`) and waits until it answers HTTP.
+    pub fn start() -> Result<Elastic> {
+        if let Ok(url) = std::env::var("ELASTICSEARCH_URL") {
+            return Ok(Elastic { url, child: None });
+        }
+        let bin = find_binary("OSMEM_SERVER_BIN", "osmem-server", &osmem_candidates())?;
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .args([
+                "-addr",
+                &format!("127.0.0.1:{port}"),
+                "-no-stdin-watch",
+                "-parent-pid",
+                &std::process::id().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let elastic = Elastic {
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
+        Ok(elastic)
+    }
+
+    /// The server's pid, when the harness started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Freezes the server (SIGSTOP). Only for a server the harness started.
+    pub fn pause(&self) -> Result<()> {
+        signal(
+            self.pid()
+                .context("ELASTICSEARCH_URL server cannot be paused")?,
+            "-STOP",
+        )
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        signal(
+            self.pid()
+                .context("ELASTICSEARCH_URL server cannot be resumed")?,
+            "-CONT",
+        )
+    }
+}
+
+impl Drop for Elastic {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = signal(child.id(), "-CONT");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn osmem_candidates() -> Vec<PathBuf> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import osmem_server,os;print(os.path.dirname(osmem_server.__file__))",
+        ])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            vec![PathBuf::from(dir).join("bin/osmem-server")]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Reads `topic` from the beginning of every partition, collecting records until `done`
+/// says so or `within` passes, and returns what was read. It never trusts watermarks.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    within: Duration,
+    mut done: impl FnMut(&[RawRecord]) -> bool,
+) -> Result<Vec<RawRecord>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("create reader")?;
+    let deadline = Instant::now() + within;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("metadata for {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions on {brokers}");
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(RawRecord {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                timestamp_ms: m.timestamp().to_millis(),
+            }),
+            Some(Err(e)) => eprintln!("read_topic({topic}): {e}"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
