@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite and benchmarks need, idempotently:
-#   - Debian build packages for the -sys crates (librdkafka is built from source by rdkafka);
+#   - Debian build packages for the -sys crates (librdkafka, SQLite and zlib are built from
+#     source), and Python with pip when the machine has none;
 #   - rustfmt and clippy;
 #   - tansu, the Kafka-protocol broker the system tests start (cargo install skips an
 #     already-installed version);
@@ -10,10 +11,14 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 
+# gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL.
 need_apt=()
-for pkg in build-essential pkg-config libssl-dev python3-pip; do
+for pkg in build-essential pkg-config; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  need_apt+=(python3 python3-pip)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   apt-get update -qq
@@ -34,5 +39,9 @@ if ! "${HOME}/.cargo/bin/tansu" --version 2>/dev/null | grep -q "${TANSU_VERSION
 fi
 
 echo "==> pip install -r requirements-test.txt"
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  -r "${here}/requirements-test.txt"
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@" \
+    -r "${here}/requirements-test.txt"
+}
+# Debian's own Python refuses system-wide installs (PEP 668); these are test tools only.
+pip_install || pip_install --break-system-packages

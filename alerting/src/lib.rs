@@ -51,7 +51,6 @@
 //! The stage wraps it: [`run`] consumes Kafka, [`run_with`] any [`dlog_core::source::Source`]
 //! (the all-in-one mode's in-process channel) with any clock.
 
-mod admin;
 pub mod alert;
 pub mod cli;
 pub mod clock;

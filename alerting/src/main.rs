@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dlog_alerting::cli::Args;
-use tracing_subscriber::EnvFilter;
+use dlog_core::process::{init_logging, shutdown_signal};
 
 /// Used when neither `RUST_LOG` nor `DLOG_ALERTER_LOG` is set.
 const DEFAULT_LOG_FILTER: &str =
@@ -11,49 +11,11 @@ const DEFAULT_LOG_FILTER: &str =
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = std::env::var("DLOG_ALERTER_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string());
     // Logs go to stderr so that stdout carries only the alerts themselves.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_new(&filter)
-                .with_context(|| format!("invalid log filter `{filter}`"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&["DLOG_ALERTER_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;
 
     let config = Args::parse().load().context("invalid configuration")?;
     dlog_alerting::run(config, shutdown_signal())
         .await
         .context("alerter failed")
-}
-
-/// Resolves on Ctrl-C or SIGTERM. If a handler cannot be installed, that signal is simply
-/// not awaited: the other one, or SIGKILL, still stops the process.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -10,7 +10,10 @@
 //! 3. best-effort outputs (the terminal; the webhook unless required) get the transitions
 //!    through their queues;
 //! 4. required outputs (Kafka, the store; the webhook when required) get the outbox, retried
-//!    with backoff (input paused) until they accept it;
+//!    with backoff until they accept it. Meanwhile the input is paused but still polled, so
+//!    that a Kafka consumer stays in its group (librdkafka drops a consumer that does not poll
+//!    within `max.poll.interval.ms`, paused or not); records it still hands out are kept and
+//!    evaluated first, in order, once the outputs are back;
 //! 5. the emptied outbox is saved and the input acknowledged.
 //!
 //! A crash before 2 replays the records (nothing was emitted); between 2 and 5 the replayed
@@ -18,10 +21,9 @@
 //! nothing is lost (a required output may see an event again if the crash fell between its
 //! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,6 @@ use dlog_core::source::{RawRecord, Source, SourceError};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
 use crate::alert::Transition;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AlerterConfig, ConfigError};
@@ -46,6 +47,7 @@ use crate::record::{decode_into, Record, TopicKind};
 use crate::state::{
     is_applied, mark_applied, AppliedOffsets, Pending, StateError, StateFile, StateView,
 };
+use dlog_core::admin::Serving;
 
 /// The stage could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -143,34 +145,24 @@ pub async fn run_with<S: Source>(
     let metrics = Arc::new(Metrics::new(&mut registry));
     let (required, best_effort) = build_outputs(&config, &metrics).await?;
 
-    let admin_state = Arc::new(AdminState {
-        registry,
-        serving: AtomicBool::new(true),
-    });
-    let listener = tokio::net::TcpListener::bind(config.admin)
+    let admin_state = Arc::new(Serving::new(registry));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut admin_stop = stop_rx.clone();
+    let (admin_addr, admin_task) = {
+        let admin_state = Arc::clone(&admin_state);
+        dlog_core::admin::serve(config.admin, admin_state.clone(), async move {
+            let _ = admin_stop.wait_for(|stop| *stop).await;
+            admin_state.stop_serving();
+        })
         .await
         .map_err(|source| AlerterError::Admin {
             addr: config.admin,
             source,
-        })?;
-    let admin_addr = listener.local_addr().unwrap_or(config.admin);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
+        })?
+    };
     let shutdown_task = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
-    });
-    let mut admin_stop = stop_rx.clone();
-    let admin_task = tokio::spawn(async move {
-        let served = axum::serve(listener, admin::router(admin_state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|stop| *stop).await;
-                admin_state.serving.store(false, Ordering::Relaxed);
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "admin server failed");
-        }
     });
     tracing::info!(
         admin = %admin_addr,
@@ -197,6 +189,7 @@ pub async fn run_with<S: Source>(
         pending_ack: BTreeMap::new(),
         last_checkpoint: Instant::now(),
         last_tick: None,
+        stash: VecDeque::new(),
         config,
     };
     let result = stage.run().await;
@@ -290,7 +283,15 @@ struct Stage<S> {
     last_checkpoint: Instant,
     /// Clock time of the last tick.
     last_tick: Option<u64>,
+    /// Records the input handed out while it was paused for an output outage, evaluated before
+    /// anything new. At most `batch_max_records`: an input that ignores pausing (an in-process
+    /// channel) is then left to push back on its sender instead of filling memory.
+    stash: VecDeque<RawRecord>,
 }
+
+/// Longest wait between two polls of a paused input: far below any consumer's
+/// `max.poll.interval.ms`, and short enough to notice a stop quickly.
+const PAUSED_POLL_STEP: Duration = Duration::from_millis(250);
 
 impl<S: Source> Stage<S> {
     fn stopping(&self) -> bool {
@@ -308,14 +309,20 @@ impl<S: Source> Stage<S> {
         let mut records: Vec<Record> = Vec::new();
         while !self.stopping() {
             let mut stop = self.stop.clone();
-            let batch = tokio::select! {
-                batch = self.source.next_batch(self.config.batch_max_records, linger) => match batch {
-                    Ok(batch) => batch,
-                    // An in-process input whose sender went away: the feeding side shut down.
-                    Err(SourceError::Closed) => break,
-                    Err(e) => return Err(e.into()),
-                },
-                _ = stop.wait_for(|s| *s) => break,
+            let batch = if !self.stash.is_empty() {
+                // What the paused input handed out during an outage comes first, in order.
+                let n = self.stash.len().min(self.config.batch_max_records);
+                self.stash.drain(..n).collect()
+            } else {
+                tokio::select! {
+                    batch = self.source.next_batch(self.config.batch_max_records, linger) => match batch {
+                        Ok(batch) => batch,
+                        // An in-process input whose sender went away: the feeding side shut down.
+                        Err(SourceError::Closed) => break,
+                        Err(e) => return Err(e.into()),
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
             };
             let mut transitions = Vec::new();
             for raw in &batch {
@@ -469,11 +476,7 @@ impl<S: Source> Stage<S> {
                             self.source.pause()?;
                             paused = true;
                         }
-                        let mut stop = self.stop.clone();
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = stop.wait_for(|s| *s) => {}
-                        }
+                        self.wait_polling(wait).await;
                         if self.stopping() {
                             complete = false;
                             break;
@@ -491,6 +494,60 @@ impl<S: Source> Stage<S> {
             self.source.resume()?;
         }
         Ok(complete)
+    }
+
+    /// Waits `wait` (or until stopped) while an output is down and the input paused, polling
+    /// the input all along: librdkafka removes a consumer from its group when it does not poll
+    /// within `max.poll.interval.ms`, paused or not, and the rebalance would hand its
+    /// partitions elsewhere. A paused input normally hands out nothing; whatever it does hand
+    /// out is stashed and evaluated first once the outputs are back.
+    async fn wait_polling(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut stop = self.stop.clone();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.stopping() {
+                return;
+            }
+            let step = (deadline - now).min(PAUSED_POLL_STEP);
+            let room = self
+                .config
+                .batch_max_records
+                .saturating_sub(self.stash.len());
+            if room == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(step) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+            let polled = tokio::select! {
+                polled = self.source.next_batch(room, step) => polled,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match polled {
+                Ok(records) => {
+                    if !records.is_empty() {
+                        tracing::debug!(
+                            records = records.len(),
+                            "paused input handed out records; kept for after the outage"
+                        );
+                    }
+                    self.stash.extend(records);
+                }
+                Err(e) => {
+                    // A closed in-process input ends the stage after the outage, through the
+                    // main loop; here, only do not spin on it.
+                    if !matches!(e, SourceError::Closed) {
+                        tracing::warn!(error = %e, "polling the paused input failed");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(step) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
     }
 
     async fn ack(&mut self) -> Result<(), AlerterError> {

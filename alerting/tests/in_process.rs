@@ -3,14 +3,15 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::*;
 use dlog_alerting::{run_with, AlerterConfig, ManualClock};
 use dlog_core::encoding::{encode_logs, Encoding};
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord};
+use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, Source, SourceError};
 use dlog_storage::{AlertQuery, StoreConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,4 +92,216 @@ async fn in_process_input_is_acknowledged_only_after_the_store_has_the_alert() {
         .unwrap()
         .unwrap();
     drop(stop);
+}
+
+/// A `ChannelSource` that reports how the stage drives it. Like any in-process input it keeps
+/// handing out records while paused, which is exactly what must not lose or reorder anything.
+struct Watched {
+    inner: ChannelSource,
+    probe: Arc<Probe>,
+}
+
+#[derive(Default)]
+struct Probe {
+    paused: AtomicBool,
+    /// `next_batch` calls made while paused.
+    polls_while_paused: AtomicU64,
+    /// Offsets handed out while paused.
+    handed_while_paused: Mutex<Vec<i64>>,
+}
+
+impl Source for Watched {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<RawRecord>, SourceError> {
+        let paused = self.probe.paused.load(Ordering::SeqCst);
+        let batch = self.inner.next_batch(max, linger).await?;
+        if paused {
+            self.probe.polls_while_paused.fetch_add(1, Ordering::SeqCst);
+            let mut handed = self.probe.handed_while_paused.lock().unwrap();
+            handed.extend(batch.iter().map(|r| r.offset));
+        }
+        Ok(batch)
+    }
+
+    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+        self.inner.ack(records).await
+    }
+
+    fn pause(&mut self) -> Result<(), SourceError> {
+        self.probe.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), SourceError> {
+        self.probe.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A webhook receiver that refuses everything (503) while `down`.
+#[derive(Default)]
+struct Hook {
+    down: AtomicBool,
+    accepted: Mutex<Vec<serde_json::Value>>,
+}
+
+async fn hook(
+    axum::extract::State(hook): axum::extract::State<Arc<Hook>>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> axum::http::StatusCode {
+    if hook.down.load(Ordering::SeqCst) {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    hook.accepted.lock().unwrap().push(body);
+    axum::http::StatusCode::NO_CONTENT
+}
+
+fn error_batch(code: &str) -> (InProcessBatch, tokio::sync::oneshot::Receiver<()>) {
+    let trace = [code.as_bytes()[1]; 16];
+    let request = logs(
+        resource("svc-a", "a-1", &[]),
+        vec![error_log("checkout failed", code, "boom", trace, T0)],
+    );
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    let batch = InProcessBatch {
+        records: vec![RawRecord {
+            topic: names::SERVICE_LOGS_TOPIC.into(),
+            partition: 0,
+            offset: 0,
+            key: Some(dlog_core::encoding::hex_id(&trace).into_bytes()),
+            payload: encode_logs(Encoding::OtlpProto, &request).unwrap(),
+            headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
+            timestamp_ms: None,
+        }],
+        ack,
+    };
+    (batch, acked)
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn codes(hook: &Hook) -> Vec<String> {
+    hook.accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["labels"]["error_code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Regression: during an output outage the stage only slept with the input paused, and a
+/// Kafka consumer that does not poll for `max.poll.interval.ms` (paused or not) is dropped
+/// from its group. The stage must keep polling, and keep (in order) what the input hands out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_input_is_still_polled_during_an_outage_and_nothing_is_lost_or_reordered() {
+    let receiver = Arc::new(Hook::default());
+    receiver.down.store(true, Ordering::SeqCst);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/alerts", axum::routing::post(hook))
+        .with_state(receiver.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut config = AlerterConfig {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.path().to_path_buf(),
+        batch_linger_ms: 20,
+        skip_replayed_offsets: false,
+        retry_initial_ms: 20,
+        retry_max_ms: 100,
+        ..Default::default()
+    };
+    config.outputs.terminal.enabled = false;
+    config.outputs.kafka.enabled = false;
+    config.outputs.webhook.enabled = true;
+    config.outputs.webhook.required = true;
+    config.outputs.webhook.url = url;
+    config.outputs.webhook.max_attempts = 1;
+    let (tx, inner) = ChannelSource::new(4);
+    let probe = Arc::new(Probe::default());
+    let source = Watched {
+        inner,
+        probe: probe.clone(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stage = tokio::spawn(run_with(
+        config,
+        source,
+        Arc::new(ManualClock::new(T0)),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    // The first alert meets the outage: the stage pauses its input and retries.
+    let (batch, mut acked1) = error_batch("E1");
+    tx.send(batch).await.unwrap();
+    wait_until("the input to be paused", || {
+        probe.paused.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // Records keep arriving; the paused input hands them out, and polling goes on after.
+    let (batch, mut acked2) = error_batch("E2");
+    tx.send(batch).await.unwrap();
+    let (batch, mut acked3) = error_batch("E3");
+    tx.send(batch).await.unwrap();
+    wait_until("both records handed out while paused", || {
+        probe.handed_while_paused.lock().unwrap().len() == 2
+    })
+    .await;
+    let polls = probe.polls_while_paused.load(Ordering::SeqCst);
+    wait_until("polling to continue with nothing to fetch", || {
+        probe.polls_while_paused.load(Ordering::SeqCst) >= polls + 3
+    })
+    .await;
+    assert_eq!(*probe.handed_while_paused.lock().unwrap(), vec![1, 2]);
+    assert!(probe.paused.load(Ordering::SeqCst), "still in the outage");
+    assert!(codes(&receiver).is_empty());
+    assert!(
+        acked1.try_recv().is_err() && acked2.try_recv().is_err() && acked3.try_recv().is_err(),
+        "nothing is acknowledged while the required output is down"
+    );
+
+    // The output comes back: the stalled alert goes out, then the kept records are evaluated
+    // in order, then new input.
+    receiver.down.store(false, Ordering::SeqCst);
+    for acked in [acked1, acked2, acked3] {
+        tokio::time::timeout(Duration::from_secs(30), acked)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (batch, acked4) = error_batch("E4");
+    tx.send(batch).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!probe.paused.load(Ordering::SeqCst), "resumed");
+    assert_eq!(codes(&receiver), vec!["E1", "E2", "E3", "E4"]);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), stage)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    server.abort();
 }

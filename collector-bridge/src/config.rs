@@ -26,6 +26,12 @@ pub const DEFAULT_RETRY_AFTER_SECS: u64 = 2;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
 /// Default `linger_ms`.
 pub const DEFAULT_LINGER_MS: u64 = 5;
+/// Default `admission_timeout_ms`.
+pub const DEFAULT_ADMISSION_TIMEOUT_MS: u64 = 1_000;
+/// Default `max_concurrent_requests`.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Default `grpc_max_concurrent_streams`.
+pub const DEFAULT_GRPC_MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// librdkafka properties the bridge sets itself and a user may not override, with why.
 const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
@@ -41,6 +47,22 @@ const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     (
         "enable.idempotence",
         "the producer is always idempotent, so that its own retries never duplicate or reorder records",
+    ),
+    (
+        "message.timeout.ms",
+        "set `produce_timeout_ms` instead: records must not outlive the request that carried them",
+    ),
+    (
+        "delivery.timeout.ms",
+        "set `produce_timeout_ms` instead: records must not outlive the request that carried them",
+    ),
+    (
+        "queue.buffering.max.kbytes",
+        "set `max_in_flight_bytes` instead: it bounds the producer's queue with the bridge's memory",
+    ),
+    (
+        "message.max.bytes",
+        "set `max_message_bytes` instead: the producer's limit is derived from it",
     ),
 ];
 
@@ -83,9 +105,21 @@ pub struct Config {
     /// Largest OTLP request accepted, after decompression, in bytes (gRPC and HTTP).
     pub max_request_bytes: usize,
     /// Encoded bytes that may wait for Kafka at once, summed over all requests. A request that
-    /// cannot get its share within `produce_timeout_ms` is answered `UNAVAILABLE` / 503, which
-    /// bounds memory when Kafka is slow.
+    /// Bytes that requests in progress may hold at once, summed over all requests: request
+    /// bodies (reserved from `Content-Length` / the gRPC frame length before they are read),
+    /// their inflated size, and the records routed from them until Kafka acknowledged them. A
+    /// request that cannot get its share within `admission_timeout_ms` is answered
+    /// `UNAVAILABLE` / 503, which bounds memory when Kafka is slow.
     pub max_in_flight_bytes: usize,
+    /// How long a request may wait for its share of `max_in_flight_bytes` before it is answered
+    /// `UNAVAILABLE` / 503 (at most `produce_timeout_ms`). Short, so that a slow Kafka turns
+    /// into retries at the senders, not into requests piling up here.
+    pub admission_timeout_ms: u64,
+    /// OTLP requests (gRPC and HTTP together) handled at once; one more is answered
+    /// `UNAVAILABLE` / 503 at once (load shedding), before its body is read.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams (concurrent requests) one OTLP/gRPC connection may open.
+    pub grpc_max_concurrent_streams: u32,
     /// The retry hint, in seconds, sent with `UNAVAILABLE` (gRPC `RetryInfo`) and 503
     /// (`Retry-After`).
     pub retry_after_secs: u64,
@@ -95,7 +129,9 @@ pub struct Config {
     pub linger_ms: u64,
     /// Extra librdkafka producer properties, passed through as they are (for example
     /// `compression.type`, `security.protocol`). They override the bridge's own tuning but may
-    /// not change `acks`, `enable.idempotence` or `bootstrap.servers`.
+    /// not change what the bridge's guarantees rest on: `acks`, `enable.idempotence`,
+    /// `bootstrap.servers`, `message.timeout.ms`, `delivery.timeout.ms`,
+    /// `queue.buffering.max.kbytes` and `message.max.bytes` (each has its own setting).
     pub kafka: BTreeMap<String, String>,
 }
 
@@ -118,6 +154,9 @@ impl Default for Config {
             produce_timeout_ms: DEFAULT_PRODUCE_TIMEOUT_MS,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+            admission_timeout_ms: DEFAULT_ADMISSION_TIMEOUT_MS,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            grpc_max_concurrent_streams: DEFAULT_GRPC_MAX_CONCURRENT_STREAMS,
             retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             linger_ms: DEFAULT_LINGER_MS,
@@ -291,6 +330,20 @@ impl Config {
         if self.max_in_flight_bytes > (usize::MAX >> 4) {
             return Err(invalid("max_in_flight_bytes", "is too large"));
         }
+        if self.max_concurrent_requests == 0 {
+            return Err(invalid("max_concurrent_requests", "must be at least 1"));
+        }
+        if self.max_concurrent_requests > (usize::MAX >> 4) {
+            return Err(invalid("max_concurrent_requests", "is too large"));
+        }
+        if self.grpc_max_concurrent_streams == 0 {
+            return Err(invalid("grpc_max_concurrent_streams", "must be at least 1"));
+        }
+        self.validate_kafka_properties()
+    }
+
+    /// Checks the `[kafka]` table alone: no reserved key, no empty value.
+    pub fn validate_kafka_properties(&self) -> Result<(), ConfigError> {
         for (key, value) in &self.kafka {
             if let Some((_, why)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(k, _)| k == key) {
                 return Err(invalid(
@@ -308,6 +361,11 @@ impl Config {
     /// `produce_timeout_ms` as a duration.
     pub fn produce_timeout(&self) -> Duration {
         Duration::from_millis(self.produce_timeout_ms)
+    }
+
+    /// `admission_timeout_ms` as a duration, at most `produce_timeout_ms`.
+    pub fn admission_timeout(&self) -> Duration {
+        Duration::from_millis(self.admission_timeout_ms.min(self.produce_timeout_ms))
     }
 
     /// `shutdown_timeout_ms` as a duration.
@@ -362,6 +420,10 @@ mod tests {
         assert_eq!(c.topics(), ["trace_logs", "service_logs", "heartbeat_logs"]);
         assert_eq!(c.encoding, Encoding::OtlpProto);
         assert_eq!(c.max_message_bytes, 1_000_000);
+        assert_eq!(c.max_in_flight_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.admission_timeout_ms, 1_000);
+        assert_eq!(c.max_concurrent_requests, 256);
+        assert_eq!(c.grpc_max_concurrent_streams, 128);
         c.validate().unwrap();
     }
 
@@ -421,6 +483,27 @@ mod tests {
             (Box::new(|c| c.topic_partitions = 0), "topic_partitions"),
             (Box::new(|c| c.produce_timeout_ms = 0), "produce_timeout_ms"),
             (Box::new(|c| c.otlp_http = c.otlp_grpc), "otlp_http"),
+            (
+                Box::new(|c| c.max_concurrent_requests = 0),
+                "max_concurrent_requests",
+            ),
+            (
+                Box::new(|c| c.grpc_max_concurrent_streams = 0),
+                "grpc_max_concurrent_streams",
+            ),
+            (
+                Box::new(|c| {
+                    c.kafka.insert("message.timeout.ms".into(), "1".into());
+                }),
+                "kafka.message.timeout.ms",
+            ),
+            (
+                Box::new(|c| {
+                    c.kafka
+                        .insert("queue.buffering.max.kbytes".into(), "1".into());
+                }),
+                "kafka.queue.buffering.max.kbytes",
+            ),
             (
                 Box::new(|c| {
                     c.kafka.insert("acks".into(), "1".into());

@@ -9,12 +9,16 @@
 //! `INVALID_ARGUMENT` (tonic's own decoder would say `INTERNAL`, which OTLP reserves for
 //! server faults).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
+use hyper::body::Frame;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
@@ -30,19 +34,21 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ingest::{Accepted, Ingest, IngestError};
-use crate::metrics::Transport;
+use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
+use crate::metrics::{SignalKind, Transport};
 use crate::sink::Sink;
 
 /// What differs between the trace and the logs service.
 pub(crate) trait Signal: Send + Sync + 'static {
     const SERVICE: &'static str;
     const EXPORT_PATH: &'static str;
+    const KIND: SignalKind;
     type Response: Message + Default + Send + 'static;
 
     fn export<S: Sink>(
         ingest: &Ingest<S>,
-        body: &[u8],
+        body: Bytes,
+        ticket: Ticket,
     ) -> impl std::future::Future<Output = Result<Accepted, IngestError>> + Send;
 
     fn response(accepted: &Accepted) -> Self::Response;
@@ -54,10 +60,15 @@ pub(crate) struct Logs;
 impl Signal for Traces {
     const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const KIND: SignalKind = SignalKind::Traces;
     type Response = ExportTraceServiceResponse;
 
-    async fn export<S: Sink>(ingest: &Ingest<S>, body: &[u8]) -> Result<Accepted, IngestError> {
-        ingest.traces_protobuf(body, Transport::Grpc).await
+    async fn export<S: Sink>(
+        ingest: &Ingest<S>,
+        body: Bytes,
+        ticket: Ticket,
+    ) -> Result<Accepted, IngestError> {
+        ingest.traces_protobuf(body, ticket, Transport::Grpc).await
     }
 
     fn response(accepted: &Accepted) -> Self::Response {
@@ -75,10 +86,15 @@ impl Signal for Traces {
 impl Signal for Logs {
     const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const KIND: SignalKind = SignalKind::Logs;
     type Response = ExportLogsServiceResponse;
 
-    async fn export<S: Sink>(ingest: &Ingest<S>, body: &[u8]) -> Result<Accepted, IngestError> {
-        ingest.logs_protobuf(body, Transport::Grpc).await
+    async fn export<S: Sink>(
+        ingest: &Ingest<S>,
+        body: Bytes,
+        ticket: Ticket,
+    ) -> Result<Accepted, IngestError> {
+        ingest.logs_protobuf(body, ticket, Transport::Grpc).await
     }
 
     fn response(accepted: &Accepted) -> Self::Response {
@@ -167,12 +183,37 @@ where
                 Ok(Status::unimplemented("OTLP services only have the Export method").into_http())
             });
         }
-        let method = Export::<S, G> {
-            ingest: self.ingest.clone(),
-            signal: PhantomData,
-        };
+        let ingest = self.ingest.clone();
         let max_request_bytes = self.max_request_bytes;
         Box::pin(async move {
+            // In flight from here: a graceful shutdown waits for requests still being read.
+            let mut ticket = match ingest.admit(G::KIND, Transport::Grpc) {
+                Ok(ticket) => ticket,
+                Err(e) => return Ok(status(&ingest, e).into_http()),
+            };
+            // Reserve the message's size from its frame header before tonic reads it.
+            let (request, length) = match peek_frame(request).await {
+                Ok(peeked) => peeked,
+                Err(status) => return Ok(status.into_http()),
+            };
+            if let Some(length) = length {
+                if length > max_request_bytes {
+                    ingest.invalid(G::KIND, Transport::Grpc);
+                    return Ok(Status::resource_exhausted(format!(
+                        "request of {length} bytes is over max_request_bytes ({max_request_bytes})"
+                    ))
+                    .into_http());
+                }
+                if let Err(e) = ticket.reserve(length).await {
+                    ingest.refused(G::KIND, Transport::Grpc, &e);
+                    return Ok(status(&ingest, e).into_http());
+                }
+            }
+            let method = Export::<S, G> {
+                ingest,
+                ticket: Some(ticket),
+                signal: PhantomData,
+            };
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
             let mut grpc = tonic::server::Grpc::new(BodyCodec::<G::Response>(PhantomData))
@@ -182,6 +223,105 @@ where
             too_large_is_resource_exhausted(&mut response);
             Ok(response)
         })
+    }
+}
+
+/// Reads the request body up to its first gRPC frame header (1 byte compression flag, 4
+/// bytes big-endian length) and returns the request with a body that replays what was read,
+/// and the message length the header announces (`None` when the body ends first: tonic
+/// answers that).
+async fn peek_frame<B>(
+    request: http::Request<B>,
+) -> Result<(http::Request<Replay<B>>, Option<usize>), Status>
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let (parts, body) = request.into_parts();
+    let mut body = Box::pin(body);
+    let mut read: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut header = [0u8; 5];
+    let mut have = 0;
+    let mut ended = false;
+    while have < header.len() {
+        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Err(e)) => {
+                let e: StdError = e.into();
+                return Err(Status::cancelled(format!(
+                    "cannot read the request body: {e}"
+                )));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    let data = data.copy_to_bytes(data.remaining());
+                    let n = data.len().min(header.len() - have);
+                    header[have..have + n].copy_from_slice(&data[..n]);
+                    have += n;
+                    read.push_back(Frame::data(data));
+                }
+                Err(frame) => {
+                    // Trailers before a whole frame header: nothing more will come.
+                    if let Ok(trailers) = frame.into_trailers() {
+                        read.push_back(Frame::trailers(trailers));
+                    }
+                    ended = true;
+                    break;
+                }
+            },
+        }
+    }
+    let length = (have == header.len())
+        .then(|| u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize);
+    let body = Replay {
+        read,
+        rest: (!ended).then_some(body),
+    };
+    Ok((http::Request::from_parts(parts, body), length))
+}
+
+/// A request body whose first frames were already read: replays them, then the rest.
+pub(crate) struct Replay<B> {
+    read: VecDeque<Frame<Bytes>>,
+    rest: Option<Pin<Box<B>>>,
+}
+
+impl<B> Body for Replay<B>
+where
+    B: Body,
+    B::Error: Into<StdError>,
+{
+    type Data = Bytes;
+    type Error = StdError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StdError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.read.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let Some(rest) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(rest.as_mut().poll_frame(cx)) {
+            None => {
+                this.rest = None;
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(
+                frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
+            ))),
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
     }
 }
 
@@ -207,6 +347,8 @@ fn too_large_is_resource_exhausted(response: &mut http::Response<tonic::body::Bo
 
 struct Export<S, G> {
     ingest: Arc<Ingest<S>>,
+    /// The request's ticket, handed on to the ingest path.
+    ticket: Option<Ticket>,
     signal: PhantomData<fn() -> G>,
 }
 
@@ -216,9 +358,17 @@ impl<S: Sink, G: Signal> UnaryService<Bytes> for Export<S, G> {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let ingest = self.ingest.clone();
+        let ticket = self.ticket.take();
         Box::pin(async move {
             let body = request.into_inner();
-            match G::export(&ingest, &body).await {
+            // A unary service is called once per request; a second call gets a new ticket.
+            let ticket = match ticket {
+                Some(ticket) => ticket,
+                None => ingest
+                    .admit(G::KIND, Transport::Grpc)
+                    .map_err(|e| status(&ingest, e))?,
+            };
+            match G::export(&ingest, body, ticket).await {
                 Ok(accepted) => Ok(tonic::Response::new(G::response(&accepted))),
                 Err(e) => Err(status(&ingest, e)),
             }

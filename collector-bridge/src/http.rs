@@ -9,14 +9,18 @@
 //!
 //! Error bodies are a `google.rpc.Status`, protobuf-encoded or JSON like the request.
 
-use std::io::Read;
+use std::future::poll_fn;
+use std::io::{Cursor, Read};
+use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bytes::BytesMut;
+use flate2::read::GzDecoder;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -27,12 +31,19 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::ingest::{Accepted, Ingest, IngestError};
+use crate::ingest::{Accepted, Ingest, IngestError, Ticket, ROUTING_FACTOR};
 use crate::metrics::{SignalKind, Transport};
 use crate::sink::Sink;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
+
+/// Above this many bytes, inflating and JSON decoding run on the blocking pool, so that one
+/// large request does not stall the async workers serving every other connection.
+const BLOCKING_THRESHOLD: usize = 64 * 1024;
+
+/// The smallest step of inflated bytes reserved at a time.
+const INFLATE_STEP: usize = 4096;
 
 struct HttpState<S> {
     ingest: Arc<Ingest<S>>,
@@ -44,12 +55,11 @@ pub(crate) fn router<S: Sink>(ingest: Arc<Ingest<S>>, max_request_bytes: usize) 
         ingest,
         max_request_bytes,
     });
+    // The handlers read the body themselves, reserving memory for it as it arrives and
+    // enforcing `max_request_bytes` before and after decompression.
     axum::Router::new()
         .route("/v1/traces", post(traces::<S>))
         .route("/v1/logs", post(logs::<S>))
-        // A compressed body cannot be larger than what it inflates to, so the same limit
-        // applies before and after decompression.
-        .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(state)
 }
 
@@ -143,43 +153,197 @@ fn format_of(headers: &HeaderMap) -> Result<Format, Failure> {
     }
 }
 
-/// The body, inflated when `Content-Encoding: gzip`, never beyond `limit` bytes.
-fn inflate(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, Failure> {
+/// Whether the body is gzip-compressed (`Content-Encoding: gzip`); other codings are 415.
+fn gzip_encoded(headers: &HeaderMap) -> Result<bool, Failure> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
     if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
-        return Ok(body);
-    }
-    if !encoding.eq_ignore_ascii_case("gzip") {
-        return Err(Failure::new(
+        Ok(false)
+    } else if encoding.eq_ignore_ascii_case("gzip") {
+        Ok(true)
+    } else {
+        Err(Failure::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("unsupported Content-Encoding `{encoding}`: use gzip or none"),
-        ));
+        ))
     }
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    let mut decoder = flate2::read::GzDecoder::new(body.as_ref()).take(limit as u64 + 1);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
-    if out.len() > limit {
-        return Err(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request inflates to more than max_request_bytes ({limit})"),
-        ));
+}
+
+fn too_large(what: &str, limit: usize) -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request {what} more than max_request_bytes ({limit})"),
+    )
+}
+
+/// Reads the body, never beyond `limit` bytes, reserving its size on `ticket` before it is
+/// read: all of it from `Content-Length` up front, or chunk by chunk without one.
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    ticket: &mut Ticket,
+) -> Result<Bytes, Failure> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(declared) = declared {
+        if declared > limit as u64 {
+            return Err(too_large("body has", limit));
+        }
+        ticket.reserve(declared as usize).await.map_err(busy)?;
     }
+    let mut single: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(too_large("body has", limit));
+        }
+        ticket.reserve(total).await.map_err(busy)?;
+        // The common single-chunk body is kept as it is, without a copy.
+        match (&mut single, &mut joined) {
+            (None, None) => single = Some(data),
+            (Some(first), None) => {
+                let mut buf =
+                    BytesMut::with_capacity(declared.map_or(total, |d| d as usize).max(total));
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&data);
+                single = None;
+                joined = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(match (single, joined) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(data), None) => data,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Inflates a gzip body, never beyond `limit` bytes, reserving the inflated size on `ticket`
+/// before it is produced (guided by the gzip trailer's size, grown when that is wrong).
+/// Large steps run on the blocking pool.
+async fn inflate(body: Bytes, limit: usize, ticket: &mut Ticket) -> Result<Bytes, Failure> {
+    let compressed = body.len();
+    let cap = limit.saturating_add(1);
+    let mut upto = gzip_size_hint(&body)
+        .saturating_add(1)
+        .max(INFLATE_STEP)
+        .min(cap);
+    let mut decoder = GzDecoder::new(Cursor::new(body));
+    let mut out = Vec::new();
+    loop {
+        ticket
+            .reserve(compressed.saturating_add(upto))
+            .await
+            .map_err(busy)?;
+        let done = if upto - out.len() > BLOCKING_THRESHOLD {
+            let (d, o, done) = tokio::task::spawn_blocking(move || {
+                let done = inflate_step(&mut decoder, &mut out, upto);
+                (decoder, out, done)
+            })
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("inflating the body failed: {e}"),
+                )
+            })?;
+            decoder = d;
+            out = o;
+            done
+        } else {
+            inflate_step(&mut decoder, &mut out, upto)
+        };
+        let done = done.map_err(|e| {
+            Failure::new(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"))
+        })?;
+        if out.len() > limit {
+            return Err(too_large("inflates to", limit));
+        }
+        if done {
+            break;
+        }
+        upto = upto.saturating_mul(2).min(cap);
+    }
+    drop(decoder);
+    ticket.release_to(out.len());
     Ok(Bytes::from(out))
 }
 
-fn decode_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
+/// Inflates until `out` holds `upto` bytes or the stream ends; true when it ended.
+fn inflate_step(
+    decoder: &mut GzDecoder<Cursor<Bytes>>,
+    out: &mut Vec<u8>,
+    upto: usize,
+) -> std::io::Result<bool> {
+    let want = upto.saturating_sub(out.len());
+    out.reserve(want.min(INFLATE_STEP * 16));
+    let read = decoder.by_ref().take(want as u64).read_to_end(out)?;
+    Ok(read < want)
+}
+
+/// The inflated size a gzip member's trailer claims (ISIZE, modulo 2^32): a hint only.
+fn gzip_size_hint(body: &[u8]) -> usize {
+    match body.len().checked_sub(4).and_then(|at| body.get(at..)) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => 0,
+    }
+}
+
+fn decode_json_now<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| {
         Failure::new(
             StatusCode::BAD_REQUEST,
             format!("body is not an OTLP/JSON {what}: {e}"),
         )
     })
+}
+
+/// Decodes an OTLP/JSON body, on the blocking pool when it is large.
+async fn decode_json<T: DeserializeOwned + Send + 'static>(
+    body: Bytes,
+    what: &'static str,
+) -> Result<T, Failure> {
+    if body.len() <= BLOCKING_THRESHOLD {
+        return decode_json_now(&body, what);
+    }
+    tokio::task::spawn_blocking(move || decode_json_now(&body, what))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("decoding the body failed: {e}"),
+            )
+        })?
+}
+
+/// A 503 for a request that could not get its share of the bridge's limits.
+fn busy(error: IngestError) -> Failure {
+    let reason = match error {
+        IngestError::Unavailable(r) | IngestError::Failed(r) | IngestError::Invalid(r) => r,
+    };
+    Failure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: reason,
+        retry_after: None,
+    }
 }
 
 fn encode<T: Message + Serialize + Default + PartialEq>(format: Format, response: &T) -> Response {
@@ -219,35 +383,109 @@ fn partial(accepted: &Accepted) -> Option<(i64, String)> {
     })
 }
 
+/// Counts a failure answered before the request reached the sink, and gives a 503 its retry
+/// hint.
+fn refuse<S: Sink>(ingest: &Ingest<S>, signal: SignalKind, mut failure: Failure) -> Failure {
+    match failure.status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            failure.retry_after = Some(ingest.retry_after.as_secs().max(1));
+            ingest.refused(
+                signal,
+                Transport::Http,
+                &IngestError::Unavailable(failure.message.clone()),
+            );
+        }
+        StatusCode::INTERNAL_SERVER_ERROR => ingest.refused(
+            signal,
+            Transport::Http,
+            &IngestError::Failed(failure.message.clone()),
+        ),
+        _ => ingest.invalid(signal, Transport::Http),
+    }
+    failure
+}
+
+/// Everything before routing: the format, a ticket (the request counts as in flight from
+/// here), the body read and inflated under the ticket's reservation. On failure, the
+/// response to send.
+async fn prepare<S: Sink>(
+    state: &HttpState<S>,
+    headers: &HeaderMap,
+    body: Body,
+    signal: SignalKind,
+) -> Result<(Format, Bytes, Ticket), Response> {
+    let ingest = &state.ingest;
+    let format = format_of(headers)
+        .map_err(|f| refuse(ingest, signal, f).into_response(Format::Protobuf))?;
+    let fail = |f: Failure| refuse(ingest, signal, f).into_response(format);
+    let gzip = gzip_encoded(headers).map_err(fail)?;
+    let mut ticket = match ingest.admit(signal, Transport::Http) {
+        Ok(ticket) => ticket,
+        // Counted by `admit`.
+        Err(e) => return Err(failure(ingest, e).into_response(format)),
+    };
+    let body = read_body(headers, body, state.max_request_bytes, &mut ticket)
+        .await
+        .map_err(fail)?;
+    let body = if gzip {
+        inflate(body, state.max_request_bytes, &mut ticket)
+            .await
+            .map_err(fail)?
+    } else {
+        body
+    };
+    Ok((format, body, ticket))
+}
+
+/// Decodes an OTLP/JSON body under a reservation for the decoded request next to it.
+async fn json_request<S: Sink, T: DeserializeOwned + Send + 'static>(
+    state: &HttpState<S>,
+    body: Bytes,
+    ticket: &mut Ticket,
+    signal: SignalKind,
+    format: Format,
+    what: &'static str,
+) -> Result<T, Response> {
+    let fail = |f: Failure| refuse(&state.ingest, signal, f).into_response(format);
+    ticket
+        .reserve(body.len().saturating_mul(ROUTING_FACTOR))
+        .await
+        .map_err(|e| fail(busy(e)))?;
+    decode_json::<T>(body, what).await.map_err(fail)
+}
+
 async fn traces<S: Sink>(
     State(state): State<Arc<HttpState<S>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let format = match format_of(&headers) {
-        Ok(f) => f,
-        Err(f) => {
-            state.ingest.invalid(SignalKind::Traces, Transport::Http);
-            return f.into_response(Format::Protobuf);
-        }
-    };
-    let body = match inflate(&headers, body, state.max_request_bytes) {
-        Ok(body) => body,
-        Err(f) => {
-            state.ingest.invalid(SignalKind::Traces, Transport::Http);
-            return f.into_response(format);
-        }
+    let signal = SignalKind::Traces;
+    let (format, body, mut ticket) = match prepare(&state, &headers, body, signal).await {
+        Ok(prepared) => prepared,
+        Err(response) => return response,
     };
     let result = match format {
-        Format::Protobuf => state.ingest.traces_protobuf(&body, Transport::Http).await,
+        Format::Protobuf => {
+            state
+                .ingest
+                .traces_protobuf(body, ticket, Transport::Http)
+                .await
+        }
         Format::Json => {
-            match decode_json::<ExportTraceServiceRequest>(&body, "ExportTraceServiceRequest") {
-                Ok(request) => state.ingest.traces(&request, Transport::Http).await,
-                Err(f) => {
-                    state.ingest.invalid(SignalKind::Traces, Transport::Http);
-                    return f.into_response(format);
-                }
-            }
+            let request = match json_request::<S, ExportTraceServiceRequest>(
+                &state,
+                body,
+                &mut ticket,
+                signal,
+                format,
+                "ExportTraceServiceRequest",
+            )
+            .await
+            {
+                Ok(request) => request,
+                Err(response) => return response,
+            };
+            state.ingest.traces(request, ticket, Transport::Http).await
         }
     };
     match result {
@@ -269,32 +507,35 @@ async fn traces<S: Sink>(
 async fn logs<S: Sink>(
     State(state): State<Arc<HttpState<S>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let format = match format_of(&headers) {
-        Ok(f) => f,
-        Err(f) => {
-            state.ingest.invalid(SignalKind::Logs, Transport::Http);
-            return f.into_response(Format::Protobuf);
-        }
-    };
-    let body = match inflate(&headers, body, state.max_request_bytes) {
-        Ok(body) => body,
-        Err(f) => {
-            state.ingest.invalid(SignalKind::Logs, Transport::Http);
-            return f.into_response(format);
-        }
+    let signal = SignalKind::Logs;
+    let (format, body, mut ticket) = match prepare(&state, &headers, body, signal).await {
+        Ok(prepared) => prepared,
+        Err(response) => return response,
     };
     let result = match format {
-        Format::Protobuf => state.ingest.logs_protobuf(&body, Transport::Http).await,
+        Format::Protobuf => {
+            state
+                .ingest
+                .logs_protobuf(body, ticket, Transport::Http)
+                .await
+        }
         Format::Json => {
-            match decode_json::<ExportLogsServiceRequest>(&body, "ExportLogsServiceRequest") {
-                Ok(request) => state.ingest.logs(&request, Transport::Http).await,
-                Err(f) => {
-                    state.ingest.invalid(SignalKind::Logs, Transport::Http);
-                    return f.into_response(format);
-                }
-            }
+            let request = match json_request::<S, ExportLogsServiceRequest>(
+                &state,
+                body,
+                &mut ticket,
+                signal,
+                format,
+                "ExportLogsServiceRequest",
+            )
+            .await
+            {
+                Ok(request) => request,
+                Err(response) => return response,
+            };
+            state.ingest.logs(request, ticket, Transport::Http).await
         }
     };
     match result {
@@ -340,24 +581,124 @@ mod tests {
         assert!(format_of(&HeaderMap::new()).is_err());
     }
 
-    #[test]
-    fn gzip_is_inflated_within_the_limit() {
+    fn admission(bytes: usize) -> Arc<crate::ingest::Admission> {
+        crate::ingest::Admission::new(
+            4,
+            bytes,
+            std::time::Duration::from_millis(20),
+            Default::default(),
+            Default::default(),
+        )
+    }
+
+    fn ticket(bytes: usize) -> Ticket {
+        admission(bytes).admit().unwrap()
+    }
+
+    /// A ticket of an admission whose budget of `bytes` is all held by another request but
+    /// `free` bytes.
+    async fn busy_ticket(bytes: usize, free: usize) -> (Ticket, Ticket) {
+        let admission = admission(bytes);
+        let mut other = admission.admit().unwrap();
+        other.reserve(bytes - free).await.ok().unwrap();
+        (admission.admit().unwrap(), other)
+    }
+
+    fn gzip(data: &[u8]) -> Bytes {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&[7u8; 10_000]).unwrap();
-        let body = Bytes::from(gz.finish().unwrap());
-        let h = headers(&[(header::CONTENT_ENCODING, "gzip")]);
+        gz.write_all(data).unwrap();
+        Bytes::from(gz.finish().unwrap())
+    }
+
+    #[tokio::test]
+    async fn gzip_is_inflated_within_the_limit() {
+        let body = gzip(&[7u8; 10_000]);
+        let mut t = ticket(1 << 20);
         assert_eq!(
-            inflate(&h, body.clone(), 10_000).ok().unwrap().len(),
+            inflate(body.clone(), 10_000, &mut t)
+                .await
+                .ok()
+                .unwrap()
+                .len(),
             10_000
         );
-        let f = inflate(&h, body, 9_999).err().unwrap();
+        // What the ticket holds afterwards is the inflated body, nothing more.
+        assert_eq!(t.held(), 10_000);
+        let f = inflate(body, 9_999, &mut ticket(1 << 20))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(f.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let f = inflate(&h, Bytes::from_static(b"not gzip"), 100)
+        let f = inflate(Bytes::from_static(b"not gzip"), 100, &mut ticket(1 << 20))
+            .await
             .err()
             .unwrap();
         assert_eq!(f.status, StatusCode::BAD_REQUEST);
         let br = headers(&[(header::CONTENT_ENCODING, "br")]);
-        let f = inflate(&br, Bytes::new(), 100).err().unwrap();
+        let f = gzip_encoded(&br).err().unwrap();
         assert_eq!(f.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            gzip_encoded(&headers(&[(header::CONTENT_ENCODING, "gzip")])).ok(),
+            Some(true)
+        );
+        assert_eq!(gzip_encoded(&HeaderMap::new()).ok(), Some(false));
+    }
+
+    #[tokio::test]
+    async fn regression_unbounded_memory_inflate_reserves_before_it_inflates() {
+        // 2 MiB of zeros compress to a few KiB; 1 MiB of the budget is free: the inflate must
+        // be refused for the budget (503), not run to 2 MiB first.
+        let body = gzip(&vec![0u8; 2 << 20]);
+        let (mut t, _other) = busy_ticket(8 << 20, 1 << 20).await;
+        let f = inflate(body.clone(), 4 << 20, &mut t).await.err().unwrap();
+        assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE, "{}", f.message);
+        assert!(t.held() <= 1 << 20);
+        // A size trailer that is not the first member's (two members: only the first is
+        // read) only makes the reservation grow in steps.
+        let two_members = [body.to_vec(), gzip(b"sixteen bytes!!!").to_vec()].concat();
+        let mut t = ticket(8 << 20);
+        let out = inflate(Bytes::from(two_members), 4 << 20, &mut t)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!((out.len(), t.held()), (2 << 20, 2 << 20));
+        let mut t = ticket(8 << 20);
+        assert_eq!(
+            inflate(body, 4 << 20, &mut t).await.ok().unwrap().len(),
+            2 << 20
+        );
+        assert_eq!(t.held(), 2 << 20);
+    }
+
+    #[tokio::test]
+    async fn regression_unbounded_memory_body_is_reserved_from_content_length_before_reading() {
+        let h = headers(&[(header::CONTENT_LENGTH, "5000")]);
+        // Over max_request_bytes: refused without reading.
+        let f = read_body(&h, Body::from(vec![1u8; 5000]), 4000, &mut ticket(1 << 20))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(f.status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Over the free budget: 503 before reading.
+        let (mut t, _other) = busy_ticket(1 << 20, 4000).await;
+        let f = read_body(&h, Body::from(vec![1u8; 5000]), 1 << 20, &mut t)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(t.held(), 0);
+        let mut t = ticket(1 << 20);
+        let body = read_body(&h, Body::from(vec![1u8; 5000]), 1 << 20, &mut t)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!((body.len(), t.held()), (5000, 5000));
+        // Without Content-Length, the reservation follows what arrives.
+        let mut t = ticket(1 << 20);
+        let body = read_body(&HeaderMap::new(), Body::from(vec![1u8; 300]), 1000, &mut t)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!((body.len(), t.held()), (300, 300));
     }
 }

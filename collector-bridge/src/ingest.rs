@@ -1,10 +1,20 @@
-//! What both receivers share: route a decoded request, bound what waits for the sink, publish
-//! under the produce deadline, and count everything.
+//! What both receivers share: admit a request (a place among `max_concurrent_requests` and a
+//! share of `max_in_flight_bytes` reserved before its body is read), route it, publish under
+//! the produce deadline, and count everything.
+//!
+//! Memory stays bounded while Kafka is slow because every byte a request holds is reserved
+//! before it exists: the body from `Content-Length` / the gRPC frame length before it is read,
+//! the inflated size as inflating goes, and the routed records (estimated as much again as the
+//! input) before routing. A request that cannot get its share within `admission_timeout_ms`
+//! is answered `UNAVAILABLE` / 503 and the sender retries later.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -24,7 +34,8 @@ pub(crate) struct Accepted {
 /// Why a request was not accepted.
 #[derive(Debug)]
 pub(crate) enum IngestError {
-    /// Retry later: the sink did not acknowledge in time or is unreachable.
+    /// Retry later: the sink did not acknowledge in time or is unreachable, or the bridge is
+    /// busy.
     Unavailable(String),
     /// Do not retry: the sink refused the records.
     Failed(String),
@@ -32,27 +43,160 @@ pub(crate) enum IngestError {
     Invalid(String),
 }
 
+/// How much more than its input a request may hold while it is routed: the input itself and
+/// the records made from it (about the input's size with `otlp_proto`).
+pub(crate) const ROUTING_FACTOR: usize = 2;
+
+/// The limits every request in progress shares.
+pub(crate) struct Admission {
+    /// One permit per request in progress.
+    requests: Semaphore,
+    max_requests: usize,
+    /// One permit per byte held by requests in progress.
+    bytes: Semaphore,
+    max_bytes: usize,
+    /// How long a request may wait for bytes.
+    wait: Duration,
+    in_flight_requests: Gauge,
+    in_flight_bytes: Gauge,
+}
+
+impl Admission {
+    pub fn new(
+        max_requests: usize,
+        max_bytes: usize,
+        wait: Duration,
+        in_flight_requests: Gauge,
+        in_flight_bytes: Gauge,
+    ) -> Arc<Admission> {
+        Arc::new(Admission {
+            requests: Semaphore::new(max_requests),
+            max_requests,
+            bytes: Semaphore::new(max_bytes),
+            max_bytes,
+            wait,
+            in_flight_requests,
+            in_flight_bytes,
+        })
+    }
+
+    /// A ticket for a new request, or `Unavailable` at once when `max_concurrent_requests`
+    /// are in progress: shedding load is what keeps the bridge answering when it is
+    /// overwhelmed.
+    pub fn admit(self: &Arc<Self>) -> Result<Ticket, IngestError> {
+        match self.requests.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.in_flight_requests.inc();
+                Ok(Ticket {
+                    admission: self.clone(),
+                    held: 0,
+                })
+            }
+            Err(_) => Err(IngestError::Unavailable(format!(
+                "the bridge is already handling max_concurrent_requests ({}) requests",
+                self.max_requests
+            ))),
+        }
+    }
+}
+
+/// What one request in progress holds: its place among the concurrent requests (counted in
+/// `dlog_bridge_in_flight_requests` from the moment the request arrives, so a graceful
+/// shutdown waits for requests still being read), and the bytes reserved for it. Dropping
+/// it, however the request ends, gives both back.
+pub(crate) struct Ticket {
+    admission: Arc<Admission>,
+    held: usize,
+}
+
+impl Ticket {
+    /// Bytes reserved now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Makes the reservation at least `total` bytes (a request larger than the whole budget
+    /// takes all of it), waiting at most `admission_timeout_ms` for what is missing.
+    pub async fn reserve(&mut self, total: usize) -> Result<(), IngestError> {
+        let admission = &self.admission;
+        let target = total
+            .min(admission.max_bytes)
+            .min(u32::MAX as usize)
+            .max(self.held);
+        // `target` is at most u32::MAX.
+        let more = u32::try_from(target - self.held).unwrap_or(u32::MAX);
+        if more == 0 {
+            return Ok(());
+        }
+        let permit = match admission.bytes.try_acquire_many(more) {
+            Ok(permit) => permit,
+            Err(_) => {
+                match tokio::time::timeout(admission.wait, admission.bytes.acquire_many(more))
+                    .await
+                {
+                    Ok(Ok(permit)) => permit,
+                    // The semaphore is never closed; treat it like a full one.
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(IngestError::Unavailable(format!(
+                            "the bridge already holds max_in_flight_bytes ({}) for requests in progress (waited {} ms for {more} more bytes)",
+                            admission.max_bytes,
+                            admission.wait.as_millis()
+                        )))
+                    }
+                }
+            }
+        };
+        permit.forget();
+        self.held += more as usize;
+        admission.in_flight_bytes.inc_by(i64::from(more));
+        Ok(())
+    }
+
+    /// Gives back what is reserved above `total` bytes.
+    pub fn release_to(&mut self, total: usize) {
+        if total < self.held {
+            let less = self.held - total;
+            self.admission.bytes.add_permits(less);
+            self.admission.in_flight_bytes.dec_by(less as i64);
+            self.held = total;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release_to(0);
+        self.admission.requests.add_permits(1);
+        self.admission.in_flight_requests.dec();
+    }
+}
+
 pub(crate) struct Ingest<S> {
     sink: S,
     router: Router,
     pub metrics: Metrics,
     produce_timeout: Duration,
-    /// One permit per encoded byte waiting for the sink.
-    in_flight: Semaphore,
-    max_in_flight_bytes: usize,
+    admission: Arc<Admission>,
     /// Told to senders with UNAVAILABLE / 503.
     pub retry_after: Duration,
 }
 
 impl<S: Sink> Ingest<S> {
     pub fn new(config: &Config, sink: S, metrics: Metrics) -> Self {
+        let admission = Admission::new(
+            config.max_concurrent_requests,
+            config.max_in_flight_bytes,
+            config.admission_timeout(),
+            metrics.in_flight_requests.clone(),
+            metrics.in_flight_bytes.clone(),
+        );
         Ingest {
             sink,
             router: Router::new(config),
             metrics,
             produce_timeout: config.produce_timeout(),
-            in_flight: Semaphore::new(config.max_in_flight_bytes),
-            max_in_flight_bytes: config.max_in_flight_bytes,
+            admission,
             retry_after: Duration::from_secs(config.retry_after_secs),
         }
     }
@@ -61,56 +205,30 @@ impl<S: Sink> Ingest<S> {
         &self.sink
     }
 
-    /// Requests routed and waiting for queue space or the sink.
+    /// Requests in progress: from their arrival until they are answered.
     pub fn requests_in_flight(&self) -> i64 {
         self.metrics.in_flight_requests.get()
     }
 
-    pub async fn traces(
-        &self,
-        request: &ExportTraceServiceRequest,
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        let routed = self.router.traces(request);
-        self.deliver(routed, SignalKind::Traces, transport).await
+    /// Admits a request at its arrival (see [`Admission::admit`]); a refusal is counted.
+    pub fn admit(&self, signal: SignalKind, transport: Transport) -> Result<Ticket, IngestError> {
+        self.admission
+            .admit()
+            .inspect_err(|e| self.refused(signal, transport, e))
     }
 
-    pub async fn logs(
-        &self,
-        request: &ExportLogsServiceRequest,
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        let routed = self.router.logs(request);
-        self.deliver(routed, SignalKind::Logs, transport).await
-    }
-
-    /// Routes and delivers a protobuf `ExportTraceServiceRequest`, read in place.
-    pub async fn traces_protobuf(
-        &self,
-        bytes: &[u8],
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        match self.router.traces_protobuf(bytes) {
-            Ok(routed) => self.deliver(routed, SignalKind::Traces, transport).await,
-            Err(e) => {
-                self.invalid(SignalKind::Traces, transport);
-                Err(IngestError::Invalid(e.to_string()))
-            }
-        }
-    }
-
-    /// Routes and delivers a protobuf `ExportLogsServiceRequest`, read in place.
-    pub async fn logs_protobuf(
-        &self,
-        bytes: &[u8],
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        match self.router.logs_protobuf(bytes) {
-            Ok(routed) => self.deliver(routed, SignalKind::Logs, transport).await,
-            Err(e) => {
-                self.invalid(SignalKind::Logs, transport);
-                Err(IngestError::Invalid(e.to_string()))
-            }
+    /// Counts a request answered with `error` before it reached the sink.
+    pub fn refused(&self, signal: SignalKind, transport: Transport, error: &IngestError) {
+        let outcome = match error {
+            IngestError::Unavailable(_) => Outcome::Unavailable,
+            IngestError::Failed(_) => Outcome::Failed,
+            IngestError::Invalid(_) => Outcome::Invalid,
+        };
+        self.metrics.request(signal, transport, outcome);
+        // Debug only: under overload every shed request would log, which costs what the
+        // shedding saves; `dlog_bridge_requests_total{outcome="unavailable"}` counts them.
+        if let IngestError::Unavailable(reason) = error {
+            tracing::debug!(%reason, "request refused");
         }
     }
 
@@ -119,9 +237,88 @@ impl<S: Sink> Ingest<S> {
         self.metrics.request(signal, transport, Outcome::Invalid);
     }
 
+    /// Routes and delivers a decoded trace request (OTLP/JSON input). `ticket` should already
+    /// hold what the request and its routing need.
+    pub async fn traces(
+        &self,
+        request: ExportTraceServiceRequest,
+        ticket: Ticket,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        let routed = self.router.traces(&request);
+        drop(request);
+        self.deliver(routed, ticket, SignalKind::Traces, transport)
+            .await
+    }
+
+    /// Routes and delivers a decoded logs request (OTLP/JSON input).
+    pub async fn logs(
+        &self,
+        request: ExportLogsServiceRequest,
+        ticket: Ticket,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        let routed = self.router.logs(&request);
+        drop(request);
+        self.deliver(routed, ticket, SignalKind::Logs, transport)
+            .await
+    }
+
+    /// Routes and delivers a protobuf `ExportTraceServiceRequest`, read in place.
+    pub async fn traces_protobuf(
+        &self,
+        body: Bytes,
+        ticket: Ticket,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        self.protobuf(body, ticket, SignalKind::Traces, transport)
+            .await
+    }
+
+    /// Routes and delivers a protobuf `ExportLogsServiceRequest`, read in place.
+    pub async fn logs_protobuf(
+        &self,
+        body: Bytes,
+        ticket: Ticket,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        self.protobuf(body, ticket, SignalKind::Logs, transport)
+            .await
+    }
+
+    async fn protobuf(
+        &self,
+        body: Bytes,
+        mut ticket: Ticket,
+        signal: SignalKind,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        // The records routing makes exist next to the body until it is dropped.
+        if let Err(e) = ticket
+            .reserve(body.len().saturating_mul(ROUTING_FACTOR))
+            .await
+        {
+            self.refused(signal, transport, &e);
+            return Err(e);
+        }
+        let routed = match signal {
+            SignalKind::Traces => self.router.traces_protobuf(&body),
+            SignalKind::Logs => self.router.logs_protobuf(&body),
+        };
+        drop(body);
+        match routed {
+            Ok(routed) => self.deliver(routed, ticket, signal, transport).await,
+            Err(e) => {
+                self.invalid(signal, transport);
+                Err(IngestError::Invalid(e.to_string()))
+            }
+        }
+    }
+
     async fn deliver(
         &self,
         routed: Routed,
+        mut ticket: Ticket,
         signal: SignalKind,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
@@ -145,26 +342,17 @@ impl<S: Sink> Ingest<S> {
             return Ok(accepted);
         }
 
-        let mut in_flight = InFlight::new(&self.metrics);
-        // Bound what waits for Kafka: a request over the whole budget takes all of it.
-        let wanted = routed.bytes.clamp(1, self.max_in_flight_bytes);
-        let permits = u32::try_from(wanted).unwrap_or(u32::MAX);
-        let _permit =
-            match tokio::time::timeout_at(deadline, self.in_flight.acquire_many(permits)).await {
-                Ok(Ok(permit)) => permit,
-                // The semaphore is never closed; treat it like a full one.
-                Ok(Err(_)) | Err(_) => {
-                    self.metrics
-                        .request(signal, transport, Outcome::Unavailable);
-                    return Err(IngestError::Unavailable(format!(
-                        "the bridge already has max_in_flight_bytes ({}) waiting for Kafka",
-                        self.max_in_flight_bytes
-                    )));
-                }
-            };
-        in_flight.add_bytes(i64::from(permits));
+        // From here on the request holds its records until Kafka acknowledged them.
+        if routed.bytes > ticket.held() {
+            if let Err(e) = ticket.reserve(routed.bytes).await {
+                self.refused(signal, transport, &e);
+                return Err(e);
+            }
+        } else {
+            ticket.release_to(routed.bytes.max(1));
+        }
 
-        let mut per_topic: Vec<(std::sync::Arc<str>, u64, u64)> = Vec::with_capacity(3);
+        let mut per_topic: Vec<(Arc<str>, u64, u64)> = Vec::with_capacity(3);
         for record in &routed.records {
             match per_topic.iter_mut().find(|(t, _, _)| *t == record.topic) {
                 Some(entry) => {
@@ -226,28 +414,69 @@ impl<S: Sink> Ingest<S> {
     }
 }
 
-/// Keeps the in-flight gauges up while a request waits for queue space or the sink, whether
-/// it finishes or its connection drops the future.
-struct InFlight<'a> {
-    metrics: &'a Metrics,
-    bytes: i64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<'a> InFlight<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
-        metrics.in_flight_requests.inc();
-        InFlight { metrics, bytes: 0 }
+    fn admission(requests: usize, bytes: usize) -> Arc<Admission> {
+        Admission::new(
+            requests,
+            bytes,
+            Duration::from_millis(50),
+            Gauge::default(),
+            Gauge::default(),
+        )
     }
 
-    fn add_bytes(&mut self, bytes: i64) {
-        self.metrics.in_flight_bytes.inc_by(bytes);
-        self.bytes += bytes;
-    }
-}
+    #[tokio::test]
+    async fn regression_unbounded_memory_requests_beyond_the_limits_are_refused_not_queued() {
+        let admission = admission(2, 1000);
+        let mut a = admission.admit().unwrap();
+        let b = admission.admit().unwrap();
+        // A third concurrent request is shed at once.
+        assert!(
+            matches!(admission.admit(), Err(IngestError::Unavailable(m)) if m.contains("max_concurrent_requests"))
+        );
+        assert_eq!(admission.in_flight_requests.get(), 2);
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.metrics.in_flight_requests.dec();
-        self.metrics.in_flight_bytes.dec_by(self.bytes);
+        a.reserve(700).await.unwrap();
+        assert_eq!((a.held(), admission.in_flight_bytes.get()), (700, 700));
+        drop(b);
+        let mut c = admission.admit().unwrap();
+        // Only 300 bytes are left: waiting for 400 ends in Unavailable within the bound.
+        let err = c.reserve(400).await.unwrap_err();
+        assert!(matches!(err, IngestError::Unavailable(m) if m.contains("max_in_flight_bytes")));
+        assert_eq!(c.held(), 0);
+        // Growing is incremental, shrinking gives back, dropping gives back everything.
+        a.release_to(100);
+        c.reserve(400).await.unwrap();
+        c.reserve(900).await.unwrap();
+        assert_eq!(admission.in_flight_bytes.get(), 1000);
+        // More than the whole budget takes all of it (and no more).
+        drop(a);
+        c.reserve(5000).await.unwrap();
+        assert_eq!(c.held(), 1000);
+        drop(c);
+        assert_eq!(admission.in_flight_bytes.get(), 0);
+        assert_eq!(admission.in_flight_requests.get(), 0);
+        assert_eq!(admission.bytes.available_permits(), 1000);
+        assert_eq!(admission.requests.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reservation_gets_bytes_released_meanwhile() {
+        let admission = admission(4, 1000);
+        let mut a = admission.admit().unwrap();
+        a.reserve(1000).await.unwrap();
+        let waiter = tokio::spawn({
+            let admission = admission.clone();
+            async move {
+                let mut b = admission.admit().unwrap();
+                b.reserve(500).await.map(|()| b.held())
+            }
+        });
+        tokio::task::yield_now().await;
+        a.release_to(400);
+        assert_eq!(waiter.await.unwrap().unwrap(), 500);
     }
 }

@@ -31,7 +31,6 @@
 //! # }
 //! ```
 
-mod admin;
 pub mod cli;
 pub mod config;
 mod grpc;
@@ -45,10 +44,10 @@ mod wire;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dlog_core::admin::Serving;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -104,7 +103,7 @@ pub struct RunningBridge {
     stop_admin: watch::Sender<bool>,
     receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
     admin: JoinHandle<Result<(), String>>,
-    admin_state: Arc<admin::AdminState>,
+    admin_state: Arc<Serving>,
     failures: mpsc::UnboundedReceiver<BridgeError>,
     flush: FlushFn,
     in_flight: Box<dyn Fn() -> i64 + Send + Sync>,
@@ -145,7 +144,7 @@ impl RunningBridge {
     /// `shutdown_timeout_ms`.
     pub async fn shutdown(self) -> Result<(), BridgeError> {
         let deadline = Instant::now() + self.shutdown_timeout;
-        self.admin_state.serving.store(false, Ordering::Relaxed);
+        self.admin_state.stop_serving();
         let _ = self.stop_receivers.send(true);
         let mut problems = Vec::new();
         // Receivers finish once their connections close. A client that ignores the HTTP/2
@@ -209,9 +208,11 @@ impl RunningBridge {
     }
 }
 
-/// Validates `config`, creates the topics when `create_topics` is set, and starts the bridge
-/// with a [`KafkaSink`]. Returns once every listener is bound; an unreachable broker does not
-/// fail the start, it makes requests answer `UNAVAILABLE` until it is back.
+/// Validates `config`, creates the topics when `create_topics` is set, checks that the
+/// topics accept records of `max_message_bytes` (when the broker reports their
+/// `max.message.bytes`; this waits up to 5 s for an answer), and starts the bridge with a
+/// [`KafkaSink`]. Returns once every listener is bound; an unreachable broker does not fail
+/// the start, it makes requests answer `UNAVAILABLE` until it is back.
 pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
     config.validate()?;
     if config.create_topics {
@@ -224,17 +225,35 @@ pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
         .await
         .map_err(|e| BridgeError::Kafka(e.to_string()))?;
     }
+    // A topic that refuses records of max_message_bytes would fail every large request for
+    // good: refuse to start instead, naming the topic and both values.
+    sink::check_topic_limits(&config, sink::TOPIC_CHECK_TIMEOUT)
+        .await
+        .map_err(BridgeError::Kafka)?;
     let sink = KafkaSink::new(&config).map_err(|e| BridgeError::Kafka(e.to_string()))?;
     start_with_sink(config, sink).await
 }
 
 /// Starts the bridge over any [`Sink`] (for example a [`ChannelSink`] in the all-in-one
-/// mode). `create_topics` and `kafka_brokers` are not used here.
+/// mode). `create_topics` and `kafka_brokers` are not used here. Every configured topic must
+/// be one the sink can deliver ([`Sink::check_topic`]): a [`ChannelSink`] needs a subscriber
+/// for each of the three, or the start fails naming the setting.
 pub async fn start_with_sink<S: Sink>(
     config: Config,
     sink: S,
 ) -> Result<RunningBridge, BridgeError> {
     config.validate()?;
+    for (key, topic) in [
+        ("trace_logs_topic", &config.trace_logs_topic),
+        ("service_logs_topic", &config.service_logs_topic),
+        ("heartbeat_logs_topic", &config.heartbeat_logs_topic),
+    ] {
+        sink.check_topic(topic)
+            .map_err(|reason| ConfigError::Invalid {
+                key: key.to_string(),
+                reason,
+            })?;
+    }
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -254,16 +273,14 @@ pub async fn start_with_sink<S: Sink>(
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::new(&mut registry, &config);
     let ingest = Arc::new(ingest::Ingest::new(&config, sink, metrics));
-    let admin_state = Arc::new(admin::AdminState {
-        registry,
-        serving: AtomicBool::new(true),
-    });
+    let admin_state = Arc::new(Serving::new(registry));
 
     let (stop_receivers, stop_rx) = watch::channel(false);
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let (fail_tx, failures) = mpsc::unbounded_channel();
 
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.grpc_max_concurrent_streams))
         .add_service(grpc::OtlpService::<S, grpc::Traces>::new(
             ingest.clone(),
             config.max_request_bytes,
@@ -286,7 +303,7 @@ pub async fn start_with_sink<S: Sink>(
         http.await.map_err(|e| e.to_string())
     });
 
-    let admin_app = admin::router(admin_state.clone());
+    let admin_app = dlog_core::admin::router(admin_state.clone());
     let admin =
         axum::serve(admin_listener, admin_app).with_graceful_shutdown(stopped(stop_admin_rx));
     let admin_task = spawn_server("admin", fail_tx, async move {

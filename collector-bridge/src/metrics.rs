@@ -191,7 +191,7 @@ impl Metrics {
         );
         registry.register(
             "dlog_bridge_rejected_items",
-            "Spans and log records rejected in partial-success responses (too large for one record, no trace id)",
+            "Spans and log records rejected in partial-success responses (too large for one record, no valid trace or span id)",
             rejected_family,
         );
         registry.register(
@@ -211,12 +211,12 @@ impl Metrics {
         );
         registry.register(
             "dlog_bridge_in_flight_requests",
-            "OTLP requests waiting for Kafka",
+            "OTLP requests in progress: being read, decoded or waiting for Kafka",
             in_flight_requests.clone(),
         );
         registry.register(
             "dlog_bridge_in_flight_bytes",
-            "Encoded bytes waiting for Kafka",
+            "Bytes reserved by requests in progress (bodies, inflated bodies, records waiting for Kafka), bounded by max_in_flight_bytes",
             in_flight_bytes.clone(),
         );
         registry.register(

@@ -47,7 +47,7 @@ pub struct Routed {
     pub records: Vec<OutRecord>,
     /// Spans or log records the request held.
     pub received: u64,
-    /// Items rejected (too large for one record, spans without a trace id).
+    /// Items rejected (too large for one record, spans without a valid trace id or span id).
     pub rejected: u64,
     /// Why, for the partial-success response; empty when nothing was rejected.
     pub error_message: String,
@@ -110,7 +110,9 @@ impl Router {
             .collect();
         self.route(
             &view,
-            |span: &Owned<'_, Span>| classify_span(&span.0.trace_id, || span.describe()),
+            |span: &Owned<'_, Span>| {
+                classify_span(&span.0.trace_id, &span.0.span_id, || span.describe())
+            },
             |r| resource_instance_key(view[r].resource.as_ref().map(|o| o.0)),
             Some(&encode_json_traces),
         )
@@ -178,7 +180,7 @@ impl Router {
         let view = raw_view(&resources, |item| RawSpan(*item));
         Ok(self.route(
             &view,
-            |span: &RawSpan<'_>| classify_span(span.0.trace_id, || span.describe()),
+            |span: &RawSpan<'_>| classify_span(span.0.trace_id, span.0.span_id, || span.describe()),
             |r| wire::instance_key(resources[r].resource),
             None,
         ))
@@ -388,17 +390,29 @@ impl Router {
     }
 }
 
+/// A span needs a valid trace id (its key) and span id: the stages identify a span by the
+/// two, so spans without a span id of their own would overwrite each other downstream.
 fn classify_span(
     trace_id: &[u8],
+    span_id: &[u8],
     describe: impl FnOnce() -> String,
 ) -> Result<(Dest, Classified), String> {
-    match <[u8; 16]>::try_from(trace_id) {
-        Ok(id) if !is_empty_id(&id) => Ok((Dest::Trace, Classified::Trace(id))),
-        _ => Err(format!(
-            "{} has no valid trace_id (OTLP requires 16 bytes, not all zero)",
+    let trace = match <[u8; 16]>::try_from(trace_id) {
+        Ok(id) if !is_empty_id(&id) => id,
+        _ => {
+            return Err(format!(
+                "{} has no valid trace_id (OTLP requires 16 bytes, not all zero)",
+                describe()
+            ))
+        }
+    };
+    if span_id.len() != 8 || is_empty_id(span_id) {
+        return Err(format!(
+            "{} has no valid span_id (OTLP requires 8 bytes, not all zero)",
             describe()
-        )),
+        ));
     }
+    Ok((Dest::Trace, Classified::Trace(trace)))
 }
 
 fn classify_log(trace_id: &[u8], heartbeat: bool) -> (Dest, Classified) {
@@ -1220,7 +1234,7 @@ mod tests {
     #[test]
     fn oversized_trace_is_split_under_the_limit_and_keeps_every_span() {
         for encoding in [Encoding::OtlpProto, Encoding::OtlpJson] {
-            let spans: Vec<Span> = (0..200).map(|i| span(7, i as u8, 300)).collect();
+            let spans: Vec<Span> = (1..=200).map(|i| span(7, i as u8, 300)).collect();
             let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
                     resource: resource("a", "a-1"),
@@ -1242,7 +1256,7 @@ mod tests {
                 assert_eq!(r.key, "07".repeat(16));
                 all.extend(span_ids(&decode_traces(encoding, &r.value).unwrap()));
             }
-            assert_eq!(all, (0..200).map(|i| i as u8).collect::<Vec<_>>());
+            assert_eq!(all, (1..=200).map(|i| i as u8).collect::<Vec<_>>());
             // Packing is tight: no two neighbouring records would have fit in one.
             if encoding == Encoding::OtlpProto {
                 for pair in routed.records.windows(2) {
@@ -1295,6 +1309,42 @@ mod tests {
             "{}",
             routed.error_message
         );
+    }
+
+    #[test]
+    fn regression_spans_without_valid_span_id_are_rejected_in_both_paths() {
+        let mut request = mixed_request();
+        let spans = &mut request.resource_spans[0].scope_spans[0].spans;
+        spans[0].span_id = vec![];
+        spans[1].span_id = vec![0; 8];
+        request.resource_spans[0].scope_spans[1].spans[0].span_id = vec![7; 4];
+        let total: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        for encoding in [Encoding::OtlpProto, Encoding::OtlpJson] {
+            let router = router(encoding, 1_000_000);
+            let decoded = router.traces(&request);
+            assert_eq!(decoded.rejected, 3, "{encoding:?}");
+            assert!(
+                decoded.error_message.contains("no valid span_id")
+                    && decoded
+                        .error_message
+                        .contains(&format!("rejected 3 of {total} spans")),
+                "{}",
+                decoded.error_message
+            );
+            let kept: usize = decoded
+                .records
+                .iter()
+                .map(|r| span_ids(&decode_traces(encoding, &r.value).unwrap()).len())
+                .sum();
+            assert_eq!(kept, total - 3);
+            let read = router.traces_protobuf(&request.encode_to_vec()).unwrap();
+            assert_eq!(summary(&read), summary(&decoded), "{encoding:?}");
+        }
     }
 
     fn log(body: &str, trace: Option<u8>, event: &str) -> LogRecord {

@@ -17,7 +17,11 @@ use std::fmt;
 
 use dlog_core::names;
 
-/// prost's default recursion limit.
+/// prost's recursion limit: messages may nest this many levels below the request (the
+/// request is depth 0, so a message at depth 100 is accepted and one at 101 is not). prost
+/// also refuses, at depth 100, any field it has to skip (an unknown field), and inside a
+/// group skipped at depth `d` any field once `d + 1` reaches the limit; [`validate`] and
+/// [`read_raw`] follow the same rules.
 const RECURSION_LIMIT: usize = 100;
 
 /// The request is not valid protobuf for its OTLP message type.
@@ -119,9 +123,6 @@ fn read_raw<'a>(buf: &mut &'a [u8], depth: usize) -> Result<Raw<'a>, WireError> 
             Value::Len(take(buf, len)?)
         }
         3 => {
-            if depth >= RECURSION_LIMIT {
-                return Err(WireError::new("recursion limit reached"));
-            }
             loop {
                 match read_raw(buf, depth + 1)? {
                     Raw::EndGroup(end) if end == tag => break,
@@ -129,6 +130,11 @@ fn read_raw<'a>(buf: &mut &'a [u8], depth: usize) -> Result<Raw<'a>, WireError> 
                         return Err(WireError::new(format!(
                             "group {tag} closed by end-group {end}"
                         )))
+                    }
+                    // prost skips each field inside a group one level deeper and refuses
+                    // to once that level reaches the limit.
+                    Raw::Field(..) if depth + 1 >= RECURSION_LIMIT => {
+                        return Err(WireError::new("recursion limit reached"))
                     }
                     Raw::Field(..) => {}
                 }
@@ -341,7 +347,7 @@ fn validate<'a, const N: usize>(
     depth: usize,
     capture: [u32; N],
 ) -> Result<[Option<&'a [u8]>; N], WireError> {
-    if depth >= RECURSION_LIMIT {
+    if depth > RECURSION_LIMIT {
         return Err(WireError::new(format!(
             "{}: recursion limit reached",
             schema.name
@@ -351,6 +357,13 @@ fn validate<'a, const N: usize>(
     for field in Fields::new(bytes, depth) {
         let (tag, value) = field.map_err(|e| WireError(format!("{}: {}", schema.name, e.0)))?;
         let Some((name, kind)) = schema.field(tag) else {
+            // prost refuses to skip a field at the deepest level it accepts.
+            if depth >= RECURSION_LIMIT {
+                return Err(WireError::new(format!(
+                    "{}: recursion limit reached",
+                    schema.name
+                )));
+            }
             continue;
         };
         match (kind, value) {
@@ -394,6 +407,8 @@ pub(crate) struct RawItem<'a> {
     pub bytes: &'a [u8],
     /// `trace_id` (empty when absent).
     pub trace_id: &'a [u8],
+    /// `span_id` (empty when absent).
+    pub span_id: &'a [u8],
     /// A log record whose `event_name` is a registration or heartbeat event.
     pub heartbeat: bool,
 }
@@ -525,21 +540,24 @@ fn parse_scope<'a>(
             (2, Value::Len(b)) => {
                 let item = match kind {
                     RequestKind::Traces => {
-                        let [trace_id] = validate(b, item_schema, 3, [1])
+                        let [trace_id, span_id] = validate(b, item_schema, 3, [1, 2])
                             .map_err(|e| e.within(scope_entry, item_field))?;
                         RawItem {
                             bytes: b,
                             trace_id: trace_id.unwrap_or_default(),
+                            span_id: span_id.unwrap_or_default(),
                             heartbeat: false,
                         }
                     }
                     RequestKind::Logs => {
-                        let [trace_id, event] = validate(b, item_schema, 3, [9, 12])
-                            .map_err(|e| e.within(scope_entry, item_field))?;
+                        let [trace_id, span_id, event] =
+                            validate(b, item_schema, 3, [9, 10, 12])
+                                .map_err(|e| e.within(scope_entry, item_field))?;
                         let event = event.unwrap_or_default();
                         RawItem {
                             bytes: b,
                             trace_id: trace_id.unwrap_or_default(),
+                            span_id: span_id.unwrap_or_default(),
                             heartbeat: event == names::REGISTRATION_EVENT.as_bytes()
                                 || event == names::HEARTBEAT_EVENT.as_bytes(),
                         }
@@ -780,6 +798,7 @@ mod tests {
         for (item, span) in parsed[0].scopes[0].items.iter().zip(&ss.spans) {
             assert_eq!(item.bytes, &span.encode_to_vec()[..]);
             assert_eq!(item.trace_id, &span.trace_id[..]);
+            assert_eq!(item.span_id, &span.span_id[..]);
         }
 
         let request = rich_logs();
@@ -787,6 +806,7 @@ mod tests {
         let parsed = slices(&bytes, RequestKind::Logs);
         let items = &parsed[0].scopes[0].items;
         assert_eq!(items[0].trace_id, &[3; 16]);
+        assert_eq!(items[0].span_id, &[4; 8]);
         assert!(!items[0].heartbeat);
         assert!(items[1].heartbeat);
         assert!(items[1].trace_id.is_empty());
@@ -929,6 +949,82 @@ mod tests {
             disagreements.len(),
             &disagreements[..disagreements.len().min(5)]
         );
+    }
+
+    fn len_field(tag: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for mut v in [u64::from(tag << 3 | 2), body.len() as u64] {
+            while v >= 0x80 {
+                out.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            out.push(v as u8);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A trace request whose one span has an attribute value nested (AnyValue / ArrayValue
+    /// alternating) so that the innermost message sits at `depth` (the request is depth 0,
+    /// the span 3, its KeyValue 4) and holds `leaf`.
+    fn nested_request(depth: usize, leaf: &[u8]) -> Vec<u8> {
+        assert!(depth >= 5);
+        let mut body = leaf.to_vec();
+        let mut d = depth;
+        while d > 4 {
+            body = if d % 2 == 1 {
+                // An AnyValue at `d`, in an ArrayValue's `values`, or in the KeyValue's `value`.
+                len_field(if d == 5 { 2 } else { 1 }, &body)
+            } else {
+                // An ArrayValue at `d`, in an AnyValue's `array_value`.
+                len_field(5, &body)
+            };
+            d -= 1;
+        }
+        let key_value = [len_field(1, b"k"), body].concat();
+        let span = [
+            len_field(1, &[1; 16]),
+            len_field(2, &[2; 8]),
+            len_field(9, &key_value),
+        ]
+        .concat();
+        len_field(1, &len_field(2, &len_field(2, &span)))
+    }
+
+    #[test]
+    fn regression_recursion_limit_off_by_one_matches_prost_at_100_and_101_levels() {
+        let decodes = |bytes: &[u8]| ExportTraceServiceRequest::decode(bytes).is_ok();
+        let ours = |bytes: &[u8]| match parse(bytes, RequestKind::Traces) {
+            Ok(Parsed::Slices(_)) => true,
+            Ok(Parsed::NeedsFullDecode) => decodes(bytes),
+            Err(_) => false,
+        };
+        // The limit itself: 100 levels decode, 101 do not, in prost and here.
+        let at_100 = nested_request(100, &[]);
+        let at_101 = nested_request(101, &[]);
+        assert!(decodes(&at_100) && ours(&at_100));
+        assert!(!decodes(&at_101) && !ours(&at_101));
+        // Around it, with what prost treats specially at depth: unknown fields, and groups
+        // (empty, holding a field, nested) that are skipped one level deeper.
+        let leaves: [&[u8]; 6] = [
+            &[],
+            &[0x78, 0x01],                         // field 15, varint
+            &[0x7b, 0x7c],                         // empty group 15
+            &[0x7b, 0x08, 0x00, 0x7c],             // group 15 holding a varint
+            &[0x7b, 0x73, 0x08, 0x00, 0x74, 0x7c], // group 15 holding group 14
+            &[0x7b, 0x73, 0x74, 0x7c],             // group 15 holding an empty group 14
+        ];
+        for depth in 95..=103 {
+            for leaf in leaves {
+                let bytes = nested_request(depth, leaf);
+                assert_eq!(
+                    ours(&bytes),
+                    decodes(&bytes),
+                    "depth {depth}, leaf {leaf:02x?}: {:?}",
+                    parse(&bytes, RequestKind::Traces).err()
+                );
+            }
+        }
     }
 
     #[test]

@@ -749,3 +749,270 @@ async fn request_over_max_request_bytes_is_refused_for_good() {
     let small = traces(resource("svc", "svc-1"), vec![span(t, 2, "small")]);
     env.trace_client().await.export(small).await.unwrap();
 }
+
+/// The admin port's `/metrics` value of `series`, polled until `done` holds (bounded).
+async fn wait_for_metric(admin: std::net::SocketAddr, series: &str, done: impl Fn(f64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if done(metric(&text, series)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never got there: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes the head of an OTLP/HTTP protobuf request and `first` bytes of `body`, leaving the
+/// request being read.
+async fn start_http_request(
+    addr: std::net::SocketAddr,
+    body: &[u8],
+    first: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..first]).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+/// Memory used to be reserved only once a request was read, inflated and routed, with no
+/// bound on concurrent requests. Now a request is refused with UNAVAILABLE / 503 (and the
+/// retry hint) before its body is read when the in-flight budget is taken, and at once when
+/// `max_concurrent_requests` are in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_unbounded_memory_busy_budget_and_concurrency_answer_unavailable() {
+    let mut env = Env::start(|c| {
+        c.produce_timeout_ms = 20_000;
+        c.max_message_bytes = 4096;
+        c.max_in_flight_bytes = 8192;
+        c.admission_timeout_ms = 200;
+        c.max_concurrent_requests = 3;
+        c.retry_after_secs = 1;
+    })
+    .await;
+    let admin = env.bridge().admin_addr();
+    let padded = |t: [u8; 16], id: u8, pad: usize| {
+        let mut s = span(t, id, "padded");
+        s.attributes.push(string_kv("pad", &"p".repeat(pad)));
+        s
+    };
+    env.trace_client()
+        .await
+        .export(traces(
+            resource("svc", "svc-1"),
+            vec![span(trace_id(90), 1, "warm-up")],
+        ))
+        .await
+        .unwrap();
+
+    // A holds about 3 KB of the 8 KB budget while the frozen broker does not answer.
+    env.kafka.pause().unwrap();
+    let a = traces(
+        resource("svc", "svc-1"),
+        vec![padded(trace_id(91), 1, 2800)],
+    );
+    let mut a_client = env.trace_client().await;
+    let a_sent = a.clone();
+    let a_answer = tokio::spawn(async move { a_client.export(a_sent).await });
+    wait_for_metric(admin, "dlog_bridge_in_flight_requests", |v| v == 1.0).await;
+    wait_for_metric(admin, "dlog_bridge_in_flight_bytes", |v| v >= 2800.0).await;
+
+    // B needs 6 KB for its body alone: refused before it is read, over both transports.
+    let b = traces(
+        resource("svc", "svc-1"),
+        vec![
+            padded(trace_id(92), 1, 2000),
+            padded(trace_id(92), 2, 2000),
+            padded(trace_id(92), 3, 2000),
+        ],
+    );
+    let status = env
+        .trace_client()
+        .await
+        .export(b.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("max_in_flight_bytes"),
+        "{status:?}"
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(
+        details.retry_info().and_then(|r| r.retry_delay),
+        Some(Duration::from_secs(1))
+    );
+    let response = reqwest::Client::new()
+        .post(env.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(b.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+
+    // Two requests still being read fill max_concurrent_requests (3) with A: the next one is
+    // shed at once.
+    let small = traces(
+        resource("svc", "svc-1"),
+        vec![span(trace_id(93), 1, "small")],
+    );
+    let body = small.encode_to_vec();
+    let _c1 = start_http_request(env.bridge().http_addr(), &body, 1).await;
+    let _c2 = start_http_request(env.bridge().http_addr(), &body, 1).await;
+    wait_for_metric(admin, "dlog_bridge_in_flight_requests", |v| v == 3.0).await;
+    let status = env
+        .trace_client()
+        .await
+        .export(small.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("max_concurrent_requests"),
+        "{status:?}"
+    );
+    drop(_c1);
+    drop(_c2);
+
+    // Once Kafka answers, A is acknowledged and the refused data goes through on retry.
+    env.kafka.resume().unwrap();
+    a_answer.await.unwrap().unwrap();
+    wait_for_metric(admin, "dlog_bridge_in_flight_requests", |v| v == 0.0).await;
+    env.trace_client().await.export(b).await.unwrap();
+    env.trace_client().await.export(small).await.unwrap();
+    let text = metrics_text(env.bridge()).await;
+    assert!(
+        metric(
+            &text,
+            "dlog_bridge_requests_total{signal=\"traces\",transport=\"grpc\",outcome=\"unavailable\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "dlog_bridge_in_flight_bytes"), 0.0);
+    env.bridge.take().unwrap().shutdown().await.unwrap();
+}
+
+/// A request still being read (or decoded) used to count as idle for a graceful shutdown,
+/// which then closed its connection. It is in flight from its arrival now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_shutdown_waits_for_a_request_still_being_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::start(|_| {}).await;
+    let admin = env.bridge().admin_addr();
+    let t = trace_id(95);
+    let request = traces(
+        resource("svc", "svc-1"),
+        vec![span(t, 1, "read during shutdown")],
+    );
+    let body = request.encode_to_vec();
+    let mut stream = start_http_request(env.bridge().http_addr(), &body, body.len() / 2).await;
+    wait_for_metric(admin, "dlog_bridge_in_flight_requests", |v| v == 1.0).await;
+
+    let shutdown = tokio::spawn(env.bridge.take().unwrap().shutdown());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("http://{admin}/healthz"))
+        .await
+        .unwrap()
+        .status()
+        != 503
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still waiting for the request: it holds the shutdown up until it is answered.
+    wait_for_metric(admin, "dlog_bridge_in_flight_requests", |v| v == 1.0).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the request"
+    );
+
+    stream.write_all(&body[body.len() / 2..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("answer within 30 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    shutdown.await.unwrap().unwrap();
+    let records = read_until(
+        &env.kafka.brokers,
+        &env.config.trace_logs_topic,
+        move |rs| {
+            rs.iter()
+                .any(|r| r.key_str().as_deref() == Some(hex::encode(t).as_str()))
+        },
+    )
+    .await;
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.key_str().as_deref() == Some(hex::encode(t).as_str()))
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(decode_trace_record(mine[0]), request);
+}
+
+/// Kafka errors an operator can fix used to answer INTERNAL / 500, which senders never
+/// retry. A missing topic now answers UNAVAILABLE / 503 naming the topic and the remedy (and
+/// logs it as an error), so the data waits at the sender until the topic exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_missing_topic_is_unavailable_naming_the_topic_and_the_remedy() {
+    let env = Env::start(|c| c.create_topics = false).await;
+    let request = traces(
+        resource("svc", "svc-1"),
+        vec![span(trace_id(97), 1, "nowhere to go")],
+    );
+    let status = env
+        .trace_client()
+        .await
+        .export(request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains(&env.config.trace_logs_topic)
+            && status.message().contains("create_topics"),
+        "{status:?}"
+    );
+    let response = reqwest::Client::new()
+        .post(env.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+
+    // Once the topic exists, the retry is accepted.
+    env.kafka
+        .create_topics(&[&env.config.trace_logs_topic], 1)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match env.trace_client().await.export(request.clone()).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("retry did not succeed: {s:?}"),
+        }
+    }
+}

@@ -21,15 +21,20 @@ fn config() -> Config {
     }
 }
 
+fn all_topics() -> Vec<String> {
+    vec![
+        names::TRACE_LOGS_TOPIC.into(),
+        names::SERVICE_LOGS_TOPIC.into(),
+        names::HEARTBEAT_LOGS_TOPIC.into(),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_answer_waits_for_the_stage_ack_and_records_match_the_kafka_contract() {
     let (sender, mut source) = ChannelSource::new(8);
     let sink = ChannelSink::new(vec![Subscriber {
         name: "storage".into(),
-        topics: vec![
-            names::TRACE_LOGS_TOPIC.into(),
-            names::SERVICE_LOGS_TOPIC.into(),
-        ],
+        topics: all_topics(),
         sender,
     }]);
     let bridge = start_with_sink(config(), sink).await.unwrap();
@@ -70,7 +75,7 @@ async fn a_stage_that_never_acks_makes_the_answer_unavailable() {
     let (sender, mut source) = ChannelSource::new(8);
     let sink = ChannelSink::new(vec![Subscriber {
         name: "storage".into(),
-        topics: vec![names::TRACE_LOGS_TOPIC.into()],
+        topics: all_topics(),
         sender,
     }]);
     let bridge = start_with_sink(config(), sink).await.unwrap();
@@ -98,4 +103,28 @@ async fn a_stage_that_never_acks_makes_the_answer_unavailable() {
     assert_eq!(records.len(), 1);
     source.ack(&records).await.unwrap();
     bridge.shutdown().await.unwrap();
+}
+
+/// Records for a topic no stage reads used to be dropped and counted as produced; now the
+/// bridge refuses to start, naming the setting and the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_channel_sink_without_a_reader_for_a_configured_topic_fails_the_start() {
+    let (sender, _source) = ChannelSource::new(8);
+    let sink = ChannelSink::new(vec![Subscriber {
+        name: "storage".into(),
+        topics: vec![
+            names::TRACE_LOGS_TOPIC.into(),
+            names::SERVICE_LOGS_TOPIC.into(),
+        ],
+        sender,
+    }]);
+    let err = start_with_sink(config(), sink)
+        .await
+        .err()
+        .expect("started without a reader for heartbeat_logs")
+        .to_string();
+    assert!(
+        err.contains("`heartbeat_logs_topic`") && err.contains("`heartbeat_logs`"),
+        "{err}"
+    );
 }

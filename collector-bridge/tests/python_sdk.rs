@@ -158,3 +158,60 @@ async fn python_sdk_http_protobuf_export_arrives_in_kafka() {
     let trace = python_export("http", &format!("http://{}", env.bridge().http_addr())).await;
     check_arrival(&env, "http", &trace).await;
 }
+
+/// The `rotel-agent` binary inside the pip-installed `rotel` package (`ROTEL_AGENT` wins).
+fn rotel_agent() -> PathBuf {
+    if let Ok(path) = std::env::var("ROTEL_AGENT") {
+        return PathBuf::from(path);
+    }
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import rotel,os;print(os.path.dirname(rotel.__file__))",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "rotel is not pip-installed (scripts/install-test-deps.sh installs it)"
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("rotel-agent")
+}
+
+/// A collector in front of the bridge, as on the pipeline machine of a two-machine setup:
+/// the Python SDK exports to an OTLP collector (rotel, standing in for otelcol, which cannot be
+/// installed here), whose `otlp` exporter forwards to the bridge. Spans, logs and heartbeats
+/// must arrive with the same keys, topics and content as when sent straight to the bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_through_a_collector_in_front_of_the_bridge_arrives_in_kafka() {
+    let env = Env::start(|_| {}).await;
+    let grpc_port = dlog_testkit::free_port().unwrap();
+    let http_port = dlog_testkit::free_port().unwrap();
+    let mut collector = Command::new(rotel_agent())
+        .args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &format!("127.0.0.1:{grpc_port}"),
+            "--otlp-http-endpoint",
+            &format!("127.0.0.1:{http_port}"),
+            "--exporter",
+            "otlp",
+            "--otlp-exporter-endpoint",
+            &env.grpc_url(),
+            "--pid-file",
+            &std::env::temp_dir()
+                .join(dlog_testkit::unique_name("rotel"))
+                .to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rotel-agent");
+    dlog_testkit::wait_for_port(([127, 0, 0, 1], grpc_port).into(), Duration::from_secs(20))
+        .expect("rotel listens");
+    let trace = python_export("grpc", &format!("http://127.0.0.1:{grpc_port}")).await;
+    check_arrival(&env, "grpc", &trace).await;
+    let _ = collector.kill();
+    let _ = collector.wait();
+}

@@ -59,7 +59,8 @@ impl ConsumerSettings {
 /// The Kafka [`Source`]: a consumer-group member that never auto-commits. Offsets move only
 /// through [`Source::ack`].
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    // Shared so that the synchronous commit can run on a blocking thread.
+    consumer: std::sync::Arc<StreamConsumer>,
 }
 
 impl KafkaSource {
@@ -86,7 +87,9 @@ impl KafkaSource {
         let consumer: StreamConsumer = config.create().map_err(kafka_err)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_err)?;
-        Ok(KafkaSource { consumer })
+        Ok(KafkaSource {
+            consumer: std::sync::Arc::new(consumer),
+        })
     }
 
     /// The underlying consumer, for lag metrics.
@@ -99,7 +102,8 @@ fn kafka_err(e: rdkafka::error::KafkaError) -> SourceError {
     SourceError::Kafka(e.to_string())
 }
 
-fn to_raw(message: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+/// Copies a consumed Kafka message into a [`RawRecord`].
+pub fn raw_record<M: Message>(message: &M) -> RawRecord {
     let headers = message
         .headers()
         .map(|hs| {
@@ -135,7 +139,7 @@ impl Source for KafkaSource {
         while out.len() < max {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Ok(message)) => out.push(to_raw(&message)),
+                Ok(Ok(message)) => out.push(raw_record(&message)),
                 Ok(Err(e)) => {
                     // Transient consumer errors (broker down, rebalance) are logged and
                     // retried by librdkafka; hand back what we have.
@@ -169,7 +173,14 @@ impl Source for KafkaSource {
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
                 .map_err(kafka_err)?;
         }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
+        // A synchronous commit waits for the group coordinator (up to the request timeout when
+        // it is down): run it off the async workers so the stage's other tasks keep going.
+        let consumer = std::sync::Arc::clone(&self.consumer);
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| SourceError::Kafka(format!("offset commit task failed: {e}")))?;
+        match committed {
             Ok(()) => Ok(()),
             // Partitions were revoked mid-batch: the new owner replays them, which idempotent
             // writes absorb.

@@ -10,7 +10,9 @@
 //!   deterministic document ids that make store writes idempotent;
 //! * [`source`]: the `Source` trait through which stages consume records and acknowledge them
 //!   only once their output is durable, plus an in-process channel source;
-//! * `kafka` (feature `kafka`): the Kafka consumer source and the dead-letter producer.
+//! * `kafka` (feature `kafka`): the Kafka consumer source and the dead-letter producer;
+//! * `process` (feature `process`): logging setup and graceful-shutdown signals for binaries;
+//! * `admin` (feature `admin`): the `/metrics` and `/healthz` listener of the stages.
 //!
 //! ```
 //! use dlog_core::encoding::{Encoding, decode_traces, encode_traces};
@@ -26,5 +28,9 @@ pub mod model;
 pub mod names;
 pub mod source;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "process")]
+pub mod process;

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use dlog_core::process::{init_logging, shutdown_signal};
 use dlog_storage::cli::{query, Command as QueryCommand};
 use dlog_storage::{open_store, AlertQuery, StoreConfig};
-use tracing_subscriber::EnvFilter;
 
 const DEFAULT_LOG_FILTER: &str = "info,rdkafka=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=warn,tower=warn,axum=warn,reqwest=warn";
 
@@ -65,13 +65,7 @@ struct UpArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_string());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_new(&filter).with_context(|| format!("invalid RUST_LOG `{filter}`"))?,
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&["DLOG_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;
     let args = Args::parse();
     match args.command {
         None => up(args.data_dir, UpArgs::default()).await,
@@ -146,26 +140,4 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
     eprintln!("stopping: finishing in-flight requests");
     running.shutdown().await.context("shutdown")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

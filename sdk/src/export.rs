@@ -61,6 +61,13 @@ pub(crate) struct QueueConfig {
 }
 
 /// Counters of one signal. Only `queued` and `dropped` are touched on the application's path.
+///
+/// A record leaving the queue is first added to its outcome (`exported`, `failed`, `dropped`)
+/// and only then subtracted from `queued` (a Release read-modify-write). A reader that loads
+/// `queued` first (Acquire) and the outcomes after it therefore sees every record in motion
+/// at least once: while records move, the sum may count one twice but never misses one, and
+/// the outcomes alone never exceed the records pushed. Once nothing moves (after shutdown)
+/// the four add up exactly.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// Records in the queue or in the batch being exported.
@@ -330,8 +337,10 @@ impl<T: Send + 'static> Queue<T> {
                 }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+                // Outcome first, then `queued` (Release): a reader that loads `queued` first
+                // (Acquire) never sees the record in neither count. See `Counters`.
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.queued.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -531,14 +540,15 @@ impl<E: BatchExport> Worker<E> {
                     }
                 })
             };
-            // Whatever the exporter did not consume is gone now; count it by outcome below.
+            // Whatever the exporter did not consume is gone now. It is counted by outcome
+            // first and only then leaves `queued`, so that a live reader never misses it.
             self.batch.clear();
-            self.counters.queued.fetch_sub(count, Ordering::AcqRel);
             match result {
                 Ok(()) => {
                     self.counters
                         .exported
                         .fetch_add(count as u64, Ordering::Relaxed);
+                    self.counters.queued.fetch_sub(count, Ordering::AcqRel);
                     self.backoff = None;
                     self.next_delay = INITIAL_BACKOFF;
                     if self.failing {
@@ -555,6 +565,7 @@ impl<E: BatchExport> Worker<E> {
                         .failed
                         .fetch_add(count as u64, Ordering::Relaxed);
                     self.counters.failed_exports.fetch_add(1, Ordering::Relaxed);
+                    self.counters.queued.fetch_sub(count, Ordering::AcqRel);
                     self.failing = true;
                     let signal = self.signal;
                     let capacity = self.config.capacity;
@@ -852,6 +863,80 @@ mod tests {
             exported + failed + counters.dropped.load(Ordering::Relaxed) + queued,
             1005,
             "every span is accounted for exactly once"
+        );
+    }
+
+    /// Regression: the worker lowered `queued` before raising `exported`, so a reader could
+    /// see a batch in neither count. Live reads must never miss a record (and the outcomes
+    /// alone never exceed what was pushed).
+    #[test]
+    fn live_stats_never_miss_a_record_in_motion() {
+        #[derive(Debug)]
+        struct Discard;
+        impl SpanExporter for Discard {
+            async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+                Ok(())
+            }
+        }
+        let diagnostics = Arc::new(Diagnostics::new("test".into()));
+        let cfg = QueueConfig {
+            capacity: 64,
+            // One record per export: as many moves from `queued` to `exported` as possible.
+            max_batch: 1,
+            interval: Duration::from_millis(1),
+            export_timeout: Duration::from_secs(1),
+        };
+        let processor = BoundedSpanProcessor::spawn(&cfg, diagnostics, || Ok(Discard)).unwrap();
+        // Spans whose push has begun (an upper bound) and has returned (a lower bound).
+        let started = Arc::new(AtomicU64::new(0));
+        let pushed = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let no_logs = Counters::default();
+        let total = 200_000_u64;
+        thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut reads = 0_u64;
+                while !done.load(Ordering::Acquire) || reads < 1_000 {
+                    let before = pushed.load(Ordering::Acquire);
+                    let stats = crate::Stats::read(processor.queue().counters(), &no_logs);
+                    let after = started.load(Ordering::Acquire);
+                    let outcomes = stats.exported_spans + stats.dropped_spans + stats.failed_spans;
+                    assert!(
+                        outcomes + stats.queued_spans >= before,
+                        "a record in neither count: {before} pushed, {stats:?}"
+                    );
+                    assert!(
+                        outcomes <= after,
+                        "more outcomes than records: {after} pushes begun, {stats:?}"
+                    );
+                    reads += 1;
+                }
+                reads
+            });
+            for n in 0..total {
+                started.fetch_add(1, Ordering::Release);
+                processor.on_end(span(n));
+                pushed.fetch_add(1, Ordering::Release);
+                if n % 64 == 0 {
+                    // Let the worker take some, so both the drop and the export path run.
+                    thread::yield_now();
+                }
+            }
+            done.store(true, Ordering::Release);
+            reader.join().unwrap();
+        });
+        assert!(processor
+            .queue()
+            .shutdown(Instant::now() + Duration::from_secs(5)));
+        let stats = crate::Stats::read(processor.queue().counters(), &no_logs);
+        assert!(
+            stats.exported_spans > 0 && stats.dropped_spans > 0,
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.exported_spans + stats.dropped_spans + stats.failed_spans + stats.queued_spans,
+            total,
+            "exact once nothing moves: {stats:?}"
         );
     }
 

@@ -8,7 +8,9 @@
 //!
 //! On top of that:
 //! * [`DistributedLogger`]: `info`, `warn` (response time against a threshold), `error`
-//!   (code, message, dependent service), extra fields on any, and `log_service_call`;
+//!   (code, message, dependent service), extra fields on any, `log_service_call`, and
+//!   `shutdown()`, which flushes traces and logs within a deadline and returns a
+//!   [`ShutdownReport`] of what could not be delivered (the guard does the same on drop);
 //! * registration (UP at start, DOWN at shutdown) and a heartbeat every interval, as OTLP log
 //!   events `service.registration` / `service.heartbeat` ([`dlog_core::names`]);
 //! * W3C trace context for HTTP headers and gRPC metadata ([`propagation`]), an axum
@@ -33,15 +35,20 @@
 //! }
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let (guard, logger) = Telemetry::builder("checkout")
+//!     let (_guard, logger) = Telemetry::builder("checkout")
 //!         .with_version(env!("CARGO_PKG_VERSION"))
 //!         .with_dependencies(["payments", "inventory"])
 //!         .with_endpoint("http://127.0.0.1:4317")
 //!         .with_heartbeat_interval(Duration::from_secs(10))
 //!         .init()?;
 //!     checkout(&logger, 42);
-//!     let report = guard.shutdown();
-//!     eprintln!("{report}");
+//!     // DOWN event, then traces and logs flushed within the shutdown deadline. The same as
+//!     // `guard.shutdown()` or dropping the guard; whichever comes first does it, and later
+//!     // calls return the same report.
+//!     let report = logger.shutdown();
+//!     if !report.is_complete() {
+//!         eprintln!("telemetry not fully delivered: {report}");
+//!     }
 //!     Ok(())
 //! }
 //! ```

@@ -16,6 +16,7 @@ use opentelemetry_sdk::logs::SdkLogger;
 use tracing::Level;
 
 use crate::export::DIAGNOSTICS_TARGET;
+use crate::telemetry::{Lifecycle, ShutdownReport};
 
 /// A value for an extra field: strings, integers, floats and booleans.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +79,8 @@ type Fields = Vec<(Key, FieldValue)>;
 /// | `warn(msg, response_time_ms, threshold_limit_ms)` | WARN | `response_time_ms`, `threshold_limit_ms` (ints) |
 /// | `error(msg, code, message, dependent)` | ERROR | `error.code`, `error.message`, `dependent_service` (when given) |
 /// | `log_service_call(target, success, duration)` | INFO / WARN | event `service.call`: `call.source`, `call.target`, `call.success`, `call.status`, `call.duration_ms` |
+///
+/// [`shutdown`](Self::shutdown) shuts the whole pipeline down, as the guard does.
 #[derive(Clone)]
 pub struct DistributedLogger {
     inner: Arc<Inner>,
@@ -88,6 +91,9 @@ struct Inner {
     service_name: String,
     /// Mirror records to the stderr layer, so a person watching the service sees them.
     stderr: bool,
+    /// The pipeline's shutdown, shared with the `Telemetry` that owns it (no cycle: it holds
+    /// no logger).
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl fmt::Debug for DistributedLogger {
@@ -99,14 +105,33 @@ impl fmt::Debug for DistributedLogger {
 }
 
 impl DistributedLogger {
-    pub(crate) fn new(logger: SdkLogger, service_name: String, stderr: bool) -> Self {
+    pub(crate) fn new(
+        logger: SdkLogger,
+        service_name: String,
+        stderr: bool,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Self {
         DistributedLogger {
             inner: Arc::new(Inner {
                 logger,
                 service_name,
                 stderr,
+                lifecycle,
             }),
         }
+    }
+
+    /// Shuts this service's telemetry down: stops the heartbeat, emits the DOWN registration,
+    /// flushes traces and logs within the shutdown deadline (`with_shutdown_timeout`, 5 s by
+    /// default), and reports what could not be delivered.
+    ///
+    /// This is the same shutdown as [`Telemetry::shutdown`](crate::Telemetry::shutdown) and
+    /// [`TelemetryGuard::shutdown`](crate::TelemetryGuard::shutdown), and the guard's drop:
+    /// whichever runs first does the work, and every later call, from any clone of the logger
+    /// or the guard, returns the same report at once. Records emitted afterwards are dropped
+    /// and counted.
+    pub fn shutdown(&self) -> ShutdownReport {
+        self.inner.lifecycle.shutdown()
     }
 
     /// The service this logger speaks for (`call.source` of service calls).

@@ -42,6 +42,10 @@ pub enum InstallError {
 /// What happened to the records of both signals so far.
 ///
 /// Every record ends up in exactly one of `exported`, `dropped`, `failed`, or is still `queued`.
+/// The counters are read one by one, so while the pipeline runs a record that is moving from
+/// `queued` to its outcome may be counted in both (never in neither): live, `exported +
+/// dropped + failed` never exceeds the records emitted, and adding `queued` never falls short
+/// of them. After shutdown nothing moves and the four add up exactly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Spans the collector accepted.
@@ -75,7 +79,11 @@ impl Stats {
         self.dropped_logs + self.failed_logs + self.queued_logs
     }
 
-    fn read(spans: &Counters, logs: &Counters) -> Self {
+    pub(crate) fn read(spans: &Counters, logs: &Counters) -> Self {
+        // `queued` first (Acquire), outcomes after: the workers raise an outcome before they
+        // lower `queued`, so a record in motion is never missing from both (see `Counters`).
+        let queued_spans = spans.queued.load(Ordering::Acquire) as u64;
+        let queued_logs = logs.queued.load(Ordering::Acquire) as u64;
         Stats {
             exported_spans: spans.exported.load(Ordering::Relaxed),
             exported_logs: logs.exported.load(Ordering::Relaxed),
@@ -85,8 +93,8 @@ impl Stats {
             failed_logs: logs.failed.load(Ordering::Relaxed),
             failed_exports: spans.failed_exports.load(Ordering::Relaxed)
                 + logs.failed_exports.load(Ordering::Relaxed),
-            queued_spans: spans.queued.load(Ordering::Relaxed) as u64,
-            queued_logs: logs.queued.load(Ordering::Relaxed) as u64,
+            queued_spans,
+            queued_logs,
         }
     }
 }
@@ -146,21 +154,78 @@ impl fmt::Display for ShutdownReport {
 /// subscriber (not yet installed), and the [`DistributedLogger`].
 ///
 /// Dropping it shuts it down (DOWN event, flush within the deadline); call
-/// [`shutdown`](Self::shutdown) to get the [`ShutdownReport`].
+/// [`shutdown`](Self::shutdown) (or [`DistributedLogger::shutdown`]) to get the
+/// [`ShutdownReport`].
 pub struct Telemetry {
     service_name: String,
     instance_id: String,
     endpoint: String,
+    dispatch: Dispatch,
+    logger: DistributedLogger,
+    tracked_inactivity: bool,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// What shutting down needs, shared by the [`Telemetry`] and every [`DistributedLogger`] clone,
+/// so that either can shut the pipeline down and both get the same report.
+///
+/// It holds no logger and no subscriber, so sharing it makes no reference cycle. Dropping the
+/// `Telemetry` (the guard) still shuts the pipeline down even while loggers live on: the
+/// shutdown is triggered by the owner's drop, not by the last reference going away. Loggers
+/// that outlive it only keep the stopped providers and the report.
+pub(crate) struct Lifecycle {
     tracer_provider: SdkTracerProvider,
     logger_provider: SdkLoggerProvider,
     spans: Arc<Queue<SpanData>>,
     logs: Arc<Queue<LogItem>>,
-    dispatch: Dispatch,
-    logger: DistributedLogger,
     announcer: Mutex<Option<Announcer>>,
     shutdown_timeout: Duration,
-    tracked_inactivity: bool,
     report: Mutex<Option<ShutdownReport>>,
+}
+
+impl Lifecycle {
+    fn stats(&self) -> Stats {
+        Stats::read(self.spans.counters(), self.logs.counters())
+    }
+
+    /// Emits the DOWN registration, stops the heartbeat, and flushes spans and logs within
+    /// the shutdown deadline. Idempotent: later calls (from any handle) return the first
+    /// report; concurrent callers wait for it.
+    pub(crate) fn shutdown(&self) -> ShutdownReport {
+        let mut report = match self.report.lock() {
+            Ok(report) => report,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(report) = *report {
+            return report;
+        }
+        let started = Instant::now();
+        let deadline = started + self.shutdown_timeout;
+        let announcer = match self.announcer.lock() {
+            Ok(mut announcer) => announcer.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(announcer) = announcer {
+            announcer.stop();
+        }
+        // Both queues flush in parallel against the same deadline.
+        let (spans_done, logs_done) = std::thread::scope(|scope| {
+            let spans = scope.spawn(|| self.spans.shutdown(deadline));
+            let logs_done = self.logs.shutdown(deadline);
+            (spans.join().unwrap_or(false), logs_done)
+        });
+        // The processors are already stopped; this marks the providers shut down so that
+        // later spans and records are dropped (and counted) at once.
+        let _ = self.tracer_provider.shutdown();
+        let _ = self.logger_provider.shutdown();
+        let done = ShutdownReport {
+            stats: self.stats(),
+            timed_out: !(spans_done && logs_done),
+            elapsed: started.elapsed(),
+        };
+        *report = Some(done);
+        done
+    }
 }
 
 impl fmt::Debug for Telemetry {
@@ -242,31 +307,35 @@ impl Telemetry {
         }
 
         let sdk_logger = logger_provider.logger_with_scope(scope());
-        let logger = DistributedLogger::new(
-            sdk_logger.clone(),
-            settings.service_name.clone(),
-            settings.stderr,
-        );
         let announcer = Announcer::start(
-            sdk_logger,
+            sdk_logger.clone(),
             settings.service_name.clone(),
             settings.dependencies,
             settings.heartbeat_interval,
         )?;
-        Ok(Telemetry {
-            service_name: settings.service_name,
-            instance_id: settings.instance_id,
-            endpoint: settings.endpoint,
+        let lifecycle = Arc::new(Lifecycle {
             tracer_provider,
             logger_provider,
             spans,
             logs,
-            dispatch,
-            logger,
             announcer: Mutex::new(Some(announcer)),
             shutdown_timeout: settings.shutdown_timeout,
-            tracked_inactivity: settings.tracked_inactivity,
             report: Mutex::new(None),
+        });
+        let logger = DistributedLogger::new(
+            sdk_logger,
+            settings.service_name.clone(),
+            settings.stderr,
+            Arc::clone(&lifecycle),
+        );
+        Ok(Telemetry {
+            service_name: settings.service_name,
+            instance_id: settings.instance_id,
+            endpoint: settings.endpoint,
+            dispatch,
+            logger,
+            tracked_inactivity: settings.tracked_inactivity,
+            lifecycle,
         })
     }
 
@@ -299,8 +368,8 @@ impl Telemetry {
         S: tracing::Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
     {
         otlp_layers(
-            &self.tracer_provider,
-            &self.logger_provider,
+            &self.lifecycle.tracer_provider,
+            &self.lifecycle.logger_provider,
             self.tracked_inactivity,
         )
     }
@@ -327,7 +396,7 @@ impl Telemetry {
 
     /// Exported, dropped, failed and queued counts, live.
     pub fn stats(&self) -> Stats {
-        Stats::read(self.spans.counters(), self.logs.counters())
+        self.lifecycle.stats()
     }
 
     /// Exports what is queued now (without stopping), waiting at most `timeout`. Returns the
@@ -335,49 +404,18 @@ impl Telemetry {
     pub fn flush(&self, timeout: Duration) -> Stats {
         let deadline = Instant::now() + timeout;
         std::thread::scope(|scope| {
-            let spans = scope.spawn(|| self.spans.flush(deadline));
-            let _ = self.logs.flush(deadline);
+            let spans = scope.spawn(|| self.lifecycle.spans.flush(deadline));
+            let _ = self.lifecycle.logs.flush(deadline);
             let _ = spans.join();
         });
         self.stats()
     }
 
     /// Emits the DOWN registration, stops the heartbeat, and flushes spans and logs within
-    /// the shutdown deadline. Idempotent: later calls return the first report.
+    /// the shutdown deadline. Idempotent: later calls return the first report, and so does
+    /// [`DistributedLogger::shutdown`] on any of this service's loggers.
     pub fn shutdown(&self) -> ShutdownReport {
-        let mut report = match self.report.lock() {
-            Ok(report) => report,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(report) = *report {
-            return report;
-        }
-        let started = Instant::now();
-        let deadline = started + self.shutdown_timeout;
-        let announcer = match self.announcer.lock() {
-            Ok(mut announcer) => announcer.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(announcer) = announcer {
-            announcer.stop();
-        }
-        // Both queues flush in parallel against the same deadline.
-        let (spans_done, logs_done) = std::thread::scope(|scope| {
-            let spans = scope.spawn(|| self.spans.shutdown(deadline));
-            let logs_done = self.logs.shutdown(deadline);
-            (spans.join().unwrap_or(false), logs_done)
-        });
-        // The processors are already stopped; this marks the providers shut down so that
-        // later spans and records are dropped (and counted) at once.
-        let _ = self.tracer_provider.shutdown();
-        let _ = self.logger_provider.shutdown();
-        let done = ShutdownReport {
-            stats: self.stats(),
-            timed_out: !(spans_done && logs_done),
-            elapsed: started.elapsed(),
-        };
-        *report = Some(done);
-        done
+        self.lifecycle.shutdown()
     }
 }
 

@@ -46,10 +46,14 @@ fn unreachable_collector_drops_counted_records_then_export_resumes() {
     let stats = telemetry.stats();
     assert!(stats.dropped_spans > 0, "{stats:?}");
     assert!(stats.dropped_logs > 0, "{stats:?}");
+    // The export worker is still moving records from `queued` to `failed` here, and the
+    // counters are read one by one: live, only bounds hold (a record in motion may be seen in
+    // both counts, never in neither). The exact identity is checked after shutdown.
+    let outcomes = stats.dropped_spans + stats.failed_spans + stats.exported_spans;
+    assert!(outcomes <= 50_000, "more outcomes than spans: {stats:?}");
     assert!(
-        stats.dropped_spans + stats.failed_spans + stats.queued_spans + stats.exported_spans
-            == 50_000,
-        "every span is accounted for: {stats:?}"
+        outcomes + stats.queued_spans >= 50_000,
+        "a span is missing from every count: {stats:?}"
     );
     assert_eq!(stats.exported_spans, 0, "{stats:?}");
     wait_for("a failed export", Duration::from_secs(20), || {
@@ -63,7 +67,9 @@ fn unreachable_collector_drops_counted_records_then_export_resumes() {
     });
     // New data gets through too. It is re-sent on every poll because, while the backlog
     // drains, a queue can still be full for a moment and drop it (as designed).
+    let mut recovery_spans = 0_u64;
     wait_for("a new span and log", Duration::from_secs(30), || {
+        recovery_spans += 1;
         tracing::dispatcher::with_default(telemetry.dispatch(), || {
             let span = tracing::info_span!("after-recovery");
             let _entered = span.enter();
@@ -85,4 +91,12 @@ fn unreachable_collector_drops_counted_records_then_export_resumes() {
         "the outage's drops stay reported: {report}"
     );
     assert!(!report.timed_out, "{report}");
+    // Nothing moves after shutdown: every span is in exactly one count.
+    let s = report.stats;
+    assert_eq!(
+        s.dropped_spans + s.failed_spans + s.queued_spans + s.exported_spans,
+        50_000 + recovery_spans,
+        "every span is accounted for exactly once: {report}"
+    );
+    assert_eq!(telemetry.stats(), s, "the counts are final: {report}");
 }

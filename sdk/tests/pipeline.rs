@@ -262,3 +262,67 @@ fn otlp_layer_composes_into_a_subscriber_of_ones_own() {
         .iter()
         .all(|l| l.body != "filtered out by my own filter" && l.body != "excluded crate"));
 }
+
+fn down_delivered(receiver: &Receiver, service: &str) -> bool {
+    receiver.logs().iter().any(|i| {
+        matches!(i, LogItem::Heartbeat(h) if h.service.name == service
+            && h.kind == HeartbeatKind::Registration
+            && h.status == ServiceStatus::Down)
+    })
+}
+
+#[test]
+fn logger_shutdown_is_the_same_idempotent_shutdown_as_the_guards() {
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap());
+    let telemetry = Telemetry::builder("svc-logger-shutdown")
+        .with_endpoint(receiver.endpoint())
+        .with_stderr(false)
+        .build()
+        .unwrap();
+    let logger = telemetry.logger();
+    let clone = logger.clone();
+    logger.info("before");
+
+    let report = logger.shutdown();
+    assert!(report.is_complete(), "{report}");
+    // UP, "before", DOWN: flushed before shutdown returned.
+    assert_eq!(report.stats.exported_logs, 3, "{report}");
+    assert!(down_delivered(&receiver, "svc-logger-shutdown"));
+    assert!(entries(&receiver).iter().any(|l| l.body == "before"));
+
+    // Every handle returns the first report, and records after it are dropped and counted.
+    assert_eq!(logger.shutdown(), report);
+    assert_eq!(clone.shutdown(), report);
+    assert_eq!(telemetry.shutdown(), report);
+    clone.info("after");
+    assert_eq!(telemetry.stats().dropped_logs, 1);
+    assert_eq!(logger.shutdown(), report, "the report does not change");
+    drop(telemetry);
+    assert_eq!(logger.shutdown(), report);
+}
+
+#[test]
+fn dropping_the_telemetry_shuts_down_even_while_a_logger_lives() {
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap());
+    let telemetry = Telemetry::builder("svc-outlived")
+        .with_endpoint(receiver.endpoint())
+        .with_stderr(false)
+        .build()
+        .unwrap();
+    let logger = telemetry.logger();
+    logger.info("while running");
+    // The logger holds the shared shutdown state; that must not keep the pipeline running.
+    drop(telemetry);
+    assert!(
+        down_delivered(&receiver, "svc-outlived"),
+        "the drop shut down and flushed before returning"
+    );
+    let report = logger.shutdown();
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(report.stats.exported_logs, 3, "{report}");
+    logger.info("after the drop");
+    assert_eq!(logger.shutdown(), report);
+    assert!(entries(&receiver)
+        .iter()
+        .all(|l| l.body != "after the drop"));
+}

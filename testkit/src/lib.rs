@@ -20,7 +20,6 @@ use anyhow::{bail, Context, Result};
 use dlog_core::source::RawRecord;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// A name no other test uses: `prefix` plus a random suffix.
@@ -269,27 +268,7 @@ pub fn read_topic(
     let mut out = Vec::new();
     while !done(&out) && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => out.push(RawRecord {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                timestamp_ms: m.timestamp().to_millis(),
-            }),
+            Some(Ok(m)) => out.push(dlog_core::kafka::raw_record(&m)),
             Some(Err(e)) => eprintln!("read_topic({topic}): {e}"),
             None => {}
         }

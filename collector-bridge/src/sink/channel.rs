@@ -21,8 +21,10 @@ pub struct Subscriber {
 /// Hands each batch to every stage that reads its topics, and resolves once every one of
 /// them acknowledged it, which is the same rule a Kafka acknowledgement stands for.
 ///
-/// A record whose topic no stage reads is dropped as Kafka would keep it unread: nobody
-/// would ever consume it.
+/// Every topic the bridge publishes to must have a reader: the bridge refuses to start when a
+/// configured topic has none ([`Sink::check_topic`]), and a batch holding a record for a topic
+/// nobody reads is refused as a whole ([`SinkError::Rejected`]), because answering success
+/// for records nobody received would lose them silently.
 #[derive(Debug, Clone)]
 pub struct ChannelSink {
     subscribers: Vec<Subscriber>,
@@ -35,8 +37,34 @@ impl ChannelSink {
     }
 }
 
+impl ChannelSink {
+    /// Whether some subscriber reads `topic`.
+    pub fn has_reader(&self, topic: &str) -> bool {
+        self.subscribers
+            .iter()
+            .any(|s| s.topics.iter().any(|t| t == topic))
+    }
+}
+
 impl Sink for ChannelSink {
+    fn check_topic(&self, topic: &str) -> Result<(), String> {
+        if self.has_reader(topic) {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.subscribers.iter().map(|s| s.name.as_str()).collect();
+        Err(format!(
+            "no in-process stage reads topic `{topic}` (stages: {}), so its records would be lost: add it to a subscriber's topics",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        ))
+    }
+
     async fn publish(&self, batch: Vec<OutRecord>) -> Result<(), SinkError> {
+        if let Some(record) = batch.iter().find(|r| !self.has_reader(&r.topic)) {
+            return Err(SinkError::Rejected(format!(
+                "no in-process stage reads topic `{}`",
+                record.topic
+            )));
+        }
         let mut per_subscriber: Vec<Vec<RawRecord>> = vec![Vec::new(); self.subscribers.len()];
         for record in batch {
             let readers: Vec<usize> = self
@@ -138,6 +166,27 @@ mod tests {
         assert_eq!(got[0].topic, "service_logs");
         alerting.ack(&got).await.unwrap();
         publish.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn regression_records_for_a_topic_nobody_reads_are_refused_not_counted_delivered() {
+        let (tx, _source) = ChannelSource::new(1);
+        let sink = ChannelSink::new(vec![Subscriber {
+            name: "storage".into(),
+            topics: vec!["trace_logs".into()],
+            sender: tx,
+        }]);
+        assert!(sink.check_topic("trace_logs").is_ok());
+        let reason = sink.check_topic("heartbeat_logs").unwrap_err();
+        assert!(
+            reason.contains("`heartbeat_logs`") && reason.contains("storage"),
+            "{reason}"
+        );
+        let err = sink
+            .publish(vec![record("heartbeat_logs", "i")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SinkError::Rejected(m) if m.contains("heartbeat_logs")));
     }
 
     #[tokio::test]

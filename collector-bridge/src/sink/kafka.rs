@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -53,35 +54,52 @@ impl ClientContext for TracingContext {
     }
 }
 
-/// The librdkafka producer properties the bridge runs with, before `config.kafka` overrides.
+/// The librdkafka producer properties the bridge runs with.
+///
+/// Tuning the bridge derives (`linger.ms`, `batch.size`, `topic.metadata.propagation.max.ms`,
+/// ...) comes first and `config.kafka` may override it. What the bridge's guarantees rest on
+/// is set last, so that no entry of `config.kafka` can change it (and [`Config::validate`]
+/// refuses such entries with a reason):
 ///
 /// * `acks=all` and `enable.idempotence=true`: a record is acknowledged only once every
 ///   in-sync replica has it, and the producer's own retries never duplicate or reorder.
 /// * `message.timeout.ms = produce_timeout_ms`: librdkafka gives up on a record about when
 ///   the request that carried it is answered UNAVAILABLE, so records of failed requests do
 ///   not pile up in the queue while senders retry them.
-/// * `linger.ms`: records of concurrent requests share produce requests.
 /// * `message.max.bytes` leaves room for Kafka's record framing above `max_message_bytes`.
 /// * `queue.buffering.max.kbytes` bounds the producer's copy of in-flight records to about
 ///   `max_in_flight_bytes`, instead of librdkafka's default of 1 GiB.
+/// * `topic.metadata.propagation.max.ms` (half the produce timeout, at most librdkafka's
+///   default of 30 s): a record for a topic that does not exist fails with "unknown topic",
+///   which the bridge reports naming the topic, instead of timing out without a reason.
 pub fn producer_config(config: &Config) -> ClientConfig {
     let mut client = ClientConfig::new();
     let message_max_bytes = config.max_message_bytes.saturating_add(64 * 1024);
     let queue_kbytes = (config.max_in_flight_bytes / 1024).max(1024) + message_max_bytes / 1024;
+    let propagation_ms = (config.produce_timeout_ms / 2).clamp(1, 30_000);
+    client
+        .set("linger.ms", config.linger_ms.to_string())
+        .set("batch.size", message_max_bytes.min(1_000_000).to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set(
+            "topic.metadata.propagation.max.ms",
+            propagation_ms.to_string(),
+        )
+        .set("client.id", "dlog-collector-bridge");
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    // After the user's table: these cannot be overridden.
     client
         .set("bootstrap.servers", &config.kafka_brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-        .set("linger.ms", config.linger_ms.to_string())
         .set("message.max.bytes", message_max_bytes.to_string())
-        .set("batch.size", message_max_bytes.min(1_000_000).to_string())
-        .set("queue.buffering.max.kbytes", queue_kbytes.to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .set("client.id", "dlog-collector-bridge");
-    for (key, value) in &config.kafka {
-        client.set(key, value);
-    }
+        .set("queue.buffering.max.kbytes", queue_kbytes.to_string());
+    // Aliases of the keys above would otherwise compete with them.
+    client.remove("request.required.acks");
+    client.remove("delivery.timeout.ms");
     client
 }
 
@@ -101,7 +119,13 @@ impl KafkaSink {
     /// A sink with the bridge's producer settings (see [`producer_config`]). It does not
     /// connect yet: an unreachable broker shows up as `UNAVAILABLE` answers, not as a start
     /// failure.
+    ///
+    /// `config.kafka` is checked as [`Config::validate`] does, so a sink built without going
+    /// through [`crate::start`] cannot loosen `acks` or idempotence either.
     pub fn new(config: &Config) -> Result<KafkaSink, SinkError> {
+        config
+            .validate_kafka_properties()
+            .map_err(|e| SinkError::Rejected(e.to_string()))?;
         KafkaSink::from_client_config(&producer_config(config))
     }
 
@@ -164,16 +188,39 @@ fn create(client: &ClientConfig) -> Result<FutureProducer<TracingContext>, SinkE
 
 fn sink_error(topic: &str, error: KafkaError) -> SinkError {
     let text = format!("Kafka did not acknowledge a record for topic `{topic}`: {error}");
-    match error.rdkafka_error_code() {
+    let code = error.rdkafka_error_code();
+    if let Some(remedy) = code.and_then(operator_remedy) {
+        // Retrying cannot help until someone acts, but once they do it will: the sender
+        // must keep the data (UNAVAILABLE), and the operator must be told what to do.
+        tracing::error!(topic, %error, "Kafka refuses records for topic `{topic}`: {remedy}");
+        return SinkError::Unavailable(format!("{text} ({remedy})"));
+    }
+    match code {
         Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
+            RDKafkaErrorCode::InvalidMessageSize
             | RDKafkaErrorCode::InvalidMessage
             | RDKafkaErrorCode::InvalidRecord
-            | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::InvalidTopic,
         ) => SinkError::Rejected(text),
         _ => SinkError::Unavailable(text),
+    }
+}
+
+/// What an operator must do about a Kafka error that refuses every record until they do, or
+/// `None` when the error is not of that kind.
+fn operator_remedy(code: RDKafkaErrorCode) -> Option<&'static str> {
+    match code {
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => Some(
+            "the topic does not exist: create it or set create_topics (--create-topics)",
+        ),
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some(
+            "the bridge's principal may not write to the topic: grant it WRITE (and IDEMPOTENT_WRITE on the cluster) or fix the credentials in the [kafka] settings",
+        ),
+        RDKafkaErrorCode::MessageSizeTooLarge => Some(
+            "a record is larger than the topic accepts: raise the topic's max.message.bytes (or the broker's message.max.bytes) or lower max_message_bytes",
+        ),
+        _ => None,
     }
 }
 
@@ -189,6 +236,104 @@ fn producer_state_lost(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::OutOfOrderSequenceNumber
             | RDKafkaErrorCode::Fatal
     )
+}
+
+/// Kafka's framing around a lone record, on top of what `max_message_bytes` counts (value,
+/// key and headers): the record batch header (61 bytes) and the record's own varints.
+const RECORD_BATCH_OVERHEAD: usize = 128;
+
+/// How long the start waits for the broker to describe the topics' configurations.
+pub(crate) const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks at start that every topic accepts records of `max_message_bytes`, so that an
+/// oversized limit fails the start with a reason instead of every large request failing.
+///
+/// Only a definite answer fails: a broker that is unreachable, slow, does not implement
+/// DescribeConfigs, or does not report `max.message.bytes` (tansu answers with no entries)
+/// is logged and skipped, as is a topic that does not exist yet (logged as an error with the
+/// remedy; its records are answered UNAVAILABLE until it exists).
+pub(crate) async fn check_topic_limits(config: &Config, within: Duration) -> Result<(), String> {
+    let mut client = ClientConfig::new();
+    // The user's table carries security settings the admin connection needs too.
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.kafka_brokers);
+    let admin: AdminClient<TracingContext> = match client.create_with_context(TracingContext) {
+        Ok(admin) => admin,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the topics' max.message.bytes: no admin client");
+            return Ok(());
+        }
+    };
+    let topics = config.topics();
+    let mut unique: Vec<&str> = Vec::with_capacity(3);
+    for topic in topics {
+        if !unique.contains(&topic) {
+            unique.push(topic);
+        }
+    }
+    let specifiers: Vec<ResourceSpecifier<'_>> =
+        unique.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let options = AdminOptions::new().request_timeout(Some(within));
+    let results = match tokio::time::timeout(within, admin.describe_configs(&specifiers, &options))
+        .await
+    {
+        Ok(Ok(results)) => results,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot check the topics' max.message.bytes; skipped");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(
+                    "the broker did not describe the topics' configurations within {within:?}; max.message.bytes not checked"
+                );
+            return Ok(());
+        }
+    };
+    let mut problems = Vec::new();
+    for (topic, result) in unique.iter().zip(results) {
+        match result {
+            Ok(resource) => {
+                let limit = resource
+                    .get("max.message.bytes")
+                    .and_then(|entry| entry.value.as_deref());
+                if let Some(problem) = topic_limit_problem(topic, config.max_message_bytes, limit) {
+                    problems.push(problem);
+                }
+            }
+            Err(code) => match operator_remedy(code) {
+                Some(remedy) if code != RDKafkaErrorCode::MessageSizeTooLarge => {
+                    tracing::error!(topic, %code, "topic `{topic}` cannot be used: {remedy}")
+                }
+                _ => {
+                    tracing::warn!(topic, %code, "cannot check max.message.bytes of topic `{topic}`; skipped")
+                }
+            },
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Why `topic`, whose `max.message.bytes` is `limit` as the broker reported it, cannot take
+/// records of `max_message_bytes`; `None` when it can or the limit is unknown.
+fn topic_limit_problem(
+    topic: &str,
+    max_message_bytes: usize,
+    limit: Option<&str>,
+) -> Option<String> {
+    let limit: usize = limit?.trim().parse().ok()?;
+    let needed = max_message_bytes.saturating_add(RECORD_BATCH_OVERHEAD);
+    (limit < needed).then(|| {
+        format!(
+            "topic `{topic}` accepts record batches of at most {limit} bytes (max.message.bytes), but max_message_bytes is {max_message_bytes}, which needs {needed} with Kafka's framing: lower max_message_bytes to {} or less, or raise the topic's max.message.bytes",
+            limit.saturating_sub(RECORD_BATCH_OVERHEAD)
+        )
+    })
 }
 
 /// How long to wait before offering a record to a full producer queue again.
@@ -284,10 +429,88 @@ mod tests {
     fn user_properties_override_tuning_but_delivery_guarantees_stay() {
         let mut config = Config::default();
         config.kafka.insert("linger.ms".into(), "20".into());
+        // Entries that try to loosen what the guarantees rest on (refused by validation,
+        // but producer_config must not honour them even unvalidated).
+        for (key, value) in [
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("enable.idempotence", "false"),
+            ("message.timeout.ms", "600000"),
+            ("delivery.timeout.ms", "600000"),
+            ("queue.buffering.max.kbytes", "1048576"),
+            ("message.max.bytes", "100000000"),
+            ("bootstrap.servers", "elsewhere:9092"),
+        ] {
+            config.kafka.insert(key.into(), value.into());
+        }
         let client = producer_config(&config);
         assert_eq!(client.get("linger.ms"), Some("20"));
         assert_eq!(client.get("acks"), Some("all"));
+        assert_eq!(client.get("request.required.acks"), None);
         assert_eq!(client.get("enable.idempotence"), Some("true"));
         assert_eq!(client.get("message.timeout.ms"), Some("10000"));
+        assert_eq!(client.get("delivery.timeout.ms"), None);
+        assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+        assert_eq!(client.get("message.max.bytes"), Some("1065536"));
+        assert_eq!(client.get("queue.buffering.max.kbytes"), Some("33808"));
+    }
+
+    #[test]
+    fn regression_topic_max_message_bytes_below_max_message_bytes_is_a_start_error() {
+        let problem = topic_limit_problem("spans", 1_000_000, Some("500000")).unwrap();
+        assert!(
+            problem.contains("`spans`") && problem.contains("max_message_bytes"),
+            "{problem}"
+        );
+        // Kafka's default (1048588) fits the default limit; unknown limits are skipped.
+        assert_eq!(topic_limit_problem("t", 1_000_000, Some("1048588")), None);
+        assert!(topic_limit_problem("t", 1_000_000, Some("1000000")).is_some());
+        assert_eq!(topic_limit_problem("t", 1_000_000, None), None);
+        assert_eq!(topic_limit_problem("t", 1_000_000, Some("n/a")), None);
+    }
+
+    #[test]
+    fn regression_kafka_sink_new_refuses_reserved_properties() {
+        let mut config = Config::default();
+        config.kafka.insert("acks".into(), "1".into());
+        let err = KafkaSink::new(&config).err().expect("acks=1 accepted");
+        assert!(err.to_string().contains("kafka.acks"), "{err}");
+        let mut config = Config::default();
+        config.kafka.insert("message.timeout.ms".into(), "1".into());
+        assert!(KafkaSink::new(&config).is_err());
+    }
+
+    #[test]
+    fn regression_operator_fixable_kafka_errors_are_unavailable_naming_topic_and_remedy() {
+        for (code, remedy) in [
+            (RDKafkaErrorCode::UnknownTopicOrPartition, "create_topics"),
+            (RDKafkaErrorCode::UnknownTopic, "create_topics"),
+            (RDKafkaErrorCode::TopicAuthorizationFailed, "WRITE"),
+            (RDKafkaErrorCode::MessageSizeTooLarge, "max.message.bytes"),
+        ] {
+            match sink_error("spans_x", KafkaError::MessageProduction(code)) {
+                SinkError::Unavailable(m) => {
+                    assert!(
+                        m.contains("`spans_x`") && m.contains(remedy),
+                        "{code:?}: {m}"
+                    )
+                }
+                other => panic!("{code:?} gave {other:?}"),
+            }
+        }
+        assert!(matches!(
+            sink_error(
+                "t",
+                KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord)
+            ),
+            SinkError::Rejected(_)
+        ));
+        assert!(matches!(
+            sink_error(
+                "t",
+                KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut)
+            ),
+            SinkError::Unavailable(_)
+        ));
     }
 }

@@ -17,6 +17,7 @@ use dlog_core::names;
 use dlog_core::source::RawRecord;
 
 pub use channel::{ChannelSink, Subscriber};
+pub(crate) use kafka::{check_topic_limits, TOPIC_CHECK_TIMEOUT};
 pub use kafka::{producer_config, KafkaSink};
 
 /// One record as it will be written: topic, key, value and the two contract headers.
@@ -92,6 +93,14 @@ pub trait Sink: Send + Sync + 'static {
     /// first failure. A caller may drop the future (its deadline passed); records already
     /// handed on may still land, so delivery is at least once.
     fn publish(&self, batch: Vec<OutRecord>) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Called before the bridge starts, once for each topic it will publish to. An error says
+    /// why records for `topic` could not be delivered, and the bridge refuses to start with
+    /// it. The default accepts every topic (Kafka reports unknown topics per record).
+    fn check_topic(&self, topic: &str) -> Result<(), String> {
+        let _ = topic;
+        Ok(())
+    }
 
     /// Waits up to `timeout` for records still on their way (graceful shutdown).
     fn flush(&self, timeout: Duration) -> impl Future<Output = Result<(), SinkError>> + Send {

@@ -30,7 +30,7 @@ pub(crate) struct PartitionLabel {
 
 /// Counters and gauges of one stage.
 pub struct Metrics {
-    registry: Registry,
+    pub(super) registry: Registry,
     pub(crate) consumed: Family<TopicLabel, Counter>,
     pub(crate) written: Family<KindLabel, Counter>,
     pub(crate) retried: Family<KindLabel, Counter>,
