@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command, no external servers: builds dlog and the demo services, starts the all-in-one
-# process (OTLP receiver + indexing + alerting + embedded store under ./dlog-data), starts
+# process (OTLP receiver + indexing + alerting + embedded store under ./dlog-demo-data), starts
 # services A -> B -> C with failure injection on C, drives load through them with the test
 # client, then shows what the system made of it: the newest traces, one trace as a tree,
 # service status, dependencies and alerts. It then makes service C go silent (kill -9) so that
@@ -25,8 +25,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME}/.cache/dlog/target}"
 echo "==> building (release)"
 cargo build --release --quiet -p dlog -p dlog-services
 bin="${CARGO_TARGET_DIR}/release"
-data="./dlog-data"
+# The demo's own data directory, emptied at every start so each run tells its own story
+# (the default ./dlog-data of `dlog up` is left alone).
+data="./dlog-demo-data"
 logs="${data}/logs"
+rm -rf "${data}"
 mkdir -p "${logs}"
 
 pids=()

@@ -10,7 +10,7 @@
 //! 4. heartbeat silence per instance: delayed, down, and back;
 //! 5. error rate over a sliding window;
 //! 6. root cause: dependents' failures into a down or failing service become one incident
-//!    naming it;
+//!    naming it, or the deepest failing service that explains its failures in turn;
 //! 7. dependency drift: one informational alert per call edge a service did not declare.
 //!
 //! Alerts have a stable id (rule + key), fire once per ongoing condition, fold repeats in,

@@ -339,14 +339,16 @@ pub struct RootCauseRule {
     /// Default `heartbeat_down`, `error_rate`.
     pub root_rules: Vec<String>,
     /// A service into which calls from at least this many distinct callers failed within
-    /// `window_secs` is "failing" too. 0 turns this off. Default 2.
+    /// `window_secs` is "failing" too. 0 turns this off, and also the `failing_dependent`
+    /// cause (a failing caller whose failures are its calls into the service). Default 2.
     pub min_failing_callers: usize,
     /// How far back failed calls count, s; an incident resolves once its root is healthy
     /// and nothing was grouped into it for this long. Default 60.
     pub window_secs: u64,
     /// Severity of the incident. Default critical.
     pub severity: Severity,
-    /// Most call edges remembered (observed dependencies, recent failures). Default 10000.
+    /// Most call edges remembered (observed dependencies, recent failures), and most
+    /// services whose recent failures are tallied. Default 10000.
     pub max_edges: usize,
     /// Most client spans remembered to match a callee's server span to its caller.
     /// Default 65536.

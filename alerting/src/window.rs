@@ -63,6 +63,12 @@ impl RateWindow {
         }
     }
 
+    /// Whether `other` has the same number and length of buckets (a window restored from a
+    /// state file written under other rules does not).
+    pub fn same_shape(&self, other: &RateWindow) -> bool {
+        self.bucket_nanos == other.bucket_nanos && self.slots.len() == other.slots.len()
+    }
+
     /// The sums over the window ending at `now`.
     pub fn sums(&self, now: u64) -> RateSums {
         let current = epoch(now, self.bucket_nanos);

@@ -35,6 +35,34 @@ const NANOS_PER_MS: u64 = 1_000_000;
 const SNAPSHOT_VERSION: u32 = 1;
 /// Longest dependency chain followed when looking for a root cause.
 const MAX_ROOT_DEPTH: usize = 16;
+/// Most buckets of the per-service failure-mix windows.
+const MIX_BUCKETS: u64 = 12;
+/// Incident cause: calls into the service failed from `min_failing_callers` callers.
+const CAUSE_FAILING_CALLERS: &str = "failing_callers";
+/// Incident cause: a failing caller's failures are mostly its failed calls into the service.
+const CAUSE_FAILING_DEPENDENT: &str = "failing_dependent";
+
+/// Where a service's own failures in the root-cause window point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lean {
+    /// It reported no failure of its own.
+    Silent,
+    /// At least half of its failure signals are failed calls into its dependencies.
+    Down,
+    /// Most of its failure signals are its own (failed requests it served).
+    Own,
+}
+
+/// What a root-cause walk found below a service.
+enum Walk {
+    /// No down or failing service explains it.
+    Nothing,
+    /// The probable root cause and why it is down or failing.
+    Root(String, String),
+    /// Explanations lead back to the walk's path at index `.0`; `.1` are the down or failing
+    /// services met on the loop so far.
+    Cycle(usize, Vec<String>),
+}
 
 /// How an alert ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +137,11 @@ pub struct EngineSnapshot {
     failures_into: BTreeMap<String, BTreeMap<String, u64>>,
     /// Drift already raised: caller → callees.
     drift_seen: BTreeMap<String, BTreeSet<String>>,
+    /// Each service's own failure signals over `root_cause.window_secs`: `total` counts them
+    /// all, `failed` those that were failed calls out of it (into a dependency). Says whether
+    /// its failures point down (into its dependencies) or are its own.
+    #[serde(default)]
+    failure_mix: BTreeMap<String, RateWindow>,
 }
 
 impl EngineSnapshot {
@@ -159,6 +192,9 @@ pub struct Engine {
     edge_count: usize,
     error_levels: Vec<String>,
     warn_levels: Vec<String>,
+    /// Levels of records that are failures (the `error_log` levels, even when that rule is
+    /// off), for the failure mix.
+    failure_levels: Vec<String>,
     latency_kinds: Vec<SpanKind>,
     stats: EngineStats,
     out: Vec<Transition>,
@@ -192,6 +228,8 @@ impl Engine {
             snapshot.rates.clear();
             snapshot.rules_fingerprint = fingerprint;
         }
+        let shape = mix_window(&rules);
+        snapshot.failure_mix.retain(|_, w| w.same_shape(&shape));
         snapshot.version = SNAPSHOT_VERSION;
         let resumed_at = clock.now_unix_nanos();
         Ok(Self::build(rules, clock, snapshot, resumed_at))
@@ -222,6 +260,7 @@ impl Engine {
             } else {
                 Vec::new()
             },
+            failure_levels: upper(&rules.error_log.levels),
             latency_kinds,
             rules,
             clock,
@@ -329,6 +368,14 @@ impl Engine {
         if served && self.counts(RateInput::ServerSpans) {
             self.record_rate(service, now, span.is_error(), &span.trace_id);
         }
+        if span.is_error() {
+            // A failed call out of the service points down; a failed request it served is
+            // its own failure.
+            let outbound = span.kind == SpanKind::Client;
+            if outbound || served {
+                self.note_mix(service, outbound, now);
+            }
+        }
         if span.kind == SpanKind::Client {
             if self.counts(RateInput::ClientSpans) {
                 self.record_rate(service, now, span.is_error(), &span.trace_id);
@@ -408,6 +455,9 @@ impl Engine {
             if self.counts(RateInput::ServiceCalls) {
                 self.record_rate(source, now, !success, log.trace_id.as_deref().unwrap_or(""));
             }
+            if !success {
+                self.note_mix(source, true, now);
+            }
             if !success && self.rules.failed_call.enabled {
                 let error = log
                     .attr_str(names::ERROR_MESSAGE)
@@ -416,6 +466,15 @@ impl Engine {
                 self.failed_call(source, target, &error, log.trace_id.as_deref(), time, now);
             }
             return;
+        }
+        // An error record naming the dependency it failed on is a failure that points down.
+        // One without says nothing about where the failure lies; the service's spans do.
+        if self.failure_levels.contains(&log.level)
+            && log
+                .attr_str(names::DEPENDENT_SERVICE)
+                .is_some_and(|d| !d.is_empty() && d != service)
+        {
+            self.note_mix(service, true, now);
         }
         if self.rules.slow_response.enabled {
             if let (Some(rt), Some(limit)) = (
@@ -801,6 +860,25 @@ impl Engine {
             .insert(caller.to_string(), now);
     }
 
+    /// Counts one failure signal of `service` in its failure mix: `outbound` when it was a
+    /// failed call into a dependency.
+    fn note_mix(&mut self, service: &str, outbound: bool, now: u64) {
+        if !self.rules.root_cause.enabled {
+            return;
+        }
+        if let Some(window) = self.s.failure_mix.get_mut(service) {
+            window.record(now, outbound);
+            return;
+        }
+        if self.s.failure_mix.len() >= self.rules.root_cause.max_edges {
+            self.stats.keys_dropped += 1;
+            return;
+        }
+        let mut window = mix_window(&self.rules);
+        window.record(now, outbound);
+        self.s.failure_mix.insert(service.to_string(), window);
+    }
+
     fn failed_call(
         &mut self,
         source: &str,
@@ -852,13 +930,16 @@ impl Engine {
             active.dirty = true;
             let incident = a.incident_id.clone();
             let root = a.root_cause.clone();
-            match (incident, root) {
-                (Some(_), Some(root)) => {
-                    if let Some(cause) = self.unhealthy(&root, now) {
-                        self.group_into(&root, &cause, hit.service, 1, hit.trace_id, hit.time, now);
-                    }
+            // Still the same root while it is down or failing; otherwise look again.
+            let current = match (incident, root) {
+                (Some(_), Some(root)) => self.unhealthy(&root, now).map(|cause| (root, cause)),
+                _ => None,
+            };
+            match current {
+                Some((root, cause)) => {
+                    self.group_into(&root, &cause, hit.service, 1, hit.trace_id, hit.time, now);
                 }
-                _ => {
+                None => {
                     if let Some(target) = hit.target {
                         if let Some((root, cause)) = self.find_root(target, now) {
                             let incident = self.group_into(
@@ -927,13 +1008,14 @@ impl Engine {
         });
     }
 
-    /// Starts firing `active` (emitting it unless it is folded into an incident).
-    fn new_alert(&mut self, mut active: Active) {
+    /// Starts firing `active` (emitting it unless it is folded into an incident). False when
+    /// it was dropped because `defaults.max_active_alerts` are firing.
+    fn new_alert(&mut self, mut active: Active) -> bool {
         if self.s.alerts.len() >= self.rules.defaults.max_active_alerts
             && active.kind != Kind::Incident
         {
             self.stats.alerts_dropped += 1;
-            return;
+            return false;
         }
         if !active.suppressed {
             active.alert.revision = self.next_revision();
@@ -949,6 +1031,7 @@ impl Engine {
             true,
         );
         self.s.alerts.insert(active.alert.id.clone(), active);
+        true
     }
 
     /// Resolves a firing alert (emitting it unless it was folded into an incident).
@@ -1013,12 +1096,25 @@ impl Engine {
     }
 
     /// Why `service` counts as down or failing now, if it does: the first of
-    /// `root_cause.root_rules` firing for it, or failed calls into it from enough callers.
+    /// `root_cause.root_rules` firing for it; failed calls into it from enough callers; or a
+    /// failing caller whose failures point down and that failed into it (see
+    /// [`Engine::cause_of`]).
     fn unhealthy(&self, service: &str, now: u64) -> Option<String> {
-        let rc = &self.rules.root_cause;
-        if !rc.enabled {
+        if !self.rules.root_cause.enabled {
             return None;
         }
+        self.cause_of(service, now, &mut BTreeMap::new())
+    }
+
+    /// [`Engine::unhealthy`], remembering in `seen` which services were judged during this
+    /// question (`None`: being judged), so a loop of callers ends and each is judged once.
+    fn cause_of(
+        &self,
+        service: &str,
+        now: u64,
+        seen: &mut BTreeMap<String, Option<bool>>,
+    ) -> Option<String> {
+        let rc = &self.rules.root_cause;
         if let Some(ids) = self.root_index.get(service) {
             for wanted in &rc.root_rules {
                 if ids.values().any(|r| r == wanted) {
@@ -1026,48 +1122,218 @@ impl Engine {
                 }
             }
         }
-        if rc.min_failing_callers > 0 {
-            let since = now.saturating_sub(rc.window_secs.saturating_mul(NANOS_PER_SEC));
-            let callers = self
-                .s
-                .failures_into
-                .get(service)
-                .map_or(0, |m| m.values().filter(|t| **t >= since).count());
-            if callers >= rc.min_failing_callers {
-                return Some("failing_callers".to_string());
+        if rc.min_failing_callers == 0 {
+            return None;
+        }
+        let since = self.window_start(now);
+        let callers = self.s.failures_into.get(service)?;
+        let recent = || callers.iter().filter(|(_, t)| **t >= since).map(|(c, _)| c);
+        if recent().count() >= rc.min_failing_callers {
+            return Some(CAUSE_FAILING_CALLERS.to_string());
+        }
+        // A caller that is down or failing, whose failures are mostly failed calls into its
+        // dependencies, and that failed into this service, is failing because of it, unless
+        // this service's own error rate shows it healthy.
+        if seen.len() >= MAX_ROOT_DEPTH * 4 || self.shows_healthy(service, now) {
+            return None;
+        }
+        seen.insert(service.to_string(), None);
+        let mut found = false;
+        for caller in recent() {
+            if !self.passes_on(caller, now) {
+                continue;
+            }
+            let failing = match seen.get(caller.as_str()) {
+                Some(known) => known.unwrap_or(false),
+                None => self.cause_of(caller, now, seen).is_some(),
+            };
+            if failing {
+                found = true;
+                break;
             }
         }
-        None
+        seen.insert(service.to_string(), Some(found));
+        found.then(|| CAUSE_FAILING_DEPENDENT.to_string())
     }
 
-    /// The probable root cause behind a failure into `start`: the deepest service, following
-    /// declared and observed dependencies from `start`, that is down or failing.
+    /// Start of the root-cause window ending at `now`.
+    fn window_start(&self, now: u64) -> u64 {
+        now.saturating_sub(
+            self.rules
+                .root_cause
+                .window_secs
+                .saturating_mul(NANOS_PER_SEC),
+        )
+    }
+
+    /// Where `service`'s own failures in the window point.
+    fn lean(&self, service: &str, now: u64) -> Lean {
+        let Some(window) = self.s.failure_mix.get(service) else {
+            return Lean::Silent;
+        };
+        let sums = window.sums(now);
+        if sums.total == 0 {
+            Lean::Silent
+        } else if sums.failed * 2 >= sums.total {
+            Lean::Down
+        } else {
+            Lean::Own
+        }
+    }
+
+    /// Share of `service`'s failure signals in the window that were failed calls out of it.
+    fn outbound_share(&self, service: &str, now: u64) -> f64 {
+        self.s
+            .failure_mix
+            .get(service)
+            .map_or(0.0, |w| w.sums(now).ratio())
+    }
+
+    /// Whether `caller` failed calling `callee` (a failed call, or an error record naming it)
+    /// within the window.
+    fn failed_into(&self, caller: &str, callee: &str, now: u64) -> bool {
+        let since = self.window_start(now);
+        self.s
+            .failures_into
+            .get(callee)
+            .and_then(|callers| callers.get(caller))
+            .is_some_and(|t| *t >= since)
+    }
+
+    /// Whether a heartbeat rule makes `service` down or failing: a service that is not
+    /// running is its own root cause, whatever its dependencies do.
+    fn down_by_heartbeat(&self, service: &str) -> bool {
+        self.root_index.get(service).is_some_and(|ids| {
+            ids.values()
+                .any(|r| r == rule::HEARTBEAT_DOWN || r == rule::HEARTBEAT_DELAYED)
+        })
+    }
+
+    /// Whether `service`'s failures are explained by its dependencies rather than its own:
+    /// they point down, and it is not down by heartbeat.
+    fn passes_on(&self, service: &str, now: u64) -> bool {
+        self.lean(service, now) == Lean::Down && !self.down_by_heartbeat(service)
+    }
+
+    /// Whether `service`'s own error-rate window shows it healthy: enough outcomes, at most
+    /// the threshold failing.
+    fn shows_healthy(&self, service: &str, now: u64) -> bool {
+        let r = &self.rules.error_rate;
+        r.enabled
+            && self.s.rates.get(service).is_some_and(|e| {
+                let sums = e.window.sums(now);
+                sums.total >= r.min_samples && sums.ratio() * 100.0 <= r.threshold_percent
+            })
+    }
+
+    /// The probable root cause behind a failure into (or of) `start`: the deepest down or
+    /// failing service reached by following, from `start`, the dependencies that explain
+    /// each service's failures. See [`Engine::walk`].
     fn find_root(&self, start: &str, now: u64) -> Option<(String, String)> {
         if !self.rules.root_cause.enabled {
             return None;
         }
-        let mut found = self
-            .unhealthy(start, now)
-            .map(|cause| (start.to_string(), cause));
-        let mut current = start.to_string();
-        let mut visited = BTreeSet::from([current.clone()]);
-        for _ in 0..MAX_ROOT_DEPTH {
-            let next = self.dependencies(&current).into_iter().find_map(|dep| {
-                if visited.contains(&dep) {
-                    return None;
+        let cause = self.unhealthy(start, now);
+        let mut path = Vec::new();
+        let mut visited = BTreeSet::new();
+        match self.walk(start, cause, now, &mut path, &mut visited) {
+            Walk::Root(root, cause) => Some((root, cause)),
+            Walk::Nothing | Walk::Cycle(..) => None,
+        }
+    }
+
+    /// One step of [`Engine::find_root`] at `service` (down or failing for `cause`, or the
+    /// healthy start of the walk). `path` holds the services above it.
+    ///
+    /// A service down by heartbeat, or whose failures are mostly its own, is the root. One
+    /// whose failures point down passes on to the down or failing dependencies it failed
+    /// into; one that reported no failure of its own (and a healthy start) to any down or
+    /// failing dependency. The first dependency that leads to a root wins. Explanations that
+    /// loop back (A's failures are its calls into B, B's its calls into A) settle on one
+    /// service of the loop, the same from wherever the loop is entered.
+    fn walk(
+        &self,
+        service: &str,
+        cause: Option<String>,
+        now: u64,
+        path: &mut Vec<String>,
+        visited: &mut BTreeSet<String>,
+    ) -> Walk {
+        visited.insert(service.to_string());
+        let depth = path.len();
+        let lean = self.lean(service, now);
+        let follow = depth < MAX_ROOT_DEPTH
+            && lean != Lean::Own
+            && match &cause {
+                Some(_) => !self.down_by_heartbeat(service),
+                None => depth == 0,
+            };
+        if follow {
+            let mut cycle: Option<(usize, Vec<String>)> = None;
+            path.push(service.to_string());
+            for dep in self.dependencies(service) {
+                if dep == service || (lean == Lean::Down && !self.failed_into(service, &dep, now)) {
+                    continue;
                 }
-                self.unhealthy(&dep, now).map(|cause| (dep, cause))
-            });
-            match next {
-                Some((dep, cause)) => {
-                    visited.insert(dep.clone());
-                    current = dep.clone();
-                    found = Some((dep, cause));
+                let found = if let Some(head) = path.iter().position(|p| *p == dep) {
+                    Walk::Cycle(head, Vec::new())
+                } else if visited.contains(&dep) {
+                    Walk::Nothing
+                } else {
+                    match self.unhealthy(&dep, now) {
+                        Some(dep_cause) => self.walk(&dep, Some(dep_cause), now, path, visited),
+                        None => Walk::Nothing,
+                    }
+                };
+                match found {
+                    Walk::Root(root, why) => {
+                        path.pop();
+                        return Walk::Root(root, why);
+                    }
+                    Walk::Cycle(head, members) => {
+                        let (h, m) = cycle.get_or_insert_with(|| (head, Vec::new()));
+                        *h = (*h).min(head);
+                        m.extend(members);
+                    }
+                    Walk::Nothing => {}
                 }
-                None => break,
+            }
+            path.pop();
+            if let Some((head, mut members)) = cycle {
+                if cause.is_some() {
+                    members.push(service.to_string());
+                }
+                if head < depth {
+                    return Walk::Cycle(head, members);
+                }
+                if let Some((root, why)) = self.cycle_root(&members, now) {
+                    return Walk::Root(root, why);
+                }
             }
         }
-        found
+        match cause {
+            Some(why) => Walk::Root(service.to_string(), why),
+            None => Walk::Nothing,
+        }
+    }
+
+    /// The root of a loop of services whose failures explain each other: the one that
+    /// already has an incident, otherwise the one whose failures point down the least
+    /// (ties: name order), so every service of the loop agrees.
+    fn cycle_root(&self, members: &[String], now: u64) -> Option<(String, String)> {
+        let with_incident = members
+            .iter()
+            .filter(|m| self.s.alerts.contains_key(&alert_id(rule::INCIDENT, m)))
+            .min();
+        let root = with_incident.or_else(|| {
+            members.iter().min_by(|a, b| {
+                self.outbound_share(a, now)
+                    .total_cmp(&self.outbound_share(b, now))
+                    .then_with(|| a.cmp(b))
+            })
+        })?;
+        let cause = self.unhealthy(root, now)?;
+        Some((root.clone(), cause))
     }
 
     /// Declared and observed dependencies of a service, declared first, without repeats.
@@ -1150,20 +1416,7 @@ impl Engine {
             dependents,
         });
         // The root's own alerts (it is down, its error rate is high) belong to the incident.
-        let own: Vec<String> = self
-            .root_index
-            .get(root)
-            .map(|ids| ids.keys().cloned().collect())
-            .unwrap_or_default();
-        for alert_id in own {
-            if let Some(active) = self.s.alerts.get_mut(&alert_id) {
-                if active.alert.incident_id.is_none() {
-                    active.alert.incident_id = Some(id.clone());
-                    active.alert.root_cause = Some(root.to_string());
-                    active.dirty = true;
-                }
-            }
-        }
+        self.attach_own(root, &id);
         id
     }
 
@@ -1417,6 +1670,10 @@ impl Engine {
         for service in idle {
             self.s.rates.remove(&service);
         }
+        // All of this tick's error-rate alerts count as "failing" before any is attributed,
+        // so a service failing because of a dependency that crossed its threshold in the
+        // same tick is grouped under it.
+        let mut fired = Vec::new();
         for (service, id, sums, examples) in fire {
             let percent = sums.ratio() * 100.0;
             let mut labels = BTreeMap::new();
@@ -1425,8 +1682,8 @@ impl Engine {
             labels.insert("rate_percent".into(), format!("{percent:.1}"));
             labels.insert("threshold_percent".into(), fmt_num(r.threshold_percent));
             labels.insert("window_secs".into(), r.window_secs.to_string());
-            let mut alert = Alert {
-                id,
+            let alert = Alert {
+                id: id.clone(),
                 rule: rule::ERROR_RATE.into(),
                 key: service.clone(),
                 severity: r.severity,
@@ -1448,36 +1705,60 @@ impl Engine {
                 labels,
                 revision: 0,
             };
-            // A service failing because a dependency is down is part of that incident.
-            let root = self
-                .dependencies(&service)
-                .iter()
-                .find_map(|dep| self.find_root(dep, now));
-            let mut suppressed = false;
-            if let Some((root, cause)) = root {
-                let first = alert.example_trace_ids.first().cloned();
-                let incident = self.group_into(
-                    &root,
-                    &cause,
-                    &service,
-                    sums.failed.max(1),
-                    first.as_deref(),
-                    now,
-                    now,
-                );
-                alert.incident_id = Some(incident);
-                alert.root_cause = Some(root);
-                suppressed = true;
-            }
-            self.new_alert(Active {
+            let inserted = self.new_alert(Active {
                 alert,
                 kind: Kind::Condition,
                 last_hit: now,
-                suppressed,
+                suppressed: true,
                 dirty: false,
                 target: None,
                 dependents: BTreeSet::new(),
             });
+            if inserted {
+                fired.push((id, service, sums.failed));
+            }
+        }
+        for (id, service, failed) in fired {
+            // A service failing because of a deeper one is part of that one's incident.
+            if let Some((root, cause)) = self.explained_root(&service, now) {
+                let first = self
+                    .s
+                    .alerts
+                    .get(&id)
+                    .and_then(|a| a.alert.example_trace_ids.first().cloned());
+                let incident = self.group_into(
+                    &root,
+                    &cause,
+                    &service,
+                    failed.max(1),
+                    first.as_deref(),
+                    now,
+                    now,
+                );
+                if let Some(active) = self.s.alerts.get_mut(&id) {
+                    active.alert.incident_id = Some(incident);
+                    active.alert.root_cause = Some(root);
+                    active.dirty = false;
+                }
+                continue;
+            }
+            // It fails on its own: shown, and part of its own incident if it has one.
+            let own_incident = alert_id(rule::INCIDENT, &service);
+            let has_incident = self.s.alerts.contains_key(&own_incident);
+            let revision = self.next_revision();
+            if let Some(active) = self.s.alerts.get_mut(&id) {
+                if has_incident {
+                    active.alert.incident_id = Some(own_incident);
+                    active.alert.root_cause = Some(service.clone());
+                }
+                active.suppressed = false;
+                active.dirty = false;
+                active.alert.revision = revision;
+                self.out.push(Transition {
+                    kind: TransitionKind::Fired,
+                    alert: active.alert.clone(),
+                });
+            }
         }
         for (id, service, sums) in resolve {
             let summary = format!(
@@ -1490,10 +1771,30 @@ impl Engine {
         }
     }
 
-    /// Attaches alerts that fired on their own to an incident whose root became known since.
+    /// Re-attributes incidents whose root turned out to fail because of a deeper service,
+    /// attaches a root's own alerts to its incident, and attaches alerts that fired on their
+    /// own to an incident whose root became known since.
     fn tick_grouping(&mut self, now: u64) {
         if !self.rules.root_cause.enabled {
             return;
+        }
+        let incidents: Vec<(String, String)> = self
+            .s
+            .alerts
+            .values()
+            .filter(|a| a.kind == Kind::Incident)
+            .map(|a| (a.alert.id.clone(), a.alert.service.clone()))
+            .collect();
+        for (id, root) in incidents {
+            if !self.s.alerts.contains_key(&id) {
+                continue;
+            }
+            match self.find_root(&root, now) {
+                Some((deeper, cause)) if deeper != root => {
+                    self.merge_incident(&id, &root, &deeper, &cause, now);
+                }
+                _ => self.attach_own(&root, &id),
+            }
         }
         let candidates: Vec<(String, String, Option<String>, String)> = self
             .s
@@ -1513,10 +1814,7 @@ impl Engine {
         for (id, service, target, rule_name) in candidates {
             let root = match &target {
                 Some(t) => self.find_root(t, now),
-                None => self
-                    .dependencies(&service)
-                    .iter()
-                    .find_map(|d| self.find_root(d, now)),
+                None => self.explained_root(&service, now),
             };
             let Some((root, cause)) = root else { continue };
             if root == service && rule_name == rule::ERROR_RATE {
@@ -1545,6 +1843,86 @@ impl Engine {
                 active.dirty = true;
             }
         }
+    }
+
+    /// The deeper service whose failure explains `service`'s own, if there is one.
+    fn explained_root(&self, service: &str, now: u64) -> Option<(String, String)> {
+        self.find_root(service, now)
+            .filter(|(root, _)| root != service)
+    }
+
+    /// Attaches the root's own firing alerts (it is down, its error rate is high) that are
+    /// not in an incident yet to its incident `incident`.
+    fn attach_own(&mut self, root: &str, incident: &str) {
+        let own: Vec<String> = self
+            .root_index
+            .get(root)
+            .map(|ids| ids.keys().cloned().collect())
+            .unwrap_or_default();
+        for alert_id in own {
+            if let Some(active) = self.s.alerts.get_mut(&alert_id) {
+                if active.alert.incident_id.is_none() {
+                    active.alert.incident_id = Some(incident.to_string());
+                    active.alert.root_cause = Some(root.to_string());
+                    active.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Folds the incident `id` of `root` into the incident of `deeper`, which explains
+    /// `root`'s failures: everything grouped under it moves there, `root` becomes one of its
+    /// dependents, and the old incident resolves with `reason=merged`.
+    fn merge_incident(&mut self, id: &str, root: &str, deeper: &str, cause: &str, now: u64) {
+        let Some(old) = self.s.alerts.get(id) else {
+            return;
+        };
+        let occurrences = old.alert.occurrences.max(1);
+        let examples = old.alert.example_trace_ids.clone();
+        let (first_seen, last_seen) = (
+            old.alert.first_seen_unix_nano,
+            old.alert.last_seen_unix_nano,
+        );
+        let dependents = old.dependents.clone();
+        let target = self.group_into(
+            deeper,
+            cause,
+            root,
+            occurrences,
+            examples.first().map(String::as_str),
+            last_seen,
+            now,
+        );
+        let max_examples = self.rules.defaults.max_example_traces;
+        if let Some(active) = self.s.alerts.get_mut(&target) {
+            active
+                .dependents
+                .extend(dependents.into_iter().filter(|d| d != deeper));
+            let a = &mut active.alert;
+            a.first_seen_unix_nano = a.first_seen_unix_nano.min(first_seen);
+            for t in &examples {
+                add_example(&mut a.example_trace_ids, t, max_examples);
+            }
+            a.labels
+                .insert("dependents".into(), join(&active.dependents));
+            a.summary = incident_summary(deeper, cause, &active.dependents, a.occurrences);
+        }
+        for active in self.s.alerts.values_mut() {
+            if active.alert.id != id && active.alert.incident_id.as_deref() == Some(id) {
+                active.alert.incident_id = Some(target.clone());
+                active.alert.root_cause = Some(deeper.to_string());
+                active.dirty = true;
+            }
+        }
+        if let Some(active) = self.s.alerts.get_mut(id) {
+            active
+                .alert
+                .labels
+                .insert("merged_into".into(), target.clone());
+        }
+        let summary =
+            format!("{root} fails because its calls into {deeper} fail: merged into the incident of {deeper}");
+        self.resolve(id, now, Some(summary), Some(("reason", "merged")));
     }
 
     fn tick_expiry(&mut self, now: u64) {
@@ -1593,6 +1971,7 @@ impl Engine {
             callers.retain(|_, t| *t >= since);
             !callers.is_empty()
         });
+        self.s.failure_mix.retain(|_, w| w.sums(now).total > 0);
     }
 
     fn flush_updates(&mut self) {
@@ -1637,6 +2016,13 @@ struct Hit<'a> {
 fn fingerprint(rules: &RulesConfig) -> String {
     let text = serde_json::to_string(&(&rules.span_latency, &rules.error_rate)).unwrap_or_default();
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// An empty failure-mix window: `root_cause.window_secs` in at most [`MIX_BUCKETS`] buckets.
+fn mix_window(rules: &RulesConfig) -> RateWindow {
+    let secs = rules.root_cause.window_secs.max(1);
+    let buckets = secs.min(MIX_BUCKETS);
+    RateWindow::new(buckets as usize, secs.div_ceil(buckets) * NANOS_PER_SEC)
 }
 
 fn span_kind(name: &str) -> Option<SpanKind> {
@@ -1689,6 +2075,7 @@ fn incident_summary(
         c if c == rule::HEARTBEAT_DELAYED => "has stopped sending heartbeats".to_string(),
         c if c == rule::ERROR_RATE => "is failing (error rate)".to_string(),
         c if c == rule::SPAN_LATENCY => "is slow (latency)".to_string(),
+        CAUSE_FAILING_DEPENDENT => "is failing (a failing caller's calls into it fail)".to_string(),
         _ => "is failing (calls from several services fail)".to_string(),
     };
     let deps = dependents.iter().cloned().collect::<Vec<_>>().join(", ");

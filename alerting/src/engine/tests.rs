@@ -987,3 +987,414 @@ fn active_alerts_are_bounded() {
     assert_eq!(h.engine.firing().count(), 3);
     assert_eq!(h.engine.stats().alerts_dropped, 7);
 }
+
+// ---------------------------------------------------------------- transitive root cause
+
+const TC: &str = "test-client";
+const SA: &str = "service-a";
+const SB: &str = "service-b";
+const SC: &str = "service-c";
+
+fn deps_of(svc: &str) -> &'static [&'static str] {
+    match svc {
+        TC => &[SA],
+        SA => &[SB, SC],
+        SB => &[SC],
+        _ => &[],
+    }
+}
+
+/// A server span of `svc`, failing when `error`.
+fn served(svc: &str, trace: &str, id: u64, parent: Option<u64>, error: bool) -> Record {
+    Record::Span(span(
+        svc,
+        deps_of(svc),
+        "handle",
+        SpanKind::Server,
+        trace,
+        id,
+        parent,
+        5,
+        error,
+    ))
+}
+
+/// A client span of `svc` into `peer`, failing with status "502" when `error`.
+fn calls(svc: &str, peer: &str, trace: &str, id: u64, parent: Option<u64>, error: bool) -> Record {
+    let mut s = span(
+        svc,
+        deps_of(svc),
+        "call",
+        SpanKind::Client,
+        trace,
+        id,
+        parent,
+        4,
+        error,
+    );
+    s.attributes.insert(names::PEER_SERVICE.into(), peer.into());
+    if error {
+        s.status_message = "502".into();
+    }
+    Record::Span(s)
+}
+
+/// An ERROR record of `svc` saying its call into `dependent` failed (error.code DEP-502).
+fn dependency_error(svc: &str, dependent: &str, trace: &str) -> Record {
+    let Record::Log(mut entry) = log(
+        svc,
+        "ERROR",
+        "dependency call failed",
+        &[
+            (names::ERROR_CODE, "DEP-502".into()),
+            (names::ERROR_MESSAGE, "bad gateway".into()),
+            (names::DEPENDENT_SERVICE, dependent.into()),
+        ],
+    ) else {
+        unreachable!()
+    };
+    entry.trace_id = Some(trace.into());
+    Record::Log(entry)
+}
+
+/// One request of the demo: test-client → A, A → B → C and A → C. `b_fails`: B's call into
+/// C fails; `c_fails`: A's own call into C fails. A fails when either does, test-client when
+/// A does. Records arrive in the order the spans end.
+fn chain_request(h: &mut Harness, i: u64, b_fails: bool, c_fails: bool) -> Vec<Transition> {
+    let trace = format!("{:032x}", 0xc000 + i);
+    let t = trace.as_str();
+    let base = (i + 1) * 100;
+    let a_fails = b_fails || c_fails;
+    let mut records = vec![
+        // B → C
+        served(SC, t, base + 6, Some(base + 5), b_fails),
+        calls(SB, SC, t, base + 5, Some(base + 4), b_fails),
+        call(SB, deps_of(SB), SC, !b_fails, t),
+    ];
+    if b_fails {
+        records.push(dependency_error(SB, SC, t));
+    }
+    records.extend([
+        served(SB, t, base + 4, Some(base + 3), b_fails),
+        calls(SA, SB, t, base + 3, Some(base + 2), b_fails),
+        call(SA, deps_of(SA), SB, !b_fails, t),
+        // A → C
+        served(SC, t, base + 8, Some(base + 7), c_fails),
+        calls(SA, SC, t, base + 7, Some(base + 2), c_fails),
+        call(SA, deps_of(SA), SC, !c_fails, t),
+    ]);
+    if a_fails {
+        records.push(dependency_error(SA, SC, t));
+    }
+    records.extend([
+        served(SA, t, base + 2, Some(base + 1), a_fails),
+        calls(TC, SA, t, base + 1, Some(base), a_fails),
+        Record::Span(span(
+            TC,
+            deps_of(TC),
+            "load",
+            SpanKind::Internal,
+            t,
+            base,
+            None,
+            6,
+            a_fails,
+        )),
+    ]);
+    records.into_iter().flat_map(|r| h.feed(r)).collect()
+}
+
+/// Each alert id fired at most once.
+fn assert_fired_once(seen: &[Transition]) {
+    let mut fired = BTreeMap::new();
+    for t in seen.iter().filter(|t| t.kind == Fired) {
+        *fired.entry(t.alert.id.clone()).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen
+        .iter()
+        .filter(|t| t.kind == Fired && fired[&t.alert.id] > 1)
+        .map(|t| (t.alert.rule.clone(), t.alert.key.clone()))
+        .collect();
+    assert!(twice.is_empty(), "fired twice: {twice:?}");
+}
+
+fn incidents(seen: &[Transition]) -> BTreeSet<String> {
+    seen.iter()
+        .filter(|t| t.alert.rule == rule::INCIDENT)
+        .map(|t| t.alert.key.clone())
+        .collect()
+}
+
+#[test]
+fn a_chain_of_failures_is_one_incident_naming_the_deepest_failing_service() {
+    let mut h = H::new(RulesConfig::default());
+    let mut seen = Vec::new();
+    // Five requests a second; C fails one call in five. The first failures all hit A's
+    // direct calls into C, so at the first tick A's error rate is over its threshold while
+    // C has one failing caller and too few requests to be judged: the order in which the
+    // demo opened a second incident naming service-a.
+    for i in 0..150u64 {
+        let c_fails = i % 5 == 1;
+        let b_fails = i % 5 == 3 && i >= 5;
+        seen.extend(chain_request(&mut h, i, b_fails, c_fails));
+        if i % 5 == 4 {
+            seen.extend(h.advance(1));
+        }
+    }
+    let incident_id = alert_id(rule::INCIDENT, SC);
+    assert_eq!(
+        incidents(&seen),
+        BTreeSet::from([SC.to_string()]),
+        "{seen:#?}"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|t| t.alert.rule == rule::INCIDENT && t.kind == Fired)
+            .count(),
+        1
+    );
+    assert_fired_once(&seen);
+    // Whatever was shown with a root cause named service-c.
+    for t in &seen {
+        if let Some(root) = &t.alert.root_cause {
+            assert_eq!(
+                (root.as_str(), t.alert.incident_id.as_deref()),
+                (SC, Some(incident_id.as_str())),
+                "{t:#?}"
+            );
+        }
+    }
+    let alerts = &h.engine.state().alerts;
+    let incident = &alerts[&incident_id];
+    assert_eq!(incident.alert.root_cause.as_deref(), Some(SC));
+    assert_eq!(
+        incident.alert.labels["dependents"],
+        "service-a,service-b,test-client"
+    );
+    assert!(
+        incident
+            .alert
+            .summary
+            .starts_with("service-c is failing (error rate): probable root cause of "),
+        "{}",
+        incident.alert.summary
+    );
+    // Every failure of A, B and test-client is grouped under it, and so is C's error rate.
+    let grouped = |rule_name: &str, key: &str| {
+        let a = &alerts[&alert_id(rule_name, key)].alert;
+        (a.root_cause.clone(), a.incident_id.clone())
+    };
+    let expected = (Some(SC.to_string()), Some(incident_id.clone()));
+    for (rule_name, key) in [
+        (rule::FAILED_CALL, "test-client->service-a"),
+        (rule::FAILED_CALL, "service-a->service-c"),
+        (rule::FAILED_CALL, "service-a->service-b"),
+        (rule::FAILED_CALL, "service-b->service-c"),
+        (rule::ERROR_LOG, "service-a|DEP-502"),
+        (rule::ERROR_RATE, SA),
+        (rule::ERROR_RATE, SB),
+        (rule::ERROR_RATE, TC),
+        (rule::ERROR_RATE, SC),
+    ] {
+        assert_eq!(grouped(rule_name, key), expected, "{rule_name} {key}");
+    }
+    // Once C recovers, everything resolves, once.
+    let mut after = Vec::new();
+    for _ in 0..80 {
+        after.extend(h.advance(5));
+    }
+    assert_eq!(h.engine.state().firing(), 0, "{after:#?}");
+    assert!(after.iter().all(|t| t.kind != Fired), "{after:#?}");
+    let resolved: Vec<_> = after
+        .iter()
+        .filter(|t| t.kind == Resolved && t.alert.rule == rule::INCIDENT)
+        .collect();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].alert.key, SC);
+}
+
+#[test]
+fn a_service_failing_on_its_own_stays_the_root_cause() {
+    let mut h = H::new(RulesConfig::default());
+    let mut seen = Vec::new();
+    // A's calls into C all succeed; A fails a request in three on its own.
+    for i in 0..60u64 {
+        let trace = format!("{:032x}", 0xa000 + i);
+        let t = trace.as_str();
+        let base = (i + 1) * 100;
+        let a_fails = i % 3 == 0;
+        for r in [
+            served(SC, t, base + 4, Some(base + 3), false),
+            calls(SA, SC, t, base + 3, Some(base + 2), false),
+            call(SA, deps_of(SA), SC, true, t),
+        ] {
+            seen.extend(h.feed(r));
+        }
+        if a_fails {
+            seen.extend(h.feed(log(
+                SA,
+                "ERROR",
+                "null pointer",
+                &[(names::ERROR_CODE, "E-NPE".into())],
+            )));
+        }
+        for r in [
+            served(SA, t, base + 2, Some(base + 1), a_fails),
+            calls(TC, SA, t, base + 1, Some(base), a_fails),
+        ] {
+            seen.extend(h.feed(r));
+        }
+        if i % 10 == 9 {
+            seen.extend(h.advance(1));
+        }
+    }
+    assert_eq!(
+        incidents(&seen),
+        BTreeSet::from([SA.to_string()]),
+        "{seen:#?}"
+    );
+    assert_fired_once(&seen);
+    let incident_id = alert_id(rule::INCIDENT, SA);
+    let alerts = &h.engine.state().alerts;
+    assert_eq!(alerts[&incident_id].alert.labels["cause"], "error_rate");
+    for (rule_name, key) in [
+        (rule::FAILED_CALL, "test-client->service-a"),
+        (rule::ERROR_RATE, SA),
+        (rule::ERROR_RATE, TC),
+    ] {
+        let a = &alerts[&alert_id(rule_name, key)].alert;
+        assert_eq!(
+            (a.root_cause.as_deref(), a.incident_id.as_deref()),
+            (Some(SA), Some(incident_id.as_str())),
+            "{rule_name} {key}"
+        );
+    }
+    // A's error record names no dependency: its own alert, not grouped under anything else.
+    assert!(alerts[&alert_id(rule::ERROR_LOG, "service-a|E-NPE")]
+        .alert
+        .root_cause
+        .is_none());
+}
+
+#[test]
+fn services_whose_failures_explain_each_other_agree_on_one_root() {
+    // A calls B and B calls A; both fail only in their calls into each other.
+    let mut h = H::new(RulesConfig::default());
+    let mut seen = Vec::new();
+    let two = |svc: &str| -> Vec<String> { vec![if svc == SA { SB } else { SA }.to_string()] };
+    for i in 0..30u64 {
+        let trace = format!("{:032x}", 0xd000 + i);
+        let t = trace.as_str();
+        let base = (i + 1) * 100;
+        for (svc, peer, id) in [(SA, SB, base), (SB, SA, base + 10)] {
+            let deps = two(svc);
+            let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+            let mut client = span(
+                svc,
+                &deps,
+                "call",
+                SpanKind::Client,
+                t,
+                id + 1,
+                Some(id),
+                4,
+                true,
+            );
+            client
+                .attributes
+                .insert(names::PEER_SERVICE.into(), peer.into());
+            seen.extend(h.feed(Record::Span(client)));
+            seen.extend(h.feed(call(svc, &deps, peer, false, t)));
+            seen.extend(h.feed(Record::Span(span(
+                svc,
+                &deps,
+                "handle",
+                SpanKind::Server,
+                t,
+                id,
+                Some(id + 5),
+                5,
+                true,
+            ))));
+        }
+        seen.extend(h.feed(calls(TC, SA, t, base + 50, None, true)));
+        if i % 10 == 9 {
+            seen.extend(h.advance(1));
+        }
+    }
+    let now = h.now();
+    let from_a = h.engine.find_root(SA, now);
+    let from_b = h.engine.find_root(SB, now);
+    assert_eq!(from_a, from_b);
+    assert_eq!(from_a.map(|(root, _)| root).as_deref(), Some(SA));
+    assert_eq!(
+        incidents(&seen),
+        BTreeSet::from([SA.to_string()]),
+        "{seen:#?}"
+    );
+    assert_fired_once(&seen);
+    let incident_id = alert_id(rule::INCIDENT, SA);
+    let alerts = &h.engine.state().alerts;
+    for (rule_name, key) in [
+        (rule::ERROR_RATE, SB),
+        (rule::ERROR_RATE, SA),
+        (rule::FAILED_CALL, "test-client->service-a"),
+    ] {
+        let a = &alerts[&alert_id(rule_name, key)].alert;
+        assert_eq!(
+            (a.root_cause.as_deref(), a.incident_id.as_deref()),
+            (Some(SA), Some(incident_id.as_str())),
+            "{rule_name} {key}"
+        );
+    }
+}
+
+#[test]
+fn an_incident_whose_root_turns_out_to_fail_because_of_a_deeper_service_is_merged() {
+    let mut h = H::new(RulesConfig::default());
+    let mut seen = Vec::new();
+    // First A fails on its own: test-client's failures are an incident naming A.
+    for i in 0..20u64 {
+        let trace = format!("{:032x}", 0xe000 + i);
+        let t = trace.as_str();
+        let base = (i + 1) * 100;
+        seen.extend(h.feed(served(SA, t, base + 2, Some(base + 1), i % 2 == 0)));
+        seen.extend(h.feed(calls(TC, SA, t, base + 1, Some(base), i % 2 == 0)));
+    }
+    seen.extend(h.advance(1));
+    assert_eq!(incidents(&seen), BTreeSet::from([SA.to_string()]));
+    // Then C breaks: A's calls into it fail, and so do B's. A's failures now point at C.
+    for i in 20..80u64 {
+        let c_fails = i % 2 == 0;
+        seen.extend(chain_request(&mut h, i, c_fails, c_fails));
+        if i % 10 == 9 {
+            seen.extend(h.advance(1));
+        }
+    }
+    assert_fired_once(&seen);
+    let old = alert_id(rule::INCIDENT, SA);
+    let new = alert_id(rule::INCIDENT, SC);
+    let merged: Vec<_> = seen
+        .iter()
+        .filter(|t| t.alert.id == old && t.kind == Resolved)
+        .collect();
+    assert_eq!(merged.len(), 1, "{seen:#?}");
+    assert_eq!(merged[0].alert.labels["reason"], "merged");
+    assert_eq!(merged[0].alert.labels["merged_into"], new);
+    assert_eq!(
+        merged[0].alert.summary,
+        "service-a fails because its calls into service-c fail: merged into the incident of service-c"
+    );
+    let alerts = &h.engine.state().alerts;
+    assert!(!alerts.contains_key(&old));
+    let incident = &alerts[&new].alert;
+    assert_eq!(
+        incident.labels["dependents"],
+        "service-a,service-b,test-client"
+    );
+    let tc = &alerts[&alert_id(rule::FAILED_CALL, "test-client->service-a")].alert;
+    assert_eq!(
+        (tc.root_cause.as_deref(), tc.incident_id.as_deref()),
+        (Some(SC), Some(new.as_str()))
+    );
+}
