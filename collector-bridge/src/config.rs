@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use dlog_core::encoding::Encoding;
@@ -165,40 +165,10 @@ impl Default for Config {
     }
 }
 
-/// A configuration could not be read or is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this struct (unknown key, wrong type).
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The TOML error, naming the key and line.
-        message: String,
-    },
-    /// A setting has a value the bridge cannot run with.
-    #[error("invalid setting `{key}`: {reason}")]
-    Invalid {
-        /// The setting, as spelt in the TOML file.
-        key: String,
-        /// Why it is wrong and what to do.
-        reason: String,
-    },
-}
+pub use dlog_core::config::ConfigError;
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::invalid(key, reason)
 }
 
 /// The smallest `max_message_bytes` accepted: below it hardly any span fits a record.
@@ -208,26 +178,12 @@ impl Config {
     /// Reads a TOML file; keys it leaves out keep their defaults. The result is not yet
     /// validated (flags and env may still change it): call [`Config::validate`].
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::from_toml_str(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        dlog_core::config::read_toml(path.as_ref())
     }
 
     /// Parses TOML text (see [`Config::from_toml_file`]).
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<string>"),
-            message: e.to_string().trim_end().to_string(),
-        })
+        dlog_core::config::parse_toml(text, Path::new("<string>"))
     }
 
     /// Checks every setting, returning the first problem with its key and the reason.

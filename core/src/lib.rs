@@ -12,7 +12,8 @@
 //!   only once their output is durable, plus an in-process channel source;
 //! * `kafka` (feature `kafka`): the Kafka consumer source and the dead-letter producer;
 //! * `process` (feature `process`): logging setup and graceful-shutdown signals for binaries;
-//! * `admin` (feature `admin`): the `/metrics` and `/healthz` listener of the stages.
+//! * `admin` (feature `admin`): the `/metrics` and `/healthz` listener of the stages;
+//! * `config` (feature `config`): TOML settings files and errors naming file, key and reason.
 //!
 //! ```
 //! use dlog_core::encoding::{Encoding, decode_traces, encode_traces};
@@ -30,6 +31,8 @@ pub mod source;
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "config")]
+pub mod config;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "process")]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use dlog_core::names;
@@ -109,53 +109,16 @@ impl Default for IndexerConfig {
     }
 }
 
-/// A configuration could not be read or is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this struct (unknown key, wrong type).
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The TOML error, naming the key and line.
-        message: String,
-    },
-    /// A setting has a value the stage cannot run with.
-    #[error("invalid setting `{key}`: {reason}")]
-    Invalid {
-        /// The key, as spelt in the file.
-        key: String,
-        /// Why.
-        reason: String,
-    },
-}
+pub use dlog_core::config::ConfigError;
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
+    ConfigError::invalid(key, reason)
 }
 
 impl IndexerConfig {
     /// Reads a TOML file (missing keys take their defaults).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        dlog_core::config::read_toml(path)
     }
 
     /// Checks every setting, naming the key and the reason of the first problem.
