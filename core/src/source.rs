@@ -68,6 +68,9 @@ pub enum SourceError {
     /// The in-process sender went away.
     #[error("the in-process input was closed")]
     Closed,
+    /// A local file (a dead-letter file in the all-in-one mode) could not be written.
+    #[error("{0}")]
+    Io(String),
 }
 
 /// Where a stage's records come from.

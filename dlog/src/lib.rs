@@ -3,7 +3,9 @@
 //! The collector bridge receives OTLP as usual, but instead of Kafka its sink hands each batch
 //! in-process to the indexing stage (into the embedded store) and to the alerting stage, and
 //! answers the sender only once both stages acknowledged the batch: the same "yes only after
-//! the next hop said yes" rule as with Kafka. Nothing but a data directory is needed.
+//! the next hop said yes" rule as with Kafka. Nothing but a data directory is needed: the
+//! embedded store, the alerting state and the dead letters (records that cannot be stored,
+//! with their reason; see [`dead_letters`]) all live in it.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), dlog::AllInOneError> {
@@ -21,9 +23,12 @@ use collector_bridge::{ChannelSink, RunningBridge, Subscriber};
 use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::names;
 use dlog_core::source::ChannelSource;
-use dlog_storage::stage::{run_pipeline, LogDeadLetters, Metrics, PipelineOptions};
+use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
 use tokio::task::JoinHandle;
+
+pub mod dead_letters;
+use dead_letters::FileDeadLetters;
 use tokio_util::sync::CancellationToken;
 
 /// Default data directory (the embedded store and the alerter's state live under it).
@@ -146,12 +151,13 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     })?;
     let indexer = tokio::spawn({
         let store = Arc::clone(&store);
+        let data_dir = config.data_dir.clone();
         let stop = stop_indexer.clone();
         async move {
             run_pipeline(
                 indexer_source,
                 store,
-                Arc::new(LogDeadLetters),
+                Arc::new(FileDeadLetters::new(&data_dir)),
                 PipelineOptions::default(),
                 metrics,
                 stop,

@@ -43,6 +43,8 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// List the records that could not be stored, with their reasons (oldest first).
+    DeadLetters,
     #[command(flatten)]
     Query(QueryCommand),
 }
@@ -96,6 +98,24 @@ async fn main() -> anyhow::Result<()> {
                     a.state, a.severity, a.service, a.rule, a.occurrences, a.summary, root
                 );
             }
+            Ok(())
+        }
+        Some(Command::DeadLetters) => {
+            let letters = dlog::dead_letters::FileDeadLetters::read_all(&args.data_dir)
+                .context("cannot read the dead letters")?;
+            for l in &letters {
+                println!(
+                    "{} {}[{}]@{} key={} {} bytes: {}",
+                    l.time_unix_nano,
+                    l.topic,
+                    l.partition,
+                    l.offset,
+                    l.key.as_deref().unwrap_or("-"),
+                    l.payload_hex.len() / 2,
+                    l.reason
+                );
+            }
+            eprintln!("{} dead letters", letters.len());
             Ok(())
         }
         Some(Command::Query(QueryCommand::Run(_))) => {
