@@ -96,6 +96,12 @@ impl KafkaSource {
     pub fn consumer(&self) -> &StreamConsumer {
         &self.consumer
     }
+
+    /// The underlying consumer, shared, for readers that run on other threads (lag metrics)
+    /// so that they never hold up consumption.
+    pub fn shared_consumer(&self) -> std::sync::Arc<StreamConsumer> {
+        std::sync::Arc::clone(&self.consumer)
+    }
 }
 
 fn kafka_err(e: rdkafka::error::KafkaError) -> SourceError {
@@ -208,6 +214,19 @@ impl Source for KafkaSource {
     }
 }
 
+/// Room above [`names::DEFAULT_MAX_MESSAGE_BYTES`] the dead-letter producer allows for the
+/// key, headers (reason, coordinates, the source record's own) and Kafka's record framing.
+/// The same headroom the collector bridge gives its own producer, so a record the bridge
+/// could write can always be dead-lettered whole.
+pub const DLQ_HEADROOM_BYTES: usize = 64 * 1024;
+/// Longest dead-letter reason, in bytes; longer reasons are cut (at a character boundary)
+/// and end in `...`.
+pub const MAX_DLQ_REASON_BYTES: usize = 2000;
+/// How much of the payload a dead letter keeps when the topic refused the whole record.
+pub const DLQ_TRUNCATED_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Most bytes of the source record's own headers copied into a truncated dead letter.
+const DLQ_TRUNCATED_HEADER_BYTES: usize = 16 * 1024;
+
 /// Producer for the `dead_letters` topic.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -218,12 +237,18 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// An idempotent, acks=all producer for `topic`, naming `stage` in every dead letter.
+    ///
+    /// Its `message.max.bytes` is [`names::DEFAULT_MAX_MESSAGE_BYTES`] plus
+    /// [`DLQ_HEADROOM_BYTES`], so a record of the bridge's largest size still fits with the
+    /// dead-letter headers.
     pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, SourceError> {
+        let max_bytes = names::DEFAULT_MAX_MESSAGE_BYTES + DLQ_HEADROOM_BYTES;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", max_bytes.to_string())
             .create()
             .map_err(kafka_err)?;
         Ok(DeadLetters {
@@ -233,13 +258,55 @@ impl DeadLetters {
         })
     }
 
-    /// Writes `record` to the dead-letter topic with its reason and source coordinates, and
-    /// waits for the broker's acknowledgement.
+    /// Writes `record` to the dead-letter topic with its reason (cut to
+    /// [`MAX_DLQ_REASON_BYTES`]) and source coordinates, and waits for the broker's
+    /// acknowledgement.
+    ///
+    /// When the record is refused for good (too large for the producer or the topic, not
+    /// authorised, invalid), it is sent once more with the payload cut to
+    /// [`DLQ_TRUNCATED_PAYLOAD_BYTES`] and a [`names::DLQ_TRUNCATED_HEADER`] holding the
+    /// original length, so the reason and coordinates still land. An error from that second
+    /// attempt, or any transient error, is returned for the caller to retry.
     pub async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+        let reason = cap_reason(reason);
+        match self.produce(record, &reason, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_permanent_produce_error(&e) => {
+                tracing::warn!(error = %e, topic = %record.topic, partition = record.partition,
+                    offset = record.offset, bytes = record.payload.len(),
+                    "the dead-letter topic refused the record; sending it truncated");
+                self.produce(record, &reason, Some(DLQ_TRUNCATED_PAYLOAD_BYTES))
+                    .await
+                    .map_err(|e2| {
+                        SourceError::Kafka(format!(
+                            "dead letter refused ({e}), and again when truncated: {e2}"
+                        ))
+                    })
+            }
+            Err(e) => Err(kafka_err(e)),
+        }
+    }
+
+    async fn produce(
+        &self,
+        record: &RawRecord,
+        reason: &str,
+        truncate_to: Option<usize>,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
+        let original_len = record.payload.len().to_string();
+        let mut payload: &[u8] = &record.payload;
         let mut headers = OwnedHeaders::new();
+        let mut copied = 0usize;
         for (k, v) in &record.headers {
+            if truncate_to.is_some() {
+                // The record's own headers may be what made it too large.
+                copied += k.len() + v.len();
+                if copied > DLQ_TRUNCATED_HEADER_BYTES {
+                    break;
+                }
+            }
             headers = headers.insert(Header {
                 key: k,
                 value: Some(v),
@@ -257,18 +324,54 @@ impl DeadLetters {
                 value: Some(v.as_bytes()),
             });
         }
+        if let Some(limit) = truncate_to {
+            payload = &payload[..payload.len().min(limit)];
+            headers = headers.insert(Header {
+                key: names::DLQ_TRUNCATED_HEADER,
+                value: Some(original_len.as_bytes()),
+            });
+        }
         let mut future_record = FutureRecord::to(&self.topic)
-            .payload(&record.payload)
+            .payload(payload)
             .headers(headers);
         if let Some(key) = &record.key {
-            future_record = future_record.key(key);
+            if truncate_to.is_none() || key.len() <= DLQ_TRUNCATED_HEADER_BYTES {
+                future_record = future_record.key(key);
+            }
         }
         self.producer
             .send(future_record, Duration::from_secs(30))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| kafka_err(e))
+            .map_err(|(e, _)| e)
     }
+}
+
+/// `reason` cut to [`MAX_DLQ_REASON_BYTES`] at a character boundary, ending in `...` when cut.
+fn cap_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    if reason.len() <= MAX_DLQ_REASON_BYTES {
+        return std::borrow::Cow::Borrowed(reason);
+    }
+    let keep = MAX_DLQ_REASON_BYTES - 3;
+    let cut = (0..=keep)
+        .rev()
+        .find(|c| reason.is_char_boundary(*c))
+        .unwrap_or(0);
+    std::borrow::Cow::Owned(format!("{}...", &reason[..cut]))
+}
+
+/// Errors that sending the same record again will not fix.
+fn is_permanent_produce_error(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    )
 }
 
 /// Creates the topics that do not exist yet. Existing topics are left as they are.
@@ -302,4 +405,33 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(cap_reason("short"), "short");
+        let long = "é".repeat(MAX_DLQ_REASON_BYTES);
+        let capped = cap_reason(&long);
+        assert!(capped.len() <= MAX_DLQ_REASON_BYTES, "{}", capped.len());
+        assert!(capped.ends_with("..."));
+        assert!(capped.len() > MAX_DLQ_REASON_BYTES - 8);
+    }
+
+    #[test]
+    fn size_and_authorisation_errors_are_permanent() {
+        use rdkafka::error::KafkaError;
+        assert!(is_permanent_produce_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(is_permanent_produce_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(!is_permanent_produce_error(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+    }
 }

@@ -47,6 +47,9 @@ pub const DLQ_PARTITION_HEADER: &str = "dlq.source.partition";
 pub const DLQ_OFFSET_HEADER: &str = "dlq.source.offset";
 /// Dead-letter header: the stage that gave up on the record.
 pub const DLQ_STAGE_HEADER: &str = "dlq.stage";
+/// Dead-letter header, present only when the topic refused the whole record: the payload
+/// was cut short and this holds the original payload length in bytes.
+pub const DLQ_TRUNCATED_HEADER: &str = "dlq.truncated";
 
 /// Resource attribute: the service name (OpenTelemetry semantic convention).
 pub const SERVICE_NAME: &str = "service.name";

@@ -537,17 +537,14 @@ impl Store for EmbeddedStore {
                 .map_err(err)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
+            // Kept in the order they were picked in (latest matching span first), the order
+            // the Elasticsearch backend returns too.
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(summary) = TraceSummary::from_spans(&spans_of(conn, &id)?) {
                     out.push(summary);
                 }
             }
-            out.sort_by(|a, b| {
-                b.start_unix_nano
-                    .cmp(&a.start_unix_nano)
-                    .then_with(|| a.trace_id.cmp(&b.trace_id))
-            });
             Ok(out)
         })
         .await

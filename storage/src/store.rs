@@ -455,7 +455,10 @@ pub trait Store: Send + Sync {
     /// Every span of a trace, sorted by start time then span id; empty when unknown.
     async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError>;
 
-    /// Traces with a span matching the query, newest first.
+    /// Traces with a span matching the query, newest first: picked (up to the limit) and
+    /// ordered by the latest start among their matching spans, then by trace id. That key can
+    /// differ from the trace's own start ([`TraceSummary::start_unix_nano`]) when an early
+    /// trace has a late matching span.
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError>;
 
     /// Log records matching the query, newest first.

@@ -75,6 +75,61 @@ fn stored(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn open_store_db(dir: &Path) -> rusqlite::Connection {
+    let path = dir.join("store").join(dlog_storage::embedded::DB_FILE);
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+/// Every stored span document with its row's trace id + span id.
+fn stored_docs(dir: &Path) -> Vec<(String, dlog_core::model::SpanRecord)> {
+    let conn = open_store_db(dir);
+    let mut stmt = conn
+        .prepare("SELECT trace_id || span_id, doc FROM spans")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|row| {
+            let (key, doc) = row.unwrap();
+            (key, serde_json::from_str(&doc).unwrap())
+        })
+        .collect()
+}
+
+/// The most rows one (trace_id, span_id) has, over every table with both columns.
+fn max_rows_per_span(dir: &Path) -> i64 {
+    let conn = open_store_db(dir);
+    let tables = conn
+        .prepare(
+            "SELECT m.name FROM sqlite_master m WHERE m.type = 'table' \
+             AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = 'trace_id') \
+             AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = 'span_id')",
+        )
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    assert!(tables.contains(&"spans".to_string()), "{tables:?}");
+    let union = tables
+        .iter()
+        .map(|t| format!("SELECT trace_id, span_id FROM \"{t}\""))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    conn.query_row(
+        &format!(
+            "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM ({union}) \
+             GROUP BY trace_id, span_id)"
+        ),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
 /// Like `wait_for`, but a timeout panics with the tails of the indexer logs.
 async fn wait_logged<T, F: FnMut() -> Option<T>>(
     what: &str,
@@ -143,15 +198,12 @@ async fn every_span_is_stored_exactly_once_across_kill_9_restarts() {
                     )
                 })
                 .collect::<Vec<_>>();
-            for s in &spans {
-                sent.insert(format!("{}{}", hex::encode(trace), hex::encode(&s.span_id)));
+            let request = traces(resource("crashy", "crashy-1", &[]), spans);
+            // The ids the model gives the documents: what every write and replay must use.
+            for record in dlog_core::model::spans_from_request(&request) {
+                sent.insert(record.doc_id());
             }
-            produce_traces(
-                &producer,
-                &topic,
-                &traces(resource("crashy", "crashy-1", &[]), spans),
-            )
-            .await;
+            produce_traces(&producer, &topic, &request).await;
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
         sent
@@ -200,6 +252,24 @@ async fn every_span_is_stored_exactly_once_across_kill_9_restarts() {
     let unique: BTreeSet<String> = stored_ids.iter().cloned().collect();
     assert_eq!(unique.len(), stored_ids.len(), "a span is stored twice");
     assert_eq!(unique, sent, "stored spans differ from the spans sent");
+    // The primary key alone would hide duplicates: check the ids of the stored documents
+    // themselves and count rows per span across the tables that hold spans.
+    let docs = stored_docs(&path);
+    let doc_ids: Vec<String> = docs
+        .iter()
+        .map(|(key, record)| {
+            let id = dlog_storage::Document::Span(record.clone()).id();
+            assert_eq!(&id, key, "document id differs from its row's key");
+            id
+        })
+        .collect();
+    assert_eq!(doc_ids.len(), sent.len(), "span documents stored");
+    assert_eq!(
+        doc_ids.into_iter().collect::<BTreeSet<_>>(),
+        sent,
+        "stored document ids differ from SpanRecord::doc_id() of the spans sent"
+    );
+    assert_eq!(max_rows_per_span(&path), 1, "a span has more than one row");
 
     // Graceful shutdown on SIGTERM, once the last run serves /healthz.
     let health = format!("http://{admin}/healthz");

@@ -238,3 +238,133 @@ async fn documents_elasticsearch_rejects_are_dead_lettered_and_the_rest_is_store
     indexer.shutdown().await.unwrap();
     es.delete_indices().await.unwrap();
 }
+
+/// A poison record as large as the bridge writes (near `DEFAULT_MAX_MESSAGE_BYTES`) plus the
+/// dead-letter headers used to exceed the dead-letter producer's limit and stop the stage
+/// for good; it must land in `dead_letters` and the records after it must be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_of_the_largest_size_is_dead_lettered_and_the_partition_moves_on() {
+    let kafka = dlog_testkit::Kafka::start().unwrap();
+    let t = topics(&kafka).await;
+    // The bridge raises its producer's limit the same way.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .set(
+            "message.max.bytes",
+            (names::DEFAULT_MAX_MESSAGE_BYTES + 64 * 1024).to_string(),
+        )
+        .create()
+        .unwrap();
+    let now = dlog_storage::store::now_unix_nano();
+    let after = two_service_request(now);
+    let key = "same-partition";
+    let proto = [(names::ENCODING_HEADER, "otlp_proto")];
+    // 0xff bytes are no valid protobuf: a poison record of 999,900 bytes, which with the
+    // dead-letter headers is over librdkafka's default 1,000,000-byte `message.max.bytes`.
+    let poison_payload = vec![0xffu8; 999_900];
+    let poison = produce(&producer, &t.trace, key, &poison_payload, &proto).await;
+    let good = produce(
+        &producer,
+        &t.trace,
+        key,
+        &dlog_core::encoding::encode_traces(
+            dlog_core::encoding::Encoding::OtlpProto,
+            &after.frontend_spans,
+        )
+        .unwrap(),
+        &proto,
+    )
+    .await;
+    assert_eq!(poison.0, good.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let indexer = dlog_storage::start(indexer_config(
+        &kafka,
+        &t,
+        StoreConfig::embedded(dir.path()),
+    ))
+    .await
+    .unwrap();
+    let store: Arc<dyn Store> = indexer.store();
+    let id = hex::encode(after.trace_id);
+    wait_for(
+        "the spans after the poison",
+        Duration::from_secs(40),
+        || {
+            let store = Arc::clone(&store);
+            let id = id.clone();
+            async move { (store.get_trace(&id).await.ok()?.len() == 2).then_some(()) }
+        },
+    )
+    .await;
+    let dead = dlog_testkit::read_topic(&kafka.brokers, &t.dlq, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    })
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(header(d, names::DLQ_OFFSET_HEADER), poison.1.to_string());
+    assert_eq!(header(d, names::DLQ_PARTITION_HEADER), poison.0.to_string());
+    assert_eq!(header(d, names::DLQ_TOPIC_HEADER), t.trace);
+    assert!(
+        header(d, names::DLQ_REASON_HEADER).contains("undecodable record"),
+        "{}",
+        header(d, names::DLQ_REASON_HEADER)
+    );
+    // Whole, or (if the topic refused that) cut short and saying so.
+    match d.header(names::DLQ_TRUNCATED_HEADER) {
+        None => assert_eq!(d.payload, poison_payload),
+        Some(len) => {
+            assert_eq!(len, b"999900");
+            assert!(poison_payload.starts_with(&d.payload));
+        }
+    }
+    assert_eq!(indexer.metrics().dead_lettered("decode"), 1);
+    indexer.shutdown().await.unwrap();
+}
+
+/// A record the dead-letter producer refuses for good (larger than any limit) is written
+/// once more, truncated and marked, so its reason and coordinates still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_too_large_for_the_topic_lands_truncated_with_its_reason() {
+    let kafka = dlog_testkit::Kafka::start().unwrap();
+    let t = topics(&kafka).await;
+    let dlq = dlog_core::kafka::DeadLetters::new(&kafka.brokers, &t.dlq, "dlog-indexer").unwrap();
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let record = dlog_core::source::RawRecord {
+        topic: t.trace.clone(),
+        partition: 2,
+        offset: 41,
+        key: Some(b"k".to_vec()),
+        payload: payload.clone(),
+        headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
+        timestamp_ms: None,
+    };
+    let long_reason = format!("undecodable record: {}", "x".repeat(10_000));
+    tokio::time::timeout(Duration::from_secs(60), dlq.send(&record, &long_reason))
+        .await
+        .expect("the dead letter is written in time")
+        .unwrap();
+    let dead = dlog_testkit::read_topic(&kafka.brokers, &t.dlq, Duration::from_secs(30), |r| {
+        !r.is_empty()
+    })
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(header(d, names::DLQ_TRUNCATED_HEADER), "2000000");
+    assert_eq!(
+        d.payload.len(),
+        dlog_core::kafka::DLQ_TRUNCATED_PAYLOAD_BYTES
+    );
+    assert!(payload.starts_with(&d.payload));
+    assert_eq!(header(d, names::DLQ_OFFSET_HEADER), "41");
+    assert_eq!(header(d, names::DLQ_PARTITION_HEADER), "2");
+    assert_eq!(header(d, names::DLQ_TOPIC_HEADER), t.trace);
+    assert_eq!(header(d, names::ENCODING_HEADER), "otlp_proto");
+    assert_eq!(d.key.as_deref(), Some(&b"k"[..]));
+    let reason = header(d, names::DLQ_REASON_HEADER);
+    assert!(reason.starts_with("undecodable record: xxx") && reason.ends_with("..."));
+    assert!(reason.len() <= dlog_core::kafka::MAX_DLQ_REASON_BYTES);
+}

@@ -13,9 +13,12 @@ use common::*;
 use dlog_core::encoding::{encode_traces, Encoding};
 use dlog_core::model::{LogEntry, SpanRecord};
 use dlog_core::names;
+use dlog_core::source::Source;
 use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, SourceError};
 use dlog_storage::embedded::EmbeddedStore;
-use dlog_storage::stage::{run_pipeline, DeadLetterSink, Metrics, PipelineOptions};
+use dlog_storage::stage::{
+    run_pipeline, DeadLetterSink, LagReader, Metrics, PartitionLag, PipelineOptions, ReportsLag,
+};
 use dlog_storage::*;
 use tokio_util::sync::CancellationToken;
 
@@ -194,6 +197,121 @@ async fn acks_wait_for_the_store_and_only_retryable_documents_are_retried() {
     assert_eq!(metrics.dead_lettered("rejected"), 1);
 
     // The source closing ends the stage cleanly.
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// A channel source whose lag reader blocks until released, like a broker that does not
+/// answer watermark requests.
+struct StuckLag {
+    inner: ChannelSource,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Source for StuckLag {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<RawRecord>, SourceError> {
+        self.inner.next_batch(max, linger).await
+    }
+    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+        self.inner.ack(records).await
+    }
+}
+
+impl ReportsLag for StuckLag {
+    fn lag_reader(&self) -> Option<LagReader> {
+        let gate = Arc::clone(&self.gate);
+        let reads = Arc::clone(&self.reads);
+        Some(Arc::new(move || {
+            reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (open, cv) = &*gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            vec![PartitionLag {
+                topic: names::TRACE_LOGS_TOPIC.into(),
+                partition: 0,
+                lag: 7,
+            }]
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lag_read_that_hangs_does_not_delay_indexing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let (tx, inner) = ChannelSource::new(4);
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let source = StuckLag {
+        inner,
+        gate: Arc::clone(&gate),
+        reads: Arc::clone(&reads),
+    };
+    let shutdown = CancellationToken::new();
+    let options = PipelineOptions {
+        batch_linger: Duration::from_millis(10),
+        lag_interval: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let task = tokio::spawn(run_pipeline(
+        source,
+        Arc::clone(&store),
+        Arc::new(Collected::default()) as Arc<dyn DeadLetterSink>,
+        options,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    wait_for("the first lag read", Duration::from_secs(10), || {
+        let n = reads.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+
+    // The lag read hangs; records are still indexed and acknowledged.
+    let request = two_service_request(dlog_storage::store::now_unix_nano());
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    tx.send(InProcessBatch {
+        records: vec![record(
+            encode_traces(Encoding::OtlpProto, &request.frontend_spans).unwrap(),
+        )],
+        ack,
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("acked while the lag read hangs")
+        .unwrap();
+    let spans = store
+        .get_trace(&hex::encode(request.trace_id))
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(metrics.lag(names::TRACE_LOGS_TOPIC, 0), 0);
+
+    // Once the read answers, the lag is published.
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    wait_for("the lag metric", Duration::from_secs(10), || {
+        let lag = metrics.lag(names::TRACE_LOGS_TOPIC, 0);
+        async move { (lag == 7).then_some(()) }
+    })
+    .await;
     drop(tx);
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

@@ -772,16 +772,13 @@ impl Store for ElasticStore {
             return Ok(Vec::new());
         }
         let spans = self.spans_of_traces(&ids).await?;
-        let mut out: Vec<TraceSummary> = ids
+        // Kept in bucket order: traces are picked and ordered by the same key, the latest
+        // start among their matching spans (a trace's own start would need every span of
+        // every matching trace aggregated first).
+        Ok(ids
             .iter()
             .filter_map(|id| spans.get(id).and_then(|s| TraceSummary::from_spans(s)))
-            .collect();
-        out.sort_by(|a, b| {
-            b.start_unix_nano
-                .cmp(&a.start_unix_nano)
-                .then_with(|| a.trace_id.cmp(&b.trace_id))
-        });
-        Ok(out)
+            .collect())
     }
 
     async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {

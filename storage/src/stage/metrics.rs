@@ -172,6 +172,16 @@ impl Metrics {
         self.commits.get()
     }
 
+    /// The last consumer lag read for `topic`/`partition` (0 until one was read).
+    pub fn lag(&self, topic: &str, partition: i32) -> i64 {
+        self.lag
+            .get_or_create(&PartitionLabel {
+                topic: topic.to_string(),
+                partition: partition.to_string(),
+            })
+            .get()
+    }
+
     /// True while the store is reachable.
     pub fn store_up(&self) -> bool {
         self.store_up.get() == 1

@@ -80,49 +80,84 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
+/// Reads the lag of every assigned partition. It may block (broker round trips), so the
+/// stage runs it on a blocking thread of its own, never in the indexing loop.
+pub type LagReader = Arc<dyn Fn() -> Vec<PartitionLag> + Send + Sync>;
+
 /// A source that can say how far behind it is (Kafka); others report nothing.
 pub trait ReportsLag {
-    /// Lag per assigned partition, where the broker reports it.
-    fn lag(&self) -> Vec<PartitionLag> {
-        Vec::new()
+    /// A reader of the lag per assigned partition, where the source can tell it.
+    fn lag_reader(&self) -> Option<LagReader> {
+        None
     }
 }
 
 impl ReportsLag for ChannelSource {}
 
 impl ReportsLag for KafkaSource {
-    fn lag(&self) -> Vec<PartitionLag> {
-        let consumer = self.consumer();
-        let Ok(position) = consumer.position() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for elem in position.elements() {
-            let rdkafka::Offset::Offset(pos) = elem.offset() else {
-                continue;
+    fn lag_reader(&self) -> Option<LagReader> {
+        let consumer = self.shared_consumer();
+        Some(Arc::new(move || {
+            let Ok(position) = consumer.position() else {
+                return Vec::new();
             };
-            // Blocks for at most the timeout; called every `lag_interval_ms` between batches.
-            let watermarks = match tokio::runtime::Handle::try_current() {
-                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                    tokio::task::block_in_place(|| {
-                        consumer.fetch_watermarks(
-                            elem.topic(),
-                            elem.partition(),
-                            Duration::from_millis(500),
-                        )
-                    })
+            let mut out = Vec::new();
+            for elem in position.elements() {
+                let rdkafka::Offset::Offset(pos) = elem.offset() else {
+                    continue;
+                };
+                // Blocks this (lag) thread for at most the timeout per partition.
+                if let Ok((_, high)) = consumer.fetch_watermarks(
+                    elem.topic(),
+                    elem.partition(),
+                    Duration::from_millis(500),
+                ) {
+                    out.push(PartitionLag {
+                        topic: elem.topic().to_string(),
+                        partition: elem.partition(),
+                        lag: (high - pos).max(0),
+                    });
                 }
-                _ => continue,
-            };
-            if let Ok((_, high)) = watermarks {
-                out.push(PartitionLag {
-                    topic: elem.topic().to_string(),
-                    partition: elem.partition(),
-                    lag: (high - pos).max(0),
-                });
             }
+            out
+        }))
+    }
+}
+
+/// Reads lag every `interval` on a blocking thread and publishes it, until `shutdown`.
+/// A slow read delays only the next read, never consumption.
+async fn report_lag(
+    reader: LagReader,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
         }
-        out
+        let read = Arc::clone(&reader);
+        let lags = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            lags = tokio::task::spawn_blocking(move || read()) => lags,
+        };
+        match lags {
+            Ok(lags) => {
+                for l in lags {
+                    metrics
+                        .lag
+                        .get_or_create(&metrics::PartitionLabel {
+                            topic: l.topic,
+                            partition: l.partition.to_string(),
+                        })
+                        .set(l.lag);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the consumer lag failed"),
+        }
     }
 }
 
@@ -276,27 +311,28 @@ struct Pipeline<S> {
     paused: bool,
 }
 
-/// Most characters of a dead-letter reason (several rejected documents can add up).
-const MAX_REASON_CHARS: usize = 2000;
+/// Most bytes of a dead-letter reason (several rejected documents can add up), the limit
+/// the Kafka dead-letter producer enforces too.
+const MAX_REASON_CHARS: usize = dlog_core::kafka::MAX_DLQ_REASON_BYTES - 3;
 
 impl<S: Source + ReportsLag> Pipeline<S> {
     async fn run(mut self) -> Result<(), StageError> {
-        let mut next_lag = Instant::now();
+        // Lag is read beside the loop: its broker round trips must not delay consumption.
+        let lag_stop = self.shutdown.child_token();
+        let _stop_lag_on_return = lag_stop.clone().drop_guard();
+        if let Some(reader) = self.source.lag_reader() {
+            if !self.options.lag_interval.is_zero() {
+                tokio::spawn(report_lag(
+                    reader,
+                    self.options.lag_interval,
+                    Arc::clone(&self.metrics),
+                    lag_stop,
+                ));
+            }
+        }
         loop {
             if self.shutdown.is_cancelled() {
                 break;
-            }
-            if !self.options.lag_interval.is_zero() && Instant::now() >= next_lag {
-                next_lag = Instant::now() + self.options.lag_interval;
-                for l in self.source.lag() {
-                    self.metrics
-                        .lag
-                        .get_or_create(&metrics::PartitionLabel {
-                            topic: l.topic,
-                            partition: l.partition.to_string(),
-                        })
-                        .set(l.lag);
-                }
             }
             let batch = if !self.stash.is_empty() {
                 let n = self.stash.len().min(self.options.batch_max_records);
@@ -467,15 +503,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                     "store did not take the batch; pausing consumption and retrying");
             }
             self.metrics.store_up.set(0);
-            if !self.paused {
-                match self.source.pause() {
-                    Ok(()) => {
-                        self.paused = true;
-                        self.metrics.paused.set(1);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "pausing the input failed"),
-                }
-            }
+            self.pause_source();
             let delay = backoff(self.options.retry_initial, self.options.retry_max, attempt);
             self.wait(delay, true).await?;
         }
@@ -486,6 +514,51 @@ impl<S: Source + ReportsLag> Pipeline<S> {
             );
         }
         self.metrics.store_up.set(1);
+        self.resume_source();
+        Ok(rejected)
+    }
+
+    /// Writes one dead letter, retrying until it lands or the stage shuts down. While it
+    /// retries, consumption is paused but the source keeps being polled (stashing what it
+    /// hands out), so the consumer is not evicted from its group for not polling.
+    async fn dead_letter(&mut self, record: &RawRecord, reason: &str) -> Result<(), Interrupted> {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.dead_letters.send(record, reason).await {
+                Ok(()) => {
+                    if attempt > 0 {
+                        tracing::info!(attempts = attempt, "dead letter written; resuming");
+                        self.resume_source();
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(error = %e, attempt, "writing a dead letter failed; pausing consumption and retrying");
+                    }
+                    self.pause_source();
+                    let delay =
+                        backoff(self.options.retry_initial, self.options.retry_max, attempt);
+                    self.wait(delay, true).await?;
+                }
+            }
+        }
+    }
+
+    fn pause_source(&mut self) {
+        if !self.paused {
+            match self.source.pause() {
+                Ok(()) => {
+                    self.paused = true;
+                    self.metrics.paused.set(1);
+                }
+                Err(e) => tracing::warn!(error = %e, "pausing the input failed"),
+            }
+        }
+    }
+
+    fn resume_source(&mut self) {
         if self.paused {
             match self.source.resume() {
                 Ok(()) => {
@@ -493,23 +566,6 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                     self.metrics.paused.set(0);
                 }
                 Err(e) => tracing::warn!(error = %e, "resuming the input failed; will try again"),
-            }
-        }
-        Ok(rejected)
-    }
-
-    async fn dead_letter(&mut self, record: &RawRecord, reason: &str) -> Result<(), Interrupted> {
-        let mut attempt = 0;
-        loop {
-            match self.dead_letters.send(record, reason).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "writing a dead letter failed; retrying");
-                    let delay =
-                        backoff(self.options.retry_initial, self.options.retry_max, attempt);
-                    self.wait(delay, false).await?;
-                }
             }
         }
     }

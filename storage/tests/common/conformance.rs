@@ -671,4 +671,82 @@ pub async fn run(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(backend, vec![resolved]);
+
+    find_traces_picks_and_orders_by_the_latest_matching_span(&store).await;
+}
+
+/// Trace C starts first but has the latest matching span; trace D starts later with only
+/// early spans. By the latest matching span start (the key both backends pick by) C comes
+/// first; by trace start D would: picking and ordering must use the same key.
+async fn find_traces_picks_and_orders_by_the_latest_matching_span(store: &Arc<dyn Store>) {
+    const TRACE_C: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
+    const TRACE_D: &str = "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d";
+    let svc = service("ordering", "or-1", &[]);
+    let at = T0 + 10 * DAY;
+    let sec = 1000 * MS;
+    let spans = vec![
+        span(
+            TRACE_C,
+            "c100000000000001",
+            None,
+            &svc,
+            "job",
+            SpanKind::Server,
+            at,
+            60_000,
+        ),
+        span(
+            TRACE_C,
+            "c100000000000002",
+            Some("c100000000000001"),
+            &svc,
+            "late step",
+            SpanKind::Internal,
+            at + 50 * sec,
+            100,
+        ),
+        span(
+            TRACE_D,
+            "d100000000000001",
+            None,
+            &svc,
+            "job",
+            SpanKind::Server,
+            at + 10 * sec,
+            1000,
+        ),
+    ];
+    let docs: Vec<Document> = spans.into_iter().map(Document::Span).collect();
+    let outcomes = store.write(&docs).await.expect("write");
+    assert_eq!(outcomes, vec![WriteOutcome::Written; docs.len()]);
+    store.refresh().await.expect("refresh");
+    let by_service = |limit| TraceQuery {
+        service: Some("ordering".into()),
+        limit,
+        ..Default::default()
+    };
+    let found = store.find_traces(&by_service(0)).await.unwrap();
+    assert_eq!(
+        trace_ids(&found),
+        vec![TRACE_C, TRACE_D],
+        "{}: ordered by the latest matching span, not by trace start",
+        store.backend()
+    );
+    assert_eq!(found[0].start_unix_nano, at);
+    let found = store.find_traces(&by_service(1)).await.unwrap();
+    assert_eq!(trace_ids(&found), vec![TRACE_C], "{}", store.backend());
+    // Only the roots match: C's root started first, so D is newer.
+    let roots = store
+        .find_traces(&TraceQuery {
+            operation: Some("job".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        trace_ids(&roots),
+        vec![TRACE_D, TRACE_C],
+        "{}",
+        store.backend()
+    );
 }
