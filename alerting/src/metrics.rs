@@ -35,6 +35,8 @@ pub(crate) struct Metrics {
     pub output_sent: Family<OutputLabels, Counter>,
     pub output_errors: Family<OutputLabels, Counter>,
     pub output_dropped: Family<OutputLabels, Counter>,
+    pub output_rejected: Family<OutputLabels, Counter>,
+    pub input_errors: Counter,
     pub firing: Gauge,
     pub outbox: Gauge,
     pub state_bytes: Gauge,
@@ -54,6 +56,8 @@ impl Metrics {
             output_sent: Family::default(),
             output_errors: Family::default(),
             output_dropped: Family::default(),
+            output_rejected: Family::default(),
+            input_errors: Counter::default(),
             firing: Gauge::default(),
             outbox: Gauge::default(),
             state_bytes: Gauge::default(),
@@ -97,6 +101,16 @@ impl Metrics {
             "output_dropped",
             "Alert events a best-effort output dropped (queue full, or refused after every attempt)",
             m.output_dropped.clone(),
+        );
+        r.register(
+            "output_rejected",
+            "Alert events an output refused for good (a 4xx other than 408/429 from the webhook): dropped, not retried",
+            m.output_rejected.clone(),
+        );
+        r.register(
+            "input_errors",
+            "Failed offset commits, pauses or resumes of the input (the stage carries on; the next checkpoint commits again)",
+            m.input_errors.clone(),
         );
         r.register(
             "alerts_firing",

@@ -42,10 +42,10 @@ use crate::output::kafka::KafkaSink;
 use crate::output::store::StoreSink;
 use crate::output::terminal::TerminalSink;
 use crate::output::webhook::WebhookSink;
-use crate::output::{BestEffort, Output, SinkError};
+use crate::output::{BestEffort, Delivery, Output, SinkError};
 use crate::record::{decode_into, Record, TopicKind};
 use crate::state::{
-    is_applied, mark_applied, AppliedOffsets, Pending, StateError, StateFile, StateView,
+    is_applied, mark_applied, AppliedOffsets, Pending, StageState, StateError, StateFile,
 };
 use dlog_core::admin::Serving;
 
@@ -301,7 +301,7 @@ impl<S: Source> Stage<S> {
     async fn run(&mut self) -> Result<(), AlerterError> {
         // Alerts a previous run saved but could not deliver go out first.
         if !self.outbox.is_empty() && self.deliver().await? {
-            self.save()?;
+            self.save().await?;
         }
         let linger = Duration::from_millis(self.config.batch_linger_ms);
         let tick_nanos = self.config.tick_interval_ms.saturating_mul(1_000_000);
@@ -385,13 +385,22 @@ impl<S: Source> Stage<S> {
         }
     }
 
-    fn save(&self) -> Result<(), AlerterError> {
-        let view = StateView {
-            engine: self.engine.state(),
-            applied: &self.applied,
-            outbox: &self.outbox,
+    /// Saves the state. Serializing, writing and fsyncing run on the blocking pool: a large
+    /// state or a slow disk must not stall an async worker (the admin server and best-effort
+    /// outputs share them).
+    async fn save(&self) -> Result<(), AlerterError> {
+        let state = StageState {
+            engine: self.engine.snapshot(),
+            applied: self.applied.clone(),
+            outbox: self.outbox.clone(),
         };
-        let bytes = self.state_file.save(&view)?;
+        let file = self.state_file.clone();
+        let bytes = tokio::task::spawn_blocking(move || file.save(&state))
+            .await
+            .map_err(|e| StateError::Io {
+                path: self.state_file.path().to_path_buf(),
+                source: std::io::Error::other(format!("state save task failed: {e}")),
+            })??;
         self.metrics.state_bytes.set(bytes as i64);
         self.metrics.outbox.set(self.outbox.len() as i64);
         Ok(())
@@ -414,7 +423,7 @@ impl<S: Source> Stage<S> {
                 });
             }
         }
-        self.save()?;
+        self.save().await?;
         for output in &self.best_effort {
             output.offer(&transitions);
         }
@@ -429,9 +438,9 @@ impl<S: Source> Stage<S> {
             return Ok(());
         }
         if !transitions.is_empty() {
-            self.save()?;
+            self.save().await?;
         }
-        self.ack().await?;
+        self.ack().await;
         self.last_checkpoint = Instant::now();
         self.metrics
             .engine(self.engine.stats(), self.engine.state().firing());
@@ -442,48 +451,71 @@ impl<S: Source> Stage<S> {
     }
 
     /// Delivers the outbox to every required output that still owes it, retrying with
-    /// backoff while the input is paused. Returns false when the stage was told to stop
-    /// before everything was delivered.
+    /// backoff while the input is paused. A transition an output refuses for good is dropped
+    /// for that output (logged and counted); only what failed is retried, so one bad alert
+    /// neither blocks the output nor makes it see the others again. Returns false when the
+    /// stage was told to stop before everything was delivered.
     async fn deliver(&mut self) -> Result<bool, AlerterError> {
         let mut paused = false;
         let mut complete = true;
         for output in self.required.clone() {
             let name = output.name();
-            let batch: Vec<Transition> = self
-                .outbox
-                .iter()
-                .filter(|p| p.outputs.contains(name))
-                .map(|p| p.transition.clone())
-                .collect();
-            if batch.is_empty() {
-                continue;
-            }
             let mut wait = Duration::from_millis(self.config.retry_initial_ms);
             loop {
-                match output.sink.send(&batch).await {
-                    Ok(()) => {
-                        self.metrics
-                            .output(&self.metrics.output_sent, name, batch.len() as u64);
-                        for p in &mut self.outbox {
-                            p.outputs.remove(name);
+                let owed: Vec<usize> = (0..self.outbox.len())
+                    .filter(|i| self.outbox[*i].outputs.contains(name))
+                    .collect();
+                if owed.is_empty() {
+                    break;
+                }
+                let batch: Vec<Transition> = owed
+                    .iter()
+                    .map(|i| self.outbox[*i].transition.clone())
+                    .collect();
+                let results = output.sink.send_each(&batch).await;
+                let mut sent = 0u64;
+                let mut retry = None;
+                for (n, i) in owed.iter().enumerate() {
+                    let result = results
+                        .get(n)
+                        .cloned()
+                        .unwrap_or_else(|| Delivery::Retry("no result from the output".into()));
+                    match result {
+                        Delivery::Delivered => {
+                            sent += 1;
+                            self.outbox[*i].outputs.remove(name);
                         }
-                        break;
-                    }
-                    Err(e) => {
-                        self.metrics.output(&self.metrics.output_errors, name, 1);
-                        tracing::warn!(error = %e, retry_in = ?wait, "required output refused alerts; input paused");
-                        if !paused {
-                            self.source.pause()?;
-                            paused = true;
+                        Delivery::Rejected(e) => {
+                            let t = &self.outbox[*i].transition;
+                            tracing::error!(output = name, alert = %t.alert.id, revision = t.alert.revision, error = %e, "required output refused an alert for good; dropped for it");
+                            self.metrics.output(&self.metrics.output_rejected, name, 1);
+                            self.outbox[*i].outputs.remove(name);
                         }
-                        self.wait_polling(wait).await;
-                        if self.stopping() {
-                            complete = false;
-                            break;
+                        Delivery::Retry(e) => {
+                            retry.get_or_insert(e);
                         }
-                        wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
                     }
                 }
+                self.metrics.output(&self.metrics.output_sent, name, sent);
+                let Some(e) = retry else {
+                    break;
+                };
+                self.metrics.output(&self.metrics.output_errors, name, 1);
+                tracing::warn!(output = name, error = %e, retry_in = ?wait, "required output refused alerts; input paused");
+                if !paused {
+                    if let Err(e) = self.source.pause() {
+                        // Not fatal: an unpaused input is only polled into the bounded stash.
+                        self.metrics.input_errors.inc();
+                        tracing::warn!(error = %e, "pausing the input failed");
+                    }
+                    paused = true;
+                }
+                self.wait_polling(wait).await;
+                if self.stopping() {
+                    complete = false;
+                    break;
+                }
+                wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
             }
             if !complete {
                 break;
@@ -491,7 +523,13 @@ impl<S: Source> Stage<S> {
         }
         self.outbox.retain(|p| !p.outputs.is_empty());
         if paused {
-            self.source.resume()?;
+            if let Err(e) = self.source.resume() {
+                self.metrics.input_errors.inc();
+                tracing::warn!(error = %e, "resuming the input failed");
+            }
+            // The input was stalled: heartbeats sent meanwhile are still in the backlog, so
+            // the outage must not count as every service's silence.
+            self.engine.note_input_gap(self.clock.now_unix_nanos());
         }
         Ok(complete)
     }
@@ -550,12 +588,17 @@ impl<S: Source> Stage<S> {
         }
     }
 
-    async fn ack(&mut self) -> Result<(), AlerterError> {
+    /// Commits what was evaluated. A failed commit is not fatal: the state is saved, so the
+    /// marks are kept and committed again at the next checkpoint, and records a restart
+    /// would replay meanwhile are skipped through the saved applied offsets.
+    async fn ack(&mut self) {
         if self.pending_ack.is_empty() {
-            return Ok(());
+            return;
         }
-        let marks: Vec<RawRecord> = std::mem::take(&mut self.pending_ack)
-            .into_iter()
+        let taken = std::mem::take(&mut self.pending_ack);
+        let marks: Vec<RawRecord> = taken
+            .iter()
+            .map(|((topic, partition), offset)| ((topic.clone(), *partition), *offset))
             .map(|((topic, partition), offset)| RawRecord {
                 topic,
                 partition,
@@ -566,7 +609,13 @@ impl<S: Source> Stage<S> {
                 timestamp_ms: None,
             })
             .collect();
-        self.source.ack(&marks).await?;
-        Ok(())
+        if let Err(e) = self.source.ack(&marks).await {
+            self.metrics.input_errors.inc();
+            tracing::warn!(error = %e, "committing input offsets failed; retrying at the next checkpoint");
+            for (key, offset) in taken {
+                let slot = self.pending_ack.entry(key).or_insert(offset);
+                *slot = (*slot).max(offset);
+            }
+        }
     }
 }

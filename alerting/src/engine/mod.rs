@@ -179,9 +179,15 @@ pub struct Engine {
     rules: RulesConfig,
     clock: Arc<dyn Clock>,
     s: EngineSnapshot,
-    /// Heartbeat silence is measured from no earlier than this (the restore time), so a
-    /// restart does not mistake its own downtime for the services'.
+    /// Heartbeat silence is measured from no earlier than this (the restore time, or the end
+    /// of the last input stall the stage reported through [`Engine::note_input_gap`]), so
+    /// neither a restart nor a stalled input is mistaken for the services going silent.
     resumed_at: u64,
+    /// Firing `dependency_drift` alerts: bounded by `root_cause.max_edges` on their own and
+    /// not counted toward `defaults.max_active_alerts`.
+    drift_active: usize,
+    /// Entries in `drift_seen`.
+    drift_count: usize,
     /// Firing alerts of `root_cause.root_rules` per service: alert id → rule.
     root_index: HashMap<String, BTreeMap<String, String>>,
     /// Client spans without `peer.service`, by span id, until their child shows the callee.
@@ -265,6 +271,8 @@ impl Engine {
             rules,
             clock,
             resumed_at,
+            drift_active: 0,
+            drift_count: 0,
             root_index: HashMap::new(),
             clients: FifoCache::new(span_cache),
             children: FifoCache::new(span_cache),
@@ -276,6 +284,13 @@ impl Engine {
         };
         engine.latency_keys = engine.s.latency.values().map(BTreeMap::len).sum();
         engine.edge_count = engine.s.observed.values().map(BTreeSet::len).sum();
+        engine.drift_count = engine.s.drift_seen.values().map(BTreeSet::len).sum();
+        engine.drift_active = engine
+            .s
+            .alerts
+            .values()
+            .filter(|a| a.alert.rule == rule::DEPENDENCY_DRIFT)
+            .count();
         let firing: Vec<(String, String, String)> = engine
             .s
             .alerts
@@ -292,6 +307,14 @@ impl Engine {
             engine.index_root(&service, &id, &rule_name, true);
         }
         engine
+    }
+
+    /// Tells the engine its input was stalled until `now` (paused for an output outage, a
+    /// broker outage, a rebalance): heartbeats may sit unread in the backlog, so heartbeat
+    /// silence is measured from no earlier than `now`. Instances already reported stay
+    /// reported until a heartbeat arrives.
+    pub fn note_input_gap(&mut self, now: u64) {
+        self.resumed_at = self.resumed_at.max(now);
     }
 
     /// The rules this engine runs.
@@ -728,6 +751,19 @@ impl Engine {
         {
             return;
         }
+        // Bounded like the observed edges: a flood of services (or of declared dependencies)
+        // must not grow the state without limit.
+        let others: usize = self
+            .s
+            .declared
+            .iter()
+            .filter(|(name, _)| **name != service.name)
+            .map(|(_, deps)| deps.len())
+            .sum();
+        if others + service.dependencies.len() > self.rules.root_cause.max_edges {
+            self.stats.keys_dropped += 1;
+            return;
+        }
         self.s
             .declared
             .insert(service.name.clone(), service.dependencies.clone());
@@ -784,11 +820,16 @@ impl Engine {
         {
             return;
         }
+        if self.drift_count >= self.rules.root_cause.max_edges {
+            self.stats.keys_dropped += 1;
+            return;
+        }
         let declared_list = if declared.is_empty() {
             "none".to_string()
         } else {
             declared.join(", ")
         };
+        self.drift_count += 1;
         self.s
             .drift_seen
             .entry(caller.to_string())
@@ -983,7 +1024,7 @@ impl Engine {
             labels: hit.labels,
             revision: 0,
         };
-        if self.s.alerts.len() >= self.rules.defaults.max_active_alerts {
+        if self.counted_alerts() >= self.rules.defaults.max_active_alerts {
             self.stats.alerts_dropped += 1;
             return;
         }
@@ -1011,8 +1052,12 @@ impl Engine {
     /// Starts firing `active` (emitting it unless it is folded into an incident). False when
     /// it was dropped because `defaults.max_active_alerts` are firing.
     fn new_alert(&mut self, mut active: Active) -> bool {
-        if self.s.alerts.len() >= self.rules.defaults.max_active_alerts
+        let drift = active.alert.rule == rule::DEPENDENCY_DRIFT;
+        // Drift is bounded by `root_cause.max_edges` (once per edge) and neither counts toward
+        // nor is dropped by the cap, so it can never crowd out an error alert.
+        if self.counted_alerts() >= self.rules.defaults.max_active_alerts
             && active.kind != Kind::Incident
+            && !drift
         {
             self.stats.alerts_dropped += 1;
             return false;
@@ -1030,8 +1075,16 @@ impl Engine {
             &active.alert.rule,
             true,
         );
+        if drift && !self.s.alerts.contains_key(&active.alert.id) {
+            self.drift_active += 1;
+        }
         self.s.alerts.insert(active.alert.id.clone(), active);
         true
+    }
+
+    /// Firing alerts that count toward `defaults.max_active_alerts`.
+    fn counted_alerts(&self) -> usize {
+        self.s.alerts.len().saturating_sub(self.drift_active)
     }
 
     /// Resolves a firing alert (emitting it unless it was folded into an incident).
@@ -1045,6 +1098,9 @@ impl Engine {
         let Some(mut active) = self.s.alerts.remove(id) else {
             return;
         };
+        if active.alert.rule == rule::DEPENDENCY_DRIFT {
+            self.drift_active = self.drift_active.saturating_sub(1);
+        }
         self.index_root(&active.alert.service, id, &active.alert.rule, false);
         if active.suppressed {
             return;

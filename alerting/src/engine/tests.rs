@@ -1398,3 +1398,111 @@ fn an_incident_whose_root_turns_out_to_fail_because_of_a_deeper_service_is_merge
         (Some(SC), Some(new.as_str()))
     );
 }
+
+/// Regression: silence was measured from processing time, so an input stall (an output outage
+/// with the input paused, a broker outage) made every instance look silent at the first tick
+/// after it, while their heartbeats sat unread in the backlog.
+#[test]
+fn an_input_stall_is_not_mistaken_for_every_service_going_silent() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    for svc in ["svc-b", "svc-c"] {
+        h.feed(heartbeat(
+            svc,
+            HeartbeatKind::Heartbeat,
+            ServiceStatus::Up,
+            T0,
+            None,
+        ));
+    }
+    // No input (and no tick) for longer than the down threshold (3 intervals of 10 s).
+    h.clock.advance(Duration::from_secs(60));
+    h.engine.note_input_gap(h.now());
+    assert!(h.engine.tick(h.now()).is_empty());
+    // The backlog arrives: heartbeats sent during the stall, then a tick.
+    for (i, svc) in ["svc-b", "svc-c"].iter().enumerate() {
+        let at = T0 + (i as u64 + 1) * 10 * NANOS_PER_SEC;
+        assert!(h
+            .feed(heartbeat(
+                svc,
+                HeartbeatKind::Heartbeat,
+                ServiceStatus::Up,
+                at,
+                None
+            ))
+            .is_empty());
+    }
+    assert!(h.advance(1).is_empty());
+    // A service that then truly goes silent is still reported.
+    h.feed(heartbeat(
+        "svc-c",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        h.now(),
+        None,
+    ));
+    assert!(h.advance(15).is_empty());
+    h.feed(heartbeat(
+        "svc-c",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        h.now(),
+        None,
+    ));
+    let t = h.advance(10);
+    assert_eq!(
+        H::visible(t),
+        vec![(Fired, "heartbeat_delayed".into(), "svc-b-1".into())]
+    );
+}
+
+/// Regression: `drift_seen` and `declared` grew without limit, and drift alerts counted
+/// toward `max_active_alerts`, so undeclared edges could make error alerts be dropped.
+#[test]
+fn drift_is_bounded_and_never_crowds_out_error_alerts() {
+    let mut rules = only_rules(&[rule::DEPENDENCY_DRIFT, rule::ERROR_LOG]);
+    rules.defaults.max_active_alerts = 3;
+    rules.root_cause.max_edges = 5;
+    let mut h = H::new(rules);
+    let mut drift = 0;
+    for i in 0..20 {
+        let target = format!("svc-z{i}");
+        drift += H::visible(h.feed(call("svc-a", &["svc-b"], &target, true, "t"))).len();
+    }
+    assert_eq!(drift, 5, "drift alerts are bounded by max_edges");
+    assert!(
+        h.engine
+            .state()
+            .drift_seen
+            .values()
+            .map(BTreeSet::len)
+            .sum::<usize>()
+            <= 5
+    );
+    // Many services declaring dependencies: bounded too.
+    for i in 0..20 {
+        let deps = [format!("d{i}-1"), format!("d{i}-2")];
+        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+        h.feed(call(&format!("svc-q{i}"), &deps, deps[0], true, "t"));
+    }
+    let declared: usize = h.engine.state().declared.values().map(Vec::len).sum();
+    assert!(declared <= 5, "{declared} declared dependencies kept");
+    // Drift does not use up the cap: three error alerts still fire.
+    for i in 0..3 {
+        let t = h.feed(log(
+            "svc-a",
+            "ERROR",
+            "x",
+            &[(names::ERROR_CODE, format!("E{i}").into())],
+        ));
+        assert_eq!(H::visible(t).len(), 1, "error alert {i} fired");
+    }
+    assert_eq!(h.engine.stats().alerts_dropped, 0);
+    // The fourth is over the cap.
+    h.feed(log(
+        "svc-a",
+        "ERROR",
+        "x",
+        &[(names::ERROR_CODE, "E9".into())],
+    ));
+    assert_eq!(h.engine.stats().alerts_dropped, 1);
+}

@@ -27,6 +27,30 @@ pub trait AlertSink: Send + Sync {
 
     /// Delivers the transitions, in order. `Ok` means the destination accepted all of them.
     async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError>;
+
+    /// Delivers the transitions, in order, and says what became of each one, so that a
+    /// required output retries only what failed and drops what the destination refused for
+    /// good. The default sends them all at once: all delivered, or all to retry.
+    async fn send_each(&self, transitions: &[Transition]) -> Vec<Delivery> {
+        match self.send(transitions).await {
+            Ok(()) => transitions.iter().map(|_| Delivery::Delivered).collect(),
+            Err(e) => transitions
+                .iter()
+                .map(|_| Delivery::Retry(e.message.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// What became of one transition sent to an output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The destination accepted it.
+    Delivered,
+    /// The destination refused it for good (retrying cannot help): it is dropped.
+    Rejected(String),
+    /// Not delivered yet (the destination is down, or an earlier transition failed): retry.
+    Retry(String),
 }
 
 /// An output did not accept alerts.

@@ -3,7 +3,9 @@
 //!
 //! Each request carries `Content-Type: application/json` and `Idempotency-Key: <id>-<revision>`,
 //! so a receiver can drop a repeat delivery. Connection errors, timeouts, 408, 429 and 5xx are
-//! retried (a `Retry-After` header in seconds sets the wait); any other status is final.
+//! retried (a `Retry-After` header in seconds sets the wait); any other status is final: that
+//! alert is rejected (dropped, logged and counted in `dlog_alerter_output_rejected`) and the
+//! following alerts still go out, so one bad alert cannot block a required webhook.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::{AlertJson, AlertSink, SinkError};
+use super::{AlertJson, AlertSink, Delivery, SinkError};
 use crate::alert::Transition;
 use crate::config::WebhookConfig;
 
@@ -57,9 +59,22 @@ impl WebhookSink {
         })
     }
 
-    async fn post(&self, transition: &Transition) -> Result<(), SinkError> {
-        let body = serde_json::to_vec(&AlertJson::new(transition))
-            .map_err(|e| SinkError::new("webhook", format!("cannot encode alert: {e}")))?;
+    async fn post(&self, transition: &Transition) -> Delivery {
+        match self.try_post(transition).await {
+            Ok(()) => Delivery::Delivered,
+            Err((e, true)) => Delivery::Retry(e.message),
+            Err((e, false)) => Delivery::Rejected(e.message),
+        }
+    }
+
+    /// Posts with retries; the error says whether retrying later could help.
+    async fn try_post(&self, transition: &Transition) -> Result<(), (SinkError, bool)> {
+        let body = serde_json::to_vec(&AlertJson::new(transition)).map_err(|e| {
+            (
+                SinkError::new("webhook", format!("cannot encode alert: {e}")),
+                false,
+            )
+        })?;
         let key = format!("{}-{}", transition.alert.id, transition.alert.revision);
         let mut wait = self.backoff_initial;
         let mut last_error = String::new();
@@ -88,7 +103,7 @@ impl WebhookSink {
                         || status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT;
                     if !retryable {
-                        return Err(SinkError::new("webhook", last_error));
+                        return Err((SinkError::new("webhook", last_error), false));
                     }
                 }
                 Err(e) => last_error = format!("POST {}: {e}", self.url),
@@ -100,9 +115,12 @@ impl WebhookSink {
                 wait = (wait * 2).min(self.backoff_max);
             }
         }
-        Err(SinkError::new(
-            "webhook",
-            format!("gave up after {} attempts: {last_error}", self.max_attempts),
+        Err((
+            SinkError::new(
+                "webhook",
+                format!("gave up after {} attempts: {last_error}", self.max_attempts),
+            ),
+            true,
         ))
     }
 }
@@ -114,9 +132,43 @@ impl AlertSink for WebhookSink {
     }
 
     async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError> {
-        for t in transitions {
-            self.post(t).await?;
+        let mut failed = Vec::new();
+        for d in self.send_each(transitions).await {
+            match d {
+                Delivery::Delivered => {}
+                Delivery::Rejected(e) | Delivery::Retry(e) => failed.push(e),
+            }
         }
-        Ok(())
+        match failed.first() {
+            None => Ok(()),
+            Some(first) => Err(SinkError::new(
+                "webhook",
+                format!(
+                    "{} of {} alerts not delivered: {first}",
+                    failed.len(),
+                    transitions.len()
+                ),
+            )),
+        }
+    }
+
+    /// One request per transition, in order. A refused one (a 4xx other than 408/429) is
+    /// rejected and the rest still go out; once one cannot get through (the endpoint is
+    /// down), the rest are left to retry so that the receiver still sees them in order.
+    async fn send_each(&self, transitions: &[Transition]) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(transitions.len());
+        let mut down: Option<String> = None;
+        for t in transitions {
+            if let Some(e) = &down {
+                out.push(Delivery::Retry(e.clone()));
+                continue;
+            }
+            let d = self.post(t).await;
+            if let Delivery::Retry(e) = &d {
+                down = Some(e.clone());
+            }
+            out.push(d);
+        }
+        out
     }
 }
