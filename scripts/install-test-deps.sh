@@ -11,9 +11,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 
-# gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL.
+# gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL. procps
+# provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT).
 need_apt=()
-for pkg in build-essential pkg-config; do
+for pkg in build-essential pkg-config procps; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then
