@@ -141,24 +141,6 @@ impl Source for Watched {
     }
 }
 
-/// A webhook receiver that refuses everything (503) while `down`.
-#[derive(Default)]
-struct Hook {
-    down: AtomicBool,
-    accepted: Mutex<Vec<serde_json::Value>>,
-}
-
-async fn hook(
-    axum::extract::State(hook): axum::extract::State<Arc<Hook>>,
-    axum::Json(body): axum::Json<serde_json::Value>,
-) -> axum::http::StatusCode {
-    if hook.down.load(Ordering::SeqCst) {
-        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    }
-    hook.accepted.lock().unwrap().push(body);
-    axum::http::StatusCode::NO_CONTENT
-}
-
 fn error_batch(code: &str) -> (InProcessBatch, tokio::sync::oneshot::Receiver<()>) {
     let trace = [code.as_bytes()[1]; 16];
     let request = logs(
@@ -210,29 +192,10 @@ fn codes(hook: &Hook) -> Vec<String> {
 async fn paused_input_is_still_polled_during_an_outage_and_nothing_is_lost_or_reordered() {
     let receiver = Arc::new(Hook::default());
     receiver.down.store(true, Ordering::SeqCst);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/alerts", axum::routing::post(hook))
-        .with_state(receiver.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, server) = serve_hook(receiver.clone()).await;
 
     let state_dir = tempfile::tempdir().unwrap();
-    let mut config = AlerterConfig {
-        admin: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.path().to_path_buf(),
-        batch_linger_ms: 20,
-        skip_replayed_offsets: false,
-        retry_initial_ms: 20,
-        retry_max_ms: 100,
-        ..Default::default()
-    };
-    config.outputs.terminal.enabled = false;
-    config.outputs.kafka.enabled = false;
-    config.outputs.webhook.enabled = true;
-    config.outputs.webhook.required = true;
-    config.outputs.webhook.url = url;
-    config.outputs.webhook.max_attempts = 1;
+    let config = webhook_only_config(state_dir.path(), url);
     let (tx, inner) = ChannelSource::new(4);
     let probe = Arc::new(Probe::default());
     let source = Watched {

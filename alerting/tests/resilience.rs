@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -80,32 +80,6 @@ impl Source for Flaky {
     }
 }
 
-/// A webhook receiver: 503 for everything while `down`; 422 for alerts whose error code is
-/// in `refuse`.
-#[derive(Default)]
-struct Hook {
-    down: AtomicBool,
-    refuse: Mutex<Vec<String>>,
-    refused: AtomicU64,
-    accepted: Mutex<Vec<serde_json::Value>>,
-}
-
-async fn hook(
-    axum::extract::State(hook): axum::extract::State<Arc<Hook>>,
-    axum::Json(body): axum::Json<serde_json::Value>,
-) -> axum::http::StatusCode {
-    if hook.down.load(Ordering::SeqCst) {
-        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    }
-    let code = body["labels"]["error_code"].as_str().unwrap_or_default();
-    if hook.refuse.lock().unwrap().iter().any(|c| c == code) {
-        hook.refused.fetch_add(1, Ordering::SeqCst);
-        return axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    hook.accepted.lock().unwrap().push(body);
-    axum::http::StatusCode::NO_CONTENT
-}
-
 struct Running {
     tx: mpsc::Sender<InProcessBatch>,
     probe: Arc<Probe>,
@@ -119,29 +93,10 @@ struct Running {
 
 async fn start(tune: impl FnOnce(&mut AlerterConfig)) -> Running {
     let receiver = Arc::new(Hook::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/alerts", axum::routing::post(hook))
-        .with_state(receiver.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, server) = serve_hook(receiver.clone()).await;
     let state_dir = tempfile::tempdir().unwrap();
-    let mut config = AlerterConfig {
-        admin: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.path().to_path_buf(),
-        batch_linger_ms: 20,
-        checkpoint_interval_ms: 50,
-        skip_replayed_offsets: false,
-        retry_initial_ms: 20,
-        retry_max_ms: 100,
-        ..Default::default()
-    };
-    config.outputs.terminal.enabled = false;
-    config.outputs.kafka.enabled = false;
-    config.outputs.webhook.enabled = true;
-    config.outputs.webhook.required = true;
-    config.outputs.webhook.url = url;
-    config.outputs.webhook.max_attempts = 1;
+    let mut config = webhook_only_config(state_dir.path(), url);
+    config.checkpoint_interval_ms = 50;
     tune(&mut config);
     let (tx, inner) = ChannelSource::new(4);
     let probe = Arc::new(Probe::default());

@@ -376,3 +376,64 @@ pub fn sequence(events: &[AlertEvent]) -> Vec<(String, &'static str)> {
 pub fn seq(items: &[(&str, &'static str)]) -> Vec<(String, &'static str)> {
     items.iter().map(|(r, s)| (r.to_string(), *s)).collect()
 }
+
+/// A webhook receiver for in-process stage tests: 503 for everything while `down`; 422 for
+/// alerts whose `labels.error_code` is in `refuse`; otherwise 204 and the body is kept.
+#[derive(Default)]
+pub struct Hook {
+    pub down: std::sync::atomic::AtomicBool,
+    pub refuse: std::sync::Mutex<Vec<String>>,
+    pub refused: std::sync::atomic::AtomicU64,
+    pub accepted: std::sync::Mutex<Vec<serde_json::Value>>,
+}
+
+async fn receive(
+    axum::extract::State(hook): axum::extract::State<std::sync::Arc<Hook>>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> axum::http::StatusCode {
+    use std::sync::atomic::Ordering;
+    if hook.down.load(Ordering::SeqCst) {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let code = body["labels"]["error_code"].as_str().unwrap_or_default();
+    if hook.refuse.lock().unwrap().iter().any(|c| c == code) {
+        hook.refused.fetch_add(1, Ordering::SeqCst);
+        return axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    hook.accepted.lock().unwrap().push(body);
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// Serves `hook` on a free loopback port; returns the URL to post alerts to and the server.
+pub async fn serve_hook(
+    hook: std::sync::Arc<Hook>,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/alerts", axum::routing::post(receive))
+        .with_state(hook);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, server)
+}
+
+/// A stage config for in-process tests whose only output is a required webhook at `url`,
+/// tried once per round, with short retries and no replay skipping.
+pub fn webhook_only_config(state_dir: &Path, url: String) -> AlerterConfig {
+    let mut config = AlerterConfig {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.to_path_buf(),
+        batch_linger_ms: 20,
+        skip_replayed_offsets: false,
+        retry_initial_ms: 20,
+        retry_max_ms: 100,
+        ..Default::default()
+    };
+    config.outputs.terminal.enabled = false;
+    config.outputs.kafka.enabled = false;
+    config.outputs.webhook.enabled = true;
+    config.outputs.webhook.required = true;
+    config.outputs.webhook.url = url;
+    config.outputs.webhook.max_attempts = 1;
+    config
+}
