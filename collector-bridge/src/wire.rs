@@ -124,17 +124,22 @@ fn read_raw<'a>(buf: &mut &'a [u8], depth: usize) -> Result<Raw<'a>, WireError> 
         }
         3 => {
             loop {
+                // Every field inside the group is read one level deeper, which prost refuses
+                // once that level reaches the limit; only an end-group may stand there. The
+                // key is checked before descending, so nesting costs no stack past the limit
+                // (1 MB of start-group bytes used to overflow the worker's stack).
+                if depth + 1 >= RECURSION_LIMIT {
+                    let mut peek = *buf;
+                    if varint(&mut peek)? & 7 != 4 {
+                        return Err(WireError::new("recursion limit reached"));
+                    }
+                }
                 match read_raw(buf, depth + 1)? {
                     Raw::EndGroup(end) if end == tag => break,
                     Raw::EndGroup(end) => {
                         return Err(WireError::new(format!(
                             "group {tag} closed by end-group {end}"
                         )))
-                    }
-                    // prost skips each field inside a group one level deeper and refuses
-                    // to once that level reaches the limit.
-                    Raw::Field(..) if depth + 1 >= RECURSION_LIMIT => {
-                        return Err(WireError::new("recursion limit reached"))
                     }
                     Raw::Field(..) => {}
                 }
@@ -1024,6 +1029,37 @@ mod tests {
                     parse(&bytes, RequestKind::Traces).err()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn regression_remote_crash_nested_groups_are_refused_within_a_small_stack() {
+        // 1 MB of start-group bytes (field 1, wire type 3) nests groups a million deep: the
+        // reader used to recurse once per byte before checking the depth. It must refuse the
+        // input like prost does, within a stack far smaller than a Tokio worker's 2 MiB.
+        let bombs: [Vec<u8>; 3] = [
+            vec![0x0b; 1 << 20],
+            // Inside a span attribute's value, behind a valid prefix.
+            nested_request(5, &vec![0x7b; 1 << 20]),
+            // Groups of other numbers, alternating with fields inside them.
+            [0x0b, 0x08, 0x01].repeat(300_000),
+        ];
+        for bytes in bombs {
+            let outcome = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let prost = ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok();
+                    let ours = parse(&bytes, RequestKind::Traces)
+                        .map(|_| ())
+                        .map_err(|e| e.0);
+                    (prost, ours)
+                })
+                .unwrap()
+                .join()
+                .expect("parsing nested groups overflowed the stack");
+            assert!(!outcome.0, "prost accepted the bomb");
+            let reason = outcome.1.unwrap_err();
+            assert!(reason.contains("recursion limit reached"), "{reason}");
         }
     }
 

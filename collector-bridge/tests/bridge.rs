@@ -387,6 +387,72 @@ async fn grpc_raw(url: &str, bytes: Vec<u8>) -> Result<ExportTraceServiceRespons
     .map(tonic::Response::into_inner)
 }
 
+/// 1 MB of `0x0B` (start-group of field 1, nested a million deep) used to overflow a worker's
+/// stack and abort the whole process. Both transports must refuse it as malformed, and the
+/// bridge must still deliver the next good request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_remote_crash_nested_groups_are_invalid_over_grpc_and_http() {
+    let env = Env::start(|_| {}).await;
+    let bomb = vec![0x0b_u8; 1 << 20];
+    let client = reqwest::Client::new();
+    for round in 0..2 {
+        let status = grpc_raw(&env.grpc_url(), bomb.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("recursion limit"),
+            "{}",
+            status.message()
+        );
+
+        let response = client
+            .post(env.http_url("/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(bomb.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "round {round}");
+        let status = tonic_types::Status::decode(response.bytes().await.unwrap()).unwrap();
+        assert!(
+            status.message.contains("recursion limit"),
+            "{}",
+            status.message
+        );
+
+        // Logs take the same reader.
+        let response = client
+            .post(env.http_url("/v1/logs"))
+            .header("content-type", "application/x-protobuf")
+            .body(bomb.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "round {round}");
+    }
+
+    let t = trace_id(31);
+    let good = traces(resource("svc", "svc-1"), vec![span(t, 1, "after the bomb")]);
+    grpc_raw(&env.grpc_url(), good.encode_to_vec())
+        .await
+        .unwrap();
+    let response = client
+        .post(env.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(good.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    env.send_sentinels().await;
+    let records = env
+        .records_before_sentinel(&env.config.trace_logs_topic)
+        .await;
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(decode_trace_record(r), good);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_is_invalid_argument_or_400_and_the_next_request_succeeds() {
     let env = Env::start(|_| {}).await;
