@@ -56,7 +56,7 @@ use tokio::time::Instant;
 
 pub use config::{Config, ConfigError};
 pub use route::{InvalidRequest, Routed, Router};
-pub use sink::{ChannelSink, KafkaSink, OutRecord, Sink, SinkError, Subscriber};
+pub use sink::{ChannelSink, KafkaSink, LocalLogSink, OutRecord, Sink, SinkError, Subscriber};
 
 /// The bridge could not start, or failed while running.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +272,8 @@ pub async fn start_with_sink<S: Sink>(
 
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::new(&mut registry, &config);
+    sink.register_metrics(&mut registry);
+    let delivers_to = sink.describe();
     let ingest = Arc::new(ingest::Ingest::new(&config, sink, metrics));
     let admin_state = Arc::new(Serving::new(registry));
 
@@ -319,7 +321,7 @@ pub async fn start_with_sink<S: Sink>(
         otlp_grpc = %grpc_addr,
         otlp_http = %http_addr,
         admin = %admin_addr,
-        kafka_brokers = %config.kafka_brokers,
+        delivers_to = %delivers_to,
         encoding = %config.encoding,
         "collector bridge listening"
     );

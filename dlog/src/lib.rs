@@ -1,11 +1,15 @@
 //! dlog in one process: what a laptop runs with one command.
 //!
-//! The collector bridge receives OTLP as usual, but instead of Kafka its sink hands each batch
-//! in-process to the indexing stage (into the embedded store) and to the alerting stage, and
-//! answers the sender only once both stages acknowledged the batch: the same "yes only after
-//! the next hop said yes" rule as with Kafka. Nothing but a data directory is needed: the
-//! embedded store, the alerting state and the dead letters (records that cannot be stored,
-//! with their reason; see [`dead_letters`]) all live in it.
+//! The collector bridge receives OTLP as usual, but instead of Kafka its next hop is a durable
+//! local log in the data directory ([`dlog_wal`]): the bridge answers a sender once the
+//! request's records are appended and fsynced (one fsync shared by every request waiting for
+//! it), the same "yes only after the next hop said yes" rule as with Kafka. The indexing stage
+//! (into the embedded store) and the alerting stage read the log behind it, each from its own
+//! committed position, exactly as they read Kafka; neither sits on a sender's request path.
+//! While a stage lags by more than the log's bound, senders are answered `UNAVAILABLE` / 503.
+//! Nothing but a data directory is needed: the log (`wal/`), the embedded store, the alerting
+//! state and the dead letters (records that cannot be stored, with their reason; see
+//! [`dead_letters`]) all live in it.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), dlog::AllInOneError> {
@@ -19,12 +23,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use collector_bridge::{ChannelSink, RunningBridge, Subscriber};
+use collector_bridge::{LocalLogSink, RunningBridge};
 use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::names;
-use dlog_core::source::ChannelSource;
+use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_storage::stage::ReportsLag;
 use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
+use dlog_wal::{Wal, WalConfig, WalReader};
 use tokio::task::JoinHandle;
 
 pub mod dead_letters;
@@ -34,8 +40,14 @@ use tokio_util::sync::CancellationToken;
 /// Default data directory (the embedded store and the alerter's state live under it).
 pub const DEFAULT_DATA_DIR: &str = "./dlog-data";
 
-/// Batches each stage may hold in flight before the bridge's senders wait (back-pressure).
-const STAGE_QUEUE_BATCHES: usize = 64;
+/// The local log's directory under the data directory.
+pub const WAL_DIR: &str = "wal";
+/// The alerting state's directory under the data directory.
+pub const ALERTER_DIR: &str = "alerter";
+/// The indexing stage's reader name in the local log.
+pub const INDEXING_READER: &str = "indexing";
+/// The alerting stage's reader name in the local log.
+pub const ALERTING_READER: &str = "alerting";
 
 /// Settings of the all-in-one process.
 #[derive(Debug, Clone)]
@@ -56,6 +68,9 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// POST alerts as JSON to this URL as well.
     pub webhook_url: Option<String>,
+    /// Bytes the local log may hold (records not yet read by every stage). Past it, senders
+    /// are answered `UNAVAILABLE` / 503 until the slowest stage catches up. Default 1 GiB.
+    pub wal_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -70,6 +85,7 @@ impl Default for Config {
             alerter_admin: at(names::ALERTER_ADMIN_PORT),
             rules_file: None,
             webhook_url: None,
+            wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -85,6 +101,9 @@ pub enum AllInOneError {
         /// Why.
         source: dlog_storage::StoreError,
     },
+    /// The local log could not be opened.
+    #[error(transparent)]
+    Wal(#[from] dlog_wal::WalError),
     /// The indexer's admin address could not be bound.
     #[error("cannot listen on indexer admin address {addr}: {source}")]
     IndexerAdmin {
@@ -109,6 +128,7 @@ pub enum AllInOneError {
 /// The running process.
 pub struct AllInOne {
     bridge: RunningBridge,
+    wal: Wal,
     store: Arc<dyn Store>,
     stop_indexer: CancellationToken,
     stop_alerter: CancellationToken,
@@ -118,9 +138,24 @@ pub struct AllInOne {
     indexer_admin_addr: SocketAddr,
 }
 
-/// Opens the store, starts both stages on in-process channels, then the bridge in front of
-/// them. Returns once every listener is bound.
+/// Opens the store and the local log, starts both stages reading the log, then the bridge in
+/// front of it. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
+    let wal_dir = config.data_dir.join(WAL_DIR);
+    if !wal_dir.exists() {
+        forget_applied_offsets(&config.data_dir.join(ALERTER_DIR))?;
+    }
+    let wal = Wal::open(WalConfig {
+        max_bytes: config.wal_max_bytes,
+        // Eight segments or more under the bound, so that removing passed ones frees room
+        // long before the bound bites.
+        segment_bytes: (config.wal_max_bytes / 8).clamp(4096, dlog_wal::DEFAULT_SEGMENT_BYTES),
+        ..WalConfig::new(wal_dir)
+    })?;
+    // Both readers are registered before the bridge accepts anything, so no segment is
+    // removed before both stages have read it.
+    let indexer_source = IndexingSource(wal.reader(INDEXING_READER)?);
+    let alerter_source = wal.reader(ALERTING_READER)?;
     let store_dir = config.data_dir.join("store");
     let store = open_store(&StoreConfig::embedded(&store_dir))
         .await
@@ -128,15 +163,6 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             dir: store_dir.clone(),
             source,
         })?;
-    let topics: Vec<String> = [
-        names::TRACE_LOGS_TOPIC,
-        names::SERVICE_LOGS_TOPIC,
-        names::HEARTBEAT_LOGS_TOPIC,
-    ]
-    .map(String::from)
-    .to_vec();
-
-    let (indexer_tx, indexer_source) = ChannelSource::new(STAGE_QUEUE_BATCHES);
     let stop_indexer = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let (indexer_admin_addr, indexer_admin) = dlog_storage::stage::admin::serve(
@@ -167,13 +193,13 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         }
     });
 
-    let (alerter_tx, alerter_source) = ChannelSource::new(STAGE_QUEUE_BATCHES);
     let mut alerter_config = AlerterConfig {
         admin: config.alerter_admin,
         rules_file: config.rules_file.clone(),
-        state_dir: config.data_dir.join("alerter"),
-        // In-process offsets restart with the process: there is nothing to replay.
-        skip_replayed_offsets: false,
+        state_dir: config.data_dir.join(ALERTER_DIR),
+        // Log offsets are stable across restarts, as Kafka's are: records the saved state
+        // already applied are skipped when the log hands them out again.
+        skip_replayed_offsets: true,
         ..AlerterConfig::default()
     };
     alerter_config.outputs.kafka.enabled = false;
@@ -204,23 +230,13 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         admin: config.bridge_admin,
         ..collector_bridge::Config::default()
     };
-    let sink = ChannelSink::new(vec![
-        Subscriber {
-            name: "indexing".to_string(),
-            topics: topics.clone(),
-            sender: indexer_tx,
-        },
-        Subscriber {
-            name: "alerting".to_string(),
-            topics,
-            sender: alerter_tx,
-        },
-    ]);
+    let sink = LocalLogSink::new(wal.clone());
     let bridge = match collector_bridge::start_with_sink(bridge_config, sink).await {
         Ok(bridge) => bridge,
         Err(e) => {
             stop_indexer.cancel();
             stop_alerter.cancel();
+            wal.close().await;
             return Err(e.into());
         }
     };
@@ -232,6 +248,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     );
     Ok(AllInOne {
         bridge,
+        wal,
         store,
         stop_indexer,
         stop_alerter,
@@ -268,14 +285,56 @@ impl AllInOne {
         Arc::clone(&self.store)
     }
 
-    /// Stops the bridge first (no new requests; in-flight ones finish, which needs the stages),
-    /// then the stages.
+    /// The local log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Waits until both stages have acknowledged every record the log held when this was
+    /// called: everything senders had been answered for is then stored and evaluated (alerts
+    /// emitted). Gives up after `timeout`, returning false. The bridge answers once records
+    /// are durable in the log, before the stages see them; this is the point where they have.
+    pub async fn processed(&self, timeout: std::time::Duration) -> bool {
+        let end = self.wal.end_offset();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = [INDEXING_READER, ALERTING_READER]
+                .iter()
+                .all(|reader| self.wal.committed(reader).is_some_and(|at| at >= end));
+            if done {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Resolves when a stage stops on its own (it failed): the process cannot do its job
+    /// any more and should exit non-zero with the reason. Never resolves while both run.
+    pub async fn stage_failed(&mut self) -> AllInOneError {
+        let (stage, outcome) = tokio::select! {
+            outcome = &mut self.indexer => ("indexing", outcome),
+            outcome = &mut self.alerter => ("alerting", outcome),
+        };
+        let message = match outcome {
+            Ok(Ok(())) => "stopped without being told to".to_string(),
+            Ok(Err(message)) => message,
+            Err(e) => e.to_string(),
+        };
+        AllInOneError::Stage { stage, message }
+    }
+
+    /// Stops the bridge first (no new requests; in-flight ones finish once their records are
+    /// durable in the log), then the stages, then the log (saving each stage's position).
     pub async fn shutdown(self) -> Result<(), AllInOneError> {
         let bridge = self.bridge.shutdown().await;
         self.stop_indexer.cancel();
         self.stop_alerter.cancel();
         let indexer = join("indexing", self.indexer).await;
         let alerter = join("alerting", self.alerter).await;
+        self.wal.close().await;
         let _ = self.indexer_admin.await;
         bridge?;
         indexer?;
@@ -296,3 +355,50 @@ async fn join(
         }),
     }
 }
+
+/// A new local log numbers its records from 0. Offsets that an alerting state saved against
+/// an earlier input (the in-process channels of the layout before the log) would make the
+/// alerter skip that many new records, so they are forgotten; the alerts and their state
+/// are kept.
+fn forget_applied_offsets(dir: &std::path::Path) -> Result<(), AllInOneError> {
+    use dlog_alerting::state::StateFile;
+    let stage = |e: dlog_alerting::state::StateError| AllInOneError::Stage {
+        stage: "alerting",
+        message: e.to_string(),
+    };
+    if !dir.exists() {
+        return Ok(());
+    }
+    let file = StateFile::open(dir).map_err(stage)?;
+    if let Some(mut state) = file.load().map_err(stage)? {
+        if !state.applied.is_empty() {
+            state.applied.clear();
+            file.save(&state).map_err(stage)?;
+            tracing::info!(state = %file.path().display(), "new local log: the alerting state's input offsets were reset");
+        }
+    }
+    Ok(())
+}
+
+/// The indexer's reader of the local log. Its lag is on the bridge's `/metrics`
+/// (`dlog_wal_reader_lag_records`), so it reports none of its own.
+struct IndexingSource(WalReader);
+
+impl Source for IndexingSource {
+    fn next_batch(
+        &mut self,
+        max: usize,
+        linger: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<RawRecord>, SourceError>> + Send {
+        self.0.next_batch(max, linger)
+    }
+
+    fn ack(
+        &mut self,
+        records: &[RawRecord],
+    ) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
+        self.0.ack(records)
+    }
+}
+
+impl ReportsLag for IndexingSource {}

@@ -63,6 +63,19 @@ struct UpArgs {
     /// Also POST alerts as JSON to this URL.
     #[arg(long, env = "DLOG_WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// Bridge admin address (`/metrics`, `/healthz`) [default: 127.0.0.1:8888].
+    #[arg(long, env = "DLOG_BRIDGE_ADMIN")]
+    bridge_admin: Option<SocketAddr>,
+    /// Indexer admin address [default: 127.0.0.1:8889].
+    #[arg(long, env = "DLOG_INDEXER_ADMIN")]
+    indexer_admin: Option<SocketAddr>,
+    /// Alerter admin address [default: 127.0.0.1:8890].
+    #[arg(long, env = "DLOG_ALERTER_ADMIN")]
+    alerter_admin: Option<SocketAddr>,
+    /// Bytes the local log may hold before senders get back-pressure (503 / UNAVAILABLE)
+    /// [default: 1073741824].
+    #[arg(long, env = "DLOG_WAL_MAX_BYTES")]
+    wal_max_bytes: Option<u64>,
 }
 
 #[tokio::main]
@@ -149,14 +162,34 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.otlp_http {
         config.otlp_http = addr;
     }
-    let running = dlog::start(config).await.context("cannot start dlog")?;
+    if let Some(addr) = args.bridge_admin {
+        config.bridge_admin = addr;
+    }
+    if let Some(addr) = args.indexer_admin {
+        config.indexer_admin = addr;
+    }
+    if let Some(addr) = args.alerter_admin {
+        config.alerter_admin = addr;
+    }
+    if let Some(bytes) = args.wal_max_bytes {
+        config.wal_max_bytes = bytes;
+    }
+    let mut running = dlog::start(config).await.context("cannot start dlog")?;
     eprintln!(
         "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · metrics http://{}/metrics. Ctrl-C stops.",
         running.grpc_addr(),
         running.http_addr(),
         running.bridge_admin_addr()
     );
-    shutdown_signal().await;
+    // A stage that stops on its own leaves the process unable to do its job: exit non-zero
+    // with the reason rather than answer senders while nothing is indexed or alerted on.
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        failure = running.stage_failed() => Some(failure),
+    };
+    if let Some(failure) = failed {
+        return Err(anyhow::Error::new(failure).context("dlog stopped because a stage failed"));
+    }
     eprintln!("stopping: finishing in-flight requests");
     running.shutdown().await.context("shutdown")?;
     Ok(())

@@ -60,8 +60,7 @@ async fn a_request_is_stored_searchable_and_alerted_on() {
         bridge_admin: loopback_port_zero(),
         indexer_admin: loopback_port_zero(),
         alerter_admin: loopback_port_zero(),
-        rules_file: None,
-        webhook_url: None,
+        ..dlog::Config::default()
     })
     .await
     .unwrap();
@@ -84,6 +83,11 @@ async fn a_request_is_stored_searchable_and_alerted_on() {
     .unwrap();
     assert!(report.is_complete(), "SDK could not deliver: {report}");
     assert_eq!(trace_id.len(), 32, "no trace id: {trace_id:?}");
+    // Answers come once records are durable in the local log; the stages read behind it.
+    assert!(
+        running.processed(Duration::from_secs(60)).await,
+        "the stages did not catch up with the log"
+    );
 
     let store = running.store();
     let spans = store.get_trace(&trace_id).await.unwrap();

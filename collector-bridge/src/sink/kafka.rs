@@ -350,6 +350,13 @@ impl Sink for KafkaSink {
             })
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "Kafka brokers {}",
+            self.client.get("bootstrap.servers").unwrap_or("(unset)")
+        )
+    }
+
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(timeout))

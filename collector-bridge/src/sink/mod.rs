@@ -1,5 +1,6 @@
-//! Where routed records go: the [`Sink`] trait, with Kafka ([`KafkaSink`]) as the production
-//! implementation and an in-process fan-out ([`ChannelSink`]) for the all-in-one mode.
+//! Where routed records go: the [`Sink`] trait, with Kafka ([`KafkaSink`]) for the distributed
+//! deployment, the durable local log ([`LocalLogSink`]) for the all-in-one mode, and an
+//! in-process fan-out ([`ChannelSink`]) for tests.
 //!
 //! Every sink follows the same acknowledgement rule: [`Sink::publish`] resolves `Ok` only once
 //! every record of the batch is durable at the next hop. The bridge answers OTLP success on
@@ -7,6 +8,7 @@
 
 mod channel;
 mod kafka;
+mod local_log;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use dlog_core::source::RawRecord;
 pub use channel::{ChannelSink, Subscriber};
 pub(crate) use kafka::{check_topic_limits, TOPIC_CHECK_TIMEOUT};
 pub use kafka::{producer_config, KafkaSink};
+pub use local_log::LocalLogSink;
+use prometheus_client::registry::Registry;
 
 /// One record as it will be written: topic, key, value and the two contract headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +104,16 @@ pub trait Sink: Send + Sync + 'static {
     fn check_topic(&self, topic: &str) -> Result<(), String> {
         let _ = topic;
         Ok(())
+    }
+
+    /// Adds the sink's own series to the bridge's `/metrics`. The default adds none.
+    fn register_metrics(&self, registry: &mut Registry) {
+        let _ = registry;
+    }
+
+    /// Where records go, for the start-up line (`Kafka brokers ...`, `local log ...`).
+    fn describe(&self) -> String {
+        "an in-process sink".to_string()
     }
 
     /// Waits up to `timeout` for records still on their way (graceful shutdown).

@@ -1,0 +1,416 @@
+//! The all-in-one mode's next hop is the durable local log: senders are answered once their
+//! records are fsynced there, not once the store has them; a stage lagging past the log's
+//! bound makes senders back off instead of losing anything; and kill -9 loses nothing that
+//! was answered.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dlog_storage::embedded::{count_rows, DB_FILE};
+use rand::{Rng, SeedableRng};
+use support::*;
+use tonic::Code;
+
+fn config(data: &Path) -> dlog::Config {
+    dlog::Config {
+        data_dir: data.to_path_buf(),
+        otlp_grpc: loopback_port_zero(),
+        otlp_http: loopback_port_zero(),
+        bridge_admin: loopback_port_zero(),
+        indexer_admin: loopback_port_zero(),
+        alerter_admin: loopback_port_zero(),
+        ..dlog::Config::default()
+    }
+}
+
+/// Holds the embedded store's write lock, as a store that stopped answering would: the
+/// indexer's writes wait and fail until it is released.
+fn hold_store(data: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(data.join("store").join(DB_FILE)).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+fn hex(id: [u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_answer_waits_for_stages_senders_are_answered_once_durable_while_the_store_is_held(
+) {
+    let data = tempfile::tempdir().unwrap();
+    let running = dlog::start(config(data.path())).await.unwrap();
+    let store_dir = data.path().join("store");
+    let held = hold_store(data.path());
+
+    // Answered although nothing can be indexed: the log, not the store, is the next hop.
+    let mut client = client(running.grpc_addr()).await;
+    client.export(request(0, 0, 2, 5)).await.unwrap();
+    assert!(running.wal().metrics().fsyncs.get() >= 1);
+    assert_eq!(
+        running.wal().metrics().records.get(),
+        2,
+        "one record per trace"
+    );
+    assert_eq!(count_rows(&store_dir, "spans").unwrap(), 0);
+
+    held.execute_batch("ROLLBACK").unwrap();
+    assert!(running.processed(Duration::from_secs(60)).await);
+    let store = running.store();
+    for t in 0..2 {
+        let spans = store.get_trace(&hex(trace_id(0, 0, t))).await.unwrap();
+        assert_eq!(spans.len(), 5, "trace {t}");
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stage_lagging_past_the_bound_gets_senders_back_pressure_and_everything_arrives_after() {
+    const MAX_BYTES: u64 = 256 * 1024;
+    let data = tempfile::tempdir().unwrap();
+    let running = dlog::start(dlog::Config {
+        wal_max_bytes: MAX_BYTES,
+        ..config(data.path())
+    })
+    .await
+    .unwrap();
+    let held = hold_store(data.path());
+    let addr = running.grpc_addr();
+
+    // Eight senders send until the log refuses them.
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for stream in 0..8u32 {
+        let answered = Arc::clone(&answered);
+        senders.push(tokio::spawn(async move {
+            let mut client = client(addr).await;
+            for n in 0..200u32 {
+                match client.export(request(stream, n, 10, 10)).await {
+                    Ok(_) => answered.lock().unwrap().push((stream, n)),
+                    Err(status) => return Some((n, status)),
+                }
+            }
+            None
+        }));
+    }
+    let mut refused = Vec::new();
+    for (stream, sender) in senders.into_iter().enumerate() {
+        let (n, status) = sender
+            .await
+            .unwrap()
+            .expect("200 requests of 10 kB fit a 256 kB log: the bound never bit");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("local log is full"),
+            "{}",
+            status.message()
+        );
+        refused.push((stream as u32, n));
+    }
+    let wal = running.wal().metrics();
+    assert!(
+        wal.bytes.get() as u64 <= MAX_BYTES,
+        "{} bytes",
+        wal.bytes.get()
+    );
+    assert!(wal.refused_full.get() >= 8);
+    let metrics = reqwest::get(format!("http://{}/metrics", running.bridge_admin_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("dlog_wal_refused_full_total"),
+        "the bridge's /metrics shows the log"
+    );
+
+    // The store comes back; the refused requests are retried, as senders do, until accepted.
+    held.execute_batch("ROLLBACK").unwrap();
+    let mut client = client(addr).await;
+    for (stream, n) in refused {
+        let mut accepted = false;
+        for _ in 0..600 {
+            match client.export(request(stream, n, 10, 10)).await {
+                Ok(_) => {
+                    accepted = true;
+                    break;
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+        assert!(accepted, "request {stream}/{n} never accepted");
+        answered.lock().unwrap().push((stream, n));
+    }
+    assert!(running.processed(Duration::from_secs(120)).await);
+
+    let answered = answered.lock().unwrap().clone();
+    let store = running.store();
+    for &(stream, n) in &answered {
+        for t in 0..10 {
+            let spans = store.get_trace(&hex(trace_id(stream, n, t))).await.unwrap();
+            assert_eq!(spans.len(), 10, "request {stream}/{n}, trace {t}");
+        }
+    }
+    assert_eq!(
+        count_rows(data.path().join("store"), "spans").unwrap(),
+        answered.len() as u64 * 100
+    );
+    assert!(running.wal().metrics().removed_segments.get() > 0);
+    running.shutdown().await.unwrap();
+}
+
+/// A `dlog up` child process on free ports.
+struct Dlog {
+    child: Child,
+    grpc: SocketAddr,
+}
+
+impl Dlog {
+    fn start(data: &Path) -> Dlog {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dlog"))
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "up",
+                "--otlp-grpc",
+                "127.0.0.1:0",
+                "--otlp-http",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--bridge-admin",
+                "127.0.0.1:0",
+                "--indexer-admin",
+                "127.0.0.1:0",
+            ])
+            .args(["--alerter-admin", "127.0.0.1:0"])
+            .env("DLOG_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let grpc = loop {
+            let line = lines.next().expect("dlog exited before it was up").unwrap();
+            if let Some(rest) = line.strip_prefix("dlog is up: OTLP/gRPC ") {
+                let addr = rest.split_whitespace().next().unwrap();
+                break addr.parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Dlog { child, grpc }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "dlog exited with {exit}");
+    }
+}
+
+/// Eight senders send 100-span requests until `stop_after` of them were answered in this
+/// round; returns the (stream, request) pairs answered. A sender stops at its first failure
+/// (the process was killed under it).
+async fn load(
+    addr: SocketAddr,
+    round: u32,
+    stop_after: usize,
+    answered: Arc<Mutex<Vec<(u32, u32)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (0..8u32)
+        .map(|stream| {
+            let answered = Arc::clone(&answered);
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let Ok(mut client) = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(format!("http://{addr}")).await else {
+                    return;
+                };
+                for n in 0.. {
+                    let id = round * 100_000 + n;
+                    if client.export(request(stream, id, 10, 10)).await.is_err() {
+                        return;
+                    }
+                    answered.lock().unwrap().push((stream, id));
+                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= stop_after {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_stream_loses_nothing_that_was_answered() {
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data = tempfile::tempdir().unwrap();
+    let answered = Arc::new(Mutex::new(Vec::new()));
+
+    for round in 0..3u32 {
+        let dlog = Dlog::start(data.path());
+        let started = Instant::now();
+        let before = answered.lock().unwrap().len();
+        // Kill once a random number of requests were answered, while all eight still send.
+        let kill_at = before + rng.random_range(20..120);
+        let senders = load(dlog.grpc, round, usize::MAX, Arc::clone(&answered)).await;
+        while answered.lock().unwrap().len() < kill_at {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "round {round}: load stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        dlog.kill_9();
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        println!(
+            "round {round}: killed after {} answered requests",
+            answered.lock().unwrap().len() - before
+        );
+    }
+
+    // A last run: the stages resume from their positions, the load finishes, and the store
+    // ends up with every span that was ever answered.
+    let dlog = Dlog::start(data.path());
+    for sender in load(dlog.grpc, 3, 40, Arc::clone(&answered)).await {
+        sender.await.unwrap();
+    }
+    let answered: Vec<(u32, u32)> = answered.lock().unwrap().clone();
+    dlog.stop();
+
+    // Started again in-process: once both stages caught up with the log, every answered
+    // span is in the store.
+    let running = dlog::start(config(data.path())).await.unwrap();
+    let resumed = Instant::now();
+    assert!(running.processed(Duration::from_secs(120)).await);
+    println!(
+        "{} answered requests over 3 kills; the stages caught up {:?} after the last start",
+        answered.len(),
+        resumed.elapsed()
+    );
+    let sent: BTreeSet<(u32, u32)> = answered.iter().copied().collect();
+    assert_eq!(sent.len(), answered.len(), "a request was answered twice");
+    let store = running.store();
+    for &(stream, n) in &answered {
+        for t in 0..10 {
+            let spans = store.get_trace(&hex(trace_id(stream, n, t))).await.unwrap();
+            assert_eq!(
+                spans.len(),
+                10,
+                "request {stream}/{n} trace {t} was answered"
+            );
+        }
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// A data directory from before the local log holds an alerting state whose input offsets
+/// count the old in-process channel. Against a new log they would make the alerter skip the
+/// first records it is given; they must be forgotten, and the alerts kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_upgrade_skips_records_offsets_saved_before_the_local_log_are_forgotten() {
+    use dlog_alerting::state::{StageState, StateFile};
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    let data = tempfile::tempdir().unwrap();
+    let mut old = StageState::default();
+    for topic in ["trace_logs", "service_logs", "heartbeat_logs"] {
+        old.applied
+            .entry(topic.to_string())
+            .or_default()
+            .insert(0, 1_000_000);
+    }
+    StateFile::open(&data.path().join(dlog::ALERTER_DIR))
+        .unwrap()
+        .save(&old)
+        .unwrap();
+
+    let running = dlog::start(config(data.path())).await.unwrap();
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "upgraded"),
+                    kv("service.instance.id", "upgraded-1"),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: now,
+                    observed_time_unix_nano: now,
+                    severity_number: 17,
+                    severity_text: "ERROR".into(),
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue("payment failed".into())),
+                    }),
+                    attributes: vec![kv("error.code", "PAY-1"), kv("error.message", "declined")],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    LogsServiceClient::connect(format!("http://{}", running.grpc_addr()))
+        .await
+        .unwrap()
+        .export(request)
+        .await
+        .unwrap();
+    assert!(running.processed(Duration::from_secs(60)).await);
+    let alerts = running
+        .store()
+        .list_alerts(&dlog_storage::AlertQuery {
+            service: Some("upgraded".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        alerts.iter().any(|a| a.rule == "error_log"),
+        "the first record after the upgrade was skipped: {alerts:?}"
+    );
+    running.shutdown().await.unwrap();
+}
