@@ -236,6 +236,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         Err(e) => {
             stop_indexer.cancel();
             stop_alerter.cancel();
+            // The stages' last acknowledgements are saved with the log's close.
+            let _ = indexer.await;
+            let _ = alerter.await;
             wal.close().await;
             return Err(e.into());
         }
@@ -311,12 +314,14 @@ impl AllInOne {
         }
     }
 
-    /// Resolves when a stage stops on its own (it failed): the process cannot do its job
-    /// any more and should exit non-zero with the reason. Never resolves while both run.
+    /// Resolves when a stage stops on its own (it failed), or the local log stopped accepting
+    /// records (a failed write or fsync): the process cannot do its job any more and should
+    /// exit non-zero with the reason. Never resolves while everything runs.
     pub async fn stage_failed(&mut self) -> AllInOneError {
         let (stage, outcome) = tokio::select! {
             outcome = &mut self.indexer => ("indexing", outcome),
             outcome = &mut self.alerter => ("alerting", outcome),
+            reason = self.wal.failed() => ("local log", Ok(Err(reason))),
         };
         let message = match outcome {
             Ok(Ok(())) => "stopped without being told to".to_string(),

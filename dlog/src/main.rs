@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dlog_core::process::{init_logging, shutdown_signal};
+use dlog_core::terminal::escape_control as esc;
 use dlog_storage::cli::{query, Command as QueryCommand};
 use dlog_storage::{open_store, AlertQuery, StoreConfig};
 
@@ -108,7 +109,13 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or_default();
                 println!(
                     "{:<8} {:<9} {:<16} {:<20} x{:<4} {}{}",
-                    a.state, a.severity, a.service, a.rule, a.occurrences, a.summary, root
+                    esc(&a.state),
+                    esc(&a.severity),
+                    esc(&a.service),
+                    esc(&a.rule),
+                    a.occurrences,
+                    esc(&a.summary),
+                    esc(&root)
                 );
             }
             Ok(())
@@ -120,12 +127,12 @@ async fn main() -> anyhow::Result<()> {
                 println!(
                     "{} {}[{}]@{} key={} {} bytes: {}",
                     l.time_unix_nano,
-                    l.topic,
+                    esc(&l.topic),
                     l.partition,
                     l.offset,
-                    l.key.as_deref().unwrap_or("-"),
+                    esc(l.key.as_deref().unwrap_or("-")),
                     l.payload_hex.len() / 2,
-                    l.reason
+                    esc(&l.reason)
                 );
             }
             eprintln!("{} dead letters", letters.len());

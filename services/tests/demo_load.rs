@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dlog_storage::embedded::count_rows;
 
 /// Requests per second through service A, and for how long.
-const RATE: u64 = 100;
+const RATE: u64 = 50;
 const SECONDS: u64 = 10;
 
 fn free_port() -> u16 {

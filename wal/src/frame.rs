@@ -21,6 +21,14 @@ pub(crate) const HEADER_BYTES: usize = 8;
 /// reader allocate gigabytes.
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
 
+/// The smallest payload a record can have: version, timestamp, topic length, key length and
+/// header count. Shorter lengths are corruption; in particular a run of zero bytes (a tail
+/// some filesystems leave after a crash) must not read as empty records with a valid
+/// checksum.
+pub(crate) const MIN_PAYLOAD_BYTES: usize = 1 + 8 + 2 + 4 + 2;
+/// The smallest frame on disk.
+pub(crate) const MIN_FRAME_BYTES: usize = HEADER_BYTES + MIN_PAYLOAD_BYTES;
+
 const VERSION: u8 = 1;
 const NO_TIMESTAMP: i64 = i64::MIN;
 const NO_KEY: u32 = u32::MAX;
@@ -103,7 +111,7 @@ pub(crate) fn encode(
 pub(crate) enum Damage {
     /// Fewer bytes than the header or the declared payload: a write cut short.
     Torn,
-    /// A declared length past [`MAX_PAYLOAD_BYTES`].
+    /// A declared length below [`MIN_PAYLOAD_BYTES`] or past [`MAX_PAYLOAD_BYTES`].
     BadLength(u32),
     /// The payload does not match its checksum.
     Checksum,
@@ -128,7 +136,7 @@ pub(crate) fn payload_len(bytes: &[u8]) -> Result<usize, Damage> {
         return Err(Damage::Torn);
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    if len as usize > MAX_PAYLOAD_BYTES {
+    if !(MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES).contains(&(len as usize)) {
         return Err(Damage::BadLength(len));
     }
     Ok(len as usize)
@@ -284,6 +292,13 @@ mod tests {
         payload.extend_from_slice(&0u16.to_le_bytes());
         payload.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
         assert_eq!(decode(&payload, 0).unwrap_err(), Damage::Layout("key"));
+    }
+
+    #[test]
+    fn regression_zero_tail_a_run_of_zero_bytes_is_no_record() {
+        // Length 0 with the checksum of nothing (0) used to pass as an empty record.
+        assert_eq!(payload_len(&[0; 8]), Err(Damage::BadLength(0)));
+        assert!(check(&[0; 64]).is_err());
     }
 
     #[test]

@@ -198,6 +198,15 @@ pub enum AppendError {
     /// holds is then unknown.
     #[error("the local log cannot write: {0}")]
     Failed(String),
+    /// The append is larger than the log could ever hold beside the segment being written;
+    /// retrying will not help.
+    #[error("{needed} bytes cannot be appended to the local log: at most {largest} fit beside the segment being written (raise max_bytes)")]
+    TooLarge {
+        /// Bytes of the refused append.
+        needed: u64,
+        /// The most an append may have.
+        largest: u64,
+    },
     /// The log was closed.
     #[error("the local log is closed")]
     Closed,
@@ -268,6 +277,8 @@ pub(crate) struct Shared {
     pub first_offset: AtomicU64,
     pub metrics: WalMetrics,
     pub max_batch_bytes: usize,
+    /// Why the log stopped accepting appends, once it has.
+    pub failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -351,6 +362,7 @@ impl Wal {
             first_offset: AtomicU64::new(first_offset),
             metrics,
             max_batch_bytes: config.max_batch_bytes.max(1),
+            failure: tokio::sync::watch::channel(None).0,
         });
         let writer = writer::start(config, Arc::clone(&shared), recovered, lock)?;
         if recovered_cut(&shared) {
@@ -385,27 +397,34 @@ impl Wal {
             return Err(WalError::ReaderName(name.to_string()));
         }
         let saved = writer::read_position(&self.shared.dir.join(READERS_DIR), name)?;
-        let first = self.shared.first_offset.load(Ordering::Acquire);
-        let end = self.shared.durable_end();
-        // A saved position outside the log (the log was removed by hand, or segments went
-        // before the position was saved) starts at the oldest record: nothing is skipped.
-        let start = match saved {
-            Some(p) if p >= first && p <= end => p,
-            _ => first,
-        };
-        let committed = {
+        // Registered under the readers' lock, which segment removal also holds, so that the
+        // oldest offset read here is still on disk once the reader counts.
+        let (committed, start) = {
             let mut readers = self
                 .shared
                 .readers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            Arc::clone(
+            let first = self.shared.first_offset.load(Ordering::Acquire);
+            let end = self.shared.durable_end();
+            // A saved position outside the log (segments removed by hand, or removed before
+            // the position was saved) starts at the oldest record: nothing is skipped.
+            let start = match saved {
+                Some(p) if p >= first && p <= end => p,
+                Some(p) => {
+                    tracing::warn!(reader = name, saved = p, first, end, "saved local-log position is outside the log; starting at its oldest record");
+                    first
+                }
+                None => first,
+            };
+            let committed = Arc::clone(
                 readers
                     .entry(name.to_string())
                     .or_insert_with(|| Arc::new(AtomicU64::new(start))),
-            )
+            );
+            committed.store(start, Ordering::Release);
+            (committed, start)
         };
-        committed.store(start, Ordering::Release);
         Ok(WalReader::new(
             Arc::clone(&self.shared),
             name.to_string(),
@@ -432,6 +451,23 @@ impl Wal {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         readers.get(name).map(|at| at.load(Ordering::Acquire))
+    }
+
+    /// Resolves, with the reason, once the log has stopped accepting appends for good (a
+    /// failed write or fsync). Never resolves while it works.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.shared.failure.subscribe();
+        let reason = match failure.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The sender lives as long as `self`.
+            Err(_) => return std::future::pending().await,
+        };
+        reason
+    }
+
+    /// The reason the log stopped accepting appends, if it has.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.borrow().clone()
     }
 
     /// The log's counters and gauges (fsyncs, bytes, reader lag...).

@@ -140,9 +140,30 @@ impl WalReader {
         Ok(Step::Record(record))
     }
 
-    /// Reads up to `max` records below `end` (all durable).
+    /// Reads up to `max` records below `end` (all durable). On an error after some records
+    /// were read, those are returned and the error comes back on the next call; the open
+    /// segment is dropped either way, so that the next read finds its frame by offset again.
     fn read(&mut self, end: u64, max: usize) -> Result<Vec<RawRecord>, WalError> {
         let mut out = Vec::new();
+        match self.read_into(end, max, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.open = None;
+                if out.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(out)
+                }
+            }
+        }
+    }
+
+    fn read_into(
+        &mut self,
+        end: u64,
+        max: usize,
+        out: &mut Vec<RawRecord>,
+    ) -> Result<(), WalError> {
         let mut bytes = 0usize;
         let mut reopened_at = None;
         while out.len() < max.max(1) && self.cursor < end && bytes < self.shared.max_batch_bytes {
@@ -157,31 +178,32 @@ impl WalReader {
                     reopened_at = None;
                 }
                 Step::EndOfSegment => {
-                    // The segment was rolled since it was opened (or this one ended): look
-                    // the offset up again. Twice at the same offset means it is missing.
-                    if reopened_at == Some(self.cursor) {
-                        let path = self
-                            .open
-                            .as_ref()
-                            .map(|o| o.path.clone())
-                            .unwrap_or_default();
+                    let (base, path, next_base) = match self.open.take() {
+                        Some(open) => (open.base, open.path, open.next_base),
+                        None => (u64::MAX, PathBuf::new(), None),
+                    };
+                    if let Some(next) = next_base.filter(|next| self.cursor < *next) {
+                        // Offsets lost to a damaged tail at recovery: the next segment
+                        // starts past them.
+                        tracing::warn!(reader = %self.name, from = self.cursor, to = next, "skipping local-log offsets lost to damage");
+                        self.cursor = next;
+                        continue;
+                    }
+                    // The segment was rolled since it was opened: look the offset up again.
+                    // Twice at the same offset in the same segment means it is missing.
+                    if reopened_at == Some((self.cursor, base)) {
                         return Err(WalError::Damaged {
                             offset: self.cursor,
                             path,
                             reason: "the record is durable but not in its segment".into(),
                         });
                     }
-                    reopened_at = Some(self.cursor);
-                    let same = self.open.as_ref().map(|o| o.base);
-                    self.open = None;
+                    reopened_at = Some((self.cursor, base));
                     self.open_at(self.cursor)?;
-                    if self.open.as_ref().map(|o| o.base) != same {
-                        reopened_at = None;
-                    }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

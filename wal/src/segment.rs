@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::frame::{self, Damage, HEADER_BYTES};
+use crate::frame::{self, Damage, HEADER_BYTES, MIN_FRAME_BYTES};
 use crate::WalError;
 
 const SUFFIX: &str = ".wal";
@@ -45,18 +45,27 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|source| WalError::io("create the directory", dir, source))
 }
 
-/// Creates an empty segment and makes its directory entry durable.
+/// Creates an empty segment, opened for appending, and makes its directory entry durable. A
+/// file already there is a leftover (a new segment always starts past the log's end) and is
+/// replaced. If any step fails the file is removed again, so that no empty segment is left
+/// to confuse recovery.
 pub(crate) fn create(dir: &Path, base: u64) -> Result<(File, PathBuf), WalError> {
     let path = path(dir, base);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(WalError::io("replace a leftover segment", &path, source)),
+    }
     let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
+        .create_new(true)
+        .append(true)
         .mode(FILE_MODE)
         .open(&path)
         .map_err(|source| WalError::io("create segment", &path, source))?;
-    sync_dir(dir)?;
+    if let Err(e) = sync_dir(dir) {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok((file, path))
 }
 
@@ -72,14 +81,14 @@ pub(crate) struct Recovered {
     pub segments: Vec<Segment>,
     /// Bytes cut from torn or damaged tails.
     pub cut_bytes: u64,
-    /// Segments removed because an earlier one was damaged.
-    pub dropped_segments: u64,
 }
 
-/// Lists the segments in `dir`, checks every frame of every segment, cuts a torn or damaged
-/// tail off the segment where damage starts and removes the segments after it (their offsets
-/// would no longer follow on), as Prometheus' WAL repair does. Only whole, checked frames
-/// survive, so a reader never meets a damaged one.
+/// Lists the segments in `dir` and checks every frame of every segment. A torn or damaged
+/// tail is cut off the segment it is in; later segments are kept (they are whole), and
+/// readers step over the offsets that were lost. Empty segments left behind by a roll that
+/// failed halfway are removed. When the last segment lost its tail, appends continue in a new
+/// segment numbered past every offset the cut bytes could have held, so that no offset a
+/// reader may have seen (and the alerter may have recorded as applied) is ever reused.
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
     let mut bases = Vec::new();
     let entries = fs::read_dir(dir).map_err(|source| WalError::io("list", dir, source))?;
@@ -99,26 +108,35 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
     bases.sort_unstable();
 
     let mut out = Recovered::default();
-    let mut damaged = false;
-    for base in bases {
+    let mut last_cut = 0u64;
+    let count = bases.len();
+    for (i, base) in bases.into_iter().enumerate() {
         let path = path(dir, base);
-        if damaged {
-            tracing::error!(segment = %path.display(), "removing a local-log segment that follows a damaged one");
+        let (records, valid, len, damage) = scan(&path)?;
+        let is_last = i + 1 == count;
+        if records == 0 && !is_last {
+            // Nothing readable in it: a roll that failed after creating the file, or a
+            // segment damaged from its first byte.
+            if damage.is_some() {
+                tracing::error!(segment = %path.display(), "removing a local-log segment with no readable record");
+                out.cut_bytes += len;
+            }
             fs::remove_file(&path).map_err(|source| WalError::io("remove", &path, source))?;
-            out.dropped_segments += 1;
             continue;
         }
         if let Some(previous) = out.segments.last() {
-            if previous.end() != base {
-                // A gap: the offsets would not follow on. Treat like damage at this point.
-                tracing::error!(segment = %path.display(), expected = previous.end(), "local-log segment does not follow on; removing it and every later one");
-                fs::remove_file(&path).map_err(|source| WalError::io("remove", &path, source))?;
-                out.dropped_segments += 1;
-                damaged = true;
-                continue;
+            if base < previous.end() {
+                return Err(WalError::Damaged {
+                    offset: base,
+                    path: path.clone(),
+                    reason: format!(
+                        "the segment starts inside the previous one (which ends at {}): the directory was changed by hand; move it aside to start a new log",
+                        previous.end()
+                    ),
+                });
             }
         }
-        let (records, valid, len, damage) = scan(&path)?;
+        last_cut = 0;
         if let Some(damage) = damage {
             tracing::error!(segment = %path.display(), at_byte = valid, %damage, "local log: cutting a torn or damaged tail");
             let file = OpenOptions::new()
@@ -128,8 +146,8 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
             file.set_len(valid)
                 .and_then(|()| file.sync_all())
                 .map_err(|source| WalError::io("cut the tail of", &path, source))?;
-            out.cut_bytes += len - valid;
-            damaged = true;
+            last_cut = len - valid;
+            out.cut_bytes += last_cut;
         }
         out.segments.push(Segment {
             base,
@@ -137,6 +155,19 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, WalError> {
             bytes: valid,
             path,
         });
+    }
+    if last_cut > 0 {
+        if let Some(last) = out.segments.last() {
+            let lost = last_cut.div_ceil(MIN_FRAME_BYTES as u64);
+            let base = last.end() + lost;
+            create(dir, base)?;
+            out.segments.push(Segment {
+                base,
+                records: 0,
+                bytes: 0,
+                path: path(dir, base),
+            });
+        }
     }
     Ok(out)
 }
@@ -171,7 +202,7 @@ fn scan(path: &Path) -> Result<(u64, u64, u64, Option<Damage>), WalError> {
         buf.resize(total as usize, 0);
         file.read_exact(&mut buf[HEADER_BYTES..])
             .map_err(|source| WalError::io("read", path, source))?;
-        if let Err(damage) = frame::check(&buf) {
+        if let Err(damage) = frame::check(&buf).and_then(|payload| frame::decode(payload, 0)) {
             return Ok((records, at, len, Some(damage)));
         }
         records += 1;
@@ -187,7 +218,16 @@ pub(crate) fn seek_to(file: &mut File, base: u64, offset: u64) -> io::Result<u64
     let mut header = [0u8; HEADER_BYTES];
     file.seek(SeekFrom::Start(0))?;
     for _ in base..offset {
-        file.read_exact(&mut header)?;
+        match file.read_exact(&mut header) {
+            Ok(()) => {}
+            // The segment ends before `offset` (offsets lost to damage): the reader meets
+            // the end of the segment and steps over the gap.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                file.seek(SeekFrom::Start(at))?;
+                return Ok(at);
+            }
+            Err(e) => return Err(e),
+        }
         let len = frame::payload_len(&header)
             .map_err(|d| io::Error::new(io::ErrorKind::InvalidData, d.to_string()))?;
         at += (HEADER_BYTES + len) as u64;

@@ -74,23 +74,25 @@ pub(crate) fn start(
         .iter()
         .map(|s| (s.base, s.bytes))
         .collect();
-    let (active_base, path) = match recovered.segments.last() {
-        Some(last) => (last.base, last.path.clone()),
+    let (active_base, file) = match recovered.segments.last() {
+        Some(last) => {
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&last.path)
+                .map_err(|source| WalError::io("open for writing", &last.path, source))?;
+            (last.base, file)
+        }
         None => {
-            let (_, path) = segment::create(&config.dir, 0)?;
+            let (file, path) = segment::create(&config.dir, 0)?;
             shared
                 .segments
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((0, path.clone()));
+                .push((0, path));
             sizes.insert(0, 0);
-            (0, path)
+            (0, file)
         }
     };
-    let file = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(|source| WalError::io("open for writing", &path, source))?;
     let next_offset = shared.durable_end();
     let total_bytes = sizes.values().sum();
     shared.metrics.segments.set(sizes.len() as i64);
@@ -106,7 +108,7 @@ pub(crate) fn start(
         failed: None,
         saved: BTreeMap::new(),
         last_maintenance: Instant::now(),
-        _lock: lock,
+        lock: Some(lock),
     };
     let (commands, receiver) = mpsc::channel();
     std::thread::Builder::new()
@@ -133,8 +135,8 @@ struct Writer {
     /// Positions last saved, by reader.
     saved: BTreeMap<String, u64>,
     last_maintenance: Instant,
-    /// Held until the writer stops.
-    _lock: File,
+    /// Held until the writer stops, and released before `close` returns.
+    lock: Option<File>,
 }
 
 impl Writer {
@@ -146,6 +148,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
                     self.maintain();
+                    self.lock = None;
                     return;
                 }
             };
@@ -172,6 +175,8 @@ impl Writer {
                 self.maintain();
             }
             if let Some(done) = close {
+                // Released before `close` returns, so the log can be opened again at once.
+                self.lock = None;
                 let _ = done.send(());
                 return;
             }
@@ -203,8 +208,18 @@ impl Writer {
         }
         let mut accepted = Vec::with_capacity(group.len());
         let mut pending = 0u64;
+        // The segment being written is never removed, so an append needs room beside it.
+        let largest = self
+            .config
+            .max_bytes
+            .saturating_sub(self.config.segment_bytes);
         for (frames, reply) in group {
             let needed = frames.bytes() as u64;
+            if needed > largest {
+                metrics.failed.inc();
+                let _ = reply.send(Err(AppendError::TooLarge { needed, largest }));
+                continue;
+            }
             if self.total_bytes + pending + needed > self.config.max_bytes {
                 metrics.refused_full.inc();
                 let (slowest, lag) = self.slowest_reader();
@@ -232,22 +247,18 @@ impl Writer {
             }
         }
         if let Err(e) = written {
-            // A write that failed (a full disk) left at most a partial group behind: cut it
-            // off and refuse this group only. Senders retry; once space returns, appends go
-            // on. Only if the cut fails is the segment's tail unknown.
-            let cut = self.file.set_len(self.active_bytes);
-            let reason = format!(
-                "cannot write segment {}: {e}",
-                segment::path(&self.config.dir, self.active_base).display()
+            // The write may have left part of the group in the file, and a reader may have
+            // buffered it; cutting it and writing other records over the same bytes could
+            // hand those out under the wrong offsets. Stop appending instead; a restart
+            // recovers what is on disk (and cuts the partial write).
+            let _ = self.file.set_len(self.active_bytes);
+            self.fail(
+                format!(
+                    "cannot write segment {} ({e}); restart dlog once the disk has room and is healthy",
+                    segment::path(&self.config.dir, self.active_base).display()
+                ),
+                accepted,
             );
-            tracing::warn!(%reason, "local log refused a group of appends");
-            metrics.failed.inc_by(accepted.len() as u64);
-            for (_, reply) in accepted {
-                let _ = reply.send(Err(AppendError::Failed(reason.clone())));
-            }
-            if let Err(cut) = cut {
-                self.failed = Some(format!("{reason}; cutting the partial write failed too ({cut}); restart dlog once the disk is healthy"));
-            }
             return;
         }
         if let Some(hook) = &self.config.before_sync {
@@ -263,17 +274,14 @@ impl Writer {
             // written since the last good fsync can be trusted, and retrying the fsync would
             // report success. Refuse everything from now on; a restart recovers what is
             // really on disk.
-            let reason = format!(
-                "fsync of segment {} failed ({e}); restart dlog once the disk is healthy",
-                segment::path(&self.config.dir, self.active_base).display()
-            );
-            tracing::error!(%reason, "local log stopped accepting records");
             let _ = self.file.set_len(self.active_bytes);
-            metrics.failed.inc_by(accepted.len() as u64);
-            for (_, reply) in accepted {
-                let _ = reply.send(Err(AppendError::Failed(reason.clone())));
-            }
-            self.failed = Some(reason);
+            self.fail(
+                format!(
+                    "fsync of segment {} failed ({e}); restart dlog once the disk is healthy",
+                    segment::path(&self.config.dir, self.active_base).display()
+                ),
+                accepted,
+            );
             return;
         }
         metrics.fsyncs.inc();
@@ -304,18 +312,23 @@ impl Writer {
         }
     }
 
+    /// Stops accepting appends for good: answers `group` and every later append with
+    /// `reason`, and tells whoever watches the log (the process exits).
+    fn fail(&mut self, reason: String, group: Vec<(Frames, Reply)>) {
+        tracing::error!(%reason, "local log stopped accepting records");
+        self.shared.metrics.failed.inc_by(group.len() as u64);
+        for (_, reply) in group {
+            let _ = reply.send(Err(AppendError::Failed(reason.clone())));
+        }
+        self.shared.failure.send_replace(Some(reason.clone()));
+        self.failed = Some(reason);
+    }
+
     /// Starts a new segment at the next offset. A failure is logged and retried after the
     /// next append: the current segment simply grows meanwhile.
     fn roll(&mut self) {
         match segment::create(&self.config.dir, self.next_offset) {
-            Ok((_, path)) => {
-                let file = match OpenOptions::new().append(true).open(&path) {
-                    Ok(file) => file,
-                    Err(e) => {
-                        tracing::warn!(segment = %path.display(), error = %e, "cannot open a new local-log segment; the current one keeps growing");
-                        return;
-                    }
-                };
+            Ok((file, path)) => {
                 self.shared
                     .segments
                     .lock()
@@ -370,16 +383,23 @@ impl Writer {
             }
         }
         // Only positions that are saved count: a reader restarting after a crash resumes
-        // from its saved position, whose records must still be there.
-        let Some(passed) = readers
-            .iter()
-            .map(|(name, _)| self.saved.get(name).copied().unwrap_or(0))
-            .min()
-        else {
-            return;
-        };
+        // from its saved position, whose records must still be there. The readers' lock is
+        // held while deciding, so a reader registering meanwhile (its position not saved
+        // yet, so counted as 0) holds back removal.
         loop {
             let removable = {
+                let readers = self
+                    .shared
+                    .readers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let Some(passed) = readers
+                    .keys()
+                    .map(|name| self.saved.get(name).copied().unwrap_or(0))
+                    .min()
+                else {
+                    break;
+                };
                 let mut segments = self
                     .shared
                     .segments

@@ -163,10 +163,8 @@ async fn no_append_completes_before_the_fsync_covering_it_returns_and_waiting_ap
     }));
     let wal = Wal::open(config).unwrap();
 
-    let first = tokio::spawn({
-        let wal = wal.clone();
-        async move { wal.append(frames(0, 1, 10)).await }
-    });
+    let mut first = Box::pin(wal.append(frames(0, 1, 10)));
+    assert!(poll_once(first.as_mut()).is_pending());
     // The writer has written the first append and is about to fsync it.
     assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
     // 50 more appends queue up behind the held fsync (polled once: each is handed to the
@@ -177,15 +175,14 @@ async fn no_append_completes_before_the_fsync_covering_it_returns_and_waiting_ap
     for future in &mut waiting {
         assert!(poll_once(future.as_mut()).is_pending());
     }
-    tokio::task::yield_now().await;
     assert!(
-        !first.is_finished(),
+        poll_once(first.as_mut()).is_pending(),
         "the append completed while its fsync was still held"
     );
     assert_eq!(wal.metrics().fsyncs.get(), 0);
 
     release.send(()).unwrap();
-    assert_eq!(first.await.unwrap(), Ok(0));
+    assert_eq!(first.await, Ok(0));
     // The second group holds all 50: one fsync for them, held too until released.
     assert_eq!(entered.recv_timeout(Duration::from_secs(10)).unwrap(), 1);
     for future in &mut waiting {
@@ -224,19 +221,61 @@ async fn a_torn_tail_is_cut_at_open_and_appends_continue_after_the_last_whole_re
         .unwrap();
 
     let wal = Wal::open(config(dir.path())).unwrap();
-    assert_eq!(wal.end_offset(), 30);
     assert_eq!(wal.metrics().recovered_cut_bytes.get(), 11);
     assert_eq!(std::fs::metadata(&last).unwrap().len(), whole_len);
-    assert_eq!(wal.append(frames(30, 2, 200)).await.unwrap(), 30);
+    // Appends continue past every offset the cut bytes could have held (11 bytes: one), so
+    // no offset a reader might have seen is given to another record.
+    assert_eq!(wal.end_offset(), 31);
+    assert_eq!(wal.append(frames(31, 2, 200)).await.unwrap(), 31);
     let mut reader = wal.reader("indexing").unwrap();
     let records = read_n(&mut reader, 32).await;
-    for (i, record) in records.iter().enumerate() {
-        check_record(record, i as u32, 200);
+    let offsets: Vec<u32> = (0..30).chain(31..33).collect();
+    for (record, i) in records.iter().zip(offsets) {
+        check_record(record, i, 200);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damage_inside_an_older_segment_cuts_the_log_there_and_never_hands_out_bad_records() {
+async fn regression_failed_roll_an_empty_leftover_segment_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(config(dir.path())).unwrap();
+        for i in 0..60u32 {
+            wal.append(frames(i, 1, 500)).await.unwrap();
+        }
+        wal.close().await;
+    }
+    let before = segment_files(dir.path());
+    // A roll that created its file and then failed, long ago: an empty segment numbered
+    // inside the first one.
+    std::fs::write(dir.path().join(format!("{:020}.wal", 3)), b"").unwrap();
+    let wal = Wal::open(config(dir.path())).unwrap();
+    assert_eq!(wal.end_offset(), 60);
+    assert_eq!(
+        segment_files(dir.path()),
+        before,
+        "the leftover goes, the rest stays"
+    );
+    let mut reader = wal.reader("indexing").unwrap();
+    for (i, record) in read_n(&mut reader, 60).await.iter().enumerate() {
+        check_record(record, i as u32, 500);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_could_never_fit_is_refused_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.max_bytes = 16 * 1024;
+    let wal = Wal::open(config).unwrap();
+    let err = wal.append(frames(0, 1, 20_000)).await.unwrap_err();
+    assert!(matches!(err, AppendError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("raise max_bytes"), "{err}");
+    assert_eq!(wal.append(frames(0, 1, 100)).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_inside_an_older_segment_loses_only_its_tail_and_never_hands_out_bad_records() {
     let dir = tempfile::tempdir().unwrap();
     {
         let wal = Wal::open(config(dir.path())).unwrap();
@@ -262,22 +301,35 @@ async fn damage_inside_an_older_segment_cuts_the_log_there_and_never_hands_out_b
         .unwrap();
 
     let wal = Wal::open(config(dir.path())).unwrap();
-    let end = wal.end_offset();
-    assert!(
-        end >= base && end < 60,
-        "log should end inside segment 2, at {end}"
-    );
-    assert_eq!(segment_files(dir.path()).len(), 2, "later segments removed");
+    // The later segments are whole and kept; the log still ends where it did.
+    assert_eq!(wal.end_offset(), 60);
+    assert_eq!(segment_files(dir.path()).len(), files.len());
     let mut reader = wal.reader("indexing").unwrap();
-    let records = read_n(&mut reader, end as usize).await;
-    for (i, record) in records.iter().enumerate() {
-        check_record(record, i as u32, 500);
+    let mut records = Vec::new();
+    loop {
+        let batch = reader
+            .next_batch(100, Duration::from_millis(50))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        records.extend(batch);
     }
-    assert!(reader
-        .next_batch(10, Duration::from_millis(20))
-        .await
-        .unwrap()
-        .is_empty());
+    // Every record handed out is whole and at its own offset; only the damaged segment's
+    // tail is missing.
+    for record in &records {
+        check_record(record, record.offset as u32, 500);
+    }
+    let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    let lost: Vec<i64> = (0..60).filter(|o| !offsets.contains(o)).collect();
+    assert!(!lost.is_empty(), "nothing was lost to the damage?");
+    assert!(
+        lost.iter().all(|o| *o as u64 >= base) && lost.len() < 10,
+        "lost {lost:?}"
+    );
+    assert_eq!(*offsets.last().unwrap(), 59);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

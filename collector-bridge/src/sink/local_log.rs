@@ -59,6 +59,7 @@ impl Sink for LocalLogSink {
             }
             // A failed write or fsync: the sender should retry, against a restarted process.
             Err(e @ AppendError::Failed(_)) => Err(SinkError::Unavailable(e.to_string())),
+            Err(e @ AppendError::TooLarge { .. }) => Err(SinkError::Rejected(e.to_string())),
         }
     }
 
