@@ -10,6 +10,7 @@
 //!   deterministic document ids that make store writes idempotent;
 //! * [`source`]: the `Source` trait through which stages consume records and acknowledge them
 //!   only once their output is durable, plus an in-process channel source;
+//! * [`terminal`]: escaping of sender text before it reaches a terminal;
 //! * `kafka` (feature `kafka`): the Kafka consumer source and the dead-letter producer;
 //! * `process` (feature `process`): logging setup and graceful-shutdown signals for binaries;
 //! * `admin` (feature `admin`): the `/metrics` and `/healthz` listener of the stages;
@@ -28,6 +29,7 @@ pub mod encoding;
 pub mod model;
 pub mod names;
 pub mod source;
+pub mod terminal;
 
 #[cfg(feature = "admin")]
 pub mod admin;

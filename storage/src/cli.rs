@@ -15,6 +15,7 @@ use crate::store::{
     now_unix_nano, LogQuery, StatusQuery, Store, StoreError, TimeRange, TraceQuery,
 };
 use crate::tree::{format_duration, format_time, render_trace, TreeOptions};
+use dlog_core::terminal::escape_control as esc;
 
 /// Kafka → store indexing stage, and queries over the store.
 #[derive(Debug, Clone, Parser)]
@@ -392,14 +393,14 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
                 let _ = writeln!(
                     out,
                     "{}  {}  {:>10}  {:>4} spans  {:>3} errors  {}: {}  [{}]",
-                    t.trace_id,
+                    esc(&t.trace_id),
                     format_time(t.start_unix_nano),
                     format_duration(t.duration_nanos),
                     t.span_count,
                     t.error_count,
-                    t.root_service,
-                    t.root_operation,
-                    t.services.join(", ")
+                    esc(&t.root_service),
+                    esc(&t.root_operation),
+                    esc(&t.services.join(", "))
                 );
             }
         }
@@ -426,20 +427,20 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
                     out,
                     "{} {:<5} {} {}{}",
                     format_time(l.time_unix_nano),
-                    l.level,
-                    l.service.name,
-                    l.body.replace('\n', " "),
+                    esc(&l.level),
+                    esc(&l.service.name),
+                    esc(&l.body),
                     l.trace_id
-                        .map(|t| format!("  trace={t}"))
+                        .map(|t| format!("  trace={}", esc(&t)))
                         .unwrap_or_default()
                 );
             }
         }
         Command::Services => {
             for service in store.services().await? {
-                let _ = writeln!(out, "{service}");
+                let _ = writeln!(out, "{}", esc(&service));
                 for op in store.operations(&service).await? {
-                    let _ = writeln!(out, "  {} ({})", op.name, op.span_kind);
+                    let _ = writeln!(out, "  {} ({})", esc(&op.name), esc(&op.span_kind));
                 }
             }
         }
@@ -450,12 +451,15 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
                 let _ = writeln!(
                     out,
                     "  {} -> {}: {} calls, {} errors",
-                    e.caller, e.callee, e.calls, e.errors
+                    esc(&e.caller),
+                    esc(&e.callee),
+                    e.calls,
+                    e.errors
                 );
             }
             let _ = writeln!(out, "declared dependencies:");
             for d in deps.declared {
-                let _ = writeln!(out, "  {} -> {}", d.service, d.depends_on);
+                let _ = writeln!(out, "  {} -> {}", esc(&d.service), esc(&d.depends_on));
             }
         }
         Command::Status {
@@ -475,8 +479,8 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
                     out,
                     "{:<6} {} {}  last heartbeat {} ({} ago)",
                     s.status.as_str(),
-                    s.entry.service,
-                    s.entry.instance_id,
+                    esc(&s.entry.service),
+                    esc(&s.entry.instance_id),
                     format_time(s.entry.last_heartbeat_unix_nano),
                     format_duration(now.saturating_sub(s.entry.last_heartbeat_unix_nano))
                 );

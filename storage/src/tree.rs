@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use dlog_core::model::{LogEntry, SpanRecord};
+use dlog_core::terminal::escape_control as esc;
 
 /// How the tree is drawn.
 #[derive(Debug, Clone)]
@@ -257,12 +258,12 @@ pub fn render_trace<'a>(
     let _ = writeln!(
         out,
         "Trace {}  {} span{}, {} service{} ({}), {} error{}{}  duration {}  started {}",
-        spans[0].trace_id,
+        esc(&spans[0].trace_id),
         n,
         if n == 1 { "" } else { "s" },
         services.len(),
         if services.len() == 1 { "" } else { "s" },
-        services.join(", "),
+        esc(&services.join(", ")),
         errors,
         if errors == 1 { "" } else { "s" },
         if orphan_count > 0 {
@@ -290,18 +291,18 @@ pub fn render_trace<'a>(
                 } else {
                     String::new()
                 };
-                let mut label = format!("{prefix}{deep}{}: {}", s.service.name, s.name);
+                let mut label = format!("{prefix}{deep}{}: {}", esc(&s.service.name), esc(&s.name));
                 if *orphan {
                     let _ = write!(
                         label,
                         " [orphan: parent {} missing]",
-                        s.parent_span_id.as_deref().unwrap_or("?")
+                        esc(s.parent_span_id.as_deref().unwrap_or("?"))
                     );
                 }
                 truncate(&label, options.max_label_width)
             }
             Line::Log { log, prefix } => truncate(
-                &format!("{prefix}· {} {}", log.level, log.body.replace('\n', " ")),
+                &format!("{prefix}· {} {}", esc(&log.level), esc(&log.body)),
                 options.max_label_width,
             ),
         })
@@ -330,7 +331,7 @@ pub fn render_trace<'a>(
                     if s.status_message.is_empty() {
                         "  ERROR".to_string()
                     } else {
-                        format!("  ERROR: {}", s.status_message)
+                        format!("  ERROR: {}", esc(&s.status_message))
                     }
                 } else {
                     String::new()
@@ -363,9 +364,9 @@ pub fn render_trace<'a>(
                 out,
                 "   · {} {} {} {}",
                 format_time(log.time_unix_nano),
-                log.service.name,
-                log.level,
-                log.body.replace('\n', " ")
+                esc(&log.service.name),
+                esc(&log.level),
+                esc(&log.body)
             );
         }
     }
@@ -510,5 +511,16 @@ mod tests {
             "{out}"
         );
         assert!(out.lines().nth(2).unwrap().starts_with("└─ a: y "), "{out}");
+    }
+
+    #[test]
+    fn regression_terminal_escapes_sender_text_prints_visibly_escaped() {
+        let mut evil = span("1", None, "svc\x1b]0;pwned\x07", "op\x1b[2J", 0, 10);
+        evil.status = StatusCode::Error;
+        evil.status_message = "boom\r\x1b[31mfake".into();
+        let out = render_trace(&[evil], &[], &TreeOptions::default());
+        assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+        assert!(out.contains("svc\\x1b]0;pwned\\x07: op\\x1b[2J"), "{out}");
+        assert!(out.contains("ERROR: boom\\r\\x1b[31mfake"), "{out}");
     }
 }
