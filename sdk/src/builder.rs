@@ -22,6 +22,13 @@ pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 /// Environment variable: the filter directives, when [`TelemetryBuilder::with_env_filter`] is not called.
 pub const ENV_LOG_FILTER: &str = "RUST_LOG";
+/// Environment variable: span exports in flight at once, when
+/// [`TelemetryBuilder::with_max_concurrent_exports`] is not called (the name the OpenTelemetry
+/// Rust SDK uses).
+pub const ENV_BSP_MAX_CONCURRENT_EXPORTS: &str = "OTEL_BSP_MAX_CONCURRENT_EXPORTS";
+/// Environment variable: log exports in flight at once, when
+/// [`TelemetryBuilder::with_max_concurrent_exports`] is not called.
+pub const ENV_BLRP_MAX_CONCURRENT_EXPORTS: &str = "OTEL_BLRP_MAX_CONCURRENT_EXPORTS";
 
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -29,6 +36,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUEUE_CAPACITY: usize = 2048;
 /// Default largest batch per export call.
 pub const DEFAULT_MAX_EXPORT_BATCH: usize = 512;
+/// Default number of export calls in flight at once, per signal.
+pub const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
+/// Largest accepted number of export calls in flight at once, per signal.
+pub const MAX_CONCURRENT_EXPORTS_LIMIT: usize = 64;
 /// Default longest wait of a record in the queue before it is exported.
 pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time budget of one export call, retries included.
@@ -127,6 +138,7 @@ pub struct TelemetryBuilder {
     env_filter: Option<String>,
     queue_capacity: usize,
     max_export_batch: usize,
+    max_concurrent_exports: Option<usize>,
     export_interval: Duration,
     export_timeout: Duration,
     shutdown_timeout: Duration,
@@ -166,6 +178,7 @@ impl TelemetryBuilder {
             env_filter: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_export_batch: DEFAULT_MAX_EXPORT_BATCH,
+            max_concurrent_exports: None,
             export_interval: DEFAULT_EXPORT_INTERVAL,
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -236,6 +249,16 @@ impl TelemetryBuilder {
     /// Largest number of records per export call. Default 512 (capped at the queue capacity).
     pub fn with_max_export_batch(mut self, records: usize) -> Self {
         self.max_export_batch = records;
+        self
+    }
+
+    /// Export calls each of the span and log queues keeps in flight at once. Default 4
+    /// (`OTEL_BSP_MAX_CONCURRENT_EXPORTS` for spans and `OTEL_BLRP_MAX_CONCURRENT_EXPORTS` for
+    /// logs when not called); 1 to 64. A collector answering in `t` seconds takes up to
+    /// `n × max_export_batch / t` records per second from each queue, and up to
+    /// `n × max_export_batch` records per queue are held in flight beside the queue itself.
+    pub fn with_max_concurrent_exports(mut self, exports: usize) -> Self {
+        self.max_concurrent_exports = Some(exports);
         self
     }
 
@@ -393,6 +416,36 @@ impl TelemetryBuilder {
                 reason: "must be at least 1".into(),
             });
         }
+        let concurrent = |env_value: &Option<String>, env_name: &'static str| {
+            let (value, source) = match (self.max_concurrent_exports, env_value) {
+                (Some(value), _) => (value, "with_max_concurrent_exports"),
+                (None, Some(raw)) if !raw.trim().is_empty() => (
+                    raw.trim()
+                        .parse::<usize>()
+                        .map_err(|e| BuildError::InvalidSetting {
+                            setting: env_name,
+                            reason: format!("`{raw}` is not a count: {e}"),
+                        })?,
+                    env_name,
+                ),
+                (None, _) => (DEFAULT_MAX_CONCURRENT_EXPORTS, "the default"),
+            };
+            if !(1..=MAX_CONCURRENT_EXPORTS_LIMIT).contains(&value) {
+                return Err(BuildError::InvalidSetting {
+                    setting: source,
+                    reason: format!("{value} is not between 1 and {MAX_CONCURRENT_EXPORTS_LIMIT}"),
+                });
+            }
+            Ok(value)
+        };
+        let span_exports = concurrent(
+            &env.bsp_max_concurrent_exports,
+            ENV_BSP_MAX_CONCURRENT_EXPORTS,
+        )?;
+        let log_exports = concurrent(
+            &env.blrp_max_concurrent_exports,
+            ENV_BLRP_MAX_CONCURRENT_EXPORTS,
+        )?;
         for (setting, value) in [
             ("with_export_interval", self.export_interval),
             ("with_export_timeout", self.export_timeout),
@@ -449,11 +502,19 @@ impl TelemetryBuilder {
             heartbeat_interval: self.heartbeat_interval,
             stderr: self.stderr,
             level_filter,
-            queue: QueueConfig {
+            span_queue: QueueConfig {
                 capacity: self.queue_capacity,
                 max_batch: self.max_export_batch.min(self.queue_capacity),
                 interval: self.export_interval,
                 export_timeout: self.export_timeout,
+                max_concurrent_exports: span_exports,
+            },
+            log_queue: QueueConfig {
+                capacity: self.queue_capacity,
+                max_batch: self.max_export_batch.min(self.queue_capacity),
+                interval: self.export_interval,
+                export_timeout: self.export_timeout,
+                max_concurrent_exports: log_exports,
             },
             shutdown_timeout: self.shutdown_timeout,
             gzip: self.gzip,
@@ -474,7 +535,8 @@ pub(crate) struct Settings {
     pub heartbeat_interval: Duration,
     pub stderr: bool,
     pub level_filter: LevelFilter,
-    pub queue: QueueConfig,
+    pub span_queue: QueueConfig,
+    pub log_queue: QueueConfig,
     pub shutdown_timeout: Duration,
     pub gzip: bool,
     pub tracked_inactivity: bool,
@@ -510,6 +572,8 @@ pub(crate) struct Env {
     pub service_name: Option<String>,
     pub resource_attributes: Option<String>,
     pub log_filter: Option<String>,
+    pub bsp_max_concurrent_exports: Option<String>,
+    pub blrp_max_concurrent_exports: Option<String>,
 }
 
 impl Env {
@@ -520,6 +584,8 @@ impl Env {
             service_name: var(ENV_SERVICE_NAME).map(|s| s.trim().to_string()),
             resource_attributes: var(ENV_RESOURCE_ATTRIBUTES),
             log_filter: var(ENV_LOG_FILTER),
+            bsp_max_concurrent_exports: var(ENV_BSP_MAX_CONCURRENT_EXPORTS),
+            blrp_max_concurrent_exports: var(ENV_BLRP_MAX_CONCURRENT_EXPORTS),
         }
     }
 }
@@ -613,6 +679,7 @@ mod tests {
                 "service.version=9.9,service.instance.id=env-1,service.dependencies=a%2Cb,team=core".into(),
             ),
             log_filter: Some("debug".into()),
+            ..Env::default()
         };
         let s = resolve(TelemetryBuilder::new("".into()), env.clone()).unwrap();
         assert_eq!(s.service_name, "from-env");
@@ -706,6 +773,64 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(err.contains("with_heartbeat_interval"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_exports_per_signal_from_builder_env_or_default() {
+        let s = resolve(TelemetryBuilder::new("s".into()), Env::default()).unwrap();
+        assert_eq!(
+            s.span_queue.max_concurrent_exports,
+            DEFAULT_MAX_CONCURRENT_EXPORTS
+        );
+        assert_eq!(
+            s.log_queue.max_concurrent_exports,
+            DEFAULT_MAX_CONCURRENT_EXPORTS
+        );
+        let env = Env {
+            bsp_max_concurrent_exports: Some("7".into()),
+            blrp_max_concurrent_exports: Some(" 2 ".into()),
+            ..Env::default()
+        };
+        let s = resolve(TelemetryBuilder::new("s".into()), env.clone()).unwrap();
+        assert_eq!(s.span_queue.max_concurrent_exports, 7);
+        assert_eq!(s.log_queue.max_concurrent_exports, 2);
+        let s = resolve(
+            TelemetryBuilder::new("s".into()).with_max_concurrent_exports(3),
+            env,
+        )
+        .unwrap();
+        assert_eq!(s.span_queue.max_concurrent_exports, 3);
+        assert_eq!(s.log_queue.max_concurrent_exports, 3);
+
+        let err =
+            |builder: TelemetryBuilder, env: Env| resolve(builder, env).err().unwrap().to_string();
+        let message = err(
+            TelemetryBuilder::new("s".into()).with_max_concurrent_exports(0),
+            Env::default(),
+        );
+        assert!(message.contains("with_max_concurrent_exports"), "{message}");
+        let message = err(
+            TelemetryBuilder::new("s".into()),
+            Env {
+                blrp_max_concurrent_exports: Some("many".into()),
+                ..Env::default()
+            },
+        );
+        assert!(
+            message.contains(ENV_BLRP_MAX_CONCURRENT_EXPORTS) && message.contains("many"),
+            "{message}"
+        );
+        let message = err(
+            TelemetryBuilder::new("s".into()),
+            Env {
+                bsp_max_concurrent_exports: Some("65".into()),
+                ..Env::default()
+            },
+        );
+        assert!(
+            message.contains(ENV_BSP_MAX_CONCURRENT_EXPORTS) && message.contains("65"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -249,29 +249,33 @@ impl Telemetry {
     pub(crate) fn start(settings: Settings) -> Result<Telemetry, BuildError> {
         let diagnostics = Arc::new(Diagnostics::new(settings.endpoint.clone()));
         let span_processor = match settings.span_exporter {
-            Some(spawn) => spawn(&settings.queue, Arc::clone(&diagnostics))?,
+            Some(spawn) => spawn(&settings.span_queue, Arc::clone(&diagnostics))?,
             None => {
                 let (endpoint, timeout, gzip) = (
                     settings.endpoint.clone(),
-                    settings.queue.export_timeout,
+                    settings.span_queue.export_timeout,
                     settings.gzip,
                 );
-                BoundedSpanProcessor::spawn(&settings.queue, Arc::clone(&diagnostics), move || {
-                    otlp_span_exporter(&endpoint, timeout, gzip)
-                })?
+                BoundedSpanProcessor::spawn(
+                    &settings.span_queue,
+                    Arc::clone(&diagnostics),
+                    move || otlp_span_exporter(&endpoint, timeout, gzip),
+                )?
             }
         };
         let log_processor = match settings.log_exporter {
-            Some(spawn) => spawn(&settings.queue, Arc::clone(&diagnostics))?,
+            Some(spawn) => spawn(&settings.log_queue, Arc::clone(&diagnostics))?,
             None => {
                 let (endpoint, timeout, gzip) = (
                     settings.endpoint.clone(),
-                    settings.queue.export_timeout,
+                    settings.log_queue.export_timeout,
                     settings.gzip,
                 );
-                BoundedLogProcessor::spawn(&settings.queue, Arc::clone(&diagnostics), move || {
-                    otlp_log_exporter(&endpoint, timeout, gzip)
-                })?
+                BoundedLogProcessor::spawn(
+                    &settings.log_queue,
+                    Arc::clone(&diagnostics),
+                    move || otlp_log_exporter(&endpoint, timeout, gzip),
+                )?
             }
         };
         let spans = Arc::clone(span_processor.queue());
