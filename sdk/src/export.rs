@@ -14,6 +14,8 @@
 //! * a failed export backs off (doubling, capped) before the next attempt, so an unreachable
 //!   collector costs the application nothing but the drops, and export resumes on its own
 //!   once the collector is back;
+//! * liveness records (heartbeats and registrations) travel in a small lane of their own that
+//!   is exported first, so application logs filling the queue never drop or hold them back;
 //! * flush and shutdown honour a deadline and say what they could not deliver.
 //!
 //! Each processor owns one worker thread with its own single-threaded Tokio runtime, in which
@@ -39,7 +41,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tokio::sync::mpsc as control_mpsc;
 
-use crate::BuildError;
+use crate::{names, BuildError};
 
 /// Target of the SDK's own diagnostics. It is kept out of the OTLP layers (see
 /// [`crate::filter`]), so a warning about failed exports never becomes an export itself.
@@ -55,6 +57,10 @@ const CONTROL_CAPACITY: usize = 64;
 /// Deadline of `force_flush` called through the OpenTelemetry providers (which take none);
 /// `Telemetry::flush` takes its own.
 const PROVIDER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Records the liveness lane of the log queue holds (heartbeats and registrations). At the
+/// default 10 s heartbeat interval this covers more than ten minutes of collector outage.
+pub(crate) const LIVENESS_CAPACITY: usize = 64;
 
 /// Settings of one signal's queue.
 #[derive(Debug, Clone)]
@@ -214,6 +220,9 @@ impl<E: LogExporter + 'static> BatchExport for Logs<E> {
 pub(crate) struct Queue<T> {
     signal: &'static str,
     items: SyncSender<T>,
+    /// The liveness lane (logs only): records exported ahead of `items`, with room of their
+    /// own, so that a burst filling `items` neither drops nor delays them.
+    priority: Option<SyncSender<T>>,
     control: control_mpsc::Sender<Control>,
     counters: Arc<Counters>,
     /// True while a wake-up for a full batch is outstanding, so that at most one is sent.
@@ -234,10 +243,12 @@ impl<T> fmt::Debug for Queue<T> {
 
 impl<T: Send + 'static> Queue<T> {
     /// Starts the worker thread, builds the exporter inside its runtime, and returns once the
-    /// exporter is ready (or failed to build).
+    /// exporter is ready (or failed to build). `priority_capacity` sizes the liveness lane
+    /// (0: none).
     fn spawn<E, F>(
         signal: &'static str,
         config: &QueueConfig,
+        priority_capacity: usize,
         diagnostics: Arc<Diagnostics>,
         make_exporter: F,
     ) -> Result<Arc<Self>, BuildError>
@@ -246,6 +257,12 @@ impl<T: Send + 'static> Queue<T> {
         F: FnOnce() -> Result<E, BuildError> + Send + 'static,
     {
         let (items, item_rx) = mpsc::sync_channel(config.capacity);
+        let (priority, priority_rx) = if priority_capacity > 0 {
+            let (tx, rx) = mpsc::sync_channel(priority_capacity);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let (control, control_rx) = control_mpsc::channel(CONTROL_CAPACITY);
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), BuildError>>(1);
         let counters = Arc::new(Counters::default());
@@ -290,6 +307,7 @@ impl<T: Send + 'static> Queue<T> {
                 let worker = Worker {
                     signal,
                     items: item_rx,
+                    priority: priority_rx,
                     control: control_rx,
                     exporter: Rc::new(exporter),
                     config: worker_config,
@@ -320,6 +338,7 @@ impl<T: Send + 'static> Queue<T> {
         Ok(Arc::new(Queue {
             signal,
             items,
+            priority,
             control,
             counters,
             wake_sent,
@@ -346,6 +365,19 @@ impl<T: Send + 'static> Queue<T> {
                 }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.refuse(),
+        }
+    }
+
+    /// Hands a liveness record to the worker through its own lane (the main queue when there
+    /// is none), or counts it as dropped. Never blocks.
+    fn push_priority(&self, item: T) {
+        let Some(priority) = &self.priority else {
+            self.push(item);
+            return;
+        };
+        self.counters.queued.fetch_add(1, Ordering::AcqRel);
+        if priority.try_send(item).is_err() {
+            self.refuse();
         }
     }
 
@@ -440,6 +472,7 @@ type InFlight = Pin<Box<dyn Future<Output = (usize, OTelSdkResult)>>>;
 struct Worker<E: BatchExport> {
     signal: &'static str,
     items: Receiver<E::Item>,
+    priority: Option<Receiver<E::Item>>,
     control: control_mpsc::Receiver<Control>,
     /// Shared by the exports in flight; `Rc`, since every one of them runs on this thread.
     exporter: Rc<E>,
@@ -582,10 +615,18 @@ impl<E: BatchExport> Worker<E> {
         // not needed until then (the flag stays set).
     }
 
-    /// Takes up to `limit` records and starts exporting them. Returns
+    /// Takes up to `limit` records, liveness lane first, and starts exporting them. Returns
     /// how many it took.
     fn start_export(&mut self, limit: usize) -> usize {
         let mut batch = Vec::with_capacity(limit.min(self.waiting().max(1)));
+        if let Some(priority) = &self.priority {
+            while batch.len() < limit {
+                match priority.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+        }
         while batch.len() < limit {
             match self.items.try_recv() {
                 Ok(item) => batch.push(item),
@@ -712,6 +753,9 @@ impl<E: BatchExport> Worker<E> {
                 .fetch_add(abandoned as u64, Ordering::Relaxed);
             self.counters.queued.fetch_sub(count, Ordering::AcqRel);
         }
+        if let Some(priority) = &self.priority {
+            while priority.try_recv().is_ok() {}
+        }
         while self.items.try_recv().is_ok() {}
         self.exporter
             .shutdown(remaining_or_zero(deadline).max(Duration::from_millis(10)));
@@ -734,7 +778,7 @@ impl BoundedSpanProcessor {
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, BuildError> + Send + 'static,
     {
-        let queue = Queue::spawn("spans", config, diagnostics, move || {
+        let queue = Queue::spawn("spans", config, 0, diagnostics, move || {
             make_exporter().map(Spans)
         })?;
         Ok(BoundedSpanProcessor { queue })
@@ -793,7 +837,7 @@ impl BoundedLogProcessor {
         E: LogExporter + 'static,
         F: FnOnce() -> Result<E, BuildError> + Send + 'static,
     {
-        let queue = Queue::spawn("logs", config, diagnostics, move || {
+        let queue = Queue::spawn("logs", config, LIVENESS_CAPACITY, diagnostics, move || {
             make_exporter().map(Logs)
         })?;
         Ok(BoundedLogProcessor {
@@ -830,7 +874,16 @@ impl LogProcessor for BoundedLogProcessor {
         {
             record.set_event_name("");
         }
-        self.queue.push(Box::new((record, scope.clone())));
+        let liveness = scope.name() == crate::telemetry::SCOPE
+            && record.event_name().is_some_and(|name| {
+                name == names::HEARTBEAT_EVENT || name == names::REGISTRATION_EVENT
+            });
+        let item = Box::new((record, scope.clone()));
+        if liveness {
+            self.queue.push_priority(item);
+        } else {
+            self.queue.push(item);
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {

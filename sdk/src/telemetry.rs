@@ -26,7 +26,7 @@ use crate::filter::ExcludeExporterCrates;
 use crate::logger::DistributedLogger;
 
 /// Instrumentation scope of the SDK's own spans and records.
-const SCOPE: &str = "distributed_logger";
+pub(crate) const SCOPE: &str = "distributed_logger";
 
 /// The subscriber could not be installed.
 #[derive(Debug, thiserror::Error)]
