@@ -2,10 +2,14 @@
 //!
 //! * [`trace_server`]: an axum middleware (`axum::middleware::from_fn(trace_server)`) that
 //!   continues the caller's trace from `traceparent` and wraps the request in a SERVER span
-//!   named `METHOD /route`, with `http.route`, the method and the response status.
+//!   named `METHOD /route`, with `http.route`, the method and the response status. A request
+//!   that matched no route (a 404, a scanner) is named after its method alone, so that raw
+//!   paths never become operation names.
 //! * [`send_traced`] / [`RequestBuilderExt::send_traced`]: sends a reqwest request inside a
 //!   CLIENT span whose `peer.service` is the called service, with that span's context
-//!   injected as `traceparent`, so the callee's server span becomes its child.
+//!   injected as `traceparent`, so the callee's server span becomes its child. Its `url.full`
+//!   carries no credentials: userinfo and the values of secret query parameters read
+//!   `REDACTED` (see [`redact_url`]).
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -40,6 +44,11 @@ use crate::propagation::{extract_http, inject_http, set_remote_parent};
 /// Axum middleware: one SERVER span per request, child of the caller's span when the request
 /// carries `traceparent`. Add it with `Router::layer(axum::middleware::from_fn(trace_server))`
 /// so that `http.route` is the matched route (`/orders/{id}`) rather than the raw path.
+///
+/// The span is named `METHOD /route`. A request that matched no route is named after its
+/// method alone and has no `http.route` (OpenTelemetry HTTP semantic conventions): the raw
+/// path stays in `url.path`, but never becomes an operation name, so 404s and scanners cannot
+/// create unbounded sets of names. A 5xx answer marks the span as an error.
 pub async fn trace_server(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -47,13 +56,16 @@ pub async fn trace_server(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|matched| matched.as_str().to_owned());
-    let span_name = format!("{method} {}", route.as_deref().unwrap_or(&path));
+    let span_name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
     let span = tracing::info_span!(
         "http.server",
         otel.name = %span_name,
         otel.kind = "server",
         http.request.method = %method,
-        http.route = route.as_deref().unwrap_or(&path),
+        http.route = route.as_deref(),
         url.path = %path,
         http.response.status_code = Empty,
         otel.status_code = Empty,

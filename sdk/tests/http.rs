@@ -1,0 +1,176 @@
+//! The HTTP helpers over real HTTP: the axum middleware's SERVER spans and `send_traced`'s
+//! CLIENT spans, as the exporter receives them (names, attributes, error status).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use distributed_logger::http::trace_server;
+use distributed_logger::Telemetry;
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::Value;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+/// Keeps every exported span.
+#[derive(Debug, Clone, Default)]
+struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanExporter for Collect {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+/// A service with the middleware, its spans collected, and a current-thread runtime whose
+/// tasks (server and client alike) all run with the service's subscriber.
+struct Service {
+    telemetry: Telemetry,
+    spans: Collect,
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+}
+
+impl Service {
+    fn start() -> Service {
+        let spans = Collect::default();
+        let telemetry = Telemetry::builder("http-test")
+            .with_span_exporter(spans.clone())
+            .with_stderr(false)
+            .build()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/orders/{id}", get(|| async { "order" }))
+            .route(
+                "/fail/{code}",
+                get(
+                    |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                    },
+                ),
+            )
+            .layer(axum::middleware::from_fn(trace_server));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Service {
+            telemetry,
+            spans,
+            runtime,
+            addr,
+        }
+    }
+
+    /// Runs `future` on the service's runtime with its subscriber as the default.
+    fn run<T>(&self, future: impl std::future::Future<Output = T>) -> T {
+        tracing::dispatcher::with_default(self.telemetry.dispatch(), || {
+            self.runtime.block_on(future)
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every span exported so far, after a flush.
+    fn spans(&self) -> Vec<SpanData> {
+        self.telemetry.flush(Duration::from_secs(5));
+        self.spans.0.lock().unwrap().clone()
+    }
+
+    /// The one span of `kind` whose `url.path` (server) or `url.full` (client) ends in `path`.
+    fn span(&self, kind: SpanKind, path: &str) -> SpanData {
+        let key = if kind == SpanKind::Server {
+            "url.path"
+        } else {
+            "url.full"
+        };
+        let matching: Vec<SpanData> = self
+            .spans()
+            .into_iter()
+            .filter(|s| s.span_kind == kind)
+            .filter(|s| attr(s, key).is_some_and(|v| v.as_str().ends_with(path)))
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "one {kind:?} span for {path}: {matching:#?}"
+        );
+        matching.into_iter().next().unwrap()
+    }
+}
+
+fn attr(span: &SpanData, key: &str) -> Option<Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
+fn is_error(span: &SpanData) -> bool {
+    matches!(span.status, Status::Error { .. })
+}
+
+/// Regression (issue 7, unbounded names): a request that matched no route named its SERVER
+/// span after the raw path, so 404s and scanners created one operation per path. It is now
+/// named after the method alone, without `http.route`; the path stays in `url.path`.
+#[test]
+fn regression_unmatched_path_names_the_server_span_by_method_alone() {
+    let service = Service::start();
+    let client = reqwest::Client::new();
+    for path in [
+        "/wp-admin/setup.php",
+        "/orders/7/../../etc/passwd",
+        "/orders/9",
+    ] {
+        let status =
+            service.run(async { client.get(service.url(path)).send().await.unwrap().status() });
+        assert_eq!(
+            status == StatusCode::OK,
+            path == "/orders/9",
+            "{path}: {status}"
+        );
+    }
+
+    let scanner = service.span(SpanKind::Server, "/wp-admin/setup.php");
+    assert_eq!(scanner.name, "GET");
+    assert_eq!(attr(&scanner, "http.route"), None);
+    assert_eq!(
+        attr(&scanner, "http.request.method"),
+        Some(Value::from("GET"))
+    );
+    assert_eq!(
+        attr(&scanner, "http.response.status_code"),
+        Some(Value::I64(404))
+    );
+    assert!(!is_error(&scanner), "a 404 is not a server error");
+
+    let matched = service.span(SpanKind::Server, "/orders/9");
+    assert_eq!(matched.name, "GET /orders/{id}");
+    assert_eq!(
+        attr(&matched, "http.route"),
+        Some(Value::from("/orders/{id}"))
+    );
+
+    let names: std::collections::BTreeSet<String> = service
+        .spans()
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Server)
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["GET", "GET /orders/{id}"].map(String::from).into(),
+        "no raw path became a span name"
+    );
+}
