@@ -8,12 +8,23 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use distributed_logger::http::trace_server;
+use distributed_logger::http::{trace_server, RequestBuilderExt};
 use distributed_logger::Telemetry;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::Value;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+/// Discards logs (the tests look at spans only).
+#[derive(Debug)]
+struct NoLogs;
+
+impl LogExporter for NoLogs {
+    async fn export(&self, _batch: LogBatch<'_>) -> OTelSdkResult {
+        Ok(())
+    }
+}
 
 /// Keeps every exported span.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +51,7 @@ impl Service {
         let spans = Collect::default();
         let telemetry = Telemetry::builder("http-test")
             .with_span_exporter(spans.clone())
+            .with_log_exporter(NoLogs)
             .with_stderr(false)
             .build()
             .unwrap();
@@ -173,4 +185,37 @@ fn regression_unmatched_path_names_the_server_span_by_method_alone() {
         ["GET", "GET /orders/{id}"].map(String::from).into(),
         "no raw path became a span name"
     );
+}
+
+/// Regression (issue 7, redaction): `url.full` of a CLIENT span carried the URL as sent,
+/// credentials and signed-URL secrets included.
+#[test]
+fn regression_client_url_full_has_no_credentials_or_query_secrets() {
+    let service = Service::start();
+    let client = reqwest::Client::new();
+    let url = format!(
+        "http://alice:hunter2@{}/orders/5?sig=VAL1&X-Goog-Signature=VAL2&AWSAccessKeyId=VAL3\
+         &Signature=VAL4&access_token=VAL5&api-key=VAL6&page=2",
+        service.addr
+    );
+    let status =
+        service.run(async { client.get(&url).send_traced("self").await.unwrap().status() });
+    assert_eq!(status, StatusCode::OK);
+
+    // reqwest moves the userinfo into an Authorization header before the span sees the URL
+    // (a userinfo that reaches `url.full` reads REDACTED:REDACTED; see the unit tests).
+    let span = service.span(SpanKind::Client, "&page=2");
+    let full = attr(&span, "url.full").unwrap().as_str().into_owned();
+    assert_eq!(
+        full,
+        format!(
+            "http://{}/orders/5?sig=REDACTED&X-Goog-Signature=REDACTED\
+             &AWSAccessKeyId=REDACTED&Signature=REDACTED&access_token=REDACTED\
+             &api-key=REDACTED&page=2",
+            service.addr
+        )
+    );
+    for secret in ["alice", "hunter2", "VAL"] {
+        assert!(!full.contains(secret), "{secret} leaked: {full}");
+    }
 }
