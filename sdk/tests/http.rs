@@ -187,6 +187,85 @@ fn regression_unmatched_path_names_the_server_span_by_method_alone() {
     );
 }
 
+/// The alert rules count error spans, so the middleware's error marking is a promise: a SERVER
+/// span is an error for a 5xx answer only; a CLIENT span for a 4xx, a 5xx or a transport
+/// error, with `error.type` saying which.
+#[test]
+fn server_and_client_spans_mark_errors_as_the_alert_rules_expect() {
+    let service = Service::start();
+    let client = reqwest::Client::new();
+    // A port nothing listens on: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    service.run(async {
+        for path in [
+            "/orders/1",
+            "/fail/400",
+            "/fail/404",
+            "/fail/500",
+            "/fail/503",
+        ] {
+            client
+                .get(service.url(path))
+                .send_traced("self")
+                .await
+                .unwrap();
+        }
+        let refused = client
+            .get(format!("http://{closed}/refused"))
+            .send_traced("nobody")
+            .await;
+        assert!(refused.is_err());
+    });
+
+    for (path, status, server_error, client_error) in [
+        ("/orders/1", 200, false, None),
+        ("/fail/400", 400, false, Some("400")),
+        ("/fail/404", 404, false, Some("404")),
+        ("/fail/500", 500, true, Some("500")),
+        ("/fail/503", 503, true, Some("503")),
+    ] {
+        let server = service.span(SpanKind::Server, path);
+        assert_eq!(
+            attr(&server, "http.response.status_code"),
+            Some(Value::I64(status)),
+            "{path}"
+        );
+        assert_eq!(is_error(&server), server_error, "server span of {path}");
+
+        let client = service.span(SpanKind::Client, path);
+        assert_eq!(
+            attr(&client, "http.response.status_code"),
+            Some(Value::I64(status)),
+            "{path}"
+        );
+        assert_eq!(
+            is_error(&client),
+            client_error.is_some(),
+            "client span of {path}"
+        );
+        assert_eq!(
+            attr(&client, "error.type"),
+            client_error.map(Value::from),
+            "{path}"
+        );
+        assert_eq!(attr(&client, "peer.service"), Some(Value::from("self")));
+        assert_eq!(
+            server.parent_span_id,
+            client.span_context.span_id(),
+            "{path}: the server span continues the client's trace"
+        );
+    }
+
+    let refused = service.span(SpanKind::Client, "/refused");
+    assert!(is_error(&refused), "a transport error marks the span");
+    assert_eq!(attr(&refused, "error.type"), Some(Value::from("connect")));
+    assert_eq!(attr(&refused, "http.response.status_code"), None);
+    assert_eq!(attr(&refused, "peer.service"), Some(Value::from("nobody")));
+}
+
 /// Regression (issue 7, redaction): `url.full` of a CLIENT span carried the URL as sent,
 /// credentials and signed-URL secrets included.
 #[test]
