@@ -22,6 +22,14 @@ pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 /// Environment variable: the filter directives, when [`TelemetryBuilder::with_env_filter`] is not called.
 pub const ENV_LOG_FILTER: &str = "RUST_LOG";
+/// Environment variable: `key=value,...` headers sent with every export (values
+/// percent-encoded), e.g. `authorization=Bearer%20token`. Read by the OTLP exporter, and checked
+/// by `build()`.
+pub const ENV_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// Environment variable: headers for span exports only (replaces `OTEL_EXPORTER_OTLP_HEADERS`).
+pub const ENV_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+/// Environment variable: headers for log exports only (replaces `OTEL_EXPORTER_OTLP_HEADERS`).
+pub const ENV_OTLP_LOGS_HEADERS: &str = "OTEL_EXPORTER_OTLP_LOGS_HEADERS";
 /// Environment variable: span exports in flight at once, when
 /// [`TelemetryBuilder::with_max_concurrent_exports`] is not called (the name the OpenTelemetry
 /// Rust SDK uses).
@@ -133,6 +141,7 @@ pub struct TelemetryBuilder {
     instance_id: Option<String>,
     dependencies: Option<Vec<String>>,
     endpoint: Option<String>,
+    headers: Vec<(String, String)>,
     heartbeat_interval: Duration,
     stderr: bool,
     env_filter: Option<String>,
@@ -173,6 +182,7 @@ impl TelemetryBuilder {
             instance_id: None,
             dependencies: None,
             endpoint: None,
+            headers: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stderr: true,
             env_filter: None,
@@ -218,6 +228,15 @@ impl TelemetryBuilder {
     /// `http://127.0.0.1:4317`.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// A header (gRPC metadata) sent with every export, e.g. `("authorization", "Bearer
+    /// token")` for a collector that requires a token. May be called several times. Headers from
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (or the `_TRACES_`/`_LOGS_` variants) are sent too; for
+    /// the same key, this call wins. Default: none.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
         self
     }
 
@@ -374,6 +393,16 @@ impl TelemetryBuilder {
             (None, _) => (names::DEFAULT_OTLP_ENDPOINT.to_string(), "the default"),
         };
         validate_endpoint(&endpoint, endpoint_source)?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|(key, value)| header(key, value, "with_header"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The exporter reads these itself and skips entries it cannot use; a token that is
+        // silently not sent is worth an error at start.
+        for (name, raw) in &env.otlp_headers {
+            parse_headers(raw, name)?;
+        }
 
         let (filter, filter_source) = match (self.env_filter, &env.log_filter) {
             (Some(filter), _) => (filter, "with_env_filter"),
@@ -499,6 +528,7 @@ impl TelemetryBuilder {
             instance_id,
             dependencies,
             endpoint,
+            headers: Arc::from(headers),
             heartbeat_interval: self.heartbeat_interval,
             stderr: self.stderr,
             level_filter,
@@ -532,6 +562,7 @@ pub(crate) struct Settings {
     pub instance_id: String,
     pub dependencies: Vec<String>,
     pub endpoint: String,
+    pub headers: Arc<[Header]>,
     pub heartbeat_interval: Duration,
     pub stderr: bool,
     pub level_filter: LevelFilter,
@@ -543,6 +574,57 @@ pub(crate) struct Settings {
     pub resource: Resource,
     pub span_exporter: Option<SpanWorkerFactory>,
     pub log_exporter: Option<LogWorkerFactory>,
+}
+
+/// One export header, validated.
+pub(crate) type Header = (
+    tonic::metadata::AsciiMetadataKey,
+    tonic::metadata::AsciiMetadataValue,
+);
+
+/// Validates one header. Errors name the key, never the value (it is usually a secret).
+fn header(key: &str, value: &str, source: &'static str) -> Result<Header, BuildError> {
+    let invalid = |reason: &str| BuildError::InvalidSetting {
+        setting: source,
+        reason: format!("header `{}`: {reason}", key.escape_debug()),
+    };
+    let name = key
+        .trim()
+        .to_ascii_lowercase()
+        .parse::<tonic::metadata::AsciiMetadataKey>()
+        .map_err(|_| invalid("not a valid header name"))?;
+    if name.as_str().ends_with("-bin") {
+        return Err(invalid("binary (-bin) headers are not supported"));
+    }
+    let value = value
+        .trim()
+        .parse::<tonic::metadata::AsciiMetadataValue>()
+        .map_err(|_| invalid("the value is not a valid header value"))?;
+    Ok((name, value))
+}
+
+/// Parses `key=value,...` with percent-encoded values, as the OTLP exporter reads it.
+fn parse_headers(raw: &str, source: &'static str) -> Result<Vec<Header>, BuildError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let Some((key, value)) = entry.split_once('=') else {
+                return Err(BuildError::InvalidSetting {
+                    setting: source,
+                    reason: format!(
+                        "entry `{}` is not key=value",
+                        entry.chars().take(40).collect::<String>().escape_debug()
+                    ),
+                });
+            };
+            let value = percent_decode(value.trim()).ok_or_else(|| BuildError::InvalidSetting {
+                setting: source,
+                reason: format!("header `{}`: bad percent-encoding", key.escape_debug()),
+            })?;
+            header(key, &value, source)
+        })
+        .collect()
 }
 
 /// The `EnvFilter`-syntax directives, in the cheapest filter that can evaluate them.
@@ -572,6 +654,8 @@ pub(crate) struct Env {
     pub service_name: Option<String>,
     pub resource_attributes: Option<String>,
     pub log_filter: Option<String>,
+    /// The header variables that are set, by name.
+    pub otlp_headers: Vec<(&'static str, String)>,
     pub bsp_max_concurrent_exports: Option<String>,
     pub blrp_max_concurrent_exports: Option<String>,
 }
@@ -584,6 +668,14 @@ impl Env {
             service_name: var(ENV_SERVICE_NAME).map(|s| s.trim().to_string()),
             resource_attributes: var(ENV_RESOURCE_ATTRIBUTES),
             log_filter: var(ENV_LOG_FILTER),
+            otlp_headers: [
+                ENV_OTLP_HEADERS,
+                ENV_OTLP_TRACES_HEADERS,
+                ENV_OTLP_LOGS_HEADERS,
+            ]
+            .into_iter()
+            .filter_map(|name| Some((name, var(name)?)))
+            .collect(),
             bsp_max_concurrent_exports: var(ENV_BSP_MAX_CONCURRENT_EXPORTS),
             blrp_max_concurrent_exports: var(ENV_BLRP_MAX_CONCURRENT_EXPORTS),
         }
@@ -830,6 +922,64 @@ mod tests {
         assert!(
             message.contains(ENV_BSP_MAX_CONCURRENT_EXPORTS) && message.contains("65"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn headers_are_validated_without_printing_their_values() {
+        let s = resolve(
+            TelemetryBuilder::new("s".into()).with_header("Authorization", "Bearer abc"),
+            Env::default(),
+        )
+        .unwrap();
+        assert_eq!(s.headers.len(), 1);
+        assert_eq!(s.headers[0].0.as_str(), "authorization");
+        assert_eq!(s.headers[0].1.to_str().unwrap(), "Bearer abc");
+
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_header("bad key", "secret-value"),
+            Env::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("with_header") && err.contains("bad key"),
+            "{err}"
+        );
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_header("x-token", "line\nbreak-secret"),
+            Env::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("x-token") && !err.contains("secret"), "{err}");
+
+        let env = |raw: &str| Env {
+            otlp_headers: vec![(ENV_OTLP_HEADERS, raw.to_string())],
+            ..Env::default()
+        };
+        assert!(resolve(
+            TelemetryBuilder::new("s".into()),
+            env("authorization=Bearer%20abc, x-tenant=t1")
+        )
+        .is_ok());
+        let err = resolve(TelemetryBuilder::new("s".into()), env("authorization"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(ENV_OTLP_HEADERS), "{err}");
+        let err = resolve(
+            TelemetryBuilder::new("s".into()),
+            env("authorization=Bearer%0Asecret"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("authorization") && !err.contains("secret"),
+            "{err}"
         );
     }
 
