@@ -30,6 +30,10 @@ pub const ENV_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 pub const ENV_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
 /// Environment variable: headers for log exports only (replaces `OTEL_EXPORTER_OTLP_HEADERS`).
 pub const ENV_OTLP_LOGS_HEADERS: &str = "OTEL_EXPORTER_OTLP_LOGS_HEADERS";
+/// Environment variable: path of a PEM file of the CA certificate(s) that an `https://`
+/// collector's certificate must chain to, when [`TelemetryBuilder::with_ca_certificate_file`]
+/// is not called. Without either, the system's trusted roots are used.
+pub const ENV_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
 /// Environment variable: span exports in flight at once, when
 /// [`TelemetryBuilder::with_max_concurrent_exports`] is not called (the name the OpenTelemetry
 /// Rust SDK uses).
@@ -65,7 +69,7 @@ pub enum BuildError {
     /// Neither the builder, `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` named the service.
     #[error("no service name: pass one to Telemetry::builder, or set OTEL_SERVICE_NAME")]
     MissingServiceName,
-    /// The endpoint is not an `http://host:port` URI.
+    /// The endpoint is not an `http://host:port` or `https://host:port` URI.
     #[error("OTLP endpoint `{endpoint}` (from {source_name}) is invalid: {reason}")]
     InvalidEndpoint {
         /// The endpoint as given.
@@ -142,6 +146,7 @@ pub struct TelemetryBuilder {
     dependencies: Option<Vec<String>>,
     endpoint: Option<String>,
     headers: Vec<(String, String)>,
+    ca_certificate_file: Option<std::path::PathBuf>,
     heartbeat_interval: Duration,
     stderr: bool,
     env_filter: Option<String>,
@@ -183,6 +188,7 @@ impl TelemetryBuilder {
             dependencies: None,
             endpoint: None,
             headers: Vec::new(),
+            ca_certificate_file: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stderr: true,
             env_filter: None,
@@ -224,8 +230,9 @@ impl TelemetryBuilder {
         self
     }
 
-    /// OTLP/gRPC endpoint, `http://host:port`. Default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else
-    /// `http://127.0.0.1:4317`.
+    /// OTLP/gRPC endpoint, `http://host:port`, or `https://host:port` for TLS (rustls, verified
+    /// against [`with_ca_certificate_file`](Self::with_ca_certificate_file) or the system's
+    /// roots). Default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else `http://127.0.0.1:4317`.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
         self
@@ -237,6 +244,15 @@ impl TelemetryBuilder {
     /// the same key, this call wins. Default: none.
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// A PEM file of the CA certificate(s) that an `https://` collector's certificate must chain
+    /// to (instead of the system's roots), read at `build()`. Default:
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, else the system's trusted roots. Not used with
+    /// `http://`.
+    pub fn with_ca_certificate_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_certificate_file = Some(path.into());
         self
     }
 
@@ -403,6 +419,14 @@ impl TelemetryBuilder {
         for (name, raw) in &env.otlp_headers {
             parse_headers(raw, name)?;
         }
+        let ca_certificate = match (self.ca_certificate_file, &env.otlp_certificate) {
+            (Some(path), _) => Some(read_ca_certificate(&path, "with_ca_certificate_file")?),
+            (None, Some(path)) if !path.trim().is_empty() => Some(read_ca_certificate(
+                std::path::Path::new(path.trim()),
+                ENV_OTLP_CERTIFICATE,
+            )?),
+            (None, _) => None,
+        };
 
         let (filter, filter_source) = match (self.env_filter, &env.log_filter) {
             (Some(filter), _) => (filter, "with_env_filter"),
@@ -529,6 +553,7 @@ impl TelemetryBuilder {
             dependencies,
             endpoint,
             headers: Arc::from(headers),
+            ca_certificate,
             heartbeat_interval: self.heartbeat_interval,
             stderr: self.stderr,
             level_filter,
@@ -563,6 +588,8 @@ pub(crate) struct Settings {
     pub dependencies: Vec<String>,
     pub endpoint: String,
     pub headers: Arc<[Header]>,
+    /// PEM of the CA certificate(s) an `https://` collector must chain to.
+    pub ca_certificate: Option<Vec<u8>>,
     pub heartbeat_interval: Duration,
     pub stderr: bool,
     pub level_filter: LevelFilter,
@@ -601,6 +628,38 @@ fn header(key: &str, value: &str, source: &'static str) -> Result<Header, BuildE
         .parse::<tonic::metadata::AsciiMetadataValue>()
         .map_err(|_| invalid("the value is not a valid header value"))?;
     Ok((name, value))
+}
+
+/// Largest CA certificate file read (a bundle of a few hundred certificates fits).
+const MAX_CA_CERTIFICATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a PEM file of CA certificates, refusing what cannot be one.
+fn read_ca_certificate(
+    path: &std::path::Path,
+    source: &'static str,
+) -> Result<Vec<u8>, BuildError> {
+    use std::io::Read as _;
+    let invalid = |reason: String| BuildError::InvalidSetting {
+        setting: source,
+        reason: format!("CA certificate file {}: {reason}", path.display()),
+    };
+    let file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_CERTIFICATE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| invalid(e.to_string()))?;
+    if pem.len() as u64 > MAX_CA_CERTIFICATE_BYTES {
+        return Err(invalid(format!(
+            "larger than {MAX_CA_CERTIFICATE_BYTES} bytes"
+        )));
+    }
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    Ok(pem)
 }
 
 /// Parses `key=value,...` with percent-encoded values, as the OTLP exporter reads it.
@@ -656,6 +715,7 @@ pub(crate) struct Env {
     pub log_filter: Option<String>,
     /// The header variables that are set, by name.
     pub otlp_headers: Vec<(&'static str, String)>,
+    pub otlp_certificate: Option<String>,
     pub bsp_max_concurrent_exports: Option<String>,
     pub blrp_max_concurrent_exports: Option<String>,
 }
@@ -676,6 +736,7 @@ impl Env {
             .into_iter()
             .filter_map(|name| Some((name, var(name)?)))
             .collect(),
+            otlp_certificate: var(ENV_OTLP_CERTIFICATE),
             bsp_max_concurrent_exports: var(ENV_BSP_MAX_CONCURRENT_EXPORTS),
             blrp_max_concurrent_exports: var(ENV_BLRP_MAX_CONCURRENT_EXPORTS),
         }
@@ -692,14 +753,12 @@ fn validate_endpoint(endpoint: &str, source_name: &'static str) -> Result<(), Bu
         .parse()
         .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http") | Some("https") => {}
+        _ => {
             return Err(invalid(
-                "https is not supported by this build (no TLS); use http:// to a local collector"
-                    .into(),
+                "expected http://host:port or https://host:port".into(),
             ))
         }
-        _ => return Err(invalid("expected http://host:port".into())),
     }
     if uri.authority().is_none() {
         return Err(invalid("no host:port".into()));
@@ -981,6 +1040,58 @@ mod tests {
             err.contains("authorization") && !err.contains("secret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn https_endpoints_and_ca_certificates() {
+        let s = resolve(
+            TelemetryBuilder::new("s".into()).with_endpoint("https://collector.test:4317"),
+            Env::default(),
+        )
+        .unwrap();
+        assert_eq!(s.ca_certificate, None);
+
+        let dir = std::env::temp_dir().join(format!("dlog-sdk-ca-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = dir.join("key.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let env = |path: &std::path::Path| Env {
+            otlp_certificate: Some(path.display().to_string()),
+            ..Env::default()
+        };
+
+        let s = resolve(TelemetryBuilder::new("s".into()), env(&good)).unwrap();
+        assert!(s.ca_certificate.is_some());
+        // The builder wins over the environment.
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_ca_certificate_file(&bad),
+            env(&good),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("with_ca_certificate_file") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = resolve(
+            TelemetryBuilder::new("s".into()),
+            env(&dir.join("missing.pem")),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains(ENV_OTLP_CERTIFICATE) && err.contains("missing.pem"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

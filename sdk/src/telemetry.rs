@@ -13,6 +13,7 @@ use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
+use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::Dispatch;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -469,6 +470,7 @@ struct OtlpOptions {
     timeout: Duration,
     gzip: bool,
     headers: Arc<[Header]>,
+    ca_certificate: Option<Vec<u8>>,
 }
 
 impl OtlpOptions {
@@ -478,6 +480,7 @@ impl OtlpOptions {
             timeout,
             gzip: settings.gzip,
             headers: Arc::clone(&settings.headers),
+            ca_certificate: settings.ca_certificate.clone(),
         }
     }
 
@@ -488,6 +491,14 @@ impl OtlpOptions {
             .with_timeout(self.timeout);
         if self.gzip {
             builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+        }
+        if self.endpoint.starts_with("https:") {
+            // rustls: the configured CA alone when given, else the system's trusted roots.
+            let tls = match &self.ca_certificate {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            builder = builder.with_tls_config(tls);
         }
         if !self.headers.is_empty() {
             // An interceptor runs after the exporter has added the headers from the

@@ -114,6 +114,20 @@ impl Receiver {
 
     /// Starts on `addr`, answering every request only after `delay`.
     pub fn start_slow(addr: SocketAddr, delay: Duration) -> Receiver {
+        Receiver::start_with(addr, delay, None)
+    }
+
+    /// Starts on `addr`, serving TLS with this PEM certificate chain and key.
+    pub fn start_tls(addr: SocketAddr, cert_pem: &str, key_pem: &str) -> Receiver {
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        Receiver::start_with(addr, Duration::ZERO, Some(identity))
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        delay: Duration,
+        tls: Option<tonic::transport::Identity>,
+    ) -> Receiver {
         let listener = std::net::TcpListener::bind(addr).expect("bind receiver");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -136,7 +150,13 @@ impl Receiver {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                tonic::transport::Server::builder()
+                let mut server = tonic::transport::Server::builder();
+                if let Some(identity) = tls {
+                    server = server
+                        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                        .unwrap();
+                }
+                server
                     .add_service(TraceServiceServer::new(server_store.clone()))
                     .add_service(LogsServiceServer::new(server_store))
                     .serve_with_incoming_shutdown(
