@@ -2,7 +2,11 @@
 //! to the stock `tracing-opentelemetry` + `opentelemetry-appender-tracing` setup with the
 //! SDK's stock batch processors, in the same run, both exporting to a sink that discards.
 //!
-//! Run: `cargo bench -p distributed-logger --bench overhead`. Prints a Markdown table; the
+//! A second table shows delivery against a slow collector: spans offered at a fixed rate to an
+//! exporter that answers after 200 ms, with the default queue, for 1 (the stock processors'
+//! behaviour) and more exports in flight.
+//!
+//! Run: `cargo bench -p distributed-logger --bench overhead`. Prints Markdown tables; the
 //! figures are recorded in `docs/benchmarks/sdk.md`. Nothing is asserted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +54,63 @@ impl LogExporter for DiscardLogs {
             .fetch_add(batch.iter().count() as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Answers every export after `SLOW_ANSWER`, counting what it accepted.
+#[derive(Debug, Clone, Default)]
+struct SlowSpans(Arc<AtomicU64>);
+
+/// Answer time of the slow collector.
+const SLOW_ANSWER: Duration = Duration::from_millis(200);
+/// Offered rate and duration of the slow-collector runs.
+const SLOW_RATE_PER_SEC: u64 = 6_000;
+const SLOW_SECONDS: u64 = 3;
+
+impl SpanExporter for SlowSpans {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        tokio::time::sleep(SLOW_ANSWER).await;
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Offers `SLOW_RATE_PER_SEC` spans/s for `SLOW_SECONDS` to a collector answering after
+/// `SLOW_ANSWER`, with the default queue; returns (offered, delivered, dropped).
+fn slow_collector(concurrent_exports: usize) -> (u64, u64, u64) {
+    let sink = SlowSpans::default();
+    let telemetry = Telemetry::builder("bench-slow")
+        .with_span_exporter(sink.clone())
+        .with_log_exporter(DiscardLogs::default())
+        .with_max_concurrent_exports(concurrent_exports)
+        .with_stderr(false)
+        .with_shutdown_timeout(Duration::from_secs(60))
+        .build()
+        .expect("build telemetry");
+    let tick = Duration::from_millis(10);
+    let per_tick = SLOW_RATE_PER_SEC / 100;
+    let mut offered = 0;
+    let mut next = Instant::now();
+    tracing::dispatcher::with_default(telemetry.dispatch(), || {
+        for _ in 0..SLOW_SECONDS * 100 {
+            for _ in 0..per_tick {
+                tracing::info_span!("operation").in_scope(|| {});
+                offered += 1;
+            }
+            next += tick;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+    });
+    let report = telemetry.shutdown();
+    (
+        offered,
+        sink.0.load(Ordering::Relaxed),
+        report.stats.dropped_spans,
+    )
 }
 
 struct Setup {
@@ -243,6 +304,16 @@ fn main() {
                 per_op(cpu[i]),
             );
         }
+    }
+    println!(
+        "\nSlow collector: {SLOW_RATE_PER_SEC} spans/s offered for {SLOW_SECONDS} s to an exporter \
+         answering after {SLOW_ANSWER:?}; default queue (2048) and batch (512).\n"
+    );
+    println!("| exports in flight | offered | delivered | dropped |");
+    println!("|---:|---:|---:|---:|");
+    for concurrent in [1, 2, distributed_logger::DEFAULT_MAX_CONCURRENT_EXPORTS, 8] {
+        let (offered, delivered, dropped) = slow_collector(concurrent);
+        println!("| {concurrent} | {offered} | {delivered} | {dropped} |");
     }
     println!();
     for setup in &setups {

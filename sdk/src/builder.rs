@@ -22,6 +22,25 @@ pub const ENV_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const ENV_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 /// Environment variable: the filter directives, when [`TelemetryBuilder::with_env_filter`] is not called.
 pub const ENV_LOG_FILTER: &str = "RUST_LOG";
+/// Environment variable: `key=value,...` headers sent with every export (values
+/// percent-encoded), e.g. `authorization=Bearer%20token`. Read by the OTLP exporter, and checked
+/// by `build()`.
+pub const ENV_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// Environment variable: headers for span exports only (replaces `OTEL_EXPORTER_OTLP_HEADERS`).
+pub const ENV_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+/// Environment variable: headers for log exports only (replaces `OTEL_EXPORTER_OTLP_HEADERS`).
+pub const ENV_OTLP_LOGS_HEADERS: &str = "OTEL_EXPORTER_OTLP_LOGS_HEADERS";
+/// Environment variable: path of a PEM file of the CA certificate(s) that an `https://`
+/// collector's certificate must chain to, when [`TelemetryBuilder::with_ca_certificate_file`]
+/// is not called. Without either, the system's trusted roots are used.
+pub const ENV_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+/// Environment variable: span exports in flight at once, when
+/// [`TelemetryBuilder::with_max_concurrent_exports`] is not called (the name the OpenTelemetry
+/// Rust SDK uses).
+pub const ENV_BSP_MAX_CONCURRENT_EXPORTS: &str = "OTEL_BSP_MAX_CONCURRENT_EXPORTS";
+/// Environment variable: log exports in flight at once, when
+/// [`TelemetryBuilder::with_max_concurrent_exports`] is not called.
+pub const ENV_BLRP_MAX_CONCURRENT_EXPORTS: &str = "OTEL_BLRP_MAX_CONCURRENT_EXPORTS";
 
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -29,6 +48,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_QUEUE_CAPACITY: usize = 2048;
 /// Default largest batch per export call.
 pub const DEFAULT_MAX_EXPORT_BATCH: usize = 512;
+/// Default number of export calls in flight at once, per signal.
+pub const DEFAULT_MAX_CONCURRENT_EXPORTS: usize = 4;
+/// Largest accepted number of export calls in flight at once, per signal.
+pub const MAX_CONCURRENT_EXPORTS_LIMIT: usize = 64;
 /// Default longest wait of a record in the queue before it is exported.
 pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time budget of one export call, retries included.
@@ -46,7 +69,7 @@ pub enum BuildError {
     /// Neither the builder, `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` named the service.
     #[error("no service name: pass one to Telemetry::builder, or set OTEL_SERVICE_NAME")]
     MissingServiceName,
-    /// The endpoint is not an `http://host:port` URI.
+    /// The endpoint is not an `http://host:port` or `https://host:port` URI.
     #[error("OTLP endpoint `{endpoint}` (from {source_name}) is invalid: {reason}")]
     InvalidEndpoint {
         /// The endpoint as given.
@@ -122,11 +145,14 @@ pub struct TelemetryBuilder {
     instance_id: Option<String>,
     dependencies: Option<Vec<String>>,
     endpoint: Option<String>,
+    headers: Vec<(String, String)>,
+    ca_certificate_file: Option<std::path::PathBuf>,
     heartbeat_interval: Duration,
     stderr: bool,
     env_filter: Option<String>,
     queue_capacity: usize,
     max_export_batch: usize,
+    max_concurrent_exports: Option<usize>,
     export_interval: Duration,
     export_timeout: Duration,
     shutdown_timeout: Duration,
@@ -161,11 +187,14 @@ impl TelemetryBuilder {
             instance_id: None,
             dependencies: None,
             endpoint: None,
+            headers: Vec::new(),
+            ca_certificate_file: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stderr: true,
             env_filter: None,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             max_export_batch: DEFAULT_MAX_EXPORT_BATCH,
+            max_concurrent_exports: None,
             export_interval: DEFAULT_EXPORT_INTERVAL,
             export_timeout: DEFAULT_EXPORT_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -201,10 +230,29 @@ impl TelemetryBuilder {
         self
     }
 
-    /// OTLP/gRPC endpoint, `http://host:port`. Default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else
-    /// `http://127.0.0.1:4317`.
+    /// OTLP/gRPC endpoint, `http://host:port`, or `https://host:port` for TLS (rustls, verified
+    /// against [`with_ca_certificate_file`](Self::with_ca_certificate_file) or the system's
+    /// roots). Default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else `http://127.0.0.1:4317`.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// A header (gRPC metadata) sent with every export, e.g. `("authorization", "Bearer
+    /// token")` for a collector that requires a token. May be called several times. Headers from
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (or the `_TRACES_`/`_LOGS_` variants) are sent too; for
+    /// the same key, this call wins. Default: none.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// A PEM file of the CA certificate(s) that an `https://` collector's certificate must chain
+    /// to (instead of the system's roots), read at `build()`. Default:
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, else the system's trusted roots. Not used with
+    /// `http://`.
+    pub fn with_ca_certificate_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_certificate_file = Some(path.into());
         self
     }
 
@@ -236,6 +284,16 @@ impl TelemetryBuilder {
     /// Largest number of records per export call. Default 512 (capped at the queue capacity).
     pub fn with_max_export_batch(mut self, records: usize) -> Self {
         self.max_export_batch = records;
+        self
+    }
+
+    /// Export calls each of the span and log queues keeps in flight at once. Default 4
+    /// (`OTEL_BSP_MAX_CONCURRENT_EXPORTS` for spans and `OTEL_BLRP_MAX_CONCURRENT_EXPORTS` for
+    /// logs when not called); 1 to 64. A collector answering in `t` seconds takes up to
+    /// `n × max_export_batch / t` records per second from each queue, and up to
+    /// `n × max_export_batch` records per queue are held in flight beside the queue itself.
+    pub fn with_max_concurrent_exports(mut self, exports: usize) -> Self {
+        self.max_concurrent_exports = Some(exports);
         self
     }
 
@@ -351,6 +409,24 @@ impl TelemetryBuilder {
             (None, _) => (names::DEFAULT_OTLP_ENDPOINT.to_string(), "the default"),
         };
         validate_endpoint(&endpoint, endpoint_source)?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|(key, value)| header(key, value, "with_header"))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The exporter reads these itself and skips entries it cannot use; a token that is
+        // silently not sent is worth an error at start.
+        for (name, raw) in &env.otlp_headers {
+            parse_headers(raw, name)?;
+        }
+        let ca_certificate = match (self.ca_certificate_file, &env.otlp_certificate) {
+            (Some(path), _) => Some(read_ca_certificate(&path, "with_ca_certificate_file")?),
+            (None, Some(path)) if !path.trim().is_empty() => Some(read_ca_certificate(
+                std::path::Path::new(path.trim()),
+                ENV_OTLP_CERTIFICATE,
+            )?),
+            (None, _) => None,
+        };
 
         let (filter, filter_source) = match (self.env_filter, &env.log_filter) {
             (Some(filter), _) => (filter, "with_env_filter"),
@@ -393,6 +469,36 @@ impl TelemetryBuilder {
                 reason: "must be at least 1".into(),
             });
         }
+        let concurrent = |env_value: &Option<String>, env_name: &'static str| {
+            let (value, source) = match (self.max_concurrent_exports, env_value) {
+                (Some(value), _) => (value, "with_max_concurrent_exports"),
+                (None, Some(raw)) if !raw.trim().is_empty() => (
+                    raw.trim()
+                        .parse::<usize>()
+                        .map_err(|e| BuildError::InvalidSetting {
+                            setting: env_name,
+                            reason: format!("`{raw}` is not a count: {e}"),
+                        })?,
+                    env_name,
+                ),
+                (None, _) => (DEFAULT_MAX_CONCURRENT_EXPORTS, "the default"),
+            };
+            if !(1..=MAX_CONCURRENT_EXPORTS_LIMIT).contains(&value) {
+                return Err(BuildError::InvalidSetting {
+                    setting: source,
+                    reason: format!("{value} is not between 1 and {MAX_CONCURRENT_EXPORTS_LIMIT}"),
+                });
+            }
+            Ok(value)
+        };
+        let span_exports = concurrent(
+            &env.bsp_max_concurrent_exports,
+            ENV_BSP_MAX_CONCURRENT_EXPORTS,
+        )?;
+        let log_exports = concurrent(
+            &env.blrp_max_concurrent_exports,
+            ENV_BLRP_MAX_CONCURRENT_EXPORTS,
+        )?;
         for (setting, value) in [
             ("with_export_interval", self.export_interval),
             ("with_export_timeout", self.export_timeout),
@@ -446,14 +552,24 @@ impl TelemetryBuilder {
             instance_id,
             dependencies,
             endpoint,
+            headers: Arc::from(headers),
+            ca_certificate,
             heartbeat_interval: self.heartbeat_interval,
             stderr: self.stderr,
             level_filter,
-            queue: QueueConfig {
+            span_queue: QueueConfig {
                 capacity: self.queue_capacity,
                 max_batch: self.max_export_batch.min(self.queue_capacity),
                 interval: self.export_interval,
                 export_timeout: self.export_timeout,
+                max_concurrent_exports: span_exports,
+            },
+            log_queue: QueueConfig {
+                capacity: self.queue_capacity,
+                max_batch: self.max_export_batch.min(self.queue_capacity),
+                interval: self.export_interval,
+                export_timeout: self.export_timeout,
+                max_concurrent_exports: log_exports,
             },
             shutdown_timeout: self.shutdown_timeout,
             gzip: self.gzip,
@@ -471,16 +587,103 @@ pub(crate) struct Settings {
     pub instance_id: String,
     pub dependencies: Vec<String>,
     pub endpoint: String,
+    pub headers: Arc<[Header]>,
+    /// PEM of the CA certificate(s) an `https://` collector must chain to.
+    pub ca_certificate: Option<Vec<u8>>,
     pub heartbeat_interval: Duration,
     pub stderr: bool,
     pub level_filter: LevelFilter,
-    pub queue: QueueConfig,
+    pub span_queue: QueueConfig,
+    pub log_queue: QueueConfig,
     pub shutdown_timeout: Duration,
     pub gzip: bool,
     pub tracked_inactivity: bool,
     pub resource: Resource,
     pub span_exporter: Option<SpanWorkerFactory>,
     pub log_exporter: Option<LogWorkerFactory>,
+}
+
+/// One export header, validated.
+pub(crate) type Header = (
+    tonic::metadata::AsciiMetadataKey,
+    tonic::metadata::AsciiMetadataValue,
+);
+
+/// Validates one header. Errors name the key, never the value (it is usually a secret).
+fn header(key: &str, value: &str, source: &'static str) -> Result<Header, BuildError> {
+    let invalid = |reason: &str| BuildError::InvalidSetting {
+        setting: source,
+        reason: format!("header `{}`: {reason}", key.escape_debug()),
+    };
+    let name = key
+        .trim()
+        .to_ascii_lowercase()
+        .parse::<tonic::metadata::AsciiMetadataKey>()
+        .map_err(|_| invalid("not a valid header name"))?;
+    if name.as_str().ends_with("-bin") {
+        return Err(invalid("binary (-bin) headers are not supported"));
+    }
+    let value = value
+        .trim()
+        .parse::<tonic::metadata::AsciiMetadataValue>()
+        .map_err(|_| invalid("the value is not a valid header value"))?;
+    Ok((name, value))
+}
+
+/// Largest CA certificate file read (a bundle of a few hundred certificates fits).
+const MAX_CA_CERTIFICATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a PEM file of CA certificates, refusing what cannot be one.
+fn read_ca_certificate(
+    path: &std::path::Path,
+    source: &'static str,
+) -> Result<Vec<u8>, BuildError> {
+    use std::io::Read as _;
+    let invalid = |reason: String| BuildError::InvalidSetting {
+        setting: source,
+        reason: format!("CA certificate file {}: {reason}", path.display()),
+    };
+    let file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_CERTIFICATE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| invalid(e.to_string()))?;
+    if pem.len() as u64 > MAX_CA_CERTIFICATE_BYTES {
+        return Err(invalid(format!(
+            "larger than {MAX_CA_CERTIFICATE_BYTES} bytes"
+        )));
+    }
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    Ok(pem)
+}
+
+/// Parses `key=value,...` with percent-encoded values, as the OTLP exporter reads it.
+fn parse_headers(raw: &str, source: &'static str) -> Result<Vec<Header>, BuildError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let Some((key, value)) = entry.split_once('=') else {
+                return Err(BuildError::InvalidSetting {
+                    setting: source,
+                    reason: format!(
+                        "entry `{}` is not key=value",
+                        entry.chars().take(40).collect::<String>().escape_debug()
+                    ),
+                });
+            };
+            let value = percent_decode(value.trim()).ok_or_else(|| BuildError::InvalidSetting {
+                setting: source,
+                reason: format!("header `{}`: bad percent-encoding", key.escape_debug()),
+            })?;
+            header(key, &value, source)
+        })
+        .collect()
 }
 
 /// The `EnvFilter`-syntax directives, in the cheapest filter that can evaluate them.
@@ -510,6 +713,11 @@ pub(crate) struct Env {
     pub service_name: Option<String>,
     pub resource_attributes: Option<String>,
     pub log_filter: Option<String>,
+    /// The header variables that are set, by name.
+    pub otlp_headers: Vec<(&'static str, String)>,
+    pub otlp_certificate: Option<String>,
+    pub bsp_max_concurrent_exports: Option<String>,
+    pub blrp_max_concurrent_exports: Option<String>,
 }
 
 impl Env {
@@ -520,6 +728,17 @@ impl Env {
             service_name: var(ENV_SERVICE_NAME).map(|s| s.trim().to_string()),
             resource_attributes: var(ENV_RESOURCE_ATTRIBUTES),
             log_filter: var(ENV_LOG_FILTER),
+            otlp_headers: [
+                ENV_OTLP_HEADERS,
+                ENV_OTLP_TRACES_HEADERS,
+                ENV_OTLP_LOGS_HEADERS,
+            ]
+            .into_iter()
+            .filter_map(|name| Some((name, var(name)?)))
+            .collect(),
+            otlp_certificate: var(ENV_OTLP_CERTIFICATE),
+            bsp_max_concurrent_exports: var(ENV_BSP_MAX_CONCURRENT_EXPORTS),
+            blrp_max_concurrent_exports: var(ENV_BLRP_MAX_CONCURRENT_EXPORTS),
         }
     }
 }
@@ -534,14 +753,12 @@ fn validate_endpoint(endpoint: &str, source_name: &'static str) -> Result<(), Bu
         .parse()
         .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http") | Some("https") => {}
+        _ => {
             return Err(invalid(
-                "https is not supported by this build (no TLS); use http:// to a local collector"
-                    .into(),
+                "expected http://host:port or https://host:port".into(),
             ))
         }
-        _ => return Err(invalid("expected http://host:port".into())),
     }
     if uri.authority().is_none() {
         return Err(invalid("no host:port".into()));
@@ -613,6 +830,7 @@ mod tests {
                 "service.version=9.9,service.instance.id=env-1,service.dependencies=a%2Cb,team=core".into(),
             ),
             log_filter: Some("debug".into()),
+            ..Env::default()
         };
         let s = resolve(TelemetryBuilder::new("".into()), env.clone()).unwrap();
         assert_eq!(s.service_name, "from-env");
@@ -706,6 +924,174 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(err.contains("with_heartbeat_interval"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_exports_per_signal_from_builder_env_or_default() {
+        let s = resolve(TelemetryBuilder::new("s".into()), Env::default()).unwrap();
+        assert_eq!(
+            s.span_queue.max_concurrent_exports,
+            DEFAULT_MAX_CONCURRENT_EXPORTS
+        );
+        assert_eq!(
+            s.log_queue.max_concurrent_exports,
+            DEFAULT_MAX_CONCURRENT_EXPORTS
+        );
+        let env = Env {
+            bsp_max_concurrent_exports: Some("7".into()),
+            blrp_max_concurrent_exports: Some(" 2 ".into()),
+            ..Env::default()
+        };
+        let s = resolve(TelemetryBuilder::new("s".into()), env.clone()).unwrap();
+        assert_eq!(s.span_queue.max_concurrent_exports, 7);
+        assert_eq!(s.log_queue.max_concurrent_exports, 2);
+        let s = resolve(
+            TelemetryBuilder::new("s".into()).with_max_concurrent_exports(3),
+            env,
+        )
+        .unwrap();
+        assert_eq!(s.span_queue.max_concurrent_exports, 3);
+        assert_eq!(s.log_queue.max_concurrent_exports, 3);
+
+        let err =
+            |builder: TelemetryBuilder, env: Env| resolve(builder, env).err().unwrap().to_string();
+        let message = err(
+            TelemetryBuilder::new("s".into()).with_max_concurrent_exports(0),
+            Env::default(),
+        );
+        assert!(message.contains("with_max_concurrent_exports"), "{message}");
+        let message = err(
+            TelemetryBuilder::new("s".into()),
+            Env {
+                blrp_max_concurrent_exports: Some("many".into()),
+                ..Env::default()
+            },
+        );
+        assert!(
+            message.contains(ENV_BLRP_MAX_CONCURRENT_EXPORTS) && message.contains("many"),
+            "{message}"
+        );
+        let message = err(
+            TelemetryBuilder::new("s".into()),
+            Env {
+                bsp_max_concurrent_exports: Some("65".into()),
+                ..Env::default()
+            },
+        );
+        assert!(
+            message.contains(ENV_BSP_MAX_CONCURRENT_EXPORTS) && message.contains("65"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn headers_are_validated_without_printing_their_values() {
+        let s = resolve(
+            TelemetryBuilder::new("s".into()).with_header("Authorization", "Bearer abc"),
+            Env::default(),
+        )
+        .unwrap();
+        assert_eq!(s.headers.len(), 1);
+        assert_eq!(s.headers[0].0.as_str(), "authorization");
+        assert_eq!(s.headers[0].1.to_str().unwrap(), "Bearer abc");
+
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_header("bad key", "secret-value"),
+            Env::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("with_header") && err.contains("bad key"),
+            "{err}"
+        );
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_header("x-token", "line\nbreak-secret"),
+            Env::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("x-token") && !err.contains("secret"), "{err}");
+
+        let env = |raw: &str| Env {
+            otlp_headers: vec![(ENV_OTLP_HEADERS, raw.to_string())],
+            ..Env::default()
+        };
+        assert!(resolve(
+            TelemetryBuilder::new("s".into()),
+            env("authorization=Bearer%20abc, x-tenant=t1")
+        )
+        .is_ok());
+        let err = resolve(TelemetryBuilder::new("s".into()), env("authorization"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(ENV_OTLP_HEADERS), "{err}");
+        let err = resolve(
+            TelemetryBuilder::new("s".into()),
+            env("authorization=Bearer%0Asecret"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("authorization") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn https_endpoints_and_ca_certificates() {
+        let s = resolve(
+            TelemetryBuilder::new("s".into()).with_endpoint("https://collector.test:4317"),
+            Env::default(),
+        )
+        .unwrap();
+        assert_eq!(s.ca_certificate, None);
+
+        let dir = std::env::temp_dir().join(format!("dlog-sdk-ca-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = dir.join("key.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        let env = |path: &std::path::Path| Env {
+            otlp_certificate: Some(path.display().to_string()),
+            ..Env::default()
+        };
+
+        let s = resolve(TelemetryBuilder::new("s".into()), env(&good)).unwrap();
+        assert!(s.ca_certificate.is_some());
+        // The builder wins over the environment.
+        let err = resolve(
+            TelemetryBuilder::new("s".into()).with_ca_certificate_file(&bad),
+            env(&good),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("with_ca_certificate_file") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = resolve(
+            TelemetryBuilder::new("s".into()),
+            env(&dir.join("missing.pem")),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains(ENV_OTLP_CERTIFICATE) && err.contains("missing.pem"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

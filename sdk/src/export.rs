@@ -1,14 +1,21 @@
 //! Bounded span and log processors that count what they drop.
 //!
-//! The stock `BatchSpanProcessor`/`BatchLogProcessor` drop silently once their queue is full
-//! and lose a batch whose export failed. These processors keep the same cheap hot path (one
-//! `try_send` into a bounded channel plus one atomic add) and add what the SDK promises:
+//! The stock `BatchSpanProcessor`/`BatchLogProcessor` drop silently once their queue is full,
+//! lose a batch whose export failed, and wait for each answer before sending the next batch,
+//! so a collector that answers slowly caps a service at one batch per answer. These
+//! processors keep the same cheap hot path (one `try_send` into a bounded channel plus one
+//! atomic add) and add what the SDK promises:
 //!
+//! * several exports are in flight at once (`max_concurrent_exports`), each taking what is
+//!   queued up to the largest batch, so throughput grows with the collector's answer time
+//!   instead of being capped by it;
 //! * every record that does not reach the collector is counted, by reason (queue full,
 //!   export failed, still queued at shutdown), and readable through [`Stats`](crate::Stats);
 //! * a failed export backs off (doubling, capped) before the next attempt, so an unreachable
 //!   collector costs the application nothing but the drops, and export resumes on its own
 //!   once the collector is back;
+//! * liveness records (heartbeats and registrations) travel in a small lane of their own that
+//!   is exported first, so application logs filling the queue never drop or hold them back;
 //! * flush and shutdown honour a deadline and say what they could not deliver.
 //!
 //! Each processor owns one worker thread with its own single-threaded Tokio runtime, in which
@@ -17,20 +24,24 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use opentelemetry::logs::LogRecord as _;
 use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
+use tokio::sync::mpsc as control_mpsc;
 
-use crate::BuildError;
+use crate::{names, BuildError};
 
 /// Target of the SDK's own diagnostics. It is kept out of the OTLP layers (see
 /// [`crate::filter`]), so a warning about failed exports never becomes an export itself.
@@ -47,7 +58,11 @@ const CONTROL_CAPACITY: usize = 64;
 /// `Telemetry::flush` takes its own.
 const PROVIDER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Settings shared by both processors.
+/// Records the liveness lane of the log queue holds (heartbeats and registrations). At the
+/// default 10 s heartbeat interval this covers more than ten minutes of collector outage.
+pub(crate) const LIVENESS_CAPACITY: usize = 64;
+
+/// Settings of one signal's queue.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueConfig {
     /// Records each queue holds before it drops.
@@ -58,6 +73,8 @@ pub(crate) struct QueueConfig {
     pub interval: Duration,
     /// Longest time one export call (with the exporter's own retries) may take.
     pub export_timeout: Duration,
+    /// Export calls that may be in flight at once.
+    pub max_concurrent_exports: usize,
 }
 
 /// Counters of one signal. Only `queued` and `dropped` are touched on the application's path.
@@ -70,7 +87,7 @@ pub(crate) struct QueueConfig {
 /// the four add up exactly.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Records in the queue or in the batch being exported.
+    /// Records in the queue or in a batch being exported.
     pub queued: AtomicUsize,
     /// Records the collector accepted.
     pub exported: AtomicU64,
@@ -136,7 +153,7 @@ impl Diagnostics {
 enum Control {
     /// A full batch is waiting.
     Export,
-    /// Export everything queued, once, within the deadline.
+    /// Export everything queued now, once, within the deadline.
     Flush {
         deadline: Instant,
         reply: SyncSender<OTelSdkResult>,
@@ -150,14 +167,11 @@ enum Control {
 }
 
 /// The exporter side of a queue: spans and logs differ only in how a batch is handed over.
-trait BatchExport: Send + 'static {
+trait BatchExport: 'static {
     type Item: Send + 'static;
-    /// Exports `batch` and leaves it empty.
-    fn export<'a>(
-        &'a mut self,
-        batch: &'a mut Vec<Self::Item>,
-    ) -> impl Future<Output = OTelSdkResult> + 'a;
-    fn shutdown(&mut self, timeout: Duration);
+    /// Exports `batch`. Several calls may be in flight at once.
+    fn export(&self, batch: Vec<Self::Item>) -> impl Future<Output = OTelSdkResult> + '_;
+    fn shutdown(&self, timeout: Duration);
     fn set_resource(&mut self, resource: &Resource);
 }
 
@@ -166,14 +180,11 @@ struct Spans<E>(E);
 impl<E: SpanExporter + 'static> BatchExport for Spans<E> {
     type Item = SpanData;
 
-    fn export<'a>(
-        &'a mut self,
-        batch: &'a mut Vec<SpanData>,
-    ) -> impl Future<Output = OTelSdkResult> + 'a {
-        self.0.export(std::mem::take(batch))
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + '_ {
+        self.0.export(batch)
     }
 
-    fn shutdown(&mut self, timeout: Duration) {
+    fn shutdown(&self, timeout: Duration) {
         let _ = self.0.shutdown_with_timeout(timeout);
     }
 
@@ -190,17 +201,13 @@ struct Logs<E>(E);
 impl<E: LogExporter + 'static> BatchExport for Logs<E> {
     type Item = LogItem;
 
-    async fn export<'a>(&'a mut self, batch: &'a mut Vec<LogItem>) -> OTelSdkResult {
-        let result = {
-            let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-                batch.iter().map(|item| (&item.0, &item.1)).collect();
-            self.0.export(LogBatch::new(&refs)).await
-        };
-        batch.clear();
-        result
+    async fn export(&self, batch: Vec<LogItem>) -> OTelSdkResult {
+        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+            batch.iter().map(|item| (&item.0, &item.1)).collect();
+        self.0.export(LogBatch::new(&refs)).await
     }
 
-    fn shutdown(&mut self, timeout: Duration) {
+    fn shutdown(&self, timeout: Duration) {
         let _ = self.0.shutdown_with_timeout(timeout);
     }
 
@@ -213,7 +220,10 @@ impl<E: LogExporter + 'static> BatchExport for Logs<E> {
 pub(crate) struct Queue<T> {
     signal: &'static str,
     items: SyncSender<T>,
-    control: SyncSender<Control>,
+    /// The liveness lane (logs only): records exported ahead of `items`, with room of their
+    /// own, so that a burst filling `items` neither drops nor delays them.
+    priority: Option<SyncSender<T>>,
+    control: control_mpsc::Sender<Control>,
     counters: Arc<Counters>,
     /// True while a wake-up for a full batch is outstanding, so that at most one is sent.
     wake_sent: Arc<AtomicBool>,
@@ -233,10 +243,12 @@ impl<T> fmt::Debug for Queue<T> {
 
 impl<T: Send + 'static> Queue<T> {
     /// Starts the worker thread, builds the exporter inside its runtime, and returns once the
-    /// exporter is ready (or failed to build).
+    /// exporter is ready (or failed to build). `priority_capacity` sizes the liveness lane
+    /// (0: none).
     fn spawn<E, F>(
         signal: &'static str,
         config: &QueueConfig,
+        priority_capacity: usize,
         diagnostics: Arc<Diagnostics>,
         make_exporter: F,
     ) -> Result<Arc<Self>, BuildError>
@@ -245,13 +257,23 @@ impl<T: Send + 'static> Queue<T> {
         F: FnOnce() -> Result<E, BuildError> + Send + 'static,
     {
         let (items, item_rx) = mpsc::sync_channel(config.capacity);
-        let (control, control_rx) = mpsc::sync_channel(CONTROL_CAPACITY);
+        let (priority, priority_rx) = if priority_capacity > 0 {
+            let (tx, rx) = mpsc::sync_channel(priority_capacity);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (control, control_rx) = control_mpsc::channel(CONTROL_CAPACITY);
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), BuildError>>(1);
         let counters = Arc::new(Counters::default());
         let wake_sent = Arc::new(AtomicBool::new(false));
         let worker_counters = Arc::clone(&counters);
         let worker_wake = Arc::clone(&wake_sent);
-        let worker_config = config.clone();
+        let worker_config = QueueConfig {
+            max_concurrent_exports: config.max_concurrent_exports.max(1),
+            max_batch: config.max_batch.max(1),
+            ..config.clone()
+        };
         let handle = thread::Builder::new()
             .name(format!("dlog-{signal}-export"))
             .spawn(move || {
@@ -279,22 +301,27 @@ impl<T: Send + 'static> Queue<T> {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                Worker {
+                // Whatever the exporter's own crates log while exporting must not be exported
+                // again. Every task of this runtime runs on this thread, inside this scope.
+                let _suppressed = Context::enter_telemetry_suppressed_scope();
+                let worker = Worker {
                     signal,
                     items: item_rx,
+                    priority: priority_rx,
                     control: control_rx,
-                    exporter,
-                    runtime,
+                    exporter: Rc::new(exporter),
                     config: worker_config,
                     counters: worker_counters,
                     wake_sent: worker_wake,
                     diagnostics,
-                    batch: Vec::new(),
+                    in_flight: FuturesUnordered::new(),
+                    in_flight_records: 0,
                     backoff: None,
                     next_delay: INITIAL_BACKOFF,
                     failing: false,
-                }
-                .run();
+                    last_drain: Instant::now(),
+                };
+                runtime.block_on(worker.run());
             })
             .map_err(BuildError::Thread)?;
         match ready_rx.recv() {
@@ -311,10 +338,11 @@ impl<T: Send + 'static> Queue<T> {
         Ok(Arc::new(Queue {
             signal,
             items,
+            priority,
             control,
             counters,
             wake_sent,
-            max_batch: config.max_batch,
+            max_batch: config.max_batch.max(1),
             shut_down: AtomicBool::new(false),
             worker: Mutex::new(Some(handle)),
         }))
@@ -336,13 +364,29 @@ impl<T: Send + 'static> Queue<T> {
                     self.wake_sent.store(false, Ordering::Relaxed);
                 }
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                // Outcome first, then `queued` (Release): a reader that loads `queued` first
-                // (Acquire) never sees the record in neither count. See `Counters`.
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                self.counters.queued.fetch_sub(1, Ordering::AcqRel);
-            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.refuse(),
         }
+    }
+
+    /// Hands a liveness record to the worker through its own lane (the main queue when there
+    /// is none), or counts it as dropped. Never blocks.
+    fn push_priority(&self, item: T) {
+        let Some(priority) = &self.priority else {
+            self.push(item);
+            return;
+        };
+        self.counters.queued.fetch_add(1, Ordering::AcqRel);
+        if priority.try_send(item).is_err() {
+            self.refuse();
+        }
+    }
+
+    /// Counts a record that was counted as queued but could not be queued.
+    fn refuse(&self) {
+        // Outcome first, then `queued` (Release): a reader that loads `queued` first
+        // (Acquire) never sees the record in neither count. See `Counters`.
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        self.counters.queued.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -365,8 +409,9 @@ impl<T: Send + 'static> Queue<T> {
         }
     }
 
-    /// Exports what is queued within the deadline and stops the worker. Idempotent. Returns
-    /// `false` when the worker did not finish before the deadline.
+    /// Exports what is queued within the deadline, waiting for the exports in flight, and
+    /// stops the worker. Idempotent. Returns `false` when the worker did not finish before
+    /// the deadline.
     pub(crate) fn shutdown(&self, deadline: Instant) -> bool {
         if self.shut_down.swap(true, Ordering::AcqRel) {
             return true;
@@ -378,8 +423,8 @@ impl<T: Send + 'static> Queue<T> {
         {
             return false;
         }
-        // A little grace past the deadline: the worker stops its export at the deadline and
-        // then needs a moment to count what is left.
+        // A little grace past the deadline: the worker abandons its exports at the deadline
+        // and then needs a moment to count what is left.
         let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(200);
         match reply_rx.recv_timeout(wait) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
@@ -396,8 +441,10 @@ impl<T: Send + 'static> Queue<T> {
         loop {
             match self.control.try_send(message) {
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
-                Err(TrySendError::Full(back)) => {
+                Err(control_mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(OTelSdkError::AlreadyShutdown)
+                }
+                Err(control_mpsc::error::TrySendError::Full(back)) => {
                     if Instant::now() >= deadline {
                         return Err(OTelSdkError::Timeout(Duration::ZERO));
                     }
@@ -419,188 +466,299 @@ fn remaining_or_zero(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
+/// One export in flight: it resolves to the number of records it carried and its outcome.
+type InFlight = Pin<Box<dyn Future<Output = (usize, OTelSdkResult)>>>;
+
 struct Worker<E: BatchExport> {
     signal: &'static str,
     items: Receiver<E::Item>,
-    control: Receiver<Control>,
-    exporter: E,
-    runtime: tokio::runtime::Runtime,
+    priority: Option<Receiver<E::Item>>,
+    control: control_mpsc::Receiver<Control>,
+    /// Shared by the exports in flight; `Rc`, since every one of them runs on this thread.
+    exporter: Rc<E>,
     config: QueueConfig,
     counters: Arc<Counters>,
     wake_sent: Arc<AtomicBool>,
     diagnostics: Arc<Diagnostics>,
-    batch: Vec<E::Item>,
-    /// While set, no export is attempted before this instant.
+    in_flight: FuturesUnordered<InFlight>,
+    /// Records carried by `in_flight`.
+    in_flight_records: usize,
+    /// While set, no export is started before this instant (flush and shutdown excepted).
     backoff: Option<Instant>,
     /// The pause to apply after the next failure.
     next_delay: Duration,
     /// True between a failed export and the next successful one.
     failing: bool,
+    /// When the queue was last found empty: a record waits at most `interval` past it.
+    last_drain: Instant,
 }
 
 impl<E: BatchExport> Worker<E> {
-    fn run(mut self) {
-        // Whatever the exporter's own crates log while exporting must not be exported again.
-        let _suppressed = Context::enter_telemetry_suppressed_scope();
-        let mut last_export = Instant::now();
+    async fn run(mut self) {
         loop {
-            let now = Instant::now();
-            let wake_at = self.backoff.unwrap_or(last_export + self.config.interval);
-            match self
-                .control
-                .recv_timeout(wake_at.saturating_duration_since(now))
-            {
-                Ok(Control::Export) => {
-                    // In backoff the wake-up flag stays set, so the application stops sending
-                    // wake-ups until the backoff is over and the queue is drained again.
-                    if self.backoff.is_none() {
-                        self.wake_sent.store(false, Ordering::Relaxed);
-                        self.drain(None);
-                        last_export = Instant::now();
+            self.start_due_exports();
+            let wake_at = self.next_wake().map(tokio::time::Instant::from_std);
+            let timer = async move {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                message = self.control.recv() => match message {
+                    // A full batch is waiting: the next round starts it if a slot is free.
+                    Some(Control::Export) => {}
+                    Some(Control::Flush { deadline, reply }) => {
+                        let waiting = self.waiting();
+                        let ok = self.drain(deadline, Some(waiting)).await;
+                        let _ = reply.send(if ok {
+                            Ok(())
+                        } else {
+                            Err(OTelSdkError::InternalFailure(format!(
+                                "not every {} record could be exported before the deadline",
+                                self.signal
+                            )))
+                        });
                     }
+                    Some(Control::Shutdown { deadline, reply }) => {
+                        self.drain(deadline, None).await;
+                        self.stop(deadline);
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(Control::SetResource(resource)) => {
+                        // The exporter is changed only while no export holds it.
+                        while let Some(done) = self.in_flight.next().await {
+                            self.settle(done);
+                        }
+                        if let Some(exporter) = Rc::get_mut(&mut self.exporter) {
+                            exporter.set_resource(&resource);
+                        }
+                    }
+                    None => {
+                        // Every handle is gone without a shutdown: export what is there,
+                        // briefly.
+                        let deadline =
+                            Instant::now() + self.config.export_timeout.min(MAX_BACKOFF);
+                        self.drain(deadline, None).await;
+                        self.stop(deadline);
+                        return;
+                    }
+                },
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.settle(done);
                 }
-                Ok(Control::Flush { deadline, reply }) => {
-                    self.wake_sent.store(false, Ordering::Relaxed);
-                    let ok = self.drain(Some(deadline));
-                    last_export = Instant::now();
-                    let _ = reply.send(if ok {
-                        Ok(())
-                    } else {
-                        Err(OTelSdkError::InternalFailure(format!(
-                            "not every {} record could be exported before the deadline",
-                            self.signal
-                        )))
-                    });
-                }
-                Ok(Control::Shutdown { deadline, reply }) => {
-                    self.drain(Some(deadline));
-                    self.discard_rest();
-                    self.exporter
-                        .shutdown(remaining_or_zero(deadline).max(Duration::from_millis(10)));
-                    let _ = reply.send(());
-                    return;
-                }
-                Ok(Control::SetResource(resource)) => self.exporter.set_resource(&resource),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.backoff = None;
-                    self.wake_sent.store(false, Ordering::Relaxed);
-                    self.drain(None);
-                    last_export = Instant::now();
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Every handle is gone without a shutdown: export what is there, briefly.
-                    self.drain(Some(
-                        Instant::now() + self.config.export_timeout.min(MAX_BACKOFF),
-                    ));
-                    self.discard_rest();
-                    return;
-                }
+                () = timer => {}
             }
         }
     }
 
-    /// Exports queued records batch by batch. Without a deadline it stops at the first failure
-    /// (and backs off); with one it keeps trying until the queue is empty or time is up.
-    /// Returns true when the queue was emptied without a failure.
-    fn drain(&mut self, deadline: Option<Instant>) -> bool {
-        let mut all_ok = true;
-        // Without a deadline, stop after about one queue's worth so that control messages
-        // (flush, shutdown) are seen even under a steady stream of records.
-        let mut batches_left = self.config.capacity / self.config.max_batch.max(1) + 1;
-        loop {
-            if deadline.is_none() {
-                if batches_left == 0 {
-                    return all_ok;
-                }
-                batches_left -= 1;
+    /// When the loop must look again without being woken: the end of a backoff, or the
+    /// moment the oldest waiting record has waited `interval`. None while every slot is busy
+    /// (a finishing export wakes the loop).
+    fn next_wake(&self) -> Option<Instant> {
+        if let Some(backoff) = self.backoff {
+            return Some(backoff);
+        }
+        if self.in_flight.len() >= self.slots() {
+            return None;
+        }
+        Some(self.last_drain + self.config.interval)
+    }
+
+    /// Exports that may be in flight now: all slots while the collector answers, one while
+    /// it fails, so that an outage costs one batch per attempt rather than one per slot.
+    fn slots(&self) -> usize {
+        if self.failing {
+            1
+        } else {
+            self.config.max_concurrent_exports
+        }
+    }
+
+    /// Records queued but not yet handed to an export (an estimate: pushes in progress are
+    /// already counted).
+    fn waiting(&self) -> usize {
+        self.counters
+            .queued
+            .load(Ordering::Acquire)
+            .saturating_sub(self.in_flight_records)
+    }
+
+    /// Starts exports while slots are free and a batch is due: a full batch at once, or what
+    /// is queued once the oldest record has waited `interval`. A backlog therefore goes out
+    /// in batches sized by what is queued, as fast as the collector answers.
+    fn start_due_exports(&mut self) {
+        let now = Instant::now();
+        if let Some(backoff) = self.backoff {
+            if now < backoff {
+                return;
             }
-            while self.batch.len() < self.config.max_batch {
-                match self.items.try_recv() {
-                    Ok(item) => self.batch.push(item),
+            self.backoff = None;
+        }
+        let due = now >= self.last_drain + self.config.interval;
+        while self.in_flight.len() < self.slots() {
+            let waiting = self.waiting();
+            if !due && waiting < self.config.max_batch {
+                // Ready for the next wake-up.
+                self.wake_sent.store(false, Ordering::Relaxed);
+                return;
+            }
+            if self.start_export(self.config.max_batch) == 0 {
+                self.last_drain = now;
+                self.wake_sent.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+        // Every slot is busy: a finishing export brings the loop back here, so wake-ups are
+        // not needed until then (the flag stays set).
+    }
+
+    /// Takes up to `limit` records, liveness lane first, and starts exporting them. Returns
+    /// how many it took.
+    fn start_export(&mut self, limit: usize) -> usize {
+        let mut batch = Vec::with_capacity(limit.min(self.waiting().max(1)));
+        if let Some(priority) = &self.priority {
+            while batch.len() < limit {
+                match priority.try_recv() {
+                    Ok(item) => batch.push(item),
                     Err(_) => break,
                 }
             }
-            if self.batch.is_empty() {
+        }
+        while batch.len() < limit {
+            match self.items.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let count = batch.len();
+        if count == 0 {
+            return 0;
+        }
+        self.in_flight_records += count;
+        let exporter = Rc::clone(&self.exporter);
+        let timeout = self.config.export_timeout;
+        self.in_flight.push(Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, exporter.export(batch)).await {
+                Ok(result) => result,
+                Err(_) => Err(OTelSdkError::Timeout(timeout)),
+            };
+            (count, result)
+        }));
+        count
+    }
+
+    /// Exports queued records, using every slot and ignoring the backoff, and waits for the
+    /// exports in flight, until nothing is left or `deadline` passes. With a `budget`, starts
+    /// at most that many records (what was queued when a flush was asked for), so that a
+    /// steady stream cannot hold a flush until its deadline. Returns true when everything
+    /// went out without a failure.
+    async fn drain(&mut self, deadline: Instant, mut budget: Option<usize>) -> bool {
+        let mut all_ok = true;
+        let deadline_at = tokio::time::Instant::from_std(deadline);
+        loop {
+            while self.in_flight.len() < self.slots() {
+                let limit = match budget {
+                    Some(0) => break,
+                    Some(left) => left.min(self.config.max_batch),
+                    None => self.config.max_batch,
+                };
+                let took = self.start_export(limit);
+                if took == 0 {
+                    break;
+                }
+                if let Some(left) = budget.as_mut() {
+                    *left = left.saturating_sub(took);
+                }
+            }
+            if self.in_flight.is_empty() {
+                self.last_drain = Instant::now();
+                self.wake_sent.store(false, Ordering::Relaxed);
                 return all_ok;
             }
-            let count = self.batch.len();
-            let timeout = match deadline {
-                Some(deadline) => self.config.export_timeout.min(remaining_or_zero(deadline)),
-                None => self.config.export_timeout,
-            };
-            let result = if timeout.is_zero() {
-                Err(OTelSdkError::Timeout(Duration::ZERO))
-            } else {
-                let exporter = &mut self.exporter;
-                let batch = &mut self.batch;
-                self.runtime.block_on(async move {
-                    match tokio::time::timeout(timeout, exporter.export(batch)).await {
-                        Ok(result) => result,
-                        Err(_) => Err(OTelSdkError::Timeout(timeout)),
-                    }
-                })
-            };
-            // Whatever the exporter did not consume is gone now. It is counted by outcome
-            // first and only then leaves `queued`, so that a live reader never misses it.
-            self.batch.clear();
-            match result {
-                Ok(()) => {
-                    self.counters
-                        .exported
-                        .fetch_add(count as u64, Ordering::Relaxed);
-                    self.counters.queued.fetch_sub(count, Ordering::AcqRel);
-                    self.backoff = None;
-                    self.next_delay = INITIAL_BACKOFF;
-                    if self.failing {
-                        self.failing = false;
-                        self.diagnostics.info(&format!(
-                            "{} export to {} recovered",
-                            self.signal, self.diagnostics.endpoint
-                        ));
-                    }
-                }
-                Err(error) => {
-                    all_ok = false;
-                    self.counters
-                        .failed
-                        .fetch_add(count as u64, Ordering::Relaxed);
-                    self.counters.failed_exports.fetch_add(1, Ordering::Relaxed);
-                    self.counters.queued.fetch_sub(count, Ordering::AcqRel);
-                    self.failing = true;
-                    let signal = self.signal;
-                    let capacity = self.config.capacity;
-                    self.diagnostics.warn_once(|endpoint| {
-                        format!(
-                            "cannot export {signal} to {endpoint}: {error}. Telemetry is being lost: \
-                             exports are retried with backoff, and records are dropped once a queue \
-                             of {capacity} is full. Counts are in Telemetry::stats(); this warning \
-                             is shown once."
-                        )
-                    });
-                    self.backoff = Some(Instant::now() + self.next_delay);
-                    self.next_delay = (self.next_delay * 2).min(MAX_BACKOFF);
-                    match deadline {
-                        None => return false,
-                        Some(deadline) if Instant::now() >= deadline => return false,
-                        Some(_) => {}
-                    }
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                // Time is up: whatever is still queued stays counted as queued.
-                return self.items_pending() == 0 && all_ok;
+            tokio::select! {
+                Some(done) = self.in_flight.next() => all_ok &= self.settle(done),
+                () = tokio::time::sleep_until(deadline_at) => return false,
             }
         }
     }
 
-    fn items_pending(&self) -> usize {
-        self.counters.queued.load(Ordering::Acquire)
+    /// Counts the outcome of a finished export and adjusts the backoff. Returns true on
+    /// success.
+    fn settle(&mut self, (count, result): (usize, OTelSdkResult)) -> bool {
+        self.in_flight_records = self.in_flight_records.saturating_sub(count);
+        // Counted by outcome first and only then out of `queued`, so that a live reader
+        // never misses these records (see `Counters`).
+        match result {
+            Ok(()) => {
+                self.counters
+                    .exported
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                self.counters.queued.fetch_sub(count, Ordering::AcqRel);
+                self.backoff = None;
+                self.next_delay = INITIAL_BACKOFF;
+                if self.failing {
+                    self.failing = false;
+                    self.diagnostics.info(&format!(
+                        "{} export to {} recovered",
+                        self.signal, self.diagnostics.endpoint
+                    ));
+                }
+                true
+            }
+            Err(error) => {
+                self.counters
+                    .failed
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                self.counters.failed_exports.fetch_add(1, Ordering::Relaxed);
+                self.counters.queued.fetch_sub(count, Ordering::AcqRel);
+                self.failing = true;
+                let signal = self.signal;
+                let capacity = self.config.capacity;
+                self.diagnostics.warn_once(|endpoint| {
+                    format!(
+                        "cannot export {signal} to {endpoint}: {error}. Telemetry is being lost: \
+                         exports are retried with backoff, and records are dropped once a queue \
+                         of {capacity} is full. Counts are in Telemetry::stats(); this warning \
+                         is shown once."
+                    )
+                });
+                // Exports in flight together fail together: one backoff step for all of them.
+                let now = Instant::now();
+                if self.backoff.is_none_or(|until| until <= now) {
+                    self.backoff = Some(now + self.next_delay);
+                    self.next_delay = (self.next_delay * 2).min(MAX_BACKOFF);
+                }
+                false
+            }
+        }
     }
 
-    /// At shutdown, records still queued will never be exported: they stay counted in
-    /// `queued`, which the shutdown report lists as not delivered.
-    fn discard_rest(&mut self) {
+    /// At shutdown: exports still in flight are abandoned and count as failed (they were
+    /// handed to the exporter); records still queued will never be exported and stay counted
+    /// in `queued`, which the shutdown report lists as not delivered.
+    fn stop(&mut self, deadline: Instant) {
+        let abandoned = self.in_flight.len();
+        self.in_flight.clear();
+        if abandoned > 0 {
+            let count = self.in_flight_records;
+            self.in_flight_records = 0;
+            self.counters
+                .failed
+                .fetch_add(count as u64, Ordering::Relaxed);
+            self.counters
+                .failed_exports
+                .fetch_add(abandoned as u64, Ordering::Relaxed);
+            self.counters.queued.fetch_sub(count, Ordering::AcqRel);
+        }
+        if let Some(priority) = &self.priority {
+            while priority.try_recv().is_ok() {}
+        }
         while self.items.try_recv().is_ok() {}
+        self.exporter
+            .shutdown(remaining_or_zero(deadline).max(Duration::from_millis(10)));
     }
 }
 
@@ -620,7 +778,7 @@ impl BoundedSpanProcessor {
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, BuildError> + Send + 'static,
     {
-        let queue = Queue::spawn("spans", config, diagnostics, move || {
+        let queue = Queue::spawn("spans", config, 0, diagnostics, move || {
             make_exporter().map(Spans)
         })?;
         Ok(BoundedSpanProcessor { queue })
@@ -679,7 +837,7 @@ impl BoundedLogProcessor {
         E: LogExporter + 'static,
         F: FnOnce() -> Result<E, BuildError> + Send + 'static,
     {
-        let queue = Queue::spawn("logs", config, diagnostics, move || {
+        let queue = Queue::spawn("logs", config, LIVENESS_CAPACITY, diagnostics, move || {
             make_exporter().map(Logs)
         })?;
         Ok(BoundedLogProcessor {
@@ -716,7 +874,16 @@ impl LogProcessor for BoundedLogProcessor {
         {
             record.set_event_name("");
         }
-        self.queue.push(Box::new((record, scope.clone())));
+        let liveness = scope.name() == crate::telemetry::SCOPE
+            && record.event_name().is_some_and(|name| {
+                name == names::HEARTBEAT_EVENT || name == names::REGISTRATION_EVENT
+            });
+        let item = Box::new((record, scope.clone()));
+        if liveness {
+            self.queue.push_priority(item);
+        } else {
+            self.queue.push(item);
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -791,6 +958,7 @@ mod tests {
             max_batch: 8,
             interval: Duration::from_millis(50),
             export_timeout: Duration::from_secs(1),
+            max_concurrent_exports: 4,
         }
     }
 
@@ -829,14 +997,15 @@ mod tests {
         let sink = exporter.clone();
         let diagnostics = Arc::new(Diagnostics::new("test".into()));
         let processor =
-            BoundedSpanProcessor::spawn(&config(16), diagnostics, move || Ok(sink)).unwrap();
+            BoundedSpanProcessor::spawn(&config(64), diagnostics, move || Ok(sink)).unwrap();
         for n in 0..1000 {
             processor.on_end(span(n));
         }
         let counters = processor.queue().counters();
         wait_until(|| counters.failed_exports.load(Ordering::Relaxed) >= 1);
         let dropped = counters.dropped.load(Ordering::Relaxed);
-        assert!(dropped >= 1000 - 16 - 8, "dropped {dropped}");
+        // At most the queue and one batch per export slot were taken.
+        assert!(dropped >= 1000 - 64 - 4 * 8, "dropped {dropped}");
         exporter.down.store(false, Ordering::SeqCst);
         // What was queued during the outage goes out after the backoff...
         wait_until(|| counters.exported.load(Ordering::Relaxed) > 0);
@@ -885,6 +1054,7 @@ mod tests {
             max_batch: 1,
             interval: Duration::from_millis(1),
             export_timeout: Duration::from_secs(1),
+            max_concurrent_exports: 4,
         };
         let processor = BoundedSpanProcessor::spawn(&cfg, diagnostics, || Ok(Discard)).unwrap();
         // Spans whose push has begun (an upper bound) and has returned (a lower bound).

@@ -13,12 +13,13 @@ use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
+use tonic::transport::{Certificate, ClientTlsConfig};
 use tracing::Dispatch;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::announce::Announcer;
-use crate::builder::{BuildError, LevelFilter, Settings, TelemetryBuilder};
+use crate::builder::{BuildError, Header, LevelFilter, Settings, TelemetryBuilder};
 use crate::export::{
     BoundedLogProcessor, BoundedSpanProcessor, Counters, Diagnostics, LogItem, Queue,
 };
@@ -26,7 +27,7 @@ use crate::filter::ExcludeExporterCrates;
 use crate::logger::DistributedLogger;
 
 /// Instrumentation scope of the SDK's own spans and records.
-const SCOPE: &str = "distributed_logger";
+pub(crate) const SCOPE: &str = "distributed_logger";
 
 /// The subscriber could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -248,31 +249,23 @@ impl Telemetry {
 
     pub(crate) fn start(settings: Settings) -> Result<Telemetry, BuildError> {
         let diagnostics = Arc::new(Diagnostics::new(settings.endpoint.clone()));
+        let span_options = OtlpOptions::new(&settings, settings.span_queue.export_timeout);
+        let log_options = OtlpOptions::new(&settings, settings.log_queue.export_timeout);
         let span_processor = match settings.span_exporter {
-            Some(spawn) => spawn(&settings.queue, Arc::clone(&diagnostics))?,
-            None => {
-                let (endpoint, timeout, gzip) = (
-                    settings.endpoint.clone(),
-                    settings.queue.export_timeout,
-                    settings.gzip,
-                );
-                BoundedSpanProcessor::spawn(&settings.queue, Arc::clone(&diagnostics), move || {
-                    otlp_span_exporter(&endpoint, timeout, gzip)
-                })?
-            }
+            Some(spawn) => spawn(&settings.span_queue, Arc::clone(&diagnostics))?,
+            None => BoundedSpanProcessor::spawn(
+                &settings.span_queue,
+                Arc::clone(&diagnostics),
+                move || otlp_span_exporter(&span_options),
+            )?,
         };
         let log_processor = match settings.log_exporter {
-            Some(spawn) => spawn(&settings.queue, Arc::clone(&diagnostics))?,
-            None => {
-                let (endpoint, timeout, gzip) = (
-                    settings.endpoint.clone(),
-                    settings.queue.export_timeout,
-                    settings.gzip,
-                );
-                BoundedLogProcessor::spawn(&settings.queue, Arc::clone(&diagnostics), move || {
-                    otlp_log_exporter(&endpoint, timeout, gzip)
-                })?
-            }
+            Some(spawn) => spawn(&settings.log_queue, Arc::clone(&diagnostics))?,
+            None => BoundedLogProcessor::spawn(
+                &settings.log_queue,
+                Arc::clone(&diagnostics),
+                move || otlp_log_exporter(&log_options),
+            )?,
         };
         let spans = Arc::clone(span_processor.queue());
         let logs = Arc::clone(log_processor.queue());
@@ -471,40 +464,77 @@ where
     spans.and_then(logs).with_filter(ExcludeExporterCrates)
 }
 
-fn otlp_span_exporter(
-    endpoint: &str,
+/// How the OTLP exporters of one service connect.
+struct OtlpOptions {
+    endpoint: String,
     timeout: Duration,
     gzip: bool,
-) -> Result<opentelemetry_otlp::SpanExporter, BuildError> {
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(timeout);
-    if gzip {
-        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
-    }
-    builder.build().map_err(|e| BuildError::Exporter {
-        signal: "spans",
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    })
+    headers: Arc<[Header]>,
+    ca_certificate: Option<Vec<u8>>,
 }
 
-fn otlp_log_exporter(
-    endpoint: &str,
-    timeout: Duration,
-    gzip: bool,
-) -> Result<opentelemetry_otlp::LogExporter, BuildError> {
-    let mut builder = opentelemetry_otlp::LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .with_timeout(timeout);
-    if gzip {
-        builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+impl OtlpOptions {
+    fn new(settings: &Settings, timeout: Duration) -> Self {
+        OtlpOptions {
+            endpoint: settings.endpoint.clone(),
+            timeout,
+            gzip: settings.gzip,
+            headers: Arc::clone(&settings.headers),
+            ca_certificate: settings.ca_certificate.clone(),
+        }
     }
-    builder.build().map_err(|e| BuildError::Exporter {
-        signal: "logs",
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    })
+
+    /// Applies the settings shared by both signals to an exporter builder.
+    fn apply<B: WithExportConfig + WithTonicConfig>(&self, mut builder: B) -> B {
+        builder = builder
+            .with_endpoint(&self.endpoint)
+            .with_timeout(self.timeout);
+        if self.gzip {
+            builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
+        }
+        if self.endpoint.starts_with("https:") {
+            // rustls: the configured CA alone when given, else the system's trusted roots.
+            let tls = match &self.ca_certificate {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            builder = builder.with_tls_config(tls);
+        }
+        if !self.headers.is_empty() {
+            // An interceptor runs after the exporter has added the headers from the
+            // environment, so that for the same key the builder's value wins.
+            let headers = Arc::clone(&self.headers);
+            builder = builder.with_interceptor(move |mut request: tonic::Request<()>| {
+                for (key, value) in headers.iter() {
+                    request.metadata_mut().insert(key.clone(), value.clone());
+                }
+                Ok(request)
+            });
+        }
+        builder
+    }
+}
+
+fn otlp_span_exporter(
+    options: &OtlpOptions,
+) -> Result<opentelemetry_otlp::SpanExporter, BuildError> {
+    options
+        .apply(opentelemetry_otlp::SpanExporter::builder().with_tonic())
+        .build()
+        .map_err(|e| BuildError::Exporter {
+            signal: "spans",
+            endpoint: options.endpoint.clone(),
+            reason: e.to_string(),
+        })
+}
+
+fn otlp_log_exporter(options: &OtlpOptions) -> Result<opentelemetry_otlp::LogExporter, BuildError> {
+    options
+        .apply(opentelemetry_otlp::LogExporter::builder().with_tonic())
+        .build()
+        .map_err(|e| BuildError::Exporter {
+            signal: "logs",
+            endpoint: options.endpoint.clone(),
+            reason: e.to_string(),
+        })
 }
