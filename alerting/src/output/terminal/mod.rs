@@ -12,9 +12,23 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use nu_ansi_term::{Color, Style};
 
-use super::{rfc3339, AlertSink, SinkError};
+pub mod config;
+
+use std::sync::Arc;
+
+use super::{rfc3339, AlertSink, Output, SinkError};
 use crate::alert::{Severity, Transition, TransitionKind};
-use crate::config::ColorMode;
+use config::{ColorMode, TerminalConfig};
+
+/// The terminal output `config` describes, if enabled: always best effort.
+pub fn build(config: &TerminalConfig) -> Option<Output> {
+    config.enabled.then(|| Output {
+        sink: Arc::new(TerminalSink::stdout(config.color)),
+        filter: config.filter(),
+        required: false,
+        queue: config.queue,
+    })
+}
 
 /// Writes one line per transition.
 pub struct TerminalSink {

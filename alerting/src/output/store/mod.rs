@@ -7,8 +7,25 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dlog_storage::{AlertDoc, Store};
 
-use super::{AlertSink, SinkError};
+pub mod config;
+
+use super::{AlertSink, Output, SinkError};
 use crate::alert::{Alert, Transition};
+use config::StoreOutputConfig;
+
+/// The store output `config` describes, if enabled: opens the store.
+pub async fn build(config: &StoreOutputConfig) -> Result<Option<Output>, dlog_storage::StoreError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let store = dlog_storage::open_store(&config.backend).await?;
+    Ok(Some(Output {
+        sink: Arc::new(StoreSink::new(store)),
+        filter: config.filter(),
+        required: config.required,
+        queue: config.queue,
+    }))
+}
 
 /// Upserts alert documents.
 pub struct StoreSink {

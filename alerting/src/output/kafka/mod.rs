@@ -11,8 +11,36 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::{AlertSink, SinkError};
+pub mod config;
+
+use std::sync::Arc;
+
+use super::{AlertSink, Output, SinkError};
 use crate::alert::Transition;
+use config::KafkaOutputConfig;
+
+/// The Kafka output `config` describes, if enabled; `default_brokers` when it names none.
+pub fn build(
+    config: &KafkaOutputConfig,
+    default_brokers: &str,
+) -> Result<Option<Output>, SinkError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let brokers = config.brokers.as_deref().unwrap_or(default_brokers);
+    let sink = KafkaSink::new(
+        brokers,
+        &config.topic,
+        Duration::from_millis(config.timeout_ms),
+        &config.producer,
+    )?;
+    Ok(Some(Output {
+        sink: Arc::new(sink),
+        filter: config.filter(),
+        required: config.required,
+        queue: config.queue,
+    }))
+}
 
 /// Record header naming the value's message type.
 pub const MESSAGE_TYPE_HEADER: &str = "dlog.message.type";

@@ -13,9 +13,26 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::{AlertJson, AlertSink, Delivery, SinkError};
+pub mod config;
+
+use std::sync::Arc;
+
+use super::{AlertJson, AlertSink, Delivery, Output, SinkError};
 use crate::alert::Transition;
-use crate::config::WebhookConfig;
+use config::WebhookConfig;
+
+/// The webhook output `config` describes, if enabled.
+pub fn build(config: &WebhookConfig) -> Result<Option<Output>, SinkError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    Ok(Some(Output {
+        sink: Arc::new(WebhookSink::new(config)?),
+        filter: config.filter(),
+        required: config.required,
+        queue: config.queue,
+    }))
+}
 
 /// Header carrying `<alert id>-<revision>`.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
