@@ -97,7 +97,8 @@ impl WebhookConfig {
                     ),
                 ))
             }
-            Err(e) => return Err(bad("url", format!("`{}`: {e}", self.url))),
+            // The URL may hold a token: say why, not what.
+            Err(e) => return Err(bad("url", format!("is not a valid URL: {e}"))),
         }
         if self.max_attempts == 0 {
             return Err(bad("max_attempts", "must be at least 1".into()));
