@@ -156,7 +156,46 @@ impl Book {
     }
 }
 
+/// Longest text field of an alert (summary, key, service, each label value, ...), bytes.
+/// An ERROR log of 500 KB must not make a 1 MB alert event, which Kafka refuses for good.
+pub const MAX_ALERT_TEXT_BYTES: usize = 4096;
+
+/// Cuts `text` to at most [`MAX_ALERT_TEXT_BYTES`] (at a character boundary), saying how
+/// much was cut.
+fn bound_text(text: &mut String) {
+    if text.len() <= MAX_ALERT_TEXT_BYTES {
+        return;
+    }
+    let cut = text.len() - MAX_ALERT_TEXT_BYTES;
+    let marker = format!("… [{cut} more bytes cut]");
+    let mut end = MAX_ALERT_TEXT_BYTES.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&marker);
+}
+
 impl Alert {
+    /// Caps every text field at [`MAX_ALERT_TEXT_BYTES`], so every output can take it.
+    pub(crate) fn bound(&mut self) {
+        bound_text(&mut self.key);
+        bound_text(&mut self.service);
+        bound_text(&mut self.summary);
+        if let Some(instance) = &mut self.instance {
+            bound_text(instance);
+        }
+        if let Some(root) = &mut self.root_cause {
+            bound_text(root);
+        }
+        for trace in &mut self.example_trace_ids {
+            bound_text(trace);
+        }
+        for value in self.labels.values_mut() {
+            bound_text(value);
+        }
+    }
+
     /// A new firing alert of `rule_name` for `key`, first and last seen at `time`, seen
     /// once; the `with_*` methods set the rest.
     pub(crate) fn firing(
@@ -249,6 +288,7 @@ impl Context {
             if let Some(t) = hit.trace_id {
                 add_example(&mut a.example_trace_ids, t, max_examples);
             }
+            a.bound();
             active.last_hit = now;
             active.dirty = true;
             let incident = a.incident_id.clone();
@@ -336,6 +376,7 @@ impl Context {
             self.stats.alerts_dropped += 1;
             return false;
         }
+        active.alert.bound();
         if !active.suppressed {
             active.alert.revision = self.next_revision();
             self.out.push(Transition {
@@ -393,6 +434,7 @@ impl Context {
         if let Some((k, v)) = label {
             a.labels.insert(k.to_string(), v.to_string());
         }
+        a.bound();
         a.revision = self.next_revision();
         self.out.push(Transition {
             kind: TransitionKind::Resolved,
@@ -407,6 +449,7 @@ impl Context {
             active.suppressed = false;
             active.dirty = false;
             active.alert.revision = revision;
+            active.alert.bound();
             self.out.push(Transition {
                 kind: TransitionKind::Fired,
                 alert: active.alert.clone(),
@@ -481,6 +524,7 @@ impl Context {
             let revision = self.next_revision();
             if let Some(active) = self.book.alerts.get_mut(&id) {
                 active.alert.revision = revision;
+                active.alert.bound();
                 self.out.push(Transition {
                     kind: TransitionKind::Updated,
                     alert: active.alert.clone(),

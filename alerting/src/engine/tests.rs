@@ -1726,3 +1726,50 @@ fn a_snapshot_of_the_earlier_layout_restores_trackers_and_drift() {
         .collect();
     assert_eq!(rules, ["heartbeat_delayed", "heartbeat_down"]);
 }
+
+/// Regression: an ERROR log of about 500 KB became an alert event over Kafka's 1 MB limit
+/// (its body in the summary and in two labels), which the Kafka output retried forever.
+#[test]
+fn regression_oversized_error_log_makes_a_bounded_alert() {
+    use prost::Message as _;
+
+    let mut h = H::new(RulesConfig::default());
+    let body = "é".repeat(250_000); // 500 KB, multi-byte: cut at a character boundary
+    let code = "E".repeat(10_000);
+    let record = log(
+        "svc-a",
+        "ERROR",
+        &body,
+        &[
+            (names::ERROR_CODE, code.clone().into()),
+            (names::ERROR_MESSAGE, body.clone().into()),
+        ],
+    );
+    let fired = h.feed(record.clone());
+    assert_eq!(fired.len(), 1);
+    let a = &fired[0].alert;
+    let limit = lifecycle::MAX_ALERT_TEXT_BYTES;
+    assert!(a.summary.len() <= limit, "{}", a.summary.len());
+    assert!(
+        a.summary.starts_with("svc-a ERROR EEE"),
+        "{}",
+        &a.summary[..40]
+    );
+    assert!(
+        a.summary.ends_with("more bytes cut]"),
+        "{}",
+        &a.summary[limit - 60..]
+    );
+    assert!(a.key.len() <= limit);
+    for (k, v) in &a.labels {
+        assert!(v.len() <= limit, "label {k}: {} bytes", v.len());
+    }
+    assert!(a.labels["message"].starts_with("éé"));
+    assert!(a.to_event().encoded_len() < 64 * 1024);
+    // The same record again folds into the same alert, which stays bounded.
+    h.feed(record);
+    let updated = h.advance(1);
+    assert_eq!(updated.len(), 1);
+    assert_eq!(updated[0].alert.occurrences, 2);
+    assert!(updated[0].alert.to_event().encoded_len() < 64 * 1024);
+}

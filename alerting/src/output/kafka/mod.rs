@@ -15,7 +15,9 @@ pub mod config;
 
 use std::sync::Arc;
 
-use super::{AlertSink, Output, SinkError};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::{AlertSink, Delivery, Output, SinkError};
 use crate::alert::Transition;
 use config::KafkaOutputConfig;
 
@@ -85,6 +87,20 @@ impl KafkaSink {
     }
 }
 
+/// Whether Kafka refused a record for good: sending the same bytes again cannot succeed.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
 #[async_trait]
 impl AlertSink for KafkaSink {
     fn name(&self) -> &'static str {
@@ -92,11 +108,35 @@ impl AlertSink for KafkaSink {
     }
 
     async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError> {
+        let results = self.send_each(transitions).await;
+        let failed: Vec<&String> = results
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Delivered => None,
+                Delivery::Rejected(e) | Delivery::Retry(e) => Some(e),
+            })
+            .collect();
+        match failed.first() {
+            None => Ok(()),
+            Some(first) => Err(SinkError::new(
+                "kafka",
+                format!(
+                    "{} of {} alerts not delivered: {first}",
+                    failed.len(),
+                    transitions.len()
+                ),
+            )),
+        }
+    }
+
+    /// Enqueues every event, then waits for each acknowledgement. An event Kafka refuses
+    /// for good (too large, invalid) is rejected on its own; the others are delivered or
+    /// retried, so one bad event never wedges the output.
+    async fn send_each(&self, transitions: &[Transition]) -> Vec<Delivery> {
         let encoded: Vec<(String, Vec<u8>)> = transitions
             .iter()
             .map(|t| (t.alert.id.clone(), t.alert.to_event().encode_to_vec()))
             .collect();
-        // Enqueue everything first, then wait for every acknowledgement.
         let mut deliveries = Vec::with_capacity(encoded.len());
         for (key, value) in &encoded {
             let headers = OwnedHeaders::new().insert(Header {
@@ -109,14 +149,65 @@ impl AlertSink for KafkaSink {
                 .headers(headers);
             deliveries.push(self.producer.send(record, self.timeout));
         }
-        for result in futures::future::join_all(deliveries).await {
-            if let Err((e, _)) = result {
-                return Err(SinkError::new(
-                    "kafka",
-                    format!("topic `{}` did not acknowledge an alert: {e}", self.topic),
-                ));
-            }
+        futures::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .map(|result| match result {
+                Ok(_) => Delivery::Delivered,
+                Err((e, _)) => {
+                    let message = format!("topic `{}` did not take an alert: {e}", self.topic);
+                    if is_permanent(&e) {
+                        Delivery::Rejected(message)
+                    } else {
+                        Delivery::Retry(message)
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{Alert, Severity, TransitionKind};
+
+    fn transition(summary: String) -> Transition {
+        Transition {
+            kind: TransitionKind::Fired,
+            alert: Alert::firing(
+                "error_log",
+                format!("svc|{}", summary.len()),
+                Severity::Critical,
+                "svc",
+                summary,
+                1,
+            ),
         }
-        Ok(())
+    }
+
+    /// Regression: every failure was "retry", so one event over the broker's size limit
+    /// wedged the Kafka output, and the stage with it, for good.
+    #[tokio::test]
+    async fn regression_kafka_rejects_an_oversized_event_alone() {
+        // Nothing listens on port 9 of loopback: small events wait for a broker (retry),
+        // the oversized one is refused by the client itself.
+        let mut extra = BTreeMap::new();
+        extra.insert("message.max.bytes".to_string(), "2000".to_string());
+        let sink =
+            KafkaSink::new("127.0.0.1:9", "alerts", Duration::from_millis(300), &extra).unwrap();
+        let results = sink
+            .send_each(&[
+                transition("small".into()),
+                transition("x".repeat(10_000)),
+                transition("small too".into()),
+            ])
+            .await;
+        assert!(matches!(results[0], Delivery::Retry(_)), "{results:?}");
+        assert!(
+            matches!(&results[1], Delivery::Rejected(e) if e.contains("too large")),
+            "{results:?}"
+        );
+        assert!(matches!(results[2], Delivery::Retry(_)), "{results:?}");
     }
 }
