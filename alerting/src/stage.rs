@@ -344,10 +344,48 @@ impl<S: Source> Stage<S> {
         }
     }
 
-    /// Saves the state. Serializing, writing and fsyncing run on the blocking pool: a large
-    /// state or a slow disk must not stall an async worker (the admin server and best-effort
-    /// outputs share them).
-    async fn save(&self) -> Result<(), AlerterError> {
+    /// Saves the state, retrying with backoff (`retry_initial_ms` doubling to
+    /// `retry_max_ms`) while the disk refuses (full, EIO), with the input paused but still
+    /// polled, as during an output outage. Fails only when told to stop before a save
+    /// succeeded.
+    async fn save(&mut self) -> Result<(), AlerterError> {
+        let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+        let mut paused = false;
+        let result = loop {
+            match self.save_once().await {
+                Ok(()) => break Ok(()),
+                Err(e) => {
+                    self.metrics.state_save_errors.inc();
+                    if self.stopping() {
+                        break Err(e);
+                    }
+                    tracing::error!(error = %e, retry_in = ?wait, "saving the state failed; input paused until it succeeds");
+                    if !paused {
+                        if let Err(e) = self.source.pause() {
+                            self.metrics.input_errors.inc();
+                            tracing::warn!(error = %e, "pausing the input failed");
+                        }
+                        paused = true;
+                    }
+                    self.wait_polling(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
+                }
+            }
+        };
+        if paused {
+            if let Err(e) = self.source.resume() {
+                self.metrics.input_errors.inc();
+                tracing::warn!(error = %e, "resuming the input failed");
+            }
+            self.engine.note_input_gap(self.clock.now_unix_nanos());
+        }
+        result
+    }
+
+    /// Saves the state once. Serializing, writing and fsyncing run on the blocking pool: a
+    /// large state or a slow disk must not stall an async worker (the admin server and
+    /// best-effort outputs share them).
+    async fn save_once(&self) -> Result<(), AlerterError> {
         let state = StageState {
             engine: self.engine.snapshot(),
             applied: self.applied.clone(),
