@@ -1773,3 +1773,46 @@ fn regression_oversized_error_log_makes_a_bounded_alert() {
     assert_eq!(updated[0].alert.occurrences, 2);
     assert!(updated[0].alert.to_event().encoded_len() < 64 * 1024);
 }
+
+/// Regression: operation names are unbounded (a scanner's 404 paths become span names), and
+/// one service's flood of them used up every latency window, so another service's slow
+/// operation was never judged.
+#[test]
+fn regression_one_services_operation_flood_does_not_crowd_out_others() {
+    let mut rules = only_rules(&[rule::SPAN_LATENCY]);
+    rules.span_latency.max_keys = 100;
+    rules.span_latency.max_operations_per_service = 20;
+    let mut h = H::new(rules);
+    for i in 0..1_000u64 {
+        let name = format!("GET /scan/{i}");
+        h.feed(Record::Span(span(
+            "svc-a",
+            &[],
+            &name,
+            SpanKind::Server,
+            "0af7651916cd43dd8448eb211c80319c",
+            i + 1,
+            None,
+            5,
+            false,
+        )));
+    }
+    assert_eq!(h.engine.stats().keys_dropped, 980);
+    for i in 0..10u64 {
+        h.feed(Record::Span(span(
+            "svc-b",
+            &[],
+            "GET /checkout",
+            SpanKind::Server,
+            "0af7651916cd43dd8448eb211c80319c",
+            5_000 + i,
+            None,
+            2_000,
+            false,
+        )));
+    }
+    assert_eq!(
+        H::visible(h.advance(1)),
+        vec![(Fired, "span_latency".into(), "svc-b|GET /checkout".into())]
+    );
+}

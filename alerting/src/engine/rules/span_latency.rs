@@ -17,6 +17,9 @@ use crate::window::LatencyWindow;
 
 /// Key of the rule's state in the snapshot.
 const STATE_KEY: &str = "latency";
+/// Default `max_operations_per_service`: far more than the routes of a real service, far
+/// fewer than the paths a scanner tries.
+pub const DEFAULT_MAX_OPERATIONS_PER_SERVICE: usize = 200;
 
 /// What a latency window is kept per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +57,11 @@ pub struct SpanLatencyRule {
     /// Most windows kept (services or operations); spans of further keys are not judged,
     /// and counted. Default 10000.
     pub max_keys: usize,
+    /// Most operations (span names) with a window per service, when grouped by operation;
+    /// spans of further operations of that service are not judged, and counted. Unbounded
+    /// span names (a 404 scanner's paths) of one service then cannot use up `max_keys` for
+    /// every other service. Default 200.
+    pub max_operations_per_service: usize,
     /// Per-service or per-operation thresholds, first match wins.
     pub overrides: Vec<LatencyOverride>,
 }
@@ -71,6 +79,7 @@ impl Default for SpanLatencyRule {
             span_kinds: Vec::new(),
             severity: Severity::Warning,
             max_keys: 10_000,
+            max_operations_per_service: DEFAULT_MAX_OPERATIONS_PER_SERVICE,
             overrides: Vec::new(),
         }
     }
@@ -143,6 +152,13 @@ impl Section for SpanLatencyRule {
         }
         if self.max_keys == 0 {
             return Err(Invalid::new(section, "max_keys", "must be at least 1"));
+        }
+        if self.max_operations_per_service == 0 {
+            return Err(Invalid::new(
+                section,
+                "max_operations_per_service",
+                "must be at least 1",
+            ));
         }
         for (i, o) in self.overrides.iter().enumerate() {
             if !(o.threshold_ms.is_finite() && o.threshold_ms > 0.0) {
@@ -219,7 +235,8 @@ impl Rule for Latency {
             Some(entry) => entry,
             None => {
                 let l = &self.config;
-                if self.keys >= l.max_keys {
+                let of_service = self.windows.get(service).map_or(0, BTreeMap::len);
+                if self.keys >= l.max_keys || of_service >= l.max_operations_per_service {
                     cx.stats.keys_dropped += 1;
                     return;
                 }
