@@ -34,7 +34,8 @@ pub struct Defaults {
     pub cooldown_secs: u64,
     /// Most example trace ids kept per alert. Default 5.
     pub max_example_traces: usize,
-    /// Most alerts firing at once; new ones beyond it are dropped and counted. Default 10000.
+    /// Most alerts firing at once; new ones beyond it are dropped and counted. Dependency
+    /// drift and heartbeat alerts do not count: their rules bound them. Default 10000.
     pub max_active_alerts: usize,
 }
 

@@ -34,18 +34,19 @@ pub(crate) enum Kind {
 pub(crate) enum Pool {
     /// `defaults.max_active_alerts`.
     Shared,
-    /// None: the rule bounds its alerts itself (dependency drift: once per edge, at most
-    /// `root_cause.max_edges`), so they can never crowd out an error alert.
+    /// None: the rule bounds its alerts itself, so they neither crowd out nor are crowded
+    /// out by the others: dependency drift (once per edge, at most `root_cause.max_edges`),
+    /// and heartbeat silence (two per tracked instance, at most `heartbeat.max_instances`),
+    /// so a flood of error alerts never hides that a service is down.
     Own,
 }
 
 impl Pool {
     /// The pool of a rule's alerts.
     pub(crate) fn of(rule_name: &str) -> Pool {
-        if rule_name == rule::DEPENDENCY_DRIFT {
-            Pool::Own
-        } else {
-            Pool::Shared
+        match rule_name {
+            rule::DEPENDENCY_DRIFT | rule::HEARTBEAT_DELAYED | rule::HEARTBEAT_DOWN => Pool::Own,
+            _ => Pool::Shared,
         }
     }
 }
@@ -65,6 +66,15 @@ pub(crate) struct Active {
     pub(crate) target: Option<String>,
     /// Incidents: the services whose failures were grouped into it.
     pub(crate) dependents: BTreeSet<String>,
+    /// Whether it makes its service down or failing for root cause (when its rule is one of
+    /// `root_cause.root_rules`). False for an instance that is down while another instance
+    /// of its service is live: a service is down only when none of its instances is.
+    #[serde(default = "yes")]
+    pub(crate) root_signal: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Active {
@@ -78,6 +88,7 @@ impl Active {
             dirty: false,
             target: None,
             dependents: BTreeSet::new(),
+            root_signal: true,
         }
     }
 }
@@ -112,6 +123,7 @@ impl Book {
         let firing: Vec<(String, String, String)> = book
             .alerts
             .values()
+            .filter(|a| a.root_signal)
             .map(|a| {
                 (
                     a.alert.service.clone(),
@@ -390,13 +402,32 @@ impl Context {
             &a.service,
             &a.id,
             &a.rule,
-            true,
+            active.root_signal,
         );
         if Pool::of(&a.rule) == Pool::Own && !self.book.alerts.contains_key(&a.id) {
             self.book.own_pool += 1;
         }
         self.book.alerts.insert(a.id.clone(), active);
         true
+    }
+
+    /// Sets whether the firing alert `id` makes its service down or failing for root cause.
+    pub(crate) fn set_root_signal(&mut self, id: &str, signal: bool) {
+        let Some(active) = self.book.alerts.get_mut(id) else {
+            return;
+        };
+        if active.root_signal == signal {
+            return;
+        }
+        active.root_signal = signal;
+        let (service, rule_name) = (active.alert.service.clone(), active.alert.rule.clone());
+        self.book.index_root(
+            &self.rules.root_cause.root_rules,
+            &service,
+            id,
+            &rule_name,
+            signal,
+        );
     }
 
     /// Resolves a firing alert (emitting it unless it was folded into an incident), with a
@@ -406,6 +437,16 @@ impl Context {
         id: &str,
         summary: Option<String>,
         label: Option<(&str, &str)>,
+    ) {
+        self.resolve_with(id, summary, label.as_slice());
+    }
+
+    /// [`Context::resolve`] with any number of extra labels.
+    pub(crate) fn resolve_with(
+        &mut self,
+        id: &str,
+        summary: Option<String>,
+        labels: &[(&str, &str)],
     ) {
         let Some(mut active) = self.book.alerts.remove(id) else {
             return;
@@ -431,7 +472,7 @@ impl Context {
         if let Some(summary) = summary {
             a.summary = summary;
         }
-        if let Some((k, v)) = label {
+        for (k, v) in labels {
             a.labels.insert(k.to_string(), v.to_string());
         }
         a.bound();

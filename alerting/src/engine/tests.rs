@@ -1816,3 +1816,168 @@ fn regression_one_services_operation_flood_does_not_crowd_out_others() {
         vec![(Fired, "span_latency".into(), "svc-b|GET /checkout".into())]
     );
 }
+
+// ---------------------------------------------------------------- instances that crash
+
+fn beat_of(svc: &str, instance: &str, kind: HeartbeatKind, at: u64) -> Record {
+    let Record::Heartbeat(mut hb) = heartbeat(svc, kind, ServiceStatus::Up, at, None) else {
+        unreachable!()
+    };
+    hb.service.instance_id = Some(instance.into());
+    Record::Heartbeat(hb)
+}
+
+/// Regression: a crashed instance never sends DOWN, so its delayed/down alerts stayed firing
+/// for a day after a new instance of the service had taken over, and root cause treated the
+/// whole service as down.
+#[test]
+fn regression_a_crashed_instance_superseded_by_a_new_one_resolves_as_replaced() {
+    let mut h = H::new(only_rules(&[
+        rule::HEARTBEAT_DOWN,
+        rule::INCIDENT,
+        rule::FAILED_CALL,
+    ]));
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    // b-1 crashes: delayed, then down.
+    let fired = H::visible(h.advance(31));
+    assert_eq!(
+        fired,
+        vec![
+            (Fired, "heartbeat_delayed".into(), "b-1".into()),
+            (Fired, "heartbeat_down".into(), "b-1".into()),
+        ]
+    );
+    // Its successor registers: b-1 is replaced, its alerts resolve with that reason.
+    assert!(h
+        .feed(beat_of(
+            "svc-b",
+            "b-2",
+            HeartbeatKind::Registration,
+            h.now()
+        ))
+        .is_empty());
+    let resolved = h.advance(1);
+    assert_eq!(
+        H::visible(resolved.clone()),
+        vec![
+            (Resolved, "heartbeat_down".into(), "b-1".into()),
+            (Resolved, "heartbeat_delayed".into(), "b-1".into()),
+        ]
+    );
+    for t in &resolved {
+        assert_eq!(t.alert.labels["reason"], "replaced");
+        assert_eq!(t.alert.labels["status"], "REPLACED");
+        assert_eq!(
+            t.alert.summary,
+            "svc-b (b-1) was replaced: a newer instance of svc-b registered since its last heartbeat"
+        );
+    }
+    // The service is not down: A's failed call into it is not an incident naming it.
+    h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+    let seen = [
+        h.feed(call("svc-a", &["svc-b"], "svc-b", false, "t1")),
+        h.advance(1),
+    ]
+    .concat();
+    assert!(seen.iter().any(|t| t.alert.rule == rule::FAILED_CALL));
+    assert!(
+        seen.iter().all(|t| t.alert.rule != rule::INCIDENT),
+        "{seen:#?}"
+    );
+    // b-1 is no longer tracked: its silence never fires again.
+    for _ in 0..10 {
+        h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+        assert!(H::visible(h.advance(10)).is_empty());
+    }
+}
+
+/// An instance replaced before its silence was reported is simply forgotten.
+#[test]
+fn an_instance_replaced_before_it_was_reported_raises_nothing() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    h.advance(5);
+    h.feed(beat_of(
+        "svc-b",
+        "b-2",
+        HeartbeatKind::Registration,
+        h.now(),
+    ));
+    for _ in 0..6 {
+        h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+        assert!(H::visible(h.advance(10)).is_empty());
+    }
+}
+
+/// Regression: one instance down made root cause treat its whole service as down, though
+/// another instance of it was live.
+#[test]
+fn regression_a_service_with_a_live_instance_is_not_down() {
+    let mut h = H::new(only_rules(&[
+        rule::HEARTBEAT_DOWN,
+        rule::INCIDENT,
+        rule::FAILED_CALL,
+    ]));
+    // Both instances run; b-1 then crashes while b-2 keeps heartbeating (b-2 started before
+    // b-1's last heartbeat: not a replacement).
+    h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Registration, T0));
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.extend(h.advance(10));
+        h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+    }
+    assert_eq!(
+        H::visible(seen),
+        vec![
+            (Fired, "heartbeat_delayed".into(), "b-1".into()),
+            (Fired, "heartbeat_down".into(), "b-1".into()),
+        ]
+    );
+    // A's failed call into svc-b: svc-b is not down, so no incident names it.
+    let mut seen = h.feed(call("svc-a", &["svc-b"], "svc-b", false, "t1"));
+    h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+    seen.extend(h.advance(1));
+    assert!(seen.iter().any(|t| t.alert.rule == rule::FAILED_CALL));
+    assert!(
+        seen.iter().all(|t| t.alert.rule != rule::INCIDENT),
+        "{seen:#?}"
+    );
+    // Then b-2 goes silent too: now none is live, and the service is down: A's failed
+    // call is grouped into an incident naming it.
+    let later = h.advance(31);
+    let incident: Vec<_> = later
+        .iter()
+        .filter(|t| t.alert.rule == rule::INCIDENT && t.kind == Fired)
+        .collect();
+    assert_eq!(incident.len(), 1, "{later:#?}");
+    assert_eq!(incident[0].alert.key, "svc-b");
+    assert_eq!(incident[0].alert.labels["cause"], "heartbeat_down");
+}
+
+/// Regression: heartbeat alerts shared `max_active_alerts` with every other rule, so a flood
+/// of error alerts kept "down" from firing.
+#[test]
+fn regression_heartbeat_alerts_have_their_own_cap() {
+    let mut rules = only_rules(&[rule::HEARTBEAT_DOWN, rule::ERROR_LOG]);
+    rules.defaults.max_active_alerts = 3;
+    let mut h = H::new(rules);
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    for i in 0..10 {
+        h.feed(log(
+            "svc-a",
+            "ERROR",
+            "x",
+            &[(names::ERROR_CODE, format!("E{i}").into())],
+        ));
+    }
+    assert_eq!(h.engine.stats().alerts_dropped, 7);
+    assert_eq!(
+        H::visible(h.advance(31)),
+        vec![
+            (Fired, "heartbeat_delayed".into(), "b-1".into()),
+            (Fired, "heartbeat_down".into(), "b-1".into()),
+        ]
+    );
+    assert_eq!(h.engine.stats().alerts_dropped, 7);
+}

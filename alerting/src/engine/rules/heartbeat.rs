@@ -1,8 +1,20 @@
 //! Rule 4, `heartbeat_delayed` / `heartbeat_down`: an instance silent for more than
-//! `delayed_after_intervals` / `down_after_intervals` heartbeat intervals. Both resolve when
-//! it heartbeats again, announces a clean shutdown, or is forgotten.
+//! `delayed_after_intervals` / `down_after_intervals` heartbeat intervals.
+//!
+//! An instance is, in the words every part of dlog uses (label `status`):
+//! - **UP**: heartbeating;
+//! - **DELAYED**: more than `delayed_after_intervals` intervals silent;
+//! - **DOWN**: more than `down_after_intervals` intervals silent;
+//! - **STOPPED**: it announced a clean shutdown (`service.status=DOWN`);
+//! - **REPLACED**: silent, and a newer instance of the same service registered since its
+//!   last heartbeat (a crashed instance never says DOWN; its successor says it is gone).
+//!
+//! The alerts resolve when the instance heartbeats again (UP), stops (STOPPED), is replaced
+//! (REPLACED) or is forgotten. A service is down only when none of its instances is live:
+//! the alerts of a silent instance whose service still has a live one do not make the
+//! service down for root cause.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use dlog_core::model::{Heartbeat, ServiceStatus};
 use serde::{Deserialize, Serialize};
@@ -111,7 +123,14 @@ struct Instance {
     /// Engine time of the last heartbeat or registration, ns.
     last_seen: u64,
     interval_ms: u64,
+    /// Engine time tracking began (its first heartbeat or registration), ns; 0: unknown
+    /// (tracked by an earlier version).
+    #[serde(default)]
+    first_seen: u64,
 }
+
+/// Label saying what the instance is.
+const STATUS: &str = "status";
 
 /// The rule: one tracker per instance.
 pub(crate) struct Silence {
@@ -142,10 +161,10 @@ impl Rule for Silence {
         if hb.status == ServiceStatus::Down {
             if self.instances.remove(key).is_some() {
                 for rule_name in RULES {
-                    cx.resolve(
+                    cx.resolve_with(
                         &alert_id(rule_name, key),
                         Some(format!("{name} shut down cleanly")),
-                        Some(("reason", "shutdown")),
+                        &[("reason", "shutdown"), (STATUS, "STOPPED")],
                     );
                 }
             }
@@ -168,7 +187,7 @@ impl Rule for Silence {
                             "{name} is back: heartbeat after {} of silence",
                             fmt_secs(silent)
                         );
-                        cx.resolve(&id, Some(summary), None);
+                        cx.resolve_with(&id, Some(summary), &[(STATUS, "UP")]);
                     }
                 }
             }
@@ -192,6 +211,7 @@ impl Rule for Silence {
                         instance_id: hb.service.instance_id.clone(),
                         last_seen: now,
                         interval_ms,
+                        first_seen: now,
                     },
                 );
             }
@@ -207,16 +227,39 @@ impl Rule for Silence {
         let forget_nanos = h.forget_after_secs.saturating_mul(NANOS_PER_SEC);
         let mut forget = Vec::new();
         let mut fire = Vec::new();
+        let mut replaced = Vec::new();
+        // Per service: the newest instance's start, and whether any instance is live.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        let mut live: HashSet<&str> = HashSet::new();
+        let silence = |inst: &Instance| now.saturating_sub(inst.last_seen.max(cx.resumed_at));
+        let interval = |inst: &Instance| inst.interval_ms.saturating_mul(NANOS_PER_MS) as f64;
+        for inst in self.instances.values() {
+            let first = newest.entry(inst.service.as_str()).or_insert(0);
+            *first = (*first).max(inst.first_seen);
+        }
         for (key, inst) in &self.instances {
-            let silent = now.saturating_sub(inst.last_seen.max(cx.resumed_at));
+            // Reported silent stays so until a heartbeat arrives, even when the silence is
+            // measured from a restart or the end of an input stall.
+            let reported = RULES
+                .iter()
+                .any(|rule_name| cx.is_firing(&alert_id(rule_name, key)));
+            if !reported && silence(inst) as f64 <= h.delayed_after_intervals * interval(inst) {
+                live.insert(inst.service.as_str());
+            }
+        }
+        for (key, inst) in &self.instances {
+            let silent = silence(inst);
             if forget_nanos > 0 && silent > forget_nanos {
                 forget.push(key.clone());
                 continue;
             }
-            let interval = inst.interval_ms.saturating_mul(NANOS_PER_MS) as f64;
-            if silent as f64 > h.delayed_after_intervals * interval
-                && !cx.is_firing(&alert_id(rule::HEARTBEAT_DELAYED, key))
-            {
+            let interval = interval(inst);
+            let delayed = silent as f64 > h.delayed_after_intervals * interval;
+            if delayed && newest.get(inst.service.as_str()).copied().unwrap_or(0) > inst.last_seen {
+                replaced.push(key.clone());
+                continue;
+            }
+            if delayed && !cx.is_firing(&alert_id(rule::HEARTBEAT_DELAYED, key)) {
                 fire.push((
                     key.clone(),
                     rule::HEARTBEAT_DELAYED,
@@ -228,6 +271,23 @@ impl Rule for Silence {
                 && !cx.is_firing(&alert_id(rule::HEARTBEAT_DOWN, key))
             {
                 fire.push((key.clone(), rule::HEARTBEAT_DOWN, h.down_severity, silent));
+            }
+        }
+        let live: HashSet<String> = live.into_iter().map(str::to_string).collect();
+        for key in replaced {
+            if let Some(inst) = self.instances.remove(&key) {
+                let name = describe_instance(&inst.service, inst.instance_id.as_deref());
+                for rule_name in RULES {
+                    let summary = format!(
+                        "{name} was replaced: a newer instance of {} registered since its last heartbeat",
+                        inst.service
+                    );
+                    cx.resolve_with(
+                        &alert_id(rule_name, &key),
+                        Some(summary),
+                        &[("reason", "replaced"), (STATUS, "REPLACED")],
+                    );
+                }
             }
         }
         for key in forget {
@@ -259,6 +319,12 @@ impl Rule for Silence {
             let mut labels = BTreeMap::new();
             labels.insert("interval_ms".into(), inst.interval_ms.to_string());
             labels.insert("silent_ms".into(), (silent / NANOS_PER_MS).to_string());
+            let status = if rule_name == rule::HEARTBEAT_DOWN {
+                "DOWN"
+            } else {
+                "DELAYED"
+            };
+            labels.insert(STATUS.into(), status.into());
             let alert = Alert::firing(
                 rule_name,
                 key.clone(),
@@ -273,7 +339,15 @@ impl Rule for Silence {
             )
             .with_instance(inst.instance_id.as_deref())
             .with_labels(labels);
-            cx.fire(Active::new(alert, Kind::Condition, now));
+            let mut active = Active::new(alert, Kind::Condition, now);
+            active.root_signal = !live.contains(&inst.service);
+            cx.fire(active);
+        }
+        // A service is down only when none of its instances is live.
+        for (key, inst) in &self.instances {
+            for rule_name in RULES {
+                cx.set_root_signal(&alert_id(rule_name, key), !live.contains(&inst.service));
+            }
         }
     }
 
