@@ -32,9 +32,11 @@ pub mod rule {
     pub const INCIDENT: &str = "incident";
     /// A call edge to a service the caller did not declare as a dependency.
     pub const DEPENDENCY_DRIFT: &str = "dependency_drift";
+    /// A service that still heartbeats but stopped sending spans and logs.
+    pub const TRAFFIC_STOPPED: &str = "traffic_stopped";
 
     /// Every rule name.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ERROR_LOG,
         WARN_LOG,
         SLOW_RESPONSE,
@@ -45,6 +47,7 @@ pub mod rule {
         ERROR_RATE,
         INCIDENT,
         DEPENDENCY_DRIFT,
+        TRAFFIC_STOPPED,
     ];
 }
 

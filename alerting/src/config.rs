@@ -7,11 +7,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use dlog_core::names;
-use dlog_storage::StoreConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Severity;
 use crate::rules::{RulesConfig, RulesError};
+
+pub use crate::output::kafka::config::KafkaOutputConfig;
+pub use crate::output::store::config::StoreOutputConfig;
+pub use crate::output::terminal::config::{ColorMode, TerminalConfig};
+pub use crate::output::webhook::config::WebhookConfig;
 
 /// Default `kafka_brokers`.
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
@@ -19,6 +23,24 @@ pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_GROUP_ID: &str = "dlog-alerter";
 /// Default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "dlog-alerter-state";
+/// Default `topic_partitions`.
+pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
+/// Default `session_timeout_ms`.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
+/// Default `batch_max_records`.
+pub const DEFAULT_BATCH_MAX_RECORDS: usize = 500;
+/// Default `batch_linger_ms`.
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 100;
+/// Default `tick_interval_ms`: heartbeat silence and windows are judged once a second.
+pub const DEFAULT_TICK_INTERVAL_MS: u64 = 1_000;
+/// Default `checkpoint_interval_ms`.
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
+/// Default `retry_initial_ms`.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = 100;
+/// Default `retry_max_ms`.
+pub const DEFAULT_RETRY_MAX_MS: u64 = 5_000;
+/// Default `shutdown_timeout_ms`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
 /// librdkafka properties the stage sets itself, with why a user may not override them.
 const RESERVED_CONSUMER_PROPERTIES: &[(&str, &str)] = &[
@@ -97,20 +119,20 @@ impl Default for AlerterConfig {
             service_logs_topic: names::SERVICE_LOGS_TOPIC.to_string(),
             heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
             create_topics: false,
-            topic_partitions: 3,
-            session_timeout_ms: 10_000,
+            topic_partitions: DEFAULT_TOPIC_PARTITIONS,
+            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             consumer: BTreeMap::new(),
             admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), names::ALERTER_ADMIN_PORT),
             rules_file: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            batch_max_records: 500,
-            batch_linger_ms: 100,
-            tick_interval_ms: 1_000,
-            checkpoint_interval_ms: 1_000,
+            batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
+            batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
+            tick_interval_ms: DEFAULT_TICK_INTERVAL_MS,
+            checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
             skip_replayed_offsets: true,
-            retry_initial_ms: 100,
-            retry_max_ms: 5_000,
-            shutdown_timeout_ms: 10_000,
+            retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
+            retry_max_ms: DEFAULT_RETRY_MAX_MS,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             outputs: OutputsConfig::default(),
         }
     }
@@ -139,185 +161,6 @@ pub struct Filter {
     /// only when they fire and resolve.
     pub updates: bool,
 }
-
-/// Whether to colour terminal output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ColorMode {
-    /// When stdout is a terminal.
-    Auto,
-    /// Always.
-    Always,
-    /// Never.
-    Never,
-}
-
-/// `[outputs.terminal]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TerminalConfig {
-    /// Print alerts. Default true.
-    pub enabled: bool,
-    /// `auto`, `always` or `never`. Default auto.
-    pub color: ColorMode,
-    /// Alerts below this severity are not sent here. Default info.
-    pub min_severity: Severity,
-    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
-    /// only when they fire and resolve. Default false.
-    pub updates: bool,
-}
-
-impl Default for TerminalConfig {
-    fn default() -> Self {
-        TerminalConfig {
-            enabled: true,
-            color: ColorMode::Auto,
-            min_severity: Severity::Info,
-            updates: false,
-        }
-    }
-}
-
-/// `[outputs.kafka]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaOutputConfig {
-    /// Write alerts to Kafka. Default true.
-    pub enabled: bool,
-    /// The topic. Default `alerts`.
-    pub topic: String,
-    /// Brokers; unset: `kafka_brokers`.
-    pub brokers: Option<String>,
-    /// Offsets are acknowledged only after Kafka acknowledged the alerts (acks=all). Default
-    /// true.
-    pub required: bool,
-    /// How long one delivery may take before it is retried, ms. Default 30000.
-    pub timeout_ms: u64,
-    /// Extra librdkafka producer properties, passed through.
-    pub producer: BTreeMap<String, String>,
-    /// Alerts below this severity are not sent here. Default info.
-    pub min_severity: Severity,
-    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
-    /// only when they fire and resolve. Default false.
-    pub updates: bool,
-}
-
-impl Default for KafkaOutputConfig {
-    fn default() -> Self {
-        KafkaOutputConfig {
-            enabled: true,
-            topic: names::ALERTS_TOPIC.to_string(),
-            brokers: None,
-            required: true,
-            timeout_ms: 30_000,
-            producer: BTreeMap::new(),
-            min_severity: Severity::Info,
-            updates: false,
-        }
-    }
-}
-
-/// `[outputs.webhook]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookConfig {
-    /// POST alerts to `url`. Default false.
-    pub enabled: bool,
-    /// The endpoint, `http://HOST:PORT/PATH` (this build has no TLS client; put a relay in
-    /// front of an https endpoint).
-    pub url: String,
-    /// Extra request headers (e.g. `Authorization`).
-    pub headers: BTreeMap<String, String>,
-    /// Timeout of one request, ms. Default 5000.
-    pub timeout_ms: u64,
-    /// Attempts per alert (connection errors, 408, 429 and 5xx are retried). Default 5.
-    pub max_attempts: u32,
-    /// Wait before the first retry, ms; doubles per attempt (a `Retry-After` header wins).
-    /// Default 200.
-    pub backoff_initial_ms: u64,
-    /// Longest wait between attempts, ms. Default 5000.
-    pub backoff_max_ms: u64,
-    /// When true, offsets wait until the webhook accepted the alert (and the stage retries
-    /// without end); when false, an alert the webhook still refuses after `max_attempts` is
-    /// dropped for it and counted, and the other outputs never wait for it. Default false.
-    pub required: bool,
-    /// Alerts queued for the webhook while it is slow (best effort only); beyond it they are
-    /// dropped and counted. Default 1000.
-    pub queue: usize,
-    /// Alerts below this severity are not sent here. Default info.
-    pub min_severity: Severity,
-    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
-    /// only when they fire and resolve. Default false.
-    pub updates: bool,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            enabled: false,
-            url: String::new(),
-            headers: BTreeMap::new(),
-            timeout_ms: 5_000,
-            max_attempts: 5,
-            backoff_initial_ms: 200,
-            backoff_max_ms: 5_000,
-            required: false,
-            queue: 1_000,
-            min_severity: Severity::Info,
-            updates: false,
-        }
-    }
-}
-
-/// `[outputs.store]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreOutputConfig {
-    /// Upsert alerts into the store. Default false.
-    pub enabled: bool,
-    /// Offsets wait until the store accepted the alerts. Default true.
-    pub required: bool,
-    /// The store (`[outputs.store.backend]`: `data_dir`, or `elasticsearch_url`, ...).
-    pub backend: StoreConfig,
-    /// Alerts below this severity are not sent here. Default info.
-    pub min_severity: Severity,
-    /// Also send updates of firing alerts (more occurrences, grouped into an incident), not
-    /// only when they fire and resolve. Default true.
-    pub updates: bool,
-}
-
-impl Default for StoreOutputConfig {
-    fn default() -> Self {
-        StoreOutputConfig {
-            enabled: false,
-            required: true,
-            backend: StoreConfig::default(),
-            min_severity: Severity::Info,
-            updates: true,
-        }
-    }
-}
-
-macro_rules! filter_of {
-    ($($ty:ty),*) => {$(
-        impl $ty {
-            /// Which alerts this output gets.
-            pub fn filter(&self) -> Filter {
-                Filter {
-                    min_severity: self.min_severity,
-                    updates: self.updates,
-                }
-            }
-        }
-    )*};
-}
-
-filter_of!(
-    TerminalConfig,
-    KafkaOutputConfig,
-    WebhookConfig,
-    StoreOutputConfig
-);
 
 /// The alerter's configuration could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -400,78 +243,16 @@ impl AlerterConfig {
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "is empty"));
         }
-        let k = &self.outputs.kafka;
-        if k.enabled {
-            if k.topic.trim().is_empty() {
-                return Err(invalid("outputs.kafka.topic", "is empty"));
-            }
-            if [
-                &self.trace_logs_topic,
-                &self.service_logs_topic,
-                &self.heartbeat_logs_topic,
-            ]
-            .contains(&&k.topic)
-            {
-                return Err(invalid(
-                    "outputs.kafka.topic",
-                    format!("`{}` is one of the input topics", k.topic),
-                ));
-            }
-            if k.timeout_ms == 0 {
-                return Err(invalid("outputs.kafka.timeout_ms", "must be at least 1"));
-            }
-            for key in ["acks", "bootstrap.servers"] {
-                if k.producer.contains_key(key) {
-                    return Err(invalid(
-                        &format!("outputs.kafka.producer.{key}"),
-                        "is set by the stage (acks=all, `brokers`)",
-                    ));
-                }
-            }
-        }
-        let w = &self.outputs.webhook;
-        if w.enabled {
-            match reqwest::Url::parse(&w.url) {
-                Ok(url) if url.scheme() == "http" => {}
-                Ok(url) => {
-                    return Err(invalid(
-                        "outputs.webhook.url",
-                        format!(
-                            "scheme `{}` is not supported (this build speaks http only)",
-                            url.scheme()
-                        ),
-                    ))
-                }
-                Err(e) => return Err(invalid("outputs.webhook.url", format!("`{}`: {e}", w.url))),
-            }
-            if w.max_attempts == 0 {
-                return Err(invalid(
-                    "outputs.webhook.max_attempts",
-                    "must be at least 1",
-                ));
-            }
-            if w.timeout_ms == 0 {
-                return Err(invalid("outputs.webhook.timeout_ms", "must be at least 1"));
-            }
-            if w.queue == 0 {
-                return Err(invalid("outputs.webhook.queue", "must be at least 1"));
-            }
-            for name in w.headers.keys() {
-                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(invalid(
-                        &format!("outputs.webhook.headers.{name}"),
-                        "is not a valid header name",
-                    ));
-                }
-            }
-        }
-        if self.outputs.store.enabled {
-            self.outputs
-                .store
-                .backend
-                .validate()
-                .map_err(|e| invalid("outputs.store.backend", e.to_string()))?;
-        }
+        let inputs = [
+            &self.trace_logs_topic,
+            &self.service_logs_topic,
+            &self.heartbeat_logs_topic,
+        ];
+        let o = &self.outputs;
+        o.terminal.validate("outputs.terminal")?;
+        o.kafka.validate("outputs.kafka", &inputs)?;
+        o.webhook.validate("outputs.webhook")?;
+        o.store.validate("outputs.store")?;
         Ok(())
     }
 }

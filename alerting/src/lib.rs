@@ -1,7 +1,7 @@
 //! dlog's alerting stage: tells the on-call what broke, why, and where it started, once.
 //!
 //! It reads `trace_logs`, `service_logs` and `heartbeat_logs` in its own consumer group and
-//! runs seven rules over them (see [`rules`] and `docs/alerting.md`):
+//! runs eight rules over them (see [`rules`] and `docs/alerting.md`):
 //!
 //! 1. ERROR / WARN log records (levels configurable);
 //! 2. latency: `response_time_ms` over `threshold_limit_ms`, and the p95 span duration over a
@@ -11,7 +11,8 @@
 //! 5. error rate over a sliding window;
 //! 6. root cause: dependents' failures into a down or failing service become one incident
 //!    naming it, or the deepest failing service that explains its failures in turn;
-//! 7. dependency drift: one informational alert per call edge a service did not declare.
+//! 7. dependency drift: one informational alert per call edge a service did not declare;
+//! 8. traffic stopped: a service that heartbeats but stopped sending spans and logs.
 //!
 //! Alerts have a stable id (rule + key), fire once per ongoing condition, fold repeats in,
 //! and resolve; the state survives restarts. They go to the terminal, the Kafka `alerts`

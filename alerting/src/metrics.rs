@@ -37,6 +37,7 @@ pub(crate) struct Metrics {
     pub output_dropped: Family<OutputLabels, Counter>,
     pub output_rejected: Family<OutputLabels, Counter>,
     pub input_errors: Counter,
+    pub state_save_errors: Counter,
     pub firing: Gauge,
     pub outbox: Gauge,
     pub state_bytes: Gauge,
@@ -58,6 +59,7 @@ impl Metrics {
             output_dropped: Family::default(),
             output_rejected: Family::default(),
             input_errors: Counter::default(),
+            state_save_errors: Counter::default(),
             firing: Gauge::default(),
             outbox: Gauge::default(),
             state_bytes: Gauge::default(),
@@ -111,6 +113,11 @@ impl Metrics {
             "input_errors",
             "Failed offset commits, pauses or resumes of the input (the stage carries on; the next checkpoint commits again)",
             m.input_errors.clone(),
+        );
+        r.register(
+            "state_save_errors",
+            "Failed saves of the state file (full disk, EIO); each is retried with backoff while the input is paused",
+            m.state_save_errors.clone(),
         );
         r.register(
             "alerts_firing",

@@ -9,36 +9,21 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{rule, Severity};
+use crate::engine::rules::WrittenRules;
 
-/// Every rule's settings. Read it with [`RulesConfig::from_file`] or
-/// [`RulesConfig::from_toml`], which start from [`RulesConfig::default`] (every rule on, the
-/// old system's thresholds).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RulesConfig {
-    /// Settings every rule shares: cooldown, example traces, bounds.
-    pub defaults: Defaults,
-    /// Rule 1: ERROR (and FATAL) log records.
-    pub error_log: LogLevelRule,
-    /// Rule 1: WARN log records.
-    pub warn_log: LogLevelRule,
-    /// Rule 2: records whose `response_time_ms` exceeds their `threshold_limit_ms`.
-    pub slow_response: SlowResponseRule,
-    /// Rule 2: span-duration percentile over a sliding window.
-    pub span_latency: SpanLatencyRule,
-    /// Rule 3: failed calls (`log_service_call` failures, client spans with error status).
-    pub failed_call: FailedCallRule,
-    /// Rule 4: heartbeat silence.
-    pub heartbeat: HeartbeatRule,
-    /// Rule 5: failure ratio over a sliding window.
-    pub error_rate: ErrorRateRule,
-    /// Rule 6: grouping dependents' failures under the probable root cause.
-    pub root_cause: RootCauseRule,
-    /// Rule 7: calls to services the caller did not declare.
-    pub dependency_drift: DriftRule,
-}
+pub use crate::engine::rules::dependency_drift::DriftRule;
+pub use crate::engine::rules::error_rate::{ErrorRateRule, RateInput};
+pub use crate::engine::rules::failed_call::FailedCallRule;
+pub use crate::engine::rules::heartbeat::HeartbeatRule;
+pub use crate::engine::rules::log_level::LogLevelRule;
+pub use crate::engine::rules::slow_response::SlowResponseRule;
+pub use crate::engine::rules::span_latency::{LatencyGrouping, LatencyOverride, SpanLatencyRule};
+pub use crate::engine::rules::traffic_stopped::TrafficStoppedRule;
+pub use crate::engine::rules::RulesConfig;
 
 /// Settings shared by every rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +34,8 @@ pub struct Defaults {
     pub cooldown_secs: u64,
     /// Most example trace ids kept per alert. Default 5.
     pub max_example_traces: usize,
-    /// Most alerts firing at once; new ones beyond it are dropped and counted. Default 10000.
+    /// Most alerts firing at once; new ones beyond it are dropped and counted. Dependency
+    /// drift and heartbeat alerts do not count: their rules bound them. Default 10000.
     pub max_active_alerts: usize,
 }
 
@@ -63,273 +49,7 @@ impl Default for Defaults {
     }
 }
 
-/// Rule 1: log records at some levels.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LogLevelRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// Levels (TRACE, DEBUG, INFO, WARN, ERROR, FATAL) that raise this alert.
-    pub levels: Vec<String>,
-    /// Severity of the alert.
-    pub severity: Severity,
-    /// Overrides `defaults.cooldown_secs` for this rule.
-    pub cooldown_secs: Option<u64>,
-}
-
-impl LogLevelRule {
-    fn error_default() -> Self {
-        LogLevelRule {
-            enabled: true,
-            levels: vec!["ERROR".into(), "FATAL".into()],
-            severity: Severity::Critical,
-            cooldown_secs: None,
-        }
-    }
-
-    fn warn_default() -> Self {
-        LogLevelRule {
-            enabled: true,
-            levels: vec!["WARN".into()],
-            severity: Severity::Warning,
-            cooldown_secs: None,
-        }
-    }
-}
-
-/// Rule 2: `response_time_ms` above `threshold_limit_ms` on a log record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SlowResponseRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// Severity of the alert. Default warning.
-    pub severity: Severity,
-    /// Overrides `defaults.cooldown_secs` for this rule.
-    pub cooldown_secs: Option<u64>,
-}
-
-impl Default for SlowResponseRule {
-    fn default() -> Self {
-        SlowResponseRule {
-            enabled: true,
-            severity: Severity::Warning,
-            cooldown_secs: None,
-        }
-    }
-}
-
-/// What a latency window is kept per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LatencyGrouping {
-    /// One window per service.
-    Service,
-    /// One window per service and operation (span name).
-    Operation,
-}
-
-/// Rule 2: span-duration percentile over a sliding window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpanLatencyRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// The duration the percentile must not exceed, ms. Default 1000.
-    pub threshold_ms: f64,
-    /// Which percentile, (0, 100). Default 95.
-    pub percentile: f64,
-    /// Length of the sliding window, s. Default 60.
-    pub window_secs: u64,
-    /// Bucket length of the window, s (its time resolution). Default 5.
-    pub bucket_secs: u64,
-    /// Fewest spans in the window before the rule judges it. Default 10.
-    pub min_samples: u64,
-    /// `service` or `operation`. Default `operation`.
-    pub group_by: LatencyGrouping,
-    /// Span kinds counted (`server`, `client`, `internal`, `producer`, `consumer`,
-    /// `unspecified`). Empty: all. Default empty.
-    pub span_kinds: Vec<String>,
-    /// Severity of the alert. Default warning.
-    pub severity: Severity,
-    /// Most windows kept (services or operations); spans of further keys are not judged,
-    /// and counted. Default 10000.
-    pub max_keys: usize,
-    /// Per-service or per-operation thresholds, first match wins.
-    pub overrides: Vec<LatencyOverride>,
-}
-
-impl Default for SpanLatencyRule {
-    fn default() -> Self {
-        SpanLatencyRule {
-            enabled: true,
-            threshold_ms: 1000.0,
-            percentile: 95.0,
-            window_secs: 60,
-            bucket_secs: 5,
-            min_samples: 10,
-            group_by: LatencyGrouping::Operation,
-            span_kinds: Vec::new(),
-            severity: Severity::Warning,
-            max_keys: 10_000,
-            overrides: Vec::new(),
-        }
-    }
-}
-
-/// A threshold for one service, or one operation of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LatencyOverride {
-    /// The service.
-    pub service: String,
-    /// The operation (span name); unset: every operation of the service.
-    #[serde(default)]
-    pub operation: Option<String>,
-    /// Threshold for it, ms.
-    pub threshold_ms: f64,
-}
-
-impl SpanLatencyRule {
-    /// The threshold for a service and operation, ms.
-    pub fn threshold_for(&self, service: &str, operation: Option<&str>) -> f64 {
-        self.overrides
-            .iter()
-            .find(|o| {
-                o.service == service
-                    && match (&o.operation, operation) {
-                        (None, _) => true,
-                        (Some(want), Some(got)) => want == got,
-                        (Some(_), None) => false,
-                    }
-            })
-            .map_or(self.threshold_ms, |o| o.threshold_ms)
-    }
-}
-
-/// Rule 3: failed calls.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FailedCallRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// Severity of the alert. Default warning.
-    pub severity: Severity,
-    /// Count client spans with error status (besides `service.call` records). Default true.
-    pub client_spans: bool,
-    /// Overrides `defaults.cooldown_secs` for this rule.
-    pub cooldown_secs: Option<u64>,
-}
-
-impl Default for FailedCallRule {
-    fn default() -> Self {
-        FailedCallRule {
-            enabled: true,
-            severity: Severity::Warning,
-            client_spans: true,
-            cooldown_secs: None,
-        }
-    }
-}
-
-/// Rule 4: heartbeat silence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeartbeatRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// Interval assumed for instances that do not announce `heartbeat.interval_ms`, ms.
-    /// Default 10000.
-    pub default_interval_ms: u64,
-    /// "Delayed" after more than this many intervals of silence. Default 2 (20 s).
-    pub delayed_after_intervals: f64,
-    /// "Down" after more than this many intervals of silence. Default 3 (30 s).
-    pub down_after_intervals: f64,
-    /// Severity of "delayed". Default warning.
-    pub delayed_severity: Severity,
-    /// Severity of "down". Default critical.
-    pub down_severity: Severity,
-    /// An instance silent this long is no longer tracked (its alerts resolve, labelled
-    /// `reason=forgotten`), s. 0: never. Default 86400.
-    pub forget_after_secs: u64,
-    /// Most instances tracked; heartbeats of further instances are counted and ignored.
-    /// Default 10000.
-    pub max_instances: usize,
-    /// A heartbeat older than this (by its own timestamp) does not start tracking an instance
-    /// not tracked yet, so that reading a topic's history on first start does not raise
-    /// "down" for instances that went away long ago, s. 0: no limit. Default 300.
-    pub stale_after_secs: u64,
-}
-
-impl Default for HeartbeatRule {
-    fn default() -> Self {
-        HeartbeatRule {
-            enabled: true,
-            default_interval_ms: 10_000,
-            delayed_after_intervals: 2.0,
-            down_after_intervals: 3.0,
-            delayed_severity: Severity::Warning,
-            down_severity: Severity::Critical,
-            forget_after_secs: 86_400,
-            max_instances: 10_000,
-            stale_after_secs: 300,
-        }
-    }
-}
-
-/// What the error-rate rule counts for a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RateInput {
-    /// Requests it served: its server and consumer spans, and its root spans.
-    ServerSpans,
-    /// Calls it made, traced: its client spans.
-    ClientSpans,
-    /// Calls it made, logged: `service.call` records with it as `call.source`.
-    ServiceCalls,
-}
-
-/// Rule 5: failure ratio over a sliding window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ErrorRateRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// Fires when more than this percent failed. Default 5.
-    pub threshold_percent: f64,
-    /// Length of the sliding window, s. Default 60.
-    pub window_secs: u64,
-    /// Bucket length of the window, s. Default 5.
-    pub bucket_secs: u64,
-    /// Fewest outcomes in the window before the rule judges it. Default 20.
-    pub min_samples: u64,
-    /// What counts as the service's calls and requests. Default all three.
-    pub count: Vec<RateInput>,
-    /// Severity of the alert. Default critical.
-    pub severity: Severity,
-    /// Most services tracked. Default 10000.
-    pub max_services: usize,
-}
-
-impl Default for ErrorRateRule {
-    fn default() -> Self {
-        ErrorRateRule {
-            enabled: true,
-            threshold_percent: 5.0,
-            window_secs: 60,
-            bucket_secs: 5,
-            min_samples: 20,
-            count: vec![
-                RateInput::ServerSpans,
-                RateInput::ClientSpans,
-                RateInput::ServiceCalls,
-            ],
-            severity: Severity::Critical,
-            max_services: 10_000,
-        }
-    }
-}
-
-/// Rule 6: root cause grouping.
+/// `[root_cause]`: grouping dependents' failures under the probable root cause (rule 6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RootCauseRule {
@@ -369,33 +89,6 @@ impl Default for RootCauseRule {
     }
 }
 
-/// Rule 7: dependency drift.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DriftRule {
-    /// Run this rule. Default true.
-    pub enabled: bool,
-    /// Severity of the alert. Default info.
-    pub severity: Severity,
-    /// Also judge services that declared no dependencies at all (every call they make is
-    /// drift). Off by default, because a service without the attribute cannot be told apart
-    /// from one that declares none.
-    pub check_undeclared_services: bool,
-    /// Services whose calls are never drift (e.g. shared infrastructure).
-    pub ignore_targets: Vec<String>,
-}
-
-impl Default for DriftRule {
-    fn default() -> Self {
-        DriftRule {
-            enabled: true,
-            severity: Severity::Info,
-            check_undeclared_services: false,
-            ignore_targets: Vec::new(),
-        }
-    }
-}
-
 /// A rules file could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
@@ -427,8 +120,41 @@ pub enum RulesError {
     },
 }
 
-const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
-const SPAN_KINDS: [&str; 6] = [
+/// How one section of the rules file is read and checked.
+pub(crate) trait Section: Sized {
+    /// The table as written; unset keys take their defaults.
+    type Written: DeserializeOwned;
+
+    /// The settings a written table makes, over the section's defaults `base`.
+    fn over(written: Self::Written, base: &Self) -> Self;
+
+    /// Checks the values, naming the key (`section.key`) and the reason of the first problem.
+    fn validate(&self, section: &str) -> Result<(), Invalid>;
+}
+
+/// A key with a value the engine cannot run with.
+#[derive(Debug)]
+pub(crate) struct Invalid {
+    /// The key, dotted as in the file.
+    pub(crate) key: String,
+    /// Why.
+    pub(crate) reason: String,
+}
+
+impl Invalid {
+    /// `section.key` is invalid because `reason`.
+    pub(crate) fn new(section: &str, key: &str, reason: impl Into<String>) -> Invalid {
+        Invalid {
+            key: format!("{section}.{key}"),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The log levels a rule can name.
+pub(crate) const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
+/// The span kinds a rule can name.
+pub(crate) const SPAN_KINDS: [&str; 6] = [
     "unspecified",
     "internal",
     "server",
@@ -436,74 +162,19 @@ const SPAN_KINDS: [&str; 6] = [
     "producer",
     "consumer",
 ];
-
-impl Default for RulesConfig {
-    fn default() -> Self {
-        RulesConfig {
-            defaults: Defaults::default(),
-            error_log: LogLevelRule::error_default(),
-            warn_log: LogLevelRule::warn_default(),
-            slow_response: SlowResponseRule::default(),
-            span_latency: SpanLatencyRule::default(),
-            failed_call: FailedCallRule::default(),
-            heartbeat: HeartbeatRule::default(),
-            error_rate: ErrorRateRule::default(),
-            root_cause: RootCauseRule::default(),
-            dependency_drift: DriftRule::default(),
-        }
-    }
-}
+/// Most buckets in one sliding window.
+pub(crate) const MAX_WINDOW_BUCKETS: u64 = 3600;
 
 impl RulesConfig {
     /// Parses TOML text; `path` only names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, RulesError> {
         // Start from the defaults, so `[warn_log]` absent keeps WARN; a present table
         // replaces the rule's settings (its own keys default as documented).
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            #[serde(default)]
-            defaults: Option<Defaults>,
-            #[serde(default)]
-            error_log: Option<PartialLogRule>,
-            #[serde(default)]
-            warn_log: Option<PartialLogRule>,
-            #[serde(default)]
-            slow_response: Option<SlowResponseRule>,
-            #[serde(default)]
-            span_latency: Option<SpanLatencyRule>,
-            #[serde(default)]
-            failed_call: Option<FailedCallRule>,
-            #[serde(default)]
-            heartbeat: Option<HeartbeatRule>,
-            #[serde(default)]
-            error_rate: Option<ErrorRateRule>,
-            #[serde(default)]
-            root_cause: Option<RootCauseRule>,
-            #[serde(default)]
-            dependency_drift: Option<DriftRule>,
-        }
-        let raw: Raw = toml::from_str(text).map_err(|e| RulesError::Parse {
+        let written: WrittenRules = toml::from_str(text).map_err(|e| RulesError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let base = RulesConfig::default();
-        let config = RulesConfig {
-            defaults: raw.defaults.unwrap_or(base.defaults),
-            error_log: raw
-                .error_log
-                .map_or(base.error_log.clone(), |p| p.over(&base.error_log)),
-            warn_log: raw
-                .warn_log
-                .map_or(base.warn_log.clone(), |p| p.over(&base.warn_log)),
-            slow_response: raw.slow_response.unwrap_or(base.slow_response),
-            span_latency: raw.span_latency.unwrap_or(base.span_latency),
-            failed_call: raw.failed_call.unwrap_or(base.failed_call),
-            heartbeat: raw.heartbeat.unwrap_or(base.heartbeat),
-            error_rate: raw.error_rate.unwrap_or(base.error_rate),
-            root_cause: raw.root_cause.unwrap_or(base.root_cause),
-            dependency_drift: raw.dependency_drift.unwrap_or(base.dependency_drift),
-        };
+        let config = written.over_defaults();
         config.validate_at(path)?;
         Ok(config)
     }
@@ -523,36 +194,23 @@ impl RulesConfig {
     }
 
     fn validate_at(&self, path: &Path) -> Result<(), RulesError> {
-        let bad = |key: &str, reason: String| RulesError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            reason,
-        };
+        self.validate_all()
+            .map_err(|Invalid { key, reason }| RulesError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                reason,
+            })
+    }
+
+    fn validate_all(&self) -> Result<(), Invalid> {
         if self.defaults.max_active_alerts == 0 {
-            return Err(bad(
-                "defaults.max_active_alerts",
-                "must be at least 1".into(),
+            return Err(Invalid::new(
+                "defaults",
+                "max_active_alerts",
+                "must be at least 1",
             ));
         }
-        for (name, r) in [("error_log", &self.error_log), ("warn_log", &self.warn_log)] {
-            for level in &r.levels {
-                if !LEVELS.contains(&level.to_ascii_uppercase().as_str()) {
-                    return Err(bad(
-                        &format!("{name}.levels"),
-                        format!(
-                            "unknown level `{level}` (expected one of {})",
-                            LEVELS.join(", ")
-                        ),
-                    ));
-                }
-            }
-            if r.enabled && r.levels.is_empty() {
-                return Err(bad(
-                    &format!("{name}.levels"),
-                    "is empty; set `enabled = false` to turn the rule off".into(),
-                ));
-            }
-        }
+        self.validate_sections()?;
         let overlap: BTreeSet<String> = self
             .error_log
             .levels
@@ -566,105 +224,14 @@ impl RulesConfig {
             })
             .collect();
         if self.error_log.enabled && self.warn_log.enabled && !overlap.is_empty() {
-            return Err(bad(
-                "warn_log.levels",
+            return Err(Invalid::new(
+                "warn_log",
+                "levels",
                 format!(
                     "{} also in `error_log.levels`; a level belongs to one rule",
                     overlap.into_iter().collect::<Vec<_>>().join(", ")
                 ),
             ));
-        }
-        let l = &self.span_latency;
-        if !(l.threshold_ms.is_finite() && l.threshold_ms > 0.0) {
-            return Err(bad(
-                "span_latency.threshold_ms",
-                format!("{} is not a positive number", l.threshold_ms),
-            ));
-        }
-        if !(l.percentile > 0.0 && l.percentile < 100.0) {
-            return Err(bad(
-                "span_latency.percentile",
-                format!("{} is not in (0, 100)", l.percentile),
-            ));
-        }
-        window(path, "span_latency", l.window_secs, l.bucket_secs)?;
-        for kind in &l.span_kinds {
-            if !SPAN_KINDS.contains(&kind.as_str()) {
-                return Err(bad(
-                    "span_latency.span_kinds",
-                    format!(
-                        "unknown span kind `{kind}` (expected one of {})",
-                        SPAN_KINDS.join(", ")
-                    ),
-                ));
-            }
-        }
-        if l.max_keys == 0 {
-            return Err(bad("span_latency.max_keys", "must be at least 1".into()));
-        }
-        for (i, o) in l.overrides.iter().enumerate() {
-            if !(o.threshold_ms.is_finite() && o.threshold_ms > 0.0) {
-                return Err(bad(
-                    &format!("span_latency.overrides[{i}].threshold_ms"),
-                    format!("{} is not a positive number", o.threshold_ms),
-                ));
-            }
-            if o.service.is_empty() {
-                return Err(bad(
-                    &format!("span_latency.overrides[{i}].service"),
-                    "is empty".into(),
-                ));
-            }
-        }
-        let h = &self.heartbeat;
-        if h.default_interval_ms == 0 {
-            return Err(bad(
-                "heartbeat.default_interval_ms",
-                "must be at least 1".into(),
-            ));
-        }
-        if !(h.delayed_after_intervals.is_finite() && h.delayed_after_intervals > 0.0) {
-            return Err(bad(
-                "heartbeat.delayed_after_intervals",
-                "must be a positive number".into(),
-            ));
-        }
-        if !(h.down_after_intervals.is_finite()
-            && h.down_after_intervals > h.delayed_after_intervals)
-        {
-            return Err(bad(
-                "heartbeat.down_after_intervals",
-                format!(
-                    "{} must be greater than delayed_after_intervals ({})",
-                    h.down_after_intervals, h.delayed_after_intervals
-                ),
-            ));
-        }
-        if h.max_instances == 0 {
-            return Err(bad("heartbeat.max_instances", "must be at least 1".into()));
-        }
-        let r = &self.error_rate;
-        if !(r.threshold_percent.is_finite()
-            && r.threshold_percent >= 0.0
-            && r.threshold_percent < 100.0)
-        {
-            return Err(bad(
-                "error_rate.threshold_percent",
-                format!("{} is not in [0, 100)", r.threshold_percent),
-            ));
-        }
-        window(path, "error_rate", r.window_secs, r.bucket_secs)?;
-        if r.enabled && r.count.is_empty() {
-            return Err(bad(
-                "error_rate.count",
-                "is empty; set `enabled = false` to turn the rule off".into(),
-            ));
-        }
-        if r.min_samples == 0 {
-            return Err(bad("error_rate.min_samples", "must be at least 1".into()));
-        }
-        if r.max_services == 0 {
-            return Err(bad("error_rate.max_services", "must be at least 1".into()));
         }
         let c = &self.root_cause;
         for name in &c.root_rules {
@@ -676,8 +243,9 @@ impl RulesConfig {
             ]
             .contains(&name.as_str())
             {
-                return Err(bad(
-                    "root_cause.root_rules",
+                return Err(Invalid::new(
+                    "root_cause",
+                    "root_rules",
                     format!(
                         "`{name}` cannot mark a service down or failing (expected heartbeat_down, heartbeat_delayed, error_rate or span_latency)"
                     ),
@@ -685,16 +253,24 @@ impl RulesConfig {
             }
         }
         if c.window_secs == 0 {
-            return Err(bad("root_cause.window_secs", "must be at least 1".into()));
+            return Err(Invalid::new(
+                "root_cause",
+                "window_secs",
+                "must be at least 1",
+            ));
         }
-        if c.max_edges == 0 || c.span_cache == 0 {
-            return Err(bad(
-                if c.max_edges == 0 {
-                    "root_cause.max_edges"
-                } else {
-                    "root_cause.span_cache"
-                },
-                "must be at least 1".into(),
+        if c.max_edges == 0 {
+            return Err(Invalid::new(
+                "root_cause",
+                "max_edges",
+                "must be at least 1",
+            ));
+        }
+        if c.span_cache == 0 {
+            return Err(Invalid::new(
+                "root_cause",
+                "span_cache",
+                "must be at least 1",
             ));
         }
         Ok(())
@@ -715,54 +291,32 @@ impl RulesConfig {
     }
 }
 
-fn window(
-    path: &Path,
-    rule_name: &str,
+/// Checks a sliding window's `window_secs` and `bucket_secs` in `section`.
+pub(crate) fn check_window(
+    section: &str,
     window_secs: u64,
     bucket_secs: u64,
-) -> Result<(), RulesError> {
-    let bad = |key: &str, reason: String| RulesError::Invalid {
-        path: path.to_path_buf(),
-        key: format!("{rule_name}.{key}"),
-        reason,
-    };
+) -> Result<(), Invalid> {
     if bucket_secs == 0 {
-        return Err(bad("bucket_secs", "must be at least 1".into()));
+        return Err(Invalid::new(section, "bucket_secs", "must be at least 1"));
     }
     if window_secs < bucket_secs {
-        return Err(bad(
+        return Err(Invalid::new(
+            section,
             "window_secs",
             format!("{window_secs} is shorter than bucket_secs ({bucket_secs})"),
         ));
     }
-    if window_secs / bucket_secs > 3600 {
-        return Err(bad(
+    if window_secs / bucket_secs > MAX_WINDOW_BUCKETS {
+        return Err(Invalid::new(
+            section,
             "bucket_secs",
-            format!("{window_secs} s / {bucket_secs} s is more than 3600 buckets per window"),
+            format!(
+                "{window_secs} s / {bucket_secs} s is more than {MAX_WINDOW_BUCKETS} buckets per window"
+            ),
         ));
     }
     Ok(())
-}
-
-/// `[error_log]` / `[warn_log]` as written: unset keys keep the rule's default.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartialLogRule {
-    enabled: Option<bool>,
-    levels: Option<Vec<String>>,
-    severity: Option<Severity>,
-    cooldown_secs: Option<u64>,
-}
-
-impl PartialLogRule {
-    fn over(self, base: &LogLevelRule) -> LogLevelRule {
-        LogLevelRule {
-            enabled: self.enabled.unwrap_or(base.enabled),
-            levels: self.levels.unwrap_or_else(|| base.levels.clone()),
-            severity: self.severity.unwrap_or(base.severity),
-            cooldown_secs: self.cooldown_secs.or(base.cooldown_secs),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -38,10 +38,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{AlerterConfig, ConfigError};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::output::kafka::KafkaSink;
-use crate::output::store::StoreSink;
-use crate::output::terminal::TerminalSink;
-use crate::output::webhook::WebhookSink;
+use crate::output::{kafka, store, terminal, webhook};
 use crate::output::{BestEffort, Delivery, Output, SinkError};
 use crate::record::{decode_into, Record, TopicKind};
 use crate::state::{
@@ -208,58 +205,20 @@ async fn build_outputs(
     metrics: &Arc<Metrics>,
 ) -> Result<(Vec<Output>, Vec<BestEffort>), AlerterError> {
     let o = &config.outputs;
+    let outputs = [
+        terminal::build(&o.terminal),
+        kafka::build(&o.kafka, &config.kafka_brokers)?,
+        webhook::build(&o.webhook)?,
+        store::build(&o.store).await?,
+    ];
     let mut required = Vec::new();
     let mut best_effort = Vec::new();
-    if o.terminal.enabled {
-        let output = Output {
-            sink: Arc::new(TerminalSink::stdout(o.terminal.color)),
-            filter: o.terminal.filter(),
-            required: false,
-        };
-        best_effort.push(BestEffort::spawn(output, 10_000, metrics.clone()));
-    }
-    if o.kafka.enabled {
-        let brokers = o.kafka.brokers.as_deref().unwrap_or(&config.kafka_brokers);
-        let sink = KafkaSink::new(
-            brokers,
-            &o.kafka.topic,
-            Duration::from_millis(o.kafka.timeout_ms),
-            &o.kafka.producer,
-        )?;
-        let output = Output {
-            sink: Arc::new(sink),
-            filter: o.kafka.filter(),
-            required: o.kafka.required,
-        };
+    for output in outputs.into_iter().flatten() {
         if output.required {
             required.push(output);
         } else {
-            best_effort.push(BestEffort::spawn(output, 10_000, metrics.clone()));
-        }
-    }
-    if o.webhook.enabled {
-        let output = Output {
-            sink: Arc::new(WebhookSink::new(&o.webhook)?),
-            filter: o.webhook.filter(),
-            required: o.webhook.required,
-        };
-        if output.required {
-            required.push(output);
-        } else {
-            best_effort.push(BestEffort::spawn(output, o.webhook.queue, metrics.clone()));
-        }
-    }
-    if o.store.enabled {
-        let store = dlog_storage::open_store(&o.store.backend).await?;
-        let output = Output {
-            sink: Arc::new(StoreSink::new(store)),
-            filter: o.store.filter(),
-            required: o.store.required,
-        };
-        if output.required {
-            required.push(output);
-        } else {
-            best_effort.push(BestEffort::spawn(output, 10_000, metrics.clone()));
+            let queue = output.queue;
+            best_effort.push(BestEffort::spawn(output, queue, metrics.clone()));
         }
     }
     Ok((required, best_effort))
@@ -385,10 +344,48 @@ impl<S: Source> Stage<S> {
         }
     }
 
-    /// Saves the state. Serializing, writing and fsyncing run on the blocking pool: a large
-    /// state or a slow disk must not stall an async worker (the admin server and best-effort
-    /// outputs share them).
-    async fn save(&self) -> Result<(), AlerterError> {
+    /// Saves the state, retrying with backoff (`retry_initial_ms` doubling to
+    /// `retry_max_ms`) while the disk refuses (full, EIO), with the input paused but still
+    /// polled, as during an output outage. Fails only when told to stop before a save
+    /// succeeded.
+    async fn save(&mut self) -> Result<(), AlerterError> {
+        let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+        let mut paused = false;
+        let result = loop {
+            match self.save_once().await {
+                Ok(()) => break Ok(()),
+                Err(e) => {
+                    self.metrics.state_save_errors.inc();
+                    if self.stopping() {
+                        break Err(e);
+                    }
+                    tracing::error!(error = %e, retry_in = ?wait, "saving the state failed; input paused until it succeeds");
+                    if !paused {
+                        if let Err(e) = self.source.pause() {
+                            self.metrics.input_errors.inc();
+                            tracing::warn!(error = %e, "pausing the input failed");
+                        }
+                        paused = true;
+                    }
+                    self.wait_polling(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
+                }
+            }
+        };
+        if paused {
+            if let Err(e) = self.source.resume() {
+                self.metrics.input_errors.inc();
+                tracing::warn!(error = %e, "resuming the input failed");
+            }
+            self.engine.note_input_gap(self.clock.now_unix_nanos());
+        }
+        result
+    }
+
+    /// Saves the state once. Serializing, writing and fsyncing run on the blocking pool: a
+    /// large state or a slow disk must not stall an async worker (the admin server and
+    /// best-effort outputs share them).
+    async fn save_once(&self) -> Result<(), AlerterError> {
         let state = StageState {
             engine: self.engine.snapshot(),
             applied: self.applied.clone(),
@@ -443,7 +440,7 @@ impl<S: Source> Stage<S> {
         self.ack().await;
         self.last_checkpoint = Instant::now();
         self.metrics
-            .engine(self.engine.stats(), self.engine.state().firing());
+            .engine(self.engine.stats(), self.engine.firing_count());
         self.metrics
             .checkpoint_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -268,3 +268,65 @@ async fn paused_input_is_still_polled_during_an_outage_and_nothing_is_lost_or_re
         .unwrap();
     server.abort();
 }
+
+/// Regression: a failed state save (a full disk, EIO) ended the stage, and the all-in-one
+/// process then answered 503 forever. The stage must retry the save, with the input paused,
+/// and carry on once the disk takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_failed_state_save_is_retried_instead_of_ending_the_stage() {
+    let receiver = Arc::new(Hook::default());
+    let (url, server) = serve_hook(receiver.clone()).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    // The state is written to `<file>.tmp` first: a directory there makes every save fail,
+    // as a full disk would.
+    let blocker = state_dir
+        .path()
+        .join(format!("{}.tmp", dlog_alerting::state::STATE_FILE));
+    std::fs::create_dir(&blocker).unwrap();
+    let config = webhook_only_config(state_dir.path(), url);
+    let (tx, inner) = ChannelSource::new(4);
+    let probe = Arc::new(Probe::default());
+    let source = Watched {
+        inner,
+        probe: probe.clone(),
+    };
+    let stage = tokio::spawn(run_with(
+        config,
+        source,
+        Arc::new(ManualClock::new(T0)),
+        std::future::pending::<()>(),
+    ));
+
+    let (batch, acked) = error_batch("E1");
+    tx.send(batch).await.unwrap();
+    // The save fails and is retried, the input paused but polled meanwhile.
+    wait_until("save retries with the input paused", || {
+        probe.polls_while_paused.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert!(!stage.is_finished(), "the stage ended on a failed save");
+    assert!(
+        codes(&receiver).is_empty(),
+        "nothing is emitted before the state is saved"
+    );
+
+    // The disk takes writes again: the alert goes out, the input is acknowledged.
+    std::fs::remove_dir(&blocker).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(codes(&receiver), ["E1"]);
+    assert!(!probe.paused.load(Ordering::SeqCst), "input resumed");
+    let saved =
+        std::fs::read_to_string(state_dir.path().join(dlog_alerting::state::STATE_FILE)).unwrap();
+    assert!(saved.contains("svc-a|E1"), "{saved}");
+
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), stage)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    server.abort();
+}

@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
-use dlog_core::model::{HeartbeatKind, StatusCode};
+use std::collections::BTreeSet;
+
+use dlog_core::model::{HeartbeatKind, ServiceInfo, ServiceStatus, StatusCode};
 use serde_json::Value;
 
 use super::*;
+use crate::alert::{alert_id, rule, AlertState, Severity, TransitionKind};
 use crate::clock::ManualClock;
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -159,6 +162,7 @@ fn only_rules(enabled: &[&str]) -> RulesConfig {
     r.error_rate.enabled = enabled.contains(&rule::ERROR_RATE);
     r.root_cause.enabled = enabled.contains(&rule::INCIDENT);
     r.dependency_drift.enabled = enabled.contains(&rule::DEPENDENCY_DRIFT);
+    r.traffic_stopped.enabled = enabled.contains(&rule::TRAFFIC_STOPPED);
     r
 }
 
@@ -1164,7 +1168,8 @@ fn a_chain_of_failures_is_one_incident_naming_the_deepest_failing_service() {
             );
         }
     }
-    let alerts = &h.engine.state().alerts;
+    let snapshot = h.engine.snapshot();
+    let alerts = &snapshot.alerts;
     let incident = &alerts[&incident_id];
     assert_eq!(incident.alert.root_cause.as_deref(), Some(SC));
     assert_eq!(
@@ -1203,7 +1208,7 @@ fn a_chain_of_failures_is_one_incident_naming_the_deepest_failing_service() {
     for _ in 0..80 {
         after.extend(h.advance(5));
     }
-    assert_eq!(h.engine.state().firing(), 0, "{after:#?}");
+    assert_eq!(h.engine.snapshot().firing(), 0, "{after:#?}");
     assert!(after.iter().all(|t| t.kind != Fired), "{after:#?}");
     let resolved: Vec<_> = after
         .iter()
@@ -1255,7 +1260,8 @@ fn a_service_failing_on_its_own_stays_the_root_cause() {
     );
     assert_fired_once(&seen);
     let incident_id = alert_id(rule::INCIDENT, SA);
-    let alerts = &h.engine.state().alerts;
+    let snapshot = h.engine.snapshot();
+    let alerts = &snapshot.alerts;
     assert_eq!(alerts[&incident_id].alert.labels["cause"], "error_rate");
     for (rule_name, key) in [
         (rule::FAILED_CALL, "test-client->service-a"),
@@ -1323,8 +1329,8 @@ fn services_whose_failures_explain_each_other_agree_on_one_root() {
         }
     }
     let now = h.now();
-    let from_a = h.engine.find_root(SA, now);
-    let from_b = h.engine.find_root(SB, now);
+    let from_a = h.engine.find_root_at(SA, now);
+    let from_b = h.engine.find_root_at(SB, now);
     assert_eq!(from_a, from_b);
     assert_eq!(from_a.map(|(root, _)| root).as_deref(), Some(SA));
     assert_eq!(
@@ -1334,7 +1340,8 @@ fn services_whose_failures_explain_each_other_agree_on_one_root() {
     );
     assert_fired_once(&seen);
     let incident_id = alert_id(rule::INCIDENT, SA);
-    let alerts = &h.engine.state().alerts;
+    let snapshot = h.engine.snapshot();
+    let alerts = &snapshot.alerts;
     for (rule_name, key) in [
         (rule::ERROR_RATE, SB),
         (rule::ERROR_RATE, SA),
@@ -1385,7 +1392,8 @@ fn an_incident_whose_root_turns_out_to_fail_because_of_a_deeper_service_is_merge
         merged[0].alert.summary,
         "service-a fails because its calls into service-c fail: merged into the incident of service-c"
     );
-    let alerts = &h.engine.state().alerts;
+    let snapshot = h.engine.snapshot();
+    let alerts = &snapshot.alerts;
     assert!(!alerts.contains_key(&old));
     let incident = &alerts[&new].alert;
     assert_eq!(
@@ -1470,11 +1478,11 @@ fn drift_is_bounded_and_never_crowds_out_error_alerts() {
     }
     assert_eq!(drift, 5, "drift alerts are bounded by max_edges");
     assert!(
-        h.engine
-            .state()
-            .drift_seen
+        h.engine.snapshot().rule_states["drift_seen"]
+            .as_object()
+            .unwrap()
             .values()
-            .map(BTreeSet::len)
+            .map(|callees| callees.as_array().unwrap().len())
             .sum::<usize>()
             <= 5
     );
@@ -1484,7 +1492,14 @@ fn drift_is_bounded_and_never_crowds_out_error_alerts() {
         let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
         h.feed(call(&format!("svc-q{i}"), &deps, deps[0], true, "t"));
     }
-    let declared: usize = h.engine.state().declared.values().map(Vec::len).sum();
+    let declared: usize = h
+        .engine
+        .snapshot()
+        .graph
+        .declared
+        .values()
+        .map(Vec::len)
+        .sum();
     assert!(declared <= 5, "{declared} declared dependencies kept");
     // Drift does not use up the cap: three error alerts still fire.
     for i in 0..3 {
@@ -1505,4 +1520,464 @@ fn drift_is_bounded_and_never_crowds_out_error_alerts() {
         &[(names::ERROR_CODE, "E9".into())],
     ));
     assert_eq!(h.engine.stats().alerts_dropped, 1);
+}
+
+// ---------------------------------------------------------------- traffic_stopped
+
+/// A heartbeat of `svc` at the clock's time.
+fn beat(h: &mut Harness, svc: &str) -> Vec<Transition> {
+    let now = h.now();
+    h.feed(heartbeat(
+        svc,
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        now,
+        None,
+    ))
+}
+
+/// Advances `secs` in steps of 10 s, heartbeating `svc` at each step; returns what changed.
+fn heartbeating(h: &mut Harness, svc: &str, secs: u64) -> Vec<Transition> {
+    let mut seen = Vec::new();
+    for _ in 0..secs / 10 {
+        seen.extend(h.advance(10));
+        seen.extend(beat(h, svc));
+    }
+    seen
+}
+
+fn traffic_rules(after_secs: u64) -> RulesConfig {
+    let mut rules = only_rules(&[rule::TRAFFIC_STOPPED, rule::HEARTBEAT_DOWN]);
+    rules.traffic_stopped.after_secs = after_secs;
+    rules
+}
+
+#[test]
+fn traffic_stopped_fires_for_a_heartbeating_service_that_went_quiet_and_resolves_when_it_sends_again(
+) {
+    let mut h = H::new(traffic_rules(60));
+    beat(&mut h, "svc-a");
+    assert!(h.feed(log("svc-a", "INFO", "served", &[])).is_empty());
+    // Quiet but alive for 60 s: not yet (strictly more than after_secs).
+    assert!(heartbeating(&mut h, "svc-a", 60).is_empty());
+    let fired = heartbeating(&mut h, "svc-a", 10);
+    assert_eq!(
+        H::visible(fired.clone()),
+        vec![(Fired, "traffic_stopped".into(), "svc-a".into())]
+    );
+    let a = &fired[0].alert;
+    assert_eq!(a.severity, Severity::Warning);
+    assert_eq!(a.service, "svc-a");
+    assert_eq!(
+        a.summary,
+        "svc-a still heartbeats but sent no span or log for 70 s: stuck or cut off"
+    );
+    assert_eq!(a.labels["silent_ms"], "70000");
+    assert_eq!(a.labels["after_secs"], "60");
+    // Still quiet: nothing fires twice.
+    assert!(heartbeating(&mut h, "svc-a", 120).is_empty());
+    // A span: resolved.
+    let resolved = h.feed(Record::Span(span(
+        "svc-a",
+        &[],
+        "GET /",
+        SpanKind::Server,
+        "0af7651916cd43dd8448eb211c80319c",
+        1,
+        None,
+        5,
+        false,
+    )));
+    assert_eq!(
+        H::visible(resolved.clone()),
+        vec![(Resolved, "traffic_stopped".into(), "svc-a".into())]
+    );
+    assert_eq!(
+        resolved[0].alert.summary,
+        "svc-a sends spans and logs again, after 190 s without any"
+    );
+}
+
+#[test]
+fn traffic_stopped_ignores_services_that_never_sent_traffic_and_quiet_services_that_stopped_heartbeating(
+) {
+    let mut h = H::new(traffic_rules(60));
+    // svc-b only heartbeats: nothing to miss.
+    assert!(heartbeating(&mut h, "svc-b", 300).is_empty());
+    // svc-c sent a log, then went silent altogether: that is heartbeat_down's to report.
+    h.feed(log("svc-c", "INFO", "served", &[]));
+    h.advance(10);
+    beat(&mut h, "svc-c");
+    let seen = H::visible(h.advance(300));
+    assert!(
+        seen.iter().all(|(_, r, _)| r != "traffic_stopped"),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&(Fired, "heartbeat_down".into(), "svc-c-1".into())));
+}
+
+#[test]
+fn traffic_stopped_resolves_when_heartbeats_stop_too_or_at_a_clean_shutdown() {
+    let mut h = H::new(traffic_rules(30));
+    for svc in ["svc-a", "svc-b"] {
+        beat(&mut h, svc);
+        h.feed(log(svc, "INFO", "served", &[]));
+    }
+    let mut fired = Vec::new();
+    for _ in 0..4 {
+        fired.extend(h.advance(10));
+        fired.extend(beat(&mut h, "svc-a"));
+        fired.extend(beat(&mut h, "svc-b"));
+    }
+    assert_eq!(
+        H::visible(fired),
+        vec![
+            (Fired, "traffic_stopped".into(), "svc-a".into()),
+            (Fired, "traffic_stopped".into(), "svc-b".into()),
+        ]
+    );
+    // svc-a shuts down cleanly.
+    let down = h.feed(heartbeat(
+        "svc-a",
+        HeartbeatKind::Registration,
+        ServiceStatus::Down,
+        h.now(),
+        None,
+    ));
+    assert_eq!(
+        H::visible(down.clone()),
+        vec![(Resolved, "traffic_stopped".into(), "svc-a".into())]
+    );
+    assert_eq!(down[0].alert.labels["reason"], "shutdown");
+    // svc-b stops heartbeating as well: the heartbeat rules take over.
+    let later: Vec<_> = h
+        .advance(40)
+        .into_iter()
+        .filter(|t| t.alert.rule == rule::TRAFFIC_STOPPED)
+        .collect();
+    assert_eq!(later.len(), 1, "{later:#?}");
+    assert_eq!(later[0].kind, Resolved);
+    assert_eq!(later[0].alert.key, "svc-b");
+    assert_eq!(later[0].alert.labels["reason"], "heartbeat_stopped");
+}
+
+#[test]
+fn traffic_stopped_is_on_by_default_with_a_five_minute_silence() {
+    let rules = RulesConfig::default();
+    assert!(rules.traffic_stopped.enabled);
+    assert_eq!(rules.traffic_stopped.after_secs, 300);
+    let mut bad = RulesConfig::default();
+    bad.traffic_stopped.after_secs = 0;
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("traffic_stopped.after_secs"));
+}
+
+/// The state file of a build from before the rules had files of their own: every rule's state
+/// at the top level of the engine snapshot.
+#[test]
+fn a_snapshot_of_the_earlier_layout_restores_trackers_and_drift() {
+    let mut h = H::new(RulesConfig::default());
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    let drift = H::visible(h.feed(call("svc-a", &["svc-b"], "svc-z", true, "t")));
+    assert_eq!(drift.len(), 1);
+    let mut json: serde_json::Map<String, Value> =
+        serde_json::from_str(&serde_json::to_string(&h.engine.snapshot()).unwrap()).unwrap();
+    // The earlier layout had exactly these keys.
+    json.remove("traffic");
+    let keys: BTreeSet<&str> = json.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "version",
+            "rules_fingerprint",
+            "seq",
+            "alerts",
+            "instances",
+            "latency",
+            "rates",
+            "declared",
+            "observed",
+            "failures_into",
+            "drift_seen",
+            "failure_mix",
+        ])
+    );
+    let old: EngineSnapshot = serde_json::from_value(Value::Object(json)).unwrap();
+    let clock = ManualClock::new(h.now());
+    let mut engine = Engine::restore(RulesConfig::default(), Arc::new(clock.clone()), old).unwrap();
+    // The drift edge is not raised again, and svc-b is still tracked.
+    assert!(engine
+        .process(&call("svc-a", &["svc-b"], "svc-z", true, "t"))
+        .is_empty());
+    clock.advance(Duration::from_secs(31));
+    let rules: Vec<String> = engine
+        .tick(clock.now_unix_nanos())
+        .into_iter()
+        .map(|t| t.alert.rule)
+        .collect();
+    assert_eq!(rules, ["heartbeat_delayed", "heartbeat_down"]);
+}
+
+/// Regression: an ERROR log of about 500 KB became an alert event over Kafka's 1 MB limit
+/// (its body in the summary and in two labels), which the Kafka output retried forever.
+#[test]
+fn regression_oversized_error_log_makes_a_bounded_alert() {
+    use prost::Message as _;
+
+    let mut h = H::new(RulesConfig::default());
+    let body = "é".repeat(250_000); // 500 KB, multi-byte: cut at a character boundary
+    let code = "E".repeat(10_000);
+    let record = log(
+        "svc-a",
+        "ERROR",
+        &body,
+        &[
+            (names::ERROR_CODE, code.clone().into()),
+            (names::ERROR_MESSAGE, body.clone().into()),
+        ],
+    );
+    let fired = h.feed(record.clone());
+    assert_eq!(fired.len(), 1);
+    let a = &fired[0].alert;
+    let limit = lifecycle::MAX_ALERT_TEXT_BYTES;
+    assert!(a.summary.len() <= limit, "{}", a.summary.len());
+    assert!(
+        a.summary.starts_with("svc-a ERROR EEE"),
+        "{}",
+        &a.summary[..40]
+    );
+    assert!(
+        a.summary.ends_with("more bytes cut]"),
+        "{}",
+        &a.summary[limit - 60..]
+    );
+    assert!(a.key.len() <= limit);
+    for (k, v) in &a.labels {
+        assert!(v.len() <= limit, "label {k}: {} bytes", v.len());
+    }
+    assert!(a.labels["message"].starts_with("éé"));
+    assert!(a.to_event().encoded_len() < 64 * 1024);
+    // The same record again folds into the same alert, which stays bounded.
+    h.feed(record);
+    let updated = h.advance(1);
+    assert_eq!(updated.len(), 1);
+    assert_eq!(updated[0].alert.occurrences, 2);
+    assert!(updated[0].alert.to_event().encoded_len() < 64 * 1024);
+}
+
+/// Regression: operation names are unbounded (a scanner's 404 paths become span names), and
+/// one service's flood of them used up every latency window, so another service's slow
+/// operation was never judged.
+#[test]
+fn regression_one_services_operation_flood_does_not_crowd_out_others() {
+    let mut rules = only_rules(&[rule::SPAN_LATENCY]);
+    rules.span_latency.max_keys = 100;
+    rules.span_latency.max_operations_per_service = 20;
+    let mut h = H::new(rules);
+    for i in 0..1_000u64 {
+        let name = format!("GET /scan/{i}");
+        h.feed(Record::Span(span(
+            "svc-a",
+            &[],
+            &name,
+            SpanKind::Server,
+            "0af7651916cd43dd8448eb211c80319c",
+            i + 1,
+            None,
+            5,
+            false,
+        )));
+    }
+    assert_eq!(h.engine.stats().keys_dropped, 980);
+    for i in 0..10u64 {
+        h.feed(Record::Span(span(
+            "svc-b",
+            &[],
+            "GET /checkout",
+            SpanKind::Server,
+            "0af7651916cd43dd8448eb211c80319c",
+            5_000 + i,
+            None,
+            2_000,
+            false,
+        )));
+    }
+    assert_eq!(
+        H::visible(h.advance(1)),
+        vec![(Fired, "span_latency".into(), "svc-b|GET /checkout".into())]
+    );
+}
+
+// ---------------------------------------------------------------- instances that crash
+
+fn beat_of(svc: &str, instance: &str, kind: HeartbeatKind, at: u64) -> Record {
+    let Record::Heartbeat(mut hb) = heartbeat(svc, kind, ServiceStatus::Up, at, None) else {
+        unreachable!()
+    };
+    hb.service.instance_id = Some(instance.into());
+    Record::Heartbeat(hb)
+}
+
+/// Regression: a crashed instance never sends DOWN, so its delayed/down alerts stayed firing
+/// for a day after a new instance of the service had taken over, and root cause treated the
+/// whole service as down.
+#[test]
+fn regression_a_crashed_instance_superseded_by_a_new_one_resolves_as_replaced() {
+    let mut h = H::new(only_rules(&[
+        rule::HEARTBEAT_DOWN,
+        rule::INCIDENT,
+        rule::FAILED_CALL,
+    ]));
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    // b-1 crashes: delayed, then down.
+    let fired = H::visible(h.advance(31));
+    assert_eq!(
+        fired,
+        vec![
+            (Fired, "heartbeat_delayed".into(), "b-1".into()),
+            (Fired, "heartbeat_down".into(), "b-1".into()),
+        ]
+    );
+    // Its successor registers: b-1 is replaced, its alerts resolve with that reason.
+    assert!(h
+        .feed(beat_of(
+            "svc-b",
+            "b-2",
+            HeartbeatKind::Registration,
+            h.now()
+        ))
+        .is_empty());
+    let resolved = h.advance(1);
+    assert_eq!(
+        H::visible(resolved.clone()),
+        vec![
+            (Resolved, "heartbeat_down".into(), "b-1".into()),
+            (Resolved, "heartbeat_delayed".into(), "b-1".into()),
+        ]
+    );
+    for t in &resolved {
+        assert_eq!(t.alert.labels["reason"], "replaced");
+        assert_eq!(t.alert.labels["status"], "REPLACED");
+        assert_eq!(
+            t.alert.summary,
+            "svc-b (b-1) was replaced: a newer instance of svc-b registered since its last heartbeat"
+        );
+    }
+    // The service is not down: A's failed call into it is not an incident naming it.
+    h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+    let seen = [
+        h.feed(call("svc-a", &["svc-b"], "svc-b", false, "t1")),
+        h.advance(1),
+    ]
+    .concat();
+    assert!(seen.iter().any(|t| t.alert.rule == rule::FAILED_CALL));
+    assert!(
+        seen.iter().all(|t| t.alert.rule != rule::INCIDENT),
+        "{seen:#?}"
+    );
+    // b-1 is no longer tracked: its silence never fires again.
+    for _ in 0..10 {
+        h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+        assert!(H::visible(h.advance(10)).is_empty());
+    }
+}
+
+/// An instance replaced before its silence was reported is simply forgotten.
+#[test]
+fn an_instance_replaced_before_it_was_reported_raises_nothing() {
+    let mut h = H::new(only_rules(&[rule::HEARTBEAT_DOWN]));
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    h.advance(5);
+    h.feed(beat_of(
+        "svc-b",
+        "b-2",
+        HeartbeatKind::Registration,
+        h.now(),
+    ));
+    for _ in 0..6 {
+        h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+        assert!(H::visible(h.advance(10)).is_empty());
+    }
+}
+
+/// Regression: one instance down made root cause treat its whole service as down, though
+/// another instance of it was live.
+#[test]
+fn regression_a_service_with_a_live_instance_is_not_down() {
+    let mut h = H::new(only_rules(&[
+        rule::HEARTBEAT_DOWN,
+        rule::INCIDENT,
+        rule::FAILED_CALL,
+    ]));
+    // Both instances run; b-1 then crashes while b-2 keeps heartbeating (b-2 started before
+    // b-1's last heartbeat: not a replacement).
+    h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Registration, T0));
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.extend(h.advance(10));
+        h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+    }
+    assert_eq!(
+        H::visible(seen),
+        vec![
+            (Fired, "heartbeat_delayed".into(), "b-1".into()),
+            (Fired, "heartbeat_down".into(), "b-1".into()),
+        ]
+    );
+    // A's failed call into svc-b: svc-b is not down, so no incident names it.
+    let mut seen = h.feed(call("svc-a", &["svc-b"], "svc-b", false, "t1"));
+    h.feed(beat_of("svc-b", "b-2", HeartbeatKind::Heartbeat, h.now()));
+    seen.extend(h.advance(1));
+    assert!(seen.iter().any(|t| t.alert.rule == rule::FAILED_CALL));
+    assert!(
+        seen.iter().all(|t| t.alert.rule != rule::INCIDENT),
+        "{seen:#?}"
+    );
+    // Then b-2 goes silent too: now none is live, and the service is down: A's failed
+    // call is grouped into an incident naming it.
+    let later = h.advance(31);
+    let incident: Vec<_> = later
+        .iter()
+        .filter(|t| t.alert.rule == rule::INCIDENT && t.kind == Fired)
+        .collect();
+    assert_eq!(incident.len(), 1, "{later:#?}");
+    assert_eq!(incident[0].alert.key, "svc-b");
+    assert_eq!(incident[0].alert.labels["cause"], "heartbeat_down");
+}
+
+/// Regression: heartbeat alerts shared `max_active_alerts` with every other rule, so a flood
+/// of error alerts kept "down" from firing.
+#[test]
+fn regression_heartbeat_alerts_have_their_own_cap() {
+    let mut rules = only_rules(&[rule::HEARTBEAT_DOWN, rule::ERROR_LOG]);
+    rules.defaults.max_active_alerts = 3;
+    let mut h = H::new(rules);
+    h.feed(beat_of("svc-b", "b-1", HeartbeatKind::Registration, T0));
+    for i in 0..10 {
+        h.feed(log(
+            "svc-a",
+            "ERROR",
+            "x",
+            &[(names::ERROR_CODE, format!("E{i}").into())],
+        ));
+    }
+    assert_eq!(h.engine.stats().alerts_dropped, 7);
+    assert_eq!(
+        H::visible(h.advance(31)),
+        vec![
+            (Fired, "heartbeat_delayed".into(), "b-1".into()),
+            (Fired, "heartbeat_down".into(), "b-1".into()),
+        ]
+    );
+    assert_eq!(h.engine.stats().alerts_dropped, 7);
 }

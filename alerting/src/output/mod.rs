@@ -81,7 +81,8 @@ impl Filter {
     }
 }
 
-/// A configured output.
+/// A configured output. Each output's folder has its `config.rs` and a `build()` that
+/// makes one of these from it.
 #[derive(Clone)]
 pub struct Output {
     /// The sink.
@@ -90,6 +91,8 @@ pub struct Output {
     pub filter: Filter,
     /// Whether offsets wait for it.
     pub required: bool,
+    /// Alerts queued for it when it is best effort.
+    pub queue: usize,
 }
 
 impl Output {
@@ -98,6 +101,9 @@ impl Output {
         self.sink.name()
     }
 }
+
+/// Most alerts a best-effort output is handed in one call.
+const BEST_EFFORT_BATCH: usize = 100;
 
 /// A best-effort output: a bounded queue and a task that drains it.
 pub(crate) struct BestEffort {
@@ -117,7 +123,7 @@ impl BestEffort {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
-                while batch.len() < 100 {
+                while batch.len() < BEST_EFFORT_BATCH {
                     match rx.try_recv() {
                         Ok(t) => batch.push(t),
                         Err(_) => break,

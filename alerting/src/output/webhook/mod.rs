@@ -6,6 +6,9 @@
 //! retried (a `Retry-After` header in seconds sets the wait); any other status is final: that
 //! alert is rejected (dropped, logged and counted in `dlog_alerter_output_rejected`) and the
 //! following alerts still go out, so one bad alert cannot block a required webhook.
+//!
+//! Redirects are not followed (a 3xx is a refusal), and logs and errors show the endpoint as
+//! `scheme://host:port` only: its path or query often holds a token.
 
 use std::time::Duration;
 
@@ -13,17 +16,47 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::{AlertJson, AlertSink, Delivery, SinkError};
+pub mod config;
+
+use std::sync::Arc;
+
+use super::{AlertJson, AlertSink, Delivery, Output, SinkError};
 use crate::alert::Transition;
-use crate::config::WebhookConfig;
+use config::WebhookConfig;
+
+/// The webhook output `config` describes, if enabled.
+pub fn build(config: &WebhookConfig) -> Result<Option<Output>, SinkError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    Ok(Some(Output {
+        sink: Arc::new(WebhookSink::new(config)?),
+        filter: config.filter(),
+        required: config.required,
+        queue: config.queue,
+    }))
+}
 
 /// Header carrying `<alert id>-<revision>`.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// `scheme://host:port` of a URL: what logs and errors may show of a webhook endpoint, whose
+/// path, query or userinfo often carry a secret token.
+pub fn shown_url(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
 
 /// Posts alerts.
 pub struct WebhookSink {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// [`shown_url`] of `url`.
+    shown: String,
     max_attempts: u32,
     backoff_initial: Duration,
     backoff_max: Duration,
@@ -33,7 +66,7 @@ impl WebhookSink {
     /// A sink for the configured endpoint.
     pub fn new(config: &WebhookConfig) -> Result<Self, SinkError> {
         let url = reqwest::Url::parse(&config.url)
-            .map_err(|e| SinkError::new("webhook", format!("url `{}`: {e}", config.url)))?;
+            .map_err(|e| SinkError::new("webhook", format!("url is not valid: {e}")))?;
         let mut headers = HeaderMap::new();
         for (k, v) in &config.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -46,10 +79,14 @@ impl WebhookSink {
             .timeout(Duration::from_millis(config.timeout_ms))
             .default_headers(headers)
             .user_agent(concat!("dlog-alerter/", env!("CARGO_PKG_VERSION")))
+            // A redirect would send the alert, and its headers, somewhere the configuration
+            // never named: a 3xx is a refusal.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SinkError::new("webhook", format!("cannot build HTTP client: {e}")))?;
         Ok(WebhookSink {
             client,
+            shown: shown_url(&url),
             url,
             max_attempts: config.max_attempts.max(1),
             backoff_initial: Duration::from_millis(config.backoff_initial_ms),
@@ -98,7 +135,7 @@ impl WebhookSink {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    last_error = format!("{} answered {status}", self.url);
+                    last_error = format!("{} answered {status}", self.shown);
                     let retryable = status.is_server_error()
                         || status == StatusCode::TOO_MANY_REQUESTS
                         || status == StatusCode::REQUEST_TIMEOUT;
@@ -106,7 +143,7 @@ impl WebhookSink {
                         return Err((SinkError::new("webhook", last_error), false));
                     }
                 }
-                Err(e) => last_error = format!("POST {}: {e}", self.url),
+                Err(e) => last_error = format!("POST {}: {}", self.shown, e.without_url()),
             }
             if attempt < self.max_attempts {
                 let pause = retry_after.unwrap_or(wait).min(self.backoff_max);
@@ -170,5 +207,111 @@ impl AlertSink for WebhookSink {
             out.push(d);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: errors and logs printed the whole webhook URL, token in path and query
+    /// included.
+    #[test]
+    fn regression_webhook_url_is_shown_as_scheme_host_and_port() {
+        let url = reqwest::Url::parse("http://user:pw@127.0.0.1:9/hooks/T0K3N?key=s3cret").unwrap();
+        assert_eq!(shown_url(&url), "http://127.0.0.1:9");
+        let url = reqwest::Url::parse("http://hooks.local/x/T0K3N").unwrap();
+        assert_eq!(shown_url(&url), "http://hooks.local:80");
+    }
+
+    #[tokio::test]
+    async fn regression_webhook_errors_do_not_carry_the_path_or_query() {
+        // Nothing listens on port 9 of loopback: the connection is refused.
+        let config = WebhookConfig {
+            enabled: true,
+            url: "http://127.0.0.1:9/hooks/T0K3N?key=s3cret".into(),
+            max_attempts: 1,
+            ..WebhookConfig::default()
+        };
+        let sink = WebhookSink::new(&config).unwrap();
+        let alert = crate::alert::Alert::firing(
+            "error_log",
+            "svc|E1".into(),
+            crate::alert::Severity::Critical,
+            "svc",
+            "boom".into(),
+            1,
+        );
+        let t = Transition {
+            kind: crate::alert::TransitionKind::Fired,
+            alert,
+        };
+        let err = sink.send(&[t]).await.unwrap_err().to_string();
+        assert!(err.contains("http://127.0.0.1:9"), "{err}");
+        assert!(!err.contains("T0K3N") && !err.contains("s3cret"), "{err}");
+    }
+
+    /// Regression: the client followed redirects, so a 307 from the endpoint sent the alert,
+    /// and its configured headers, to a host the configuration never named.
+    #[tokio::test]
+    async fn regression_webhook_does_not_follow_redirects() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+
+        let elsewhere_hits = Arc::new(AtomicU32::new(0));
+        let hits = elsewhere_hits.clone();
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere_url = format!("http://{}/stolen", elsewhere.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/stolen",
+            axum::routing::post(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async { axum::http::StatusCode::NO_CONTENT }
+            }),
+        );
+        let stolen = tokio::spawn(async move { axum::serve(elsewhere, app).await });
+        let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/alerts", endpoint.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/alerts",
+            axum::routing::post(move || async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, elsewhere_url)],
+                )
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(endpoint, app).await });
+
+        let mut config = WebhookConfig {
+            enabled: true,
+            url,
+            max_attempts: 1,
+            ..WebhookConfig::default()
+        };
+        config
+            .headers
+            .insert("authorization".into(), "Bearer secret".into());
+        let sink = WebhookSink::new(&config).unwrap();
+        let alert = crate::alert::Alert::firing(
+            "error_log",
+            "svc|E1".into(),
+            crate::alert::Severity::Critical,
+            "svc",
+            "boom".into(),
+            1,
+        );
+        let t = Transition {
+            kind: crate::alert::TransitionKind::Fired,
+            alert,
+        };
+        let results = sink.send_each(&[t]).await;
+        assert!(
+            matches!(&results[..], [Delivery::Rejected(e)] if e.contains("307")),
+            "{results:?}"
+        );
+        assert_eq!(elsewhere_hits.load(Ordering::SeqCst), 0);
+        server.abort();
+        stolen.abort();
     }
 }

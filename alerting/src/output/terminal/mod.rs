@@ -10,11 +10,26 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use dlog_core::escape::escape_control;
 use nu_ansi_term::{Color, Style};
 
-use super::{rfc3339, AlertSink, SinkError};
+pub mod config;
+
+use std::sync::Arc;
+
+use super::{rfc3339, AlertSink, Output, SinkError};
 use crate::alert::{Severity, Transition, TransitionKind};
-use crate::config::ColorMode;
+use config::{ColorMode, TerminalConfig};
+
+/// The terminal output `config` describes, if enabled: always best effort.
+pub fn build(config: &TerminalConfig) -> Option<Output> {
+    config.enabled.then(|| Output {
+        sink: Arc::new(TerminalSink::stdout(config.color)),
+        filter: config.filter(),
+        required: false,
+        queue: config.queue,
+    })
+}
 
 /// Writes one line per transition.
 pub struct TerminalSink {
@@ -44,7 +59,9 @@ impl TerminalSink {
     }
 }
 
-/// One transition as a line (without the newline).
+/// One transition as a line (without the newline). Whatever came from senders (service,
+/// instance, summary, root cause, trace ids) has its control characters escaped, so an
+/// alert cannot clear or retitle the operator's terminal.
 pub fn format_line(t: &Transition, color: bool) -> String {
     let a = &t.alert;
     let state = match t.kind {
@@ -73,11 +90,12 @@ pub fn format_line(t: &Transition, color: bool) -> String {
     if !a.example_trace_ids.is_empty() {
         extra.push_str(&format!("  [traces {}]", a.example_trace_ids.join(",")));
     }
+    let who = escape_control(&who);
+    let summary = escape_control(&a.summary);
+    let extra = escape_control(&extra);
+    let rule = escape_control(&a.rule);
     if !color {
-        return format!(
-            "{time} {state:<8} {severity:<8} {:<17} {who}  {}{extra}",
-            a.rule, a.summary
-        );
+        return format!("{time} {state:<8} {severity:<8} {rule:<17} {who}  {summary}{extra}");
     }
     let tone = match (t.kind, a.severity) {
         (TransitionKind::Resolved, _) => Color::Green.normal(),
@@ -91,9 +109,9 @@ pub fn format_line(t: &Transition, color: bool) -> String {
         dim.paint(time),
         tone.paint(format!("{state:<8}")),
         tone.paint(format!("{severity:<8}")),
-        Style::new().bold().paint(format!("{:<17}", a.rule)),
+        Style::new().bold().paint(format!("{rule:<17}")),
         who,
-        tone.paint(&a.summary),
+        tone.paint(summary),
         dim.paint(extra)
     )
 }
@@ -167,6 +185,34 @@ mod tests {
         assert!(fired.contains("\u{1b}[1;31m"), "{fired:?}"); // bold red
         let resolved = format_line(&transition(TransitionKind::Resolved), true);
         assert!(resolved.contains("\u{1b}[32m"), "{resolved:?}"); // green
+    }
+
+    /// Regression: a summary holding `ESC[2J` (clear screen) or an OSC sequence (set the
+    /// window title) reached the terminal raw and was obeyed.
+    #[test]
+    fn regression_terminal_escapes_control_characters_in_alerts() {
+        let mut t = transition(TransitionKind::Fired);
+        t.alert.summary = "svc-b ERROR: \u{1b}[2J\u{1b}]0;pwned\u{7} gone\r\nFAKE LINE".into();
+        t.alert.instance = Some("b-\u{9b}1".into());
+        t.alert.example_trace_ids = vec!["\u{1b}[31m".into()];
+        for color in [false, true] {
+            let line = format_line(&t, color);
+            // Only the printer's own colour codes remain, no byte of the sender's controls.
+            let without_colour = line.replace("\u{1b}[", "");
+            assert!(
+                !line.contains("\u{1b}[2J")
+                    && !line.contains("\u{1b}]")
+                    && !line.contains('\u{9b}'),
+                "{line:?}"
+            );
+            assert!(!without_colour.contains(['\u{7}', '\r', '\n']), "{line:?}");
+            assert!(
+                line.contains("\\x1b[2J\\x1b]0;pwned\\x07 gone\\x0d\\x0aFAKE LINE"),
+                "{line:?}"
+            );
+            assert!(line.contains("svc-b/b-\\u{9b}1"), "{line:?}");
+            assert!(line.contains("[traces \\x1b[31m]"), "{line:?}");
+        }
     }
 
     #[tokio::test]
