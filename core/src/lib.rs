@@ -8,7 +8,6 @@
 //! * [`encoding`]: the `otlp_proto` / `otlp_json` value encodings and the record keys;
 //! * [`model`]: the flattened span, log and heartbeat model decoded from OTLP, with the
 //!   deterministic document ids that make store writes idempotent;
-//! * [`escape`]: control characters made visible before text reaches a terminal;
 //! * [`source`]: the `Source` trait through which stages consume records and acknowledge them
 //!   only once their output is durable, plus an in-process channel source;
 //! * [`terminal`]: escaping of sender text before it reaches a terminal;
@@ -27,7 +26,6 @@
 //! ```
 
 pub mod encoding;
-pub mod escape;
 pub mod model;
 pub mod names;
 pub mod source;

@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use dlog_core::escape::escape_control;
+use dlog_core::terminal::escape_control;
 use nu_ansi_term::{Color, Style};
 
 pub mod config;
@@ -207,7 +207,7 @@ mod tests {
             );
             assert!(!without_colour.contains(['\u{7}', '\r', '\n']), "{line:?}");
             assert!(
-                line.contains("\\x1b[2J\\x1b]0;pwned\\x07 gone\\x0d\\x0aFAKE LINE"),
+                line.contains("\\x1b[2J\\x1b]0;pwned\\x07 gone\\r\\nFAKE LINE"),
                 "{line:?}"
             );
             assert!(line.contains("svc-b/b-\\u{9b}1"), "{line:?}");
