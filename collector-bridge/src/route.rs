@@ -17,7 +17,6 @@
 //! the same request. Sizes under `otlp_proto` are exact, so splitting never re-encodes.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -236,8 +235,7 @@ impl Router {
 
         // Group items by (destination, key), remembering where each item sits.
         let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<(Dest, GroupKey), usize, BuildHasherDefault<IdHasher>> =
-            HashMap::default();
+        let mut index: HashMap<IndexKey, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut instances: Vec<String> = Vec::new();
         let mut instance_of_key: HashMap<String, u32> = HashMap::new();
         let mut rs_fixed = Vec::with_capacity(view.len());
@@ -274,7 +272,7 @@ impl Router {
                             }))
                         }
                     };
-                    let g = *index.entry((dest, key)).or_insert_with(|| {
+                    let g = *index.entry(IndexKey(dest, key)).or_insert_with(|| {
                         groups.push(Group {
                             dest,
                             key,
@@ -483,22 +481,24 @@ enum GroupKey {
     Instance(u32),
 }
 
-/// Trace ids are random already; hashing them again with SipHash is wasted work per span.
-#[derive(Default)]
-struct IdHasher(u64);
+/// What groups are looked up by. Trace ids come from senders, so the index hashes them with a
+/// randomly seeded hasher ([`foldhash::fast::RandomState`], a fresh seed per map): an
+/// unkeyed hash let crafted ids all land in one bucket and made grouping quadratic.
+#[derive(Debug, Clone, Copy, Eq)]
+struct IndexKey(Dest, GroupKey);
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl std::hash::Hash for IndexKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
     }
+}
 
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        #[cfg(test)]
+        tests::KEY_COMPARISONS.with(|c| c.set(c.get() + 1));
+        self.0 == other.0 && self.1 == other.1
     }
 }
 
@@ -1501,6 +1501,105 @@ mod tests {
             "{err}"
         );
         assert!(router.logs_protobuf(b"\xff\xff\xff").is_err());
+    }
+
+    thread_local! {
+        /// Key comparisons made by group-index lookups on this thread.
+        pub(super) static KEY_COMPARISONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The unkeyed hasher the group index used to have.
+    #[derive(Default)]
+    struct UnkeyedIdHasher(u64);
+
+    const UNKEYED_MULTIPLIER: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    impl std::hash::Hasher for UnkeyedIdHasher {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            for chunk in bytes.chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                    .wrapping_mul(UNKEYED_MULTIPLIER);
+            }
+        }
+    }
+
+    fn unkeyed_hash(id: [u8; 16]) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<UnkeyedIdHasher>::default()
+            .hash_one(IndexKey(Dest::Trace, GroupKey::Trace(id)))
+    }
+
+    /// `n` distinct trace ids that all have the same hash under [`UnkeyedIdHasher`]: the id is
+    /// the last thing hashed and the hasher has no final mix, so the second half of each id
+    /// can cancel whatever the first half did.
+    fn colliding_trace_ids(n: usize) -> Vec<[u8; 16]> {
+        let mut inverse = UNKEYED_MULTIPLIER;
+        for _ in 0..6 {
+            inverse =
+                inverse.wrapping_mul(2u64.wrapping_sub(UNKEYED_MULTIPLIER.wrapping_mul(inverse)));
+        }
+        assert_eq!(UNKEYED_MULTIPLIER.wrapping_mul(inverse), 1);
+        let target = 0x0123_4567_89ab_cdefu64;
+        (0..n as u64)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+                // With a zero second word, the hash is rotl(h1, 5) * M.
+                let before_last = unkeyed_hash(id).wrapping_mul(inverse);
+                id[8..].copy_from_slice(&(before_last ^ target).to_le_bytes());
+                id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regression_hash_flooding_crafted_trace_ids_group_in_linear_work() {
+        let n = 20_000;
+        let ids = colliding_trace_ids(n);
+        let first = unkeyed_hash(ids[0]);
+        assert!(
+            ids.iter().all(|id| unkeyed_hash(*id) == first),
+            "the crafted ids must collide under the old hasher"
+        );
+        let spans = ids
+            .iter()
+            .map(|id| Span {
+                trace_id: id.to_vec(),
+                span_id: vec![1; 8],
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: resource("a", "a-1"),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let router = router(Encoding::OtlpProto, 1_000_000);
+        KEY_COMPARISONS.with(|c| c.set(0));
+        let routed = router.traces_protobuf(&request.encode_to_vec()).unwrap();
+        let comparisons = KEY_COMPARISONS.with(|c| c.get());
+        // One record per trace, in request order.
+        assert_eq!(routed.rejected, 0, "{}", routed.error_message);
+        let keys: Vec<String> = routed.records.iter().map(|r| r.key.clone()).collect();
+        let expected: Vec<String> = ids.iter().map(|id| hex_id(id)).collect();
+        assert_eq!(keys, expected);
+        // Every id is new, so a lookup compares keys only on a chance match of hash bits: far
+        // fewer comparisons than ids. One bucket for all (the old hasher) needs n²/2.
+        assert!(
+            comparisons < n as u64,
+            "{comparisons} key comparisons to group {n} traces"
+        );
     }
 
     #[test]
