@@ -32,6 +32,10 @@ pub const DEFAULT_ADMISSION_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
 /// Default `grpc_max_concurrent_streams`.
 pub const DEFAULT_GRPC_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Default `redact_attributes`: private by default.
+pub const DEFAULT_REDACT_ATTRIBUTES: bool = true;
+/// Default `redact_log_bodies`.
+pub const DEFAULT_REDACT_LOG_BODIES: bool = false;
 
 /// librdkafka properties the bridge sets itself and a user may not override, with why.
 const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
@@ -133,6 +137,15 @@ pub struct Config {
     /// `bootstrap.servers`, `message.timeout.ms`, `delivery.timeout.ms`,
     /// `queue.buffering.max.kbytes` and `message.max.bytes` (each has its own setting).
     pub kafka: BTreeMap<String, String>,
+    /// Replace attribute values whose key names a secret with `[REDACTED]` (resource, scope,
+    /// span, span event, span link and log attributes, nested values included). A key names a
+    /// secret when its last dot-separated segment, case-insensitive and with `-` read as `_`,
+    /// is one of `collector_bridge::redact::SENSITIVE_KEYS` or of `redact_extra_keys`.
+    pub redact_attributes: bool,
+    /// More last key segments to redact, next to the built-in ones (for example `ssn`).
+    pub redact_extra_keys: Vec<String>,
+    /// Redact inside log bodies too (keys of kvlist bodies), with the same rule.
+    pub redact_log_bodies: bool,
 }
 
 impl Default for Config {
@@ -161,6 +174,9 @@ impl Default for Config {
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             linger_ms: DEFAULT_LINGER_MS,
             kafka: BTreeMap::new(),
+            redact_attributes: DEFAULT_REDACT_ATTRIBUTES,
+            redact_extra_keys: Vec::new(),
+            redact_log_bodies: DEFAULT_REDACT_LOG_BODIES,
         }
     }
 }
@@ -294,6 +310,17 @@ impl Config {
         }
         if self.grpc_max_concurrent_streams == 0 {
             return Err(invalid("grpc_max_concurrent_streams", "must be at least 1"));
+        }
+        for key in &self.redact_extra_keys {
+            if key.is_empty() || key.contains('.') || key.len() > crate::redact::MAX_KEY_SEGMENT {
+                return Err(invalid(
+                    "redact_extra_keys",
+                    format!(
+                        "`{key}` is not a key segment: it must be 1 to {} bytes without `.` (the last segment of a key is what is compared)",
+                        crate::redact::MAX_KEY_SEGMENT
+                    ),
+                ));
+            }
         }
         self.validate_kafka_properties()
     }

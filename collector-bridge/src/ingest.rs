@@ -245,8 +245,7 @@ impl<S: Sink> Ingest<S> {
         ticket: Ticket,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
-        let routed = self.router.traces(&request);
-        drop(request);
+        let routed = self.router.traces_owned(request);
         self.deliver(routed, ticket, SignalKind::Traces, transport)
             .await
     }
@@ -258,8 +257,7 @@ impl<S: Sink> Ingest<S> {
         ticket: Ticket,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
-        let routed = self.router.logs(&request);
-        drop(request);
+        let routed = self.router.logs_owned(request);
         self.deliver(routed, ticket, SignalKind::Logs, transport)
             .await
     }

@@ -37,6 +37,7 @@ mod grpc;
 mod http;
 mod ingest;
 mod metrics;
+pub mod redact;
 pub mod route;
 pub mod sink;
 mod wire;

@@ -33,8 +33,9 @@ use prost::Message;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::redact::Redactor;
 use crate::sink::{headers_len, OutRecord};
-use crate::wire::{self, Parsed, RawItem, RequestKind, WireError};
+use crate::wire::{self, Parsed, RawItem, RawResource, RequestKind, WireError};
 
 /// How many rejection reasons a partial-success message spells out before summarising.
 const REASONS_SHOWN: usize = 3;
@@ -72,10 +73,12 @@ pub struct Router {
     heartbeat_topic: Arc<str>,
     encoding: Encoding,
     max_message_bytes: usize,
+    /// Redacts sensitive attribute values (`redact_attributes`).
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl Router {
-    /// A router with the topics, encoding and size limit of `config`.
+    /// A router with the topics, encoding, size limit and redaction of `config`.
     pub fn new(config: &Config) -> Router {
         Router {
             trace_topic: Arc::from(config.trace_logs_topic.as_str()),
@@ -83,11 +86,58 @@ impl Router {
             heartbeat_topic: Arc::from(config.heartbeat_logs_topic.as_str()),
             encoding: config.encoding,
             max_message_bytes: config.max_message_bytes,
+            redactor: config.redact_attributes.then(|| {
+                Arc::new(Redactor::new(
+                    config.redact_extra_keys.iter().map(String::as_str),
+                    config.redact_log_bodies,
+                ))
+            }),
         }
     }
 
-    /// Routes spans: one record per trace (more when a trace exceeds the size limit).
+    /// Routes spans: one record per trace (more when a trace exceeds the size limit), with
+    /// sensitive attribute values redacted (on a copy, only when there are some).
     pub fn traces(&self, request: &ExportTraceServiceRequest) -> Routed {
+        match &self.redactor {
+            Some(redactor) if redactor.traces_match(request) => {
+                let mut copy = request.clone();
+                redactor.traces(&mut copy);
+                self.route_traces(&copy)
+            }
+            _ => self.route_traces(request),
+        }
+    }
+
+    /// [`Router::traces`] for a request the caller gives up: redacted in place.
+    pub fn traces_owned(&self, mut request: ExportTraceServiceRequest) -> Routed {
+        if let Some(redactor) = &self.redactor {
+            redactor.traces(&mut request);
+        }
+        self.route_traces(&request)
+    }
+
+    /// Routes log records, with sensitive attribute values redacted (on a copy, only when
+    /// there are some).
+    pub fn logs(&self, request: &ExportLogsServiceRequest) -> Routed {
+        match &self.redactor {
+            Some(redactor) if redactor.logs_match(request) => {
+                let mut copy = request.clone();
+                redactor.logs(&mut copy);
+                self.route_logs(&copy)
+            }
+            _ => self.route_logs(request),
+        }
+    }
+
+    /// [`Router::logs`] for a request the caller gives up: redacted in place.
+    pub fn logs_owned(&self, mut request: ExportLogsServiceRequest) -> Routed {
+        if let Some(redactor) = &self.redactor {
+            redactor.logs(&mut request);
+        }
+        self.route_logs(&request)
+    }
+
+    fn route_traces(&self, request: &ExportTraceServiceRequest) -> Routed {
         let view: Vec<
             ResourceView<'_, Owned<'_, Resource>, Owned<'_, InstrumentationScope>, Owned<'_, Span>>,
         > = request
@@ -117,8 +167,8 @@ impl Router {
         )
     }
 
-    /// Routes log records: heartbeats by instance, others by trace id or instance.
-    pub fn logs(&self, request: &ExportLogsServiceRequest) -> Routed {
+    /// Heartbeats by instance, other log records by trace id or instance.
+    fn route_logs(&self, request: &ExportLogsServiceRequest) -> Routed {
         let view: Vec<
             ResourceView<
                 '_,
@@ -170,12 +220,19 @@ impl Router {
             })
         };
         if self.encoding != Encoding::OtlpProto {
-            return Ok(self.traces(&decode()?));
+            return Ok(self.traces_owned(decode()?));
         }
-        let resources = match wire::parse(bytes, RequestKind::Traces).map_err(invalid)? {
-            Parsed::Slices(resources) => resources,
-            Parsed::NeedsFullDecode => return Ok(self.traces(&decode()?)),
+        let parsed = wire::parse_with(bytes, RequestKind::Traces, self.redactor.as_deref())
+            .map_err(invalid)?;
+        let (resources, flagged) = match parsed {
+            Parsed::Slices(resources, flagged) => (resources, flagged),
+            Parsed::NeedsFullDecode => return Ok(self.traces_owned(decode()?)),
         };
+        let rewritten = self
+            .redacted_parts(&resources, flagged, RequestKind::Traces)
+            .map_err(invalid)?;
+        let mut resources = resources;
+        substitute(&mut resources, &rewritten);
         let view = raw_view(&resources, |item| RawSpan(*item));
         Ok(self.route(
             &view,
@@ -199,12 +256,19 @@ impl Router {
             })
         };
         if self.encoding != Encoding::OtlpProto {
-            return Ok(self.logs(&decode()?));
+            return Ok(self.logs_owned(decode()?));
         }
-        let resources = match wire::parse(bytes, RequestKind::Logs).map_err(invalid)? {
-            Parsed::Slices(resources) => resources,
-            Parsed::NeedsFullDecode => return Ok(self.logs(&decode()?)),
+        let parsed = wire::parse_with(bytes, RequestKind::Logs, self.redactor.as_deref())
+            .map_err(invalid)?;
+        let (resources, flagged) = match parsed {
+            Parsed::Slices(resources, flagged) => (resources, flagged),
+            Parsed::NeedsFullDecode => return Ok(self.logs_owned(decode()?)),
         };
+        let rewritten = self
+            .redacted_parts(&resources, flagged, RequestKind::Logs)
+            .map_err(invalid)?;
+        let mut resources = resources;
+        substitute(&mut resources, &rewritten);
         let view = raw_view(&resources, |item| RawLog(*item));
         Ok(self.route(
             &view,
@@ -212,6 +276,43 @@ impl Router {
             |r| wire::instance_key(resources[r].resource),
             None,
         ))
+    }
+
+    /// The flagged parts of a sliced request, decoded, redacted and encoded again, in the
+    /// order [`substitute`] puts them back. Nothing is decoded when nothing was flagged.
+    fn redacted_parts(
+        &self,
+        resources: &[RawResource<'_>],
+        flagged: usize,
+        kind: RequestKind,
+    ) -> Result<Vec<Vec<u8>>, WireError> {
+        let Some(redactor) = self.redactor.as_deref().filter(|_| flagged > 0) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(flagged);
+        for rv in resources {
+            if let (true, Some(bytes)) = (rv.redact, rv.resource) {
+                out.push(rewrite::<Resource>(bytes, |r| redactor.resource(r))?);
+            }
+            for sv in &rv.scopes {
+                if let (true, Some(bytes)) = (sv.redact, sv.scope) {
+                    out.push(rewrite::<InstrumentationScope>(bytes, |s| {
+                        redactor.scope(s)
+                    })?);
+                }
+                for item in sv.items.iter().filter(|i| i.redact) {
+                    out.push(match kind {
+                        RequestKind::Traces => {
+                            rewrite::<Span>(item.bytes, |span| redactor.span(span))?
+                        }
+                        RequestKind::Logs => {
+                            rewrite::<LogRecord>(item.bytes, |log| redactor.log(log))?
+                        }
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn topic(&self, dest: Dest) -> &Arc<str> {
@@ -384,6 +485,45 @@ impl Router {
                 record.size(),
                 self.max_message_bytes
             ));
+        }
+    }
+}
+
+/// Decodes one validated part, applies `redact`, and encodes it again.
+fn rewrite<M: Message + Default>(
+    bytes: &[u8],
+    redact: impl FnOnce(&mut M),
+) -> Result<Vec<u8>, WireError> {
+    let mut message = M::decode(bytes)
+        .map_err(|e| WireError::new(format!("cannot decode a part to redact it: {e}")))?;
+    redact(&mut message);
+    Ok(message.encode_to_vec())
+}
+
+/// Points the flagged parts of `resources` at their redacted encodings, taken from `parts`
+/// in the order [`Router::redacted_parts`] made them.
+fn substitute<'a>(resources: &mut [RawResource<'a>], parts: &'a [Vec<u8>]) {
+    if parts.is_empty() {
+        return;
+    }
+    let mut next = parts.iter();
+    for rv in resources {
+        if rv.redact && rv.resource.is_some() {
+            if let Some(part) = next.next() {
+                rv.resource = Some(part);
+            }
+        }
+        for sv in &mut rv.scopes {
+            if sv.redact && sv.scope.is_some() {
+                if let Some(part) = next.next() {
+                    sv.scope = Some(part);
+                }
+            }
+            for item in sv.items.iter_mut().filter(|i| i.redact) {
+                if let Some(part) = next.next() {
+                    item.bytes = part;
+                }
+            }
         }
     }
 }

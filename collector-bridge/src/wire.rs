@@ -17,6 +17,8 @@ use std::fmt;
 
 use dlog_core::names;
 
+use crate::redact::Redactor;
+
 /// prost's recursion limit: messages may nest this many levels below the request (the
 /// request is depth 0, so a message at depth 100 is accepted and one at 101 is not). prost
 /// also refuses, at depth 100, any field it has to skip (an unknown field), and inside a
@@ -29,7 +31,7 @@ const RECURSION_LIMIT: usize = 100;
 pub struct WireError(String);
 
 impl WireError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         WireError(message.into())
     }
 
@@ -339,13 +341,36 @@ static LOG_RECORD: Schema = Schema {
     ],
 };
 
+/// What validation looks for besides validity: attribute keys the redactor names.
+pub(crate) struct Scan<'r> {
+    redactor: Option<&'r Redactor>,
+    /// A key the redactor names was seen.
+    hit: bool,
+}
+
+impl<'r> Scan<'r> {
+    fn new(redactor: Option<&'r Redactor>) -> Self {
+        Scan {
+            redactor,
+            hit: false,
+        }
+    }
+
+    /// Whether the part just validated needs redacting; resets for the next part.
+    fn take(&mut self) -> bool {
+        std::mem::take(&mut self.hit)
+    }
+}
+
 /// Validates `bytes` as a `schema` message; returns the last value of each field in
-/// `capture` (protobuf's rule for a repeated scalar field: the last one wins).
+/// `capture` (protobuf's rule for a repeated scalar field: the last one wins). Keys of
+/// `KeyValue`s that `scan`'s redactor names set `scan.hit`.
 fn validate<'a, const N: usize>(
     bytes: &'a [u8],
     schema: &'static Schema,
     depth: usize,
     capture: [u32; N],
+    scan: &mut Scan<'_>,
 ) -> Result<[Option<&'a [u8]>; N], WireError> {
     if depth > RECURSION_LIMIT {
         return Err(WireError::new(format!(
@@ -384,9 +409,23 @@ fn validate<'a, const N: usize>(
                 if let Some(slot) = capture.iter().position(|c| *c == tag) {
                     captured[slot] = Some(b);
                 }
+                if tag == 1 && std::ptr::eq(schema, &KEY_VALUE) {
+                    if let Some(redactor) = scan.redactor {
+                        scan.hit |= redactor.matches(b);
+                    }
+                }
             }
             (Kind::Msg(inner), Value::Len(b)) => {
-                validate(b, inner, depth + 1, []).map_err(|e| e.within(schema.name, name))?;
+                // Keys inside a log body count only when bodies are redacted too.
+                let body_off = tag == 5
+                    && std::ptr::eq(schema, &LOG_RECORD)
+                    && !scan.redactor.is_some_and(Redactor::bodies);
+                let result = if body_off {
+                    validate(b, inner, depth + 1, [], &mut Scan::new(None))
+                } else {
+                    validate(b, inner, depth + 1, [], scan)
+                };
+                result.map_err(|e| e.within(schema.name, name))?;
             }
             (expected, _) => {
                 return Err(WireError::new(format!(
@@ -411,12 +450,16 @@ pub(crate) struct RawItem<'a> {
     pub span_id: &'a [u8],
     /// A log record whose `event_name` is a registration or heartbeat event.
     pub heartbeat: bool,
+    /// Holds an attribute the redactor names.
+    pub redact: bool,
 }
 
 /// One scope entry: the encoded scope and its items.
 #[derive(Debug, Clone)]
 pub(crate) struct RawScope<'a> {
     pub scope: Option<&'a [u8]>,
+    /// The scope holds an attribute the redactor names.
+    pub redact: bool,
     pub schema_url: &'a str,
     pub items: Vec<RawItem<'a>>,
 }
@@ -425,6 +468,8 @@ pub(crate) struct RawScope<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct RawResource<'a> {
     pub resource: Option<&'a [u8]>,
+    /// The resource holds an attribute the redactor names.
+    pub redact: bool,
     pub schema_url: &'a str,
     pub scopes: Vec<RawScope<'a>>,
 }
@@ -439,15 +484,28 @@ pub(crate) enum RequestKind {
 /// A parsed request.
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
-    /// Every resource, scope and item, as slices of the request.
-    Slices(Vec<RawResource<'a>>),
+    /// Every resource, scope and item, as slices of the request, and how many of those parts
+    /// hold an attribute the redactor names.
+    Slices(Vec<RawResource<'a>>, usize),
     /// Valid, but with a repeated singular message field (protobuf merges those); decode it
     /// with prost instead.
     NeedsFullDecode,
 }
 
 /// Validates and slices an `ExportTraceServiceRequest` or `ExportLogsServiceRequest`.
+#[cfg(test)]
 pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireError> {
+    parse_with(bytes, kind, None)
+}
+
+/// [`parse`], flagging the parts that hold an attribute `redactor` names.
+pub(crate) fn parse_with<'a>(
+    bytes: &'a [u8],
+    kind: RequestKind,
+    redactor: Option<&Redactor>,
+) -> Result<Parsed<'a>, WireError> {
+    let mut scan = Scan::new(redactor);
+    let mut flagged = 0usize;
     let (request, resource_entry, scope_entry, item_field, item_schema) = match kind {
         RequestKind::Traces => (
             "ExportTraceServiceRequest",
@@ -475,6 +533,7 @@ pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireE
         };
         let mut out = RawResource {
             resource: None,
+            redact: false,
             schema_url: "",
             scopes: Vec::new(),
         };
@@ -486,13 +545,23 @@ pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireE
                     if out.resource.is_some() {
                         return Ok(Parsed::NeedsFullDecode);
                     }
-                    validate(b, &RESOURCE, 2, [])
+                    validate(b, &RESOURCE, 2, [], &mut scan)
                         .map_err(|e| e.within(resource_entry, "resource"))?;
                     out.resource = Some(b);
+                    out.redact = scan.take();
+                    flagged += usize::from(out.redact);
                 }
                 (2, Value::Len(b)) => {
-                    let scope = parse_scope(b, scope_entry, item_field, item_schema, kind)
-                        .map_err(|e| e.within(resource_entry, "scope entry"))?;
+                    let scope = parse_scope(
+                        b,
+                        scope_entry,
+                        item_field,
+                        item_schema,
+                        kind,
+                        &mut scan,
+                        &mut flagged,
+                    )
+                    .map_err(|e| e.within(resource_entry, "scope entry"))?;
                     match scope {
                         Some(scope) => out.scopes.push(scope),
                         None => return Ok(Parsed::NeedsFullDecode),
@@ -512,7 +581,7 @@ pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireE
         }
         resources.push(out);
     }
-    Ok(Parsed::Slices(resources))
+    Ok(Parsed::Slices(resources, flagged))
 }
 
 fn parse_scope<'a>(
@@ -521,9 +590,12 @@ fn parse_scope<'a>(
     item_field: &'static str,
     item_schema: &'static Schema,
     kind: RequestKind,
+    scan: &mut Scan<'_>,
+    flagged: &mut usize,
 ) -> Result<Option<RawScope<'a>>, WireError> {
     let mut out = RawScope {
         scope: None,
+        redact: false,
         schema_url: "",
         items: Vec::new(),
     };
@@ -534,24 +606,27 @@ fn parse_scope<'a>(
                 if out.scope.is_some() {
                     return Ok(None);
                 }
-                validate(b, &SCOPE, 3, []).map_err(|e| e.within(scope_entry, "scope"))?;
+                validate(b, &SCOPE, 3, [], scan).map_err(|e| e.within(scope_entry, "scope"))?;
                 out.scope = Some(b);
+                out.redact = scan.take();
+                *flagged += usize::from(out.redact);
             }
             (2, Value::Len(b)) => {
                 let item = match kind {
                     RequestKind::Traces => {
-                        let [trace_id, span_id] = validate(b, item_schema, 3, [1, 2])
+                        let [trace_id, span_id] = validate(b, item_schema, 3, [1, 2], scan)
                             .map_err(|e| e.within(scope_entry, item_field))?;
                         RawItem {
                             bytes: b,
                             trace_id: trace_id.unwrap_or_default(),
                             span_id: span_id.unwrap_or_default(),
                             heartbeat: false,
+                            redact: scan.take(),
                         }
                     }
                     RequestKind::Logs => {
                         let [trace_id, span_id, event] =
-                            validate(b, item_schema, 3, [9, 10, 12])
+                            validate(b, item_schema, 3, [9, 10, 12], scan)
                                 .map_err(|e| e.within(scope_entry, item_field))?;
                         let event = event.unwrap_or_default();
                         RawItem {
@@ -560,9 +635,11 @@ fn parse_scope<'a>(
                             span_id: span_id.unwrap_or_default(),
                             heartbeat: event == names::REGISTRATION_EVENT.as_bytes()
                                 || event == names::HEARTBEAT_EVENT.as_bytes(),
+                            redact: scan.take(),
                         }
                     }
                 };
+                *flagged += usize::from(item.redact);
                 out.items.push(item);
             }
             (3, Value::Len(b)) => {
@@ -773,7 +850,7 @@ mod tests {
 
     fn slices(bytes: &[u8], kind: RequestKind) -> Vec<RawResource<'_>> {
         match parse(bytes, kind).unwrap() {
-            Parsed::Slices(s) => s,
+            Parsed::Slices(s, _) => s,
             Parsed::NeedsFullDecode => panic!("unexpected fallback"),
         }
     }
@@ -928,7 +1005,7 @@ mod tests {
                 RequestKind::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).is_ok(),
             };
             let ours = match parse(&bytes, kind) {
-                Ok(Parsed::Slices(_)) => true,
+                Ok(Parsed::Slices(..)) => true,
                 // The router hands these to prost, whose verdict is then the answer.
                 Ok(Parsed::NeedsFullDecode) => prost,
                 Err(_) => false,
@@ -995,7 +1072,7 @@ mod tests {
     fn regression_recursion_limit_off_by_one_matches_prost_at_100_and_101_levels() {
         let decodes = |bytes: &[u8]| ExportTraceServiceRequest::decode(bytes).is_ok();
         let ours = |bytes: &[u8]| match parse(bytes, RequestKind::Traces) {
-            Ok(Parsed::Slices(_)) => true,
+            Ok(Parsed::Slices(..)) => true,
             Ok(Parsed::NeedsFullDecode) => decodes(bytes),
             Err(_) => false,
         };
