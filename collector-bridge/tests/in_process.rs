@@ -9,6 +9,7 @@ use collector_bridge::{start_with_sink, ChannelSink, Config, Subscriber};
 use common::*;
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, Source};
+use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue, KeyValueList};
@@ -350,4 +351,142 @@ async fn redaction_can_be_turned_off_and_extended_to_log_bodies() {
         assert_eq!(attribute(&body.values, "password"), &expected_body);
         bridge.shutdown().await.unwrap();
     }
+}
+
+/// Two HTTP requests that declare 16 MiB bodies and send nothing, and two gRPC requests whose
+/// frame header announces 16 MiB and nothing follows, used to hold the whole in-flight budget
+/// (32 MiB) until they went away, so every other sender got 503 / UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_slow_clients_declared_bodies_do_not_hold_the_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (sink, mut records) = acking_stage();
+    let body_timeout = Duration::from_secs(5);
+    let bridge = start_with_sink(
+        Config {
+            request_body_timeout_ms: body_timeout.as_millis() as u64,
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            ..config()
+        },
+        sink,
+    )
+    .await
+    .unwrap();
+
+    let mut hanging_http = Vec::new();
+    for _ in 0..2 {
+        let mut socket = tokio::net::TcpStream::connect(bridge.http_addr())
+            .await
+            .unwrap();
+        socket
+            .write_all(
+                b"POST /v1/traces HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/x-protobuf\r\ncontent-length: 16777216\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        hanging_http.push(socket);
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", bridge.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut hanging_grpc = Vec::new();
+    for _ in 0..2 {
+        let mut header = vec![0u8];
+        header.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        let frames = futures::stream::iter([Ok::<_, std::convert::Infallible>(
+            hyper::body::Frame::data(bytes::Bytes::from(header)),
+        )])
+        .chain(futures::stream::pending());
+        let request = http::Request::builder()
+            .method("POST")
+            .uri("http://bridge/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+                frames,
+            )))
+            .unwrap();
+        let mut channel = channel.clone();
+        hanging_grpc.push(tokio::spawn(async move {
+            std::future::poll_fn(|cx| {
+                <tonic::transport::Channel as tower::Service<
+                    http::Request<tonic::body::Body>,
+                >>::poll_ready(&mut channel, cx)
+            })
+            .await
+            .unwrap();
+            let response = tower::Service::call(&mut channel, request).await.unwrap();
+            if let Some(status) = response.headers().get("grpc-status") {
+                return status.to_str().unwrap().to_string();
+            }
+            let collected = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap();
+            collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|s| s.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        }));
+    }
+    // Wait until the bridge is handling all four.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics_text(&bridge).await;
+        if metric(&text, "dlog_bridge_in_flight_requests") >= 4.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A good request is answered 200 while they hang.
+    let t = trace_id(5);
+    let good = traces(
+        resource("svc", "svc-1"),
+        vec![span(t, 1, "while others hang")],
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", bridge.http_addr()))
+        .header("content-type", "application/x-protobuf")
+        .timeout(Duration::from_secs(60))
+        .body(prost::Message::encode_to_vec(&good))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    let record = records.recv().await.unwrap();
+    assert_eq!(decode_trace_record(&record), good);
+    // ... and they were still hanging then.
+    let mut probe = [0u8; 1];
+    for socket in &hanging_http {
+        assert!(
+            matches!(socket.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a hanging connection was answered before the good request"
+        );
+    }
+    assert!(hanging_grpc.iter().all(|task| !task.is_finished()));
+
+    // At the body deadline they are answered (408, DEADLINE_EXCEEDED) and the HTTP
+    // connections closed.
+    for mut socket in hanging_http {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), socket.read_to_end(&mut answer))
+            .await
+            .expect("the hanging connection was not closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_body_timeout_ms"), "{answer}");
+    }
+    for task in hanging_grpc {
+        let status = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the hanging gRPC request was not answered")
+            .unwrap();
+        assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
+    }
+    bridge.shutdown().await.unwrap();
 }
