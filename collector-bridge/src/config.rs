@@ -44,6 +44,10 @@ pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 30_000;
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
 /// Default `max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `max_items_per_request`.
+pub const DEFAULT_MAX_ITEMS_PER_REQUEST: usize = 65_536;
+/// Default `max_groups_per_request`.
+pub const DEFAULT_MAX_GROUPS_PER_REQUEST: usize = 16_384;
 /// Default `redact_attributes`: private by default.
 pub const DEFAULT_REDACT_ATTRIBUTES: bool = true;
 /// Default `redact_log_bodies`.
@@ -137,6 +141,12 @@ pub struct Config {
     /// HTTP/2 streams (concurrent requests) one OTLP connection may open (gRPC, and HTTP/2 on
     /// the HTTP port).
     pub grpc_max_concurrent_streams: u32,
+    /// Spans or log records one request may hold; more is refused (`RESOURCE_EXHAUSTED` / 413)
+    /// before anything is allocated for them.
+    pub max_items_per_request: usize,
+    /// Distinct trace ids and log keys (records before splitting) one request may make; more
+    /// is refused (`RESOURCE_EXHAUSTED` / 413).
+    pub max_groups_per_request: usize,
     /// Open connections each OTLP listener (gRPC, HTTP) serves at once; further connections
     /// wait in the kernel's backlog until one closes.
     pub max_connections: usize,
@@ -201,6 +211,8 @@ impl Default for Config {
             admission_timeout_ms: DEFAULT_ADMISSION_TIMEOUT_MS,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             grpc_max_concurrent_streams: DEFAULT_GRPC_MAX_CONCURRENT_STREAMS,
+            max_items_per_request: DEFAULT_MAX_ITEMS_PER_REQUEST,
+            max_groups_per_request: DEFAULT_MAX_GROUPS_PER_REQUEST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             http_header_read_timeout_ms: DEFAULT_HTTP_HEADER_READ_TIMEOUT_MS,
             request_body_timeout_ms: DEFAULT_REQUEST_BODY_TIMEOUT_MS,
@@ -347,6 +359,12 @@ impl Config {
         }
         if self.grpc_max_concurrent_streams == 0 {
             return Err(invalid("grpc_max_concurrent_streams", "must be at least 1"));
+        }
+        if self.max_items_per_request == 0 {
+            return Err(invalid("max_items_per_request", "must be at least 1"));
+        }
+        if self.max_groups_per_request == 0 {
+            return Err(invalid("max_groups_per_request", "must be at least 1"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));

@@ -130,6 +130,8 @@ fn status<S>(ingest: &Ingest<S>, error: IngestError) -> Status {
         ),
         IngestError::Failed(reason) => Status::internal(reason),
         IngestError::Invalid(reason) => Status::invalid_argument(reason),
+        // No retry hint: the request will never fit, so senders drop it rather than retry.
+        IngestError::TooLarge(reason) => Status::resource_exhausted(reason),
     }
 }
 

@@ -31,8 +31,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::body::{self, Collected, InflateError, BLOCKING_THRESHOLD};
-use crate::ingest::{Accepted, Ingest, IngestError, Ticket, ROUTING_FACTOR};
+use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
 use crate::metrics::{SignalKind, Transport};
+use crate::route::DECODED_MESSAGE_BYTES;
 use crate::sink::Sink;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -285,16 +286,52 @@ async fn decode_json<T: DeserializeOwned + Send + 'static>(
         })?
 }
 
-/// A 503 for a request that could not get its share of the bridge's limits.
+/// A 503 for a request that could not get its share of the bridge's limits, or a 413 for one
+/// that needs more than all of it.
 fn busy(error: IngestError) -> Failure {
-    let reason = match error {
-        IngestError::Unavailable(r) | IngestError::Failed(r) | IngestError::Invalid(r) => r,
-    };
-    Failure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: reason,
-        retry_after: None,
+    match error {
+        IngestError::TooLarge(reason) => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, reason),
+        IngestError::Unavailable(r) | IngestError::Failed(r) | IngestError::Invalid(r) => Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: r,
+            retry_after: None,
+        },
     }
+}
+
+/// Bytes a decoded JSON value outside objects may take (a `String` or `Vec` header).
+const JSON_VALUE_BYTES: usize = 32;
+
+/// An upper bound of what an OTLP/JSON body takes once decoded, from one pass over its bytes:
+/// a struct per object, a value per array element or field, and at most the body again in
+/// strings and bytes. `[{},{},..]` decodes to dozens of times its size; this bounds it before
+/// decoding starts.
+fn json_decoded_size(body: &[u8]) -> usize {
+    let mut objects = 0usize;
+    let mut values = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => objects += 1,
+            b'[' | b',' => values += 1,
+            _ => {}
+        }
+    }
+    body.len()
+        .saturating_add(objects.saturating_mul(DECODED_MESSAGE_BYTES))
+        .saturating_add(values.saturating_mul(JSON_VALUE_BYTES))
 }
 
 fn encode<T: Message + Serialize + Default + PartialEq>(format: Format, response: &T) -> Response {
@@ -322,6 +359,7 @@ fn failure<S>(ingest: &Ingest<S>, error: IngestError) -> Failure {
         },
         IngestError::Failed(reason) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, reason),
         IngestError::Invalid(reason) => Failure::new(StatusCode::BAD_REQUEST, reason),
+        IngestError::TooLarge(reason) => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, reason),
     }
 }
 
@@ -405,8 +443,9 @@ async fn json_request<S: Sink, T: DeserializeOwned + Send + 'static>(
     what: &'static str,
 ) -> Result<T, Response> {
     let fail = |f: Failure| refuse(&state.ingest, signal, f).into_response(format);
+    // The body and its decoded form, bounded before decoding.
     ticket
-        .reserve(body.len().saturating_mul(ROUTING_FACTOR))
+        .reserve(body.len().saturating_add(json_decoded_size(&body)))
         .await
         .map_err(|e| fail(busy(e)))?;
     decode_json::<T>(body, what).await.map_err(fail)

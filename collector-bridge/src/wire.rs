@@ -346,6 +346,11 @@ pub(crate) struct Scan<'r> {
     redactor: Option<&'r Redactor>,
     /// A key the redactor names was seen.
     hit: bool,
+    /// Messages validated (each one a struct when decoded).
+    messages: usize,
+    /// A `resource` or `scope` field was repeated in one entry: valid, but only prost's
+    /// merge expresses it.
+    merged: bool,
 }
 
 impl<'r> Scan<'r> {
@@ -353,6 +358,8 @@ impl<'r> Scan<'r> {
         Scan {
             redactor,
             hit: false,
+            messages: 0,
+            merged: false,
         }
     }
 
@@ -378,6 +385,7 @@ fn validate<'a, const N: usize>(
             schema.name
         )));
     }
+    scan.messages += 1;
     let mut captured = [None; N];
     for field in Fields::new(bytes, depth) {
         let (tag, value) = field.map_err(|e| WireError(format!("{}: {}", schema.name, e.0)))?;
@@ -421,7 +429,10 @@ fn validate<'a, const N: usize>(
                     && std::ptr::eq(schema, &LOG_RECORD)
                     && !scan.redactor.is_some_and(Redactor::bodies);
                 let result = if body_off {
-                    validate(b, inner, depth + 1, [], &mut Scan::new(None))
+                    let mut off = Scan::new(None);
+                    let result = validate(b, inner, depth + 1, [], &mut off);
+                    scan.messages += off.messages;
+                    result
                 } else {
                     validate(b, inner, depth + 1, [], scan)
                 };
@@ -484,12 +495,41 @@ pub(crate) enum RequestKind {
 /// A parsed request.
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
-    /// Every resource, scope and item, as slices of the request, and how many of those parts
-    /// hold an attribute the redactor names.
-    Slices(Vec<RawResource<'a>>, usize),
+    /// Every resource, scope and item, as slices of the request.
+    Slices {
+        resources: Vec<RawResource<'a>>,
+        /// How many of those parts hold an attribute the redactor names.
+        flagged: usize,
+        /// Messages in the request (as for `NeedsFullDecode`).
+        messages: usize,
+    },
     /// Valid, but with a repeated singular message field (protobuf merges those); decode it
-    /// with prost instead.
-    NeedsFullDecode,
+    /// with prost instead. `messages` counts the messages in the request (each becomes a
+    /// struct when decoded), so that the decoded size can be bounded before decoding.
+    NeedsFullDecode { messages: usize },
+}
+
+/// How many items (spans or log records) a request holds, counted from its framing alone
+/// without validating anything; `None` when the framing is broken (validation says where).
+/// Cheap enough to run before anything is allocated per item.
+pub(crate) fn count_items(bytes: &[u8]) -> Option<usize> {
+    let mut items = 0usize;
+    for field in Fields::new(bytes, 0) {
+        let (1, Value::Len(entry)) = field.ok()? else {
+            continue;
+        };
+        for field in Fields::new(entry, 1) {
+            let (2, Value::Len(scope)) = field.ok()? else {
+                continue;
+            };
+            for field in Fields::new(scope, 2) {
+                if let (2, Value::Len(_)) = field.ok()? {
+                    items += 1;
+                }
+            }
+        }
+    }
+    Some(items)
 }
 
 /// Validates and slices an `ExportTraceServiceRequest` or `ExportLogsServiceRequest`.
@@ -537,14 +577,13 @@ pub(crate) fn parse_with<'a>(
             schema_url: "",
             scopes: Vec::new(),
         };
+        scan.messages += 1;
         for field in Fields::new(entry, 1) {
             let (tag, value) =
                 field.map_err(|e| WireError(format!("{resource_entry}: {}", e.0)))?;
             match (tag, value) {
                 (1, Value::Len(b)) => {
-                    if out.resource.is_some() {
-                        return Ok(Parsed::NeedsFullDecode);
-                    }
+                    scan.merged |= out.resource.is_some();
                     validate(b, &RESOURCE, 2, [], &mut scan)
                         .map_err(|e| e.within(resource_entry, "resource"))?;
                     out.resource = Some(b);
@@ -562,10 +601,7 @@ pub(crate) fn parse_with<'a>(
                         &mut flagged,
                     )
                     .map_err(|e| e.within(resource_entry, "scope entry"))?;
-                    match scope {
-                        Some(scope) => out.scopes.push(scope),
-                        None => return Ok(Parsed::NeedsFullDecode),
-                    }
+                    out.scopes.push(scope);
                 }
                 (3, Value::Len(b)) => {
                     out.schema_url = std::str::from_utf8(b).map_err(|_| {
@@ -581,7 +617,16 @@ pub(crate) fn parse_with<'a>(
         }
         resources.push(out);
     }
-    Ok(Parsed::Slices(resources, flagged))
+    if scan.merged {
+        return Ok(Parsed::NeedsFullDecode {
+            messages: scan.messages,
+        });
+    }
+    Ok(Parsed::Slices {
+        resources,
+        flagged,
+        messages: scan.messages,
+    })
 }
 
 fn parse_scope<'a>(
@@ -592,7 +637,8 @@ fn parse_scope<'a>(
     kind: RequestKind,
     scan: &mut Scan<'_>,
     flagged: &mut usize,
-) -> Result<Option<RawScope<'a>>, WireError> {
+) -> Result<RawScope<'a>, WireError> {
+    scan.messages += 1;
     let mut out = RawScope {
         scope: None,
         redact: false,
@@ -603,9 +649,7 @@ fn parse_scope<'a>(
         let (tag, value) = field.map_err(|e| WireError(format!("{scope_entry}: {}", e.0)))?;
         match (tag, value) {
             (1, Value::Len(b)) => {
-                if out.scope.is_some() {
-                    return Ok(None);
-                }
+                scan.merged |= out.scope.is_some();
                 validate(b, &SCOPE, 3, [], scan).map_err(|e| e.within(scope_entry, "scope"))?;
                 out.scope = Some(b);
                 out.redact = scan.take();
@@ -653,7 +697,7 @@ fn parse_scope<'a>(
             _ => {}
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The instance key of an encoded resource, with the same rule as
@@ -850,8 +894,8 @@ mod tests {
 
     fn slices(bytes: &[u8], kind: RequestKind) -> Vec<RawResource<'_>> {
         match parse(bytes, kind).unwrap() {
-            Parsed::Slices(s, _) => s,
-            Parsed::NeedsFullDecode => panic!("unexpected fallback"),
+            Parsed::Slices { resources, .. } => resources,
+            Parsed::NeedsFullDecode { .. } => panic!("unexpected fallback"),
         }
     }
 
@@ -944,7 +988,7 @@ mod tests {
         assert!(ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok());
         assert!(matches!(
             parse(&bytes, RequestKind::Traces).unwrap(),
-            Parsed::NeedsFullDecode
+            Parsed::NeedsFullDecode { .. }
         ));
     }
 
@@ -1005,9 +1049,9 @@ mod tests {
                 RequestKind::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).is_ok(),
             };
             let ours = match parse(&bytes, kind) {
-                Ok(Parsed::Slices(..)) => true,
+                Ok(Parsed::Slices { .. }) => true,
                 // The router hands these to prost, whose verdict is then the answer.
-                Ok(Parsed::NeedsFullDecode) => prost,
+                Ok(Parsed::NeedsFullDecode { .. }) => prost,
                 Err(_) => false,
             };
             if ours != prost {
@@ -1072,8 +1116,8 @@ mod tests {
     fn regression_recursion_limit_off_by_one_matches_prost_at_100_and_101_levels() {
         let decodes = |bytes: &[u8]| ExportTraceServiceRequest::decode(bytes).is_ok();
         let ours = |bytes: &[u8]| match parse(bytes, RequestKind::Traces) {
-            Ok(Parsed::Slices(..)) => true,
-            Ok(Parsed::NeedsFullDecode) => decodes(bytes),
+            Ok(Parsed::Slices { .. }) => true,
+            Ok(Parsed::NeedsFullDecode { .. }) => decodes(bytes),
             Err(_) => false,
         };
         // The limit itself: 100 levels decode, 101 do not, in prost and here.
