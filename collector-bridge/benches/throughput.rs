@@ -11,7 +11,12 @@
 //!
 //! Run: `cargo bench -p collector-bridge --bench throughput`
 //! Knobs (env): `BENCH_REQUESTS` (default 400), `BENCH_CONCURRENCY` (8), `BENCH_SPANS` (512
-//! per request), `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge` or `rotel`).
+//! per request), `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge`,
+//! `baseline` or `rotel`), `BENCH_BASELINE_BIN` (an older `collector-bridge` binary, measured
+//! next to this build with the same load).
+//!
+//! Rates and CPU per span count the spans *delivered*: read back from the topic after the
+//! run, not the spans sent.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -188,8 +193,23 @@ struct Figures {
 }
 
 impl Figures {
+    /// Spans found in Kafka after the run, per second: what was delivered, not what was sent
+    /// (a contender that answers before Kafka acknowledged may lose some).
     fn spans_per_sec(&self) -> f64 {
-        self.spans as f64 / self.secs
+        if self.secs > 0.0 {
+            self.delivered as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    /// CPU microseconds per delivered span.
+    fn cpu_us_per_span(&self) -> f64 {
+        if self.delivered > 0 {
+            self.cpu_secs * 1e6 / self.delivered as f64
+        } else {
+            f64::NAN
+        }
     }
 }
 
@@ -386,7 +406,13 @@ fn create_topic(kafka: &Kafka, runtime: &tokio::runtime::Runtime, topic: &str) {
         .expect("create topic");
 }
 
-fn bench_bridge(load: &Load, encoded: &[Vec<u8>], runtime: &tokio::runtime::Runtime) -> Figures {
+fn bench_bridge(
+    name: &'static str,
+    binary: &std::path::Path,
+    load: &Load,
+    encoded: &[Vec<u8>],
+    runtime: &tokio::runtime::Runtime,
+) -> Figures {
     let kafka = Kafka::start().expect("start tansu");
     let topic = unique_name("bench_bridge");
     create_topic(&kafka, runtime, &topic);
@@ -396,7 +422,7 @@ fn bench_bridge(load: &Load, encoded: &[Vec<u8>], runtime: &tokio::runtime::Runt
         free_port().unwrap(),
     );
     let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_collector-bridge"))
+        Command::new(binary)
             .args(["--kafka-brokers", &kafka.brokers])
             .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http", &format!("127.0.0.1:{http}")])
@@ -410,7 +436,7 @@ fn bench_bridge(load: &Load, encoded: &[Vec<u8>], runtime: &tokio::runtime::Runt
     );
     wait_for_port(([127, 0, 0, 1], grpc).into(), Duration::from_secs(20)).expect("bridge up");
     let target = Target {
-        name: "collector-bridge",
+        name,
         kafka: &kafka,
         topic: &topic,
         endpoint: format!("http://127.0.0.1:{grpc}"),
@@ -659,7 +685,26 @@ fn main() {
         results.push(bench_raw(&load, &runtime));
     }
     if wanted("bridge") {
-        results.push(bench_bridge(&load, &encoded, &runtime));
+        results.push(bench_bridge(
+            "collector-bridge",
+            std::path::Path::new(env!("CARGO_BIN_EXE_collector-bridge")),
+            &load,
+            &encoded,
+            &runtime,
+        ));
+    }
+    // BENCH_BASELINE_BIN=path/to/an/older/collector-bridge runs that build too, with the same
+    // load, so that two builds' CPU per span sit side by side in one table.
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_BIN") {
+        if wanted("bridge") || wanted("baseline") {
+            results.push(bench_bridge(
+                "collector-bridge (baseline build)",
+                std::path::Path::new(&baseline),
+                &load,
+                &encoded,
+                &runtime,
+            ));
+        }
     }
     if wanted("rotel") {
         results.extend(bench_rotel(&load, &encoded, &runtime));
@@ -667,7 +712,7 @@ fn main() {
 
     println!();
     println!(
-        "| contender | spans/s | wall s | spans delivered | CPU s | CPU µs/span | peak RSS MiB |"
+        "| contender | delivered spans/s | wall s | spans delivered / sent | CPU s | CPU µs per delivered span | peak RSS MiB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for f in &results {
@@ -679,10 +724,13 @@ fn main() {
             f.delivered,
             f.spans,
             f.cpu_secs,
-            f.cpu_secs * 1e6 / f.spans as f64,
+            f.cpu_us_per_span(),
             f.hwm_kib as f64 / 1024.0
         );
     }
+    println!(
+        "(delivered = spans read back from the topic after the run, decoded record by record; rates and CPU per span count only those)"
+    );
     for f in &results {
         if !f.note.is_empty() {
             println!("- {}: {}", f.name, f.note);

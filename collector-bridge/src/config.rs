@@ -32,6 +32,26 @@ pub const DEFAULT_ADMISSION_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
 /// Default `grpc_max_concurrent_streams`.
 pub const DEFAULT_GRPC_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Default `http_header_read_timeout_ms`.
+pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default `request_body_timeout_ms`.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Default `grpc_first_frame_timeout_ms`.
+pub const DEFAULT_GRPC_FIRST_FRAME_TIMEOUT_MS: u64 = 10_000;
+/// Default `http2_keepalive_interval_ms`.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 30_000;
+/// Default `http2_keepalive_timeout_ms`.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+/// Default `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default `max_items_per_request`.
+pub const DEFAULT_MAX_ITEMS_PER_REQUEST: usize = 65_536;
+/// Default `max_groups_per_request`.
+pub const DEFAULT_MAX_GROUPS_PER_REQUEST: usize = 16_384;
+/// Default `redact_attributes`: private by default.
+pub const DEFAULT_REDACT_ATTRIBUTES: bool = true;
+/// Default `redact_log_bodies`.
+pub const DEFAULT_REDACT_LOG_BODIES: bool = false;
 
 /// librdkafka properties the bridge sets itself and a user may not override, with why.
 const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
@@ -118,8 +138,33 @@ pub struct Config {
     /// OTLP requests (gRPC and HTTP together) handled at once; one more is answered
     /// `UNAVAILABLE` / 503 at once (load shedding), before its body is read.
     pub max_concurrent_requests: usize,
-    /// HTTP/2 streams (concurrent requests) one OTLP/gRPC connection may open.
+    /// HTTP/2 streams (concurrent requests) one OTLP connection may open (gRPC, and HTTP/2 on
+    /// the HTTP port).
     pub grpc_max_concurrent_streams: u32,
+    /// Spans or log records one request may hold; more is refused (`RESOURCE_EXHAUSTED` / 413)
+    /// before anything is allocated for them.
+    pub max_items_per_request: usize,
+    /// Distinct trace ids and log keys (records before splitting) one request may make; more
+    /// is refused (`RESOURCE_EXHAUSTED` / 413).
+    pub max_groups_per_request: usize,
+    /// Open connections each OTLP listener (gRPC, HTTP) serves at once; further connections
+    /// wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// How long an HTTP/1 client may take to send a request's headers before the connection
+    /// is closed.
+    pub http_header_read_timeout_ms: u64,
+    /// How long a request's body (HTTP) or message (gRPC) may take to arrive, counted from the
+    /// request's arrival; later it is answered 408 (closing the connection) /
+    /// `DEADLINE_EXCEEDED`, and what it held is given back.
+    pub request_body_timeout_ms: u64,
+    /// How long a gRPC request may take to send its message's frame header, counted from its
+    /// arrival (at most `request_body_timeout_ms`).
+    pub grpc_first_frame_timeout_ms: u64,
+    /// Interval of HTTP/2 keepalive pings on OTLP connections (gRPC, and HTTP/2 on the HTTP
+    /// port).
+    pub http2_keepalive_interval_ms: u64,
+    /// How long an HTTP/2 keepalive ping may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout_ms: u64,
     /// The retry hint, in seconds, sent with `UNAVAILABLE` (gRPC `RetryInfo`) and 503
     /// (`Retry-After`).
     pub retry_after_secs: u64,
@@ -133,6 +178,15 @@ pub struct Config {
     /// `bootstrap.servers`, `message.timeout.ms`, `delivery.timeout.ms`,
     /// `queue.buffering.max.kbytes` and `message.max.bytes` (each has its own setting).
     pub kafka: BTreeMap<String, String>,
+    /// Replace attribute values whose key names a secret with `[REDACTED]` (resource, scope,
+    /// span, span event, span link and log attributes, nested values included). A key names a
+    /// secret when its last dot-separated segment, case-insensitive and with `-` read as `_`,
+    /// is one of `collector_bridge::redact::SENSITIVE_KEYS` or of `redact_extra_keys`.
+    pub redact_attributes: bool,
+    /// More last key segments to redact, next to the built-in ones (for example `ssn`).
+    pub redact_extra_keys: Vec<String>,
+    /// Redact inside log bodies too (keys of kvlist bodies), with the same rule.
+    pub redact_log_bodies: bool,
 }
 
 impl Default for Config {
@@ -157,10 +211,21 @@ impl Default for Config {
             admission_timeout_ms: DEFAULT_ADMISSION_TIMEOUT_MS,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             grpc_max_concurrent_streams: DEFAULT_GRPC_MAX_CONCURRENT_STREAMS,
+            max_items_per_request: DEFAULT_MAX_ITEMS_PER_REQUEST,
+            max_groups_per_request: DEFAULT_MAX_GROUPS_PER_REQUEST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            http_header_read_timeout_ms: DEFAULT_HTTP_HEADER_READ_TIMEOUT_MS,
+            request_body_timeout_ms: DEFAULT_REQUEST_BODY_TIMEOUT_MS,
+            grpc_first_frame_timeout_ms: DEFAULT_GRPC_FIRST_FRAME_TIMEOUT_MS,
+            http2_keepalive_interval_ms: DEFAULT_HTTP2_KEEPALIVE_INTERVAL_MS,
+            http2_keepalive_timeout_ms: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT_MS,
             retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             linger_ms: DEFAULT_LINGER_MS,
             kafka: BTreeMap::new(),
+            redact_attributes: DEFAULT_REDACT_ATTRIBUTES,
+            redact_extra_keys: Vec::new(),
+            redact_log_bodies: DEFAULT_REDACT_LOG_BODIES,
         }
     }
 }
@@ -295,6 +360,52 @@ impl Config {
         if self.grpc_max_concurrent_streams == 0 {
             return Err(invalid("grpc_max_concurrent_streams", "must be at least 1"));
         }
+        if self.max_items_per_request == 0 {
+            return Err(invalid("max_items_per_request", "must be at least 1"));
+        }
+        if self.max_groups_per_request == 0 {
+            return Err(invalid("max_groups_per_request", "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.max_connections > (usize::MAX >> 4) {
+            return Err(invalid("max_connections", "is too large"));
+        }
+        for (key, value) in [
+            (
+                "http_header_read_timeout_ms",
+                self.http_header_read_timeout_ms,
+            ),
+            ("request_body_timeout_ms", self.request_body_timeout_ms),
+            (
+                "grpc_first_frame_timeout_ms",
+                self.grpc_first_frame_timeout_ms,
+            ),
+            (
+                "http2_keepalive_interval_ms",
+                self.http2_keepalive_interval_ms,
+            ),
+            (
+                "http2_keepalive_timeout_ms",
+                self.http2_keepalive_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be above 0"));
+            }
+        }
+        for key in &self.redact_extra_keys {
+            if key.is_empty() || key.contains('.') || key.len() > crate::redact::MAX_KEY_SEGMENT {
+                return Err(invalid(
+                    "redact_extra_keys",
+                    format!(
+                        "`{key}` is not a key segment: it must be 1 to {} bytes without `.` (the last segment of a key is what is compared)",
+                        crate::redact::MAX_KEY_SEGMENT
+                    ),
+                ));
+            }
+        }
         self.validate_kafka_properties()
     }
 
@@ -322,6 +433,21 @@ impl Config {
     /// `admission_timeout_ms` as a duration, at most `produce_timeout_ms`.
     pub fn admission_timeout(&self) -> Duration {
         Duration::from_millis(self.admission_timeout_ms.min(self.produce_timeout_ms))
+    }
+
+    /// `request_body_timeout_ms` as a duration.
+    pub fn request_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_body_timeout_ms)
+    }
+
+    /// `http2_keepalive_interval_ms` as a duration.
+    pub fn http2_keepalive_interval(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_interval_ms)
+    }
+
+    /// `http2_keepalive_timeout_ms` as a duration.
+    pub fn http2_keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_timeout_ms)
     }
 
     /// `shutdown_timeout_ms` as a duration.

@@ -9,13 +9,13 @@
 //! `INVALID_ARGUMENT` (tonic's own decoder would say `INTERNAL`, which OTLP reserves for
 //! server faults).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::body::Frame;
@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
+use tokio::time::Instant;
 use tonic::codec::{
     Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
 };
@@ -34,6 +35,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::body::{self, Collected, InflateError};
 use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
 use crate::metrics::{SignalKind, Transport};
 use crate::sink::Sink;
@@ -128,21 +130,34 @@ fn status<S>(ingest: &Ingest<S>, error: IngestError) -> Status {
         ),
         IngestError::Failed(reason) => Status::internal(reason),
         IngestError::Invalid(reason) => Status::invalid_argument(reason),
+        // No retry hint: the request will never fit, so senders drop it rather than retry.
+        IngestError::TooLarge(reason) => Status::resource_exhausted(reason),
     }
+}
+
+/// How much and how slowly a gRPC request may arrive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GrpcLimits {
+    /// Largest message, after decompression.
+    pub max_request_bytes: usize,
+    /// From the request's arrival to its gRPC frame header.
+    pub first_frame_timeout: Duration,
+    /// From the request's arrival to the end of its message.
+    pub body_timeout: Duration,
 }
 
 /// One OTLP export service (traces or logs) over the shared ingest path.
 pub(crate) struct OtlpService<S, G> {
     ingest: Arc<Ingest<S>>,
-    max_request_bytes: usize,
+    limits: GrpcLimits,
     signal: PhantomData<fn() -> G>,
 }
 
 impl<S, G> OtlpService<S, G> {
-    pub fn new(ingest: Arc<Ingest<S>>, max_request_bytes: usize) -> Self {
+    pub fn new(ingest: Arc<Ingest<S>>, limits: GrpcLimits) -> Self {
         OtlpService {
             ingest,
-            max_request_bytes,
+            limits,
             signal: PhantomData,
         }
     }
@@ -152,7 +167,7 @@ impl<S, G> Clone for OtlpService<S, G> {
     fn clone(&self) -> Self {
         OtlpService {
             ingest: self.ingest.clone(),
-            max_request_bytes: self.max_request_bytes,
+            limits: self.limits,
             signal: PhantomData,
         }
     }
@@ -184,164 +199,204 @@ where
             });
         }
         let ingest = self.ingest.clone();
-        let max_request_bytes = self.max_request_bytes;
+        let limits = self.limits;
         Box::pin(async move {
+            let arrived = Instant::now();
             // In flight from here: a graceful shutdown waits for requests still being read.
             let mut ticket = match ingest.admit(G::KIND, Transport::Grpc) {
                 Ok(ticket) => ticket,
                 Err(e) => return Ok(status(&ingest, e).into_http()),
             };
-            // Reserve the message's size from its frame header before tonic reads it.
-            let (request, length) = match peek_frame(request).await {
-                Ok(peeked) => peeked,
+            let (mut parts, body) = request.into_parts();
+            let message = match read_message::<S, G, B>(
+                &ingest,
+                body,
+                &parts.headers,
+                limits,
+                &mut ticket,
+                arrived,
+            )
+            .await
+            {
+                Ok(message) => message,
                 Err(status) => return Ok(status.into_http()),
             };
-            if let Some(length) = length {
-                if length > max_request_bytes {
-                    ingest.invalid(G::KIND, Transport::Grpc);
-                    return Ok(Status::resource_exhausted(format!(
-                        "request of {length} bytes is over max_request_bytes ({max_request_bytes})"
-                    ))
-                    .into_http());
-                }
-                if let Err(e) = ticket.reserve(length).await {
-                    ingest.refused(G::KIND, Transport::Grpc, &e);
-                    return Ok(status(&ingest, e).into_http());
-                }
-            }
+            // tonic gets an empty message: the real one is read (and inflated) already, under
+            // the ticket's reservation, and goes to the export method as it is, so tonic
+            // neither buffers a second copy nor inflates anything unreserved.
+            parts.headers.remove("grpc-encoding");
+            let request = http::Request::from_parts(parts, EmptyMessage { sent: false });
             let method = Export::<S, G> {
                 ingest,
                 ticket: Some(ticket),
+                message: Some(message),
                 signal: PhantomData,
             };
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
             let mut grpc = tonic::server::Grpc::new(BodyCodec::<G::Response>(PhantomData))
                 .apply_compression_config(gzip, gzip)
-                .apply_max_message_size_config(Some(max_request_bytes), None);
-            let mut response = grpc.unary(method, request).await;
-            too_large_is_resource_exhausted(&mut response);
-            Ok(response)
+                .apply_max_message_size_config(Some(limits.max_request_bytes), None);
+            Ok(grpc.unary(method, request).await)
         })
     }
 }
 
-/// Reads the request body up to its first gRPC frame header (1 byte compression flag, 4
-/// bytes big-endian length) and returns the request with a body that replays what was read,
-/// and the message length the header announces (`None` when the body ends first: tonic
-/// answers that).
-async fn peek_frame<B>(
-    request: http::Request<B>,
-) -> Result<(http::Request<Replay<B>>, Option<usize>), Status>
+/// The gRPC frame header: compression flag and message length.
+const FRAME_HEADER: usize = 5;
+
+/// Reads the request's one gRPC message, reserving its bytes on `ticket` as they arrive (the
+/// length in the frame header only guides buffer growth), within `first_frame_timeout` for
+/// the frame header and `body_timeout` for the whole message, both from `arrived`; inflates
+/// it when it is compressed. Refusals are counted, and answered with the status returned.
+async fn read_message<S: Sink, G: Signal, B>(
+    ingest: &Ingest<S>,
+    body: B,
+    headers: &http::HeaderMap,
+    limits: GrpcLimits,
+    ticket: &mut Ticket,
+    arrived: Instant,
+) -> Result<Bytes, Status>
 where
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
-    let (parts, body) = request.into_parts();
-    let mut body = Box::pin(body);
-    let mut read: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut header = [0u8; 5];
-    let mut have = 0;
-    let mut ended = false;
-    while have < header.len() {
-        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => {
-                ended = true;
+    let invalid = |status: Status| {
+        ingest.invalid(G::KIND, Transport::Grpc);
+        status
+    };
+    let busy = |e: IngestError| {
+        ingest.refused(G::KIND, Transport::Grpc, &e);
+        status(ingest, e)
+    };
+    let max = limits.max_request_bytes;
+    let too_large = |length: usize| {
+        invalid(Status::resource_exhausted(format!(
+            "request of {length} bytes is over max_request_bytes ({max})"
+        )))
+    };
+    let mut body = std::pin::pin!(body);
+    let mut collected = Collected::default();
+    // (compressed, length) once the frame header is in.
+    let mut frame: Option<(bool, usize)> = None;
+    let header_deadline = arrived + limits.first_frame_timeout.min(limits.body_timeout);
+    let body_deadline = arrived + limits.body_timeout;
+    loop {
+        if let Some((_, length)) = frame {
+            if collected.len() >= FRAME_HEADER + length {
                 break;
             }
-            Some(Err(e)) => {
-                let e: StdError = e.into();
-                return Err(Status::cancelled(format!(
-                    "cannot read the request body: {e}"
-                )));
+        }
+        let (deadline, timeout, setting) = match frame {
+            None => (
+                header_deadline,
+                limits.first_frame_timeout.min(limits.body_timeout),
+                "grpc_first_frame_timeout_ms",
+            ),
+            Some(_) => (
+                body_deadline,
+                limits.body_timeout,
+                "request_body_timeout_ms",
+            ),
+        };
+        let next = tokio::time::timeout_at(deadline, poll_fn(|cx| body.as_mut().poll_frame(cx)));
+        let data = match next.await {
+            Err(_) => {
+                return Err(invalid(Status::deadline_exceeded(format!(
+                    "the request message did not arrive within {setting} ({} ms)",
+                    timeout.as_millis()
+                ))))
             }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(mut data) => {
-                    let data = data.copy_to_bytes(data.remaining());
-                    let n = data.len().min(header.len() - have);
-                    header[have..have + n].copy_from_slice(&data[..n]);
-                    have += n;
-                    read.push_back(Frame::data(data));
-                }
-                Err(frame) => {
-                    // Trailers before a whole frame header: nothing more will come.
-                    if let Ok(trailers) = frame.into_trailers() {
-                        read.push_back(Frame::trailers(trailers));
-                    }
-                    ended = true;
-                    break;
-                }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                let e: StdError = e.into();
+                return Err(invalid(Status::cancelled(format!(
+                    "cannot read the request body: {e}"
+                ))));
+            }
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => data.copy_to_bytes(data.remaining()),
+                // Trailers: nothing more will come.
+                Err(_) => break,
             },
+        };
+        if collected.len() + data.len() > FRAME_HEADER.saturating_add(max) {
+            return Err(too_large(collected.len() + data.len() - FRAME_HEADER));
+        }
+        let expected = frame.map(|(_, length)| FRAME_HEADER + length);
+        collected.push(data, expected, ticket).await.map_err(busy)?;
+        if frame.is_none() {
+            if let Some(head) = collected.as_slice().get(..FRAME_HEADER) {
+                let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                if length > max {
+                    return Err(too_large(length));
+                }
+                frame = Some((head[0] != 0, length));
+            }
         }
     }
-    let length = (have == header.len())
-        .then(|| u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize);
-    let body = Replay {
-        read,
-        rest: (!ended).then_some(body),
+    let Some((compressed, length)) = frame else {
+        return Err(invalid(Status::invalid_argument(
+            "the request body ended before a whole gRPC message",
+        )));
     };
-    Ok((http::Request::from_parts(parts, body), length))
+    let end = FRAME_HEADER + length;
+    if collected.len() != end {
+        return Err(invalid(Status::invalid_argument(format!(
+            "the request body holds {} bytes after the frame header, but its message has {length}: a unary request has exactly one message",
+            collected.len() - FRAME_HEADER
+        ))));
+    }
+    let message = collected.finish().slice(FRAME_HEADER..end);
+    if !compressed {
+        return Ok(message);
+    }
+    let coding = headers
+        .get("grpc-encoding")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !coding.eq_ignore_ascii_case("gzip") {
+        return Err(invalid(Status::unimplemented(format!(
+            "compressed message with grpc-encoding `{coding}`: only gzip is accepted"
+        ))));
+    }
+    body::inflate(message, max, ticket)
+        .await
+        .map_err(|e| match e {
+            InflateError::Busy(e) => busy(e),
+            InflateError::TooLarge => invalid(Status::resource_exhausted(format!(
+                "request inflates to more than max_request_bytes ({max})"
+            ))),
+            InflateError::Invalid(m) => invalid(Status::invalid_argument(m)),
+            InflateError::Internal(m) => Status::internal(m),
+        })
 }
 
-/// A request body whose first frames were already read: replays them, then the rest.
-pub(crate) struct Replay<B> {
-    read: VecDeque<Frame<Bytes>>,
-    rest: Option<Pin<Box<B>>>,
+/// A request body holding one empty, uncompressed gRPC message.
+struct EmptyMessage {
+    sent: bool,
 }
 
-impl<B> Body for Replay<B>
-where
-    B: Body,
-    B::Error: Into<StdError>,
-{
+impl Body for EmptyMessage {
     type Data = Bytes;
-    type Error = StdError;
+    type Error = Infallible;
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StdError>>> {
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.read.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        let Some(rest) = this.rest.as_mut() else {
+        if this.sent {
             return Poll::Ready(None);
-        };
-        match ready!(rest.as_mut().poll_frame(cx)) {
-            None => {
-                this.rest = None;
-                Poll::Ready(None)
-            }
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(
-                frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
-            ))),
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
         }
+        this.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &[0; FRAME_HEADER],
+        )))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_empty() && self.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
-    }
-}
-
-/// tonic refuses a message over `max_request_bytes` with `OUT_OF_RANGE`, which OTLP senders
-/// retry forever; the OTLP answer for data too large to ever accept is `RESOURCE_EXHAUSTED`
-/// without a retry hint (what the Go collector sends), so senders drop it. The status of such
-/// an early refusal sits in the response headers.
-fn too_large_is_resource_exhausted(response: &mut http::Response<tonic::body::Body>) {
-    let headers = response.headers_mut();
-    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers.get("grpc-message").is_some_and(|m| {
-            let m = m.as_bytes();
-            m.starts_with(b"Error, decoded message length too large")
-                || m.starts_with(b"Error,%20decoded%20message%20length%20too%20large")
-        });
-    if too_large {
-        headers.insert(
-            "grpc-status",
-            http::HeaderValue::from(Code::ResourceExhausted as i32),
-        );
+        self.sent
     }
 }
 
@@ -349,6 +404,8 @@ struct Export<S, G> {
     ingest: Arc<Ingest<S>>,
     /// The request's ticket, handed on to the ingest path.
     ticket: Option<Ticket>,
+    /// The request's message, read before tonic was called.
+    message: Option<Bytes>,
     signal: PhantomData<fn() -> G>,
 }
 
@@ -359,8 +416,9 @@ impl<S: Sink, G: Signal> UnaryService<Bytes> for Export<S, G> {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let ingest = self.ingest.clone();
         let ticket = self.ticket.take();
+        let message = self.message.take();
         Box::pin(async move {
-            let body = request.into_inner();
+            let body = message.unwrap_or_else(|| request.into_inner());
             // A unary service is called once per request; a second call gets a new ticket.
             let ticket = match ticket {
                 Some(ticket) => ticket,

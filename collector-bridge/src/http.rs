@@ -10,17 +10,15 @@
 //! Error bodies are a `google.rpc.Status`, protobuf-encoded or JSON like the request.
 
 use std::future::poll_fn;
-use std::io::{Cursor, Read};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::BytesMut;
-use flate2::read::GzDecoder;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -30,30 +28,33 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::time::Instant;
 
-use crate::ingest::{Accepted, Ingest, IngestError, Ticket, ROUTING_FACTOR};
+use crate::body::{self, Collected, InflateError, BLOCKING_THRESHOLD};
+use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
 use crate::metrics::{SignalKind, Transport};
+use crate::route::DECODED_MESSAGE_BYTES;
 use crate::sink::Sink;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
-/// Above this many bytes, inflating and JSON decoding run on the blocking pool, so that one
-/// large request does not stall the async workers serving every other connection.
-const BLOCKING_THRESHOLD: usize = 64 * 1024;
-
-/// The smallest step of inflated bytes reserved at a time.
-const INFLATE_STEP: usize = 4096;
-
 struct HttpState<S> {
     ingest: Arc<Ingest<S>>,
     max_request_bytes: usize,
+    /// How long a body may take to arrive, from the request's arrival.
+    body_timeout: Duration,
 }
 
-pub(crate) fn router<S: Sink>(ingest: Arc<Ingest<S>>, max_request_bytes: usize) -> axum::Router {
+pub(crate) fn router<S: Sink>(
+    ingest: Arc<Ingest<S>>,
+    max_request_bytes: usize,
+    body_timeout: Duration,
+) -> axum::Router {
     let state = Arc::new(HttpState {
         ingest,
         max_request_bytes,
+        body_timeout,
     });
     // The handlers read the body themselves, reserving memory for it as it arrives and
     // enforcing `max_request_bytes` before and after decompression.
@@ -94,6 +95,17 @@ impl Failure {
         }
     }
 
+    /// A body that did not arrive in time.
+    fn body_timeout(timeout: Duration) -> Self {
+        Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within request_body_timeout_ms ({} ms)",
+                timeout.as_millis()
+            ),
+        )
+    }
+
     /// gRPC code for the `google.rpc.Status` body.
     fn grpc_code(&self) -> i32 {
         match self.status {
@@ -101,6 +113,7 @@ impl Failure {
             StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted as i32,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => tonic::Code::InvalidArgument as i32,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
+            StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded as i32,
             _ => tonic::Code::Internal as i32,
         }
     }
@@ -129,6 +142,12 @@ impl Failure {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -179,132 +198,65 @@ fn too_large(what: &str, limit: usize) -> Failure {
     )
 }
 
-/// Reads the body, never beyond `limit` bytes, reserving its size on `ticket` before it is
-/// read: all of it from `Content-Length` up front, or chunk by chunk without one.
+/// Reads the body, never beyond `limit` bytes nor past `deadline`, reserving each chunk on
+/// `ticket` as it arrives. A `Content-Length` over the limit is refused at once, but a
+/// declared length is never reserved ahead of the bytes: a sender that declares 16 MiB and
+/// sends nothing holds nothing.
 async fn read_body(
     headers: &HeaderMap,
     mut body: Body,
     limit: usize,
     ticket: &mut Ticket,
+    deadline: Instant,
 ) -> Result<Bytes, Failure> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(declared) = declared {
-        if declared > limit as u64 {
-            return Err(too_large("body has", limit));
-        }
-        ticket.reserve(declared as usize).await.map_err(busy)?;
+    if declared.is_some_and(|d| d > limit as u64) {
+        return Err(too_large("body has", limit));
     }
-    let mut single: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    let mut total = 0usize;
-    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame.map_err(|e| {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            )
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total += data.len();
-        if total > limit {
-            return Err(too_large("body has", limit));
-        }
-        ticket.reserve(total).await.map_err(busy)?;
-        // The common single-chunk body is kept as it is, without a copy.
-        match (&mut single, &mut joined) {
-            (None, None) => single = Some(data),
-            (Some(first), None) => {
-                let mut buf =
-                    BytesMut::with_capacity(declared.map_or(total, |d| d as usize).max(total));
-                buf.extend_from_slice(first);
-                buf.extend_from_slice(&data);
-                single = None;
-                joined = Some(buf);
-            }
-            (_, Some(buf)) => buf.extend_from_slice(&data),
-        }
-    }
-    Ok(match (single, joined) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(data), None) => data,
-        (None, None) => Bytes::new(),
-    })
-}
-
-/// Inflates a gzip body, never beyond `limit` bytes, reserving the inflated size on `ticket`
-/// before it is produced (guided by the gzip trailer's size, grown when that is wrong).
-/// Large steps run on the blocking pool.
-async fn inflate(body: Bytes, limit: usize, ticket: &mut Ticket) -> Result<Bytes, Failure> {
-    let compressed = body.len();
-    let cap = limit.saturating_add(1);
-    let mut upto = gzip_size_hint(&body)
-        .saturating_add(1)
-        .max(INFLATE_STEP)
-        .min(cap);
-    let mut decoder = GzDecoder::new(Cursor::new(body));
-    let mut out = Vec::new();
-    loop {
-        ticket
-            .reserve(compressed.saturating_add(upto))
-            .await
-            .map_err(busy)?;
-        let done = if upto - out.len() > BLOCKING_THRESHOLD {
-            let (d, o, done) = tokio::task::spawn_blocking(move || {
-                let done = inflate_step(&mut decoder, &mut out, upto);
-                (decoder, out, done)
-            })
-            .await
-            .map_err(|e| {
+    let expected = declared.and_then(|d| usize::try_from(d).ok());
+    let mut collected = Collected::default();
+    let read = async {
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let frame = frame.map_err(|e| {
                 Failure::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("inflating the body failed: {e}"),
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
                 )
             })?;
-            decoder = d;
-            out = o;
-            done
-        } else {
-            inflate_step(&mut decoder, &mut out, upto)
-        };
-        let done = done.map_err(|e| {
-            Failure::new(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}"))
-        })?;
-        if out.len() > limit {
-            return Err(too_large("inflates to", limit));
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if collected.len() + data.len() > limit {
+                return Err(too_large("body has", limit));
+            }
+            collected.push(data, expected, ticket).await.map_err(busy)?;
         }
-        if done {
-            break;
-        }
-        upto = upto.saturating_mul(2).min(cap);
+        Ok(())
+    };
+    let started = Instant::now();
+    let result = tokio::time::timeout_at(deadline, read).await;
+    match result {
+        Ok(Ok(())) => Ok(collected.finish()),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) => Err(Failure::body_timeout(
+            deadline.saturating_duration_since(started),
+        )),
     }
-    drop(decoder);
-    ticket.release_to(out.len());
-    Ok(Bytes::from(out))
 }
 
-/// Inflates until `out` holds `upto` bytes or the stream ends; true when it ended.
-fn inflate_step(
-    decoder: &mut GzDecoder<Cursor<Bytes>>,
-    out: &mut Vec<u8>,
-    upto: usize,
-) -> std::io::Result<bool> {
-    let want = upto.saturating_sub(out.len());
-    out.reserve(want.min(INFLATE_STEP * 16));
-    let read = decoder.by_ref().take(want as u64).read_to_end(out)?;
-    Ok(read < want)
-}
-
-/// The inflated size a gzip member's trailer claims (ISIZE, modulo 2^32): a hint only.
-fn gzip_size_hint(body: &[u8]) -> usize {
-    match body.len().checked_sub(4).and_then(|at| body.get(at..)) {
-        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
-        _ => 0,
-    }
+/// Inflates a gzip body under the request's reservation (see [`body::inflate`]).
+async fn inflate(body: Bytes, limit: usize, ticket: &mut Ticket) -> Result<Bytes, Failure> {
+    body::inflate(body, limit, ticket)
+        .await
+        .map_err(|e| match e {
+            InflateError::Busy(e) => busy(e),
+            InflateError::TooLarge => too_large("inflates to", limit),
+            InflateError::Invalid(m) => Failure::new(StatusCode::BAD_REQUEST, m),
+            InflateError::Internal(m) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+        })
 }
 
 fn decode_json_now<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
@@ -334,16 +286,52 @@ async fn decode_json<T: DeserializeOwned + Send + 'static>(
         })?
 }
 
-/// A 503 for a request that could not get its share of the bridge's limits.
+/// A 503 for a request that could not get its share of the bridge's limits, or a 413 for one
+/// that needs more than all of it.
 fn busy(error: IngestError) -> Failure {
-    let reason = match error {
-        IngestError::Unavailable(r) | IngestError::Failed(r) | IngestError::Invalid(r) => r,
-    };
-    Failure {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        message: reason,
-        retry_after: None,
+    match error {
+        IngestError::TooLarge(reason) => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, reason),
+        IngestError::Unavailable(r) | IngestError::Failed(r) | IngestError::Invalid(r) => Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: r,
+            retry_after: None,
+        },
     }
+}
+
+/// Bytes a decoded JSON value outside objects may take (a `String` or `Vec` header).
+const JSON_VALUE_BYTES: usize = 32;
+
+/// An upper bound of what an OTLP/JSON body takes once decoded, from one pass over its bytes:
+/// a struct per object, a value per array element or field, and at most the body again in
+/// strings and bytes. `[{},{},..]` decodes to dozens of times its size; this bounds it before
+/// decoding starts.
+fn json_decoded_size(body: &[u8]) -> usize {
+    let mut objects = 0usize;
+    let mut values = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => objects += 1,
+            b'[' | b',' => values += 1,
+            _ => {}
+        }
+    }
+    body.len()
+        .saturating_add(objects.saturating_mul(DECODED_MESSAGE_BYTES))
+        .saturating_add(values.saturating_mul(JSON_VALUE_BYTES))
 }
 
 fn encode<T: Message + Serialize + Default + PartialEq>(format: Format, response: &T) -> Response {
@@ -371,6 +359,7 @@ fn failure<S>(ingest: &Ingest<S>, error: IngestError) -> Failure {
         },
         IngestError::Failed(reason) => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, reason),
         IngestError::Invalid(reason) => Failure::new(StatusCode::BAD_REQUEST, reason),
+        IngestError::TooLarge(reason) => Failure::new(StatusCode::PAYLOAD_TOO_LARGE, reason),
     }
 }
 
@@ -419,14 +408,21 @@ async fn prepare<S: Sink>(
         .map_err(|f| refuse(ingest, signal, f).into_response(Format::Protobuf))?;
     let fail = |f: Failure| refuse(ingest, signal, f).into_response(format);
     let gzip = gzip_encoded(headers).map_err(fail)?;
+    let deadline = Instant::now() + state.body_timeout;
     let mut ticket = match ingest.admit(signal, Transport::Http) {
         Ok(ticket) => ticket,
         // Counted by `admit`.
         Err(e) => return Err(failure(ingest, e).into_response(format)),
     };
-    let body = read_body(headers, body, state.max_request_bytes, &mut ticket)
-        .await
-        .map_err(fail)?;
+    let body = read_body(
+        headers,
+        body,
+        state.max_request_bytes,
+        &mut ticket,
+        deadline,
+    )
+    .await
+    .map_err(fail)?;
     let body = if gzip {
         inflate(body, state.max_request_bytes, &mut ticket)
             .await
@@ -447,8 +443,9 @@ async fn json_request<S: Sink, T: DeserializeOwned + Send + 'static>(
     what: &'static str,
 ) -> Result<T, Response> {
     let fail = |f: Failure| refuse(&state.ingest, signal, f).into_response(format);
+    // The body and its decoded form, bounded before decoding.
     ticket
-        .reserve(body.len().saturating_mul(ROUTING_FACTOR))
+        .reserve(body.len().saturating_add(json_decoded_size(&body)))
         .await
         .map_err(|e| fail(busy(e)))?;
     decode_json::<T>(body, what).await.map_err(fail)
@@ -670,35 +667,65 @@ mod tests {
         assert_eq!(t.held(), 2 << 20);
     }
 
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(60)
+    }
+
     #[tokio::test]
-    async fn regression_unbounded_memory_body_is_reserved_from_content_length_before_reading() {
+    async fn regression_slow_clients_body_is_reserved_as_it_arrives_not_from_content_length() {
         let h = headers(&[(header::CONTENT_LENGTH, "5000")]);
         // Over max_request_bytes: refused without reading.
-        let f = read_body(&h, Body::from(vec![1u8; 5000]), 4000, &mut ticket(1 << 20))
-            .await
-            .err()
-            .unwrap();
+        let f = read_body(
+            &h,
+            Body::from(vec![1u8; 5000]),
+            4000,
+            &mut ticket(1 << 20),
+            later(),
+        )
+        .await
+        .err()
+        .unwrap();
         assert_eq!(f.status, StatusCode::PAYLOAD_TOO_LARGE);
-        // Over the free budget: 503 before reading.
+        // Over the free budget: 503 when the bytes arrive, and nothing held.
         let (mut t, _other) = busy_ticket(1 << 20, 4000).await;
-        let f = read_body(&h, Body::from(vec![1u8; 5000]), 1 << 20, &mut t)
+        let f = read_body(&h, Body::from(vec![1u8; 5000]), 1 << 20, &mut t, later())
             .await
             .err()
             .unwrap();
         assert_eq!(f.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(t.held(), 0);
         let mut t = ticket(1 << 20);
-        let body = read_body(&h, Body::from(vec![1u8; 5000]), 1 << 20, &mut t)
+        let body = read_body(&h, Body::from(vec![1u8; 5000]), 1 << 20, &mut t, later())
             .await
             .ok()
             .unwrap();
         assert_eq!((body.len(), t.held()), (5000, 5000));
-        // Without Content-Length, the reservation follows what arrives.
-        let mut t = ticket(1 << 20);
-        let body = read_body(&HeaderMap::new(), Body::from(vec![1u8; 300]), 1000, &mut t)
-            .await
-            .ok()
-            .unwrap();
+        // A declared 16 MiB holds only what arrived.
+        let declared = headers(&[(header::CONTENT_LENGTH, "16777216")]);
+        let mut t = ticket(32 << 20);
+        let body = read_body(
+            &declared,
+            Body::from(vec![1u8; 300]),
+            16 << 20,
+            &mut t,
+            later(),
+        )
+        .await
+        .ok()
+        .unwrap();
         assert_eq!((body.len(), t.held()), (300, 300));
+        // A body that does not arrive in time is a 408 that closes the connection.
+        let hanging =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let mut t = ticket(32 << 20);
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        let f = read_body(&declared, hanging, 16 << 20, &mut t, deadline)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(f.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(t.held(), 0);
+        let response = f.into_response(Format::Protobuf);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 }

@@ -2,11 +2,23 @@
 //! share of `max_in_flight_bytes` reserved before its body is read), route it, publish under
 //! the produce deadline, and count everything.
 //!
-//! Memory stays bounded while Kafka is slow because every byte a request holds is reserved
-//! before it exists: the body from `Content-Length` / the gRPC frame length before it is read,
-//! the inflated size as inflating goes, and the routed records (estimated as much again as the
-//! input) before routing. A request that cannot get its share within `admission_timeout_ms`
-//! is answered `UNAVAILABLE` / 503 and the sender retries later.
+//! Memory stays bounded, whatever senders send and however slow Kafka is, because every byte a
+//! request holds is reserved before it exists:
+//!
+//! * the body as it arrives, and its inflated size as inflating goes;
+//! * [`ITEM_OVERHEAD`] per span or log record (counted from the framing alone) for the
+//!   routing bookkeeping, before any of it is allocated;
+//! * the decoded structs when a request has to be decoded (OTLP/JSON, `otlp_json` output, a
+//!   repeated `resource`), bounded from its message or object count before decoding;
+//! * the records: routing computes every record's size before making any (a resource shared
+//!   by many traces is copied into each trace's record) and [`GROUP_OVERHEAD`] per trace or
+//!   key; when that is more than was reserved, the request reserves it and is routed again.
+//!
+//! A request that cannot get its share within `admission_timeout_ms` is answered
+//! `UNAVAILABLE` / 503 and the sender retries later; one that needs more than the whole
+//! `max_in_flight_bytes`, or holds more than `max_items_per_request` items or
+//! `max_groups_per_request` traces and keys, is refused for good (`RESOURCE_EXHAUSTED` / 413)
+//! with a message naming the setting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +32,9 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome, SignalKind, Transport};
-use crate::route::{Routed, Router};
+use crate::route::{RouteError, RouteLimits, Routed, Router};
 use crate::sink::{Sink, SinkError};
+use crate::wire;
 
 /// A request whose records are all durable; `rejected` items were left out, for
 /// `error_message`'s reasons.
@@ -41,11 +54,29 @@ pub(crate) enum IngestError {
     Failed(String),
     /// Do not retry: the request is malformed.
     Invalid(String),
+    /// Do not retry: the request needs more than the bridge's limits allow.
+    TooLarge(String),
 }
 
-/// How much more than its input a request may hold while it is routed: the input itself and
-/// the records made from it (about the input's size with `otlp_proto`).
-pub(crate) const ROUTING_FACTOR: usize = 2;
+impl IngestError {
+    /// The reason given to the sender.
+    pub fn message(&self) -> &str {
+        match self {
+            IngestError::Unavailable(m)
+            | IngestError::Failed(m)
+            | IngestError::Invalid(m)
+            | IngestError::TooLarge(m) => m,
+        }
+    }
+}
+
+/// Bookkeeping bytes per span or log record while a request is routed: its slice and view
+/// entries, and its place in its group (reserved before parsing, from the item count).
+pub(crate) const ITEM_OVERHEAD: usize = 256;
+
+/// How many times a request is routed again after reserving what routing said it needs (each
+/// time the need is known better: decoded size first, then the records).
+const ROUTE_ATTEMPTS: usize = 4;
 
 /// The limits every request in progress shares.
 pub(crate) struct Admission {
@@ -116,14 +147,17 @@ impl Ticket {
         self.held
     }
 
-    /// Makes the reservation at least `total` bytes (a request larger than the whole budget
-    /// takes all of it), waiting at most `admission_timeout_ms` for what is missing.
+    /// Makes the reservation at least `total` bytes, waiting at most `admission_timeout_ms`
+    /// for what is missing. More than the whole budget is refused at once (`TooLarge`).
     pub async fn reserve(&mut self, total: usize) -> Result<(), IngestError> {
         let admission = &self.admission;
-        let target = total
-            .min(admission.max_bytes)
-            .min(u32::MAX as usize)
-            .max(self.held);
+        if total > admission.max_bytes || total > u32::MAX as usize {
+            return Err(IngestError::TooLarge(format!(
+                "the request needs {total} bytes to be read and routed (its body, decoded form, bookkeeping and records), more than max_in_flight_bytes ({}); send smaller batches or raise max_in_flight_bytes",
+                admission.max_bytes
+            )));
+        }
+        let target = total.max(self.held);
         // `target` is at most u32::MAX.
         let more = u32::try_from(target - self.held).unwrap_or(u32::MAX);
         if more == 0 {
@@ -178,6 +212,10 @@ pub(crate) struct Ingest<S> {
     pub metrics: Metrics,
     produce_timeout: Duration,
     admission: Arc<Admission>,
+    /// `max_items_per_request`.
+    max_items: usize,
+    /// `max_groups_per_request`.
+    max_groups: usize,
     /// Told to senders with UNAVAILABLE / 503.
     pub retry_after: Duration,
 }
@@ -197,6 +235,8 @@ impl<S: Sink> Ingest<S> {
             metrics,
             produce_timeout: config.produce_timeout(),
             admission,
+            max_items: config.max_items_per_request,
+            max_groups: config.max_groups_per_request,
             retry_after: Duration::from_secs(config.retry_after_secs),
         }
     }
@@ -222,13 +262,16 @@ impl<S: Sink> Ingest<S> {
         let outcome = match error {
             IngestError::Unavailable(_) => Outcome::Unavailable,
             IngestError::Failed(_) => Outcome::Failed,
-            IngestError::Invalid(_) => Outcome::Invalid,
+            IngestError::Invalid(_) | IngestError::TooLarge(_) => Outcome::Invalid,
         };
         self.metrics.request(signal, transport, outcome);
         // Debug only: under overload every shed request would log, which costs what the
         // shedding saves; `dlog_bridge_requests_total{outcome="unavailable"}` counts them.
-        if let IngestError::Unavailable(reason) = error {
-            tracing::debug!(%reason, "request refused");
+        match error {
+            IngestError::Unavailable(reason) | IngestError::TooLarge(reason) => {
+                tracing::debug!(%reason, "request refused");
+            }
+            IngestError::Failed(_) | IngestError::Invalid(_) => {}
         }
     }
 
@@ -237,31 +280,145 @@ impl<S: Sink> Ingest<S> {
         self.metrics.request(signal, transport, Outcome::Invalid);
     }
 
-    /// Routes and delivers a decoded trace request (OTLP/JSON input). `ticket` should already
-    /// hold what the request and its routing need.
+    /// Routes and delivers a decoded trace request (OTLP/JSON input). `ticket` holds the
+    /// request's body and decoded form already.
     pub async fn traces(
         &self,
-        request: ExportTraceServiceRequest,
-        ticket: Ticket,
+        mut request: ExportTraceServiceRequest,
+        mut ticket: Ticket,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
-        let routed = self.router.traces(&request);
+        self.router.redact_traces(&mut request);
+        let items = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        let routed = self
+            .route_decoded(&mut ticket, items, |limits| {
+                self.router.route_traces(&request, limits)
+            })
+            .await;
+        // The records are all that is left to hold while Kafka is waited for.
         drop(request);
-        self.deliver(routed, ticket, SignalKind::Traces, transport)
+        self.finish(routed, ticket, SignalKind::Traces, transport)
             .await
     }
 
     /// Routes and delivers a decoded logs request (OTLP/JSON input).
     pub async fn logs(
         &self,
-        request: ExportLogsServiceRequest,
-        ticket: Ticket,
+        mut request: ExportLogsServiceRequest,
+        mut ticket: Ticket,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
-        let routed = self.router.logs(&request);
+        self.router.redact_logs(&mut request);
+        let items = request
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum();
+        let routed = self
+            .route_decoded(&mut ticket, items, |limits| {
+                self.router.route_logs(&request, limits)
+            })
+            .await;
         drop(request);
-        self.deliver(routed, ticket, SignalKind::Logs, transport)
+        self.finish(routed, ticket, SignalKind::Logs, transport)
             .await
+    }
+
+    /// Routes a decoded request of `items` items under reservations.
+    async fn route_decoded(
+        &self,
+        ticket: &mut Ticket,
+        items: usize,
+        route: impl Fn(RouteLimits) -> Result<Routed, RouteError>,
+    ) -> Result<Routed, IngestError> {
+        self.check_items(items)?;
+        // What is held covers the body and the decoded request already.
+        let held = ticket.held();
+        let base = held.saturating_add(items.saturating_mul(ITEM_OVERHEAD));
+        self.route_within(ticket, base, held, route).await
+    }
+
+    /// Delivers what was routed, or counts and returns why nothing was.
+    async fn finish(
+        &self,
+        routed: Result<Routed, IngestError>,
+        ticket: Ticket,
+        signal: SignalKind,
+        transport: Transport,
+    ) -> Result<Accepted, IngestError> {
+        match routed {
+            Ok(routed) => self.deliver(routed, ticket, signal, transport).await,
+            Err(e) => {
+                self.refused(signal, transport, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Refuses a request with more items than `max_items_per_request`.
+    fn check_items(&self, items: usize) -> Result<(), IngestError> {
+        if items > self.max_items {
+            return Err(IngestError::TooLarge(format!(
+                "the request holds {items} spans or log records, more than max_items_per_request ({}); send smaller batches",
+                self.max_items
+            )));
+        }
+        Ok(())
+    }
+
+    /// Routes under reservations: `base` bytes (body and bookkeeping) plus what routing says
+    /// it needs beyond them, starting from a guess of `guess` bytes. Reserving what routing
+    /// needs before it makes anything is what bounds a request's memory by its reservation.
+    async fn route_within(
+        &self,
+        ticket: &mut Ticket,
+        base: usize,
+        guess: usize,
+        route: impl Fn(RouteLimits) -> Result<Routed, RouteError>,
+    ) -> Result<Routed, IngestError> {
+        let mut allowance = guess;
+        for _ in 0..ROUTE_ATTEMPTS {
+            // A first guess beyond the budget is lowered to what the budget leaves: routing
+            // then says whether the request fits at all.
+            let room = self.admission.max_bytes.saturating_sub(base);
+            if base > self.admission.max_bytes {
+                ticket.reserve(base).await?;
+            }
+            let limited = allowance.min(room);
+            ticket.reserve(base.saturating_add(limited)).await?;
+            let limits = RouteLimits {
+                max_groups: self.max_groups,
+                allowance: limited,
+            };
+            match route(limits) {
+                Ok(routed) => return Ok(routed),
+                Err(RouteError::NeedsBytes { needed }) if needed > limited => {
+                    if needed > room {
+                        // Refused with the total, naming the setting.
+                        ticket.reserve(base.saturating_add(needed)).await?;
+                    }
+                    allowance = needed;
+                }
+                Err(e @ RouteError::TooManyGroups { .. }) => {
+                    return Err(IngestError::TooLarge(e.to_string()))
+                }
+                Err(RouteError::Invalid(e)) => return Err(IngestError::Invalid(e.to_string())),
+                Err(e @ RouteError::NeedsBytes { .. }) => {
+                    return Err(IngestError::Failed(format!(
+                        "routing asked for less than it was given: {e}"
+                    )))
+                }
+            }
+        }
+        Err(IngestError::Failed(format!(
+            "routing still needed more bytes after {ROUTE_ATTEMPTS} reservations"
+        )))
     }
 
     /// Routes and delivers a protobuf `ExportTraceServiceRequest`, read in place.
@@ -293,26 +450,24 @@ impl<S: Sink> Ingest<S> {
         signal: SignalKind,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
-        // The records routing makes exist next to the body until it is dropped.
-        if let Err(e) = ticket
-            .reserve(body.len().saturating_mul(ROUTING_FACTOR))
-            .await
-        {
-            self.refused(signal, transport, &e);
-            return Err(e);
-        }
-        let routed = match signal {
-            SignalKind::Traces => self.router.traces_protobuf(&body),
-            SignalKind::Logs => self.router.logs_protobuf(&body),
+        // Broken framing counts as no items: validation refuses it before anything is made.
+        let items = wire::count_items(&body).unwrap_or(0);
+        let routed = match self.check_items(items) {
+            Ok(()) => {
+                let base = body
+                    .len()
+                    .saturating_add(items.saturating_mul(ITEM_OVERHEAD));
+                // First guess: records about as large as the request.
+                self.route_within(&mut ticket, base, body.len(), |limits| match signal {
+                    SignalKind::Traces => self.router.traces_protobuf_within(&body, limits),
+                    SignalKind::Logs => self.router.logs_protobuf_within(&body, limits),
+                })
+                .await
+            }
+            Err(e) => Err(e),
         };
         drop(body);
-        match routed {
-            Ok(routed) => self.deliver(routed, ticket, signal, transport).await,
-            Err(e) => {
-                self.invalid(signal, transport);
-                Err(IngestError::Invalid(e.to_string()))
-            }
-        }
+        self.finish(routed, ticket, signal, transport).await
     }
 
     async fn deliver(
@@ -402,13 +557,8 @@ impl<S: Sink> Ingest<S> {
                 c.failed_records.inc_by(*records);
             }
         }
-        if let Err(
-            IngestError::Unavailable(reason)
-            | IngestError::Failed(reason)
-            | IngestError::Invalid(reason),
-        ) = &result
-        {
-            tracing::warn!(%reason, "request not acknowledged");
+        if let Err(e) = &result {
+            tracing::warn!(reason = %e.message(), "request not acknowledged");
         }
         result
     }
@@ -452,10 +602,11 @@ mod tests {
         c.reserve(400).await.unwrap();
         c.reserve(900).await.unwrap();
         assert_eq!(admission.in_flight_bytes.get(), 1000);
-        // More than the whole budget takes all of it (and no more).
+        // More than the whole budget is refused at once, for good.
         drop(a);
-        c.reserve(5000).await.unwrap();
-        assert_eq!(c.held(), 1000);
+        let err = c.reserve(5000).await.unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(m) if m.contains("max_in_flight_bytes")));
+        assert_eq!(c.held(), 900);
         drop(c);
         assert_eq!(admission.in_flight_bytes.get(), 0);
         assert_eq!(admission.in_flight_requests.get(), 0);

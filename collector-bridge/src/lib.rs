@@ -31,12 +31,15 @@
 //! # }
 //! ```
 
+mod body;
 pub mod cli;
 pub mod config;
 mod grpc;
 mod http;
 mod ingest;
+mod listen;
 mod metrics;
+pub mod redact;
 pub mod route;
 pub mod sink;
 mod wire;
@@ -281,29 +284,48 @@ pub async fn start_with_sink<S: Sink>(
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let (fail_tx, failures) = mpsc::unbounded_channel();
 
+    let grpc_limits = grpc::GrpcLimits {
+        max_request_bytes: config.max_request_bytes,
+        first_frame_timeout: Duration::from_millis(config.grpc_first_frame_timeout_ms),
+        body_timeout: config.request_body_timeout(),
+    };
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.grpc_max_concurrent_streams))
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
         .add_service(grpc::OtlpService::<S, grpc::Traces>::new(
             ingest.clone(),
-            config.max_request_bytes,
+            grpc_limits,
         ))
         .add_service(grpc::OtlpService::<S, grpc::Logs>::new(
             ingest.clone(),
-            config.max_request_bytes,
+            grpc_limits,
         ))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            listen::capped_incoming(grpc_listener, config.max_connections),
             stopped(stop_rx.clone()),
         );
     let grpc_task = spawn_server("otlp_grpc", fail_tx.clone(), async move {
         grpc.await.map_err(|e| e.to_string())
     });
 
-    let http_app = http::router(ingest.clone(), config.max_request_bytes);
-    let http = axum::serve(http_listener, http_app).with_graceful_shutdown(stopped(stop_rx));
-    let http_task = spawn_server("otlp_http", fail_tx.clone(), async move {
-        http.await.map_err(|e| e.to_string())
-    });
+    let http_app = http::router(
+        ingest.clone(),
+        config.max_request_bytes,
+        config.request_body_timeout(),
+    );
+    let http_limits = listen::ConnectionLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),
+        keepalive_interval: config.http2_keepalive_interval(),
+        keepalive_timeout: config.http2_keepalive_timeout(),
+        max_concurrent_streams: config.grpc_max_concurrent_streams,
+    };
+    let http_task = spawn_server(
+        "otlp_http",
+        fail_tx.clone(),
+        listen::serve_http(http_listener, http_app, http_limits, stopped(stop_rx)),
+    );
 
     let admin_app = dlog_core::admin::router(admin_state.clone());
     let admin =

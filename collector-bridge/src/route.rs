@@ -16,8 +16,8 @@
 //! protobuf the slices cannot express) are written by prost. Both produce the same bytes for
 //! the same request. Sizes under `otlp_proto` are exact, so splitting never re-encodes.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -34,8 +34,9 @@ use prost::Message;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::redact::Redactor;
 use crate::sink::{headers_len, OutRecord};
-use crate::wire::{self, Parsed, RawItem, RequestKind, WireError};
+use crate::wire::{self, Parsed, RawItem, RawResource, RequestKind, WireError};
 
 /// How many rejection reasons a partial-success message spells out before summarising.
 const REASONS_SHOWN: usize = 3;
@@ -73,10 +74,12 @@ pub struct Router {
     heartbeat_topic: Arc<str>,
     encoding: Encoding,
     max_message_bytes: usize,
+    /// Redacts sensitive attribute values (`redact_attributes`).
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl Router {
-    /// A router with the topics, encoding and size limit of `config`.
+    /// A router with the topics, encoding, size limit and redaction of `config`.
     pub fn new(config: &Config) -> Router {
         Router {
             trace_topic: Arc::from(config.trace_logs_topic.as_str()),
@@ -84,11 +87,81 @@ impl Router {
             heartbeat_topic: Arc::from(config.heartbeat_logs_topic.as_str()),
             encoding: config.encoding,
             max_message_bytes: config.max_message_bytes,
+            redactor: config.redact_attributes.then(|| {
+                Arc::new(Redactor::new(
+                    config.redact_extra_keys.iter().map(String::as_str),
+                    config.redact_log_bodies,
+                ))
+            }),
         }
     }
 
-    /// Routes spans: one record per trace (more when a trace exceeds the size limit).
+    /// Routes spans: one record per trace (more when a trace exceeds the size limit), with
+    /// sensitive attribute values redacted (on a copy, only when there are some). Without the
+    /// per-request limits the receivers apply (`max_groups_per_request`, the in-flight budget).
     pub fn traces(&self, request: &ExportTraceServiceRequest) -> Routed {
+        let routed = match &self.redactor {
+            Some(redactor) if redactor.traces_match(request) => {
+                let mut copy = request.clone();
+                redactor.traces(&mut copy);
+                self.route_traces(&copy, RouteLimits::NONE)
+            }
+            _ => self.route_traces(request, RouteLimits::NONE),
+        };
+        unlimited(routed)
+    }
+
+    /// Routes log records, with sensitive attribute values redacted (on a copy, only when
+    /// there are some). Without the per-request limits, as [`Router::traces`].
+    pub fn logs(&self, request: &ExportLogsServiceRequest) -> Routed {
+        let routed = match &self.redactor {
+            Some(redactor) if redactor.logs_match(request) => {
+                let mut copy = request.clone();
+                redactor.logs(&mut copy);
+                self.route_logs(&copy, RouteLimits::NONE)
+            }
+            _ => self.route_logs(request, RouteLimits::NONE),
+        };
+        unlimited(routed)
+    }
+
+    /// Routes a protobuf-encoded `ExportTraceServiceRequest`, reading it in place when the
+    /// output encoding is `otlp_proto`. Without the per-request limits, as [`Router::traces`].
+    pub fn traces_protobuf(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
+        match self.traces_protobuf_within(bytes, RouteLimits::NONE) {
+            Err(RouteError::Invalid(e)) => Err(e),
+            other => Ok(unlimited(other)),
+        }
+    }
+
+    /// Routes a protobuf-encoded `ExportLogsServiceRequest`, as [`Router::traces_protobuf`].
+    pub fn logs_protobuf(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
+        match self.logs_protobuf_within(bytes, RouteLimits::NONE) {
+            Err(RouteError::Invalid(e)) => Err(e),
+            other => Ok(unlimited(other)),
+        }
+    }
+
+    /// Redacts a decoded request in place (when redaction is on).
+    pub(crate) fn redact_traces(&self, request: &mut ExportTraceServiceRequest) {
+        if let Some(redactor) = &self.redactor {
+            redactor.traces(request);
+        }
+    }
+
+    /// Redacts a decoded request in place (when redaction is on).
+    pub(crate) fn redact_logs(&self, request: &mut ExportLogsServiceRequest) {
+        if let Some(redactor) = &self.redactor {
+            redactor.logs(request);
+        }
+    }
+
+    /// Routes a decoded (and already redacted) trace request within `limits`.
+    pub(crate) fn route_traces(
+        &self,
+        request: &ExportTraceServiceRequest,
+        limits: RouteLimits,
+    ) -> Result<Routed, RouteError> {
         let view: Vec<
             ResourceView<'_, Owned<'_, Resource>, Owned<'_, InstrumentationScope>, Owned<'_, Span>>,
         > = request
@@ -115,11 +188,17 @@ impl Router {
             },
             |r| resource_instance_key(view[r].resource.as_ref().map(|o| o.0)),
             Some(&encode_json_traces),
+            limits,
         )
     }
 
-    /// Routes log records: heartbeats by instance, others by trace id or instance.
-    pub fn logs(&self, request: &ExportLogsServiceRequest) -> Routed {
+    /// Routes a decoded (and already redacted) logs request within `limits`: heartbeats by
+    /// instance, other log records by trace id or instance.
+    pub(crate) fn route_logs(
+        &self,
+        request: &ExportLogsServiceRequest,
+        limits: RouteLimits,
+    ) -> Result<Routed, RouteError> {
         let view: Vec<
             ResourceView<
                 '_,
@@ -154,65 +233,129 @@ impl Router {
             },
             |r| resource_instance_key(view[r].resource.as_ref().map(|o| o.0)),
             Some(&encode_json_logs),
+            limits,
         )
     }
 
-    /// Routes a protobuf-encoded `ExportTraceServiceRequest`, reading it in place when the
-    /// output encoding is `otlp_proto`.
-    pub fn traces_protobuf(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
-        let invalid = |e: WireError| InvalidRequest {
-            request: "ExportTraceServiceRequest",
-            reason: e.to_string(),
+    /// Routes a protobuf `ExportTraceServiceRequest` within `limits`: read in place with
+    /// `otlp_proto`, decoded otherwise (once its decoded size fits the allowance).
+    pub(crate) fn traces_protobuf_within(
+        &self,
+        bytes: &[u8],
+        limits: RouteLimits,
+    ) -> Result<Routed, RouteError> {
+        const REQUEST: &str = "ExportTraceServiceRequest";
+        let in_place = self.encoding == Encoding::OtlpProto;
+        let redactor = self.redactor.as_deref().filter(|_| in_place);
+        let parsed =
+            wire::parse_with(bytes, RequestKind::Traces, redactor).map_err(invalid(REQUEST))?;
+        let (resources, flagged) = match parsed {
+            Parsed::Slices {
+                resources, flagged, ..
+            } if in_place => (resources, flagged),
+            Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => {
+                let decoded = decoded_size(bytes.len(), messages);
+                let limits = limits.spend(decoded, bytes.len())?;
+                let mut request = ExportTraceServiceRequest::decode(bytes)
+                    .map_err(|e| invalid(REQUEST)(WireError::new(e.to_string())))?;
+                self.redact_traces(&mut request);
+                return self
+                    .route_traces(&request, limits)
+                    .map_err(|e| e.plus(decoded));
+            }
         };
-        let decode = || {
-            ExportTraceServiceRequest::decode(bytes).map_err(|e| InvalidRequest {
-                request: "ExportTraceServiceRequest",
-                reason: e.to_string(),
-            })
-        };
-        if self.encoding != Encoding::OtlpProto {
-            return Ok(self.traces(&decode()?));
-        }
-        let resources = match wire::parse(bytes, RequestKind::Traces).map_err(invalid)? {
-            Parsed::Slices(resources) => resources,
-            Parsed::NeedsFullDecode => return Ok(self.traces(&decode()?)),
-        };
+        let rewritten = self
+            .redacted_parts(&resources, flagged, RequestKind::Traces)
+            .map_err(invalid(REQUEST))?;
+        let mut resources = resources;
+        substitute(&mut resources, &rewritten);
         let view = raw_view(&resources, |item| RawSpan(*item));
-        Ok(self.route(
+        self.route(
             &view,
             |span: &RawSpan<'_>| classify_span(span.0.trace_id, span.0.span_id, || span.describe()),
             |r| wire::instance_key(resources[r].resource),
             None,
-        ))
+            limits,
+        )
     }
 
-    /// Routes a protobuf-encoded `ExportLogsServiceRequest`, reading it in place when the
-    /// output encoding is `otlp_proto`.
-    pub fn logs_protobuf(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
-        let invalid = |e: WireError| InvalidRequest {
-            request: "ExportLogsServiceRequest",
-            reason: e.to_string(),
+    /// Routes a protobuf `ExportLogsServiceRequest` within `limits`, as
+    /// [`Router::traces_protobuf_within`].
+    pub(crate) fn logs_protobuf_within(
+        &self,
+        bytes: &[u8],
+        limits: RouteLimits,
+    ) -> Result<Routed, RouteError> {
+        const REQUEST: &str = "ExportLogsServiceRequest";
+        let in_place = self.encoding == Encoding::OtlpProto;
+        let redactor = self.redactor.as_deref().filter(|_| in_place);
+        let parsed =
+            wire::parse_with(bytes, RequestKind::Logs, redactor).map_err(invalid(REQUEST))?;
+        let (resources, flagged) = match parsed {
+            Parsed::Slices {
+                resources, flagged, ..
+            } if in_place => (resources, flagged),
+            Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => {
+                let decoded = decoded_size(bytes.len(), messages);
+                let limits = limits.spend(decoded, bytes.len())?;
+                let mut request = ExportLogsServiceRequest::decode(bytes)
+                    .map_err(|e| invalid(REQUEST)(WireError::new(e.to_string())))?;
+                self.redact_logs(&mut request);
+                return self
+                    .route_logs(&request, limits)
+                    .map_err(|e| e.plus(decoded));
+            }
         };
-        let decode = || {
-            ExportLogsServiceRequest::decode(bytes).map_err(|e| InvalidRequest {
-                request: "ExportLogsServiceRequest",
-                reason: e.to_string(),
-            })
-        };
-        if self.encoding != Encoding::OtlpProto {
-            return Ok(self.logs(&decode()?));
-        }
-        let resources = match wire::parse(bytes, RequestKind::Logs).map_err(invalid)? {
-            Parsed::Slices(resources) => resources,
-            Parsed::NeedsFullDecode => return Ok(self.logs(&decode()?)),
-        };
+        let rewritten = self
+            .redacted_parts(&resources, flagged, RequestKind::Logs)
+            .map_err(invalid(REQUEST))?;
+        let mut resources = resources;
+        substitute(&mut resources, &rewritten);
         let view = raw_view(&resources, |item| RawLog(*item));
-        Ok(self.route(
+        self.route(
             &view,
             |log: &RawLog<'_>| Ok(classify_log(log.0.trace_id, log.0.heartbeat)),
             |r| wire::instance_key(resources[r].resource),
             None,
-        ))
+            limits,
+        )
+    }
+
+    /// The flagged parts of a sliced request, decoded, redacted and encoded again, in the
+    /// order [`substitute`] puts them back. Nothing is decoded when nothing was flagged.
+    fn redacted_parts(
+        &self,
+        resources: &[RawResource<'_>],
+        flagged: usize,
+        kind: RequestKind,
+    ) -> Result<Vec<Vec<u8>>, WireError> {
+        let Some(redactor) = self.redactor.as_deref().filter(|_| flagged > 0) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(flagged);
+        for rv in resources {
+            if let (true, Some(bytes)) = (rv.redact, rv.resource) {
+                out.push(rewrite::<Resource>(bytes, |r| redactor.resource(r))?);
+            }
+            for sv in &rv.scopes {
+                if let (true, Some(bytes)) = (sv.redact, sv.scope) {
+                    out.push(rewrite::<InstrumentationScope>(bytes, |s| {
+                        redactor.scope(s)
+                    })?);
+                }
+                for item in sv.items.iter().filter(|i| i.redact) {
+                    out.push(match kind {
+                        RequestKind::Traces => {
+                            rewrite::<Span>(item.bytes, |span| redactor.span(span))?
+                        }
+                        RequestKind::Logs => {
+                            rewrite::<LogRecord>(item.bytes, |log| redactor.log(log))?
+                        }
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn topic(&self, dest: Dest) -> &Arc<str> {
@@ -229,15 +372,15 @@ impl Router {
         classify: impl Fn(&I) -> Result<(Dest, Classified), String>,
         instance_key: impl Fn(usize) -> String,
         json: Option<&JsonEncoder<'_, R, S, I>>,
-    ) -> Routed {
+        limits: RouteLimits,
+    ) -> Result<Routed, RouteError> {
         let model = SizeModel::new(self.encoding);
         let mut routed = Routed::default();
         let mut rejections = Rejections::default();
 
         // Group items by (destination, key), remembering where each item sits.
         let mut groups: Vec<Group> = Vec::new();
-        let mut index: HashMap<(Dest, GroupKey), usize, BuildHasherDefault<IdHasher>> =
-            HashMap::default();
+        let mut index: HashMap<IndexKey, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut instances: Vec<String> = Vec::new();
         let mut instance_of_key: HashMap<String, u32> = HashMap::new();
         let mut rs_fixed = Vec::with_capacity(view.len());
@@ -274,14 +417,22 @@ impl Router {
                             }))
                         }
                     };
-                    let g = *index.entry((dest, key)).or_insert_with(|| {
-                        groups.push(Group {
-                            dest,
-                            key,
-                            members: Vec::new(),
-                        });
-                        groups.len() - 1
-                    });
+                    let g = match index.entry(IndexKey(dest, key)) {
+                        Entry::Occupied(e) => *e.get(),
+                        Entry::Vacant(e) => {
+                            if groups.len() >= limits.max_groups {
+                                return Err(RouteError::TooManyGroups {
+                                    max: limits.max_groups,
+                                });
+                            }
+                            groups.push(Group {
+                                dest,
+                                key,
+                                members: Vec::new(),
+                            });
+                            *e.insert(groups.len() - 1)
+                        }
+                    };
                     let len = item.wire_len();
                     groups[g].members.push(Member {
                         r: r as u32,
@@ -301,13 +452,35 @@ impl Router {
             model,
         };
         let headers = headers_len(self.encoding, I::SIGNAL);
+        let key_len = |key: GroupKey| match key {
+            GroupKey::Trace(_) => 32,
+            GroupKey::Instance(n) => instances[n as usize].len(),
+        };
+        // Every record's size before any is made: shared resources and scopes are copied into
+        // each record, so a request's records can be far larger than the request.
+        let mut packed = Vec::with_capacity(groups.len());
+        let mut needed = groups.len().saturating_mul(GROUP_OVERHEAD);
         for group in &groups {
+            let key = key_len(group.key);
+            let budget = self.max_message_bytes.saturating_sub(key + headers);
+            let chunks = pack(&layout, &group.members, budget);
+            for chunk in &chunks {
+                if let Packed::Fits(range) = chunk {
+                    needed = needed
+                        .saturating_add(layout.size(&group.members[range.clone()]) + key + headers);
+                }
+            }
+            packed.push(chunks);
+        }
+        if needed > limits.allowance {
+            return Err(RouteError::NeedsBytes { needed });
+        }
+        for (group, chunks) in groups.iter().zip(packed) {
             let key = match group.key {
                 GroupKey::Trace(id) => hex_id(&id),
                 GroupKey::Instance(n) => instances[n as usize].clone(),
             };
-            let budget = self.max_message_bytes.saturating_sub(key.len() + headers);
-            for chunk in pack(&layout, &group.members, budget) {
+            for chunk in chunks {
                 match chunk {
                     Packed::Fits(range) => self.emit(
                         &layout,
@@ -328,7 +501,7 @@ impl Router {
         }
         routed.rejected = rejections.count;
         routed.error_message = rejections.message(I::NOUN, routed.received);
-        routed
+        Ok(routed)
     }
 
     /// Encodes `members` as one record; when the encoded record is over the limit (the JSON
@@ -386,6 +559,162 @@ impl Router {
                 record.size(),
                 self.max_message_bytes
             ));
+        }
+    }
+}
+
+/// Bytes that decoded OTLP structs take at most per protobuf message or JSON object: the
+/// largest struct (a span), twice over for the growth of the vector holding it.
+pub(crate) const DECODED_MESSAGE_BYTES: usize = 2 * max_size(&[
+    std::mem::size_of::<Span>(),
+    std::mem::size_of::<LogRecord>(),
+    std::mem::size_of::<ResourceSpans>(),
+    std::mem::size_of::<ResourceLogs>(),
+    std::mem::size_of::<ScopeSpans>(),
+    std::mem::size_of::<ScopeLogs>(),
+    std::mem::size_of::<opentelemetry_proto::tonic::common::v1::KeyValue>(),
+    std::mem::size_of::<opentelemetry_proto::tonic::common::v1::AnyValue>(),
+    std::mem::size_of::<opentelemetry_proto::tonic::trace::v1::span::Event>(),
+    std::mem::size_of::<opentelemetry_proto::tonic::trace::v1::span::Link>(),
+]);
+
+const fn max_size(sizes: &[usize]) -> usize {
+    let mut max = 0;
+    let mut i = 0;
+    while i < sizes.len() {
+        if sizes[i] > max {
+            max = sizes[i];
+        }
+        i += 1;
+    }
+    max
+}
+
+/// An upper bound of what a protobuf request of `len` bytes and `messages` messages takes
+/// once decoded: a struct per message, and at most its own length in strings and bytes.
+pub(crate) fn decoded_size(len: usize, messages: usize) -> usize {
+    len.saturating_add(messages.saturating_mul(DECODED_MESSAGE_BYTES))
+}
+
+/// Bookkeeping bytes per group (trace, or key of logs) while a request is routed: the group
+/// and its index entry, its packing, and its record's struct and key.
+pub(crate) const GROUP_OVERHEAD: usize = 512;
+
+/// Limits that hold for one request's routing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteLimits {
+    /// Distinct groups (traces, or keys of logs) the request may make.
+    pub max_groups: usize,
+    /// Bytes the request may take on top of its body and per-item bookkeeping: decoded
+    /// structs when it must be decoded, and its records.
+    pub allowance: usize,
+}
+
+impl RouteLimits {
+    /// No limits (the public routing functions).
+    pub const NONE: RouteLimits = RouteLimits {
+        max_groups: usize::MAX,
+        allowance: usize::MAX,
+    };
+
+    /// What is left after `spent` bytes, or how much is needed in all (`spent`, and a guess
+    /// of `then` more for what comes after).
+    fn spend(self, spent: usize, then: usize) -> Result<RouteLimits, RouteError> {
+        match self.allowance.checked_sub(spent) {
+            Some(allowance) => Ok(RouteLimits { allowance, ..self }),
+            None => Err(RouteError::NeedsBytes {
+                needed: spent.saturating_add(then),
+            }),
+        }
+    }
+}
+
+/// Why a request was not routed within its limits.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RouteError {
+    /// Not a valid request.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// More distinct trace ids or keys than `max_groups_per_request`.
+    #[error("the request holds more than max_groups_per_request ({max}) distinct trace ids and log keys; send smaller batches or raise the setting")]
+    TooManyGroups {
+        /// The limit.
+        max: usize,
+    },
+    /// Routing needs `needed` bytes on top of the body and bookkeeping, more than the
+    /// allowance: reserve them and route again (or refuse the request).
+    #[error("routing the request needs {needed} bytes beyond its body")]
+    NeedsBytes {
+        /// Bytes needed in all.
+        needed: usize,
+    },
+}
+
+impl RouteError {
+    /// The same error after `spent` more bytes were needed before it.
+    fn plus(self, spent: usize) -> RouteError {
+        match self {
+            RouteError::NeedsBytes { needed } => RouteError::NeedsBytes {
+                needed: needed.saturating_add(spent),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The routing of a request without limits, which can only fail for limits: a refusal
+/// there becomes a rejection of every item, never a panic.
+fn unlimited(result: Result<Routed, RouteError>) -> Routed {
+    result.unwrap_or_else(|e| Routed {
+        error_message: e.to_string(),
+        ..Routed::default()
+    })
+}
+
+fn invalid(request: &'static str) -> impl Fn(WireError) -> RouteError {
+    move |e| {
+        RouteError::Invalid(InvalidRequest {
+            request,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Decodes one validated part, applies `redact`, and encodes it again.
+fn rewrite<M: Message + Default>(
+    bytes: &[u8],
+    redact: impl FnOnce(&mut M),
+) -> Result<Vec<u8>, WireError> {
+    let mut message = M::decode(bytes)
+        .map_err(|e| WireError::new(format!("cannot decode a part to redact it: {e}")))?;
+    redact(&mut message);
+    Ok(message.encode_to_vec())
+}
+
+/// Points the flagged parts of `resources` at their redacted encodings, taken from `parts`
+/// in the order [`Router::redacted_parts`] made them.
+fn substitute<'a>(resources: &mut [RawResource<'a>], parts: &'a [Vec<u8>]) {
+    if parts.is_empty() {
+        return;
+    }
+    let mut next = parts.iter();
+    for rv in resources {
+        if rv.redact && rv.resource.is_some() {
+            if let Some(part) = next.next() {
+                rv.resource = Some(part);
+            }
+        }
+        for sv in &mut rv.scopes {
+            if sv.redact && sv.scope.is_some() {
+                if let Some(part) = next.next() {
+                    sv.scope = Some(part);
+                }
+            }
+            for item in sv.items.iter_mut().filter(|i| i.redact) {
+                if let Some(part) = next.next() {
+                    item.bytes = part;
+                }
+            }
         }
     }
 }
@@ -483,22 +812,24 @@ enum GroupKey {
     Instance(u32),
 }
 
-/// Trace ids are random already; hashing them again with SipHash is wasted work per span.
-#[derive(Default)]
-struct IdHasher(u64);
+/// What groups are looked up by. Trace ids come from senders, so the index hashes them with a
+/// randomly seeded hasher ([`foldhash::fast::RandomState`], a fresh seed per map): an
+/// unkeyed hash let crafted ids all land in one bucket and made grouping quadratic.
+#[derive(Debug, Clone, Copy, Eq)]
+struct IndexKey(Dest, GroupKey);
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl std::hash::Hash for IndexKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
     }
+}
 
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        #[cfg(test)]
+        tests::KEY_COMPARISONS.with(|c| c.set(c.get() + 1));
+        self.0 == other.0 && self.1 == other.1
     }
 }
 
@@ -1501,6 +1832,156 @@ mod tests {
             "{err}"
         );
         assert!(router.logs_protobuf(b"\xff\xff\xff").is_err());
+    }
+
+    thread_local! {
+        /// Key comparisons made by group-index lookups on this thread.
+        pub(super) static KEY_COMPARISONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The unkeyed hasher the group index used to have.
+    #[derive(Default)]
+    struct UnkeyedIdHasher(u64);
+
+    const UNKEYED_MULTIPLIER: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    impl std::hash::Hasher for UnkeyedIdHasher {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            for chunk in bytes.chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                    .wrapping_mul(UNKEYED_MULTIPLIER);
+            }
+        }
+    }
+
+    fn unkeyed_hash(id: [u8; 16]) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<UnkeyedIdHasher>::default()
+            .hash_one(IndexKey(Dest::Trace, GroupKey::Trace(id)))
+    }
+
+    /// `n` distinct trace ids that all have the same hash under [`UnkeyedIdHasher`]: the id is
+    /// the last thing hashed and the hasher has no final mix, so the second half of each id
+    /// can cancel whatever the first half did.
+    fn colliding_trace_ids(n: usize) -> Vec<[u8; 16]> {
+        let mut inverse = UNKEYED_MULTIPLIER;
+        for _ in 0..6 {
+            inverse =
+                inverse.wrapping_mul(2u64.wrapping_sub(UNKEYED_MULTIPLIER.wrapping_mul(inverse)));
+        }
+        assert_eq!(UNKEYED_MULTIPLIER.wrapping_mul(inverse), 1);
+        let target = 0x0123_4567_89ab_cdefu64;
+        (0..n as u64)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+                // With a zero second word, the hash is rotl(h1, 5) * M.
+                let before_last = unkeyed_hash(id).wrapping_mul(inverse);
+                id[8..].copy_from_slice(&(before_last ^ target).to_le_bytes());
+                id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regression_hash_flooding_crafted_trace_ids_group_in_linear_work() {
+        let n = 20_000;
+        let ids = colliding_trace_ids(n);
+        let first = unkeyed_hash(ids[0]);
+        assert!(
+            ids.iter().all(|id| unkeyed_hash(*id) == first),
+            "the crafted ids must collide under the old hasher"
+        );
+        let spans = ids
+            .iter()
+            .map(|id| Span {
+                trace_id: id.to_vec(),
+                span_id: vec![1; 8],
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: resource("a", "a-1"),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let router = router(Encoding::OtlpProto, 1_000_000);
+        KEY_COMPARISONS.with(|c| c.set(0));
+        let routed = router.traces_protobuf(&request.encode_to_vec()).unwrap();
+        let comparisons = KEY_COMPARISONS.with(|c| c.get());
+        // One record per trace, in request order.
+        assert_eq!(routed.rejected, 0, "{}", routed.error_message);
+        let keys: Vec<String> = routed.records.iter().map(|r| r.key.clone()).collect();
+        let expected: Vec<String> = ids.iter().map(|id| hex_id(id)).collect();
+        assert_eq!(keys, expected);
+        // Every id is new, so a lookup compares keys only on a chance match of hash bits: far
+        // fewer comparisons than ids. One bucket for all (the old hasher) needs n²/2.
+        assert!(
+            comparisons < n as u64,
+            "{comparisons} key comparisons to group {n} traces"
+        );
+    }
+
+    #[test]
+    fn regression_unbounded_memory_records_are_sized_before_they_are_made() {
+        // 100 one-span traces sharing a 10 KB resource: about 1 MB of records from 11 KB.
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("blob", &"x".repeat(10_000))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: (1..=100u8).map(|n| span(n, 1, 0)).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let bytes = request.encode_to_vec();
+        let router = router(Encoding::OtlpProto, 1_000_000);
+        let unlimited = router.traces_protobuf(&bytes).unwrap();
+        assert!(unlimited.bytes > 100 * 10_000);
+        let small = RouteLimits {
+            max_groups: usize::MAX,
+            allowance: bytes.len(),
+        };
+        let needed = match router.traces_protobuf_within(&bytes, small) {
+            Err(RouteError::NeedsBytes { needed }) => needed,
+            other => panic!("{other:?}"),
+        };
+        // Exactly the records, and the bookkeeping of their groups.
+        assert_eq!(needed, unlimited.bytes + 100 * GROUP_OVERHEAD);
+        let enough = RouteLimits {
+            max_groups: 100,
+            allowance: needed,
+        };
+        let routed = router.traces_protobuf_within(&bytes, enough).unwrap();
+        assert_eq!(summary(&routed), summary(&unlimited));
+        let too_few_groups = RouteLimits {
+            max_groups: 99,
+            allowance: usize::MAX,
+        };
+        assert!(matches!(
+            router.traces_protobuf_within(&bytes, too_few_groups),
+            Err(RouteError::TooManyGroups { max: 99 })
+        ));
+        // Decoded requests (JSON input) are limited the same way.
+        assert!(matches!(
+            router.route_traces(&request, small),
+            Err(RouteError::NeedsBytes { needed: n }) if n == needed
+        ));
     }
 
     #[test]

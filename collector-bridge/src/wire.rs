@@ -17,6 +17,8 @@ use std::fmt;
 
 use dlog_core::names;
 
+use crate::redact::Redactor;
+
 /// prost's recursion limit: messages may nest this many levels below the request (the
 /// request is depth 0, so a message at depth 100 is accepted and one at 101 is not). prost
 /// also refuses, at depth 100, any field it has to skip (an unknown field), and inside a
@@ -29,7 +31,7 @@ const RECURSION_LIMIT: usize = 100;
 pub struct WireError(String);
 
 impl WireError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         WireError(message.into())
     }
 
@@ -344,13 +346,43 @@ static LOG_RECORD: Schema = Schema {
     ],
 };
 
+/// What validation looks for besides validity: attribute keys the redactor names.
+pub(crate) struct Scan<'r> {
+    redactor: Option<&'r Redactor>,
+    /// A key the redactor names was seen.
+    hit: bool,
+    /// Messages validated (each one a struct when decoded).
+    messages: usize,
+    /// A `resource` or `scope` field was repeated in one entry: valid, but only prost's
+    /// merge expresses it.
+    merged: bool,
+}
+
+impl<'r> Scan<'r> {
+    fn new(redactor: Option<&'r Redactor>) -> Self {
+        Scan {
+            redactor,
+            hit: false,
+            messages: 0,
+            merged: false,
+        }
+    }
+
+    /// Whether the part just validated needs redacting; resets for the next part.
+    fn take(&mut self) -> bool {
+        std::mem::take(&mut self.hit)
+    }
+}
+
 /// Validates `bytes` as a `schema` message; returns the last value of each field in
-/// `capture` (protobuf's rule for a repeated scalar field: the last one wins).
+/// `capture` (protobuf's rule for a repeated scalar field: the last one wins). Keys of
+/// `KeyValue`s that `scan`'s redactor names set `scan.hit`.
 fn validate<'a, const N: usize>(
     bytes: &'a [u8],
     schema: &'static Schema,
     depth: usize,
     capture: [u32; N],
+    scan: &mut Scan<'_>,
 ) -> Result<[Option<&'a [u8]>; N], WireError> {
     if depth > RECURSION_LIMIT {
         return Err(WireError::new(format!(
@@ -358,6 +390,7 @@ fn validate<'a, const N: usize>(
             schema.name
         )));
     }
+    scan.messages += 1;
     let mut captured = [None; N];
     for field in Fields::new(bytes, depth) {
         let (tag, value) = field.map_err(|e| WireError(format!("{}: {}", schema.name, e.0)))?;
@@ -389,9 +422,26 @@ fn validate<'a, const N: usize>(
                 if let Some(slot) = capture.iter().position(|c| *c == tag) {
                     captured[slot] = Some(b);
                 }
+                if tag == 1 && std::ptr::eq(schema, &KEY_VALUE) {
+                    if let Some(redactor) = scan.redactor {
+                        scan.hit |= redactor.matches(b);
+                    }
+                }
             }
             (Kind::Msg(inner), Value::Len(b)) => {
-                validate(b, inner, depth + 1, []).map_err(|e| e.within(schema.name, name))?;
+                // Keys inside a log body count only when bodies are redacted too.
+                let body_off = tag == 5
+                    && std::ptr::eq(schema, &LOG_RECORD)
+                    && !scan.redactor.is_some_and(Redactor::bodies);
+                let result = if body_off {
+                    let mut off = Scan::new(None);
+                    let result = validate(b, inner, depth + 1, [], &mut off);
+                    scan.messages += off.messages;
+                    result
+                } else {
+                    validate(b, inner, depth + 1, [], scan)
+                };
+                result.map_err(|e| e.within(schema.name, name))?;
             }
             (expected, _) => {
                 return Err(WireError::new(format!(
@@ -416,12 +466,16 @@ pub(crate) struct RawItem<'a> {
     pub span_id: &'a [u8],
     /// A log record whose `event_name` is a registration or heartbeat event.
     pub heartbeat: bool,
+    /// Holds an attribute the redactor names.
+    pub redact: bool,
 }
 
 /// One scope entry: the encoded scope and its items.
 #[derive(Debug, Clone)]
 pub(crate) struct RawScope<'a> {
     pub scope: Option<&'a [u8]>,
+    /// The scope holds an attribute the redactor names.
+    pub redact: bool,
     pub schema_url: &'a str,
     pub items: Vec<RawItem<'a>>,
 }
@@ -430,6 +484,8 @@ pub(crate) struct RawScope<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct RawResource<'a> {
     pub resource: Option<&'a [u8]>,
+    /// The resource holds an attribute the redactor names.
+    pub redact: bool,
     pub schema_url: &'a str,
     pub scopes: Vec<RawScope<'a>>,
 }
@@ -445,14 +501,56 @@ pub(crate) enum RequestKind {
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
     /// Every resource, scope and item, as slices of the request.
-    Slices(Vec<RawResource<'a>>),
+    Slices {
+        resources: Vec<RawResource<'a>>,
+        /// How many of those parts hold an attribute the redactor names.
+        flagged: usize,
+        /// Messages in the request (as for `NeedsFullDecode`).
+        messages: usize,
+    },
     /// Valid, but with a repeated singular message field (protobuf merges those); decode it
-    /// with prost instead.
-    NeedsFullDecode,
+    /// with prost instead. `messages` counts the messages in the request (each becomes a
+    /// struct when decoded), so that the decoded size can be bounded before decoding.
+    NeedsFullDecode { messages: usize },
+}
+
+/// How many items (spans or log records) a request holds, counted from its framing alone
+/// without validating anything; `None` when the framing is broken (validation says where).
+/// Cheap enough to run before anything is allocated per item.
+pub(crate) fn count_items(bytes: &[u8]) -> Option<usize> {
+    let mut items = 0usize;
+    for field in Fields::new(bytes, 0) {
+        let (1, Value::Len(entry)) = field.ok()? else {
+            continue;
+        };
+        for field in Fields::new(entry, 1) {
+            let (2, Value::Len(scope)) = field.ok()? else {
+                continue;
+            };
+            for field in Fields::new(scope, 2) {
+                if let (2, Value::Len(_)) = field.ok()? {
+                    items += 1;
+                }
+            }
+        }
+    }
+    Some(items)
 }
 
 /// Validates and slices an `ExportTraceServiceRequest` or `ExportLogsServiceRequest`.
+#[cfg(test)]
 pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireError> {
+    parse_with(bytes, kind, None)
+}
+
+/// [`parse`], flagging the parts that hold an attribute `redactor` names.
+pub(crate) fn parse_with<'a>(
+    bytes: &'a [u8],
+    kind: RequestKind,
+    redactor: Option<&Redactor>,
+) -> Result<Parsed<'a>, WireError> {
+    let mut scan = Scan::new(redactor);
+    let mut flagged = 0usize;
     let (request, resource_entry, scope_entry, item_field, item_schema) = match kind {
         RequestKind::Traces => (
             "ExportTraceServiceRequest",
@@ -480,28 +578,35 @@ pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireE
         };
         let mut out = RawResource {
             resource: None,
+            redact: false,
             schema_url: "",
             scopes: Vec::new(),
         };
+        scan.messages += 1;
         for field in Fields::new(entry, 1) {
             let (tag, value) =
                 field.map_err(|e| WireError(format!("{resource_entry}: {}", e.0)))?;
             match (tag, value) {
                 (1, Value::Len(b)) => {
-                    if out.resource.is_some() {
-                        return Ok(Parsed::NeedsFullDecode);
-                    }
-                    validate(b, &RESOURCE, 2, [])
+                    scan.merged |= out.resource.is_some();
+                    validate(b, &RESOURCE, 2, [], &mut scan)
                         .map_err(|e| e.within(resource_entry, "resource"))?;
                     out.resource = Some(b);
+                    out.redact = scan.take();
+                    flagged += usize::from(out.redact);
                 }
                 (2, Value::Len(b)) => {
-                    let scope = parse_scope(b, scope_entry, item_field, item_schema, kind)
-                        .map_err(|e| e.within(resource_entry, "scope entry"))?;
-                    match scope {
-                        Some(scope) => out.scopes.push(scope),
-                        None => return Ok(Parsed::NeedsFullDecode),
-                    }
+                    let scope = parse_scope(
+                        b,
+                        scope_entry,
+                        item_field,
+                        item_schema,
+                        kind,
+                        &mut scan,
+                        &mut flagged,
+                    )
+                    .map_err(|e| e.within(resource_entry, "scope entry"))?;
+                    out.scopes.push(scope);
                 }
                 (3, Value::Len(b)) => {
                     out.schema_url = std::str::from_utf8(b).map_err(|_| {
@@ -517,7 +622,16 @@ pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireE
         }
         resources.push(out);
     }
-    Ok(Parsed::Slices(resources))
+    if scan.merged {
+        return Ok(Parsed::NeedsFullDecode {
+            messages: scan.messages,
+        });
+    }
+    Ok(Parsed::Slices {
+        resources,
+        flagged,
+        messages: scan.messages,
+    })
 }
 
 fn parse_scope<'a>(
@@ -526,9 +640,13 @@ fn parse_scope<'a>(
     item_field: &'static str,
     item_schema: &'static Schema,
     kind: RequestKind,
-) -> Result<Option<RawScope<'a>>, WireError> {
+    scan: &mut Scan<'_>,
+    flagged: &mut usize,
+) -> Result<RawScope<'a>, WireError> {
+    scan.messages += 1;
     let mut out = RawScope {
         scope: None,
+        redact: false,
         schema_url: "",
         items: Vec::new(),
     };
@@ -536,27 +654,28 @@ fn parse_scope<'a>(
         let (tag, value) = field.map_err(|e| WireError(format!("{scope_entry}: {}", e.0)))?;
         match (tag, value) {
             (1, Value::Len(b)) => {
-                if out.scope.is_some() {
-                    return Ok(None);
-                }
-                validate(b, &SCOPE, 3, []).map_err(|e| e.within(scope_entry, "scope"))?;
+                scan.merged |= out.scope.is_some();
+                validate(b, &SCOPE, 3, [], scan).map_err(|e| e.within(scope_entry, "scope"))?;
                 out.scope = Some(b);
+                out.redact = scan.take();
+                *flagged += usize::from(out.redact);
             }
             (2, Value::Len(b)) => {
                 let item = match kind {
                     RequestKind::Traces => {
-                        let [trace_id, span_id] = validate(b, item_schema, 3, [1, 2])
+                        let [trace_id, span_id] = validate(b, item_schema, 3, [1, 2], scan)
                             .map_err(|e| e.within(scope_entry, item_field))?;
                         RawItem {
                             bytes: b,
                             trace_id: trace_id.unwrap_or_default(),
                             span_id: span_id.unwrap_or_default(),
                             heartbeat: false,
+                            redact: scan.take(),
                         }
                     }
                     RequestKind::Logs => {
                         let [trace_id, span_id, event] =
-                            validate(b, item_schema, 3, [9, 10, 12])
+                            validate(b, item_schema, 3, [9, 10, 12], scan)
                                 .map_err(|e| e.within(scope_entry, item_field))?;
                         let event = event.unwrap_or_default();
                         RawItem {
@@ -565,9 +684,11 @@ fn parse_scope<'a>(
                             span_id: span_id.unwrap_or_default(),
                             heartbeat: event == names::REGISTRATION_EVENT.as_bytes()
                                 || event == names::HEARTBEAT_EVENT.as_bytes(),
+                            redact: scan.take(),
                         }
                     }
                 };
+                *flagged += usize::from(item.redact);
                 out.items.push(item);
             }
             (3, Value::Len(b)) => {
@@ -581,7 +702,7 @@ fn parse_scope<'a>(
             _ => {}
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// The instance key of an encoded resource, with the same rule as
@@ -778,8 +899,8 @@ mod tests {
 
     fn slices(bytes: &[u8], kind: RequestKind) -> Vec<RawResource<'_>> {
         match parse(bytes, kind).unwrap() {
-            Parsed::Slices(s) => s,
-            Parsed::NeedsFullDecode => panic!("unexpected fallback"),
+            Parsed::Slices { resources, .. } => resources,
+            Parsed::NeedsFullDecode { .. } => panic!("unexpected fallback"),
         }
     }
 
@@ -872,7 +993,7 @@ mod tests {
         assert!(ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok());
         assert!(matches!(
             parse(&bytes, RequestKind::Traces).unwrap(),
-            Parsed::NeedsFullDecode
+            Parsed::NeedsFullDecode { .. }
         ));
     }
 
@@ -933,9 +1054,9 @@ mod tests {
                 RequestKind::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).is_ok(),
             };
             let ours = match parse(&bytes, kind) {
-                Ok(Parsed::Slices(_)) => true,
+                Ok(Parsed::Slices { .. }) => true,
                 // The router hands these to prost, whose verdict is then the answer.
-                Ok(Parsed::NeedsFullDecode) => prost,
+                Ok(Parsed::NeedsFullDecode { .. }) => prost,
                 Err(_) => false,
             };
             if ours != prost {
@@ -1000,8 +1121,8 @@ mod tests {
     fn regression_recursion_limit_off_by_one_matches_prost_at_100_and_101_levels() {
         let decodes = |bytes: &[u8]| ExportTraceServiceRequest::decode(bytes).is_ok();
         let ours = |bytes: &[u8]| match parse(bytes, RequestKind::Traces) {
-            Ok(Parsed::Slices(_)) => true,
-            Ok(Parsed::NeedsFullDecode) => decodes(bytes),
+            Ok(Parsed::Slices { .. }) => true,
+            Ok(Parsed::NeedsFullDecode { .. }) => decodes(bytes),
             Err(_) => false,
         };
         // The limit itself: 100 levels decode, 101 do not, in prost and here.

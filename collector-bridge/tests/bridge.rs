@@ -864,8 +864,8 @@ async fn start_http_request(
 async fn regression_unbounded_memory_busy_budget_and_concurrency_answer_unavailable() {
     let mut env = Env::start(|c| {
         c.produce_timeout_ms = 20_000;
-        c.max_message_bytes = 4096;
-        c.max_in_flight_bytes = 8192;
+        c.max_message_bytes = 8192;
+        c.max_in_flight_bytes = 16384;
         c.admission_timeout_ms = 200;
         c.max_concurrent_requests = 3;
         c.retry_after_secs = 1;
@@ -886,19 +886,21 @@ async fn regression_unbounded_memory_busy_budget_and_concurrency_answer_unavaila
         .await
         .unwrap();
 
-    // A holds about 3 KB of the 8 KB budget while the frozen broker does not answer.
+    // A holds about 7 KB of the 16 KB budget (its record) while the frozen broker does not
+    // answer.
     env.kafka.pause().unwrap();
     let a = traces(
         resource("svc", "svc-1"),
-        vec![padded(trace_id(91), 1, 2800)],
+        vec![padded(trace_id(91), 1, 7000)],
     );
     let mut a_client = env.trace_client().await;
     let a_sent = a.clone();
     let a_answer = tokio::spawn(async move { a_client.export(a_sent).await });
     wait_for_metric(admin, "dlog_bridge_in_flight_requests", |v| v == 1.0).await;
-    wait_for_metric(admin, "dlog_bridge_in_flight_bytes", |v| v >= 2800.0).await;
+    wait_for_metric(admin, "dlog_bridge_in_flight_bytes", |v| v >= 7000.0).await;
 
-    // B needs 6 KB for its body alone: refused before it is read, over both transports.
+    // B needs about 13 KB (its 6 KB body, bookkeeping, and its records next to the body):
+    // refused for now, over both transports.
     let b = traces(
         resource("svc", "svc-1"),
         vec![
