@@ -97,6 +97,9 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
     /// Export calls that failed or timed out.
     pub failed_exports: AtomicU64,
+    /// Records in exports in flight (part of `queued`), so that the application's side can
+    /// tell a full batch waiting from one being exported.
+    pub in_flight: AtomicUsize,
 }
 
 /// How the SDK tells a person that telemetry is being lost: once, not per record.
@@ -356,8 +359,12 @@ impl<T: Send + 'static> Queue<T> {
         let before = self.counters.queued.fetch_add(1, Ordering::AcqRel);
         match self.items.try_send(item) {
             Ok(()) => {
+                // A wake-up only for a full batch waiting, not for records already in flight:
+                // the worker would find nothing to do and re-arm at once.
                 if before + 1 >= self.max_batch
                     && !self.wake_sent.load(Ordering::Relaxed)
+                    && (before + 1).saturating_sub(self.counters.in_flight.load(Ordering::Relaxed))
+                        >= self.max_batch
                     && !self.wake_sent.swap(true, Ordering::Relaxed)
                     && self.control.try_send(Control::Export).is_err()
                 {
@@ -638,6 +645,9 @@ impl<E: BatchExport> Worker<E> {
             return 0;
         }
         self.in_flight_records += count;
+        self.counters
+            .in_flight
+            .store(self.in_flight_records, Ordering::Relaxed);
         let exporter = Rc::clone(&self.exporter);
         let timeout = self.config.export_timeout;
         self.in_flight.push(Box::pin(async move {
@@ -689,6 +699,9 @@ impl<E: BatchExport> Worker<E> {
     /// success.
     fn settle(&mut self, (count, result): (usize, OTelSdkResult)) -> bool {
         self.in_flight_records = self.in_flight_records.saturating_sub(count);
+        self.counters
+            .in_flight
+            .store(self.in_flight_records, Ordering::Relaxed);
         // Counted by outcome first and only then out of `queued`, so that a live reader
         // never misses these records (see `Counters`).
         match result {
@@ -745,6 +758,7 @@ impl<E: BatchExport> Worker<E> {
         if abandoned > 0 {
             let count = self.in_flight_records;
             self.in_flight_records = 0;
+            self.counters.in_flight.store(0, Ordering::Relaxed);
             self.counters
                 .failed
                 .fetch_add(count as u64, Ordering::Relaxed);
