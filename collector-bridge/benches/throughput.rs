@@ -11,9 +11,10 @@
 //!
 //! Run: `cargo bench -p collector-bridge --bench throughput`
 //! Knobs (env): `BENCH_REQUESTS` (default 400), `BENCH_CONCURRENCY` (8), `BENCH_SPANS` (512
-//! per request), `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge`,
-//! `baseline` or `rotel`), `BENCH_BASELINE_BIN` (an older `collector-bridge` binary, measured
-//! next to this build with the same load).
+//! per request), `BENCH_BRIDGE_ARGS` (extra flags for the bridge, e.g. `-X linger.ms=1`),
+//! `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge`, `baseline` or `rotel`),
+//! `BENCH_BASELINE_BIN` (an older `collector-bridge` binary, measured next to this build with
+//! the same load).
 //!
 //! Rates and CPU per span count the spans *delivered*: read back from the topic after the
 //! run, not the spans sent.
@@ -428,6 +429,13 @@ fn bench_bridge(
             .args(["--otlp-http", &format!("127.0.0.1:{http}")])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args(["--trace-logs-topic", &topic])
+            // Extra flags for the bridge under test, e.g. `-X linger.ms=1` to compare
+            // producer settings in one run.
+            .args(
+                std::env::var("BENCH_BRIDGE_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("DLOG_BRIDGE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
