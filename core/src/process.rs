@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs a stderr `fmt` subscriber filtered by the first of `env_vars` that is set (for
 /// example `DLOG_BRIDGE_LOG`, then `RUST_LOG`), else by `default_filter`. Stdout stays free
-/// for what a binary prints on purpose (alerts, query results).
+/// for what a binary prints on purpose (alerts, query results). ANSI colours are used only
+/// when stderr is a terminal and `NO_COLOR` is not set.
 pub fn init_logging(env_vars: &[&str], default_filter: &str) -> Result<(), LoggingError> {
     let (source, filter) = env_vars
         .iter()
@@ -18,9 +19,13 @@ pub fn init_logging(env_vars: &[&str], default_filter: &str) -> Result<(), Loggi
         filter: filter.clone(),
         reason: e.to_string(),
     })?;
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: `2> file` and the demo's log files get
+        // plain text, and `NO_COLOR` turns them off everywhere.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .try_init()
         .map_err(|e| LoggingError {
             origin: source.to_string(),

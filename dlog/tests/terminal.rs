@@ -107,3 +107,53 @@ async fn regression_terminal_escapes_log_bodies_and_alerts_print_escaped() {
         );
     }
 }
+
+/// `dlog up 2> file` used to fill the file with colour codes: logs carry ANSI colours only
+/// when written to a terminal.
+#[test]
+fn regression_ansi_in_files_logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlog"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "up",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--bridge-admin",
+            "127.0.0.1:0",
+            "--indexer-admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--alerter-admin", "127.0.0.1:0"])
+        .env("DLOG_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let up = line.starts_with("dlog is up:");
+        seen.push(line);
+        if up {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = seen.join("\n");
+    assert!(text.contains("INFO"), "no log line was written: {text}");
+    assert!(
+        text.contains("local log"),
+        "the start-up line names the local log, not Kafka: {text}"
+    );
+    assert!(!text.contains('\x1b'), "colour codes in a pipe: {text:?}");
+}

@@ -278,9 +278,15 @@ impl Telemetry {
             .with_resource(settings.resource)
             .build();
 
-        let fmt_layer = settings
-            .stderr
-            .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let fmt_layer = settings.stderr.then(|| {
+            use std::io::IsTerminal;
+            // Colours only for a person at a terminal, never into a redirected file.
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                )
+        });
         let (targets, env_filter) = match settings.level_filter {
             LevelFilter::Static(targets) => (Some(targets), None),
             LevelFilter::Dynamic(env_filter) => (None, Some(env_filter)),
