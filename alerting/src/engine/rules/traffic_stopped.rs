@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use dlog_core::model::{Heartbeat, ServiceStatus};
 use serde::{Deserialize, Serialize};
 
-use super::{LogView, Rule, RuleStates, SpanView};
+use super::{load_state, save_state, LogView, Rule, RuleStates, SpanView};
 use crate::alert::{alert_id, rule, Alert, Severity};
 use crate::engine::format::fmt_secs;
 use crate::engine::lifecycle::{Active, Kind};
@@ -240,16 +240,11 @@ impl Rule for TrafficStopped {
     }
 
     fn save(&self, into: &mut RuleStates) {
-        if let Ok(value) = serde_json::to_value(&self.services) {
-            into.insert(STATE_KEY.into(), value);
-        }
+        save_state(into, STATE_KEY, &self.services);
     }
 
     fn restore(&mut self, from: &RuleStates, _windows_kept: bool) {
-        if let Some(services) = from
-            .get(STATE_KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        if let Some(services) = load_state(from, STATE_KEY) {
             self.services = services;
         }
     }
