@@ -18,6 +18,12 @@ use crate::engine::EngineSnapshot;
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "alerter-state.json";
+/// Mode of a state directory the stage creates: its owner only.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
+/// Mode of the state file: its owner only.
+#[cfg(unix)]
+const FILE_MODE: u32 = 0o600;
 
 /// A transition some required outputs still owe delivery of.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,9 +109,14 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// The state file in `dir`, creating the directory if needed.
+    /// The state file in `dir`, creating the directory if needed (0700: the state holds
+    /// alert summaries, which quote log records).
     pub fn open(dir: &Path) -> Result<StateFile, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Io {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+        builder.create(dir).map_err(|source| StateError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -151,7 +162,11 @@ impl StateFile {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
         };
-        let mut file = fs::File::create(&self.tmp).map_err(io(&self.tmp))?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+        let mut file = options.open(&self.tmp).map_err(io(&self.tmp))?;
         file.write_all(&bytes).map_err(io(&self.tmp))?;
         file.sync_all().map_err(io(&self.tmp))?;
         drop(file);
@@ -182,6 +197,21 @@ mod tests {
         file.save(&state).unwrap();
         let loaded = file.load().unwrap().unwrap();
         assert_eq!(loaded.applied, state.applied);
+    }
+
+    /// Regression: the state directory and file were created with the default umask
+    /// (world-readable), though they hold alert summaries quoting log records.
+    #[cfg(unix)]
+    #[test]
+    fn regression_state_dir_and_file_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let file = StateFile::open(&state_dir).unwrap();
+        file.save(&StageState::default()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(file.path()), 0o600);
     }
 
     #[test]

@@ -147,6 +147,14 @@ fn error_batch(code: &str) -> (InProcessBatch, tokio::sync::oneshot::Receiver<()
         resource("svc-a", "a-1", &[]),
         vec![error_log("checkout failed", code, "boom", trace, T0)],
     );
+    logs_batch(&request, trace)
+}
+
+/// One in-process batch holding `request` on the logs topic, keyed by `trace`.
+fn logs_batch(
+    request: &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+    trace: [u8; 16],
+) -> (InProcessBatch, tokio::sync::oneshot::Receiver<()>) {
     let (ack, acked) = tokio::sync::oneshot::channel();
     let batch = InProcessBatch {
         records: vec![RawRecord {
@@ -154,7 +162,7 @@ fn error_batch(code: &str) -> (InProcessBatch, tokio::sync::oneshot::Receiver<()
             partition: 0,
             offset: 0,
             key: Some(dlog_core::encoding::hex_id(&trace).into_bytes()),
-            payload: encode_logs(Encoding::OtlpProto, &request).unwrap(),
+            payload: encode_logs(Encoding::OtlpProto, request).unwrap(),
             headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
             timestamp_ms: None,
         }],
@@ -328,5 +336,142 @@ async fn regression_a_failed_state_save_is_retried_instead_of_ending_the_stage()
         .unwrap()
         .unwrap()
         .unwrap();
+    server.abort();
+}
+
+/// Reads the saved state file of `dir`.
+fn saved_state(dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.join(dlog_alerting::state::STATE_FILE);
+    std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Starts the stage on `source` with a graceful stop; returns the stop switch and the task.
+fn start_stage<S: Source + Sync + 'static>(
+    config: AlerterConfig,
+    source: S,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), dlog_alerting::AlerterError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stage = tokio::spawn(run_with(
+        config,
+        source,
+        Arc::new(ManualClock::new(T0)),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, stage)
+}
+
+/// Alerts a stage could not deliver before it stopped are kept in its saved outbox, and go out
+/// first at the next start, before any input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_left_in_the_outbox_are_delivered_at_the_next_start() {
+    let receiver = Arc::new(Hook::default());
+    receiver.down.store(true, Ordering::SeqCst);
+    let (url, server) = serve_hook(receiver.clone()).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let config = webhook_only_config(state_dir.path(), url);
+
+    let (tx, source) = ChannelSource::new(4);
+    let (stop, stage) = start_stage(config.clone(), source);
+    let (batch, _acked) = error_batch("E1");
+    tx.send(batch).await.unwrap();
+    wait_until("the alert in the saved outbox", || {
+        saved_state(state_dir.path())["outbox"]
+            .as_array()
+            .is_some_and(|o| o.len() == 1)
+    })
+    .await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), stage)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(codes(&receiver).is_empty());
+    let outbox = saved_state(state_dir.path())["outbox"].clone();
+    assert_eq!(
+        outbox[0]["transition"]["alert"]["key"], "svc-a|E1",
+        "{outbox:#}"
+    );
+
+    // The webhook is back; the next start has no input at all and still delivers it.
+    receiver.down.store(false, Ordering::SeqCst);
+    let (tx2, source) = ChannelSource::new(4);
+    let (stop, stage) = start_stage(config, source);
+    wait_until("the outbox delivered", || !codes(&receiver).is_empty()).await;
+    drop(tx2);
+    tokio::time::timeout(Duration::from_secs(30), stage)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(stop);
+    assert_eq!(codes(&receiver), ["E1"]);
+    assert_eq!(
+        saved_state(state_dir.path())["outbox"],
+        serde_json::json!([])
+    );
+    server.abort();
+}
+
+/// A drift edge raised before a restart is not raised again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_not_raised_again_after_a_restart() {
+    let receiver = Arc::new(Hook::default());
+    let (url, server) = serve_hook(receiver.clone()).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let config = webhook_only_config(state_dir.path(), url);
+    let trace = [0x5d; 16];
+    let drift_call = logs(
+        resource("svc-a", "a-1", &["svc-b"]),
+        vec![service_call("svc-a", "svc-z", true, trace, T0)],
+    );
+    let rules_seen = |hook: &Hook| -> Vec<String> {
+        hook.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b["rule"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    for run in 0..2 {
+        let (tx, source) = ChannelSource::new(4);
+        let (stop, stage) = start_stage(config.clone(), source);
+        let (batch, acked) = logs_batch(&drift_call, trace);
+        tx.send(batch).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), acked)
+            .await
+            .unwrap()
+            .unwrap();
+        // A sentinel after it: once the sentinel is in, everything before it is too.
+        let sentinel = format!("E{run}");
+        let (batch, acked) = error_batch(&sentinel);
+        tx.send(batch).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), acked)
+            .await
+            .unwrap()
+            .unwrap();
+        wait_until("the sentinel", || codes(&receiver).contains(&sentinel)).await;
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), stage)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        drop(tx);
+    }
+    let drift = rules_seen(&receiver)
+        .into_iter()
+        .filter(|r| r == "dependency_drift")
+        .count();
+    assert_eq!(drift, 1, "{:#?}", receiver.accepted.lock().unwrap());
     server.abort();
 }

@@ -448,3 +448,61 @@ async fn a_restart_mid_incident_neither_loses_nor_repeats_the_alert() {
     assert_eq!(incident["occurrences"], 3, "{incident:#}");
     assert_eq!(saved["outbox"].as_array().map(Vec::len), Some(0));
 }
+
+/// Regression: an ERROR log of about 500 KB (its body and message quoted three times) made an
+/// alert event over the 1 MB message limit; the Kafka output retried it forever, so alerting
+/// stopped for good and the saved outbox replayed the failure at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_an_oversized_error_log_does_not_wedge_alerting() {
+    let kafka = Kafka::start().unwrap();
+    let topics = Topics::create(&kafka).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let config = config(&kafka, &topics, state_dir.path());
+    let clock = ManualClock::new(T0);
+    let stage = start(config.clone(), &clock).await;
+    let p = Producer::new(&kafka);
+    let a = resource("svc-a", "a-1", &[]);
+    let huge = "x".repeat(400_000);
+    let trace = [0x0b; 16];
+    p.logs(
+        &topics.logs,
+        &hex(trace),
+        &logs(a.clone(), vec![error_log(&huge, "E500", &huge, trace, T0)]),
+    )
+    .await;
+    // A sentinel after it: alerting still runs once it is through.
+    let sentinel = [0x0c; 16];
+    p.logs(
+        &topics.logs,
+        &hex(sentinel),
+        &logs(
+            a,
+            vec![error_log("sentinel", "E999", "sentinel", sentinel, T0)],
+        ),
+    )
+    .await;
+    let events = read_alerts(&kafka, &topics.alerts, |e| {
+        e.iter().any(|e| e.summary.contains("sentinel"))
+    })
+    .await;
+    assert_eq!(
+        sequence(&events),
+        seq(&[("error_log", "firing"), ("error_log", "firing")]),
+        "{:#?}",
+        events.iter().map(|e| &e.labels).collect::<Vec<_>>()
+    );
+    let big = &events[0];
+    assert_eq!(big.id, alert_id("error_log", "svc-a|E500"));
+    assert!(big.summary.starts_with("svc-a ERROR E500: xxx"));
+    assert!(big.summary.len() <= 4096, "{}", big.summary.len());
+    assert!(big.summary.ends_with("more bytes cut]"));
+    for (k, v) in &big.labels {
+        assert!(v.len() <= 4096, "label {k}: {} bytes", v.len());
+    }
+    stage.stop().await;
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state_dir.path().join(dlog_alerting::state::STATE_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["outbox"].as_array().map(Vec::len), Some(0));
+}

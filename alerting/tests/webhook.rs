@@ -1,5 +1,5 @@
 //! The webhook output against a real HTTP server in the test: JSON bodies, the idempotency
-//! key, retry after a 503, and the severity filter.
+//! key, retry after a 503, `Retry-After`, and the severity filter.
 
 mod common;
 
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Json;
 use common::*;
@@ -107,16 +108,49 @@ async fn webhook_receives_each_alert_once_as_json_after_a_retry() {
     )
     .await;
 
+    // A sentinel after them: once it is in, every delivery of what came before is too, so
+    // the counts below would see a late duplicate.
+    let sentinel_trace = [0x5b; 16];
+    p.logs(
+        &topics.logs,
+        &dlog_core::encoding::hex_id(&sentinel_trace),
+        &logs(
+            a.clone(),
+            vec![error_log(
+                "sentinel",
+                "E999",
+                "sentinel",
+                sentinel_trace,
+                T0,
+            )],
+        ),
+    )
+    .await;
+    let is_sentinel = |body: &Value| body["labels"]["error_code"] == "E999";
     let deadline = Instant::now() + Duration::from_secs(40);
-    while hook.accepted.lock().unwrap().is_empty() && Instant::now() < deadline {
+    while !hook
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, body)| is_sentinel(body))
+    {
+        assert!(Instant::now() < deadline, "the sentinel never arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let accepted = hook.accepted.lock().unwrap().clone();
+    let accepted: Vec<(String, Value)> = hook
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, body)| !is_sentinel(body))
+        .cloned()
+        .collect();
     assert_eq!(accepted.len(), 1, "{accepted:#?}");
     assert_eq!(
         hook.requests.load(Ordering::SeqCst),
-        2,
-        "one 503, one retry"
+        3,
+        "one 503, one retry, then the sentinel"
     );
     let (idempotency_key, body) = &accepted[0];
     let id = alert_id("error_log", "svc-a|E500");
@@ -153,10 +187,87 @@ async fn webhook_receives_each_alert_once_as_json_after_a_retry() {
     assert_eq!(body["revision"], 2, "the drift alert took revision 1");
     assert_eq!(
         *hook.authorization.lock().unwrap(),
-        vec!["Bearer test-token".to_string()]
+        vec!["Bearer test-token".to_string(); 2]
     );
 
     let _ = stop.send(());
+    stage.await.unwrap().unwrap();
+    server.abort();
+}
+
+/// A 503 with `Retry-After: 0` is retried at once, not after the configured backoff (here ten
+/// minutes, so a sender that ignored the header would not retry within the test's bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_honours_retry_after() {
+    let requests = Arc::new(AtomicU32::new(0));
+    let seen = requests.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/alerts",
+        post(move || {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")]).into_response()
+                } else {
+                    StatusCode::NO_CONTENT.into_response()
+                }
+            }
+        }),
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut config = webhook_only_config(state_dir.path(), url);
+    config.outputs.webhook.max_attempts = 2;
+    config.outputs.webhook.backoff_initial_ms = 600_000;
+    config.outputs.webhook.backoff_max_ms = 600_000;
+    let (tx, source) = dlog_core::source::ChannelSource::new(4);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stage = tokio::spawn(run_with(
+        config,
+        source,
+        Arc::new(ManualClock::new(T0)),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let trace = [0x7a; 16];
+    let request = logs(
+        resource("svc-a", "a-1", &[]),
+        vec![error_log("checkout failed", "E500", "boom", trace, T0)],
+    );
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    tx.send(dlog_core::source::InProcessBatch {
+        records: vec![dlog_core::source::RawRecord {
+            topic: dlog_core::names::SERVICE_LOGS_TOPIC.into(),
+            partition: 0,
+            offset: 0,
+            key: Some(dlog_core::encoding::hex_id(&trace).into_bytes()),
+            payload: dlog_core::encoding::encode_logs(
+                dlog_core::encoding::Encoding::OtlpProto,
+                &request,
+            )
+            .unwrap(),
+            headers: vec![(
+                dlog_core::names::ENCODING_HEADER.into(),
+                b"otlp_proto".to_vec(),
+            )],
+            timestamp_ms: None,
+        }],
+        ack,
+    })
+    .await
+    .unwrap();
+    // Acknowledged only once the webhook took it: after the 503, the immediate retry.
+    tokio::time::timeout(Duration::from_secs(60), acked)
+        .await
+        .expect("the retry waited for the backoff, not for Retry-After")
+        .unwrap();
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let _ = stop.send(());
+    drop(tx);
     stage.await.unwrap().unwrap();
     server.abort();
 }

@@ -1981,3 +1981,53 @@ fn regression_heartbeat_alerts_have_their_own_cap() {
     );
     assert_eq!(h.engine.stats().alerts_dropped, 7);
 }
+
+#[test]
+fn forget_after_secs_stops_tracking_a_silent_instance_and_resolves_its_alerts() {
+    let mut rules = only_rules(&[rule::HEARTBEAT_DOWN]);
+    rules.heartbeat.forget_after_secs = 120;
+    let mut h = H::new(rules);
+    h.feed(heartbeat(
+        "svc-b",
+        HeartbeatKind::Heartbeat,
+        ServiceStatus::Up,
+        T0,
+        None,
+    ));
+    assert_eq!(H::visible(h.advance(31)).len(), 2);
+    // 91 s of silence: still tracked, still firing, nothing new.
+    assert!(h.advance(60).is_empty());
+    // 121 s: forgotten; both alerts resolve, saying why.
+    let forgotten = h.advance(30);
+    assert_eq!(
+        H::visible(forgotten.clone()),
+        vec![
+            (Resolved, "heartbeat_down".into(), "svc-b-1".into()),
+            (Resolved, "heartbeat_delayed".into(), "svc-b-1".into()),
+        ]
+    );
+    for t in &forgotten {
+        assert_eq!(t.alert.labels["reason"], "forgotten");
+        assert_eq!(
+            t.alert.summary,
+            "svc-b (svc-b-1) is no longer tracked after 120 s of silence"
+        );
+    }
+    assert_eq!(
+        h.engine.snapshot().rule_states["instances"],
+        serde_json::json!({})
+    );
+    // Silence goes on: nothing more.
+    assert!(h.advance(300).is_empty());
+    // It comes back: tracked afresh, no "is back" for alerts already resolved.
+    assert!(h
+        .feed(heartbeat(
+            "svc-b",
+            HeartbeatKind::Heartbeat,
+            ServiceStatus::Up,
+            h.now(),
+            None,
+        ))
+        .is_empty());
+    assert_eq!(H::visible(h.advance(31)).len(), 2);
+}

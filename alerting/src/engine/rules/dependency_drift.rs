@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use dlog_core::model::{Heartbeat, ServiceInfo};
 use serde::{Deserialize, Serialize};
 
-use super::{LogView, Rule, RuleStates, SpanView};
+use super::{load_state, save_state, LogView, Rule, RuleStates, SpanView};
 use crate::alert::{alert_id, rule, Alert, Severity};
 use crate::engine::format::edge_key;
 use crate::engine::lifecycle::{Active, Kind};
@@ -160,16 +160,11 @@ impl Rule for Drift {
     }
 
     fn save(&self, into: &mut RuleStates) {
-        if let Ok(value) = serde_json::to_value(&self.seen) {
-            into.insert(STATE_KEY.into(), value);
-        }
+        save_state(into, STATE_KEY, &self.seen);
     }
 
     fn restore(&mut self, from: &RuleStates, _windows_kept: bool) {
-        if let Some(seen) = from
-            .get(STATE_KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        if let Some(seen) = load_state(from, STATE_KEY) {
             self.seen = seen;
         }
         self.count = self.seen.values().map(BTreeSet::len).sum();

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use dlog_core::model::{Heartbeat, ServiceStatus};
 use serde::{Deserialize, Serialize};
 
-use super::{Rule, RuleStates};
+use super::{load_state, save_state, Rule, RuleStates};
 use crate::alert::{alert_id, rule, Alert, Severity};
 use crate::engine::format::{describe_instance, fmt_secs};
 use crate::engine::lifecycle::{Active, Kind};
@@ -352,16 +352,11 @@ impl Rule for Silence {
     }
 
     fn save(&self, into: &mut RuleStates) {
-        if let Ok(value) = serde_json::to_value(&self.instances) {
-            into.insert(STATE_KEY.into(), value);
-        }
+        save_state(into, STATE_KEY, &self.instances);
     }
 
     fn restore(&mut self, from: &RuleStates, _windows_kept: bool) {
-        if let Some(instances) = from
-            .get(STATE_KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        if let Some(instances) = load_state(from, STATE_KEY) {
             self.instances = instances;
         }
     }

@@ -24,6 +24,7 @@ use std::borrow::Cow;
 
 use dlog_core::model::{Heartbeat, LogEntry, SpanRecord};
 use dlog_core::names;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
@@ -40,6 +41,28 @@ use traffic_stopped::TrafficStoppedRule;
 
 /// Saved rule states, by key, as they appear at the top level of the engine snapshot.
 pub(crate) type RuleStates = serde_json::Map<String, serde_json::Value>;
+
+/// Saves a rule's `state` under `key`.
+pub(crate) fn save_state<T: Serialize>(into: &mut RuleStates, key: &str, state: &T) {
+    match serde_json::to_value(state) {
+        Ok(value) => {
+            into.insert(key.to_string(), value);
+        }
+        Err(e) => tracing::error!(key, error = %e, "a rule's state cannot be saved"),
+    }
+}
+
+/// The state a rule saved under `key`, if there is one it can read.
+pub(crate) fn load_state<T: DeserializeOwned>(from: &RuleStates, key: &str) -> Option<T> {
+    let value = from.get(key)?;
+    match T::deserialize(value) {
+        Ok(state) => Some(state),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "a rule's saved state is unreadable; it starts empty");
+            None
+        }
+    }
+}
 
 /// One alert rule. Every hook has a no-op default: a rule implements what it looks at.
 ///

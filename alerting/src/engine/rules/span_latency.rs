@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use dlog_core::model::SpanKind;
 use serde::{Deserialize, Serialize};
 
-use super::{Rule, RuleStates, SpanView};
+use super::{load_state, save_state, Rule, RuleStates, SpanView};
 use crate::alert::{alert_id, rule, Alert, Severity};
 use crate::engine::format::{fmt_num, push_example, span_kind};
 use crate::engine::lifecycle::{Active, Kind};
@@ -366,17 +366,12 @@ impl Rule for Latency {
     }
 
     fn save(&self, into: &mut RuleStates) {
-        if let Ok(value) = serde_json::to_value(&self.windows) {
-            into.insert(STATE_KEY.into(), value);
-        }
+        save_state(into, STATE_KEY, &self.windows);
     }
 
     fn restore(&mut self, from: &RuleStates, windows_kept: bool) {
         if windows_kept {
-            if let Some(windows) = from
-                .get(STATE_KEY)
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-            {
+            if let Some(windows) = load_state(from, STATE_KEY) {
                 self.windows = windows;
             }
         }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use dlog_core::model::{Heartbeat, ServiceStatus};
 use serde::{Deserialize, Serialize};
 
-use super::{LogView, Rule, RuleStates, SpanView};
+use super::{load_state, save_state, LogView, Rule, RuleStates, SpanView};
 use crate::alert::{alert_id, rule, Alert, Severity};
 use crate::engine::format::fmt_secs;
 use crate::engine::lifecycle::{Active, Kind};
@@ -82,6 +82,9 @@ struct Seen {
     traffic: u64,
     /// Last heartbeat or registration (UP); 0: none yet.
     heartbeat: u64,
+    /// This rule's alert is firing for the service.
+    #[serde(default)]
+    firing: bool,
 }
 
 /// The rule: per service, when it last sent traffic and when it last heartbeated.
@@ -110,28 +113,34 @@ impl TrafficStopped {
         self.services.get_mut(service)
     }
 
+    /// A span or log of `service`: on the hot path, so one map lookup, and the alert id only
+    /// when the alert is firing.
     fn traffic(&mut self, service: &str, cx: &mut Context) {
         if !self.config.enabled {
             return;
         }
         let now = cx.now;
-        let Some(seen) = self.entry(service, cx) else {
-            return;
+        let seen = match self.services.get_mut(service) {
+            Some(seen) => seen,
+            None => match self.entry(service, cx) {
+                Some(seen) => seen,
+                None => return,
+            },
         };
         let silent = now.saturating_sub(seen.traffic);
-        let before = seen.traffic;
         seen.traffic = seen.traffic.max(now);
-        if before == 0 {
+        if !std::mem::take(&mut seen.firing) {
             return;
         }
-        let id = alert_id(rule::TRAFFIC_STOPPED, service);
-        if cx.is_firing(&id) {
-            let summary = format!(
-                "{service} sends spans and logs again, after {} without any",
-                fmt_secs(silent)
-            );
-            cx.resolve(&id, Some(summary), None);
-        }
+        let summary = format!(
+            "{service} sends spans and logs again, after {} without any",
+            fmt_secs(silent)
+        );
+        cx.resolve(
+            &alert_id(rule::TRAFFIC_STOPPED, service),
+            Some(summary),
+            None,
+        );
     }
 }
 
@@ -178,7 +187,7 @@ impl Rule for TrafficStopped {
         let mut gone = Vec::new();
         for (service, seen) in &self.services {
             let id = alert_id(rule::TRAFFIC_STOPPED, service);
-            let firing = cx.is_firing(&id);
+            let firing = seen.firing;
             let last = seen.traffic.max(seen.heartbeat);
             if forget > 0 && now.saturating_sub(last) > forget {
                 gone.push((service.clone(), id, firing));
@@ -191,7 +200,7 @@ impl Rule for TrafficStopped {
             if !firing && seen.traffic > 0 && alive && quiet > after {
                 fire.push((service.clone(), now.saturating_sub(seen.traffic)));
             } else if firing && !alive {
-                resolve.push(id);
+                resolve.push((service.clone(), id));
             }
         }
         for (service, id, firing) in gone {
@@ -200,7 +209,10 @@ impl Rule for TrafficStopped {
                 cx.resolve(&id, None, Some(("reason", "forgotten")));
             }
         }
-        for id in resolve {
+        for (service, id) in resolve {
+            if let Some(seen) = self.services.get_mut(&service) {
+                seen.firing = false;
+            }
             cx.resolve(&id, None, Some(("reason", "heartbeat_stopped")));
         }
         for (service, silent) in fire {
@@ -219,21 +231,20 @@ impl Rule for TrafficStopped {
                 now,
             )
             .with_labels(labels);
-            cx.fire(Active::new(alert, Kind::Condition, now));
+            if cx.fire(Active::new(alert, Kind::Condition, now)) {
+                if let Some(seen) = self.services.get_mut(&service) {
+                    seen.firing = true;
+                }
+            }
         }
     }
 
     fn save(&self, into: &mut RuleStates) {
-        if let Ok(value) = serde_json::to_value(&self.services) {
-            into.insert(STATE_KEY.into(), value);
-        }
+        save_state(into, STATE_KEY, &self.services);
     }
 
     fn restore(&mut self, from: &RuleStates, _windows_kept: bool) {
-        if let Some(services) = from
-            .get(STATE_KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-        {
+        if let Some(services) = load_state(from, STATE_KEY) {
             self.services = services;
         }
     }
