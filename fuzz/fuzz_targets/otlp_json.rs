@@ -33,5 +33,6 @@ fuzz_target!(|data: &[u8]| {
     for mutation in mutations.iter().take(4) {
         mutation.apply(&mut body);
     }
+    dlog_fuzz::dump(&body);
     dlog_fuzz::check_json(&body);
 });

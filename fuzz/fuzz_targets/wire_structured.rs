@@ -20,5 +20,6 @@ fuzz_target!(|input: (bool, Request, Vec<Mutation>)| {
     for mutation in mutations.iter().take(8) {
         mutation.apply(&mut bytes);
     }
+    dlog_fuzz::dump(&bytes);
     dlog_fuzz::check_protobuf(&bytes, logs);
 });

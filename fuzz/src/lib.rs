@@ -71,6 +71,13 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Whether the memory-bound oracles are on: unless `DLOG_FUZZ_SKIP_MEMORY_BOUNDS` is set
+/// (they fail on known, still open findings: docs/fuzzing.md).
+pub fn memory_bounds() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("DLOG_FUZZ_SKIP_MEMORY_BOUNDS").is_none())
+}
+
 /// Runs `f` and returns its result with the most bytes it had allocated at once (what it
 /// still holds on return included). Exact only with [`Counting`] as the global allocator.
 pub fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
@@ -82,6 +89,14 @@ pub fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
 
 // ---------------------------------------------------------------------------------------------
 // Oracles.
+
+/// Writes the bytes a structure-aware target made to the file `DLOG_FUZZ_DUMP` names, if set,
+/// so that a failing input can be looked at as the decoder saw it.
+pub fn dump(bytes: &[u8]) {
+    if let Some(path) = std::env::var_os("DLOG_FUZZ_DUMP") {
+        let _ = std::fs::write(path, bytes);
+    }
+}
 
 /// The record size limit of the fuzzed routers: small, so that splitting is reached.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
@@ -203,7 +218,7 @@ pub fn check_protobuf(bytes: &[u8], logs: bool) {
     {
         let bound = fuzzing::decoded_size(bytes.len(), *messages);
         assert!(
-            peak <= bound,
+            peak <= bound || !memory_bounds(),
             "prost's decode took {peak} bytes, over the reserved bound {bound} ({messages} messages, {} body bytes)",
             bytes.len()
         );
@@ -261,12 +276,12 @@ pub fn check_json(body: &[u8]) {
     // A refused body allocates its error message; only what decodes is held to the bound.
     let (traces, peak) = peak_of(|| fuzzing::json_traces(body));
     assert!(
-        traces.is_err() || peak <= reserved,
+        traces.is_err() || peak <= reserved || !memory_bounds(),
         "JSON trace decode took {peak} bytes, over the reserved {reserved}"
     );
     let (logs, peak) = peak_of(|| fuzzing::json_logs(body));
     assert!(
-        logs.is_err() || peak <= reserved,
+        logs.is_err() || peak <= reserved || !memory_bounds(),
         "JSON logs decode took {peak} bytes, over the reserved {reserved}"
     );
     for router in routers() {
