@@ -5,6 +5,7 @@
 #   - rustfmt and clippy;
 #   - tansu, the Kafka-protocol broker the system tests start (cargo install skips an
 #     already-installed version);
+#   - cargo-fuzz, which builds the fuzz targets under fuzz/ (CI runs a short smoke of each);
 #   - osmem-server (Elasticsearch/OpenSearch-API server), rotel (peer OTLP -> Kafka collector),
 #     confluent-kafka and the OpenTelemetry Python SDK (interoperability tests), pinned.
 set -euo pipefail
@@ -37,6 +38,12 @@ TANSU_VERSION=0.6.0
 if ! "${HOME}/.cargo/bin/tansu" --version 2>/dev/null | grep -q "${TANSU_VERSION}"; then
   echo "==> cargo install tansu ${TANSU_VERSION} (about 12 minutes on 2 cores, once per machine)"
   cargo install tansu --version "${TANSU_VERSION}" --locked --no-default-features --features dynostore
+fi
+
+CARGO_FUZZ_VERSION=0.13.2
+if ! "${HOME}/.cargo/bin/cargo-fuzz" --version 2>/dev/null | grep -q "${CARGO_FUZZ_VERSION}"; then
+  echo "==> cargo install cargo-fuzz ${CARGO_FUZZ_VERSION} (about 4 minutes on 2 cores, once per machine)"
+  cargo install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
 fi
 
 echo "==> pip install -r requirements-test.txt"

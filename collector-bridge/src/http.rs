@@ -268,6 +268,14 @@ fn decode_json_now<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Fa
     })
 }
 
+/// [`decode_json_now`] with the message of its failure (for the fuzz targets).
+pub(crate) fn decode_json_message<T: DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, String> {
+    decode_json_now(body, what).map_err(|f| f.message)
+}
+
 /// Decodes an OTLP/JSON body, on the blocking pool when it is large.
 async fn decode_json<T: DeserializeOwned + Send + 'static>(
     body: Bytes,
@@ -306,7 +314,7 @@ const JSON_VALUE_BYTES: usize = 32;
 /// a struct per object, a value per array element or field, and at most the body again in
 /// strings and bytes. `[{},{},..]` decodes to dozens of times its size; this bounds it before
 /// decoding starts.
-fn json_decoded_size(body: &[u8]) -> usize {
+pub(crate) fn json_decoded_size(body: &[u8]) -> usize {
     let mut objects = 0usize;
     let mut values = 0usize;
     let mut in_string = false;

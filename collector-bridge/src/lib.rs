@@ -44,6 +44,110 @@ pub mod route;
 pub mod sink;
 mod wire;
 
+/// Entry points for the fuzz targets under `fuzz/`: not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    use crate::wire::{self, Parsed, RequestKind};
+
+    /// One span or log record as the protobuf validator sliced it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Item {
+        /// `trace_id` (empty when absent).
+        pub trace_id: Vec<u8>,
+        /// `span_id` (empty when absent).
+        pub span_id: Vec<u8>,
+        /// A registration or heartbeat event (logs only).
+        pub heartbeat: bool,
+    }
+
+    /// The protobuf validator's verdict on a request.
+    #[derive(Debug)]
+    pub enum Verdict {
+        /// Valid and sliced: items per scope entry per resource entry, and the messages
+        /// counted for the decoded-size bound.
+        Slices {
+            /// Resource entries, each a list of scope entries, each a list of items.
+            resources: Vec<Vec<Vec<Item>>>,
+            /// Messages in the request.
+            messages: usize,
+        },
+        /// Valid only as prost merges it; the router decodes it with prost.
+        NeedsFullDecode {
+            /// Messages in the request.
+            messages: usize,
+        },
+        /// Refused, with the reason.
+        Invalid(String),
+    }
+
+    /// Runs the validator on an `ExportLogsServiceRequest` (`logs`) or an
+    /// `ExportTraceServiceRequest`.
+    pub fn parse(bytes: &[u8], logs: bool) -> Verdict {
+        let kind = if logs {
+            RequestKind::Logs
+        } else {
+            RequestKind::Traces
+        };
+        match wire::parse_with(bytes, kind, None) {
+            Ok(Parsed::Slices {
+                resources,
+                messages,
+                ..
+            }) => Verdict::Slices {
+                resources: resources
+                    .iter()
+                    .map(|r| {
+                        r.scopes
+                            .iter()
+                            .map(|s| {
+                                s.items
+                                    .iter()
+                                    .map(|i| Item {
+                                        trace_id: i.trace_id.to_vec(),
+                                        span_id: i.span_id.to_vec(),
+                                        heartbeat: i.heartbeat,
+                                    })
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .collect(),
+                messages,
+            },
+            Ok(Parsed::NeedsFullDecode { messages }) => Verdict::NeedsFullDecode { messages },
+            Err(e) => Verdict::Invalid(e.to_string()),
+        }
+    }
+
+    /// The item count read from the framing alone, as the receivers count before validating.
+    pub fn count_items(bytes: &[u8]) -> Option<usize> {
+        wire::count_items(bytes)
+    }
+
+    /// The bound of a prost-decoded request's memory that the router reserves.
+    pub fn decoded_size(len: usize, messages: usize) -> usize {
+        crate::route::decoded_size(len, messages)
+    }
+
+    /// The bound of a JSON-decoded request's memory that the HTTP receiver reserves.
+    pub fn json_decoded_size(body: &[u8]) -> usize {
+        crate::http::json_decoded_size(body)
+    }
+
+    /// Decodes an OTLP/JSON trace request body as the HTTP receiver does.
+    pub fn json_traces(body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
+        crate::http::decode_json_message(body, "ExportTraceServiceRequest")
+    }
+
+    /// Decodes an OTLP/JSON logs request body as the HTTP receiver does.
+    pub fn json_logs(body: &[u8]) -> Result<ExportLogsServiceRequest, String> {
+        crate::http::decode_json_message(body, "ExportLogsServiceRequest")
+    }
+}
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -564,8 +564,10 @@ impl Router {
 }
 
 /// Bytes that decoded OTLP structs take at most per protobuf message or JSON object: the
-/// largest struct (a span), twice over for the growth of the vector holding it.
-pub(crate) const DECODED_MESSAGE_BYTES: usize = 2 * max_size(&[
+/// largest struct (a span), four times over for the vector holding it (which doubles as it
+/// grows, and holds at least 4 elements once it holds one: a request of one-span entries
+/// allocates 4 spans per span).
+pub(crate) const DECODED_MESSAGE_BYTES: usize = 4 * max_size(&[
     std::mem::size_of::<Span>(),
     std::mem::size_of::<LogRecord>(),
     std::mem::size_of::<ResourceSpans>(),
@@ -1425,6 +1427,46 @@ impl Rejections {
 #[cfg(test)]
 mod tests {
     use dlog_core::encoding::{decode_logs, decode_traces};
+
+    /// Found by the `wire_structured` fuzz target: a request of many resource entries, each
+    /// holding one scope entry with one span, decoded by prost into more than the
+    /// decoded-size bound the router reserves, since a vector that holds one element
+    /// allocates room for 4.
+    #[test]
+    fn regression_decoded_size_bound_one_span_entries_fit_the_reserved_bound() {
+        use std::mem::size_of;
+        let entry = ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![entry; 37],
+        };
+        let bytes = request.encode_to_vec();
+        let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        // The heap the decoded request holds, from its vectors' capacities.
+        let mut heap = decoded.resource_spans.capacity() * size_of::<ResourceSpans>();
+        for rs in &decoded.resource_spans {
+            heap += rs.scope_spans.capacity() * size_of::<ScopeSpans>();
+            for ss in &rs.scope_spans {
+                heap += ss.spans.capacity() * size_of::<Span>();
+                for span in &ss.spans {
+                    heap += span.trace_id.capacity() + span.span_id.capacity();
+                }
+            }
+        }
+        let messages = match wire::parse_with(&bytes, RequestKind::Traces, None).unwrap() {
+            Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => messages,
+        };
+        let bound = decoded_size(bytes.len(), messages);
+        assert!(heap <= bound, "decoded {heap} bytes, bound {bound}");
+    }
     use dlog_core::names;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 

@@ -52,6 +52,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use frame::FrameError;
+
+/// Entry points for the fuzz targets under `fuzz/`: not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use dlog_core::source::RawRecord;
+
+    /// Reads one whole frame (header and payload, exactly) as the reader does: checks its
+    /// length and checksum, then decodes the payload at `offset`.
+    pub fn read_frame(frame: &[u8], offset: u64) -> Result<RawRecord, String> {
+        let payload = crate::frame::check(frame).map_err(|d| d.to_string())?;
+        crate::frame::decode(payload, offset).map_err(|d| d.to_string())
+    }
+
+    /// Encodes one frame, as the writer does.
+    pub fn encode_frame(
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+        value: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<Vec<u8>, crate::FrameError> {
+        let mut out = Vec::new();
+        crate::frame::encode(&mut out, topic, key, headers, value, timestamp_ms)?;
+        Ok(out)
+    }
+}
 pub use metrics::WalMetrics;
 pub use reader::WalReader;
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs every fuzz target under fuzz/ for a bounded time and prints the executions of each.
+#
+#   scripts/fuzz.sh [seconds-per-target] [target...]
+#
+# Builds the targets with cargo-fuzz (libFuzzer; no sanitizer, since the workspace forbids
+# unsafe code; debug assertions and overflow checks on), then runs each one from the seed
+# corpus in fuzz/corpus/<target>/ plus a working corpus outside the repository, which grows
+# from run to run. Exits non-zero when a target crashes, panics, times out or exceeds its
+# memory limit; the input that did it is kept under the work directory's artifacts/ and named
+# in the output.
+#
+# Environment: FUZZ_WORK_DIR (working corpus and crash artifacts, default
+# ~/.cache/dlog/fuzz), FUZZ_TARGET_DIR (build directory, default
+# ~/.cache/dlog/fuzz-target).
+# Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); the stable toolchain works with
+# RUSTC_BOOTSTRAP=1, which this script sets for the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${1:-60}"
+shift || true
+all_targets=(wire_raw wire_structured otlp_json stage_records wal_frame)
+if [ "$#" -gt 0 ]; then
+    targets=("$@")
+else
+    targets=("${all_targets[@]}")
+fi
+work="${FUZZ_WORK_DIR:-${HOME}/.cache/dlog/fuzz}"
+target_dir="${FUZZ_TARGET_DIR:-${HOME}/.cache/dlog/fuzz-target}"
+
+echo "==> building fuzz targets (cargo fuzz build -s none -a)"
+build_start=$(date +%s)
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -s none -a --target-dir "$target_dir")
+echo "    built in $(( $(date +%s) - build_start ))s"
+
+triple="$(rustc -vV | sed -n 's/^host: //p')"
+bin_dir="$target_dir/$triple/release"
+failed=()
+summary=("$(printf '%-18s %14s %10s %8s' target executions exec/s result)")
+for target in "${targets[@]}"; do
+    corpus="$work/corpus/$target"
+    artifacts="$work/artifacts/$target/"
+    mkdir -p "$corpus" "$artifacts"
+    log="$work/$target.log"
+    extra=()
+    case "$target" in
+        otlp_json) extra+=("-dict=fuzz/dict/otlp_json.dict") ;;
+    esac
+    echo "==> $target for ${seconds}s"
+    set +e
+    "$bin_dir/$target" "$corpus" "fuzz/corpus/$target" \
+        -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
+        -print_final_stats=1 -artifact_prefix="$artifacts" \
+        "${extra[@]}" > "$log" 2>&1
+    status=$?
+    set -e
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | awk '{s+=$1} END {print s+0}')
+    rate=$(( runs / (seconds > 0 ? seconds : 1) ))
+    if [ "$status" -eq 0 ]; then
+        result=ok
+    else
+        result=FAILED
+        failed+=("$target")
+        echo "---- $target failed (exit $status); last lines of $log:"
+        tail -40 "$log"
+        ls -1 "$artifacts" | sed "s|^|    artifact: $artifacts|"
+    fi
+    summary+=("$(printf '%-18s %14s %10s %8s' "$target" "$runs" "$rate" "$result")")
+done
+echo "==> executions per target (${seconds}s each)"
+printf '%s\n' "${summary[@]}"
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "fuzzing found failures in: ${failed[*]}" >&2
+    exit 1
+fi
