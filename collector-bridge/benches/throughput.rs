@@ -191,6 +191,9 @@ struct Figures {
     cpu_secs: f64,
     hwm_kib: u64,
     note: String,
+    /// Answer latency of the measured requests (contenders driven over OTLP).
+    answer_p50_ms: Option<f64>,
+    answer_p99_ms: Option<f64>,
 }
 
 impl Figures {
@@ -216,7 +219,13 @@ impl Figures {
 
 /// Sends pre-encoded requests over OTLP/gRPC with `concurrency` requests in flight over two
 /// connections, and returns when every one was answered. Panics on a non-success answer.
-async fn drive(endpoint: &str, encoded: &[Vec<u8>], count: usize, concurrency: usize) {
+/// Sends `count` requests over `concurrency` streams; returns each request's answer latency.
+async fn drive(
+    endpoint: &str,
+    encoded: &[Vec<u8>],
+    count: usize,
+    concurrency: usize,
+) -> Vec<Duration> {
     let mut channels = Vec::new();
     for _ in 0..2 {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
@@ -235,12 +244,14 @@ async fn drive(endpoint: &str, encoded: &[Vec<u8>], count: usize, concurrency: u
         let encoded = encoded.clone();
         tasks.push(tokio::spawn(async move {
             let mut grpc = tonic::client::Grpc::new(channel);
+            let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
                     break;
                 }
                 grpc.ready().await.expect("ready");
+                let sent = Instant::now();
                 let response: Result<tonic::Response<ExportTraceServiceResponse>, _> = grpc
                     .unary(
                         tonic::Request::new(encoded[i % encoded.len()].clone()),
@@ -251,17 +262,31 @@ async fn drive(endpoint: &str, encoded: &[Vec<u8>], count: usize, concurrency: u
                     )
                     .await;
                 let response = response.expect("export answered success");
+                latencies.push(sent.elapsed());
                 assert!(
                     response.get_ref().partial_success.is_none(),
                     "partial success: {:?}",
                     response.get_ref()
                 );
             }
+            latencies
         }));
     }
+    let mut latencies = Vec::new();
     for t in tasks {
-        t.await.expect("load task");
+        latencies.extend(t.await.expect("load task"));
     }
+    latencies
+}
+
+/// The `p` quantile of `latencies` in ms.
+fn quantile_ms(latencies: &mut [Duration], p: f64) -> Option<f64> {
+    if latencies.is_empty() {
+        return None;
+    }
+    latencies.sort_unstable();
+    let i = ((latencies.len() - 1) as f64 * p).round() as usize;
+    Some(latencies[i].as_secs_f64() * 1000.0)
 }
 
 mod raw {
@@ -362,7 +387,7 @@ fn measure(
         pid,
         answers_after_ack,
     } = *target;
-    runtime.block_on(drive(endpoint, encoded, WARM_UP, load.concurrency));
+    let _ = runtime.block_on(drive(endpoint, encoded, WARM_UP, load.concurrency));
     let warm_spans = WARM_UP * load.spans_per_request;
     // rotel answers before Kafka acknowledges: let the warm-up land before the clock starts.
     let _ = delivered(&kafka.brokers, topic, warm_spans);
@@ -372,7 +397,7 @@ fn measure(
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let started = Instant::now();
-    runtime.block_on(drive(endpoint, encoded, load.requests, load.concurrency));
+    let mut latencies = runtime.block_on(drive(endpoint, encoded, load.requests, load.concurrency));
     let answered = started.elapsed().as_secs_f64();
     let (delivered_spans, last_ts) =
         delivered(&kafka.brokers, topic, warm_spans + load.total_spans());
@@ -398,6 +423,8 @@ fn measure(
         cpu_secs: cpu1 - cpu0,
         hwm_kib: hwm,
         note,
+        answer_p50_ms: quantile_ms(&mut latencies, 0.5),
+        answer_p99_ms: quantile_ms(&mut latencies, 0.99),
     }
 }
 
@@ -575,6 +602,8 @@ fn bench_raw(load: &Load, runtime: &tokio::runtime::Runtime) -> Figures {
         cpu_secs: cpu,
         hwm_kib: hwm,
         note: "same records the bridge writes, pre-encoded, same producer settings".into(),
+        answer_p50_ms: None,
+        answer_p99_ms: None,
     }
 }
 
@@ -720,14 +749,17 @@ fn main() {
 
     println!();
     println!(
-        "| contender | delivered spans/s | wall s | spans delivered / sent | CPU s | CPU µs per delivered span | peak RSS MiB |"
+        "| contender | delivered spans/s | answer p50 ms | answer p99 ms | wall s | spans delivered / sent | CPU s | CPU µs per delivered span | peak RSS MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     for f in &results {
         println!(
-            "| {} | {:.0} | {:.2} | {}/{} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {:.0} | {} | {} | {:.2} | {}/{} | {:.2} | {:.2} | {:.1} |",
             f.name,
             f.spans_per_sec(),
+            ms(f.answer_p50_ms),
+            ms(f.answer_p99_ms),
             f.secs,
             f.delivered,
             f.spans,

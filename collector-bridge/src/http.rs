@@ -593,6 +593,7 @@ mod tests {
             std::time::Duration::from_millis(20),
             Default::default(),
             Default::default(),
+            prometheus_client::metrics::histogram::Histogram::new([1.0]),
         )
     }
 

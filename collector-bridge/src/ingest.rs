@@ -27,6 +27,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -90,6 +91,8 @@ pub(crate) struct Admission {
     wait: Duration,
     in_flight_requests: Gauge,
     in_flight_bytes: Gauge,
+    /// Time from a request's arrival until its answer was decided, whatever the outcome.
+    answer_seconds: Histogram,
 }
 
 impl Admission {
@@ -99,8 +102,10 @@ impl Admission {
         wait: Duration,
         in_flight_requests: Gauge,
         in_flight_bytes: Gauge,
+        answer_seconds: Histogram,
     ) -> Arc<Admission> {
         Arc::new(Admission {
+            answer_seconds,
             requests: Semaphore::new(max_requests),
             max_requests,
             bytes: Semaphore::new(max_bytes),
@@ -120,6 +125,7 @@ impl Admission {
                 permit.forget();
                 self.in_flight_requests.inc();
                 Ok(Ticket {
+                    admitted: Instant::now(),
                     admission: self.clone(),
                     held: 0,
                 })
@@ -139,6 +145,7 @@ impl Admission {
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
     held: usize,
+    admitted: Instant,
 }
 
 impl Ticket {
@@ -200,6 +207,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        self.admission
+            .answer_seconds
+            .observe(self.admitted.elapsed().as_secs_f64());
         self.release_to(0);
         self.admission.requests.add_permits(1);
         self.admission.in_flight_requests.dec();
@@ -228,6 +238,7 @@ impl<S: Sink> Ingest<S> {
             config.admission_timeout(),
             metrics.in_flight_requests.clone(),
             metrics.in_flight_bytes.clone(),
+            metrics.answer_latency.clone(),
         );
         Ingest {
             sink,
@@ -575,6 +586,7 @@ mod tests {
             Duration::from_millis(50),
             Gauge::default(),
             Gauge::default(),
+            Histogram::new([1.0]),
         )
     }
 

@@ -112,6 +112,8 @@ pub(crate) struct Metrics {
     pub in_flight_requests: Gauge,
     pub in_flight_bytes: Gauge,
     pub produce_latency: Histogram,
+    /// Time from a request's arrival until its answer was decided, whatever the outcome.
+    pub answer_latency: Histogram,
 }
 
 impl Metrics {
@@ -129,6 +131,11 @@ impl Metrics {
         // buckets catch requests that ran into the produce timeout.
         let produce_latency = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+        );
+        // 0.25 ms .. ~8 s: what a sender waits for each answer, which bounds the throughput
+        // of an SDK that exports one batch at a time.
+        let answer_latency = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00025, 2.0, 16),
         );
 
         let signals = [SignalKind::Traces, SignalKind::Logs];
@@ -220,6 +227,11 @@ impl Metrics {
             in_flight_bytes.clone(),
         );
         registry.register(
+            "dlog_bridge_answer_latency_seconds",
+            "Time from an OTLP request's arrival until its answer was decided (any outcome): the latency senders see",
+            answer_latency.clone(),
+        );
+        registry.register(
             "dlog_bridge_produce_latency_seconds",
             "Time from handing a request's records to the producer until Kafka acknowledged all of them",
             produce_latency.clone(),
@@ -232,6 +244,7 @@ impl Metrics {
             in_flight_requests,
             in_flight_bytes,
             produce_latency,
+            answer_latency,
         }
     }
 

@@ -659,6 +659,11 @@ async fn metrics_and_healthz_report_what_happened() {
         metric(&text, "dlog_bridge_produce_latency_seconds_count"),
         1.0
     );
+    // The latency senders see: one answer, counted once its outcome was decided.
+    assert_eq!(
+        metric(&text, "dlog_bridge_answer_latency_seconds_count"),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

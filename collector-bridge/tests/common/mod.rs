@@ -277,9 +277,10 @@ pub async fn metrics_text(bridge: &RunningBridge) -> String {
         .expect("metrics body")
 }
 
-/// The value of one sample line of `/metrics` (0 when absent).
+/// The value of `series` in a `/metrics` text. A series that is not there fails the test:
+/// reading it as 0 would let "equals 0" pass after a rename.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series `{series}` in /metrics:\n{text}"))
 }
