@@ -12,9 +12,10 @@
 //! Run: `cargo bench -p collector-bridge --bench throughput`
 //! Knobs (env): `BENCH_REQUESTS` (default 400), `BENCH_CONCURRENCY` (8), `BENCH_SPANS` (512
 //! per request), `BENCH_BRIDGE_ARGS` (extra flags for the bridge, e.g. `-X linger.ms=1`),
-//! `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge`, `baseline` or `rotel`),
-//! `BENCH_BASELINE_BIN` (an older `collector-bridge` binary, measured next to this build with
-//! the same load).
+//! `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge`, `baseline`, `variant`
+//! or `rotel`), `BENCH_BASELINE_BIN` (an older `collector-bridge` binary, measured next to this
+//! build with the same load), `BENCH_VARIANT_CONFIG` (a TOML file: this build measured once
+//! more with it).
 //!
 //! Rates and CPU per span count the spans *delivered*: read back from the topic after the
 //! run, not the spans sent.
@@ -437,6 +438,7 @@ fn create_topic(kafka: &Kafka, runtime: &tokio::runtime::Runtime, topic: &str) {
 fn bench_bridge(
     name: &'static str,
     binary: &std::path::Path,
+    config: Option<&std::path::Path>,
     load: &Load,
     encoded: &[Vec<u8>],
     runtime: &tokio::runtime::Runtime,
@@ -449,8 +451,12 @@ fn bench_bridge(
         free_port().unwrap(),
         free_port().unwrap(),
     );
+    let mut command = Command::new(binary);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
     let mut child = KillOnDrop(
-        Command::new(binary)
+        command
             .args(["--kafka-brokers", &kafka.brokers])
             .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http", &format!("127.0.0.1:{http}")])
@@ -725,6 +731,7 @@ fn main() {
         results.push(bench_bridge(
             "collector-bridge",
             std::path::Path::new(env!("CARGO_BIN_EXE_collector-bridge")),
+            None,
             &load,
             &encoded,
             &runtime,
@@ -737,6 +744,21 @@ fn main() {
             results.push(bench_bridge(
                 "collector-bridge (baseline build)",
                 std::path::Path::new(&baseline),
+                None,
+                &load,
+                &encoded,
+                &runtime,
+            ));
+        }
+    }
+    // BENCH_VARIANT_CONFIG=file.toml runs this build once more with that config file (for
+    // example `redact_attributes = false`, to see what a setting costs).
+    if let Some(variant) = std::env::var_os("BENCH_VARIANT_CONFIG") {
+        if wanted("bridge") || wanted("variant") {
+            results.push(bench_bridge(
+                "collector-bridge (BENCH_VARIANT_CONFIG)",
+                std::path::Path::new(env!("CARGO_BIN_EXE_collector-bridge")),
+                Some(std::path::Path::new(&variant)),
                 &load,
                 &encoded,
                 &runtime,

@@ -155,7 +155,8 @@ pub struct Config {
     /// Open connections each OTLP listener (gRPC, HTTP) serves at once; further connections
     /// wait in the kernel's backlog until one closes.
     pub max_connections: usize,
-    /// How long an HTTP/1 client may take to send a request's headers before the connection
+    /// How long an HTTP/1 client may take to send a request's headers, and a new connection
+    /// on the HTTP port its first bytes (the whole preface for HTTP/2), before the connection
     /// is closed.
     pub http_header_read_timeout_ms: u64,
     /// How long a request's body (HTTP) or message (gRPC) may take to arrive, counted from the

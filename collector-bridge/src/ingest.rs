@@ -194,6 +194,28 @@ impl Ticket {
         Ok(())
     }
 
+    /// Makes the reservation at least `total` bytes if that is possible without waiting.
+    pub fn try_reserve(&mut self, total: usize) -> bool {
+        if total <= self.held {
+            return true;
+        }
+        let admission = &self.admission;
+        if total > admission.max_bytes || total > u32::MAX as usize {
+            return false;
+        }
+        // `total` is at most u32::MAX.
+        let more = u32::try_from(total - self.held).unwrap_or(u32::MAX);
+        match admission.bytes.try_acquire_many(more) {
+            Ok(permit) => {
+                permit.forget();
+                self.held += more as usize;
+                admission.in_flight_bytes.inc_by(i64::from(more));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Gives back what is reserved above `total` bytes.
     pub fn release_to(&mut self, total: usize) {
         if total < self.held {
@@ -346,7 +368,7 @@ impl<S: Sink> Ingest<S> {
         &self,
         ticket: &mut Ticket,
         items: usize,
-        route: impl Fn(RouteLimits) -> Result<Routed, RouteError>,
+        route: impl Fn(RouteLimits<'_>) -> Result<Routed, RouteError>,
     ) -> Result<Routed, IngestError> {
         self.check_items(items)?;
         // What is held covers the body and the decoded request already.
@@ -391,7 +413,7 @@ impl<S: Sink> Ingest<S> {
         ticket: &mut Ticket,
         base: usize,
         guess: usize,
-        route: impl Fn(RouteLimits) -> Result<Routed, RouteError>,
+        route: impl Fn(RouteLimits<'_>) -> Result<Routed, RouteError>,
     ) -> Result<Routed, IngestError> {
         let mut allowance = guess;
         for _ in 0..ROUTE_ATTEMPTS {
@@ -403,9 +425,13 @@ impl<S: Sink> Ingest<S> {
             }
             let limited = allowance.min(room);
             ticket.reserve(base.saturating_add(limited)).await?;
+            // Records larger than guessed are reserved on the spot when the budget has room,
+            // so that the request is not parsed and routed a second time.
+            let mut grow = |needed: usize| ticket.try_reserve(base.saturating_add(needed));
             let limits = RouteLimits {
                 max_groups: self.max_groups,
                 allowance: limited,
+                grow: Some(&mut grow),
             };
             match route(limits) {
                 Ok(routed) => return Ok(routed),

@@ -84,7 +84,14 @@ pub(crate) async fn serve_http(
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let header_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            // hyper's header timeout starts once it reads a request; until then it waits for
+            // the bytes that tell HTTP/1 from HTTP/2, without a limit.
+            if !request_begins(&stream, header_timeout).await {
+                drop(slot);
+                return;
+            }
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "OTLP/HTTP connection ended with an error");
@@ -95,6 +102,34 @@ pub(crate) async fn serve_http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The HTTP/2 connection preface (prior knowledge), which a server must see whole to tell
+/// HTTP/2 from HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often a connection that sent part of the HTTP/2 preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
+
+/// Whether `stream` sends, within `within`, enough to tell which HTTP version it speaks: a
+/// first byte that cannot start the HTTP/2 preface, or the whole preface. A connection that
+/// stays silent (or stops inside the preface) is closed.
+async fn request_begins(stream: &TcpStream, within: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+                return true;
+            }
+            // Part of the preface: peek returns at once while it is all there is.
+            tokio::time::sleep(PREFACE_POLL).await;
+        }
+    };
+    tokio::time::timeout(within, wait).await.unwrap_or(false)
 }
 
 /// The connections `listener` accepts, at most `max_connections` open at once: the next one

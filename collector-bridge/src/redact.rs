@@ -44,13 +44,23 @@ pub const SENSITIVE_KEYS: &[&str] = &[
 /// The longest key segment `redact_extra_keys` may name.
 pub const MAX_KEY_SEGMENT: usize = 64;
 
+/// 64-bit words in a normalised key segment of at most [`MAX_KEY_SEGMENT`] bytes.
+const WORDS: usize = MAX_KEY_SEGMENT / 8;
+
+/// A normalised key segment as little-endian words, zero-padded: comparing two is comparing
+/// `len.div_ceil(8)` integers, with no call into `memcmp`. This runs for every attribute key.
+type Words = [u64; WORDS];
+
 /// Decides which attribute values are redacted, and rewrites them.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    /// Normalised segments, sorted by length then bytes.
-    segments: Vec<Box<[u8]>>,
-    /// Bit `n` is set when some segment is `n` bytes long: most keys are ruled out by length.
-    lengths: u128,
+    /// The normalised segments, by their length in bytes (index 0 to `MAX_KEY_SEGMENT`).
+    by_len: Vec<Vec<Words>>,
+    /// By length, the set of the segments' normalised last bytes: most keys are ruled out by
+    /// length and last byte before anything is normalised.
+    last_bytes: Vec<[u64; 4]>,
+    /// The union of `last_bytes`: checked first, before the key is searched for its last dot.
+    any_last_byte: [u64; 4],
     bodies: bool,
 }
 
@@ -59,19 +69,31 @@ impl Redactor {
     /// the config to be at most [`MAX_KEY_SEGMENT`] bytes); `bodies` extends it into log
     /// bodies.
     pub fn new<'a>(extra: impl IntoIterator<Item = &'a str>, bodies: bool) -> Redactor {
-        let mut segments: Vec<Box<[u8]>> = SENSITIVE_KEYS
-            .iter()
-            .copied()
-            .chain(extra)
-            .filter(|s| !s.is_empty() && s.len() <= MAX_KEY_SEGMENT)
-            .map(|s| s.bytes().map(normalise).collect())
-            .collect();
-        segments.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-        segments.dedup();
-        let lengths = segments.iter().fold(0u128, |m, s| m | 1u128 << s.len());
+        let mut by_len: Vec<Vec<Words>> = vec![Vec::new(); MAX_KEY_SEGMENT + 1];
+        let mut last_bytes = vec![[0u64; 4]; MAX_KEY_SEGMENT + 1];
+        for segment in SENSITIVE_KEYS.iter().copied().chain(extra) {
+            let bytes = segment.as_bytes();
+            let Some(&last) = bytes.last().filter(|_| bytes.len() <= MAX_KEY_SEGMENT) else {
+                continue;
+            };
+            let last = normalise(last);
+            last_bytes[bytes.len()][usize::from(last >> 6)] |= 1 << (last & 63);
+            let words = normalised(bytes);
+            let same = &mut by_len[bytes.len()];
+            if !same.contains(&words) {
+                same.push(words);
+            }
+        }
+        let mut any_last_byte = [0u64; 4];
+        for set in &last_bytes {
+            for (any, word) in any_last_byte.iter_mut().zip(set) {
+                *any |= word;
+            }
+        }
         Redactor {
-            segments,
-            lengths,
+            by_len,
+            last_bytes,
+            any_last_byte,
             bodies,
         }
     }
@@ -84,19 +106,27 @@ impl Redactor {
     /// Whether an attribute with this key is redacted.
     #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
+        match key.last() {
+            Some(&last) if contains(&self.any_last_byte, normalise(last)) => {}
+            _ => return false,
+        }
         let segment = match key.iter().rposition(|b| *b == b'.') {
             Some(dot) => &key[dot + 1..],
             None => key,
         };
-        if segment.len() > MAX_KEY_SEGMENT || self.lengths & (1u128 << segment.len()) == 0 {
+        let (Some(&last), Some(lasts)) = (segment.last(), self.last_bytes.get(segment.len()))
+        else {
+            return false;
+        };
+        if !contains(lasts, normalise(last)) {
             return false;
         }
-        let mut buf = [0u8; MAX_KEY_SEGMENT];
-        let normalised = &mut buf[..segment.len()];
-        for (to, from) in normalised.iter_mut().zip(segment) {
-            *to = normalise(*from);
-        }
-        self.segments.iter().any(|s| **s == *normalised)
+        let candidates = &self.by_len[segment.len()];
+        let words = normalised(segment);
+        let used = segment.len().div_ceil(8);
+        candidates
+            .iter()
+            .any(|c| c[..used].iter().zip(&words[..used]).all(|(a, b)| a == b))
     }
 
     fn any_match(&self, attributes: &[KeyValue]) -> bool {
@@ -246,6 +276,26 @@ impl Redactor {
             }
         }
     }
+}
+
+/// Whether the 256-bit set holds `byte`.
+#[inline]
+fn contains(set: &[u64; 4], byte: u8) -> bool {
+    set[usize::from(byte >> 6)] & (1 << (byte & 63)) != 0
+}
+
+/// `segment` (at most [`MAX_KEY_SEGMENT`] bytes) lowercased, `-` as `_`, as words.
+#[inline]
+fn normalised(segment: &[u8]) -> Words {
+    let mut words = [0u64; WORDS];
+    for (word, chunk) in words.iter_mut().zip(segment.chunks(8)) {
+        let mut bytes = [0u8; 8];
+        for (to, from) in bytes.iter_mut().zip(chunk) {
+            *to = normalise(*from);
+        }
+        *word = u64::from_le_bytes(bytes);
+    }
+    words
 }
 
 #[inline]

@@ -160,7 +160,7 @@ impl Router {
     pub(crate) fn route_traces(
         &self,
         request: &ExportTraceServiceRequest,
-        limits: RouteLimits,
+        limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
         let view: Vec<
             ResourceView<'_, Owned<'_, Resource>, Owned<'_, InstrumentationScope>, Owned<'_, Span>>,
@@ -197,7 +197,7 @@ impl Router {
     pub(crate) fn route_logs(
         &self,
         request: &ExportLogsServiceRequest,
-        limits: RouteLimits,
+        limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
         let view: Vec<
             ResourceView<
@@ -242,7 +242,7 @@ impl Router {
     pub(crate) fn traces_protobuf_within(
         &self,
         bytes: &[u8],
-        limits: RouteLimits,
+        limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
         const REQUEST: &str = "ExportTraceServiceRequest";
         let in_place = self.encoding == Encoding::OtlpProto;
@@ -284,7 +284,7 @@ impl Router {
     pub(crate) fn logs_protobuf_within(
         &self,
         bytes: &[u8],
-        limits: RouteLimits,
+        limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
         const REQUEST: &str = "ExportLogsServiceRequest";
         let in_place = self.encoding == Encoding::OtlpProto;
@@ -372,7 +372,7 @@ impl Router {
         classify: impl Fn(&I) -> Result<(Dest, Classified), String>,
         instance_key: impl Fn(usize) -> String,
         json: Option<&JsonEncoder<'_, R, S, I>>,
-        limits: RouteLimits,
+        mut limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
         let model = SizeModel::new(self.encoding);
         let mut routed = Routed::default();
@@ -472,7 +472,7 @@ impl Router {
             }
             packed.push(chunks);
         }
-        if needed > limits.allowance {
+        if needed > limits.allowance && !limits.grow.as_mut().is_some_and(|grow| grow(needed)) {
             return Err(RouteError::NeedsBytes { needed });
         }
         for (group, chunks) in groups.iter().zip(packed) {
@@ -603,25 +603,29 @@ pub(crate) fn decoded_size(len: usize, messages: usize) -> usize {
 pub(crate) const GROUP_OVERHEAD: usize = 512;
 
 /// Limits that hold for one request's routing.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RouteLimits {
+pub(crate) struct RouteLimits<'g> {
     /// Distinct groups (traces, or keys of logs) the request may make.
     pub max_groups: usize,
     /// Bytes the request may take on top of its body and per-item bookkeeping: decoded
     /// structs when it must be decoded, and its records.
     pub allowance: usize,
+    /// Asked, when the records need `n` bytes beyond the allowance, to reserve them at once
+    /// without waiting (true when it did): then routing goes on instead of returning
+    /// [`RouteError::NeedsBytes`] to be run again after a reservation.
+    pub grow: Option<&'g mut dyn FnMut(usize) -> bool>,
 }
 
-impl RouteLimits {
+impl RouteLimits<'_> {
     /// No limits (the public routing functions).
-    pub const NONE: RouteLimits = RouteLimits {
+    pub const NONE: RouteLimits<'static> = RouteLimits {
         max_groups: usize::MAX,
         allowance: usize::MAX,
+        grow: None,
     };
 
     /// What is left after `spent` bytes, or how much is needed in all (`spent`, and a guess
     /// of `then` more for what comes after).
-    fn spend(self, spent: usize, then: usize) -> Result<RouteLimits, RouteError> {
+    fn spend(self, spent: usize, then: usize) -> Result<Self, RouteError> {
         match self.allowance.checked_sub(spent) {
             Some(allowance) => Ok(RouteLimits { allowance, ..self }),
             None => Err(RouteError::NeedsBytes {
@@ -1995,11 +1999,12 @@ mod tests {
         let router = router(Encoding::OtlpProto, 1_000_000);
         let unlimited = router.traces_protobuf(&bytes).unwrap();
         assert!(unlimited.bytes > 100 * 10_000);
-        let small = RouteLimits {
+        let small = || RouteLimits {
             max_groups: usize::MAX,
             allowance: bytes.len(),
+            grow: None,
         };
-        let needed = match router.traces_protobuf_within(&bytes, small) {
+        let needed = match router.traces_protobuf_within(&bytes, small()) {
             Err(RouteError::NeedsBytes { needed }) => needed,
             other => panic!("{other:?}"),
         };
@@ -2008,12 +2013,14 @@ mod tests {
         let enough = RouteLimits {
             max_groups: 100,
             allowance: needed,
+            grow: None,
         };
         let routed = router.traces_protobuf_within(&bytes, enough).unwrap();
         assert_eq!(summary(&routed), summary(&unlimited));
         let too_few_groups = RouteLimits {
             max_groups: 99,
             allowance: usize::MAX,
+            grow: None,
         };
         assert!(matches!(
             router.traces_protobuf_within(&bytes, too_few_groups),
@@ -2021,9 +2028,23 @@ mod tests {
         ));
         // Decoded requests (JSON input) are limited the same way.
         assert!(matches!(
-            router.route_traces(&request, small),
+            router.route_traces(&request, small()),
             Err(RouteError::NeedsBytes { needed: n }) if n == needed
         ));
+        // Reserving at once what is asked lets routing go on without a second pass.
+        let mut asked = Vec::new();
+        let mut grow = |n: usize| {
+            asked.push(n);
+            true
+        };
+        let grown = RouteLimits {
+            max_groups: usize::MAX,
+            allowance: bytes.len(),
+            grow: Some(&mut grow),
+        };
+        let routed = router.traces_protobuf_within(&bytes, grown).unwrap();
+        assert_eq!(summary(&routed), summary(&unlimited));
+        assert_eq!(asked, [needed]);
     }
 
     #[test]

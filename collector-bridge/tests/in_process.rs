@@ -490,3 +490,65 @@ async fn regression_slow_clients_declared_bodies_do_not_hold_the_budget() {
     }
     bridge.shutdown().await.unwrap();
 }
+
+/// A connection that sends nothing, stops inside its headers, or stops inside the HTTP/2
+/// preface used to keep its place for ever: the header-read timeout now closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_slow_clients_silent_connections_are_closed_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (sink, mut records) = acking_stage();
+    let bridge = start_with_sink(
+        Config {
+            http_header_read_timeout_ms: 500,
+            ..config()
+        },
+        sink,
+    )
+    .await
+    .unwrap();
+    let mut connections = Vec::new();
+    for sent in [
+        &b""[..],
+        b"POST /v1/traces HTTP/1.1\r\nhost: bri",
+        b"PRI * HTTP/2.0\r\n",
+    ] {
+        let mut socket = tokio::net::TcpStream::connect(bridge.http_addr())
+            .await
+            .unwrap();
+        socket.write_all(sent).await.unwrap();
+        connections.push((sent, socket));
+    }
+    for (sent, mut socket) in connections {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(60), socket.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "a connection that sent {:?} was not closed",
+                    String::from_utf8_lossy(sent)
+                )
+            });
+        // Closed: an orderly end, or a reset when unread bytes were left behind.
+        match read {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    // Others are served as before.
+    let t = trace_id(6);
+    let good = traces(
+        resource("svc", "svc-1"),
+        vec![span(t, 1, "after the silent ones")],
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/v1/traces", bridge.http_addr()))
+        .header("content-type", "application/x-protobuf")
+        .body(prost::Message::encode_to_vec(&good))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(decode_trace_record(&records.recv().await.unwrap()), good);
+    bridge.shutdown().await.unwrap();
+}
