@@ -73,6 +73,31 @@ pub struct Args {
     #[arg(long, env = "DLOG_BRIDGE_PRODUCE_TIMEOUT_MS", value_name = "MS")]
     pub produce_timeout_ms: Option<u64>,
 
+    /// A bearer token OTLP requests and /metrics must carry [default: none, no auth].
+    #[arg(
+        long,
+        env = "DLOG_BRIDGE_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+
+    /// File of accepted bearer tokens, one per line [default: none].
+    #[arg(long, env = "DLOG_BRIDGE_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// PEM certificate chain: serve every listener over TLS [default: none, plaintext].
+    #[arg(long, env = "DLOG_BRIDGE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "DLOG_BRIDGE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: require client certificates they issued (mTLS) [default: none].
+    #[arg(long, env = "DLOG_BRIDGE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Extra librdkafka producer property (repeatable), e.g. -X compression.type=lz4.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
@@ -113,6 +138,20 @@ impl Args {
             create_topics,
             topic_partitions,
             produce_timeout_ms
+        );
+        macro_rules! overlay_optional {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field {
+                    config.$field = Some(value);
+                }
+            )*};
+        }
+        overlay_optional!(
+            auth_token,
+            auth_token_file,
+            tls_cert,
+            tls_key,
+            tls_client_ca
         );
         config.kafka.extend(self.kafka_property);
         config.validate()?;
@@ -158,6 +197,35 @@ mod tests {
         assert_eq!(config.otlp_grpc.to_string(), "0.0.0.0:14317");
         assert_eq!(config.otlp_http.to_string(), "127.0.0.1:4318");
         assert_eq!(config.kafka["compression.type"], "gzip");
+    }
+
+    #[test]
+    fn auth_and_tls_flags_reach_the_config() {
+        let config = args(&[
+            "--auth-token-file",
+            "/etc/dlog/tokens",
+            "--tls-cert",
+            "/etc/dlog/cert.pem",
+            "--tls-key",
+            "/etc/dlog/key.pem",
+            "--tls-client-ca",
+            "/etc/dlog/ca.pem",
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(
+            config.auth_token_file.as_deref(),
+            Some(std::path::Path::new("/etc/dlog/tokens"))
+        );
+        assert_eq!(
+            config.tls_files().unwrap().client_ca.as_deref(),
+            Some(std::path::Path::new("/etc/dlog/ca.pem"))
+        );
+        let err = args(&["--tls-cert", "/etc/dlog/cert.pem"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_key"), "{err}");
     }
 
     #[test]

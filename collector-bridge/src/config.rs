@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dlog_core::encoding::Encoding;
@@ -193,6 +193,22 @@ pub struct Config {
     pub redact_extra_keys: Vec<String>,
     /// Redact inside log bodies too (keys of kvlist bodies), with the same rule.
     pub redact_log_bodies: bool,
+    /// A bearer token that OTLP requests (gRPC and HTTP) and the admin `/metrics` must carry
+    /// (`authorization: Bearer <token>`); others get `UNAUTHENTICATED` / 401. Prefer
+    /// `auth_token_file`, which keeps the secret out of the settings file. Unset (and no
+    /// file): no auth.
+    pub auth_token: Option<String>,
+    /// A file of accepted bearer tokens, one per line (blank lines and `#` comments skipped),
+    /// next to `auth_token`. Several tokens allow rotation without a gap.
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) served on the OTLP gRPC/HTTP and admin listeners;
+    /// with `tls_key`, they speak TLS only. Unset: plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, every client must present a certificate they issued
+    /// (mTLS). Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -232,6 +248,11 @@ impl Default for Config {
             redact_attributes: DEFAULT_REDACT_ATTRIBUTES,
             redact_extra_keys: Vec::new(),
             redact_log_bodies: DEFAULT_REDACT_LOG_BODIES,
+            auth_token: None,
+            auth_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -246,6 +267,18 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 const MIN_MAX_MESSAGE_BYTES: usize = 1024;
 
 impl Config {
+    /// The TLS material of the listeners, when `tls_cert` and `tls_key` are set.
+    pub fn tls_files(&self) -> Option<dlog_core::listen::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(dlog_core::listen::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Reads a TOML file; keys it leaves out keep their defaults. The result is not yet
     /// validated (flags and env may still change it): call [`Config::validate`].
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -371,6 +404,17 @@ impl Config {
         }
         if self.max_groups_per_request == 0 {
             return Err(invalid("max_groups_per_request", "must be at least 1"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("tls_key", "must be set with tls_cert")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "must be set with tls_key")),
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(invalid(
+                "tls_client_ca",
+                "needs tls_cert and tls_key (mTLS runs over TLS)",
+            ));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));

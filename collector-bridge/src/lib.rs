@@ -155,6 +155,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dlog_core::admin::Serving;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -377,7 +379,47 @@ pub async fn start_with_sink<S: Sink>(
     let http_addr = local("otlp_http", config.otlp_http, &http_listener)?;
     let admin_addr = local("admin", config.admin, &admin_listener)?;
 
+    let tokens = dlog_core::listen::Tokens::load(
+        config.auth_token.as_deref(),
+        config.auth_token_file.as_deref(),
+    )
+    .map_err(|e| ConfigError::Invalid {
+        key: if config.auth_token_file.is_some() {
+            "auth_token_file"
+        } else {
+            "auth_token"
+        }
+        .to_string(),
+        reason: e.to_string(),
+    })?;
+    let tls = |alpn: &[&[u8]]| {
+        config
+            .tls_files()
+            .map(|files| dlog_core::listen::tls::acceptor(&files, alpn))
+            .transpose()
+            .map_err(|e| ConfigError::Invalid {
+                key: "tls_cert".to_string(),
+                reason: e.to_string(),
+            })
+    };
+    let grpc_tls = tls(dlog_core::listen::tls::ALPN_H2)?;
+    let http_tls = tls(dlog_core::listen::tls::ALPN_H2_AND_HTTP1)?;
+
     let mut registry = Registry::default();
+    let unauthenticated = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    registry.register(
+        "dlog_bridge_unauthenticated",
+        "Requests refused for a missing or wrong bearer token, by listener",
+        unauthenticated.clone(),
+    );
+    let auth = |listener: &'static str| {
+        dlog_core::listen::BearerAuth::new(
+            tokens.clone(),
+            unauthenticated
+                .get_or_create(&[("listener", listener)])
+                .clone(),
+        )
+    };
     let metrics = metrics::Metrics::new(&mut registry, &config);
     sink.register_metrics(&mut registry);
     let delivers_to = sink.describe();
@@ -397,6 +439,7 @@ pub async fn start_with_sink<S: Sink>(
         .max_concurrent_streams(Some(config.grpc_max_concurrent_streams))
         .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
+        .layer(auth("otlp_grpc"))
         .add_service(grpc::OtlpService::<S, grpc::Traces>::new(
             ingest.clone(),
             grpc_limits,
@@ -406,7 +449,12 @@ pub async fn start_with_sink<S: Sink>(
             grpc_limits,
         ))
         .serve_with_incoming_shutdown(
-            listen::capped_incoming(grpc_listener, config.max_connections),
+            listen::capped_incoming(
+                grpc_listener,
+                config.max_connections,
+                grpc_tls,
+                Duration::from_millis(config.http_header_read_timeout_ms),
+            ),
             stopped(stop_rx.clone()),
         );
     let grpc_task = spawn_server("otlp_grpc", fail_tx.clone(), async move {
@@ -417,7 +465,8 @@ pub async fn start_with_sink<S: Sink>(
         ingest.clone(),
         config.max_request_bytes,
         config.request_body_timeout(),
-    );
+    )
+    .layer(auth("otlp_http"));
     let http_limits = listen::ConnectionLimits {
         max_connections: config.max_connections,
         header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),
@@ -428,15 +477,29 @@ pub async fn start_with_sink<S: Sink>(
     let http_task = spawn_server(
         "otlp_http",
         fail_tx.clone(),
-        listen::serve_http(http_listener, http_app, http_limits, stopped(stop_rx)),
+        listen::serve_http(
+            "otlp_http",
+            http_listener,
+            http_app,
+            http_limits,
+            http_tls.clone(),
+            stopped(stop_rx),
+        ),
     );
 
-    let admin_app = dlog_core::admin::router(admin_state.clone());
-    let admin =
-        axum::serve(admin_listener, admin_app).with_graceful_shutdown(stopped(stop_admin_rx));
-    let admin_task = spawn_server("admin", fail_tx, async move {
-        admin.await.map_err(|e| e.to_string())
-    });
+    let admin_app = dlog_core::admin::router_with_auth(admin_state.clone(), auth("admin"));
+    let admin_task = spawn_server(
+        "admin",
+        fail_tx,
+        listen::serve_http(
+            "admin",
+            admin_listener,
+            admin_app,
+            http_limits,
+            http_tls,
+            stopped(stop_admin_rx),
+        ),
+    );
 
     let flush: FlushFn = {
         let ingest = ingest.clone();

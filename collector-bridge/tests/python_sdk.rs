@@ -14,6 +14,15 @@ const CHILDREN: usize = 5;
 
 /// Runs the script (killed after 60 s) and returns the trace id it printed.
 async fn python_export(mode: &str, endpoint: &str) -> String {
+    python_export_with(mode, endpoint, &[]).await
+}
+
+/// [`python_export`] with extra environment variables for the SDK.
+async fn python_export_with(mode: &str, endpoint: &str, env: &[(&str, &str)]) -> String {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let script: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "tests",
@@ -27,6 +36,7 @@ async fn python_export(mode: &str, endpoint: &str) -> String {
         let mut child = Command::new("python3")
             .arg(&script)
             .args(&args)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -156,6 +166,28 @@ async fn python_sdk_grpc_export_arrives_in_kafka() {
 async fn python_sdk_http_protobuf_export_arrives_in_kafka() {
     let env = Env::start(|_| {}).await;
     let trace = python_export("http", &format!("http://{}", env.bridge().http_addr())).await;
+    check_arrival(&env, "http", &trace).await;
+}
+
+/// The SDK sends the bridge's token through the standard `OTEL_EXPORTER_OTLP_HEADERS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_with_the_token_in_otel_exporter_otlp_headers_arrives_in_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "py-s3cret\n").unwrap();
+    let env = Env::start(|c| c.auth_token_file = Some(tokens)).await;
+    let headers = [(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "authorization=Bearer%20py-s3cret",
+    )];
+    let trace = python_export_with("grpc", &env.grpc_url(), &headers).await;
+    check_arrival(&env, "grpc", &trace).await;
+    let trace = python_export_with(
+        "http",
+        &format!("http://{}", env.bridge().http_addr()),
+        &headers,
+    )
+    .await;
     check_arrival(&env, "http", &trace).await;
 }
 

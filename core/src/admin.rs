@@ -73,6 +73,20 @@ pub fn router(source: Arc<dyn AdminSource>) -> axum::Router {
         .with_state(source)
 }
 
+/// [`router`] with `/metrics` behind `auth`. `/healthz` stays open, so that load balancers
+/// and orchestrators probe without a secret; it tells nothing but "ok" or why not.
+#[cfg(feature = "listen")]
+pub fn router_with_auth(
+    source: Arc<dyn AdminSource>,
+    auth: crate::listen::BearerAuth,
+) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(auth)
+        .route("/healthz", get(healthz))
+        .with_state(source)
+}
+
 /// Binds `addr` and serves [`router`] until `shutdown` completes. Returns the bound address
 /// (port 0 picks one) and the server task.
 pub async fn serve(

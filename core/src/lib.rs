@@ -37,5 +37,7 @@ pub mod admin;
 pub mod config;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "listen")]
+pub mod listen;
 #[cfg(feature = "process")]
 pub mod process;

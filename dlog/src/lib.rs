@@ -71,6 +71,14 @@ pub struct Config {
     /// Bytes the local log may hold (records not yet read by every stage). Past it, senders
     /// are answered `UNAVAILABLE` / 503 until the slowest stage catches up. Default 1 GiB.
     pub wal_max_bytes: u64,
+    /// File of bearer tokens (one per line) that OTLP requests and the bridge's `/metrics`
+    /// must carry. None: no auth.
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the bridge's OTLP and admin listeners speak TLS only. None:
+    /// plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -86,6 +94,9 @@ impl Default for Config {
             rules_file: None,
             webhook_url: None,
             wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
+            auth_token_file: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -228,6 +239,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         otlp_grpc: config.otlp_grpc,
         otlp_http: config.otlp_http,
         admin: config.bridge_admin,
+        auth_token_file: config.auth_token_file.clone(),
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
         ..collector_bridge::Config::default()
     };
     let sink = LocalLogSink::new(wal.clone());

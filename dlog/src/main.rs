@@ -64,6 +64,16 @@ struct UpArgs {
     /// Also POST alerts as JSON to this URL.
     #[arg(long, env = "DLOG_WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// File of bearer tokens (one per line) OTLP senders and the bridge's /metrics must
+    /// present [default: none, no auth].
+    #[arg(long, env = "DLOG_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: OTLP and the bridge admin port speak TLS [default: none].
+    #[arg(long, env = "DLOG_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "DLOG_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Bridge admin address (`/metrics`, `/healthz`) [default: 127.0.0.1:8888].
     #[arg(long, env = "DLOG_BRIDGE_ADMIN")]
     bridge_admin: Option<SocketAddr>,
@@ -161,6 +171,9 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
         data_dir,
         rules_file: args.rules,
         webhook_url: args.webhook_url,
+        auth_token_file: args.auth_token_file,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         ..dlog::Config::default()
     };
     if let Some(addr) = args.otlp_grpc {
