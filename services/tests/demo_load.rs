@@ -13,9 +13,23 @@ use std::time::{Duration, Instant};
 
 use dlog_storage::embedded::count_rows;
 
-/// Requests per second through service A, and for how long.
-const RATE: u64 = 50;
-const SECONDS: u64 = 10;
+/// Requests per second through service A, and for how long. `DEMO_LOAD_RATE` and
+/// `DEMO_LOAD_SECONDS` raise them for a measurement run (in release: `cargo test --release -p
+/// dlog-services --test demo_load`); the suite's defaults fit a loaded 2-core debug build.
+fn rate() -> u64 {
+    env_or("DEMO_LOAD_RATE", 50)
+}
+
+fn seconds() -> u64 {
+    env_or("DEMO_LOAD_SECONDS", 10)
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -149,9 +163,10 @@ async fn demo_services_at_a_sustained_rate_drop_nothing_and_every_exported_span_
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let (rate, seconds) = (rate(), seconds());
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut requests = Vec::new();
-    for _ in 0..RATE * SECONDS {
+    for _ in 0..rate * seconds {
         ticker.tick().await;
         let client = client.clone();
         requests.push(tokio::spawn(async move {
@@ -167,7 +182,7 @@ async fn demo_services_at_a_sustained_rate_drop_nothing_and_every_exported_span_
     for request in requests {
         ok += u64::from(request.await.unwrap());
     }
-    assert_eq!(ok, RATE * SECONDS, "every request through A succeeds");
+    assert_eq!(ok, rate * seconds, "every request through A succeeds");
 
     let (mut spans, mut logs) = (0, 0);
     for mut service in services {
@@ -193,7 +208,8 @@ async fn demo_services_at_a_sustained_rate_drop_nothing_and_every_exported_span_
         logs += l;
     }
     // 3 server spans, 3 client spans and the handlers' spans per request at least.
-    assert!(spans >= RATE * SECONDS * 6, "{spans} spans");
+    assert!(spans >= rate * seconds * 6, "{spans} spans");
+    println!("{} requests at {rate}/s: the services exported {spans} spans and {logs} logs, none dropped", rate * seconds);
 
     assert!(running.processed(Duration::from_secs(120)).await);
     let store = data.path().join("store");
