@@ -35,10 +35,10 @@ pub const DEFAULT_BATCH_LINGER_MS: u64 = 100;
 pub const DEFAULT_TICK_INTERVAL_MS: u64 = 1_000;
 /// Default `checkpoint_interval_ms`.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
-/// Default `retry_initial_ms`.
-pub const DEFAULT_RETRY_INITIAL_MS: u64 = 100;
-/// Default `retry_max_ms`.
-pub const DEFAULT_RETRY_MAX_MS: u64 = 5_000;
+/// Default `retry_initial_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = dlog_core::stage::DEFAULT_RETRY_INITIAL_MS;
+/// Default `retry_max_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_MAX_MS: u64 = dlog_core::stage::DEFAULT_RETRY_MAX_MS;
 /// Default `shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 

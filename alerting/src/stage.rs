@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use dlog_core::kafka::{ensure_topics, ConsumerSettings, KafkaSource};
 use dlog_core::names;
 use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_core::stage::Backoff;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -253,6 +254,12 @@ struct Stage<S> {
 const PAUSED_POLL_STEP: Duration = Duration::from_millis(250);
 
 impl<S: Source> Stage<S> {
+    /// A fresh backoff with the configured waits (`retry_initial_ms` doubling, with jitter,
+    /// up to `retry_max_ms`).
+    fn backoff(&self) -> Backoff {
+        Backoff::from_millis(self.config.retry_initial_ms, self.config.retry_max_ms)
+    }
+
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -344,12 +351,12 @@ impl<S: Source> Stage<S> {
         }
     }
 
-    /// Saves the state, retrying with backoff (`retry_initial_ms` doubling to
+    /// Saves the state, retrying with backoff (`retry_initial_ms` doubling, with jitter, to
     /// `retry_max_ms`) while the disk refuses (full, EIO), with the input paused but still
     /// polled, as during an output outage. Fails only when told to stop before a save
     /// succeeded.
     async fn save(&mut self) -> Result<(), AlerterError> {
-        let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+        let mut backoff = self.backoff();
         let mut paused = false;
         let result = loop {
             match self.save_once().await {
@@ -359,6 +366,7 @@ impl<S: Source> Stage<S> {
                     if self.stopping() {
                         break Err(e);
                     }
+                    let wait = backoff.next_delay();
                     tracing::error!(error = %e, retry_in = ?wait, "saving the state failed; input paused until it succeeds");
                     if !paused {
                         if let Err(e) = self.source.pause() {
@@ -368,7 +376,6 @@ impl<S: Source> Stage<S> {
                         paused = true;
                     }
                     self.wait_polling(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
                 }
             }
         };
@@ -457,7 +464,7 @@ impl<S: Source> Stage<S> {
         let mut complete = true;
         for output in self.required.clone() {
             let name = output.name();
-            let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+            let mut backoff = self.backoff();
             loop {
                 let owed: Vec<usize> = (0..self.outbox.len())
                     .filter(|i| self.outbox[*i].outputs.contains(name))
@@ -498,6 +505,7 @@ impl<S: Source> Stage<S> {
                     break;
                 };
                 self.metrics.output(&self.metrics.output_errors, name, 1);
+                let wait = backoff.next_delay();
                 tracing::warn!(output = name, error = %e, retry_in = ?wait, "required output refused alerts; input paused");
                 if !paused {
                     if let Err(e) = self.source.pause() {
@@ -512,7 +520,6 @@ impl<S: Source> Stage<S> {
                     complete = false;
                     break;
                 }
-                wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
             }
             if !complete {
                 break;

@@ -19,10 +19,10 @@ pub const DEFAULT_GROUP_ID: &str = "dlog-indexer";
 pub const DEFAULT_BATCH_MAX_RECORDS: usize = 500;
 /// Default `batch_linger_ms`.
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 100;
-/// Default `retry_initial_ms`.
-pub const DEFAULT_RETRY_INITIAL_MS: u64 = 100;
-/// Default `retry_max_ms`.
-pub const DEFAULT_RETRY_MAX_MS: u64 = 5_000;
+/// Default `retry_initial_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = dlog_core::stage::DEFAULT_RETRY_INITIAL_MS;
+/// Default `retry_max_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_MAX_MS: u64 = dlog_core::stage::DEFAULT_RETRY_MAX_MS;
 /// Default `lag_interval_ms`.
 pub const DEFAULT_LAG_INTERVAL_MS: u64 = 15_000;
 /// Default `session_timeout_ms`.

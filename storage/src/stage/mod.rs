@@ -26,6 +26,7 @@ use dlog_core::kafka::{DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, RawRecord, Source, SourceError};
+use dlog_core::stage::Backoff;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -428,7 +429,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
         mut owners: Vec<usize>,
     ) -> Result<Vec<(usize, String)>, Interrupted> {
         let mut rejected = Vec::new();
-        let mut attempt: u32 = 0;
+        let mut backoff = self.backoff();
         while !docs.is_empty() {
             let started = Instant::now();
             let result = self.store.write(&docs).await;
@@ -497,19 +498,19 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                     .get_or_create(&metrics::KindLabel { kind: doc.kind() })
                     .inc();
             }
-            attempt += 1;
+            let delay = backoff.next_delay();
+            let attempt = backoff.attempt();
             if attempt == 1 || attempt.is_power_of_two() {
                 tracing::warn!(attempt, documents = docs.len(), error = %last_error,
                     "store did not take the batch; pausing consumption and retrying");
             }
             self.metrics.store_up.set(0);
             self.pause_source();
-            let delay = backoff(self.options.retry_initial, self.options.retry_max, attempt);
             self.wait(delay, true).await?;
         }
-        if attempt > 0 {
+        if backoff.attempt() > 0 {
             tracing::info!(
-                attempts = attempt,
+                attempts = backoff.attempt(),
                 "store accepted the batch again; resuming"
             );
         }
@@ -522,28 +523,35 @@ impl<S: Source + ReportsLag> Pipeline<S> {
     /// retries, consumption is paused but the source keeps being polled (stashing what it
     /// hands out), so the consumer is not evicted from its group for not polling.
     async fn dead_letter(&mut self, record: &RawRecord, reason: &str) -> Result<(), Interrupted> {
-        let mut attempt: u32 = 0;
+        let mut backoff = self.backoff();
         loop {
             match self.dead_letters.send(record, reason).await {
                 Ok(()) => {
-                    if attempt > 0 {
-                        tracing::info!(attempts = attempt, "dead letter written; resuming");
+                    if backoff.attempt() > 0 {
+                        tracing::info!(
+                            attempts = backoff.attempt(),
+                            "dead letter written; resuming"
+                        );
                         self.resume_source();
                     }
                     return Ok(());
                 }
                 Err(e) => {
-                    attempt += 1;
+                    let delay = backoff.next_delay();
+                    let attempt = backoff.attempt();
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, attempt, "writing a dead letter failed; pausing consumption and retrying");
                     }
                     self.pause_source();
-                    let delay =
-                        backoff(self.options.retry_initial, self.options.retry_max, attempt);
                     self.wait(delay, true).await?;
                 }
             }
         }
+    }
+
+    /// A fresh backoff with the configured waits.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.options.retry_initial, self.options.retry_max)
     }
 
     fn pause_source(&mut self) {
@@ -599,14 +607,6 @@ impl<S: Source + ReportsLag> Pipeline<S> {
             }
         }
     }
-}
-
-/// Exponential backoff with up to 25% jitter: `initial * 2^(attempt-1)`, capped at `max`.
-fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let base = exp.min(max);
-    let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
-    (base + jitter).min(max.max(initial))
 }
 
 /// Runs the pipeline over any [`Source`] until `shutdown` is cancelled or the source closes.
@@ -803,17 +803,6 @@ pub enum RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let i = Duration::from_millis(100);
-        let m = Duration::from_secs(2);
-        let b1 = backoff(i, m, 1);
-        assert!(b1 >= i && b1 <= i.mul_f64(1.25), "{b1:?}");
-        let b3 = backoff(i, m, 3);
-        assert!(b3 >= i * 4 && b3 <= (i * 4).mul_f64(1.25), "{b3:?}");
-        assert_eq!(backoff(i, m, 40), m);
-    }
 
     #[test]
     fn hex_ids_must_have_the_right_length_and_not_be_zero() {
