@@ -22,7 +22,6 @@
 //! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use dlog_core::names;
 use dlog_core::source::{RawRecord, Source, SourceError};
 use dlog_core::stage::Backoff;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::alert::Transition;
 use crate::clock::{Clock, SystemClock};
@@ -75,11 +74,8 @@ pub enum AlerterError {
     },
 }
 
-/// Runs the stage on Kafka with the wall clock until `shutdown` resolves.
-pub async fn run(
-    config: AlerterConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AlerterError> {
+/// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled.
+pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(), AlerterError> {
     let source = kafka_source(&config).await?;
     run_with(config, source, Arc::new(SystemClock), shutdown).await
 }
@@ -106,13 +102,13 @@ pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, Alerter
     Ok(KafkaSource::new(&settings)?)
 }
 
-/// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` resolves (the
+/// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` is cancelled (the
 /// all-in-one mode feeds it a `ChannelSource`; tests drive it with a `ManualClock`).
 pub async fn run_with<S: Source>(
     config: AlerterConfig,
     source: S,
     clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), AlerterError> {
     config.validate()?;
     let rules = config.load_rules()?;
@@ -144,12 +140,11 @@ pub async fn run_with<S: Source>(
     let (required, best_effort) = build_outputs(&config, &metrics).await?;
 
     let admin_state = Arc::new(Serving::new(registry));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut admin_stop = stop_rx.clone();
     let (admin_addr, admin_task) = {
         let admin_state = Arc::clone(&admin_state);
+        let admin_stop = shutdown.clone();
         dlog_core::admin::serve(config.admin, admin_state.clone(), async move {
-            let _ = admin_stop.wait_for(|stop| *stop).await;
+            admin_stop.cancelled().await;
             admin_state.stop_serving();
         })
         .await
@@ -158,10 +153,6 @@ pub async fn run_with<S: Source>(
             source,
         })?
     };
-    let shutdown_task = tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(
         admin = %admin_addr,
         outputs = ?required.iter().map(Output::name).chain(best_effort.iter().map(BestEffort::name)).collect::<Vec<_>>(),
@@ -182,7 +173,7 @@ pub async fn run_with<S: Source>(
         required,
         best_effort,
         metrics,
-        stop: stop_rx,
+        stop: shutdown,
         topic_kinds,
         pending_ack: BTreeMap::new(),
         last_checkpoint: Instant::now(),
@@ -191,12 +182,11 @@ pub async fn run_with<S: Source>(
         config,
     };
     let result = stage.run().await;
-    shutdown_task.abort();
     let timeout = Duration::from_millis(stage.config.shutdown_timeout_ms);
     for output in std::mem::take(&mut stage.best_effort) {
         output.close(timeout).await;
     }
-    // The admin server stops with the stop flag; on an error exit, stop it here.
+    // The admin server stops with the token; on an error exit, stop it here.
     admin_task.abort();
     result
 }
@@ -236,7 +226,7 @@ struct Stage<S> {
     required: Vec<Output>,
     best_effort: Vec<BestEffort>,
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     topic_kinds: HashMap<String, TopicKind>,
     /// Highest offset taken per topic and partition since the last acknowledgement.
     pending_ack: BTreeMap<(String, i32), i64>,
@@ -261,7 +251,7 @@ impl<S: Source> Stage<S> {
     }
 
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.stop.is_cancelled()
     }
 
     async fn run(&mut self) -> Result<(), AlerterError> {
@@ -274,7 +264,7 @@ impl<S: Source> Stage<S> {
         let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
         let mut records: Vec<Record> = Vec::new();
         while !self.stopping() {
-            let mut stop = self.stop.clone();
+            let stop = self.stop.clone();
             let batch = if !self.stash.is_empty() {
                 // What the paused input handed out during an outage comes first, in order.
                 let n = self.stash.len().min(self.config.batch_max_records);
@@ -287,7 +277,7 @@ impl<S: Source> Stage<S> {
                         Err(SourceError::Closed) => break,
                         Err(e) => return Err(e.into()),
                     },
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                 }
             };
             let mut transitions = Vec::new();
@@ -545,7 +535,7 @@ impl<S: Source> Stage<S> {
     /// out is stashed and evaluated first once the outputs are back.
     async fn wait_polling(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut stop = self.stop.clone();
+        let stop = self.stop.clone();
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline || self.stopping() {
@@ -559,13 +549,13 @@ impl<S: Source> Stage<S> {
             if room == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(step) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                 }
                 continue;
             }
             let polled = tokio::select! {
                 polled = self.source.next_batch(room, step) => polled,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             };
             match polled {
                 Ok(records) => {
@@ -585,7 +575,7 @@ impl<S: Source> Stage<S> {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(step) => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                        _ = stop.cancelled() => return,
                     }
                 }
             }

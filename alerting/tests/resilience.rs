@@ -7,6 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use common::*;
 use dlog_alerting::{run_with, AlerterConfig, AlerterError, ManualClock};
@@ -86,7 +87,7 @@ struct Running {
     receiver: Arc<Hook>,
     clock: ManualClock,
     stage: JoinHandle<Result<(), AlerterError>>,
-    stop: oneshot::Sender<()>,
+    stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     _state_dir: tempfile::TempDir,
 }
@@ -105,14 +106,12 @@ async fn start(tune: impl FnOnce(&mut AlerterConfig)) -> Running {
         probe: probe.clone(),
     };
     let clock = ManualClock::new(T0);
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
         config,
         source,
         Arc::new(clock.clone()),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
     Running {
         tx,
@@ -185,7 +184,7 @@ impl Running {
 
     async fn stop(self) {
         assert!(!self.stage.is_finished(), "the stage is still running");
-        let _ = self.stop.send(());
+        self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.stage)
             .await
             .unwrap()

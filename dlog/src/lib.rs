@@ -213,14 +213,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     let alerter = tokio::spawn({
         let stop = stop_alerter.clone();
         async move {
-            dlog_alerting::run_with(
-                alerter_config,
-                alerter_source,
-                Arc::new(SystemClock),
-                stop.cancelled_owned(),
-            )
-            .await
-            .map_err(|e| e.to_string())
+            dlog_alerting::run_with(alerter_config, alerter_source, Arc::new(SystemClock), stop)
+                .await
+                .map_err(|e| e.to_string())
         }
     });
 

@@ -492,6 +492,8 @@ impl<S: Source + ReportsLag> Pipeline<S> {
             if docs.is_empty() {
                 break;
             }
+            // Down before the retries are counted: whoever sees a retry sees the store down.
+            self.metrics.store_up.set(0);
             for doc in &docs {
                 self.metrics
                     .retried
@@ -504,7 +506,6 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                 tracing::warn!(attempt, documents = docs.len(), error = %last_error,
                     "store did not take the batch; pausing consumption and retrying");
             }
-            self.metrics.store_up.set(0);
             self.pause_source();
             self.wait(delay, true).await?;
         }
@@ -772,15 +773,12 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
     })
 }
 
-/// Runs the stage until `shutdown` completes (SIGTERM, Ctrl-C), then stops gracefully.
-pub async fn run(
-    config: IndexerConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), RunError> {
+/// Runs the stage until `shutdown` is cancelled (SIGTERM, Ctrl-C), then stops gracefully.
+pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let running = start(config).await?;
     let token = running.shutdown.clone();
     tokio::select! {
-        _ = shutdown => {
+        _ = shutdown.cancelled() => {
             tracing::info!("shutting down");
             token.cancel();
         }
