@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use dlog_core::kafka::{ensure_topics, ConsumerSettings, KafkaSource};
 use dlog_core::names;
-use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_core::source::{Marks, RawRecord, Source, SourceError};
 use dlog_core::stage::Backoff;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -175,7 +175,7 @@ pub async fn run_with<S: Source>(
         metrics,
         stop: shutdown,
         topic_kinds,
-        pending_ack: BTreeMap::new(),
+        pending_ack: Marks::default(),
         last_checkpoint: Instant::now(),
         last_tick: None,
         stash: VecDeque::new(),
@@ -229,7 +229,7 @@ struct Stage<S> {
     stop: CancellationToken,
     topic_kinds: HashMap<String, TopicKind>,
     /// Highest offset taken per topic and partition since the last acknowledgement.
-    pending_ack: BTreeMap<(String, i32), i64>,
+    pending_ack: Marks,
     last_checkpoint: Instant,
     /// Clock time of the last tick.
     last_tick: Option<u64>,
@@ -282,11 +282,7 @@ impl<S: Source> Stage<S> {
             };
             let mut transitions = Vec::new();
             for raw in &batch {
-                let slot = self
-                    .pending_ack
-                    .entry((raw.topic.clone(), raw.partition))
-                    .or_insert(raw.offset);
-                *slot = (*slot).max(raw.offset);
+                self.pending_ack.advance(raw);
                 if self.config.skip_replayed_offsets
                     && is_applied(&self.applied, &raw.topic, raw.partition, raw.offset)
                 {
@@ -589,27 +585,11 @@ impl<S: Source> Stage<S> {
         if self.pending_ack.is_empty() {
             return;
         }
-        let taken = std::mem::take(&mut self.pending_ack);
-        let marks: Vec<RawRecord> = taken
-            .iter()
-            .map(|((topic, partition), offset)| ((topic.clone(), *partition), *offset))
-            .map(|((topic, partition), offset)| RawRecord {
-                topic,
-                partition,
-                offset,
-                key: None,
-                payload: Vec::new(),
-                headers: Vec::new(),
-                timestamp_ms: None,
-            })
-            .collect();
+        let marks = self.pending_ack.take();
         if let Err(e) = self.source.ack(&marks).await {
             self.metrics.input_errors.inc();
             tracing::warn!(error = %e, "committing input offsets failed; retrying at the next checkpoint");
-            for (key, offset) in taken {
-                let slot = self.pending_ack.entry(key).or_insert(offset);
-                *slot = (*slot).max(offset);
-            }
+            self.pending_ack.restore(marks);
         }
     }
 }

@@ -12,7 +12,7 @@ use common::*;
 use dlog_alerting::{run_with, AlerterConfig, ManualClock};
 use dlog_core::encoding::{encode_logs, Encoding};
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, Source, SourceError};
+use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, Source, SourceError};
 use dlog_storage::{AlertQuery, StoreConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,8 +125,8 @@ impl Source for Watched {
         Ok(batch)
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        self.inner.ack(records).await
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        self.inner.ack(marks).await
     }
 
     fn pause(&mut self) -> Result<(), SourceError> {

@@ -13,7 +13,7 @@ use common::*;
 use dlog_alerting::{run_with, AlerterConfig, AlerterError, ManualClock};
 use dlog_core::encoding::{encode_logs, Encoding};
 use dlog_core::names::{self, HEARTBEAT_EVENT};
-use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, Source, SourceError};
+use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, Source, SourceError};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -52,7 +52,7 @@ impl Source for Flaky {
         Ok(batch)
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
         let failing = self.probe.failing_acks.load(Ordering::SeqCst);
         if failing > 0 {
             self.probe.failing_acks.store(failing - 1, Ordering::SeqCst);
@@ -61,7 +61,7 @@ impl Source for Flaky {
                 "Broker: Not coordinator (injected)".into(),
             ));
         }
-        self.inner.ack(records).await
+        self.inner.ack(marks).await
     }
 
     fn pause(&mut self) -> Result<(), SourceError> {

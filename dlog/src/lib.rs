@@ -26,7 +26,7 @@ use std::sync::Arc;
 use collector_bridge::{LocalLogSink, RunningBridge};
 use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::names;
-use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_core::source::{Mark, RawRecord, Source, SourceError};
 use dlog_storage::stage::ReportsLag;
 use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
@@ -395,9 +395,9 @@ impl Source for IndexingSource {
 
     fn ack(
         &mut self,
-        records: &[RawRecord],
+        marks: &[Mark],
     ) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
-        self.0.ack(records)
+        self.0.ack(marks)
     }
 }
 

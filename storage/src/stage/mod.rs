@@ -25,7 +25,7 @@ use dlog_core::encoding::{decode_logs, decode_traces, Signal};
 use dlog_core::kafka::{DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, RawRecord, Source, SourceError};
+use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
 use dlog_core::stage::Backoff;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
@@ -410,7 +410,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                 .get_or_create(&metrics::ReasonLabel { reason: kind })
                 .inc();
         }
-        if let Err(e) = self.source.ack(&batch).await {
+        if let Err(e) = self.source.ack(&Mark::latest(&batch)).await {
             // Not fatal: the documents are durable; a replay after a restart or rebalance
             // overwrites them.
             self.metrics.commit_failures.inc();
