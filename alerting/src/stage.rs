@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dlog_core::kafka::{ensure_topics, ConsumerSettings, KafkaSource};
+use dlog_core::kafka::{ensure_topics, KafkaSource};
 use dlog_core::names;
 use dlog_core::source::{Marks, RawRecord, Source, SourceError};
 use dlog_core::stage::Backoff;
@@ -84,22 +84,23 @@ pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(
 /// set, then joins `group_id` on the three input topics.
 pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, AlerterError> {
     config.validate()?;
-    if config.create_topics {
+    if config.input.create_topics {
         let mut topics = config.input_topics();
         if config.outputs.kafka.enabled {
             topics.push(config.outputs.kafka.topic.clone());
         }
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        ensure_topics(&config.kafka_brokers, &refs, config.topic_partitions, 1).await?;
+        ensure_topics(
+            &config.input.kafka_brokers,
+            &refs,
+            config.input.topic_partitions,
+            1,
+        )
+        .await?;
     }
-    let mut settings = ConsumerSettings::new(
-        &config.kafka_brokers,
-        &config.group_id,
-        config.input_topics(),
-    );
-    settings.session_timeout_ms = config.session_timeout_ms;
-    settings.extra = config.consumer.clone();
-    Ok(KafkaSource::new(&settings)?)
+    Ok(KafkaSource::new(
+        &config.input.settings(config.input_topics()),
+    )?)
 }
 
 /// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` is cancelled (the
@@ -198,7 +199,7 @@ async fn build_outputs(
     let o = &config.outputs;
     let outputs = [
         terminal::build(&o.terminal),
-        kafka::build(&o.kafka, &config.kafka_brokers)?,
+        kafka::build(&o.kafka, &config.input.kafka_brokers)?,
         webhook::build(&o.webhook)?,
         store::build(&o.store).await?,
     ];

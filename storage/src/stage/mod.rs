@@ -716,10 +716,10 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
     config.validate()?;
     let store = crate::open_store(&config.store).await?;
     let kafka_err = |source| StartError::Kafka {
-        brokers: config.kafka_brokers.clone(),
+        brokers: config.input.kafka_brokers.clone(),
         source,
     };
-    if config.create_topics {
+    if config.input.create_topics {
         let mut topics: Vec<&str> = vec![
             &config.trace_logs_topic,
             &config.service_logs_topic,
@@ -727,20 +727,19 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
             &config.dead_letters_topic,
         ];
         topics.dedup();
-        dlog_core::kafka::ensure_topics(&config.kafka_brokers, &topics, config.topic_partitions, 1)
-            .await
-            .map_err(kafka_err)?;
+        dlog_core::kafka::ensure_topics(
+            &config.input.kafka_brokers,
+            &topics,
+            config.input.topic_partitions,
+            1,
+        )
+        .await
+        .map_err(kafka_err)?;
     }
-    let mut settings = dlog_core::kafka::ConsumerSettings::new(
-        config.kafka_brokers.clone(),
-        config.group_id.clone(),
-        config.input_topics(),
-    );
-    settings.session_timeout_ms = config.session_timeout_ms;
-    settings.extra = config.consumer.clone();
-    let source = KafkaSource::new(&settings).map_err(kafka_err)?;
+    let source =
+        KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
     let dead_letters = DeadLetters::new(
-        &config.kafka_brokers,
+        &config.input.kafka_brokers,
         &config.dead_letters_topic,
         "dlog-indexer",
     )
@@ -753,8 +752,8 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
             addr: config.admin,
             source,
         })?;
-    tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.kafka_brokers,
-        group = %config.group_id, "indexing stage started");
+    tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.input.kafka_brokers,
+        group = %config.input.group_id, "indexing stage started");
     let pipeline = tokio::spawn(run_pipeline(
         source,
         Arc::clone(&store),
