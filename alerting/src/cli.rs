@@ -114,15 +114,20 @@ impl Args {
                 }
             )*};
         }
+        macro_rules! overlay_input {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field {
+                    config.input.$field = value;
+                }
+            )*};
+        }
+        overlay_input!(kafka_brokers, group_id, create_topics);
         overlay!(
-            kafka_brokers,
-            group_id,
             admin,
             state_dir,
             trace_logs_topic,
             service_logs_topic,
-            heartbeat_logs_topic,
-            create_topics
+            heartbeat_logs_topic
         );
         if let Some(rules) = self.rules {
             config.rules_file = Some(rules);
@@ -149,7 +154,7 @@ impl Args {
         if let Some(enabled) = self.terminal {
             config.outputs.terminal.enabled = enabled;
         }
-        config.consumer.extend(self.kafka_property);
+        config.input.consumer.extend(self.kafka_property);
         config.validate()?;
         // Rules are checked before anything connects, too.
         config.load_rules()?;
@@ -184,8 +189,8 @@ mod tests {
         ])
         .load()
         .unwrap();
-        assert_eq!(config.kafka_brokers, "flag:9092");
-        assert_eq!(config.group_id, "file-group");
+        assert_eq!(config.input.kafka_brokers, "flag:9092");
+        assert_eq!(config.input.group_id, "file-group");
         assert_eq!(config.outputs.kafka.topic, "file-alerts");
         assert!(config.outputs.webhook.enabled && config.outputs.store.enabled);
         assert!(!config.outputs.terminal.enabled);

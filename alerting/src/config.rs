@@ -2,11 +2,11 @@
 //! the binary, and validated before anything connects. The rules live in their own file
 //! ([`crate::rules`]), named by `rules_file`.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use dlog_core::names;
+use dlog_core::stage::StageDefaults;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Severity;
@@ -17,16 +17,16 @@ pub use crate::output::store::config::StoreOutputConfig;
 pub use crate::output::terminal::config::{ColorMode, TerminalConfig};
 pub use crate::output::webhook::config::WebhookConfig;
 
-/// Default `kafka_brokers`.
-pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+/// Default `kafka_brokers`, the one every stage shares.
+pub const DEFAULT_KAFKA_BROKERS: &str = dlog_core::stage::DEFAULT_KAFKA_BROKERS;
 /// Default `group_id`.
 pub const DEFAULT_GROUP_ID: &str = "dlog-alerter";
 /// Default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "dlog-alerter-state";
-/// Default `topic_partitions`.
-pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
-/// Default `session_timeout_ms`.
-pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
+/// Default `topic_partitions`, the one every stage shares.
+pub const DEFAULT_TOPIC_PARTITIONS: i32 = dlog_core::stage::DEFAULT_TOPIC_PARTITIONS;
+/// Default `session_timeout_ms`, the one every stage shares.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = dlog_core::stage::DEFAULT_SESSION_TIMEOUT_MS;
 /// Default `batch_max_records`.
 pub const DEFAULT_BATCH_MAX_RECORDS: usize = 500;
 /// Default `batch_linger_ms`.
@@ -35,50 +35,41 @@ pub const DEFAULT_BATCH_LINGER_MS: u64 = 100;
 pub const DEFAULT_TICK_INTERVAL_MS: u64 = 1_000;
 /// Default `checkpoint_interval_ms`.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
-/// Default `retry_initial_ms`.
-pub const DEFAULT_RETRY_INITIAL_MS: u64 = 100;
-/// Default `retry_max_ms`.
-pub const DEFAULT_RETRY_MAX_MS: u64 = 5_000;
+/// Default `retry_initial_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = dlog_core::stage::DEFAULT_RETRY_INITIAL_MS;
+/// Default `retry_max_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_MAX_MS: u64 = dlog_core::stage::DEFAULT_RETRY_MAX_MS;
 /// Default `shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
-/// librdkafka properties the stage sets itself, with why a user may not override them.
-const RESERVED_CONSUMER_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "set `kafka_brokers` instead"),
-    ("group.id", "set `group_id` instead"),
-    (
-        "enable.auto.commit",
-        "offsets are committed only after the alerts were emitted",
-    ),
-    (
-        "enable.auto.offset.store",
-        "offsets are committed only after the alerts were emitted",
-    ),
-];
+pub use dlog_core::stage::ConsumerConfig;
+
+/// The alerter's consumer defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlerterStage;
+
+impl StageDefaults for AlerterStage {
+    const GROUP_ID: &'static str = DEFAULT_GROUP_ID;
+    const COMMITTED_AFTER: &'static str = "the alerts were emitted";
+}
 
 /// Everything the alerting stage needs to run. Every field has a default, so a TOML file
 /// names only what it changes; unknown keys are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlerterConfig {
-    /// Kafka bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
-    pub kafka_brokers: String,
-    /// Consumer group: the alerter's own, so it reads every record the indexer reads.
-    pub group_id: String,
+    /// How the stage reaches Kafka: `kafka_brokers`, `group_id` (the alerter's own, so it
+    /// reads every record the indexer reads), `create_topics` (the three inputs and the
+    /// alerts topic), `topic_partitions`, `session_timeout_ms` and the `[consumer]`
+    /// properties, at the top of the file.
+    #[serde(flatten)]
+    pub input: ConsumerConfig<AlerterStage>,
     /// Topic of spans.
     pub trace_logs_topic: String,
     /// Topic of log records.
     pub service_logs_topic: String,
     /// Topic of registration and heartbeat events.
     pub heartbeat_logs_topic: String,
-    /// Create missing topics (the three inputs and the alerts topic) at start.
-    pub create_topics: bool,
-    /// Partitions of topics created with `create_topics`.
-    pub topic_partitions: i32,
-    /// Consumer-group session timeout, ms.
-    pub session_timeout_ms: u32,
-    /// Extra librdkafka consumer properties, passed through (e.g. `security.protocol`).
-    pub consumer: BTreeMap<String, String>,
     /// Admin listen address serving `/metrics` (Prometheus) and `/healthz`. Port 0 picks one.
     pub admin: SocketAddr,
     /// The rules file (TOML). Unset: every rule with its defaults.
@@ -113,15 +104,10 @@ pub struct AlerterConfig {
 impl Default for AlerterConfig {
     fn default() -> Self {
         AlerterConfig {
-            kafka_brokers: DEFAULT_KAFKA_BROKERS.to_string(),
-            group_id: DEFAULT_GROUP_ID.to_string(),
+            input: ConsumerConfig::default(),
             trace_logs_topic: names::TRACE_LOGS_TOPIC.to_string(),
             service_logs_topic: names::SERVICE_LOGS_TOPIC.to_string(),
             heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
-            create_topics: false,
-            topic_partitions: DEFAULT_TOPIC_PARTITIONS,
-            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
-            consumer: BTreeMap::new(),
             admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), names::ALERTER_ADMIN_PORT),
             rules_file: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
@@ -202,12 +188,7 @@ impl AlerterConfig {
 
     /// Checks every setting, naming the key and the reason of the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kafka_brokers.trim().is_empty() {
-            return Err(invalid("kafka_brokers", "is empty"));
-        }
-        if self.group_id.trim().is_empty() {
-            return Err(invalid("group_id", "is empty"));
-        }
+        self.input.validate()?;
         for (key, topic) in [
             ("trace_logs_topic", &self.trace_logs_topic),
             ("service_logs_topic", &self.service_logs_topic),
@@ -215,14 +196,6 @@ impl AlerterConfig {
         ] {
             if topic.trim().is_empty() {
                 return Err(invalid(key, "is empty"));
-            }
-        }
-        if self.topic_partitions < 1 {
-            return Err(invalid("topic_partitions", "must be at least 1"));
-        }
-        for (key, why) in RESERVED_CONSUMER_PROPERTIES {
-            if self.consumer.contains_key(*key) {
-                return Err(invalid(&format!("consumer.{key}"), *why));
             }
         }
         if self.batch_max_records == 0 {
@@ -305,7 +278,8 @@ mod tests {
             .to_string()
             .contains("outputs.kafka.topic"));
         let mut c = AlerterConfig::default();
-        c.consumer
+        c.input
+            .consumer
             .insert("enable.auto.commit".into(), "true".into());
         assert!(c
             .validate()

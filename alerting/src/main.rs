@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dlog_alerting::cli::Args;
-use dlog_core::process::{init_logging, shutdown_signal};
+use dlog_core::process::{init_logging, shutdown_token};
 
 /// Used when neither `RUST_LOG` nor `DLOG_ALERTER_LOG` is set.
 const DEFAULT_LOG_FILTER: &str =
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&["DLOG_ALERTER_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;
 
     let config = Args::parse().load().context("invalid configuration")?;
-    dlog_alerting::run(config, shutdown_signal())
+    dlog_alerting::run(config, shutdown_token())
         .await
         .context("alerter failed")
 }

@@ -22,16 +22,16 @@
 //! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dlog_core::kafka::{ensure_topics, ConsumerSettings, KafkaSource};
+use dlog_core::kafka::{ensure_topics, KafkaSource};
 use dlog_core::names;
-use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_core::source::{Marks, RawRecord, Source, SourceError};
+use dlog_core::stage::Backoff;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::alert::Transition;
 use crate::clock::{Clock, SystemClock};
@@ -74,11 +74,8 @@ pub enum AlerterError {
     },
 }
 
-/// Runs the stage on Kafka with the wall clock until `shutdown` resolves.
-pub async fn run(
-    config: AlerterConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AlerterError> {
+/// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled.
+pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(), AlerterError> {
     let source = kafka_source(&config).await?;
     run_with(config, source, Arc::new(SystemClock), shutdown).await
 }
@@ -87,31 +84,32 @@ pub async fn run(
 /// set, then joins `group_id` on the three input topics.
 pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, AlerterError> {
     config.validate()?;
-    if config.create_topics {
+    if config.input.create_topics {
         let mut topics = config.input_topics();
         if config.outputs.kafka.enabled {
             topics.push(config.outputs.kafka.topic.clone());
         }
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        ensure_topics(&config.kafka_brokers, &refs, config.topic_partitions, 1).await?;
+        ensure_topics(
+            &config.input.kafka_brokers,
+            &refs,
+            config.input.topic_partitions,
+            1,
+        )
+        .await?;
     }
-    let mut settings = ConsumerSettings::new(
-        &config.kafka_brokers,
-        &config.group_id,
-        config.input_topics(),
-    );
-    settings.session_timeout_ms = config.session_timeout_ms;
-    settings.extra = config.consumer.clone();
-    Ok(KafkaSource::new(&settings)?)
+    Ok(KafkaSource::new(
+        &config.input.settings(config.input_topics()),
+    )?)
 }
 
-/// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` resolves (the
+/// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` is cancelled (the
 /// all-in-one mode feeds it a `ChannelSource`; tests drive it with a `ManualClock`).
 pub async fn run_with<S: Source>(
     config: AlerterConfig,
     source: S,
     clock: Arc<dyn Clock>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> Result<(), AlerterError> {
     config.validate()?;
     let rules = config.load_rules()?;
@@ -143,12 +141,11 @@ pub async fn run_with<S: Source>(
     let (required, best_effort) = build_outputs(&config, &metrics).await?;
 
     let admin_state = Arc::new(Serving::new(registry));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut admin_stop = stop_rx.clone();
     let (admin_addr, admin_task) = {
         let admin_state = Arc::clone(&admin_state);
+        let admin_stop = shutdown.clone();
         dlog_core::admin::serve(config.admin, admin_state.clone(), async move {
-            let _ = admin_stop.wait_for(|stop| *stop).await;
+            admin_stop.cancelled().await;
             admin_state.stop_serving();
         })
         .await
@@ -157,10 +154,6 @@ pub async fn run_with<S: Source>(
             source,
         })?
     };
-    let shutdown_task = tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(
         admin = %admin_addr,
         outputs = ?required.iter().map(Output::name).chain(best_effort.iter().map(BestEffort::name)).collect::<Vec<_>>(),
@@ -181,21 +174,20 @@ pub async fn run_with<S: Source>(
         required,
         best_effort,
         metrics,
-        stop: stop_rx,
+        stop: shutdown,
         topic_kinds,
-        pending_ack: BTreeMap::new(),
+        pending_ack: Marks::default(),
         last_checkpoint: Instant::now(),
         last_tick: None,
         stash: VecDeque::new(),
         config,
     };
     let result = stage.run().await;
-    shutdown_task.abort();
     let timeout = Duration::from_millis(stage.config.shutdown_timeout_ms);
     for output in std::mem::take(&mut stage.best_effort) {
         output.close(timeout).await;
     }
-    // The admin server stops with the stop flag; on an error exit, stop it here.
+    // The admin server stops with the token; on an error exit, stop it here.
     admin_task.abort();
     result
 }
@@ -207,7 +199,7 @@ async fn build_outputs(
     let o = &config.outputs;
     let outputs = [
         terminal::build(&o.terminal),
-        kafka::build(&o.kafka, &config.kafka_brokers)?,
+        kafka::build(&o.kafka, &config.input.kafka_brokers)?,
         webhook::build(&o.webhook)?,
         store::build(&o.store).await?,
     ];
@@ -235,10 +227,10 @@ struct Stage<S> {
     required: Vec<Output>,
     best_effort: Vec<BestEffort>,
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     topic_kinds: HashMap<String, TopicKind>,
     /// Highest offset taken per topic and partition since the last acknowledgement.
-    pending_ack: BTreeMap<(String, i32), i64>,
+    pending_ack: Marks,
     last_checkpoint: Instant,
     /// Clock time of the last tick.
     last_tick: Option<u64>,
@@ -253,8 +245,14 @@ struct Stage<S> {
 const PAUSED_POLL_STEP: Duration = Duration::from_millis(250);
 
 impl<S: Source> Stage<S> {
+    /// A fresh backoff with the configured waits (`retry_initial_ms` doubling, with jitter,
+    /// up to `retry_max_ms`).
+    fn backoff(&self) -> Backoff {
+        Backoff::from_millis(self.config.retry_initial_ms, self.config.retry_max_ms)
+    }
+
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        self.stop.is_cancelled()
     }
 
     async fn run(&mut self) -> Result<(), AlerterError> {
@@ -267,7 +265,7 @@ impl<S: Source> Stage<S> {
         let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
         let mut records: Vec<Record> = Vec::new();
         while !self.stopping() {
-            let mut stop = self.stop.clone();
+            let stop = self.stop.clone();
             let batch = if !self.stash.is_empty() {
                 // What the paused input handed out during an outage comes first, in order.
                 let n = self.stash.len().min(self.config.batch_max_records);
@@ -280,16 +278,12 @@ impl<S: Source> Stage<S> {
                         Err(SourceError::Closed) => break,
                         Err(e) => return Err(e.into()),
                     },
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                 }
             };
             let mut transitions = Vec::new();
             for raw in &batch {
-                let slot = self
-                    .pending_ack
-                    .entry((raw.topic.clone(), raw.partition))
-                    .or_insert(raw.offset);
-                *slot = (*slot).max(raw.offset);
+                self.pending_ack.advance(raw);
                 if self.config.skip_replayed_offsets
                     && is_applied(&self.applied, &raw.topic, raw.partition, raw.offset)
                 {
@@ -344,12 +338,12 @@ impl<S: Source> Stage<S> {
         }
     }
 
-    /// Saves the state, retrying with backoff (`retry_initial_ms` doubling to
+    /// Saves the state, retrying with backoff (`retry_initial_ms` doubling, with jitter, to
     /// `retry_max_ms`) while the disk refuses (full, EIO), with the input paused but still
     /// polled, as during an output outage. Fails only when told to stop before a save
     /// succeeded.
     async fn save(&mut self) -> Result<(), AlerterError> {
-        let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+        let mut backoff = self.backoff();
         let mut paused = false;
         let result = loop {
             match self.save_once().await {
@@ -359,6 +353,7 @@ impl<S: Source> Stage<S> {
                     if self.stopping() {
                         break Err(e);
                     }
+                    let wait = backoff.next_delay();
                     tracing::error!(error = %e, retry_in = ?wait, "saving the state failed; input paused until it succeeds");
                     if !paused {
                         if let Err(e) = self.source.pause() {
@@ -368,7 +363,6 @@ impl<S: Source> Stage<S> {
                         paused = true;
                     }
                     self.wait_polling(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
                 }
             }
         };
@@ -457,7 +451,7 @@ impl<S: Source> Stage<S> {
         let mut complete = true;
         for output in self.required.clone() {
             let name = output.name();
-            let mut wait = Duration::from_millis(self.config.retry_initial_ms);
+            let mut backoff = self.backoff();
             loop {
                 let owed: Vec<usize> = (0..self.outbox.len())
                     .filter(|i| self.outbox[*i].outputs.contains(name))
@@ -498,6 +492,7 @@ impl<S: Source> Stage<S> {
                     break;
                 };
                 self.metrics.output(&self.metrics.output_errors, name, 1);
+                let wait = backoff.next_delay();
                 tracing::warn!(output = name, error = %e, retry_in = ?wait, "required output refused alerts; input paused");
                 if !paused {
                     if let Err(e) = self.source.pause() {
@@ -512,7 +507,6 @@ impl<S: Source> Stage<S> {
                     complete = false;
                     break;
                 }
-                wait = (wait * 2).min(Duration::from_millis(self.config.retry_max_ms));
             }
             if !complete {
                 break;
@@ -538,7 +532,7 @@ impl<S: Source> Stage<S> {
     /// out is stashed and evaluated first once the outputs are back.
     async fn wait_polling(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut stop = self.stop.clone();
+        let stop = self.stop.clone();
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline || self.stopping() {
@@ -552,13 +546,13 @@ impl<S: Source> Stage<S> {
             if room == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(step) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                 }
                 continue;
             }
             let polled = tokio::select! {
                 polled = self.source.next_batch(room, step) => polled,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             };
             match polled {
                 Ok(records) => {
@@ -578,7 +572,7 @@ impl<S: Source> Stage<S> {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(step) => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                        _ = stop.cancelled() => return,
                     }
                 }
             }
@@ -592,27 +586,11 @@ impl<S: Source> Stage<S> {
         if self.pending_ack.is_empty() {
             return;
         }
-        let taken = std::mem::take(&mut self.pending_ack);
-        let marks: Vec<RawRecord> = taken
-            .iter()
-            .map(|((topic, partition), offset)| ((topic.clone(), *partition), *offset))
-            .map(|((topic, partition), offset)| RawRecord {
-                topic,
-                partition,
-                offset,
-                key: None,
-                payload: Vec::new(),
-                headers: Vec::new(),
-                timestamp_ms: None,
-            })
-            .collect();
+        let marks = self.pending_ack.take();
         if let Err(e) = self.source.ack(&marks).await {
             self.metrics.input_errors.inc();
             tracing::warn!(error = %e, "committing input offsets failed; retrying at the next checkpoint");
-            for (key, offset) in taken {
-                let slot = self.pending_ack.entry(key).or_insert(offset);
-                *slot = (*slot).max(offset);
-            }
+            self.pending_ack.restore(marks);
         }
     }
 }

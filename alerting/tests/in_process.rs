@@ -6,12 +6,13 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use common::*;
 use dlog_alerting::{run_with, AlerterConfig, ManualClock};
 use dlog_core::encoding::{encode_logs, Encoding};
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, Source, SourceError};
+use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, Source, SourceError};
 use dlog_storage::{AlertQuery, StoreConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,14 +31,12 @@ async fn in_process_input_is_acknowledged_only_after_the_store_has_the_alert() {
     config.outputs.store.enabled = true;
     config.outputs.store.backend = StoreConfig::embedded(store_dir.path());
     let (tx, source) = ChannelSource::new(4);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
         config,
         source,
         Arc::new(ManualClock::new(T0)),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
 
     let trace = [0x42; 16];
@@ -126,8 +125,8 @@ impl Source for Watched {
         Ok(batch)
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        self.inner.ack(records).await
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        self.inner.ack(marks).await
     }
 
     fn pause(&mut self) -> Result<(), SourceError> {
@@ -210,14 +209,12 @@ async fn paused_input_is_still_polled_during_an_outage_and_nothing_is_lost_or_re
         inner,
         probe: probe.clone(),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
         config,
         source,
         Arc::new(ManualClock::new(T0)),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
 
     // The first alert meets the outage: the stage pauses its input and retries.
@@ -268,7 +265,7 @@ async fn paused_input_is_still_polled_during_an_outage_and_nothing_is_lost_or_re
     assert!(!probe.paused.load(Ordering::SeqCst), "resumed");
     assert_eq!(codes(&receiver), vec!["E1", "E2", "E3", "E4"]);
 
-    let _ = stop.send(());
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), stage)
         .await
         .unwrap()
@@ -302,7 +299,7 @@ async fn regression_a_failed_state_save_is_retried_instead_of_ending_the_stage()
         config,
         source,
         Arc::new(ManualClock::new(T0)),
-        std::future::pending::<()>(),
+        CancellationToken::new(),
     ));
 
     let (batch, acked) = error_batch("E1");
@@ -353,17 +350,15 @@ fn start_stage<S: Source + Sync + 'static>(
     config: AlerterConfig,
     source: S,
 ) -> (
-    tokio::sync::oneshot::Sender<()>,
+    CancellationToken,
     tokio::task::JoinHandle<Result<(), dlog_alerting::AlerterError>>,
 ) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
         config,
         source,
         Arc::new(ManualClock::new(T0)),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
     (stop, stage)
 }
@@ -388,7 +383,7 @@ async fn alerts_left_in_the_outbox_are_delivered_at_the_next_start() {
             .is_some_and(|o| o.len() == 1)
     })
     .await;
-    let _ = stop.send(());
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), stage)
         .await
         .unwrap()
@@ -460,7 +455,7 @@ async fn drift_is_not_raised_again_after_a_restart() {
             .unwrap()
             .unwrap();
         wait_until("the sentinel", || codes(&receiver).contains(&sentinel)).await;
-        let _ = stop.send(());
+        stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), stage)
             .await
             .unwrap()

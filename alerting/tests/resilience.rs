@@ -7,12 +7,13 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use common::*;
 use dlog_alerting::{run_with, AlerterConfig, AlerterError, ManualClock};
 use dlog_core::encoding::{encode_logs, Encoding};
 use dlog_core::names::{self, HEARTBEAT_EVENT};
-use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, Source, SourceError};
+use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, Source, SourceError};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -51,7 +52,7 @@ impl Source for Flaky {
         Ok(batch)
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
         let failing = self.probe.failing_acks.load(Ordering::SeqCst);
         if failing > 0 {
             self.probe.failing_acks.store(failing - 1, Ordering::SeqCst);
@@ -60,7 +61,7 @@ impl Source for Flaky {
                 "Broker: Not coordinator (injected)".into(),
             ));
         }
-        self.inner.ack(records).await
+        self.inner.ack(marks).await
     }
 
     fn pause(&mut self) -> Result<(), SourceError> {
@@ -86,7 +87,7 @@ struct Running {
     receiver: Arc<Hook>,
     clock: ManualClock,
     stage: JoinHandle<Result<(), AlerterError>>,
-    stop: oneshot::Sender<()>,
+    stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     _state_dir: tempfile::TempDir,
 }
@@ -105,14 +106,12 @@ async fn start(tune: impl FnOnce(&mut AlerterConfig)) -> Running {
         probe: probe.clone(),
     };
     let clock = ManualClock::new(T0);
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
         config,
         source,
         Arc::new(clock.clone()),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
     Running {
         tx,
@@ -185,7 +184,7 @@ impl Running {
 
     async fn stop(self) {
         assert!(!self.stage.is_finished(), "the stage is still running");
-        let _ = self.stop.send(());
+        self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.stage)
             .await
             .unwrap()

@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use common::*;
 use dlog_alerting::{alert_id, kafka_source, run_with, AlerterConfig, ManualClock};
@@ -13,7 +14,6 @@ use dlog_core::names::{HEARTBEAT_EVENT, REGISTRATION_EVENT};
 use dlog_proto::alert::v1::{AlertEvent, AlertState, Severity};
 use dlog_storage::{AlertQuery, StoreConfig};
 use dlog_testkit::Kafka;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const SEC: u64 = 1_000_000_000;
@@ -23,27 +23,25 @@ fn hex(id: [u8; 16]) -> String {
 }
 
 struct Running {
-    stop: oneshot::Sender<()>,
+    stop: CancellationToken,
     task: JoinHandle<Result<(), dlog_alerting::AlerterError>>,
 }
 
 async fn start(config: AlerterConfig, clock: &ManualClock) -> Running {
     let source = kafka_source(&config).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let task = tokio::spawn(run_with(
         config,
         source,
         Arc::new(clock.clone()),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
     Running { stop, task }
 }
 
 impl Running {
     async fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         self.task.await.unwrap().unwrap();
     }
 }

@@ -6,6 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -73,10 +74,8 @@ async fn webhook_receives_each_alert_once_as_json_after_a_retry() {
         .insert("authorization".into(), "Bearer test-token".into());
     let clock = ManualClock::new(T0);
     let source = kafka_source(&config).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stage = tokio::spawn(run_with(config, source, Arc::new(clock), async move {
-        let _ = stopped.await;
-    }));
+    let stop = CancellationToken::new();
+    let stage = tokio::spawn(run_with(config, source, Arc::new(clock), stop.clone()));
 
     let p = Producer::new(&kafka);
     let a = resource("svc-a", "a-1", &["svc-b"]);
@@ -190,7 +189,7 @@ async fn webhook_receives_each_alert_once_as_json_after_a_retry() {
         vec!["Bearer test-token".to_string(); 2]
     );
 
-    let _ = stop.send(());
+    stop.cancel();
     stage.await.unwrap().unwrap();
     server.abort();
 }
@@ -224,14 +223,12 @@ async fn webhook_honours_retry_after() {
     config.outputs.webhook.backoff_initial_ms = 600_000;
     config.outputs.webhook.backoff_max_ms = 600_000;
     let (tx, source) = dlog_core::source::ChannelSource::new(4);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
         config,
         source,
         Arc::new(ManualClock::new(T0)),
-        async move {
-            let _ = stopped.await;
-        },
+        stop.clone(),
     ));
     let trace = [0x7a; 16];
     let request = logs(
@@ -266,7 +263,7 @@ async fn webhook_honours_retry_after() {
         .expect("the retry waited for the backoff, not for Retry-After")
         .unwrap();
     assert_eq!(requests.load(Ordering::SeqCst), 2);
-    let _ = stop.send(());
+    stop.cancel();
     drop(tx);
     stage.await.unwrap().unwrap();
     server.abort();

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use collector_bridge::{start_with_sink, ChannelSink, Config, RunningBridge, Subscriber};
 use common::*;
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, RawRecord, Source};
+use dlog_core::source::{ChannelSource, Mark, RawRecord, Source};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -55,7 +55,7 @@ async fn start_bridge() -> (RunningBridge, mpsc::UnboundedReceiver<RawRecord>) {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(records) = source.next_batch(100, Duration::from_secs(3600)).await {
-            if source.ack(&records).await.is_err() {
+            if source.ack(&Mark::latest(&records)).await.is_err() {
                 break;
             }
             for r in records {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use collector_bridge::{start_with_sink, ChannelSink, Config, Subscriber};
 use common::*;
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, Source};
+use dlog_core::source::{ChannelSource, Mark, Source};
 use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -70,7 +70,7 @@ async fn the_answer_waits_for_the_stage_ack_and_records_match_the_kafka_contract
         !answer.is_finished(),
         "answered before the stage acknowledged"
     );
-    source.ack(&records).await.unwrap();
+    source.ack(&Mark::latest(&records)).await.unwrap();
     answer.await.unwrap().unwrap();
     bridge.shutdown().await.unwrap();
 }
@@ -106,7 +106,7 @@ async fn a_stage_that_never_acks_makes_the_answer_unavailable() {
     // The stage did receive it (at least once): acking late is harmless.
     let records = source.next_batch(10, Duration::from_secs(1)).await.unwrap();
     assert_eq!(records.len(), 1);
-    source.ack(&records).await.unwrap();
+    source.ack(&Mark::latest(&records)).await.unwrap();
     bridge.shutdown().await.unwrap();
 }
 
@@ -148,7 +148,7 @@ fn acking_stage() -> (
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(records) = source.next_batch(100, Duration::from_secs(3600)).await {
-            if source.ack(&records).await.is_err() {
+            if source.ack(&Mark::latest(&records)).await.is_err() {
                 break;
             }
             for r in records {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use collector_bridge::{start_with_sink, ChannelSink, Config, RunningBridge, Subscriber};
 use common::*;
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, RawRecord, Source};
+use dlog_core::source::{ChannelSource, Mark, RawRecord, Source};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -48,7 +48,7 @@ async fn start(config: Config) -> (RunningBridge, mpsc::UnboundedReceiver<RawRec
     let (records_tx, records_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(batch) = source.next_batch(100, Duration::from_secs(3600)).await {
-            if source.ack(&batch).await.is_err() {
+            if source.ack(&Mark::latest(&batch)).await.is_err() {
                 return;
             }
             for record in batch {

@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::names;
-use crate::source::{RawRecord, Source, SourceError};
+use crate::source::{Mark, RawRecord, Source, SourceError};
 
 /// How a stage reaches Kafka and which group it consumes in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,13 +163,14 @@ impl Source for KafkaSource {
         Ok(out)
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        // Kafka commits the next offset to read, one past the mark.
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in records {
+        for m in marks {
             let entry = next
-                .entry((r.topic.as_str(), r.partition))
-                .or_insert(r.offset + 1);
-            *entry = (*entry).max(r.offset + 1);
+                .entry((m.topic.as_str(), m.partition))
+                .or_insert(m.offset + 1);
+            *entry = (*entry).max(m.offset + 1);
         }
         if next.is_empty() {
             return Ok(());

@@ -14,7 +14,9 @@
 //! * `kafka` (feature `kafka`): the Kafka consumer source and the dead-letter producer;
 //! * `process` (feature `process`): logging setup and graceful-shutdown signals for binaries;
 //! * `admin` (feature `admin`): the `/metrics` and `/healthz` listener of the stages;
-//! * `config` (feature `config`): TOML settings files and errors naming file, key and reason.
+//! * `config` (feature `config`): TOML settings files and errors naming file, key and reason;
+//! * `stage` (feature `stage`): the runtime the consuming stages share (backoff, shutdown,
+//!   consumer settings, the batch driver).
 //!
 //! ```
 //! use dlog_core::encoding::{Encoding, decode_traces, encode_traces};
@@ -41,3 +43,5 @@ pub mod kafka;
 pub mod listen;
 #[cfg(feature = "process")]
 pub mod process;
+#[cfg(feature = "stage")]
+pub mod stage;

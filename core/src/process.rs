@@ -5,6 +5,8 @@ use std::future::Future;
 
 use tracing_subscriber::EnvFilter;
 
+pub use tokio_util::sync::CancellationToken;
+
 /// Installs a stderr `fmt` subscriber filtered by the first of `env_vars` that is set (for
 /// example `DLOG_BRIDGE_LOG`, then `RUST_LOG`), else by `default_filter`. Stdout stays free
 /// for what a binary prints on purpose (alerts, query results). ANSI colours are used only
@@ -44,6 +46,19 @@ pub struct LoggingError {
     pub filter: String,
     /// Why it was refused.
     pub reason: String,
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM: the one stop signal a binary hands to its stage
+/// (every stage is told to stop through a [`CancellationToken`]). Call it inside the runtime.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let signal = shutdown_signal();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        signal.await;
+        cancel.cancel();
+    });
+    token
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the

@@ -6,7 +6,7 @@
 //! mode and tests) completes the sender's acknowledgement on ack. Records that were delivered
 //! but never acknowledged are delivered again after a restart, so stages must be idempotent.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -59,6 +59,93 @@ impl RawRecord {
     }
 }
 
+/// A position to acknowledge: the record at `offset` of `topic`/`partition`, and every earlier
+/// record of that partition, is durable downstream.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mark {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Offset of the last record acknowledged (not the next one to read).
+    pub offset: i64,
+}
+
+impl Mark {
+    /// A mark at `offset` of `topic`/`partition`.
+    pub fn new(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
+        Mark {
+            topic: topic.into(),
+            partition,
+            offset,
+        }
+    }
+
+    /// The mark of one record.
+    pub fn of(record: &RawRecord) -> Self {
+        Mark::new(record.topic.clone(), record.partition, record.offset)
+    }
+
+    /// One mark per partition of `records`, at the highest offset among them.
+    pub fn latest(records: &[RawRecord]) -> Vec<Mark> {
+        let mut marks = Marks::default();
+        for record in records {
+            marks.advance(record);
+        }
+        marks.take()
+    }
+}
+
+/// Marks gathered since the last acknowledgement: the highest offset taken per partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Marks(BTreeMap<String, BTreeMap<i32, i64>>);
+
+impl Marks {
+    /// Moves the mark of `record`'s partition up to its offset (never down).
+    pub fn advance(&mut self, record: &RawRecord) {
+        self.raise(&record.topic, record.partition, record.offset);
+    }
+
+    /// Moves the mark of `mark`'s partition up to its offset (never down).
+    pub fn insert(&mut self, mark: Mark) {
+        self.raise(&mark.topic, mark.partition, mark.offset);
+    }
+
+    fn raise(&mut self, topic: &str, partition: i32, offset: i64) {
+        // Looked up by `&str` first: no allocation per record of a known topic.
+        let partitions = match self.0.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.0.entry(topic.to_string()).or_default(),
+        };
+        let slot = partitions.entry(partition).or_insert(offset);
+        *slot = (*slot).max(offset);
+    }
+
+    /// Whether nothing was gathered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The gathered marks, leaving none.
+    pub fn take(&mut self) -> Vec<Mark> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .into_iter()
+                    .map(move |(partition, offset)| Mark::new(topic.clone(), partition, offset))
+            })
+            .collect()
+    }
+
+    /// Puts back marks that could not be acknowledged (merged with any gathered since).
+    pub fn restore(&mut self, marks: Vec<Mark>) {
+        for mark in marks {
+            self.insert(mark);
+        }
+    }
+}
+
 /// A source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -83,12 +170,8 @@ pub trait Source: Send {
         linger: Duration,
     ) -> impl Future<Output = Result<Vec<RawRecord>, SourceError>> + Send;
 
-    /// Declares every record in `records` (and every earlier record of the same partitions)
-    /// durable downstream.
-    fn ack(
-        &mut self,
-        records: &[RawRecord],
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    /// Declares every record up to each mark (in the mark's partition) durable downstream.
+    fn ack(&mut self, marks: &[Mark]) -> impl Future<Output = Result<(), SourceError>> + Send;
 
     /// Stops fetching while the stage cannot make progress (the store is down), without
     /// leaving the consumer group.
@@ -178,8 +261,8 @@ impl Source for ChannelSource {
         Ok(self.buffered.drain(..take).collect())
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        let Some(max) = records.iter().map(|r| r.offset).max() else {
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        let Some(max) = marks.iter().map(|m| m.offset).max() else {
             return Ok(());
         };
         while self.pending.front().is_some_and(|(last, _)| *last <= max) {
@@ -222,15 +305,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(first.len(), 2);
-        source.ack(&first).await.unwrap();
+        source.ack(&Mark::latest(&first)).await.unwrap();
         assert!(ack_rx.try_recv().is_err(), "acked before the last record");
         let rest = source
             .next_batch(2, Duration::from_millis(50))
             .await
             .unwrap();
         assert_eq!(rest.len(), 1);
-        source.ack(&rest).await.unwrap();
+        source.ack(&Mark::latest(&rest)).await.unwrap();
         assert!(ack_rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn marks_keep_the_highest_offset_per_partition() {
+        let at = |topic: &str, partition, offset| RawRecord {
+            topic: topic.into(),
+            partition,
+            offset,
+            ..record(b"")
+        };
+        let records = [at("a", 0, 5), at("a", 0, 3), at("a", 1, 2), at("b", 0, 9)];
+        assert_eq!(
+            Mark::latest(&records),
+            vec![
+                Mark::new("a", 0, 5),
+                Mark::new("a", 1, 2),
+                Mark::new("b", 0, 9)
+            ]
+        );
+        let mut marks = Marks::default();
+        marks.advance(&at("a", 0, 7));
+        let taken = marks.take();
+        assert!(marks.is_empty());
+        marks.advance(&at("a", 0, 4));
+        marks.restore(taken);
+        assert_eq!(marks.take(), vec![Mark::new("a", 0, 7)]);
     }
 
     #[test]

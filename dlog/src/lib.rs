@@ -26,7 +26,7 @@ use std::sync::Arc;
 use collector_bridge::{LocalLogSink, RunningBridge};
 use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::names;
-use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_core::source::{Mark, RawRecord, Source, SourceError};
 use dlog_storage::stage::ReportsLag;
 use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
@@ -224,14 +224,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     let alerter = tokio::spawn({
         let stop = stop_alerter.clone();
         async move {
-            dlog_alerting::run_with(
-                alerter_config,
-                alerter_source,
-                Arc::new(SystemClock),
-                stop.cancelled_owned(),
-            )
-            .await
-            .map_err(|e| e.to_string())
+            dlog_alerting::run_with(alerter_config, alerter_source, Arc::new(SystemClock), stop)
+                .await
+                .map_err(|e| e.to_string())
         }
     });
 
@@ -414,9 +409,9 @@ impl Source for IndexingSource {
 
     fn ack(
         &mut self,
-        records: &[RawRecord],
+        marks: &[Mark],
     ) -> impl std::future::Future<Output = Result<(), SourceError>> + Send {
-        self.0.ack(records)
+        self.0.ack(marks)
     }
 }
 

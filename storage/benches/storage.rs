@@ -9,6 +9,7 @@
 //! Run: `cargo bench -p dlog-storage --bench storage` (release). `BENCH_SPANS` sets the
 //! number of spans (default 100000).
 
+use dlog_core::stage::ConsumerConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -389,13 +390,16 @@ async fn stage_bench(url: &str, n: usize) {
         p.await.unwrap().unwrap();
     }
     let indexer = dlog_storage::start(dlog_storage::IndexerConfig {
-        kafka_brokers: kafka.brokers.clone(),
-        group_id: dlog_testkit::unique_name("bench"),
+        input: ConsumerConfig {
+            kafka_brokers: kafka.brokers.clone(),
+            group_id: dlog_testkit::unique_name("bench"),
+            session_timeout_ms: 6000,
+            ..Default::default()
+        },
         trace_logs_topic: topic,
         service_logs_topic: others[0].clone(),
         heartbeat_logs_topic: others[1].clone(),
         dead_letters_topic: others[2].clone(),
-        session_timeout_ms: 6000,
         admin: "127.0.0.1:0".parse().unwrap(),
         store: StoreConfig::elasticsearch(url)
             .with_index_prefix(dlog_testkit::unique_name("stage")),

@@ -284,20 +284,29 @@ impl Args {
                     }
                 )*};
             }
-            overlay!(
+            macro_rules! overlay_input {
+                ($($field:ident),*) => {$(
+                    if let Some(value) = run.$field {
+                        config.input.$field = value;
+                    }
+                )*};
+            }
+            overlay_input!(
                 kafka_brokers,
                 group_id,
+                create_topics,
+                topic_partitions,
+                session_timeout_ms
+            );
+            overlay!(
                 admin,
                 trace_logs_topic,
                 service_logs_topic,
                 heartbeat_logs_topic,
                 dead_letters_topic,
-                create_topics,
-                topic_partitions,
-                batch_max_records,
-                session_timeout_ms
+                batch_max_records
             );
-            config.consumer.extend(run.consumer_property);
+            config.input.consumer.extend(run.consumer_property);
         }
         config.validate()?;
         Ok(config)
@@ -517,12 +526,12 @@ mod tests {
         ])
         .load()
         .unwrap();
-        assert_eq!(config.group_id, "from-file");
-        assert_eq!(config.kafka_brokers, "flag:9092");
-        assert!(config.create_topics);
+        assert_eq!(config.input.group_id, "from-file");
+        assert_eq!(config.input.kafka_brokers, "flag:9092");
+        assert!(config.input.create_topics);
         assert_eq!(config.store.data_dir, PathBuf::from("/var/dlog"));
         assert_eq!(config.store.index_prefix, "p1");
-        assert_eq!(config.consumer["fetch.max.bytes"], "1000000");
+        assert_eq!(config.input.consumer["fetch.max.bytes"], "1000000");
     }
 
     #[test]

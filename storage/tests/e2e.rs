@@ -4,6 +4,7 @@
 
 mod common;
 
+use dlog_core::stage::ConsumerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,14 +61,17 @@ async fn otlp_reaches_the_store_as_the_exact_tree(
     .expect("bridge");
 
     let indexer = dlog_storage::start(IndexerConfig {
-        kafka_brokers: kafka.brokers.clone(),
-        group_id: dlog_testkit::unique_name("indexer"),
+        input: ConsumerConfig {
+            kafka_brokers: kafka.brokers.clone(),
+            group_id: dlog_testkit::unique_name("indexer"),
+            create_topics: true,
+            session_timeout_ms: 6000,
+            ..Default::default()
+        },
         trace_logs_topic: trace_topic,
         service_logs_topic: log_topic,
         heartbeat_logs_topic: hb_topic,
         dead_letters_topic: dlq_topic,
-        create_topics: true,
-        session_timeout_ms: 6000,
         admin: loopback0(),
         batch_linger_ms: 50,
         store: store_config,

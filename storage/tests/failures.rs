@@ -3,6 +3,7 @@
 
 mod common;
 
+use dlog_core::stage::ConsumerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,13 +35,16 @@ async fn topics(kafka: &dlog_testkit::Kafka) -> Topics {
 
 fn indexer_config(kafka: &dlog_testkit::Kafka, t: &Topics, store: StoreConfig) -> IndexerConfig {
     IndexerConfig {
-        kafka_brokers: kafka.brokers.clone(),
-        group_id: dlog_testkit::unique_name("indexer"),
+        input: ConsumerConfig {
+            kafka_brokers: kafka.brokers.clone(),
+            group_id: dlog_testkit::unique_name("indexer"),
+            session_timeout_ms: 6000,
+            ..Default::default()
+        },
         trace_logs_topic: t.trace.clone(),
         service_logs_topic: t.log.clone(),
         heartbeat_logs_topic: t.hb.clone(),
         dead_letters_topic: t.dlq.clone(),
-        session_timeout_ms: 6000,
         admin: "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
         batch_linger_ms: 50,
         store,
@@ -100,7 +104,7 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = indexer_config(&kafka, &t, StoreConfig::embedded(dir.path()));
-    let group = config.group_id.clone();
+    let group = config.input.group_id.clone();
     let indexer = dlog_storage::start(config).await.unwrap();
     let store: Arc<dyn Store> = indexer.store();
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use dlog_core::stage::ConsumerConfig;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,13 +32,16 @@ async fn nothing_is_lost_and_no_offset_moves_while_elasticsearch_is_away() {
     store_config.request_timeout_ms = 1500;
     let group = dlog_testkit::unique_name("indexer");
     let indexer = dlog_storage::start(IndexerConfig {
-        kafka_brokers: kafka.brokers.clone(),
-        group_id: group.clone(),
+        input: ConsumerConfig {
+            kafka_brokers: kafka.brokers.clone(),
+            group_id: group.clone(),
+            session_timeout_ms: 6000,
+            ..Default::default()
+        },
         trace_logs_topic: trace_topic.clone(),
         service_logs_topic: log_topic,
         heartbeat_logs_topic: hb_topic,
         dead_letters_topic: dlq_topic,
-        session_timeout_ms: 6000,
         admin: "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
         batch_linger_ms: 50,
         retry_initial_ms: 100,

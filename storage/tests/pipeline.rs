@@ -14,7 +14,7 @@ use dlog_core::encoding::{encode_traces, Encoding};
 use dlog_core::model::{LogEntry, SpanRecord};
 use dlog_core::names;
 use dlog_core::source::Source;
-use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord, SourceError};
+use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, SourceError};
 use dlog_storage::embedded::EmbeddedStore;
 use dlog_storage::stage::{
     run_pipeline, DeadLetterSink, LagReader, Metrics, PartitionLag, PipelineOptions, ReportsLag,
@@ -221,8 +221,8 @@ impl Source for StuckLag {
     ) -> Result<Vec<RawRecord>, SourceError> {
         self.inner.next_batch(max, linger).await
     }
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        self.inner.ack(records).await
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        self.inner.ack(marks).await
     }
 }
 

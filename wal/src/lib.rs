@@ -24,7 +24,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use dlog_core::source::Source;
+//! use dlog_core::source::{Mark, Source};
 //! use dlog_wal::{Frames, Wal, WalConfig};
 //!
 //! let wal = Wal::open(WalConfig::new("./dlog-data/wal"))?;
@@ -33,7 +33,7 @@
 //! frames.push("trace_logs", Some(b"trace-id"), &[], b"value", None)?;
 //! let first_offset = wal.append(frames).await?; // durable once this returns
 //! let batch = reader.next_batch(100, std::time::Duration::from_millis(100)).await?;
-//! reader.ack(&batch).await?; // the reader's position moves past the batch
+//! reader.ack(&Mark::latest(&batch)).await?; // the reader's position moves past the batch
 //! # let _ = first_offset; Ok(()) }
 //! ```
 

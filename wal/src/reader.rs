@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dlog_core::source::{RawRecord, Source, SourceError};
+use dlog_core::source::{Mark, RawRecord, Source, SourceError};
 
 use crate::frame::{self, HEADER_BYTES};
 use crate::segment;
@@ -241,8 +241,8 @@ impl Source for WalReader {
         read.map_err(source_error)
     }
 
-    async fn ack(&mut self, records: &[RawRecord]) -> Result<(), SourceError> {
-        if let Some(last) = records.iter().map(|r| r.offset).max() {
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        if let Some(last) = marks.iter().map(|m| m.offset).max() {
             let next = u64::try_from(last).unwrap_or(0).saturating_add(1);
             self.committed
                 .fetch_max(next.min(self.cursor), Ordering::AcqRel);

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use dlog_core::source::{RawRecord, Source};
+use dlog_core::source::{Mark, RawRecord, Source};
 use dlog_wal::{AppendError, Frames, Wal, WalConfig, WalError};
 
 fn config(dir: &Path) -> WalConfig {
@@ -341,10 +341,10 @@ async fn readers_resume_from_their_acknowledged_position_after_a_reopen() {
         let mut indexing = wal.reader("indexing").unwrap();
         let mut alerting = wal.reader("alerting").unwrap();
         let got = read_n(&mut indexing, 12).await;
-        indexing.ack(&got[..12]).await.unwrap();
+        indexing.ack(&Mark::latest(&got[..12])).await.unwrap();
         // Read but not acknowledged: handed out again after the reopen.
         let got = read_n(&mut alerting, 20).await;
-        alerting.ack(&got[..5]).await.unwrap();
+        alerting.ack(&Mark::latest(&got[..5])).await.unwrap();
         wal.close().await;
     }
     let wal = Wal::open(config(dir.path())).unwrap();
@@ -366,7 +366,7 @@ async fn segments_go_only_once_every_reader_has_passed_them() {
     }
     let before = segment_files(dir.path()).len();
     let all = read_n(&mut fast, 60).await;
-    fast.ack(&all).await.unwrap();
+    fast.ack(&Mark::latest(&all)).await.unwrap();
     wal.close().await; // saves positions and removes what every reader passed
     assert_eq!(
         segment_files(dir.path()).len(),
@@ -379,7 +379,7 @@ async fn segments_go_only_once_every_reader_has_passed_them() {
     drop(slow);
     let _fast = wal.reader("indexing").unwrap();
     let got = read_n(&mut slow_again, 40).await;
-    slow_again.ack(&got).await.unwrap();
+    slow_again.ack(&Mark::latest(&got)).await.unwrap();
     wal.close().await;
     let left = segment_files(dir.path());
     assert!(left.len() < before, "passed segments must be removed");
@@ -427,7 +427,7 @@ async fn a_full_log_refuses_appends_naming_the_slow_reader_until_it_catches_up()
 
     // The reader catches up; once its position is saved, segments go and appends resume.
     let all = read_n(&mut reader, appended as usize).await;
-    reader.ack(&all).await.unwrap();
+    reader.ack(&Mark::latest(&all)).await.unwrap();
     let mut resumed = false;
     for _ in 0..500 {
         if wal.append(frames(appended, 1, 500)).await.is_ok() {
@@ -460,7 +460,7 @@ async fn files_are_private_to_the_user() {
     wal.append(frames(0, 1, 10)).await.unwrap();
     let mut reader = wal.reader("indexing").unwrap();
     let got = read_n(&mut reader, 1).await;
-    reader.ack(&got).await.unwrap();
+    reader.ack(&Mark::latest(&got)).await.unwrap();
     wal.close().await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&wal_dir), 0o700);

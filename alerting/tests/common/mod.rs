@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use dlog_core::stage::ConsumerConfig;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -220,12 +221,15 @@ impl Topics {
 /// Kafka output to `topics.alerts`, no terminal colours.
 pub fn config(kafka: &Kafka, topics: &Topics, state_dir: &Path) -> AlerterConfig {
     let mut c = AlerterConfig {
-        kafka_brokers: kafka.brokers.clone(),
-        group_id: unique_name("alerter"),
+        input: ConsumerConfig {
+            kafka_brokers: kafka.brokers.clone(),
+            group_id: unique_name("alerter"),
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        },
         trace_logs_topic: topics.traces.clone(),
         service_logs_topic: topics.logs.clone(),
         heartbeat_logs_topic: topics.heartbeats.clone(),
-        session_timeout_ms: 6_000,
         admin: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
         state_dir: state_dir.to_path_buf(),
         batch_linger_ms: 50,

@@ -112,7 +112,7 @@ mod tests {
     use std::time::Duration;
 
     use dlog_core::encoding::{Encoding, Signal};
-    use dlog_core::source::{ChannelSource, Source};
+    use dlog_core::source::{ChannelSource, Mark, Source};
 
     use super::*;
 
@@ -155,7 +155,7 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].key.as_deref(), Some(&b"t1"[..]));
-        storage.ack(&got).await.unwrap();
+        storage.ack(&Mark::latest(&got)).await.unwrap();
         tokio::task::yield_now().await;
         assert!(!publish.is_finished(), "resolved before alerting acked");
         let got = alerting
@@ -164,7 +164,7 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].topic, "service_logs");
-        alerting.ack(&got).await.unwrap();
+        alerting.ack(&Mark::latest(&got)).await.unwrap();
         publish.await.unwrap().unwrap();
     }
 

@@ -1,58 +1,56 @@
 //! The indexing stage's settings: a serde struct read from TOML, overlaid with env and flags
 //! by the binary, and validated before anything connects.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use dlog_core::names;
+use dlog_core::stage::StageDefaults;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StoreConfig;
 
-/// Default `kafka_brokers`.
-pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+/// Default `kafka_brokers`, the one every stage shares.
+pub const DEFAULT_KAFKA_BROKERS: &str = dlog_core::stage::DEFAULT_KAFKA_BROKERS;
 /// Default `group_id`.
 pub const DEFAULT_GROUP_ID: &str = "dlog-indexer";
 /// Default `batch_max_records`.
 pub const DEFAULT_BATCH_MAX_RECORDS: usize = 500;
 /// Default `batch_linger_ms`.
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 100;
-/// Default `retry_initial_ms`.
-pub const DEFAULT_RETRY_INITIAL_MS: u64 = 100;
-/// Default `retry_max_ms`.
-pub const DEFAULT_RETRY_MAX_MS: u64 = 5_000;
+/// Default `retry_initial_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = dlog_core::stage::DEFAULT_RETRY_INITIAL_MS;
+/// Default `retry_max_ms`, the one every stage shares.
+pub const DEFAULT_RETRY_MAX_MS: u64 = dlog_core::stage::DEFAULT_RETRY_MAX_MS;
 /// Default `lag_interval_ms`.
 pub const DEFAULT_LAG_INTERVAL_MS: u64 = 15_000;
-/// Default `session_timeout_ms`.
-pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
-/// Default `topic_partitions`.
-pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
+/// Default `session_timeout_ms`, the one every stage shares.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = dlog_core::stage::DEFAULT_SESSION_TIMEOUT_MS;
+/// Default `topic_partitions`, the one every stage shares.
+pub const DEFAULT_TOPIC_PARTITIONS: i32 = dlog_core::stage::DEFAULT_TOPIC_PARTITIONS;
 
-/// librdkafka properties the stage sets itself, with why a user may not override them.
-const RESERVED_CONSUMER_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "set `kafka_brokers` instead"),
-    ("group.id", "set `group_id` instead"),
-    (
-        "enable.auto.commit",
-        "offsets are committed only after the store acknowledged every document derived from them",
-    ),
-    (
-        "enable.auto.offset.store",
-        "offsets are committed only after the store acknowledged every document derived from them",
-    ),
-];
+pub use dlog_core::stage::ConsumerConfig;
+
+/// The indexer's consumer defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexerStage;
+
+impl StageDefaults for IndexerStage {
+    const GROUP_ID: &'static str = DEFAULT_GROUP_ID;
+    const COMMITTED_AFTER: &'static str = "the store acknowledged every document derived from them";
+}
 
 /// Everything the indexing stage needs to run. Every field has a default, so a TOML file
 /// names only what it changes; unknown keys are an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexerConfig {
-    /// Kafka bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
-    pub kafka_brokers: String,
-    /// Consumer group. Instances with the same group share the partitions.
-    pub group_id: String,
+    /// How the stage reaches Kafka: `kafka_brokers`, `group_id`, `create_topics` (the three
+    /// inputs and `dead_letters_topic`), `topic_partitions`, `session_timeout_ms` and the
+    /// `[consumer]` properties, at the top of the file.
+    #[serde(flatten)]
+    pub input: ConsumerConfig<IndexerStage>,
     /// Topic of spans.
     pub trace_logs_topic: String,
     /// Topic of log records.
@@ -61,14 +59,6 @@ pub struct IndexerConfig {
     pub heartbeat_logs_topic: String,
     /// Topic that receives undecodable records and documents the store rejected for good.
     pub dead_letters_topic: String,
-    /// Create missing topics (the three inputs and `dead_letters_topic`) at start.
-    pub create_topics: bool,
-    /// Partitions of topics created with `create_topics`.
-    pub topic_partitions: i32,
-    /// Consumer-group session timeout, ms.
-    pub session_timeout_ms: u32,
-    /// Extra librdkafka consumer properties, passed through (e.g. `security.protocol`).
-    pub consumer: BTreeMap<String, String>,
     /// Admin listen address serving `/metrics` (Prometheus) and `/healthz`. Port 0 picks one.
     pub admin: SocketAddr,
     /// Most records taken from Kafka per batch (one store write and one commit per batch).
@@ -88,16 +78,11 @@ pub struct IndexerConfig {
 impl Default for IndexerConfig {
     fn default() -> Self {
         IndexerConfig {
-            kafka_brokers: DEFAULT_KAFKA_BROKERS.to_string(),
-            group_id: DEFAULT_GROUP_ID.to_string(),
+            input: ConsumerConfig::default(),
             trace_logs_topic: names::TRACE_LOGS_TOPIC.to_string(),
             service_logs_topic: names::SERVICE_LOGS_TOPIC.to_string(),
             heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
             dead_letters_topic: names::DEAD_LETTERS_TOPIC.to_string(),
-            create_topics: false,
-            topic_partitions: DEFAULT_TOPIC_PARTITIONS,
-            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
-            consumer: BTreeMap::new(),
             admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), names::INDEXER_ADMIN_PORT),
             batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
@@ -123,21 +108,7 @@ impl IndexerConfig {
 
     /// Checks every setting, naming the key and the reason of the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kafka_brokers.trim().is_empty()
-            || self.kafka_brokers.split(',').any(|b| {
-                !b.trim()
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-            })
-        {
-            return Err(invalid(
-                "kafka_brokers",
-                format!("`{}` is not a list of HOST:PORT", self.kafka_brokers),
-            ));
-        }
-        if self.group_id.trim().is_empty() {
-            return Err(invalid("group_id", "must not be empty"));
-        }
+        self.input.validate()?;
         let topics = [
             ("trace_logs_topic", &self.trace_logs_topic),
             ("service_logs_topic", &self.service_logs_topic),
@@ -157,17 +128,6 @@ impl IndexerConfig {
             }
             if let Some((other, _)) = topics[..i].iter().find(|(_, t)| t == topic) {
                 return Err(invalid(key, format!("`{topic}` is also `{other}`")));
-            }
-        }
-        if self.topic_partitions < 1 {
-            return Err(invalid("topic_partitions", "must be at least 1"));
-        }
-        if self.session_timeout_ms < 1000 {
-            return Err(invalid("session_timeout_ms", "must be at least 1000"));
-        }
-        for (key, why) in RESERVED_CONSUMER_PROPERTIES {
-            if self.consumer.contains_key(*key) {
-                return Err(invalid(&format!("consumer.{key}"), *why));
             }
         }
         if self.batch_max_records == 0 {
@@ -218,8 +178,8 @@ mod tests {
     fn errors_name_the_key() {
         type Case = (fn(&mut IndexerConfig), &'static str);
         let cases: Vec<Case> = vec![
-            (|c| c.kafka_brokers = "nohost".into(), "kafka_brokers"),
-            (|c| c.group_id = " ".into(), "group_id"),
+            (|c| c.input.kafka_brokers = "nohost".into(), "kafka_brokers"),
+            (|c| c.input.group_id = " ".into(), "group_id"),
             (
                 |c| c.dead_letters_topic = "trace_logs".into(),
                 "dead_letters_topic",
@@ -230,7 +190,8 @@ mod tests {
             ),
             (
                 |c| {
-                    c.consumer
+                    c.input
+                        .consumer
                         .insert("enable.auto.commit".into(), "true".into());
                 },
                 "consumer.enable.auto.commit",
@@ -262,7 +223,7 @@ mod tests {
         )
         .unwrap();
         let config = IndexerConfig::from_file(&path).unwrap();
-        assert_eq!(config.group_id, "g");
+        assert_eq!(config.input.group_id, "g");
         assert_eq!(
             config.store.elasticsearch_url.as_deref(),
             Some("http://127.0.0.1:9200")

@@ -25,7 +25,8 @@ use dlog_core::encoding::{decode_logs, decode_traces, Signal};
 use dlog_core::kafka::{DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
-use dlog_core::source::{ChannelSource, RawRecord, Source, SourceError};
+use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
+use dlog_core::stage::Backoff;
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -409,7 +410,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                 .get_or_create(&metrics::ReasonLabel { reason: kind })
                 .inc();
         }
-        if let Err(e) = self.source.ack(&batch).await {
+        if let Err(e) = self.source.ack(&Mark::latest(&batch)).await {
             // Not fatal: the documents are durable; a replay after a restart or rebalance
             // overwrites them.
             self.metrics.commit_failures.inc();
@@ -428,7 +429,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
         mut owners: Vec<usize>,
     ) -> Result<Vec<(usize, String)>, Interrupted> {
         let mut rejected = Vec::new();
-        let mut attempt: u32 = 0;
+        let mut backoff = self.backoff();
         while !docs.is_empty() {
             let started = Instant::now();
             let result = self.store.write(&docs).await;
@@ -491,25 +492,26 @@ impl<S: Source + ReportsLag> Pipeline<S> {
             if docs.is_empty() {
                 break;
             }
+            // Down before the retries are counted: whoever sees a retry sees the store down.
+            self.metrics.store_up.set(0);
             for doc in &docs {
                 self.metrics
                     .retried
                     .get_or_create(&metrics::KindLabel { kind: doc.kind() })
                     .inc();
             }
-            attempt += 1;
+            let delay = backoff.next_delay();
+            let attempt = backoff.attempt();
             if attempt == 1 || attempt.is_power_of_two() {
                 tracing::warn!(attempt, documents = docs.len(), error = %last_error,
                     "store did not take the batch; pausing consumption and retrying");
             }
-            self.metrics.store_up.set(0);
             self.pause_source();
-            let delay = backoff(self.options.retry_initial, self.options.retry_max, attempt);
             self.wait(delay, true).await?;
         }
-        if attempt > 0 {
+        if backoff.attempt() > 0 {
             tracing::info!(
-                attempts = attempt,
+                attempts = backoff.attempt(),
                 "store accepted the batch again; resuming"
             );
         }
@@ -522,28 +524,35 @@ impl<S: Source + ReportsLag> Pipeline<S> {
     /// retries, consumption is paused but the source keeps being polled (stashing what it
     /// hands out), so the consumer is not evicted from its group for not polling.
     async fn dead_letter(&mut self, record: &RawRecord, reason: &str) -> Result<(), Interrupted> {
-        let mut attempt: u32 = 0;
+        let mut backoff = self.backoff();
         loop {
             match self.dead_letters.send(record, reason).await {
                 Ok(()) => {
-                    if attempt > 0 {
-                        tracing::info!(attempts = attempt, "dead letter written; resuming");
+                    if backoff.attempt() > 0 {
+                        tracing::info!(
+                            attempts = backoff.attempt(),
+                            "dead letter written; resuming"
+                        );
                         self.resume_source();
                     }
                     return Ok(());
                 }
                 Err(e) => {
-                    attempt += 1;
+                    let delay = backoff.next_delay();
+                    let attempt = backoff.attempt();
                     if attempt == 1 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, attempt, "writing a dead letter failed; pausing consumption and retrying");
                     }
                     self.pause_source();
-                    let delay =
-                        backoff(self.options.retry_initial, self.options.retry_max, attempt);
                     self.wait(delay, true).await?;
                 }
             }
         }
+    }
+
+    /// A fresh backoff with the configured waits.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.options.retry_initial, self.options.retry_max)
     }
 
     fn pause_source(&mut self) {
@@ -599,14 +608,6 @@ impl<S: Source + ReportsLag> Pipeline<S> {
             }
         }
     }
-}
-
-/// Exponential backoff with up to 25% jitter: `initial * 2^(attempt-1)`, capped at `max`.
-fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let base = exp.min(max);
-    let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
-    (base + jitter).min(max.max(initial))
 }
 
 /// Runs the pipeline over any [`Source`] until `shutdown` is cancelled or the source closes.
@@ -715,10 +716,10 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
     config.validate()?;
     let store = crate::open_store(&config.store).await?;
     let kafka_err = |source| StartError::Kafka {
-        brokers: config.kafka_brokers.clone(),
+        brokers: config.input.kafka_brokers.clone(),
         source,
     };
-    if config.create_topics {
+    if config.input.create_topics {
         let mut topics: Vec<&str> = vec![
             &config.trace_logs_topic,
             &config.service_logs_topic,
@@ -726,20 +727,19 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
             &config.dead_letters_topic,
         ];
         topics.dedup();
-        dlog_core::kafka::ensure_topics(&config.kafka_brokers, &topics, config.topic_partitions, 1)
-            .await
-            .map_err(kafka_err)?;
+        dlog_core::kafka::ensure_topics(
+            &config.input.kafka_brokers,
+            &topics,
+            config.input.topic_partitions,
+            1,
+        )
+        .await
+        .map_err(kafka_err)?;
     }
-    let mut settings = dlog_core::kafka::ConsumerSettings::new(
-        config.kafka_brokers.clone(),
-        config.group_id.clone(),
-        config.input_topics(),
-    );
-    settings.session_timeout_ms = config.session_timeout_ms;
-    settings.extra = config.consumer.clone();
-    let source = KafkaSource::new(&settings).map_err(kafka_err)?;
+    let source =
+        KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
     let dead_letters = DeadLetters::new(
-        &config.kafka_brokers,
+        &config.input.kafka_brokers,
         &config.dead_letters_topic,
         "dlog-indexer",
     )
@@ -752,8 +752,8 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
             addr: config.admin,
             source,
         })?;
-    tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.kafka_brokers,
-        group = %config.group_id, "indexing stage started");
+    tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.input.kafka_brokers,
+        group = %config.input.group_id, "indexing stage started");
     let pipeline = tokio::spawn(run_pipeline(
         source,
         Arc::clone(&store),
@@ -772,15 +772,12 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
     })
 }
 
-/// Runs the stage until `shutdown` completes (SIGTERM, Ctrl-C), then stops gracefully.
-pub async fn run(
-    config: IndexerConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), RunError> {
+/// Runs the stage until `shutdown` is cancelled (SIGTERM, Ctrl-C), then stops gracefully.
+pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let running = start(config).await?;
     let token = running.shutdown.clone();
     tokio::select! {
-        _ = shutdown => {
+        _ = shutdown.cancelled() => {
             tracing::info!("shutting down");
             token.cancel();
         }
@@ -803,17 +800,6 @@ pub enum RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let i = Duration::from_millis(100);
-        let m = Duration::from_secs(2);
-        let b1 = backoff(i, m, 1);
-        assert!(b1 >= i && b1 <= i.mul_f64(1.25), "{b1:?}");
-        let b3 = backoff(i, m, 3);
-        assert!(b3 >= i * 4 && b3 <= (i * 4).mul_f64(1.25), "{b3:?}");
-        assert_eq!(backoff(i, m, 40), m);
-    }
 
     #[test]
     fn hex_ids_must_have_the_right_length_and_not_be_zero() {

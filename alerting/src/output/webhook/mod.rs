@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dlog_core::stage::Backoff;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -113,7 +114,7 @@ impl WebhookSink {
             )
         })?;
         let key = format!("{}-{}", transition.alert.id, transition.alert.revision);
-        let mut wait = self.backoff_initial;
+        let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
         let mut last_error = String::new();
         for attempt in 1..=self.max_attempts {
             let result = self
@@ -146,10 +147,10 @@ impl WebhookSink {
                 Err(e) => last_error = format!("POST {}: {}", self.shown, e.without_url()),
             }
             if attempt < self.max_attempts {
+                let wait = backoff.next_delay();
                 let pause = retry_after.unwrap_or(wait).min(self.backoff_max);
                 tracing::debug!(attempt, error = %last_error, ?pause, "webhook delivery failed; retrying");
                 tokio::time::sleep(pause).await;
-                wait = (wait * 2).min(self.backoff_max);
             }
         }
         Err((

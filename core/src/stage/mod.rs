@@ -1,0 +1,14 @@
+//! The runtime every consuming stage (indexer, alerter) shares: how it waits between retries
+//! ([`Backoff`]) and the Kafka consumer settings it flattens into its config
+//! ([`ConsumerConfig`], validated once for every stage).
+
+mod backoff;
+mod config;
+
+pub use backoff::{
+    delay, Backoff, DEFAULT_RETRY_INITIAL_MS, DEFAULT_RETRY_MAX_MS, JITTER_FRACTION,
+};
+pub use config::{
+    ConsumerConfig, StageDefaults, DEFAULT_KAFKA_BROKERS, DEFAULT_SESSION_TIMEOUT_MS,
+    DEFAULT_TOPIC_PARTITIONS, MIN_SESSION_TIMEOUT_MS,
+};
