@@ -110,7 +110,7 @@ pub fn encode_traces(
 ) -> Result<Vec<u8>, EncodeError> {
     Ok(match encoding {
         Encoding::OtlpProto => request.encode_to_vec(),
-        Encoding::OtlpJson => serde_json::to_vec(request)?,
+        Encoding::OtlpJson => non_finite::to_json(request, non_finite::trace_values)?,
     })
 }
 
@@ -121,7 +121,7 @@ pub fn encode_logs(
 ) -> Result<Vec<u8>, EncodeError> {
     Ok(match encoding {
         Encoding::OtlpProto => request.encode_to_vec(),
-        Encoding::OtlpJson => serde_json::to_vec(request)?,
+        Encoding::OtlpJson => non_finite::to_json(request, non_finite::log_values)?,
     })
 }
 
@@ -137,10 +137,14 @@ pub fn decode_traces(
                 source,
             })
         }
-        Encoding::OtlpJson => serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
-            signal: "trace",
-            source,
-        }),
+        Encoding::OtlpJson => {
+            non_finite::from_json(bytes, non_finite::trace_values).map_err(|source| {
+                DecodeError::Json {
+                    signal: "trace",
+                    source,
+                }
+            })
+        }
     }
 }
 
@@ -156,10 +160,14 @@ pub fn decode_logs(
                 source,
             })
         }
-        Encoding::OtlpJson => serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
-            signal: "logs",
-            source,
-        }),
+        Encoding::OtlpJson => {
+            non_finite::from_json(bytes, non_finite::log_values).map_err(|source| {
+                DecodeError::Json {
+                    signal: "logs",
+                    source,
+                }
+            })
+        }
     }
 }
 
@@ -171,6 +179,258 @@ pub fn hex_id(id: &[u8]) -> String {
 /// True when an id is absent or all zero (OTLP's "no id").
 pub fn is_empty_id(id: &[u8]) -> bool {
     id.iter().all(|b| *b == 0)
+}
+
+/// NaN and ±Infinity doubles in OTLP/JSON.
+///
+/// proto3 JSON writes them as the strings `"NaN"`, `"Infinity"` and `"-Infinity"`, but
+/// opentelemetry-proto's serde support writes `null` for them (serde_json's rule for
+/// non-finite floats, which then decodes as an empty value) and refuses the strings when
+/// decoding. Finite values take the plain serde path; only a request that holds a non-finite
+/// double, or JSON that serde refuses, goes through a `serde_json::Value` rewrite here.
+mod non_finite {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    const NAN: &str = "NaN";
+    const INFINITY: &str = "Infinity";
+    const NEG_INFINITY: &str = "-Infinity";
+
+    /// Calls `f` on every `AnyValue` of a request, nested ones included.
+    pub(super) type Walk<T> = fn(&mut T, &mut dyn FnMut(&mut AnyValue));
+
+    fn walk_any(value: &mut AnyValue, f: &mut dyn FnMut(&mut AnyValue)) {
+        f(value);
+        match &mut value.value {
+            Some(Value::ArrayValue(array)) => {
+                for v in &mut array.values {
+                    walk_any(v, f);
+                }
+            }
+            Some(Value::KvlistValue(list)) => walk_attributes(&mut list.values, f),
+            _ => {}
+        }
+    }
+
+    fn walk_attributes(attributes: &mut [KeyValue], f: &mut dyn FnMut(&mut AnyValue)) {
+        for kv in attributes {
+            if let Some(v) = &mut kv.value {
+                walk_any(v, f);
+            }
+        }
+    }
+
+    pub(super) fn trace_values(
+        request: &mut ExportTraceServiceRequest,
+        f: &mut dyn FnMut(&mut AnyValue),
+    ) {
+        for rs in &mut request.resource_spans {
+            if let Some(resource) = &mut rs.resource {
+                walk_attributes(&mut resource.attributes, f);
+            }
+            for ss in &mut rs.scope_spans {
+                if let Some(scope) = &mut ss.scope {
+                    walk_attributes(&mut scope.attributes, f);
+                }
+                for span in &mut ss.spans {
+                    walk_attributes(&mut span.attributes, f);
+                    for event in &mut span.events {
+                        walk_attributes(&mut event.attributes, f);
+                    }
+                    for link in &mut span.links {
+                        walk_attributes(&mut link.attributes, f);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn log_values(
+        request: &mut ExportLogsServiceRequest,
+        f: &mut dyn FnMut(&mut AnyValue),
+    ) {
+        for rl in &mut request.resource_logs {
+            if let Some(resource) = &mut rl.resource {
+                walk_attributes(&mut resource.attributes, f);
+            }
+            for sl in &mut rl.scope_logs {
+                if let Some(scope) = &mut sl.scope {
+                    walk_attributes(&mut scope.attributes, f);
+                }
+                for log in &mut sl.log_records {
+                    if let Some(body) = &mut log.body {
+                        walk_any(body, f);
+                    }
+                    walk_attributes(&mut log.attributes, f);
+                }
+            }
+        }
+    }
+
+    /// Stand-in strings for the three non-finite values, chosen so that no string value
+    /// already in the data equals one of them.
+    struct Placeholders {
+        prefix: String,
+    }
+
+    impl Placeholders {
+        fn avoiding<'a>(strings: impl Iterator<Item = &'a str> + Clone) -> Self {
+            let mut salt = 0u64;
+            loop {
+                let prefix = format!("\u{0}dlog-non-finite-{salt}:");
+                if !strings.clone().any(|s| s.starts_with(&prefix)) {
+                    return Placeholders { prefix };
+                }
+                salt += 1;
+            }
+        }
+
+        fn for_value(&self, name: &str) -> String {
+            format!("{}{name}", self.prefix)
+        }
+
+        /// The proto3 JSON name of the value a placeholder stands for.
+        fn name_of<'a>(&self, placeholder: &'a str) -> Option<&'a str> {
+            placeholder
+                .strip_prefix(self.prefix.as_str())
+                .filter(|name| [NAN, INFINITY, NEG_INFINITY].contains(name))
+        }
+    }
+
+    fn json_name(d: f64) -> Option<&'static str> {
+        if d.is_nan() {
+            Some(NAN)
+        } else if d.is_infinite() {
+            Some(if d > 0.0 { INFINITY } else { NEG_INFINITY })
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn to_json<T: Serialize + Clone>(
+        request: &T,
+        walk: Walk<T>,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        let mut copy = request.clone();
+        let mut has_non_finite = false;
+        let mut strings = Vec::new();
+        walk(&mut copy, &mut |v| match &v.value {
+            Some(Value::DoubleValue(d)) if !d.is_finite() => has_non_finite = true,
+            Some(Value::StringValue(s)) => strings.push(s.clone()),
+            _ => {}
+        });
+        if !has_non_finite {
+            return serde_json::to_vec(request);
+        }
+        let placeholders = Placeholders::avoiding(strings.iter().map(String::as_str));
+        walk(&mut copy, &mut |v| {
+            if let Some(Value::DoubleValue(d)) = v.value {
+                if let Some(name) = json_name(d) {
+                    v.value = Some(Value::StringValue(placeholders.for_value(name)));
+                }
+            }
+        });
+        let mut json = serde_json::to_value(&copy)?;
+        rewrite(&mut json, &mut |object| {
+            let name = match object.get("stringValue") {
+                Some(serde_json::Value::String(s)) => placeholders.name_of(s),
+                _ => None,
+            };
+            if let Some(name) = name {
+                let name = name.to_string();
+                object.clear();
+                object.insert("doubleValue".into(), serde_json::Value::String(name));
+            }
+        });
+        serde_json::to_vec(&json)
+    }
+
+    pub(super) fn from_json<T: DeserializeOwned>(
+        bytes: &[u8],
+        walk: Walk<T>,
+    ) -> Result<T, serde_json::Error> {
+        let plain_error = match serde_json::from_slice(bytes) {
+            Ok(request) => return Ok(request),
+            Err(e) => e,
+        };
+        let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+            return Err(plain_error);
+        };
+        let mut strings = Vec::new();
+        collect_strings(&json, &mut strings);
+        let placeholders = Placeholders::avoiding(strings.iter().copied());
+        let mut rewrote = false;
+        rewrite(&mut json, &mut |object| {
+            let Some(serde_json::Value::String(text)) = object.get("doubleValue") else {
+                return;
+            };
+            let text = text.clone();
+            let replacement = match text.as_str() {
+                NAN | INFINITY | NEG_INFINITY => {
+                    let placeholder = placeholders.for_value(&text);
+                    object.remove("doubleValue");
+                    ("stringValue", serde_json::Value::String(placeholder))
+                }
+                // proto3 JSON also allows a finite number written as a string.
+                other => match other
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    Some(number) => ("doubleValue", serde_json::Value::Number(number)),
+                    None => return,
+                },
+            };
+            object.insert(replacement.0.into(), replacement.1);
+            rewrote = true;
+        });
+        if !rewrote {
+            return Err(plain_error);
+        }
+        let mut request: T = serde_json::from_value(json)?;
+        walk(&mut request, &mut |v| {
+            let d = match &v.value {
+                Some(Value::StringValue(s)) => match placeholders.name_of(s) {
+                    Some(NAN) => f64::NAN,
+                    Some(INFINITY) => f64::INFINITY,
+                    Some(NEG_INFINITY) => f64::NEG_INFINITY,
+                    _ => return,
+                },
+                _ => return,
+            };
+            v.value = Some(Value::DoubleValue(d));
+        });
+        Ok(request)
+    }
+
+    fn collect_strings<'a>(json: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match json {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Calls `f` on every object in the tree, parents before children. The tree's depth is
+    /// bounded by serde_json's recursion limit when it was parsed, and by prost's when the
+    /// request was decoded from protobuf.
+    fn rewrite(
+        json: &mut serde_json::Value,
+        f: &mut dyn FnMut(&mut serde_json::Map<String, serde_json::Value>),
+    ) {
+        match json {
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, f)),
+            serde_json::Value::Object(map) => {
+                f(map);
+                map.values_mut().for_each(|v| rewrite(v, f));
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +479,101 @@ mod tests {
         assert!(
             err.contains("avro") && err.contains("otlp.encoding"),
             "{err}"
+        );
+    }
+
+    fn span_with_doubles(values: &[f64]) -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+        let mut request = one_span();
+        let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+        for (i, d) in values.iter().enumerate() {
+            span.attributes.push(KeyValue {
+                key: format!("d{i}"),
+                value: Some(AnyValue {
+                    value: Some(Value::DoubleValue(*d)),
+                }),
+                ..Default::default()
+            });
+        }
+        span.attributes.push(KeyValue {
+            key: "nested".into(),
+            value: Some(AnyValue {
+                value: Some(Value::ArrayValue(
+                    opentelemetry_proto::tonic::common::v1::ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(Value::DoubleValue(f64::NEG_INFINITY)),
+                        }],
+                    },
+                )),
+            }),
+            ..Default::default()
+        });
+        request
+    }
+
+    fn doubles(request: &ExportTraceServiceRequest) -> Vec<String> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        span.attributes
+            .iter()
+            .map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::DoubleValue(d)) => format!("{}={d}", kv.key),
+                    Some(Value::ArrayValue(a)) => format!("{}={:?}", kv.key, a.values),
+                    other => format!("{}={other:?}", kv.key),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn regression_otlp_json_nan_and_infinity_are_proto3_strings_and_round_trip() {
+        let request = span_with_doubles(&[f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1.5]);
+        let bytes = encode_traces(Encoding::OtlpJson, &request).unwrap();
+        let json = String::from_utf8(bytes.clone()).unwrap();
+        for expected in [
+            r#"{"doubleValue":"NaN"}"#,
+            r#"{"doubleValue":"Infinity"}"#,
+            r#"{"doubleValue":"-Infinity"}"#,
+            r#"{"doubleValue":1.5}"#,
+        ] {
+            assert!(json.contains(expected), "{expected} missing in {json}");
+        }
+        assert!(!json.contains("\"doubleValue\":null"), "{json}");
+        let back = decode_traces(Encoding::OtlpJson, &bytes).unwrap();
+        assert_eq!(doubles(&back), doubles(&request));
+        assert_eq!(
+            doubles(&back),
+            vec![
+                "d0=NaN",
+                "d1=inf",
+                "d2=-inf",
+                "d3=1.5",
+                "nested=[AnyValue { value: Some(DoubleValue(-inf)) }]"
+            ]
+        );
+    }
+
+    #[test]
+    fn otlp_json_from_other_producers_accepts_non_finite_and_string_doubles() {
+        let json = r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{
+            "body":{"doubleValue":"-Infinity"},
+            "attributes":[{"key":"a","value":{"doubleValue":"2.5"}},
+                          {"key":"b","value":{"stringValue":"NaN"}}]}]}]}]}"#;
+        let request = decode_logs(Encoding::OtlpJson, json.as_bytes()).unwrap();
+        let log = &request.resource_logs[0].scope_logs[0].log_records[0];
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        assert_eq!(
+            log.body.as_ref().unwrap().value,
+            Some(Value::DoubleValue(f64::NEG_INFINITY))
+        );
+        assert_eq!(
+            log.attributes[0].value.as_ref().unwrap().value,
+            Some(Value::DoubleValue(2.5))
+        );
+        assert_eq!(
+            log.attributes[1].value.as_ref().unwrap().value,
+            Some(Value::StringValue("NaN".into()))
         );
     }
 

@@ -54,20 +54,49 @@ impl FileDeadLetters {
     }
 
     /// Every dead letter written so far, oldest first. A missing file means none.
-    pub fn read_all(data_dir: &Path) -> std::io::Result<Vec<DeadLetter>> {
+    ///
+    /// A line that is not a whole dead letter (the last line torn by a crash mid-write, or a
+    /// damaged one) is skipped and reported in [`DeadLetters::skipped`] rather than hiding
+    /// every other letter.
+    pub fn read_all(data_dir: &Path) -> std::io::Result<DeadLetters> {
         let text = match std::fs::read_to_string(data_dir.join(DEAD_LETTERS_FILE)) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DeadLetters::default()),
             Err(e) => return Err(e),
         };
-        text.lines()
-            .filter(|line| !line.trim().is_empty())
-            .map(|line| {
-                serde_json::from_str(line)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            })
-            .collect()
+        let mut all = DeadLetters::default();
+        for (index, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(line) {
+                Ok(letter) => all.letters.push(letter),
+                Err(e) => all.skipped.push(SkippedLine {
+                    line: index + 1,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(all)
     }
+}
+
+/// What [`FileDeadLetters::read_all`] found.
+#[derive(Debug, Default)]
+pub struct DeadLetters {
+    /// The whole dead letters, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Lines that could not be read as a dead letter.
+    pub skipped: Vec<SkippedLine>,
+}
+
+/// A line of the dead-letter file that is not a whole dead letter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedLine {
+    /// Its 1-based line number in the file.
+    pub line: usize,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 #[async_trait]
@@ -96,10 +125,17 @@ impl DeadLetterSink for FileDeadLetters {
         let path = self.path.clone();
         let _guard = self.lock.lock().await;
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut line = line;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&path)?;
+            // A crash mid-write leaves a torn last line; start on a fresh line so this
+            // letter is not glued to it and lost with it.
+            if ends_without_newline(&mut file)? {
+                line.insert(0, b'\n');
+            }
             file.write_all(&line)?;
             file.sync_data()
         })
@@ -112,6 +148,18 @@ impl DeadLetterSink for FileDeadLetters {
             ))
         })
     }
+}
+
+/// True when the file is not empty and its last byte is not a newline.
+fn ends_without_newline(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 #[cfg(test)]
@@ -143,7 +191,7 @@ mod tests {
         };
         sink.send(&second, "rejected").await.unwrap();
 
-        let letters = FileDeadLetters::read_all(dir.path()).unwrap();
+        let letters = FileDeadLetters::read_all(dir.path()).unwrap().letters;
         assert_eq!(letters.len(), 2);
         assert_eq!(
             letters[0].reason,
@@ -166,6 +214,50 @@ mod tests {
     #[test]
     fn no_file_means_no_dead_letters() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(FileDeadLetters::read_all(dir.path()).unwrap().is_empty());
+        let all = FileDeadLetters::read_all(dir.path()).unwrap();
+        assert!(all.letters.is_empty() && all.skipped.is_empty());
+    }
+
+    fn record(offset: i64) -> RawRecord {
+        RawRecord {
+            topic: "trace_logs".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: vec![0x01],
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn regression_torn_last_dead_letter_line_is_skipped_and_the_rest_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileDeadLetters::new(dir.path());
+        sink.send(&record(1), "first").await.unwrap();
+        sink.send(&record(2), "second").await.unwrap();
+        // A crash in the middle of the third write.
+        let path = dir.path().join(DEAD_LETTERS_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(br#"{"time_unix_nano":17,"reason":"thi"#)
+            .unwrap();
+        drop(file);
+
+        let all = FileDeadLetters::read_all(dir.path()).unwrap();
+        let offsets: Vec<i64> = all.letters.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![1, 2]);
+        assert_eq!(all.skipped.len(), 1);
+        assert_eq!(all.skipped[0].line, 3);
+
+        // The next letter after the restart is not glued to the torn line.
+        sink.send(&record(4), "after the crash").await.unwrap();
+        let all = FileDeadLetters::read_all(dir.path()).unwrap();
+        let offsets: Vec<i64> = all.letters.iter().map(|l| l.offset).collect();
+        assert_eq!(offsets, vec![1, 2, 4]);
+        assert_eq!(all.skipped.len(), 1);
+        assert_eq!(all.skipped[0].line, 3);
     }
 }

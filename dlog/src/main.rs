@@ -131,8 +131,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::DeadLetters) => {
-            let letters = dlog::dead_letters::FileDeadLetters::read_all(&args.data_dir)
+            let all = dlog::dead_letters::FileDeadLetters::read_all(&args.data_dir)
                 .context("cannot read the dead letters")?;
+            for skipped in &all.skipped {
+                eprintln!(
+                    "warning: skipped line {} of {}: not a whole dead letter ({})",
+                    skipped.line,
+                    esc(&args
+                        .data_dir
+                        .join(dlog::dead_letters::DEAD_LETTERS_FILE)
+                        .display()
+                        .to_string()),
+                    esc(&skipped.reason)
+                );
+            }
+            let letters = all.letters;
             for l in &letters {
                 println!(
                     "{} {}[{}]@{} key={} {} bytes: {}",

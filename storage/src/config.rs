@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
+use crate::store::{StoreError, TimeWindow};
 
 /// Default directory of the embedded store.
 pub const DEFAULT_DATA_DIR: &str = "dlog-data";
@@ -14,6 +14,12 @@ pub const DEFAULT_BULK_MAX_BYTES: usize = 5 * 1024 * 1024;
 pub const DEFAULT_BULK_MAX_DOCS: usize = 2000;
 /// Default most attributes indexed per document (the mapping-explosion guard).
 pub const DEFAULT_MAX_INDEXED_ATTRIBUTES: usize = 64;
+/// Default of how far before the receive time a record's time may choose its daily index
+/// or time partition: 7 days.
+pub const DEFAULT_PARTITION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+/// Default of how far after the receive time a record's time may choose its daily index
+/// or time partition: 1 hour.
+pub const DEFAULT_PARTITION_MAX_AHEAD_SECS: u64 = 3600;
 /// Default Elasticsearch request timeout, ms.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
@@ -51,6 +57,14 @@ pub struct StoreConfig {
     pub shards: u32,
     /// Replicas of new indices. Default 0 (single node; raise it for a cluster).
     pub replicas: u32,
+    /// A record older than this, relative to when it is received, goes to the daily index
+    /// (time partition) of the oldest allowed day instead of its own, s. Its document keeps
+    /// its original time. Default 604800 (7 days).
+    pub partition_max_age_secs: u64,
+    /// A record newer than this, relative to when it is received, goes to the daily index
+    /// (time partition) of the newest allowed day instead of its own, s. Its document keeps
+    /// its original time. Default 3600 (1 hour).
+    pub partition_max_ahead_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +83,8 @@ impl Default for StoreConfig {
             install_templates: true,
             shards: 1,
             replicas: 0,
+            partition_max_age_secs: DEFAULT_PARTITION_MAX_AGE_SECS,
+            partition_max_ahead_secs: DEFAULT_PARTITION_MAX_AHEAD_SECS,
         }
     }
 }
@@ -94,6 +110,14 @@ impl StoreConfig {
     pub fn with_index_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.index_prefix = prefix.into();
         self
+    }
+
+    /// The window a record's time is clamped to when it chooses a time partition.
+    pub fn partition_window(&self) -> TimeWindow {
+        TimeWindow {
+            max_age_nanos: self.partition_max_age_secs.saturating_mul(1_000_000_000),
+            max_ahead_nanos: self.partition_max_ahead_secs.saturating_mul(1_000_000_000),
+        }
     }
 
     /// Checks the settings, naming the key and the reason of the first problem.

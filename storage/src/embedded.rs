@@ -138,6 +138,8 @@ enum Row {
         instance: String,
         time: i64,
         doc: String,
+        /// The registry entry's ordering time: the heartbeat's, clamped to the receive time.
+        registry_time: i64,
         registry: String,
     },
 }
@@ -254,7 +256,8 @@ impl EmbeddedStore {
     }
 }
 
-fn to_row(doc: &Document) -> Result<Row, serde_json::Error> {
+/// The row a document is written as, received at `now` (ns since the Unix epoch).
+fn to_row(doc: &Document, now: u64) -> Result<Row, serde_json::Error> {
     Ok(match doc {
         Document::Span(s) => Row::Span {
             trace_id: s.trace_id.clone(),
@@ -277,14 +280,18 @@ fn to_row(doc: &Document) -> Result<Row, serde_json::Error> {
             body: l.body.clone(),
             doc: serde_json::to_string(l)?,
         },
-        Document::Heartbeat(h) => Row::Heartbeat {
-            id: h.doc_id(),
-            service: h.service.name.clone(),
-            instance: h.service.instance_key().to_string(),
-            time: ns(h.time_unix_nano),
-            doc: serde_json::to_string(h)?,
-            registry: serde_json::to_string(&RegistryEntry::from_heartbeat(h))?,
-        },
+        Document::Heartbeat(h) => {
+            let registry = RegistryEntry::from_heartbeat(h, now);
+            Row::Heartbeat {
+                id: h.doc_id(),
+                service: h.service.name.clone(),
+                instance: h.service.instance_key().to_string(),
+                time: ns(h.time_unix_nano),
+                doc: serde_json::to_string(h)?,
+                registry_time: ns(registry.last_heartbeat_unix_nano),
+                registry: serde_json::to_string(&registry)?,
+            }
+        }
     })
 }
 
@@ -353,10 +360,11 @@ fn insert_rows(writer: &mut Writer, rows: &[Option<Row>]) -> rusqlite::Result<()
                     instance,
                     time,
                     doc,
+                    registry_time,
                     registry,
                 } => {
                     hb_stmt.execute(params![id, service, instance, time, doc])?;
-                    reg_stmt.execute(params![service, instance, time, registry])?;
+                    reg_stmt.execute(params![service, instance, registry_time, registry])?;
                 }
             }
         }
@@ -463,8 +471,9 @@ impl Store for EmbeddedStore {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(docs.len());
         let mut rows = Vec::with_capacity(docs.len());
+        let now = crate::store::now_unix_nano();
         for doc in docs {
-            match to_row(doc) {
+            match to_row(doc, now) {
                 Ok(row) => {
                     rows.push(Some(row));
                     outcomes.push(WriteOutcome::Written);

@@ -56,10 +56,11 @@ use std::sync::Arc;
 
 pub use config::StoreConfig;
 pub use stage::{run, start, IndexerConfig, RunningIndexer};
+pub use store::now_unix_nano;
 pub use store::{
     AlertDoc, AlertQuery, DeclaredDependency, Dependencies, DependencyEdge, Document,
     InstanceStatus, Liveness, LogQuery, Operation, RegistryEntry, StatusQuery, Store, StoreError,
-    TimeRange, TraceQuery, TraceSummary, WriteOutcome,
+    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 
 /// Opens the configured store: Elasticsearch when `elasticsearch_url` is set, otherwise the

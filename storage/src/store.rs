@@ -333,14 +333,20 @@ pub struct RegistryEntry {
 }
 
 impl RegistryEntry {
-    /// The registry entry a heartbeat or registration event implies.
-    pub fn from_heartbeat(hb: &Heartbeat) -> Self {
+    /// The registry entry a heartbeat or registration event implies, received at
+    /// `now_unix_nano`.
+    ///
+    /// The entry's time orders registry updates (a replayed older heartbeat never rolls the
+    /// entry back), so it is clamped to `now`: a sender's clock in the future must not pin
+    /// the entry against every later, real heartbeat. The heartbeat document itself keeps
+    /// the time it was sent with.
+    pub fn from_heartbeat(hb: &Heartbeat, now_unix_nano: u64) -> Self {
         RegistryEntry {
             service: hb.service.name.clone(),
             instance_id: hb.service.instance_key().to_string(),
             version: hb.service.version.clone(),
             reported: hb.status,
-            last_heartbeat_unix_nano: hb.time_unix_nano,
+            last_heartbeat_unix_nano: hb.time_unix_nano.min(now_unix_nano),
             interval_ms: hb.interval_ms,
             dependencies: hb.service.dependencies.clone(),
         }
@@ -383,6 +389,27 @@ impl InstanceStatus {
             }
         };
         InstanceStatus { status, entry }
+    }
+}
+
+/// The window around the receive time that a sender's record time is clamped to when it
+/// chooses a time partition (an Elasticsearch daily index), so that a sender cannot create
+/// thousands of partitions with timestamps from 1970 or 2200. Documents keep their original
+/// time; only the partition is chosen from the clamped one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// How far before the receive time a record's time may be, ns.
+    pub max_age_nanos: u64,
+    /// How far after the receive time a record's time may be, ns.
+    pub max_ahead_nanos: u64,
+}
+
+impl TimeWindow {
+    /// `time_unix_nano` moved into `[now - max_age, now + max_ahead]`.
+    pub fn clamp(&self, time_unix_nano: u64, now_unix_nano: u64) -> u64 {
+        let earliest = now_unix_nano.saturating_sub(self.max_age_nanos);
+        let latest = now_unix_nano.saturating_add(self.max_ahead_nanos);
+        time_unix_nano.clamp(earliest, latest.max(earliest))
     }
 }
 
@@ -500,16 +527,35 @@ mod tests {
     use dlog_core::model::{HeartbeatKind, ServiceInfo};
 
     fn entry(reported: ServiceStatus, last: u64, interval_ms: Option<u64>) -> RegistryEntry {
-        RegistryEntry::from_heartbeat(&Heartbeat {
-            kind: HeartbeatKind::Heartbeat,
-            status: reported,
-            time_unix_nano: last,
-            interval_ms,
-            service: ServiceInfo {
-                name: "svc".into(),
-                ..Default::default()
+        RegistryEntry::from_heartbeat(
+            &Heartbeat {
+                kind: HeartbeatKind::Heartbeat,
+                status: reported,
+                time_unix_nano: last,
+                interval_ms,
+                service: ServiceInfo {
+                    name: "svc".into(),
+                    ..Default::default()
+                },
             },
-        })
+            u64::MAX,
+        )
+    }
+
+    #[test]
+    fn time_window_clamps_to_the_days_around_now() {
+        let day = 86_400_000_000_000u64;
+        let window = TimeWindow {
+            max_age_nanos: 7 * day,
+            max_ahead_nanos: day / 24,
+        };
+        let now = 20_000 * day;
+        assert_eq!(window.clamp(0, now), now - 7 * day);
+        assert_eq!(window.clamp(u64::MAX, now), now + day / 24);
+        assert_eq!(window.clamp(now - day, now), now - day);
+        // Near the ends of the clock nothing overflows.
+        assert_eq!(window.clamp(5, 3), 5);
+        assert_eq!(window.clamp(0, u64::MAX), u64::MAX - 7 * day);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::config::StoreConfig;
 use crate::store::{
     effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
     DependencyEdge, Document, InstanceStatus, LogQuery, Operation, RegistryEntry, StatusQuery,
-    Store, StoreError, TimeRange, TraceQuery, TraceSummary, WriteOutcome,
+    Store, StoreError, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 
 /// Page size of scans (`search_after`), below the default `index.max_result_window`.
@@ -56,6 +56,8 @@ pub struct ElasticStore {
     cap: usize,
     /// Hits per search page.
     page: usize,
+    /// Where a record's time may choose its daily index.
+    window: TimeWindow,
     /// Service documents (index + id) known to be written, so a span write does not repeat
     /// them (as Jaeger's writer caches them).
     seen_services: Mutex<HashSet<String>>,
@@ -177,6 +179,7 @@ impl ElasticStore {
             bulk_max_docs: config.bulk_max_docs,
             cap: config.max_indexed_attributes,
             page: PAGE,
+            window: config.partition_window(),
             seen_services: Mutex::new(HashSet::new()),
         };
         if config.install_templates {
@@ -410,17 +413,21 @@ impl ElasticStore {
             Err(_) => &empty,
         };
         let mut batch_services = HashSet::new();
+        // Senders' clocks choose the daily index only within the window around now, so that
+        // timestamps from 1970 or 2200 cannot create an index per day; documents keep them.
+        let now = crate::store::now_unix_nano();
+        let day_of = |time: u64| self.window.clamp(time, now);
         for (i, doc) in docs.iter().enumerate() {
             let mut lines = Vec::with_capacity(1024);
             let result = match doc {
                 Document::Span(span) => {
-                    let index = self.names.span(span.start_unix_nano);
+                    let index = self.names.span(day_of(span.start_unix_nano));
                     push_action(
                         &mut lines,
                         &json!({"index": {"_index": index, "_id": span.doc_id()}}),
                     );
                     let r = push_source(&mut lines, &span_to_doc(span, self.cap));
-                    let service_index = self.names.service(span.start_unix_nano);
+                    let service_index = self.names.service(day_of(span.start_unix_nano));
                     let kind = span.kind.as_str();
                     let id = format!(
                         "{:016x}",
@@ -452,7 +459,7 @@ impl ElasticStore {
                     r
                 }
                 Document::Log(log) => {
-                    let index = self.names.logs(log.time_unix_nano);
+                    let index = self.names.logs(day_of(log.time_unix_nano));
                     push_action(
                         &mut lines,
                         &json!({"index": {"_index": index, "_id": log.doc_id()}}),
@@ -460,25 +467,25 @@ impl ElasticStore {
                     push_source(&mut lines, &log_to_doc(log, self.cap))
                 }
                 Document::Heartbeat(hb) => {
-                    let index = self.names.heartbeats(hb.time_unix_nano);
+                    let index = self.names.heartbeats(day_of(hb.time_unix_nano));
                     push_action(
                         &mut lines,
                         &json!({"index": {"_index": index, "_id": hb.doc_id()}}),
                     );
                     let r = push_source(&mut lines, &heartbeat_to_doc(hb));
-                    let entry = RegistryEntry::from_heartbeat(hb);
+                    let entry = RegistryEntry::from_heartbeat(hb, now);
                     let mut reg = Vec::with_capacity(512);
                     push_action(
                         &mut reg,
                         &json!({"index": {
                             "_index": self.names.registry(),
                             "_id": format!("{}/{}", entry.service, entry.instance_id),
-                            "version": hb.time_unix_nano.min(i64::MAX as u64),
+                            "version": entry.last_heartbeat_unix_nano.min(i64::MAX as u64),
                             "version_type": "external"
                         }}),
                     );
                     let registry = RegistryDoc {
-                        timestamp: hb.time_unix_nano / 1_000_000,
+                        timestamp: entry.last_heartbeat_unix_nano / 1_000_000,
                         entry,
                     };
                     if r.is_ok() && push_source(&mut reg, &registry).is_ok() {
