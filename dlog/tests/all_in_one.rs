@@ -3,15 +3,12 @@
 //! both in-process stages acknowledged), the trace, the logs, the service's status and the
 //! alert for its error are in the embedded store.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
 use distributed_logger::Telemetry;
 use dlog_storage::{AlertQuery, Liveness, LogQuery, StatusQuery};
-
-fn loopback_port_zero() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 #[tracing::instrument(skip(logger))]
 fn checkout(logger: &distributed_logger::DistributedLogger, order: i64) -> String {
@@ -53,17 +50,7 @@ mod opentelemetry_trace_id {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_stored_searchable_and_alerted_on() {
     let data = tempfile::tempdir().unwrap();
-    let running = dlog::start(dlog::Config {
-        data_dir: data.path().to_path_buf(),
-        otlp_grpc: loopback_port_zero(),
-        otlp_http: loopback_port_zero(),
-        bridge_admin: loopback_port_zero(),
-        indexer_admin: loopback_port_zero(),
-        alerter_admin: loopback_port_zero(),
-        ..dlog::Config::default()
-    })
-    .await
-    .unwrap();
+    let running = dlog::start(support::config(data.path())).await.unwrap();
     let endpoint = format!("http://{}", running.grpc_addr());
 
     let (trace_id, report) = tokio::task::spawn_blocking(move || {

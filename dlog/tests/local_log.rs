@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,18 +17,6 @@ use dlog_storage::embedded::{count_rows, DB_FILE};
 use rand::{Rng, SeedableRng};
 use support::*;
 use tonic::Code;
-
-fn config(data: &Path) -> dlog::Config {
-    dlog::Config {
-        data_dir: data.to_path_buf(),
-        otlp_grpc: loopback_port_zero(),
-        otlp_http: loopback_port_zero(),
-        bridge_admin: loopback_port_zero(),
-        indexer_admin: loopback_port_zero(),
-        alerter_admin: loopback_port_zero(),
-        ..dlog::Config::default()
-    }
-}
 
 /// Holds the embedded store's write lock, as a store that stopped answering would: the
 /// indexer's writes wait and fail until it is released.
@@ -178,29 +166,7 @@ struct Dlog {
 
 impl Dlog {
     fn start(data: &Path) -> Dlog {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dlog"))
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "up",
-                "--otlp-grpc",
-                "127.0.0.1:0",
-                "--otlp-http",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--bridge-admin",
-                "127.0.0.1:0",
-                "--indexer-admin",
-                "127.0.0.1:0",
-            ])
-            .args(["--alerter-admin", "127.0.0.1:0"])
-            .env("DLOG_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_dlog_up(data, "warn");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let grpc = loop {
             let line = lines.next().expect("dlog exited before it was up").unwrap();

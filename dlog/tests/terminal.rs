@@ -41,17 +41,7 @@ fn dlog(data: &std::path::Path, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_terminal_escapes_log_bodies_and_alerts_print_escaped() {
     let data = tempfile::tempdir().unwrap();
-    let running = dlog::start(dlog::Config {
-        data_dir: data.path().to_path_buf(),
-        otlp_grpc: loopback_port_zero(),
-        otlp_http: loopback_port_zero(),
-        bridge_admin: loopback_port_zero(),
-        indexer_admin: loopback_port_zero(),
-        alerter_admin: loopback_port_zero(),
-        ..dlog::Config::default()
-    })
-    .await
-    .unwrap();
+    let running = dlog::start(config(data.path())).await.unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -114,30 +104,7 @@ async fn regression_terminal_escapes_log_bodies_and_alerts_print_escaped() {
 fn regression_ansi_in_files_logs_to_a_pipe_carry_no_colour_codes() {
     use std::io::{BufRead, BufReader};
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dlog"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "up",
-            "--otlp-grpc",
-            "127.0.0.1:0",
-            "--otlp-http",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--bridge-admin",
-            "127.0.0.1:0",
-            "--indexer-admin",
-            "127.0.0.1:0",
-        ])
-        .args(["--alerter-admin", "127.0.0.1:0"])
-        .env("DLOG_LOG", "info")
-        .env_remove("NO_COLOR")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_dlog_up(data.path(), "info");
     let mut seen = Vec::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();

@@ -13,6 +13,39 @@ pub fn loopback_port_zero() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// The all-in-one settings with every listener on a free loopback port, data in `data`.
+pub fn config(data: &std::path::Path) -> dlog::Config {
+    dlog::Config {
+        data_dir: data.to_path_buf(),
+        otlp_grpc: loopback_port_zero(),
+        otlp_http: loopback_port_zero(),
+        bridge_admin: loopback_port_zero(),
+        indexer_admin: loopback_port_zero(),
+        alerter_admin: loopback_port_zero(),
+        ..dlog::Config::default()
+    }
+}
+
+/// `dlog up` as a child process on free loopback ports, data in `data`, logging at
+/// `log_level` to a piped stderr (the caller reads it).
+pub fn spawn_dlog_up(data: &std::path::Path, log_level: &str) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let any = "127.0.0.1:0";
+    Command::new(env!("CARGO_BIN_EXE_dlog"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["up", "--otlp-grpc", any, "--otlp-http", any])
+        .args(["--bridge-admin", any, "--indexer-admin", any])
+        .args(["--alerter-admin", any])
+        .env("DLOG_LOG", log_level)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dlog up")
+}
+
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
