@@ -261,6 +261,7 @@ impl<S: Source> Stage<S> {
             self.save().await?;
         }
         let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let mut input_backoff = self.backoff();
         let tick_nanos = self.config.tick_interval_ms.saturating_mul(1_000_000);
         let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
         let mut records: Vec<Record> = Vec::new();
@@ -273,10 +274,23 @@ impl<S: Source> Stage<S> {
             } else {
                 tokio::select! {
                     batch = self.source.next_batch(self.config.batch_max_records, linger) => match batch {
-                        Ok(batch) => batch,
+                        Ok(batch) => {
+                            input_backoff.reset();
+                            batch
+                        }
                         // An in-process input whose sender went away: the feeding side shut down.
                         Err(SourceError::Closed) => break,
-                        Err(e) => return Err(e.into()),
+                        // A broker or disk hiccup (a read error of the local log, a Kafka
+                        // error): nothing was taken, so try again after a while rather than
+                        // stop alerting, as the indexer does.
+                        Err(e) => {
+                            let wait = input_backoff.next_delay();
+                            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reading the input failed; retrying");
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => continue,
+                                () = stop.cancelled() => break,
+                            }
+                        }
                     },
                     _ = stop.cancelled() => break,
                 }

@@ -470,3 +470,90 @@ async fn drift_is_not_raised_again_after_a_restart() {
     assert_eq!(drift, 1, "{:#?}", receiver.accepted.lock().unwrap());
     server.abort();
 }
+
+/// An input that fails its first reads, as the local log does on a disk hiccup.
+struct FailsFirst {
+    inner: ChannelSource,
+    failures_left: u32,
+}
+
+impl Source for FailsFirst {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<RawRecord>, SourceError> {
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(SourceError::Io("read error (injected)".into()));
+        }
+        self.inner.next_batch(max, linger).await
+    }
+
+    async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        self.inner.ack(marks).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_input_error_ends_alerting_read_errors_are_retried() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut config = AlerterConfig {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.path().to_path_buf(),
+        batch_linger_ms: 20,
+        retry_initial_ms: 10,
+        retry_max_ms: 50,
+        skip_replayed_offsets: false,
+        ..Default::default()
+    };
+    config.outputs.terminal.enabled = false;
+    config.outputs.kafka.enabled = false;
+    config.outputs.store.enabled = true;
+    config.outputs.store.backend = StoreConfig::embedded(store_dir.path());
+    let (tx, inner) = ChannelSource::new(4);
+    let stop = CancellationToken::new();
+    let stage = tokio::spawn(run_with(
+        config,
+        FailsFirst {
+            inner,
+            failures_left: 3,
+        },
+        Arc::new(ManualClock::new(T0)),
+        stop.clone(),
+    ));
+
+    let trace = [0x43; 16];
+    let request = logs(
+        resource("svc-a", "a-1", &[]),
+        vec![error_log("checkout failed", "E500", "db", trace, T0)],
+    );
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    tx.send(InProcessBatch {
+        records: vec![RawRecord {
+            topic: names::SERVICE_LOGS_TOPIC.into(),
+            partition: 0,
+            offset: 0,
+            key: Some(dlog_core::encoding::hex_id(&trace).into_bytes()),
+            payload: encode_logs(Encoding::OtlpProto, &request).unwrap(),
+            headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
+            timestamp_ms: None,
+        }],
+        ack,
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("the stage never acknowledged: it stopped at the read errors")
+        .unwrap();
+    assert!(!stage.is_finished(), "the stage ended");
+    let store = dlog_storage::open_store(&StoreConfig::embedded(store_dir.path()))
+        .await
+        .unwrap();
+    let docs = store.list_alerts(&AlertQuery::default()).await.unwrap();
+    assert_eq!(docs.len(), 1, "{docs:#?}");
+    stop.cancel();
+    stage.await.unwrap().unwrap();
+}
