@@ -15,13 +15,11 @@ use dlog_core::names;
 use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, Source, SourceError};
 use dlog_storage::{AlertQuery, StoreConfig};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_input_is_acknowledged_only_after_the_store_has_the_alert() {
-    let state_dir = tempfile::tempdir().unwrap();
-    let store_dir = tempfile::tempdir().unwrap();
+/// An alerter whose only output is the embedded store in `store_dir`.
+fn store_only_config(state_dir: &std::path::Path, store_dir: &std::path::Path) -> AlerterConfig {
     let mut config = AlerterConfig {
         admin: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.path().to_path_buf(),
+        state_dir: state_dir.to_path_buf(),
         batch_linger_ms: 20,
         skip_replayed_offsets: false,
         ..Default::default()
@@ -29,26 +27,20 @@ async fn in_process_input_is_acknowledged_only_after_the_store_has_the_alert() {
     config.outputs.terminal.enabled = false;
     config.outputs.kafka.enabled = false;
     config.outputs.store.enabled = true;
-    config.outputs.store.backend = StoreConfig::embedded(store_dir.path());
-    let (tx, source) = ChannelSource::new(4);
-    let stop = CancellationToken::new();
-    let stage = tokio::spawn(run_with(
-        config,
-        source,
-        Arc::new(ManualClock::new(T0)),
-        stop.clone(),
-    ));
+    config.outputs.store.backend = StoreConfig::embedded(store_dir);
+    config
+}
 
-    let trace = [0x42; 16];
+/// Hands the stage one ERROR log of svc-a (code E500) in trace `trace`; the receiver
+/// completes once the stage acknowledged it.
+async fn send_error_log(
+    tx: &tokio::sync::mpsc::Sender<InProcessBatch>,
+    trace: [u8; 16],
+    message: &str,
+) -> tokio::sync::oneshot::Receiver<()> {
     let request = logs(
         resource("svc-a", "a-1", &[]),
-        vec![error_log(
-            "checkout failed",
-            "E500",
-            "database timeout",
-            trace,
-            T0,
-        )],
+        vec![error_log("checkout failed", "E500", message, trace, T0)],
     );
     let (ack, acked) = tokio::sync::oneshot::channel();
     tx.send(InProcessBatch {
@@ -65,6 +57,24 @@ async fn in_process_input_is_acknowledged_only_after_the_store_has_the_alert() {
     })
     .await
     .unwrap();
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_input_is_acknowledged_only_after_the_store_has_the_alert() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let config = store_only_config(state_dir.path(), store_dir.path());
+    let (tx, source) = ChannelSource::new(4);
+    let stop = CancellationToken::new();
+    let stage = tokio::spawn(run_with(
+        config,
+        source,
+        Arc::new(ManualClock::new(T0)),
+        stop.clone(),
+    ));
+
+    let acked = send_error_log(&tx, [0x42; 16], "database timeout").await;
     tokio::time::timeout(Duration::from_secs(30), acked)
         .await
         .unwrap()
@@ -499,19 +509,11 @@ impl Source for FailsFirst {
 async fn regression_input_error_ends_alerting_read_errors_are_retried() {
     let state_dir = tempfile::tempdir().unwrap();
     let store_dir = tempfile::tempdir().unwrap();
-    let mut config = AlerterConfig {
-        admin: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.path().to_path_buf(),
-        batch_linger_ms: 20,
+    let config = AlerterConfig {
         retry_initial_ms: 10,
         retry_max_ms: 50,
-        skip_replayed_offsets: false,
-        ..Default::default()
+        ..store_only_config(state_dir.path(), store_dir.path())
     };
-    config.outputs.terminal.enabled = false;
-    config.outputs.kafka.enabled = false;
-    config.outputs.store.enabled = true;
-    config.outputs.store.backend = StoreConfig::embedded(store_dir.path());
     let (tx, inner) = ChannelSource::new(4);
     let stop = CancellationToken::new();
     let stage = tokio::spawn(run_with(
@@ -524,26 +526,7 @@ async fn regression_input_error_ends_alerting_read_errors_are_retried() {
         stop.clone(),
     ));
 
-    let trace = [0x43; 16];
-    let request = logs(
-        resource("svc-a", "a-1", &[]),
-        vec![error_log("checkout failed", "E500", "db", trace, T0)],
-    );
-    let (ack, acked) = tokio::sync::oneshot::channel();
-    tx.send(InProcessBatch {
-        records: vec![RawRecord {
-            topic: names::SERVICE_LOGS_TOPIC.into(),
-            partition: 0,
-            offset: 0,
-            key: Some(dlog_core::encoding::hex_id(&trace).into_bytes()),
-            payload: encode_logs(Encoding::OtlpProto, &request).unwrap(),
-            headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
-            timestamp_ms: None,
-        }],
-        ack,
-    })
-    .await
-    .unwrap();
+    let acked = send_error_log(&tx, [0x43; 16], "db").await;
     tokio::time::timeout(Duration::from_secs(30), acked)
         .await
         .expect("the stage never acknowledged: it stopped at the read errors")

@@ -387,6 +387,33 @@ async fn grpc_raw(url: &str, bytes: Vec<u8>) -> Result<ExportTraceServiceRespons
     .map(tonic::Response::into_inner)
 }
 
+/// After hostile input, a good request over gRPC and one over HTTP both reach Kafka, once each.
+async fn good_requests_still_reach_kafka(env: &Env, trace: u8, name: &str) {
+    let good = traces(
+        resource("svc", "svc-1"),
+        vec![span(trace_id(trace), 1, name)],
+    );
+    grpc_raw(&env.grpc_url(), good.encode_to_vec())
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .post(env.http_url("/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(good.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    env.send_sentinels().await;
+    let records = env
+        .records_before_sentinel(&env.config.trace_logs_topic)
+        .await;
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(decode_trace_record(r), good);
+    }
+}
+
 /// 1 MB of `0x0B` (start-group of field 1, nested a million deep) used to overflow a worker's
 /// stack and abort the whole process. Both transports must refuse it as malformed, and the
 /// bridge must still deliver the next good request.
@@ -430,27 +457,7 @@ async fn regression_remote_crash_nested_groups_are_invalid_over_grpc_and_http() 
         assert_eq!(response.status(), 400, "round {round}");
     }
 
-    let t = trace_id(31);
-    let good = traces(resource("svc", "svc-1"), vec![span(t, 1, "after the bomb")]);
-    grpc_raw(&env.grpc_url(), good.encode_to_vec())
-        .await
-        .unwrap();
-    let response = client
-        .post(env.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(good.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    env.send_sentinels().await;
-    let records = env
-        .records_before_sentinel(&env.config.trace_logs_topic)
-        .await;
-    assert_eq!(records.len(), 2);
-    for r in &records {
-        assert_eq!(decode_trace_record(r), good);
-    }
+    good_requests_still_reach_kafka(&env, 31, "after the bomb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,27 +506,7 @@ async fn malformed_input_is_invalid_argument_or_400_and_the_next_request_succeed
     assert_eq!(response.status(), 415);
 
     // The bridge keeps serving: good requests on both transports go through.
-    let t = trace_id(30);
-    let good = traces(resource("svc", "svc-1"), vec![span(t, 1, "after garbage")]);
-    grpc_raw(&env.grpc_url(), good.encode_to_vec())
-        .await
-        .unwrap();
-    let response = client
-        .post(env.http_url("/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(good.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    env.send_sentinels().await;
-    let records = env
-        .records_before_sentinel(&env.config.trace_logs_topic)
-        .await;
-    assert_eq!(records.len(), 2);
-    for r in &records {
-        assert_eq!(decode_trace_record(r), good);
-    }
+    good_requests_still_reach_kafka(&env, 30, "after garbage").await;
 
     let text = metrics_text(env.bridge()).await;
     assert_eq!(
