@@ -136,21 +136,25 @@ impl TimeRange {
     }
 }
 
-/// Which traces [`Store::find_traces`] returns: traces with at least one span matching every
-/// given filter.
+/// Which traces [`Store::find_traces`] returns.
+///
+/// `service`, `operation` and `attributes` select traces with at least one span matching all
+/// three together. `min_duration`, `max_duration` and `time` apply to the **trace**: its
+/// duration (earliest start to latest end) and its start.
 #[derive(Debug, Clone, Default)]
 pub struct TraceQuery {
-    /// The span's service.
+    /// A span's service.
     pub service: Option<String>,
-    /// The span's operation name.
+    /// A span's operation name.
     pub operation: Option<String>,
-    /// Span attributes that must all match (values compared as text).
+    /// Attributes that must all match on one span (values compared as text). A key matches
+    /// the span's own attributes, its resource's, or one of its events'.
     pub attributes: BTreeMap<String, String>,
-    /// The span lasted at least this long.
+    /// The trace lasted at least this long.
     pub min_duration: Option<Duration>,
-    /// The span lasted at most this long.
+    /// The trace lasted at most this long.
     pub max_duration: Option<Duration>,
-    /// The span started in this range.
+    /// The trace started in this range.
     pub time: TimeRange,
     /// At most this many traces (0 means [`DEFAULT_LIMIT`]).
     pub limit: usize,
@@ -421,6 +425,58 @@ pub fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
+/// How much a store keeps: partitions go when either bound bites, oldest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// Drop a partition (a day) once all of it is older than this.
+    pub max_age: Option<Duration>,
+    /// Drop the oldest partitions while the store holds more than this many bytes. The
+    /// partition of the current day is never dropped for size alone.
+    pub max_bytes: Option<u64>,
+}
+
+/// One time partition of a store: a day of data (an embedded partition file set, or the
+/// daily Elasticsearch indices of that day).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionUsage {
+    /// The partition's name, e.g. `2026-11-30`.
+    pub name: String,
+    /// Start of the partition's day, ns since the Unix epoch (UTC).
+    pub day_start_unix_nano: u64,
+    /// Bytes it holds on disk, indexes included.
+    pub bytes: u64,
+}
+
+/// What a store holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreUsage {
+    /// Bytes used on disk, every partition and shared table included.
+    pub bytes_used: u64,
+    /// Start of the oldest partition kept, ns since the Unix epoch; `None` when empty.
+    pub oldest_unix_nano: Option<u64>,
+    /// The partitions, oldest first.
+    pub partitions: Vec<PartitionUsage>,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    /// Names of the partitions dropped, oldest first.
+    pub dropped: Vec<String>,
+    /// What the store holds afterwards.
+    pub usage: StoreUsage,
+}
+
+/// Where a page of a trace's spans starts: after this (start, span id) in
+/// [`Store::get_trace`] order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanCursor {
+    /// Start of the last span of the previous page, ns since the Unix epoch.
+    pub start_unix_nano: u64,
+    /// Span id of the last span of the previous page, lowercase hex.
+    pub span_id: String,
+}
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -482,10 +538,32 @@ pub trait Store: Send + Sync {
     /// Every span of a trace, sorted by start time then span id; empty when unknown.
     async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError>;
 
-    /// Traces with a span matching the query, newest first: picked (up to the limit) and
-    /// ordered by the latest start among their matching spans, then by trace id. That key can
-    /// differ from the trace's own start ([`TraceSummary::start_unix_nano`]) when an early
-    /// trace has a late matching span.
+    /// Up to `limit` spans of a trace in [`Store::get_trace`] order, starting after `after`
+    /// (from the first span when `None`). Backends read only that page, so that a viewer can
+    /// open a trace of 100,000 spans a window at a time.
+    async fn get_trace_page(
+        &self,
+        trace_id: &str,
+        after: Option<&SpanCursor>,
+        limit: usize,
+    ) -> Result<Vec<SpanRecord>, StoreError> {
+        // Fallback for backends without a paged read; both shipped backends override it.
+        let spans = self.get_trace(trace_id).await?;
+        let skip = match after {
+            None => 0,
+            Some(c) => spans
+                .iter()
+                .take_while(|s| {
+                    (s.start_unix_nano, s.span_id.as_str())
+                        <= (c.start_unix_nano, c.span_id.as_str())
+                })
+                .count(),
+        };
+        Ok(spans.into_iter().skip(skip).take(limit).collect())
+    }
+
+    /// Traces matching the query (see [`TraceQuery`]), newest trace start first, then by
+    /// trace id.
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError>;
 
     /// Log records matching the query, newest first.
@@ -510,6 +588,28 @@ pub trait Store: Send + Sync {
 
     /// Alerts matching the query, newest `last_seen_unix_nano` first.
     async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError>;
+
+    /// Bytes used, the oldest data kept and the partitions.
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        Err(StoreError::Refused(format!(
+            "the {} store does not report its usage",
+            self.backend()
+        )))
+    }
+
+    /// Drops whole partitions past the policy's age, then the oldest ones while the store
+    /// holds more than its byte budget. Spans, logs, heartbeats and alerts all follow it.
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_unix_nano: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let _ = (policy, now_unix_nano);
+        Err(StoreError::Refused(format!(
+            "the {} store has no retention",
+            self.backend()
+        )))
+    }
 }
 
 /// Sorts a trace's spans the way [`Store::get_trace`] promises.
