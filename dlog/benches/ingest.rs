@@ -4,8 +4,10 @@
 //! For each load shape it prints the spans/s answered, the answer latency p50/p99, and how
 //! long after the last answer the stages had caught up (indexed spans/s over the whole run),
 //! plus the local log's fsyncs (group commit: appends per fsync). Then freshness: at a fixed
-//! offered rate, the time from a request's answer until its trace is returned by
-//! `find_traces`, p50/p99. It prints figures and asserts nothing.
+//! offered rate, the time from a request's answer until its trace is returned by a
+//! `find_traces` search (by a probe attribute), p50/p99, through `dlog up` and through
+//! collector-bridge → Kafka (tansu) → indexer → Elasticsearch API (osmem), each pipeline in
+//! this process. It prints figures and asserts nothing.
 //!
 //! Shapes (as real senders send):
 //! * `sdk-1x512`: one SDK: one stream of 512-span requests (64 traces of 8), one at a time;
@@ -14,8 +16,9 @@
 //! * `large-4x8192`: large batches: 4 streams of 8192-span requests.
 //!
 //! Run: `cargo bench -p dlog --bench ingest`. Knobs (env): `BENCH_SECS` (seconds per shape,
-//! default 10), `BENCH_ONLY` (one shape name, or `freshness`), `BENCH_FRESHNESS_RATE` (spans/s,
-//! default 10000).
+//! default 10), `BENCH_ONLY` (one shape name, `freshness` or `freshness-kafka-es`),
+//! `BENCH_FRESHNESS_RATE` (spans/s, default 10000). `ELASTICSEARCH_URL` points the Kafka +
+//! Elasticsearch run at a real cluster instead of osmem.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,6 +101,7 @@ fn request(
             ];
             if s == 0 {
                 attributes.push(kv("user.id", &format!("user-{}", seq % 1000)));
+                attributes.push(kv("probe.seq", &seq.to_string()));
             }
             spans.push(Span {
                 trace_id: trace.to_vec(),
@@ -233,19 +237,24 @@ async fn run_shape(shape: &Shape, secs: u64) {
     running.shutdown().await.expect("shutdown");
 }
 
-/// Offers `rate` spans/s in 100-span requests from 8 streams for `secs`, and for every tenth
-/// request polls `find_traces` until its trace is returned.
-async fn freshness(rate: u64, secs: u64) {
-    let data = tempfile::tempdir().expect("temp dir");
-    let running = start(data.path()).await;
-    let addr = running.grpc_addr();
-    let store = running.store();
+/// Offers `rate` spans/s in 100-span requests from 8 streams for `secs` to `addr`, and for
+/// every tenth request polls a `find_traces` search by its probe attribute until the trace
+/// is returned. Prints answer → searchable p50/p99 for `label`.
+async fn freshness(
+    label: &str,
+    addr: std::net::SocketAddr,
+    store: Arc<dyn dlog_storage::Store>,
+    rate: u64,
+    secs: u64,
+) {
     let requests_per_sec = (rate / 100).max(1);
     let interval = Duration::from_secs_f64(8.0 / requests_per_sec as f64);
     let fresh = Arc::new(Mutex::new(Vec::new()));
+    let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for stream in 0..8u64 {
         let fresh = Arc::clone(&fresh);
+        let lost = Arc::clone(&lost);
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             let mut client = TraceServiceClient::connect(format!("http://{addr}"))
@@ -259,20 +268,25 @@ async fn freshness(rate: u64, secs: u64) {
             while Instant::now() < end {
                 ticker.tick().await;
                 seq += 1;
-                let (request, ids) = request(seq, 10, 10);
+                let (request, _) = request(seq, 10, 10);
                 if client.export(request).await.is_err() {
                     continue;
                 }
                 if seq % 10 == 0 {
                     let answered = Instant::now();
                     let store = Arc::clone(&store);
-                    let trace = ids[0].clone();
+                    let query = TraceQuery {
+                        service: Some("bench".into()),
+                        attributes: [("probe.seq".to_string(), seq.to_string())].into(),
+                        limit: 20,
+                        ..TraceQuery::default()
+                    };
                     probes.push(tokio::spawn(async move {
                         loop {
                             let found = store
-                                .get_trace(&trace)
+                                .find_traces(&query)
                                 .await
-                                .map(|spans| !spans.is_empty())
+                                .map(|traces| !traces.is_empty())
                                 .unwrap_or(false);
                             if found {
                                 return Some(answered.elapsed());
@@ -286,8 +300,11 @@ async fn freshness(rate: u64, secs: u64) {
                 }
             }
             for probe in probes {
-                if let Ok(Some(d)) = probe.await {
-                    fresh.lock().expect("fresh").push(d);
+                match probe.await {
+                    Ok(Some(d)) => fresh.lock().expect("fresh").push(d),
+                    _ => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }));
@@ -295,26 +312,80 @@ async fn freshness(rate: u64, secs: u64) {
     for task in tasks {
         let _ = task.await;
     }
-    // `find_traces` is what a user's search runs: check it sees the traces too.
-    let found = store
-        .find_traces(&TraceQuery {
-            service: Some("bench".into()),
-            limit: 20,
-            ..TraceQuery::default()
-        })
-        .await
-        .map(|t| t.len())
-        .unwrap_or(0);
     let mut fresh = fresh.lock().expect("fresh").clone();
     fresh.sort_unstable();
     println!(
-        "freshness at {rate} spans/s offered (8 streams of 100-span requests): answer -> visible to get_trace p50 {} ms, p99 {} ms, max {} ms over {} probes; find_traces by service returned {found}",
+        "freshness, {label}, {rate} spans/s offered (8 streams of 100-span requests): answer -> returned by find_traces p50 {} ms, p99 {} ms, max {} ms over {} probes ({} not found within 30 s)",
         ms(percentile(&fresh, 0.5)),
         ms(percentile(&fresh, 0.99)),
         ms(fresh.last().copied().unwrap_or_default()),
         fresh.len(),
+        lost.load(Ordering::Relaxed),
     );
+}
+
+async fn freshness_dlog_up(rate: u64, secs: u64) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let running = start(data.path()).await;
+    freshness(
+        "dlog up (local log, embedded store)",
+        running.grpc_addr(),
+        running.store(),
+        rate,
+        secs,
+    )
+    .await;
     running.shutdown().await.expect("shutdown");
+}
+
+/// The distributed pipeline in this process: collector-bridge producing to tansu (acks=all),
+/// the indexer consuming in its group and writing to the Elasticsearch API (osmem, or
+/// `ELASTICSEARCH_URL`).
+async fn freshness_kafka_es(rate: u64, secs: u64) {
+    let kafka = dlog_testkit::Kafka::start().expect("start tansu");
+    let elastic = dlog_testkit::Elastic::start().expect("start the Elasticsearch API server");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let prefix = dlog_testkit::unique_name("fresh");
+    let topic = |name: &str| format!("{prefix}_{name}");
+    let bridge = collector_bridge::start(collector_bridge::Config {
+        kafka_brokers: kafka.brokers.clone(),
+        trace_logs_topic: topic("trace_logs"),
+        service_logs_topic: topic("service_logs"),
+        heartbeat_logs_topic: topic("heartbeat_logs"),
+        create_topics: true,
+        otlp_grpc: any,
+        otlp_http: any,
+        admin: any,
+        ..collector_bridge::Config::default()
+    })
+    .await
+    .expect("start the bridge");
+    let mut indexer_config = dlog_storage::IndexerConfig {
+        trace_logs_topic: topic("trace_logs"),
+        service_logs_topic: topic("service_logs"),
+        heartbeat_logs_topic: topic("heartbeat_logs"),
+        dead_letters_topic: topic("dead_letters"),
+        admin: any,
+        ..dlog_storage::IndexerConfig::default()
+    };
+    indexer_config.input.kafka_brokers = kafka.brokers.clone();
+    indexer_config.input.group_id = format!("{prefix}_indexer");
+    indexer_config.input.create_topics = true;
+    indexer_config.store.elasticsearch_url = Some(elastic.url.clone());
+    indexer_config.store.index_prefix = prefix.clone();
+    let indexer = dlog_storage::start(indexer_config)
+        .await
+        .expect("start the indexer");
+    freshness(
+        "collector-bridge -> Kafka (tansu) -> indexer -> Elasticsearch API (osmem)",
+        bridge.grpc_addr(),
+        indexer.store(),
+        rate,
+        secs,
+    )
+    .await;
+    bridge.shutdown().await.expect("bridge shutdown");
+    indexer.shutdown().await.expect("indexer shutdown");
 }
 
 fn main() {
@@ -342,7 +413,10 @@ fn main() {
             run_shape(shape, secs).await;
         }
         if only.as_deref().is_none_or(|o| o == "freshness") {
-            freshness(rate, secs).await;
+            freshness_dlog_up(rate, secs).await;
+        }
+        if only.as_deref().is_none_or(|o| o == "freshness-kafka-es") {
+            freshness_kafka_es(rate, secs).await;
         }
     });
 }

@@ -14,6 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dlog_storage::embedded::{count_rows, DB_FILE};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use rand::{Rng, SeedableRng};
 use support::*;
 use tonic::Code;
@@ -165,8 +171,8 @@ struct Dlog {
 }
 
 impl Dlog {
-    fn start(data: &Path) -> Dlog {
-        let mut child = spawn_dlog_up(data, "warn");
+    fn start(data: &Path, webhook: &str) -> Dlog {
+        let mut child = spawn_dlog_up_with(data, "warn", &["--webhook-url", webhook]);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let grpc = loop {
             let line = lines.next().expect("dlog exited before it was up").unwrap();
@@ -196,14 +202,67 @@ impl Dlog {
     }
 }
 
-/// Eight senders send 100-span requests until `stop_after` of them were answered in this
-/// round; returns the (stream, request) pairs answered. A sender stops at its first failure
-/// (the process was killed under it).
+/// What the senders were told was stored: (stream, request) pairs whose spans, and then whose
+/// ERROR log, were answered OK.
+#[derive(Default)]
+struct Answered {
+    spans: Vec<(u32, u32)>,
+    logs: Vec<(u32, u32)>,
+}
+
+/// The ERROR log a sender sends after each span request: one `error_log` alert counts them all.
+fn error_log(stream: u32, n: u32) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    string_kv("service.name", "loadgen"),
+                    string_kv("service.instance.id", &format!("loadgen-{stream}")),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: dlog_storage::now_unix_nano(),
+                    severity_number: 17,
+                    severity_text: "ERROR".into(),
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(format!(
+                            "payment failed {stream}/{n}"
+                        ))),
+                    }),
+                    trace_id: trace_id(stream, n, 0).to_vec(),
+                    attributes: vec![
+                        string_kv(dlog_core::names::ERROR_CODE, "E-KILL"),
+                        string_kv(dlog_core::names::ERROR_MESSAGE, "card declined"),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn string_kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Eight senders send 100-span requests, each followed by one ERROR log, until `stop_after`
+/// span requests were answered in this round. A sender stops at its first failure (the
+/// process was killed under it).
 async fn load(
     addr: SocketAddr,
     round: u32,
     stop_after: usize,
-    answered: Arc<Mutex<Vec<(u32, u32)>>>,
+    answered: Arc<Mutex<Answered>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     (0..8u32)
@@ -211,15 +270,25 @@ async fn load(
             let answered = Arc::clone(&answered);
             let count = Arc::clone(&count);
             tokio::spawn(async move {
-                let Ok(mut client) = opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient::connect(format!("http://{addr}")).await else {
+                let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                else {
                     return;
                 };
+                let mut traces = TraceServiceClient::new(channel.clone());
+                let mut logs = LogsServiceClient::new(channel);
                 for n in 0.. {
                     let id = round * 100_000 + n;
-                    if client.export(request(stream, id, 10, 10)).await.is_err() {
+                    if traces.export(request(stream, id, 10, 10)).await.is_err() {
                         return;
                     }
-                    answered.lock().unwrap().push((stream, id));
+                    answered.lock().unwrap().spans.push((stream, id));
+                    if logs.export(error_log(stream, id)).await.is_err() {
+                        return;
+                    }
+                    answered.lock().unwrap().logs.push((stream, id));
                     if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= stop_after {
                         return;
                     }
@@ -229,22 +298,51 @@ async fn load(
         .collect()
 }
 
+/// Every alert event the webhook received, in order: (idempotency key, body).
+type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+/// A webhook receiver on a free port that outlives every `dlog up` of the test.
+async fn webhook() -> (String, Received) {
+    async fn receive(
+        axum::extract::State(received): axum::extract::State<Received>,
+        headers: axum::http::HeaderMap,
+        axum::Json(body): axum::Json<serde_json::Value>,
+    ) -> axum::http::StatusCode {
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        received.lock().unwrap().push((key, body));
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/alerts", axum::routing::post(receive))
+        .with_state(Arc::clone(&received));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_9_mid_stream_loses_nothing_that_was_answered() {
+async fn kill_9_mid_stream_loses_nothing_that_was_answered_and_alerts_count_each_record_once() {
     let seed: u64 = rand::rng().random();
     println!("seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let data = tempfile::tempdir().unwrap();
-    let answered = Arc::new(Mutex::new(Vec::new()));
+    let answered = Arc::new(Mutex::new(Answered::default()));
+    let (webhook_url, received) = webhook().await;
 
     for round in 0..3u32 {
-        let dlog = Dlog::start(data.path());
+        let dlog = Dlog::start(data.path(), &webhook_url);
         let started = Instant::now();
-        let before = answered.lock().unwrap().len();
+        let before = answered.lock().unwrap().spans.len();
         // Kill once a random number of requests were answered, while all eight still send.
         let kill_at = before + rng.random_range(20..120);
         let senders = load(dlog.grpc, round, usize::MAX, Arc::clone(&answered)).await;
-        while answered.lock().unwrap().len() < kill_at {
+        while answered.lock().unwrap().spans.len() < kill_at {
             assert!(
                 started.elapsed() < Duration::from_secs(120),
                 "round {round}: load stalled"
@@ -257,22 +355,30 @@ async fn kill_9_mid_stream_loses_nothing_that_was_answered() {
         }
         println!(
             "round {round}: killed after {} answered requests",
-            answered.lock().unwrap().len() - before
+            answered.lock().unwrap().spans.len() - before
         );
     }
 
     // A last run: the stages resume from their positions, the load finishes, and the store
     // ends up with every span that was ever answered.
-    let dlog = Dlog::start(data.path());
+    let dlog = Dlog::start(data.path(), &webhook_url);
     for sender in load(dlog.grpc, 3, 40, Arc::clone(&answered)).await {
         sender.await.unwrap();
     }
-    let answered: Vec<(u32, u32)> = answered.lock().unwrap().clone();
+    let (answered, answered_logs) = {
+        let a = answered.lock().unwrap();
+        (a.spans.clone(), a.logs.clone())
+    };
     dlog.stop();
 
     // Started again in-process: once both stages caught up with the log, every answered
     // span is in the store.
-    let running = dlog::start(config(data.path())).await.unwrap();
+    let running = dlog::start(dlog::Config {
+        webhook_url: Some(webhook_url.clone()),
+        ..config(data.path())
+    })
+    .await
+    .unwrap();
     let resumed = Instant::now();
     assert!(running.processed(Duration::from_secs(120)).await);
     println!(
@@ -293,7 +399,112 @@ async fn kill_9_mid_stream_loses_nothing_that_was_answered() {
             );
         }
     }
+
+    // Every answered ERROR log is stored once. The log also holds the ones appended just
+    // before a kill whose answer never left; the alerter read the same log, so its alert must
+    // count exactly the stored ones: a replayed record counted twice, or a lost one, shows.
+    let stored = store
+        .search_logs(&dlog_storage::LogQuery {
+            service: Some("loadgen".into()),
+            level: Some("ERROR".into()),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stored_bodies: BTreeSet<String> = stored.iter().map(|l| l.body.clone()).collect();
+    assert_eq!(
+        stored_bodies.len(),
+        stored.len(),
+        "an ERROR log was stored twice"
+    );
+    for &(stream, n) in &answered_logs {
+        assert!(
+            stored_bodies.contains(&format!("payment failed {stream}/{n}")),
+            "ERROR log {stream}/{n} was answered but is not stored"
+        );
+    }
+    // The store output takes every event, updates included: its document carries the count.
+    // All input is processed, so the count only has to catch up with the last tick.
+    let id = dlog_alerting::alert_id("error_log", "loadgen|E-KILL");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let counted = loop {
+        let counted = store
+            .list_alerts(&dlog_storage::AlertQuery {
+                service: Some("loadgen".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.id == id)
+            .map(|a| a.occurrences);
+        if counted >= Some(stored.len() as u64) || Instant::now() > deadline {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        counted,
+        Some(stored.len() as u64),
+        "the alert must count each stored ERROR log once (more: a replayed record counted twice; fewer: one lost)"
+    );
     running.shutdown().await.unwrap();
+    let received = received.lock().unwrap().clone();
+    println!(
+        "{} ERROR logs answered, {} stored and counted by the alert; {} alert events reached the webhook",
+        answered_logs.len(),
+        stored.len(),
+        received.len()
+    );
+    // An (id, revision) may arrive twice (a crash between the webhook's answer and the
+    // outbox's removal), always the same event; the alert's count never goes backwards.
+    let mut by_key: std::collections::BTreeMap<&str, Vec<&serde_json::Value>> = Default::default();
+    for (key, body) in &received {
+        assert_eq!(
+            key,
+            &format!("{}-{}", body["id"].as_str().unwrap(), body["revision"]),
+            "idempotency key"
+        );
+        by_key.entry(key).or_default().push(body);
+    }
+    for (key, bodies) in &by_key {
+        assert!(
+            bodies.len() <= 2,
+            "{key} was delivered {} times",
+            bodies.len()
+        );
+        assert!(
+            bodies.windows(2).all(|w| w[0] == w[1]),
+            "{key} was delivered with different contents: {bodies:#?}"
+        );
+    }
+    let mut ours: Vec<(u64, u64)> = by_key
+        .values()
+        .map(|b| b[0])
+        .filter(|b| b["id"] == id.as_str())
+        .map(|b| {
+            (
+                b["revision"].as_u64().unwrap(),
+                b["occurrences"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    ours.sort_unstable();
+    assert!(
+        ours.windows(2).all(|w| w[0].1 <= w[1].1),
+        "a later revision counts fewer: {ours:?}"
+    );
+    assert_eq!(
+        received
+            .iter()
+            .filter(|(_, b)| b["id"] == id.as_str() && b["event"] == "fired")
+            .map(|(k, _)| k)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        1,
+        "the alert fired more than once"
+    );
 }
 
 /// A data directory from before the local log holds an alerting state whose input offsets

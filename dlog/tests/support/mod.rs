@@ -29,6 +29,15 @@ pub fn config(data: &std::path::Path) -> dlog::Config {
 /// `dlog up` as a child process on free loopback ports, data in `data`, logging at
 /// `log_level` to a piped stderr (the caller reads it).
 pub fn spawn_dlog_up(data: &std::path::Path, log_level: &str) -> std::process::Child {
+    spawn_dlog_up_with(data, log_level, &[])
+}
+
+/// [`spawn_dlog_up`] with more `dlog up` flags.
+pub fn spawn_dlog_up_with(
+    data: &std::path::Path,
+    log_level: &str,
+    extra: &[&str],
+) -> std::process::Child {
     use std::process::{Command, Stdio};
     let any = "127.0.0.1:0";
     Command::new(env!("CARGO_BIN_EXE_dlog"))
@@ -37,6 +46,7 @@ pub fn spawn_dlog_up(data: &std::path::Path, log_level: &str) -> std::process::C
         .args(["up", "--otlp-grpc", any, "--otlp-http", any])
         .args(["--bridge-admin", any, "--indexer-admin", any])
         .args(["--alerter-admin", any])
+        .args(extra)
         .env("DLOG_LOG", log_level)
         .env_remove("NO_COLOR")
         .stdin(Stdio::null())
