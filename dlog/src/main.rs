@@ -29,13 +29,8 @@ struct Args {
     #[arg(long, env = "DLOG_ELASTICSEARCH", global = true)]
     elasticsearch: Option<String>,
     /// Prefix of the Elasticsearch index names [default: none].
-    #[arg(
-        long,
-        env = "DLOG_ELASTICSEARCH_INDEX_PREFIX",
-        global = true,
-        default_value = ""
-    )]
-    elasticsearch_index_prefix: String,
+    #[arg(long, env = "DLOG_ELASTICSEARCH_INDEX_PREFIX", global = true)]
+    elasticsearch_index_prefix: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -113,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let store_config = dlog::Config {
         data_dir: args.data_dir.clone(),
         elasticsearch_url: args.elasticsearch.clone(),
-        elasticsearch_index_prefix: args.elasticsearch_index_prefix.clone(),
+        elasticsearch_index_prefix: args.elasticsearch_index_prefix.clone().unwrap_or_default(),
         ..dlog::Config::default()
     }
     .store_config();
@@ -208,7 +203,10 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
         data_dir: global.data_dir.clone(),
         kafka_brokers: args.kafka,
         elasticsearch_url: global.elasticsearch.clone(),
-        elasticsearch_index_prefix: global.elasticsearch_index_prefix.clone(),
+        elasticsearch_index_prefix: global
+            .elasticsearch_index_prefix
+            .clone()
+            .unwrap_or_default(),
         rules_file: args.rules,
         webhook_url: args.webhook_url,
         auth_token_file: args.auth_token_file,
