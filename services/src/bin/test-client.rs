@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, env = "TEST_CLIENT_TIMEOUT_SECS", default_value_t = 30.0)]
     timeout_secs: f64,
     /// Viewer base URL for trace links [default: http://127.0.0.1:16686 when it answers].
-    #[arg(long, env = "DLOG_VIEWER")]
+    #[arg(long, env = "TEST_CLIENT_VIEWER")]
     viewer: Option<String>,
     /// OTLP/gRPC endpoint for the client's own spans [default: OTEL_EXPORTER_OTLP_ENDPOINT,
     /// else http://127.0.0.1:4317].
