@@ -20,7 +20,7 @@ fn read(path: &Path) -> String {
 #[test]
 fn sample_config_files_are_valid_for_their_components() {
     let etc = root().join("deploy/etc/dlog");
-    let bridge = collector_bridge::Config::from_toml_file(&etc.join("bridge.toml")).unwrap();
+    let bridge = collector_bridge::Config::from_toml_file(etc.join("bridge.toml")).unwrap();
     bridge.validate().unwrap();
     assert_eq!(bridge.otlp_grpc.port(), 14317, "behind the collector");
 
