@@ -39,6 +39,13 @@ pub struct ServiceArgs {
     /// Heartbeat interval in seconds.
     #[arg(long, env = "DEMO_HEARTBEAT_SECS", default_value_t = 10.0)]
     pub heartbeat_secs: f64,
+    /// Capacity of the SDK's span and log queues; beyond it records are dropped and counted
+    /// [default: the SDK's, 2048].
+    #[arg(long, env = "DEMO_OTLP_QUEUE_CAPACITY")]
+    pub otlp_queue_capacity: Option<usize>,
+    /// Time budget of one OTLP export call, retries included, ms [default: the SDK's, 10000].
+    #[arg(long, env = "DEMO_OTLP_EXPORT_TIMEOUT_MS")]
+    pub otlp_export_timeout_ms: Option<u64>,
     /// Factor applied to every simulated delay (e.g. 0.01 for fast tests) [default: 1].
     #[arg(long, env = "DEMO_LATENCY_SCALE")]
     pub latency_scale: Option<f64>,
@@ -180,6 +187,12 @@ pub async fn service_main(role: Option<Role>) -> anyhow::Result<()> {
         .with_stderr(true);
     if let Some(endpoint) = &args.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
+    }
+    if let Some(capacity) = args.otlp_queue_capacity {
+        builder = builder.with_queue_capacity(capacity);
+    }
+    if let Some(ms) = args.otlp_export_timeout_ms {
+        builder = builder.with_export_timeout(Duration::from_millis(ms));
     }
     let (guard, logger) = builder.init().context("set up telemetry")?;
     let spec = ServiceSpec {
