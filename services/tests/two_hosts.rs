@@ -1,6 +1,7 @@
 //! Two hosts: two network namespaces joined by a veth pair. "VM1" runs the demo services and
-//! the test client; "VM2" runs tansu and `dlog up --kafka` (the bridge, both stages and the
-//! store). It shows that:
+//! the test client; "VM2" runs tansu, `dlog up --kafka` (the bridge, both stages and the
+//! store) and, in front of its bridge, rotel standing in for the OpenTelemetry Collector with
+//! the settings of `deploy/etc/default/dlog-rotel`. It shows that:
 //! * records cross the link: every request's trace is stored on VM2, its spans from the
 //!   client and the three services;
 //! * W3C propagation holds: each service's server span is the child of its caller's client
@@ -150,6 +151,40 @@ fn wait_port(ns: &str, addr: &str, port: u16) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `KEY=VALUE` lines of an env file.
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// rotel's binary, inside its installed Python package (scripts/install-test-deps.sh).
+fn rotel_binary() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import rotel,os;print(os.path.dirname(rotel.__file__))",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "rotel is not installed: run scripts/install-test-deps.sh"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("rotel-agent")
 }
 
 fn tansu() -> PathBuf {
@@ -310,12 +345,17 @@ async fn two_hosts_export_across_the_link_drop_and_count_when_it_is_cut_and_reco
         .stderr(Stdio::null());
     hosts.spawn(broker);
     wait_port(&vm2, VM2_ADDR, 9092);
+    // The bridge on VM2's loopback, behind rotel, as in deploy/etc/dlog/bridge.toml.
     let mut up = Hosts::command(&vm2, &dlog_binary());
     up.arg("--data-dir")
         .arg(data.path())
         .args(["up", "--kafka", &format!("{VM2_ADDR}:9092")])
-        .args(["--otlp-grpc", &format!("{VM2_ADDR}:4317")])
-        .args(["--otlp-http", &format!("{VM2_ADDR}:4318")])
+        .args([
+            "--otlp-grpc",
+            "127.0.0.1:14317",
+            "--otlp-http",
+            "127.0.0.1:14318",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let up_index = hosts.spawn(up);
@@ -327,6 +367,14 @@ async fn two_hosts_export_across_the_link_drop_and_count_when_it_is_cut_and_reco
         line.contains(&format!("Kafka brokers {VM2_ADDR}:9092")),
         "{line}"
     );
+    let mut rotel = Hosts::command(&vm2, &rotel_binary());
+    rotel
+        .arg("start")
+        .envs(env_file(&root().join("deploy/etc/default/dlog-rotel")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hosts.spawn(rotel);
+    wait_port(&vm2, VM2_ADDR, 4317);
 
     // VM1: the services, exporting to VM2, with small SDK queues and a short export budget
     // so that a cut of a few seconds overflows them.
