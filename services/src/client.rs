@@ -115,15 +115,74 @@ impl Outcome {
     }
 }
 
-/// Everything a run observed.
+/// How many of the slowest requests a report keeps (and shows).
+pub const SLOWEST_KEPT: usize = 5;
+/// How many failed requests a report keeps (and shows).
+pub const FAILED_KEPT: usize = 10;
+
+/// What a run observed, in bounded memory whatever its length: per endpoint a count and a
+/// latency histogram, the slowest requests and the first failed ones.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
     /// The plan's endpoints.
     pub endpoints: Vec<Endpoint>,
-    /// Every request, in completion order.
-    pub outcomes: Vec<Outcome>,
+    /// Per endpoint (same order): requests, 2xx answers, latency histogram in µs.
+    per_endpoint: Vec<(u64, u64, Histogram<u64>)>,
+    /// The slowest requests, slowest first.
+    slowest: Vec<Outcome>,
+    /// The first failed requests to complete.
+    failed: Vec<Outcome>,
+    /// Requests completed.
+    pub requests: u64,
+    /// Requests not answered 2xx.
+    pub failures: u64,
+    /// When the last request left, from the start of the run.
+    pub last_sent: Duration,
     /// Wall time of the run.
     pub elapsed: Duration,
+}
+
+impl LoadReport {
+    /// An empty report over `endpoints`.
+    pub fn new(endpoints: Vec<Endpoint>) -> LoadReport {
+        LoadReport {
+            per_endpoint: endpoints.iter().map(|_| (0, 0, new_histogram())).collect(),
+            endpoints,
+            slowest: Vec::new(),
+            failed: Vec::new(),
+            requests: 0,
+            failures: 0,
+            last_sent: Duration::ZERO,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn record(&mut self, o: Outcome) {
+        let Some(stats) = self.per_endpoint.get_mut(o.endpoint) else {
+            return;
+        };
+        stats.0 += 1;
+        stats.1 += u64::from(o.ok());
+        let _ = stats
+            .2
+            .record(o.latency.as_micros().clamp(1, u128::from(MAX_MICROS)) as u64);
+        self.requests += 1;
+        self.last_sent = self.last_sent.max(o.sent_at);
+        if !o.ok() {
+            self.failures += 1;
+            if self.failed.len() < FAILED_KEPT {
+                self.failed.push(o.clone());
+            }
+        }
+        if self.slowest.len() < SLOWEST_KEPT
+            || self.slowest.last().is_some_and(|s| o.latency > s.latency)
+        {
+            let at = self.slowest.partition_point(|s| s.latency >= o.latency);
+            self.slowest.insert(at, o);
+            self.slowest.truncate(SLOWEST_KEPT);
+        }
+    }
 }
 
 /// The `/health` of each (name, base URL) that did not answer 200, with why. All are
@@ -237,16 +296,16 @@ pub async fn run_load(
         .pool_max_idle_per_host(plan.max_in_flight.min(1024))
         .build()
         .unwrap_or_default();
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let report = Arc::new(Mutex::new(LoadReport::new(plan.endpoints.clone())));
     let progress = Arc::new(progress);
     let start = Instant::now();
     let deadline = plan.duration.map(|d| start + d);
     let limit = plan.requests.unwrap_or(u64::MAX);
     let record = {
-        let outcomes = Arc::clone(&outcomes);
+        let report = Arc::clone(&report);
         move |o: Outcome| {
             progress(&o);
-            outcomes.lock().unwrap_or_else(|e| e.into_inner()).push(o);
+            report.lock().unwrap_or_else(|e| e.into_inner()).record(o);
         }
     };
     let record = Arc::new(record);
@@ -307,12 +366,9 @@ pub async fn run_load(
             while tasks.join_next().await.is_some() {}
         }
     }
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
-    LoadReport {
-        endpoints: plan.endpoints.clone(),
-        outcomes,
-        elapsed: start.elapsed(),
-    }
+    let mut report = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    report.elapsed = start.elapsed();
+    report
 }
 
 /// One row of the table.
@@ -339,21 +395,6 @@ pub struct Row {
 impl LoadReport {
     /// One row per endpoint of the mix that got requests, in the mix's order, then the total.
     pub fn rows(&self) -> Vec<Row> {
-        let mut per: BTreeMap<usize, (u64, u64, Histogram<u64>)> = BTreeMap::new();
-        let mut total = (0u64, 0u64, new_histogram());
-        for o in &self.outcomes {
-            let entry = per
-                .entry(o.endpoint)
-                .or_insert_with(|| (0, 0, new_histogram()));
-            for (count, ok, hist) in [
-                (&mut entry.0, &mut entry.1, &mut entry.2),
-                (&mut total.0, &mut total.1, &mut total.2),
-            ] {
-                *count += 1;
-                *ok += u64::from(o.ok());
-                let _ = hist.record(o.latency.as_micros().clamp(1, u128::from(MAX_MICROS)) as u64);
-            }
-        }
         let row = |service: String,
                    endpoint: String,
                    (requests, ok, h): &(u64, u64, Histogram<u64>)| Row {
@@ -366,33 +407,33 @@ impl LoadReport {
             p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
             max_ms: h.max() as f64 / 1000.0,
         };
-        let mut rows: Vec<Row> = per
-            .iter()
-            .map(|(i, stats)| {
-                let e = &self.endpoints[*i];
-                row(e.service.clone(), e.path().to_string(), stats)
-            })
-            .collect();
-        if per.len() > 1 {
+        let mut total = (0u64, 0u64, new_histogram());
+        let mut rows = Vec::new();
+        for (e, stats) in self.endpoints.iter().zip(&self.per_endpoint) {
+            if stats.0 == 0 {
+                continue;
+            }
+            total.0 += stats.0;
+            total.1 += stats.1;
+            let _ = total.2.add(&stats.2);
+            rows.push(row(e.service.clone(), e.path().to_string(), stats));
+        }
+        if rows.len() > 1 {
             rows.push(row("all".into(), String::new(), &total));
         }
         rows
     }
 
-    /// The `n` slowest requests, slowest first.
-    pub fn slowest(&self, n: usize) -> Vec<&Outcome> {
-        let mut all: Vec<&Outcome> = self.outcomes.iter().collect();
-        all.sort_by_key(|o| std::cmp::Reverse(o.latency));
-        all.truncate(n);
-        all
+    /// The slowest requests (at most [`SLOWEST_KEPT`]), slowest first.
+    pub fn slowest(&self) -> &[Outcome] {
+        &self.slowest
     }
 
-    /// Up to `n` failed requests, first failures first.
-    pub fn failed(&self, n: usize) -> Vec<&Outcome> {
-        let mut all: Vec<&Outcome> = self.outcomes.iter().filter(|o| !o.ok()).collect();
-        all.sort_by_key(|o| o.sent_at);
-        all.truncate(n);
-        all
+    /// The first failed requests (at most [`FAILED_KEPT`]), in the order they were sent.
+    pub fn failed(&self) -> Vec<&Outcome> {
+        let mut failed: Vec<&Outcome> = self.failed.iter().collect();
+        failed.sort_by_key(|o| o.sent_at);
+        failed
     }
 
     /// The table and the trace ids of the slowest and failed requests, as text. Trace ids
@@ -436,14 +477,8 @@ impl LoadReport {
                 ms(r.max_ms),
             );
         }
-        let sent = self.outcomes.len();
-        let window = self
-            .outcomes
-            .iter()
-            .map(|o| o.sent_at)
-            .max()
-            .unwrap_or_default()
-            .as_secs_f64();
+        let sent = self.requests;
+        let window = self.last_sent.as_secs_f64();
         let _ = writeln!(
             out,
             "{sent} requests sent over {window:.1} s ({:.1}/s); the last answer came after {:.1} s",
@@ -470,17 +505,21 @@ impl LoadReport {
                 link(o)
             )
         };
-        let slowest = self.slowest(5);
+        let slowest = self.slowest();
         if !slowest.is_empty() {
             let _ = writeln!(out, "slowest requests:");
             for o in slowest {
                 let _ = writeln!(out, "{}", describe(o));
             }
         }
-        let failed = self.failed(10);
+        let failed = self.failed();
         if !failed.is_empty() {
-            let total = self.outcomes.iter().filter(|o| !o.ok()).count();
-            let _ = writeln!(out, "failed requests ({} of {total} shown):", failed.len());
+            let _ = writeln!(
+                out,
+                "failed requests ({} of {} shown):",
+                failed.len(),
+                self.failures
+            );
             for o in failed {
                 let _ = writeln!(out, "{}", describe(o));
             }
@@ -555,9 +594,9 @@ mod tests {
             Endpoint::parse("service-a=http://h:1/work").unwrap(),
             Endpoint::parse("service-b=http://h:2/work").unwrap(),
         ];
-        let mut outcomes = Vec::new();
+        let mut report = LoadReport::new(endpoints);
         for i in 0..100u64 {
-            outcomes.push(Outcome {
+            report.record(Outcome {
                 endpoint: 0,
                 status: Some(if i < 10 { 500 } else { 200 }),
                 latency: Duration::from_millis(i + 1),
@@ -565,18 +604,21 @@ mod tests {
                 sent_at: Duration::from_millis(i),
             });
         }
-        outcomes.push(Outcome {
+        report.record(Outcome {
             endpoint: 1,
             status: None,
             latency: Duration::from_millis(7),
             trace_id: None,
             sent_at: Duration::from_millis(5),
         });
-        let report = LoadReport {
-            endpoints,
-            outcomes,
-            elapsed: Duration::from_secs(1),
-        };
+        report.elapsed = Duration::from_secs(1);
+        assert_eq!((report.requests, report.failures), (101, 11));
+        let slowest: Vec<u64> = report
+            .slowest()
+            .iter()
+            .map(|o| o.latency.as_millis() as u64)
+            .collect();
+        assert_eq!(slowest, [100, 99, 98, 97, 96]);
         let rows = report.rows();
         assert_eq!(rows.len(), 3);
         assert_eq!((rows[0].requests, rows[0].ok), (100, 90));
