@@ -6,7 +6,6 @@
 //! actually left: a slow server or a full in-flight limit shows up as latency instead of
 //! quietly lowering the send rate (coordinated omission).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
