@@ -2,8 +2,9 @@
 //! between the bridge and the stages, `--elasticsearch` stores in an Elasticsearch-API server
 //! (osmem, or `ELASTICSEARCH_URL`), each alone or both together. In every combination a
 //! service instrumented with the SDK exports a trace and its logs, and they are found through
-//! the store's queries, with the alert for its error; with Kafka, the records are on the
-//! topics the stages consumed.
+//! the store's queries (and, with Elasticsearch, through `dlog --elasticsearch URL traces`),
+//! with the alert for its error; with Kafka, the records are on the topics the stages
+//! consumed.
 
 mod support;
 
@@ -67,10 +68,11 @@ where
 
 async fn run(kafka: Option<&Kafka>, elastic: Option<&Elastic>) {
     let data = tempfile::tempdir().unwrap();
+    let prefix = unique_name("dlog-up");
     let config = dlog::Config {
         kafka_brokers: kafka.map(|k| k.brokers.clone()),
         elasticsearch_url: elastic.map(|e| e.url.clone()),
-        elasticsearch_index_prefix: unique_name("dlog-up"),
+        elasticsearch_index_prefix: prefix.clone(),
         ..support::config(data.path())
     };
     let running = dlog::start(config).await.unwrap();
@@ -169,6 +171,25 @@ async fn run(kafka: Option<&Kafka>, elastic: Option<&Elastic>) {
     .await;
     assert!(alert.summary.contains("PAY-502"), "{}", alert.summary);
     assert_eq!(alert.example_trace_ids, vec![trace_id.clone()]);
+
+    if let Some(elastic) = elastic {
+        // The query commands read the same store with --elasticsearch.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlog"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--elasticsearch", &elastic.url])
+            .args(["--elasticsearch-index-prefix", &prefix])
+            .args(["traces", "--service", "checkout"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(listed.contains(&trace_id), "dlog traces: {listed}");
+    }
 
     if let Some(kafka) = kafka {
         // The records went through the broker: the trace keyed by its id, the logs, and the
