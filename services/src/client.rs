@@ -2,9 +2,10 @@
 //! (closed loop) over a weighted mix of endpoints, and the report.
 //!
 //! At a rate, request `i` is scheduled at `start + i / rate` and leaves then whether or not
-//! earlier ones returned, and its latency counts from that scheduled time, not from when it
-//! actually left: a slow server or a full in-flight limit shows up as latency instead of
-//! quietly lowering the send rate (coordinated omission).
+//! earlier ones returned (up to `max_in_flight` outstanding; past it, when one returns), and
+//! its latency counts from that scheduled time, not from when it actually left: a slow server
+//! or a full in-flight limit shows up as latency instead of quietly lowering the send rate
+//! (coordinated omission).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -320,18 +321,20 @@ pub async fn run_load(
                     break;
                 }
                 tokio::time::sleep_until(scheduled).await;
+                // With `max_in_flight` outstanding, the request due now leaves when one returns,
+                // and the wait is part of its latency (counted from `scheduled`). Waiting here,
+                // not in a task of its own, bounds the tasks and memory of a long run.
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    break;
+                };
                 let index = endpoint_for(&plan.endpoints, i);
-                let (client, endpoint, record, slots) = (
+                let (client, endpoint, record) = (
                     client.clone(),
                     plan.endpoints[index].clone(),
                     Arc::clone(&record),
-                    Arc::clone(&slots),
                 );
                 tasks.spawn(async move {
-                    // Waiting for a slot is part of the latency: it counts from `scheduled`.
-                    let Ok(_slot) = slots.acquire_owned().await else {
-                        return;
-                    };
+                    let _slot = slot;
                     record(one(&client, &endpoint, index, i, scheduled, start).await);
                 });
                 // Reap finished tasks as we go so that a long run holds only those in flight.
