@@ -266,3 +266,39 @@ fn a_target_that_is_down_is_named_and_nothing_is_sent() {
     assert!(stderr.contains("service-x is down"), "{stderr}");
     assert!(output.stdout.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_concurrency_exactly_that_many_requests_are_outstanding() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/work",
+        get({
+            let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+            move || {
+                let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+                async move {
+                    let at = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(at, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    "done"
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let report = run_load(
+        &LoadPlan {
+            pace: Pace::Concurrency(4),
+            ..plan(addr, 1.0, 40, 1000)
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!((report.requests, report.failures), (40, 0));
+    assert_eq!(most.load(Ordering::SeqCst), 4, "never more than 4 at once");
+}
