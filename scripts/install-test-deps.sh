@@ -13,9 +13,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 # gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL. procps
-# provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT).
+# provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT). iproute2
+# provides `ip`, with which the two-host test makes its network namespaces and veth pair.
 need_apt=()
-for pkg in build-essential pkg-config procps; do
+for pkg in build-essential pkg-config procps iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then

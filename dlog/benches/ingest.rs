@@ -178,7 +178,7 @@ async fn run_shape(shape: &Shape, secs: u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let fsyncs_before = running.wal().metrics().fsyncs.get();
+    let fsyncs_before = running.wal().unwrap().metrics().fsyncs.get();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for stream in 0..shape.streams {
@@ -221,7 +221,7 @@ async fn run_shape(shape: &Shape, secs: u64) {
     let spans = requests * shape.traces * shape.spans_per_trace;
     let caught_up = running.processed(Duration::from_secs(600)).await;
     let processed_in = started.elapsed();
-    let fsyncs = running.wal().metrics().fsyncs.get() - fsyncs_before;
+    let fsyncs = running.wal().unwrap().metrics().fsyncs.get() - fsyncs_before;
     println!(
         "| {:<16} | {:>9.0} | {:>8} | {:>8} | {:>9.0}{} | {:>5} | {:>6.1} | {:>7} |",
         shape.name,

@@ -11,6 +11,14 @@
 //! state and the dead letters (records that cannot be stored, with their reason; see
 //! [`dead_letters`]) all live in it.
 //!
+//! Either half can be swapped for a real engine, each alone or both together:
+//! * with [`Config::kafka_brokers`], the bridge produces to Kafka (its [`collector_bridge::KafkaSink`])
+//!   instead of the local log, and the indexing and alerting stages consume the topics in
+//!   their consumer groups (`dlog-indexer`, `dlog-alerter`), exactly as the standalone
+//!   binaries do; the alerts also go to the `alerts` topic;
+//! * with [`Config::elasticsearch_url`], both stages store in Elasticsearch (or an
+//!   OpenSearch-API server) instead of the embedded store.
+//!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), dlog::AllInOneError> {
 //! let running = dlog::start(dlog::Config::default()).await?;
@@ -25,8 +33,10 @@ use std::sync::Arc;
 
 use collector_bridge::{LocalLogSink, RunningBridge};
 use dlog_alerting::{AlerterConfig, SystemClock};
+use dlog_core::kafka::KafkaSource;
 use dlog_core::names;
 use dlog_core::source::{Mark, RawRecord, Source, SourceError};
+use dlog_storage::stage::IndexerConfig;
 use dlog_storage::stage::ReportsLag;
 use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
@@ -44,6 +54,9 @@ pub const DEFAULT_DATA_DIR: &str = "./dlog-data";
 pub const WAL_DIR: &str = "wal";
 /// The alerting state's directory under the data directory.
 pub const ALERTER_DIR: &str = "alerter";
+/// The alerting state's directory under the data directory when the stages read Kafka (its
+/// input offsets are Kafka's, not the local log's).
+pub const ALERTER_KAFKA_DIR: &str = "alerter-kafka";
 /// The indexing stage's reader name in the local log.
 pub const INDEXING_READER: &str = "indexing";
 /// The alerting stage's reader name in the local log.
@@ -79,6 +92,16 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Kafka bootstrap brokers (`HOST:PORT[,HOST:PORT..]`). Set: the bridge produces to Kafka
+    /// and the stages consume it in their groups, instead of the local log. The topics
+    /// (`trace_logs`, `service_logs`, `heartbeat_logs`, `alerts`) are created when missing.
+    pub kafka_brokers: Option<String>,
+    /// Elasticsearch (or OpenSearch-API) base URL, `http://HOST:PORT`. Set: the stages store
+    /// there instead of the embedded store.
+    pub elasticsearch_url: Option<String>,
+    /// Prefix of the Elasticsearch index and template names (`<prefix>-jaeger-span-..`).
+    /// Default: none.
+    pub elasticsearch_index_prefix: String,
 }
 
 impl Default for Config {
@@ -97,6 +120,21 @@ impl Default for Config {
             auth_token_file: None,
             tls_cert: None,
             tls_key: None,
+            kafka_brokers: None,
+            elasticsearch_url: None,
+            elasticsearch_index_prefix: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Where the stages store: Elasticsearch when `elasticsearch_url` is set, otherwise the
+    /// embedded store in `<data_dir>/store`.
+    pub fn store_config(&self) -> StoreConfig {
+        match &self.elasticsearch_url {
+            Some(url) => StoreConfig::elasticsearch(url.clone())
+                .with_index_prefix(self.elasticsearch_index_prefix.clone()),
+            None => StoreConfig::embedded(self.data_dir.join("store")),
         }
     }
 }
@@ -104,13 +142,21 @@ impl Default for Config {
 /// The all-in-one process could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum AllInOneError {
-    /// The embedded store could not be opened.
-    #[error("cannot open the embedded store in {dir}: {source}")]
+    /// The store could not be opened.
+    #[error("cannot open the store ({store}): {source}")]
     Store {
-        /// The store directory.
-        dir: PathBuf,
+        /// Which store: the embedded directory or the Elasticsearch URL.
+        store: String,
         /// Why.
         source: dlog_storage::StoreError,
+    },
+    /// Kafka could not be set up (topics, consumers).
+    #[error("kafka at {brokers}: {message}")]
+    Kafka {
+        /// The brokers.
+        brokers: String,
+        /// What failed.
+        message: String,
     },
     /// The local log could not be opened.
     #[error(transparent)]
@@ -139,7 +185,10 @@ pub enum AllInOneError {
 /// The running process.
 pub struct AllInOne {
     bridge: RunningBridge,
-    wal: Wal,
+    /// The local log; none when the stages read Kafka.
+    wal: Option<Wal>,
+    records_to: String,
+    store_description: String,
     store: Arc<dyn Store>,
     stop_indexer: CancellationToken,
     stop_alerter: CancellationToken,
@@ -149,29 +198,25 @@ pub struct AllInOne {
     indexer_admin_addr: SocketAddr,
 }
 
-/// Opens the store and the local log, starts both stages reading the log, then the bridge in
-/// front of it. Returns once every listener is bound.
+/// Opens the store and the local log (or joins Kafka), starts both stages reading it, then the
+/// bridge in front of it. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
-    let wal_dir = config.data_dir.join(WAL_DIR);
-    if !wal_dir.exists() {
-        forget_applied_offsets(&config.data_dir.join(ALERTER_DIR))?;
-    }
-    let wal = Wal::open(WalConfig {
-        max_bytes: config.wal_max_bytes,
-        // Eight segments or more under the bound, so that removing passed ones frees room
-        // long before the bound bites.
-        segment_bytes: (config.wal_max_bytes / 8).clamp(4096, dlog_wal::DEFAULT_SEGMENT_BYTES),
-        ..WalConfig::new(wal_dir)
-    })?;
-    // Both readers are registered before the bridge accepts anything, so no segment is
-    // removed before both stages have read it.
-    let indexer_source = IndexingSource(wal.reader(INDEXING_READER)?);
-    let alerter_source = wal.reader(ALERTING_READER)?;
-    let store_dir = config.data_dir.join("store");
-    let store = open_store(&StoreConfig::embedded(&store_dir))
+    let store_config = config.store_config();
+    let store_description = match &store_config.elasticsearch_url {
+        Some(url) => format!("Elasticsearch {url}"),
+        None => format!("embedded store {}", store_config.data_dir.display()),
+    };
+    // The input is set up first: with the local log, both readers are registered before the
+    // bridge accepts anything, so no segment is removed before both stages have read it; with
+    // Kafka, the topics exist before anyone produces or subscribes.
+    let input = match &config.kafka_brokers {
+        None => Input::Local(Box::new(open_local_log(&config)?)),
+        Some(brokers) => Input::Kafka(join_kafka(brokers).await?),
+    };
+    let store = open_store(&store_config)
         .await
         .map_err(|source| AllInOneError::Store {
-            dir: store_dir.clone(),
+            store: store_description.clone(),
             source,
         })?;
     let stop_indexer = CancellationToken::new();
@@ -186,50 +231,28 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         addr: config.indexer_admin,
         source,
     })?;
-    let indexer = tokio::spawn({
-        let store = Arc::clone(&store);
-        let data_dir = config.data_dir.clone();
-        let stop = stop_indexer.clone();
-        async move {
-            run_pipeline(
-                indexer_source,
-                store,
-                Arc::new(FileDeadLetters::new(&data_dir)),
-                PipelineOptions::default(),
-                metrics,
-                stop,
-            )
-            .await
-            .map_err(|e| e.to_string())
-        }
-    });
+    let dead_letters = Arc::new(FileDeadLetters::new(&config.data_dir));
 
     let mut alerter_config = AlerterConfig {
         admin: config.alerter_admin,
         rules_file: config.rules_file.clone(),
-        state_dir: config.data_dir.join(ALERTER_DIR),
+        state_dir: config.data_dir.join(match input {
+            Input::Local(_) => ALERTER_DIR,
+            Input::Kafka(_) => ALERTER_KAFKA_DIR,
+        }),
         // Log offsets are stable across restarts, as Kafka's are: records the saved state
-        // already applied are skipped when the log hands them out again.
+        // already applied are skipped when the input hands them out again.
         skip_replayed_offsets: true,
         ..AlerterConfig::default()
     };
     alerter_config.outputs.kafka.enabled = false;
     alerter_config.outputs.store.enabled = true;
-    alerter_config.outputs.store.backend = StoreConfig::embedded(&store_dir);
+    alerter_config.outputs.store.backend = store_config.clone();
     if let Some(url) = &config.webhook_url {
         alerter_config.outputs.webhook.enabled = true;
         alerter_config.outputs.webhook.url = url.clone();
     }
     let stop_alerter = CancellationToken::new();
-    let alerter = tokio::spawn({
-        let stop = stop_alerter.clone();
-        async move {
-            dlog_alerting::run_with(alerter_config, alerter_source, Arc::new(SystemClock), stop)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    });
-
     let bridge_config = collector_bridge::Config {
         otlp_grpc: config.otlp_grpc,
         otlp_http: config.otlp_http,
@@ -239,8 +262,65 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         tls_key: config.tls_key.clone(),
         ..collector_bridge::Config::default()
     };
-    let sink = LocalLogSink::new(wal.clone());
-    let bridge = match collector_bridge::start_with_sink(bridge_config, sink).await {
+
+    let (wal, records_to, (indexer, alerter), bridge) = match input {
+        Input::Local(local) => {
+            let local = *local;
+            let records_to = format!("local log {}", local.wal.dir().display());
+            let running = (
+                spawn_indexer(
+                    local.indexer,
+                    Arc::clone(&store),
+                    dead_letters,
+                    metrics,
+                    stop_indexer.clone(),
+                ),
+                spawn_alerter(alerter_config, local.alerter, stop_alerter.clone()),
+            );
+            let sink = LocalLogSink::new(local.wal.clone());
+            let bridge = collector_bridge::start_with_sink(bridge_config, sink).await;
+            (Some(local.wal), records_to, running, bridge)
+        }
+        Input::Kafka(brokers) => {
+            let records_to = format!("Kafka brokers {brokers}");
+            let mut indexer_config = IndexerConfig::default();
+            indexer_config.input.kafka_brokers = brokers.clone();
+            let kafka_err = |e: SourceError| AllInOneError::Kafka {
+                brokers: brokers.clone(),
+                message: e.to_string(),
+            };
+            let indexer_source =
+                KafkaSource::new(&indexer_config.input.settings(indexer_config.input_topics()))
+                    .map_err(kafka_err)?;
+            alerter_config.input.kafka_brokers = brokers.clone();
+            alerter_config.outputs.kafka.enabled = true;
+            let alerter_source =
+                dlog_alerting::kafka_source(&alerter_config)
+                    .await
+                    .map_err(|e| AllInOneError::Kafka {
+                        brokers: brokers.clone(),
+                        message: e.to_string(),
+                    })?;
+            let running = (
+                spawn_indexer(
+                    indexer_source,
+                    Arc::clone(&store),
+                    dead_letters,
+                    metrics,
+                    stop_indexer.clone(),
+                ),
+                spawn_alerter(alerter_config, alerter_source, stop_alerter.clone()),
+            );
+            let bridge = collector_bridge::start(collector_bridge::Config {
+                kafka_brokers: brokers.clone(),
+                create_topics: true,
+                ..bridge_config
+            })
+            .await;
+            (None, records_to, running, bridge)
+        }
+    };
+    let bridge = match bridge {
         Ok(bridge) => bridge,
         Err(e) => {
             stop_indexer.cancel();
@@ -248,19 +328,25 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             // The stages' last acknowledgements are saved with the log's close.
             let _ = indexer.await;
             let _ = alerter.await;
-            wal.close().await;
+            if let Some(wal) = wal {
+                wal.close().await;
+            }
             return Err(e.into());
         }
     };
     tracing::info!(
         otlp_grpc = %bridge.grpc_addr(),
         otlp_http = %bridge.http_addr(),
+        records_to = %records_to,
+        store = %store_description,
         data_dir = %config.data_dir.display(),
         "dlog all-in-one is up"
     );
     Ok(AllInOne {
         bridge,
         wal,
+        records_to,
+        store_description,
         store,
         stop_indexer,
         stop_alerter,
@@ -268,6 +354,95 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         alerter,
         indexer_admin,
         indexer_admin_addr,
+    })
+}
+
+/// What the stages read.
+enum Input {
+    Local(Box<LocalInput>),
+    /// The brokers; the topics exist.
+    Kafka(String),
+}
+
+struct LocalInput {
+    wal: Wal,
+    indexer: IndexingSource,
+    alerter: WalReader,
+}
+
+fn open_local_log(config: &Config) -> Result<LocalInput, AllInOneError> {
+    let wal_dir = config.data_dir.join(WAL_DIR);
+    if !wal_dir.exists() {
+        forget_applied_offsets(&config.data_dir.join(ALERTER_DIR))?;
+    }
+    let wal = Wal::open(WalConfig {
+        max_bytes: config.wal_max_bytes,
+        // Eight segments or more under the bound, so that removing passed ones frees room
+        // long before the bound bites.
+        segment_bytes: (config.wal_max_bytes / 8).clamp(4096, dlog_wal::DEFAULT_SEGMENT_BYTES),
+        ..WalConfig::new(wal_dir)
+    })?;
+    let indexer = IndexingSource(wal.reader(INDEXING_READER)?);
+    let alerter = wal.reader(ALERTING_READER)?;
+    Ok(LocalInput {
+        wal,
+        indexer,
+        alerter,
+    })
+}
+
+/// Creates the topics the bridge produces to and the alerter emits to, when missing.
+async fn join_kafka(brokers: &str) -> Result<String, AllInOneError> {
+    let topics = [
+        names::TRACE_LOGS_TOPIC,
+        names::SERVICE_LOGS_TOPIC,
+        names::HEARTBEAT_LOGS_TOPIC,
+        names::ALERTS_TOPIC,
+    ];
+    dlog_core::kafka::ensure_topics(
+        brokers,
+        &topics,
+        collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
+        1,
+    )
+    .await
+    .map_err(|e| AllInOneError::Kafka {
+        brokers: brokers.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(brokers.to_string())
+}
+
+fn spawn_indexer<S: Source + ReportsLag + Send + 'static>(
+    source: S,
+    store: Arc<dyn Store>,
+    dead_letters: Arc<FileDeadLetters>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        run_pipeline(
+            source,
+            store,
+            dead_letters,
+            PipelineOptions::default(),
+            metrics,
+            stop,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    })
+}
+
+fn spawn_alerter<S: Source + Send + Sync + 'static>(
+    config: AlerterConfig,
+    source: S,
+    stop: CancellationToken,
+) -> JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        dlog_alerting::run_with(config, source, Arc::new(SystemClock), stop)
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -292,27 +467,42 @@ impl AllInOne {
         self.indexer_admin_addr
     }
 
-    /// The embedded store, for queries.
+    /// The store the stages write to (embedded or Elasticsearch), for queries.
     pub fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
     }
 
-    /// The local log.
-    pub fn wal(&self) -> &Wal {
-        &self.wal
+    /// The local log; none when the stages read Kafka.
+    pub fn wal(&self) -> Option<&Wal> {
+        self.wal.as_ref()
+    }
+
+    /// Where the bridge puts records: `local log DIR` or `Kafka brokers HOST:PORT`.
+    pub fn records_to(&self) -> &str {
+        &self.records_to
+    }
+
+    /// Where the stages store: `embedded store DIR` or `Elasticsearch URL`.
+    pub fn store_description(&self) -> &str {
+        &self.store_description
     }
 
     /// Waits until both stages have acknowledged every record the log held when this was
     /// called: everything senders had been answered for is then stored and evaluated (alerts
     /// emitted). Gives up after `timeout`, returning false. The bridge answers once records
     /// are durable in the log, before the stages see them; this is the point where they have.
+    /// With Kafka there is no local log to compare against (and a broker's watermarks are not
+    /// to be trusted for it): it returns false at once; poll the store instead.
     pub async fn processed(&self, timeout: std::time::Duration) -> bool {
-        let end = self.wal.end_offset();
+        let Some(wal) = &self.wal else {
+            return false;
+        };
+        let end = wal.end_offset();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let done = [INDEXING_READER, ALERTING_READER]
                 .iter()
-                .all(|reader| self.wal.committed(reader).is_some_and(|at| at >= end));
+                .all(|reader| wal.committed(reader).is_some_and(|at| at >= end));
             if done {
                 return true;
             }
@@ -327,10 +517,17 @@ impl AllInOne {
     /// records (a failed write or fsync): the process cannot do its job any more and should
     /// exit non-zero with the reason. Never resolves while everything runs.
     pub async fn stage_failed(&mut self) -> AllInOneError {
+        let wal = self.wal.clone();
+        let wal_failed = async move {
+            match wal {
+                Some(wal) => wal.failed().await,
+                None => std::future::pending().await,
+            }
+        };
         let (stage, outcome) = tokio::select! {
             outcome = &mut self.indexer => ("indexing", outcome),
             outcome = &mut self.alerter => ("alerting", outcome),
-            reason = self.wal.failed() => ("local log", Ok(Err(reason))),
+            reason = wal_failed => ("local log", Ok(Err(reason))),
         };
         let message = match outcome {
             Ok(Ok(())) => "stopped without being told to".to_string(),
@@ -348,7 +545,9 @@ impl AllInOne {
         self.stop_alerter.cancel();
         let indexer = join("indexing", self.indexer).await;
         let alerter = join("alerting", self.alerter).await;
-        self.wal.close().await;
+        if let Some(wal) = self.wal {
+            wal.close().await;
+        }
         let _ = self.indexer_admin.await;
         bridge?;
         indexer?;

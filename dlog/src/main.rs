@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use dlog_core::process::{init_logging, shutdown_signal};
 use dlog_core::terminal::escape_control as esc;
 use dlog_storage::cli::{query, Command as QueryCommand};
-use dlog_storage::{open_store, AlertQuery, StoreConfig};
+use dlog_storage::{open_store, AlertQuery};
 
 const DEFAULT_LOG_FILTER: &str = "info,rdkafka=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=warn,tower=warn,axum=warn,reqwest=warn";
 
@@ -24,6 +24,13 @@ struct Args {
     /// Data directory: the embedded store and the alerting state.
     #[arg(long, env = "DLOG_DATA_DIR", default_value = dlog::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
+    /// Elasticsearch (or OpenSearch-API) base URL, http://HOST:PORT: `up` stores there, and
+    /// the queries read there, instead of the embedded store [default: none, embedded].
+    #[arg(long, env = "DLOG_ELASTICSEARCH", global = true)]
+    elasticsearch: Option<String>,
+    /// Prefix of the Elasticsearch index names [default: none].
+    #[arg(long, env = "DLOG_ELASTICSEARCH_INDEX_PREFIX", global = true)]
+    elasticsearch_index_prefix: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,6 +59,10 @@ enum Command {
 
 #[derive(Debug, Default, clap::Args)]
 struct UpArgs {
+    /// Kafka bootstrap brokers, HOST:PORT[,..]: the bridge produces there and the stages
+    /// consume in their groups, instead of the local log [default: none, local log].
+    #[arg(long, env = "DLOG_KAFKA")]
+    kafka: Option<String>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "DLOG_OTLP_GRPC")]
     otlp_grpc: Option<SocketAddr>,
@@ -92,16 +103,24 @@ struct UpArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging(&["DLOG_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;
-    let args = Args::parse();
-    match args.command {
-        None => up(args.data_dir, UpArgs::default()).await,
-        Some(Command::Up(up_args)) => up(args.data_dir, up_args).await,
+    let mut args = Args::parse();
+    let command = args.command.take();
+    let store_config = dlog::Config {
+        data_dir: args.data_dir.clone(),
+        elasticsearch_url: args.elasticsearch.clone(),
+        elasticsearch_index_prefix: args.elasticsearch_index_prefix.clone().unwrap_or_default(),
+        ..dlog::Config::default()
+    }
+    .store_config();
+    match command {
+        None => up(&args, UpArgs::default()).await,
+        Some(Command::Up(up_args)) => up(&args, up_args).await,
         Some(Command::Alerts {
             service,
             state,
             limit,
         }) => {
-            let store = open_store(&StoreConfig::embedded(args.data_dir.join("store")))
+            let store = open_store(&store_config)
                 .await
                 .context("cannot open the store")?;
             let alerts = store
@@ -165,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("`run` belongs to dlog-indexer; use `dlog up` to run everything here")
         }
         Some(Command::Query(command)) => {
-            let store = open_store(&StoreConfig::embedded(args.data_dir.join("store")))
+            let store = open_store(&store_config)
                 .await
                 .context("cannot open the store")?;
             print!(
@@ -179,9 +198,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
+async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     let mut config = dlog::Config {
-        data_dir,
+        data_dir: global.data_dir.clone(),
+        kafka_brokers: args.kafka,
+        elasticsearch_url: global.elasticsearch.clone(),
+        elasticsearch_index_prefix: global
+            .elasticsearch_index_prefix
+            .clone()
+            .unwrap_or_default(),
         rules_file: args.rules,
         webhook_url: args.webhook_url,
         auth_token_file: args.auth_token_file,
@@ -209,9 +234,11 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
     }
     let mut running = dlog::start(config).await.context("cannot start dlog")?;
     eprintln!(
-        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · metrics http://{}/metrics. Ctrl-C stops.",
+        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics http://{}/metrics. Ctrl-C stops.",
         running.grpc_addr(),
         running.http_addr(),
+        esc(running.records_to()),
+        esc(running.store_description()),
         running.bridge_admin_addr()
     );
     // A stage that stops on its own leaves the process unable to do its job: exit non-zero

@@ -47,9 +47,9 @@ async fn regression_answer_waits_for_stages_senders_are_answered_once_durable_wh
     // Answered although nothing can be indexed: the log, not the store, is the next hop.
     let mut client = client(running.grpc_addr()).await;
     client.export(request(0, 0, 2, 5)).await.unwrap();
-    assert!(running.wal().metrics().fsyncs.get() >= 1);
+    assert!(running.wal().unwrap().metrics().fsyncs.get() >= 1);
     assert_eq!(
-        running.wal().metrics().records.get(),
+        running.wal().unwrap().metrics().records.get(),
         2,
         "one record per trace"
     );
@@ -108,7 +108,7 @@ async fn a_stage_lagging_past_the_bound_gets_senders_back_pressure_and_everythin
         );
         refused.push((stream as u32, n));
     }
-    let wal = running.wal().metrics();
+    let wal = running.wal().unwrap().metrics();
     assert!(
         wal.bytes.get() as u64 <= MAX_BYTES,
         "{} bytes",
@@ -160,7 +160,7 @@ async fn a_stage_lagging_past_the_bound_gets_senders_back_pressure_and_everythin
         count_rows(data.path().join("store"), "spans").unwrap(),
         answered.len() as u64 * 100
     );
-    assert!(running.wal().metrics().removed_segments.get() > 0);
+    assert!(running.wal().unwrap().metrics().removed_segments.get() > 0);
     running.shutdown().await.unwrap();
 }
 

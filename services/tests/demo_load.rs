@@ -1,4 +1,4 @@
-//! The demo as a user runs it, under sustained load: services A -> B -> C export to `dlog up`
+//! The demo as a user runs it, under sustained load: services A -> B, A -> C export to `dlog up`
 //! while requests arrive at a steady rate, and, from the SDKs' own shutdown reports, nothing
 //! was dropped; every span the services report as exported is in the store.
 //!
@@ -50,6 +50,12 @@ fn service(name: &str, exe: &str, port: u16, endpoint: &str, others: &[(&str, u1
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--endpoint", endpoint])
         .args(["--heartbeat-secs", "1"])
+        // The demo's latencies (B's 100-1400 ms queries, C's load) at 1/100, and no injected
+        // failures: this test is about every exported record arriving, at a rate a debug
+        // build on two cores sustains.
+        .env("DEMO_LATENCY_SCALE", "0.01")
+        .env("DEMO_ERROR_RATE", "0")
+        .env("DEMO_OVERLOAD_ERROR_RATE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -142,7 +148,7 @@ async fn demo_services_at_a_sustained_rate_drop_nothing_and_every_exported_span_
             env!("CARGO_BIN_EXE_service-b"),
             b,
             &endpoint,
-            &[("--service-c", c)],
+            &[],
         ),
         service(
             "service-a",
@@ -207,7 +213,7 @@ async fn demo_services_at_a_sustained_rate_drop_nothing_and_every_exported_span_
         spans += s;
         logs += l;
     }
-    // 3 server spans, 3 client spans and the handlers' spans per request at least.
+    // 3 server spans, 2 client spans and the handlers' spans per request at least.
     assert!(spans >= rate * seconds * 6, "{spans} spans");
     println!("{} requests at {rate}/s: the services exported {spans} spans and {logs} logs, none dropped", rate * seconds);
 

@@ -1,6 +1,6 @@
-//! Demo service B. See the crate docs for its calls and failure injection.
+//! Demo service B. See the crate docs for what it does and how to change it.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    dlog_services::cli::service_main(dlog_services::cli::Role::B).await
+    dlog_services::cli::service_main(Some(dlog_services::Role::B)).await
 }
