@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite and benchmarks need, idempotently:
 #   - Debian build packages for the -sys crates (librdkafka, SQLite and zlib are built from
-#     source), and Python with pip when the machine has none;
+#     source), chromium and chromium-driver (the viewer's browser tests), and Python with pip
+#     when the machine has none;
 #   - rustfmt and clippy;
 #   - tansu, the Kafka-protocol broker the system tests start (cargo install skips an
 #     already-installed version);
@@ -13,9 +14,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 # gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL. procps
-# provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT).
+# provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT). chromium and
+# chromium-driver run the viewer's browser tests (headless, over WebDriver).
 need_apt=()
-for pkg in build-essential pkg-config procps; do
+for pkg in build-essential pkg-config procps chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then

@@ -268,8 +268,7 @@
     root.appendChild(header);
     root.appendChild(tools);
     root.appendChild(minimap);
-    root.appendChild(ruler);
-    root.appendChild(h('div', { class: 'trace-body' }, viewport, details));
+    root.appendChild(h('div', { class: 'trace-body' }, h('div', { class: 'wf-col' }, ruler, viewport), details));
 
     function visibleTree() {
       // Flattens the tree depth-first (iteratively: traces can be deep), skipping collapsed
@@ -338,7 +337,7 @@
     function renderRuler() {
       clear(ruler);
       for (let i = 0; i <= 4; i++) {
-        const tick = h('span', { class: 'tick', text: fmtDur((state.t1 - state.t0) * i / 4) });
+        const tick = h('span', { class: 'tick' + (i === 0 ? ' first' : (i === 4 ? ' last' : '')), text: fmtDur((state.t1 - state.t0) * i / 4) });
         tick.style.left = (i * 25) + '%';
         ruler.appendChild(tick);
       }
@@ -689,6 +688,11 @@
     load();
   }
 
+  function fmtRate(perS) {
+    if (perS >= 0.1) return perS.toFixed(2) + '/s';
+    if (perS * 60 >= 0.1) return (perS * 60).toFixed(2) + '/min';
+    return (perS * 3600).toFixed(2) + '/h';
+  }
   function edgeKind(e) { return e.observed && e.declared ? 'observed' : (e.observed ? 'undeclared' : 'unobserved'); }
 
   function drawMap(r) {
@@ -716,8 +720,9 @@
       const kind = edgeKind(e);
       const g = s('g', { class: 'edge edge-' + kind, 'data-caller': e.caller, 'data-callee': e.callee, 'data-kind': kind });
       g.appendChild(s('line', { x1, y1, x2, y2, 'marker-end': 'url(#arrow-' + kind + ')' }));
-      const label = e.observed ? (e.rate_per_s.toFixed(2) + '/s · ' + (100 * e.error_rate).toFixed(1) + '% err') : 'declared, not seen';
-      g.appendChild(s('text', { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 4, class: 'edge-label', text: label }));
+      const label = e.observed ? (e.calls + ' calls · ' + fmtRate(e.rate_per_s) + ' · ' + (100 * e.error_rate).toFixed(1) + '% err') : 'declared, not seen';
+      // Labels sit a third of the way along, so that crossing edges keep theirs apart.
+      g.appendChild(s('text', { x: x1 + (x2 - x1) / 3, y: y1 + (y2 - y1) / 3 - 4, class: 'edge-label', text: label }));
       g.appendChild(s('title', { text: e.caller + ' → ' + e.callee + ': ' + e.calls + ' calls, ' + e.errors + ' errors' }));
       svg.appendChild(g);
     }
@@ -740,7 +745,7 @@
       const kind = edgeKind(e);
       tb.appendChild(h('tr', { class: 'edge-row ' + kind, dataset: { caller: e.caller, callee: e.callee, kind } },
         h('td', { text: e.caller }), h('td', { text: e.callee }), h('td', { text: e.calls }),
-        h('td', { text: e.rate_per_s.toFixed(2) + '/s' }), h('td', { text: e.errors }),
+        h('td', { text: fmtRate(e.rate_per_s) }), h('td', { text: e.errors }),
         h('td', { text: (100 * e.error_rate).toFixed(1) + '%' }),
         h('td', { text: kind === 'observed' ? 'observed, declared' : (kind === 'undeclared' ? 'observed, NOT declared' : 'declared, NOT observed') })));
     }

@@ -22,6 +22,7 @@ pub fn config(data: &std::path::Path) -> dlog::Config {
         bridge_admin: loopback_port_zero(),
         indexer_admin: loopback_port_zero(),
         alerter_admin: loopback_port_zero(),
+        viewer: loopback_port_zero(),
         ..dlog::Config::default()
     }
 }
@@ -36,7 +37,7 @@ pub fn spawn_dlog_up(data: &std::path::Path, log_level: &str) -> std::process::C
         .arg(data)
         .args(["up", "--otlp-grpc", any, "--otlp-http", any])
         .args(["--bridge-admin", any, "--indexer-admin", any])
-        .args(["--alerter-admin", any])
+        .args(["--alerter-admin", any, "--viewer", any])
         .env("DLOG_LOG", log_level)
         .env_remove("NO_COLOR")
         .stdin(Stdio::null())

@@ -2,6 +2,8 @@
 //! and a viewer serving it on a free port.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
