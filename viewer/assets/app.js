@@ -289,6 +289,10 @@
 
     function buildTree() {
       const byId = state.byId;
+      if (state.unsorted) {
+        state.spans.sort((a, b) => a.start_us - b.start_us || (a.span_id < b.span_id ? -1 : a.span_id > b.span_id ? 1 : 0));
+        state.unsorted = false;
+      }
       for (const sp of state.spans) { sp.children = []; }
       const roots = [];
       for (const sp of state.spans) {
@@ -538,29 +542,52 @@
 
     rerender = () => { renderHeader(); renderRuler(); if (state.selected) renderDetails(state.byId.get(state.selected)); };
 
-    // Pages through the trace: the first window paints at once, the rest fills in behind.
+    // Pages through the trace: the first window paints at once, the rest fills in behind. A
+    // deep link to a span asks first for the window around it, so that a span deep inside a
+    // huge trace shows at once.
     let cursor = null;
     let firstPaint = true;
     let targetShown = false;
+    function afterPaint() {
+      if (!firstPaint) return;
+      firstPaint = false;
+      requestAnimationFrame(() => { window.__dlogFirstRows = performance.now(); document.body.dataset.traceState = 'painted'; });
+    }
     try {
+      if (/^[0-9a-f]{16}$/.test(target)) {
+        try {
+          const win = await api('/api/v1/traces/' + traceId + '/spans?limit=' + PAGE + '&around=' + target);
+          for (const sp of win.spans) { state.spans.push(sp); state.byId.set(sp.span_id, sp); }
+          if (state.spans.length) {
+            buildTree(); renderHeader(); renderRuler(); renderMinimap(); relayout();
+            targetShown = true; select(target, true);
+            status.textContent = 'Showing ' + state.spans.length + ' spans around the linked span, loading the rest…';
+            afterPaint();
+          }
+        } catch (e) { /* not in this trace: load it from the start */ }
+      }
       for (;;) {
         let url = '/api/v1/traces/' + traceId + '/spans?limit=' + PAGE;
         if (cursor) url += '&after_start_ns=' + cursor.after_start_ns + '&after_span=' + cursor.after_span;
         const page = await api(url);
-        for (const sp of page.spans) { if (!state.byId.has(sp.span_id)) { state.spans.push(sp); state.byId.set(sp.span_id, sp); } }
+        for (const sp of page.spans) { if (!state.byId.has(sp.span_id)) { state.spans.push(sp); state.byId.set(sp.span_id, sp); if (targetShown) state.unsorted = true; } }
         cursor = page.next;
         if (!state.spans.length) { clear(root); root.appendChild(h('h1', { text: 'Trace not found' })); root.appendChild(h('p', { class: 'muted', text: 'No span of trace ' + traceId + ' is in the store.' })); return; }
         buildTree();
         if (critBox.checked) computeCritical();
         renderHeader(); renderRuler(); renderMinimap();
         if (find.value) runFind();
+        // Rows arriving above the selected span must not move it on the screen.
+        const anchorIdx = state.selected ? state.rows.findIndex(r => r.node.span_id === state.selected) : -1;
+        const anchorOffset = anchorIdx >= 0 ? anchorIdx * ROW_H - viewport.scrollTop : null;
         relayout();
         if (target && !targetShown && state.byId.has(target)) { targetShown = true; select(target, true); }
-        status.textContent = cursor ? ('Loaded ' + state.spans.length + ' spans, loading more…') : ('All ' + state.spans.length + ' spans loaded');
-        if (firstPaint) {
-          firstPaint = false;
-          requestAnimationFrame(() => { window.__dlogFirstRows = performance.now(); document.body.dataset.traceState = 'painted'; });
+        else if (anchorOffset !== null && anchorOffset >= 0 && anchorOffset < viewport.clientHeight) {
+          const idx = state.rows.findIndex(r => r.node.span_id === state.selected);
+          if (idx >= 0) { viewport.scrollTop = idx * ROW_H - anchorOffset; paint(true); }
         }
+        status.textContent = cursor ? ('Loaded ' + state.spans.length + ' spans, loading more…') : ('All ' + state.spans.length + ' spans loaded');
+        afterPaint();
         if (!cursor || state.spans.length >= MAX_SPANS_IN_BROWSER) break;
       }
       if (cursor) status.textContent = 'Showing the first ' + state.spans.length + ' spans (the browser keeps at most ' + MAX_SPANS_IN_BROWSER + ')';

@@ -112,8 +112,10 @@ pub async fn find_traces(
     Ok(Json(json!({"traces": traces, "limit": query.limit})))
 }
 
-/// `GET /api/v1/traces/{id}/spans?after_start_us=&after_span=&limit=`: one window of a
+/// `GET /api/v1/traces/{id}/spans?after_start_ns=&after_span=&limit=`: one window of a
 /// trace's spans in start order, read as a page from the store, and the cursor of the next.
+/// With `around=<span id>` instead: the window of `limit` spans centred on that span (for a
+/// deep link into a huge trace), without a cursor.
 pub async fn trace_spans(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -143,6 +145,16 @@ pub async fn trace_spans(
             ))
         }
     };
+    if let Some(around) = params.get("around") {
+        if after.is_some() {
+            return Err(ApiError::bad_param(
+                "around",
+                "cannot be combined with 'after_span'",
+            ));
+        }
+        let around = span_id("around", around)?;
+        return window_around(&state, &id, &around, limit).await;
+    }
     let spans = state
         .store
         .get_trace_page(&id, after.as_ref(), limit)
@@ -156,6 +168,76 @@ pub async fn trace_spans(
         "trace_id": id,
         "spans": spans.iter().map(span_json).collect::<Vec<_>>(),
         "next": next,
+    })))
+}
+
+/// Most spans a window search reads through before giving up on finding the span.
+pub const MAX_WINDOW_SCAN: usize = 2_000_000;
+
+/// The window of up to `limit` spans centred on span `around`, found by paging through the
+/// trace in start order while keeping only the last `limit / 2` spans read: the store is read
+/// a page at a time and the viewer's memory stays bounded whatever the trace's size.
+async fn window_around(
+    state: &AppState,
+    trace: &str,
+    around: &str,
+    limit: usize,
+) -> Result<Json<Value>, ApiError> {
+    let before_max = limit / 2;
+    let mut before: std::collections::VecDeque<SpanRecord> = std::collections::VecDeque::new();
+    let mut window: Vec<SpanRecord> = Vec::new();
+    let mut cursor: Option<SpanCursor> = None;
+    let mut scanned = 0usize;
+    let mut found = false;
+    let page = MAX_PAGE;
+    loop {
+        let spans = state
+            .store
+            .get_trace_page(trace, cursor.as_ref(), page)
+            .await?;
+        let last = spans.last().map(|s| SpanCursor {
+            start_unix_nano: s.start_unix_nano,
+            span_id: s.span_id.clone(),
+        });
+        let done = spans.len() < page;
+        scanned += spans.len();
+        for s in spans {
+            if found {
+                if window.len() < limit {
+                    window.push(s);
+                }
+            } else if s.span_id == around {
+                found = true;
+                window.extend(before.drain(..));
+                window.push(s);
+            } else {
+                if before.len() == before_max {
+                    before.pop_front();
+                }
+                before.push_back(s);
+            }
+        }
+        if done || (found && window.len() >= limit) {
+            break;
+        }
+        if scanned >= MAX_WINDOW_SCAN {
+            return Err(ApiError::bad_param(
+                "around",
+                format!("span not found in the first {MAX_WINDOW_SCAN} spans of the trace"),
+            ));
+        }
+        cursor = last;
+    }
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "span {around} is not in trace {trace}"
+        )));
+    }
+    Ok(Json(json!({
+        "trace_id": trace,
+        "spans": window.iter().map(span_json).collect::<Vec<_>>(),
+        "next": null,
+        "window_around": around,
     })))
 }
 

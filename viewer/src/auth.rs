@@ -124,10 +124,12 @@ fn session_cookie(request: &Request) -> Option<&str> {
 /// `/login`.
 pub async fn require(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path == "/login" || path == "/favicon.ico" || state.access.admits(&request) {
+    // The login form and the files it loads are open; they hold no data.
+    let open = path == "/login" || path == "/favicon.ico" || path.starts_with("/static/");
+    if open || state.access.admits(&request) {
         return next.run(request).await;
     }
-    if path.starts_with("/api/") || path.starts_with("/static/") {
+    if path.starts_with("/api/") {
         let mut response = crate::params::ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: "missing or wrong bearer token".into(),

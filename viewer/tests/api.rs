@@ -474,6 +474,31 @@ async fn dlog_api(base: &str, store: &Arc<dyn Store>, seeded: &Seeded) {
         );
     }
     assert_eq!(ids, vec![ROOT, CLIENT, CHARGE, QUERY]);
+    // The window around one span: the spans before and after it in start order.
+    let window = |body: &Value| -> Vec<String> {
+        body["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["span_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, body) = get(&format!(
+        "{base}/api/v1/traces/{CHECKOUT}/spans?limit=2&around={CHARGE}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(window(&body), vec![CLIENT, CHARGE]);
+    let (_, body) = get(&format!(
+        "{base}/api/v1/traces/{CHECKOUT}/spans?limit=3&around={CLIENT}"
+    ))
+    .await;
+    assert_eq!(window(&body), vec![ROOT, CLIENT, CHARGE]);
+    let (status, _) = get(&format!(
+        "{base}/api/v1/traces/{CHECKOUT}/spans?around={HEALTH_SPAN}"
+    ))
+    .await;
+    assert_eq!(status, 404);
     let (status, body) = get(&format!(
         "{base}/api/v1/traces/{CHECKOUT}/spans?after_span=a0"
     ))
@@ -710,6 +735,18 @@ async fn tokens_guard_the_api_and_a_login_sets_a_strict_cookie() {
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/login");
     let res = client.get(format!("{base}/login")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("name=\"token\"") && !page.contains("<script"),
+        "{page}"
+    );
+    // The form's style sheet loads before signing in; it holds no data.
+    let res = client
+        .get(format!("{base}/static/app.css"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let form = |token: &str| {
         client

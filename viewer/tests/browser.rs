@@ -344,6 +344,57 @@ async fn hostile_text(b: &Browser, base: &str) {
     b.screenshot("hostile-text").await;
 }
 
+/// A trace larger than one window: a deep link to its last span opens there at once (the
+/// window around it), the rest fills in without moving it, and the page holds only the rows
+/// in view.
+async fn large_trace(b: &Browser, base: &str, store: &Arc<dyn Store>) {
+    const N: usize = 6000;
+    let large = "6000000000000000000000000000000f";
+    let svc = service("bulk", &[]);
+    let start = dlog_storage::now_unix_nano() - 300_000 * MS;
+    let spans: Vec<dlog_storage::Document> = (0..N)
+        .map(|i| {
+            let parent = (i > 0).then(|| format!("{:016x}", (i - 1) / 4 + 1));
+            dlog_storage::Document::Span(span(
+                large,
+                &format!("{:016x}", i + 1),
+                parent.as_deref(),
+                &svc,
+                &format!("step {i}"),
+                dlog_core::model::SpanKind::Internal,
+                start + i as u64 * 1000,
+                1,
+            ))
+        })
+        .collect();
+    store.write(&spans).await.unwrap();
+    store.refresh().await.unwrap();
+    let last = format!("{N:016x}");
+    b.goto(&format!("{base}/trace/{large}?uiFind={last}")).await;
+    let first = b
+        .wait("the linked span's details", &format!("const t = document.getElementById('detail-title'); return t && t.textContent.includes('step {}') ? document.querySelectorAll('#rows .row').length : null", N - 1), json!([]))
+        .await;
+    assert!(
+        first.as_u64().unwrap() < 100,
+        "only rows in view are in the page: {first}"
+    );
+    b.wait_within(
+        "every span loaded",
+        Duration::from_secs(60),
+        &format!("return document.body.dataset.traceState === 'loaded' && document.getElementById('trace-span-count').textContent === '{N} spans'"),
+        json!([]),
+    )
+    .await;
+    let kept = b
+        .js(&format!("const r = document.getElementById('span-{last}'); const w = document.getElementById('waterfall').getBoundingClientRect();
+             if (!r) return null; const y = r.getBoundingClientRect(); return {{selected: r.classList.contains('selected'), inView: y.top >= w.top && y.bottom <= w.bottom, rows: document.querySelectorAll('#rows .row').length}}"), json!([]))
+        .await;
+    assert_eq!(kept["selected"], true, "{kept}");
+    assert_eq!(kept["inView"], true, "{kept}");
+    assert!(kept["rows"].as_u64().unwrap() < 100, "{kept}");
+    b.screenshot("large-trace").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_in_a_browser() {
     let (store, _dir) = embedded().await;
@@ -356,6 +407,7 @@ async fn the_ui_in_a_browser() {
     logs_page(&browser, &base, &store).await;
     alerts_page(&browser, &base, &store).await;
     hostile_text(&browser, &base).await;
+    large_trace(&browser, &base, &store).await;
     browser.close().await;
     viewer.shutdown().await;
 }
