@@ -312,11 +312,11 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
     query.limit = TAIL_BATCH;
     // Start from a little before now so that a record answered just before the tail opened
     // is not missed; records are told apart by id.
-    let since = params
-        .micros_as_nanos("since")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000));
+    let since = match params.micros_as_nanos("since") {
+        Ok(since) => since
+            .unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000)),
+        Err(e) => return e.into_response(),
+    };
     let poll = state.options.tail_poll;
     let stream = tail_stream(state, query, span, since, poll, slot);
     Sse::new(stream)
