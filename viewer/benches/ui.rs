@@ -196,7 +196,8 @@ async fn main() {
     let mut linked = Vec::new();
     for _ in 0..3 {
         b.goto("about:blank").await;
-        b.goto(&format!("{base}/trace/{HUGE}?uiFind={:016x}", 100_000)).await;
+        b.goto(&format!("{base}/trace/{HUGE}?uiFind={:016x}", 100_000))
+            .await;
         let t = b
             .wait_within(
                 "linked span",
@@ -221,7 +222,9 @@ async fn main() {
         let t = Instant::now();
         let body: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
         pages.push(t.elapsed().as_secs_f64() * 1000.0);
-        let Some(next) = body["next"].as_object() else { break };
+        let Some(next) = body["next"].as_object() else {
+            break;
+        };
         url = format!(
             "{base}/api/v1/traces/{HUGE}/spans?limit=5000&after_start_ns={}&after_span={}",
             next["after_start_ns"].as_str().unwrap(),

@@ -313,8 +313,9 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
     // Start from a little before now so that a record answered just before the tail opened
     // is not missed; records are told apart by id.
     let since = match params.micros_as_nanos("since") {
-        Ok(since) => since
-            .unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000)),
+        Ok(since) => {
+            since.unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000))
+        }
         Err(e) => return e.into_response(),
     };
     let poll = state.options.tail_poll;
