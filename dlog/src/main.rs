@@ -30,7 +30,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the bridge, the indexing and alerting stages and the embedded store (the default).
+    /// Run the bridge, the indexing and alerting stages, the embedded store and the viewer
+    /// (the default).
     Up(UpArgs),
     /// List alerts, newest first.
     Alerts {

@@ -394,7 +394,10 @@
       return row;
     }
 
+    // Only the rows in view (and 10 either side) exist. Scrolling keeps the rows still in
+    // range and builds only the ones coming into view; any change of state rebuilds them all.
     let lastRange = '';
+    let rendered = new Map();
     function paint(force) {
       const top = viewport.scrollTop;
       const height = viewport.clientHeight || 600;
@@ -403,11 +406,18 @@
       const key = from + ':' + to;
       if (!force && key === lastRange) return;
       lastRange = key;
+      const next = new Map();
+      const frag = document.createDocumentFragment();
+      for (let i = from; i < to; i++) {
+        const item = state.rows[i];
+        const el = (!force && rendered.get(item.node.span_id)) || rowFor(item);
+        next.set(item.node.span_id, el);
+        frag.appendChild(el);
+      }
       clear(rowsEl);
       rowsEl.style.transform = 'translateY(' + (from * ROW_H) + 'px)';
-      const frag = document.createDocumentFragment();
-      for (let i = from; i < to; i++) frag.appendChild(rowFor(state.rows[i]));
       rowsEl.appendChild(frag);
+      rendered = next;
     }
     function relayout() {
       state.rows = visibleTree();
