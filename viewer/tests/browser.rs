@@ -94,6 +94,30 @@ async fn trace_page(b: &Browser, base: &str) {
     assert_eq!(details["url"], format!("/trace/{CHECKOUT}?uiFind={CHARGE}"));
     b.screenshot("span-details").await;
 
+    // Focus on the backend span's subtree, then back to the whole trace.
+    b.click("#focus-subtree").await;
+    let focused = b
+        .wait("focused subtree", "const r = [...document.querySelectorAll('#rows .row')].map(r => r.dataset.spanId + ':' + r.dataset.depth); return r.length === 2 ? r : null", json!([]))
+        .await;
+    assert_eq!(
+        focused,
+        json!([format!("{CHARGE}:0"), format!("{QUERY}:1")])
+    );
+    b.click("#unfocus").await;
+    b.wait(
+        "whole trace again",
+        "return document.querySelectorAll('#rows .row').length === 4",
+        json!([]),
+    )
+    .await;
+    // The critical path: each span's last-finishing child, back to the start.
+    b.click("#critical-path").await;
+    let critical = b
+        .wait("critical path", "const r = [...document.querySelectorAll('#rows .row.critical')].map(r => r.dataset.spanId); return r.length ? r : null", json!([]))
+        .await;
+    assert_eq!(critical, json!([ROOT, CLIENT, CHARGE, QUERY]));
+    b.click("#critical-path").await;
+
     // Collapsing the backend span hides the db span beneath it.
     b.js(
         &format!("document.querySelector('#span-{CHARGE} .toggle').click()"),
