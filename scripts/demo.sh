@@ -106,6 +106,9 @@ echo; echo "==> dlog status";            q status
 echo; echo "==> dlog deps";              q deps
 echo; echo "==> dlog logs --level ERROR --limit 5"; q logs --level ERROR --limit 5
 echo; echo "==> dlog alerts";            q alerts --limit 10
+echo
+echo "==> the viewer: open http://127.0.0.1:16686/search (traces, logs, service map, alerts;"
+echo "    Grafana's Jaeger data source can use http://127.0.0.1:16686 as its URL)"
 
 echo; echo "==> kill -9 service-c: its heartbeats stop; 'delayed' fires after 2 intervals (4 s), 'down' after 3"
 kill -9 "${pid_c}" 2>/dev/null || true

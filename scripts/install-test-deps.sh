@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite and benchmarks need, idempotently:
 #   - Debian build packages for the -sys crates (librdkafka, SQLite and zlib are built from
-#     source), and Python with pip when the machine has none;
+#     source), chromium and chromium-driver (the viewer's browser tests), and Python with pip
+#     when the machine has none;
 #   - rustfmt and clippy;
 #   - tansu, the Kafka-protocol broker the system tests start (cargo install skips an
 #     already-installed version);
@@ -15,8 +16,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 # gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL. procps
 # provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT). iproute2
 # provides `ip`, with which the two-host test makes its network namespaces and veth pair.
+# chromium and chromium-driver run the viewer's browser tests (headless, over WebDriver).
 need_apt=()
-for pkg in build-essential pkg-config procps iproute2; do
+for pkg in build-essential pkg-config procps iproute2 chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then

@@ -165,6 +165,7 @@ async fn start(data: &std::path::Path) -> dlog::AllInOne {
         bridge_admin: any,
         indexer_admin: any,
         alerter_admin: any,
+        viewer: any,
         ..dlog::Config::default()
     })
     .await

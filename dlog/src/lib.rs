@@ -77,6 +77,9 @@ pub struct Config {
     pub indexer_admin: SocketAddr,
     /// Alerter admin address. Default 127.0.0.1:8890.
     pub alerter_admin: SocketAddr,
+    /// The viewer (web UI and Jaeger query API). Default 127.0.0.1:16686. It takes the same
+    /// token file and TLS settings as the bridge.
+    pub viewer: SocketAddr,
     /// Alert rules file (TOML); the built-in defaults when absent.
     pub rules_file: Option<PathBuf>,
     /// POST alerts as JSON to this URL as well.
@@ -114,6 +117,7 @@ impl Default for Config {
             bridge_admin: at(names::BRIDGE_ADMIN_PORT),
             indexer_admin: at(names::INDEXER_ADMIN_PORT),
             alerter_admin: at(names::ALERTER_ADMIN_PORT),
+            viewer: at(names::VIEWER_PORT),
             rules_file: None,
             webhook_url: None,
             wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
@@ -172,6 +176,9 @@ pub enum AllInOneError {
     /// The bridge did not start or stop cleanly.
     #[error("collector bridge: {0}")]
     Bridge(#[from] collector_bridge::BridgeError),
+    /// The viewer did not start.
+    #[error(transparent)]
+    Viewer(#[from] dlog_viewer::ViewerError),
     /// A stage failed.
     #[error("{stage} stage: {message}")]
     Stage {
@@ -196,6 +203,7 @@ pub struct AllInOne {
     alerter: JoinHandle<Result<(), String>>,
     indexer_admin: JoinHandle<()>,
     indexer_admin_addr: SocketAddr,
+    viewer: dlog_viewer::RunningViewer,
 }
 
 /// Opens the store and the local log (or joins Kafka), starts both stages reading it, then the
@@ -334,6 +342,25 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             return Err(e.into());
         }
     };
+    let viewer_config = dlog_viewer::ViewerConfig {
+        listen: config.viewer,
+        auth_token_file: config.auth_token_file.clone(),
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
+        ..dlog_viewer::ViewerConfig::default()
+    };
+    let viewer = match dlog_viewer::start(viewer_config, Arc::clone(&store)).await {
+        Ok(viewer) => viewer,
+        Err(e) => {
+            let _ = bridge.shutdown().await;
+            stop_indexer.cancel();
+            stop_alerter.cancel();
+            let _ = indexer.await;
+            let _ = alerter.await;
+            wal.close().await;
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         otlp_grpc = %bridge.grpc_addr(),
         otlp_http = %bridge.http_addr(),
@@ -354,6 +381,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         alerter,
         indexer_admin,
         indexer_admin_addr,
+        viewer,
     })
 }
 
@@ -467,6 +495,11 @@ impl AllInOne {
         self.indexer_admin_addr
     }
 
+    /// Bound viewer address (web UI and Jaeger query API).
+    pub fn viewer_addr(&self) -> SocketAddr {
+        self.viewer.addr()
+    }
+
     /// The store the stages write to (embedded or Elasticsearch), for queries.
     pub fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
@@ -540,6 +573,7 @@ impl AllInOne {
     /// Stops the bridge first (no new requests; in-flight ones finish once their records are
     /// durable in the log), then the stages, then the log (saving each stage's position).
     pub async fn shutdown(self) -> Result<(), AllInOneError> {
+        self.viewer.shutdown().await;
         let bridge = self.bridge.shutdown().await;
         self.stop_indexer.cancel();
         self.stop_alerter.cancel();

@@ -37,7 +37,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the bridge, the indexing and alerting stages and the embedded store (the default).
+    /// Run the bridge, the indexing and alerting stages, the embedded store and the viewer
+    /// (the default).
     Up(UpArgs),
     /// List alerts, newest first.
     Alerts {
@@ -94,6 +95,10 @@ struct UpArgs {
     /// Alerter admin address [default: 127.0.0.1:8890].
     #[arg(long, env = "DLOG_ALERTER_ADMIN")]
     alerter_admin: Option<SocketAddr>,
+    /// Viewer address: the web UI and the Jaeger query API; it takes --auth-token-file and
+    /// --tls-cert too [default: 127.0.0.1:16686].
+    #[arg(long, env = "DLOG_VIEWER")]
+    viewer: Option<SocketAddr>,
     /// Bytes the local log may hold before senders get back-pressure (503 / UNAVAILABLE)
     /// [default: 1073741824].
     #[arg(long, env = "DLOG_WAL_MAX_BYTES")]
@@ -229,17 +234,23 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.alerter_admin {
         config.alerter_admin = addr;
     }
+    if let Some(addr) = args.viewer {
+        config.viewer = addr;
+    }
     if let Some(bytes) = args.wal_max_bytes {
         config.wal_max_bytes = bytes;
     }
+    let config_tls = config.tls_cert.is_some();
     let mut running = dlog::start(config).await.context("cannot start dlog")?;
+    let scheme = if config_tls { "https" } else { "http" };
     eprintln!(
-        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics http://{}/metrics. Ctrl-C stops.",
+        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics http://{}/metrics · viewer {scheme}://{}/search. Ctrl-C stops.",
         running.grpc_addr(),
         running.http_addr(),
         esc(running.records_to()),
         esc(running.store_description()),
-        running.bridge_admin_addr()
+        running.bridge_admin_addr(),
+        running.viewer_addr()
     );
     // A stage that stops on its own leaves the process unable to do its job: exit non-zero
     // with the reason rather than answer senders while nothing is indexed or alerted on.

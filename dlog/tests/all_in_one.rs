@@ -131,7 +131,28 @@ async fn a_request_is_stored_searchable_and_alerted_on() {
         .find(|a| a.rule == "error_log")
         .unwrap_or_else(|| panic!("no error_log alert in {alerts:?}"));
     assert!(alert.summary.contains("PAY-502"), "{}", alert.summary);
-    assert_eq!(alert.example_trace_ids, vec![trace_id]);
+    assert_eq!(alert.example_trace_ids, vec![trace_id.clone()]);
+
+    // The same process serves the trace to Jaeger clients on its viewer port.
+    let viewer = format!("http://{}", running.viewer_addr());
+    let body: serde_json::Value = reqwest::get(format!("{viewer}/api/traces/{trace_id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut operations: Vec<&str> = body["data"][0]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["operationName"].as_str().unwrap())
+        .collect();
+    operations.sort();
+    assert_eq!(operations, ["checkout", "payment"]);
+    let page = reqwest::get(format!("{viewer}/trace/{trace_id}"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
 
     running.shutdown().await.unwrap();
 }

@@ -129,6 +129,7 @@ async fn demo_services_at_a_sustained_rate_drop_nothing_and_every_exported_span_
         bridge_admin: any,
         indexer_admin: any,
         alerter_admin: any,
+        viewer: any,
         ..dlog::Config::default()
     })
     .await

@@ -22,6 +22,7 @@ pub fn config(data: &std::path::Path) -> dlog::Config {
         bridge_admin: loopback_port_zero(),
         indexer_admin: loopback_port_zero(),
         alerter_admin: loopback_port_zero(),
+        viewer: loopback_port_zero(),
         ..dlog::Config::default()
     }
 }
@@ -45,7 +46,7 @@ pub fn spawn_dlog_up_with(
         .arg(data)
         .args(["up", "--otlp-grpc", any, "--otlp-http", any])
         .args(["--bridge-admin", any, "--indexer-admin", any])
-        .args(["--alerter-admin", any])
+        .args(["--alerter-admin", any, "--viewer", any])
         .args(extra)
         .env("DLOG_LOG", log_level)
         .env_remove("NO_COLOR")

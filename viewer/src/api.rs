@@ -1,0 +1,576 @@
+//! dlog's own API under `/api/v1/`: trace search summaries, paged trace windows, log search
+//! and live tail (Server-Sent Events), alerts and incidents, instance status, and declared
+//! versus observed dependencies. Times are µs since the epoch (exact in JavaScript numbers).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dlog_core::model::{LogEntry, SpanRecord};
+use dlog_storage::{AlertDoc, AlertQuery, LogQuery, SpanCursor, StatusQuery, TimeRange};
+use futures::Stream;
+use serde_json::{json, Value};
+
+use crate::jaeger::{search_range, trace_query};
+use crate::params::{span_id, trace_id, ApiError, Params};
+use crate::AppState;
+
+/// Default spans per trace page.
+pub const DEFAULT_PAGE: usize = 2000;
+/// Most spans per trace page.
+pub const MAX_PAGE: usize = 10_000;
+/// Default logs per search.
+pub const DEFAULT_LOGS: usize = 200;
+/// Most logs per search.
+pub const MAX_LOGS: usize = 2000;
+/// Most logs one live-tail poll sends.
+pub const TAIL_BATCH: usize = 500;
+/// Most alerts per listing.
+pub const MAX_ALERTS: usize = 1000;
+
+fn us(ns: u64) -> u64 {
+    ns / 1000
+}
+
+/// A span as dlog's UI shows it.
+pub fn span_json(s: &SpanRecord) -> Value {
+    json!({
+        "trace_id": s.trace_id,
+        "span_id": s.span_id,
+        "parent_span_id": s.parent_span_id,
+        "name": s.name,
+        "kind": s.kind.as_str(),
+        "start_us": us(s.start_unix_nano),
+        "duration_us": s.duration_nanos() as f64 / 1000.0,
+        "status": s.status,
+        "status_message": s.status_message,
+        "error": s.is_error(),
+        "service": s.service.name,
+        "resource": {
+            "service.version": s.service.version,
+            "service.instance.id": s.service.instance_id,
+            "service.dependencies": s.service.dependencies,
+            "attributes": s.service.attributes,
+        },
+        "scope": s.scope,
+        "attributes": s.attributes,
+        "events": s.events.iter().map(|e| json!({
+            "name": e.name,
+            "time_us": us(e.time_unix_nano),
+            "attributes": e.attributes,
+        })).collect::<Vec<_>>(),
+        "links": s.links,
+    })
+}
+
+/// A log record as dlog's UI shows it.
+pub fn log_json(l: &LogEntry) -> Value {
+    json!({
+        "id": l.doc_id(),
+        "time_us": us(l.time_unix_nano),
+        "level": l.level,
+        "severity_number": l.severity_number,
+        "body": l.body,
+        "trace_id": l.trace_id,
+        "span_id": l.span_id,
+        "event_name": l.event_name,
+        "service": l.service.name,
+        "instance": l.service.instance_id,
+        "attributes": l.attributes,
+    })
+}
+
+/// `GET /api/v1/traces?service=&operation=&attr=k=v&tags=&minDuration=&maxDuration=&start=&end=&lookback=&limit=`:
+/// trace summaries. Unlike Jaeger's API a service is optional, and the durations are the
+/// whole trace's.
+pub async fn find_traces(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    let query = trace_query(&params)?;
+    let found = state.store.find_traces(&query).await?;
+    let traces: Vec<Value> = found
+        .iter()
+        .map(|t| {
+            json!({
+                "trace_id": t.trace_id,
+                "start_us": us(t.start_unix_nano),
+                "duration_us": t.duration_nanos as f64 / 1000.0,
+                "root_service": t.root_service,
+                "root_operation": t.root_operation,
+                "span_count": t.span_count,
+                "error_count": t.error_count,
+                "services": t.services,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"traces": traces, "limit": query.limit})))
+}
+
+/// `GET /api/v1/traces/{id}/spans?after_start_ns=&after_span=&limit=`: one window of a
+/// trace's spans in start order, read as a page from the store, and the cursor of the next.
+/// With `around=<span id>` instead: the window of `limit` spans centred on that span (for a
+/// deep link into a huge trace), without a cursor.
+pub async fn trace_spans(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let id = trace_id(&id)?;
+    let params = Params::parse(raw.as_deref())?;
+    let limit = params.limit("limit", DEFAULT_PAGE, MAX_PAGE)?;
+    let after = match (params.get("after_start_ns"), params.get("after_span")) {
+        (None, None) => None,
+        (Some(start), Some(span)) => Some(SpanCursor {
+            start_unix_nano: start
+                .parse()
+                .map_err(|e| ApiError::bad_param("after_start_ns", e))?,
+            span_id: span_id("after_span", span)?,
+        }),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_param(
+                "after_start_ns",
+                "required with 'after_span'",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::bad_param(
+                "after_span",
+                "required with 'after_start_ns'",
+            ))
+        }
+    };
+    if let Some(around) = params.get("around") {
+        if after.is_some() {
+            return Err(ApiError::bad_param(
+                "around",
+                "cannot be combined with 'after_span'",
+            ));
+        }
+        let around = span_id("around", around)?;
+        return window_around(&state, &id, &around, limit).await;
+    }
+    let spans = state
+        .store
+        .get_trace_page(&id, after.as_ref(), limit)
+        .await?;
+    // The cursor carries ns as a string: a JavaScript number cannot hold them exactly.
+    let next = (spans.len() == limit)
+        .then(|| spans.last())
+        .flatten()
+        .map(|s| json!({"after_start_ns": s.start_unix_nano.to_string(), "after_span": s.span_id}));
+    Ok(Json(json!({
+        "trace_id": id,
+        "spans": spans.iter().map(span_json).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+/// Most spans a window search reads through before giving up on finding the span.
+pub const MAX_WINDOW_SCAN: usize = 2_000_000;
+
+/// The window of up to `limit` spans centred on span `around`, found by paging through the
+/// trace in start order while keeping only the last `limit / 2` spans read: the store is read
+/// a page at a time and the viewer's memory stays bounded whatever the trace's size.
+async fn window_around(
+    state: &AppState,
+    trace: &str,
+    around: &str,
+    limit: usize,
+) -> Result<Json<Value>, ApiError> {
+    let before_max = limit / 2;
+    let mut before: std::collections::VecDeque<SpanRecord> = std::collections::VecDeque::new();
+    let mut window: Vec<SpanRecord> = Vec::new();
+    let mut cursor: Option<SpanCursor> = None;
+    let mut scanned = 0usize;
+    let mut found = false;
+    let page = MAX_PAGE;
+    loop {
+        let spans = state
+            .store
+            .get_trace_page(trace, cursor.as_ref(), page)
+            .await?;
+        let last = spans.last().map(|s| SpanCursor {
+            start_unix_nano: s.start_unix_nano,
+            span_id: s.span_id.clone(),
+        });
+        let done = spans.len() < page;
+        scanned += spans.len();
+        for s in spans {
+            if found {
+                if window.len() < limit {
+                    window.push(s);
+                }
+            } else if s.span_id == around {
+                found = true;
+                window.extend(before.drain(..));
+                window.push(s);
+            } else {
+                if before.len() == before_max {
+                    before.pop_front();
+                }
+                before.push_back(s);
+            }
+        }
+        if done || (found && window.len() >= limit) {
+            break;
+        }
+        if scanned >= MAX_WINDOW_SCAN {
+            return Err(ApiError::bad_param(
+                "around",
+                format!("span not found in the first {MAX_WINDOW_SCAN} spans of the trace"),
+            ));
+        }
+        cursor = last;
+    }
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "span {around} is not in trace {trace}"
+        )));
+    }
+    Ok(Json(json!({
+        "trace_id": trace,
+        "spans": window.iter().map(span_json).collect::<Vec<_>>(),
+        "next": null,
+        "window_around": around,
+    })))
+}
+
+fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<String>), ApiError> {
+    let time = if default_range || params.get("start").is_some() || params.get("end").is_some() {
+        search_range(params)?
+    } else {
+        TimeRange::default()
+    };
+    let trace = params.get("trace_id").map(trace_id).transpose()?;
+    let span = params
+        .get("span_id")
+        .map(|s| span_id("span_id", s))
+        .transpose()?;
+    if span.is_some() && trace.is_none() {
+        return Err(ApiError::bad_param("span_id", "needs 'trace_id' too"));
+    }
+    let level = params.get("level").map(|l| l.to_ascii_uppercase());
+    Ok((
+        LogQuery {
+            text: params.string("text"),
+            service: params.string("service"),
+            level,
+            trace_id: trace,
+            time,
+            limit: params.limit("limit", DEFAULT_LOGS, MAX_LOGS)?,
+        },
+        span,
+    ))
+}
+
+/// `GET /api/v1/logs?text=&service=&level=&trace_id=&span_id=&start=&end=&lookback=&limit=`:
+/// newest first. With `span_id`, only the records emitted inside that span.
+pub async fn search_logs(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    // A trace's logs are wanted whatever their age; otherwise Jaeger's default window.
+    let (query, span) = log_query(&params, params.get("trace_id").is_none())?;
+    let logs = state.store.search_logs(&query).await?;
+    let logs: Vec<Value> = logs
+        .iter()
+        .filter(|l| {
+            span.as_ref()
+                .is_none_or(|s| l.span_id.as_deref() == Some(s))
+        })
+        .map(log_json)
+        .collect();
+    Ok(Json(json!({"logs": logs, "limit": query.limit})))
+}
+
+/// `GET /api/v1/logs/tail?text=&service=&level=&trace_id=`: Server-Sent Events, one `log`
+/// event per new record (oldest first), polling the store every `tail_poll` interval. At most
+/// [`crate::ViewerOptions::max_tails`] tails run at once; more are answered 503.
+pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let params = match Params::parse(raw.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let (mut query, span) = match log_query(&params, false) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(slot) = state.tail_slots.clone().try_acquire_owned() else {
+        return ApiError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            message: "too many live tails are open; close one and retry".into(),
+        }
+        .into_response();
+    };
+    query.limit = TAIL_BATCH;
+    // Start from a little before now so that a record answered just before the tail opened
+    // is not missed; records are told apart by id.
+    let since = match params.micros_as_nanos("since") {
+        Ok(since) => {
+            since.unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000))
+        }
+        Err(e) => return e.into_response(),
+    };
+    let poll = state.options.tail_poll;
+    let stream = tail_stream(state, query, span, since, poll, slot);
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn tail_stream(
+    state: AppState,
+    query: LogQuery,
+    span: Option<String>,
+    since: u64,
+    poll: Duration,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct Tail {
+        state: AppState,
+        query: LogQuery,
+        span: Option<String>,
+        since: u64,
+        seen_at_since: HashSet<String>,
+        pending: std::collections::VecDeque<Event>,
+        first: bool,
+        poll: Duration,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    }
+    let tail = Tail {
+        state,
+        query,
+        span,
+        since,
+        seen_at_since: HashSet::new(),
+        pending: Default::default(),
+        first: true,
+        poll,
+        _slot: slot,
+    };
+    futures::stream::unfold(tail, |mut t| async move {
+        loop {
+            if let Some(event) = t.pending.pop_front() {
+                return Some((Ok(event), t));
+            }
+            if t.state.closing.is_cancelled() {
+                return None;
+            }
+            if !t.first {
+                tokio::select! {
+                    () = tokio::time::sleep(t.poll) => {}
+                    () = t.state.closing.cancelled() => return None,
+                }
+            }
+            t.first = false;
+            let mut q = t.query.clone();
+            q.time.start_unix_nano = Some(t.since);
+            let found = match t.state.store.search_logs(&q).await {
+                Ok(found) => found,
+                Err(e) => {
+                    let event = Event::default()
+                        .event("error")
+                        .data(json!({"msg": e.to_string()}).to_string());
+                    return Some((Ok(event), t));
+                }
+            };
+            // Oldest first; records at the boundary time already sent are skipped by id.
+            for l in found.iter().rev() {
+                let id = l.doc_id();
+                if l.time_unix_nano == t.since && t.seen_at_since.contains(&id) {
+                    continue;
+                }
+                if l.time_unix_nano > t.since {
+                    t.since = l.time_unix_nano;
+                    t.seen_at_since.clear();
+                }
+                t.seen_at_since.insert(id);
+                if t.span
+                    .as_ref()
+                    .is_some_and(|s| l.span_id.as_deref() != Some(s))
+                {
+                    continue;
+                }
+                t.pending
+                    .push_back(Event::default().event("log").data(log_json(l).to_string()));
+            }
+        }
+    })
+}
+
+fn alert_json(a: &AlertDoc) -> Value {
+    json!({
+        "id": a.id,
+        "rule": a.rule,
+        "severity": a.severity,
+        "state": a.state,
+        "service": a.service,
+        "instance": a.instance,
+        "summary": a.summary,
+        "first_seen_us": us(a.first_seen_unix_nano),
+        "last_seen_us": us(a.last_seen_unix_nano),
+        "occurrences": a.occurrences,
+        "example_trace_ids": a.example_trace_ids,
+        "root_cause": a.root_cause,
+        "incident_id": a.incident_id,
+        "labels": a.labels,
+    })
+}
+
+/// `GET /api/v1/alerts?service=&state=&limit=`: alerts newest first, and the incidents they
+/// are grouped into (root cause, state, the alerts beneath).
+pub async fn alerts(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    if let Some(s) = params.get("state") {
+        if s != "firing" && s != "resolved" {
+            return Err(ApiError::bad_param("state", "expecting firing or resolved"));
+        }
+    }
+    let alerts = state
+        .store
+        .list_alerts(&AlertQuery {
+            service: params.string("service"),
+            state: params.string("state"),
+            limit: params.limit("limit", 200, MAX_ALERTS)?,
+        })
+        .await?;
+    let mut incidents: BTreeMap<&str, Vec<&AlertDoc>> = BTreeMap::new();
+    for a in &alerts {
+        if let Some(id) = a.incident_id.as_deref() {
+            incidents.entry(id).or_default().push(a);
+        }
+    }
+    let incidents: Vec<Value> = incidents
+        .into_iter()
+        .map(|(id, members)| {
+            let firing = members.iter().any(|a| a.state == "firing");
+            let root = members.iter().find_map(|a| a.root_cause.clone());
+            let services: BTreeSet<&str> = members.iter().map(|a| a.service.as_str()).collect();
+            json!({
+                "id": id,
+                "state": if firing { "firing" } else { "resolved" },
+                "root_cause": root,
+                    "services": services,
+                "first_seen_us": members.iter().map(|a| us(a.first_seen_unix_nano)).min(),
+                "last_seen_us": members.iter().map(|a| us(a.last_seen_unix_nano)).max(),
+                "alert_ids": members.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "alerts": alerts.iter().map(alert_json).collect::<Vec<_>>(),
+        "incidents": incidents,
+    })))
+}
+
+/// `GET /api/v1/status?service=`: UP / DOWN / SILENT per instance.
+pub async fn status(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    let instances = state
+        .store
+        .service_status(&StatusQuery {
+            service: params.string("service"),
+            ..Default::default()
+        })
+        .await?;
+    let instances: Vec<Value> = instances
+        .iter()
+        .map(|i| {
+            json!({
+                "service": i.entry.service,
+                "instance_id": i.entry.instance_id,
+                "version": i.entry.version,
+                "status": i.status.as_str(),
+                "last_heartbeat_us": us(i.entry.last_heartbeat_unix_nano),
+                "interval_ms": i.entry.interval_ms,
+                "dependencies": i.entry.dependencies,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"instances": instances})))
+}
+
+/// `GET /api/v1/dependencies?start=&end=&lookback=`: every edge, observed (calls, errors,
+/// error rate, calls per second over the window) or declared, marked with which it is; and
+/// each service's status (the worst of its instances).
+pub async fn dependencies(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    let mut range = search_range(&params)?;
+    if params.get("lookback").is_none() && params.get("start").is_none() {
+        let end = range.end_unix_nano.unwrap_or(0);
+        range.start_unix_nano = Some(end.saturating_sub(3600 * 1_000_000_000));
+    }
+    let window_s =
+        (range.end_unix_nano.unwrap_or(0) - range.start_unix_nano.unwrap_or(0)) as f64 / 1e9;
+    let deps = state.store.dependencies(range).await?;
+    let instances = state.store.service_status(&StatusQuery::default()).await?;
+    let declared: BTreeSet<(&str, &str)> = deps
+        .declared
+        .iter()
+        .map(|d| (d.service.as_str(), d.depends_on.as_str()))
+        .collect();
+    let mut edges = Vec::new();
+    let mut observed = BTreeSet::new();
+    for e in &deps.observed {
+        observed.insert((e.caller.as_str(), e.callee.as_str()));
+        edges.push(json!({
+            "caller": e.caller,
+            "callee": e.callee,
+            "calls": e.calls,
+            "errors": e.errors,
+            "error_rate": if e.calls == 0 { 0.0 } else { e.errors as f64 / e.calls as f64 },
+            "rate_per_s": if window_s > 0.0 { e.calls as f64 / window_s } else { 0.0 },
+            "observed": true,
+            "declared": declared.contains(&(e.caller.as_str(), e.callee.as_str())),
+        }));
+    }
+    for (caller, callee) in &declared {
+        if !observed.contains(&(*caller, *callee)) {
+            edges.push(json!({
+                "caller": caller, "callee": callee, "calls": 0, "errors": 0,
+                "error_rate": 0.0, "rate_per_s": 0.0, "observed": false, "declared": true,
+            }));
+        }
+    }
+    let mut services: BTreeMap<String, &'static str> = BTreeMap::new();
+    // A service is UP when one of its instances is, SILENT when none is up but one went
+    // quiet, DOWN when every instance said so.
+    let rank = |s: &str| match s {
+        "UP" => 3,
+        "SILENT" => 2,
+        "DOWN" => 1,
+        _ => 0,
+    };
+    for (a, b) in declared.iter().chain(observed.iter()) {
+        services.entry(a.to_string()).or_insert("UNKNOWN");
+        services.entry(b.to_string()).or_insert("UNKNOWN");
+    }
+    for i in &instances {
+        let status = i.status.as_str();
+        let entry = services.entry(i.entry.service.clone()).or_insert(status);
+        if rank(status) > rank(entry) {
+            *entry = status;
+        }
+    }
+    Ok(Json(json!({
+        "window_s": window_s,
+            "services": services.iter().map(|(name, status)| json!({"name": name, "status": status})).collect::<Vec<_>>(),
+        "edges": edges,
+    })))
+}

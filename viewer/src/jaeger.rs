@@ -1,0 +1,559 @@
+//! Jaeger's query API (`/api/...`), as Jaeger UI and Grafana's Jaeger data source call it, in
+//! Jaeger's JSON model: `{"data", "total", "limit", "offset", "errors"}`, spans with
+//! `references`, µs times, typed `tags` and a `processes` map.
+//!
+//! Jaeger's semantics are kept here even where dlog's own UI differs: `start`/`end` are µs and
+//! default to the last two days, `minDuration`/`maxDuration` are Go durations (`1.5s`), and
+//! a search needs a service.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use dlog_core::model::{Attributes, ServiceInfo, SpanRecord};
+use dlog_storage::{TimeRange, TraceQuery};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::params::{parse_tags, trace_id, ApiError, Params};
+use crate::AppState;
+
+/// Default number of traces a search returns (Jaeger's).
+pub const DEFAULT_TRACES: usize = 100;
+/// Most traces one search returns.
+pub const MAX_TRACES: usize = 1500;
+/// Most spans one response carries; a search stops adding traces past it, and a trace larger
+/// than it is cut with a warning (dlog's own API pages through any trace).
+pub const MAX_SPANS_PER_RESPONSE: usize = 200_000;
+/// How far back a search looks when `start` is absent (Jaeger's default lookback).
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// Jaeger's response envelope.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T: Serialize> {
+    /// The payload.
+    pub data: T,
+    /// Items in `data` (Jaeger sets it for services and operations, 0 elsewhere).
+    pub total: usize,
+    /// Always 0, as Jaeger answers.
+    pub limit: usize,
+    /// Always 0, as Jaeger answers.
+    pub offset: usize,
+    /// `null` on success.
+    pub errors: Option<Vec<Value>>,
+}
+
+fn envelope<T: Serialize>(data: T, total: usize) -> Json<Envelope<T>> {
+    Json(Envelope {
+        data,
+        total,
+        limit: 0,
+        offset: 0,
+        errors: None,
+    })
+}
+
+/// One typed tag.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyValue {
+    /// Key.
+    pub key: String,
+    /// `string`, `bool`, `int64`, `float64` or `binary`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Value of that type.
+    pub value: Value,
+}
+
+impl KeyValue {
+    fn string(key: &str, value: impl Into<String>) -> Self {
+        KeyValue {
+            key: key.to_string(),
+            kind: "string",
+            value: Value::String(value.into()),
+        }
+    }
+}
+
+/// A tag from an attribute: strings, bools, integers and floats keep their type; arrays and
+/// maps become their JSON text, as Jaeger's OTLP translator does.
+pub fn tag(key: &str, value: &Value) -> KeyValue {
+    let (kind, value) = match value {
+        Value::String(s) => ("string", Value::String(s.clone())),
+        Value::Bool(b) => ("bool", Value::Bool(*b)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => ("int64", Value::Number(n.clone())),
+        Value::Number(n) => ("float64", Value::Number(n.clone())),
+        Value::Null => ("string", Value::String(String::new())),
+        other => ("string", Value::String(other.to_string())),
+    };
+    KeyValue {
+        key: key.to_string(),
+        kind,
+        value,
+    }
+}
+
+fn tags(attrs: &Attributes) -> Vec<KeyValue> {
+    attrs.iter().map(|(k, v)| tag(k, v)).collect()
+}
+
+/// Jaeger's process: a service and its resource tags.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Process {
+    /// `service.name`.
+    #[serde(rename = "serviceName")]
+    pub service_name: String,
+    /// The other resource attributes.
+    pub tags: Vec<KeyValue>,
+}
+
+impl Process {
+    fn from_service(service: &ServiceInfo) -> Self {
+        let mut tags = Vec::new();
+        if let Some(v) = &service.version {
+            tags.push(KeyValue::string(
+                dlog_core::names::SERVICE_VERSION,
+                v.clone(),
+            ));
+        }
+        if let Some(v) = &service.instance_id {
+            tags.push(KeyValue::string(
+                dlog_core::names::SERVICE_INSTANCE_ID,
+                v.clone(),
+            ));
+        }
+        if !service.dependencies.is_empty() {
+            tags.push(KeyValue::string(
+                dlog_core::names::SERVICE_DEPENDENCIES,
+                service.dependencies.join(","),
+            ));
+        }
+        tags.extend(tags_sorted(&service.attributes));
+        Process {
+            service_name: service.name.clone(),
+            tags,
+        }
+    }
+}
+
+fn tags_sorted(attrs: &Attributes) -> Vec<KeyValue> {
+    tags(attrs)
+}
+
+/// A reference to another span.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reference {
+    /// `CHILD_OF` (the parent) or `FOLLOWS_FROM` (a link).
+    #[serde(rename = "refType")]
+    pub ref_type: &'static str,
+    /// Trace id.
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    /// Span id.
+    #[serde(rename = "spanID")]
+    pub span_id: String,
+}
+
+/// A span log (an OTLP span event).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Log {
+    /// µs since the epoch.
+    pub timestamp: u64,
+    /// `event` (the name) then the event's attributes.
+    pub fields: Vec<KeyValue>,
+}
+
+/// A span in Jaeger's model.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Span {
+    /// Trace id.
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    /// Span id.
+    #[serde(rename = "spanID")]
+    pub span_id: String,
+    /// Operation (span) name.
+    #[serde(rename = "operationName")]
+    pub operation_name: String,
+    /// Parent (`CHILD_OF`) then links (`FOLLOWS_FROM`).
+    pub references: Vec<Reference>,
+    /// Start, µs since the epoch.
+    #[serde(rename = "startTime")]
+    pub start_time: u64,
+    /// Duration, µs.
+    pub duration: u64,
+    /// Attributes, then `span.kind`, `otel.scope.name`, the status and `error=true`.
+    pub tags: Vec<KeyValue>,
+    /// Events.
+    pub logs: Vec<Log>,
+    /// Key into the trace's `processes`.
+    #[serde(rename = "processID")]
+    pub process_id: String,
+    /// Always null.
+    pub warnings: Option<Vec<String>>,
+}
+
+/// A trace in Jaeger's model.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Trace {
+    /// Trace id.
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    /// Spans, in start order.
+    pub spans: Vec<Span>,
+    /// `p1`, `p2`, ... → process.
+    pub processes: BTreeMap<String, Process>,
+    /// Set when the trace was cut at [`MAX_SPANS_PER_RESPONSE`].
+    pub warnings: Option<Vec<String>>,
+}
+
+/// A trace's spans in Jaeger's model; one process per distinct service resource.
+pub fn to_jaeger(trace_id: &str, spans: &[SpanRecord], warnings: Option<Vec<String>>) -> Trace {
+    let mut processes: Vec<(&ServiceInfo, String)> = Vec::new();
+    let mut out = Vec::with_capacity(spans.len());
+    for s in spans {
+        let process_id = match processes.iter().find(|(svc, _)| *svc == &s.service) {
+            Some((_, id)) => id.clone(),
+            None => {
+                let id = format!("p{}", processes.len() + 1);
+                processes.push((&s.service, id.clone()));
+                id
+            }
+        };
+        let mut references = Vec::with_capacity(1 + s.links.len());
+        if let Some(parent) = &s.parent_span_id {
+            references.push(Reference {
+                ref_type: "CHILD_OF",
+                trace_id: s.trace_id.clone(),
+                span_id: parent.clone(),
+            });
+        }
+        for link in &s.links {
+            references.push(Reference {
+                ref_type: "FOLLOWS_FROM",
+                trace_id: link.trace_id.clone(),
+                span_id: link.span_id.clone(),
+            });
+        }
+        let mut span_tags = tags(&s.attributes);
+        if s.kind != dlog_core::model::SpanKind::Unspecified {
+            span_tags.push(KeyValue::string("span.kind", s.kind.as_str()));
+        }
+        if !s.scope.is_empty() {
+            span_tags.push(KeyValue::string("otel.scope.name", s.scope.clone()));
+        }
+        match s.status {
+            dlog_core::model::StatusCode::Error => {
+                span_tags.push(KeyValue::string("otel.status_code", "ERROR"));
+                if !s.status_message.is_empty() {
+                    span_tags.push(KeyValue::string(
+                        "otel.status_description",
+                        s.status_message.clone(),
+                    ));
+                }
+                span_tags.push(KeyValue {
+                    key: "error".into(),
+                    kind: "bool",
+                    value: Value::Bool(true),
+                });
+            }
+            dlog_core::model::StatusCode::Ok => {
+                span_tags.push(KeyValue::string("otel.status_code", "OK"));
+            }
+            dlog_core::model::StatusCode::Unset => {}
+        }
+        let logs = s
+            .events
+            .iter()
+            .map(|e| {
+                let mut fields = vec![KeyValue::string("event", e.name.clone())];
+                fields.extend(tags(&e.attributes));
+                Log {
+                    timestamp: e.time_unix_nano / 1000,
+                    fields,
+                }
+            })
+            .collect();
+        out.push(Span {
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+            operation_name: s.name.clone(),
+            references,
+            start_time: s.start_unix_nano / 1000,
+            duration: s.duration_nanos() / 1000,
+            tags: span_tags,
+            logs,
+            process_id,
+            warnings: None,
+        });
+    }
+    Trace {
+        trace_id: trace_id.to_string(),
+        spans: out,
+        processes: processes
+            .into_iter()
+            .map(|(svc, id)| (id, Process::from_service(svc)))
+            .collect(),
+        warnings,
+    }
+}
+
+/// Reads up to `max_spans` spans of a trace a page at a time; the flag says it was cut.
+pub async fn read_trace(
+    state: &AppState,
+    trace_id: &str,
+    max_spans: usize,
+) -> Result<(Vec<SpanRecord>, bool), ApiError> {
+    const PAGE: usize = 10_000;
+    let mut spans: Vec<SpanRecord> = Vec::new();
+    let mut cursor = None;
+    loop {
+        let want = PAGE.min(max_spans + 1 - spans.len());
+        let page = state
+            .store
+            .get_trace_page(trace_id, cursor.as_ref(), want)
+            .await?;
+        let done = page.len() < want;
+        spans.extend(page);
+        if spans.len() > max_spans {
+            spans.truncate(max_spans);
+            return Ok((spans, true));
+        }
+        if done {
+            return Ok((spans, false));
+        }
+        cursor = spans.last().map(|s| dlog_storage::SpanCursor {
+            start_unix_nano: s.start_unix_nano,
+            span_id: s.span_id.clone(),
+        });
+    }
+}
+
+fn cut_warning(max: usize) -> Vec<String> {
+    vec![format!(
+        "the trace has more than {max} spans; only the first {max} are shown (dlog's /api/v1/traces/{{id}}/spans pages through all of them)"
+    )]
+}
+
+/// `GET /api/services`
+pub async fn services(
+    State(state): State<AppState>,
+) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
+    let services = state.store.services().await?;
+    let n = services.len();
+    Ok(envelope(services, n))
+}
+
+/// `GET /api/services/{service}/operations`
+pub async fn service_operations(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+) -> Result<Json<Envelope<Vec<String>>>, ApiError> {
+    check_len("service", &service)?;
+    let mut names: Vec<String> = state
+        .store
+        .operations(&service)
+        .await?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names.dedup();
+    let n = names.len();
+    Ok(envelope(names, n))
+}
+
+fn check_len(name: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() > crate::params::MAX_PARAM_BYTES {
+        return Err(ApiError::bad_param(name, "too long"));
+    }
+    Ok(())
+}
+
+/// `GET /api/operations?service=&spanKind=`
+pub async fn operations(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Envelope<Vec<Value>>>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    let service = params
+        .get("service")
+        .ok_or_else(|| ApiError::bad_request("parameter 'service' is required"))?;
+    let kind = params.get("spanKind");
+    if let Some(kind) = kind {
+        const KINDS: [&str; 6] = [
+            "unspecified",
+            "internal",
+            "server",
+            "client",
+            "producer",
+            "consumer",
+        ];
+        if !KINDS.contains(&kind) {
+            return Err(ApiError::bad_param(
+                "spanKind",
+                format!("unsupported span kind: '{kind}'"),
+            ));
+        }
+    }
+    let ops: Vec<Value> = state
+        .store
+        .operations(service)
+        .await?
+        .into_iter()
+        .filter(|o| kind.is_none_or(|k| o.span_kind == k))
+        .map(|o| json!({"name": o.name, "spanKind": o.span_kind}))
+        .collect();
+    let n = ops.len();
+    Ok(envelope(ops, n))
+}
+
+/// The time range of a search: `start`/`end` in µs; `start` defaults to `end` minus
+/// `lookback` (a duration such as `1h`; Jaeger UI's `custom` means none) or two days.
+pub fn search_range(params: &Params) -> Result<TimeRange, ApiError> {
+    let now = dlog_storage::now_unix_nano();
+    let end = params.micros_as_nanos("end")?.unwrap_or(now);
+    let lookback = match params.get("lookback") {
+        None | Some("custom") => DEFAULT_LOOKBACK,
+        Some(_) => params
+            .duration("lookback", Duration::from_millis(1))?
+            .unwrap_or(DEFAULT_LOOKBACK),
+    };
+    let start = match params.micros_as_nanos("start")? {
+        Some(start) => start,
+        None => end.saturating_sub(lookback.as_nanos().min(u64::MAX as u128) as u64),
+    };
+    if start > end {
+        return Err(ApiError::bad_param("start", "'start' is after 'end'"));
+    }
+    Ok(TimeRange::between(start, end))
+}
+
+/// `GET /api/traces?service=&operation=&tags=&minDuration=&maxDuration=&start=&end=&limit=`,
+/// or `GET /api/traces?traceID=..&traceID=..`.
+pub async fn search(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Envelope<Vec<Trace>>>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    let ids: Vec<String> = params
+        .all("traceID")
+        .map(trace_id)
+        .collect::<Result<_, _>>()?;
+    let mut budget = MAX_SPANS_PER_RESPONSE;
+    let mut traces = Vec::new();
+    if !ids.is_empty() {
+        if ids.len() > MAX_TRACES {
+            return Err(ApiError::bad_param(
+                "traceID",
+                format!("more than {MAX_TRACES} ids"),
+            ));
+        }
+        for id in ids {
+            let (spans, cut) = read_trace(&state, &id, budget).await?;
+            if spans.is_empty() {
+                continue;
+            }
+            budget -= spans.len();
+            traces.push(to_jaeger(
+                &id,
+                &spans,
+                cut.then(|| cut_warning(MAX_SPANS_PER_RESPONSE)),
+            ));
+            if budget == 0 {
+                break;
+            }
+        }
+        return Ok(envelope(traces, 0));
+    }
+    let query = trace_query(&params)?;
+    if query.service.is_none() {
+        return Err(ApiError::bad_request("parameter 'service' is required"));
+    }
+    let found = state.store.find_traces(&query).await?;
+    for summary in found {
+        if budget == 0 {
+            break;
+        }
+        let (spans, cut) = read_trace(&state, &summary.trace_id, budget).await?;
+        if spans.is_empty() {
+            continue;
+        }
+        budget -= spans.len();
+        traces.push(to_jaeger(
+            &summary.trace_id,
+            &spans,
+            cut.then(|| cut_warning(MAX_SPANS_PER_RESPONSE)),
+        ));
+    }
+    Ok(envelope(traces, 0))
+}
+
+/// The [`TraceQuery`] of a search's parameters (Jaeger's names; dlog's UI uses the same).
+pub fn trace_query(params: &Params) -> Result<TraceQuery, ApiError> {
+    let min = params.duration("minDuration", Duration::from_millis(1))?;
+    let max = params.duration("maxDuration", Duration::from_millis(1))?;
+    if let (Some(min), Some(max)) = (min, max) {
+        if max < min {
+            return Err(ApiError::bad_param(
+                "maxDuration",
+                "'maxDuration' should be greater than 'minDuration'",
+            ));
+        }
+    }
+    Ok(TraceQuery {
+        service: params.string("service"),
+        operation: params.string("operation"),
+        attributes: parse_tags(params)?,
+        min_duration: min,
+        max_duration: max,
+        time: search_range(params)?,
+        limit: params.limit("limit", DEFAULT_TRACES, MAX_TRACES)?,
+    })
+}
+
+/// `GET /api/traces/{traceID}`
+pub async fn get_trace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Envelope<Vec<Trace>>>, ApiError> {
+    let id = trace_id(&id)?;
+    let (spans, cut) = read_trace(&state, &id, MAX_SPANS_PER_RESPONSE).await?;
+    if spans.is_empty() {
+        return Err(ApiError::not_found("trace not found"));
+    }
+    let trace = to_jaeger(
+        &id,
+        &spans,
+        cut.then(|| cut_warning(MAX_SPANS_PER_RESPONSE)),
+    );
+    Ok(envelope(vec![trace], 0))
+}
+
+/// `GET /api/dependencies?endTs=&lookback=` (ms, as Jaeger takes them; lookback defaults to
+/// one day).
+pub async fn dependencies(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Envelope<Vec<Value>>>, ApiError> {
+    let params = Params::parse(raw.as_deref())?;
+    let end_ms = params
+        .u64("endTs")?
+        .unwrap_or(dlog_storage::now_unix_nano() / 1_000_000);
+    let lookback_ms = params.u64("lookback")?.unwrap_or(24 * 3600 * 1000);
+    let end = end_ms.saturating_mul(1_000_000);
+    let start = end.saturating_sub(lookback_ms.saturating_mul(1_000_000));
+    let deps = state
+        .store
+        .dependencies(TimeRange::between(start, end))
+        .await?;
+    let service = params.get("service");
+    let links: Vec<Value> = deps
+        .observed
+        .iter()
+        .filter(|e| service.is_none_or(|s| e.caller == s || e.callee == s))
+        .map(|e| json!({"parent": e.caller, "child": e.callee, "callCount": e.calls}))
+        .collect();
+    Ok(envelope(links, 0))
+}
