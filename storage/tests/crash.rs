@@ -93,9 +93,11 @@ fn stored(dir: &Path) -> Vec<String> {
         ) else {
             continue;
         };
-        if let Ok(rows) = stmt.query_map([], |r| r.get::<_, String>(0)) {
-            out.extend(rows.filter_map(Result::ok));
-        }
+        let rows: Vec<String> = match stmt.query_map([], |r| r.get::<_, String>(0)) {
+            Ok(rows) => rows.filter_map(Result::ok).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.extend(rows);
     }
     out
 }

@@ -2473,3 +2473,41 @@ mod tests {
         assert_eq!(index_candidates("GET"), vec![text("GET")]);
     }
 }
+
+/// Bytes on disk per table and index (SQLite's `dbstat`), summed over the day partitions,
+/// with the shared database as `shared`: for benchmarks and diagnostics.
+pub fn table_bytes(
+    dir: impl AsRef<Path>,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    let dir = dir.as_ref();
+    let mut out = std::collections::BTreeMap::new();
+    let sum = |path: &Path, out: &mut std::collections::BTreeMap<String, u64>, prefix: &str| {
+        let err = |e: rusqlite::Error| StoreError::Embedded {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let mut stmt = conn
+            .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(err)?;
+        for row in rows {
+            let (name, bytes) = row.map_err(err)?;
+            let key = if prefix.is_empty() { name } else { prefix.to_string() };
+            *out.entry(key).or_insert(0) += bytes as u64;
+        }
+        Ok::<_, StoreError>(())
+    };
+    for day in list_days(dir) {
+        let path = dir
+            .join(PARTITIONS_DIR)
+            .join(format!("{}.sqlite3", day_name(day)));
+        sum(&path, &mut out, "")?;
+    }
+    sum(&dir.join(DB_FILE), &mut out, "shared")?;
+    Ok(out)
+}
