@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::conformance::{day_name, log, service, span};
 use dlog_core::model::SpanKind;
 use dlog_storage::{
-    open_store, Document, LogQuery, RetentionPolicy, Store, StoreConfig, TraceQuery,
+    open_store, Document, LogQuery, RetentionPolicy, StoreConfig, TraceQuery,
     WriteOutcome,
 };
 use serde_json::json;

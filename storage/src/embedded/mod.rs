@@ -625,7 +625,7 @@ struct TraceGroup {
 }
 
 struct LogRow {
-    doc_id: Vec<u8>,
+    doc_id: String,
     time: i64,
     resource: i64,
     level: i64,
@@ -773,9 +773,8 @@ fn write_docs(
                         }
                         let (resource, _) = it.resource(&l.service);
                         let ids = |k: &str| it.lookup(k);
-                        let doc_id = hex::decode(l.doc_id()).unwrap_or_default();
                         by_day.entry(day).or_default().logs.push(LogRow {
-                            doc_id,
+                            doc_id: l.doc_id(),
                             time: ns(l.time_unix_nano),
                             resource,
                             level: it.lookup(&l.level),
@@ -901,7 +900,7 @@ fn write_docs(
             }
         }
         for l in &rows.logs {
-            write_log(&tx, l).map_err(&err)?;
+            write_log(&tx, &cat, l)?;
         }
         {
             let mut stmt = tx
@@ -1093,53 +1092,58 @@ fn write_trace(
     Ok(None)
 }
 
-/// Writes a log unless it is there already. Its row id is its time in ns (the next free one
-/// when several share a time), so that time order is row id order for the text index too.
-fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> rusqlite::Result<()> {
-    let mut id = l.time;
-    let mut probe = tx.prepare_cached(
-        "SELECT id, doc_id FROM logs WHERE id >= ?1 ORDER BY id LIMIT 64",
-    )?;
-    'probe: loop {
-        let rows: Vec<(i64, Vec<u8>)> = probe
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let full = rows.len() == 64;
-        for (rid, doc_id) in rows {
-            if doc_id == l.doc_id {
-                return Ok(()); // a replay: the same identity is stored already
+/// Writes a log unless it is there already (a replay: the same identity at the same time).
+/// Row ids are dense, in arrival order, which keeps the trigram index small; `log_blocks`
+/// keeps, per block of 1024 row ids, the newest time of any row up to that block, so a text
+/// search walking the index newest row first knows when no older row can be newer.
+fn write_log(tx: &rusqlite::Transaction<'_>, cat: &Catalog, l: &LogRow) -> Result<(), StoreError> {
+    let err = read_err;
+    {
+        let mut same_time = tx
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLS} FROM logs l WHERE l.time_ns = ?1"
+            ))
+            .map_err(err)?;
+        let mut rows = same_time.query([l.time]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            if decode_log(row, cat)?.doc_id() == l.doc_id {
+                return Ok(());
             }
-            if rid != id {
-                break 'probe;
-            }
-            id = match id.checked_add(1) {
-                Some(next) => next,
-                None => return Ok(()),
-            };
-        }
-        if !full {
-            break;
         }
     }
     tx.prepare_cached(
-        "INSERT INTO logs (id, doc_id, shift, resource, level, severity, trace_id, body, rest) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
+        "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(err)?
     .execute(params![
-        id,
-        l.doc_id,
-        id - l.time,
+        l.time,
         l.resource,
         l.level,
         l.severity,
         l.trace_id,
         l.body,
         l.rest
-    ])?;
-    tx.prepare_cached("INSERT INTO logs_text (rowid, body) VALUES (?1, ?2)")?
-        .execute(params![id, l.body])?;
+    ])
+    .map_err(err)?;
+    let id = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO logs_text (rowid, body) VALUES (?1, ?2)")
+        .map_err(err)?
+        .execute(params![id, l.body])
+        .map_err(err)?;
+    tx.prepare_cached(
+        "INSERT INTO log_blocks (block, max_time) VALUES (?1, max(?2, coalesce((SELECT \
+         max_time FROM log_blocks WHERE block < ?1 ORDER BY block DESC LIMIT 1), ?2))) \
+         ON CONFLICT (block) DO UPDATE SET max_time = max(max_time, excluded.max_time)",
+    )
+    .map_err(err)?
+    .execute(params![id >> LOG_BLOCK_BITS, l.time])
+    .map_err(err)?;
     Ok(())
 }
+
+/// Row ids per `log_blocks` entry: 1 << this.
+const LOG_BLOCK_BITS: u32 = 10;
 
 // ---------------------------------------------------------------------------------------
 // Readers.
@@ -1766,7 +1770,7 @@ fn decode_log(
     cat: &Catalog,
 ) -> Result<LogEntry, StoreError> {
     let id: i64 = r.get(0).map_err(read_err)?;
-    let shift: i64 = r.get(1).map_err(read_err)?;
+    let time: i64 = r.get(1).map_err(read_err)?;
     let resource: i64 = r.get(2).map_err(read_err)?;
     let level: i64 = r.get(3).map_err(read_err)?;
     let severity: i64 = r.get(4).map_err(read_err)?;
@@ -1780,7 +1784,7 @@ fn decode_log(
     let event_name = d.opt_str().map_err(corrupt(&what))?;
     let attributes = get_attrs(&mut d, cat)?;
     Ok(LogEntry {
-        time_unix_nano: (id - shift) as u64,
+        time_unix_nano: time as u64,
         severity_number: severity as i32,
         level: cat.string(level)?.to_string(),
         body,
@@ -1792,7 +1796,8 @@ fn decode_log(
     })
 }
 
-const LOG_COLS: &str = "l.id, l.shift, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest";
+const LOG_COLS: &str =
+    "l.id, l.time_ns, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest";
 
 #[async_trait]
 impl Store for EmbeddedStore {
@@ -2195,13 +2200,13 @@ fn find_traces(set: &mut ReaderSet, ctx: &Ctx, q: &TraceQuery) -> Result<Vec<Tra
 fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
     let limit = effective_limit(q.limit);
     let mut f = Filter::default();
-    let mut from = "logs l".to_string();
+    let mut fts = None;
     {
         let cat = ctx.catalog();
         if let Some(t) = q.text.as_deref().filter(|t| !t.is_empty()) {
-            if let Some(fts) = trigram_query(t) {
-                from = "logs_text JOIN logs l ON l.id = logs_text.rowid".into();
-                f.push("logs_text MATCH ?", [text(&fts)]);
+            fts = trigram_query(t);
+            if let Some(m) = &fts {
+                f.push("logs_text MATCH ?", [text(m)]);
             }
             f.push(
                 "l.body LIKE ('%' || ? || '%') ESCAPE '\\'",
@@ -2226,56 +2231,86 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         f.push("l.trace_id = ?", [id_value(&t.to_ascii_lowercase())]);
     }
     if let Some(s) = q.time.start_unix_nano {
-        // id >= time >= s: the row id range narrows the scan, the time decides.
-        f.push("l.id >= ?", [Sql::Integer(ns(s))]);
-        f.push("l.id - l.shift >= ?", [Sql::Integer(ns(s))]);
+        f.push("l.time_ns >= ?", [Sql::Integer(ns(s))]);
     }
     if let Some(e) = q.time.end_unix_nano {
-        f.push("l.id - l.shift <= ?", [Sql::Integer(ns(e))]);
+        f.push("l.time_ns <= ?", [Sql::Integer(ns(e))]);
     }
-    let order = if from.starts_with("logs_text") {
-        "logs_text.rowid"
+    // With text: the trigram index newest row first, until no older row can be newer than
+    // the limit-th found. Without: the time index, newest first.
+    let sql = if fts.is_some() {
+        format!(
+            "SELECT {LOG_COLS} FROM logs_text JOIN logs l ON l.id = logs_text.rowid {} \
+             ORDER BY logs_text.rowid DESC",
+            f.sql()
+        )
     } else {
-        "l.id"
+        format!(
+            "SELECT {LOG_COLS} FROM logs l {} ORDER BY l.time_ns DESC, l.id DESC LIMIT {limit}",
+            f.sql()
+        )
     };
-    let sql = format!(
-        "SELECT {LOG_COLS} FROM {from} {} ORDER BY {order} DESC LIMIT {limit}",
-        f.sql()
-    );
     let mut parts = Vec::new();
     for day in list_days(&ctx.dir) {
         if let Some(conn) = set.part(ctx, day) {
-            if let Some(max) = bound(conn, "SELECT max(id) FROM logs")? {
+            if let Some(max) = bound(conn, "SELECT max(time_ns) FROM logs")? {
                 parts.push((max, day));
             }
         }
     }
     parts.sort_unstable_by(|a, b| b.cmp(a));
-    let mut found: Vec<(i64, LogEntry)> = Vec::new();
+    // (time, day, id) → entry, newest first.
+    let mut found: Vec<((i64, i64, i64), LogEntry)> = Vec::new();
+    let kth = |found: &Vec<((i64, i64, i64), LogEntry)>| {
+        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+    };
     for (max, day) in parts {
-        // Row ids are times (shifted up at most by a few ns for ties): a partition whose
-        // newest row is older than the limit-th log found cannot contribute.
-        if found.len() >= limit && max < found[limit - 1].0 {
+        if kth(&found).is_some_and(|k| max < k) {
             break;
         }
         let Some(conn) = set.part(ctx, day) else {
             continue;
         };
         let cat = ctx.catalog();
+        let mut block_max: HashMap<i64, i64> = HashMap::new();
         let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(f.params.iter()))
             .map_err(read_err)?;
         while let Some(row) = rows.next().map_err(read_err)? {
             let id: i64 = row.get(0).map_err(read_err)?;
-            found.push((id, decode_log(row, &cat)?));
+            if fts.is_some() {
+                if let Some(k) = kth(&found) {
+                    let block = id >> LOG_BLOCK_BITS;
+                    let newest = match block_max.get(&block) {
+                        Some(m) => *m,
+                        None => {
+                            let m: i64 = conn
+                                .prepare_cached(
+                                    "SELECT max_time FROM log_blocks WHERE block = ?1",
+                                )
+                                .map_err(read_err)?
+                                .query_row([block], |r| r.get(0))
+                                .optional()
+                                .map_err(read_err)?
+                                .unwrap_or(i64::MAX);
+                            block_max.insert(block, m);
+                            m
+                        }
+                    };
+                    if newest < k {
+                        break;
+                    }
+                }
+            }
+            let entry = decode_log(row, &cat)?;
+            let key = (entry.time_unix_nano as i64, day, id);
+            let at = found.partition_point(|(k, _)| *k > key);
+            if at < limit {
+                found.insert(at, (key, entry));
+                found.truncate(limit);
+            }
         }
-        found.sort_by(|a, b| {
-            b.1.time_unix_nano
-                .cmp(&a.1.time_unix_nano)
-                .then_with(|| b.0.cmp(&a.0))
-        });
-        found.truncate(limit);
     }
     Ok(found.into_iter().map(|(_, l)| l).collect())
 }

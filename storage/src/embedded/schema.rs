@@ -92,8 +92,7 @@ CREATE TABLE edges (
 ) WITHOUT ROWID;
 CREATE TABLE logs (
     id       INTEGER PRIMARY KEY,
-    doc_id   BLOB NOT NULL,
-    shift    INTEGER NOT NULL,
+    time_ns  INTEGER NOT NULL,
     resource INTEGER NOT NULL,
     level    INTEGER NOT NULL,
     severity INTEGER NOT NULL,
@@ -101,9 +100,14 @@ CREATE TABLE logs (
     body     TEXT NOT NULL,
     rest     BLOB NOT NULL
 );
+CREATE INDEX logs_by_time ON logs (time_ns);
 CREATE INDEX logs_by_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
+CREATE TABLE log_blocks (
+    block    INTEGER PRIMARY KEY,
+    max_time INTEGER NOT NULL
+);
 CREATE VIRTUAL TABLE logs_text USING fts5 (
-    body, content = '', tokenize = 'trigram', detail = 'none'
+    body, content = '', tokenize = 'trigram', detail = 'none', columnsize = 0
 );
 CREATE TABLE heartbeats (
     doc_id   TEXT PRIMARY KEY,
