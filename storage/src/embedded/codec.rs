@@ -10,6 +10,9 @@ use serde_json::Value;
 pub const RAW: u8 = 0;
 /// The body that follows is a deflate stream of the raw encoding.
 pub const DEFLATE: u8 = 1;
+/// Value tag of a dictionary string (written and read by the store, which owns the
+/// dictionary).
+pub const DICT: u8 = 8;
 /// Bodies at least this long are tried compressed.
 const COMPRESS_FROM: usize = 160;
 /// Deflate level: fast, most of the gain on short texts.
@@ -149,6 +152,16 @@ pub fn open_body(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Corrupt> {
 impl<'a> Dec<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
         Dec { buf, pos: 0 }
+    }
+
+    /// The next byte, not consumed.
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// Skips bytes (at most to the end).
+    pub fn skip(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
     }
 
     /// Bytes not read yet.

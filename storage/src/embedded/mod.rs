@@ -216,23 +216,35 @@ fn resource_matches(info: &ServiceInfo, key: &str, value: &str) -> bool {
     }
 }
 
+/// Text longer than this is indexed by a 64-bit hash (the match is then checked in full).
+const INDEX_TEXT_MAX: usize = 16;
+
+/// How a text is indexed: itself, or the hash of a long one.
+fn index_text(t: String) -> Sql {
+    if t.len() > INDEX_TEXT_MAX {
+        Sql::Integer(xxhash_rust::xxh3::xxh3_64(t.as_bytes()) as i64)
+    } else {
+        Sql::Text(t)
+    }
+}
+
 /// The value an attribute is indexed under: integers and floats natively, everything else
 /// as its text (so `true`, `"true"` and `["a"]` are found by the text the user types).
 fn index_value(v: &Value) -> Sql {
     match v {
-        Value::String(s) => Sql::Text(s.clone()),
+        Value::String(s) => index_text(s.clone()),
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => Sql::Integer(i),
             (None, Some(f)) if n.as_u64().is_none() => Sql::Real(f),
-            _ => Sql::Text(n.to_string()),
+            _ => index_text(n.to_string()),
         },
-        other => Sql::Text(other.to_string()),
+        other => index_text(other.to_string()),
     }
 }
 
 /// Every indexed value that an attribute compared as `text` could have been stored as.
 fn index_candidates(text: &str) -> Vec<Sql> {
-    let mut out = vec![Sql::Text(text.to_string())];
+    let mut out = vec![index_text(text.to_string())];
     if let Ok(i) = text.parse::<i64>() {
         if i.to_string() == text {
             out.push(Sql::Integer(i));
@@ -298,11 +310,25 @@ fn corrupt(what: &str) -> impl Fn(codec::Corrupt) -> StoreError + '_ {
     }
 }
 
+/// Values of attributes at most this long may be dictionary-coded.
+const INTERN_MAX_LEN: usize = 48;
+/// New dictionary values one attribute key may add per process run (low cardinality only).
+const INTERN_PER_KEY: u32 = 64;
+/// New dictionary values per process run, over every key.
+const INTERN_TOTAL: u32 = 200_000;
+
 fn put_attrs(e: &mut Enc, attrs: &dlog_core::model::Attributes, ids: &dyn Fn(&str) -> i64) {
     e.u64(attrs.len() as u64);
     for (k, v) in attrs {
         e.u64(ids(k) as u64);
-        e.value(v);
+        match v {
+            // A string the dictionary holds is written as its id.
+            Value::String(s) if s.len() <= INTERN_MAX_LEN && ids(s) > 0 => {
+                e.buf.push(codec::DICT);
+                e.u64(ids(s) as u64);
+            }
+            _ => e.value(v),
+        }
     }
 }
 
@@ -314,7 +340,13 @@ fn get_attrs(
     let mut out = dlog_core::model::Attributes::new();
     for _ in 0..n {
         let k = d.u64().map_err(corrupt("attribute key"))? as i64;
-        let v = d.value().map_err(corrupt("attribute value"))?;
+        let v = if d.peek() == Some(codec::DICT) {
+            d.skip(1);
+            let id = d.u64().map_err(corrupt("attribute value"))? as i64;
+            Value::String(cat.string(id)?.to_string())
+        } else {
+            d.value().map_err(corrupt("attribute value"))?
+        };
         out.insert(cat.string(k)?.to_string(), v);
     }
     Ok(out)
@@ -436,6 +468,10 @@ struct Writer {
     known_operations: HashSet<(String, String, String)>,
     /// Trace id → the day partition holding it.
     recent: HashMap<String, i64>,
+    /// Distinct values dictionary-coded per attribute key in this run.
+    value_counts: HashMap<String, u32>,
+    /// Values dictionary-coded in this run.
+    interned: u32,
     /// Days before this one were dropped for age: writes for them are acknowledged and
     /// dropped with their day.
     expired_before: Option<i64>,
@@ -549,6 +585,8 @@ impl Writer {
 /// and added to the catalog once it committed.
 struct Interner<'a> {
     cat: &'a Catalog,
+    value_counts: &'a mut HashMap<String, u32>,
+    interned: &'a mut u32,
     strings: Vec<(i64, String)>,
     string_ids: HashMap<String, i64>,
     resources: Vec<(i64, u128, i64, ServiceInfo)>,
@@ -556,9 +594,11 @@ struct Interner<'a> {
 }
 
 impl<'a> Interner<'a> {
-    fn new(cat: &'a Catalog) -> Self {
+    fn new(cat: &'a Catalog, value_counts: &'a mut HashMap<String, u32>, interned: &'a mut u32) -> Self {
         Interner {
             cat,
+            value_counts,
+            interned,
             strings: Vec::new(),
             string_ids: HashMap::new(),
             resources: Vec::new(),
@@ -602,9 +642,22 @@ impl<'a> Interner<'a> {
         (id, service)
     }
 
+    /// Interns the keys, and the string values of keys seen with few distinct values.
     fn attr_keys(&mut self, attrs: &dlog_core::model::Attributes) {
-        for k in attrs.keys() {
+        for (k, v) in attrs {
             self.string(k);
+            let Value::String(v) = v else {
+                continue;
+            };
+            if v.len() > INTERN_MAX_LEN || self.lookup(v) > 0 {
+                continue;
+            }
+            let seen = self.value_counts.entry(k.clone()).or_insert(0);
+            if *seen < INTERN_PER_KEY && *self.interned < INTERN_TOTAL {
+                *seen += 1;
+                *self.interned += 1;
+                self.string(v);
+            }
         }
     }
 }
@@ -668,7 +721,7 @@ fn write_docs(
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     let (new_strings, new_resources) = {
         let cat = ctx.catalog();
-        let mut it = Interner::new(&cat);
+        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned);
         let tx = w
             .shared
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1315,6 +1368,8 @@ impl EmbeddedStore {
                 part_use: Vec::new(),
                 known_operations,
                 recent: HashMap::new(),
+                value_counts: HashMap::new(),
+                interned: 0,
                 expired_before: None,
             })),
             readers,
@@ -2506,6 +2561,9 @@ mod tests {
         assert!(index_candidates("200").contains(&Sql::Integer(200)));
         assert!(index_candidates("0.25").contains(&Sql::Real(0.25)));
         assert_eq!(index_candidates("GET"), vec![text("GET")]);
+        let long = "/api/v1/orders/{id}/items";
+        assert_eq!(index_value(&serde_json::json!(long)), index_candidates(long)[0]);
+        assert!(matches!(index_candidates(long)[0], Sql::Integer(_)));
     }
 }
 
