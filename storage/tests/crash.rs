@@ -107,7 +107,10 @@ fn stored(dir: &Path) -> Vec<String> {
 async fn stored_docs(dir: &Path) -> Vec<(String, dlog_core::model::SpanRecord)> {
     use dlog_storage::Store;
     let store = dlog_storage::embedded::EmbeddedStore::open(dir.join("store")).unwrap();
-    let traces: BTreeSet<String> = stored(dir).into_iter().map(|k| k[..32].to_string()).collect();
+    let traces: BTreeSet<String> = stored(dir)
+        .into_iter()
+        .map(|k| k[..32].to_string())
+        .collect();
     let mut out = Vec::new();
     for trace in traces {
         for span in store.get_trace(&trace).await.unwrap() {

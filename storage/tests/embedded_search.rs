@@ -20,7 +20,9 @@ fn bodies_times(found: &[dlog_core::model::LogEntry]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_text_search_returns_the_newest_matches_whatever_their_arrival_order() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&StoreConfig::embedded(dir.path())).await.unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
     let svc = service("orderly", "or-1", &[]);
     let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
     // The newest match arrives first; then 3,000 older ones; then one in the middle late.
@@ -53,7 +55,10 @@ async fn log_text_search_returns_the_newest_matches_whatever_their_arrival_order
         bodies_times(&found),
         vec![t0 + 10_000 * MS, t0 + 5_000 * MS, t0 + 2999 * MS]
     );
-    let all = store.search_logs(&search("SETTLED at", 5000)).await.unwrap();
+    let all = store
+        .search_logs(&search("SETTLED at", 5000))
+        .await
+        .unwrap();
     assert_eq!(all.len(), times.len());
     let mut sorted = times.clone();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
@@ -74,7 +79,14 @@ async fn log_text_search_returns_the_newest_matches_whatever_their_arrival_order
     let again: Vec<Document> = times[..100]
         .iter()
         .map(|t| {
-            Document::Log(log(&svc, *t, "INFO", &format!("payment settled at {t}"), None, &[]))
+            Document::Log(log(
+                &svc,
+                *t,
+                "INFO",
+                &format!("payment settled at {t}"),
+                None,
+                &[],
+            ))
         })
         .collect();
     store.write(&again).await.unwrap();
@@ -85,7 +97,9 @@ async fn log_text_search_returns_the_newest_matches_whatever_their_arrival_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_search_pages_past_candidates_that_do_not_match_on_one_span() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&StoreConfig::embedded(dir.path())).await.unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
     let front = service("front", "fr-1", &[]);
     let back = service("back", "bk-1", &[]);
     let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
@@ -94,9 +108,31 @@ async fn trace_search_pages_past_candidates_that_do_not_match_on_one_span() {
     let mut docs = Vec::new();
     for i in 0..305u64 {
         let trace = format!("{:032x}", 0xabc000 + i);
-        let start = if i < 300 { t0 + (1000 + i) * MS } else { t0 + i * MS - 300 * MS };
-        let mut root = span(&trace, "00000000000000f1", None, &front, "GET /", SpanKind::Server, start, 5);
-        let mut child = span(&trace, "00000000000000f2", Some("00000000000000f1"), &back, "load", SpanKind::Server, start + MS, 2);
+        let start = if i < 300 {
+            t0 + (1000 + i) * MS
+        } else {
+            t0 + i * MS - 300 * MS
+        };
+        let mut root = span(
+            &trace,
+            "00000000000000f1",
+            None,
+            &front,
+            "GET /",
+            SpanKind::Server,
+            start,
+            5,
+        );
+        let mut child = span(
+            &trace,
+            "00000000000000f2",
+            Some("00000000000000f1"),
+            &back,
+            "load",
+            SpanKind::Server,
+            start + MS,
+            2,
+        );
         let method = BTreeMap::from([("http.method".to_string(), json!("GET"))]);
         if i < 300 {
             root.attributes = method;
@@ -117,6 +153,9 @@ async fn trace_search_pages_past_candidates_that_do_not_match_on_one_span() {
         .await
         .unwrap();
     let ids: Vec<String> = found.iter().map(|t| t.trace_id.clone()).collect();
-    let expected: Vec<String> = (300..305u64).rev().map(|i| format!("{:032x}", 0xabc000 + i)).collect();
+    let expected: Vec<String> = (300..305u64)
+        .rev()
+        .map(|i| format!("{:032x}", 0xabc000 + i))
+        .collect();
     assert_eq!(ids, expected);
 }

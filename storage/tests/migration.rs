@@ -143,7 +143,13 @@ fn write_v1_store(dir: &Path) {
     let a = alert("al-1", "backend", "firing", 7);
     conn.execute(
         "INSERT INTO alerts (id, service, state, last_seen, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![a.id, a.service, a.state, 7, serde_json::to_string(&a).unwrap()],
+        rusqlite::params![
+            a.id,
+            a.service,
+            a.state,
+            7,
+            serde_json::to_string(&a).unwrap()
+        ],
     )
     .unwrap();
 }
@@ -153,7 +159,9 @@ async fn a_store_of_the_first_layout_is_migrated_when_opened() {
     let dir = tempfile::tempdir().unwrap();
     write_v1_store(dir.path());
 
-    let store = open_store(&StoreConfig::embedded(dir.path())).await.unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
     let expected: Vec<_> = fixture_spans()
         .into_iter()
         .filter(|s| s.trace_id == TRACE_A)
@@ -166,7 +174,10 @@ async fn a_store_of_the_first_layout_is_migrated_when_opened() {
     assert_eq!(
         status
             .iter()
-            .map(|s| (s.entry.instance_id.as_str(), s.entry.last_heartbeat_unix_nano))
+            .map(|s| (
+                s.entry.instance_id.as_str(),
+                s.entry.last_heartbeat_unix_nano
+            ))
             .collect::<Vec<_>>(),
         vec![
             ("be-1", common::conformance::T0 + 5_000_000_000),
@@ -178,7 +189,10 @@ async fn a_store_of_the_first_layout_is_migrated_when_opened() {
         store.list_alerts(&AlertQuery::default()).await.unwrap(),
         vec![alert("al-1", "backend", "firing", 7)]
     );
-    assert_eq!(store.find_traces(&Default::default()).await.unwrap().len(), 2);
+    assert_eq!(
+        store.find_traces(&Default::default()).await.unwrap().len(),
+        2
+    );
     // The old file is gone once its documents are in the new layout, and the new layout
     // carries its version.
     assert!(!dir.path().join(V1_FILE).exists());
@@ -189,15 +203,24 @@ async fn a_store_of_the_first_layout_is_migrated_when_opened() {
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
     // Opening again migrates nothing twice.
-    let store = open_store(&StoreConfig::embedded(dir.path())).await.unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
     assert_eq!(store.get_trace(TRACE_A).await.unwrap(), expected);
-    assert_eq!(store.search_logs(&LogQuery::default()).await.unwrap().len(), logs.len());
+    assert_eq!(
+        store.search_logs(&LogQuery::default()).await.unwrap().len(),
+        logs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_from_a_newer_dlog_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    drop(open_store(&StoreConfig::embedded(dir.path())).await.unwrap());
+    drop(
+        open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap(),
+    );
     let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .unwrap();

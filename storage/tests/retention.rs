@@ -11,8 +11,7 @@ use std::time::Duration;
 use common::conformance::{day_name, log, service, span};
 use dlog_core::model::SpanKind;
 use dlog_storage::{
-    open_store, Document, LogQuery, RetentionPolicy, StoreConfig, TraceQuery,
-    WriteOutcome,
+    open_store, Document, LogQuery, RetentionPolicy, StoreConfig, TraceQuery, WriteOutcome,
 };
 use serde_json::json;
 
@@ -49,7 +48,10 @@ fn batch(now: u64, day_back: u64, n: u64) -> Vec<Document> {
             &svc,
             base + t * 1000,
             "INFO",
-            &format!("day {day_back} batch {n} trace {t}: request served in {} ms", t * 7 % 100),
+            &format!(
+                "day {day_back} batch {n} trace {t}: request served in {} ms",
+                t * 7 % 100
+            ),
             Some((&trace, "0000000000000001")),
             &[("request.id", json!(format!("{trace}")))],
         )));
@@ -60,13 +62,17 @@ fn batch(now: u64, day_back: u64, n: u64) -> Vec<Document> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_byte_budget_drops_the_oldest_days_while_ingest_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&StoreConfig::embedded(dir.path())).await.unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
     let now = dlog_storage::now_unix_nano();
     let today = now / DAY;
 
     // How big one day is, to set a budget of about two and a half days.
     let probe = tempfile::tempdir().unwrap();
-    let probe_store = open_store(&StoreConfig::embedded(probe.path())).await.unwrap();
+    let probe_store = open_store(&StoreConfig::embedded(probe.path()))
+        .await
+        .unwrap();
     for n in 0..BATCHES_PER_DAY {
         probe_store.write(&batch(now, 0, n)).await.unwrap();
     }

@@ -63,9 +63,30 @@ const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 const CODES: [i64; 5] = [200, 201, 204, 404, 500];
 const REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "ap-south-1"];
 const WORDS: [&str; 24] = [
-    "request", "served", "cache", "miss", "hit", "user", "session", "checkout", "payment",
-    "order", "inventory", "timeout", "retry", "upstream", "connection", "pool", "queue",
-    "message", "handler", "completed", "started", "latency", "database", "query",
+    "request",
+    "served",
+    "cache",
+    "miss",
+    "hit",
+    "user",
+    "session",
+    "checkout",
+    "payment",
+    "order",
+    "inventory",
+    "timeout",
+    "retry",
+    "upstream",
+    "connection",
+    "pool",
+    "queue",
+    "message",
+    "handler",
+    "completed",
+    "started",
+    "latency",
+    "database",
+    "query",
 ];
 
 fn trace_id(k: u64) -> String {
@@ -79,9 +100,15 @@ fn resource(svc: u64, instance: u64) -> ServiceInfo {
         instance_id: Some(format!("svc-{svc:02}-{instance}")),
         dependencies: vec![],
         attributes: BTreeMap::from([
-            ("host.name".to_string(), json!(format!("node-{}", (svc * 2 + instance) % 17))),
+            (
+                "host.name".to_string(),
+                json!(format!("node-{}", (svc * 2 + instance) % 17)),
+            ),
             ("deployment.environment".to_string(), json!("production")),
-            ("cloud.region".to_string(), json!(REGIONS[(svc % 3) as usize])),
+            (
+                "cloud.region".to_string(),
+                json!(REGIONS[(svc % 3) as usize]),
+            ),
         ]),
     }
 }
@@ -126,22 +153,46 @@ fn trace(k: u64, start: u64, resources: &[ServiceInfo]) -> Vec<SpanRecord> {
         }
         spans.push(SpanRecord {
             trace_id: id.clone(),
-            span_id: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&(k * 16 + i).to_le_bytes())),
+            span_id: format!(
+                "{:016x}",
+                xxhash_rust::xxh3::xxh3_64(&(k * 16 + i).to_le_bytes())
+            ),
             parent_span_id: parent.map(|p| spans[p].span_id.clone()),
             name: format!("op-{svc:02}-{op}"),
-            kind: if i == 0 { SpanKind::Server } else { SpanKind::Internal },
+            kind: if i == 0 {
+                SpanKind::Server
+            } else {
+                SpanKind::Internal
+            },
             start_unix_nano: s,
             end_unix_nano: s + dur,
-            status: if error { StatusCode::Error } else { StatusCode::Unset },
-            status_message: if error { "upstream timed out".into() } else { String::new() },
+            status: if error {
+                StatusCode::Error
+            } else {
+                StatusCode::Unset
+            },
+            status_message: if error {
+                "upstream timed out".into()
+            } else {
+                String::new()
+            },
             service: resources[(svc * 2 + rng.random_range(0..2)) as usize].clone(),
             scope: "bench".into(),
             attributes: BTreeMap::from([
-                ("http.method".to_string(), json!(METHODS[rng.random_range(0..4)])),
-                ("http.status_code".to_string(), json!(CODES[rng.random_range(0..5)])),
+                (
+                    "http.method".to_string(),
+                    json!(METHODS[rng.random_range(0..4)]),
+                ),
+                (
+                    "http.status_code".to_string(),
+                    json!(CODES[rng.random_range(0..5)]),
+                ),
                 ("region".to_string(), json!(REGIONS[rng.random_range(0..3)])),
                 ("request.id".to_string(), json!(format!("req-{k}"))),
-                ("http.route".to_string(), json!(format!("/api/v1/op{op}/items/{{id}}"))),
+                (
+                    "http.route".to_string(),
+                    json!(format!("/api/v1/op{op}/items/{{id}}")),
+                ),
                 ("thread.id".to_string(), json!(rng.random_range(0..64))),
             ]),
             events,
@@ -176,13 +227,27 @@ fn log(k: u64, time: u64, resources: &[ServiceInfo], traces: u64) -> LogEntry {
         level: ["INFO", "INFO", "INFO", "WARN", "ERROR"][rng.random_range(0..5)].into(),
         body,
         trace_id: traced.then(|| trace_id(t)),
-        span_id: traced.then(|| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&(t * 16).to_le_bytes()))),
+        span_id: traced.then(|| {
+            format!(
+                "{:016x}",
+                xxhash_rust::xxh3::xxh3_64(&(t * 16).to_le_bytes())
+            )
+        }),
         event_name: None,
         service: resources[rng.random_range(0..resources.len())].clone(),
         attributes: BTreeMap::from([
-            ("user.id".to_string(), json!(format!("u-{}", rng.random_range(0..10_000)))),
-            ("component".to_string(), json!(["http", "db", "cache", "queue"][rng.random_range(0..4)])),
-            ("latency_ms".to_string(), json!(rng.random_range(0.0..500.0))),
+            (
+                "user.id".to_string(),
+                json!(format!("u-{}", rng.random_range(0..10_000))),
+            ),
+            (
+                "component".to_string(),
+                json!(["http", "db", "cache", "queue"][rng.random_range(0..4)]),
+            ),
+            (
+                "latency_ms".to_string(),
+                json!(rng.random_range(0.0..500.0)),
+            ),
         ]),
     }
 }
@@ -295,7 +360,13 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(_, b)| *b)
                 .sum()
         };
-        let span_bytes = side(&["spans", "traces", "attrs", "edges", "sqlite_autoindex_traces"]);
+        let span_bytes = side(&[
+            "spans",
+            "traces",
+            "attrs",
+            "edges",
+            "sqlite_autoindex_traces",
+        ]);
         let log_bytes = side(&["logs"]);
         let shared = tables.get("shared").copied().unwrap_or(0);
         for (name, bytes) in &tables {
@@ -358,7 +429,12 @@ async fn main() -> anyhow::Result<()> {
                 hits += n;
             }
             times.sort();
-            report.push(($name, percentile(&times, 0.5), percentile(&times, 0.99), hits as f64 / q as f64));
+            report.push((
+                $name,
+                percentile(&times, 0.5),
+                percentile(&times, 0.99),
+                hits as f64 / q as f64,
+            ));
         }};
     }
     measure!("trace by id", {
@@ -457,9 +533,16 @@ async fn main() -> anyhow::Result<()> {
         "queries ({q} each, randomized) with background ingest of {:.0} spans/s:",
         bg as f64 / bg_started.elapsed().as_secs_f64()
     );
-    println!("  {:<26} {:>9} {:>9} {:>10}", "query", "p50 ms", "p99 ms", "avg hits");
+    println!(
+        "  {:<26} {:>9} {:>9} {:>10}",
+        "query", "p50 ms", "p99 ms", "avg hits"
+    );
     for (name, p50, p99, hits) in report {
-        println!("  {name:<26} {:>9.2} {:>9.2} {hits:>10.1}", ms(p50), ms(p99));
+        println!(
+            "  {name:<26} {:>9.2} {:>9.2} {hits:>10.1}",
+            ms(p50),
+            ms(p99)
+        );
     }
     if args.elasticsearch.is_none() && !args.keep && args.dir.is_none() {
         drop(store);

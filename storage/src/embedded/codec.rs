@@ -253,8 +253,10 @@ impl<'a> Dec<'a> {
 /// sender may send anything). A BLOB never equals a TEXT in SQLite, so the two cannot clash.
 pub fn id_value(id: &str) -> rusqlite::types::Value {
     if !id.is_empty()
-        && id.len() % 2 == 0
-        && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && id.len().is_multiple_of(2)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         if let Ok(bytes) = hex::decode(id) {
             return rusqlite::types::Value::Blob(bytes);

@@ -35,9 +35,9 @@ use serde_json::Value;
 
 use crate::store::{
     effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage,
-    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
-    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage, RegistryEntry,
+    RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage,
+    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 use codec::{id_text, id_value, Dec, Enc};
 pub use schema::SCHEMA_VERSION;
@@ -203,7 +203,10 @@ fn resource_hash(info: &ServiceInfo) -> u128 {
 fn text_eq(v: &Value, text: &str) -> bool {
     match v {
         Value::String(s) => s == text,
-        other => other.to_string() == text,
+        other => {
+            let rendered = other.to_string();
+            rendered == text
+        }
     }
 }
 
@@ -332,10 +335,7 @@ fn put_attrs(e: &mut Enc, attrs: &dlog_core::model::Attributes, ids: &dyn Fn(&st
     }
 }
 
-fn get_attrs(
-    d: &mut Dec<'_>,
-    cat: &Catalog,
-) -> Result<dlog_core::model::Attributes, StoreError> {
+fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attributes, StoreError> {
     let n = d.u64().map_err(corrupt("attributes"))?;
     let mut out = dlog_core::model::Attributes::new();
     for _ in 0..n {
@@ -594,7 +594,11 @@ struct Interner<'a> {
 }
 
 impl<'a> Interner<'a> {
-    fn new(cat: &'a Catalog, value_counts: &'a mut HashMap<String, u32>, interned: &'a mut u32) -> Self {
+    fn new(
+        cat: &'a Catalog,
+        value_counts: &'a mut HashMap<String, u32>,
+        interned: &'a mut u32,
+    ) -> Self {
         Interner {
             cat,
             value_counts,
@@ -607,7 +611,12 @@ impl<'a> Interner<'a> {
     }
 
     fn string(&mut self, s: &str) -> i64 {
-        if let Some(id) = self.cat.string_ids.get(s).or_else(|| self.string_ids.get(s)) {
+        if let Some(id) = self
+            .cat
+            .string_ids
+            .get(s)
+            .or_else(|| self.string_ids.get(s))
+        {
             return *id;
         }
         let id = self.cat.max_string + self.strings.len() as i64 + 1;
@@ -839,12 +848,11 @@ fn write_docs(
                     }
                     Document::Heartbeat(h) => {
                         let registry = RegistryEntry::from_heartbeat(h, now);
-                        let doc = serde_json::to_string(&registry).map_err(|e| {
-                            StoreError::Corrupt {
+                        let doc =
+                            serde_json::to_string(&registry).map_err(|e| StoreError::Corrupt {
                                 id: h.doc_id(),
                                 message: e.to_string(),
-                            }
-                        });
+                            });
                         let hb = serde_json::to_string(h);
                         match (doc, hb) {
                             (Ok(doc), Ok(hb)) => {
@@ -858,13 +866,15 @@ fn write_docs(
                                     .map_err(&shared_err)?;
                                 let day = day_of_time(h.time_unix_nano);
                                 if live(day) {
-                                    by_day.entry(day).or_default().heartbeats.push(
-                                        HeartbeatRow {
+                                    by_day
+                                        .entry(day)
+                                        .or_default()
+                                        .heartbeats
+                                        .push(HeartbeatRow {
                                             id: h.doc_id(),
                                             time: ns(h.time_unix_nano),
                                             doc: hb,
-                                        },
-                                    );
+                                        });
                                 }
                             }
                             _ => {
@@ -1066,7 +1076,10 @@ fn write_trace(
                 }
             }
         }
-        debug_assert!(g.spans.iter().all(|s| service_of(s.cols.resource) == s.service));
+        debug_assert!(g
+            .spans
+            .iter()
+            .all(|s| service_of(s.cols.resource) == s.service));
     }
 
     // Edges of the new spans and of the spans whose parent is new.
@@ -1080,10 +1093,7 @@ fn write_trace(
         )?;
         for child in cols.values() {
             let touched = new_ids.contains(child.span_id.as_str())
-                || child
-                    .parent
-                    .as_deref()
-                    .is_some_and(|p| new_ids.contains(p));
+                || child.parent.as_deref().is_some_and(|p| new_ids.contains(p));
             if !touched {
                 continue;
             }
@@ -1170,13 +1180,7 @@ fn write_log(tx: &rusqlite::Transaction<'_>, cat: &Catalog, l: &LogRow) -> Resul
     )
     .map_err(err)?
     .execute(params![
-        l.time,
-        l.resource,
-        l.level,
-        l.severity,
-        l.trace_id,
-        l.body,
-        l.rest
+        l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest
     ])
     .map_err(err)?;
     let id = tx.last_insert_rowid();
@@ -1209,7 +1213,7 @@ struct ReaderSet {
 impl ReaderSet {
     /// A reader connection to a day partition; `None` when it does not exist (any more).
     fn part(&mut self, ctx: &Ctx, day: i64) -> Option<&Connection> {
-        if !self.parts.contains_key(&day) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.parts.entry(day) {
             let path = ctx.part_path(day);
             if !path.exists() {
                 return None;
@@ -1227,7 +1231,7 @@ impl ReaderSet {
             if v != SCHEMA_VERSION {
                 return None;
             }
-            self.parts.insert(day, conn);
+            slot.insert(conn);
         }
         self.parts.get(&day)
     }
@@ -1622,8 +1626,7 @@ impl Term {
             Term::Attr(k, v) => {
                 s.attributes.get(k).is_some_and(|x| text_eq(x, v))
                     || resource_matches(&s.service, k, v)
-                    || s
-                        .events
+                    || s.events
                         .iter()
                         .any(|e| e.attributes.get(k).is_some_and(|x| text_eq(x, v)))
             }
@@ -1639,10 +1642,10 @@ impl Term {
             Term::Service(name) => cat.resources_of(name),
             Term::Operation(op) => {
                 let id = *cat.string_ids.get(op.as_str())?;
-                sub.push("(key = ? AND value = ?)", [
-                    Sql::Integer(KEY_OPERATION),
-                    Sql::Integer(id),
-                ]);
+                sub.push(
+                    "(key = ? AND value = ?)",
+                    [Sql::Integer(KEY_OPERATION), Sql::Integer(id)],
+                );
                 parts.push(sub.clauses.pop()?);
                 Vec::new()
             }
@@ -1800,7 +1803,11 @@ fn trace_no_of(conn: &Connection, trace_id: &str) -> Result<Option<i64>, StoreEr
 }
 
 /// Every partition holding some of a trace, with its trace number there.
-fn trace_partitions(set: &mut ReaderSet, ctx: &Ctx, trace_id: &str) -> Result<Vec<(i64, i64)>, StoreError> {
+fn trace_partitions(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    trace_id: &str,
+) -> Result<Vec<(i64, i64)>, StoreError> {
     let mut out = Vec::new();
     for day in list_days(&ctx.dir).into_iter().rev() {
         if let Some(conn) = set.part(ctx, day) {
@@ -1820,10 +1827,7 @@ fn bound(conn: &Connection, sql: &str) -> Result<Option<i64>, StoreError> {
         .map_err(read_err)
 }
 
-fn decode_log(
-    r: &rusqlite::Row<'_>,
-    cat: &Catalog,
-) -> Result<LogEntry, StoreError> {
+fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreError> {
     let id: i64 = r.get(0).map_err(read_err)?;
     let time: i64 = r.get(1).map_err(read_err)?;
     let resource: i64 = r.get(2).map_err(read_err)?;
@@ -1920,12 +1924,14 @@ impl Store for EmbeddedStore {
 
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
         let query = query.clone();
-        self.read(move |set, ctx| find_traces(set, ctx, &query)).await
+        self.read(move |set, ctx| find_traces(set, ctx, &query))
+            .await
     }
 
     async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
         let query = query.clone();
-        self.read(move |set, ctx| search_logs(set, ctx, &query)).await
+        self.read(move |set, ctx| search_logs(set, ctx, &query))
+            .await
     }
 
     async fn services(&self) -> Result<Vec<String>, StoreError> {
@@ -2127,7 +2133,11 @@ impl Store for EmbeddedStore {
     }
 }
 
-fn find_traces(set: &mut ReaderSet, ctx: &Ctx, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
+fn find_traces(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    q: &TraceQuery,
+) -> Result<Vec<TraceSummary>, StoreError> {
     let limit = effective_limit(q.limit);
     let mut terms = Vec::new();
     if let Some(s) = &q.service {
@@ -2169,7 +2179,11 @@ fn find_traces(set: &mut ReaderSet, ctx: &Ctx, q: &TraceQuery) -> Result<Vec<Tra
     // Candidates are checked span by span when several conditions must hold on one span
     // (or the index may hold an older version of a replaced span), so pages are fetched
     // until enough pass.
-    let page = if terms.is_empty() { limit } else { limit * 2 + 16 };
+    let page = if terms.is_empty() {
+        limit
+    } else {
+        limit * 2 + 16
+    };
     let sql = format!(
         "SELECT {SUMMARY_COLS} FROM traces {} ORDER BY start_ns DESC, trace_id \
          LIMIT {page} OFFSET ?",
@@ -2341,9 +2355,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
                         Some(m) => *m,
                         None => {
                             let m: i64 = conn
-                                .prepare_cached(
-                                    "SELECT max_time FROM log_blocks WHERE block = ?1",
-                                )
+                                .prepare_cached("SELECT max_time FROM log_blocks WHERE block = ?1")
                                 .map_err(read_err)?
                                 .query_row([block], |r| r.get(0))
                                 .optional()
@@ -2417,7 +2429,10 @@ fn apply_retention(
     let drop_day = |w: &mut Writer, day: i64| -> Result<(), StoreError> {
         w.close_partition(day);
         for r in readers {
-            r.lock().unwrap_or_else(|e| e.into_inner()).parts.remove(&day);
+            r.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .parts
+                .remove(&day);
         }
         w.recent.retain(|_, d| *d != day);
         let path = ctx.part_path(day);
@@ -2493,7 +2508,8 @@ pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError>
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
             r.get::<_, i64>(0)
@@ -2520,6 +2536,48 @@ pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError>
     } else {
         count(&dir.join(DB_FILE))
     }
+}
+
+/// Bytes on disk per table and index (SQLite's `dbstat`), summed over the day partitions,
+/// with the shared database as `shared`: for benchmarks and diagnostics.
+pub fn table_bytes(
+    dir: impl AsRef<Path>,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    let dir = dir.as_ref();
+    let mut out = std::collections::BTreeMap::new();
+    let sum = |path: &Path, out: &mut std::collections::BTreeMap<String, u64>, prefix: &str| {
+        let err = |e: rusqlite::Error| StoreError::Embedded {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let mut stmt = conn
+            .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(err)?;
+        for row in rows {
+            let (name, bytes) = row.map_err(err)?;
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                prefix.to_string()
+            };
+            *out.entry(key).or_insert(0) += bytes as u64;
+        }
+        Ok::<_, StoreError>(())
+    };
+    for day in list_days(dir) {
+        let path = dir
+            .join(PARTITIONS_DIR)
+            .join(format!("{}.sqlite3", day_name(day)));
+        sum(&path, &mut out, "")?;
+    }
+    sum(&dir.join(DB_FILE), &mut out, "shared")?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -2562,45 +2620,10 @@ mod tests {
         assert!(index_candidates("0.25").contains(&Sql::Real(0.25)));
         assert_eq!(index_candidates("GET"), vec![text("GET")]);
         let long = "/api/v1/orders/{id}/items";
-        assert_eq!(index_value(&serde_json::json!(long)), index_candidates(long)[0]);
+        assert_eq!(
+            index_value(&serde_json::json!(long)),
+            index_candidates(long)[0]
+        );
         assert!(matches!(index_candidates(long)[0], Sql::Integer(_)));
     }
-}
-
-/// Bytes on disk per table and index (SQLite's `dbstat`), summed over the day partitions,
-/// with the shared database as `shared`: for benchmarks and diagnostics.
-pub fn table_bytes(
-    dir: impl AsRef<Path>,
-) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-    let dir = dir.as_ref();
-    let mut out = std::collections::BTreeMap::new();
-    let sum = |path: &Path, out: &mut std::collections::BTreeMap<String, u64>, prefix: &str| {
-        let err = |e: rusqlite::Error| StoreError::Embedded {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        let conn =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        let mut stmt = conn
-            .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(err)?;
-        for row in rows {
-            let (name, bytes) = row.map_err(err)?;
-            let key = if prefix.is_empty() { name } else { prefix.to_string() };
-            *out.entry(key).or_insert(0) += bytes as u64;
-        }
-        Ok::<_, StoreError>(())
-    };
-    for day in list_days(dir) {
-        let path = dir
-            .join(PARTITIONS_DIR)
-            .join(format!("{}.sqlite3", day_name(day)));
-        sum(&path, &mut out, "")?;
-    }
-    sum(&dir.join(DB_FILE), &mut out, "shared")?;
-    Ok(out)
 }

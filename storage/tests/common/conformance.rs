@@ -699,7 +699,6 @@ pub async fn run(store: Arc<dyn Store>) {
     get_trace_page_reads_a_window(&store).await;
 }
 
-
 async fn write_all(store: &Arc<dyn Store>, docs: Vec<Document>) {
     let outcomes = store.write(&docs).await.expect("write");
     assert_eq!(
@@ -735,7 +734,16 @@ async fn find_traces_orders_by_trace_start(store: &Arc<dyn Store>) {
     let at = T0 + 10 * DAY;
     let sec = 1000 * MS;
     let spans = vec![
-        span(TRACE_C, "c100000000000001", None, &svc, "job", SpanKind::Server, at, 60_000),
+        span(
+            TRACE_C,
+            "c100000000000001",
+            None,
+            &svc,
+            "job",
+            SpanKind::Server,
+            at,
+            60_000,
+        ),
         span(
             TRACE_C,
             "c100000000000002",
@@ -746,7 +754,16 @@ async fn find_traces_orders_by_trace_start(store: &Arc<dyn Store>) {
             at + 50 * sec,
             100,
         ),
-        span(TRACE_D, "d100000000000001", None, &svc, "job", SpanKind::Server, at + 10 * sec, 1000),
+        span(
+            TRACE_D,
+            "d100000000000001",
+            None,
+            &svc,
+            "job",
+            SpanKind::Server,
+            at + 10 * sec,
+            1000,
+        ),
     ];
     write_all(store, spans.into_iter().map(Document::Span).collect()).await;
     let by_service = |limit| {
@@ -756,14 +773,24 @@ async fn find_traces_orders_by_trace_start(store: &Arc<dyn Store>) {
         }
     };
     let b = store.backend();
-    assert_eq!(traces_of(store, &by_service(0)).await, vec![TRACE_D, TRACE_C], "{b}");
+    assert_eq!(
+        traces_of(store, &by_service(0)).await,
+        vec![TRACE_D, TRACE_C],
+        "{b}"
+    );
     assert_eq!(traces_of(store, &by_service(1)).await, vec![TRACE_D], "{b}");
     assert_eq!(
         traces_of(store, &|q| q.operation = Some("late step".into())).await,
         vec![TRACE_C],
         "{b}"
     );
-    let found = store.find_traces(&TraceQuery { service: Some("ordering".into()), ..Default::default() }).await.unwrap();
+    let found = store
+        .find_traces(&TraceQuery {
+            service: Some("ordering".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(found[1].start_unix_nano, at, "{b}");
     assert_eq!(found[1].duration_nanos, 60_000 * MS, "{b}");
     assert_eq!(found[1].span_count, 2, "{b}");
@@ -781,7 +808,16 @@ async fn find_traces_applies_duration_to_the_trace(store: &Arc<dyn Store>) {
     write_all(
         store,
         vec![
-            span(TRACE_E, "e100000000000001", None, &svc, "start", SpanKind::Server, at, 10),
+            span(
+                TRACE_E,
+                "e100000000000001",
+                None,
+                &svc,
+                "start",
+                SpanKind::Server,
+                at,
+                10,
+            ),
             span(
                 TRACE_E,
                 "e100000000000002",
@@ -792,7 +828,16 @@ async fn find_traces_applies_duration_to_the_trace(store: &Arc<dyn Store>) {
                 at + 190 * MS,
                 10,
             ),
-            span(TRACE_F, "f100000000000001", None, &svc, "quick", SpanKind::Server, at + DAY / 2, 5),
+            span(
+                TRACE_F,
+                "f100000000000001",
+                None,
+                &svc,
+                "quick",
+                SpanKind::Server,
+                at + DAY / 2,
+                5,
+            ),
         ]
         .into_iter()
         .map(Document::Span)
@@ -807,10 +852,25 @@ async fn find_traces_applies_duration_to_the_trace(store: &Arc<dyn Store>) {
             q.max_duration = max.map(Duration::from_millis);
         }
     };
-    assert_eq!(traces_of(store, &within(Some(150), None)).await, vec![TRACE_E], "{b}");
-    assert_eq!(traces_of(store, &within(Some(150), Some(250))).await, vec![TRACE_E], "{b}");
-    assert_eq!(traces_of(store, &within(None, Some(50))).await, vec![TRACE_F], "{b}");
-    assert!(traces_of(store, &within(Some(201), None)).await.is_empty(), "{b}");
+    assert_eq!(
+        traces_of(store, &within(Some(150), None)).await,
+        vec![TRACE_E],
+        "{b}"
+    );
+    assert_eq!(
+        traces_of(store, &within(Some(150), Some(250))).await,
+        vec![TRACE_E],
+        "{b}"
+    );
+    assert_eq!(
+        traces_of(store, &within(None, Some(50))).await,
+        vec![TRACE_F],
+        "{b}"
+    );
+    assert!(
+        traces_of(store, &within(Some(201), None)).await.is_empty(),
+        "{b}"
+    );
     // An operation whose span is short selects the trace, and the trace's duration decides.
     assert_eq!(
         traces_of(store, &|q| {
@@ -822,13 +882,22 @@ async fn find_traces_applies_duration_to_the_trace(store: &Arc<dyn Store>) {
         "{b}"
     );
     // The time range applies to the trace start: E's late span alone is not in range.
-    assert!(traces_of(store, &|q| {
-        q.service = Some("durations".into());
-        q.time = TimeRange::between(at + 100 * MS, at + 300 * MS);
-    })
-    .await
-    .is_empty(), "{b}");
-    let e = store.find_traces(&TraceQuery { operation: Some("start".into()), ..Default::default() }).await.unwrap();
+    assert!(
+        traces_of(store, &|q| {
+            q.service = Some("durations".into());
+            q.time = TimeRange::between(at + 100 * MS, at + 300 * MS);
+        })
+        .await
+        .is_empty(),
+        "{b}"
+    );
+    let e = store
+        .find_traces(&TraceQuery {
+            operation: Some("start".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(e[0].duration_nanos, 200 * MS, "{b}");
 }
 
@@ -840,10 +909,17 @@ async fn attributes_match_resource_and_event_attributes(store: &Arc<dyn Store>) 
     }
     let b = store.backend();
     let attrs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     // The root span's event says items=3.
-    assert_eq!(traces_of(store, &|q| q.attributes = attrs(&[("items", "3")])).await, vec![TRACE_A], "{b}");
+    assert_eq!(
+        traces_of(store, &|q| q.attributes = attrs(&[("items", "3")])).await,
+        vec![TRACE_A],
+        "{b}"
+    );
     assert_eq!(
         traces_of(store, &|q| {
             q.attributes = attrs(&[("items", "3"), ("http.method", "GET")]);
@@ -854,16 +930,23 @@ async fn attributes_match_resource_and_event_attributes(store: &Arc<dyn Store>) 
         "{b}"
     );
     // ... but on a frontend span, not a backend one.
-    assert!(traces_of(store, &|q| {
-        q.attributes = attrs(&[("items", "3")]);
-        q.service = Some("backend".into());
-    })
-    .await
-    .is_empty(), "{b}");
-    // Span and event attributes must hold on the same span: POST is on the backend's span.
-    assert!(traces_of(store, &|q| q.attributes = attrs(&[("items", "3"), ("http.method", "POST")]))
+    assert!(
+        traces_of(store, &|q| {
+            q.attributes = attrs(&[("items", "3")]);
+            q.service = Some("backend".into());
+        })
         .await
-        .is_empty(), "{b}");
+        .is_empty(),
+        "{b}"
+    );
+    // Span and event attributes must hold on the same span: POST is on the backend's span.
+    assert!(
+        traces_of(store, &|q| q.attributes =
+            attrs(&[("items", "3"), ("http.method", "POST")]))
+        .await
+        .is_empty(),
+        "{b}"
+    );
     // Resource attributes: the backend instance's host, and its service.instance.id.
     assert_eq!(
         traces_of(store, &|q| {
@@ -874,11 +957,18 @@ async fn attributes_match_resource_and_event_attributes(store: &Arc<dyn Store>) 
         "{b}"
     );
     assert_eq!(
-        traces_of(store, &|q| q.attributes = attrs(&[("service.instance.id", "be-1")])).await,
+        traces_of(store, &|q| q.attributes =
+            attrs(&[("service.instance.id", "be-1")]))
+        .await,
         vec!["5bf92f3577b34da6a3ce929d0e0e4736", TRACE_A],
         "{b}"
     );
-    assert!(traces_of(store, &|q| q.attributes = attrs(&[("host.name", "vm2")])).await.is_empty(), "{b}");
+    assert!(
+        traces_of(store, &|q| q.attributes = attrs(&[("host.name", "vm2")]))
+            .await
+            .is_empty(),
+        "{b}"
+    );
 }
 
 /// A trace read a page at a time, after a (start, span id) cursor.
@@ -900,27 +990,54 @@ async fn get_trace_page_reads_a_window(store: &Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(rest, all[3..].to_vec(), "{b}");
-    let one = store.get_trace_page(TRACE_A, Some(&cursor(&all[0])), 1).await.unwrap();
-    assert_eq!(one, vec![all[1].clone()], "{b}");
-    assert!(store.get_trace_page(TRACE_A, Some(&cursor(&all[3])), 10).await.unwrap().is_empty(), "{b}");
-    assert!(store
-        .get_trace_page("ffffffffffffffffffffffffffffffff", None, 10)
+    let one = store
+        .get_trace_page(TRACE_A, Some(&cursor(&all[0])), 1)
         .await
-        .unwrap()
-        .is_empty(), "{b}");
+        .unwrap();
+    assert_eq!(one, vec![all[1].clone()], "{b}");
+    assert!(
+        store
+            .get_trace_page(TRACE_A, Some(&cursor(&all[3])), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{b}"
+    );
+    assert!(
+        store
+            .get_trace_page("ffffffffffffffffffffffffffffffff", None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{b}"
+    );
     // Spans sharing a start are ordered by span id, and the cursor keeps to that order.
     const TRACE_G: &str = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
     let svc = service("paging", "pg-1", &[]);
     let at = T0 + 12 * DAY;
     let spans: Vec<SpanRecord> = (0..7u64)
-        .map(|i| span(TRACE_G, &format!("{:016x}", 0x70 - i), None, &svc, "tick", SpanKind::Internal, at + (i / 3) * MS, 1))
+        .map(|i| {
+            span(
+                TRACE_G,
+                &format!("{:016x}", 0x70 - i),
+                None,
+                &svc,
+                "tick",
+                SpanKind::Internal,
+                at + (i / 3) * MS,
+                1,
+            )
+        })
         .collect();
     write_all(store, spans.into_iter().map(Document::Span).collect()).await;
     let whole = store.get_trace(TRACE_G).await.unwrap();
     let mut paged = Vec::new();
     let mut after: Option<SpanCursor> = None;
     loop {
-        let page = store.get_trace_page(TRACE_G, after.as_ref(), 2).await.unwrap();
+        let page = store
+            .get_trace_page(TRACE_G, after.as_ref(), 2)
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -960,13 +1077,37 @@ pub async fn retention(store: Arc<dyn Store>) {
     let mut docs = Vec::new();
     for k in 0..4u64 {
         let t = now - k * DAY;
-        docs.push(Document::Span(span(&trace(k), "00000000000000a1", None, &svc(k), "keep", SpanKind::Server, t, 5)));
-        docs.push(Document::Log(log(&svc(k), t, "INFO", &format!("kept for day minus {k}"), None, &[])));
-        docs.push(Document::Heartbeat(heartbeat(&svc(k), HeartbeatKind::Heartbeat, ServiceStatus::Up, t)));
+        docs.push(Document::Span(span(
+            &trace(k),
+            "00000000000000a1",
+            None,
+            &svc(k),
+            "keep",
+            SpanKind::Server,
+            t,
+            5,
+        )));
+        docs.push(Document::Log(log(
+            &svc(k),
+            t,
+            "INFO",
+            &format!("kept for day minus {k}"),
+            None,
+            &[],
+        )));
+        docs.push(Document::Heartbeat(heartbeat(
+            &svc(k),
+            HeartbeatKind::Heartbeat,
+            ServiceStatus::Up,
+            t,
+        )));
     }
     write_all(&store, docs).await;
     store
-        .upsert_alerts(&[alert("old", "keeper", "resolved", now - 3 * DAY), alert("new", "keeper", "firing", now)])
+        .upsert_alerts(&[
+            alert("old", "keeper", "resolved", now - 3 * DAY),
+            alert("new", "keeper", "firing", now),
+        ])
         .await
         .unwrap();
     store.refresh().await.unwrap();
@@ -976,14 +1117,23 @@ pub async fn retention(store: Arc<dyn Store>) {
     let expected: Vec<String> = (0..4).rev().map(|k| day_name(today - k)).collect();
     assert_eq!(names, expected, "{b}: one partition per day, oldest first");
     assert_eq!(usage.oldest_unix_nano, Some((today - 3) * DAY), "{b}");
-    assert!(usage.partitions.iter().all(|p| p.bytes > 0), "{b}: {usage:?}");
-    assert!(usage.bytes_used >= usage.partitions.iter().map(|p| p.bytes).sum::<u64>(), "{b}");
+    assert!(
+        usage.partitions.iter().all(|p| p.bytes > 0),
+        "{b}: {usage:?}"
+    );
+    assert!(
+        usage.bytes_used >= usage.partitions.iter().map(|p| p.bytes).sum::<u64>(),
+        "{b}"
+    );
 
     // By age: every day older than the start of the day before yesterday goes.
     let keep_from = (today - 2) * DAY;
     let report = store
         .apply_retention(
-            &RetentionPolicy { max_age: Some(Duration::from_nanos(now - keep_from)), max_bytes: None },
+            &RetentionPolicy {
+                max_age: Some(Duration::from_nanos(now - keep_from)),
+                max_bytes: None,
+            },
             now,
         )
         .await
@@ -995,25 +1145,63 @@ pub async fn retention(store: Arc<dyn Store>) {
     assert_eq!(store.get_trace(&trace(2)).await.unwrap().len(), 1, "{b}");
     let kept = |q: LogQuery| {
         let store = Arc::clone(&store);
-        async move { store.search_logs(&q).await.unwrap().into_iter().map(|l| l.body).collect::<Vec<_>>() }
+        async move {
+            store
+                .search_logs(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.body)
+                .collect::<Vec<_>>()
+        }
     };
-    let all = LogQuery { service: Some("keeper".into()), ..Default::default() };
+    let all = LogQuery {
+        service: Some("keeper".into()),
+        ..Default::default()
+    };
     assert_eq!(
         kept(all.clone()).await,
-        vec!["kept for day minus 0", "kept for day minus 1", "kept for day minus 2"],
+        vec![
+            "kept for day minus 0",
+            "kept for day minus 1",
+            "kept for day minus 2"
+        ],
         "{b}"
     );
-    let traces = store.find_traces(&TraceQuery { service: Some("keeper".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(traces.iter().map(|t| t.trace_id.clone()).collect::<Vec<_>>(), vec![trace(0), trace(1), trace(2)], "{b}");
-    // Alerts and registry entries last seen before the cutoff go with the data.
-    let alerts = store.list_alerts(&AlertQuery::default()).await.unwrap();
-    assert_eq!(alerts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), vec!["new"], "{b}");
-    let status = store
-        .service_status(&StatusQuery { service: Some("keeper".into()), ..Default::default() })
+    let traces = store
+        .find_traces(&TraceQuery {
+            service: Some("keeper".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(
-        status.iter().map(|s| s.entry.instance_id.as_str()).collect::<Vec<_>>(),
+        traces
+            .iter()
+            .map(|t| t.trace_id.clone())
+            .collect::<Vec<_>>(),
+        vec![trace(0), trace(1), trace(2)],
+        "{b}"
+    );
+    // Alerts and registry entries last seen before the cutoff go with the data.
+    let alerts = store.list_alerts(&AlertQuery::default()).await.unwrap();
+    assert_eq!(
+        alerts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        vec!["new"],
+        "{b}"
+    );
+    let status = store
+        .service_status(&StatusQuery {
+            service: Some("keeper".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status
+            .iter()
+            .map(|s| s.entry.instance_id.as_str())
+            .collect::<Vec<_>>(),
         vec!["keep-0", "keep-1", "keep-2"],
         "{b}"
     );
@@ -1021,19 +1209,36 @@ pub async fn retention(store: Arc<dyn Store>) {
     // By size: one byte under the current use drops the oldest day only.
     let before = store.usage().await.unwrap();
     let report = store
-        .apply_retention(&RetentionPolicy { max_age: None, max_bytes: Some(before.bytes_used - 1) }, now)
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(before.bytes_used - 1),
+            },
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(report.dropped, vec![day_name(today - 2)], "{b}");
     assert!(report.usage.bytes_used < before.bytes_used, "{b}");
     // A budget nothing fits in drops every day but today's.
     let report = store
-        .apply_retention(&RetentionPolicy { max_age: None, max_bytes: Some(1) }, now)
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(1),
+            },
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(report.dropped, vec![day_name(today - 1)], "{b}");
     assert_eq!(
-        report.usage.partitions.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        report
+            .usage
+            .partitions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>(),
         vec![day_name(today)],
         "{b}: today's partition stays whatever its size"
     );
@@ -1043,7 +1248,16 @@ pub async fn retention(store: Arc<dyn Store>) {
     // Writing goes on into today's partition.
     write_all(
         &store,
-        vec![Document::Span(span(&trace(9), "00000000000000a2", None, &svc(0), "keep", SpanKind::Server, now, 5))],
+        vec![Document::Span(span(
+            &trace(9),
+            "00000000000000a2",
+            None,
+            &svc(0),
+            "keep",
+            SpanKind::Server,
+            now,
+            5,
+        ))],
     )
     .await;
     assert_eq!(store.get_trace(&trace(9)).await.unwrap().len(), 1, "{b}");
