@@ -1467,9 +1467,10 @@ impl EmbeddedStore {
         let ctx = Arc::clone(&self.ctx);
         tokio::task::spawn_blocking(move || {
             let mut set = reader.lock().unwrap_or_else(|e| e.into_inner());
-            {
-                // What another process (or connection) added to the dictionary since.
-                let mut cat = ctx.catalog.write().unwrap_or_else(|e| e.into_inner());
+            // What another process added to the dictionary since. Skipped while this
+            // process's writer holds the catalog: it adds its own entries itself, and a
+            // query must not wait behind a write waiting for a lock.
+            if let Ok(mut cat) = ctx.catalog.try_write() {
                 cat.load_new(&set.shared)?;
             }
             f(&mut set, &ctx)
