@@ -159,3 +159,73 @@ async fn trace_search_pages_past_candidates_that_do_not_match_on_one_span() {
         .collect();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_count_each_edge_once_through_late_parents_replays_and_moves() {
+    use dlog_storage::{DependencyEdge, TimeRange};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let front = service("front", "fr-1", &[]);
+    let back = service("back", "bk-1", &[]);
+    let hour = 3_600_000 * MS;
+    // Mid-hour, so that ranges have ragged ends.
+    let t0 = (dlog_storage::now_unix_nano() - 5 * hour) / hour * hour + hour / 2;
+    let trace = "0123456789abcdef0123456789abcdef";
+    let child = |start| {
+        Document::Span(span(
+            trace,
+            "00000000000000c1",
+            Some("00000000000000b1"),
+            &back,
+            "load",
+            SpanKind::Server,
+            start,
+            2,
+        ))
+    };
+    let parent = Document::Span(span(
+        trace,
+        "00000000000000b1",
+        None,
+        &front,
+        "GET /",
+        SpanKind::Server,
+        t0 - MS,
+        5,
+    ));
+    // The child arrives first: no edge until its parent does; replays change nothing.
+    store.write(&[child(t0)]).await.unwrap();
+    let deps = |s: u64, e: u64| {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            store
+                .dependencies(TimeRange::between(s, e))
+                .await
+                .unwrap()
+                .observed
+                .iter()
+                .map(|d: &DependencyEdge| (d.caller.clone(), d.callee.clone(), d.calls))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(deps(0, u64::MAX / 2).await.is_empty());
+    for _ in 0..2 {
+        store.write(&[parent.clone(), child(t0)]).await.unwrap();
+    }
+    let one = vec![("front".to_string(), "back".to_string(), 1)];
+    assert_eq!(
+        deps(t0 - 3 * hour, t0 + 3 * hour).await,
+        one,
+        "whole hours and ragged ends"
+    );
+    assert_eq!(deps(t0, t0).await, one, "inside one hour");
+    assert!(deps(t0 + 1, t0 + 3 * hour).await.is_empty());
+    assert_eq!(deps(0, u64::MAX / 2).await, one);
+    // The child span written again with another start moves its edge.
+    store.write(&[child(t0 + 2 * hour)]).await.unwrap();
+    assert!(deps(t0 - hour, t0 + hour).await.is_empty());
+    assert_eq!(deps(t0 + hour, t0 + 3 * hour).await, one);
+    assert_eq!(deps(0, u64::MAX / 2).await, one);
+}

@@ -561,6 +561,9 @@ impl Writer {
             )
             .map_err(&err)?;
             configure(&conn).map_err(&err)?;
+            // 32 MiB of page cache: the attribute index takes inserts all over a day's tree.
+            conn.pragma_update(None, "cache_size", -32_768)
+                .map_err(&err)?;
             check_version(&conn, &path)?;
             if self.parts.len() >= WRITER_PARTITIONS {
                 if let Some(oldest) = self.part_use.first().copied() {
@@ -1029,12 +1032,10 @@ fn write_trace(
         )));
     }
     let service_of = |resource: i64| cat.resources.get(&resource).map_or(0, |r| r.service);
+    let before = cols.clone();
     {
         let mut del = tx.prepare_cached(
             "DELETE FROM spans WHERE trace_no = ?1 AND start_ns = ?2 AND span_id = ?3",
-        )?;
-        let mut del_edge = tx.prepare_cached(
-            "DELETE FROM edges WHERE start_ns = ?1 AND trace_no = ?2 AND span_id = ?3",
         )?;
         let mut ins = tx.prepare_cached(
             "INSERT OR REPLACE INTO spans (trace_no, start_ns, span_id, duration_ns, parent, \
@@ -1049,7 +1050,6 @@ fn write_trace(
             if let Some(old) = cols.get(&s.cols.span_id) {
                 if old.start != s.cols.start {
                     del.execute(params![trace_no, old.start, sid])?;
-                    del_edge.execute(params![old.start, trace_no, sid])?;
                 }
             }
             ins.execute(params![
@@ -1082,8 +1082,15 @@ fn write_trace(
             .all(|s| service_of(s.cols.resource) == s.service));
     }
 
-    // Edges of the new spans and of the spans whose parent is new.
+    // Edges of the new spans and of the spans whose parent is new: each one's edge before
+    // and after this batch; a change moves its row and its hour's counts.
     {
+        let edge_of = |map: &HashMap<String, SpanCols>, child: &str| {
+            let c = map.get(child)?;
+            let p = map.get(c.parent.as_deref()?)?;
+            let (caller, callee) = (service_of(p.resource), service_of(c.resource));
+            (caller != callee).then(|| (c.start, caller, callee, is_error_flag(c.flags)))
+        };
         let mut edge = tx.prepare_cached(
             "INSERT OR REPLACE INTO edges (start_ns, trace_no, span_id, caller, callee, error) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1091,28 +1098,42 @@ fn write_trace(
         let mut del_edge = tx.prepare_cached(
             "DELETE FROM edges WHERE start_ns = ?1 AND trace_no = ?2 AND span_id = ?3",
         )?;
+        let mut hour = tx.prepare_cached(
+            "INSERT INTO edge_hours (hour, caller, callee, calls, errors) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hour, caller, callee) DO UPDATE SET \
+             calls = calls + excluded.calls, errors = errors + excluded.errors",
+        )?;
         for child in cols.values() {
             let touched = new_ids.contains(child.span_id.as_str())
                 || child.parent.as_deref().is_some_and(|p| new_ids.contains(p));
             if !touched {
                 continue;
             }
-            let Some(parent) = child.parent.as_deref().and_then(|p| cols.get(p)) else {
+            let old = edge_of(&before, &child.span_id);
+            let new = edge_of(&cols, &child.span_id);
+            if old == new {
                 continue;
-            };
-            let (caller, callee) = (service_of(parent.resource), service_of(child.resource));
+            }
             let sid = id_value(&child.span_id);
-            if caller != callee {
-                edge.execute(params![
-                    child.start,
-                    trace_no,
-                    sid,
+            if let Some((start, caller, callee, error)) = old {
+                del_edge.execute(params![start, trace_no, sid])?;
+                hour.execute(params![
+                    start / HOUR_NS,
                     caller,
                     callee,
-                    is_error_flag(child.flags)
+                    -1,
+                    -i64::from(error)
                 ])?;
-            } else {
-                del_edge.execute(params![child.start, trace_no, sid])?;
+            }
+            if let Some((start, caller, callee, error)) = new {
+                edge.execute(params![start, trace_no, sid, caller, callee, error])?;
+                hour.execute(params![
+                    start / HOUR_NS,
+                    caller,
+                    callee,
+                    1,
+                    i64::from(error)
+                ])?;
             }
         }
     }
@@ -1199,6 +1220,9 @@ fn write_log(tx: &rusqlite::Transaction<'_>, cat: &Catalog, l: &LogRow) -> Resul
     Ok(())
 }
 
+/// ns per `edge_hours` bucket.
+const HOUR_NS: i64 = 3_600_000_000_000;
+
 /// Row ids per `log_blocks` entry: 1 << this.
 const LOG_BLOCK_BITS: u32 = 10;
 
@@ -1225,6 +1249,7 @@ impl ReaderSet {
             .ok()?;
             conn.busy_timeout(Duration::from_secs(10)).ok()?;
             conn.pragma_update(None, "query_only", true).ok()?;
+            conn.pragma_update(None, "cache_size", -16_384).ok()?;
             let v: i32 = conn
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .ok()?;
@@ -1972,41 +1997,54 @@ impl Store for EmbeddedStore {
 
     async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
         self.read(move |set, ctx| {
-            let mut f = Filter::default();
-            if let Some(s) = time.start_unix_nano {
-                f.push("start_ns >= ?", [Sql::Integer(ns(s))]);
+            // Whole hours of the range from the hourly counts, the ragged ends from the
+            // edges themselves.
+            let s = i128::from(ns(time.start_unix_nano.unwrap_or(0)));
+            let e = i128::from(ns(time.end_unix_nano.unwrap_or(u64::MAX)));
+            let h = i128::from(HOUR_NS);
+            let (h_lo, h_hi) = ((s + h - 1) / h, (e + 1) / h - 1);
+            let mut pieces: Vec<(&str, i64, i64)> = Vec::new();
+            const EDGES: &str = "SELECT caller, callee, COUNT(*), SUM(error) FROM edges \
+                                 WHERE start_ns >= ?1 AND start_ns <= ?2 GROUP BY caller, callee";
+            const HOURS: &str = "SELECT caller, callee, SUM(calls), SUM(errors) FROM edge_hours \
+                                 WHERE hour >= ?1 AND hour <= ?2 GROUP BY caller, callee";
+            if h_lo <= h_hi {
+                pieces.push((HOURS, h_lo as i64, h_hi as i64));
+                if s < h_lo * h {
+                    pieces.push((EDGES, s as i64, (h_lo * h - 1) as i64));
+                }
+                if (h_hi + 1) * h <= e {
+                    pieces.push((EDGES, ((h_hi + 1) * h) as i64, e as i64));
+                }
+            } else {
+                pieces.push((EDGES, s as i64, e as i64));
             }
-            if let Some(e) = time.end_unix_nano {
-                f.push("start_ns <= ?", [Sql::Integer(ns(e))]);
-            }
-            let sql = format!(
-                "SELECT caller, callee, COUNT(*), SUM(error) FROM edges {} \
-                 GROUP BY caller, callee",
-                f.sql()
-            );
             let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
             for day in list_days(&ctx.dir) {
                 let Some(conn) = set.part(ctx, day) else {
                     continue;
                 };
-                let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
-                let rows = stmt
-                    .query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    })
-                    .map_err(read_err)?;
-                for row in rows {
-                    let (caller, callee, calls, errors) = row.map_err(read_err)?;
-                    let e = edges.entry((caller, callee)).or_default();
-                    e.0 += calls as u64;
-                    e.1 += errors as u64;
+                for (sql, lo, hi) in &pieces {
+                    let mut stmt = conn.prepare_cached(sql).map_err(read_err)?;
+                    let rows = stmt
+                        .query_map([lo, hi], |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, i64>(3)?,
+                            ))
+                        })
+                        .map_err(read_err)?;
+                    for row in rows {
+                        let (caller, callee, calls, errors) = row.map_err(read_err)?;
+                        let e = edges.entry((caller, callee)).or_default();
+                        e.0 += calls as u64;
+                        e.1 += errors as u64;
+                    }
                 }
             }
+            edges.retain(|_, (calls, _)| *calls > 0);
             let cat = ctx.catalog();
             let mut observed = Vec::with_capacity(edges.len());
             for ((caller, callee), (calls, errors)) in edges {

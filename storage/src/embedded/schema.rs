@@ -88,7 +88,15 @@ CREATE TABLE edges (
     callee   INTEGER NOT NULL,
     error    INTEGER NOT NULL,
     start_ns INTEGER NOT NULL,
-    PRIMARY KEY (trace_no, span_id)
+    PRIMARY KEY (start_ns, trace_no, span_id)
+) WITHOUT ROWID;
+CREATE TABLE edge_hours (
+    hour     INTEGER NOT NULL,
+    caller   INTEGER NOT NULL,
+    callee   INTEGER NOT NULL,
+    calls    INTEGER NOT NULL,
+    errors   INTEGER NOT NULL,
+    PRIMARY KEY (hour, caller, callee)
 ) WITHOUT ROWID;
 CREATE TABLE logs (
     id       INTEGER PRIMARY KEY,
