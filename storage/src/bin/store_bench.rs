@@ -364,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
             "spans",
             "traces",
             "attrs",
-            "edges",
+            "edge",
             "sqlite_autoindex_traces",
         ]);
         let log_bytes = side(&["logs"]);
