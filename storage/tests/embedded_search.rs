@@ -229,3 +229,25 @@ async fn dependencies_count_each_edge_once_through_late_parents_replays_and_move
     assert_eq!(deps(t0 + hour, t0 + 3 * hour).await, one);
     assert_eq!(deps(0, u64::MAX / 2).await, one);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_search_with_too_many_conditions_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let attributes = (0..65)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let err = store
+        .find_traces(&TraceQuery {
+            attributes,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, dlog_storage::StoreError::InvalidQuery(ref m) if m.contains("65 attribute filters")),
+        "{err}"
+    );
+}

@@ -58,6 +58,8 @@ const WRITER_PARTITIONS: usize = 16;
 const RECENT_TRACES: usize = 1 << 20;
 /// Spans one trace may hold in one partition; more are rejected with a message.
 pub const MAX_TRACE_SPANS: usize = 100_000;
+/// Attribute filters one trace search may have.
+pub const MAX_ATTRIBUTE_FILTERS: usize = 64;
 /// Trigrams of a log text query looked up in the index (the match is then checked in full).
 const MAX_TRIGRAMS: usize = 12;
 
@@ -2184,6 +2186,12 @@ fn find_traces(
     }
     if let Some(o) = &q.operation {
         terms.push(Term::Operation(o.clone()));
+    }
+    if q.attributes.len() > MAX_ATTRIBUTE_FILTERS {
+        return Err(StoreError::InvalidQuery(format!(
+            "{} attribute filters; at most {MAX_ATTRIBUTE_FILTERS} are allowed",
+            q.attributes.len()
+        )));
     }
     for (k, v) in &q.attributes {
         terms.push(Term::Attr(k.clone(), v.clone()));
