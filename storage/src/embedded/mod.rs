@@ -758,10 +758,11 @@ fn write_docs(
                 )
                 .map_err(&shared_err)?;
             // Dictionary entries first, so every body encodes with final ids.
+            let mut resource_of = Vec::with_capacity(docs.len());
             for doc in docs {
                 match doc {
                     Document::Span(s) => {
-                        it.resource(&s.service);
+                        resource_of.push(it.resource(&s.service));
                         it.string(&s.name);
                         it.string(&s.scope);
                         it.attr_keys(&s.attributes);
@@ -770,17 +771,17 @@ fn write_docs(
                         }
                     }
                     Document::Log(l) => {
-                        it.resource(&l.service);
+                        resource_of.push(it.resource(&l.service));
                         it.string(&l.level);
                         it.attr_keys(&l.attributes);
                     }
-                    Document::Heartbeat(_) => {}
+                    Document::Heartbeat(_) => resource_of.push((0, 0)),
                 }
             }
             for (i, doc) in docs.iter().enumerate() {
                 match doc {
                     Document::Span(s) => {
-                        let (resource, service) = it.resource(&s.service);
+                        let (resource, service) = resource_of[i];
                         let op = it.lookup(&s.name);
                         let key = (
                             s.service.name.clone(),
@@ -838,7 +839,7 @@ fn write_docs(
                         if !live(day) {
                             continue;
                         }
-                        let (resource, _) = it.resource(&l.service);
+                        let (resource, _) = resource_of[i];
                         let ids = |k: &str| it.lookup(k);
                         by_day.entry(day).or_default().logs.push(LogRow {
                             doc_id: l.doc_id(),
@@ -960,11 +961,28 @@ fn write_docs(
         let cat = ctx.catalog();
         let conn = w.partition(ctx, day)?;
         let tx = conn.transaction().map_err(&err)?;
+        let mut index_rows = Vec::new();
         for g in &rows.traces {
-            if let Some(msg) = write_trace(&tx, &cat, g).map_err(&err)? {
+            if let Some(msg) = write_trace(&tx, &cat, g, &mut index_rows).map_err(&err)? {
                 for s in &g.spans {
                     outcomes[s.doc] = WriteOutcome::Rejected(msg.clone());
                 }
+            }
+        }
+        // In index order: neighbouring inserts land on the same B-tree pages.
+        index_rows.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| sql_order(&a.1, &b.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
+        {
+            let mut attr = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO attrs (key, value, trace_no) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&err)?;
+            for (k, v, no) in &index_rows {
+                attr.execute(params![k, v, no]).map_err(&err)?;
             }
         }
         for l in &rows.logs {
@@ -994,10 +1012,13 @@ fn write_docs(
 
 /// Writes one trace's new spans, its summary, attribute index rows and dependency edges.
 /// Returns a rejection message when the trace is over its bound.
+/// Writes one trace's new spans, its summary and dependency edges; its attribute index rows
+/// are added to `index_rows`, written for the whole batch in index order.
 fn write_trace(
     tx: &rusqlite::Transaction<'_>,
     cat: &Catalog,
     g: &TraceGroup,
+    index_rows: &mut Vec<(i64, Sql, i64)>,
 ) -> rusqlite::Result<Option<String>> {
     let tid = id_value(&g.trace_id);
     let existing: Option<i64> = tx
@@ -1043,9 +1064,6 @@ fn write_trace(
             "INSERT OR REPLACE INTO spans (trace_no, start_ns, span_id, duration_ns, parent, \
              resource, op, flags, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        let mut attr = tx.prepare_cached(
-            "INSERT OR IGNORE INTO attrs (key, value, trace_no) VALUES (?1, ?2, ?3)",
-        )?;
         let mut indexed: HashSet<(i64, String)> = HashSet::new();
         for s in &g.spans {
             let sid = id_value(&s.cols.span_id);
@@ -1074,7 +1092,7 @@ fn write_trace(
                     _ => continue,
                 };
                 if indexed.insert((*k, text)) {
-                    attr.execute(params![k, v, trace_no])?;
+                    index_rows.push((*k, v.clone(), trace_no));
                 }
             }
         }
@@ -1220,6 +1238,34 @@ fn write_log(tx: &rusqlite::Transaction<'_>, cat: &Catalog, l: &LogRow) -> Resul
     .execute(params![id >> LOG_BLOCK_BITS, l.time])
     .map_err(err)?;
     Ok(())
+}
+
+/// SQLite's order of values: numbers (by value), then text, then blobs.
+fn sql_order(a: &Sql, b: &Sql) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let num = |v: &Sql| match v {
+        Sql::Integer(i) => Some(*i as f64),
+        Sql::Real(f) => Some(*f),
+        _ => None,
+    };
+    match (a, b) {
+        (Sql::Text(x), Sql::Text(y)) => x.cmp(y),
+        (Sql::Text(_), _) => {
+            if num(b).is_some() {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            }
+        }
+        (_, Sql::Text(_)) => {
+            if num(a).is_some() {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            }
+        }
+        _ => num(a).partial_cmp(&num(b)).unwrap_or(Ordering::Equal),
+    }
 }
 
 /// ns per `edge_hours` bucket.
