@@ -17,6 +17,30 @@ async fn embedded_store_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_keeps_and_drops_partitions_by_age_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    common::conformance::retention(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_store_keeps_and_drops_partitions_by_age_and_size() {
+    let elastic = dlog_testkit::Elastic::start().unwrap();
+    let config = StoreConfig::elasticsearch(&elastic.url)
+        .with_index_prefix(dlog_testkit::unique_name("ret"));
+    let es = dlog_storage::elastic::ElasticStore::connect(&config)
+        .await
+        .unwrap();
+    common::conformance::retention(Arc::new(es)).await;
+    let es = dlog_storage::elastic::ElasticStore::connect(&config)
+        .await
+        .unwrap();
+    es.delete_indices().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_store_passes_the_conformance_suite() {
     let elastic = dlog_testkit::Elastic::start().unwrap();
     let config = StoreConfig::elasticsearch(&elastic.url)

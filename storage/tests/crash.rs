@@ -55,79 +55,88 @@ fn start_indexer(
         .expect("start dlog-indexer")
 }
 
-/// Every stored span as trace id + span id; empty until the store exists.
-fn stored(dir: &Path) -> Vec<String> {
-    let path = dir.join("store").join(dlog_storage::embedded::DB_FILE);
-    if !path.exists() {
-        return Vec::new();
-    }
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return Vec::new();
-    };
-    let _ = conn.busy_timeout(Duration::from_secs(5));
-    let Ok(mut stmt) = conn.prepare("SELECT trace_id || span_id FROM spans") else {
-        return Vec::new();
-    };
-    stmt.query_map([], |r| r.get::<_, String>(0))
-        .map(|rows| rows.filter_map(Result::ok).collect())
-        .unwrap_or_default()
-}
-
-fn open_store_db(dir: &Path) -> rusqlite::Connection {
-    let path = dir.join("store").join(dlog_storage::embedded::DB_FILE);
-    let conn =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn
-}
-
-/// Every stored span document with its row's trace id + span id.
-fn stored_docs(dir: &Path) -> Vec<(String, dlog_core::model::SpanRecord)> {
-    let conn = open_store_db(dir);
-    let mut stmt = conn
-        .prepare("SELECT trace_id || span_id, doc FROM spans")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-        .map(|row| {
-            let (key, doc) = row.unwrap();
-            (key, serde_json::from_str(&doc).unwrap())
-        })
-        .collect()
-}
-
-/// The most rows one (trace_id, span_id) has, over every table with both columns.
-fn max_rows_per_span(dir: &Path) -> i64 {
-    let conn = open_store_db(dir);
-    let tables = conn
-        .prepare(
-            "SELECT m.name FROM sqlite_master m WHERE m.type = 'table' \
-             AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = 'trace_id') \
-             AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = 'span_id')",
-        )
-        .unwrap()
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    assert!(tables.contains(&"spans".to_string()), "{tables:?}");
-    let union = tables
-        .iter()
-        .map(|t| format!("SELECT trace_id, span_id FROM \"{t}\""))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    conn.query_row(
-        &format!(
-            "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM ({union}) \
-             GROUP BY trace_id, span_id)"
-        ),
-        [],
-        |r| r.get(0),
+/// The embedded store's day partitions.
+fn partitions(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(
+        dir.join("store")
+            .join(dlog_storage::embedded::PARTITIONS_DIR),
     )
-    .unwrap()
+    .into_iter()
+    .flatten()
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+    .collect();
+    files.sort();
+    files
+}
+
+fn open_db(path: &Path) -> Option<rusqlite::Connection> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    conn.busy_timeout(Duration::from_secs(5)).ok()?;
+    Some(conn)
+}
+
+/// Every stored span row as trace id + span id (one entry per row, over every partition);
+/// empty until the store exists.
+fn stored(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in partitions(dir) {
+        let Some(conn) = open_db(&path) else {
+            continue;
+        };
+        let Ok(mut stmt) = conn.prepare(
+            "SELECT lower(hex(t.trace_id)) || lower(hex(s.span_id)) FROM spans s \
+             JOIN traces t ON t.trace_no = s.trace_no",
+        ) else {
+            continue;
+        };
+        let rows: Vec<String> = match stmt.query_map([], |r| r.get::<_, String>(0)) {
+            Ok(rows) => rows.filter_map(Result::ok).collect(),
+            Err(_) => Vec::new(),
+        };
+        out.extend(rows);
+    }
+    out
+}
+
+/// Every stored span document, read back through the store, with its row's trace id + span
+/// id.
+async fn stored_docs(dir: &Path) -> Vec<(String, dlog_core::model::SpanRecord)> {
+    use dlog_storage::Store;
+    let store = dlog_storage::embedded::EmbeddedStore::open(dir.join("store")).unwrap();
+    let traces: BTreeSet<String> = stored(dir)
+        .into_iter()
+        .map(|k| k[..32].to_string())
+        .collect();
+    let mut out = Vec::new();
+    for trace in traces {
+        for span in store.get_trace(&trace).await.unwrap() {
+            out.push((format!("{trace}{}", span.span_id), span));
+        }
+    }
+    out
+}
+
+/// The most rows one (trace, span id) has in a partition's span table.
+fn max_rows_per_span(dir: &Path) -> i64 {
+    partitions(dir)
+        .iter()
+        .map(|path| {
+            open_db(path)
+                .unwrap()
+                .query_row(
+                    "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM spans \
+                     GROUP BY trace_no, span_id)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Like `wait_for`, but a timeout panics with the tails of the indexer logs.
@@ -253,8 +262,8 @@ async fn every_span_is_stored_exactly_once_across_kill_9_restarts() {
     assert_eq!(unique.len(), stored_ids.len(), "a span is stored twice");
     assert_eq!(unique, sent, "stored spans differ from the spans sent");
     // The primary key alone would hide duplicates: check the ids of the stored documents
-    // themselves and count rows per span across the tables that hold spans.
-    let docs = stored_docs(&path);
+    // themselves (every row, over every partition) and count rows per span.
+    let docs = stored_docs(&path).await;
     let doc_ids: Vec<String> = docs
         .iter()
         .map(|(key, record)| {

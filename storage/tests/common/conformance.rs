@@ -11,8 +11,29 @@ use dlog_core::model::{
 };
 use dlog_storage::{
     AlertDoc, AlertQuery, DeclaredDependency, DependencyEdge, Document, Liveness, LogQuery,
-    Operation, StatusQuery, Store, TimeRange, TraceQuery, WriteOutcome,
+    Operation, RetentionPolicy, SpanCursor, StatusQuery, Store, TimeRange, TraceQuery,
+    WriteOutcome,
 };
+
+/// Checks of this suite the Elasticsearch backend does not pass yet: they are skipped on it
+/// (and say so). An entry goes once the backend implements what it checks; the embedded
+/// store runs every check.
+pub const PENDING_ON_ELASTICSEARCH: &[&str] = &[
+    "trace_start_order",
+    "trace_level_duration",
+    "resource_and_event_attributes",
+    "trace_pages",
+    "retention",
+];
+
+/// True (and says so) when `check` is to be skipped on this backend.
+pub fn pending(store: &Arc<dyn Store>, check: &str) -> bool {
+    let skip = store.backend() == "elasticsearch" && PENDING_ON_ELASTICSEARCH.contains(&check);
+    if skip {
+        eprintln!("conformance check `{check}` is pending on elasticsearch: skipped");
+    }
+    skip
+}
 use serde_json::json;
 
 /// 2025-01-15T10:00:00Z in ns.
@@ -672,13 +693,41 @@ pub async fn run(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(backend, vec![resolved]);
 
-    find_traces_picks_and_orders_by_the_latest_matching_span(&store).await;
+    find_traces_orders_by_trace_start(&store).await;
+    find_traces_applies_duration_to_the_trace(&store).await;
+    attributes_match_resource_and_event_attributes(&store).await;
+    get_trace_page_reads_a_window(&store).await;
 }
 
-/// Trace C starts first but has the latest matching span; trace D starts later with only
-/// early spans. By the latest matching span start (the key both backends pick by) C comes
-/// first; by trace start D would: picking and ordering must use the same key.
-async fn find_traces_picks_and_orders_by_the_latest_matching_span(store: &Arc<dyn Store>) {
+async fn write_all(store: &Arc<dyn Store>, docs: Vec<Document>) {
+    let outcomes = store.write(&docs).await.expect("write");
+    assert_eq!(
+        outcomes,
+        vec![WriteOutcome::Written; docs.len()],
+        "{}",
+        store.backend()
+    );
+    store.refresh().await.expect("refresh");
+}
+
+async fn traces_of(store: &Arc<dyn Store>, f: &dyn Fn(&mut TraceQuery)) -> Vec<String> {
+    let mut q = TraceQuery::default();
+    f(&mut q);
+    store
+        .find_traces(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trace_id)
+        .collect()
+}
+
+/// Trace C starts first but has the latest span; trace D starts later with one short span.
+/// Traces come newest trace start first, whichever of their spans matched.
+async fn find_traces_orders_by_trace_start(store: &Arc<dyn Store>) {
+    if pending(store, "trace_start_order") {
+        return;
+    }
     const TRACE_C: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
     const TRACE_D: &str = "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d";
     let svc = service("ordering", "or-1", &[]);
@@ -716,37 +765,500 @@ async fn find_traces_picks_and_orders_by_the_latest_matching_span(store: &Arc<dy
             1000,
         ),
     ];
-    let docs: Vec<Document> = spans.into_iter().map(Document::Span).collect();
-    let outcomes = store.write(&docs).await.expect("write");
-    assert_eq!(outcomes, vec![WriteOutcome::Written; docs.len()]);
-    store.refresh().await.expect("refresh");
-    let by_service = |limit| TraceQuery {
-        service: Some("ordering".into()),
-        limit,
+    write_all(store, spans.into_iter().map(Document::Span).collect()).await;
+    let by_service = |limit| {
+        move |q: &mut TraceQuery| {
+            q.service = Some("ordering".into());
+            q.limit = limit;
+        }
+    };
+    let b = store.backend();
+    assert_eq!(
+        traces_of(store, &by_service(0)).await,
+        vec![TRACE_D, TRACE_C],
+        "{b}"
+    );
+    assert_eq!(traces_of(store, &by_service(1)).await, vec![TRACE_D], "{b}");
+    assert_eq!(
+        traces_of(store, &|q| q.operation = Some("late step".into())).await,
+        vec![TRACE_C],
+        "{b}"
+    );
+    let found = store
+        .find_traces(&TraceQuery {
+            service: Some("ordering".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found[1].start_unix_nano, at, "{b}");
+    assert_eq!(found[1].duration_nanos, 60_000 * MS, "{b}");
+    assert_eq!(found[1].span_count, 2, "{b}");
+}
+
+/// Trace E has two 10 ms spans 200 ms apart: the trace lasts 200 ms though no span does.
+async fn find_traces_applies_duration_to_the_trace(store: &Arc<dyn Store>) {
+    if pending(store, "trace_level_duration") {
+        return;
+    }
+    const TRACE_E: &str = "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e";
+    const TRACE_F: &str = "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+    let svc = service("durations", "du-1", &[]);
+    let at = T0 + 11 * DAY;
+    write_all(
+        store,
+        vec![
+            span(
+                TRACE_E,
+                "e100000000000001",
+                None,
+                &svc,
+                "start",
+                SpanKind::Server,
+                at,
+                10,
+            ),
+            span(
+                TRACE_E,
+                "e100000000000002",
+                Some("e100000000000001"),
+                &svc,
+                "finish",
+                SpanKind::Internal,
+                at + 190 * MS,
+                10,
+            ),
+            span(
+                TRACE_F,
+                "f100000000000001",
+                None,
+                &svc,
+                "quick",
+                SpanKind::Server,
+                at + DAY / 2,
+                5,
+            ),
+        ]
+        .into_iter()
+        .map(Document::Span)
+        .collect(),
+    )
+    .await;
+    let b = store.backend();
+    let within = |min: Option<u64>, max: Option<u64>| {
+        move |q: &mut TraceQuery| {
+            q.service = Some("durations".into());
+            q.min_duration = min.map(Duration::from_millis);
+            q.max_duration = max.map(Duration::from_millis);
+        }
+    };
+    assert_eq!(
+        traces_of(store, &within(Some(150), None)).await,
+        vec![TRACE_E],
+        "{b}"
+    );
+    assert_eq!(
+        traces_of(store, &within(Some(150), Some(250))).await,
+        vec![TRACE_E],
+        "{b}"
+    );
+    assert_eq!(
+        traces_of(store, &within(None, Some(50))).await,
+        vec![TRACE_F],
+        "{b}"
+    );
+    assert!(
+        traces_of(store, &within(Some(201), None)).await.is_empty(),
+        "{b}"
+    );
+    // An operation whose span is short selects the trace, and the trace's duration decides.
+    assert_eq!(
+        traces_of(store, &|q| {
+            q.operation = Some("finish".into());
+            q.min_duration = Some(Duration::from_millis(200));
+        })
+        .await,
+        vec![TRACE_E],
+        "{b}"
+    );
+    // The time range applies to the trace start: E's late span alone is not in range.
+    assert!(
+        traces_of(store, &|q| {
+            q.service = Some("durations".into());
+            q.time = TimeRange::between(at + 100 * MS, at + 300 * MS);
+        })
+        .await
+        .is_empty(),
+        "{b}"
+    );
+    let e = store
+        .find_traces(&TraceQuery {
+            operation: Some("start".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(e[0].duration_nanos, 200 * MS, "{b}");
+}
+
+/// Attribute filters match a span's own attributes, its resource's and its events', all on
+/// one span together with the service and operation.
+async fn attributes_match_resource_and_event_attributes(store: &Arc<dyn Store>) {
+    if pending(store, "resource_and_event_attributes") {
+        return;
+    }
+    let b = store.backend();
+    let attrs = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // The root span's event says items=3.
+    assert_eq!(
+        traces_of(store, &|q| q.attributes = attrs(&[("items", "3")])).await,
+        vec![TRACE_A],
+        "{b}"
+    );
+    assert_eq!(
+        traces_of(store, &|q| {
+            q.attributes = attrs(&[("items", "3"), ("http.method", "GET")]);
+            q.service = Some("frontend".into());
+        })
+        .await,
+        vec![TRACE_A],
+        "{b}"
+    );
+    // ... but on a frontend span, not a backend one.
+    assert!(
+        traces_of(store, &|q| {
+            q.attributes = attrs(&[("items", "3")]);
+            q.service = Some("backend".into());
+        })
+        .await
+        .is_empty(),
+        "{b}"
+    );
+    // Span and event attributes must hold on the same span: POST is on the backend's span.
+    assert!(
+        traces_of(store, &|q| q.attributes =
+            attrs(&[("items", "3"), ("http.method", "POST")]))
+        .await
+        .is_empty(),
+        "{b}"
+    );
+    // Resource attributes: the backend instance's host, and its service.instance.id.
+    assert_eq!(
+        traces_of(store, &|q| {
+            q.attributes = attrs(&[("host.name", "vm1"), ("http.method", "POST")]);
+        })
+        .await,
+        vec![TRACE_A],
+        "{b}"
+    );
+    assert_eq!(
+        traces_of(store, &|q| q.attributes =
+            attrs(&[("service.instance.id", "be-1")]))
+        .await,
+        vec!["5bf92f3577b34da6a3ce929d0e0e4736", TRACE_A],
+        "{b}"
+    );
+    assert!(
+        traces_of(store, &|q| q.attributes = attrs(&[("host.name", "vm2")]))
+            .await
+            .is_empty(),
+        "{b}"
+    );
+}
+
+/// A trace read a page at a time, after a (start, span id) cursor.
+async fn get_trace_page_reads_a_window(store: &Arc<dyn Store>) {
+    if pending(store, "trace_pages") {
+        return;
+    }
+    let b = store.backend();
+    let all = store.get_trace(TRACE_A).await.unwrap();
+    assert_eq!(all.len(), 4);
+    let first = store.get_trace_page(TRACE_A, None, 3).await.unwrap();
+    assert_eq!(first, all[..3].to_vec(), "{b}");
+    let cursor = |s: &SpanRecord| SpanCursor {
+        start_unix_nano: s.start_unix_nano,
+        span_id: s.span_id.clone(),
+    };
+    let rest = store
+        .get_trace_page(&TRACE_A.to_uppercase(), Some(&cursor(&first[2])), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest, all[3..].to_vec(), "{b}");
+    let one = store
+        .get_trace_page(TRACE_A, Some(&cursor(&all[0])), 1)
+        .await
+        .unwrap();
+    assert_eq!(one, vec![all[1].clone()], "{b}");
+    assert!(
+        store
+            .get_trace_page(TRACE_A, Some(&cursor(&all[3])), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{b}"
+    );
+    assert!(
+        store
+            .get_trace_page("ffffffffffffffffffffffffffffffff", None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{b}"
+    );
+    // Spans sharing a start are ordered by span id, and the cursor keeps to that order.
+    const TRACE_G: &str = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
+    let svc = service("paging", "pg-1", &[]);
+    let at = T0 + 12 * DAY;
+    let spans: Vec<SpanRecord> = (0..7u64)
+        .map(|i| {
+            span(
+                TRACE_G,
+                &format!("{:016x}", 0x70 - i),
+                None,
+                &svc,
+                "tick",
+                SpanKind::Internal,
+                at + (i / 3) * MS,
+                1,
+            )
+        })
+        .collect();
+    write_all(store, spans.into_iter().map(Document::Span).collect()).await;
+    let whole = store.get_trace(TRACE_G).await.unwrap();
+    let mut paged = Vec::new();
+    let mut after: Option<SpanCursor> = None;
+    loop {
+        let page = store
+            .get_trace_page(TRACE_G, after.as_ref(), 2)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2, "{b}");
+        after = Some(cursor(page.last().unwrap()));
+        paged.extend(page);
+    }
+    assert_eq!(paged, whole, "{b}");
+    assert_eq!(whole.len(), 7);
+}
+
+/// `YYYY-MM-DD` of a day since the Unix epoch.
+pub fn day_name(day: u64) -> String {
+    let z = day as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Retention by age and by size, on an empty store: a trace, a log and a heartbeat on each
+/// of the last four days, an old alert and a new one.
+pub async fn retention(store: Arc<dyn Store>) {
+    if pending(&store, "retention") {
+        return;
+    }
+    let b = store.backend();
+    let now = dlog_storage::now_unix_nano();
+    let today = now / DAY;
+    let svc = |k: u64| service("keeper", &format!("keep-{k}"), &[]);
+    let trace = |k: u64| format!("{:032x}", 0x7e7e_0000 + k);
+    let mut docs = Vec::new();
+    for k in 0..4u64 {
+        let t = now - k * DAY;
+        docs.push(Document::Span(span(
+            &trace(k),
+            "00000000000000a1",
+            None,
+            &svc(k),
+            "keep",
+            SpanKind::Server,
+            t,
+            5,
+        )));
+        docs.push(Document::Log(log(
+            &svc(k),
+            t,
+            "INFO",
+            &format!("kept for day minus {k}"),
+            None,
+            &[],
+        )));
+        docs.push(Document::Heartbeat(heartbeat(
+            &svc(k),
+            HeartbeatKind::Heartbeat,
+            ServiceStatus::Up,
+            t,
+        )));
+    }
+    write_all(&store, docs).await;
+    store
+        .upsert_alerts(&[
+            alert("old", "keeper", "resolved", now - 3 * DAY),
+            alert("new", "keeper", "firing", now),
+        ])
+        .await
+        .unwrap();
+    store.refresh().await.unwrap();
+
+    let usage = store.usage().await.unwrap();
+    let names: Vec<String> = usage.partitions.iter().map(|p| p.name.clone()).collect();
+    let expected: Vec<String> = (0..4).rev().map(|k| day_name(today - k)).collect();
+    assert_eq!(names, expected, "{b}: one partition per day, oldest first");
+    assert_eq!(usage.oldest_unix_nano, Some((today - 3) * DAY), "{b}");
+    assert!(
+        usage.partitions.iter().all(|p| p.bytes > 0),
+        "{b}: {usage:?}"
+    );
+    assert!(
+        usage.bytes_used >= usage.partitions.iter().map(|p| p.bytes).sum::<u64>(),
+        "{b}"
+    );
+
+    // By age: every day older than the start of the day before yesterday goes.
+    let keep_from = (today - 2) * DAY;
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: Some(Duration::from_nanos(now - keep_from)),
+                max_bytes: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.dropped, vec![day_name(today - 3)], "{b}");
+    assert_eq!(report.usage.partitions.len(), 3, "{b}");
+    store.refresh().await.unwrap();
+    assert!(store.get_trace(&trace(3)).await.unwrap().is_empty(), "{b}");
+    assert_eq!(store.get_trace(&trace(2)).await.unwrap().len(), 1, "{b}");
+    let kept = |q: LogQuery| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .search_logs(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.body)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = LogQuery {
+        service: Some("keeper".into()),
         ..Default::default()
     };
-    let found = store.find_traces(&by_service(0)).await.unwrap();
     assert_eq!(
-        trace_ids(&found),
-        vec![TRACE_C, TRACE_D],
-        "{}: ordered by the latest matching span, not by trace start",
-        store.backend()
+        kept(all.clone()).await,
+        vec![
+            "kept for day minus 0",
+            "kept for day minus 1",
+            "kept for day minus 2"
+        ],
+        "{b}"
     );
-    assert_eq!(found[0].start_unix_nano, at);
-    let found = store.find_traces(&by_service(1)).await.unwrap();
-    assert_eq!(trace_ids(&found), vec![TRACE_C], "{}", store.backend());
-    // Only the roots match: C's root started first, so D is newer.
-    let roots = store
+    let traces = store
         .find_traces(&TraceQuery {
-            operation: Some("job".into()),
+            service: Some("keeper".into()),
             ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(
-        trace_ids(&roots),
-        vec![TRACE_D, TRACE_C],
-        "{}",
-        store.backend()
+        traces
+            .iter()
+            .map(|t| t.trace_id.clone())
+            .collect::<Vec<_>>(),
+        vec![trace(0), trace(1), trace(2)],
+        "{b}"
     );
+    // Alerts and registry entries last seen before the cutoff go with the data.
+    let alerts = store.list_alerts(&AlertQuery::default()).await.unwrap();
+    assert_eq!(
+        alerts.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        vec!["new"],
+        "{b}"
+    );
+    let status = store
+        .service_status(&StatusQuery {
+            service: Some("keeper".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status
+            .iter()
+            .map(|s| s.entry.instance_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["keep-0", "keep-1", "keep-2"],
+        "{b}"
+    );
+
+    // By size: one byte under the current use drops the oldest day only.
+    let before = store.usage().await.unwrap();
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(before.bytes_used - 1),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.dropped, vec![day_name(today - 2)], "{b}");
+    assert!(report.usage.bytes_used < before.bytes_used, "{b}");
+    // A budget nothing fits in drops every day but today's.
+    let report = store
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(1),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.dropped, vec![day_name(today - 1)], "{b}");
+    assert_eq!(
+        report
+            .usage
+            .partitions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>(),
+        vec![day_name(today)],
+        "{b}: today's partition stays whatever its size"
+    );
+    store.refresh().await.unwrap();
+    assert_eq!(kept(all).await, vec!["kept for day minus 0"], "{b}");
+    assert_eq!(store.get_trace(&trace(0)).await.unwrap().len(), 1, "{b}");
+    // Writing goes on into today's partition.
+    write_all(
+        &store,
+        vec![Document::Span(span(
+            &trace(9),
+            "00000000000000a2",
+            None,
+            &svc(0),
+            "keep",
+            SpanKind::Server,
+            now,
+            5,
+        ))],
+    )
+    .await;
+    assert_eq!(store.get_trace(&trace(9)).await.unwrap().len(), 1, "{b}");
 }

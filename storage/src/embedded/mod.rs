@@ -1,0 +1,2722 @@
+//! The embedded store: SQLite files in one directory, no server to run.
+//!
+//! Layout (schema version [`SCHEMA_VERSION`], see `docs/storage.md`):
+//!
+//! * `dlog.sqlite3`, the shared database: the string dictionary (attribute keys, service,
+//!   operation, scope and level names), resources (one row per distinct service instance
+//!   resource), operations, the service registry and alerts;
+//! * `partitions/YYYY-MM-DD.sqlite3`, one database per UTC day, chosen from the record's time
+//!   clamped to the partition window: spans, trace summaries (one row per trace, kept up to
+//!   date as spans arrive), a per-trace attribute index with dictionary-coded keys and typed
+//!   values, dependency edges resolved at write time, logs with a trigram FTS5 index, and
+//!   heartbeats. Retention deletes whole partition files.
+//!
+//! Ids are stored as bytes, bodies in a compact binary encoding (deflate when large). Writes
+//! are idempotent: spans replace by (trace, span id), logs are found again by their identity
+//! hash, and trace summaries are recomputed from the trace's stored span columns, so a replay
+//! never counts twice.
+
+mod codec;
+mod schema;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlog_core::model::{
+    Heartbeat, LogEntry, ServiceInfo, SpanEvent, SpanKind, SpanLink, SpanRecord, StatusCode,
+};
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
+
+use crate::store::{
+    effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
+    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage, RegistryEntry,
+    RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage,
+    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+};
+use codec::{id_text, id_value, Dec, Enc};
+pub use schema::SCHEMA_VERSION;
+use schema::{day_name, day_of, parse_day, DAY_NS, KEY_OPERATION, KEY_RESOURCE};
+
+/// File name of the shared database inside the store's directory.
+pub const DB_FILE: &str = "dlog.sqlite3";
+/// Directory of the day partitions inside the store's directory.
+pub const PARTITIONS_DIR: &str = "partitions";
+/// Where a store of the first layout is moved while it is migrated.
+pub const V1_FILE: &str = "dlog.v1.sqlite3";
+
+/// Reader connection sets kept next to the single writer (WAL lets them read concurrently).
+const READERS: usize = 2;
+/// Partition connections the writer keeps open.
+const WRITER_PARTITIONS: usize = 16;
+/// Trace ids whose partition the writer remembers, so later spans join their trace.
+const RECENT_TRACES: usize = 1 << 20;
+/// Spans one trace may hold in one partition; more are rejected with a message.
+pub const MAX_TRACE_SPANS: usize = 100_000;
+/// Attribute filters one trace search may have.
+pub const MAX_ATTRIBUTE_FILTERS: usize = 64;
+/// Trigrams of a log text query looked up in the index (the match is then checked in full).
+const MAX_TRIGRAMS: usize = 12;
+
+fn ns(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn unavailable(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("embedded store at {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The catalog: dictionary strings and resources, shared by the writer and the readers.
+
+#[derive(Clone)]
+struct Resource {
+    info: Arc<ServiceInfo>,
+    service: i64,
+}
+
+#[derive(Default)]
+struct Catalog {
+    strings: HashMap<i64, Arc<str>>,
+    string_ids: HashMap<Arc<str>, i64>,
+    resources: HashMap<i64, Resource>,
+    resource_ids: HashMap<u128, i64>,
+    max_string: i64,
+    max_resource: i64,
+}
+
+impl Catalog {
+    fn string(&self, id: i64) -> Result<&str, StoreError> {
+        self.strings
+            .get(&id)
+            .map(|s| &**s)
+            .ok_or_else(|| StoreError::Corrupt {
+                id: format!("string {id}"),
+                message: "not in the dictionary".into(),
+            })
+    }
+
+    fn resource(&self, id: i64) -> Result<&Resource, StoreError> {
+        self.resources.get(&id).ok_or_else(|| StoreError::Corrupt {
+            id: format!("resource {id}"),
+            message: "not in the resource table".into(),
+        })
+    }
+
+    fn add_string(&mut self, id: i64, text: &str) {
+        let text: Arc<str> = Arc::from(text);
+        self.strings.insert(id, Arc::clone(&text));
+        self.string_ids.insert(text, id);
+        self.max_string = self.max_string.max(id);
+    }
+
+    fn add_resource(&mut self, id: i64, hash: u128, service: i64, info: ServiceInfo) {
+        self.resources.insert(
+            id,
+            Resource {
+                info: Arc::new(info),
+                service,
+            },
+        );
+        self.resource_ids.insert(hash, id);
+        self.max_resource = self.max_resource.max(id);
+    }
+
+    /// Loads what other connections added since the last load.
+    fn load_new(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let err = |e: rusqlite::Error| StoreError::Unavailable(e.to_string());
+        let mut stmt = conn
+            .prepare_cached("SELECT id, text FROM strings WHERE id > ?1 ORDER BY id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([self.max_string], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        for (id, text) in rows {
+            self.add_string(id, &text);
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, hash, service, doc FROM resources WHERE id > ?1 ORDER BY id",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([self.max_resource], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        for (id, hash, service, doc) in rows {
+            let info: ServiceInfo = parse(&format!("resource {id}"), &doc)?;
+            let hash = u128::from_le_bytes(hash.try_into().map_err(|_| StoreError::Corrupt {
+                id: format!("resource {id}"),
+                message: "bad hash".into(),
+            })?);
+            self.add_resource(id, hash, service, info);
+        }
+        Ok(())
+    }
+
+    /// Resources whose service is `name`.
+    fn resources_of(&self, name: &str) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.info.name == name)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Resources with attribute `key` equal to `value` (as text).
+    fn resources_with(&self, key: &str, value: &str) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| resource_matches(&r.info, key, value))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+fn resource_hash(info: &ServiceInfo) -> u128 {
+    let bytes = serde_json::to_vec(info).unwrap_or_default();
+    xxhash_rust::xxh3::xxh3_128(&bytes)
+}
+
+/// An attribute value compared as text: strings as they are, anything else as JSON.
+fn text_eq(v: &Value, text: &str) -> bool {
+    match v {
+        Value::String(s) => s == text,
+        other => {
+            let rendered = other.to_string();
+            rendered == text
+        }
+    }
+}
+
+fn resource_matches(info: &ServiceInfo, key: &str, value: &str) -> bool {
+    match key {
+        "service.name" => info.name == value,
+        "service.version" => info.version.as_deref() == Some(value),
+        "service.instance.id" => info.instance_id.as_deref() == Some(value),
+        _ => info.attributes.get(key).is_some_and(|v| text_eq(v, value)),
+    }
+}
+
+/// Text longer than this is indexed by a 64-bit hash (the match is then checked in full).
+const INDEX_TEXT_MAX: usize = 16;
+
+/// How a text is indexed: itself, or the hash of a long one.
+fn index_text(t: String) -> Sql {
+    if t.len() > INDEX_TEXT_MAX {
+        Sql::Integer(xxhash_rust::xxh3::xxh3_64(t.as_bytes()) as i64)
+    } else {
+        Sql::Text(t)
+    }
+}
+
+/// The value an attribute is indexed under: integers and floats natively, everything else
+/// as its text (so `true`, `"true"` and `["a"]` are found by the text the user types).
+fn index_value(v: &Value) -> Sql {
+    match v {
+        Value::String(s) => index_text(s.clone()),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Sql::Integer(i),
+            (None, Some(f)) if n.as_u64().is_none() => Sql::Real(f),
+            _ => index_text(n.to_string()),
+        },
+        other => index_text(other.to_string()),
+    }
+}
+
+/// Every indexed value that an attribute compared as `text` could have been stored as.
+fn index_candidates(text: &str) -> Vec<Sql> {
+    let mut out = vec![index_text(text.to_string())];
+    if let Ok(i) = text.parse::<i64>() {
+        if i.to_string() == text {
+            out.push(Sql::Integer(i));
+        }
+    } else if let Ok(f) = text.parse::<f64>() {
+        if serde_json::Number::from_f64(f).is_some_and(|n| n.to_string() == text) {
+            out.push(Sql::Real(f));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Span and log bodies.
+
+fn kind_code(k: SpanKind) -> i64 {
+    match k {
+        SpanKind::Unspecified => 0,
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn kind_of(code: i64) -> SpanKind {
+    match code & 7 {
+        1 => SpanKind::Internal,
+        2 => SpanKind::Server,
+        3 => SpanKind::Client,
+        4 => SpanKind::Producer,
+        5 => SpanKind::Consumer,
+        _ => SpanKind::Unspecified,
+    }
+}
+
+fn flags(s: &SpanRecord) -> i64 {
+    let status = match s.status {
+        StatusCode::Unset => 0,
+        StatusCode::Ok => 1,
+        StatusCode::Error => 2,
+    };
+    kind_code(s.kind) | (status << 3)
+}
+
+fn status_of(flags: i64) -> StatusCode {
+    match (flags >> 3) & 3 {
+        1 => StatusCode::Ok,
+        2 => StatusCode::Error,
+        _ => StatusCode::Unset,
+    }
+}
+
+fn is_error_flag(flags: i64) -> bool {
+    status_of(flags) == StatusCode::Error
+}
+
+fn corrupt(what: &str) -> impl Fn(codec::Corrupt) -> StoreError + '_ {
+    move |e| StoreError::Corrupt {
+        id: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Values of attributes at most this long may be dictionary-coded.
+const INTERN_MAX_LEN: usize = 48;
+/// New dictionary values one attribute key may add per process run (low cardinality only).
+const INTERN_PER_KEY: u32 = 64;
+/// New dictionary values per process run, over every key.
+const INTERN_TOTAL: u32 = 200_000;
+
+fn put_attrs(e: &mut Enc, attrs: &dlog_core::model::Attributes, ids: &dyn Fn(&str) -> i64) {
+    e.u64(attrs.len() as u64);
+    for (k, v) in attrs {
+        e.u64(ids(k) as u64);
+        match v {
+            // A string the dictionary holds is written as its id.
+            Value::String(s) if s.len() <= INTERN_MAX_LEN && ids(s) > 0 => {
+                e.buf.push(codec::DICT);
+                e.u64(ids(s) as u64);
+            }
+            _ => e.value(v),
+        }
+    }
+}
+
+fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attributes, StoreError> {
+    let n = d.u64().map_err(corrupt("attributes"))?;
+    let mut out = dlog_core::model::Attributes::new();
+    for _ in 0..n {
+        let k = d.u64().map_err(corrupt("attribute key"))? as i64;
+        let v = if d.peek() == Some(codec::DICT) {
+            d.skip(1);
+            let id = d.u64().map_err(corrupt("attribute value"))? as i64;
+            Value::String(cat.string(id)?.to_string())
+        } else {
+            d.value().map_err(corrupt("attribute value"))?
+        };
+        out.insert(cat.string(k)?.to_string(), v);
+    }
+    Ok(out)
+}
+
+/// What a span's body holds (the rest is in its row's columns).
+fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.u64(ids(&s.scope) as u64);
+    e.str(&s.status_message);
+    put_attrs(&mut e, &s.attributes, ids);
+    e.u64(s.events.len() as u64);
+    for ev in &s.events {
+        e.str(&ev.name);
+        e.i64(ns(ev.time_unix_nano).wrapping_sub(ns(s.start_unix_nano)));
+        put_attrs(&mut e, &ev.attributes, ids);
+    }
+    e.u64(s.links.len() as u64);
+    for l in &s.links {
+        codec::put_id(&mut e, &l.trace_id);
+        codec::put_id(&mut e, &l.span_id);
+    }
+    e.finish()
+}
+
+/// The stored columns of one span.
+#[derive(Clone)]
+struct SpanCols {
+    span_id: String,
+    start: i64,
+    duration: i64,
+    parent: Option<String>,
+    resource: i64,
+    op: i64,
+    flags: i64,
+}
+
+fn read_cols(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpanCols> {
+    Ok(SpanCols {
+        span_id: id_text(r.get_ref(0)?).unwrap_or_default(),
+        start: r.get(1)?,
+        duration: r.get(2)?,
+        parent: id_text(r.get_ref(3)?),
+        resource: r.get(4)?,
+        op: r.get(5)?,
+        flags: r.get(6)?,
+    })
+}
+
+const SPAN_COLS: &str = "span_id, start_ns, duration_ns, parent, resource, op, flags";
+
+fn decode_span(
+    trace_id: &str,
+    cols: &SpanCols,
+    body: &[u8],
+    cat: &Catalog,
+) -> Result<SpanRecord, StoreError> {
+    let what = format!("{trace_id}{}", cols.span_id);
+    let raw = codec::open_body(body).map_err(corrupt(&what))?;
+    let mut d = Dec::new(&raw);
+    let c = corrupt(&what);
+    let scope = cat.string(d.u64().map_err(&c)? as i64)?.to_string();
+    let status_message = d.str().map_err(&c)?;
+    let attributes = get_attrs(&mut d, cat)?;
+    let n = d.u64().map_err(&c)?;
+    let mut events = Vec::new();
+    for _ in 0..n {
+        let name = d.str().map_err(&c)?;
+        let time = cols.start.wrapping_add(d.i64().map_err(&c)?);
+        events.push(SpanEvent {
+            name,
+            time_unix_nano: time as u64,
+            attributes: get_attrs(&mut d, cat)?,
+        });
+    }
+    let n = d.u64().map_err(&c)?;
+    let mut links = Vec::new();
+    for _ in 0..n {
+        links.push(SpanLink {
+            trace_id: codec::get_id(&mut d).map_err(&c)?,
+            span_id: codec::get_id(&mut d).map_err(&c)?,
+        });
+    }
+    let resource = cat.resource(cols.resource)?;
+    Ok(SpanRecord {
+        trace_id: trace_id.to_string(),
+        span_id: cols.span_id.clone(),
+        parent_span_id: cols.parent.clone(),
+        name: cat.string(cols.op)?.to_string(),
+        kind: kind_of(cols.flags),
+        start_unix_nano: cols.start as u64,
+        end_unix_nano: cols.start.wrapping_add(cols.duration) as u64,
+        status: status_of(cols.flags),
+        status_message,
+        service: (*resource.info).clone(),
+        scope,
+        attributes,
+        events,
+        links,
+    })
+}
+
+fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.opt_str(l.span_id.as_deref());
+    e.opt_str(l.event_name.as_deref());
+    put_attrs(&mut e, &l.attributes, ids);
+    e.finish()
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer.
+
+struct Writer {
+    shared: Connection,
+    parts: HashMap<i64, Connection>,
+    /// Partition use order, for closing the least recently used.
+    part_use: Vec<i64>,
+    known_operations: HashSet<(String, String, String)>,
+    /// Trace id → the day partition holding it.
+    recent: HashMap<String, i64>,
+    /// Distinct values dictionary-coded per attribute key in this run.
+    value_counts: HashMap<String, u32>,
+    /// Values dictionary-coded in this run.
+    interned: u32,
+    /// Days before this one were dropped for age: writes for them are acknowledged and
+    /// dropped with their day.
+    expired_before: Option<i64>,
+}
+
+/// Settings the store was opened with.
+struct Ctx {
+    dir: PathBuf,
+    window: TimeWindow,
+    catalog: Arc<RwLock<Catalog>>,
+}
+
+impl Ctx {
+    fn part_path(&self, day: i64) -> PathBuf {
+        self.dir
+            .join(PARTITIONS_DIR)
+            .join(format!("{}.sqlite3", day_name(day)))
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // WAL: readers never block the writer; synchronous=FULL makes every committed batch
+    // survive a power loss, since the stage acknowledges Kafka offsets right after.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// Creates a partition file atomically: built under a temporary name, then renamed, so a
+/// reader never opens a half-made one.
+fn create_partition(path: &Path) -> rusqlite::Result<()> {
+    let tmp = path.with_extension("creating");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let conn = Connection::open(&tmp)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(&format!(
+            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            schema::PARTITION
+        ))?;
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", tmp.display()));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("cannot create partition {}: {e}", path.display())),
+        )
+    })
+}
+
+fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let v: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(unavailable(path))?;
+    if v != SCHEMA_VERSION {
+        return Err(StoreError::Embedded {
+            path: path.display().to_string(),
+            message: format!(
+                "schema version {v}, but this build of dlog reads version {SCHEMA_VERSION}: \
+                 open it with the dlog release that wrote it, or move the directory away to \
+                 start an empty store"
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Writer {
+    fn partition(&mut self, ctx: &Ctx, day: i64) -> Result<&mut Connection, StoreError> {
+        if !self.parts.contains_key(&day) {
+            let path = ctx.part_path(day);
+            let err = unavailable(&path);
+            if !path.exists() {
+                create_partition(&path).map_err(&err)?;
+            }
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(&err)?;
+            configure(&conn).map_err(&err)?;
+            // 32 MiB of page cache: the attribute index takes inserts all over a day's tree.
+            conn.pragma_update(None, "cache_size", -32_768)
+                .map_err(&err)?;
+            check_version(&conn, &path)?;
+            if self.parts.len() >= WRITER_PARTITIONS {
+                if let Some(oldest) = self.part_use.first().copied() {
+                    self.parts.remove(&oldest);
+                    self.part_use.retain(|d| *d != oldest);
+                }
+            }
+            self.parts.insert(day, conn);
+        }
+        self.part_use.retain(|d| *d != day);
+        self.part_use.push(day);
+        Ok(self.parts.get_mut(&day).expect("just opened"))
+    }
+
+    fn close_partition(&mut self, day: i64) {
+        self.parts.remove(&day);
+        self.part_use.retain(|d| *d != day);
+    }
+}
+
+/// New dictionary strings and resources of one batch, written in the shared transaction
+/// and added to the catalog once it committed.
+struct Interner<'a> {
+    cat: &'a Catalog,
+    value_counts: &'a mut HashMap<String, u32>,
+    interned: &'a mut u32,
+    strings: Vec<(i64, String)>,
+    string_ids: HashMap<String, i64>,
+    resources: Vec<(i64, u128, i64, ServiceInfo)>,
+    resource_ids: HashMap<u128, i64>,
+}
+
+impl<'a> Interner<'a> {
+    fn new(
+        cat: &'a Catalog,
+        value_counts: &'a mut HashMap<String, u32>,
+        interned: &'a mut u32,
+    ) -> Self {
+        Interner {
+            cat,
+            value_counts,
+            interned,
+            strings: Vec::new(),
+            string_ids: HashMap::new(),
+            resources: Vec::new(),
+            resource_ids: HashMap::new(),
+        }
+    }
+
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(id) = self
+            .cat
+            .string_ids
+            .get(s)
+            .or_else(|| self.string_ids.get(s))
+        {
+            return *id;
+        }
+        let id = self.cat.max_string + self.strings.len() as i64 + 1;
+        self.strings.push((id, s.to_string()));
+        self.string_ids.insert(s.to_string(), id);
+        id
+    }
+
+    fn lookup(&self, s: &str) -> i64 {
+        self.cat
+            .string_ids
+            .get(s)
+            .or_else(|| self.string_ids.get(s))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn resource(&mut self, info: &ServiceInfo) -> (i64, i64) {
+        let hash = resource_hash(info);
+        let service = self.string(&info.name);
+        if let Some(id) = self
+            .cat
+            .resource_ids
+            .get(&hash)
+            .or_else(|| self.resource_ids.get(&hash))
+        {
+            return (*id, service);
+        }
+        let id = self.cat.max_resource + self.resources.len() as i64 + 1;
+        self.resources.push((id, hash, service, info.clone()));
+        self.resource_ids.insert(hash, id);
+        (id, service)
+    }
+
+    /// Interns the keys, and the string values of keys seen with few distinct values.
+    fn attr_keys(&mut self, attrs: &dlog_core::model::Attributes) {
+        for (k, v) in attrs {
+            self.string(k);
+            let Value::String(v) = v else {
+                continue;
+            };
+            if v.len() > INTERN_MAX_LEN || self.lookup(v) > 0 {
+                continue;
+            }
+            let seen = self.value_counts.entry(k.clone()).or_insert(0);
+            if *seen < INTERN_PER_KEY && *self.interned < INTERN_TOTAL {
+                *seen += 1;
+                *self.interned += 1;
+                self.string(v);
+            }
+        }
+    }
+}
+
+/// A span encoded for its partition.
+struct SpanRow {
+    doc: usize,
+    cols: SpanCols,
+    service: i64,
+    body: Vec<u8>,
+    index: Vec<(i64, Sql)>,
+}
+
+struct TraceGroup {
+    trace_id: String,
+    day: i64,
+    spans: Vec<SpanRow>,
+}
+
+struct LogRow {
+    doc_id: String,
+    time: i64,
+    resource: i64,
+    level: i64,
+    severity: i64,
+    trace_id: Option<Sql>,
+    body: String,
+    rest: Vec<u8>,
+}
+
+struct HeartbeatRow {
+    id: String,
+    time: i64,
+    doc: String,
+}
+
+#[derive(Default)]
+struct DayRows {
+    traces: Vec<TraceGroup>,
+    logs: Vec<LogRow>,
+    heartbeats: Vec<HeartbeatRow>,
+}
+
+/// Writes a batch: the shared transaction (dictionary, resources, operations, registry)
+/// commits first, so that no partition row ever names an id the dictionary lacks; then one
+/// transaction per day partition.
+fn write_docs(
+    w: &mut Writer,
+    ctx: &Ctx,
+    docs: &[Document],
+    now: u64,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let shared_err = unavailable(&ctx.dir);
+    let mut outcomes = vec![WriteOutcome::Written; docs.len()];
+    let day_of_time = |t: u64| day_of(ctx.window.clamp(t, now));
+    let expired_before = w.expired_before;
+    let live = move |day: i64| expired_before.is_none_or(|e| day >= e);
+
+    let mut by_day: std::collections::BTreeMap<i64, DayRows> = Default::default();
+    let mut groups: Vec<TraceGroup> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    let (new_strings, new_resources) = {
+        let cat = ctx.catalog();
+        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned);
+        let tx = w
+            .shared
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&shared_err)?;
+        let mut new_ops = Vec::new();
+        {
+            let mut op_stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO operations (service, operation, span_kind) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&shared_err)?;
+            // A replayed older heartbeat must not roll the registry back.
+            let mut reg_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO registry (service, instance, last_ns, doc) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (service, instance) DO UPDATE SET \
+                     last_ns = excluded.last_ns, doc = excluded.doc \
+                     WHERE excluded.last_ns >= registry.last_ns",
+                )
+                .map_err(&shared_err)?;
+            // Dictionary entries first, so every body encodes with final ids.
+            let mut resource_of = Vec::with_capacity(docs.len());
+            for doc in docs {
+                match doc {
+                    Document::Span(s) => {
+                        resource_of.push(it.resource(&s.service));
+                        it.string(&s.name);
+                        it.string(&s.scope);
+                        it.attr_keys(&s.attributes);
+                        for e in &s.events {
+                            it.attr_keys(&e.attributes);
+                        }
+                    }
+                    Document::Log(l) => {
+                        resource_of.push(it.resource(&l.service));
+                        it.string(&l.level);
+                        it.attr_keys(&l.attributes);
+                    }
+                    Document::Heartbeat(_) => resource_of.push((0, 0)),
+                }
+            }
+            for (i, doc) in docs.iter().enumerate() {
+                match doc {
+                    Document::Span(s) => {
+                        let (resource, service) = resource_of[i];
+                        let op = it.lookup(&s.name);
+                        let key = (
+                            s.service.name.clone(),
+                            s.name.clone(),
+                            s.kind.as_str().to_string(),
+                        );
+                        if !w.known_operations.contains(&key) {
+                            op_stmt
+                                .execute(params![key.0, key.1, key.2])
+                                .map_err(&shared_err)?;
+                            w.known_operations.insert(key.clone());
+                            new_ops.push(key);
+                        }
+                        let ids = |k: &str| it.lookup(k);
+                        let mut index: Vec<(i64, Sql)> = Vec::new();
+                        for (k, v) in &s.attributes {
+                            index.push((ids(k), index_value(v)));
+                        }
+                        for e in &s.events {
+                            for (k, v) in &e.attributes {
+                                index.push((ids(k), index_value(v)));
+                            }
+                        }
+                        index.push((KEY_RESOURCE, Sql::Integer(resource)));
+                        index.push((KEY_OPERATION, Sql::Integer(op)));
+                        let row = SpanRow {
+                            doc: i,
+                            cols: SpanCols {
+                                span_id: s.span_id.clone(),
+                                start: ns(s.start_unix_nano),
+                                duration: ns(s.end_unix_nano).wrapping_sub(ns(s.start_unix_nano)),
+                                parent: s.parent_span_id.clone(),
+                                resource,
+                                op,
+                                flags: flags(s),
+                            },
+                            service,
+                            body: span_body(s, &ids),
+                            index,
+                        };
+                        let g = *group_of.entry(s.trace_id.as_str()).or_insert_with(|| {
+                            groups.push(TraceGroup {
+                                trace_id: s.trace_id.clone(),
+                                day: day_of_time(s.start_unix_nano),
+                                spans: Vec::new(),
+                            });
+                            groups.len() - 1
+                        });
+                        let group = &mut groups[g];
+                        group.day = group.day.min(day_of_time(s.start_unix_nano));
+                        group.spans.push(row);
+                    }
+                    Document::Log(l) => {
+                        let day = day_of_time(l.time_unix_nano);
+                        if !live(day) {
+                            continue;
+                        }
+                        let (resource, _) = resource_of[i];
+                        let ids = |k: &str| it.lookup(k);
+                        by_day.entry(day).or_default().logs.push(LogRow {
+                            doc_id: l.doc_id(),
+                            time: ns(l.time_unix_nano),
+                            resource,
+                            level: it.lookup(&l.level),
+                            severity: i64::from(l.severity_number),
+                            trace_id: l.trace_id.as_deref().map(id_value),
+                            body: l.body.clone(),
+                            rest: log_rest(l, &ids),
+                        });
+                    }
+                    Document::Heartbeat(h) => {
+                        let registry = RegistryEntry::from_heartbeat(h, now);
+                        let doc =
+                            serde_json::to_string(&registry).map_err(|e| StoreError::Corrupt {
+                                id: h.doc_id(),
+                                message: e.to_string(),
+                            });
+                        let hb = serde_json::to_string(h);
+                        match (doc, hb) {
+                            (Ok(doc), Ok(hb)) => {
+                                reg_stmt
+                                    .execute(params![
+                                        registry.service,
+                                        registry.instance_id,
+                                        ns(registry.last_heartbeat_unix_nano),
+                                        doc
+                                    ])
+                                    .map_err(&shared_err)?;
+                                let day = day_of_time(h.time_unix_nano);
+                                if live(day) {
+                                    by_day
+                                        .entry(day)
+                                        .or_default()
+                                        .heartbeats
+                                        .push(HeartbeatRow {
+                                            id: h.doc_id(),
+                                            time: ns(h.time_unix_nano),
+                                            doc: hb,
+                                        });
+                                }
+                            }
+                            _ => {
+                                outcomes[i] = WriteOutcome::Rejected(format!(
+                                    "heartbeat {} cannot be serialized",
+                                    h.doc_id()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            let mut s_stmt = tx
+                .prepare_cached("INSERT INTO strings (id, text) VALUES (?1, ?2)")
+                .map_err(&shared_err)?;
+            for (id, text) in &it.strings {
+                s_stmt.execute(params![id, text]).map_err(&shared_err)?;
+            }
+            let mut r_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO resources (id, hash, service, doc) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(&shared_err)?;
+            for (id, hash, service, info) in &it.resources {
+                let doc = serde_json::to_string(info).unwrap_or_default();
+                r_stmt
+                    .execute(params![id, hash.to_le_bytes().to_vec(), service, doc])
+                    .map_err(&shared_err)?;
+            }
+        }
+        if let Err(e) = tx.commit() {
+            for key in new_ops {
+                w.known_operations.remove(&key);
+            }
+            return Err(shared_err(e));
+        }
+        (it.strings, it.resources)
+    };
+    {
+        let mut cat = ctx.catalog.write().unwrap_or_else(|e| e.into_inner());
+        for (id, text) in new_strings {
+            cat.add_string(id, &text);
+        }
+        for (id, hash, service, info) in new_resources {
+            cat.add_resource(id, hash, service, info);
+        }
+    }
+
+    // A trace stays in the partition that holds it already (the day of its first span, or
+    // a neighbouring day it was found in), so its summary and edges are complete.
+    for mut g in groups {
+        if let Some(day) = w.recent.get(&g.trace_id) {
+            g.day = *day;
+        } else {
+            for day in [g.day, g.day - 1, g.day + 1] {
+                if !ctx.part_path(day).exists() {
+                    continue;
+                }
+                let conn = w.partition(ctx, day)?;
+                let found = conn
+                    .prepare_cached("SELECT 1 FROM traces WHERE trace_id = ?1")
+                    .and_then(|mut s| s.exists([id_value(&g.trace_id)]))
+                    .map_err(unavailable(&ctx.part_path(day)))?;
+                if found {
+                    g.day = day;
+                    break;
+                }
+            }
+        }
+        if live(g.day) {
+            by_day.entry(g.day).or_default().traces.push(g);
+        }
+    }
+
+    for (day, rows) in by_day {
+        let path = ctx.part_path(day);
+        let err = unavailable(&path);
+        let cat = ctx.catalog();
+        let conn = w.partition(ctx, day)?;
+        let tx = conn.transaction().map_err(&err)?;
+        let mut index_rows = Vec::new();
+        for g in &rows.traces {
+            if let Some(msg) = write_trace(&tx, &cat, g, &mut index_rows).map_err(&err)? {
+                for s in &g.spans {
+                    outcomes[s.doc] = WriteOutcome::Rejected(msg.clone());
+                }
+            }
+        }
+        // In index order: neighbouring inserts land on the same B-tree pages.
+        index_rows.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| sql_order(&a.1, &b.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
+        {
+            let mut attr = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO attrs (key, value, trace_no) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&err)?;
+            for (k, v, no) in &index_rows {
+                attr.execute(params![k, v, no]).map_err(&err)?;
+            }
+        }
+        for l in &rows.logs {
+            write_log(&tx, &cat, l)?;
+        }
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO heartbeats (doc_id, time_ns, doc) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&err)?;
+            for h in &rows.heartbeats {
+                stmt.execute(params![h.id, h.time, h.doc]).map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        drop(cat);
+        if w.recent.len() >= RECENT_TRACES {
+            w.recent.clear();
+        }
+        for g in rows.traces {
+            w.recent.insert(g.trace_id, day);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Writes one trace's new spans, its summary, attribute index rows and dependency edges.
+/// Returns a rejection message when the trace is over its bound.
+/// Writes one trace's new spans, its summary and dependency edges; its attribute index rows
+/// are added to `index_rows`, written for the whole batch in index order.
+fn write_trace(
+    tx: &rusqlite::Transaction<'_>,
+    cat: &Catalog,
+    g: &TraceGroup,
+    index_rows: &mut Vec<(i64, Sql, i64)>,
+) -> rusqlite::Result<Option<String>> {
+    let tid = id_value(&g.trace_id);
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT trace_no FROM traces WHERE trace_id = ?1")?
+        .query_row([&tid], |r| r.get(0))
+        .optional()?;
+    let mut cols: HashMap<String, SpanCols> = HashMap::new();
+    let trace_no = match existing {
+        Some(no) => {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {SPAN_COLS} FROM spans WHERE trace_no = ?1"
+            ))?;
+            for c in stmt.query_map([no], read_cols)? {
+                let c = c?;
+                cols.insert(c.span_id.clone(), c);
+            }
+            no
+        }
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO traces (trace_id, start_ns, duration_ns, root_service, root_op, \
+                 span_count, error_count, services) VALUES (?1, 0, 0, 0, 0, 0, 0, x'')",
+            )?
+            .execute([&tid])?;
+            tx.last_insert_rowid()
+        }
+    };
+    let new_ids: HashSet<&str> = g.spans.iter().map(|s| s.cols.span_id.as_str()).collect();
+    let added = new_ids.iter().filter(|id| !cols.contains_key(**id)).count();
+    if cols.len() + added > MAX_TRACE_SPANS {
+        return Ok(Some(format!(
+            "trace {} would hold more than {MAX_TRACE_SPANS} spans in one day partition",
+            g.trace_id
+        )));
+    }
+    let service_of = |resource: i64| cat.resources.get(&resource).map_or(0, |r| r.service);
+    let before = cols.clone();
+    {
+        let mut del = tx.prepare_cached(
+            "DELETE FROM spans WHERE trace_no = ?1 AND start_ns = ?2 AND span_id = ?3",
+        )?;
+        let mut ins = tx.prepare_cached(
+            "INSERT OR REPLACE INTO spans (trace_no, start_ns, span_id, duration_ns, parent, \
+             resource, op, flags, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut indexed: HashSet<(i64, String)> = HashSet::new();
+        for s in &g.spans {
+            let sid = id_value(&s.cols.span_id);
+            if let Some(old) = cols.get(&s.cols.span_id) {
+                if old.start != s.cols.start {
+                    del.execute(params![trace_no, old.start, sid])?;
+                }
+            }
+            ins.execute(params![
+                trace_no,
+                s.cols.start,
+                sid,
+                s.cols.duration,
+                s.cols.parent.as_deref().map(id_value),
+                s.cols.resource,
+                s.cols.op,
+                s.cols.flags,
+                s.body
+            ])?;
+            cols.insert(s.cols.span_id.clone(), s.cols.clone());
+            for (k, v) in &s.index {
+                let text = match v {
+                    Sql::Integer(i) => format!("i{i}"),
+                    Sql::Real(f) => format!("r{f}"),
+                    Sql::Text(t) => format!("t{t}"),
+                    _ => continue,
+                };
+                if indexed.insert((*k, text)) {
+                    index_rows.push((*k, v.clone(), trace_no));
+                }
+            }
+        }
+        debug_assert!(g
+            .spans
+            .iter()
+            .all(|s| service_of(s.cols.resource) == s.service));
+    }
+
+    // Edges of the new spans and of the spans whose parent is new: each one's edge before
+    // and after this batch; a change moves its row and its hour's counts.
+    {
+        let edge_of = |map: &HashMap<String, SpanCols>, child: &str| {
+            let c = map.get(child)?;
+            let p = map.get(c.parent.as_deref()?)?;
+            let (caller, callee) = (service_of(p.resource), service_of(c.resource));
+            (caller != callee).then(|| (c.start, caller, callee, is_error_flag(c.flags)))
+        };
+        let mut edge = tx.prepare_cached(
+            "INSERT OR REPLACE INTO edges (start_ns, trace_no, span_id, caller, callee, error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut del_edge = tx.prepare_cached(
+            "DELETE FROM edges WHERE start_ns = ?1 AND trace_no = ?2 AND span_id = ?3",
+        )?;
+        let mut hour = tx.prepare_cached(
+            "INSERT INTO edge_hours (hour, caller, callee, calls, errors) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hour, caller, callee) DO UPDATE SET \
+             calls = calls + excluded.calls, errors = errors + excluded.errors",
+        )?;
+        for child in cols.values() {
+            let touched = new_ids.contains(child.span_id.as_str())
+                || child.parent.as_deref().is_some_and(|p| new_ids.contains(p));
+            if !touched {
+                continue;
+            }
+            let old = edge_of(&before, &child.span_id);
+            let new = edge_of(&cols, &child.span_id);
+            if old == new {
+                continue;
+            }
+            let sid = id_value(&child.span_id);
+            if let Some((start, caller, callee, error)) = old {
+                del_edge.execute(params![start, trace_no, sid])?;
+                hour.execute(params![
+                    start / HOUR_NS,
+                    caller,
+                    callee,
+                    -1,
+                    -i64::from(error)
+                ])?;
+            }
+            if let Some((start, caller, callee, error)) = new {
+                edge.execute(params![start, trace_no, sid, caller, callee, error])?;
+                hour.execute(params![
+                    start / HOUR_NS,
+                    caller,
+                    callee,
+                    1,
+                    i64::from(error)
+                ])?;
+            }
+        }
+    }
+
+    // The summary, recomputed from every stored span of the trace (as TraceSummary does).
+    let mut all: Vec<&SpanCols> = cols.values().collect();
+    all.sort_by(|a, b| (a.start, &a.span_id).cmp(&(b.start, &b.span_id)));
+    let start = all.iter().map(|c| c.start).min().unwrap_or(0);
+    let end = all
+        .iter()
+        .map(|c| c.start.wrapping_add(c.duration))
+        .max()
+        .unwrap_or(start);
+    let root = all
+        .iter()
+        .find(|c| c.parent.is_none())
+        .or_else(|| all.first())
+        .copied();
+    let mut services: Vec<i64> = all.iter().map(|c| service_of(c.resource)).collect();
+    services.sort_unstable();
+    services.dedup();
+    let mut packed = Enc::default();
+    for s in &services {
+        packed.u64(*s as u64);
+    }
+    tx.prepare_cached(
+        "UPDATE traces SET start_ns = ?2, duration_ns = ?3, root_service = ?4, root_op = ?5, \
+         span_count = ?6, error_count = ?7, services = ?8 WHERE trace_no = ?1",
+    )?
+    .execute(params![
+        trace_no,
+        start,
+        end.saturating_sub(start).max(0),
+        root.map_or(0, |r| service_of(r.resource)),
+        root.map_or(0, |r| r.op),
+        all.len() as i64,
+        all.iter().filter(|c| is_error_flag(c.flags)).count() as i64,
+        packed.buf
+    ])?;
+    Ok(None)
+}
+
+/// Writes a log unless it is there already (a replay: the same identity at the same time).
+/// Row ids are dense, in arrival order, which keeps the trigram index small; `log_blocks`
+/// keeps, per block of 1024 row ids, the newest time of any row up to that block, so a text
+/// search walking the index newest row first knows when no older row can be newer.
+fn write_log(tx: &rusqlite::Transaction<'_>, cat: &Catalog, l: &LogRow) -> Result<(), StoreError> {
+    let err = read_err;
+    {
+        let mut same_time = tx
+            .prepare_cached(&format!(
+                "SELECT {LOG_COLS} FROM logs l WHERE l.time_ns = ?1"
+            ))
+            .map_err(err)?;
+        let mut rows = same_time.query([l.time]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            if decode_log(row, cat)?.doc_id() == l.doc_id {
+                return Ok(());
+            }
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .map_err(err)?
+    .execute(params![
+        l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest
+    ])
+    .map_err(err)?;
+    let id = tx.last_insert_rowid();
+    tx.prepare_cached("INSERT INTO logs_text (rowid, body) VALUES (?1, ?2)")
+        .map_err(err)?
+        .execute(params![id, l.body])
+        .map_err(err)?;
+    tx.prepare_cached(
+        "INSERT INTO log_blocks (block, max_time) VALUES (?1, max(?2, coalesce((SELECT \
+         max_time FROM log_blocks WHERE block < ?1 ORDER BY block DESC LIMIT 1), ?2))) \
+         ON CONFLICT (block) DO UPDATE SET max_time = max(max_time, excluded.max_time)",
+    )
+    .map_err(err)?
+    .execute(params![id >> LOG_BLOCK_BITS, l.time])
+    .map_err(err)?;
+    Ok(())
+}
+
+/// SQLite's order of values: numbers (by value), then text, then blobs.
+fn sql_order(a: &Sql, b: &Sql) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let num = |v: &Sql| match v {
+        Sql::Integer(i) => Some(*i as f64),
+        Sql::Real(f) => Some(*f),
+        _ => None,
+    };
+    match (a, b) {
+        (Sql::Text(x), Sql::Text(y)) => x.cmp(y),
+        (Sql::Text(_), _) => {
+            if num(b).is_some() {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            }
+        }
+        (_, Sql::Text(_)) => {
+            if num(a).is_some() {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            }
+        }
+        _ => num(a).partial_cmp(&num(b)).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// ns per `edge_hours` bucket.
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// Row ids per `log_blocks` entry: 1 << this.
+const LOG_BLOCK_BITS: u32 = 10;
+
+// ---------------------------------------------------------------------------------------
+// Readers.
+
+struct ReaderSet {
+    shared: Connection,
+    parts: HashMap<i64, Connection>,
+}
+
+impl ReaderSet {
+    /// A reader connection to a day partition; `None` when it does not exist (any more).
+    fn part(&mut self, ctx: &Ctx, day: i64) -> Option<&Connection> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.parts.entry(day) {
+            let path = ctx.part_path(day);
+            if !path.exists() {
+                return None;
+            }
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .ok()?;
+            conn.busy_timeout(Duration::from_secs(10)).ok()?;
+            conn.pragma_update(None, "query_only", true).ok()?;
+            conn.pragma_update(None, "cache_size", -16_384).ok()?;
+            let v: i32 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .ok()?;
+            if v != SCHEMA_VERSION {
+                return None;
+            }
+            slot.insert(conn);
+        }
+        self.parts.get(&day)
+    }
+}
+
+/// The day partitions on disk, oldest first.
+fn list_days(dir: &Path) -> Vec<i64> {
+    let mut days: Vec<i64> = std::fs::read_dir(dir.join(PARTITIONS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            parse_day(name.strip_suffix(".sqlite3")?)
+        })
+        .collect();
+    days.sort_unstable();
+    days
+}
+
+fn file_bytes(path: &Path) -> u64 {
+    let mut total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    for suffix in ["-wal", "-shm"] {
+        total += std::fs::metadata(format!("{}{suffix}", path.display()))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// The embedded SQLite store.
+pub struct EmbeddedStore {
+    ctx: Arc<Ctx>,
+    writer: Arc<Mutex<Writer>>,
+    readers: Vec<Arc<Mutex<ReaderSet>>>,
+    next_reader: AtomicUsize,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`, with the default partition window
+    /// (a record's time is clamped to 7 days back and 1 hour ahead to choose its day).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_window(
+            dir,
+            TimeWindow {
+                max_age_nanos: crate::config::DEFAULT_PARTITION_MAX_AGE_SECS * 1_000_000_000,
+                max_ahead_nanos: crate::config::DEFAULT_PARTITION_MAX_AHEAD_SECS * 1_000_000_000,
+            },
+        )
+    }
+
+    /// Opens the store in `dir`, choosing partitions with `window`. A store of the first
+    /// (single-file JSON) layout is migrated; a store written by a newer dlog is refused.
+    pub fn open_with_window(dir: impl AsRef<Path>, window: TimeWindow) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        let err = |message: String| StoreError::Embedded {
+            path: dir.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(dir.join(PARTITIONS_DIR))
+            .map_err(|e| err(format!("cannot create directory: {e}")))?;
+        let path = dir.join(DB_FILE);
+        let sql = |e: rusqlite::Error| err(e.to_string());
+        let v1 = dir.join(V1_FILE);
+        if path.exists() && is_v1(&path)? {
+            // Moved aside first: an interrupted migration starts again from it.
+            {
+                let conn = Connection::open(&path).map_err(sql)?;
+                conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+                conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+                    .map_err(sql)?;
+                conn.pragma_update(None, "journal_mode", "DELETE")
+                    .map_err(sql)?;
+            }
+            std::fs::rename(&path, &v1)
+                .map_err(|e| err(format!("cannot move the old layout aside: {e}")))?;
+        }
+        let conn = Connection::open(&path).map_err(sql)?;
+        configure(&conn).map_err(sql)?;
+        let version: i32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        match version {
+            0 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                    schema::SHARED
+                ))
+                .map_err(sql)?;
+            }
+            SCHEMA_VERSION => {}
+            v => {
+                return Err(err(format!(
+                    "{DB_FILE} has schema version {v}, but this build of dlog reads version \
+                     {SCHEMA_VERSION}: run the dlog release that wrote it (or a newer one), or \
+                     move {} away to start an empty store",
+                    dir.display()
+                )))
+            }
+        }
+        let mut known_operations = HashSet::new();
+        {
+            let mut stmt = conn
+                .prepare("SELECT service, operation, span_kind FROM operations")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(sql)?;
+            for row in rows {
+                known_operations.insert(row.map_err(sql)?);
+            }
+        }
+        let mut catalog = Catalog::default();
+        catalog.load_new(&conn)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sql)?;
+            reader.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+            readers.push(Arc::new(Mutex::new(ReaderSet {
+                shared: reader,
+                parts: HashMap::new(),
+            })));
+        }
+        let store = EmbeddedStore {
+            ctx: Arc::new(Ctx {
+                dir: dir.to_path_buf(),
+                window,
+                catalog: Arc::new(RwLock::new(catalog)),
+            }),
+            writer: Arc::new(Mutex::new(Writer {
+                shared: conn,
+                parts: HashMap::new(),
+                part_use: Vec::new(),
+                known_operations,
+                recent: HashMap::new(),
+                value_counts: HashMap::new(),
+                interned: 0,
+                expired_before: None,
+            })),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        };
+        if v1.exists() {
+            store.import_v1(&v1)?;
+            std::fs::remove_file(&v1)
+                .map_err(|e| err(format!("migrated, but cannot remove {V1_FILE}: {e}")))?;
+        }
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.ctx.dir
+    }
+
+    /// Copies every document of a first-layout store into this one, through the ordinary
+    /// (idempotent) write path.
+    fn import_v1(&self, v1: &Path) -> Result<(), StoreError> {
+        let err = |e: rusqlite::Error| StoreError::Embedded {
+            path: v1.display().to_string(),
+            message: format!("migrating the old layout: {e}"),
+        };
+        let old = Connection::open_with_flags(v1, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::store::now_unix_nano();
+        for (table, kind) in [("spans", 0), ("logs", 1), ("heartbeats", 2)] {
+            let mut stmt = old
+                .prepare(&format!("SELECT rowid, doc FROM {table} ORDER BY rowid"))
+                .map_err(err)?;
+            let mut rows = stmt.query([]).map_err(err)?;
+            let mut batch = Vec::new();
+            while let Some(row) = rows.next().map_err(err)? {
+                let id: i64 = row.get(0).map_err(err)?;
+                let doc: String = row.get(1).map_err(err)?;
+                let what = format!("{table} row {id}");
+                batch.push(match kind {
+                    0 => Document::Span(parse::<SpanRecord>(&what, &doc)?),
+                    1 => Document::Log(parse::<LogEntry>(&what, &doc)?),
+                    _ => Document::Heartbeat(parse::<Heartbeat>(&what, &doc)?),
+                });
+                if batch.len() == 2000 {
+                    write_docs(&mut w, &self.ctx, &batch, now)?;
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                write_docs(&mut w, &self.ctx, &batch, now)?;
+            }
+        }
+        let tx = w.shared.transaction().map_err(err)?;
+        for (select, insert) in [
+            (
+                "SELECT service, instance, last_ns, doc FROM registry",
+                "INSERT OR REPLACE INTO registry (service, instance, last_ns, doc) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            ),
+            (
+                "SELECT id, service, state, last_seen, doc FROM alerts",
+                "INSERT OR REPLACE INTO alerts (id, service, state, last_seen, doc) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            ),
+        ] {
+            let mut stmt = old.prepare(select).map_err(err)?;
+            let n = stmt.column_count();
+            let mut rows = stmt.query([]).map_err(err)?;
+            let mut ins = tx.prepare(insert).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let values: Vec<Sql> = (0..n)
+                    .map(|i| row.get::<_, Sql>(i))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?;
+                ins.execute(rusqlite::params_from_iter(values))
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// Runs a read on one of the reader connection sets, off the async runtime.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut ReaderSet, &Ctx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let reader = Arc::clone(&self.readers[i]);
+        let ctx = Arc::clone(&self.ctx);
+        tokio::task::spawn_blocking(move || {
+            let mut set = reader.lock().unwrap_or_else(|e| e.into_inner());
+            // What another process added to the dictionary since. Skipped while this
+            // process's writer holds the catalog: it adds its own entries itself, and a
+            // query must not wait behind a write waiting for a lock.
+            if let Ok(mut cat) = ctx.catalog.try_write() {
+                cat.load_new(&set.shared)?;
+            }
+            f(&mut set, &ctx)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer, &Ctx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        let ctx = Arc::clone(&self.ctx);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = writer.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard, &ctx)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+    }
+}
+
+fn is_v1(path: &Path) -> Result<bool, StoreError> {
+    let err = |e: rusqlite::Error| StoreError::Embedded {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if version != 0 {
+        return Ok(false);
+    }
+    // The first layout kept a JSON `doc` column in its spans table.
+    let has_doc: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('spans') WHERE name = 'doc'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    Ok(has_doc)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(id: &str, doc: &str) -> Result<T, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+        id: id.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn read_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The FTS5 query for a substring: its ASCII trigrams, all required (the full substring is
+/// then checked with LIKE). `None` when the text has no trigram to look up.
+fn trigram_query(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.to_lowercase().chars().collect();
+    let mut grams: Vec<String> = Vec::new();
+    for w in chars.windows(3) {
+        if w.iter().all(|c| c.is_ascii() && !c.is_ascii_control()) {
+            let g: String = w.iter().collect();
+            if !grams.contains(&g) {
+                grams.push(g);
+            }
+        }
+    }
+    if grams.is_empty() {
+        return None;
+    }
+    if grams.len() > MAX_TRIGRAMS {
+        let step = grams.len() as f64 / MAX_TRIGRAMS as f64;
+        grams = (0..MAX_TRIGRAMS)
+            .map(|i| grams[(i as f64 * step) as usize].clone())
+            .collect();
+    }
+    Some(
+        grams
+            .iter()
+            .map(|g| format!("\"{}\"", g.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" AND "),
+    )
+}
+
+/// Accumulates a WHERE clause and its parameters.
+#[derive(Default)]
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<Sql>,
+}
+
+impl Filter {
+    fn push(&mut self, clause: &str, values: impl IntoIterator<Item = Sql>) {
+        // Placeholders are written as `?` and numbered here, so clauses compose.
+        let mut numbered = String::with_capacity(clause.len() + 8);
+        let mut values = values.into_iter();
+        for c in clause.chars() {
+            if c == '?' {
+                self.params.push(values.next().unwrap_or(Sql::Null));
+                numbered.push_str(&format!("?{}", self.params.len()));
+            } else {
+                numbered.push(c);
+            }
+        }
+        self.clauses.push(numbered);
+    }
+
+    /// `column IN (v1, v2, ...)`.
+    fn push_in(&mut self, column: &str, values: Vec<Sql>) {
+        let marks = vec!["?"; values.len()].join(", ");
+        self.push(&format!("{column} IN ({marks})"), values);
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}
+
+fn text(s: &str) -> Sql {
+    Sql::Text(s.to_string())
+}
+
+/// One condition of a trace search, on a single span.
+enum Term {
+    Service(String),
+    Operation(String),
+    Attr(String, String),
+}
+
+impl Term {
+    fn matches(&self, s: &SpanRecord) -> bool {
+        match self {
+            Term::Service(name) => &s.service.name == name,
+            Term::Operation(op) => &s.name == op,
+            Term::Attr(k, v) => {
+                s.attributes.get(k).is_some_and(|x| text_eq(x, v))
+                    || resource_matches(&s.service, k, v)
+                    || s.events
+                        .iter()
+                        .any(|e| e.attributes.get(k).is_some_and(|x| text_eq(x, v)))
+            }
+        }
+    }
+
+    /// The index lookup that finds every trace where some span may match; `None` when no
+    /// trace can.
+    fn index_sql(&self, cat: &Catalog, f: &mut Filter) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut sub = Filter::default();
+        let resources = match self {
+            Term::Service(name) => cat.resources_of(name),
+            Term::Operation(op) => {
+                let id = *cat.string_ids.get(op.as_str())?;
+                sub.push(
+                    "(key = ? AND value = ?)",
+                    [Sql::Integer(KEY_OPERATION), Sql::Integer(id)],
+                );
+                parts.push(sub.clauses.pop()?);
+                Vec::new()
+            }
+            Term::Attr(k, v) => {
+                if let Some(id) = cat.string_ids.get(k.as_str()) {
+                    let cands = index_candidates(v);
+                    let marks = vec!["?"; cands.len()].join(", ");
+                    let mut values = vec![Sql::Integer(*id)];
+                    values.extend(cands);
+                    sub.push(&format!("(key = ? AND value IN ({marks}))"), values);
+                    parts.push(sub.clauses.pop()?);
+                }
+                cat.resources_with(k, v)
+            }
+        };
+        if !resources.is_empty() {
+            let marks = vec!["?"; resources.len()].join(", ");
+            let mut values = vec![Sql::Integer(KEY_RESOURCE)];
+            values.extend(resources.into_iter().map(Sql::Integer));
+            sub.push(&format!("(key = ? AND value IN ({marks}))"), values);
+            parts.push(sub.clauses.pop()?);
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        // Renumber into the outer filter.
+        let joined = parts.join(" OR ");
+        let mut out = String::new();
+        let mut values = sub.params.into_iter();
+        let mut chars = joined.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '?' {
+                while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                    chars.next();
+                }
+                f.params.push(values.next().unwrap_or(Sql::Null));
+                out.push_str(&format!("?{}", f.params.len()));
+            } else {
+                out.push(c);
+            }
+        }
+        Some(format!("SELECT trace_no FROM attrs WHERE {out}"))
+    }
+}
+
+struct SummaryRow {
+    trace_no: i64,
+    trace_id: String,
+    start: i64,
+    duration: i64,
+    root_service: i64,
+    root_op: i64,
+    span_count: i64,
+    error_count: i64,
+    services: Vec<u8>,
+}
+
+const SUMMARY_COLS: &str = "trace_no, trace_id, start_ns, duration_ns, root_service, root_op, \
+                            span_count, error_count, services";
+
+fn read_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok(SummaryRow {
+        trace_no: r.get(0)?,
+        trace_id: id_text(r.get_ref(1)?).unwrap_or_default(),
+        start: r.get(2)?,
+        duration: r.get(3)?,
+        root_service: r.get(4)?,
+        root_op: r.get(5)?,
+        span_count: r.get(6)?,
+        error_count: r.get(7)?,
+        services: r.get(8)?,
+    })
+}
+
+fn to_summary(row: &SummaryRow, cat: &Catalog) -> Result<TraceSummary, StoreError> {
+    let mut services = Vec::new();
+    let mut d = Dec::new(&row.services);
+    while d.remaining() > 0 {
+        let id = d.u64().map_err(corrupt(&row.trace_id))? as i64;
+        services.push(cat.string(id)?.to_string());
+    }
+    services.sort();
+    services.dedup();
+    Ok(TraceSummary {
+        trace_id: row.trace_id.clone(),
+        start_unix_nano: row.start as u64,
+        duration_nanos: row.duration as u64,
+        root_service: cat.string(row.root_service)?.to_string(),
+        root_operation: cat.string(row.root_op)?.to_string(),
+        span_count: row.span_count as usize,
+        error_count: row.error_count as usize,
+        services,
+    })
+}
+
+/// Two summaries of one trace found in two partitions (spans that arrived more than a day
+/// apart), merged.
+fn merge_summaries(a: &mut TraceSummary, b: TraceSummary) {
+    let end = (a.start_unix_nano + a.duration_nanos).max(b.start_unix_nano + b.duration_nanos);
+    if b.start_unix_nano < a.start_unix_nano {
+        a.root_service = b.root_service;
+        a.root_operation = b.root_operation;
+    }
+    a.start_unix_nano = a.start_unix_nano.min(b.start_unix_nano);
+    a.duration_nanos = end - a.start_unix_nano;
+    a.span_count += b.span_count;
+    a.error_count += b.error_count;
+    a.services.extend(b.services);
+    a.services.sort();
+    a.services.dedup();
+}
+
+/// The spans of one trace in one partition, in `get_trace` order, after a cursor.
+fn trace_spans(
+    conn: &Connection,
+    cat: &Catalog,
+    trace_id: &str,
+    trace_no: i64,
+    after: Option<&SpanCursor>,
+    limit: Option<usize>,
+) -> Result<Vec<SpanRecord>, StoreError> {
+    let mut f = Filter::default();
+    f.push("trace_no = ?", [Sql::Integer(trace_no)]);
+    if let Some(c) = after {
+        f.push(
+            "(start_ns, span_id) > (?, ?)",
+            [Sql::Integer(ns(c.start_unix_nano)), id_value(&c.span_id)],
+        );
+    }
+    let limit = limit.map_or(String::new(), |l| format!("LIMIT {l}"));
+    let sql = format!(
+        "SELECT {SPAN_COLS}, body FROM spans {} ORDER BY start_ns, span_id {limit}",
+        f.sql()
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
+            Ok((read_cols(r)?, r.get::<_, Vec<u8>>(7)?))
+        })
+        .map_err(read_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (cols, body) = row.map_err(read_err)?;
+        out.push(decode_span(trace_id, &cols, &body, cat)?);
+    }
+    Ok(out)
+}
+
+fn trace_no_of(conn: &Connection, trace_id: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT trace_no FROM traces WHERE trace_id = ?1")
+        .map_err(read_err)?
+        .query_row([id_value(trace_id)], |r| r.get(0))
+        .optional()
+        .map_err(read_err)
+}
+
+/// Every partition holding some of a trace, with its trace number there.
+fn trace_partitions(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    trace_id: &str,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut out = Vec::new();
+    for day in list_days(&ctx.dir).into_iter().rev() {
+        if let Some(conn) = set.part(ctx, day) {
+            if let Some(no) = trace_no_of(conn, trace_id)? {
+                out.push((day, no));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A number read with `SELECT min/max(...)`, `None` for an empty table.
+fn bound(conn: &Connection, sql: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached(sql)
+        .map_err(read_err)?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))
+        .map_err(read_err)
+}
+
+fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreError> {
+    let id: i64 = r.get(0).map_err(read_err)?;
+    let time: i64 = r.get(1).map_err(read_err)?;
+    let resource: i64 = r.get(2).map_err(read_err)?;
+    let level: i64 = r.get(3).map_err(read_err)?;
+    let severity: i64 = r.get(4).map_err(read_err)?;
+    let trace_id = id_text(r.get_ref(5).map_err(read_err)?);
+    let body: String = r.get(6).map_err(read_err)?;
+    let rest: Vec<u8> = r.get(7).map_err(read_err)?;
+    let what = format!("log {id}");
+    let raw = codec::open_body(&rest).map_err(corrupt(&what))?;
+    let mut d = Dec::new(&raw);
+    let span_id = d.opt_str().map_err(corrupt(&what))?;
+    let event_name = d.opt_str().map_err(corrupt(&what))?;
+    let attributes = get_attrs(&mut d, cat)?;
+    Ok(LogEntry {
+        time_unix_nano: time as u64,
+        severity_number: severity as i32,
+        level: cat.string(level)?.to_string(),
+        body,
+        trace_id,
+        span_id,
+        event_name,
+        service: (*cat.resource(resource)?.info).clone(),
+        attributes,
+    })
+}
+
+const LOG_COLS: &str =
+    "l.id, l.time_ns, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest";
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let docs = docs.to_vec();
+        let now = crate::store::now_unix_nano();
+        // Disk full, I/O errors and lock timeouts may pass: the stage retries the batch.
+        self.with_writer(move |w, ctx| write_docs(w, ctx, &docs, now))
+            .await
+    }
+
+    async fn refresh(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+        let trace_id = trace_id.to_ascii_lowercase();
+        self.read(move |set, ctx| {
+            let mut spans = Vec::new();
+            for (day, no) in trace_partitions(set, ctx, &trace_id)? {
+                let cat = ctx.catalog();
+                if let Some(conn) = set.part(ctx, day) {
+                    spans.extend(trace_spans(conn, &cat, &trace_id, no, None, None)?);
+                }
+            }
+            sort_spans(&mut spans);
+            Ok(spans)
+        })
+        .await
+    }
+
+    async fn get_trace_page(
+        &self,
+        trace_id: &str,
+        after: Option<&SpanCursor>,
+        limit: usize,
+    ) -> Result<Vec<SpanRecord>, StoreError> {
+        let trace_id = trace_id.to_ascii_lowercase();
+        let after = after.cloned();
+        self.read(move |set, ctx| {
+            let mut spans = Vec::new();
+            for (day, no) in trace_partitions(set, ctx, &trace_id)? {
+                let cat = ctx.catalog();
+                if let Some(conn) = set.part(ctx, day) {
+                    spans.extend(trace_spans(
+                        conn,
+                        &cat,
+                        &trace_id,
+                        no,
+                        after.as_ref(),
+                        Some(limit),
+                    )?);
+                }
+            }
+            sort_spans(&mut spans);
+            spans.truncate(limit);
+            Ok(spans)
+        })
+        .await
+    }
+
+    async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
+        let query = query.clone();
+        self.read(move |set, ctx| find_traces(set, ctx, &query))
+            .await
+    }
+
+    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        let query = query.clone();
+        self.read(move |set, ctx| search_logs(set, ctx, &query))
+            .await
+    }
+
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|set, _| {
+            let mut stmt = set
+                .shared
+                .prepare("SELECT DISTINCT service FROM operations ORDER BY service")
+                .map_err(read_err)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(read_err)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(read_err)
+        })
+        .await
+    }
+
+    async fn operations(&self, service: &str) -> Result<Vec<Operation>, StoreError> {
+        let service = service.to_string();
+        self.read(move |set, _| {
+            let mut stmt = set
+                .shared
+                .prepare(
+                    "SELECT operation, span_kind FROM operations WHERE service = ?1 \
+                     ORDER BY operation, span_kind",
+                )
+                .map_err(read_err)?;
+            let rows = stmt
+                .query_map([service], |r| {
+                    Ok(Operation {
+                        name: r.get(0)?,
+                        span_kind: r.get(1)?,
+                    })
+                })
+                .map_err(read_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(read_err)
+        })
+        .await
+    }
+
+    async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
+        self.read(move |set, ctx| {
+            // Whole hours of the range from the hourly counts, the ragged ends from the
+            // edges themselves.
+            let s = i128::from(ns(time.start_unix_nano.unwrap_or(0)));
+            let e = i128::from(ns(time.end_unix_nano.unwrap_or(u64::MAX)));
+            let h = i128::from(HOUR_NS);
+            let (h_lo, h_hi) = ((s + h - 1) / h, (e + 1) / h - 1);
+            let mut pieces: Vec<(&str, i64, i64)> = Vec::new();
+            const EDGES: &str = "SELECT caller, callee, COUNT(*), SUM(error) FROM edges \
+                                 WHERE start_ns >= ?1 AND start_ns <= ?2 GROUP BY caller, callee";
+            const HOURS: &str = "SELECT caller, callee, SUM(calls), SUM(errors) FROM edge_hours \
+                                 WHERE hour >= ?1 AND hour <= ?2 GROUP BY caller, callee";
+            if h_lo <= h_hi {
+                pieces.push((HOURS, h_lo as i64, h_hi as i64));
+                if s < h_lo * h {
+                    pieces.push((EDGES, s as i64, (h_lo * h - 1) as i64));
+                }
+                if (h_hi + 1) * h <= e {
+                    pieces.push((EDGES, ((h_hi + 1) * h) as i64, e as i64));
+                }
+            } else {
+                pieces.push((EDGES, s as i64, e as i64));
+            }
+            let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
+            for day in list_days(&ctx.dir) {
+                let Some(conn) = set.part(ctx, day) else {
+                    continue;
+                };
+                for (sql, lo, hi) in &pieces {
+                    let mut stmt = conn.prepare_cached(sql).map_err(read_err)?;
+                    let rows = stmt
+                        .query_map([lo, hi], |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, i64>(3)?,
+                            ))
+                        })
+                        .map_err(read_err)?;
+                    for row in rows {
+                        let (caller, callee, calls, errors) = row.map_err(read_err)?;
+                        let e = edges.entry((caller, callee)).or_default();
+                        e.0 += calls as u64;
+                        e.1 += errors as u64;
+                    }
+                }
+            }
+            edges.retain(|_, (calls, _)| *calls > 0);
+            let cat = ctx.catalog();
+            let mut observed = Vec::with_capacity(edges.len());
+            for ((caller, callee), (calls, errors)) in edges {
+                observed.push(DependencyEdge {
+                    caller: cat.string(caller)?.to_string(),
+                    callee: cat.string(callee)?.to_string(),
+                    calls,
+                    errors,
+                });
+            }
+            observed.sort();
+            let mut declared = Vec::new();
+            for entry in registry(&set.shared, None)? {
+                for dep in entry.dependencies {
+                    declared.push(DeclaredDependency {
+                        service: entry.service.clone(),
+                        depends_on: dep,
+                    });
+                }
+            }
+            declared.sort();
+            declared.dedup();
+            Ok(Dependencies { observed, declared })
+        })
+        .await
+    }
+
+    async fn service_status(&self, query: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError> {
+        let service = query.service.clone();
+        let now = query
+            .now_unix_nano
+            .unwrap_or_else(crate::store::now_unix_nano);
+        let silent_after = query.silent_after;
+        self.read(move |set, _| {
+            Ok(registry(&set.shared, service.as_deref())?
+                .into_iter()
+                .map(|e| InstanceStatus::derive(e, now, silent_after))
+                .collect())
+        })
+        .await
+    }
+
+    async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let doc = serde_json::to_string(a).map_err(|e| StoreError::Corrupt {
+                id: a.id.clone(),
+                message: e.to_string(),
+            })?;
+            rows.push((
+                a.id.clone(),
+                a.service.clone(),
+                a.state.clone(),
+                ns(a.last_seen_unix_nano),
+                doc,
+            ));
+        }
+        self.with_writer(move |w, ctx| {
+            let err = unavailable(&ctx.dir);
+            let tx = w.shared.transaction().map_err(&err)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO alerts (id, service, state, last_seen, doc) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(&err)?;
+                for (id, service, state, last, doc) in &rows {
+                    stmt.execute(params![id, service, state, last, doc])
+                        .map_err(&err)?;
+                }
+            }
+            tx.commit().map_err(&err)
+        })
+        .await
+    }
+
+    async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError> {
+        let mut f = Filter::default();
+        if let Some(s) = &query.service {
+            f.push("service = ?", [text(s)]);
+        }
+        if let Some(s) = &query.state {
+            f.push("state = ?", [text(s)]);
+        }
+        let sql = format!(
+            "SELECT id, doc FROM alerts {} ORDER BY last_seen DESC, id LIMIT {}",
+            f.sql(),
+            effective_limit(query.limit)
+        );
+        let params = f.params;
+        self.read(move |set, _| {
+            let mut stmt = set.shared.prepare(&sql).map_err(read_err)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(read_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, doc) = row.map_err(read_err)?;
+                out.push(parse::<AlertDoc>(&id, &doc)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        let ctx = Arc::clone(&self.ctx);
+        tokio::task::spawn_blocking(move || usage(&ctx))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("usage task failed: {e}")))?
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_unix_nano: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let policy = *policy;
+        let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
+        self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
+            .await
+    }
+}
+
+fn find_traces(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    q: &TraceQuery,
+) -> Result<Vec<TraceSummary>, StoreError> {
+    let limit = effective_limit(q.limit);
+    let mut terms = Vec::new();
+    if let Some(s) = &q.service {
+        terms.push(Term::Service(s.clone()));
+    }
+    if let Some(o) = &q.operation {
+        terms.push(Term::Operation(o.clone()));
+    }
+    if q.attributes.len() > MAX_ATTRIBUTE_FILTERS {
+        return Err(StoreError::InvalidQuery(format!(
+            "{} attribute filters; at most {MAX_ATTRIBUTE_FILTERS} are allowed",
+            q.attributes.len()
+        )));
+    }
+    for (k, v) in &q.attributes {
+        terms.push(Term::Attr(k.clone(), v.clone()));
+    }
+    let mut f = Filter::default();
+    {
+        let cat = ctx.catalog();
+        let mut subs = Vec::new();
+        for t in &terms {
+            match t.index_sql(&cat, &mut f) {
+                Some(sql) => subs.push(sql),
+                None => return Ok(Vec::new()),
+            }
+        }
+        if !subs.is_empty() {
+            let joined = subs.join(" INTERSECT ");
+            f.clauses.push(format!("trace_no IN ({joined})"));
+        }
+    }
+    if let Some(d) = q.min_duration {
+        f.push("duration_ns >= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
+    }
+    if let Some(d) = q.max_duration {
+        f.push("duration_ns <= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
+    }
+    if let Some(s) = q.time.start_unix_nano {
+        f.push("start_ns >= ?", [Sql::Integer(ns(s))]);
+    }
+    if let Some(e) = q.time.end_unix_nano {
+        f.push("start_ns <= ?", [Sql::Integer(ns(e))]);
+    }
+    // Candidates are checked span by span when several conditions must hold on one span
+    // (or the index may hold an older version of a replaced span), so pages are fetched
+    // until enough pass.
+    let page = if terms.is_empty() {
+        limit
+    } else {
+        limit * 2 + 16
+    };
+    let sql = format!(
+        "SELECT {SUMMARY_COLS} FROM traces {} ORDER BY start_ns DESC, trace_id \
+         LIMIT {page} OFFSET ?",
+        f.sql()
+    );
+
+    // Partitions newest trace start first; one whose newest start is older than the
+    // limit-th trace found cannot contribute.
+    let mut parts = Vec::new();
+    for day in list_days(&ctx.dir) {
+        if let Some(conn) = set.part(ctx, day) {
+            if let Some(max) = bound(conn, "SELECT max(start_ns) FROM traces")? {
+                parts.push((max, day));
+            }
+        }
+    }
+    parts.sort_unstable_by(|a, b| b.cmp(a));
+    let mut found: Vec<TraceSummary> = Vec::new();
+    for (max, day) in parts {
+        if found.len() >= limit && (max as u64) < found[limit - 1].start_unix_nano {
+            break;
+        }
+        let Some(conn) = set.part(ctx, day) else {
+            continue;
+        };
+        let mut taken = 0usize;
+        let mut offset = 0i64;
+        loop {
+            let mut params = f.params.clone();
+            params.push(Sql::Integer(offset));
+            let rows: Vec<SummaryRow> = {
+                let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
+                    .map_err(read_err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(read_err)?;
+                rows
+            };
+            let n = rows.len();
+            let cat = ctx.catalog();
+            for row in rows {
+                if taken >= limit {
+                    break;
+                }
+                if !terms.is_empty() {
+                    let spans = trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
+                    if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                        continue;
+                    }
+                }
+                found.push(to_summary(&row, &cat)?);
+                taken += 1;
+            }
+            if taken >= limit || n < page {
+                break;
+            }
+            offset += page as i64;
+        }
+        found.sort_by(|a, b| {
+            b.start_unix_nano
+                .cmp(&a.start_unix_nano)
+                .then_with(|| a.trace_id.cmp(&b.trace_id))
+        });
+        // A trace found in two partitions is one trace.
+        let mut merged: Vec<TraceSummary> = Vec::with_capacity(found.len());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for t in found {
+            match seen.get(&t.trace_id) {
+                Some(&i) => merge_summaries(&mut merged[i], t),
+                None => {
+                    seen.insert(t.trace_id.clone(), merged.len());
+                    merged.push(t);
+                }
+            }
+        }
+        found = merged;
+    }
+    found.truncate(limit);
+    Ok(found)
+}
+
+fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+    let limit = effective_limit(q.limit);
+    let mut f = Filter::default();
+    let mut fts = None;
+    {
+        let cat = ctx.catalog();
+        if let Some(t) = q.text.as_deref().filter(|t| !t.is_empty()) {
+            fts = trigram_query(t);
+            if let Some(m) = &fts {
+                f.push("logs_text MATCH ?", [text(m)]);
+            }
+            f.push(
+                "l.body LIKE ('%' || ? || '%') ESCAPE '\\'",
+                [text(&like_escape(t))],
+            );
+        }
+        if let Some(s) = &q.service {
+            let ids = cat.resources_of(s);
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            f.push_in("l.resource", ids.into_iter().map(Sql::Integer).collect());
+        }
+        if let Some(l) = &q.level {
+            let Some(id) = cat.string_ids.get(l.to_ascii_uppercase().as_str()) else {
+                return Ok(Vec::new());
+            };
+            f.push("l.level = ?", [Sql::Integer(*id)]);
+        }
+    }
+    if let Some(t) = &q.trace_id {
+        f.push("l.trace_id = ?", [id_value(&t.to_ascii_lowercase())]);
+    }
+    if let Some(s) = q.time.start_unix_nano {
+        f.push("l.time_ns >= ?", [Sql::Integer(ns(s))]);
+    }
+    if let Some(e) = q.time.end_unix_nano {
+        f.push("l.time_ns <= ?", [Sql::Integer(ns(e))]);
+    }
+    // With text: the trigram index newest row first, until no older row can be newer than
+    // the limit-th found. Without: the time index, newest first.
+    let sql = if fts.is_some() {
+        format!(
+            "SELECT {LOG_COLS} FROM logs_text JOIN logs l ON l.id = logs_text.rowid {} \
+             ORDER BY logs_text.rowid DESC",
+            f.sql()
+        )
+    } else {
+        format!(
+            "SELECT {LOG_COLS} FROM logs l {} ORDER BY l.time_ns DESC, l.id DESC LIMIT {limit}",
+            f.sql()
+        )
+    };
+    let mut parts = Vec::new();
+    for day in list_days(&ctx.dir) {
+        if let Some(conn) = set.part(ctx, day) {
+            if let Some(max) = bound(conn, "SELECT max(time_ns) FROM logs")? {
+                parts.push((max, day));
+            }
+        }
+    }
+    parts.sort_unstable_by(|a, b| b.cmp(a));
+    // (time, day, id) → entry, newest first.
+    let mut found: Vec<((i64, i64, i64), LogEntry)> = Vec::new();
+    let kth = |found: &Vec<((i64, i64, i64), LogEntry)>| {
+        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+    };
+    for (max, day) in parts {
+        if kth(&found).is_some_and(|k| max < k) {
+            break;
+        }
+        let Some(conn) = set.part(ctx, day) else {
+            continue;
+        };
+        let cat = ctx.catalog();
+        let mut block_max: HashMap<i64, i64> = HashMap::new();
+        let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(f.params.iter()))
+            .map_err(read_err)?;
+        while let Some(row) = rows.next().map_err(read_err)? {
+            let id: i64 = row.get(0).map_err(read_err)?;
+            if fts.is_some() {
+                if let Some(k) = kth(&found) {
+                    let block = id >> LOG_BLOCK_BITS;
+                    let newest = match block_max.get(&block) {
+                        Some(m) => *m,
+                        None => {
+                            let m: i64 = conn
+                                .prepare_cached("SELECT max_time FROM log_blocks WHERE block = ?1")
+                                .map_err(read_err)?
+                                .query_row([block], |r| r.get(0))
+                                .optional()
+                                .map_err(read_err)?
+                                .unwrap_or(i64::MAX);
+                            block_max.insert(block, m);
+                            m
+                        }
+                    };
+                    if newest < k {
+                        break;
+                    }
+                }
+            }
+            let entry = decode_log(row, &cat)?;
+            let key = (entry.time_unix_nano as i64, day, id);
+            let at = found.partition_point(|(k, _)| *k > key);
+            if at < limit {
+                found.insert(at, (key, entry));
+                found.truncate(limit);
+            }
+        }
+    }
+    Ok(found.into_iter().map(|(_, l)| l).collect())
+}
+
+fn usage(ctx: &Ctx) -> Result<StoreUsage, StoreError> {
+    let mut partitions = Vec::new();
+    for day in list_days(&ctx.dir) {
+        partitions.push(PartitionUsage {
+            name: day_name(day),
+            day_start_unix_nano: (day.max(0) as u64) * DAY_NS,
+            bytes: file_bytes(&ctx.part_path(day)),
+        });
+    }
+    let shared = file_bytes(&ctx.dir.join(DB_FILE));
+    Ok(StoreUsage {
+        bytes_used: shared + partitions.iter().map(|p| p.bytes).sum::<u64>(),
+        oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
+        partitions,
+    })
+}
+
+/// Drops partitions past the age, then the oldest while over the byte budget (never today's
+/// for size), and heartbeats, registry entries and alerts older than the age. Holds the
+/// writer, and each reader set while its connections to the dropped days close, so no
+/// query or write sees a partition vanish underneath it.
+fn apply_retention(
+    w: &mut Writer,
+    ctx: &Ctx,
+    readers: &[Arc<Mutex<ReaderSet>>],
+    policy: &RetentionPolicy,
+    now: u64,
+) -> Result<RetentionReport, StoreError> {
+    let today = day_of(now);
+    let mut drop_days: BTreeSet<i64> = BTreeSet::new();
+    if let Some(age) = policy.max_age {
+        let cutoff = now.saturating_sub(age.as_nanos().min(u128::from(u64::MAX)) as u64);
+        // A day goes once all of it is older than the cutoff.
+        let first_kept = day_of(cutoff);
+        drop_days.extend(list_days(&ctx.dir).into_iter().filter(|d| *d < first_kept));
+        w.expired_before = Some(w.expired_before.map_or(first_kept, |e| e.max(first_kept)));
+        let err = unavailable(&ctx.dir);
+        let tx = w.shared.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM alerts WHERE last_seen < ?1", [ns(cutoff)])
+            .map_err(&err)?;
+        tx.execute("DELETE FROM registry WHERE last_ns < ?1", [ns(cutoff)])
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+    }
+    let drop_day = |w: &mut Writer, day: i64| -> Result<(), StoreError> {
+        w.close_partition(day);
+        for r in readers {
+            r.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .parts
+                .remove(&day);
+        }
+        w.recent.retain(|_, d| *d != day);
+        let path = ctx.part_path(day);
+        for suffix in ["-wal", "-shm", ""] {
+            let p = PathBuf::from(format!("{}{suffix}", path.display()));
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot remove {}: {e}",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut dropped = Vec::new();
+    for day in &drop_days {
+        drop_day(w, *day)?;
+        dropped.push(day_name(*day));
+    }
+    if let Some(max) = policy.max_bytes {
+        loop {
+            let u = usage(ctx)?;
+            if u.bytes_used <= max {
+                break;
+            }
+            let Some(oldest) = list_days(&ctx.dir).into_iter().find(|d| *d < today) else {
+                break;
+            };
+            drop_day(w, oldest)?;
+            dropped.push(day_name(oldest));
+        }
+    }
+    Ok(RetentionReport {
+        dropped,
+        usage: usage(ctx)?,
+    })
+}
+
+fn registry(conn: &Connection, service: Option<&str>) -> Result<Vec<RegistryEntry>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT instance, doc FROM registry WHERE (?1 IS NULL OR service = ?1) \
+             ORDER BY service, instance",
+        )
+        .map_err(read_err)?;
+    let rows = stmt
+        .query_map([service], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(read_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, doc) = row.map_err(read_err)?;
+        out.push(parse::<RegistryEntry>(&id, &doc)?);
+    }
+    Ok(out)
+}
+
+/// Counts rows of a table, for tests and diagnostics: `spans`, `logs`, `heartbeats`,
+/// `traces`, `attrs` and `edges` summed over the day partitions, any other table of the
+/// shared database.
+pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError> {
+    let dir = dir.as_ref();
+    if !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::InvalidQuery(format!(
+            "`{table}` is not a table name"
+        )));
+    }
+    let count = |path: &Path| -> Result<u64, StoreError> {
+        let err = |e: rusqlite::Error| StoreError::Embedded {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(err)
+        .map(|n| n as u64)
+    };
+    if matches!(
+        table,
+        "spans" | "logs" | "heartbeats" | "traces" | "attrs" | "edges"
+    ) {
+        let mut total = 0;
+        for day in list_days(dir) {
+            let path = dir
+                .join(PARTITIONS_DIR)
+                .join(format!("{}.sqlite3", day_name(day)));
+            match count(&path) {
+                Ok(n) => total += n,
+                Err(_) if !path.exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    } else {
+        count(&dir.join(DB_FILE))
+    }
+}
+
+/// Bytes on disk per table and index (SQLite's `dbstat`), summed over the day partitions,
+/// with the shared database as `shared`: for benchmarks and diagnostics.
+pub fn table_bytes(
+    dir: impl AsRef<Path>,
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    let dir = dir.as_ref();
+    let mut out = std::collections::BTreeMap::new();
+    let sum = |path: &Path, out: &mut std::collections::BTreeMap<String, u64>, prefix: &str| {
+        let err = |e: rusqlite::Error| StoreError::Embedded {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        let mut stmt = conn
+            .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(err)?;
+        for row in rows {
+            let (name, bytes) = row.map_err(err)?;
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                prefix.to_string()
+            };
+            *out.entry(key).or_insert(0) += bytes as u64;
+        }
+        Ok::<_, StoreError>(())
+    };
+    for day in list_days(dir) {
+        let path = dir
+            .join(PARTITIONS_DIR)
+            .join(format!("{}.sqlite3", day_name(day)));
+        sum(&path, &mut out, "")?;
+    }
+    sum(&dir.join(DB_FILE), &mut out, "shared")?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_match_literally() {
+        assert_eq!(like_escape("50%_off\\"), "50\\%\\_off\\\\");
+    }
+
+    #[test]
+    fn filter_numbers_placeholders_in_order() {
+        let mut f = Filter::default();
+        f.push("a = ?", [text("x")]);
+        f.push("b IN (?, ?)", [text("y"), text("z")]);
+        assert_eq!(f.sql(), "WHERE a = ?1 AND b IN (?2, ?3)");
+        assert_eq!(f.params.len(), 3);
+    }
+
+    #[test]
+    fn text_queries_become_quoted_trigrams() {
+        assert_eq!(
+            trigram_query("Dead\"l").as_deref(),
+            Some("\"dea\" AND \"ead\" AND \"ad\"\"\" AND \"d\"\"l\"")
+        );
+        assert_eq!(trigram_query("ab"), None);
+        let long = "x".repeat(5) + &"abcdefghijklmnopqrstuvwxyz".repeat(3);
+        assert_eq!(
+            trigram_query(&long).unwrap().matches(" AND ").count(),
+            MAX_TRIGRAMS - 1
+        );
+    }
+
+    #[test]
+    fn attribute_values_are_indexed_by_type_and_found_by_text() {
+        assert_eq!(index_value(&serde_json::json!(200)), Sql::Integer(200));
+        assert_eq!(index_value(&serde_json::json!(true)), text("true"));
+        assert!(index_candidates("200").contains(&Sql::Integer(200)));
+        assert!(index_candidates("0.25").contains(&Sql::Real(0.25)));
+        assert_eq!(index_candidates("GET"), vec![text("GET")]);
+        let long = "/api/v1/orders/{id}/items";
+        assert_eq!(
+            index_value(&serde_json::json!(long)),
+            index_candidates(long)[0]
+        );
+        assert!(matches!(index_candidates(long)[0], Sql::Integer(_)));
+    }
+}

@@ -1,0 +1,185 @@
+//! The embedded store's on-disk layout: the shared database, the day partitions, the schema
+//! version, and the days partitions are named after.
+
+/// The layout this build writes and reads (`PRAGMA user_version` of every file).
+/// 1 was the single-file JSON layout of earlier releases (user_version 0 on disk).
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// ns in a day.
+pub const DAY_NS: u64 = 86_400_000_000_000;
+
+/// Pseudo attribute key of the per-trace index: the resource (service instance) of a span.
+pub const KEY_RESOURCE: i64 = -1;
+/// Pseudo attribute key of the per-trace index: the operation of a span.
+pub const KEY_OPERATION: i64 = -2;
+
+/// The shared database: dictionaries, resources, operations, the service registry, alerts.
+pub const SHARED: &str = r#"
+CREATE TABLE IF NOT EXISTS strings (
+    id   INTEGER PRIMARY KEY,
+    text TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS resources (
+    id      INTEGER PRIMARY KEY,
+    hash    BLOB NOT NULL UNIQUE,
+    service INTEGER NOT NULL,
+    doc     TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operations (
+    service   TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    span_kind TEXT NOT NULL,
+    PRIMARY KEY (service, operation, span_kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registry (
+    service  TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    last_ns  INTEGER NOT NULL,
+    doc      TEXT NOT NULL,
+    PRIMARY KEY (service, instance)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    id        TEXT PRIMARY KEY,
+    service   TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    last_seen INTEGER NOT NULL,
+    doc       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_by_last_seen ON alerts (last_seen);
+"#;
+
+/// One day partition: the spans, trace summaries, attribute index, dependency edges, logs
+/// (with their trigram text index) and heartbeats whose (clamped) time falls on that UTC day.
+pub const PARTITION: &str = r#"
+CREATE TABLE traces (
+    trace_no     INTEGER PRIMARY KEY,
+    trace_id     BLOB NOT NULL UNIQUE,
+    start_ns     INTEGER NOT NULL,
+    duration_ns  INTEGER NOT NULL,
+    root_service INTEGER NOT NULL,
+    root_op      INTEGER NOT NULL,
+    span_count   INTEGER NOT NULL,
+    error_count  INTEGER NOT NULL,
+    services     BLOB NOT NULL
+);
+CREATE INDEX traces_by_start ON traces (start_ns);
+CREATE TABLE spans (
+    trace_no    INTEGER NOT NULL,
+    start_ns    INTEGER NOT NULL,
+    span_id     BLOB NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    parent      BLOB,
+    resource    INTEGER NOT NULL,
+    op          INTEGER NOT NULL,
+    flags       INTEGER NOT NULL,
+    body        BLOB NOT NULL,
+    PRIMARY KEY (trace_no, start_ns, span_id)
+) WITHOUT ROWID;
+CREATE TABLE attrs (
+    key      INTEGER NOT NULL,
+    value    ANY NOT NULL,
+    trace_no INTEGER NOT NULL,
+    PRIMARY KEY (key, value, trace_no)
+) WITHOUT ROWID;
+CREATE TABLE edges (
+    trace_no INTEGER NOT NULL,
+    span_id  BLOB NOT NULL,
+    caller   INTEGER NOT NULL,
+    callee   INTEGER NOT NULL,
+    error    INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    PRIMARY KEY (start_ns, trace_no, span_id)
+) WITHOUT ROWID;
+CREATE TABLE edge_hours (
+    hour     INTEGER NOT NULL,
+    caller   INTEGER NOT NULL,
+    callee   INTEGER NOT NULL,
+    calls    INTEGER NOT NULL,
+    errors   INTEGER NOT NULL,
+    PRIMARY KEY (hour, caller, callee)
+) WITHOUT ROWID;
+CREATE TABLE logs (
+    id       INTEGER PRIMARY KEY,
+    time_ns  INTEGER NOT NULL,
+    resource INTEGER NOT NULL,
+    level    INTEGER NOT NULL,
+    severity INTEGER NOT NULL,
+    trace_id BLOB,
+    body     TEXT NOT NULL,
+    rest     BLOB NOT NULL
+);
+CREATE INDEX logs_by_time ON logs (time_ns);
+CREATE INDEX logs_by_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
+CREATE TABLE log_blocks (
+    block    INTEGER PRIMARY KEY,
+    max_time INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE logs_text USING fts5 (
+    body, content = '', tokenize = 'trigram', detail = 'none', columnsize = 0
+);
+CREATE TABLE heartbeats (
+    doc_id   TEXT PRIMARY KEY,
+    time_ns  INTEGER NOT NULL,
+    doc      TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// The UTC day (days since the Unix epoch) of a time in ns.
+pub fn day_of(t: u64) -> i64 {
+    (t / DAY_NS) as i64
+}
+
+/// `YYYY-MM-DD` of a day number (proleptic Gregorian, UTC).
+pub fn day_name(day: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The day number of a `YYYY-MM-DD` name; `None` for anything else.
+pub fn parse_day(name: &str) -> Option<i64> {
+    let b = name.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y: i64 = name[0..4].parse().ok()?;
+    let m: i64 = name[5..7].parse().ok()?;
+    let d: i64 = name[8..10].parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let day = era * 146_097 + doe - 719_468;
+    (day_name(day) == name).then_some(day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_named_and_parsed_back() {
+        assert_eq!(day_name(0), "1970-01-01");
+        assert_eq!(day_name(day_of(1_736_935_200_000_000_000)), "2025-01-15");
+        for day in [0, 59, 60, 365, 11_016, 20_000, 20_422] {
+            assert_eq!(parse_day(&day_name(day)), Some(day));
+        }
+        assert_eq!(parse_day("2025-02-30"), None);
+        assert_eq!(parse_day("dlog.sqlite3"), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! The embedded store's search paths at sizes the conformance fixture does not reach: log
+//! text search walks its index newest row first and must still return the newest matches by
+//! time, whatever order they arrived in; trace search checks its candidates span by span.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::conformance::{log, service, span};
+use dlog_core::model::SpanKind;
+use dlog_storage::{open_store, Document, LogQuery, StoreConfig, TraceQuery};
+use serde_json::json;
+
+const MS: u64 = 1_000_000;
+
+fn bodies_times(found: &[dlog_core::model::LogEntry]) -> Vec<u64> {
+    found.iter().map(|l| l.time_unix_nano).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_text_search_returns_the_newest_matches_whatever_their_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let svc = service("orderly", "or-1", &[]);
+    let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // The newest match arrives first; then 3,000 older ones; then one in the middle late.
+    let mut times = vec![t0 + 10_000 * MS];
+    times.extend((0..3000u64).map(|i| t0 + i * MS));
+    times.push(t0 + 5_000 * MS);
+    for chunk in times.chunks(500) {
+        let docs: Vec<Document> = chunk
+            .iter()
+            .map(|t| {
+                Document::Log(log(
+                    &svc,
+                    *t,
+                    "INFO",
+                    &format!("payment settled at {t}"),
+                    None,
+                    &[],
+                ))
+            })
+            .collect();
+        store.write(&docs).await.unwrap();
+    }
+    let search = |text: &str, limit| LogQuery {
+        text: Some(text.into()),
+        limit,
+        ..Default::default()
+    };
+    let found = store.search_logs(&search("settled", 3)).await.unwrap();
+    assert_eq!(
+        bodies_times(&found),
+        vec![t0 + 10_000 * MS, t0 + 5_000 * MS, t0 + 2999 * MS]
+    );
+    let all = store
+        .search_logs(&search("SETTLED at", 5000))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), times.len());
+    let mut sorted = times.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(bodies_times(&all), sorted);
+    // A substring inside a word, and one only two characters long.
+    let exact = store
+        .search_logs(&search(&format!("ed at {}", t0 + 17 * MS), 10))
+        .await
+        .unwrap();
+    assert_eq!(bodies_times(&exact), vec![t0 + 17 * MS]);
+    assert_eq!(store.search_logs(&search("at", 2)).await.unwrap().len(), 2);
+    assert!(store
+        .search_logs(&search("refunded", 10))
+        .await
+        .unwrap()
+        .is_empty());
+    // A replay stores nothing twice.
+    let again: Vec<Document> = times[..100]
+        .iter()
+        .map(|t| {
+            Document::Log(log(
+                &svc,
+                *t,
+                "INFO",
+                &format!("payment settled at {t}"),
+                None,
+                &[],
+            ))
+        })
+        .collect();
+    store.write(&again).await.unwrap();
+    let all = store.search_logs(&search("settled", 5000)).await.unwrap();
+    assert_eq!(all.len(), times.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_search_pages_past_candidates_that_do_not_match_on_one_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let front = service("front", "fr-1", &[]);
+    let back = service("back", "bk-1", &[]);
+    let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // 300 newer traces have GET on the front and a back span; 5 older ones have GET on
+    // the back span itself. Only those match "service back and GET" on one span.
+    let mut docs = Vec::new();
+    for i in 0..305u64 {
+        let trace = format!("{:032x}", 0xabc000 + i);
+        let start = if i < 300 {
+            t0 + (1000 + i) * MS
+        } else {
+            t0 + i * MS - 300 * MS
+        };
+        let mut root = span(
+            &trace,
+            "00000000000000f1",
+            None,
+            &front,
+            "GET /",
+            SpanKind::Server,
+            start,
+            5,
+        );
+        let mut child = span(
+            &trace,
+            "00000000000000f2",
+            Some("00000000000000f1"),
+            &back,
+            "load",
+            SpanKind::Server,
+            start + MS,
+            2,
+        );
+        let method = BTreeMap::from([("http.method".to_string(), json!("GET"))]);
+        if i < 300 {
+            root.attributes = method;
+        } else {
+            child.attributes = method;
+        }
+        docs.push(Document::Span(root));
+        docs.push(Document::Span(child));
+    }
+    store.write(&docs).await.unwrap();
+    let found = store
+        .find_traces(&TraceQuery {
+            service: Some("back".into()),
+            attributes: BTreeMap::from([("http.method".into(), "GET".into())]),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<String> = found.iter().map(|t| t.trace_id.clone()).collect();
+    let expected: Vec<String> = (300..305u64)
+        .rev()
+        .map(|i| format!("{:032x}", 0xabc000 + i))
+        .collect();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_count_each_edge_once_through_late_parents_replays_and_moves() {
+    use dlog_storage::{DependencyEdge, TimeRange};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let front = service("front", "fr-1", &[]);
+    let back = service("back", "bk-1", &[]);
+    let hour = 3_600_000 * MS;
+    // Mid-hour, so that ranges have ragged ends.
+    let t0 = (dlog_storage::now_unix_nano() - 5 * hour) / hour * hour + hour / 2;
+    let trace = "0123456789abcdef0123456789abcdef";
+    let child = |start| {
+        Document::Span(span(
+            trace,
+            "00000000000000c1",
+            Some("00000000000000b1"),
+            &back,
+            "load",
+            SpanKind::Server,
+            start,
+            2,
+        ))
+    };
+    let parent = Document::Span(span(
+        trace,
+        "00000000000000b1",
+        None,
+        &front,
+        "GET /",
+        SpanKind::Server,
+        t0 - MS,
+        5,
+    ));
+    // The child arrives first: no edge until its parent does; replays change nothing.
+    store.write(&[child(t0)]).await.unwrap();
+    let deps = |s: u64, e: u64| {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            store
+                .dependencies(TimeRange::between(s, e))
+                .await
+                .unwrap()
+                .observed
+                .iter()
+                .map(|d: &DependencyEdge| (d.caller.clone(), d.callee.clone(), d.calls))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(deps(0, u64::MAX / 2).await.is_empty());
+    for _ in 0..2 {
+        store.write(&[parent.clone(), child(t0)]).await.unwrap();
+    }
+    let one = vec![("front".to_string(), "back".to_string(), 1)];
+    assert_eq!(
+        deps(t0 - 3 * hour, t0 + 3 * hour).await,
+        one,
+        "whole hours and ragged ends"
+    );
+    assert_eq!(deps(t0, t0).await, one, "inside one hour");
+    assert!(deps(t0 + 1, t0 + 3 * hour).await.is_empty());
+    assert_eq!(deps(0, u64::MAX / 2).await, one);
+    // The child span written again with another start moves its edge.
+    store.write(&[child(t0 + 2 * hour)]).await.unwrap();
+    assert!(deps(t0 - hour, t0 + hour).await.is_empty());
+    assert_eq!(deps(t0 + hour, t0 + 3 * hour).await, one);
+    assert_eq!(deps(0, u64::MAX / 2).await, one);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_search_with_too_many_conditions_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let attributes = (0..65)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let err = store
+        .find_traces(&TraceQuery {
+            attributes,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, dlog_storage::StoreError::InvalidQuery(ref m) if m.contains("65 attribute filters")),
+        "{err}"
+    );
+}

@@ -1,0 +1,238 @@
+//! Upgrades: a store written by the first release's layout (one `dlog.sqlite3` of JSON
+//! documents) is migrated when opened, and a store from a newer dlog is refused with a
+//! message that says what to do.
+
+mod common;
+
+use std::path::Path;
+
+use common::conformance::{alert, fixture_heartbeats, fixture_logs, fixture_spans, TRACE_A};
+use dlog_storage::embedded::{DB_FILE, SCHEMA_VERSION, V1_FILE};
+use dlog_storage::{open_store, AlertQuery, LogQuery, RegistryEntry, StatusQuery, StoreConfig};
+
+/// The first release's schema, exactly as it created it.
+const V1_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id     TEXT NOT NULL,
+    span_id      TEXT NOT NULL,
+    parent_span_id TEXT,
+    service      TEXT NOT NULL,
+    operation    TEXT NOT NULL,
+    start_ns     INTEGER NOT NULL,
+    duration_ns  INTEGER NOT NULL,
+    is_error     INTEGER NOT NULL,
+    doc          TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS spans_by_service_start ON spans (service, start_ns);
+CREATE INDEX IF NOT EXISTS spans_by_start ON spans (start_ns);
+
+CREATE TABLE IF NOT EXISTS operations (
+    service   TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    span_kind TEXT NOT NULL,
+    PRIMARY KEY (service, operation, span_kind)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS logs (
+    doc_id   TEXT PRIMARY KEY,
+    time_ns  INTEGER NOT NULL,
+    service  TEXT NOT NULL,
+    level    TEXT NOT NULL,
+    trace_id TEXT,
+    body     TEXT NOT NULL,
+    doc      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_by_time ON logs (time_ns);
+CREATE INDEX IF NOT EXISTS logs_by_service_time ON logs (service, time_ns);
+CREATE INDEX IF NOT EXISTS logs_by_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS heartbeats (
+    doc_id   TEXT PRIMARY KEY,
+    service  TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    time_ns  INTEGER NOT NULL,
+    doc      TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS registry (
+    service  TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    last_ns  INTEGER NOT NULL,
+    doc      TEXT NOT NULL,
+    PRIMARY KEY (service, instance)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS alerts (
+    id        TEXT PRIMARY KEY,
+    service   TEXT NOT NULL,
+    state     TEXT NOT NULL,
+    last_seen INTEGER NOT NULL,
+    doc       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_by_last_seen ON alerts (last_seen);
+"#;
+
+/// Writes the fixture the way the first release did: whole JSON documents next to the
+/// columns it filtered on.
+fn write_v1_store(dir: &Path) {
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(V1_SCHEMA).unwrap();
+    for s in fixture_spans() {
+        conn.execute(
+            "INSERT INTO spans (trace_id, span_id, parent_span_id, service, operation, start_ns, \
+             duration_ns, is_error, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            rusqlite::params![
+                s.trace_id,
+                s.span_id,
+                s.parent_span_id,
+                s.service.name,
+                s.name,
+                s.start_unix_nano as i64,
+                s.duration_nanos() as i64,
+                s.is_error(),
+                serde_json::to_string(&s).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    for l in fixture_logs() {
+        conn.execute(
+            "INSERT INTO logs (doc_id, time_ns, service, level, trace_id, body, doc) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                l.doc_id(),
+                l.time_unix_nano as i64,
+                l.service.name,
+                l.level,
+                l.trace_id,
+                l.body,
+                serde_json::to_string(&l).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    for h in fixture_heartbeats() {
+        conn.execute(
+            "INSERT OR REPLACE INTO heartbeats (doc_id, service, instance, time_ns, doc) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                h.doc_id(),
+                h.service.name,
+                h.service.instance_key(),
+                h.time_unix_nano as i64,
+                serde_json::to_string(&h).unwrap()
+            ],
+        )
+        .unwrap();
+        let entry = RegistryEntry::from_heartbeat(&h, u64::MAX);
+        conn.execute(
+            "INSERT INTO registry (service, instance, last_ns, doc) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (service, instance) DO UPDATE SET last_ns = excluded.last_ns, \
+             doc = excluded.doc WHERE excluded.last_ns >= registry.last_ns",
+            rusqlite::params![
+                entry.service,
+                entry.instance_id,
+                entry.last_heartbeat_unix_nano as i64,
+                serde_json::to_string(&entry).unwrap()
+            ],
+        )
+        .unwrap();
+    }
+    let a = alert("al-1", "backend", "firing", 7);
+    conn.execute(
+        "INSERT INTO alerts (id, service, state, last_seen, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            a.id,
+            a.service,
+            a.state,
+            7,
+            serde_json::to_string(&a).unwrap()
+        ],
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_the_first_layout_is_migrated_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    write_v1_store(dir.path());
+
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let expected: Vec<_> = fixture_spans()
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_A)
+        .collect();
+    assert_eq!(store.get_trace(TRACE_A).await.unwrap(), expected);
+    let mut logs = fixture_logs();
+    logs.reverse();
+    assert_eq!(store.search_logs(&LogQuery::default()).await.unwrap(), logs);
+    let status = store.service_status(&StatusQuery::default()).await.unwrap();
+    assert_eq!(
+        status
+            .iter()
+            .map(|s| (
+                s.entry.instance_id.as_str(),
+                s.entry.last_heartbeat_unix_nano
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("be-1", common::conformance::T0 + 5_000_000_000),
+            ("fe-1", common::conformance::T0 + 1_000_000_000),
+            ("fe-2", common::conformance::T0 + 2_000_000_000),
+        ]
+    );
+    assert_eq!(
+        store.list_alerts(&AlertQuery::default()).await.unwrap(),
+        vec![alert("al-1", "backend", "firing", 7)]
+    );
+    assert_eq!(
+        store.find_traces(&Default::default()).await.unwrap().len(),
+        2
+    );
+    // The old file is gone once its documents are in the new layout, and the new layout
+    // carries its version.
+    assert!(!dir.path().join(V1_FILE).exists());
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // Opening again migrates nothing twice.
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(store.get_trace(TRACE_A).await.unwrap(), expected);
+    assert_eq!(
+        store.search_logs(&LogQuery::default()).await.unwrap().len(),
+        logs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_a_newer_dlog_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(
+        open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap(),
+    );
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let message = match open_store(&StoreConfig::embedded(dir.path())).await {
+        Ok(_) => panic!("a store of a newer schema was opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains(&format!("schema version {}", SCHEMA_VERSION + 1))
+            && message.contains(&format!("reads version {SCHEMA_VERSION}"))
+            && message.contains("move"),
+        "{message}"
+    );
+}
