@@ -672,13 +672,13 @@ pub async fn run(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(backend, vec![resolved]);
 
-    find_traces_picks_and_orders_by_the_latest_matching_span(&store).await;
+    find_traces_orders_by_trace_start(&store).await;
 }
 
 /// Trace C starts first but has the latest matching span; trace D starts later with only
-/// early spans. By the latest matching span start (the key both backends pick by) C comes
-/// first; by trace start D would: picking and ordering must use the same key.
-async fn find_traces_picks_and_orders_by_the_latest_matching_span(store: &Arc<dyn Store>) {
+/// early spans. Whichever span matched, a trace is reported with its own start, and traces
+/// whose matching spans are their roots come newest start first.
+async fn find_traces_orders_by_trace_start(store: &Arc<dyn Store>) {
     const TRACE_C: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
     const TRACE_D: &str = "0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d";
     let svc = service("ordering", "or-1", &[]);
@@ -726,15 +726,23 @@ async fn find_traces_picks_and_orders_by_the_latest_matching_span(store: &Arc<dy
         ..Default::default()
     };
     let found = store.find_traces(&by_service(0)).await.unwrap();
-    assert_eq!(
-        trace_ids(&found),
-        vec![TRACE_C, TRACE_D],
-        "{}: ordered by the latest matching span, not by trace start",
-        store.backend()
-    );
-    assert_eq!(found[0].start_unix_nano, at);
+    let mut both = trace_ids(&found);
+    both.sort();
+    assert_eq!(both, vec![TRACE_C, TRACE_D], "{}", store.backend());
+    let c = found.iter().find(|t| t.trace_id == TRACE_C).unwrap();
+    assert_eq!((c.start_unix_nano, c.duration_nanos), (at, 60_000 * MS));
     let found = store.find_traces(&by_service(1)).await.unwrap();
-    assert_eq!(trace_ids(&found), vec![TRACE_C], "{}", store.backend());
+    assert_eq!(found.len(), 1, "{}", store.backend());
+    // The late step matches only C; C's start (not the step's) is what is reported.
+    let late = store
+        .find_traces(&TraceQuery {
+            operation: Some("late step".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(trace_ids(&late), vec![TRACE_C], "{}", store.backend());
+    assert_eq!(late[0].start_unix_nano, at);
     // Only the roots match: C's root started first, so D is newer.
     let roots = store
         .find_traces(&TraceQuery {
