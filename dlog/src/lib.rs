@@ -27,6 +27,7 @@ use collector_bridge::{LocalLogSink, RunningBridge};
 use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::names;
 use dlog_core::source::{Mark, RawRecord, Source, SourceError};
+use dlog_storage::stage::retention::{run_retention, ByteBudget, Retained, RetentionConfig};
 use dlog_storage::stage::ReportsLag;
 use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
@@ -79,7 +80,13 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// How long the store and the dead letters keep data. Default: 7 days, and at most half
+    /// of the disk holding `data_dir`.
+    pub retention: RetentionConfig,
 }
+
+/// Default retention byte budget of the all-in-one process: half of the data directory's disk.
+pub const DEFAULT_RETENTION_DISK_PERCENT: u8 = 50;
 
 impl Default for Config {
     fn default() -> Self {
@@ -97,6 +104,10 @@ impl Default for Config {
             auth_token_file: None,
             tls_cert: None,
             tls_key: None,
+            retention: RetentionConfig {
+                max_bytes: ByteBudget::DiskPercent(DEFAULT_RETENTION_DISK_PERCENT),
+                ..RetentionConfig::default()
+            },
         }
     }
 }
@@ -152,6 +163,14 @@ pub struct AllInOne {
 /// Opens the store and the local log, starts both stages reading the log, then the bridge in
 /// front of it. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
+    let retention = config
+        .retention
+        .validate(Some(&config.data_dir))
+        .and_then(|()| config.retention.policy(&config.data_dir))
+        .map_err(|message| AllInOneError::Stage {
+            stage: "retention",
+            message,
+        })?;
     let wal_dir = config.data_dir.join(WAL_DIR);
     if !wal_dir.exists() {
         forget_applied_offsets(&config.data_dir.join(ALERTER_DIR))?;
@@ -186,6 +205,15 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         addr: config.indexer_admin,
         source,
     })?;
+    // Stops with the indexer.
+    tokio::spawn(run_retention(
+        Arc::clone(&store),
+        vec![Arc::new(FileDeadLetters::new(&config.data_dir)) as Arc<dyn Retained>],
+        retention,
+        config.retention.interval(),
+        Arc::clone(&metrics),
+        stop_indexer.clone(),
+    ));
     let indexer = tokio::spawn({
         let store = Arc::clone(&store);
         let data_dir = config.data_dir.clone();
