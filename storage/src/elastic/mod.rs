@@ -651,9 +651,9 @@ impl ElasticStore {
     }
 
     /// The stored summaries of `traces`, looked up (realtime) in the summary indices of the
-    /// days around their spans: `trace id -> (index, seq_no, primary_term, summary)`. A
-    /// trace whose summary sits in two indices (two writers racing across midnight) is
-    /// merged into the earliest.
+    /// days around their spans: `trace id -> (index, seq_no, primary_term, summary)`. When a
+    /// trace has summaries in two of those indices (two writers racing across midnight), the
+    /// earliest is the one merged into; `find_traces` reports a trace once.
     async fn read_summaries(
         &self,
         traces: &BTreeMap<String, Vec<&SpanRecord>>,
@@ -1216,7 +1216,12 @@ impl Store for ElasticStore {
                 limit,
             )
             .await?;
-        Ok(hits.iter().map(SummaryDoc::to_summary).collect())
+        let mut seen = HashSet::new();
+        Ok(hits
+            .iter()
+            .filter(|h| seen.insert(h.trace_id.clone()))
+            .map(SummaryDoc::to_summary)
+            .collect())
     }
 
     async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
