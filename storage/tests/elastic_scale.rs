@@ -26,20 +26,22 @@ const DAY: u64 = 86_400_000 * MS;
 
 struct Fixture {
     // Held for the test's duration: dropping it stops osmem.
-    _elastic: dlog_testkit::Elastic,
+    elastic: dlog_testkit::Elastic,
+    prefix: String,
     store: ElasticStore,
 }
 
 impl Fixture {
     async fn start(name: &str) -> Fixture {
         let elastic = dlog_testkit::Elastic::start().unwrap();
-        let mut config = StoreConfig::elasticsearch(&elastic.url)
-            .with_index_prefix(dlog_testkit::unique_name(name));
+        let prefix = dlog_testkit::unique_name(name);
+        let mut config = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(prefix.clone());
         // Tests write days back from now; every day keeps its own index.
         config.partition_max_age_secs = 60 * 24 * 3600;
         let store = ElasticStore::connect(&config).await.unwrap();
         Fixture {
-            _elastic: elastic,
+            elastic,
+            prefix,
             store,
         }
     }
@@ -546,5 +548,65 @@ async fn retention_drops_whole_days_by_age_and_by_size_never_today() {
         .await
         .unwrap();
     assert!(report.dropped.is_empty());
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_stored_before_summaries_existed_are_backfilled_by_the_migration() {
+    let f = Fixture::start("es-migrate").await;
+    let (fe, be) = (svc("frontend"), svc("backend"));
+    let t0 = today();
+    let t = trace_id(42);
+    let spans = vec![
+        span(&t, "4200000000000001", None, &fe, "checkout", t0, 80),
+        span(
+            &t,
+            "4200000000000002",
+            Some("4200000000000001"),
+            &be,
+            "charge",
+            t0 + MS,
+            30,
+        ),
+    ];
+    f.write(&docs(&spans)).await;
+    // The layout of the previous release: span indices only.
+    let http = reqwest::Client::new();
+    for family in ["dlog-trace-summaries", "dlog-dependencies"] {
+        let url = format!("{}/{}-{family}-*", f.elastic.url, f.prefix);
+        assert!(http.delete(url).send().await.unwrap().status().is_success());
+    }
+    let today_name = dlog_storage::elastic::model::date_of_nanos(t0);
+    assert_eq!(
+        f.store.days_without_summaries().await.unwrap(),
+        vec![today_name]
+    );
+    assert!(f
+        .store
+        .find_traces(&TraceQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(f.store.backfill_summaries().await.unwrap(), 2);
+    f.store.refresh().await.unwrap();
+    assert!(f.store.days_without_summaries().await.unwrap().is_empty());
+    let found = f.store.find_traces(&TraceQuery::default()).await.unwrap();
+    assert_eq!(
+        found,
+        vec![dlog_storage::TraceSummary::from_spans(&spans).unwrap()]
+    );
+    let deps = f.store.dependencies(TimeRange::default()).await.unwrap();
+    assert_eq!(
+        deps.observed,
+        vec![DependencyEdge {
+            caller: "frontend".into(),
+            callee: "backend".into(),
+            calls: 1,
+            errors: 0
+        }]
+    );
+    // Running it again finds nothing to do.
+    assert_eq!(f.store.backfill_summaries().await.unwrap(), 0);
     f.cleanup().await;
 }

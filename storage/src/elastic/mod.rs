@@ -202,6 +202,17 @@ impl ElasticStore {
             store
                 .install_templates(config.shards, config.replicas)
                 .await?;
+            // Read-only openers (the query commands) skip this; the indexer says it once.
+            match store.days_without_summaries().await {
+                Ok(days) if !days.is_empty() => tracing::warn!(
+                    ?days,
+                    "span indices without trace summaries (written by an earlier version): \
+                     trace search and dependencies miss their spans until \
+                     `dlog-indexer migrate` has run"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot list indices for the summary check"),
+            }
         }
         Ok(store)
     }
@@ -657,13 +668,14 @@ impl ElasticStore {
     async fn read_summaries(
         &self,
         traces: &BTreeMap<String, Vec<&SpanRecord>>,
+        window: TimeWindow,
     ) -> Result<HashMap<String, (String, u64, u64, SummaryDoc)>, StoreError> {
         let now = crate::store::now_unix_nano();
         let mut wanted = Vec::new();
         for (trace, spans) in traces {
             let mut days = BTreeSet::new();
             for s in spans {
-                let day = self.window.clamp(s.start_unix_nano, now) / DAY_NANOS;
+                let day = window.clamp(s.start_unix_nano, now) / DAY_NANOS;
                 days.extend([day.saturating_sub(1), day, day + 1]);
             }
             for day in days {
@@ -706,7 +718,13 @@ impl ElasticStore {
 
     /// Merges spans into their traces' summaries and rewrites the traces' call edges.
     /// Returns the traces that could not be updated, with the reason (retryable).
-    async fn update_summaries(&self, spans: &[&SpanRecord]) -> HashMap<String, String> {
+    /// `window` chooses the daily indices, as in writes; the backfill of spans already in a
+    /// daily index keeps them in that index's day.
+    async fn update_summaries(
+        &self,
+        spans: &[&SpanRecord],
+        window: TimeWindow,
+    ) -> HashMap<String, String> {
         let mut pending: BTreeMap<String, Vec<&SpanRecord>> = BTreeMap::new();
         for s in spans {
             pending.entry(s.trace_id.clone()).or_default().push(s);
@@ -717,7 +735,7 @@ impl ElasticStore {
             if pending.is_empty() {
                 break;
             }
-            let stored = match self.read_summaries(&pending).await {
+            let stored = match self.read_summaries(&pending, window).await {
                 Ok(s) => s,
                 Err(e) => {
                     let m = e.to_string();
@@ -735,7 +753,7 @@ impl ElasticStore {
                     }
                     None => {
                         let first = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
-                        let index = self.names.summaries(self.window.clamp(first, now));
+                        let index = self.names.summaries(window.clamp(first, now));
                         (index, None, SummaryDoc::new(&trace))
                     }
                 };
@@ -778,9 +796,7 @@ impl ElasticStore {
                             format!("{trace}\u{1f}{caller}\u{1f}{callee}\u{1f}{day}").as_bytes()
                         )
                     );
-                    let index = self
-                        .names
-                        .dependencies(self.window.clamp(day * DAY_NANOS, now));
+                    let index = self.names.dependencies(window.clamp(day * DAY_NANOS, now));
                     let mut lines = Vec::with_capacity(256);
                     push_action(&mut lines, &json!({"index": {"_index": index, "_id": id}}));
                     let dep = DependencyDoc {
@@ -839,6 +855,77 @@ impl ElasticStore {
             );
         }
         failed
+    }
+
+    /// Days whose span index has no trace-summary index: spans stored by an earlier version
+    /// of dlog (or by Jaeger itself), which `find_traces` and `dependencies` do not see until
+    /// [`Self::backfill_summaries`] has run.
+    pub async fn days_without_summaries(&self) -> Result<Vec<String>, StoreError> {
+        let indices = self.indices().await?;
+        let names: HashSet<&str> = indices.iter().map(|(n, _)| n.as_str()).collect();
+        let mut days: Vec<String> = indices
+            .iter()
+            .filter_map(|(name, _)| {
+                let day = self.day_of_index(name)?;
+                let start = u64::try_from(day).ok()? * DAY_NANOS;
+                (*name == self.names.span(start)
+                    && !names.contains(self.names.summaries(start).as_str()))
+                .then(|| model::date_of_days(day))
+            })
+            .collect();
+        days.sort();
+        Ok(days)
+    }
+
+    /// Writes the trace summaries and call edges of every day listed by
+    /// [`Self::days_without_summaries`], reading its spans page by page in trace order.
+    /// Idempotent: stopped half-way, it is run again. Returns the spans read.
+    pub async fn backfill_summaries(&self) -> Result<u64, StoreError> {
+        const BACKFILL_PAGE: usize = 5_000;
+        // Spans already sit in their day's index: summaries go to the same day.
+        let unclamped = TimeWindow {
+            max_age_nanos: u64::MAX,
+            max_ahead_nanos: u64::MAX,
+        };
+        let mut total = 0u64;
+        for day in self.days_without_summaries().await? {
+            let Some(days) = model::days_of_date(&day) else {
+                continue;
+            };
+            let index = self.names.span(days as u64 * DAY_NANOS);
+            let mut after: Option<Value> = None;
+            loop {
+                let page: Vec<JaegerSpan> = self
+                    .scan_from(
+                        &index,
+                        json!({"match_all": {}}),
+                        json!([{"traceID": "asc"}, {"spanID": "asc"}]),
+                        None,
+                        BACKFILL_PAGE,
+                        after.take(),
+                    )
+                    .await?;
+                let Some(last) = page.last() else {
+                    break;
+                };
+                after = Some(json!([last.trace_id, last.span_id]));
+                let n = page.len();
+                let spans: Vec<SpanRecord> = page.into_iter().map(span_from_doc).collect();
+                let refs: Vec<&SpanRecord> = spans.iter().collect();
+                let failed = self.update_summaries(&refs, unclamped).await;
+                if let Some((trace, message)) = failed.into_iter().next() {
+                    return Err(StoreError::Unavailable(format!(
+                        "backfilling {index}: summary of trace {trace}: {message}"
+                    )));
+                }
+                total += n as u64;
+                tracing::info!(index = %index, spans = total, "backfilled trace summaries");
+                if n < BACKFILL_PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Trace ids with a span matching the query's service, operation and every attribute
@@ -1085,7 +1172,7 @@ impl Store for ElasticStore {
             })
             .collect();
         if !written.is_empty() {
-            let failed = self.update_summaries(&written).await;
+            let failed = self.update_summaries(&written, self.window).await;
             if !failed.is_empty() {
                 for (doc, outcome) in docs.iter().zip(outcomes.iter_mut()) {
                     if let Document::Span(s) = doc {
