@@ -36,6 +36,7 @@ use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::kafka::KafkaSource;
 use dlog_core::names;
 use dlog_core::source::{Mark, RawRecord, Source, SourceError};
+use dlog_storage::stage::retention::{run_retention, ByteBudget, Retained, RetentionConfig};
 use dlog_storage::stage::IndexerConfig;
 use dlog_storage::stage::ReportsLag;
 use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
@@ -105,7 +106,13 @@ pub struct Config {
     /// Prefix of the Elasticsearch index and template names (`<prefix>-jaeger-span-..`).
     /// Default: none.
     pub elasticsearch_index_prefix: String,
+    /// How long the store and the dead letters keep data. Default: 7 days, and at most half
+    /// of the disk holding `data_dir`.
+    pub retention: RetentionConfig,
 }
+
+/// Default retention byte budget of the all-in-one process: half of the data directory's disk.
+pub const DEFAULT_RETENTION_DISK_PERCENT: u8 = 50;
 
 impl Default for Config {
     fn default() -> Self {
@@ -127,6 +134,10 @@ impl Default for Config {
             kafka_brokers: None,
             elasticsearch_url: None,
             elasticsearch_index_prefix: String::new(),
+            retention: RetentionConfig {
+                max_bytes: ByteBudget::DiskPercent(DEFAULT_RETENTION_DISK_PERCENT),
+                ..RetentionConfig::default()
+            },
         }
     }
 }
@@ -209,6 +220,27 @@ pub struct AllInOne {
 /// Opens the store and the local log (or joins Kafka), starts both stages reading it, then the
 /// bridge in front of it. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
+    // With Elasticsearch a share of the local disk means nothing: the default budget gives
+    // way to none (age only); a byte size given explicitly applies.
+    let mut retention_config = config.retention.clone();
+    let embedded_dir = config.data_dir.join("store");
+    if config.elasticsearch_url.is_some()
+        && retention_config.max_bytes == ByteBudget::DiskPercent(DEFAULT_RETENTION_DISK_PERCENT)
+    {
+        retention_config.max_bytes = ByteBudget::Unbounded;
+    }
+    let retention = retention_config
+        .validate(
+            config
+                .elasticsearch_url
+                .is_none()
+                .then_some(embedded_dir.as_path()),
+        )
+        .and_then(|()| retention_config.policy(&config.data_dir))
+        .map_err(|message| AllInOneError::Stage {
+            stage: "retention",
+            message,
+        })?;
     let store_config = config.store_config();
     let store_description = match &store_config.elasticsearch_url {
         Some(url) => format!("Elasticsearch {url}"),
@@ -240,6 +272,15 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         source,
     })?;
     let dead_letters = Arc::new(FileDeadLetters::new(&config.data_dir));
+    // Stops with the indexer.
+    tokio::spawn(run_retention(
+        Arc::clone(&store),
+        vec![Arc::clone(&dead_letters) as Arc<dyn Retained>],
+        retention,
+        retention_config.interval(),
+        Arc::clone(&metrics),
+        stop_indexer.clone(),
+    ));
 
     let mut alerter_config = AlerterConfig {
         admin: config.alerter_admin,

@@ -103,6 +103,14 @@ struct UpArgs {
     /// [default: 1073741824].
     #[arg(long, env = "DLOG_WAL_MAX_BYTES")]
     wal_max_bytes: Option<u64>,
+    /// Drop a day of stored data and dead letters once all of it is older than this (`7d`,
+    /// `36h`; `0` keeps everything) [default: 7d].
+    #[arg(long, env = "DLOG_RETENTION_MAX_AGE", value_parser = dlog_storage::cli::parse_duration)]
+    retention_max_age: Option<std::time::Duration>,
+    /// Drop the oldest days while the store holds more than this (`20GiB`, `50%` of the data
+    /// directory's disk, `none`); never the current day [default: 50%].
+    #[arg(long, env = "DLOG_RETENTION_MAX_BYTES")]
+    retention_max_bytes: Option<dlog_storage::stage::retention::ByteBudget>,
 }
 
 #[tokio::main]
@@ -161,11 +169,7 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "warning: skipped line {} of {}: not a whole dead letter ({})",
                     skipped.line,
-                    esc(&args
-                        .data_dir
-                        .join(dlog::dead_letters::DEAD_LETTERS_FILE)
-                        .display()
-                        .to_string()),
+                    esc(&skipped.file.display().to_string()),
                     esc(&skipped.reason)
                 );
             }
@@ -239,6 +243,12 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     }
     if let Some(bytes) = args.wal_max_bytes {
         config.wal_max_bytes = bytes;
+    }
+    if let Some(age) = args.retention_max_age {
+        config.retention.max_age_secs = age.as_secs();
+    }
+    if let Some(budget) = args.retention_max_bytes {
+        config.retention.max_bytes = budget;
     }
     let config_tls = config.tls_cert.is_some();
     let mut running = dlog::start(config).await.context("cannot start dlog")?;

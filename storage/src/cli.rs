@@ -158,6 +158,9 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
     },
+    /// Elasticsearch: write the trace summaries and call edges of spans stored by an
+    /// earlier version (days whose span index has no summary index). Safe to repeat.
+    Migrate,
     /// UP / DOWN / SILENT per service instance, with the last heartbeat.
     Status {
         /// Only this service.
@@ -209,6 +212,17 @@ pub struct RunArgs {
     /// Consumer-group session timeout in ms [default: 10000].
     #[arg(long, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS")]
     pub session_timeout_ms: Option<u32>,
+    /// Drop a day of data once all of it is older than this (`7d`, `36h`; `0` keeps data
+    /// forever) [default: 7d].
+    #[arg(long, env = "DLOG_INDEXER_RETENTION_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    pub retention_max_age: Option<Duration>,
+    /// Drop the oldest days while the store holds more than this (`500GiB`, `80%` of the
+    /// embedded store's disk, `none`); never the current day [default: none].
+    #[arg(long, env = "DLOG_INDEXER_RETENTION_MAX_BYTES", value_name = "SIZE")]
+    pub retention_max_bytes: Option<crate::stage::retention::ByteBudget>,
+    /// How often retention runs [default: 5m].
+    #[arg(long, env = "DLOG_INDEXER_RETENTION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub retention_interval: Option<Duration>,
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', long = "consumer-property", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub consumer_property: Vec<(String, String)>,
@@ -307,6 +321,15 @@ impl Args {
                 batch_max_records
             );
             config.input.consumer.extend(run.consumer_property);
+            if let Some(age) = run.retention_max_age {
+                config.retention.max_age_secs = age.as_secs();
+            }
+            if let Some(budget) = run.retention_max_bytes {
+                config.retention.max_bytes = budget;
+            }
+            if let Some(interval) = run.retention_interval {
+                config.retention.interval_secs = interval.as_secs().max(1);
+            }
         }
         config.validate()?;
         Ok(config)
@@ -351,6 +374,12 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
     let mut out = String::new();
     match command {
         Command::Run(_) => {}
+        Command::Migrate => match store.backend() {
+            "elasticsearch" => {}
+            other => {
+                let _ = writeln!(out, "the {other} store needs no migration");
+            }
+        },
         Command::Trace {
             trace_id,
             width,

@@ -20,6 +20,19 @@ async fn main() -> anyhow::Result<()> {
         None | Some(Command::Run(_)) => dlog_storage::run(config, shutdown_token())
             .await
             .context("indexing stage failed"),
+        Some(Command::Migrate) if config.store.elasticsearch_url.is_some() => {
+            let store = dlog_storage::elastic::ElasticStore::connect(&config.store)
+                .await
+                .context("cannot connect to Elasticsearch")?;
+            let days = store.days_without_summaries().await?;
+            println!("days to backfill: {}", days.join(", "));
+            let spans = store
+                .backfill_summaries()
+                .await
+                .context("backfill failed (safe to run again)")?;
+            println!("trace summaries and call edges written for {spans} spans");
+            Ok(())
+        }
         Some(command) => {
             let store = open_for_queries(&config)
                 .await

@@ -7,13 +7,19 @@
 //! * Heartbeats go to daily `service-heartbeats-YYYY-MM-DD` indices, and each upserts its
 //!   instance's `service-registry` document. The registry write uses external versioning
 //!   with the event time as the version, so a replayed older heartbeat never rolls it back.
+//! * Each span also updates its trace's `dlog-trace-summaries-YYYY-MM-DD` document and the
+//!   trace's `dlog-dependencies-YYYY-MM-DD` call edges (see [`summary`]), so that trace
+//!   search and the dependency graph are single queries.
+//! * Retention deletes whole daily indices by age and, oldest first, while the indices hold
+//!   more than a byte budget (the current day is never deleted for size).
 //! * Writes are `_bulk` requests cut by bytes and by count. Each item's result is read:
 //!   429/5xx items are retried by the stage, other failures are permanent rejections.
 
 pub mod model;
+pub mod summary;
 pub mod templates;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,20 +37,29 @@ use self::model::{
     heartbeat_to_doc, log_from_doc, log_to_doc, span_from_doc, span_to_doc, JaegerSpan, LogDoc,
     RegistryDoc, ServiceDoc,
 };
+use self::summary::{DependencyDoc, SummaryDoc};
 use self::templates::IndexNames;
 use crate::config::StoreConfig;
 use crate::store::{
     effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, RegistryEntry, StatusQuery,
-    Store, StoreError, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage, RegistryEntry,
+    RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage,
+    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 
 /// Page size of scans (`search_after`), below the default `index.max_result_window`.
 const PAGE: usize = 10_000;
-/// Most spans the dependency scan reads for one query.
-pub const MAX_DEPENDENCY_SCAN: usize = 2_000_000;
 /// Most distinct service documents remembered as written, before the memory is reset.
 const SEEN_SERVICES_CAP: usize = 100_000;
+/// Nanoseconds in a day: the partition unit of every daily index.
+pub const DAY_NANOS: u64 = 86_400_000_000_000;
+/// Most traces an attribute filter collects from spans before their summaries are read.
+pub const MAX_ATTRIBUTE_CANDIDATES: usize = 10_000;
+/// Read-merge-write rounds of a summary before giving up on it for this write (the stage
+/// retries the write).
+const SUMMARY_ROUNDS: usize = 5;
+/// Documents per `_mget` request.
+const MGET_CHUNK: usize = 1_000;
 
 /// The Elasticsearch store.
 pub struct ElasticStore {
@@ -76,10 +91,15 @@ enum ItemKind {
     Registry,
     /// A `jaeger-service` document, remembered once written.
     Service(String),
+    /// A write conditional on the document's sequence number (or `create`): a conflict
+    /// means another writer changed it first.
+    Conditional,
 }
 
 enum ItemResult {
     Ok,
+    /// A conditional write lost to another writer: read, merge and write again.
+    Conflict,
     Retry(String),
     Rejected(String),
 }
@@ -124,10 +144,6 @@ fn push_source<T: serde::Serialize>(lines: &mut Vec<u8>, source: &T) -> Result<(
     serde_json::to_writer(&mut *lines, source).map_err(|e| e.to_string())?;
     lines.push(b'\n');
     Ok(())
-}
-
-fn micros_ceil(d: Duration) -> u64 {
-    (d.as_nanos() as u64).div_ceil(1000)
 }
 
 fn range_clause(field: &str, time: TimeRange, scale: u64) -> Option<Value> {
@@ -186,6 +202,17 @@ impl ElasticStore {
             store
                 .install_templates(config.shards, config.replicas)
                 .await?;
+            // Read-only openers (the query commands) skip this; the indexer says it once.
+            match store.days_without_summaries().await {
+                Ok(days) if !days.is_empty() => tracing::warn!(
+                    ?days,
+                    "span indices without trace summaries (written by an earlier version): \
+                     trace search and dependencies miss their spans until \
+                     `dlog-indexer migrate` has run"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot list indices for the summary check"),
+            }
         }
         Ok(store)
     }
@@ -309,6 +336,19 @@ impl ElasticStore {
         source: Option<Value>,
         max: usize,
     ) -> Result<Vec<T>, StoreError> {
+        self.scan_from(index, query, sort, source, max, None).await
+    }
+
+    /// [`Self::scan`], starting after the sort values `start_after`.
+    async fn scan_from<T: serde::de::DeserializeOwned>(
+        &self,
+        index: &str,
+        query: Value,
+        sort: Value,
+        source: Option<Value>,
+        max: usize,
+        start_after: Option<Value>,
+    ) -> Result<Vec<T>, StoreError> {
         #[derive(Deserialize)]
         struct Page<T> {
             #[serde(default = "no_hits")]
@@ -340,15 +380,13 @@ impl ElasticStore {
         }
         let path = format!("/{index}/_search");
         let mut out = Vec::new();
-        let mut after: Option<Value> = None;
+        let mut after: Option<Value> = start_after;
+        let mut first = true;
         loop {
             let size = self.page.min(max.saturating_sub(out.len()));
             if size == 0 {
                 break;
             }
-            // The first page asks for the exact total (up to the page size), so that a result
-            // that fits one page takes one request, not a second, empty one.
-            let first = after.is_none();
             let mut body = json!({"size": size, "query": query, "sort": sort,
                 "track_total_hits": if first { json!(size + 1) } else { json!(false) }});
             if let Some(s) = &source {
@@ -397,6 +435,7 @@ impl ElasticStore {
             if n < size || after.is_none() || (first && total.is_some_and(|t| t <= n as u64)) {
                 break;
             }
+            first = false;
         }
         Ok(out)
     }
@@ -591,6 +630,7 @@ impl ElasticStore {
                     match r.status {
                         200..=299 => ItemResult::Ok,
                         409 if matches!(item.kind, ItemKind::Registry) => ItemResult::Ok,
+                        409 if matches!(item.kind, ItemKind::Conditional) => ItemResult::Conflict,
                         s if retryable_status(s) => {
                             ItemResult::Retry(format!("HTTP {s} {}", error_text(&r.error)))
                         }
@@ -601,28 +641,464 @@ impl ElasticStore {
         })
     }
 
-    async fn spans_of_traces(
+    /// Sends items as `_bulk` requests cut by count and bytes; one result per item.
+    async fn bulk(&self, items: &[Item]) -> Vec<ItemResult> {
+        let mut results = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < items.len()
+                && end - start < self.bulk_max_docs
+                && (end == start || bytes + items[end].lines.len() <= self.bulk_max_bytes)
+            {
+                bytes += items[end].lines.len();
+                end += 1;
+            }
+            results.extend(self.send_chunk(&items[start..end]).await);
+            start = end;
+        }
+        results
+    }
+
+    /// The stored summaries of `traces`, looked up (realtime) in the summary indices of the
+    /// days around their spans: `trace id -> (index, seq_no, primary_term, summary)`. When a
+    /// trace has summaries in two of those indices (two writers racing across midnight), the
+    /// earliest is the one merged into; `find_traces` reports a trace once.
+    async fn read_summaries(
         &self,
-        ids: &[String],
-    ) -> Result<HashMap<String, Vec<SpanRecord>>, StoreError> {
-        let hits = self
-            .scan(
-                &self.names.span_pattern(),
-                json!({"bool": {"filter": [{"terms": {"traceID": ids}}]}}),
-                json!([{"traceID": "asc"}, {"startTime": "asc"}, {"spanID": "asc"}]),
+        traces: &BTreeMap<String, Vec<&SpanRecord>>,
+        window: TimeWindow,
+    ) -> Result<HashMap<String, (String, u64, u64, SummaryDoc)>, StoreError> {
+        let now = crate::store::now_unix_nano();
+        let mut wanted = Vec::new();
+        for (trace, spans) in traces {
+            let mut days = BTreeSet::new();
+            for s in spans {
+                let day = window.clamp(s.start_unix_nano, now) / DAY_NANOS;
+                days.extend([day.saturating_sub(1), day, day + 1]);
+            }
+            for day in days {
+                wanted.push(json!({"_index": self.names.summaries(day * DAY_NANOS), "_id": trace}));
+            }
+        }
+        let mut found: HashMap<String, (String, u64, u64, SummaryDoc)> = HashMap::new();
+        for chunk in wanted.chunks(MGET_CHUNK) {
+            let response = self
+                .json(Method::Post, "/_mget", &[], Some(&json!({"docs": chunk})))
+                .await?;
+            for doc in buckets(&response, "/docs") {
+                if doc.get("found").and_then(Value::as_bool) != Some(true) {
+                    continue;
+                }
+                let (Some(index), Some(seq), Some(term), Some(source)) = (
+                    doc.get("_index").and_then(Value::as_str),
+                    doc.get("_seq_no").and_then(Value::as_u64),
+                    doc.get("_primary_term").and_then(Value::as_u64),
+                    doc.get("_source"),
+                ) else {
+                    continue;
+                };
+                let summary: SummaryDoc =
+                    serde_json::from_value(source.clone()).map_err(|e| StoreError::Corrupt {
+                        id: format!("{index}/{}", doc.get("_id").unwrap_or(&Value::Null)),
+                        message: e.to_string(),
+                    })?;
+                let trace = summary.trace_id.clone();
+                match found.get(&trace) {
+                    Some((existing, ..)) if existing.as_str() <= index => {}
+                    _ => {
+                        found.insert(trace, (index.to_string(), seq, term, summary));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Merges spans into their traces' summaries and rewrites the traces' call edges.
+    /// Returns the traces that could not be updated, with the reason (retryable).
+    /// `window` chooses the daily indices, as in writes; the backfill of spans already in a
+    /// daily index keeps them in that index's day.
+    async fn update_summaries(
+        &self,
+        spans: &[&SpanRecord],
+        window: TimeWindow,
+    ) -> HashMap<String, String> {
+        let mut pending: BTreeMap<String, Vec<&SpanRecord>> = BTreeMap::new();
+        for s in spans {
+            pending.entry(s.trace_id.clone()).or_default().push(s);
+        }
+        let mut failed = HashMap::new();
+        let now = crate::store::now_unix_nano();
+        for _ in 0..SUMMARY_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let stored = match self.read_summaries(&pending, window).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let m = e.to_string();
+                    failed.extend(pending.into_keys().map(|t| (t, m.clone())));
+                    return failed;
+                }
+            };
+            let mut items = Vec::new();
+            let mut merged = Vec::new();
+            let mut unchanged = Vec::new();
+            for (trace, spans) in std::mem::take(&mut pending) {
+                let (index, version, mut doc) = match stored.get(&trace) {
+                    Some((index, seq, term, doc)) => {
+                        (index.clone(), Some((*seq, *term)), doc.clone())
+                    }
+                    None => {
+                        let first = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
+                        let index = self.names.summaries(window.clamp(first, now));
+                        (index, None, SummaryDoc::new(&trace))
+                    }
+                };
+                let mut changed = false;
+                for s in &spans {
+                    changed |= doc.merge(s);
+                }
+                if !changed {
+                    // A replay: the summary already holds every span. Its edges are written
+                    // again, in case an earlier attempt stored the summary but not them.
+                    unchanged.push((trace, doc));
+                    continue;
+                }
+                let action = match version {
+                    Some((seq, term)) => json!({"index": {"_index": index, "_id": trace,
+                        "if_seq_no": seq, "if_primary_term": term}}),
+                    None => json!({"create": {"_index": index, "_id": trace}}),
+                };
+                let mut lines = Vec::with_capacity(512);
+                push_action(&mut lines, &action);
+                if let Err(e) = push_source(&mut lines, &doc) {
+                    failed.insert(trace, e);
+                    continue;
+                }
+                items.push(Item {
+                    doc: merged.len(),
+                    lines,
+                    kind: ItemKind::Conditional,
+                });
+                merged.push((trace, spans, doc));
+            }
+            let results = self.bulk(&items).await;
+            let mut edges = Vec::new();
+            let mut edge_traces = Vec::new();
+            let mut add_edges = |trace: String, doc: &SummaryDoc| {
+                for ((caller, callee, day), (calls, errors, start)) in doc.edges() {
+                    let id = format!(
+                        "{:016x}",
+                        xxhash_rust::xxh3::xxh3_64(
+                            format!("{trace}\u{1f}{caller}\u{1f}{callee}\u{1f}{day}").as_bytes()
+                        )
+                    );
+                    let index = self.names.dependencies(window.clamp(day * DAY_NANOS, now));
+                    let mut lines = Vec::with_capacity(256);
+                    push_action(&mut lines, &json!({"index": {"_index": index, "_id": id}}));
+                    let dep = DependencyDoc {
+                        trace_id: trace.clone(),
+                        caller,
+                        callee,
+                        calls,
+                        errors,
+                        start_ns: start,
+                    };
+                    if push_source(&mut lines, &dep).is_ok() {
+                        edges.push(Item {
+                            doc: edge_traces.len(),
+                            lines,
+                            kind: ItemKind::Plain,
+                        });
+                    }
+                }
+                edge_traces.push(trace);
+            };
+            for (trace, doc) in unchanged {
+                add_edges(trace, &doc);
+            }
+            for ((trace, spans, doc), result) in merged.into_iter().zip(results) {
+                match result {
+                    ItemResult::Ok => add_edges(trace, &doc),
+                    ItemResult::Conflict => {
+                        pending.insert(trace, spans);
+                    }
+                    ItemResult::Retry(m) => {
+                        failed.insert(trace, m);
+                    }
+                    ItemResult::Rejected(m) => {
+                        // The spans are stored; a summary the store refuses for good would
+                        // be refused again, so it is logged rather than retried forever.
+                        tracing::warn!(trace = %trace, error = %m, "trace summary rejected");
+                    }
+                }
+            }
+            for (item, result) in edges.iter().zip(self.bulk(&edges).await) {
+                match result {
+                    ItemResult::Ok => {}
+                    ItemResult::Retry(m) | ItemResult::Rejected(m) => {
+                        failed.insert(edge_traces[item.doc].clone(), format!("call edges: {m}"));
+                    }
+                    ItemResult::Conflict => {
+                        failed.insert(edge_traces[item.doc].clone(), "call edges: conflict".into());
+                    }
+                }
+            }
+        }
+        for trace in pending.into_keys() {
+            failed.insert(
+                trace,
+                "summary kept changing under concurrent writers".into(),
+            );
+        }
+        failed
+    }
+
+    /// Days whose span index has no trace-summary index: spans stored by an earlier version
+    /// of dlog (or by Jaeger itself), which `find_traces` and `dependencies` do not see until
+    /// [`Self::backfill_summaries`] has run.
+    pub async fn days_without_summaries(&self) -> Result<Vec<String>, StoreError> {
+        let indices = self.indices().await?;
+        let names: HashSet<&str> = indices.iter().map(|(n, _)| n.as_str()).collect();
+        let mut days: Vec<String> = indices
+            .iter()
+            .filter_map(|(name, _)| {
+                let day = self.day_of_index(name)?;
+                let start = u64::try_from(day).ok()? * DAY_NANOS;
+                (*name == self.names.span(start)
+                    && !names.contains(self.names.summaries(start).as_str()))
+                .then(|| model::date_of_days(day))
+            })
+            .collect();
+        days.sort();
+        Ok(days)
+    }
+
+    /// Writes the trace summaries and call edges of every day listed by
+    /// [`Self::days_without_summaries`], reading its spans page by page in trace order.
+    /// Idempotent: stopped half-way, it is run again. Returns the spans read.
+    pub async fn backfill_summaries(&self) -> Result<u64, StoreError> {
+        const BACKFILL_PAGE: usize = 5_000;
+        // Spans already sit in their day's index: summaries go to the same day.
+        let unclamped = TimeWindow {
+            max_age_nanos: u64::MAX,
+            max_ahead_nanos: u64::MAX,
+        };
+        let mut total = 0u64;
+        for day in self.days_without_summaries().await? {
+            let Some(days) = model::days_of_date(&day) else {
+                continue;
+            };
+            let index = self.names.span(days as u64 * DAY_NANOS);
+            let mut after: Option<Value> = None;
+            loop {
+                let page: Vec<JaegerSpan> = self
+                    .scan_from(
+                        &index,
+                        json!({"match_all": {}}),
+                        json!([{"traceID": "asc"}, {"spanID": "asc"}]),
+                        None,
+                        BACKFILL_PAGE,
+                        after.take(),
+                    )
+                    .await?;
+                let Some(last) = page.last() else {
+                    break;
+                };
+                after = Some(json!([last.trace_id, last.span_id]));
+                let n = page.len();
+                let spans: Vec<SpanRecord> = page.into_iter().map(span_from_doc).collect();
+                let refs: Vec<&SpanRecord> = spans.iter().collect();
+                let failed = self.update_summaries(&refs, unclamped).await;
+                if let Some((trace, message)) = failed.into_iter().next() {
+                    return Err(StoreError::Unavailable(format!(
+                        "backfilling {index}: summary of trace {trace}: {message}"
+                    )));
+                }
+                total += n as u64;
+                tracing::info!(index = %index, spans = total, "backfilled trace summaries");
+                if n < BACKFILL_PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Trace ids with a span matching the query's service, operation and every attribute
+    /// (on the span, its resource or one of its events), newest matching span first.
+    async fn traces_with_attributes(&self, query: &TraceQuery) -> Result<Vec<String>, StoreError> {
+        let kv = |path: &str, k: &str, v: &str| {
+            json!({"nested": {"path": path, "query": {"bool": {"filter": [
+                {"term": {format!("{path}.key"): k}}, {"term": {format!("{path}.value"): v}}
+            ]}}}})
+        };
+        let mut filter = Vec::new();
+        if let Some(s) = &query.service {
+            filter.push(json!({"term": {"process.serviceName": s}}));
+        }
+        if let Some(o) = &query.operation {
+            filter.push(json!({"term": {"operationName": o}}));
+        }
+        // A matching span starts no earlier than its trace.
+        if let Some(start) = query.time.start_unix_nano {
+            filter.push(json!({"range": {"startTime": {"gte": start / 1000}}}));
+        }
+        for (k, v) in &query.attributes {
+            filter.push(json!({"bool": {"should": [
+                kv("tags", k, v),
+                kv("process.tags", k, v),
+                {"nested": {"path": "logs", "query": kv("logs.fields", k, v)}}
+            ], "minimum_should_match": 1}}));
+        }
+        let body = json!({
+            "size": 0,
+            "query": {"bool": {"filter": filter}},
+            "aggs": {"traces": {
+                "terms": {"field": "traceID", "size": MAX_ATTRIBUTE_CANDIDATES,
+                    "order": [{"latest": "desc"}, {"_key": "asc"}]},
+                "aggs": {"latest": {"max": {"field": "startTime"}}}
+            }}
+        });
+        let response = self.search(&self.names.span_pattern(), &body).await?;
+        Ok(buckets(&response, "/aggregations/traces/buckets")
+            .iter()
+            .filter_map(|b| b.get("key").and_then(Value::as_str).map(str::to_string))
+            .collect())
+    }
+
+    /// Every index this store owns with its size in bytes, from `_cat/indices`.
+    async fn indices(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            index: String,
+            #[serde(rename = "store.size", default)]
+            size: Option<String>,
+        }
+        // Wildcards only: a missing concrete name would fail the listing.
+        let mut patterns = self.names.daily_patterns();
+        patterns.push(format!("{}*", self.names.registry()));
+        patterns.push(format!("{}*", self.names.alerts()));
+        let path = format!("/_cat/indices/{}", patterns.join(","));
+        let (status, bytes) = self
+            .call(
+                Method::Get,
+                &path,
+                &[("format", "json"), ("bytes", "b")],
                 None,
-                usize::MAX,
+                false,
             )
             .await?;
-        let mut out: HashMap<String, Vec<SpanRecord>> = HashMap::new();
-        for doc in hits {
-            let span = span_from_doc(doc);
-            out.entry(span.trace_id.clone()).or_default().push(span);
+        if !(200..300).contains(&status) {
+            let text: String = String::from_utf8_lossy(&bytes).chars().take(1000).collect();
+            let message = format!("{} {path}: HTTP {status}: {text}", self.url);
+            return Err(if retryable_status(status) && status != 404 {
+                StoreError::Unavailable(message)
+            } else {
+                StoreError::Refused(message)
+            });
         }
-        for spans in out.values_mut() {
-            sort_spans(spans);
+        let rows: Vec<Row> = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::Unavailable(format!("{} {path}: unreadable answer: {e}", self.url))
+        })?;
+        let owned = |name: &str| {
+            name == self.names.registry()
+                || name == self.names.alerts()
+                || self.day_of_index(name).is_some()
+        };
+        Ok(rows
+            .into_iter()
+            .filter(|r| owned(&r.index))
+            .map(|r| {
+                let size = r.size.and_then(|s| s.parse().ok()).unwrap_or(0);
+                (r.index, size)
+            })
+            .collect())
+    }
+
+    /// The day (since the Unix epoch) of one of this store's daily indices.
+    fn day_of_index(&self, name: &str) -> Option<i64> {
+        let head = self.names.span_pattern();
+        let head = head.trim_end_matches("jaeger-span-*");
+        let rest = name.strip_prefix(head)?;
+        let (family, date) = rest.split_at(rest.len().checked_sub(10)?);
+        let known = [
+            "jaeger-span-",
+            "jaeger-service-",
+            "service-logs-",
+            "service-heartbeats-",
+            "dlog-trace-summaries-",
+            "dlog-dependencies-",
+        ];
+        known
+            .contains(&family)
+            .then(|| model::days_of_date(date))
+            .flatten()
+    }
+
+    fn usage_of(&self, indices: &[(String, u64)]) -> StoreUsage {
+        let mut days: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut bytes_used = 0;
+        for (name, size) in indices {
+            bytes_used += size;
+            if let Some(day) = self.day_of_index(name) {
+                *days.entry(day).or_default() += size;
+            }
         }
-        Ok(out)
+        let partitions: Vec<PartitionUsage> = days
+            .into_iter()
+            .filter(|(day, _)| *day >= 0)
+            .map(|(day, bytes)| PartitionUsage {
+                name: model::date_of_days(day),
+                day_start_unix_nano: day as u64 * DAY_NANOS,
+                bytes,
+            })
+            .collect();
+        StoreUsage {
+            bytes_used,
+            oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
+            partitions,
+        }
+    }
+
+    /// Deletes the named indices (explicit names: clusters refuse wildcard deletes by default).
+    async fn delete_named(&self, names: &[String]) -> Result<(), StoreError> {
+        // Keep the URL short on clusters with many indices per day.
+        for chunk in names.chunks(20) {
+            self.json(
+                Method::Delete,
+                &format!("/{}", chunk.join(",")),
+                &[("ignore_unavailable", "true")],
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes alerts last seen, and registry entries last heard from, before `cutoff`.
+    async fn delete_older(&self, cutoff_unix_nano: u64) -> Result<(), StoreError> {
+        for (index, field) in [
+            (self.names.alerts(), "last_seen_unix_nano"),
+            (self.names.registry(), "last_heartbeat_unix_nano"),
+        ] {
+            self.json(
+                Method::Post,
+                &format!("/{index}/_delete_by_query"),
+                &[
+                    ("ignore_unavailable", "true"),
+                    ("allow_no_indices", "true"),
+                    ("conflicts", "proceed"),
+                    ("refresh", "true"),
+                ],
+                Some(&json!({"query": {"range": {field: {"lt": cutoff_unix_nano}}}})),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn registry(&self, service: Option<&str>) -> Result<Vec<RegistryEntry>, StoreError> {
@@ -651,26 +1127,8 @@ impl Store for ElasticStore {
 
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let (items, failed) = self.items_of(docs);
-        let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
-        let mut start = 0;
-        while start < items.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < items.len()
-                && end - start < self.bulk_max_docs
-                && (end == start || bytes + items[end].lines.len() <= self.bulk_max_bytes)
-            {
-                bytes += items[end].lines.len();
-                end += 1;
-            }
-            results.extend(
-                self.send_chunk(&items[start..end])
-                    .await
-                    .into_iter()
-                    .map(Some),
-            );
-            start = end;
-        }
+        let results: Vec<Option<ItemResult>> =
+            self.bulk(&items).await.into_iter().map(Some).collect();
         // Combine item results per document: any retry → retry (the whole document is
         // written again, idempotently); otherwise any rejection → rejected.
         let mut outcomes: Vec<WriteOutcome> = failed
@@ -687,6 +1145,9 @@ impl Store for ElasticStore {
                     }
                 }
                 Some(ItemResult::Retry(m)) => *slot = WriteOutcome::Retry(m),
+                Some(ItemResult::Conflict) => {
+                    *slot = WriteOutcome::Retry("conflicting concurrent write".into())
+                }
                 Some(ItemResult::Rejected(m)) => {
                     if !matches!(slot, WriteOutcome::Retry(_)) {
                         *slot = WriteOutcome::Rejected(m);
@@ -699,6 +1160,28 @@ impl Store for ElasticStore {
                 seen.clear();
             }
             seen.extend(newly_seen);
+        }
+        // Summaries and call edges follow the spans that are stored; a span whose summary
+        // could not be written is written again with it (both writes are idempotent).
+        let written: Vec<&SpanRecord> = docs
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(d, o)| match (d, o) {
+                (Document::Span(s), WriteOutcome::Written) => Some(s),
+                _ => None,
+            })
+            .collect();
+        if !written.is_empty() {
+            let failed = self.update_summaries(&written, self.window).await;
+            if !failed.is_empty() {
+                for (doc, outcome) in docs.iter().zip(outcomes.iter_mut()) {
+                    if let Document::Span(s) = doc {
+                        if let Some(m) = failed.get(&s.trace_id) {
+                            *outcome = WriteOutcome::Retry(format!("trace summary: {m}"));
+                        }
+                    }
+                }
+            }
         }
         Ok(outcomes)
     }
@@ -733,58 +1216,98 @@ impl Store for ElasticStore {
         Ok(spans)
     }
 
+    async fn get_trace_page(
+        &self,
+        trace_id: &str,
+        after: Option<&SpanCursor>,
+        limit: usize,
+    ) -> Result<Vec<SpanRecord>, StoreError> {
+        let id = trace_id.to_ascii_lowercase();
+        // Documents sort by µs start then span id; the cursor's ns start is cut to µs, so
+        // pages follow each other exactly (spans in the same µs are ordered by span id).
+        let after = after.map(|c| json!([c.start_unix_nano / 1000, c.span_id]));
+        let hits = self
+            .scan_from(
+                &self.names.span_pattern(),
+                json!({"bool": {"filter": [{"term": {"traceID": id}}]}}),
+                json!([{"startTime": "asc"}, {"spanID": "asc"}]),
+                None,
+                limit,
+                after,
+            )
+            .await?;
+        Ok(hits
+            .into_iter()
+            .map(|d: JaegerSpan| span_from_doc(d))
+            .collect())
+    }
+
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
         let mut filter = Vec::new();
-        if let Some(s) = &query.service {
-            filter.push(json!({"term": {"process.serviceName": s}}));
-        }
-        if let Some(o) = &query.operation {
-            filter.push(json!({"term": {"operationName": o}}));
+        match (&query.service, &query.operation) {
+            (Some(s), Some(o)) => filter.push(json!({"term": {"service_operations":
+                format!("{s}{}{o}", summary::PAIR_SEPARATOR)}})),
+            (Some(s), None) => filter.push(json!({"term": {"services": s}})),
+            (None, Some(o)) => filter.push(json!({"term": {"operations": o}})),
+            (None, None) => {}
         }
         let mut duration = serde_json::Map::new();
         if let Some(d) = query.min_duration {
-            duration.insert("gte".into(), json!(micros_ceil(d)));
-        }
-        if let Some(d) = query.max_duration {
-            duration.insert("lte".into(), json!(d.as_nanos() as u64 / 1000));
-        }
-        if !duration.is_empty() {
-            filter.push(json!({"range": {"duration": duration}}));
-        }
-        if let Some(r) = range_clause("startTime", query.time, 1000) {
-            filter.push(r);
-        }
-        for (k, v) in &query.attributes {
-            filter.push(
-                json!({"nested": {"path": "tags", "query": {"bool": {"filter": [
-                    {"term": {"tags.key": k}}, {"term": {"tags.value": v}}
-                ]}}}}),
+            duration.insert(
+                "gte".into(),
+                json!(d.as_nanos().min(u64::MAX as u128) as u64),
             );
         }
-        let limit = effective_limit(query.limit);
-        let body = json!({
-            "size": 0,
-            "query": {"bool": {"filter": filter}},
-            "aggs": {"traces": {
-                "terms": {"field": "traceID", "size": limit, "order": [{"latest": "desc"}, {"_key": "asc"}]},
-                "aggs": {"latest": {"max": {"field": "startTime"}}}
-            }}
-        });
-        let response = self.search(&self.names.span_pattern(), &body).await?;
-        let ids: Vec<String> = buckets(&response, "/aggregations/traces/buckets")
-            .iter()
-            .filter_map(|b| b.get("key").and_then(Value::as_str).map(str::to_string))
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        if let Some(d) = query.max_duration {
+            duration.insert(
+                "lte".into(),
+                json!(d.as_nanos().min(u64::MAX as u128) as u64),
+            );
         }
-        let spans = self.spans_of_traces(&ids).await?;
-        // Kept in bucket order: traces are picked and ordered by the same key, the latest
-        // start among their matching spans (a trace's own start would need every span of
-        // every matching trace aggregated first).
-        Ok(ids
+        if !duration.is_empty() {
+            filter.push(json!({"range": {"duration_ns": duration}}));
+        }
+        if let Some(r) = range_clause("start_ns", query.time, 1) {
+            filter.push(r);
+        }
+        if !query.attributes.is_empty() {
+            let ids = self.traces_with_attributes(query).await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            filter.push(json!({"terms": {"trace_id": ids}}));
+        }
+        let limit = effective_limit(query.limit);
+        // The per-span contributions stay on the server.
+        let fields = json!([
+            "trace_id",
+            "start_ns",
+            "end_ns",
+            "duration_ns",
+            "root_service",
+            "root_operation",
+            "span_count",
+            "error_count",
+            "services",
+            "operations",
+            "service_operations",
+            "overflow_spans",
+            "overflow_errors"
+        ]);
+        let hits: Vec<SummaryDoc> = self
+            .scan(
+                &self.names.summaries_pattern(),
+                json!({"bool": {"filter": filter}}),
+                json!([{"start_ns": "desc"}, {"trace_id": "asc"}]),
+                Some(fields),
+                limit,
+            )
+            .await?;
+        let mut seen = HashSet::new();
+        Ok(hits
             .iter()
-            .filter_map(|id| spans.get(id).and_then(|s| TraceSummary::from_spans(s)))
+            .filter(|h| seen.insert(h.trace_id.clone()))
+            .map(SummaryDoc::to_summary)
             .collect())
     }
 
@@ -860,109 +1383,45 @@ impl Store for ElasticStore {
     }
 
     async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
-        #[derive(Deserialize)]
-        struct Slim {
-            #[serde(rename = "traceID")]
-            trace_id: String,
-            #[serde(rename = "spanID")]
-            span_id: String,
-            #[serde(rename = "parentSpanID", default)]
-            parent_span_id: Option<String>,
-            process: SlimProcess,
-            #[serde(default)]
-            dlog: Option<SlimExtras>,
-        }
-        #[derive(Deserialize)]
-        struct SlimProcess {
-            #[serde(rename = "serviceName")]
-            service_name: String,
-        }
-        #[derive(Deserialize)]
-        struct SlimExtras {
-            #[serde(default)]
-            error: bool,
-        }
-        let fields = json!([
-            "traceID",
-            "spanID",
-            "parentSpanID",
-            "process.serviceName",
-            "dlog.error"
-        ]);
-        let filter: Vec<Value> = range_clause("startTime", time, 1000).into_iter().collect();
-        let hits = self
-            .scan(
-                &self.names.span_pattern(),
-                json!({"bool": {"filter": filter}}),
-                json!([{"startTime": "asc"}, {"traceID": "asc"}, {"spanID": "asc"}]),
-                Some(fields.clone()),
-                MAX_DEPENDENCY_SCAN,
-            )
+        let filter: Vec<Value> = range_clause("start_ns", time, 1).into_iter().collect();
+        let body = json!({
+            "size": 0,
+            "query": {"bool": {"filter": filter}},
+            "aggs": {"callers": {
+                "terms": {"field": "caller", "size": 10_000},
+                "aggs": {"callees": {
+                    "terms": {"field": "callee", "size": 10_000},
+                    "aggs": {"calls": {"sum": {"field": "calls"}}, "errors": {"sum": {"field": "errors"}}}
+                }}
+            }}
+        });
+        let response = self
+            .search(&self.names.dependencies_pattern(), &body)
             .await?;
-        if hits.len() >= MAX_DEPENDENCY_SCAN {
-            tracing::warn!(
-                max = MAX_DEPENDENCY_SCAN,
-                "dependency scan truncated; narrow the time range"
-            );
-        }
-        let mut service_of: HashMap<(String, String), String> = HashMap::with_capacity(hits.len());
-        let mut children = Vec::new();
-        for s in hits {
-            let s: Slim = s;
-            if let Some(parent) = &s.parent_span_id {
-                children.push((
-                    s.trace_id.clone(),
-                    parent.clone(),
-                    s.process.service_name.clone(),
-                    s.dlog.is_some_and(|d| d.error),
-                ));
-            }
-            service_of.insert((s.trace_id, s.span_id), s.process.service_name);
-        }
-        // Parents outside the range are looked up by id.
-        let missing: Vec<(String, String)> = children
-            .iter()
-            .map(|(t, p, _, _)| (t.clone(), p.clone()))
-            .filter(|k| !service_of.contains_key(k))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        for chunk in missing.chunks(1000) {
-            let spans: Vec<&str> = chunk.iter().map(|(_, s)| s.as_str()).collect();
-            let traces: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
-            let found = self
-                .scan(
-                    &self.names.span_pattern(),
-                    json!({"bool": {"filter": [{"terms": {"spanID": spans}}, {"terms": {"traceID": traces}}]}}),
-                    json!([{"traceID": "asc"}, {"spanID": "asc"}]),
-                    Some(fields.clone()),
-                    usize::MAX,
-                )
-                .await?;
-            for s in found {
-                let s: Slim = s;
-                service_of.insert((s.trace_id, s.span_id), s.process.service_name);
+        let mut observed = Vec::new();
+        for caller in buckets(&response, "/aggregations/callers/buckets") {
+            let Some(caller_name) = caller.get("key").and_then(Value::as_str) else {
+                continue;
+            };
+            for callee in buckets(caller, "/callees/buckets") {
+                let Some(callee_name) = callee.get("key").and_then(Value::as_str) else {
+                    continue;
+                };
+                let sum = |name: &str| {
+                    callee
+                        .pointer(&format!("/{name}/value"))
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0) as u64
+                };
+                observed.push(DependencyEdge {
+                    caller: caller_name.to_string(),
+                    callee: callee_name.to_string(),
+                    calls: sum("calls"),
+                    errors: sum("errors"),
+                });
             }
         }
-        let mut edges: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-        for (trace, parent, callee, error) in children {
-            if let Some(caller) = service_of.get(&(trace, parent)) {
-                if *caller != callee {
-                    let e = edges.entry((caller.clone(), callee)).or_default();
-                    e.0 += 1;
-                    e.1 += u64::from(error);
-                }
-            }
-        }
-        let observed = edges
-            .into_iter()
-            .map(|((caller, callee), (calls, errors))| DependencyEdge {
-                caller,
-                callee,
-                calls,
-                errors,
-            })
-            .collect();
+        observed.sort();
         let mut declared = Vec::new();
         for entry in self.registry(None).await? {
             for dep in entry.dependencies {
@@ -1074,5 +1533,66 @@ impl Store for ElasticStore {
             )
             .await?;
         Ok(hits)
+    }
+
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        Ok(self.usage_of(&self.indices().await?))
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_unix_nano: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut indices = self.indices().await?;
+        let today = (now_unix_nano / DAY_NANOS) as i64;
+        let mut dropped_days = BTreeSet::new();
+        if let Some(age) = policy.max_age {
+            let cutoff = now_unix_nano.saturating_sub(age.as_nanos().min(u64::MAX as u128) as u64);
+            // A day goes once all of it is older than the cutoff.
+            for (name, _) in &indices {
+                if let Some(day) = self.day_of_index(name) {
+                    if (day + 1).saturating_mul(DAY_NANOS as i64) <= cutoff as i64 {
+                        dropped_days.insert(day);
+                    }
+                }
+            }
+            self.delete_older(cutoff).await?;
+        }
+        if let Some(budget) = policy.max_bytes {
+            let usage = self.usage_of(&indices);
+            let mut used = usage.bytes_used;
+            for p in &usage.partitions {
+                let day = (p.day_start_unix_nano / DAY_NANOS) as i64;
+                if dropped_days.contains(&day) {
+                    used = used.saturating_sub(p.bytes);
+                }
+            }
+            for p in &usage.partitions {
+                let day = (p.day_start_unix_nano / DAY_NANOS) as i64;
+                if used <= budget || day >= today {
+                    break;
+                }
+                if dropped_days.insert(day) {
+                    used = used.saturating_sub(p.bytes);
+                }
+            }
+        }
+        let doomed: Vec<String> = indices
+            .iter()
+            .filter(|(name, _)| {
+                self.day_of_index(name)
+                    .is_some_and(|d| dropped_days.contains(&d))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !doomed.is_empty() {
+            self.delete_named(&doomed).await?;
+            indices.retain(|(name, _)| !doomed.contains(name));
+        }
+        Ok(RetentionReport {
+            dropped: dropped_days.into_iter().map(model::date_of_days).collect(),
+            usage: self.usage_of(&indices),
+        })
     }
 }

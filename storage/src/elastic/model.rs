@@ -815,6 +815,34 @@ pub fn date_of_days(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Days since the Unix epoch of a `YYYY-MM-DD` date; `None` when it is not one.
+pub fn days_of_date(date: &str) -> Option<i64> {
+    let b = date.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = date.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    // Reject dates such as 2026-02-31, which do not print back the same.
+    (date_of_days(days) == date).then_some(days)
+}
+
 /// The UTC date of a time in ns since the Unix epoch.
 pub fn date_of_nanos(ns: u64) -> String {
     date_of_days((ns / 86_400_000_000_000) as i64)
@@ -915,6 +943,12 @@ mod tests {
         assert_eq!(date_of_nanos(1_736_935_200_000_000_000), "2025-01-15");
         assert_eq!(date_of_days(11_016), "2000-02-29");
         assert_eq!(date_of_nanos(1_709_251_199_999_999_999), "2024-02-29");
+        for days in [0, 11_016, 19_737, 20_422, -1] {
+            assert_eq!(days_of_date(&date_of_days(days)), Some(days));
+        }
+        assert_eq!(days_of_date("2026-02-31"), None);
+        assert_eq!(days_of_date("registry"), None);
+        assert_eq!(days_of_date("2026-1-011"), None);
     }
 
     #[test]

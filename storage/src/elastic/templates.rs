@@ -48,6 +48,18 @@ impl IndexNames {
         format!("{}service-heartbeats-{}", self.head, date_of_nanos(ns))
     }
 
+    /// `dlog-trace-summaries-YYYY-MM-DD`: one document per trace, in the index of the day the
+    /// indexer first saw it.
+    pub fn summaries(&self, ns: u64) -> String {
+        format!("{}dlog-trace-summaries-{}", self.head, date_of_nanos(ns))
+    }
+
+    /// `dlog-dependencies-YYYY-MM-DD`: one document per trace, call edge and day of the
+    /// child spans.
+    pub fn dependencies(&self, ns: u64) -> String {
+        format!("{}dlog-dependencies-{}", self.head, date_of_nanos(ns))
+    }
+
     /// `service-registry`: one document per service instance.
     pub fn registry(&self) -> String {
         format!("{}service-registry", self.head)
@@ -73,6 +85,28 @@ impl IndexNames {
         format!("{}service-logs-*", self.head)
     }
 
+    /// Every trace-summary index.
+    pub fn summaries_pattern(&self) -> String {
+        format!("{}dlog-trace-summaries-*", self.head)
+    }
+
+    /// Every dependency index.
+    pub fn dependencies_pattern(&self) -> String {
+        format!("{}dlog-dependencies-*", self.head)
+    }
+
+    /// Every daily index (the ones retention drops by day).
+    pub fn daily_patterns(&self) -> Vec<String> {
+        vec![
+            self.span_pattern(),
+            self.service_pattern(),
+            self.logs_pattern(),
+            self.heartbeats_pattern(),
+            self.summaries_pattern(),
+            self.dependencies_pattern(),
+        ]
+    }
+
     /// Every heartbeat index.
     pub fn heartbeats_pattern(&self) -> String {
         format!("{}service-heartbeats-*", self.head)
@@ -80,15 +114,10 @@ impl IndexNames {
 
     /// Every index this store writes, comma-separated (for `_refresh`).
     pub fn all(&self) -> String {
-        [
-            self.span_pattern(),
-            self.service_pattern(),
-            self.logs_pattern(),
-            self.heartbeats_pattern(),
-            self.registry(),
-            self.alerts(),
-        ]
-        .join(",")
+        let mut all = self.daily_patterns();
+        all.push(self.registry());
+        all.push(self.alerts());
+        all.join(",")
     }
 
     fn template_name(&self, what: &str) -> String {
@@ -239,7 +268,46 @@ pub fn templates(names: &IndexNames, shards: u32, replicas: u32) -> Vec<(String,
             "labels": {"type": "object", "enabled": false}
         }
     });
+    // The per-span contributions (`spans`) and the root candidate are read back by the
+    // indexer to merge replays and late spans; they are stored, not indexed.
+    let summaries = json!({
+        "dynamic": false,
+        "properties": {
+            "trace_id": keyword(),
+            "start_ns": {"type": "long"},
+            "end_ns": {"type": "long"},
+            "duration_ns": {"type": "long"},
+            "root_service": keyword(),
+            "root_operation": keyword(),
+            "span_count": {"type": "long"},
+            "error_count": {"type": "long"},
+            "services": keyword(),
+            "operations": keyword(),
+            "service_operations": keyword(),
+            "root": {"type": "object", "enabled": false},
+            "spans": {"type": "object", "enabled": false}
+        }
+    });
+    let dependencies = json!({
+        "dynamic": false,
+        "properties": {
+            "trace_id": keyword(),
+            "caller": keyword(),
+            "callee": keyword(),
+            "calls": {"type": "long"},
+            "errors": {"type": "long"},
+            "start_ns": {"type": "long"}
+        }
+    });
     vec![
+        (
+            names.template_name("trace-summaries"),
+            template(vec![names.summaries_pattern()], summaries),
+        ),
+        (
+            names.template_name("dependencies"),
+            template(vec![names.dependencies_pattern()], dependencies),
+        ),
         (
             names.template_name("jaeger-span"),
             template(vec![names.span_pattern()], span),

@@ -9,6 +9,7 @@ use dlog_core::names;
 use dlog_core::stage::StageDefaults;
 use serde::{Deserialize, Serialize};
 
+use super::retention::RetentionConfig;
 use crate::config::StoreConfig;
 
 /// Default `kafka_brokers`, the one every stage shares.
@@ -73,6 +74,8 @@ pub struct IndexerConfig {
     pub lag_interval_ms: u64,
     /// The store: embedded directory or Elasticsearch (`[store]` table in TOML).
     pub store: StoreConfig,
+    /// How long data is kept (`[retention]` table): by age, by size, and how often it runs.
+    pub retention: RetentionConfig,
 }
 
 impl Default for IndexerConfig {
@@ -90,6 +93,7 @@ impl Default for IndexerConfig {
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
             lag_interval_ms: DEFAULT_LAG_INTERVAL_MS,
             store: StoreConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -142,6 +146,14 @@ impl IndexerConfig {
                 "must be at least `retry_initial_ms`",
             ));
         }
+        let embedded = self
+            .store
+            .elasticsearch_url
+            .is_none()
+            .then_some(self.store.data_dir.as_path());
+        self.retention
+            .validate(embedded)
+            .map_err(|reason| invalid("retention", reason))?;
         self.store.validate().map_err(|e| match e {
             crate::store::StoreError::Config(reason) => invalid("store", reason),
             other => invalid("store", other.to_string()),

@@ -31,6 +31,11 @@ pub(crate) struct PartitionLabel {
 /// Counters and gauges of one stage.
 pub struct Metrics {
     pub(super) registry: Registry,
+    pub(crate) store_bytes_used: Gauge,
+    pub(crate) store_oldest_seconds: Gauge,
+    pub(crate) partitions_dropped: Counter,
+    pub(crate) files_dropped: Counter,
+    pub(crate) retention_errors: Counter,
     pub(crate) consumed: Family<TopicLabel, Counter>,
     pub(crate) written: Family<KindLabel, Counter>,
     pub(crate) retried: Family<KindLabel, Counter>,
@@ -53,7 +58,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric under the `dlog_indexer` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("dlog_indexer");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("dlog_indexer");
         let consumed = Family::<TopicLabel, Counter>::default();
         let written = Family::<KindLabel, Counter>::default();
         let retried = Family::<KindLabel, Counter>::default();
@@ -121,8 +127,44 @@ impl Metrics {
             write_seconds.clone(),
         );
         store_up.set(1);
+        let store_registry = root.sub_registry_with_prefix("dlog_store");
+        let store_bytes_used = Gauge::default();
+        let store_oldest_seconds = Gauge::default();
+        let partitions_dropped = Counter::default();
+        let files_dropped = Counter::default();
+        let retention_errors = Counter::default();
+        store_registry.register(
+            "bytes_used",
+            "Bytes the store holds on disk, indexes included, as of the last retention pass",
+            store_bytes_used.clone(),
+        );
+        store_registry.register(
+            "oldest_timestamp_seconds",
+            "Start of the oldest day the store keeps, s since the Unix epoch (0 when empty)",
+            store_oldest_seconds.clone(),
+        );
+        store_registry.register(
+            "partitions_dropped",
+            "Days of data (partitions, daily indices) dropped by retention",
+            partitions_dropped.clone(),
+        );
+        store_registry.register(
+            "files_dropped",
+            "Day files besides the store (dead letters) dropped by retention",
+            files_dropped.clone(),
+        );
+        store_registry.register(
+            "retention_errors",
+            "Retention passes that failed or that the store refused (ingest goes on)",
+            retention_errors.clone(),
+        );
         Metrics {
-            registry,
+            registry: root,
+            store_bytes_used,
+            store_oldest_seconds,
+            partitions_dropped,
+            files_dropped,
+            retention_errors,
             consumed,
             written,
             retried,
@@ -143,6 +185,21 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Days dropped by retention so far.
+    pub fn partitions_dropped(&self) -> u64 {
+        self.partitions_dropped.get()
+    }
+
+    /// Retention passes that failed so far.
+    pub fn retention_errors(&self) -> u64 {
+        self.retention_errors.get()
+    }
+
+    /// Bytes the store held at the last retention pass.
+    pub fn store_bytes_used(&self) -> i64 {
+        self.store_bytes_used.get()
     }
 
     /// Documents of `kind` written so far.

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod retention;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -671,6 +672,7 @@ pub struct RunningIndexer {
     shutdown: CancellationToken,
     pipeline: tokio::task::JoinHandle<Result<(), StageError>>,
     admin: tokio::task::JoinHandle<()>,
+    retention: tokio::task::JoinHandle<()>,
 }
 
 impl RunningIndexer {
@@ -706,6 +708,7 @@ impl RunningIndexer {
         };
         self.shutdown.cancel();
         let _ = self.admin.await;
+        let _ = self.retention.await;
         result
     }
 }
@@ -714,6 +717,10 @@ impl RunningIndexer {
 /// creates topics when asked, joins the consumer group and serves the admin endpoints.
 pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> {
     config.validate()?;
+    let policy = config
+        .retention
+        .policy(&config.store.data_dir)
+        .map_err(|reason| ConfigError::invalid("retention", reason))?;
     let store = crate::open_store(&config.store).await?;
     let kafka_err = |source| StartError::Kafka {
         brokers: config.input.kafka_brokers.clone(),
@@ -754,6 +761,16 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
         })?;
     tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.input.kafka_brokers,
         group = %config.input.group_id, "indexing stage started");
+    tracing::info!(max_age = ?policy.max_age, max_bytes = ?policy.max_bytes,
+        interval = ?config.retention.interval(), "retention");
+    let retention = tokio::spawn(retention::run_retention(
+        Arc::clone(&store),
+        Vec::new(),
+        policy,
+        config.retention.interval(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     let pipeline = tokio::spawn(run_pipeline(
         source,
         Arc::clone(&store),
@@ -769,6 +786,7 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
         shutdown,
         pipeline,
         admin,
+        retention,
     })
 }
 
