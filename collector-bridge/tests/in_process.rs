@@ -191,6 +191,10 @@ fn sensitive_attributes() -> Vec<KeyValue> {
             ..Default::default()
         },
         string_kv("token_count", "17"),
+        string_kv("http.request.header.x-api-key", "k-456"),
+        string_kv("oauth.accessToken", "t-789"),
+        string_kv("ui.monkey", "chimp"),
+        string_kv("http.request.header.x-token-count", "3"),
         KeyValue {
             key: "request".into(),
             value: Some(AnyValue {
@@ -214,6 +218,17 @@ fn assert_redacted(attributes: &[KeyValue]) {
         &any_value::Value::IntValue(812)
     );
     assert_eq!(attribute(attributes, "token_count"), &string("17"));
+    // Names that end a key as a whole word count; look-alikes do not.
+    assert_eq!(
+        attribute(attributes, "http.request.header.x-api-key"),
+        &redacted()
+    );
+    assert_eq!(attribute(attributes, "oauth.accessToken"), &redacted());
+    assert_eq!(attribute(attributes, "ui.monkey"), &string("chimp"));
+    assert_eq!(
+        attribute(attributes, "http.request.header.x-token-count"),
+        &string("3")
+    );
     let any_value::Value::KvlistValue(nested) = attribute(attributes, "request") else {
         panic!("request is not a kvlist");
     };
