@@ -187,9 +187,11 @@ pub struct Config {
     /// Replace attribute values whose key names a secret with `[REDACTED]` (resource, scope,
     /// span, span event, span link and log attributes, nested values included). A key names a
     /// secret when its last dot-separated segment, case-insensitive and with `-` read as `_`,
-    /// is one of `collector_bridge::redact::SENSITIVE_KEYS` or of `redact_extra_keys`.
+    /// is one of `collector_bridge::redact::SENSITIVE_KEYS` or of `redact_extra_keys`, or
+    /// ends with one as a whole word (after `_`, `-` or a camelCase capital).
     pub redact_attributes: bool,
-    /// More last key segments to redact, next to the built-in ones (for example `ssn`).
+    /// More names to redact, next to the built-in ones (for example `ssn`), matched the same
+    /// way.
     pub redact_extra_keys: Vec<String>,
     /// Redact inside log bodies too (keys of kvlist bodies), with the same rule.
     pub redact_log_bodies: bool,
@@ -450,7 +452,7 @@ impl Config {
                 return Err(invalid(
                     "redact_extra_keys",
                     format!(
-                        "`{key}` is not a key segment: it must be 1 to {} bytes without `.` (the last segment of a key is what is compared)",
+                        "`{key}` is not a key segment: it must be 1 to {} bytes without `.` (it is compared with the last segment of a key)",
                         crate::redact::MAX_KEY_SEGMENT
                     ),
                 ));

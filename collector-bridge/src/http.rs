@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use crate::body::{self, Collected, InflateError, BLOCKING_THRESHOLD};
 use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
+use crate::json_size::json_decoded_size;
 use crate::metrics::{SignalKind, Transport};
-use crate::route::DECODED_MESSAGE_BYTES;
 use crate::sink::Sink;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -307,41 +307,6 @@ fn busy(error: IngestError) -> Failure {
     }
 }
 
-/// Bytes a decoded JSON value outside objects may take (a `String` or `Vec` header).
-const JSON_VALUE_BYTES: usize = 32;
-
-/// An upper bound of what an OTLP/JSON body takes once decoded, from one pass over its bytes:
-/// a struct per object, a value per array element or field, and at most the body again in
-/// strings and bytes. `[{},{},..]` decodes to dozens of times its size; this bounds it before
-/// decoding starts.
-pub(crate) fn json_decoded_size(body: &[u8]) -> usize {
-    let mut objects = 0usize;
-    let mut values = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' => objects += 1,
-            b'[' | b',' => values += 1,
-            _ => {}
-        }
-    }
-    body.len()
-        .saturating_add(objects.saturating_mul(DECODED_MESSAGE_BYTES))
-        .saturating_add(values.saturating_mul(JSON_VALUE_BYTES))
-}
-
 fn encode<T: Message + Serialize + Default + PartialEq>(format: Format, response: &T) -> Response {
     let body = match format {
         Format::Protobuf => response.encode_to_vec(),
@@ -451,9 +416,12 @@ async fn json_request<S: Sink, T: DeserializeOwned + Send + 'static>(
     what: &'static str,
 ) -> Result<T, Response> {
     let fail = |f: Failure| refuse(&state.ingest, signal, f).into_response(format);
-    // The body and its decoded form, bounded before decoding.
+    // The body and its decoded form, bounded before decoding (a body nested too deep to
+    // bound is refused).
+    let decoded =
+        json_decoded_size(&body).map_err(|e| fail(Failure::new(StatusCode::BAD_REQUEST, e.0)))?;
     ticket
-        .reserve(body.len().saturating_add(json_decoded_size(&body)))
+        .reserve(body.len().saturating_add(decoded))
         .await
         .map_err(|e| fail(busy(e)))?;
     decode_json::<T>(body, what).await.map_err(fail)

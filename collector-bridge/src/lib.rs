@@ -37,6 +37,7 @@ pub mod config;
 mod grpc;
 mod http;
 mod ingest;
+mod json_size;
 mod listen;
 mod metrics;
 pub mod redact;
@@ -132,9 +133,10 @@ pub mod fuzzing {
         crate::route::decoded_size(len, messages)
     }
 
-    /// The bound of a JSON-decoded request's memory that the HTTP receiver reserves.
-    pub fn json_decoded_size(body: &[u8]) -> usize {
-        crate::http::json_decoded_size(body)
+    /// The bound of a JSON-decoded request's memory that the HTTP receiver reserves, or
+    /// `None` when it refuses the body before decoding (nested too deep).
+    pub fn json_decoded_size(body: &[u8]) -> Option<usize> {
+        crate::json_size::json_decoded_size(body).ok()
     }
 
     /// Decodes an OTLP/JSON trace request body as the HTTP receiver does.

@@ -2,9 +2,13 @@
 //! reaches Kafka.
 //!
 //! A key is sensitive when its last dot-separated segment, compared case-insensitively and with
-//! `-` read as `_`, is one of [`SENSITIVE_KEYS`] (or of `redact_extra_keys`). So
-//! `http.request.header.authorization` and `db.password` are redacted, while
-//! `gen_ai.usage.input_tokens` and `token_count` are kept. Resource, scope, span, span-event,
+//! `-` read as `_`, is one of [`SENSITIVE_KEYS`] (or of `redact_extra_keys`), or ends with one
+//! after a word boundary: a `_` or `-`, or a lowercase letter or digit followed by the
+//! capital that starts the name (camelCase). So `http.request.header.authorization`,
+//! `db.password`, `http.request.header.x-api-key`, `user_password`, `X-Auth-Token` and
+//! `clientSecret` are redacted, while `gen_ai.usage.input_tokens`, `token_count`,
+//! `password.length`, `monkey`, `keyboard` and `tokenizer` are kept: a name only counts as a
+//! whole word at the end of the segment. Resource, scope, span, span-event,
 //! span-link and log attributes are covered, nested values included (a key inside a kvlist
 //! inside an attribute value); log bodies only with `redact_log_bodies`.
 //!
@@ -22,7 +26,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// Last key segments whose values are redacted by default (lowercase, `_` for `-`).
+/// Names whose values are redacted by default (lowercase, `_` for `-`), when they are a key's
+/// last segment or end it as a whole word.
 pub const SENSITIVE_KEYS: &[&str] = &[
     "authorization",
     "proxy_authorization",
@@ -39,6 +44,8 @@ pub const SENSITIVE_KEYS: &[&str] = &[
     "api_key",
     "apikey",
     "private_key",
+    "secret_key",
+    "secret_access_key",
 ];
 
 /// The longest key segment `redact_extra_keys` may name.
@@ -47,53 +54,52 @@ pub const MAX_KEY_SEGMENT: usize = 64;
 /// 64-bit words in a normalised key segment of at most [`MAX_KEY_SEGMENT`] bytes.
 const WORDS: usize = MAX_KEY_SEGMENT / 8;
 
-/// A normalised key segment as little-endian words, zero-padded: comparing two is comparing
-/// `len.div_ceil(8)` integers, with no call into `memcmp`. This runs for every attribute key.
+/// The last bytes of a normalised key segment, last byte first, as little-endian words,
+/// zero-padded: whether a name ends the segment is whether its first `len` bytes (reversed
+/// the same way) are equal, `len.div_ceil(8)` integer comparisons with no call into
+/// `memcmp`. This runs for every attribute key.
 type Words = [u64; WORDS];
 
 /// Decides which attribute values are redacted, and rewrites them.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    /// The normalised segments, by their length in bytes (index 0 to `MAX_KEY_SEGMENT`).
+    /// The normalised names, reversed, by their length in bytes (index 0 to
+    /// `MAX_KEY_SEGMENT`).
     by_len: Vec<Vec<Words>>,
-    /// By length, the set of the segments' normalised last bytes: most keys are ruled out by
-    /// length and last byte before anything is normalised.
-    last_bytes: Vec<[u64; 4]>,
-    /// The union of `last_bytes`: checked first, before the key is searched for its last dot.
-    any_last_byte: [u64; 4],
+    /// The longest name's length.
+    longest: usize,
+    /// By normalised last byte, the lengths of the names that end with it (bit `len - 1`):
+    /// most keys are ruled out by their last byte before anything is normalised, and the rest
+    /// are compared only at the lengths that can match.
+    lengths_by_last: [u64; 256],
     bodies: bool,
 }
 
 impl Redactor {
-    /// A redactor for [`SENSITIVE_KEYS`] and `extra` segments (normalised here; validated by
+    /// A redactor for [`SENSITIVE_KEYS`] and `extra` names (normalised here; validated by
     /// the config to be at most [`MAX_KEY_SEGMENT`] bytes); `bodies` extends it into log
     /// bodies.
     pub fn new<'a>(extra: impl IntoIterator<Item = &'a str>, bodies: bool) -> Redactor {
         let mut by_len: Vec<Vec<Words>> = vec![Vec::new(); MAX_KEY_SEGMENT + 1];
-        let mut last_bytes = vec![[0u64; 4]; MAX_KEY_SEGMENT + 1];
+        let mut lengths_by_last = [0u64; 256];
+        let mut longest = 0;
         for segment in SENSITIVE_KEYS.iter().copied().chain(extra) {
             let bytes = segment.as_bytes();
             let Some(&last) = bytes.last().filter(|_| bytes.len() <= MAX_KEY_SEGMENT) else {
                 continue;
             };
-            let last = normalise(last);
-            last_bytes[bytes.len()][usize::from(last >> 6)] |= 1 << (last & 63);
-            let words = normalised(bytes);
+            lengths_by_last[usize::from(normalise(last))] |= 1 << (bytes.len() - 1);
+            longest = longest.max(bytes.len());
+            let words = reversed(bytes, MAX_KEY_SEGMENT);
             let same = &mut by_len[bytes.len()];
             if !same.contains(&words) {
                 same.push(words);
             }
         }
-        let mut any_last_byte = [0u64; 4];
-        for set in &last_bytes {
-            for (any, word) in any_last_byte.iter_mut().zip(set) {
-                *any |= word;
-            }
-        }
         Redactor {
             by_len,
-            last_bytes,
-            any_last_byte,
+            longest,
+            lengths_by_last,
             bodies,
         }
     }
@@ -106,27 +112,45 @@ impl Redactor {
     /// Whether an attribute with this key is redacted.
     #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
-        match key.last() {
-            Some(&last) if contains(&self.any_last_byte, normalise(last)) => {}
-            _ => return false,
+        let Some(&last) = key.last() else {
+            return false;
+        };
+        let mut lengths = self.lengths_by_last[usize::from(normalise(last))];
+        if lengths == 0 {
+            return false;
         }
         let segment = match key.iter().rposition(|b| *b == b'.') {
             Some(dot) => &key[dot + 1..],
             None => key,
         };
-        let (Some(&last), Some(lasts)) = (segment.last(), self.last_bytes.get(segment.len()))
-        else {
-            return false;
-        };
-        if !contains(lasts, normalise(last)) {
-            return false;
+        // Only names that fit in the segment.
+        if segment.len() < 64 {
+            lengths &= (1u64 << segment.len()) - 1;
         }
-        let candidates = &self.by_len[segment.len()];
-        let words = normalised(segment);
-        let used = segment.len().div_ceil(8);
-        candidates
-            .iter()
-            .any(|c| c[..used].iter().zip(&words[..used]).all(|(a, b)| a == b))
+        let mut words = None;
+        while lengths != 0 {
+            let len = lengths.trailing_zeros() as usize + 1;
+            lengths &= lengths - 1;
+            // The name must start a word: the whole segment, after `_` or `-`, or a capital
+            // after a lowercase letter or digit.
+            let start = segment.len() - len;
+            if start > 0 {
+                let before = segment[start - 1];
+                let camel = segment[start].is_ascii_uppercase()
+                    && (before.is_ascii_lowercase() || before.is_ascii_digit());
+                if !(before == b'_' || before == b'-' || camel) {
+                    continue;
+                }
+            }
+            let words = words.get_or_insert_with(|| reversed(segment, self.longest));
+            if self.by_len[len]
+                .iter()
+                .any(|name| starts_equal(name, words, len))
+            {
+                return true;
+            }
+        }
+        false
     }
 
     fn any_match(&self, attributes: &[KeyValue]) -> bool {
@@ -278,24 +302,35 @@ impl Redactor {
     }
 }
 
-/// Whether the 256-bit set holds `byte`.
+/// The last `limit` (at most [`MAX_KEY_SEGMENT`]) bytes of `segment`, lowercased, `-` as `_`,
+/// last byte first, as words.
 #[inline]
-fn contains(set: &[u64; 4], byte: u8) -> bool {
-    set[usize::from(byte >> 6)] & (1 << (byte & 63)) != 0
-}
-
-/// `segment` (at most [`MAX_KEY_SEGMENT`] bytes) lowercased, `-` as `_`, as words.
-#[inline]
-fn normalised(segment: &[u8]) -> Words {
+fn reversed(segment: &[u8], limit: usize) -> Words {
+    let mut bytes = [0u8; MAX_KEY_SEGMENT];
+    for (to, from) in bytes.iter_mut().zip(segment.iter().rev().take(limit)) {
+        *to = normalise(*from);
+    }
     let mut words = [0u64; WORDS];
-    for (word, chunk) in words.iter_mut().zip(segment.chunks(8)) {
-        let mut bytes = [0u8; 8];
-        for (to, from) in bytes.iter_mut().zip(chunk) {
-            *to = normalise(*from);
-        }
-        *word = u64::from_le_bytes(bytes);
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(eight);
     }
     words
+}
+
+/// Whether the first `len` bytes of two [`reversed`] segments are equal.
+#[inline]
+fn starts_equal(a: &Words, b: &Words, len: usize) -> bool {
+    let full = len / 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    let rest = len % 8;
+    rest == 0 || {
+        let mask = (1u64 << (8 * rest)) - 1;
+        (a[full] ^ b[full]) & mask == 0
+    }
 }
 
 #[inline]
@@ -343,5 +378,60 @@ mod tests {
         let extra = Redactor::new(["ssn", "Credit-Card"], false);
         assert!(extra.matches(b"user.ssn") && extra.matches(b"payment.credit_card"));
         assert!(extra.matches(b"db.password"));
+    }
+
+    /// `x-api-key` and `http.request.header.x-api-key` were kept: only a whole last segment
+    /// was compared. A name now also counts when it ends the segment as a whole word.
+    #[test]
+    fn regression_redaction_names_ending_a_key_after_a_word_boundary_are_redacted() {
+        let r = Redactor::new([], false);
+        for key in [
+            "x-api-key",
+            "http.request.header.x-api-key",
+            "X-API-KEY",
+            "api_key",
+            "apiKey",
+            "xApiKey",
+            "http.request.header.x-auth-token",
+            "http.request.header.x-amz-security-token",
+            "user_password",
+            "db.connection.user-password",
+            "userPassword",
+            "clientSecret",
+            "oauth.accessToken",
+            "csrf_token",
+            "session2Token",
+            "aws.secret_access_key",
+            "aws_secret_key",
+            "http.response.header.x-set-cookie",
+        ] {
+            assert!(r.matches(key.as_bytes()), "{key} is kept");
+        }
+        for key in [
+            "monkey",
+            "keyboard",
+            "turkey.key",
+            "tokenizer",
+            "max_tokens",
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+            "token_count",
+            "token.count",
+            "passwordless",
+            "password_policy",
+            "secretary",
+            "api_key_id",
+            "apikeys",
+            "bypasstoken",
+            "MYTOKEN",
+            "x-api-key.length",
+            "_",
+            "-",
+        ] {
+            assert!(!r.matches(key.as_bytes()), "{key} is redacted");
+        }
+        let extra = Redactor::new(["ssn"], false);
+        assert!(extra.matches(b"user.customer-ssn") && extra.matches(b"customerSsn"));
+        assert!(!extra.matches(b"user.lessn") && !extra.matches(b"ssn.kind"));
     }
 }

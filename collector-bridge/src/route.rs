@@ -1471,6 +1471,50 @@ mod tests {
         let bound = decoded_size(bytes.len(), messages);
         assert!(heap <= bound, "decoded {heap} bytes, bound {bound}");
     }
+    /// `EntityRef.id_keys` and `description_keys` are repeated strings: each empty one is 2
+    /// bytes on the wire and a 24-byte `String` in a growing vector once decoded, which the
+    /// decoded-size bound did not count. Measured with a counting allocator, on the path that
+    /// decodes with prost.
+    #[test]
+    fn regression_decoded_size_bound_counts_entity_key_names() {
+        use opentelemetry_proto::tonic::common::v1::EntityRef;
+        for (id_keys, description_keys, entities) in [(20_000, 0, 1), (0, 20_000, 1), (3, 5, 2000)]
+        {
+            let entity = EntityRef {
+                r#type: "service".into(),
+                id_keys: vec![String::new(); id_keys],
+                description_keys: vec![String::new(); description_keys],
+                ..Default::default()
+            };
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(Resource {
+                        entity_refs: vec![entity; entities],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+            };
+            let bytes = request.encode_to_vec();
+            let messages = match wire::parse_with(&bytes, RequestKind::Traces, None).unwrap() {
+                Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => messages,
+            };
+            let bound = decoded_size(bytes.len(), messages);
+            let mut decoded = None;
+            let peak = allocation_counter::measure(|| {
+                decoded = Some(ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap());
+            })
+            .bytes_max;
+            assert_eq!(decoded.as_ref(), Some(&request));
+            assert!(
+                peak <= bound as u64,
+                "{id_keys} id keys, {description_keys} description keys in {entities} entities: \
+                 decoded {peak} bytes, bound {bound} ({} body bytes)",
+                bytes.len()
+            );
+        }
+    }
+
     use dlog_core::names;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 

@@ -422,6 +422,12 @@ fn validate<'a, const N: usize>(
                 if let Some(slot) = capture.iter().position(|c| *c == tag) {
                     captured[slot] = Some(b);
                 }
+                // A repeated string (an entity's key names) becomes a `String` in a vector
+                // even when empty (2 bytes on the wire): counted as a message, so that the
+                // decoded-size bound covers it.
+                if matches!(tag, 3 | 4) && std::ptr::eq(schema, &ENTITY_REF) {
+                    scan.messages += 1;
+                }
                 if tag == 1 && std::ptr::eq(schema, &KEY_VALUE) {
                     if let Some(redactor) = scan.redactor {
                         scan.hit |= redactor.matches(b);

@@ -191,6 +191,10 @@ fn sensitive_attributes() -> Vec<KeyValue> {
             ..Default::default()
         },
         string_kv("token_count", "17"),
+        string_kv("http.request.header.x-api-key", "k-456"),
+        string_kv("oauth.accessToken", "t-789"),
+        string_kv("ui.monkey", "chimp"),
+        string_kv("http.request.header.x-token-count", "3"),
         KeyValue {
             key: "request".into(),
             value: Some(AnyValue {
@@ -214,6 +218,17 @@ fn assert_redacted(attributes: &[KeyValue]) {
         &any_value::Value::IntValue(812)
     );
     assert_eq!(attribute(attributes, "token_count"), &string("17"));
+    // Names that end a key as a whole word count; look-alikes do not.
+    assert_eq!(
+        attribute(attributes, "http.request.header.x-api-key"),
+        &redacted()
+    );
+    assert_eq!(attribute(attributes, "oauth.accessToken"), &redacted());
+    assert_eq!(attribute(attributes, "ui.monkey"), &string("chimp"));
+    assert_eq!(
+        attribute(attributes, "http.request.header.x-token-count"),
+        &string("3")
+    );
     let any_value::Value::KvlistValue(nested) = attribute(attributes, "request") else {
         panic!("request is not a kvlist");
     };
@@ -296,6 +311,67 @@ async fn regression_secrets_in_attributes_are_redacted_before_they_leave_the_bri
         }
     }
     bridge.shutdown().await.unwrap();
+}
+
+/// OTLP/JSON nested deeper than protobuf decoding allows (each JSON object is one message),
+/// or deeper than `serde_json` decodes, is refused with a 400 naming the limit before its
+/// decoded size is reserved; the next request goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_nested_past_the_depth_limits_gets_a_400_naming_the_limit() {
+    let (sink, mut records) = acking_stage();
+    let bridge = start_with_sink(config(), sink).await.unwrap();
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        http.post(format!("http://{}/v1/traces", bridge.http_addr()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let request = traces(resource("svc", "svc-1"), vec![span(trace_id(4), 1, "op")]);
+    let good = serde_json::to_string(&request).unwrap();
+    // The span object sits 3 levels below the request: an unknown member nesting 98 more
+    // objects reaches depth 101.
+    let deep_objects = |levels: usize| {
+        let member = format!(
+            "{}{{}}{}",
+            r#"{"x":"#.repeat(levels - 1),
+            "}".repeat(levels - 1)
+        );
+        good.replacen(r#""name":"op""#, &format!(r#""x":{member},"name":"op""#), 1)
+    };
+    let answer = post(deep_objects(97)).await.unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    let answer = post(deep_objects(98)).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("more than 100 levels"), "{text}");
+    // 40 nested arrayValues: 130 arrays and objects deep.
+    let mut value = r#"{"stringValue":"x"}"#.to_string();
+    for _ in 0..40 {
+        value = format!(r#"{{"arrayValue":{{"values":[{value}]}}}}"#);
+    }
+    let deep_values = good.replacen(
+        r#""name":"op""#,
+        &format!(r#""name":"op","attributes":[{{"key":"v","value":{value}}}]"#),
+        1,
+    );
+    let answer = post(deep_values).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let text = answer.text().await.unwrap();
+    assert!(text.contains("more than 128 levels"), "{text}");
+    let answer = post(good).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    // The two accepted requests, nothing from the refused ones.
+    for _ in 0..2 {
+        let record = records.recv().await.unwrap();
+        assert_eq!(record.topic, names::TRACE_LOGS_TOPIC);
+        assert_eq!(
+            decode_trace_record(&record).resource_spans[0].scope_spans[0].spans[0].name,
+            "op"
+        );
+    }
+    bridge.shutdown().await.unwrap();
+    assert!(records.recv().await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
