@@ -759,6 +759,26 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        crate::silence::sqlite::put_silence(&self.path, silence).await
+    }
+
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        crate::silence::sqlite::delete_silence(&self.path, id).await
+    }
+
+    async fn list_silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        crate::silence::sqlite::list_silences(&self.path).await
+    }
+
+    async fn ack_alert(&self, ack: &crate::silence::AlertAck) -> Result<(), StoreError> {
+        crate::silence::sqlite::put_ack(&self.path, ack).await
+    }
+
+    async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
+        crate::silence::sqlite::list_acks(&self.path).await
+    }
 }
 
 fn registry(conn: &Connection, service: Option<&str>) -> Result<Vec<RegistryEntry>, StoreError> {
