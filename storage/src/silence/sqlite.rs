@@ -75,7 +75,11 @@ fn corrupt(id: &str, e: serde_json::Error) -> StoreError {
 pub async fn put_silence(dir: &Path, silence: &Silence) -> Result<(), StoreError> {
     let doc = serde_json::to_string(silence).map_err(|e| corrupt(&silence.id, e))?;
     let (id, ends) = (silence.id.clone(), silence.ends_unix_nano as i64);
-    let cutoff = crate::store::now_unix_nano().saturating_sub(EXPIRED_KEPT_NANOS) as i64;
+    // Relative to the silence written too, so that one set in another clock's past (a test's
+    // manual clock, a host with a wrong clock) is not pruned as it is written.
+    let cutoff = crate::store::now_unix_nano()
+        .min(silence.starts_unix_nano)
+        .saturating_sub(EXPIRED_KEPT_NANOS) as i64;
     with(dir, move |c| {
         c.execute(
             "INSERT OR REPLACE INTO silences (id, ends, doc) VALUES (?1, ?2, ?3)",
@@ -120,7 +124,9 @@ pub async fn list_silences(dir: &Path) -> Result<Vec<Silence>, StoreError> {
 pub async fn put_ack(dir: &Path, ack: &AlertAck) -> Result<(), StoreError> {
     let doc = serde_json::to_string(ack).map_err(|e| corrupt(&ack.alert_id, e))?;
     let (id, at) = (ack.alert_id.clone(), ack.acked_unix_nano as i64);
-    let cutoff = crate::store::now_unix_nano().saturating_sub(EXPIRED_KEPT_NANOS) as i64;
+    let cutoff = crate::store::now_unix_nano()
+        .min(ack.acked_unix_nano)
+        .saturating_sub(EXPIRED_KEPT_NANOS) as i64;
     with(dir, move |c| {
         c.execute(
             "INSERT OR REPLACE INTO acks (alert_id, at, doc) VALUES (?1, ?2, ?3)",
