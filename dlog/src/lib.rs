@@ -357,7 +357,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             stop_alerter.cancel();
             let _ = indexer.await;
             let _ = alerter.await;
-            wal.close().await;
+            if let Some(wal) = wal {
+                wal.close().await;
+            }
             return Err(e.into());
         }
     };
