@@ -101,5 +101,6 @@ async fn elasticsearch_store_keeps_silences_and_acks() {
     let es = dlog_storage::elastic::ElasticStore::connect(&config)
         .await
         .unwrap();
+    es.delete_silences_index().await.unwrap();
     es.delete_indices().await.unwrap();
 }

@@ -118,6 +118,18 @@ impl ElasticStore {
         .await
     }
 
+    /// Deletes the silences index (tests against a shared cluster clean up with it).
+    pub async fn delete_silences_index(&self) -> Result<(), StoreError> {
+        self.json(
+            Method::Delete,
+            &format!("/{}", self.silences_index()),
+            &[("ignore_unavailable", "true")],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn es_docs(&self) -> Result<Vec<Doc>, StoreError> {
         let answer = self
             .search(
