@@ -218,3 +218,137 @@ async fn rule_silences_and_acks_mute_what_they_name() {
     assert_eq!(clock.now_unix_nanos(), T0 + 10 * SEC);
     assert_eq!(silences.muting(&fired), None);
 }
+
+/// A store whose silences cannot be read while `down`; everything else passes through.
+struct Flaky {
+    inner: Arc<dyn dlog_storage::Store>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), dlog_storage::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(dlog_storage::StoreError::Unavailable(
+                "connection refused".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl dlog_storage::Store for Flaky {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn write(
+        &self,
+        docs: &[dlog_storage::Document],
+    ) -> Result<Vec<dlog_storage::WriteOutcome>, dlog_storage::StoreError> {
+        self.inner.write(docs).await
+    }
+    async fn refresh(&self) -> Result<(), dlog_storage::StoreError> {
+        self.inner.refresh().await
+    }
+    async fn get_trace(
+        &self,
+        id: &str,
+    ) -> Result<Vec<dlog_core::model::SpanRecord>, dlog_storage::StoreError> {
+        self.inner.get_trace(id).await
+    }
+    async fn find_traces(
+        &self,
+        q: &dlog_storage::TraceQuery,
+    ) -> Result<Vec<dlog_storage::TraceSummary>, dlog_storage::StoreError> {
+        self.inner.find_traces(q).await
+    }
+    async fn search_logs(
+        &self,
+        q: &dlog_storage::LogQuery,
+    ) -> Result<Vec<dlog_core::model::LogEntry>, dlog_storage::StoreError> {
+        self.inner.search_logs(q).await
+    }
+    async fn services(&self) -> Result<Vec<String>, dlog_storage::StoreError> {
+        self.inner.services().await
+    }
+    async fn operations(
+        &self,
+        service: &str,
+    ) -> Result<Vec<dlog_storage::Operation>, dlog_storage::StoreError> {
+        self.inner.operations(service).await
+    }
+    async fn dependencies(
+        &self,
+        time: dlog_storage::TimeRange,
+    ) -> Result<dlog_storage::Dependencies, dlog_storage::StoreError> {
+        self.inner.dependencies(time).await
+    }
+    async fn service_status(
+        &self,
+        q: &dlog_storage::StatusQuery,
+    ) -> Result<Vec<dlog_storage::InstanceStatus>, dlog_storage::StoreError> {
+        self.inner.service_status(q).await
+    }
+    async fn upsert_alerts(
+        &self,
+        alerts: &[dlog_storage::AlertDoc],
+    ) -> Result<(), dlog_storage::StoreError> {
+        self.inner.upsert_alerts(alerts).await
+    }
+    async fn list_alerts(
+        &self,
+        q: &AlertQuery,
+    ) -> Result<Vec<dlog_storage::AlertDoc>, dlog_storage::StoreError> {
+        self.inner.list_alerts(q).await
+    }
+    async fn list_silences(&self) -> Result<Vec<Silence>, dlog_storage::StoreError> {
+        self.check()?;
+        self.inner.list_silences().await
+    }
+    async fn list_acks(&self) -> Result<Vec<AlertAck>, dlog_storage::StoreError> {
+        self.check()?;
+        self.inner.list_acks().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_keeps_the_silences_last_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = dlog_storage::open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    inner
+        .put_silence(&Silence {
+            id: "svc".into(),
+            service: Some("svc-b".into()),
+            rule: None,
+            starts_unix_nano: T0,
+            ends_unix_nano: T0 + 60 * SEC,
+            created_by: String::new(),
+            comment: String::new(),
+        })
+        .await
+        .unwrap();
+    let store = Arc::new(Flaky {
+        inner: inner.clone(),
+        down: false.into(),
+    });
+    let clock = ManualClock::new(T0);
+    let silences = Silences::new(store.clone(), Arc::new(clock.clone()));
+    silences.refresh().await.unwrap();
+    let fired = transition(TransitionKind::Fired, "svc-b", "error_log", T0);
+    assert_eq!(silences.muting(&fired), Some(Muting::Silenced));
+
+    // The store goes away, and the silence is deleted meanwhile: the last read stays in force.
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(inner.delete_silence("svc").await.unwrap());
+    let err = silences.refresh().await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(silences.muting(&fired), Some(Muting::Silenced));
+
+    // Back: the deletion is seen.
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    silences.refresh().await.unwrap();
+    assert_eq!(silences.muting(&fired), None);
+}
