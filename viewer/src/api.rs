@@ -611,8 +611,8 @@ struct LatencySample {
     edges: BTreeMap<(String, String), Vec<u64>>,
 }
 
-/// Reads the newest [`LATENCY_SAMPLE_TRACES`] traces of the window (at most
-/// [`LATENCY_SAMPLE_SPANS_PER_TRACE`] spans each, 8 reads at a time) and keeps, per edge
+/// Reads the newest [`LATENCY_SAMPLE_TRACES`] traces of the window (those of at most
+/// [`LATENCY_SAMPLE_SPANS_PER_TRACE`] spans, 8 reads at a time) and keeps, per edge
 /// between two services, the durations of the callee's spans whose parent is the caller's.
 /// The `Store` trait reports no edge latency, so this is an estimate; a store error leaves it
 /// out rather than failing the map.
@@ -634,7 +634,12 @@ async fn edge_latency_sample(state: &AppState, time: dlog_storage::TimeRange) ->
             return sample;
         }
     };
-    let mut pages = futures::stream::iter(traces.into_iter().map(|t| {
+    // Traces larger than a page are left out, so that the cost stays bounded by the sample
+    // even where a backend reads a whole trace to answer a page.
+    let traces = traces
+        .into_iter()
+        .filter(|t| t.span_count <= LATENCY_SAMPLE_SPANS_PER_TRACE);
+    let mut pages = futures::stream::iter(traces.map(|t| {
         let store = state.store.clone();
         async move {
             store
