@@ -36,6 +36,8 @@ pub(crate) struct Metrics {
     pub output_errors: Family<OutputLabels, Counter>,
     pub output_dropped: Family<OutputLabels, Counter>,
     pub output_rejected: Family<OutputLabels, Counter>,
+    pub output_silenced: Family<OutputLabels, Counter>,
+    pub silence_refresh_errors: Counter,
     pub input_errors: Counter,
     pub state_save_errors: Counter,
     pub firing: Gauge,
@@ -58,6 +60,8 @@ impl Metrics {
             output_errors: Family::default(),
             output_dropped: Family::default(),
             output_rejected: Family::default(),
+            output_silenced: Family::default(),
+            silence_refresh_errors: Counter::default(),
             input_errors: Counter::default(),
             state_save_errors: Counter::default(),
             firing: Gauge::default(),
@@ -69,6 +73,16 @@ impl Metrics {
             checkpoint_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
         };
         let r = registry.sub_registry_with_prefix("dlog_alerter");
+        r.register(
+            "output_silenced",
+            "Alert events an output did not get because a silence matched the alert, or it was an update of an acknowledged alert",
+            m.output_silenced.clone(),
+        );
+        r.register(
+            "silence_refresh_errors",
+            "Failed reads of silences and acknowledgements from the store (the last ones read stay in force)",
+            m.silence_refresh_errors.clone(),
+        );
         r.register(
             "records",
             "Records evaluated, by input topic",

@@ -38,6 +38,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{AlerterConfig, ConfigError};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::output::silences::{Muted, Silences};
 use crate::output::{kafka, store, terminal, webhook};
 use crate::output::{BestEffort, Delivery, Output, SinkError};
 use crate::record::{decode_into, Record, TopicKind};
@@ -138,7 +139,7 @@ pub async fn run_with<S: Source>(
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let (required, best_effort) = build_outputs(&config, &metrics).await?;
+    let (required, best_effort) = build_outputs(&config, &metrics, &clock).await?;
 
     let admin_state = Arc::new(Serving::new(registry));
     let (admin_addr, admin_task) = {
@@ -195,14 +196,31 @@ pub async fn run_with<S: Source>(
 async fn build_outputs(
     config: &AlerterConfig,
     metrics: &Arc<Metrics>,
+    clock: &Arc<dyn Clock>,
 ) -> Result<(Vec<Output>, Vec<BestEffort>), AlerterError> {
     let o = &config.outputs;
-    let outputs = [
+    let mut outputs = [
         terminal::build(&o.terminal),
         kafka::build(&o.kafka, &config.input.kafka_brokers)?,
         webhook::build(&o.webhook)?,
-        store::build(&o.store).await?,
+        None,
     ];
+    // With the store output, silences and acks are read from the same store and mute the
+    // notifying outputs.
+    if o.store.enabled {
+        let db = dlog_storage::open_store(&o.store.backend).await?;
+        let silences = Silences::with_metrics(db.clone(), clock.clone(), metrics.clone());
+        silences
+            .start(
+                Duration::from_millis(o.store.silence_refresh_ms),
+                Duration::from_secs(5),
+            )
+            .await;
+        for output in outputs.iter_mut().flatten() {
+            output.sink = Arc::new(Muted::new(output.sink.clone(), silences.clone()));
+        }
+        outputs[3] = Some(store::build_on(&o.store, db));
+    }
     let mut required = Vec::new();
     let mut best_effort = Vec::new();
     for output in outputs.into_iter().flatten() {

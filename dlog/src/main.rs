@@ -1,6 +1,6 @@
 //! `dlog`: run everything in one process on embedded defaults (`dlog` or `dlog up`), or query
 //! the embedded store (`dlog trace <id>`, `dlog traces`, `dlog logs`, `dlog services`,
-//! `dlog deps`, `dlog status`, `dlog alerts`).
+//! `dlog deps`, `dlog status`, `dlog alerts`), or serve only the viewer (`dlog viewer`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +52,10 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Serve only the viewer (web UI and Jaeger query API) over the store: the embedded
+    /// store in --data-dir, or Elasticsearch with --elasticsearch (the distributed
+    /// deployment's `dlog-viewer.service`).
+    Viewer(ViewerArgs),
     /// List the records that could not be stored, with their reasons (oldest first).
     DeadLetters,
     #[command(flatten)]
@@ -113,6 +117,23 @@ struct UpArgs {
     retention_max_bytes: Option<dlog_storage::stage::retention::ByteBudget>,
 }
 
+#[derive(Debug, Default, clap::Args)]
+struct ViewerArgs {
+    /// Listen address of the web UI and the Jaeger query API [default: 127.0.0.1:16686].
+    #[arg(long, env = "DLOG_VIEWER")]
+    viewer: Option<SocketAddr>,
+    /// File of bearer tokens (one per line): API clients send `Authorization: Bearer`,
+    /// browsers sign in on /login [default: none, open].
+    #[arg(long, env = "DLOG_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS only [default: none].
+    #[arg(long, env = "DLOG_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "DLOG_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging(&["DLOG_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;
@@ -128,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
     match command {
         None => up(&args, UpArgs::default()).await,
         Some(Command::Up(up_args)) => up(&args, up_args).await,
+        Some(Command::Viewer(viewer_args)) => viewer(store_config, viewer_args).await,
         Some(Command::Alerts {
             service,
             state,
@@ -205,6 +227,43 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn viewer(
+    mut store_config: dlog_storage::StoreConfig,
+    args: ViewerArgs,
+) -> anyhow::Result<()> {
+    // The viewer writes no spans or logs: the indexer owns the templates.
+    store_config.install_templates = false;
+    let elastic = store_config.elasticsearch_url.is_some();
+    let store = open_store(&store_config)
+        .await
+        .context("cannot open the store")?;
+    let mut config = dlog_viewer::ViewerConfig {
+        auth_token_file: args.auth_token_file,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        ..dlog_viewer::ViewerConfig::default()
+    };
+    if let Some(addr) = args.viewer {
+        config.listen = addr;
+    }
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let running = dlog_viewer::start(config, store)
+        .await
+        .context("cannot start the viewer")?;
+    eprintln!(
+        "dlog viewer ({} store): {scheme}://{}/search. Ctrl-C stops.",
+        if elastic { "elasticsearch" } else { "embedded" },
+        running.addr()
+    );
+    shutdown_signal().await;
+    running.shutdown().await;
+    Ok(())
 }
 
 async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {

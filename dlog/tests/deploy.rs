@@ -70,8 +70,10 @@ fn env_file_names(file: &str) -> Vec<String> {
 
 #[test]
 fn env_files_name_only_variables_their_components_read() {
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("dlog-bridge", &["collector-bridge/src"]),
+        // `dlog viewer`: the store settings are dlog's global ones.
+        ("dlog-viewer", &["dlog/src"]),
         ("dlog-indexer", &["storage/src"]),
         ("dlog-alerter", &["alerting/src"]),
         ("dlog-demo", &["services/src", "sdk/src", "core/src"]),
@@ -182,5 +184,40 @@ fn units_start_binaries_that_exist_with_env_files_that_exist() {
     assert!(seen >= 4, "bridge, indexer, alerter and viewer units");
     for unit in ["dlog-bridge", "dlog-indexer", "dlog-alerter", "dlog-viewer"] {
         assert!(units.join(format!("{unit}.service")).is_file(), "{unit}");
+    }
+}
+
+#[test]
+fn the_viewer_unit_runs_a_dlog_subcommand_that_reads_its_env_file() {
+    let unit = read(&root().join("deploy/systemd/dlog-viewer.service"));
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let mut words = exec.split_whitespace();
+    assert!(words.next().unwrap().ends_with("/dlog"), "{exec}");
+    let sub: Vec<&str> = words.collect();
+    assert_eq!(sub, ["viewer"], "{exec}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dlog"))
+        .args(["viewer", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = String::from_utf8_lossy(&out.stdout);
+    // Every variable the env file sets is one `dlog viewer` takes (clap lists each as
+    // `[env: NAME=`), except the logging filter, read before the arguments.
+    for name in env_file_names("dlog-viewer") {
+        if name == "DLOG_LOG" {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "`dlog viewer` takes no {name}:\n{help}"
+        );
     }
 }

@@ -48,6 +48,7 @@ pub mod cli;
 pub mod config;
 pub mod elastic;
 pub mod embedded;
+pub mod silence;
 pub mod stage;
 pub mod store;
 pub mod tree;
@@ -55,6 +56,7 @@ pub mod tree;
 use std::sync::Arc;
 
 pub use config::StoreConfig;
+pub use silence::{AlertAck, Silence};
 pub use stage::{run, start, IndexerConfig, RunningIndexer};
 pub use store::now_unix_nano;
 pub use store::{

@@ -610,6 +610,49 @@ pub trait Store: Send + Sync {
             self.backend()
         )))
     }
+
+    /// Inserts or replaces a silence by id (see [`crate::silence`]).
+    async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        let _ = silence;
+        Err(StoreError::Refused(format!(
+            "the {} store keeps no silences",
+            self.backend()
+        )))
+    }
+
+    /// Deletes a silence (expires it at once); true when it existed.
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        let _ = id;
+        Err(StoreError::Refused(format!(
+            "the {} store keeps no silences",
+            self.backend()
+        )))
+    }
+
+    /// Every silence kept, active and recently expired, latest end first.
+    async fn list_silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        Err(StoreError::Refused(format!(
+            "the {} store keeps no silences",
+            self.backend()
+        )))
+    }
+
+    /// Inserts or replaces the acknowledgement of an alert.
+    async fn ack_alert(&self, ack: &crate::silence::AlertAck) -> Result<(), StoreError> {
+        let _ = ack;
+        Err(StoreError::Refused(format!(
+            "the {} store keeps no acknowledgements",
+            self.backend()
+        )))
+    }
+
+    /// Every acknowledgement kept, newest first.
+    async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
+        Err(StoreError::Refused(format!(
+            "the {} store keeps no acknowledgements",
+            self.backend()
+        )))
+    }
 }
 
 /// Sorts a trace's spans the way [`Store::get_trace`] promises.

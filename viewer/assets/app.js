@@ -52,6 +52,19 @@
     }
     return body;
   }
+  // State-changing calls send JSON (the API refuses anything else, which keeps them
+  // CSRF-safe) and the X-Dlog-Request header.
+  async function send(method, path, body) {
+    const res = await fetch(path, { method, credentials: 'same-origin',
+      headers: { Accept: 'application/json', 'Content-Type': 'application/json', 'X-Dlog-Request': '1' },
+      body: body === undefined ? undefined : JSON.stringify(body) });
+    if (res.status === 401) { location.href = '/login'; throw new Error('sign in first'); }
+    if (res.status === 204) return null;
+    let out;
+    try { out = await res.json(); } catch (e) { throw new Error(path + ': HTTP ' + res.status); }
+    if (!res.ok) throw new Error(out && out.errors && out.errors[0] ? out.errors[0].msg : ('HTTP ' + res.status));
+    return out;
+  }
   function errorBox(err) { return h('p', { class: 'error-box', text: String(err && err.message ? err.message : err) }); }
 
   // ---------- time and duration ----------
@@ -757,7 +770,7 @@
       const kind = edgeKind(e);
       const g = s('g', { class: 'edge edge-' + kind, 'data-caller': e.caller, 'data-callee': e.callee, 'data-kind': kind });
       g.appendChild(s('line', { x1, y1, x2, y2, 'marker-end': 'url(#arrow-' + kind + ')' }));
-      const label = e.observed ? (e.calls + ' calls · ' + fmtRate(e.rate_per_s) + ' · ' + (100 * e.error_rate).toFixed(1) + '% err') : 'declared, not seen';
+      const label = e.observed ? (e.calls + ' calls · ' + fmtRate(e.rate_per_s) + ' · ' + (100 * e.error_rate).toFixed(1) + '% err' + (e.p95_us != null ? ' · p95 ' + fmtDur(e.p95_us) : '')) : 'declared, not seen';
       // Labels sit a third of the way along, so that crossing edges keep theirs apart.
       g.appendChild(s('text', { x: x1 + (x2 - x1) / 3, y: y1 + (y2 - y1) / 3 - 4, class: 'edge-label', text: label }));
       g.appendChild(s('title', { text: e.caller + ' → ' + e.callee + ': ' + e.calls + ' calls, ' + e.errors + ' errors' }));
@@ -776,7 +789,7 @@
 
   function edgeTable(r) {
     const t = h('table', { class: 'edges', id: 'edge-table' });
-    t.appendChild(h('thead', null, h('tr', null, ['Caller', 'Callee', 'Calls', 'Rate', 'Errors', 'Error %', 'Edge'].map(x => h('th', { text: x })))));
+    t.appendChild(h('thead', null, h('tr', null, ['Caller', 'Callee', 'Calls', 'Rate', 'Errors', 'Error %', 'p95 (sampled)', 'Edge'].map(x => h('th', { text: x })))));
     const tb = h('tbody');
     for (const e of r.edges) {
       const kind = edgeKind(e);
@@ -784,6 +797,7 @@
         h('td', { text: e.caller }), h('td', { text: e.callee }), h('td', { text: e.calls }),
         h('td', { text: fmtRate(e.rate_per_s) }), h('td', { text: e.errors }),
         h('td', { text: (100 * e.error_rate).toFixed(1) + '%' }),
+        h('td', { class: 'p95', title: e.p95_samples ? 'from ' + e.p95_samples + ' calls in the newest ' + r.latency_sample.traces + ' traces' : '', text: e.p95_us != null ? fmtDur(e.p95_us) : '' }),
         h('td', { text: kind === 'observed' ? 'observed, declared' : (kind === 'undeclared' ? 'observed, NOT declared' : 'declared, NOT observed') })));
     }
     t.appendChild(tb);
@@ -800,11 +814,46 @@
     const holder = h('div', { id: 'alerts' });
     root.appendChild(h('h1', { text: 'Alerts' }));
     root.appendChild(h('label', null, 'Show ', state));
+    // Silence form: a service, a rule, or both, for a duration.
+    const sService = h('input', { id: 's-service', placeholder: 'service', size: 16 });
+    const sRule = h('input', { id: 's-rule', placeholder: 'rule (any)', size: 16 });
+    const sDuration = h('select', { id: 's-duration' });
+    for (const d of ['15m', '1h', '2h', '4h', '12h', '24h', '168h']) sDuration.appendChild(h('option', { value: d, text: d }));
+    sDuration.value = '1h';
+    const sComment = h('input', { id: 's-comment', placeholder: 'comment', size: 24 });
+    const sBy = h('input', { id: 's-by', placeholder: 'your name', size: 12, value: localStorage.getItem('dlog.user') || '' });
+    const sMsg = h('span', { id: 's-msg', class: 'muted' });
+    async function createSilence(service, rule, duration, comment) {
+      try {
+        if (sBy.value) localStorage.setItem('dlog.user', sBy.value);
+        await send('POST', '/api/v1/silences', { service: service || null, rule: rule || null, duration, comment, created_by: sBy.value || null });
+        sMsg.textContent = 'silenced ' + [service, rule].filter(Boolean).join(' · ') + ' for ' + duration;
+        await load();
+      } catch (e) { sMsg.textContent = String(e.message || e); }
+    }
+    const form = h('form', { id: 'silence-form', class: 'silence-form', on: { submit: (ev) => { ev.preventDefault(); createSilence(sService.value.trim(), sRule.value.trim(), sDuration.value, sComment.value); } } },
+      h('strong', { text: 'Silence ' }), sService, ' ', sRule, ' for ', sDuration, ' ', sComment, ' by ', sBy, ' ',
+      h('button', { type: 'submit', id: 's-submit', text: 'Silence' }), ' ', sMsg);
+    root.appendChild(form);
     root.appendChild(holder);
     async function load() {
       try {
         const r = await api('/api/v1/alerts' + (state.value ? '?state=' + state.value : ''));
+        const sil = await api('/api/v1/silences');
         clear(holder);
+        holder.appendChild(h('h2', { text: 'Silences (' + sil.silences.filter(x => x.active).length + ' active)' }));
+        const st = h('table', { class: 'silences', id: 'silences-table' });
+        st.appendChild(h('thead', null, h('tr', null, ['', 'Service', 'Rule', 'Starts', 'Expires', 'By', 'Comment', ''].map(x => h('th', { text: x })))));
+        const sb = h('tbody');
+        for (const x of sil.silences) {
+          const expire = x.active ? h('button', { class: 'expire', text: 'Expire', on: { click: async () => { try { await send('DELETE', '/api/v1/silences/' + encodeURIComponent(x.id)); await load(); } catch (e) { sMsg.textContent = String(e.message || e); } } } }) : null;
+          sb.appendChild(h('tr', { class: 'silence ' + (x.active ? 'active' : 'expired'), dataset: { id: x.id, service: x.service || '', rule: x.rule || '' } },
+            h('td', { text: x.active ? 'active' : 'expired' }), h('td', { text: x.service || 'any' }), h('td', { text: x.rule || 'any' }),
+            h('td', { text: fmtTime(x.starts_us) }), h('td', { class: 'expires', text: fmtTime(x.ends_us) }),
+            h('td', { text: x.created_by }), h('td', { text: x.comment }), h('td', null, expire)));
+        }
+        st.appendChild(sb);
+        holder.appendChild(st);
         holder.appendChild(h('h2', { text: 'Incidents (' + r.incidents.length + ')' }));
         const byId = new Map(r.alerts.map(a => [a.id, a]));
         const inc = h('ul', { class: 'incidents', id: 'incidents' });
@@ -818,13 +867,20 @@
         holder.appendChild(inc);
         holder.appendChild(h('h2', { text: 'Alerts (' + r.alerts.length + ')' }));
         const t = h('table', { class: 'alerts', id: 'alerts-table' });
-        t.appendChild(h('thead', null, h('tr', null, ['State', 'Severity', 'Service', 'Rule', 'Summary', 'First seen', 'Last seen', 'Count', 'Example traces'].map(x => h('th', { text: x })))));
+        t.appendChild(h('thead', null, h('tr', null, ['State', 'Severity', 'Service', 'Rule', 'Summary', 'First seen', 'Last seen', 'Count', 'Example traces / actions'].map(x => h('th', { text: x })))));
         const tb = h('tbody');
         for (const a of r.alerts) {
           const traces = h('td', { class: 'examples' });
           for (const tid of a.example_trace_ids.slice(0, 5)) traces.appendChild(h('a', { href: '/trace/' + tid, class: 'trace-link', text: tid.slice(0, 7) }), ' ');
-          tb.appendChild(h('tr', { class: 'alert ' + a.state + ' sev-' + a.severity, dataset: { id: a.id, rule: a.rule, service: a.service } },
-            h('td', { class: 'state', text: a.state }), h('td', { text: a.severity }), h('td', { text: a.service + (a.instance ? ' (' + a.instance + ')' : '') }),
+          const marks = h('td', { class: 'state' }, a.state);
+          if (a.silenced) marks.appendChild(h('span', { class: 'badge silenced', text: ' silenced' }));
+          if (a.ack) marks.appendChild(h('span', { class: 'badge acked', title: a.ack.comment || '', text: ' acked by ' + a.ack.by }));
+          const actions = h('div', { class: 'actions' });
+          if (a.state === 'firing' && !a.ack) actions.appendChild(h('button', { class: 'ack', text: 'Ack', on: { click: async () => { try { await send('POST', '/api/v1/acks', { alert_id: a.id, by: sBy.value || null }); await load(); } catch (e) { sMsg.textContent = String(e.message || e); } } } }));
+          if (!a.silenced) actions.appendChild(h('button', { class: 'silence-service', text: 'Silence service 1h', on: { click: () => createSilence(a.service, '', '1h', 'from alert ' + a.id) } }));
+          traces.appendChild(actions);
+          tb.appendChild(h('tr', { class: 'alert ' + a.state + ' sev-' + a.severity + (a.silenced ? ' silenced' : '') + (a.ack ? ' acked' : ''), dataset: { id: a.id, rule: a.rule, service: a.service } },
+            marks, h('td', { text: a.severity }), h('td', { text: a.service + (a.instance ? ' (' + a.instance + ')' : '') }),
             h('td', { text: a.rule }), h('td', null, longValue(a.summary)), h('td', { text: fmtTime(a.first_seen_us) }),
             h('td', { text: fmtTime(a.last_seen_us) }), h('td', { text: a.occurrences }), traces));
         }

@@ -467,8 +467,22 @@ pub async fn alerts(
             })
         })
         .collect();
+    // Alerts still show when silences cannot be read; they are then not marked silenced.
+    let (silences, acks) = crate::silences::load(&state).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e.message, "cannot read silences");
+        Default::default()
+    });
+    let now = dlog_storage::now_unix_nano();
+    let alerts_json: Vec<Value> = alerts
+        .iter()
+        .map(|a| {
+            let mut v = alert_json(a);
+            crate::silences::annotate(&mut v, a, &silences, &acks, now);
+            v
+        })
+        .collect();
     Ok(Json(json!({
-        "alerts": alerts.iter().map(alert_json).collect::<Vec<_>>(),
+        "alerts": alerts_json,
         "incidents": incidents,
     })))
 }
@@ -520,6 +534,7 @@ pub async fn dependencies(
         (range.end_unix_nano.unwrap_or(0) - range.start_unix_nano.unwrap_or(0)) as f64 / 1e9;
     let deps = state.store.dependencies(range).await?;
     let instances = state.store.service_status(&StatusQuery::default()).await?;
+    let latency = edge_latency_sample(&state, range).await;
     let declared: BTreeSet<(&str, &str)> = deps
         .declared
         .iter()
@@ -529,7 +544,13 @@ pub async fn dependencies(
     let mut observed = BTreeSet::new();
     for e in &deps.observed {
         observed.insert((e.caller.as_str(), e.callee.as_str()));
+        let sample = latency
+            .edges
+            .get(&(e.caller.clone(), e.callee.clone()))
+            .map(|d| p95(d));
         edges.push(json!({
+            "p95_us": sample.map(|(p, _)| p),
+            "p95_samples": sample.map(|(_, n)| n).unwrap_or(0),
             "caller": e.caller,
             "callee": e.callee,
             "calls": e.calls,
@@ -545,6 +566,7 @@ pub async fn dependencies(
             edges.push(json!({
                 "caller": caller, "callee": callee, "calls": 0, "errors": 0,
                 "error_rate": 0.0, "rate_per_s": 0.0, "observed": false, "declared": true,
+                "p95_us": null, "p95_samples": 0,
             }));
         }
     }
@@ -570,7 +592,106 @@ pub async fn dependencies(
     }
     Ok(Json(json!({
         "window_s": window_s,
+        "latency_sample": {"traces": latency.traces, "spans": latency.spans},
             "services": services.iter().map(|(name, status)| json!({"name": name, "status": status})).collect::<Vec<_>>(),
         "edges": edges,
     })))
+}
+
+/// Most traces read to estimate edge latency: the newest ones in the window.
+pub const LATENCY_SAMPLE_TRACES: usize = 50;
+/// Most spans read per sampled trace (its first ones by start).
+pub const LATENCY_SAMPLE_SPANS_PER_TRACE: usize = 2_000;
+
+/// Child span durations per caller → callee edge, from a bounded sample of traces.
+#[derive(Default)]
+struct LatencySample {
+    traces: usize,
+    spans: usize,
+    edges: BTreeMap<(String, String), Vec<u64>>,
+}
+
+/// Reads the newest [`LATENCY_SAMPLE_TRACES`] traces of the window (those of at most
+/// [`LATENCY_SAMPLE_SPANS_PER_TRACE`] spans, 8 reads at a time) and keeps, per edge
+/// between two services, the durations of the callee's spans whose parent is the caller's.
+/// The `Store` trait reports no edge latency, so this is an estimate; a store error leaves it
+/// out rather than failing the map.
+async fn edge_latency_sample(state: &AppState, time: dlog_storage::TimeRange) -> LatencySample {
+    use futures::StreamExt;
+    let mut sample = LatencySample::default();
+    let traces = match state
+        .store
+        .find_traces(&dlog_storage::TraceQuery {
+            time,
+            limit: LATENCY_SAMPLE_TRACES,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "edge latency: cannot sample traces");
+            return sample;
+        }
+    };
+    // Traces larger than a page are left out, so that the cost stays bounded by the sample
+    // even where a backend reads a whole trace to answer a page.
+    let traces = traces
+        .into_iter()
+        .filter(|t| t.span_count <= LATENCY_SAMPLE_SPANS_PER_TRACE);
+    let mut pages = futures::stream::iter(traces.map(|t| {
+        let store = state.store.clone();
+        async move {
+            store
+                .get_trace_page(&t.trace_id, None, LATENCY_SAMPLE_SPANS_PER_TRACE)
+                .await
+        }
+    }))
+    .buffer_unordered(8);
+    while let Some(page) = pages.next().await {
+        let Ok(spans) = page else { continue };
+        sample.traces += 1;
+        sample.spans += spans.len();
+        let service_of: std::collections::HashMap<&str, &str> = spans
+            .iter()
+            .map(|s| (s.span_id.as_str(), s.service.name.as_str()))
+            .collect();
+        for span in &spans {
+            let Some(parent) = span.parent_span_id.as_deref() else {
+                continue;
+            };
+            let Some(caller) = service_of.get(parent) else {
+                continue;
+            };
+            if *caller != span.service.name {
+                sample
+                    .edges
+                    .entry((caller.to_string(), span.service.name.clone()))
+                    .or_default()
+                    .push(span.duration_nanos() / 1_000);
+            }
+        }
+    }
+    sample
+}
+
+/// The 95th percentile (nearest rank) of durations in µs, and how many there were.
+fn p95(durations: &[u64]) -> (u64, usize) {
+    let mut d = durations.to_vec();
+    d.sort_unstable();
+    let rank = ((d.len() as f64) * 0.95).ceil() as usize;
+    (d[rank.clamp(1, d.len()) - 1], d.len())
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::p95;
+
+    #[test]
+    fn p95_is_the_nearest_rank() {
+        let d: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(p95(&d), (95, 100));
+        assert_eq!(p95(&[7]), (7, 1));
+        assert_eq!(p95(&[1, 2]), (2, 2));
+    }
 }

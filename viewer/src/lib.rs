@@ -21,13 +21,14 @@ pub mod assets;
 pub mod auth;
 pub mod jaeger;
 pub mod params;
+pub mod silences;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use dlog_core::listen::{self, ConnectionLimits, Tokens};
 use dlog_storage::Store;
@@ -114,6 +115,12 @@ pub fn router_until(
         .route("/api/v1/alerts", get(api::alerts))
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/dependencies", get(api::dependencies))
+        .route(
+            "/api/v1/silences",
+            get(silences::list).post(silences::create),
+        )
+        .route("/api/v1/silences/{id}", delete(silences::delete))
+        .route("/api/v1/acks", post(silences::ack))
         .route("/api/{*rest}", get(api_not_found))
         // Pages, and the files they load.
         .route(

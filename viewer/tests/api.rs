@@ -594,6 +594,20 @@ async fn dlog_api(base: &str, store: &Arc<dyn Store>, seeded: &Seeded) {
         (json!(true), json!(false), json!(1))
     );
     assert_eq!(bd["error_rate"], 1.0);
+    // p95 of the callee's spans under the caller's, from the sampled traces: the backend's
+    // "charge card" (200 ms) under the frontend's client span, the db's insert (100 ms).
+    assert_eq!(
+        (fb["p95_us"].clone(), fb["p95_samples"].clone()),
+        (json!(200_000), json!(1))
+    );
+    assert_eq!(
+        (bd["p95_us"].clone(), bd["p95_samples"].clone()),
+        (json!(100_000), json!(1))
+    );
+    assert!(
+        body["latency_sample"]["traces"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
     let fc = edge("frontend", "cache");
     assert_eq!(
         (fc["observed"].clone(), fc["declared"].clone()),

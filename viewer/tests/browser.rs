@@ -242,7 +242,11 @@ async fn service_map(b: &Browser, base: &str) {
     let label = b
         .js("return document.querySelector('#service-map g.edge-undeclared .edge-label').textContent", json!([]))
         .await;
-    assert!(label.as_str().unwrap().ends_with("100.0% err"), "{label}");
+    // Errors, and the p95 of the db's spans under the backend's (one call of 100 ms).
+    assert!(
+        label.as_str().unwrap().ends_with("100.0% err · p95 100ms"),
+        "{label}"
+    );
     b.screenshot("service-map").await;
     // Clicking a node searches its traces.
     b.js("document.querySelector('#service-map .node[data-service=\"db\"]').dispatchEvent(new MouseEvent('click', {bubbles: true}))", json!([])).await;
@@ -296,6 +300,61 @@ async fn alerts_page(b: &Browser, base: &str, store: &Arc<dyn Store>) {
     assert!(
         incident.as_str().unwrap().contains("root cause: db"),
         "{incident}"
+    );
+
+    // Silence the db service for 2h from the page: listed with its expiry, the alert marked.
+    b.type_into("#s-service", "db").await;
+    b.type_into("#s-comment", "migrating <b>db</b>").await;
+    b.type_into("#s-by", "ops").await;
+    b.js(
+        "document.getElementById('s-duration').value = '2h'; document.getElementById('s-submit').click(); return true",
+        json!([]),
+    )
+    .await;
+    let row = b
+        .wait(
+            "the silence listed",
+            "const r = document.querySelector('#silences-table tr.silence.active[data-service=\"db\"]'); return r ? {text: r.textContent, expires: r.querySelector('.expires').textContent} : null",
+            json!([]),
+        )
+        .await;
+    let stored = store.list_silences().await.unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].service.as_deref(), Some("db"));
+    assert_eq!(
+        stored[0].ends_unix_nano - stored[0].starts_unix_nano,
+        2 * 3600 * 1_000_000_000
+    );
+    assert_eq!(stored[0].created_by, "ops");
+    let text = row["text"].as_str().unwrap();
+    assert!(
+        text.contains("migrating <b>db</b>") && text.contains("ops"),
+        "{text}"
+    );
+    // The expiry shown is the stored end, in the page's time format (a year and a time).
+    let expires = row["expires"].as_str().unwrap();
+    assert!(expires.len() >= 16 && expires.contains(':'), "{expires}");
+    b.wait(
+        "the db alert marked silenced",
+        "const r = document.querySelector('#alerts-table tr.alert[data-id=\"alert-db-errors\"]'); return r && r.classList.contains('silenced') && r.textContent.includes('silenced')",
+        json!([]),
+    )
+    .await;
+    // Acknowledge the backend alert.
+    b.js(
+        "document.querySelector('#alerts-table tr.alert[data-id=\"alert-backend-latency\"] button.ack').click(); return true",
+        json!([]),
+    )
+    .await;
+    b.wait(
+        "the backend alert acknowledged",
+        "const r = document.querySelector('#alerts-table tr.alert[data-id=\"alert-backend-latency\"]'); return r && r.textContent.includes('acked by ops')",
+        json!([]),
+    )
+    .await;
+    assert_eq!(
+        store.list_acks().await.unwrap()[0].alert_id,
+        "alert-backend-latency"
     );
     b.screenshot("alerts").await;
 }

@@ -6,6 +6,7 @@
 //! bounded queue and never hold the stage up.
 
 pub mod kafka;
+pub mod silences;
 pub mod store;
 pub mod terminal;
 pub mod webhook;

@@ -16,6 +16,7 @@
 //!   429/5xx items are retried by the stage, other failures are permanent rejections.
 
 pub mod model;
+mod silences;
 pub mod summary;
 pub mod templates;
 
@@ -1594,5 +1595,25 @@ impl Store for ElasticStore {
             dropped: dropped_days.into_iter().map(model::date_of_days).collect(),
             usage: self.usage_of(&indices),
         })
+    }
+
+    async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        self.es_put_silence(silence).await
+    }
+
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        self.es_delete_silence(id).await
+    }
+
+    async fn list_silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        self.es_list_silences().await
+    }
+
+    async fn ack_alert(&self, ack: &crate::silence::AlertAck) -> Result<(), StoreError> {
+        self.es_put_ack(ack).await
+    }
+
+    async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
+        self.es_list_acks().await
     }
 }

@@ -2218,6 +2218,26 @@ impl Store for EmbeddedStore {
         self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
             .await
     }
+
+    async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        crate::silence::sqlite::put_silence(self.dir(), silence).await
+    }
+
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        crate::silence::sqlite::delete_silence(self.dir(), id).await
+    }
+
+    async fn list_silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        crate::silence::sqlite::list_silences(self.dir()).await
+    }
+
+    async fn ack_alert(&self, ack: &crate::silence::AlertAck) -> Result<(), StoreError> {
+        crate::silence::sqlite::put_ack(self.dir(), ack).await
+    }
+
+    async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
+        crate::silence::sqlite::list_acks(self.dir()).await
+    }
 }
 
 fn find_traces(

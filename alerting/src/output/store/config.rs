@@ -10,6 +10,9 @@ use crate::config::Filter;
 /// Default `queue` (best effort only).
 pub const DEFAULT_QUEUE: usize = 10_000;
 
+/// Default `silence_refresh_ms`.
+pub const DEFAULT_SILENCE_REFRESH_MS: u64 = 5_000;
+
 /// `[outputs.store]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +31,9 @@ pub struct StoreOutputConfig {
     /// Alerts queued while the store is slow, when not `required`; beyond it they are
     /// dropped and counted. Default 10000.
     pub queue: usize,
+    /// How often silences and acknowledgements are reread from this store (the terminal,
+    /// Kafka and webhook outputs honour them). Default 5000.
+    pub silence_refresh_ms: u64,
 }
 
 impl Default for StoreOutputConfig {
@@ -39,6 +45,7 @@ impl Default for StoreOutputConfig {
             min_severity: Severity::Info,
             updates: true,
             queue: DEFAULT_QUEUE,
+            silence_refresh_ms: DEFAULT_SILENCE_REFRESH_MS,
         }
     }
 }

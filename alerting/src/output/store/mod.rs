@@ -19,12 +19,17 @@ pub async fn build(config: &StoreOutputConfig) -> Result<Option<Output>, dlog_st
         return Ok(None);
     }
     let store = dlog_storage::open_store(&config.backend).await?;
-    Ok(Some(Output {
+    Ok(Some(build_on(config, store)))
+}
+
+/// The store output over an open store.
+pub fn build_on(config: &StoreOutputConfig, store: Arc<dyn Store>) -> Output {
+    Output {
         sink: Arc::new(StoreSink::new(store)),
         filter: config.filter(),
         required: config.required,
         queue: config.queue,
-    }))
+    }
 }
 
 /// Upserts alert documents.

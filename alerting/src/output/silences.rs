@@ -1,0 +1,213 @@
+//! Silences and acknowledgements, read from the store and honoured by the notifying outputs
+//! (terminal, Kafka, webhook).
+//!
+//! [`Silences`] keeps the last silences and acks read through the `Store` trait and rereads
+//! them every `silence_refresh_ms` in its own task, so evaluation never waits for the store;
+//! when the store cannot be read the last known ones stay in force (logged and counted in
+//! `dlog_alerter_silence_refresh_errors`). [`Muted`] wraps an output: an event of an alert
+//! that an active silence matches is not sent (it still goes to the store, where the viewer
+//! shows it silenced), nor is an `updated` event of an acknowledged alert. Either counts in
+//! `dlog_alerter_output_silenced`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dlog_storage::{AlertAck, Silence, Store, StoreError};
+
+use super::{AlertSink, Delivery, SinkError};
+use crate::alert::{Transition, TransitionKind};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+
+#[derive(Default)]
+struct Known {
+    silences: Vec<Silence>,
+    acks: HashMap<String, AlertAck>,
+}
+
+/// The silences and acknowledgements in force, as last read from the store.
+pub struct Silences {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    known: RwLock<Known>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Why an event is held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Muting {
+    /// An active silence matches the alert.
+    Silenced,
+    /// An update of an acknowledged alert.
+    Acknowledged,
+}
+
+impl Silences {
+    /// Reads silences from `store`, judging expiry by `clock`. Nothing is known until the
+    /// first [`Silences::refresh`].
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Arc<Silences> {
+        Arc::new(Silences {
+            store,
+            clock,
+            known: RwLock::new(Known::default()),
+            metrics: None,
+        })
+    }
+
+    pub(crate) fn with_metrics(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Silences> {
+        Arc::new(Silences {
+            store,
+            clock,
+            known: RwLock::new(Known::default()),
+            metrics: Some(metrics),
+        })
+    }
+
+    /// Rereads silences and acks. A store without them (`Refused`) means none; any other error
+    /// keeps what was known.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let silences = match self.store.list_silences().await {
+            Err(StoreError::Refused(_)) => Vec::new(),
+            r => r?,
+        };
+        let acks = match self.store.list_acks().await {
+            Err(StoreError::Refused(_)) => Vec::new(),
+            r => r?,
+        };
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        known.silences = silences;
+        known.acks = acks.into_iter().map(|a| (a.alert_id.clone(), a)).collect();
+        Ok(())
+    }
+
+    async fn refresh_logged(&self) {
+        if let Err(e) = self.refresh().await {
+            if let Some(m) = &self.metrics {
+                m.silence_refresh_errors.inc();
+            }
+            tracing::warn!(error = %e, "cannot read silences from the store; the last ones read stay in force");
+        }
+    }
+
+    /// Reads now (waiting at most `first_wait`), then every `every` in a task that ends when
+    /// the last handle is dropped.
+    pub async fn start(self: &Arc<Self>, every: Duration, first_wait: Duration) {
+        if tokio::time::timeout(first_wait, self.refresh_logged())
+            .await
+            .is_err()
+        {
+            tracing::warn!("silences not read at start; they apply once the store answers");
+        }
+        let weak: Weak<Silences> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { return };
+                s.refresh_logged().await;
+            }
+        });
+    }
+
+    /// Whether the event is held back from notifying outputs, and why.
+    pub fn muting(&self, t: &Transition) -> Option<Muting> {
+        let now = self.clock.now_unix_nanos();
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        if known
+            .silences
+            .iter()
+            .any(|s| s.active_at(now) && s.matches(&t.alert.service, &t.alert.rule))
+        {
+            return Some(Muting::Silenced);
+        }
+        if t.kind == TransitionKind::Updated
+            && known
+                .acks
+                .get(&t.alert.id)
+                .is_some_and(|a| a.covers(t.alert.first_seen_unix_nano))
+        {
+            return Some(Muting::Acknowledged);
+        }
+        None
+    }
+}
+
+/// An output that does not get muted events (see the module's documentation).
+pub struct Muted {
+    inner: Arc<dyn AlertSink>,
+    silences: Arc<Silences>,
+}
+
+impl Muted {
+    /// `inner`, muted by `silences`.
+    pub fn new(inner: Arc<dyn AlertSink>, silences: Arc<Silences>) -> Muted {
+        Muted { inner, silences }
+    }
+
+    fn count(&self, n: usize) {
+        if n > 0 {
+            if let Some(m) = &self.silences.metrics {
+                m.output(&m.output_silenced, self.inner.name(), n as u64);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl AlertSink for Muted {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError> {
+        let kept: Vec<Transition> = transitions
+            .iter()
+            .filter(|t| self.silences.muting(t).is_none())
+            .cloned()
+            .collect();
+        self.count(transitions.len() - kept.len());
+        if kept.is_empty() {
+            return Ok(());
+        }
+        self.inner.send(&kept).await
+    }
+
+    async fn send_each(&self, transitions: &[Transition]) -> Vec<Delivery> {
+        let muted: Vec<bool> = transitions
+            .iter()
+            .map(|t| self.silences.muting(t).is_some())
+            .collect();
+        let kept: Vec<Transition> = transitions
+            .iter()
+            .zip(&muted)
+            .filter(|(_, m)| !**m)
+            .map(|(t, _)| t.clone())
+            .collect();
+        self.count(transitions.len() - kept.len());
+        let mut sent = if kept.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.send_each(&kept).await
+        }
+        .into_iter();
+        muted
+            .iter()
+            .map(|m| {
+                if *m {
+                    Delivery::Delivered
+                } else {
+                    sent.next()
+                        .unwrap_or_else(|| Delivery::Retry("output gave no answer".into()))
+                }
+            })
+            .collect()
+    }
+}
