@@ -91,9 +91,13 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_LEASE_TOPIC", value_name = "TOPIC")]
     pub lease_topic: Option<String>,
 
-    /// How long to wait for the lease before refusing to start, ms [default: 20000].
+    /// How long to wait for the lease before refusing to start, ms [default: 45000].
     #[arg(long, env = "DLOG_ALERTER_LEASE_WAIT_MS", value_name = "MS")]
     pub lease_wait_ms: Option<u64>,
+
+    /// Session timeout of the lease group, ms [default: 6000].
+    #[arg(long, env = "DLOG_ALERTER_LEASE_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub lease_session_timeout_ms: Option<u32>,
 
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
@@ -137,7 +141,8 @@ impl Args {
             service_logs_topic,
             heartbeat_logs_topic,
             lease_topic,
-            lease_wait_ms
+            lease_wait_ms,
+            lease_session_timeout_ms
         );
         if let Some(rules) = self.rules {
             config.rules_file = Some(rules);

@@ -43,9 +43,11 @@ pub const DEFAULT_RETRY_MAX_MS: u64 = dlog_core::stage::DEFAULT_RETRY_MAX_MS;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// Default `lease_topic`.
 pub const DEFAULT_LEASE_TOPIC: &str = "alerter_lease";
+/// Default `lease_session_timeout_ms`.
+pub const DEFAULT_LEASE_SESSION_TIMEOUT_MS: u32 = 6_000;
 /// Default `lease_wait_ms`: long enough for a holder that died to leave its group (one
-/// session timeout at the default) and for the rebalance that follows.
-pub const DEFAULT_LEASE_WAIT_MS: u64 = 20_000;
+/// session timeout at the default), for a join again and the rebalance that follows.
+pub const DEFAULT_LEASE_WAIT_MS: u64 = 45_000;
 
 pub use dlog_core::stage::ConsumerConfig;
 
@@ -108,6 +110,10 @@ pub struct AlerterConfig {
     /// How long an alerter that joined without the lease waits for it (a holder that died
     /// leaves after its session timeout) before refusing to start, ms.
     pub lease_wait_ms: u64,
+    /// Session timeout of the lease group, ms: how long after a holder died its lease moves.
+    /// The lease is polled by a thread of its own, so this can be shorter than the data
+    /// topics' `session_timeout_ms`; a holder cut off from the coordinator for longer stops.
+    pub lease_session_timeout_ms: u32,
     /// Where alerts go (`[outputs.terminal]`, `[outputs.kafka]`, `[outputs.webhook]`,
     /// `[outputs.store]`).
     pub outputs: OutputsConfig,
@@ -133,6 +139,7 @@ impl Default for AlerterConfig {
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             lease_topic: DEFAULT_LEASE_TOPIC.to_string(),
             lease_wait_ms: DEFAULT_LEASE_WAIT_MS,
+            lease_session_timeout_ms: DEFAULT_LEASE_SESSION_TIMEOUT_MS,
             outputs: OutputsConfig::default(),
         }
     }
@@ -212,6 +219,9 @@ impl AlerterConfig {
             if topic.trim().is_empty() {
                 return Err(invalid(key, "is empty"));
             }
+        }
+        if self.lease_session_timeout_ms < 1000 {
+            return Err(invalid("lease_session_timeout_ms", "must be at least 1000"));
         }
         if self.batch_max_records == 0 {
             return Err(invalid("batch_max_records", "must be at least 1"));

@@ -98,9 +98,7 @@ pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(
     watcher.abort();
     let lost = lost.is_cancelled();
     // Released only now: the successor starts from the state saved above.
-    tokio::task::spawn_blocking(move || drop(lease))
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || drop(lease)).await.ok();
     result?;
     if lost {
         return Err(crate::lease::LeaseError::Lost { group }.into());
