@@ -81,7 +81,12 @@ pub enum AlerterError {
 /// its group's lease ([`crate::lease`]): a second alerter in the same group refuses to start.
 pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(), AlerterError> {
     config.validate()?;
-    let lease = crate::lease::acquire(&config, config.admin.to_string(), &shutdown).await?;
+    let lease = match crate::lease::acquire(&config, config.admin.to_string(), &shutdown).await {
+        Ok(lease) => lease,
+        // Told to stop while waiting for the lease: nothing was evaluated, nothing to save.
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     let source = kafka_source(&config).await?;
     // Losing the lease stops the stage as a shutdown would, after its last checkpoint.
     let stop = shutdown.child_token();
