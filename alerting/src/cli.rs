@@ -87,6 +87,18 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_TERMINAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub terminal: Option<bool>,
 
+    /// Single-partition topic holding the group's lease [default: alerter_lease].
+    #[arg(long, env = "DLOG_ALERTER_LEASE_TOPIC", value_name = "TOPIC")]
+    pub lease_topic: Option<String>,
+
+    /// How long to wait for the lease before refusing to start, ms [default: 45000].
+    #[arg(long, env = "DLOG_ALERTER_LEASE_WAIT_MS", value_name = "MS")]
+    pub lease_wait_ms: Option<u64>,
+
+    /// Session timeout of the lease group, ms [default: 6000].
+    #[arg(long, env = "DLOG_ALERTER_LEASE_SESSION_TIMEOUT_MS", value_name = "MS")]
+    pub lease_session_timeout_ms: Option<u32>,
+
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
@@ -127,7 +139,10 @@ impl Args {
             state_dir,
             trace_logs_topic,
             service_logs_topic,
-            heartbeat_logs_topic
+            heartbeat_logs_topic,
+            lease_topic,
+            lease_wait_ms,
+            lease_session_timeout_ms
         );
         if let Some(rules) = self.rules {
             config.rules_file = Some(rules);

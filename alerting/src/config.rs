@@ -41,6 +41,13 @@ pub const DEFAULT_RETRY_INITIAL_MS: u64 = dlog_core::stage::DEFAULT_RETRY_INITIA
 pub const DEFAULT_RETRY_MAX_MS: u64 = dlog_core::stage::DEFAULT_RETRY_MAX_MS;
 /// Default `shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Default `lease_topic`.
+pub const DEFAULT_LEASE_TOPIC: &str = "alerter_lease";
+/// Default `lease_session_timeout_ms`.
+pub const DEFAULT_LEASE_SESSION_TIMEOUT_MS: u32 = 6_000;
+/// Default `lease_wait_ms`: long enough for a holder that died to leave its group (one
+/// session timeout at the default), for a join again and the rebalance that follows.
+pub const DEFAULT_LEASE_WAIT_MS: u64 = 45_000;
 
 pub use dlog_core::stage::ConsumerConfig;
 
@@ -96,6 +103,17 @@ pub struct AlerterConfig {
     pub retry_max_ms: u64,
     /// How long a graceful shutdown waits for best-effort outputs to drain, ms.
     pub shutdown_timeout_ms: u64,
+    /// Single-partition topic whose partition is the group's lease: only the alerter the
+    /// coordinator assigns it to (in the group `<group_id>.lease`) evaluates; see
+    /// [`crate::lease`]. Created at start whatever `create_topics` says.
+    pub lease_topic: String,
+    /// How long an alerter that joined without the lease waits for it (a holder that died
+    /// leaves after its session timeout) before refusing to start, ms.
+    pub lease_wait_ms: u64,
+    /// Session timeout of the lease group, ms: how long after a holder died its lease moves.
+    /// The lease is polled by a thread of its own, so this can be shorter than the data
+    /// topics' `session_timeout_ms`; a holder cut off from the coordinator for longer stops.
+    pub lease_session_timeout_ms: u32,
     /// Where alerts go (`[outputs.terminal]`, `[outputs.kafka]`, `[outputs.webhook]`,
     /// `[outputs.store]`).
     pub outputs: OutputsConfig,
@@ -119,6 +137,9 @@ impl Default for AlerterConfig {
             retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
             retry_max_ms: DEFAULT_RETRY_MAX_MS,
             shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            lease_topic: DEFAULT_LEASE_TOPIC.to_string(),
+            lease_wait_ms: DEFAULT_LEASE_WAIT_MS,
+            lease_session_timeout_ms: DEFAULT_LEASE_SESSION_TIMEOUT_MS,
             outputs: OutputsConfig::default(),
         }
     }
@@ -193,10 +214,14 @@ impl AlerterConfig {
             ("trace_logs_topic", &self.trace_logs_topic),
             ("service_logs_topic", &self.service_logs_topic),
             ("heartbeat_logs_topic", &self.heartbeat_logs_topic),
+            ("lease_topic", &self.lease_topic),
         ] {
             if topic.trim().is_empty() {
                 return Err(invalid(key, "is empty"));
             }
+        }
+        if self.lease_session_timeout_ms < 1000 {
+            return Err(invalid("lease_session_timeout_ms", "must be at least 1000"));
         }
         if self.batch_max_records == 0 {
             return Err(invalid("batch_max_records", "must be at least 1"));
@@ -221,6 +246,12 @@ impl AlerterConfig {
             &self.service_logs_topic,
             &self.heartbeat_logs_topic,
         ];
+        if inputs.contains(&&self.lease_topic) || self.lease_topic == self.outputs.kafka.topic {
+            return Err(invalid(
+                "lease_topic",
+                format!("`{}` is an input or the alerts topic", self.lease_topic),
+            ));
+        }
         let o = &self.outputs;
         o.terminal.validate("outputs.terminal")?;
         o.kafka.validate("outputs.kafka", &inputs)?;

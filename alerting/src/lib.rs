@@ -57,6 +57,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod lease;
 mod metrics;
 pub mod output;
 pub mod record;

@@ -65,6 +65,9 @@ pub enum AlerterError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] dlog_storage::StoreError),
+    /// The group's lease is held by another alerter, or was lost.
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
     /// The admin port could not be bound.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {
@@ -75,10 +78,38 @@ pub enum AlerterError {
     },
 }
 
-/// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled.
+/// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled, once it holds
+/// its group's lease ([`crate::lease`]): a second alerter in the same group refuses to start.
 pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(), AlerterError> {
+    config.validate()?;
+    let lease = match crate::lease::acquire(&config, config.admin.to_string(), &shutdown).await {
+        Ok(lease) => lease,
+        // Told to stop while waiting for the lease: nothing was evaluated, nothing to save.
+        Err(_) if shutdown.is_cancelled() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     let source = kafka_source(&config).await?;
-    run_with(config, source, Arc::new(SystemClock), shutdown).await
+    // Losing the lease stops the stage as a shutdown would, after its last checkpoint.
+    let stop = shutdown.child_token();
+    let lost = lease.lost();
+    let watcher = {
+        let (stop, lost) = (stop.clone(), lost.clone());
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            stop.cancel();
+        })
+    };
+    let group = config.input.group_id.clone();
+    let result = run_with(config, source, Arc::new(SystemClock), stop).await;
+    watcher.abort();
+    let lost = lost.is_cancelled();
+    // Released only now: the successor starts from the state saved above.
+    tokio::task::spawn_blocking(move || drop(lease)).await.ok();
+    result?;
+    if lost {
+        return Err(crate::lease::LeaseError::Lost { group }.into());
+    }
+    Ok(())
 }
 
 /// The Kafka input the configuration names: creates missing topics when `create_topics` is

@@ -1,0 +1,444 @@
+//! One alerter per consumer group: a lease held through Kafka's own group coordinator.
+//!
+//! Two alerters evaluating the same group would split the partitions between them, and each
+//! would hold half of every window, tracker and incident: a split brain that fires wrong
+//! alerts and misses right ones. So before it subscribes to the data topics, an alerter
+//! takes the group's lease:
+//!
+//! - the lease is partition 0 of a single-partition topic (`lease_topic`, default
+//!   `alerter_lease`), consumed in a group of its own, `<group_id>.lease`, with the
+//!   `cooperative-sticky` assignor, so that a newcomer never takes the partition away from a
+//!   live holder;
+//! - the member the coordinator assigns the partition to holds the lease; it writes who it
+//!   is (host, pid, admin address, client id, since when) to the lease topic, keyed by the
+//!   group, so that others can name it;
+//! - a member that joins without the partition waits up to `lease_wait_ms` (a holder that
+//!   died leaves the group after `lease_session_timeout_ms`, and the partition moves to the
+//!   waiting member); if a live alerter still holds it then, the newcomer refuses to start,
+//!   naming the group and the holder;
+//! - the holder keeps polling the lease consumer; if the coordinator ever revokes the
+//!   partition (the holder was cut off longer than its session), the stage stops with an
+//!   error instead of evaluating alongside the new holder.
+//!
+//! Failover (a standby that keeps waiting instead of refusing, and resumes from the state
+//! the holder left) is not built yet; until it is, a second alerter in the same group
+//! refuses to start.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dlog_core::kafka::ensure_topics;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AlerterConfig;
+
+/// The lease's partition.
+const LEASE_PARTITION: i32 = 0;
+/// How often the holder polls its lease consumer (and so notices a revocation).
+const POLL_STEP: Duration = Duration::from_millis(100);
+/// How many of the lease topic's last records are read to name the holder.
+const HOLDER_TAIL: i64 = 200;
+
+/// Who holds a group's lease, as written to the lease topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The alerters' consumer group.
+    pub group: String,
+    /// Host name of the holder.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its admin address (`/metrics`, `/healthz`).
+    pub admin: String,
+    /// Its client id in the lease group (`dlog-alerter-<pid>`).
+    pub client_id: String,
+    /// When it took the lease, ms since the Unix epoch.
+    pub since_unix_ms: u64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} on host {} (admin {}, client {}, holding since {} ms after the epoch)",
+            self.pid, self.host, self.admin, self.client_id, self.since_unix_ms
+        )
+    }
+}
+
+/// The lease could not be taken or was lost.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another live alerter holds the group.
+    #[error(
+        "another alerter is already running in consumer group `{group}`: {holder}; two alerters \
+         in one group would split its state between them, so this one refuses to start (stop \
+         the other one, or give this one its own --group-id)"
+    )]
+    Held {
+        /// The group.
+        group: String,
+        /// Who holds it, as far as the lease topic tells.
+        holder: String,
+    },
+    /// The holder lost the lease while running.
+    #[error(
+        "lost the lease of consumer group `{group}` (cut off from the group coordinator for \
+         longer than lease_session_timeout_ms); stopped so as not to evaluate alongside another \
+         alerter"
+    )]
+    Lost {
+        /// The group.
+        group: String,
+    },
+    /// Kafka failed.
+    #[error("lease of consumer group `{group}` on topic `{topic}`: {message}")]
+    Kafka {
+        /// The group.
+        group: String,
+        /// The lease topic.
+        topic: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What the coordinator told the lease consumer.
+#[derive(Debug, Default)]
+struct Assignment {
+    /// A rebalance completed at least once.
+    joined: bool,
+    /// The lease's partition is assigned to this member.
+    holds: bool,
+    /// The partition was revoked after being held.
+    revoked: bool,
+}
+
+struct LeaseContext {
+    topic: String,
+    state: Mutex<Assignment>,
+}
+
+impl LeaseContext {
+    fn has_lease(&self, tpl: &TopicPartitionList) -> bool {
+        tpl.find_partition(&self.topic, LEASE_PARTITION).is_some()
+    }
+
+    fn snapshot(&self) -> (bool, bool, bool) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.joined, s.holds, s.revoked)
+    }
+}
+
+impl ClientContext for LeaseContext {}
+
+impl ConsumerContext for LeaseContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::debug!(?rebalance, "lease group rebalance");
+        match rebalance {
+            // Cooperative assignments are incremental: an empty one changes nothing.
+            Rebalance::Assign(tpl) => {
+                s.joined = true;
+                if self.has_lease(tpl) {
+                    s.holds = true;
+                }
+            }
+            Rebalance::Revoke(tpl) => {
+                if self.has_lease(tpl) && s.holds {
+                    s.holds = false;
+                    s.revoked = true;
+                }
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "lease group rebalance failed");
+            }
+        }
+    }
+}
+
+/// A held lease: kept alive by a thread that polls the lease consumer, released (the member
+/// leaves the lease group) on drop.
+pub struct Lease {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    lost: CancellationToken,
+    holder: Holder,
+}
+
+impl Lease {
+    /// Cancelled when the lease is lost.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Who holds it: this process.
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The lease group of an alerters' consumer group.
+pub fn lease_group(group_id: &str) -> String {
+    format!("{group_id}.lease")
+}
+
+/// Takes the lease of `config`'s consumer group, waiting up to `lease_wait_ms` after joining
+/// for a dead holder to leave; refuses with [`LeaseError::Held`] when a live one keeps it.
+/// `admin` is this process's admin address, written into the lease record.
+pub async fn acquire(
+    config: &AlerterConfig,
+    admin: String,
+    shutdown: &CancellationToken,
+) -> Result<Lease, LeaseError> {
+    let group = config.input.group_id.clone();
+    let topic = config.lease_topic.clone();
+    let kafka = |message: String| LeaseError::Kafka {
+        group: group.clone(),
+        topic: topic.clone(),
+        message,
+    };
+    // The lease topic is the alerter's own: created whatever `create_topics` says.
+    ensure_topics(&config.input.kafka_brokers, &[&topic], 1, 1)
+        .await
+        .map_err(|e| kafka(e.to_string()))?;
+    let config = config.clone();
+    let stop = shutdown.clone();
+    tokio::task::spawn_blocking(move || acquire_blocking(&config, admin, &stop))
+        .await
+        .map_err(|e| kafka(format!("lease task failed: {e}")))?
+}
+
+fn client_config(config: &AlerterConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    // Security and similar properties apply to the lease clients too.
+    for (k, v) in &config.input.consumer {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.input.kafka_brokers);
+    c
+}
+
+fn acquire_blocking(
+    config: &AlerterConfig,
+    admin: String,
+    shutdown: &CancellationToken,
+) -> Result<Lease, LeaseError> {
+    let group = config.input.group_id.clone();
+    let topic = config.lease_topic.clone();
+    let kafka = |e: KafkaError| LeaseError::Kafka {
+        group: group.clone(),
+        topic: topic.clone(),
+        message: e.to_string(),
+    };
+    let session = config.lease_session_timeout_ms;
+    let client_id = format!("dlog-alerter-{}", std::process::id());
+    let join = || -> Result<BaseConsumer<LeaseContext>, LeaseError> {
+        let context = LeaseContext {
+            topic: topic.clone(),
+            state: Mutex::new(Assignment::default()),
+        };
+        let consumer: BaseConsumer<LeaseContext> = client_config(config)
+            .set("group.id", lease_group(&group))
+            .set("client.id", &client_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "latest")
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
+            .create_with_context(context)
+            .map_err(kafka)?;
+        consumer.subscribe(&[&topic]).map_err(kafka)?;
+        Ok(consumer)
+    };
+    let mut consumer = join()?;
+
+    // A join takes about half a session on some brokers, a rebalance with a live member up
+    // to a session and a heartbeat more.
+    let join_deadline = Instant::now() + Duration::from_millis(u64::from(session) * 3 + 10_000);
+    let mut wait_deadline: Option<Instant> = None;
+    // A member that joined while a dead holder was still in the group is not always offered
+    // the partition once the holder's session ends (tansu 0.6 does not rebalance then), so a
+    // waiting member joins again after each session.
+    let rejoin_every = Duration::from_millis(u64::from(session) + 1_000);
+    let mut rejoin_at: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Err(LeaseError::Kafka {
+                group,
+                topic,
+                message: "stopped while waiting for the lease".into(),
+            });
+        }
+        let _ = consumer.poll(POLL_STEP);
+        let (joined, holds, _) = consumer.context().snapshot();
+        if holds {
+            break;
+        }
+        let now = Instant::now();
+        if joined {
+            let deadline =
+                *wait_deadline.get_or_insert(now + Duration::from_millis(config.lease_wait_ms));
+            if now >= deadline {
+                let holder = read_holder(config)
+                    // The record comes from a topic anyone may write: escaped for a terminal.
+                    .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
+                    .unwrap_or_else(|| "its holder wrote no lease record".into());
+                return Err(LeaseError::Held { group, holder });
+            }
+            let at = *rejoin_at.get_or_insert(now + rejoin_every);
+            if now >= at {
+                tracing::info!(group = %group, "the alerter lease is held by another member; joining the lease group again");
+                drop(consumer);
+                consumer = join()?;
+                rejoin_at = None;
+            }
+        } else if now >= join_deadline {
+            return Err(LeaseError::Kafka {
+                group,
+                topic,
+                message: format!(
+                    "the lease group `{}` did not assign anything in time",
+                    lease_group(&config.input.group_id)
+                ),
+            });
+        }
+    }
+
+    let holder = Holder {
+        group: group.clone(),
+        host: host_name(),
+        pid: std::process::id(),
+        admin,
+        client_id,
+        since_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
+    write_holder(config, &holder).map_err(kafka)?;
+    tracing::info!(group = %group, lease_topic = %topic, client_id = %holder.client_id, "took the alerter lease of the group");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost = CancellationToken::new();
+    let thread = {
+        let stop = Arc::clone(&stop);
+        let lost = lost.clone();
+        std::thread::Builder::new()
+            .name("alerter-lease".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = consumer.poll(POLL_STEP);
+                    let (_, _, revoked) = consumer.context().snapshot();
+                    if revoked && !lost.is_cancelled() {
+                        tracing::error!(group = %group, "the alerter lease was revoked");
+                        lost.cancel();
+                    }
+                }
+                // Dropping the consumer leaves the lease group, so a successor takes it at
+                // once instead of after a session timeout.
+                drop(consumer);
+            })
+            .map_err(|e| LeaseError::Kafka {
+                group: config.input.group_id.clone(),
+                topic: config.lease_topic.clone(),
+                message: format!("cannot start the lease thread: {e}"),
+            })?
+    };
+    Ok(Lease {
+        stop,
+        thread: Some(thread),
+        lost,
+        holder,
+    })
+}
+
+fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<(), KafkaError> {
+    let producer: BaseProducer = client_config(config)
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()?;
+    let payload = serde_json::to_vec(holder).unwrap_or_default();
+    producer
+        .send(
+            BaseRecord::to(&config.lease_topic)
+                .partition(LEASE_PARTITION)
+                .key(&holder.group)
+                .payload(&payload),
+        )
+        .map_err(|(e, _)| e)?;
+    producer.flush(Duration::from_secs(10))
+}
+
+/// The latest holder record of the group among the lease topic's last records.
+fn read_holder(config: &AlerterConfig) -> Option<Holder> {
+    let reader: BaseConsumer = client_config(config)
+        .set(
+            "group.id",
+            format!("{}.reader", lease_group(&config.input.group_id)),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .ok()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(
+        &config.lease_topic,
+        LEASE_PARTITION,
+        Offset::OffsetTail(HOLDER_TAIL),
+    )
+    .ok()?;
+    reader.assign(&tpl).ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut latest = None;
+    while Instant::now() < deadline {
+        match reader.poll(POLL_STEP) {
+            Some(Ok(message)) => {
+                if let Some(holder) = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Holder>(p).ok())
+                    .filter(|h| h.group == config.input.group_id)
+                {
+                    latest = Some(holder);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "reading the lease topic");
+            }
+            None => {}
+        }
+    }
+    latest
+}
+
+/// This machine's host name, for the lease record.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

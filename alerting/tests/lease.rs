@@ -1,0 +1,182 @@
+//! One alerter per consumer group, against a real broker (tansu) and the real binary: a
+//! second `dlog-alerter` in the group of a running one refuses to start, naming the group
+//! and the running one; once the running one is killed, a new one takes the group over
+//! within a bounded time.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dlog_testkit::{unique_name, Kafka};
+
+/// An alerter process whose stderr goes to a file.
+struct Alerter {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Alerter {
+    fn start(dir: &Path, name: &str, brokers: &str, group: &str, extra: &[&str]) -> Alerter {
+        let log = dir.join(format!("{name}.log"));
+        let state = dir.join(format!("{name}-state"));
+        let child = Command::new(env!("CARGO_BIN_EXE_dlog-alerter"))
+            .args([
+                "--kafka-brokers",
+                brokers,
+                "--group-id",
+                group,
+                "--admin",
+                "127.0.0.1:0",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--create-topics",
+                "--terminal",
+                "false",
+            ])
+            .args(extra)
+            .env("DLOG_ALERTER_LOG", "info,rdkafka=warn")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start dlog-alerter");
+        Alerter { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls its log for `needle` until `within`; panics with the log otherwise.
+    fn wait_log(&mut self, needle: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if self.log().contains(needle) {
+                return started.elapsed();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "alerter exited ({status}) before logging `{needle}`:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "alerter did not log `{needle}` within {within:?}:\n{}",
+            self.log()
+        );
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("alerter still running after {within:?}:\n{}", self.log());
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Alerter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_second_alerter_in_the_group_refuses_and_a_successor_takes_over_after_a_crash() {
+    let kafka = Kafka::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique_name("alerters");
+    let lease_topic = unique_name("lease");
+    let lease = ["--lease-topic", lease_topic.as_str()];
+
+    let mut first = Alerter::start(dir.path(), "first", &kafka.brokers, &group, &lease);
+    first.wait_log("alerter running", Duration::from_secs(40));
+    let first_pid = first.child.id();
+
+    // A second one in the same group joins the lease group, gets nothing, waits its
+    // lease_wait_ms for a holder that might be dead, and refuses.
+    let mut second = Alerter::start(
+        dir.path(),
+        "second",
+        &kafka.brokers,
+        &group,
+        &[&lease[..], &["--lease-wait-ms", "2000"]].concat(),
+    );
+    let status = second.wait_exit(Duration::from_secs(60));
+    let said = second.log();
+    assert!(!status.success(), "the second alerter started:\n{said}");
+    assert!(
+        said.contains(&format!("consumer group `{group}`")),
+        "the refusal does not name the group:\n{said}"
+    );
+    assert!(
+        said.contains(&format!("pid {first_pid} on host {}", host_name())),
+        "the refusal does not name the running alerter (pid {first_pid}):\n{said}"
+    );
+    assert!(
+        !said.contains("alerter running"),
+        "the second alerter evaluated before refusing:\n{said}"
+    );
+    assert!(
+        first.running(),
+        "the first alerter stopped:\n{}",
+        first.log()
+    );
+
+    // A holder that dies (kill -9: it cannot leave the group) leaves after its session
+    // timeout; a successor waiting for the lease then takes it.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let started = Instant::now();
+    let mut third = Alerter::start(dir.path(), "third", &kafka.brokers, &group, &lease);
+    third.wait_log("alerter running", Duration::from_secs(90));
+    println!(
+        "successor took the lease {:.1} s after the holder was killed",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(third.running());
+    drop(kafka);
+}
+
+#[test]
+fn a_different_group_runs_alongside() {
+    let kafka = Kafka::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lease_topic = unique_name("lease");
+    let lease = ["--lease-topic", lease_topic.as_str()];
+    let mut one = Alerter::start(
+        dir.path(),
+        "one",
+        &kafka.brokers,
+        &unique_name("team-a"),
+        &lease,
+    );
+    let mut two = Alerter::start(
+        dir.path(),
+        "two",
+        &kafka.brokers,
+        &unique_name("team-b"),
+        &lease,
+    );
+    one.wait_log("alerter running", Duration::from_secs(40));
+    two.wait_log("alerter running", Duration::from_secs(40));
+}
