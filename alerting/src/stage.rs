@@ -248,7 +248,9 @@ async fn build_outputs(
             )
             .await;
         for output in outputs.iter_mut().flatten() {
-            output.sink = Arc::new(Muted::new(output.sink.clone(), silences.clone()));
+            let muted = Arc::new(Muted::new(output.sink.clone(), silences.clone()));
+            muted.start_release(Duration::from_millis(o.store.silence_refresh_ms));
+            output.sink = muted;
         }
         outputs[3] = Some(store::build_on(&o.store, db));
     }

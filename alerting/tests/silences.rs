@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
-use dlog_alerting::output::silences::{Muting, Silences};
+use dlog_alerting::output::silences::{Muted, Muting, Silences};
+use dlog_alerting::output::{AlertSink, SinkError};
 use dlog_alerting::{
     run_with, Alert, AlertState, Clock, ManualClock, Severity, Transition, TransitionKind,
 };
@@ -121,10 +122,29 @@ async fn a_silenced_service_reaches_the_webhook_only_after_the_silence_expires()
     );
     assert!(codes(&hook).is_empty(), "{:?}", codes(&hook));
 
-    // After the silence ends, a new alert of svc-a reaches the webhook.
+    // After the silence ends: the alert that fired under it, still firing, is sent now (as
+    // `fired`: the receiver never heard of it), and a new alert of svc-a goes out at once.
     clock.advance(Duration::from_secs(120));
     error_log_acked(&tx, "E501", 1, T0 + 121 * SEC).await;
-    assert_eq!(codes(&hook), ["E501"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while codes(&hook).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held alert was not sent after the silence: {:?}",
+            codes(&hook)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut sent = codes(&hook);
+    sent.sort();
+    assert_eq!(sent, ["E500", "E501"]);
+    assert!(hook
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b["labels"]["error_code"] == "E500")
+        .all(|b| b["event"] == "fired"));
     assert_eq!(
         store
             .list_alerts(&AlertQuery::default())
@@ -351,4 +371,96 @@ async fn a_store_outage_keeps_the_silences_last_read() {
     store.down.store(false, std::sync::atomic::Ordering::SeqCst);
     silences.refresh().await.unwrap();
     assert_eq!(silences.muting(&fired), None);
+}
+
+/// What a notifying output received, in order.
+#[derive(Default)]
+struct Recorder {
+    got: std::sync::Mutex<Vec<(TransitionKind, String)>>,
+}
+
+#[async_trait::async_trait]
+impl AlertSink for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError> {
+        self.got
+            .lock()
+            .unwrap()
+            .extend(transitions.iter().map(|t| (t.kind, t.alert.id.clone())));
+        Ok(())
+    }
+}
+
+/// A silence delays, it does not lose: an alert that fired under it and still fires is sent
+/// when it ends; one that fired and resolved within it never is; the resolution of an alert
+/// the receiver already knew goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_holds_back_what_fires_under_it_and_lets_known_alerts_resolve() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = dlog_storage::open_store(&StoreConfig::embedded(store_dir.path()))
+        .await
+        .unwrap();
+    let clock = ManualClock::new(T0);
+    let silences = Silences::new(store.clone(), Arc::new(clock.clone()));
+    let recorder = Arc::new(Recorder::default());
+    let muted = Muted::new(recorder.clone(), silences.clone());
+
+    // svc-a's old alert was sent before the silence began.
+    let old = transition(TransitionKind::Fired, "svc-a", "error_log", T0);
+    muted.send(&[old.clone()]).await.unwrap();
+    store
+        .put_silence(&Silence {
+            id: "maintenance".into(),
+            service: Some("svc-a".into()),
+            rule: None,
+            starts_unix_nano: T0,
+            ends_unix_nano: T0 + 60 * SEC,
+            created_by: "alice".into(),
+            comment: "deploy".into(),
+        })
+        .await
+        .unwrap();
+    silences.refresh().await.unwrap();
+
+    let fires = transition(TransitionKind::Fired, "svc-a", "slow_response", T0 + SEC);
+    let mut fires_again = fires.clone();
+    fires_again.kind = TransitionKind::Updated;
+    fires_again.alert.occurrences = 7;
+    let blip = transition(TransitionKind::Fired, "svc-a", "failed_call", T0 + SEC);
+    let mut blip_ends = blip.clone();
+    blip_ends.kind = TransitionKind::Resolved;
+    let mut old_update = old.clone();
+    old_update.kind = TransitionKind::Updated;
+    let mut old_ends = old.clone();
+    old_ends.kind = TransitionKind::Resolved;
+    muted
+        .send(&[fires, blip, old_update, fires_again, blip_ends, old_ends])
+        .await
+        .unwrap();
+    assert_eq!(
+        *recorder.got.lock().unwrap(),
+        [
+            (TransitionKind::Fired, "error_log/svc-a".to_string()),
+            (TransitionKind::Resolved, "error_log/svc-a".to_string()),
+        ],
+        "under the silence only the known alert's resolution goes out"
+    );
+
+    // Still silenced: nothing is released.
+    muted.release().await;
+    assert_eq!(recorder.got.lock().unwrap().len(), 2);
+
+    // The silence ends: the alert that fired under it goes out once, as `fired`, with its
+    // latest count; the blip that resolved within the silence never does.
+    clock.advance(Duration::from_secs(120));
+    muted.release().await;
+    muted.release().await;
+    let got = recorder.got.lock().unwrap().clone();
+    assert_eq!(
+        got[2..],
+        [(TransitionKind::Fired, "slow_response/svc-a".to_string())]
+    );
 }

@@ -289,9 +289,14 @@
       const rows = [];
       const roots = state.focus ? [state.byId.get(state.focus)].filter(Boolean) : state.roots;
       const stack = [];
+      // Parent links come from senders and may form a cycle (A -> B -> A): each span is shown
+      // once, so focusing inside a cycle cannot loop.
+      const seen = new Set();
       for (let i = roots.length - 1; i >= 0; i--) stack.push([roots[i], 0]);
       while (stack.length) {
         const [node, depth] = stack.pop();
+        if (seen.has(node)) continue;
+        seen.add(node);
         rows.push({ node, depth });
         if (state.collapsed.has(node.span_id)) continue;
         const kids = node.children;
@@ -326,6 +331,7 @@
       const stack = state.roots.slice();
       while (stack.length) {
         const node = stack.pop();
+        if (crit.has(node.span_id)) continue;
         crit.add(node.span_id);
         let cursor = node.start_us + node.duration_us;
         const kids = node.children.slice().sort((a, b) => (b.start_us + b.duration_us) - (a.start_us + a.duration_us));

@@ -414,15 +414,19 @@ pub async fn operations(
 pub fn search_range(params: &Params) -> Result<TimeRange, ApiError> {
     let now = dlog_storage::now_unix_nano();
     let end = params.micros_as_nanos("end")?.unwrap_or(now);
-    let lookback = match params.get("lookback") {
-        None | Some("custom") => DEFAULT_LOOKBACK,
-        Some(_) => params
-            .duration("lookback", Duration::from_millis(1))?
-            .unwrap_or(DEFAULT_LOOKBACK),
-    };
+    // As Jaeger's own query service: an explicit `start` wins, and `lookback` (which Jaeger UI
+    // sends next to it, e.g. `2d`) is then not even parsed.
     let start = match params.micros_as_nanos("start")? {
         Some(start) => start,
-        None => end.saturating_sub(lookback.as_nanos().min(u64::MAX as u128) as u64),
+        None => {
+            let lookback = match params.get("lookback") {
+                None | Some("custom") => DEFAULT_LOOKBACK,
+                Some(_) => params
+                    .duration("lookback", Duration::from_millis(1))?
+                    .unwrap_or(DEFAULT_LOOKBACK),
+            };
+            end.saturating_sub(lookback.as_nanos().min(u64::MAX as u128) as u64)
+        }
     };
     if start > end {
         return Err(ApiError::bad_param("start", "'start' is after 'end'"));

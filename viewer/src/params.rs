@@ -198,6 +198,9 @@ pub fn parse_duration(text: &str, bare_unit: Duration) -> Result<Duration, Strin
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            // Jaeger UI's lookbacks: `2d`, `7d`, `2w`.
+            "d" => 86_400.0,
+            "w" => 604_800.0,
             other => return Err(format!("`{text}`: unknown unit `{other}`")),
         };
         rest = &rest[unit_len..];
@@ -357,6 +360,15 @@ mod tests {
             Duration::from_micros(100)
         );
         assert_eq!(parse_duration("7", ms).unwrap(), Duration::from_millis(7));
+        // Jaeger UI's search lookbacks.
+        assert_eq!(
+            parse_duration("2d", ms).unwrap(),
+            Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("2w", ms).unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
         assert!(parse_duration("ms", ms).is_err());
         assert!(parse_duration("5 parsecs", ms).is_err());
         assert!(parse_duration("-3", ms).is_err());

@@ -5,8 +5,9 @@
 //! them every `silence_refresh_ms` in its own task, so evaluation never waits for the store;
 //! when the store cannot be read the last known ones stay in force (logged and counted in
 //! `dlog_alerter_silence_refresh_errors`). [`Muted`] wraps an output: an event of an alert
-//! that an active silence matches is not sent (it still goes to the store, where the viewer
-//! shows it silenced), nor is an `updated` event of an acknowledged alert. Either counts in
+//! that an active silence matches is held back (it still goes to the store, where the viewer
+//! shows it silenced) and sent when the silence ends if the alert still fires; an `updated`
+//! event of an acknowledged alert is not sent. Either counts in
 //! `dlog_alerter_output_silenced`.
 
 use std::collections::HashMap;
@@ -140,16 +141,114 @@ impl Silences {
     }
 }
 
+/// Most alerts a [`Muted`] output holds back at once; beyond, events of new alerts are
+/// dropped (and counted) rather than held.
+const MAX_HELD: usize = 10_000;
+
 /// An output that does not get muted events (see the module's documentation).
+///
+/// A silence delays, it does not lose: the latest event of an alert that started firing under
+/// a silence is held (as `fired`, with the alert as it is now) and sent once no silence
+/// matches it any more, if the alert is still firing then; an alert that fired and resolved
+/// within the silence is never sent. A `resolved` event of an alert that was notified before
+/// the silence began always goes through, so that the receiver's incident closes. `updated`
+/// events of such an alert are dropped while the silence lasts. Held events live in memory:
+/// a restart of the alerter during the silence forgets them.
 pub struct Muted {
     inner: Arc<dyn AlertSink>,
     silences: Arc<Silences>,
+    held: std::sync::Mutex<HashMap<String, Transition>>,
 }
 
 impl Muted {
     /// `inner`, muted by `silences`.
     pub fn new(inner: Arc<dyn AlertSink>, silences: Arc<Silences>) -> Muted {
-        Muted { inner, silences }
+        Muted {
+            inner,
+            silences,
+            held: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends held events whose silence ended every `every`, until the last handle is dropped.
+    pub fn start_release(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(muted) = weak.upgrade() else { return };
+                muted.release().await;
+            }
+        });
+    }
+
+    /// Sends the held events no silence matches any more; they are held again when the
+    /// output refuses them.
+    pub async fn release(&self) {
+        let due: Vec<Transition> = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<String> = held
+                .iter()
+                .filter(|(_, t)| self.silences.muting(t).is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| held.remove(id)).collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.send(&due).await {
+            tracing::warn!(output = self.inner.name(), error = %e, "cannot send alerts held by a silence that ended; trying again");
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            for t in due {
+                held.entry(t.alert.id.clone()).or_insert(t);
+            }
+        }
+    }
+
+    /// Decides, per event, whether it goes to the output now; holds what a silence delays.
+    fn sort(&self, transitions: &[Transition]) -> Vec<Option<Transition>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        transitions
+            .iter()
+            .map(|t| {
+                let id = &t.alert.id;
+                match (self.silences.muting(t), t.kind) {
+                    // Fired and resolved within the silence: nobody was told, nobody is.
+                    (_, TransitionKind::Resolved) if held.remove(id).is_some() => None,
+                    // The receiver knew of the alert: its resolution always goes through.
+                    (Some(Muting::Silenced), TransitionKind::Resolved) => Some(t.clone()),
+                    (Some(Muting::Silenced), kind) => {
+                        let never_told = kind == TransitionKind::Fired || held.contains_key(id);
+                        if never_told && (held.contains_key(id) || held.len() < MAX_HELD) {
+                            held.insert(
+                                id.clone(),
+                                Transition {
+                                    kind: TransitionKind::Fired,
+                                    alert: t.alert.clone(),
+                                },
+                            );
+                        }
+                        None
+                    }
+                    (Some(Muting::Acknowledged), _) => None,
+                    (None, kind) => {
+                        // A silence that ended before the release ran: the receiver's first
+                        // event of the alert is a `fired` one.
+                        if held.remove(id).is_some() && kind == TransitionKind::Updated {
+                            Some(Transition {
+                                kind: TransitionKind::Fired,
+                                alert: t.alert.clone(),
+                            })
+                        } else {
+                            Some(t.clone())
+                        }
+                    }
+                }
+            })
+            .collect()
     }
 
     fn count(&self, n: usize) {
@@ -168,11 +267,7 @@ impl AlertSink for Muted {
     }
 
     async fn send(&self, transitions: &[Transition]) -> Result<(), SinkError> {
-        let kept: Vec<Transition> = transitions
-            .iter()
-            .filter(|t| self.silences.muting(t).is_none())
-            .cloned()
-            .collect();
+        let kept: Vec<Transition> = self.sort(transitions).into_iter().flatten().collect();
         self.count(transitions.len() - kept.len());
         if kept.is_empty() {
             return Ok(());
@@ -181,16 +276,9 @@ impl AlertSink for Muted {
     }
 
     async fn send_each(&self, transitions: &[Transition]) -> Vec<Delivery> {
-        let muted: Vec<bool> = transitions
-            .iter()
-            .map(|t| self.silences.muting(t).is_some())
-            .collect();
-        let kept: Vec<Transition> = transitions
-            .iter()
-            .zip(&muted)
-            .filter(|(_, m)| !**m)
-            .map(|(t, _)| t.clone())
-            .collect();
+        let sorted = self.sort(transitions);
+        let muted: Vec<bool> = sorted.iter().map(Option::is_none).collect();
+        let kept: Vec<Transition> = sorted.into_iter().flatten().collect();
         self.count(transitions.len() - kept.len());
         let mut sent = if kept.is_empty() {
             Vec::new()
