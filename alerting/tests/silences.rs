@@ -410,7 +410,7 @@ async fn a_silence_holds_back_what_fires_under_it_and_lets_known_alerts_resolve(
 
     // svc-a's old alert was sent before the silence began.
     let old = transition(TransitionKind::Fired, "svc-a", "error_log", T0);
-    muted.send(&[old.clone()]).await.unwrap();
+    muted.send(std::slice::from_ref(&old)).await.unwrap();
     store
         .put_silence(&Silence {
             id: "maintenance".into(),

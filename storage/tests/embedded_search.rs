@@ -251,3 +251,41 @@ async fn a_trace_search_with_too_many_conditions_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// Regression: a replay was found by decoding every stored log of the same time, so a sender
+/// stamping all its records with one time made each write scan all the earlier ones (and the
+/// indexer fall behind for good). Now one index lookup finds it: 20,000 distinct logs of one
+/// time are all stored, a replay of all of them adds none, and a new one still goes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_logs_sharing_one_time_are_deduplicated_by_identity_not_by_scanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let svc = service("stamper", "st-1", &[]);
+    let t = dlog_storage::now_unix_nano() - 60_000 * MS;
+    let docs = |from: u32, to: u32| -> Vec<Document> {
+        (from..to)
+            .map(|n| Document::Log(log(&svc, t, "INFO", &format!("line {n}"), None, &[])))
+            .collect()
+    };
+    for start in (0..20_000).step_by(1000) {
+        store.write(&docs(start, start + 1000)).await.unwrap();
+    }
+    for start in (0..20_000).step_by(1000) {
+        store.write(&docs(start, start + 1000)).await.unwrap();
+    }
+    store.write(&docs(20_000, 20_001)).await.unwrap();
+    let stored = store
+        .search_logs(&LogQuery {
+            service: Some("stamper".into()),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 20_001);
+    let distinct: std::collections::BTreeSet<&str> =
+        stored.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(distinct.len(), 20_001);
+}

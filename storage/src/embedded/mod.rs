@@ -986,7 +986,7 @@ fn write_docs(
             }
         }
         for l in &rows.logs {
-            write_log(&tx, &cat, l)?;
+            write_log(&tx, l)?;
         }
         {
             let mut stmt = tx
@@ -1200,20 +1200,18 @@ fn write_trace(
 /// Row ids are dense, in arrival order, which keeps the trigram index small; `log_blocks`
 /// keeps, per block of 1024 row ids, the newest time of any row up to that block, so a text
 /// search walking the index newest row first knows when no older row can be newer.
-fn write_log(tx: &rusqlite::Transaction<'_>, cat: &Catalog, l: &LogRow) -> Result<(), StoreError> {
+fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreError> {
     let err = read_err;
-    {
-        let mut same_time = tx
-            .prepare_cached(&format!(
-                "SELECT {LOG_COLS} FROM logs l WHERE l.time_ns = ?1"
-            ))
-            .map_err(err)?;
-        let mut rows = same_time.query([l.time]).map_err(err)?;
-        while let Some(row) = rows.next().map_err(err)? {
-            if decode_log(row, cat)?.doc_id() == l.doc_id {
-                return Ok(());
-            }
-        }
+    // A replay is found by its identity in one index lookup, whatever else shares its time
+    // (a sender stamping every record with the same time must not make each write scan them).
+    let key = hex::decode(&l.doc_id).unwrap_or_else(|_| l.doc_id.as_bytes().to_vec());
+    let inserted = tx
+        .prepare_cached("INSERT OR IGNORE INTO log_ids (doc_id) VALUES (?1)")
+        .map_err(err)?
+        .execute([key])
+        .map_err(err)?;
+    if inserted == 0 {
+        return Ok(());
     }
     tx.prepare_cached(
         "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest) \

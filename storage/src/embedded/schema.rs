@@ -109,6 +109,9 @@ CREATE TABLE logs (
     rest     BLOB NOT NULL
 );
 CREATE INDEX logs_by_time ON logs (time_ns);
+CREATE TABLE log_ids (
+    doc_id   BLOB PRIMARY KEY
+) WITHOUT ROWID;
 CREATE INDEX logs_by_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
 CREATE TABLE log_blocks (
     block    INTEGER PRIMARY KEY,
