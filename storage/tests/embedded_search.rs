@@ -289,3 +289,75 @@ async fn regression_logs_sharing_one_time_are_deduplicated_by_identity_not_by_sc
         stored.iter().map(|l| l.body.as_str()).collect();
     assert_eq!(distinct.len(), 20_001);
 }
+
+/// Regression: a new trace refused for holding more than `MAX_TRACE_SPANS` spans left a blank
+/// summary row behind, and every later trace search that reached it failed. The refusal names
+/// the trace, and the store's other traces are still found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_trace_refused_for_its_size_leaves_search_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let svc = service("huge", "hg-1", &[]);
+    let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let fine = "0000000000000000000000000000f1ae";
+    store
+        .write(&[Document::Span(span(
+            fine,
+            "00000000000000a1",
+            None,
+            &svc,
+            "GET",
+            SpanKind::Server,
+            t0,
+            5,
+        ))])
+        .await
+        .unwrap();
+    let huge = "00000000000000000000000000000b16";
+    let docs: Vec<Document> = (0..dlog_storage::embedded::MAX_TRACE_SPANS as u64 + 1)
+        .map(|n| {
+            Document::Span(span(
+                huge,
+                &format!("{:016x}", n + 1),
+                None,
+                &svc,
+                "step",
+                SpanKind::Internal,
+                t0 + n,
+                1,
+            ))
+        })
+        .collect();
+    let outcomes = store.write(&docs).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, dlog_storage::WriteOutcome::Rejected(m) if m.contains(huge))),
+        "{:?}",
+        &outcomes[..1]
+    );
+    for query in [
+        TraceQuery::default(),
+        TraceQuery {
+            service: Some("huge".into()),
+            ..Default::default()
+        },
+        TraceQuery {
+            min_duration: Some(std::time::Duration::from_millis(1)),
+            ..Default::default()
+        },
+    ] {
+        let found = store.find_traces(&query).await.unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|t| t.trace_id.as_str())
+                .collect::<Vec<_>>(),
+            [fine],
+            "{query:?}"
+        );
+    }
+    assert!(store.get_trace(huge).await.unwrap().is_empty());
+}

@@ -1049,6 +1049,12 @@ fn write_trace(
     let new_ids: HashSet<&str> = g.spans.iter().map(|s| s.cols.span_id.as_str()).collect();
     let added = new_ids.iter().filter(|id| !cols.contains_key(**id)).count();
     if cols.len() + added > MAX_TRACE_SPANS {
+        if existing.is_none() {
+            // The blank summary row inserted above must not outlive the refusal: searches
+            // would meet a trace without a root.
+            tx.prepare_cached("DELETE FROM traces WHERE trace_no = ?1")?
+                .execute([trace_no])?;
+        }
         return Ok(Some(format!(
             "trace {} would hold more than {MAX_TRACE_SPANS} spans in one day partition",
             g.trace_id
