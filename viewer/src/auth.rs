@@ -244,3 +244,73 @@ pub async fn security_headers(request: Request, next: Next) -> Response<Body> {
     );
     response
 }
+
+/// While the viewer listens on loopback only, refuses (421) a request whose `Host` names
+/// anything but this machine: a page of another site whose name was rebound to 127.0.0.1
+/// (DNS rebinding) would otherwise reach the API with the user's browser. A request without
+/// a host (no browser sends one) passes.
+pub async fn loopback_host_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+    match host {
+        Some(host) if !is_loopback_host(&host) => (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            "this viewer listens on loopback and answers to the hosts localhost, 127.0.0.1 and \
+             [::1] only; to serve other names, listen on another address\n",
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// True for `localhost`, `*.localhost` and loopback addresses, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_this_machines_names_count_as_loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:16686",
+            "LOCALHOST.",
+            "dlog.localhost:80",
+            "127.0.0.1",
+            "127.0.0.1:16686",
+            "127.8.9.10:1",
+            "[::1]:16686",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:16686",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "10.0.0.1:16686",
+            "[::2]:16686",
+            "",
+            "::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+}

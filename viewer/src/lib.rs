@@ -249,7 +249,10 @@ pub async fn start(
     };
     let access = auth::Access::new(tokens, tls.is_some());
     let stop = CancellationToken::new();
-    let app = router_until(store, config.options.clone(), access, stop.clone());
+    let mut app = router_until(store, config.options.clone(), access, stop.clone());
+    if config.listen.ip().is_loopback() {
+        app = app.layer(axum::middleware::from_fn(auth::loopback_host_only));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ViewerError::Bind {

@@ -812,3 +812,29 @@ async fn tokens_guard_the_api_and_a_login_sets_a_strict_cookie() {
     assert_eq!(res.status(), 401);
     viewer.shutdown().await;
 }
+
+/// Listening on loopback, the viewer answers only to this machine's names: a page whose own
+/// name was rebound to 127.0.0.1 (DNS rebinding) gets a 421 from the API, not the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_only_local_host_names_are_answered() {
+    let (store, _dir) = embedded().await;
+    seed(store.as_ref()).await;
+    let (viewer, base) = viewer(store, ViewerConfig::default()).await;
+    let port = viewer.addr().port();
+    let client = reqwest::Client::new();
+    for (host, status) in [
+        (format!("evil.example:{port}"), 421),
+        ("attacker.test".to_string(), 421),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+    ] {
+        let res = client
+            .get(format!("{base}/api/services"))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "Host: {host}");
+    }
+    viewer.shutdown().await;
+}
