@@ -269,6 +269,9 @@ fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<S
     ))
 }
 
+/// How many of a trace's records are read to find one span's (the store filters by trace).
+const SPAN_LOGS_SCAN: usize = 10_000;
+
 /// `GET /api/v1/logs?text=&service=&level=&trace_id=&span_id=&start=&end=&lookback=&limit=`:
 /// newest first. With `span_id`, only the records emitted inside that span.
 pub async fn search_logs(
@@ -277,7 +280,13 @@ pub async fn search_logs(
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(raw.as_deref())?;
     // A trace's logs are wanted whatever their age; otherwise Jaeger's default window.
-    let (query, span) = log_query(&params, params.get("trace_id").is_none())?;
+    let (mut query, span) = log_query(&params, params.get("trace_id").is_none())?;
+    let limit = query.limit;
+    // The store filters by trace, not by span: with a span, read up to `SPAN_LOGS_SCAN` of
+    // the trace's records so that the limit applies to the span's own ones.
+    if span.is_some() && query.trace_id.is_some() {
+        query.limit = SPAN_LOGS_SCAN;
+    }
     let logs = state.store.search_logs(&query).await?;
     let logs: Vec<Value> = logs
         .iter()
@@ -285,9 +294,10 @@ pub async fn search_logs(
             span.as_ref()
                 .is_none_or(|s| l.span_id.as_deref() == Some(s))
         })
+        .take(limit)
         .map(log_json)
         .collect();
-    Ok(Json(json!({"logs": logs, "limit": query.limit})))
+    Ok(Json(json!({"logs": logs, "limit": limit})))
 }
 
 /// `GET /api/v1/logs/tail?text=&service=&level=&trace_id=`: Server-Sent Events, one `log`

@@ -520,6 +520,12 @@ async fn dlog_api(base: &str, store: &Arc<dyn Store>, seeded: &Seeded) {
         .map(|l| l["body"].as_str().unwrap())
         .collect();
     assert_eq!(bodies, vec!["charging card for u-42"]);
+    // The limit counts the span's own records, not the trace's.
+    let (_, body) = get(&format!(
+        "{base}/api/v1/logs?trace_id={CHECKOUT}&span_id={CHARGE}&limit=1"
+    ))
+    .await;
+    assert_eq!(body["logs"][0]["body"], "charging card for u-42");
     let (_, body) = get(&format!("{base}/api/v1/logs?text=deadlock")).await;
     assert_eq!(body["logs"][0]["body"], "deadlock detected on payments");
     assert_eq!(body["logs"][0]["span_id"], QUERY);
