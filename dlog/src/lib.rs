@@ -91,6 +91,10 @@ pub struct Config {
     /// File of bearer tokens (one per line) that OTLP requests and the bridge's `/metrics`
     /// must carry. None: no auth.
     pub auth_token_file: Option<PathBuf>,
+    /// File of the viewer's own bearer tokens. Senders' tokens sit on every service host:
+    /// give people theirs here, so that a service's token cannot read everything or silence
+    /// alerts. None: the viewer takes `auth_token_file`.
+    pub viewer_token_file: Option<PathBuf>,
     /// PEM certificate chain: the bridge's OTLP and admin listeners speak TLS only. None:
     /// plaintext.
     pub tls_cert: Option<PathBuf>,
@@ -129,6 +133,7 @@ impl Default for Config {
             webhook_url: None,
             wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
             auth_token_file: None,
+            viewer_token_file: None,
             tls_cert: None,
             tls_key: None,
             kafka_brokers: None,
@@ -385,7 +390,10 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     };
     let viewer_config = dlog_viewer::ViewerConfig {
         listen: config.viewer,
-        auth_token_file: config.auth_token_file.clone(),
+        auth_token_file: config
+            .viewer_token_file
+            .clone()
+            .or_else(|| config.auth_token_file.clone()),
         tls_cert: config.tls_cert.clone(),
         tls_key: config.tls_key.clone(),
         ..dlog_viewer::ViewerConfig::default()

@@ -84,6 +84,10 @@ struct UpArgs {
     /// present [default: none, no auth].
     #[arg(long, env = "DLOG_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// File of the viewer's own bearer tokens, so that senders' tokens do not open the
+    /// viewer (reading everything, silencing alerts) [default: --auth-token-file].
+    #[arg(long, env = "DLOG_VIEWER_TOKEN_FILE")]
+    viewer_token_file: Option<PathBuf>,
     /// PEM certificate chain: OTLP and the bridge admin port speak TLS [default: none].
     #[arg(long, env = "DLOG_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -278,6 +282,7 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
         rules_file: args.rules,
         webhook_url: args.webhook_url,
         auth_token_file: args.auth_token_file,
+        viewer_token_file: args.viewer_token_file,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         ..dlog::Config::default()

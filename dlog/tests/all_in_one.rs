@@ -156,3 +156,33 @@ async fn a_request_is_stored_searchable_and_alerted_on() {
 
     running.shutdown().await.unwrap();
 }
+
+/// The viewer can have its own tokens: a sender's token, good for OTLP, does not open it,
+/// and a person's token, good for the viewer, does not open OTLP's admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_takes_its_own_tokens_apart_from_the_senders() {
+    let data = tempfile::tempdir().unwrap();
+    let senders = data.path().join("sender-tokens");
+    let people = data.path().join("viewer-tokens");
+    std::fs::write(&senders, "sender-token\n").unwrap();
+    std::fs::write(&people, "person-token\n").unwrap();
+    let running = dlog::start(dlog::Config {
+        auth_token_file: Some(senders),
+        viewer_token_file: Some(people),
+        ..support::config(data.path())
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let status = |url: String, token: &'static str| {
+        let request = client.get(url).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let viewer = format!("http://{}/api/services", running.viewer_addr());
+    let metrics = format!("http://{}/metrics", running.bridge_admin_addr());
+    assert_eq!(status(viewer.clone(), "sender-token").await, 401);
+    assert_eq!(status(viewer, "person-token").await, 200);
+    assert_eq!(status(metrics.clone(), "person-token").await, 401);
+    assert_eq!(status(metrics, "sender-token").await, 200);
+    running.shutdown().await.unwrap();
+}
