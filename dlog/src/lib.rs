@@ -348,13 +348,17 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
                     .map_err(kafka_err)?;
             alerter_config.input.kafka_brokers = brokers.clone();
             alerter_config.outputs.kafka.enabled = true;
-            let alerter_source =
-                dlog_alerting::kafka_source(&alerter_config)
-                    .await
-                    .map_err(|e| AllInOneError::Kafka {
-                        brokers: brokers.clone(),
-                        message: e.to_string(),
-                    })?;
+            // As the standalone alerter: it evaluates only once it holds its group's lease, so
+            // a second alerter in the group (another `dlog up --kafka`, or `dlog-alerter`)
+            // cannot split the state; this one's stage fails, naming the holder.
+            let alerter = {
+                let stop = stop_alerter.clone();
+                tokio::spawn(async move {
+                    dlog_alerting::run(alerter_config, stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            };
             let running = (
                 spawn_indexer(
                     indexer_source,
@@ -363,7 +367,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
                     metrics,
                     stop_indexer.clone(),
                 ),
-                spawn_alerter(alerter_config, alerter_source, stop_alerter.clone()),
+                alerter,
             );
             let bridge = collector_bridge::start(collector_bridge::Config {
                 kafka_brokers: brokers.clone(),
