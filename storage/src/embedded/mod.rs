@@ -919,7 +919,9 @@ fn write_docs(
         }
         (it.strings, it.resources)
     };
-    {
+    // Only a batch that brought new strings or resources waits for the catalog's write lock:
+    // the usual batch, whose strings are all known, never queues behind a long search.
+    if !new_strings.is_empty() || !new_resources.is_empty() {
         let mut cat = ctx.catalog.write().unwrap_or_else(|e| e.into_inner());
         for (id, text) in new_strings {
             cat.add_string(id, &text);
