@@ -6,7 +6,7 @@
 //! default to the last two days, `minDuration`/`maxDuration` are Go durations (`1.5s`), and
 //! a search needs a service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
@@ -208,15 +208,29 @@ pub struct Trace {
     pub warnings: Option<Vec<String>>,
 }
 
+/// Service name, instance and version: the bucket a resource is looked up in.
+type ProcessKey<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+
 /// A trace's spans in Jaeger's model; one process per distinct service resource.
 pub fn to_jaeger(trace_id: &str, spans: &[SpanRecord], warnings: Option<Vec<String>>) -> Trace {
     let mut processes: Vec<(&ServiceInfo, String)> = Vec::new();
+    // Resources bucketed by name, instance and version, compared in full only within a
+    // bucket: a trace whose every span names another instance costs one lookup per span,
+    // not a scan of every process so far.
+    let mut buckets: HashMap<ProcessKey<'_>, Vec<usize>> = HashMap::new();
     let mut out = Vec::with_capacity(spans.len());
     for s in spans {
-        let process_id = match processes.iter().find(|(svc, _)| *svc == &s.service) {
-            Some((_, id)) => id.clone(),
+        let key = (
+            s.service.name.as_str(),
+            s.service.instance_id.as_deref(),
+            s.service.version.as_deref(),
+        );
+        let bucket = buckets.entry(key).or_default();
+        let process_id = match bucket.iter().find(|&&i| processes[i].0 == &s.service) {
+            Some(&i) => processes[i].1.clone(),
             None => {
                 let id = format!("p{}", processes.len() + 1);
+                bucket.push(processes.len());
                 processes.push((&s.service, id.clone()));
                 id
             }
@@ -560,4 +574,63 @@ pub async fn dependencies(
         .map(|e| json!({"parent": e.caller, "child": e.callee, "callCount": e.calls}))
         .collect();
     Ok(envelope(links, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dlog_core::model::ServiceInfo;
+
+    fn span(n: u64, service: ServiceInfo) -> SpanRecord {
+        SpanRecord {
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            span_id: format!("{n:016x}"),
+            parent_span_id: None,
+            name: "op".into(),
+            kind: Default::default(),
+            start_unix_nano: n,
+            end_unix_nano: n + 1,
+            status: Default::default(),
+            status_message: String::new(),
+            service,
+            scope: String::new(),
+            attributes: Default::default(),
+            events: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    fn svc(instance: &str, zone: &str) -> ServiceInfo {
+        let mut attributes = dlog_core::model::Attributes::new();
+        attributes.insert("cloud.zone".into(), serde_json::json!(zone));
+        ServiceInfo {
+            name: "checkout".into(),
+            instance_id: Some(instance.into()),
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_process_per_distinct_resource_whatever_their_number() {
+        // The same resource thrice, and one differing only in an attribute: two processes.
+        let spans = vec![
+            span(1, svc("a", "z1")),
+            span(2, svc("a", "z1")),
+            span(3, svc("a", "z2")),
+            span(4, svc("a", "z1")),
+        ];
+        let trace = to_jaeger("0af7651916cd43dd8448eb211c80319c", &spans, None);
+        let ids: Vec<&str> = trace.spans.iter().map(|s| s.process_id.as_str()).collect();
+        assert_eq!(ids, ["p1", "p1", "p2", "p1"]);
+        assert_eq!(trace.processes.len(), 2);
+        // 20,000 instances, each seen twice: 20,000 processes, each span on its own.
+        let spans: Vec<SpanRecord> = (0..40_000u64)
+            .map(|n| span(n, svc(&format!("i-{}", n % 20_000), "z1")))
+            .collect();
+        let trace = to_jaeger("0af7651916cd43dd8448eb211c80319c", &spans, None);
+        assert_eq!(trace.processes.len(), 20_000);
+        assert_eq!(trace.spans[0].process_id, trace.spans[20_000].process_id);
+        assert_ne!(trace.spans[0].process_id, trace.spans[1].process_id);
+    }
 }
