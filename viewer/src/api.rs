@@ -269,6 +269,10 @@ fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<S
     ))
 }
 
+/// Future-stamped records a live tail remembers having sent (beyond, it forgets them all and
+/// may send one again).
+const TAIL_FUTURE_REMEMBERED: usize = 10_000;
+
 /// How many of a trace's records are read to find one span's (the store filters by trace).
 const SPAN_LOGS_SCAN: usize = 10_000;
 
@@ -349,6 +353,8 @@ fn tail_stream(
         span: Option<String>,
         since: u64,
         seen_at_since: HashSet<String>,
+        /// Records stamped after the wall clock, already sent: they do not move `since`.
+        future_sent: HashSet<String>,
         pending: std::collections::VecDeque<Event>,
         first: bool,
         poll: Duration,
@@ -358,8 +364,10 @@ fn tail_stream(
         state,
         query,
         span,
-        since,
+        // A `since` from the future would hide every record until then.
+        since: since.min(dlog_storage::now_unix_nano()),
         seen_at_since: HashSet::new(),
+        future_sent: HashSet::new(),
         pending: Default::default(),
         first: true,
         poll,
@@ -392,16 +400,29 @@ fn tail_stream(
                 }
             };
             // Oldest first; records at the boundary time already sent are skipped by id.
+            // A record stamped after the wall clock (a sender's clock ahead) is sent once but
+            // does not move `since`: it would hide every record until its time.
+            let now = dlog_storage::now_unix_nano();
             for l in found.iter().rev() {
                 let id = l.doc_id();
-                if l.time_unix_nano == t.since && t.seen_at_since.contains(&id) {
-                    continue;
+                if l.time_unix_nano > now {
+                    if t.future_sent.contains(&id) {
+                        continue;
+                    }
+                    if t.future_sent.len() >= TAIL_FUTURE_REMEMBERED {
+                        t.future_sent.clear();
+                    }
+                    t.future_sent.insert(id);
+                } else {
+                    if l.time_unix_nano == t.since && t.seen_at_since.contains(&id) {
+                        continue;
+                    }
+                    if l.time_unix_nano > t.since {
+                        t.since = l.time_unix_nano;
+                        t.seen_at_since.clear();
+                    }
+                    t.seen_at_since.insert(id);
                 }
-                if l.time_unix_nano > t.since {
-                    t.since = l.time_unix_nano;
-                    t.seen_at_since.clear();
-                }
-                t.seen_at_since.insert(id);
                 if t.span
                     .as_ref()
                     .is_some_and(|s| l.span_id.as_deref() != Some(s))

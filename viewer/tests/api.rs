@@ -634,6 +634,29 @@ async fn dlog_api(base: &str, store: &Arc<dyn Store>, seeded: &Seeded) {
         .unwrap();
     assert_eq!(tail.status(), 200);
     assert_eq!(tail.headers()["content-type"], "text/event-stream");
+    // First a record from a sender whose clock runs an hour ahead: it is shown, and must not
+    // hide the records that come after it.
+    let ahead = log(
+        &service("backend", &[]),
+        dlog_storage::now_unix_nano() + 3_600_000_000_000,
+        "WARN",
+        "clock ahead by an hour",
+        None,
+    );
+    store.write(&[Document::Log(ahead)]).await.unwrap();
+    store.refresh().await.unwrap();
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = tail.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("clock ahead by an hour") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "tail output: {seen}");
     let fresh = log(
         &service("backend", &[]),
         dlog_storage::now_unix_nano(),
@@ -643,7 +666,6 @@ async fn dlog_api(base: &str, store: &Arc<dyn Store>, seeded: &Seeded) {
     );
     store.write(&[Document::Log(fresh)]).await.unwrap();
     store.refresh().await.unwrap();
-    let mut seen = String::new();
     let got = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(chunk) = tail.chunk().await.unwrap() {
             seen.push_str(&String::from_utf8_lossy(&chunk));
@@ -655,6 +677,11 @@ async fn dlog_api(base: &str, store: &Arc<dyn Store>, seeded: &Seeded) {
     })
     .await;
     assert_eq!(got, Ok(true), "tail output: {seen}");
+    assert_eq!(
+        seen.matches("clock ahead by an hour").count(),
+        1,
+        "a record from the future is sent once"
+    );
     assert!(seen.contains("event: log"));
     assert!(
         !seen.contains("deadlock"),
