@@ -17,7 +17,7 @@ use dlog_storage::embedded::{count_rows, DB_FILE};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use rand::{Rng, SeedableRng};
@@ -216,8 +216,8 @@ fn error_log(stream: u32, n: u32) -> ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(Resource {
                 attributes: vec![
-                    string_kv("service.name", "loadgen"),
-                    string_kv("service.instance.id", &format!("loadgen-{stream}")),
+                    kv("service.name", "loadgen"),
+                    kv("service.instance.id", &format!("loadgen-{stream}")),
                 ],
                 ..Default::default()
             }),
@@ -233,8 +233,8 @@ fn error_log(stream: u32, n: u32) -> ExportLogsServiceRequest {
                     }),
                     trace_id: trace_id(stream, n, 0).to_vec(),
                     attributes: vec![
-                        string_kv(dlog_core::names::ERROR_CODE, "E-KILL"),
-                        string_kv(dlog_core::names::ERROR_MESSAGE, "card declined"),
+                        kv(dlog_core::names::ERROR_CODE, "E-KILL"),
+                        kv(dlog_core::names::ERROR_MESSAGE, "card declined"),
                     ],
                     ..Default::default()
                 }],
@@ -242,16 +242,6 @@ fn error_log(stream: u32, n: u32) -> ExportLogsServiceRequest {
             }],
             ..Default::default()
         }],
-    }
-}
-
-fn string_kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
     }
 }
 
@@ -515,7 +505,7 @@ async fn regression_upgrade_skips_records_offsets_saved_before_the_local_log_are
     use dlog_alerting::state::{StageState, StateFile};
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -533,13 +523,6 @@ async fn regression_upgrade_skips_records_offsets_saved_before_the_local_log_are
         .unwrap();
 
     let running = dlog::start(config(data.path())).await.unwrap();
-    let kv = |k: &str, v: &str| KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

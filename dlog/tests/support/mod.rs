@@ -57,7 +57,8 @@ pub fn spawn_dlog_up_with(
         .expect("spawn dlog up")
 }
 
-fn kv(key: &str, value: &str) -> KeyValue {
+/// A string attribute.
+pub fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue {

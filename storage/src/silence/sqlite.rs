@@ -102,8 +102,23 @@ pub async fn delete_silence(dir: &Path, id: &str) -> Result<bool, StoreError> {
 
 /// Every silence kept, latest end first.
 pub async fn list_silences(dir: &Path) -> Result<Vec<Silence>, StoreError> {
-    let rows = with(dir, |c| {
-        let mut stmt = c.prepare("SELECT id, doc FROM silences ORDER BY ends DESC, id LIMIT ?1")?;
+    let mut out: Vec<Silence> = list_docs(
+        dir,
+        "SELECT id, doc FROM silences ORDER BY ends DESC, id LIMIT ?1",
+    )
+    .await?;
+    sort_silences(&mut out);
+    Ok(out)
+}
+
+/// The JSON documents a `SELECT key, doc ... LIMIT ?1` query returns, at most
+/// `MAX_SILENCES` of them.
+async fn list_docs<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    sql: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let rows = with(dir, move |c| {
+        let mut stmt = c.prepare(sql)?;
         let rows = stmt
             .query_map(params![MAX_SILENCES as i64], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -112,12 +127,9 @@ pub async fn list_silences(dir: &Path) -> Result<Vec<Silence>, StoreError> {
         Ok(rows)
     })
     .await?;
-    let mut out = rows
-        .into_iter()
+    rows.into_iter()
         .map(|(id, doc)| serde_json::from_str(&doc).map_err(|e| corrupt(&id, e)))
-        .collect::<Result<Vec<Silence>, _>>()?;
-    sort_silences(&mut out);
-    Ok(out)
+        .collect()
 }
 
 /// Inserts or replaces the ack of an alert, and prunes acks older than expired silences.
@@ -140,20 +152,11 @@ pub async fn put_ack(dir: &Path, ack: &AlertAck) -> Result<(), StoreError> {
 
 /// Every ack kept, newest first.
 pub async fn list_acks(dir: &Path) -> Result<Vec<AlertAck>, StoreError> {
-    let rows = with(dir, |c| {
-        let mut stmt = c.prepare("SELECT alert_id, doc FROM acks ORDER BY at DESC LIMIT ?1")?;
-        let rows = stmt
-            .query_map(params![MAX_SILENCES as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    })
+    let mut out: Vec<AlertAck> = list_docs(
+        dir,
+        "SELECT alert_id, doc FROM acks ORDER BY at DESC LIMIT ?1",
+    )
     .await?;
-    let mut out = rows
-        .into_iter()
-        .map(|(id, doc)| serde_json::from_str(&doc).map_err(|e| corrupt(&id, e)))
-        .collect::<Result<Vec<AlertAck>, _>>()?;
     sort_acks(&mut out);
     Ok(out)
 }
