@@ -405,20 +405,20 @@ async fn freshness_kafka_es(rate: u64, secs: u64) {
     })
     .await
     .expect("start the bridge");
-    let mut indexer_config = dlog_storage::IndexerConfig {
+    let mut indexer_config = dlog_indexer::IndexerConfig {
         trace_logs_topic: topic("trace_logs"),
         service_logs_topic: topic("service_logs"),
         heartbeat_logs_topic: topic("heartbeat_logs"),
         dead_letters_topic: topic("dead_letters"),
         admin: any,
-        ..dlog_storage::IndexerConfig::default()
+        ..dlog_indexer::IndexerConfig::default()
     };
     indexer_config.input.kafka_brokers = kafka.brokers.clone();
     indexer_config.input.group_id = format!("{prefix}_indexer");
     indexer_config.input.create_topics = true;
     indexer_config.store.elasticsearch_url = Some(elastic.url.clone());
     indexer_config.store.index_prefix = prefix.clone();
-    let indexer = dlog_storage::start(indexer_config)
+    let indexer = dlog_indexer::start(indexer_config)
         .await
         .expect("start the indexer");
     freshness(

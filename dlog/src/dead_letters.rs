@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dlog_core::source::{RawRecord, SourceError};
-use dlog_storage::stage::retention::Retained;
-use dlog_storage::stage::DeadLetterSink;
+use dlog_indexer::retention::Retained;
+use dlog_indexer::DeadLetterSink;
 use dlog_storage::RetentionPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;

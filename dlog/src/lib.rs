@@ -36,10 +36,10 @@ use dlog_alerting::{AlerterConfig, SystemClock};
 use dlog_core::kafka::KafkaSource;
 use dlog_core::names;
 use dlog_core::source::{Mark, RawRecord, Source, SourceError};
-use dlog_storage::stage::retention::{run_retention, ByteBudget, Retained, RetentionConfig};
-use dlog_storage::stage::IndexerConfig;
-use dlog_storage::stage::ReportsLag;
-use dlog_storage::stage::{run_pipeline, Metrics, PipelineOptions};
+use dlog_indexer::retention::{run_retention, ByteBudget, Retained, RetentionConfig};
+use dlog_indexer::IndexerConfig;
+use dlog_indexer::ReportsLag;
+use dlog_indexer::{run_pipeline, Metrics, PipelineOptions};
 use dlog_storage::{open_store, Store, StoreConfig};
 use dlog_wal::{Wal, WalConfig, WalReader};
 use tokio::task::JoinHandle;
@@ -266,7 +266,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         })?;
     let stop_indexer = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
-    let (indexer_admin_addr, indexer_admin) = dlog_storage::stage::admin::serve(
+    let (indexer_admin_addr, indexer_admin) = dlog_indexer::admin::serve(
         config.indexer_admin,
         Arc::clone(&metrics),
         stop_indexer.clone(),

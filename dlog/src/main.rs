@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dlog_core::process::{init_logging, shutdown_signal};
 use dlog_core::terminal::escape_control as esc;
-use dlog_storage::cli::{query, Command as QueryCommand};
+use dlog_indexer::cli::{query, Command as QueryCommand};
 use dlog_storage::{open_store, AlertQuery};
 
 const DEFAULT_LOG_FILTER: &str = "info,rdkafka=warn,hyper=warn,hyper_util=warn,h2=warn,tonic=warn,tower=warn,axum=warn,reqwest=warn";
@@ -113,12 +113,12 @@ struct UpArgs {
     wal_max_bytes: Option<u64>,
     /// Drop a day of stored data and dead letters once all of it is older than this (`7d`,
     /// `36h`; `0` keeps everything) [default: 7d].
-    #[arg(long, env = "DLOG_RETENTION_MAX_AGE", value_parser = dlog_storage::cli::parse_duration)]
+    #[arg(long, env = "DLOG_RETENTION_MAX_AGE", value_parser = dlog_indexer::cli::parse_duration)]
     retention_max_age: Option<std::time::Duration>,
     /// Drop the oldest days while the store holds more than this (`20GiB`, `50%` of the data
     /// directory's disk, `none`); never the current day [default: 50%].
     #[arg(long, env = "DLOG_RETENTION_MAX_BYTES")]
-    retention_max_bytes: Option<dlog_storage::stage::retention::ByteBudget>,
+    retention_max_bytes: Option<dlog_indexer::retention::ByteBudget>,
 }
 
 #[derive(Debug, Default, clap::Args)]

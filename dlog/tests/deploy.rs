@@ -24,7 +24,7 @@ fn sample_config_files_are_valid_for_their_components() {
     bridge.validate().unwrap();
     assert_eq!(bridge.otlp_grpc.port(), 14317, "behind the collector");
 
-    let indexer = dlog_storage::IndexerConfig::from_file(&etc.join("indexer.toml")).unwrap();
+    let indexer = dlog_indexer::IndexerConfig::from_file(&etc.join("indexer.toml")).unwrap();
     indexer.validate().unwrap();
     let alerter = dlog_alerting::AlerterConfig::from_file(&etc.join("alerter.toml")).unwrap();
     alerter.validate().unwrap();
@@ -74,7 +74,7 @@ fn env_files_name_only_variables_their_components_read() {
         ("dlog-bridge", &["collector-bridge/src"]),
         // `dlog viewer`: the store settings are dlog's global ones.
         ("dlog-viewer", &["dlog/src"]),
-        ("dlog-indexer", &["storage/src"]),
+        ("dlog-indexer", &["indexer/src", "storage/src"]),
         ("dlog-alerter", &["alerting/src"]),
         ("dlog-demo", &["services/src", "sdk/src", "core/src"]),
     ];

@@ -1,5 +1,5 @@
-//! dlog's storage: the [`Store`] trait, its two backends, the indexing stage that feeds them
-//! from Kafka, and the trace-tree view.
+//! dlog's storage: the [`Store`] trait, its two backends, and the trace-tree view. The
+//! indexing stage that feeds them is the `dlog-indexer` crate.
 //!
 //! * [`Store`]: idempotent writes of spans, logs and heartbeats (deterministic document ids),
 //!   alerts, and the queries the viewer and the alerting stage need: `get_trace`,
@@ -8,9 +8,6 @@
 //! * [`open_store`]: the embedded SQLite store in one directory (the default, see
 //!   [`embedded`]), or Elasticsearch when a URL is configured (see [`elastic`]: Jaeger's span
 //!   model, flat daily log indices, a service registry).
-//! * [`stage`]: consumes `trace_logs`, `service_logs` and `heartbeat_logs` through any
-//!   [`dlog_core::source::Source`], commits only what the store acknowledged, dead-letters
-//!   poison, retries and pauses while the store is away. [`run`] is what `dlog-indexer` runs.
 //! * [`tree`]: the trace tree with a waterfall, as `dlog-indexer trace <id>` prints it.
 //!
 //! ```
@@ -44,12 +41,10 @@
 //! # }
 //! ```
 
-pub mod cli;
 pub mod config;
 pub mod elastic;
 pub mod embedded;
 pub mod silence;
-pub mod stage;
 pub mod store;
 pub mod tree;
 
@@ -57,7 +52,6 @@ use std::sync::Arc;
 
 pub use config::StoreConfig;
 pub use silence::{AlertAck, Silence};
-pub use stage::{run, start, IndexerConfig, RunningIndexer};
 pub use store::now_unix_nano;
 pub use store::{
     AlertDoc, AlertQuery, DeclaredDependency, Dependencies, DependencyEdge, Document,

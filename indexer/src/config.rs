@@ -10,7 +10,7 @@ use dlog_core::stage::StageDefaults;
 use serde::{Deserialize, Serialize};
 
 use super::retention::RetentionConfig;
-use crate::config::StoreConfig;
+use dlog_storage::StoreConfig;
 
 /// Default `kafka_brokers`, the one every stage shares.
 pub const DEFAULT_KAFKA_BROKERS: &str = dlog_core::stage::DEFAULT_KAFKA_BROKERS;
@@ -155,7 +155,7 @@ impl IndexerConfig {
             .validate(embedded)
             .map_err(|reason| invalid("retention", reason))?;
         self.store.validate().map_err(|e| match e {
-            crate::store::StoreError::Config(reason) => invalid("store", reason),
+            dlog_storage::store::StoreError::Config(reason) => invalid("store", reason),
             other => invalid("store", other.to_string()),
         })
     }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dlog_storage::{IndexerConfig, Store, StoreConfig, TraceQuery};
+use dlog_indexer::IndexerConfig;
+use dlog_storage::{Store, StoreConfig, TraceQuery};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_and_no_offset_moves_while_elasticsearch_is_away() {
@@ -31,7 +32,7 @@ async fn nothing_is_lost_and_no_offset_moves_while_elasticsearch_is_away() {
         .with_index_prefix(dlog_testkit::unique_name("outage"));
     store_config.request_timeout_ms = 1500;
     let group = dlog_testkit::unique_name("indexer");
-    let indexer = dlog_storage::start(IndexerConfig {
+    let indexer = dlog_indexer::start(IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: group.clone(),
@@ -134,7 +135,7 @@ async fn nothing_is_lost_and_no_offset_moves_while_elasticsearch_is_away() {
         "an offset moved while the store was away"
     );
     // A few more rounds of backoff, still nothing committed.
-    let write_failures = |m: &dlog_storage::stage::Metrics| m.write_failures() + m.retried("span");
+    let write_failures = |m: &dlog_indexer::Metrics| m.write_failures() + m.retried("span");
     let failures_then = write_failures(&metrics);
     wait_for("more failed attempts", Duration::from_secs(30), || {
         let n = write_failures(&metrics);

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
-use crate::stage::{ConfigError, IndexerConfig};
-use crate::store::{
+use crate::{ConfigError, IndexerConfig};
+use dlog_core::terminal::escape_control as esc;
+use dlog_storage::store::{
     now_unix_nano, LogQuery, StatusQuery, Store, StoreError, TimeRange, TraceQuery,
 };
-use crate::tree::{format_duration, format_time, render_trace, TreeOptions};
-use dlog_core::terminal::escape_control as esc;
+use dlog_storage::tree::{format_duration, format_time, render_trace, TreeOptions};
 
 /// Kafka → store indexing stage, and queries over the store.
 #[derive(Debug, Clone, Parser)]
@@ -219,7 +219,7 @@ pub struct RunArgs {
     /// Drop the oldest days while the store holds more than this (`500GiB`, `80%` of the
     /// embedded store's disk, `none`); never the current day [default: none].
     #[arg(long, env = "DLOG_INDEXER_RETENTION_MAX_BYTES", value_name = "SIZE")]
-    pub retention_max_bytes: Option<crate::stage::retention::ByteBudget>,
+    pub retention_max_bytes: Option<crate::retention::ByteBudget>,
     /// How often retention runs [default: 5m].
     #[arg(long, env = "DLOG_INDEXER_RETENTION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub retention_interval: Option<Duration>,
@@ -351,11 +351,15 @@ pub enum QueryError {
 pub async fn open_for_queries(config: &IndexerConfig) -> Result<Arc<dyn Store>, QueryError> {
     let mut store = config.store.clone();
     store.install_templates = false;
-    if store.elasticsearch_url.is_none() && !store.data_dir.join(crate::embedded::DB_FILE).exists()
+    if store.elasticsearch_url.is_none()
+        && !store
+            .data_dir
+            .join(dlog_storage::embedded::DB_FILE)
+            .exists()
     {
         return Err(QueryError::NoStore(store.data_dir.display().to_string()));
     }
-    Ok(crate::open_store(&store).await?)
+    Ok(dlog_storage::open_store(&store).await?)
 }
 
 fn since(d: Option<Duration>) -> TimeRange {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dlog_storage::{IndexerConfig, LogQuery, Store, StoreConfig};
+use dlog_indexer::IndexerConfig;
+use dlog_storage::{LogQuery, Store, StoreConfig};
 use prost::Message;
 
 fn loopback0() -> SocketAddr {
@@ -60,7 +61,7 @@ async fn otlp_reaches_the_store_as_the_exact_tree(
     .await
     .expect("bridge");
 
-    let indexer = dlog_storage::start(IndexerConfig {
+    let indexer = dlog_indexer::start(IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: dlog_testkit::unique_name("indexer"),

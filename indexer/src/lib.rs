@@ -13,6 +13,7 @@
 //! 4. acknowledge the batch ([`Source::ack`]: the Kafka source commits the offsets).
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod retention;
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{ConfigError, IndexerConfig};
 pub use metrics::Metrics;
 
-use crate::store::{Document, Store, WriteOutcome};
+use dlog_storage::store::{Document, Store, WriteOutcome};
 
 /// Where records that cannot be stored go.
 #[async_trait]
@@ -645,7 +646,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] dlog_storage::store::StoreError),
     /// Kafka could not be set up (topics, consumer, dead-letter producer).
     #[error("kafka at {brokers}: {source}")]
     Kafka {
@@ -721,7 +722,7 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
         .retention
         .policy(&config.store.data_dir)
         .map_err(|reason| ConfigError::invalid("retention", reason))?;
-    let store = crate::open_store(&config.store).await?;
+    let store = dlog_storage::open_store(&config.store).await?;
     let kafka_err = |source| StartError::Kafka {
         brokers: config.input.kafka_brokers.clone(),
         source,

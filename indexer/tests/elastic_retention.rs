@@ -10,10 +10,11 @@ use std::time::Duration;
 use common::{otlp_span, produce_traces, producer, resource, traces, wait_for};
 use dlog_core::model::{ServiceInfo, SpanKind, SpanRecord, StatusCode};
 use dlog_core::stage::ConsumerConfig;
+use dlog_indexer::retention::{ByteBudget, RetentionConfig};
+use dlog_indexer::IndexerConfig;
 use dlog_storage::elastic::model::date_of_nanos;
 use dlog_storage::elastic::ElasticStore;
-use dlog_storage::stage::retention::{ByteBudget, RetentionConfig};
-use dlog_storage::{Document, IndexerConfig, Store, StoreConfig, TraceQuery};
+use dlog_storage::{Document, Store, StoreConfig, TraceQuery};
 use opentelemetry_proto::tonic::trace::v1::span;
 
 const MS: u64 = 1_000_000;
@@ -85,7 +86,7 @@ async fn over_the_byte_budget_the_oldest_days_go_and_ingest_goes_on() {
     let budget = before.bytes_used - oldest_two + before.partitions[2].bytes / 2;
 
     let trace_topic = dlog_testkit::unique_name("trace_logs");
-    let indexer = dlog_storage::start(IndexerConfig {
+    let indexer = dlog_indexer::start(IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: dlog_testkit::unique_name("indexer"),

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dlog_core::process::{init_logging, shutdown_token};
-use dlog_storage::cli::{open_for_queries, query, Args, Command};
+use dlog_indexer::cli::{open_for_queries, query, Args, Command};
 
 /// Used when neither `DLOG_INDEXER_LOG` nor `RUST_LOG` is set.
 const DEFAULT_LOG_FILTER: &str =
@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = args.load().context("invalid configuration")?;
     match &args.command {
-        None | Some(Command::Run(_)) => dlog_storage::run(config, shutdown_token())
+        None | Some(Command::Run(_)) => dlog_indexer::run(config, shutdown_token())
             .await
             .context("indexing stage failed"),
         Some(Command::Migrate) if config.store.elasticsearch_url.is_some() => {

@@ -15,10 +15,10 @@ use dlog_core::model::{LogEntry, SpanRecord};
 use dlog_core::names;
 use dlog_core::source::Source;
 use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, SourceError};
-use dlog_storage::embedded::EmbeddedStore;
-use dlog_storage::stage::{
+use dlog_indexer::{
     run_pipeline, DeadLetterSink, LagReader, Metrics, PartitionLag, PipelineOptions, ReportsLag,
 };
+use dlog_storage::embedded::EmbeddedStore;
 use dlog_storage::*;
 use tokio_util::sync::CancellationToken;
 

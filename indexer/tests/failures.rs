@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use dlog_core::names;
-use dlog_storage::{IndexerConfig, LogQuery, Store, StoreConfig};
+use dlog_indexer::IndexerConfig;
+use dlog_storage::{LogQuery, Store, StoreConfig};
 
 struct Topics {
     trace: String,
@@ -105,7 +106,7 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     let config = indexer_config(&kafka, &t, StoreConfig::embedded(dir.path()));
     let group = config.input.group_id.clone();
-    let indexer = dlog_storage::start(config).await.unwrap();
+    let indexer = dlog_indexer::start(config).await.unwrap();
     let store: Arc<dyn Store> = indexer.store();
 
     for request in [&first, &second] {
@@ -197,7 +198,7 @@ async fn documents_elasticsearch_rejects_are_dead_lettered_and_the_rest_is_store
     let logs_at = produce_logs(&producer, &t.log, &trace_id, &request.backend_logs).await;
     produce_traces(&producer, &t.trace, &request.backend_spans).await;
 
-    let indexer = dlog_storage::start(indexer_config(&kafka, &t, store_config.clone()))
+    let indexer = dlog_indexer::start(indexer_config(&kafka, &t, store_config.clone()))
         .await
         .unwrap();
     let store = indexer.store();
@@ -284,7 +285,7 @@ async fn a_poison_record_of_the_largest_size_is_dead_lettered_and_the_partition_
     assert_eq!(poison.0, good.0);
 
     let dir = tempfile::tempdir().unwrap();
-    let indexer = dlog_storage::start(indexer_config(
+    let indexer = dlog_indexer::start(indexer_config(
         &kafka,
         &t,
         StoreConfig::embedded(dir.path()),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
-use crate::store::{RetentionPolicy, Store, StoreError, StoreUsage};
+use dlog_storage::store::{RetentionPolicy, Store, StoreError, StoreUsage};
 
 /// Default `retention.max_age_secs`: 7 days.
 pub const DEFAULT_RETENTION_MAX_AGE_SECS: u64 = 7 * 86_400;
@@ -222,7 +222,7 @@ pub async fn retention_pass(
     metrics: &Metrics,
     quiet: &mut bool,
 ) {
-    let now = crate::store::now_unix_nano();
+    let now = dlog_storage::store::now_unix_nano();
     match store.apply_retention(policy, now).await {
         Ok(report) => {
             set_usage(metrics, &report.usage);
@@ -323,8 +323,8 @@ mod tests {
         }
         async fn write(
             &self,
-            _: &[crate::store::Document],
-        ) -> Result<Vec<crate::store::WriteOutcome>, StoreError> {
+            _: &[dlog_storage::store::Document],
+        ) -> Result<Vec<dlog_storage::store::WriteOutcome>, StoreError> {
             Ok(Vec::new())
         }
         async fn refresh(&self) -> Result<(), StoreError> {
@@ -338,41 +338,47 @@ mod tests {
         }
         async fn find_traces(
             &self,
-            _: &crate::store::TraceQuery,
-        ) -> Result<Vec<crate::store::TraceSummary>, StoreError> {
+            _: &dlog_storage::store::TraceQuery,
+        ) -> Result<Vec<dlog_storage::store::TraceSummary>, StoreError> {
             Ok(Vec::new())
         }
         async fn search_logs(
             &self,
-            _: &crate::store::LogQuery,
+            _: &dlog_storage::store::LogQuery,
         ) -> Result<Vec<dlog_core::model::LogEntry>, StoreError> {
             Ok(Vec::new())
         }
         async fn services(&self) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())
         }
-        async fn operations(&self, _: &str) -> Result<Vec<crate::store::Operation>, StoreError> {
+        async fn operations(
+            &self,
+            _: &str,
+        ) -> Result<Vec<dlog_storage::store::Operation>, StoreError> {
             Ok(Vec::new())
         }
         async fn dependencies(
             &self,
-            _: crate::store::TimeRange,
-        ) -> Result<crate::store::Dependencies, StoreError> {
+            _: dlog_storage::store::TimeRange,
+        ) -> Result<dlog_storage::store::Dependencies, StoreError> {
             Ok(Default::default())
         }
         async fn service_status(
             &self,
-            _: &crate::store::StatusQuery,
-        ) -> Result<Vec<crate::store::InstanceStatus>, StoreError> {
+            _: &dlog_storage::store::StatusQuery,
+        ) -> Result<Vec<dlog_storage::store::InstanceStatus>, StoreError> {
             Ok(Vec::new())
         }
-        async fn upsert_alerts(&self, _: &[crate::store::AlertDoc]) -> Result<(), StoreError> {
+        async fn upsert_alerts(
+            &self,
+            _: &[dlog_storage::store::AlertDoc],
+        ) -> Result<(), StoreError> {
             Ok(())
         }
         async fn list_alerts(
             &self,
-            _: &crate::store::AlertQuery,
-        ) -> Result<Vec<crate::store::AlertDoc>, StoreError> {
+            _: &dlog_storage::store::AlertQuery,
+        ) -> Result<Vec<dlog_storage::store::AlertDoc>, StoreError> {
             Ok(Vec::new())
         }
     }
@@ -401,7 +407,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_without_retention_is_counted_and_the_loop_goes_on() {
         let metrics = Arc::new(Metrics::new());
-        let now = crate::store::now_unix_nano();
+        let now = dlog_storage::store::now_unix_nano();
         let files = Arc::new(Files(std::sync::Mutex::new(vec![0, now])));
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_retention(
