@@ -49,8 +49,9 @@
 //! # use dlog_alerting::Clock;
 //! ```
 //!
-//! The stage wraps it: [`run`] consumes Kafka, [`run_with`] any [`dlog_core::source::Source`]
-//! (the all-in-one mode's in-process channel) with any clock.
+//! The stage wraps it: [`Alerter::builder`] starts it on Kafka, or on any
+//! [`dlog_core::source::Source`] (the all-in-one mode's local log) with any clock; [`run`] and
+//! [`run_with`] start it and wait.
 
 pub mod alert;
 pub mod cli;
@@ -72,4 +73,6 @@ pub use config::AlerterConfig;
 pub use engine::{Engine, EngineSnapshot, EngineStats};
 pub use record::Record;
 pub use rules::RulesConfig;
-pub use stage::{kafka_source, run, run_with, AlerterError};
+pub use stage::{
+    kafka_source, run, run_with, Alerter, AlerterBuilder, AlerterError, RunningAlerter,
+};

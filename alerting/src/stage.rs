@@ -21,15 +21,15 @@
 //! nothing is lost (a required output may see an event again if the crash fell between its
 //! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dlog_core::kafka::{ensure_topics, KafkaSource};
 use dlog_core::names;
-use dlog_core::source::{Marks, RawRecord, Source, SourceError};
-use dlog_core::stage::Backoff;
+use dlog_core::source::{Mark, Marks, RawRecord, Source, SourceError};
+use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, InputEvents};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -80,8 +80,22 @@ pub enum AlerterError {
 
 /// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled, once it holds
 /// its group's lease ([`crate::lease`]): a second alerter in the same group refuses to start.
+/// The same as `Alerter::builder(config).with_shutdown(&shutdown).start()` and waiting.
 pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(), AlerterError> {
-    config.validate()?;
+    Alerter::builder(config)
+        .with_shutdown(&shutdown)
+        .start()
+        .await?
+        .wait()
+        .await
+}
+
+/// The Kafka path: lease, then the consumer group, then the stage.
+async fn run_on_kafka(
+    config: AlerterConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<(), AlerterError> {
     let lease = match crate::lease::acquire(&config, config.admin.to_string(), &shutdown).await {
         Ok(lease) => lease,
         // Told to stop while waiting for the lease: nothing was evaluated, nothing to save.
@@ -100,7 +114,10 @@ pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(
         })
     };
     let group = config.input.group_id.clone();
-    let result = run_with(config, source, Arc::new(SystemClock), stop).await;
+    let result = match prepare(config, clock, stop).await {
+        Ok(prepared) => prepared.run(source).await,
+        Err(e) => Err(e),
+    };
     watcher.abort();
     let lost = lost.is_cancelled();
     // Released only now: the successor starts from the state saved above.
@@ -110,6 +127,163 @@ pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(
         return Err(crate::lease::LeaseError::Lost { group }.into());
     }
     Ok(())
+}
+
+/// The alerting stage, started through [`Alerter::builder`].
+#[derive(Debug)]
+pub struct Alerter;
+
+impl Alerter {
+    /// A builder of the stage `config` describes. Without [`AlerterBuilder::with_source`] it
+    /// joins its Kafka consumer group once it holds the group's lease; without
+    /// [`AlerterBuilder::with_clock`] it runs on the wall clock.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), dlog_alerting::AlerterError> {
+    /// use dlog_alerting::{Alerter, AlerterConfig};
+    /// use dlog_core::source::ChannelSource;
+    ///
+    /// let (_sender, source) = ChannelSource::new(16);
+    /// let alerter = Alerter::builder(AlerterConfig::default())
+    ///     .with_source(source)
+    ///     .start()
+    ///     .await?;
+    /// alerter.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(config: AlerterConfig) -> AlerterBuilder<JoinKafka> {
+        AlerterBuilder {
+            config,
+            source: JoinKafka,
+            clock: Arc::new(SystemClock),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// The default input of an [`AlerterBuilder`]: the Kafka consumer group of its config,
+/// joined once the group's lease is held.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinKafka;
+
+/// Sets up an alerting stage; see [`Alerter::builder`].
+pub struct AlerterBuilder<S> {
+    config: AlerterConfig,
+    source: S,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+}
+
+impl<S> AlerterBuilder<S> {
+    /// Reads `source` instead of joining Kafka (the local log, an in-process channel). No
+    /// lease is taken: the caller owns the input.
+    pub fn with_source<T: Source + 'static>(self, source: T) -> AlerterBuilder<T> {
+        AlerterBuilder {
+            config: self.config,
+            source,
+            clock: self.clock,
+            shutdown: self.shutdown,
+        }
+    }
+
+    /// Evaluates on `clock` (tests drive a `ManualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Stops the stage when `shutdown` is cancelled, as [`RunningAlerter::shutdown`] does.
+    pub fn with_shutdown(mut self, shutdown: &CancellationToken) -> Self {
+        self.shutdown = shutdown.child_token();
+        self
+    }
+}
+
+impl AlerterBuilder<JoinKafka> {
+    /// Checks the configuration and starts the stage: it waits for its group's lease, joins
+    /// the group and runs. What fails after this returned is the stage's outcome.
+    pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
+        self.config.validate()?;
+        let shutdown = self.shutdown;
+        let task = tokio::spawn(run_on_kafka(self.config, self.clock, shutdown.clone()));
+        Ok(RunningAlerter::new(shutdown, task))
+    }
+}
+
+impl<S: Source + 'static> AlerterBuilder<S> {
+    /// Loads the rules and the saved state, sets up the outputs and the admin listener, then
+    /// runs the stage on the given source.
+    pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
+        let shutdown = self.shutdown;
+        let prepared = prepare(self.config, self.clock, shutdown.clone()).await?;
+        let task = tokio::spawn(prepared.run(self.source));
+        Ok(RunningAlerter::new(shutdown, task))
+    }
+}
+
+/// A running alerting stage.
+pub struct RunningAlerter {
+    shutdown: CancellationToken,
+    /// None once [`RunningAlerter::stopped`] saw it end.
+    task: Option<tokio::task::JoinHandle<Result<(), AlerterError>>>,
+}
+
+impl RunningAlerter {
+    fn new(
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), AlerterError>>,
+    ) -> Self {
+        RunningAlerter {
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Saves and acknowledges what was evaluated, delivers what it can, and waits for the
+    /// stage to stop.
+    pub async fn shutdown(self) -> Result<(), AlerterError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Resolves when the stage has stopped: on its own (its in-process input closed, the
+    /// lease was lost, or it failed) or after a shutdown; while it runs, never. Cancel-safe,
+    /// for `select!`.
+    pub async fn stopped(&mut self) -> Result<(), AlerterError> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        let result = joined(task.await);
+        self.task = None;
+        result
+    }
+
+    /// Waits until the stage stops by itself or through [`RunningAlerter::shutdown`].
+    pub async fn wait(mut self) -> Result<(), AlerterError> {
+        // Awaited in place: if this wait is dropped midway, the drop below still stops the
+        // stage.
+        self.stopped().await
+    }
+}
+
+/// Dropping the handle without [`RunningAlerter::shutdown`] stops the stage where it is, as a
+/// crash would (nothing more is saved or acknowledged); it never keeps running detached.
+impl Drop for RunningAlerter {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn joined(
+    outcome: Result<Result<(), AlerterError>, tokio::task::JoinError>,
+) -> Result<(), AlerterError> {
+    outcome.unwrap_or_else(|e| {
+        Err(AlerterError::Source(SourceError::Io(format!(
+            "stage task failed: {e}"
+        ))))
+    })
 }
 
 /// The Kafka input the configuration names: creates missing topics when `create_topics` is
@@ -136,13 +310,66 @@ pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, Alerter
 }
 
 /// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` is cancelled (the
-/// all-in-one mode feeds it a `ChannelSource`; tests drive it with a `ManualClock`).
-pub async fn run_with<S: Source>(
+/// all-in-one mode feeds it the local log; tests drive it with a `ManualClock`). The same as
+/// `Alerter::builder(config).with_source(source).with_clock(clock)`, started and waited for.
+pub async fn run_with<S: Source + 'static>(
     config: AlerterConfig,
     source: S,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), AlerterError> {
+    Alerter::builder(config)
+        .with_source(source)
+        .with_clock(clock)
+        .with_shutdown(&shutdown)
+        .start()
+        .await?
+        .wait()
+        .await
+}
+
+/// A stage set up and ready to read its input.
+struct Prepared {
+    stage: Stage,
+    admin_task: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Prepared {
+    /// Runs the batch driver over `source` until told to stop or the input closes, then
+    /// closes the best-effort outputs.
+    async fn run<S: Source>(self, source: S) -> Result<(), AlerterError> {
+        let Prepared {
+            mut stage,
+            admin_task,
+            shutdown,
+        } = self;
+        let options = DriverOptions {
+            batch_max_records: stage.config.batch_max_records,
+            batch_linger: Duration::from_millis(stage.config.batch_linger_ms),
+            retry_initial: Duration::from_millis(stage.config.retry_initial_ms),
+            retry_max: Duration::from_millis(stage.config.retry_max_ms),
+        };
+        let result = Driver::new(source, options, shutdown)
+            .with_events(stage.metrics.clone())
+            .run(&mut stage)
+            .await;
+        let timeout = Duration::from_millis(stage.config.shutdown_timeout_ms);
+        for output in std::mem::take(&mut stage.best_effort) {
+            output.close(timeout).await;
+        }
+        // The admin server stops with the token; on an error exit, stop it here.
+        admin_task.abort();
+        result
+    }
+}
+
+/// Loads the rules and the saved state, builds the outputs and serves the admin endpoints.
+async fn prepare(
+    config: AlerterConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<Prepared, AlerterError> {
     config.validate()?;
     let rules = config.load_rules()?;
     let state_file = StateFile::open(&config.state_dir)?;
@@ -196,8 +423,7 @@ pub async fn run_with<S: Source>(
     topic_kinds.insert(config.trace_logs_topic.clone(), TopicKind::Traces);
     topic_kinds.insert(config.service_logs_topic.clone(), TopicKind::Logs);
     topic_kinds.insert(config.heartbeat_logs_topic.clone(), TopicKind::Logs);
-    let mut stage = Stage {
-        source,
+    let stage = Stage {
         clock,
         engine,
         applied,
@@ -206,22 +432,17 @@ pub async fn run_with<S: Source>(
         required,
         best_effort,
         metrics,
-        stop: shutdown,
         topic_kinds,
         pending_ack: Marks::default(),
         last_checkpoint: Instant::now(),
         last_tick: None,
-        stash: VecDeque::new(),
         config,
     };
-    let result = stage.run().await;
-    let timeout = Duration::from_millis(stage.config.shutdown_timeout_ms);
-    for output in std::mem::take(&mut stage.best_effort) {
-        output.close(timeout).await;
-    }
-    // The admin server stops with the token; on an error exit, stop it here.
-    admin_task.abort();
-    result
+    Ok(Prepared {
+        stage,
+        admin_task,
+        shutdown,
+    })
 }
 
 async fn build_outputs(
@@ -267,9 +488,9 @@ async fn build_outputs(
     Ok((required, best_effort))
 }
 
-struct Stage<S> {
+/// The alerter's batch logic, run by the stage runtime's [`Driver`].
+struct Stage {
     config: AlerterConfig,
-    source: S,
     clock: Arc<dyn Clock>,
     engine: Engine,
     applied: AppliedOffsets,
@@ -278,121 +499,102 @@ struct Stage<S> {
     required: Vec<Output>,
     best_effort: Vec<BestEffort>,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
     topic_kinds: HashMap<String, TopicKind>,
     /// Highest offset taken per topic and partition since the last acknowledgement.
     pending_ack: Marks,
     last_checkpoint: Instant,
     /// Clock time of the last tick.
     last_tick: Option<u64>,
-    /// Records the input handed out while it was paused for an output outage, evaluated before
-    /// anything new. At most `batch_max_records`: an input that ignores pausing (an in-process
-    /// channel) is then left to push back on its sender instead of filling memory.
-    stash: VecDeque<RawRecord>,
 }
 
-/// Longest wait between two polls of a paused input: far below any consumer's
-/// `max.poll.interval.ms`, and short enough to notice a stop quickly.
-const PAUSED_POLL_STEP: Duration = Duration::from_millis(250);
-
-impl<S: Source> Stage<S> {
-    /// A fresh backoff with the configured waits (`retry_initial_ms` doubling, with jitter,
-    /// up to `retry_max_ms`).
-    fn backoff(&self) -> Backoff {
-        Backoff::from_millis(self.config.retry_initial_ms, self.config.retry_max_ms)
+impl InputEvents for Metrics {
+    fn input_error(&self, _error: &SourceError) {
+        self.input_errors.inc();
     }
+}
 
-    fn stopping(&self) -> bool {
-        self.stop.is_cancelled()
-    }
+impl<S: Source> BatchHandler<S> for Stage {
+    type Error = AlerterError;
 
-    async fn run(&mut self) -> Result<(), AlerterError> {
-        // Alerts a previous run saved but could not deliver go out first.
-        if !self.outbox.is_empty() && self.deliver().await? {
-            self.save().await?;
+    /// Alerts a previous run saved but could not deliver go out first.
+    async fn start(&mut self, input: &mut Input<S>) -> Result<Vec<Mark>, AlerterError> {
+        if !self.outbox.is_empty() && self.deliver(input).await? {
+            self.save(input).await?;
         }
-        let linger = Duration::from_millis(self.config.batch_linger_ms);
-        let mut input_backoff = self.backoff();
+        Ok(Vec::new())
+    }
+
+    async fn handle(
+        &mut self,
+        batch: Vec<RawRecord>,
+        input: &mut Input<S>,
+    ) -> Result<Vec<Mark>, AlerterError> {
         let tick_nanos = self.config.tick_interval_ms.saturating_mul(1_000_000);
         let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
         let mut records: Vec<Record> = Vec::new();
-        while !self.stopping() {
-            let stop = self.stop.clone();
-            let batch = if !self.stash.is_empty() {
-                // What the paused input handed out during an outage comes first, in order.
-                let n = self.stash.len().min(self.config.batch_max_records);
-                self.stash.drain(..n).collect()
-            } else {
-                tokio::select! {
-                    batch = self.source.next_batch(self.config.batch_max_records, linger) => match batch {
-                        Ok(batch) => {
-                            input_backoff.reset();
-                            batch
-                        }
-                        // An in-process input whose sender went away: the feeding side shut down.
-                        Err(SourceError::Closed) => break,
-                        // A broker or disk hiccup (a read error of the local log, a Kafka
-                        // error): nothing was taken, so try again after a while rather than
-                        // stop alerting, as the indexer does.
-                        Err(e) => {
-                            let wait = input_backoff.next_delay();
-                            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reading the input failed; retrying");
-                            tokio::select! {
-                                () = tokio::time::sleep(wait) => continue,
-                                () = stop.cancelled() => break,
-                            }
-                        }
-                    },
-                    _ = stop.cancelled() => break,
-                }
-            };
-            let mut transitions = Vec::new();
-            for raw in &batch {
-                self.pending_ack.advance(raw);
-                if self.config.skip_replayed_offsets
-                    && is_applied(&self.applied, &raw.topic, raw.partition, raw.offset)
-                {
-                    self.metrics.replayed.inc();
-                    continue;
-                }
-                let kind = self.kind_of(raw);
-                if let Err(e) = decode_into(raw, kind, &mut records) {
-                    // The indexer dead-letters undecodable records; the alerter only skips them.
-                    self.metrics.decode_errors.inc();
-                    tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "skipping undecodable record");
-                }
-                for record in records.drain(..) {
-                    transitions.extend(self.engine.process(&record));
-                }
-                mark_applied(&mut self.applied, &raw.topic, raw.partition, raw.offset);
-                self.metrics
-                    .records
-                    .get_or_create(&crate::metrics::TopicLabels {
-                        topic: raw.topic.clone(),
-                    })
-                    .inc();
-            }
-            let now = self.clock.now_unix_nanos();
-            if self
-                .last_tick
-                .is_none_or(|last| now.saturating_sub(last) >= tick_nanos)
+        let mut transitions = Vec::new();
+        for raw in &batch {
+            self.pending_ack.advance(raw);
+            if self.config.skip_replayed_offsets
+                && is_applied(&self.applied, &raw.topic, raw.partition, raw.offset)
             {
-                transitions.extend(self.engine.tick(now));
-                self.last_tick = Some(now);
+                self.metrics.replayed.inc();
+                continue;
             }
-            let due =
-                !self.pending_ack.is_empty() && self.last_checkpoint.elapsed() >= checkpoint_every;
-            if !transitions.is_empty() || due {
-                self.checkpoint(transitions).await?;
+            let kind = self.kind_of(raw);
+            if let Err(e) = decode_into(raw, kind, &mut records) {
+                // The indexer dead-letters undecodable records; the alerter only skips them.
+                self.metrics.decode_errors.inc();
+                tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "skipping undecodable record");
             }
+            for record in records.drain(..) {
+                transitions.extend(self.engine.process(&record));
+            }
+            mark_applied(&mut self.applied, &raw.topic, raw.partition, raw.offset);
+            self.metrics
+                .records
+                .get_or_create(&crate::metrics::TopicLabels {
+                    topic: raw.topic.clone(),
+                })
+                .inc();
         }
-        // Graceful stop: save and acknowledge what was evaluated.
-        if !self.pending_ack.is_empty() || !self.outbox.is_empty() {
-            self.checkpoint(Vec::new()).await?;
+        let now = self.clock.now_unix_nanos();
+        if self
+            .last_tick
+            .is_none_or(|last| now.saturating_sub(last) >= tick_nanos)
+        {
+            transitions.extend(self.engine.tick(now));
+            self.last_tick = Some(now);
         }
-        Ok(())
+        let due =
+            !self.pending_ack.is_empty() && self.last_checkpoint.elapsed() >= checkpoint_every;
+        if !transitions.is_empty() || due {
+            return self.checkpoint(transitions, input).await;
+        }
+        Ok(Vec::new())
     }
 
+    /// A failed commit is not fatal: the state is saved, so the marks are kept and committed
+    /// again at the next checkpoint, and records a restart would replay meanwhile are skipped
+    /// through the saved applied offsets.
+    fn acked(&mut self, marks: Vec<Mark>, result: Result<(), SourceError>) {
+        if let Err(e) = result {
+            self.metrics.input_errors.inc();
+            tracing::warn!(error = %e, "committing input offsets failed; retrying at the next checkpoint");
+            self.pending_ack.restore(marks);
+        }
+    }
+
+    /// Graceful stop: save and acknowledge what was evaluated.
+    async fn finish(&mut self, input: &mut Input<S>) -> Result<Vec<Mark>, AlerterError> {
+        if !self.pending_ack.is_empty() || !self.outbox.is_empty() {
+            return self.checkpoint(Vec::new(), input).await;
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl Stage {
     fn kind_of(&self, raw: &RawRecord) -> TopicKind {
         if let Some(kind) = self.topic_kinds.get(&raw.topic) {
             return *kind;
@@ -407,35 +609,24 @@ impl<S: Source> Stage<S> {
     /// `retry_max_ms`) while the disk refuses (full, EIO), with the input paused but still
     /// polled, as during an output outage. Fails only when told to stop before a save
     /// succeeded.
-    async fn save(&mut self) -> Result<(), AlerterError> {
-        let mut backoff = self.backoff();
-        let mut paused = false;
+    async fn save<S: Source>(&mut self, input: &mut Input<S>) -> Result<(), AlerterError> {
+        let mut backoff = input.backoff();
         let result = loop {
             match self.save_once().await {
                 Ok(()) => break Ok(()),
                 Err(e) => {
                     self.metrics.state_save_errors.inc();
-                    if self.stopping() {
+                    if input.stopping() {
                         break Err(e);
                     }
-                    let wait = backoff.next_delay();
-                    tracing::error!(error = %e, retry_in = ?wait, "saving the state failed; input paused until it succeeds");
-                    if !paused {
-                        if let Err(e) = self.source.pause() {
-                            self.metrics.input_errors.inc();
-                            tracing::warn!(error = %e, "pausing the input failed");
-                        }
-                        paused = true;
-                    }
-                    self.wait_polling(wait).await;
+                    // Told to stop during the wait: one last attempt, then the error.
+                    let _ = input
+                        .retry(&mut backoff, format!("saving the state failed ({e})"))
+                        .await;
                 }
             }
         };
-        if paused {
-            if let Err(e) = self.source.resume() {
-                self.metrics.input_errors.inc();
-                tracing::warn!(error = %e, "resuming the input failed");
-            }
+        if input.resume() {
             self.engine.note_input_gap(self.clock.now_unix_nanos());
         }
         result
@@ -462,7 +653,13 @@ impl<S: Source> Stage<S> {
         Ok(())
     }
 
-    async fn checkpoint(&mut self, transitions: Vec<Transition>) -> Result<(), AlerterError> {
+    /// Outbox, save, best-effort outputs, required outputs, save; returns the marks to
+    /// acknowledge (none when told to stop before the required outputs took everything).
+    async fn checkpoint<S: Source>(
+        &mut self,
+        transitions: Vec<Transition>,
+        input: &mut Input<S>,
+    ) -> Result<Vec<Mark>, AlerterError> {
         let started = Instant::now();
         self.metrics.count_transitions(&transitions);
         for t in &transitions {
@@ -479,31 +676,31 @@ impl<S: Source> Stage<S> {
                 });
             }
         }
-        self.save().await?;
+        self.save(input).await?;
         for output in &self.best_effort {
             output.offer(&transitions);
         }
         let delivered = if self.outbox.is_empty() {
             true
         } else {
-            self.deliver().await?
+            self.deliver(input).await?
         };
         if !delivered {
             // Stopping with alerts undelivered: they are in the saved outbox, and the input
             // stays unacknowledged.
-            return Ok(());
+            return Ok(Vec::new());
         }
         if !transitions.is_empty() {
-            self.save().await?;
+            self.save(input).await?;
         }
-        self.ack().await;
+        let marks = self.pending_ack.take();
         self.last_checkpoint = Instant::now();
         self.metrics
             .engine(self.engine.stats(), self.engine.firing_count());
         self.metrics
             .checkpoint_seconds
             .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(marks)
     }
 
     /// Delivers the outbox to every required output that still owes it, retrying with
@@ -511,12 +708,11 @@ impl<S: Source> Stage<S> {
     /// for that output (logged and counted); only what failed is retried, so one bad alert
     /// neither blocks the output nor makes it see the others again. Returns false when the
     /// stage was told to stop before everything was delivered.
-    async fn deliver(&mut self) -> Result<bool, AlerterError> {
-        let mut paused = false;
+    async fn deliver<S: Source>(&mut self, input: &mut Input<S>) -> Result<bool, AlerterError> {
         let mut complete = true;
         for output in self.required.clone() {
             let name = output.name();
-            let mut backoff = self.backoff();
+            let mut backoff = input.backoff();
             loop {
                 let owed: Vec<usize> = (0..self.outbox.len())
                     .filter(|i| self.outbox[*i].outputs.contains(name))
@@ -557,18 +753,8 @@ impl<S: Source> Stage<S> {
                     break;
                 };
                 self.metrics.output(&self.metrics.output_errors, name, 1);
-                let wait = backoff.next_delay();
-                tracing::warn!(output = name, error = %e, retry_in = ?wait, "required output refused alerts; input paused");
-                if !paused {
-                    if let Err(e) = self.source.pause() {
-                        // Not fatal: an unpaused input is only polled into the bounded stash.
-                        self.metrics.input_errors.inc();
-                        tracing::warn!(error = %e, "pausing the input failed");
-                    }
-                    paused = true;
-                }
-                self.wait_polling(wait).await;
-                if self.stopping() {
+                let reason = format!("required output `{name}` refused alerts ({e})");
+                if input.retry(&mut backoff, reason).await.is_err() {
                     complete = false;
                     break;
                 }
@@ -578,84 +764,11 @@ impl<S: Source> Stage<S> {
             }
         }
         self.outbox.retain(|p| !p.outputs.is_empty());
-        if paused {
-            if let Err(e) = self.source.resume() {
-                self.metrics.input_errors.inc();
-                tracing::warn!(error = %e, "resuming the input failed");
-            }
+        if input.resume() {
             // The input was stalled: heartbeats sent meanwhile are still in the backlog, so
             // the outage must not count as every service's silence.
             self.engine.note_input_gap(self.clock.now_unix_nanos());
         }
         Ok(complete)
-    }
-
-    /// Waits `wait` (or until stopped) while an output is down and the input paused, polling
-    /// the input all along: librdkafka removes a consumer from its group when it does not poll
-    /// within `max.poll.interval.ms`, paused or not, and the rebalance would hand its
-    /// partitions elsewhere. A paused input normally hands out nothing; whatever it does hand
-    /// out is stashed and evaluated first once the outputs are back.
-    async fn wait_polling(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        let stop = self.stop.clone();
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= deadline || self.stopping() {
-                return;
-            }
-            let step = (deadline - now).min(PAUSED_POLL_STEP);
-            let room = self
-                .config
-                .batch_max_records
-                .saturating_sub(self.stash.len());
-            if room == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(step) => {}
-                    _ = stop.cancelled() => return,
-                }
-                continue;
-            }
-            let polled = tokio::select! {
-                polled = self.source.next_batch(room, step) => polled,
-                _ = stop.cancelled() => return,
-            };
-            match polled {
-                Ok(records) => {
-                    if !records.is_empty() {
-                        tracing::debug!(
-                            records = records.len(),
-                            "paused input handed out records; kept for after the outage"
-                        );
-                    }
-                    self.stash.extend(records);
-                }
-                Err(e) => {
-                    // A closed in-process input ends the stage after the outage, through the
-                    // main loop; here, only do not spin on it.
-                    if !matches!(e, SourceError::Closed) {
-                        tracing::warn!(error = %e, "polling the paused input failed");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(step) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
-        }
-    }
-
-    /// Commits what was evaluated. A failed commit is not fatal: the state is saved, so the
-    /// marks are kept and committed again at the next checkpoint, and records a restart
-    /// would replay meanwhile are skipped through the saved applied offsets.
-    async fn ack(&mut self) {
-        if self.pending_ack.is_empty() {
-            return;
-        }
-        let marks = self.pending_ack.take();
-        if let Err(e) = self.source.ack(&marks).await {
-            self.metrics.input_errors.inc();
-            tracing::warn!(error = %e, "committing input offsets failed; retrying at the next checkpoint");
-            self.pending_ack.restore(marks);
-        }
     }
 }

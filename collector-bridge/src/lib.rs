@@ -13,7 +13,7 @@
 //! to hand batches in-process to the stages (all-in-one mode) under the same rule.
 //!
 //! ```no_run
-//! use collector_bridge::{start, Config};
+//! use collector_bridge::{Bridge, Config};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = Config {
@@ -23,7 +23,7 @@
 //!     admin: "127.0.0.1:0".parse()?,
 //!     ..Config::default()
 //! };
-//! let bridge = start(config).await?;
+//! let bridge = Bridge::builder(config).start().await?;
 //! println!("OTLP/gRPC on {}, OTLP/HTTP on {}", bridge.grpc_addr(), bridge.http_addr());
 //! // ... export to it ...
 //! bridge.shutdown().await?; // stop accepting, finish in-flight requests, flush Kafka
@@ -161,9 +161,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use config::{Config, ConfigError};
 pub use route::{InvalidRequest, Routed, Router};
@@ -210,8 +211,10 @@ pub struct RunningBridge {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
-    stop_receivers: watch::Sender<bool>,
-    stop_admin: watch::Sender<bool>,
+    /// Cancelled (also when dropped) to stop the receivers.
+    stop_receivers: DropGuard,
+    /// Cancelled (also when dropped) to stop the admin listener.
+    stop_admin: DropGuard,
     receivers: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
     admin: JoinHandle<Result<(), String>>,
     admin_state: Arc<Serving>,
@@ -256,7 +259,7 @@ impl RunningBridge {
     pub async fn shutdown(self) -> Result<(), BridgeError> {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.admin_state.stop_serving();
-        let _ = self.stop_receivers.send(true);
+        self.stop_receivers.disarm().cancel();
         let mut problems = Vec::new();
         // Receivers finish once their connections close. A client that ignores the HTTP/2
         // GOAWAY would hold that up to the deadline, so once no request is in flight for a
@@ -302,7 +305,7 @@ impl RunningBridge {
         if let Err(e) = (self.flush)(left).await {
             problems.push(format!("flush: {e}"));
         }
-        let _ = self.stop_admin.send(true);
+        self.stop_admin.disarm().cancel();
         let mut admin = self.admin;
         if tokio::time::timeout(Duration::from_secs(1), &mut admin)
             .await
@@ -319,40 +322,106 @@ impl RunningBridge {
     }
 }
 
-/// Validates `config`, creates the topics when `create_topics` is set, checks that the
-/// topics accept records of `max_message_bytes` (when the broker reports their
-/// `max.message.bytes`; this waits up to 5 s for an answer), and starts the bridge with a
-/// [`KafkaSink`]. Returns once every listener is bound; an unreachable broker does not fail
-/// the start, it makes requests answer `UNAVAILABLE` until it is back.
-pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
-    config.validate()?;
-    if config.create_topics {
-        dlog_core::kafka::ensure_topics(
-            &config.kafka_brokers,
-            &config.topics(),
-            config.topic_partitions,
-            config.topic_replication,
-        )
-        .await
-        .map_err(|e| BridgeError::Kafka(e.to_string()))?;
+/// The collector bridge, started through [`Bridge::builder`].
+#[derive(Debug)]
+pub struct Bridge;
+
+impl Bridge {
+    /// A builder of the bridge `config` describes. Without [`BridgeBuilder::with_sink`] it
+    /// produces to Kafka (a [`KafkaSink`]).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), collector_bridge::BridgeError> {
+    /// use collector_bridge::{Bridge, ChannelSink, Config};
+    ///
+    /// let bridge = Bridge::builder(Config::default())
+    ///     .with_sink(ChannelSink::new(Vec::new()))
+    ///     .start()
+    ///     .await?;
+    /// bridge.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(config: Config) -> BridgeBuilder<ProduceToKafka> {
+        BridgeBuilder {
+            config,
+            sink: ProduceToKafka,
+        }
     }
-    // A topic that refuses records of max_message_bytes would fail every large request for
-    // good: refuse to start instead, naming the topic and both values.
-    sink::check_topic_limits(&config, sink::TOPIC_CHECK_TIMEOUT)
-        .await
-        .map_err(BridgeError::Kafka)?;
-    let sink = KafkaSink::new(&config).map_err(|e| BridgeError::Kafka(e.to_string()))?;
-    start_with_sink(config, sink).await
 }
 
-/// Starts the bridge over any [`Sink`] (for example a [`ChannelSink`] in the all-in-one
-/// mode). `create_topics` and `kafka_brokers` are not used here. Every configured topic must
-/// be one the sink can deliver ([`Sink::check_topic`]): a [`ChannelSink`] needs a subscriber
-/// for each of the three, or the start fails naming the setting.
+/// The default next hop of a [`BridgeBuilder`]: a [`KafkaSink`] on the configured brokers.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceToKafka;
+
+/// Sets up a bridge; see [`Bridge::builder`].
+pub struct BridgeBuilder<S> {
+    config: Config,
+    sink: S,
+}
+
+impl<S> BridgeBuilder<S> {
+    /// Delivers to `sink` instead of Kafka (the local log, an in-process channel).
+    pub fn with_sink<T: Sink>(self, sink: T) -> BridgeBuilder<T> {
+        BridgeBuilder {
+            config: self.config,
+            sink,
+        }
+    }
+}
+
+impl BridgeBuilder<ProduceToKafka> {
+    /// Validates the config, creates the topics when `create_topics` is set, checks that the
+    /// topics accept records of `max_message_bytes` (when the broker reports their
+    /// `max.message.bytes`; this waits up to 5 s for an answer), and starts the bridge with a
+    /// [`KafkaSink`]. Returns once every listener is bound; an unreachable broker does not
+    /// fail the start, it makes requests answer `UNAVAILABLE` until it is back.
+    pub async fn start(self) -> Result<RunningBridge, BridgeError> {
+        let config = self.config;
+        config.validate()?;
+        if config.create_topics {
+            dlog_core::kafka::ensure_topics(
+                &config.kafka_brokers,
+                &config.topics(),
+                config.topic_partitions,
+                config.topic_replication,
+            )
+            .await
+            .map_err(|e| BridgeError::Kafka(e.to_string()))?;
+        }
+        // A topic that refuses records of max_message_bytes would fail every large request
+        // for good: refuse to start instead, naming the topic and both values.
+        sink::check_topic_limits(&config, sink::TOPIC_CHECK_TIMEOUT)
+            .await
+            .map_err(BridgeError::Kafka)?;
+        let sink = KafkaSink::new(&config).map_err(|e| BridgeError::Kafka(e.to_string()))?;
+        BridgeBuilder { config, sink }.start().await
+    }
+}
+
+impl<S: Sink> BridgeBuilder<S> {
+    /// Starts the bridge over the sink. `create_topics` and `kafka_brokers` are not used
+    /// here. Every configured topic must be one the sink can deliver ([`Sink::check_topic`]):
+    /// a [`ChannelSink`] needs a subscriber for each of the three, or the start fails naming
+    /// the setting.
+    pub async fn start(self) -> Result<RunningBridge, BridgeError> {
+        serve(self.config, self.sink).await
+    }
+}
+
+/// Starts the bridge with a [`KafkaSink`]: `Bridge::builder(config).start()`.
+pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
+    Bridge::builder(config).start().await
+}
+
+/// Starts the bridge over any [`Sink`]: `Bridge::builder(config).with_sink(sink).start()`.
 pub async fn start_with_sink<S: Sink>(
     config: Config,
     sink: S,
 ) -> Result<RunningBridge, BridgeError> {
+    Bridge::builder(config).with_sink(sink).start().await
+}
+
+async fn serve<S: Sink>(config: Config, sink: S) -> Result<RunningBridge, BridgeError> {
     config.validate()?;
     for (key, topic) in [
         ("trace_logs_topic", &config.trace_logs_topic),
@@ -428,8 +497,8 @@ pub async fn start_with_sink<S: Sink>(
     let ingest = Arc::new(ingest::Ingest::new(&config, sink, metrics));
     let admin_state = Arc::new(Serving::new(registry));
 
-    let (stop_receivers, stop_rx) = watch::channel(false);
-    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let stop_receivers = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
     let (fail_tx, failures) = mpsc::unbounded_channel();
 
     let grpc_limits = grpc::GrpcLimits {
@@ -457,7 +526,7 @@ pub async fn start_with_sink<S: Sink>(
                 grpc_tls,
                 Duration::from_millis(config.http_header_read_timeout_ms),
             ),
-            stopped(stop_rx.clone()),
+            stop_receivers.clone().cancelled_owned(),
         );
     let grpc_task = spawn_server("otlp_grpc", fail_tx.clone(), async move {
         grpc.await.map_err(|e| e.to_string())
@@ -485,7 +554,7 @@ pub async fn start_with_sink<S: Sink>(
             http_app,
             http_limits,
             http_tls.clone(),
-            stopped(stop_rx),
+            stop_receivers.clone().cancelled_owned(),
         ),
     );
 
@@ -499,7 +568,7 @@ pub async fn start_with_sink<S: Sink>(
             admin_app,
             http_limits,
             http_tls,
-            stopped(stop_admin_rx),
+            stop_admin.clone().cancelled_owned(),
         ),
     );
 
@@ -520,8 +589,8 @@ pub async fn start_with_sink<S: Sink>(
         grpc_addr,
         http_addr,
         admin_addr,
-        stop_receivers,
-        stop_admin,
+        stop_receivers: stop_receivers.drop_guard(),
+        stop_admin: stop_admin.drop_guard(),
         receivers: vec![("otlp_grpc", grpc_task), ("otlp_http", http_task)],
         admin: admin_task,
         admin_state,
@@ -535,14 +604,11 @@ pub async fn start_with_sink<S: Sink>(
     })
 }
 
-/// Runs the bridge until `shutdown` resolves (or a server fails), then stops gracefully.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), BridgeError> {
-    let mut bridge = start(config).await?;
+/// Runs the bridge until `shutdown` is cancelled (or a server fails), then stops gracefully.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BridgeError> {
+    let mut bridge = Bridge::builder(config).start().await?;
     tokio::select! {
-        () = shutdown => {
+        () = shutdown.cancelled() => {
             tracing::info!("shutting down: finishing in-flight requests and flushing Kafka");
             bridge.shutdown().await
         }
@@ -551,11 +617,6 @@ pub async fn run(
             Err(error)
         }
     }
-}
-
-/// Resolves once `stop` turns true or its sender is gone (the bridge was dropped).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn spawn_server(

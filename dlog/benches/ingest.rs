@@ -418,7 +418,8 @@ async fn freshness_kafka_es(rate: u64, secs: u64) {
     indexer_config.input.create_topics = true;
     indexer_config.store.elasticsearch_url = Some(elastic.url.clone());
     indexer_config.store.index_prefix = prefix.clone();
-    let indexer = dlog_indexer::start(indexer_config)
+    let indexer = dlog_indexer::Indexer::builder(indexer_config)
+        .start()
         .await
         .expect("start the indexer");
     freshness(

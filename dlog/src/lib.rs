@@ -32,21 +32,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use collector_bridge::{LocalLogSink, RunningBridge};
-use dlog_alerting::{AlerterConfig, SystemClock};
-use dlog_core::kafka::KafkaSource;
+use dlog_alerting::{Alerter, AlerterConfig, RunningAlerter};
 use dlog_core::names;
 use dlog_core::source::{Mark, RawRecord, Source, SourceError};
-use dlog_indexer::retention::{run_retention, ByteBudget, Retained, RetentionConfig};
-use dlog_indexer::IndexerConfig;
-use dlog_indexer::ReportsLag;
-use dlog_indexer::{run_pipeline, Metrics, PipelineOptions};
+use dlog_indexer::retention::{ByteBudget, RetentionConfig};
+use dlog_indexer::{Indexer, IndexerConfig, ReportsLag, RunningIndexer, StartError};
 use dlog_storage::{open_store, Store, StoreConfig};
 use dlog_wal::{Wal, WalConfig, WalReader};
-use tokio::task::JoinHandle;
 
 pub mod dead_letters;
 use dead_letters::FileDeadLetters;
-use tokio_util::sync::CancellationToken;
 
 /// Default data directory (the embedded store and the alerter's state live under it).
 pub const DEFAULT_DATA_DIR: &str = "./dlog-data";
@@ -213,12 +208,8 @@ pub struct AllInOne {
     records_to: String,
     store_description: String,
     store: Arc<dyn Store>,
-    stop_indexer: CancellationToken,
-    stop_alerter: CancellationToken,
-    indexer: JoinHandle<Result<(), String>>,
-    alerter: JoinHandle<Result<(), String>>,
-    indexer_admin: JoinHandle<()>,
-    indexer_admin_addr: SocketAddr,
+    indexer: RunningIndexer,
+    alerter: RunningAlerter,
     viewer: dlog_viewer::RunningViewer,
 }
 
@@ -234,14 +225,13 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     {
         retention_config.max_bytes = ByteBudget::Unbounded;
     }
-    let retention = retention_config
+    retention_config
         .validate(
             config
                 .elasticsearch_url
                 .is_none()
                 .then_some(embedded_dir.as_path()),
         )
-        .and_then(|()| retention_config.policy(&config.data_dir))
         .map_err(|message| AllInOneError::Stage {
             stage: "retention",
             message,
@@ -264,28 +254,41 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             store: store_description.clone(),
             source,
         })?;
-    let stop_indexer = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let (indexer_admin_addr, indexer_admin) = dlog_indexer::admin::serve(
-        config.indexer_admin,
-        Arc::clone(&metrics),
-        stop_indexer.clone(),
-    )
-    .await
-    .map_err(|source| AllInOneError::IndexerAdmin {
-        addr: config.indexer_admin,
-        source,
-    })?;
+    // The indexer writes to the store the viewer reads, dead-letters to files in the data
+    // directory, and applies the retention policy to both.
     let dead_letters = Arc::new(FileDeadLetters::new(&config.data_dir));
-    // Stops with the indexer.
-    tokio::spawn(run_retention(
-        Arc::clone(&store),
-        vec![Arc::clone(&dead_letters) as Arc<dyn Retained>],
-        retention,
-        retention_config.interval(),
-        Arc::clone(&metrics),
-        stop_indexer.clone(),
-    ));
+    let mut indexer_config = IndexerConfig {
+        admin: config.indexer_admin,
+        store: store_config.clone(),
+        retention: retention_config,
+        ..IndexerConfig::default()
+    };
+    if let Input::Kafka(brokers) = &input {
+        indexer_config.input.kafka_brokers = brokers.clone();
+    }
+    let indexer = Indexer::builder(indexer_config)
+        .with_store(Arc::clone(&store))
+        .with_dead_letters(dead_letters.clone())
+        .with_retained(dead_letters);
+    let indexer_error = |e: StartError| match e {
+        StartError::Store(source) => AllInOneError::Store {
+            store: store_description.clone(),
+            source,
+        },
+        StartError::Admin { addr, source } => AllInOneError::IndexerAdmin { addr, source },
+        StartError::Kafka { brokers, source } => AllInOneError::Kafka {
+            brokers,
+            message: source.to_string(),
+        },
+        other => AllInOneError::Stage {
+            stage: "indexing",
+            message: other.to_string(),
+        },
+    };
+    let alerter_error = |e: dlog_alerting::AlerterError| AllInOneError::Stage {
+        stage: "alerting",
+        message: e.to_string(),
+    };
 
     let mut alerter_config = AlerterConfig {
         admin: config.alerter_admin,
@@ -306,7 +309,6 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         alerter_config.outputs.webhook.enabled = true;
         alerter_config.outputs.webhook.url = url.clone();
     }
-    let stop_alerter = CancellationToken::new();
     let bridge_config = collector_bridge::Config {
         otlp_grpc: config.otlp_grpc,
         otlp_http: config.otlp_http,
@@ -317,75 +319,64 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         ..collector_bridge::Config::default()
     };
 
-    let (wal, records_to, (indexer, alerter), bridge) = match input {
+    let (wal, records_to, indexer, alerter, bridge) = match input {
         Input::Local(local) => {
             let local = *local;
             let records_to = format!("local log {}", local.wal.dir().display());
-            let running = (
-                spawn_indexer(
-                    local.indexer,
-                    Arc::clone(&store),
-                    dead_letters,
-                    metrics,
-                    stop_indexer.clone(),
-                ),
-                spawn_alerter(alerter_config, local.alerter, stop_alerter.clone()),
-            );
+            let indexer = indexer
+                .with_source(local.indexer)
+                .start()
+                .await
+                .map_err(indexer_error)?;
+            let alerter = match Alerter::builder(alerter_config)
+                .with_source(local.alerter)
+                .start()
+                .await
+            {
+                Ok(alerter) => alerter,
+                Err(e) => {
+                    let _ = indexer.shutdown().await;
+                    local.wal.close().await;
+                    return Err(alerter_error(e));
+                }
+            };
             let sink = LocalLogSink::new(local.wal.clone());
-            let bridge = collector_bridge::start_with_sink(bridge_config, sink).await;
-            (Some(local.wal), records_to, running, bridge)
+            let bridge = collector_bridge::Bridge::builder(bridge_config)
+                .with_sink(sink)
+                .start()
+                .await;
+            (Some(local.wal), records_to, indexer, alerter, bridge)
         }
         Input::Kafka(brokers) => {
             let records_to = format!("Kafka brokers {brokers}");
-            let mut indexer_config = IndexerConfig::default();
-            indexer_config.input.kafka_brokers = brokers.clone();
-            let kafka_err = |e: SourceError| AllInOneError::Kafka {
-                brokers: brokers.clone(),
-                message: e.to_string(),
-            };
-            let indexer_source =
-                KafkaSource::new(&indexer_config.input.settings(indexer_config.input_topics()))
-                    .map_err(kafka_err)?;
+            let indexer = indexer.start().await.map_err(indexer_error)?;
             alerter_config.input.kafka_brokers = brokers.clone();
             alerter_config.outputs.kafka.enabled = true;
             // As the standalone alerter: it evaluates only once it holds its group's lease, so
             // a second alerter in the group (another `dlog up --kafka`, or `dlog-alerter`)
             // cannot split the state; this one's stage fails, naming the holder.
-            let alerter = {
-                let stop = stop_alerter.clone();
-                tokio::spawn(async move {
-                    dlog_alerting::run(alerter_config, stop)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
+            let alerter = match Alerter::builder(alerter_config).start().await {
+                Ok(alerter) => alerter,
+                Err(e) => {
+                    let _ = indexer.shutdown().await;
+                    return Err(alerter_error(e));
+                }
             };
-            let running = (
-                spawn_indexer(
-                    indexer_source,
-                    Arc::clone(&store),
-                    dead_letters,
-                    metrics,
-                    stop_indexer.clone(),
-                ),
-                alerter,
-            );
-            let bridge = collector_bridge::start(collector_bridge::Config {
+            let bridge = collector_bridge::Bridge::builder(collector_bridge::Config {
                 kafka_brokers: brokers.clone(),
                 create_topics: true,
                 ..bridge_config
             })
+            .start()
             .await;
-            (None, records_to, running, bridge)
+            (None, records_to, indexer, alerter, bridge)
         }
     };
     let bridge = match bridge {
         Ok(bridge) => bridge,
         Err(e) => {
-            stop_indexer.cancel();
-            stop_alerter.cancel();
             // The stages' last acknowledgements are saved with the log's close.
-            let _ = indexer.await;
-            let _ = alerter.await;
+            let _ = tokio::join!(indexer.shutdown(), alerter.shutdown());
             if let Some(wal) = wal {
                 wal.close().await;
             }
@@ -406,10 +397,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         Ok(viewer) => viewer,
         Err(e) => {
             let _ = bridge.shutdown().await;
-            stop_indexer.cancel();
-            stop_alerter.cancel();
-            let _ = indexer.await;
-            let _ = alerter.await;
+            let _ = tokio::join!(indexer.shutdown(), alerter.shutdown());
             if let Some(wal) = wal {
                 wal.close().await;
             }
@@ -430,12 +418,8 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         records_to,
         store_description,
         store,
-        stop_indexer,
-        stop_alerter,
         indexer,
         alerter,
-        indexer_admin,
-        indexer_admin_addr,
         viewer,
     })
 }
@@ -496,39 +480,6 @@ async fn join_kafka(brokers: &str) -> Result<String, AllInOneError> {
     Ok(brokers.to_string())
 }
 
-fn spawn_indexer<S: Source + ReportsLag + Send + 'static>(
-    source: S,
-    store: Arc<dyn Store>,
-    dead_letters: Arc<FileDeadLetters>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) -> JoinHandle<Result<(), String>> {
-    tokio::spawn(async move {
-        run_pipeline(
-            source,
-            store,
-            dead_letters,
-            PipelineOptions::default(),
-            metrics,
-            stop,
-        )
-        .await
-        .map_err(|e| e.to_string())
-    })
-}
-
-fn spawn_alerter<S: Source + Send + Sync + 'static>(
-    config: AlerterConfig,
-    source: S,
-    stop: CancellationToken,
-) -> JoinHandle<Result<(), String>> {
-    tokio::spawn(async move {
-        dlog_alerting::run_with(config, source, Arc::new(SystemClock), stop)
-            .await
-            .map_err(|e| e.to_string())
-    })
-}
-
 impl AllInOne {
     /// Bound OTLP/gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -547,7 +498,7 @@ impl AllInOne {
 
     /// Bound indexer admin address.
     pub fn indexer_admin_addr(&self) -> SocketAddr {
-        self.indexer_admin_addr
+        self.indexer.admin_addr()
     }
 
     /// Bound viewer address (web UI and Jaeger query API).
@@ -613,14 +564,13 @@ impl AllInOne {
             }
         };
         let (stage, outcome) = tokio::select! {
-            outcome = &mut self.indexer => ("indexing", outcome),
-            outcome = &mut self.alerter => ("alerting", outcome),
-            reason = wal_failed => ("local log", Ok(Err(reason))),
+            outcome = self.indexer.stopped() => ("indexing", outcome.map_err(|e| e.to_string())),
+            outcome = self.alerter.stopped() => ("alerting", outcome.map_err(|e| e.to_string())),
+            reason = wal_failed => ("local log", Err(reason)),
         };
         let message = match outcome {
-            Ok(Ok(())) => "stopped without being told to".to_string(),
-            Ok(Err(message)) => message,
-            Err(e) => e.to_string(),
+            Ok(()) => "stopped without being told to".to_string(),
+            Err(message) => message,
         };
         AllInOneError::Stage { stage, message }
     }
@@ -630,31 +580,19 @@ impl AllInOne {
     pub async fn shutdown(self) -> Result<(), AllInOneError> {
         self.viewer.shutdown().await;
         let bridge = self.bridge.shutdown().await;
-        self.stop_indexer.cancel();
-        self.stop_alerter.cancel();
-        let indexer = join("indexing", self.indexer).await;
-        let alerter = join("alerting", self.alerter).await;
+        let (indexer, alerter) = tokio::join!(self.indexer.shutdown(), self.alerter.shutdown());
         if let Some(wal) = self.wal {
             wal.close().await;
         }
-        let _ = self.indexer_admin.await;
         bridge?;
-        indexer?;
-        alerter
-    }
-}
-
-async fn join(
-    stage: &'static str,
-    task: JoinHandle<Result<(), String>>,
-) -> Result<(), AllInOneError> {
-    match task.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(AllInOneError::Stage { stage, message }),
-        Err(e) => Err(AllInOneError::Stage {
-            stage,
+        indexer.map_err(|e| AllInOneError::Stage {
+            stage: "indexing",
             message: e.to_string(),
-        }),
+        })?;
+        alerter.map_err(|e| AllInOneError::Stage {
+            stage: "alerting",
+            message: e.to_string(),
+        })
     }
 }
 

@@ -117,7 +117,7 @@ async fn stage_bench(url: &str, n: usize) {
     for p in pending {
         p.await.unwrap().unwrap();
     }
-    let indexer = dlog_indexer::start(dlog_indexer::IndexerConfig {
+    let indexer = dlog_indexer::Indexer::builder(dlog_indexer::IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: dlog_testkit::unique_name("bench"),
@@ -133,6 +133,7 @@ async fn stage_bench(url: &str, n: usize) {
             .with_index_prefix(dlog_testkit::unique_name("stage")),
         ..Default::default()
     })
+    .start()
     .await
     .unwrap();
     let metrics = indexer.metrics();

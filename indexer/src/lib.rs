@@ -11,6 +11,12 @@
 //!    again with exponential backoff while consumption is paused, until they are acked or
 //!    the stage is shut down (then nothing is committed and the batch is replayed on restart);
 //! 4. acknowledge the batch ([`Source::ack`]: the Kafka source commits the offsets).
+//!
+//! The loop around these steps (batches, pausing while polling on, backoff, acks) is the
+//! stage runtime's [`Driver`]; this crate supplies the steps. [`Indexer::builder`] starts the
+//! stage with its admin endpoints ([`admin`], [`metrics`]) and its retention loop
+//! ([`retention`]); [`run`] is what the `dlog-indexer` binary runs, and [`cli`] its commands
+//! (including the store queries `dlog` shares).
 
 pub mod admin;
 pub mod cli;
@@ -18,7 +24,7 @@ pub mod config;
 pub mod metrics;
 pub mod retention;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +34,7 @@ use dlog_core::kafka::{DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
-use dlog_core::stage::Backoff;
+use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, Stopped};
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -216,6 +222,16 @@ impl Default for PipelineOptions {
 }
 
 impl PipelineOptions {
+    /// What the batch driver needs of these.
+    pub fn driver(&self) -> DriverOptions {
+        DriverOptions {
+            batch_max_records: self.batch_max_records,
+            batch_linger: self.batch_linger,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+        }
+    }
+
     /// The options an [`IndexerConfig`] asks for.
     pub fn from_config(config: &IndexerConfig) -> Self {
         PipelineOptions {
@@ -297,76 +313,62 @@ pub enum StageError {
     Source(#[from] SourceError),
 }
 
-/// Why a step stopped early.
-enum Interrupted {
-    Shutdown,
-}
-
-struct Pipeline<S> {
-    source: S,
+/// The indexer's batch logic, run by the stage runtime's [`Driver`]: decode, write, dead-letter,
+/// then hand back the batch's marks.
+struct Indexing {
     store: Arc<dyn Store>,
     dead_letters: Arc<dyn DeadLetterSink>,
-    options: PipelineOptions,
+    topics: Topics,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    /// Records read while paused, processed before anything new.
-    stash: VecDeque<RawRecord>,
-    paused: bool,
 }
 
 /// Most bytes of a dead-letter reason (several rejected documents can add up), the limit
 /// the Kafka dead-letter producer enforces too.
 const MAX_REASON_CHARS: usize = dlog_core::kafka::MAX_DLQ_REASON_BYTES - 3;
 
-impl<S: Source + ReportsLag> Pipeline<S> {
-    async fn run(mut self) -> Result<(), StageError> {
-        // Lag is read beside the loop: its broker round trips must not delay consumption.
-        let lag_stop = self.shutdown.child_token();
-        let _stop_lag_on_return = lag_stop.clone().drop_guard();
-        if let Some(reader) = self.source.lag_reader() {
-            if !self.options.lag_interval.is_zero() {
-                tokio::spawn(report_lag(
-                    reader,
-                    self.options.lag_interval,
-                    Arc::clone(&self.metrics),
-                    lag_stop,
-                ));
-            }
+impl<S: Source> BatchHandler<S> for Indexing {
+    type Error = StageError;
+
+    async fn handle(
+        &mut self,
+        batch: Vec<RawRecord>,
+        input: &mut Input<S>,
+    ) -> Result<Vec<Mark>, StageError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
-        loop {
-            if self.shutdown.is_cancelled() {
-                break;
-            }
-            let batch = if !self.stash.is_empty() {
-                let n = self.stash.len().min(self.options.batch_max_records);
-                Ok(self.stash.drain(..n).collect())
-            } else {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => break,
-                    batch = self.source.next_batch(self.options.batch_max_records, self.options.batch_linger) => batch,
-                }
-            };
-            match batch {
-                Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => match self.process(batch).await {
-                    Ok(()) => {}
-                    Err(Interrupted::Shutdown) => break,
-                },
-                // The in-process sender is gone: everything it sent was processed.
-                Err(SourceError::Closed) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the input failed; retrying");
-                    if self.wait(self.options.retry_initial, false).await.is_err() {
-                        break;
-                    }
-                }
-            }
+        match self.process(&batch, input).await {
+            Ok(()) => Ok(Mark::latest(&batch)),
+            // Told to stop before the store took everything: nothing is acknowledged, and the
+            // batch is replayed on restart.
+            Err(Stopped) => Ok(Vec::new()),
         }
-        tracing::info!("indexing stage stopped");
-        Ok(())
     }
 
-    async fn process(&mut self, batch: Vec<RawRecord>) -> Result<(), Interrupted> {
+    fn acked(&mut self, _marks: Vec<Mark>, result: Result<(), SourceError>) {
+        if let Err(e) = result {
+            // Not fatal: the documents are durable; a replay after a restart or rebalance
+            // overwrites them.
+            self.metrics.commit_failures.inc();
+            tracing::warn!(error = %e, "acknowledging the batch failed; it will be replayed");
+        } else {
+            self.metrics.commits.inc();
+        }
+    }
+}
+
+impl dlog_core::stage::InputEvents for Metrics {
+    fn paused(&self, paused: bool) {
+        self.paused.set(i64::from(paused));
+    }
+}
+
+impl Indexing {
+    async fn process<S: Source>(
+        &mut self,
+        batch: &[RawRecord],
+        input: &mut Input<S>,
+    ) -> Result<(), Stopped> {
         let mut docs = Vec::new();
         let mut owners = Vec::new();
         let mut reasons: BTreeMap<usize, (&'static str, Vec<String>)> = BTreeMap::new();
@@ -377,7 +379,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                     topic: record.topic.clone(),
                 })
                 .inc();
-            match decode_record(record, &self.options.topics) {
+            match decode_record(record, &self.topics) {
                 Ok(decoded) => {
                     owners.extend(std::iter::repeat_n(i, decoded.len()));
                     docs.extend(decoded);
@@ -389,7 +391,7 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                 }
             }
         }
-        for (owner, reason) in self.write_all(docs, owners).await? {
+        for (owner, reason) in self.write_all(docs, owners, input).await? {
             reasons
                 .entry(owner)
                 .or_insert(("rejected", Vec::new()))
@@ -406,32 +408,25 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                 reason.truncate(cut);
                 reason.push_str("...");
             }
-            self.dead_letter(&batch[i], &reason).await?;
+            self.dead_letter(&batch[i], &reason, input).await?;
             self.metrics
                 .dead_lettered
                 .get_or_create(&metrics::ReasonLabel { reason: kind })
                 .inc();
-        }
-        if let Err(e) = self.source.ack(&Mark::latest(&batch)).await {
-            // Not fatal: the documents are durable; a replay after a restart or rebalance
-            // overwrites them.
-            self.metrics.commit_failures.inc();
-            tracing::warn!(error = %e, "acknowledging the batch failed; it will be replayed");
-        } else {
-            self.metrics.commits.inc();
         }
         Ok(())
     }
 
     /// Writes until every document is acked or rejected; returns the rejected ones with their
     /// owner record and reason.
-    async fn write_all(
+    async fn write_all<S: Source>(
         &mut self,
         mut docs: Vec<Document>,
         mut owners: Vec<usize>,
-    ) -> Result<Vec<(usize, String)>, Interrupted> {
+        input: &mut Input<S>,
+    ) -> Result<Vec<(usize, String)>, Stopped> {
         let mut rejected = Vec::new();
-        let mut backoff = self.backoff();
+        let mut backoff = input.backoff();
         while !docs.is_empty() {
             let started = Instant::now();
             let result = self.store.write(&docs).await;
@@ -502,14 +497,11 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                     .get_or_create(&metrics::KindLabel { kind: doc.kind() })
                     .inc();
             }
-            let delay = backoff.next_delay();
-            let attempt = backoff.attempt();
-            if attempt == 1 || attempt.is_power_of_two() {
-                tracing::warn!(attempt, documents = docs.len(), error = %last_error,
-                    "store did not take the batch; pausing consumption and retrying");
-            }
-            self.pause_source();
-            self.wait(delay, true).await?;
+            let reason = format!(
+                "the store did not take {} documents ({last_error})",
+                docs.len()
+            );
+            input.retry(&mut backoff, reason).await?;
         }
         if backoff.attempt() > 0 {
             tracing::info!(
@@ -518,15 +510,19 @@ impl<S: Source + ReportsLag> Pipeline<S> {
             );
         }
         self.metrics.store_up.set(1);
-        self.resume_source();
+        input.resume();
         Ok(rejected)
     }
 
-    /// Writes one dead letter, retrying until it lands or the stage shuts down. While it
-    /// retries, consumption is paused but the source keeps being polled (stashing what it
-    /// hands out), so the consumer is not evicted from its group for not polling.
-    async fn dead_letter(&mut self, record: &RawRecord, reason: &str) -> Result<(), Interrupted> {
-        let mut backoff = self.backoff();
+    /// Writes one dead letter, retrying until it lands or the stage shuts down (meanwhile the
+    /// input is paused but still polled, so the consumer is not evicted from its group).
+    async fn dead_letter<S: Source>(
+        &mut self,
+        record: &RawRecord,
+        reason: &str,
+        input: &mut Input<S>,
+    ) -> Result<(), Stopped> {
+        let mut backoff = input.backoff();
         loop {
             match self.dead_letters.send(record, reason).await {
                 Ok(()) => {
@@ -535,88 +531,22 @@ impl<S: Source + ReportsLag> Pipeline<S> {
                             attempts = backoff.attempt(),
                             "dead letter written; resuming"
                         );
-                        self.resume_source();
+                        input.resume();
                     }
                     return Ok(());
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
-                    let attempt = backoff.attempt();
-                    if attempt == 1 || attempt.is_power_of_two() {
-                        tracing::warn!(error = %e, attempt, "writing a dead letter failed; pausing consumption and retrying");
-                    }
-                    self.pause_source();
-                    self.wait(delay, true).await?;
-                }
-            }
-        }
-    }
-
-    /// A fresh backoff with the configured waits.
-    fn backoff(&self) -> Backoff {
-        Backoff::new(self.options.retry_initial, self.options.retry_max)
-    }
-
-    fn pause_source(&mut self) {
-        if !self.paused {
-            match self.source.pause() {
-                Ok(()) => {
-                    self.paused = true;
-                    self.metrics.paused.set(1);
-                }
-                Err(e) => tracing::warn!(error = %e, "pausing the input failed"),
-            }
-        }
-    }
-
-    fn resume_source(&mut self) {
-        if self.paused {
-            match self.source.resume() {
-                Ok(()) => {
-                    self.paused = false;
-                    self.metrics.paused.set(0);
-                }
-                Err(e) => tracing::warn!(error = %e, "resuming the input failed; will try again"),
-            }
-        }
-    }
-
-    /// Sleeps for `delay` unless shut down. While paused, keeps polling the source (so the
-    /// consumer stays in its group) and stashes what it hands out for later.
-    async fn wait(&mut self, delay: Duration, poll: bool) -> Result<(), Interrupted> {
-        let deadline = tokio::time::Instant::now() + delay;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(());
-            }
-            let step = (deadline - now).min(Duration::from_millis(250));
-            if poll && self.stash.len() < self.options.batch_max_records {
-                let room = self.options.batch_max_records - self.stash.len();
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return Err(Interrupted::Shutdown),
-                    got = self.source.next_batch(room, step) => {
-                        if let Ok(records) = got {
-                            self.stash.extend(records);
-                        }
-                        tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(1)).min(deadline)).await;
-                    }
-                }
-            } else {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return Err(Interrupted::Shutdown),
-                    _ = tokio::time::sleep(step) => {}
+                    let why = format!("writing a dead letter failed ({e})");
+                    input.retry(&mut backoff, why).await?;
                 }
             }
         }
     }
 }
 
-/// Runs the pipeline over any [`Source`] until `shutdown` is cancelled or the source closes.
-///
-/// This is the entry point of in-process mode: feed a [`ChannelSource`] from the bridge and
-/// each batch's acknowledgement completes once its documents are in the store.
-pub async fn run_pipeline<S: Source + ReportsLag>(
+/// Runs the pipeline over any [`Source`] until `shutdown` is cancelled or the source closes
+/// (what [`Indexer::builder`] starts; the lag reader runs beside it).
+async fn run_pipeline<S: Source + ReportsLag>(
     source: S,
     store: Arc<dyn Store>,
     dead_letters: Arc<dyn DeadLetterSink>,
@@ -624,18 +554,31 @@ pub async fn run_pipeline<S: Source + ReportsLag>(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), StageError> {
-    Pipeline {
-        source,
+    // Lag is read beside the loop: its broker round trips must not delay consumption.
+    let lag_stop = shutdown.child_token();
+    let _stop_lag_on_return = lag_stop.clone().drop_guard();
+    if let Some(reader) = source.lag_reader() {
+        if !options.lag_interval.is_zero() {
+            tokio::spawn(report_lag(
+                reader,
+                options.lag_interval,
+                Arc::clone(&metrics),
+                lag_stop,
+            ));
+        }
+    }
+    let mut indexing = Indexing {
         store,
         dead_letters,
-        options,
-        metrics,
-        shutdown,
-        stash: VecDeque::new(),
-        paused: false,
-    }
-    .run()
-    .await
+        topics: options.topics.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    Driver::new(source, options.driver(), shutdown)
+        .with_events(metrics)
+        .run(&mut indexing)
+        .await?;
+    tracing::info!("indexing stage stopped");
+    Ok(())
 }
 
 /// The stage could not start.
@@ -671,7 +614,8 @@ pub struct RunningIndexer {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
-    pipeline: tokio::task::JoinHandle<Result<(), StageError>>,
+    /// None once [`RunningIndexer::stopped`] saw it end.
+    pipeline: Option<tokio::task::JoinHandle<Result<(), StageError>>>,
     admin: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
 }
@@ -699,110 +643,253 @@ impl RunningIndexer {
         self.wait().await
     }
 
-    /// Waits until the stage stops by itself or through [`RunningIndexer::shutdown`].
-    pub async fn wait(self) -> Result<(), StageError> {
-        let result = match self.pipeline.await {
-            Ok(result) => result,
-            Err(e) => Err(StageError::Source(SourceError::Kafka(format!(
-                "stage task failed: {e}"
-            )))),
+    /// Resolves when the stage has stopped: on its own (its in-process input closed, or it
+    /// failed) or after a shutdown; while it runs, never. Cancel-safe, for `select!`.
+    pub async fn stopped(&mut self) -> Result<(), StageError> {
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return Ok(());
         };
+        let result = joined(pipeline.await);
+        self.pipeline = None;
+        result
+    }
+
+    /// Waits until the stage stops by itself or through [`RunningIndexer::shutdown`].
+    pub async fn wait(mut self) -> Result<(), StageError> {
+        // Awaited in place: if this wait is dropped midway, the drop below still stops the
+        // stage.
+        let result = self.stopped().await;
         self.shutdown.cancel();
-        let _ = self.admin.await;
-        let _ = self.retention.await;
+        let _ = (&mut self.admin).await;
+        let _ = (&mut self.retention).await;
         result
     }
 }
 
-/// Starts the stage as configured: opens the store (installing Elasticsearch templates),
-/// creates topics when asked, joins the consumer group and serves the admin endpoints.
-pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> {
-    config.validate()?;
-    let policy = config
-        .retention
-        .policy(&config.store.data_dir)
-        .map_err(|reason| ConfigError::invalid("retention", reason))?;
-    let store = dlog_storage::open_store(&config.store).await?;
-    let kafka_err = |source| StartError::Kafka {
-        brokers: config.input.kafka_brokers.clone(),
-        source,
-    };
-    if config.input.create_topics {
-        let mut topics: Vec<&str> = vec![
-            &config.trace_logs_topic,
-            &config.service_logs_topic,
-            &config.heartbeat_logs_topic,
-            &config.dead_letters_topic,
-        ];
-        topics.dedup();
-        dlog_core::kafka::ensure_topics(
-            &config.input.kafka_brokers,
-            &topics,
-            config.input.topic_partitions,
-            1,
-        )
-        .await
-        .map_err(kafka_err)?;
+/// Dropping the handle without [`RunningIndexer::shutdown`] stops the stage where it is, as a
+/// crash would (the batch in hand is not acknowledged); it never keeps running detached.
+impl Drop for RunningIndexer {
+    fn drop(&mut self) {
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.abort();
+        }
+        self.shutdown.cancel();
     }
-    let source =
-        KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
-    let dead_letters = DeadLetters::new(
-        &config.input.kafka_brokers,
-        &config.dead_letters_topic,
-        "dlog-indexer",
-    )
-    .map_err(kafka_err)?;
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let (admin_addr, admin) = admin::serve(config.admin, Arc::clone(&metrics), shutdown.clone())
-        .await
-        .map_err(|source| StartError::Admin {
-            addr: config.admin,
-            source,
-        })?;
-    tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.input.kafka_brokers,
-        group = %config.input.group_id, "indexing stage started");
-    tracing::info!(max_age = ?policy.max_age, max_bytes = ?policy.max_bytes,
-        interval = ?config.retention.interval(), "retention");
-    let retention = tokio::spawn(retention::run_retention(
-        Arc::clone(&store),
-        Vec::new(),
-        policy,
-        config.retention.interval(),
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
-    let pipeline = tokio::spawn(run_pipeline(
-        source,
-        Arc::clone(&store),
-        Arc::new(dead_letters),
-        PipelineOptions::from_config(&config),
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
-    Ok(RunningIndexer {
-        admin_addr,
-        metrics,
-        store,
-        shutdown,
-        pipeline,
-        admin,
-        retention,
+}
+
+fn joined(
+    outcome: Result<Result<(), StageError>, tokio::task::JoinError>,
+) -> Result<(), StageError> {
+    outcome.unwrap_or_else(|e| {
+        Err(StageError::Source(SourceError::Kafka(format!(
+            "stage task failed: {e}"
+        ))))
     })
+}
+
+/// The indexing stage, started through [`Indexer::builder`].
+#[derive(Debug)]
+pub struct Indexer;
+
+impl Indexer {
+    /// A builder of the stage `config` describes. Without [`IndexerBuilder::with_source`] it
+    /// joins its Kafka consumer group (creating the topics when `create_topics` is set);
+    /// without [`IndexerBuilder::with_dead_letters`] it dead-letters to the Kafka
+    /// `dead_letters_topic`; without [`IndexerBuilder::with_store`] it opens `config.store`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use dlog_core::source::ChannelSource;
+    /// use dlog_indexer::{Indexer, IndexerConfig, LogDeadLetters};
+    ///
+    /// let (_sender, source) = ChannelSource::new(16);
+    /// let indexer = Indexer::builder(IndexerConfig::default())
+    ///     .with_source(source)
+    ///     .with_dead_letters(std::sync::Arc::new(LogDeadLetters))
+    ///     .start()
+    ///     .await?;
+    /// indexer.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(config: IndexerConfig) -> IndexerBuilder<JoinKafka> {
+        IndexerBuilder {
+            config,
+            source: JoinKafka,
+            store: None,
+            dead_letters: None,
+            retained: Vec::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// The default input of an [`IndexerBuilder`]: the Kafka consumer group of its config.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinKafka;
+
+/// Sets up an indexing stage; see [`Indexer::builder`].
+pub struct IndexerBuilder<S> {
+    config: IndexerConfig,
+    source: S,
+    store: Option<Arc<dyn Store>>,
+    dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    retained: Vec<Arc<dyn retention::Retained>>,
+    shutdown: CancellationToken,
+}
+
+impl<S> IndexerBuilder<S> {
+    /// Reads `source` instead of joining Kafka (the local log, an in-process channel).
+    pub fn with_source<T: Source + ReportsLag + 'static>(self, source: T) -> IndexerBuilder<T> {
+        IndexerBuilder {
+            config: self.config,
+            source,
+            store: self.store,
+            dead_letters: self.dead_letters,
+            retained: self.retained,
+            shutdown: self.shutdown,
+        }
+    }
+
+    /// Writes to `store` (one the process shares) instead of opening `config.store`.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where records that cannot be stored go, instead of the Kafka dead-letter topic.
+    pub fn with_dead_letters(mut self, dead_letters: Arc<dyn DeadLetterSink>) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+
+    /// Something besides the store that the retention policy also applies to (dead-letter
+    /// files).
+    pub fn with_retained(mut self, retained: Arc<dyn retention::Retained>) -> Self {
+        self.retained.push(retained);
+        self
+    }
+
+    /// Stops the stage when `shutdown` is cancelled, as [`RunningIndexer::shutdown`] does.
+    pub fn with_shutdown(mut self, shutdown: &CancellationToken) -> Self {
+        self.shutdown = shutdown.child_token();
+        self
+    }
+}
+
+impl IndexerBuilder<JoinKafka> {
+    /// Starts the stage on its Kafka consumer group: see [`IndexerBuilder::start`].
+    pub async fn start(self) -> Result<RunningIndexer, StartError> {
+        self.config.validate()?;
+        let config = &self.config;
+        let kafka_err = |source| StartError::Kafka {
+            brokers: config.input.kafka_brokers.clone(),
+            source,
+        };
+        if config.input.create_topics {
+            let mut topics: Vec<&str> = vec![
+                &config.trace_logs_topic,
+                &config.service_logs_topic,
+                &config.heartbeat_logs_topic,
+            ];
+            if self.dead_letters.is_none() {
+                topics.push(&config.dead_letters_topic);
+            }
+            topics.dedup();
+            dlog_core::kafka::ensure_topics(
+                &config.input.kafka_brokers,
+                &topics,
+                config.input.topic_partitions,
+                1,
+            )
+            .await
+            .map_err(kafka_err)?;
+        }
+        let source =
+            KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
+        self.with_source(source).start().await
+    }
+}
+
+impl<S: Source + ReportsLag + 'static> IndexerBuilder<S> {
+    /// Starts the stage: opens the store (installing Elasticsearch templates) unless one was
+    /// given, serves the admin endpoints, runs retention and the batch loop.
+    pub async fn start(self) -> Result<RunningIndexer, StartError> {
+        let config = self.config;
+        config.validate()?;
+        let policy = config
+            .retention
+            .policy(&config.store.data_dir)
+            .map_err(|reason| ConfigError::invalid("retention", reason))?;
+        let store = match self.store {
+            Some(store) => store,
+            None => dlog_storage::open_store(&config.store).await?,
+        };
+        let dead_letters = match self.dead_letters {
+            Some(dead_letters) => dead_letters,
+            None => Arc::new(
+                DeadLetters::new(
+                    &config.input.kafka_brokers,
+                    &config.dead_letters_topic,
+                    "dlog-indexer",
+                )
+                .map_err(|source| StartError::Kafka {
+                    brokers: config.input.kafka_brokers.clone(),
+                    source,
+                })?,
+            ),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = self.shutdown;
+        let (admin_addr, admin) =
+            admin::serve(config.admin, Arc::clone(&metrics), shutdown.clone())
+                .await
+                .map_err(|source| StartError::Admin {
+                    addr: config.admin,
+                    source,
+                })?;
+        tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.input.kafka_brokers,
+            group = %config.input.group_id, "indexing stage started");
+        tracing::info!(max_age = ?policy.max_age, max_bytes = ?policy.max_bytes,
+            interval = ?config.retention.interval(), "retention");
+        let retention = tokio::spawn(retention::run_retention(
+            Arc::clone(&store),
+            self.retained,
+            policy,
+            config.retention.interval(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+        let pipeline = tokio::spawn(run_pipeline(
+            self.source,
+            Arc::clone(&store),
+            dead_letters,
+            PipelineOptions::from_config(&config),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+        Ok(RunningIndexer {
+            admin_addr,
+            metrics,
+            store,
+            shutdown,
+            pipeline: Some(pipeline),
+            admin,
+            retention,
+        })
+    }
 }
 
 /// Runs the stage until `shutdown` is cancelled (SIGTERM, Ctrl-C), then stops gracefully.
 pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    let running = start(config).await?;
-    let token = running.shutdown.clone();
+    let mut running = Indexer::builder(config)
+        .with_shutdown(&shutdown)
+        .start()
+        .await?;
     tokio::select! {
-        _ = shutdown.cancelled() => {
-            tracing::info!("shutting down");
-            token.cancel();
-        }
-        _ = token.cancelled() => {}
+        _ = shutdown.cancelled() => tracing::info!("shutting down"),
+        stopped = running.stopped() => stopped?,
     }
-    Ok(running.wait().await?)
+    Ok(running.shutdown().await?)
 }
 
 /// Why [`run`] failed.

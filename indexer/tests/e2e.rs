@@ -61,7 +61,7 @@ async fn otlp_reaches_the_store_as_the_exact_tree(
     .await
     .expect("bridge");
 
-    let indexer = dlog_indexer::start(IndexerConfig {
+    let indexer = dlog_indexer::Indexer::builder(IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: dlog_testkit::unique_name("indexer"),
@@ -78,6 +78,7 @@ async fn otlp_reaches_the_store_as_the_exact_tree(
         store: store_config,
         ..Default::default()
     })
+    .start()
     .await
     .expect("indexer");
     let store: Arc<dyn Store> = indexer.store();

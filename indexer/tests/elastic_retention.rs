@@ -86,7 +86,7 @@ async fn over_the_byte_budget_the_oldest_days_go_and_ingest_goes_on() {
     let budget = before.bytes_used - oldest_two + before.partitions[2].bytes / 2;
 
     let trace_topic = dlog_testkit::unique_name("trace_logs");
-    let indexer = dlog_indexer::start(IndexerConfig {
+    let indexer = dlog_indexer::Indexer::builder(IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: dlog_testkit::unique_name("indexer"),
@@ -108,6 +108,7 @@ async fn over_the_byte_budget_the_oldest_days_go_and_ingest_goes_on() {
         },
         ..Default::default()
     })
+    .start()
     .await
     .expect("indexer");
     let admin = indexer.admin_addr();

@@ -106,7 +106,10 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     let config = indexer_config(&kafka, &t, StoreConfig::embedded(dir.path()));
     let group = config.input.group_id.clone();
-    let indexer = dlog_indexer::start(config).await.unwrap();
+    let indexer = dlog_indexer::Indexer::builder(config)
+        .start()
+        .await
+        .unwrap();
     let store: Arc<dyn Store> = indexer.store();
 
     for request in [&first, &second] {
@@ -198,7 +201,8 @@ async fn documents_elasticsearch_rejects_are_dead_lettered_and_the_rest_is_store
     let logs_at = produce_logs(&producer, &t.log, &trace_id, &request.backend_logs).await;
     produce_traces(&producer, &t.trace, &request.backend_spans).await;
 
-    let indexer = dlog_indexer::start(indexer_config(&kafka, &t, store_config.clone()))
+    let indexer = dlog_indexer::Indexer::builder(indexer_config(&kafka, &t, store_config.clone()))
+        .start()
         .await
         .unwrap();
     let store = indexer.store();
@@ -285,11 +289,12 @@ async fn a_poison_record_of_the_largest_size_is_dead_lettered_and_the_partition_
     assert_eq!(poison.0, good.0);
 
     let dir = tempfile::tempdir().unwrap();
-    let indexer = dlog_indexer::start(indexer_config(
+    let indexer = dlog_indexer::Indexer::builder(indexer_config(
         &kafka,
         &t,
         StoreConfig::embedded(dir.path()),
     ))
+    .start()
     .await
     .unwrap();
     let store: Arc<dyn Store> = indexer.store();

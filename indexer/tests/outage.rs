@@ -32,7 +32,7 @@ async fn nothing_is_lost_and_no_offset_moves_while_elasticsearch_is_away() {
         .with_index_prefix(dlog_testkit::unique_name("outage"));
     store_config.request_timeout_ms = 1500;
     let group = dlog_testkit::unique_name("indexer");
-    let indexer = dlog_indexer::start(IndexerConfig {
+    let indexer = dlog_indexer::Indexer::builder(IndexerConfig {
         input: ConsumerConfig {
             kafka_brokers: kafka.brokers.clone(),
             group_id: group.clone(),
@@ -50,6 +50,7 @@ async fn nothing_is_lost_and_no_offset_moves_while_elasticsearch_is_away() {
         store: store_config.clone(),
         ..Default::default()
     })
+    .start()
     .await
     .unwrap();
     let store: Arc<dyn Store> = indexer.store();

@@ -15,12 +15,9 @@ use dlog_core::model::{LogEntry, SpanRecord};
 use dlog_core::names;
 use dlog_core::source::Source;
 use dlog_core::source::{ChannelSource, InProcessBatch, Mark, RawRecord, SourceError};
-use dlog_indexer::{
-    run_pipeline, DeadLetterSink, LagReader, Metrics, PartitionLag, PipelineOptions, ReportsLag,
-};
+use dlog_indexer::{DeadLetterSink, Indexer, IndexerConfig, LagReader, PartitionLag, ReportsLag};
 use dlog_storage::embedded::EmbeddedStore;
 use dlog_storage::*;
-use tokio_util::sync::CancellationToken;
 
 /// Wraps the embedded store: span `retry_span` fails retryably twice, span `bad_span` is
 /// rejected; every attempt per document id is counted.
@@ -134,23 +131,22 @@ async fn acks_wait_for_the_store_and_only_retryable_documents_are_retried() {
         attempts: Mutex::new(HashMap::new()),
     });
     let dead = Arc::new(Collected::default());
-    let metrics = Arc::new(Metrics::new());
     let (tx, source) = ChannelSource::new(4);
-    let shutdown = CancellationToken::new();
-    let options = PipelineOptions {
-        retry_initial: Duration::from_millis(10),
-        retry_max: Duration::from_millis(50),
-        batch_linger: Duration::from_millis(10),
+    let config = IndexerConfig {
+        retry_initial_ms: 10,
+        retry_max_ms: 50,
+        batch_linger_ms: 10,
+        admin: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let task = tokio::spawn(run_pipeline(
-        source,
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::clone(&dead) as Arc<dyn DeadLetterSink>,
-        options,
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
+    let running = Indexer::builder(config)
+        .with_source(source)
+        .with_store(Arc::clone(&store) as Arc<dyn Store>)
+        .with_dead_letters(Arc::clone(&dead) as Arc<dyn DeadLetterSink>)
+        .start()
+        .await
+        .unwrap();
+    let metrics = running.metrics();
 
     let (ack, acked) = tokio::sync::oneshot::channel();
     tx.send(InProcessBatch {
@@ -198,9 +194,8 @@ async fn acks_wait_for_the_store_and_only_retryable_documents_are_retried() {
 
     // The source closing ends the stage cleanly.
     drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), task)
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
 }
@@ -250,7 +245,6 @@ impl ReportsLag for StuckLag {
 async fn a_lag_read_that_hangs_does_not_delay_indexing() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let metrics = Arc::new(Metrics::new());
     let (tx, inner) = ChannelSource::new(4);
     let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
     let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -259,20 +253,20 @@ async fn a_lag_read_that_hangs_does_not_delay_indexing() {
         gate: Arc::clone(&gate),
         reads: Arc::clone(&reads),
     };
-    let shutdown = CancellationToken::new();
-    let options = PipelineOptions {
-        batch_linger: Duration::from_millis(10),
-        lag_interval: Duration::from_millis(10),
+    let config = IndexerConfig {
+        batch_linger_ms: 10,
+        lag_interval_ms: 10,
+        admin: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     };
-    let task = tokio::spawn(run_pipeline(
-        source,
-        Arc::clone(&store),
-        Arc::new(Collected::default()) as Arc<dyn DeadLetterSink>,
-        options,
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
+    let running = Indexer::builder(config)
+        .with_source(source)
+        .with_store(Arc::clone(&store))
+        .with_dead_letters(Arc::new(Collected::default()) as Arc<dyn DeadLetterSink>)
+        .start()
+        .await
+        .unwrap();
+    let metrics = running.metrics();
     wait_for("the first lag read", Duration::from_secs(10), || {
         let n = reads.load(std::sync::atomic::Ordering::SeqCst);
         async move { (n >= 1).then_some(()) }
@@ -313,9 +307,8 @@ async fn a_lag_read_that_hangs_does_not_delay_indexing() {
     })
     .await;
     drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), task)
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
 }

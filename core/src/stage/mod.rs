@@ -1,9 +1,11 @@
-//! The runtime every consuming stage (indexer, alerter) shares: how it waits between retries
-//! ([`Backoff`]) and the Kafka consumer settings it flattens into its config
-//! ([`ConsumerConfig`], validated once for every stage).
+//! The runtime every consuming stage (indexer, alerter) shares: the batch loop ([`Driver`]:
+//! consume, handle, pause and keep polling while the next hop refuses, back off, retry, ack),
+//! how it waits between retries ([`Backoff`]) and the Kafka consumer settings it flattens into
+//! its config ([`ConsumerConfig`], validated once for every stage).
 
 mod backoff;
 mod config;
+mod driver;
 
 pub use backoff::{
     delay, Backoff, DEFAULT_RETRY_INITIAL_MS, DEFAULT_RETRY_MAX_MS, JITTER_FRACTION,
@@ -11,4 +13,8 @@ pub use backoff::{
 pub use config::{
     ConsumerConfig, StageDefaults, DEFAULT_KAFKA_BROKERS, DEFAULT_SESSION_TIMEOUT_MS,
     DEFAULT_TOPIC_PARTITIONS, MIN_SESSION_TIMEOUT_MS,
+};
+pub use driver::{
+    BatchHandler, Driver, DriverOptions, Input, InputEvents, NoInputEvents, Stopped,
+    PAUSED_POLL_STEP,
 };
