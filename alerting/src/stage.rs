@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use dlog_core::kafka::{ensure_topics, KafkaSource};
 use dlog_core::names;
 use dlog_core::source::{Mark, Marks, RawRecord, Source, SourceError};
-use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, InputEvents};
+use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, InputEvents, StageTask};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,9 @@ pub enum AlerterError {
         /// Why.
         source: std::io::Error,
     },
+    /// The stage's task panicked or was aborted.
+    #[error("stage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled, once it holds
@@ -205,8 +208,10 @@ impl AlerterBuilder<JoinKafka> {
     pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
         self.config.validate()?;
         let shutdown = self.shutdown;
-        let task = tokio::spawn(run_on_kafka(self.config, self.clock, shutdown.clone()));
-        Ok(RunningAlerter::new(shutdown, task))
+        let run = run_on_kafka(self.config, self.clock, shutdown.clone());
+        Ok(RunningAlerter {
+            task: StageTask::spawn(shutdown, run),
+        })
     }
 }
 
@@ -216,74 +221,36 @@ impl<S: Source + 'static> AlerterBuilder<S> {
     pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
         let shutdown = self.shutdown;
         let prepared = prepare(self.config, self.clock, shutdown.clone()).await?;
-        let task = tokio::spawn(prepared.run(self.source));
-        Ok(RunningAlerter::new(shutdown, task))
+        Ok(RunningAlerter {
+            task: StageTask::spawn(shutdown, prepared.run(self.source)),
+        })
     }
 }
 
 /// A running alerting stage.
 pub struct RunningAlerter {
-    shutdown: CancellationToken,
-    /// None once [`RunningAlerter::stopped`] saw it end.
-    task: Option<tokio::task::JoinHandle<Result<(), AlerterError>>>,
+    task: StageTask<AlerterError>,
 }
 
 impl RunningAlerter {
-    fn new(
-        shutdown: CancellationToken,
-        task: tokio::task::JoinHandle<Result<(), AlerterError>>,
-    ) -> Self {
-        RunningAlerter {
-            shutdown,
-            task: Some(task),
-        }
-    }
-
     /// Saves and acknowledges what was evaluated, delivers what it can, and waits for the
     /// stage to stop.
     pub async fn shutdown(self) -> Result<(), AlerterError> {
-        self.shutdown.cancel();
-        self.wait().await
+        self.task.shutdown().await
     }
 
     /// Resolves when the stage has stopped: on its own (its in-process input closed, the
     /// lease was lost, or it failed) or after a shutdown; while it runs, never. Cancel-safe,
     /// for `select!`.
     pub async fn stopped(&mut self) -> Result<(), AlerterError> {
-        let Some(task) = self.task.as_mut() else {
-            return Ok(());
-        };
-        let result = joined(task.await);
-        self.task = None;
-        result
+        self.task.stopped().await
     }
 
     /// Waits until the stage stops by itself or through [`RunningAlerter::shutdown`].
+    /// Dropping the handle instead stops the stage where it is, as a crash would.
     pub async fn wait(mut self) -> Result<(), AlerterError> {
-        // Awaited in place: if this wait is dropped midway, the drop below still stops the
-        // stage.
-        self.stopped().await
+        self.task.stopped().await
     }
-}
-
-/// Dropping the handle without [`RunningAlerter::shutdown`] stops the stage where it is, as a
-/// crash would (nothing more is saved or acknowledged); it never keeps running detached.
-impl Drop for RunningAlerter {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
-fn joined(
-    outcome: Result<Result<(), AlerterError>, tokio::task::JoinError>,
-) -> Result<(), AlerterError> {
-    outcome.unwrap_or_else(|e| {
-        Err(AlerterError::Source(SourceError::Io(format!(
-            "stage task failed: {e}"
-        ))))
-    })
 }
 
 /// The Kafka input the configuration names: creates missing topics when `create_topics` is

@@ -34,7 +34,7 @@ use dlog_core::kafka::{DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
-use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, Stopped};
+use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, StageTask, Stopped};
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -311,6 +311,9 @@ pub enum StageError {
     /// The source failed in a way that retrying will not fix.
     #[error("input failed: {0}")]
     Source(#[from] SourceError),
+    /// The stage's task panicked or was aborted.
+    #[error("stage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The indexer's batch logic, run by the stage runtime's [`Driver`]: decode, write, dead-letter,
@@ -613,9 +616,7 @@ pub struct RunningIndexer {
     admin_addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
-    shutdown: CancellationToken,
-    /// None once [`RunningIndexer::stopped`] saw it end.
-    pipeline: Option<tokio::task::JoinHandle<Result<(), StageError>>>,
+    pipeline: StageTask<StageError>,
     admin: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
 }
@@ -639,52 +640,26 @@ impl RunningIndexer {
     /// Stops consuming, finishes the batch in hand when the store takes it (otherwise leaves
     /// it uncommitted for the next run), and waits for the stage to stop.
     pub async fn shutdown(self) -> Result<(), StageError> {
-        self.shutdown.cancel();
+        self.pipeline.token().cancel();
         self.wait().await
     }
 
     /// Resolves when the stage has stopped: on its own (its in-process input closed, or it
     /// failed) or after a shutdown; while it runs, never. Cancel-safe, for `select!`.
     pub async fn stopped(&mut self) -> Result<(), StageError> {
-        let Some(pipeline) = self.pipeline.as_mut() else {
-            return Ok(());
-        };
-        let result = joined(pipeline.await);
-        self.pipeline = None;
-        result
+        self.pipeline.stopped().await
     }
 
-    /// Waits until the stage stops by itself or through [`RunningIndexer::shutdown`].
+    /// Waits until the stage stops by itself or through [`RunningIndexer::shutdown`], then
+    /// for its admin listener and retention loop. Dropping the handle instead stops the
+    /// stage where it is, as a crash would.
     pub async fn wait(mut self) -> Result<(), StageError> {
-        // Awaited in place: if this wait is dropped midway, the drop below still stops the
-        // stage.
-        let result = self.stopped().await;
-        self.shutdown.cancel();
+        let result = self.pipeline.stopped().await;
+        self.pipeline.token().cancel();
         let _ = (&mut self.admin).await;
         let _ = (&mut self.retention).await;
         result
     }
-}
-
-/// Dropping the handle without [`RunningIndexer::shutdown`] stops the stage where it is, as a
-/// crash would (the batch in hand is not acknowledged); it never keeps running detached.
-impl Drop for RunningIndexer {
-    fn drop(&mut self) {
-        if let Some(pipeline) = &self.pipeline {
-            pipeline.abort();
-        }
-        self.shutdown.cancel();
-    }
-}
-
-fn joined(
-    outcome: Result<Result<(), StageError>, tokio::task::JoinError>,
-) -> Result<(), StageError> {
-    outcome.unwrap_or_else(|e| {
-        Err(StageError::Source(SourceError::Kafka(format!(
-            "stage task failed: {e}"
-        ))))
-    })
 }
 
 /// The indexing stage, started through [`Indexer::builder`].
@@ -859,20 +834,19 @@ impl<S: Source + ReportsLag + 'static> IndexerBuilder<S> {
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
-        let pipeline = tokio::spawn(run_pipeline(
+        let pipeline = run_pipeline(
             self.source,
             Arc::clone(&store),
             dead_letters,
             PipelineOptions::from_config(&config),
             Arc::clone(&metrics),
             shutdown.clone(),
-        ));
+        );
         Ok(RunningIndexer {
             admin_addr,
             metrics,
             store,
-            shutdown,
-            pipeline: Some(pipeline),
+            pipeline: StageTask::spawn(shutdown, pipeline),
             admin,
             retention,
         })

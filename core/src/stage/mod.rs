@@ -6,6 +6,7 @@
 mod backoff;
 mod config;
 mod driver;
+mod task;
 
 pub use backoff::{
     delay, Backoff, DEFAULT_RETRY_INITIAL_MS, DEFAULT_RETRY_MAX_MS, JITTER_FRACTION,
@@ -18,3 +19,4 @@ pub use driver::{
     BatchHandler, Driver, DriverOptions, Input, InputEvents, NoInputEvents, Stopped,
     PAUSED_POLL_STEP,
 };
+pub use task::StageTask;
