@@ -236,3 +236,71 @@ async fn a_store_from_a_newer_dlog_is_refused_with_what_to_do() {
         "{message}"
     );
 }
+
+/// A store of layout 2 kept a log's span id only inside its encoded record: opening it adds
+/// the span id column, fills it for the records already stored, and searches by span find
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_2_store_gains_the_span_id_column_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = fixture_logs();
+    {
+        let store = open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let docs: Vec<_> = logs
+            .iter()
+            .cloned()
+            .map(dlog_storage::Document::Log)
+            .collect();
+        store.write(&docs).await.unwrap();
+    }
+    // Back to layout 2: no column, no index, version 2 everywhere.
+    let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .collect();
+    assert!(!parts.is_empty());
+    for part in &parts {
+        let conn = rusqlite::Connection::open(part).unwrap();
+        conn.execute_batch(
+            "DROP INDEX logs_by_span; ALTER TABLE logs DROP COLUMN span_id; \
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 2)
+        .unwrap();
+
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let of_span = store
+        .search_logs(&LogQuery {
+            trace_id: Some(TRACE_A.into()),
+            span_id: Some("b000000000000003".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        of_span.iter().map(|l| l.body.as_str()).collect::<Vec<_>>(),
+        vec!["charge slow"]
+    );
+    assert_eq!(
+        store.search_logs(&LogQuery::default()).await.unwrap().len(),
+        logs.len()
+    );
+    drop(store);
+    for file in parts.iter().chain([&dir.path().join(DB_FILE)]) {
+        let version: i32 = rusqlite::Connection::open(file)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
+    }
+}

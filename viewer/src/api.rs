@@ -11,7 +11,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dlog_core::model::{LogEntry, SpanRecord};
-use dlog_storage::{AlertDoc, AlertQuery, LogQuery, SpanCursor, StatusQuery, TimeRange};
+use dlog_storage::{
+    AlertDoc, AlertQuery, LogCursor, LogOrder, LogQuery, SpanCursor, StatusQuery, TimeRange,
+};
 use futures::Stream;
 use serde_json::{json, Value};
 
@@ -241,7 +243,7 @@ async fn window_around(
     })))
 }
 
-fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<String>), ApiError> {
+fn log_query(params: &Params, default_range: bool) -> Result<LogQuery, ApiError> {
     let time = if default_range || params.get("start").is_some() || params.get("end").is_some() {
         search_range(params)?
     } else {
@@ -256,63 +258,48 @@ fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<S
         return Err(ApiError::bad_param("span_id", "needs 'trace_id' too"));
     }
     let level = params.get("level").map(|l| l.to_ascii_uppercase());
-    Ok((
-        LogQuery {
-            text: params.string("text"),
-            service: params.string("service"),
-            level,
-            trace_id: trace,
-            time,
-            limit: params.limit("limit", DEFAULT_LOGS, MAX_LOGS)?,
-        },
-        span,
-    ))
+    Ok(LogQuery {
+        text: params.string("text"),
+        service: params.string("service"),
+        level,
+        trace_id: trace,
+        span_id: span,
+        time,
+        limit: params.limit("limit", DEFAULT_LOGS, MAX_LOGS)?,
+        ..LogQuery::default()
+    })
 }
 
 /// Future-stamped records a live tail remembers having sent (beyond, it forgets them all and
 /// may send one again).
 const TAIL_FUTURE_REMEMBERED: usize = 10_000;
 
-/// How many of a trace's records are read to find one span's (the store filters by trace).
-const SPAN_LOGS_SCAN: usize = 10_000;
-
 /// `GET /api/v1/logs?text=&service=&level=&trace_id=&span_id=&start=&end=&lookback=&limit=`:
-/// newest first. With `span_id`, only the records emitted inside that span.
+/// newest first. With `span_id`, only the records emitted inside that span (the store
+/// filters by span).
 pub async fn search_logs(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(raw.as_deref())?;
     // A trace's logs are wanted whatever their age; otherwise Jaeger's default window.
-    let (mut query, span) = log_query(&params, params.get("trace_id").is_none())?;
-    let limit = query.limit;
-    // The store filters by trace, not by span: with a span, read up to `SPAN_LOGS_SCAN` of
-    // the trace's records so that the limit applies to the span's own ones.
-    if span.is_some() && query.trace_id.is_some() {
-        query.limit = SPAN_LOGS_SCAN;
-    }
+    let query = log_query(&params, params.get("trace_id").is_none())?;
     let logs = state.store.search_logs(&query).await?;
-    let logs: Vec<Value> = logs
-        .iter()
-        .filter(|l| {
-            span.as_ref()
-                .is_none_or(|s| l.span_id.as_deref() == Some(s))
-        })
-        .take(limit)
-        .map(log_json)
-        .collect();
-    Ok(Json(json!({"logs": logs, "limit": limit})))
+    let logs: Vec<Value> = logs.iter().map(log_json).collect();
+    Ok(Json(json!({"logs": logs, "limit": query.limit})))
 }
 
-/// `GET /api/v1/logs/tail?text=&service=&level=&trace_id=`: Server-Sent Events, one `log`
-/// event per new record (oldest first), polling the store every `tail_poll` interval. At most
-/// [`crate::ViewerOptions::max_tails`] tails run at once; more are answered 503.
+/// `GET /api/v1/logs/tail?text=&service=&level=&trace_id=&span_id=&since=`: Server-Sent
+/// Events, one `log` event per new record, oldest first. Every `tail_poll` interval the tail
+/// reads forward from its position (time, then document id) in pages of [`TAIL_BATCH`] until
+/// it has caught up, so a burst larger than a page is delivered whole, once, in order. At
+/// most [`crate::ViewerOptions::max_tails`] tails run at once; more are answered 503.
 pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let params = match Params::parse(raw.as_deref()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let (mut query, span) = match log_query(&params, false) {
+    let mut query = match log_query(&params, false) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
@@ -324,8 +311,9 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
         .into_response();
     };
     query.limit = TAIL_BATCH;
+    query.order = LogOrder::OldestFirst;
     // Start from a little before now so that a record answered just before the tail opened
-    // is not missed; records are told apart by id.
+    // is not missed.
     let since = match params.micros_as_nanos("since") {
         Ok(since) => {
             since.unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000))
@@ -333,7 +321,7 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
         Err(e) => return e.into_response(),
     };
     let poll = state.options.tail_poll;
-    let stream = tail_stream(state, query, span, since, poll, slot);
+    let stream = tail_stream(state, query, since, poll, slot);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -342,7 +330,6 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
 fn tail_stream(
     state: AppState,
     query: LogQuery,
-    span: Option<String>,
     since: u64,
     poll: Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
@@ -350,12 +337,16 @@ fn tail_stream(
     struct Tail {
         state: AppState,
         query: LogQuery,
-        span: Option<String>,
-        since: u64,
-        seen_at_since: HashSet<String>,
-        /// Records stamped after the wall clock, already sent: they do not move `since`.
+        /// The last record sent from up to the wall clock.
+        position: LogCursor,
+        /// Records stamped after the wall clock, already sent: they do not move `position`,
+        /// and are not sent again once the clock has passed them.
         future_sent: HashSet<String>,
+        /// The last record sent from ahead of the wall clock.
+        ahead: Option<LogCursor>,
         pending: std::collections::VecDeque<Event>,
+        /// The last read filled a page: read on without waiting.
+        behind: bool,
         first: bool,
         poll: Duration,
         _slot: tokio::sync::OwnedSemaphorePermit,
@@ -363,17 +354,26 @@ fn tail_stream(
     let tail = Tail {
         state,
         query,
-        span,
-        // A `since` from the future would hide every record until then.
-        since: since.min(dlog_storage::now_unix_nano()),
-        seen_at_since: HashSet::new(),
+        // A `since` from the future would hide every record until then. The empty id sorts
+        // before every record of that time.
+        position: LogCursor {
+            time_unix_nano: since.min(dlog_storage::now_unix_nano()),
+            doc_id: String::new(),
+        },
         future_sent: HashSet::new(),
+        ahead: None,
         pending: Default::default(),
+        behind: false,
         first: true,
         poll,
         _slot: slot,
     };
-    futures::stream::unfold(tail, |mut t| async move {
+    let error_event = |e: dlog_storage::StoreError| {
+        Event::default()
+            .event("error")
+            .data(json!({"msg": e.to_string()}).to_string())
+    };
+    futures::stream::unfold(tail, move |mut t| async move {
         loop {
             if let Some(event) = t.pending.pop_front() {
                 return Some((Ok(event), t));
@@ -381,54 +381,64 @@ fn tail_stream(
             if t.state.closing.is_cancelled() {
                 return None;
             }
-            if !t.first {
+            if !t.first && !t.behind {
                 tokio::select! {
                     () = tokio::time::sleep(t.poll) => {}
                     () = t.state.closing.cancelled() => return None,
                 }
             }
             t.first = false;
+            // Forward from the position, up to the wall clock: a record stamped ahead of it
+            // must not move the position past every record until its time.
+            let now = dlog_storage::now_unix_nano();
             let mut q = t.query.clone();
-            q.time.start_unix_nano = Some(t.since);
+            q.after = Some(t.position.clone());
+            q.time.end_unix_nano = Some(q.time.end_unix_nano.map_or(now, |e| e.min(now)));
             let found = match t.state.store.search_logs(&q).await {
                 Ok(found) => found,
                 Err(e) => {
-                    let event = Event::default()
-                        .event("error")
-                        .data(json!({"msg": e.to_string()}).to_string());
-                    return Some((Ok(event), t));
+                    t.behind = false;
+                    return Some((Ok(error_event(e)), t));
                 }
             };
-            // Oldest first; records at the boundary time already sent are skipped by id.
-            // A record stamped after the wall clock (a sender's clock ahead) is sent once but
-            // does not move `since`: it would hide every record until its time.
-            let now = dlog_storage::now_unix_nano();
-            for l in found.iter().rev() {
+            t.behind = found.len() >= TAIL_BATCH;
+            for l in &found {
                 let id = l.doc_id();
-                if l.time_unix_nano > now {
-                    if t.future_sent.contains(&id) {
-                        continue;
-                    }
-                    if t.future_sent.len() >= TAIL_FUTURE_REMEMBERED {
-                        t.future_sent.clear();
-                    }
-                    t.future_sent.insert(id);
-                } else {
-                    if l.time_unix_nano == t.since && t.seen_at_since.contains(&id) {
-                        continue;
-                    }
-                    if l.time_unix_nano > t.since {
-                        t.since = l.time_unix_nano;
-                        t.seen_at_since.clear();
-                    }
-                    t.seen_at_since.insert(id);
+                let sent_ahead = t.future_sent.remove(&id);
+                t.position = LogCursor {
+                    time_unix_nano: l.time_unix_nano,
+                    doc_id: id,
+                };
+                if !sent_ahead {
+                    t.pending
+                        .push_back(Event::default().event("log").data(log_json(l).to_string()));
                 }
-                if t.span
-                    .as_ref()
-                    .is_some_and(|s| l.span_id.as_deref() != Some(s))
-                {
+            }
+            if t.behind {
+                continue;
+            }
+            // Caught up: the records stamped ahead of the clock, each sent once, a page per
+            // poll from the last one sent.
+            let mut q = t.query.clone();
+            q.time.start_unix_nano = Some(now.saturating_add(1));
+            q.after = t.ahead.clone();
+            let ahead = match t.state.store.search_logs(&q).await {
+                Ok(found) => found,
+                Err(e) => return Some((Ok(error_event(e)), t)),
+            };
+            for l in &ahead {
+                let id = l.doc_id();
+                if t.future_sent.contains(&id) {
                     continue;
                 }
+                if t.future_sent.len() >= TAIL_FUTURE_REMEMBERED {
+                    t.future_sent.clear();
+                }
+                t.future_sent.insert(id.clone());
+                t.ahead = Some(LogCursor {
+                    time_unix_nano: l.time_unix_nano,
+                    doc_id: id,
+                });
                 t.pending
                     .push_back(Event::default().event("log").data(log_json(l).to_string()));
             }
