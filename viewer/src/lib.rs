@@ -43,6 +43,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 pub const DEFAULT_TAIL_POLL: Duration = Duration::from_millis(500);
 /// Default number of live tails open at once.
 pub const DEFAULT_MAX_TAILS: usize = 32;
+/// Default bound on the JSON of one Jaeger API answer holding traces, bytes (64 MiB).
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest byte bound the binaries accept for a Jaeger answer (64 KiB).
+pub const MIN_MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How the routes behave.
 #[derive(Debug, Clone)]
@@ -51,6 +55,10 @@ pub struct ViewerOptions {
     pub tail_poll: Duration,
     /// Live tails open at once; more are answered 503.
     pub max_tails: usize,
+    /// Bytes of span and process JSON one Jaeger answer (`/api/traces`,
+    /// `/api/traces/{id}`) may carry: a trace past it is cut with a warning, and later
+    /// traces of a search are left out.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for ViewerOptions {
@@ -58,6 +66,7 @@ impl Default for ViewerOptions {
         ViewerOptions {
             tail_poll: DEFAULT_TAIL_POLL,
             max_tails: DEFAULT_MAX_TAILS,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }

@@ -1,0 +1,141 @@
+//! The byte bound on Jaeger answers: a trace whose attributes total more than the bound is
+//! cut with a warning, a search stays within it, and a trace whose first span alone passes
+//! it is named in Jaeger's `errors`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use dlog_core::model::{SpanKind, SpanRecord};
+use dlog_storage::{Document, Store};
+use dlog_viewer::{ViewerConfig, ViewerOptions};
+use serde_json::{json, Value};
+
+const BOUND: usize = 256 * 1024;
+const HEAVY: &str = "00000000000000000000000000000e01";
+const GIANT: &str = "00000000000000000000000000000e02";
+const LIGHT: &str = "00000000000000000000000000000e03";
+
+fn heavy_span(trace: &str, n: u64, start: u64, value_bytes: usize) -> SpanRecord {
+    let svc = service("heavy", &[]);
+    let mut s = span(
+        trace,
+        &format!("{:016x}", n + 1),
+        None,
+        &svc,
+        "bulk upload",
+        SpanKind::Server,
+        start + n * MS,
+        1,
+    );
+    s.attributes
+        .insert("payload".into(), json!("x".repeat(value_bytes)));
+    s
+}
+
+/// GET, returning the status, the body's size in bytes and its JSON.
+async fn get_sized(url: &str) -> (u16, usize, Value) {
+    let res = reqwest::get(url).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap();
+    (status, bytes.len(), serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jaeger_answers_stay_within_their_byte_bound() {
+    let (store, _dir) = embedded().await;
+    let start = dlog_storage::now_unix_nano() - 60_000_000_000;
+    // 40 spans of 20 KB attributes each (800 KB, over three times the bound), a trace whose
+    // single span is larger than the bound, and a small trace.
+    let mut docs: Vec<Document> = (0..40)
+        .map(|n| Document::Span(heavy_span(HEAVY, n, start, 20_000)))
+        .collect();
+    docs.push(Document::Span(heavy_span(GIANT, 0, start, BOUND + 1)));
+    docs.push(Document::Span(heavy_span(LIGHT, 0, start, 10)));
+    store.write(&docs).await.unwrap();
+    store.refresh().await.unwrap();
+    let (viewer, base) = viewer(
+        Arc::clone(&store) as Arc<dyn Store>,
+        ViewerConfig {
+            options: ViewerOptions {
+                max_answer_bytes: BOUND,
+                ..ViewerOptions::default()
+            },
+            ..ViewerConfig::default()
+        },
+    )
+    .await;
+
+    // One trace: cut at the bound, its first spans in start order, with Jaeger's warning.
+    let (status, size, body) = get_sized(&format!("{base}/api/traces/{HEAVY}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(size <= BOUND + 1024, "answer of {size} bytes");
+    let trace = &body["data"][0];
+    let spans = trace["spans"].as_array().unwrap();
+    assert!(
+        (5..40).contains(&spans.len()),
+        "{} spans shown",
+        spans.len()
+    );
+    let ids: Vec<String> = spans
+        .iter()
+        .map(|s| s["spanID"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (1..=spans.len() as u64)
+        .map(|n| format!("{n:016x}"))
+        .collect();
+    assert_eq!(ids, expected, "the first spans, in start order");
+    let warning = trace["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains(&BOUND.to_string()) && warning.contains("max-answer-bytes"),
+        "{warning}"
+    );
+    // The spans shown are whole: their attribute is not cut.
+    assert_eq!(
+        spans[0]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["key"] == "payload")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .len(),
+        20_000
+    );
+
+    // A search holding all three: within the bound, the heavy trace cut with its warning.
+    let (status, size, body) = get_sized(&format!("{base}/api/traces?service=heavy")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(size <= BOUND + 2048, "answer of {size} bytes");
+    let cut = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| !t["warnings"].is_null())
+        .count();
+    assert!(cut >= 1, "a cut trace says so: {}", body["data"]);
+
+    // A trace whose first span alone passes the bound: 413 naming the setting.
+    let (status, _, body) = get_sized(&format!("{base}/api/traces/{GIANT}")).await;
+    assert_eq!(status, 413, "{body}");
+    let msg = body["errors"][0]["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(GIANT) && msg.contains("max-answer-bytes"),
+        "{msg}"
+    );
+    // ... and in a search by ids, an `errors` entry while the other trace comes whole.
+    let (status, size, body) = get_sized(&format!(
+        "{base}/api/traces?traceID={GIANT}&traceID={LIGHT}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(size <= BOUND, "answer of {size} bytes");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0]["traceID"], LIGHT);
+    assert!(body["data"][0]["warnings"].is_null());
+    assert_eq!(body["errors"][0]["traceID"], GIANT, "{body}");
+    assert_eq!(body["errors"][0]["code"], 413);
+    viewer.shutdown().await;
+}
