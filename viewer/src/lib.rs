@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
-use dlog_core::listen::{self, ConnectionLimits, Tokens};
+use dlog_core::listen::{self, ConnectionLimits};
 use dlog_storage::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -197,7 +197,7 @@ impl Default for ViewerConfig {
 pub enum ViewerError {
     /// The token file could not be loaded.
     #[error("viewer auth_token_file: {0}")]
-    Tokens(#[from] dlog_core::listen::TokensError),
+    Tokens(#[from] auth::TokenFileError),
     /// The TLS files could not be loaded.
     #[error("viewer tls_cert / tls_key: {0}")]
     Tls(String),
@@ -236,7 +236,7 @@ pub async fn start(
     config: ViewerConfig,
     store: Arc<dyn Store>,
 ) -> Result<RunningViewer, ViewerError> {
-    let tokens = Tokens::load(None, config.auth_token_file.as_deref())?;
+    let tokens = auth::ViewerTokens::load(config.auth_token_file.as_deref())?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(
             listen::tls::acceptor(
