@@ -1576,6 +1576,15 @@ impl Store for ElasticStore {
             }
             self.delete_older(cutoff).await?;
         }
+        // Silences and acks are not in daily indices: those that ended (or were made) longer
+        // ago than the retention age go one by one, or after 7 days, as in the embedded store.
+        let kept = policy
+            .max_age
+            .map_or(crate::silence::EXPIRED_KEPT_NANOS, |age| {
+                age.as_nanos().min(u64::MAX as u128) as u64
+            });
+        self.es_prune_silences(now_unix_nano.saturating_sub(kept))
+            .await?;
         if let Some(budget) = policy.max_bytes {
             let usage = self.usage_of(&indices);
             let mut used = usage.bytes_used;
