@@ -159,7 +159,7 @@ async fn elasticsearch_pages_silences_and_prunes_expired_ones_in_retention() {
             .collect::<Vec<_>>()
     };
     let mut expected = written.clone();
-    expected.sort_by(|a, b| b.ends_unix_nano.cmp(&a.ends_unix_nano));
+    expected.sort_by_key(|s| std::cmp::Reverse(s.ends_unix_nano));
     assert_eq!(
         ends(store.list_silences().await.unwrap()),
         ends(expected.clone()),

@@ -116,6 +116,8 @@ pub async fn find_traces(
 
 /// `GET /api/v1/traces/{id}/spans?after_start_ns=&after_span=&limit=`: one window of a
 /// trace's spans in start order, read as a page from the store, and the cursor of the next.
+/// A window whose spans' JSON would pass `max_answer_bytes` ends early (after at least one
+/// span), and its cursor continues from there.
 /// With `around=<span id>` instead: the window of `limit` spans centred on that span (for a
 /// deep link into a huge trace), without a cursor.
 pub async fn trace_spans(
@@ -161,14 +163,26 @@ pub async fn trace_spans(
         .store
         .get_trace_page(&id, after.as_ref(), limit)
         .await?;
+    let mut budget = state.options.max_answer_bytes;
+    let mut window = Vec::with_capacity(spans.len());
+    for s in &spans {
+        let json = span_json(s);
+        let cost = crate::jaeger::json_len(&json) + 1;
+        if cost > budget && !window.is_empty() {
+            break;
+        }
+        budget = budget.saturating_sub(cost);
+        window.push(json);
+    }
+    let cut = window.len() < spans.len();
     // The cursor carries ns as a string: a JavaScript number cannot hold them exactly.
-    let next = (spans.len() == limit)
-        .then(|| spans.last())
+    let next = (spans.len() == limit || cut)
+        .then(|| spans.get(window.len().wrapping_sub(1)))
         .flatten()
         .map(|s| json!({"after_start_ns": s.start_unix_nano.to_string(), "after_span": s.span_id}));
     Ok(Json(json!({
         "trace_id": id,
-        "spans": spans.iter().map(span_json).collect::<Vec<_>>(),
+        "spans": window,
         "next": next,
     })))
 }

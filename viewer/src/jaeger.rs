@@ -215,7 +215,7 @@ type ProcessKey = (String, Option<String>, Option<String>);
 const TRACE_OVERHEAD_BYTES: usize = 128;
 
 /// Bytes of a value's JSON, counted without building it.
-fn json_len<T: Serialize>(value: &T) -> usize {
+pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

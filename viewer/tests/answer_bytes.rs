@@ -139,3 +139,53 @@ async fn jaeger_answers_stay_within_their_byte_bound() {
     assert_eq!(body["errors"][0]["code"], 413);
     viewer.shutdown().await;
 }
+
+/// dlog's own trace windows keep to the same bound: a window ends early and its cursor goes
+/// on from there, so paging still reaches every span, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_windows_end_early_at_the_byte_bound_and_page_on() {
+    let (store, _dir) = embedded().await;
+    let start = dlog_storage::now_unix_nano() - 60_000_000_000;
+    let docs: Vec<Document> = (0..40)
+        .map(|n| Document::Span(heavy_span(HEAVY, n, start, 20_000)))
+        .collect();
+    store.write(&docs).await.unwrap();
+    store.refresh().await.unwrap();
+    let (viewer, base) = viewer(
+        Arc::clone(&store) as Arc<dyn Store>,
+        ViewerConfig {
+            options: ViewerOptions {
+                max_answer_bytes: BOUND,
+                ..ViewerOptions::default()
+            },
+            ..ViewerConfig::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    let mut windows = 0;
+    let mut url = format!("{base}/api/v1/traces/{HEAVY}/spans?limit=1000");
+    loop {
+        let (status, size, body) = get_sized(&url).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(size <= BOUND + 1024, "window of {size} bytes");
+        windows += 1;
+        for s in body["spans"].as_array().unwrap() {
+            ids.push(s["span_id"].as_str().unwrap().to_string());
+        }
+        let next = &body["next"];
+        if next.is_null() {
+            break;
+        }
+        url = format!(
+            "{base}/api/v1/traces/{HEAVY}/spans?limit=1000&after_start_ns={}&after_span={}",
+            next["after_start_ns"].as_str().unwrap(),
+            next["after_span"].as_str().unwrap()
+        );
+        assert!(windows < 40, "paging does not end");
+    }
+    let expected: Vec<String> = (1..=40u64).map(|n| format!("{n:016x}")).collect();
+    assert_eq!(ids, expected, "every span once, in start order");
+    assert!(windows >= 4, "{windows} windows for 800 KB of spans");
+    viewer.shutdown().await;
+}
