@@ -111,7 +111,7 @@ CREATE TABLE logs (
     span_id  BLOB
 );
 CREATE INDEX logs_by_time ON logs (time_ns);
-CREATE INDEX logs_by_span ON logs (span_id) WHERE span_id IS NOT NULL;
+CREATE INDEX logs_by_span ON logs (span_id, trace_id, time_ns) WHERE span_id IS NOT NULL;
 CREATE TABLE log_ids (
     doc_id   BLOB PRIMARY KEY
 ) WITHOUT ROWID;
@@ -137,7 +137,7 @@ ALTER TABLE logs ADD COLUMN span_id BLOB;
 
 /// Indexes the span id column once it is filled.
 pub const PARTITION_3_INDEXES: &str = r#"
-CREATE INDEX IF NOT EXISTS logs_by_span ON logs (span_id) WHERE span_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS logs_by_span ON logs (span_id, trace_id, time_ns) WHERE span_id IS NOT NULL;
 "#;
 
 /// The UTC day (days since the Unix epoch) of a time in ns.
