@@ -130,6 +130,7 @@ pub fn router_until(
         )
         .route("/api/v1/silences/{id}", delete(silences::delete))
         .route("/api/v1/acks", post(silences::ack))
+        .route("/api/v1/whoami", get(silences::whoami))
         .route("/api/{*rest}", get(api_not_found))
         // Pages, and the files they load.
         .route(

@@ -101,6 +101,16 @@ fn author(
     Ok(token_name.or(claimed).unwrap_or_else(|| "viewer".into()))
 }
 
+/// `GET /api/v1/whoami`: the name and role of the token the request came with, so that the
+/// UI can say who will be recorded and hide what a read token cannot do. With access open:
+/// no name, and the admin role (anyone may silence).
+pub async fn whoami(identity: Option<Extension<Identity>>) -> Json<Value> {
+    Json(match identity {
+        Some(Extension(id)) => json!({"name": id.name, "role": id.role.as_str()}),
+        None => json!({"name": null, "role": Role::Admin.as_str()}),
+    })
+}
+
 /// A silence in the API: times in µs, and whether it is active now.
 pub fn silence_json(s: &Silence, now: u64) -> Value {
     json!({

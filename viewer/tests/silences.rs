@@ -36,6 +36,9 @@ async fn silences_api(base: &str, store: &Arc<dyn Store>) {
     let (status, body) = get(&format!("{base}/api/v1/silences")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["silences"], json!([]));
+    // Without tokens nobody is known, and anyone may change silences.
+    let (_, me) = get(&format!("{base}/api/v1/whoami")).await;
+    assert_eq!(me, json!({"name": null, "role": "admin"}));
 
     // A form post (what a cross-site page can send without a preflight) is refused.
     let res = client
@@ -220,6 +223,17 @@ async fn only_admin_tokens_silence_and_ack_and_the_token_names_the_author() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
+    // The UI asks who it is, to show the author and hide what a read token cannot do.
+    let me: Value = client
+        .get(format!("{base}/api/v1/whoami"))
+        .bearer_auth("bob-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me, json!({"name": "bob", "role": "read"}));
     let bob = Auth::Bearer("bob-0123456789");
     let (status, body) = post_as(&silences, &bob, json!({"service": "db", "duration": "1h"})).await;
     assert_eq!(status, 403, "{body}");
@@ -276,6 +290,16 @@ async fn only_admin_tokens_silence_and_ack_and_the_token_names_the_author() {
     .await;
     assert_eq!(status, 201, "{ack}");
     assert_eq!(ack["by"], "alice");
+    let me: Value = client
+        .get(format!("{base}/api/v1/whoami"))
+        .header("cookie", &alice_cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me, json!({"name": "alice", "role": "admin"}));
     assert_eq!(store.list_acks().await.unwrap()[0].by, "alice");
     let res = client
         .delete(&url)
