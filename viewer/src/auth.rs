@@ -79,8 +79,10 @@ pub enum TokenFileError {
 }
 
 /// The viewer's tokens. Each line of the file is either `NAME:ROLE:TOKEN` (ROLE `admin` or
-/// `read`) or a bare token, the receivers' format, which is an admin named `token-N` after
-/// its line number. Blank lines and lines starting with `#` are skipped.
+/// `read`) or a bare token (at most one colon), the receivers' format, which is an admin
+/// named `token-N`, the file's N-th bare token. Blank lines and lines starting with `#` are
+/// skipped. A line with two colons and no valid role, a token or a name given twice are
+/// refused, naming the line (never the token).
 #[derive(Clone)]
 pub struct ViewerTokens(Arc<Vec<(Box<[u8]>, Identity)>>);
 
@@ -115,6 +117,10 @@ impl ViewerTokens {
     /// Tokens from the text of a token file called `origin`.
     pub fn parse(text: &str, origin: &str) -> Result<ViewerTokens, TokenFileError> {
         let mut tokens = Vec::new();
+        // The line of each token and name so far, to refuse a second one.
+        let mut lines: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+        let mut names: std::collections::HashMap<String, usize> = Default::default();
+        let mut bare = 0usize;
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
             let line = line.trim();
@@ -131,45 +137,67 @@ impl ViewerTokens {
                     "holds spaces or characters other than printable ASCII".into()
                 ));
             }
-            let mut parts = line.splitn(3, ':');
-            let (first, second, rest) = (parts.next(), parts.next(), parts.next());
-            let (token, identity) = match (first, second, rest) {
-                (Some(name), Some(role), Some(token))
-                    if !role.is_empty() && role.bytes().all(|b| b.is_ascii_alphabetic()) =>
-                {
-                    let role = match role {
-                        "admin" => Role::Admin,
-                        "read" => Role::Read,
-                        other => {
-                            return Err(bad(format!(
-                                "unknown role `{other}` (expecting `admin` or `read`)"
-                            )))
-                        }
-                    };
-                    if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+            // Two colons or more: a named token, or refused. A misspelt or missing role
+            // must not turn the whole line into a bare admin token.
+            let (token, identity) = if line.bytes().filter(|&b| b == b':').count() >= 2 {
+                let mut parts = line.splitn(3, ':');
+                let (name, role, token) = (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                );
+                let role = match role {
+                    "admin" => Role::Admin,
+                    "read" => Role::Read,
+                    // Shown only when it looks like a word (it may be part of a secret).
+                    other if !other.is_empty()
+                        && other.len() <= 16
+                        && other.bytes().all(|b| b.is_ascii_alphabetic()) =>
+                    {
                         return Err(bad(format!(
-                            "a token's name is 1 to {MAX_TOKEN_NAME} characters"
-                        )));
+                            "unknown role `{other}` (expecting NAME:ROLE:TOKEN, ROLE `admin` or `read`)"
+                        )))
                     }
-                    if token.is_empty() {
-                        return Err(bad(format!("`{name}` has an empty token")));
+                    _ => {
+                        return Err(bad(
+                            "the second field is not a role (expecting NAME:ROLE:TOKEN, ROLE `admin` or `read`; a bare token has at most one colon)".into(),
+                        ))
                     }
-                    (
-                        token,
-                        Identity {
-                            name: name.to_string(),
-                            role,
-                        },
-                    )
+                };
+                if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+                    return Err(bad(format!(
+                        "a token's name is 1 to {MAX_TOKEN_NAME} characters"
+                    )));
                 }
-                _ => (
+                if token.is_empty() {
+                    return Err(bad(format!("`{name}` has an empty token")));
+                }
+                if let Some(m) = names.get(name) {
+                    return Err(bad(format!("the name `{name}` is already line {m}'s")));
+                }
+                names.insert(name.to_string(), n);
+                (
+                    token,
+                    Identity {
+                        name: name.to_string(),
+                        role,
+                    },
+                )
+            } else {
+                // Named by their count, so comments and named tokens do not rename them.
+                bare += 1;
+                (
                     line,
                     Identity {
-                        name: format!("token-{n}"),
+                        name: format!("token-{bare}"),
                         role: Role::Admin,
                     },
-                ),
+                )
             };
+            if let Some(m) = lines.get(token.as_bytes()) {
+                return Err(bad(format!("the same token as line {m}")));
+            }
+            lines.insert(token.as_bytes().to_vec(), n);
             tokens.push((token.as_bytes().into(), identity));
         }
         if tokens.is_empty() {
@@ -462,7 +490,37 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 #[cfg(test)]
 mod host_tests {
-    use super::is_loopback_host;
+    use super::{is_loopback_host, Role, ViewerTokens};
+
+    #[test]
+    fn token_lines_are_named_tokens_bare_tokens_or_refused() {
+        let tokens = ViewerTokens::parse(
+            "# people\nalice:admin:a-secret\n\nlegacy-one\nbob:read:b:with:colons\nx:legacy-two\n",
+            "f",
+        )
+        .unwrap();
+        let who = |t: &str| tokens.identify(t.as_bytes()).map(|i| (i.name, i.role));
+        assert_eq!(who("a-secret"), Some(("alice".into(), Role::Admin)));
+        assert_eq!(who("b:with:colons"), Some(("bob".into(), Role::Read)));
+        // Bare tokens are counted, not numbered by line.
+        assert_eq!(who("legacy-one"), Some(("token-1".into(), Role::Admin)));
+        assert_eq!(who("x:legacy-two"), Some(("token-2".into(), Role::Admin)));
+        for (text, line, says) in [
+            ("carol:read-only:s3cret\n", 1, "not a role"),
+            ("ok:admin:t1\ncarol::x\n", 2, "not a role"),
+            ("carol:reader:s3cret\n", 1, "`reader`"),
+            ("a:admin:same\nb:read:same\n", 2, "same token as line 1"),
+            ("same\nb:read:same\n", 2, "same token as line 1"),
+            ("a:admin:t1\na:read:t2\n", 2, "already line 1's"),
+        ] {
+            let e = ViewerTokens::parse(text, "f").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("line {line}")) && e.contains(says),
+                "{text:?}: {e}"
+            );
+            assert!(!e.contains("s3cret") && !e.contains("same\n"), "{e}");
+        }
+    }
 
     #[test]
     fn only_this_machines_names_count_as_loopback_hosts() {
