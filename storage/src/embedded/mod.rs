@@ -1589,7 +1589,11 @@ impl EmbeddedStore {
 }
 
 /// Adds the span id column to a partition of layout 2 and fills it from each record's
-/// encoded rest; a partition already at layout 3 is left alone.
+/// encoded rest; a partition already at layout 3 is left alone. The version is read inside
+/// a write transaction taken at once, so two processes opening the store together (`dlog up`
+/// and `dlog viewer`) migrate it once: the second waits, then finds layout 3. A record whose
+/// encoded rest cannot be read keeps no span id (a warning names it) rather than leaving the
+/// store unopenable.
 fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
     let err = |e: rusqlite::Error| StoreError::Embedded {
         path: path.display().to_string(),
@@ -1597,13 +1601,15 @@ fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
     };
     let mut conn = Connection::open(path).map_err(err)?;
     configure(&conn).map_err(err)?;
-    let version: i32 = conn
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version: i32 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
     if version != 2 {
         return Ok(());
     }
-    let tx = conn.transaction().map_err(err)?;
     tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
     {
         let mut read = tx.prepare("SELECT id, rest FROM logs").map_err(err)?;
@@ -1614,11 +1620,20 @@ fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
         while let Some(row) = rows.next().map_err(err)? {
             let id: i64 = row.get(0).map_err(err)?;
             let rest: Vec<u8> = row.get(1).map_err(err)?;
-            let what = format!("log {id}");
-            let raw = codec::open_body(&rest).map_err(corrupt(&what))?;
-            let span_id = Dec::new(&raw).opt_str().map_err(corrupt(&what))?;
-            if let Some(span) = span_id {
-                write.execute(params![id_value(&span), id]).map_err(err)?;
+            let span_id = codec::open_body(&rest)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| Dec::new(&raw).opt_str().map_err(|e| e.to_string()));
+            match span_id {
+                Ok(Some(span)) => {
+                    write.execute(params![id_value(&span), id]).map_err(err)?;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    partition = %path.display(),
+                    log = id,
+                    error = %e,
+                    "a stored log record cannot be read; it keeps no span id"
+                ),
             }
         }
     }
@@ -2568,6 +2583,20 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
     Ok(found.into_iter().map(|(_, l)| l).collect())
 }
 
+/// The query of [`search_logs_forward`]: the time index from the start, oldest row first, and
+/// with text a trigram probe of each row (the text index drives nothing, so no match is
+/// sorted: a page stops reading once it has its rows).
+fn forward_sql(text: bool, filter: &str) -> String {
+    if text {
+        format!(
+            "SELECT {LOG_COLS} FROM logs l CROSS JOIN logs_text ON logs_text.rowid = l.id \
+             {filter} ORDER BY l.time_ns, l.id"
+        )
+    } else {
+        format!("SELECT {LOG_COLS} FROM logs l {filter} ORDER BY l.time_ns, l.id")
+    }
+}
+
 /// [`LogOrder::OldestFirst`]: the time index oldest row first, in every partition that can
 /// hold records from the start on, keeping the `limit` first by (time, document id) after
 /// the cursor. A partition is read only until its rows are later than the `limit`-th kept,
@@ -2586,18 +2615,7 @@ fn search_logs_forward(
         .max(q.time.start_unix_nano)
         .unwrap_or(0);
     f.push("l.time_ns >= ?", [Sql::Integer(ns(from))]);
-    let sql = if text {
-        format!(
-            "SELECT {LOG_COLS} FROM logs_text JOIN logs l ON l.id = logs_text.rowid {} \
-             ORDER BY l.time_ns, l.id",
-            f.sql()
-        )
-    } else {
-        format!(
-            "SELECT {LOG_COLS} FROM logs l {} ORDER BY l.time_ns, l.id",
-            f.sql()
-        )
-    };
+    let sql = forward_sql(text, &f.sql());
     let mut parts = Vec::new();
     for day in list_days(&ctx.dir) {
         if let Some(conn) = set.part(ctx, day) {
@@ -2862,6 +2880,24 @@ mod tests {
         f.push("b IN (?, ?)", [text("y"), text("z")]);
         assert_eq!(f.sql(), "WHERE a = ?1 AND b IN (?2, ?3)");
         assert_eq!(f.params.len(), 3);
+    }
+
+    /// Reading forward with text follows the time index and probes the text index per row,
+    /// instead of collecting and sorting every match of the partition on each page.
+    #[test]
+    fn forward_text_search_reads_the_time_index_without_sorting() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::PARTITION).unwrap();
+        let sql = forward_sql(true, "WHERE logs_text MATCH ?1 AND l.time_ns >= ?2");
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params!["\"abc\"", 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("logs_by_time"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 
     #[test]
