@@ -1329,7 +1329,13 @@ impl Store for ElasticStore {
         if let Some(s) = &query.span_id {
             filter.push(json!({"term": {"span.id": s.to_ascii_lowercase()}}));
         }
-        if let Some(r) = range_clause("time_unix_nano", query.time, 1) {
+        // Reading forward from a position, nothing before its time: the range lets every
+        // older daily index skip the search.
+        let mut time = query.time;
+        if let (LogOrder::OldestFirst, Some(after)) = (query.order, &query.after) {
+            time.start_unix_nano = time.start_unix_nano.max(Some(after.time_unix_nano));
+        }
+        if let Some(r) = range_clause("time_unix_nano", time, 1) {
             filter.push(r);
         }
         let limit = effective_limit(query.limit);
@@ -1577,12 +1583,12 @@ impl Store for ElasticStore {
             self.delete_older(cutoff).await?;
         }
         // Silences and acks are not in daily indices: those that ended (or were made) longer
-        // ago than the retention age go one by one, or after 7 days, as in the embedded store.
+        // ago than both 7 days (as in the embedded store) and the retention age go, so that
+        // a short retention does not lose the ack of an alert still firing.
         let kept = policy
             .max_age
-            .map_or(crate::silence::EXPIRED_KEPT_NANOS, |age| {
-                age.as_nanos().min(u64::MAX as u128) as u64
-            });
+            .map_or(0, |age| age.as_nanos().min(u64::MAX as u128) as u64)
+            .max(crate::silence::EXPIRED_KEPT_NANOS);
         self.es_prune_silences(now_unix_nano.saturating_sub(kept))
             .await?;
         if let Some(budget) = policy.max_bytes {
