@@ -406,26 +406,45 @@ pub enum ReadTrace {
     Found(Trace),
 }
 
+/// Spans a read asks the store for next: as many as the `budget` bytes left would hold at the
+/// mean size of the `spans` read so far (`spent` bytes), a few to start with, and at most
+/// `cap`; so that spans with huge attributes do not pile up in memory far past the bound
+/// before it is checked, while ordinary spans are read in full pages.
+pub(crate) fn page_within(budget: usize, spent: usize, spans: usize, cap: usize) -> usize {
+    /// The first page, before any span's size is known.
+    const FIRST: usize = 64;
+    let n = match spent.checked_div(spans) {
+        Some(mean) if mean > 0 => budget / mean + 1,
+        _ => FIRST,
+    };
+    n.clamp(1, cap.max(1))
+}
+
 /// Reads a trace a page at a time into Jaeger's model, with at most `max_spans` spans and
-/// `budget` bytes of JSON (taken from both).
+/// `budget` bytes of JSON (taken from both; the bytes include the trace's own fields and the
+/// warning it may carry).
 pub async fn read_trace(
     state: &AppState,
     trace_id: &str,
     max_spans: &mut usize,
     budget: &mut usize,
 ) -> Result<ReadTrace, ApiError> {
-    // Pages small enough that spans with huge attributes do not pile up in memory past
-    // the bound before it is checked.
     const PAGE: usize = 2_000;
     let max_bytes = state.options.max_answer_bytes;
     let mut trace = TraceBuilder::new(trace_id);
     let mut cursor = None;
-    let Some(left) = budget.checked_sub(TRACE_OVERHEAD_BYTES) else {
+    // Room for the trace's fields and the longer of its two warnings, given back unused.
+    let reserve = TRACE_OVERHEAD_BYTES
+        + json_len(&[bytes_warning(max_bytes, *max_spans)])
+            .max(json_len(&[spans_warning(MAX_SPANS_PER_RESPONSE)]));
+    let Some(left) = budget.checked_sub(reserve) else {
         return Ok(ReadTrace::TooLarge);
     };
+    let start = left;
     *budget = left;
     let warning = loop {
-        let want = PAGE.min(*max_spans - trace.len() + 1);
+        let spent = start - *budget;
+        let want = page_within(*budget, spent, trace.len(), PAGE).min(*max_spans - trace.len() + 1);
         let page = state
             .store
             .get_trace_page(trace_id, cursor.as_ref(), want)
@@ -439,7 +458,7 @@ pub async fn read_trace(
             }
             if !trace.push_within(span, budget) {
                 if trace.is_empty() {
-                    *budget += TRACE_OVERHEAD_BYTES;
+                    *budget += reserve;
                     return Ok(ReadTrace::TooLarge);
                 }
                 stop = Some(bytes_warning(max_bytes, trace.len()));
@@ -458,11 +477,14 @@ pub async fn read_trace(
         });
     };
     if trace.is_empty() {
-        *budget += TRACE_OVERHEAD_BYTES;
+        *budget += reserve;
         return Ok(ReadTrace::NotFound);
     }
+    let warnings = warning.map(|w| vec![w]);
+    // The part of the reserve the trace does not use goes back.
+    *budget += reserve - TRACE_OVERHEAD_BYTES - warnings.as_ref().map_or(0, json_len);
     *max_spans -= trace.len();
-    Ok(ReadTrace::Found(trace.finish(warning.map(|w| vec![w]))))
+    Ok(ReadTrace::Found(trace.finish(warnings)))
 }
 
 fn spans_warning(max: usize) -> String {
@@ -475,6 +497,57 @@ fn bytes_warning(max_bytes: usize, shown: usize) -> String {
     format!(
         "the trace's answer would pass {max_bytes} bytes (max-answer-bytes); only its first {shown} spans are shown (dlog's /api/v1/traces/{{id}}/spans pages through all of them)"
     )
+}
+
+/// Bytes an answer's envelope (`data`, `total`, `limit`, `offset`, `errors` and the traces'
+/// separators) takes besides the traces and error entries.
+const ENVELOPE_OVERHEAD_BYTES: usize = 128;
+
+/// Bytes kept aside in a search's answer for the entry that counts the errors left out.
+const ERRORS_OVERHEAD_BYTES: usize = 256;
+
+/// A search's `errors`, each counted against the answer's bytes; those past it are only
+/// counted, in one last entry.
+#[derive(Default)]
+struct Errors {
+    entries: Vec<Value>,
+    omitted: usize,
+}
+
+impl Errors {
+    fn push(&mut self, entry: Value, budget: &mut usize) {
+        let cost = json_len(&entry) + 1;
+        if cost <= *budget {
+            *budget -= cost;
+            self.entries.push(entry);
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    fn finish(mut self, max_bytes: usize) -> Vec<Value> {
+        if self.omitted > 0 {
+            self.entries.push(json!({
+                "code": 413,
+                "msg": format!(
+                    "{} more traces asked for are left out: the answer reached {max_bytes} bytes (max-answer-bytes)",
+                    self.omitted
+                ),
+            }));
+        }
+        self.entries
+    }
+}
+
+/// Jaeger's error entry for a trace left out because the answer had no room left for it.
+fn left_out_error(trace_id: &str, max_bytes: usize) -> Value {
+    json!({
+        "code": 413,
+        "msg": format!(
+            "trace {trace_id}: left out, the answer reached {max_bytes} bytes (max-answer-bytes); ask for it alone"
+        ),
+        "traceID": trace_id,
+    })
 }
 
 /// Jaeger's error entry for a trace not even one span of which fits in an answer.
@@ -603,27 +676,10 @@ pub async fn search(
         .collect::<Result<_, _>>()?;
     let max_bytes = state.options.max_answer_bytes;
     let mut spans_left = MAX_SPANS_PER_RESPONSE;
-    let mut bytes_left = max_bytes;
+    // Room for the entry that sums up the errors past the bound, so `errors` stays within it.
+    let mut bytes_left = max_bytes.saturating_sub(ENVELOPE_OVERHEAD_BYTES + ERRORS_OVERHEAD_BYTES);
     let mut traces = Vec::new();
-    let mut errors = Vec::new();
-    // Traces are added while both budgets last; one that passes either is cut with a warning
-    // and the rest are left out. One whose first span alone passes the byte bound is named
-    // in `errors`.
-    let mut add = |id: &str, found: ReadTrace, bytes_left: usize| -> bool {
-        match found {
-            ReadTrace::NotFound => true,
-            ReadTrace::Found(trace) => {
-                let cut = trace.warnings.is_some();
-                traces.push(trace);
-                !cut
-            }
-            ReadTrace::TooLarge if bytes_left == max_bytes => {
-                errors.push(too_large_error(id, max_bytes));
-                true
-            }
-            ReadTrace::TooLarge => false,
-        }
-    };
+    let mut errors = Errors::default();
     if !ids.is_empty() {
         if ids.len() > MAX_TRACES {
             return Err(ApiError::bad_param(
@@ -631,10 +687,25 @@ pub async fn search(
                 format!("more than {MAX_TRACES} ids"),
             ));
         }
+        // Every trace asked for is in the answer, or named in `errors` with the reason.
+        let mut full = false;
         for id in ids {
-            let found = read_trace(&state, &id, &mut spans_left, &mut bytes_left).await?;
-            if !add(&id, found, bytes_left) || spans_left == 0 {
-                break;
+            if full {
+                errors.push(left_out_error(&id, max_bytes), &mut bytes_left);
+                continue;
+            }
+            match read_trace(&state, &id, &mut spans_left, &mut bytes_left).await? {
+                ReadTrace::NotFound => {}
+                ReadTrace::Found(trace) => {
+                    full = trace.warnings.is_some() || spans_left == 0;
+                    traces.push(trace);
+                }
+                ReadTrace::TooLarge if traces.is_empty() => {
+                    errors.push(too_large_error(&id, max_bytes), &mut bytes_left);
+                }
+                ReadTrace::TooLarge => {
+                    errors.push(left_out_error(&id, max_bytes), &mut bytes_left);
+                }
             }
         }
     } else {
@@ -642,18 +713,32 @@ pub async fn search(
         if query.service.is_none() {
             return Err(ApiError::bad_request("parameter 'service' is required"));
         }
+        // Traces are added while both budgets last; one that passes either is cut with a
+        // warning and the rest are left out (a search's answer is its first traces). One
+        // whose first span alone passes the byte bound is named in `errors`.
         let found = state.store.find_traces(&query).await?;
         for summary in found {
             if spans_left == 0 {
                 break;
             }
             let id = summary.trace_id;
-            let found = read_trace(&state, &id, &mut spans_left, &mut bytes_left).await?;
-            if !add(&id, found, bytes_left) {
-                break;
+            match read_trace(&state, &id, &mut spans_left, &mut bytes_left).await? {
+                ReadTrace::NotFound => {}
+                ReadTrace::Found(trace) => {
+                    let cut = trace.warnings.is_some();
+                    traces.push(trace);
+                    if cut {
+                        break;
+                    }
+                }
+                ReadTrace::TooLarge if traces.is_empty() => {
+                    errors.push(too_large_error(&id, max_bytes), &mut bytes_left);
+                }
+                ReadTrace::TooLarge => break,
             }
         }
     }
+    let errors = errors.finish(max_bytes);
     let mut answer = envelope(traces, 0);
     if !errors.is_empty() {
         answer.0.errors = Some(errors);
@@ -691,7 +776,10 @@ pub async fn get_trace(
 ) -> Result<Json<Envelope<Vec<Trace>>>, ApiError> {
     let id = trace_id(&id)?;
     let max_bytes = state.options.max_answer_bytes;
-    let (mut spans_left, mut bytes_left) = (MAX_SPANS_PER_RESPONSE, max_bytes);
+    let (mut spans_left, mut bytes_left) = (
+        MAX_SPANS_PER_RESPONSE,
+        max_bytes.saturating_sub(ENVELOPE_OVERHEAD_BYTES),
+    );
     let found = read_trace(&state, &id, &mut spans_left, &mut bytes_left).await?;
     match found {
         ReadTrace::NotFound => Err(ApiError::not_found("trace not found")),
@@ -763,6 +851,18 @@ mod tests {
             attributes,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pages_hold_what_the_bytes_left_would_at_the_mean_span_size() {
+        // Nothing read yet: a few spans.
+        assert_eq!(page_within(1 << 20, 0, 0, 2_000), 64);
+        // 10 spans of 20 KB read, 256 KB left: 13 more, not a page of 2,000.
+        assert_eq!(page_within(256_000, 200_000, 10, 2_000), 13);
+        // Small spans: a full page.
+        assert_eq!(page_within(64 << 20, 5_000, 10, 2_000), 2_000);
+        // No room: still one, to find out.
+        assert_eq!(page_within(0, 5_000, 10, 2_000), 1);
     }
 
     #[test]

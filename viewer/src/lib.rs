@@ -41,6 +41,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// Default poll interval of a live tail.
 pub const DEFAULT_TAIL_POLL: Duration = Duration::from_millis(500);
+/// Default grace of a live tail: each poll re-reads the records stamped this long before the
+/// clock, so a record stored up to this late (a batch of another service, an Elasticsearch
+/// refresh) still reaches the tail.
+pub const DEFAULT_TAIL_GRACE: Duration = Duration::from_secs(2);
 /// Default number of live tails open at once.
 pub const DEFAULT_MAX_TAILS: usize = 32;
 /// Default bound on the JSON of one Jaeger API answer holding traces, bytes (64 MiB).
@@ -53,6 +57,9 @@ pub const MIN_MAX_ANSWER_BYTES: usize = 64 * 1024;
 pub struct ViewerOptions {
     /// How often a live tail asks the store for new records.
     pub tail_poll: Duration,
+    /// How late a record may be stored (after the wall clock passed its time) and still reach
+    /// a live tail: every poll re-reads this trailing window, skipping what it already sent.
+    pub tail_grace: Duration,
     /// Live tails open at once; more are answered 503.
     pub max_tails: usize,
     /// Bytes of span and process JSON one Jaeger answer (`/api/traces`,
@@ -65,6 +72,7 @@ impl Default for ViewerOptions {
     fn default() -> Self {
         ViewerOptions {
             tail_poll: DEFAULT_TAIL_POLL,
+            tail_grace: DEFAULT_TAIL_GRACE,
             max_tails: DEFAULT_MAX_TAILS,
             max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }

@@ -70,7 +70,7 @@ async fn jaeger_answers_stay_within_their_byte_bound() {
     // One trace: cut at the bound, its first spans in start order, with Jaeger's warning.
     let (status, size, body) = get_sized(&format!("{base}/api/traces/{HEAVY}")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(size <= BOUND + 1024, "answer of {size} bytes");
+    assert!(size <= BOUND, "answer of {size} bytes");
     let trace = &body["data"][0];
     let spans = trace["spans"].as_array().unwrap();
     assert!(
@@ -108,7 +108,7 @@ async fn jaeger_answers_stay_within_their_byte_bound() {
     // A search holding all three: within the bound, the heavy trace cut with its warning.
     let (status, size, body) = get_sized(&format!("{base}/api/traces?service=heavy")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(size <= BOUND + 2048, "answer of {size} bytes");
+    assert!(size <= BOUND, "answer of {size} bytes");
     let cut = body["data"]
         .as_array()
         .unwrap()
@@ -137,6 +137,40 @@ async fn jaeger_answers_stay_within_their_byte_bound() {
     assert!(body["data"][0]["warnings"].is_null());
     assert_eq!(body["errors"][0]["traceID"], GIANT, "{body}");
     assert_eq!(body["errors"][0]["code"], 413);
+    // The giant trace asked for after the light one is named too.
+    let (status, size, body) = get_sized(&format!(
+        "{base}/api/traces?traceID={LIGHT}&traceID={GIANT}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(size <= BOUND, "answer of {size} bytes");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"][0]["traceID"], LIGHT);
+    assert_eq!(body["errors"][0]["traceID"], GIANT, "{body}");
+    // A trace left out after one that filled the answer is named with the reason, and one
+    // after it that fits is still not dropped silently.
+    let (status, size, body) = get_sized(&format!(
+        "{base}/api/traces?traceID={HEAVY}&traceID={GIANT}&traceID={LIGHT}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(size <= BOUND, "answer of {size} bytes");
+    let shown: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["traceID"].as_str().unwrap())
+        .collect();
+    let named: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["traceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, [HEAVY], "{body}");
+    assert_eq!(named, [GIANT, LIGHT], "every trace left out is named");
+    let msg = body["errors"][1]["msg"].as_str().unwrap();
+    assert!(msg.contains("max-answer-bytes"), "{msg}");
     viewer.shutdown().await;
 }
 
@@ -168,7 +202,7 @@ async fn trace_windows_end_early_at_the_byte_bound_and_page_on() {
     loop {
         let (status, size, body) = get_sized(&url).await;
         assert_eq!(status, 200, "{body}");
-        assert!(size <= BOUND + 1024, "window of {size} bytes");
+        assert!(size <= BOUND, "window of {size} bytes");
         windows += 1;
         for s in body["spans"].as_array().unwrap() {
             ids.push(s["span_id"].as_str().unwrap().to_string());
@@ -187,5 +221,23 @@ async fn trace_windows_end_early_at_the_byte_bound_and_page_on() {
     let expected: Vec<String> = (1..=40u64).map(|n| format!("{n:016x}")).collect();
     assert_eq!(ids, expected, "every span once, in start order");
     assert!(windows >= 4, "{windows} windows for 800 KB of spans");
+    // The window around a span deep in the trace keeps to the bound too, the span in it with
+    // its neighbours on both sides.
+    let target = format!("{:016x}", 21);
+    let (status, size, body) = get_sized(&format!(
+        "{base}/api/v1/traces/{HEAVY}/spans?limit=1000&around={target}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(size <= BOUND, "window of {size} bytes");
+    let ids: Vec<u64> = body["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| u64::from_str_radix(s["span_id"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    assert!(ids.contains(&21), "{ids:?}");
+    assert!(ids[0] < 21 && *ids.last().unwrap() > 21, "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
     viewer.shutdown().await;
 }

@@ -93,9 +93,12 @@ async fn read_tail(
             if !event.lines().any(|l| l == "event: log") {
                 continue;
             }
+            let id = event.lines().find_map(|l| l.strip_prefix("id: "));
             for line in event.lines() {
                 if let Some(data) = line.strip_prefix("data: ") {
-                    got.push(serde_json::from_str(data).unwrap());
+                    let mut record: Value = serde_json::from_str(data).unwrap();
+                    record["event_id"] = id.into();
+                    got.push(record);
                 }
             }
         }
@@ -160,15 +163,31 @@ async fn a_burst_reaches_the_tail_whole_once_and_in_order(base: &str, store: &Ar
         &mut got,
     )
     .await;
-    // Nothing more than the burst arrives (no repeats).
+    // Nothing more than the burst arrives (no repeats): a marker written after it, once it
+    // arrives, shows the tail has polled again past the burst.
+    let marker = log(
+        &svc,
+        dlog_storage::now_unix_nano().max(opening.time_unix_nano + 2 * MS),
+        "INFO",
+        "after the burst",
+        None,
+    );
+    store.write(&[Document::Log(marker)]).await.unwrap();
+    store.refresh().await.unwrap();
     read_tail(
         &mut tail,
         &mut buffer,
-        Duration::from_millis(600),
-        |_| false,
+        Duration::from_secs(20),
+        |g| g.iter().any(|l| l["body"] == "after the burst"),
         &mut got,
     )
     .await;
+    assert_eq!(
+        got.last().map(|l| l["body"].clone()),
+        Some("after the burst".into()),
+        "the marker arrives last"
+    );
+    got.pop();
     let mut expected = burst.clone();
     expected.sort_by_key(LogCursor::of);
     let expected: Vec<&str> = expected.iter().map(|l| l.body.as_str()).collect();
@@ -184,20 +203,142 @@ async fn a_burst_reaches_the_tail_whole_once_and_in_order(base: &str, store: &Ar
     assert!(arrived == expected, "the burst arrives oldest first");
 }
 
+/// The grace of the tails below: how late a record may be stored and still arrive.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The records' bodies, sorted: which arrived, however two written together were split
+/// between polls.
+fn bodies(got: &[Value]) -> Vec<&str> {
+    let mut bodies: Vec<&str> = got.iter().map(|l| l["body"].as_str().unwrap()).collect();
+    bodies.sort_unstable();
+    bodies
+}
+
+/// A record stored after a newer one was sent (another service's batch arriving late) still
+/// reaches the tail; a record stamped ahead of the clock arrives once, not again when the
+/// clock passes it nor when the grace does; a reconnect carrying the last event id resumes
+/// right after it.
+async fn late_and_early_records_reach_the_tail_once(base: &str, store: &Arc<dyn Store>) {
+    let svc = service("late", &[]);
+    let url = format!("{base}/api/v1/logs/tail?service=late");
+    let mut tail = reqwest::get(&url).await.unwrap();
+    assert_eq!(tail.status(), 200);
+    let mut buffer = String::new();
+    let mut got = Vec::new();
+    let t0 = dlog_storage::now_unix_nano();
+    let newer = log(&svc, t0, "INFO", "newer", None);
+    let ahead = log(&svc, t0 + 1_000 * MS, "INFO", "ahead of the clock", None);
+    store
+        .write(&[Document::Log(newer), Document::Log(ahead.clone())])
+        .await
+        .unwrap();
+    store.refresh().await.unwrap();
+    read_tail(
+        &mut tail,
+        &mut buffer,
+        Duration::from_secs(20),
+        |g| g.len() >= 2,
+        &mut got,
+    )
+    .await;
+    assert_eq!(bodies(&got), ["ahead of the clock", "newer"]);
+    // Stamped before the record already sent, stored after it.
+    let late = log(&svc, t0 - MS, "INFO", "stored late", None);
+    store.write(&[Document::Log(late)]).await.unwrap();
+    store.refresh().await.unwrap();
+    read_tail(
+        &mut tail,
+        &mut buffer,
+        Duration::from_secs(20),
+        |g| g.len() >= 3,
+        &mut got,
+    )
+    .await;
+    assert_eq!(
+        bodies(&got),
+        ["ahead of the clock", "newer", "stored late"],
+        "the record stored late arrives"
+    );
+    // Once the clock and then the grace have passed the early record, a marker: when it
+    // arrives the tail has re-read that time, and nothing came twice.
+    let past = ahead.time_unix_nano + GRACE.as_nanos() as u64 + 500 * MS;
+    let wait = past.saturating_sub(dlog_storage::now_unix_nano());
+    tokio::time::sleep(Duration::from_nanos(wait)).await;
+    let marker = log(&svc, dlog_storage::now_unix_nano(), "INFO", "marker", None);
+    store.write(&[Document::Log(marker)]).await.unwrap();
+    store.refresh().await.unwrap();
+    read_tail(
+        &mut tail,
+        &mut buffer,
+        Duration::from_secs(20),
+        |g| g.iter().any(|l| l["body"] == "marker"),
+        &mut got,
+    )
+    .await;
+    assert_eq!(
+        bodies(&got),
+        ["ahead of the clock", "marker", "newer", "stored late"],
+        "each record once"
+    );
+    // The browser reconnects with the last event id: only what came after it.
+    drop(tail);
+    assert_eq!(got[3]["body"], "marker");
+    let last_id = got[3]["event_id"].as_str().unwrap().to_string();
+    let after = log(
+        &svc,
+        dlog_storage::now_unix_nano(),
+        "INFO",
+        "after the reconnect",
+        None,
+    );
+    store.write(&[Document::Log(after)]).await.unwrap();
+    store.refresh().await.unwrap();
+    let mut tail = reqwest::Client::new()
+        .get(&url)
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    let mut buffer = String::new();
+    let mut again = Vec::new();
+    read_tail(
+        &mut tail,
+        &mut buffer,
+        Duration::from_secs(20),
+        |g| !g.is_empty(),
+        &mut again,
+    )
+    .await;
+    assert_eq!(
+        bodies(&again),
+        ["after the reconnect"],
+        "resumes after {last_id}"
+    );
+}
+
+fn config() -> ViewerConfig {
+    let mut config = ViewerConfig::default();
+    config.options.tail_grace = GRACE;
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_logs_and_tail_bursts_over_the_embedded_store() {
     let (store, _dir) = embedded().await;
-    let (viewer, base) = viewer(Arc::clone(&store), ViewerConfig::default()).await;
+    let (viewer, base) = viewer(Arc::clone(&store), config()).await;
     a_busy_traces_span_shows_its_own_records(&base, &store).await;
     a_burst_reaches_the_tail_whole_once_and_in_order(&base, &store).await;
+    late_and_early_records_reach_the_tail_once(&base, &store).await;
     viewer.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_logs_and_tail_bursts_over_elasticsearch() {
     let (store, _es) = elastic().await;
-    let (viewer, base) = viewer(Arc::clone(&store), ViewerConfig::default()).await;
+    let (viewer, base) = viewer(Arc::clone(&store), config()).await;
     a_busy_traces_span_shows_its_own_records(&base, &store).await;
     a_burst_reaches_the_tail_whole_once_and_in_order(&base, &store).await;
+    late_and_early_records_reach_the_tail_once(&base, &store).await;
     viewer.shutdown().await;
 }
