@@ -119,30 +119,32 @@ async fn main() {
         // Let the tail take its position before the burst.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t = Instant::now();
-        let base_time = dlog_storage::now_unix_nano();
-        let burst: Vec<Document> = (0..BURST)
-            .map(|i| {
-                Document::Log(log(
-                    &svc,
-                    base_time + i * 1_000,
-                    "INFO",
-                    &format!("burst {i}"),
-                    None,
-                ))
-            })
-            .collect();
+        // Each batch stamped as it is written, as a sender's records are: the tail takes
+        // records stored up to its grace (2 s) after their time.
         let writer = {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                for chunk in burst.chunks(2_000) {
-                    store.write(chunk).await.unwrap();
+                for batch in 0..BURST / 2_000 {
+                    let stamp = dlog_storage::now_unix_nano();
+                    let chunk: Vec<Document> = (0..2_000u64)
+                        .map(|i| {
+                            Document::Log(log(
+                                &svc,
+                                stamp + i * 1_000,
+                                "INFO",
+                                &format!("burst {}", batch * 2_000 + i),
+                                None,
+                            ))
+                        })
+                        .collect();
+                    store.write(&chunk).await.unwrap();
                 }
                 t.elapsed()
             })
         };
         let mut received = 0u64;
         let mut buffer = String::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while received < BURST {
             let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, tail.chunk()).await else {
                 break;
