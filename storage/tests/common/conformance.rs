@@ -812,6 +812,26 @@ async fn logs_oldest_first_page_by_page(store: &Arc<dyn Store>) {
         got.extend(page);
     }
     assert_eq!(got, expected, "{b}: every record once, oldest first");
+    // The same with text (the embedded store probes its text index row by row).
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..20 {
+        let page = store
+            .search_logs(&LogQuery {
+                text: Some("forward".into()),
+                after: after.clone(),
+                ..query.clone()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(LogCursor::of(last));
+        got.extend(page);
+    }
+    assert_eq!(
+        got, expected,
+        "{b}: with text, every record once, oldest first"
+    );
     // The time range still applies; the first page starts at its start.
     let ranged = store
         .search_logs(&LogQuery {
