@@ -76,6 +76,9 @@ pub struct Config {
     /// The viewer (web UI and Jaeger query API). Default 127.0.0.1:16686. It takes the same
     /// token file and TLS settings as the bridge.
     pub viewer: SocketAddr,
+    /// Bytes of span JSON one of the viewer's Jaeger API answers may carry; a trace past it
+    /// is cut with a warning. Default 64 MiB.
+    pub viewer_max_answer_bytes: usize,
     /// Alert rules file (TOML); the built-in defaults when absent.
     pub rules_file: Option<PathBuf>,
     /// POST alerts as JSON to this URL as well.
@@ -124,6 +127,7 @@ impl Default for Config {
             indexer_admin: at(names::INDEXER_ADMIN_PORT),
             alerter_admin: at(names::ALERTER_ADMIN_PORT),
             viewer: at(names::VIEWER_PORT),
+            viewer_max_answer_bytes: dlog_viewer::DEFAULT_MAX_ANSWER_BYTES,
             rules_file: None,
             webhook_url: None,
             wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
@@ -391,6 +395,10 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             .or_else(|| config.auth_token_file.clone()),
         tls_cert: config.tls_cert.clone(),
         tls_key: config.tls_key.clone(),
+        options: dlog_viewer::ViewerOptions {
+            max_answer_bytes: config.viewer_max_answer_bytes,
+            ..dlog_viewer::ViewerOptions::default()
+        },
         ..dlog_viewer::ViewerConfig::default()
     };
     let viewer = match dlog_viewer::start(viewer_config, Arc::clone(&store)).await {

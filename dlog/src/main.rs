@@ -107,6 +107,10 @@ struct UpArgs {
     /// --tls-cert too [default: 127.0.0.1:16686].
     #[arg(long, env = "DLOG_VIEWER")]
     viewer: Option<SocketAddr>,
+    /// Bytes of span JSON one Jaeger API answer may carry: a trace past it is cut with a
+    /// warning (at least 65536) [default: 67108864].
+    #[arg(long, env = "DLOG_VIEWER_MAX_ANSWER_BYTES")]
+    viewer_max_answer_bytes: Option<usize>,
     /// Bytes the local log may hold before senders get back-pressure (503 / UNAVAILABLE)
     /// [default: 1073741824].
     #[arg(long, env = "DLOG_WAL_MAX_BYTES")]
@@ -136,6 +140,10 @@ struct ViewerArgs {
     /// PEM private key of --tls-cert [default: none].
     #[arg(long, env = "DLOG_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Bytes of span JSON one Jaeger API answer may carry: a trace past it is cut with a
+    /// warning (at least 65536) [default: 67108864].
+    #[arg(long, env = "DLOG_VIEWER_MAX_ANSWER_BYTES")]
+    viewer_max_answer_bytes: Option<usize>,
 }
 
 #[tokio::main]
@@ -252,6 +260,9 @@ async fn viewer(
     if let Some(addr) = args.viewer {
         config.listen = addr;
     }
+    if let Some(bytes) = args.viewer_max_answer_bytes {
+        config.options.max_answer_bytes = bytes.max(dlog_viewer::MIN_MAX_ANSWER_BYTES);
+    }
     let scheme = if config.tls_cert.is_some() {
         "https"
     } else {
@@ -304,6 +315,9 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.viewer {
         config.viewer = addr;
+    }
+    if let Some(bytes) = args.viewer_max_answer_bytes {
+        config.viewer_max_answer_bytes = bytes.max(dlog_viewer::MIN_MAX_ANSWER_BYTES);
     }
     if let Some(bytes) = args.wal_max_bytes {
         config.wal_max_bytes = bytes;

@@ -462,6 +462,7 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
                     trace_id: trace_id.clone(),
                     time: since(*s),
                     limit: *limit,
+                    ..Default::default()
                 })
                 .await?;
             for l in logs {

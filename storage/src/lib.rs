@@ -55,9 +55,9 @@ pub use silence::{AlertAck, Silence};
 pub use store::now_unix_nano;
 pub use store::{
     AlertDoc, AlertQuery, DeclaredDependency, Dependencies, DependencyEdge, Document,
-    InstanceStatus, Liveness, LogQuery, Operation, PartitionUsage, RegistryEntry, RetentionPolicy,
-    RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage, TimeRange, TimeWindow,
-    TraceQuery, TraceSummary, WriteOutcome,
+    InstanceStatus, Liveness, LogCursor, LogOrder, LogQuery, Operation, PartitionUsage,
+    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
+    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 
 /// Opens the configured store: Elasticsearch when `elasticsearch_url` is set, otherwise the

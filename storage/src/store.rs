@@ -209,7 +209,7 @@ impl TraceSummary {
     }
 }
 
-/// Which logs [`Store::search_logs`] returns, newest first.
+/// Which logs [`Store::search_logs`] returns, and in which order ([`LogQuery::order`]).
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
     /// Text the message must contain (a case-insensitive substring in the embedded store,
@@ -221,10 +221,47 @@ pub struct LogQuery {
     pub level: Option<String>,
     /// The trace the record belongs to.
     pub trace_id: Option<String>,
+    /// The span the record was emitted in (lowercase hex).
+    pub span_id: Option<String>,
     /// The record's time.
     pub time: TimeRange,
     /// At most this many (0 means [`DEFAULT_LIMIT`]).
     pub limit: usize,
+    /// Newest first (the default) or oldest first.
+    pub order: LogOrder,
+    /// Oldest first only: records strictly after this position, so that a reader can go
+    /// forward page by page without skipping or repeating a record.
+    pub after: Option<LogCursor>,
+}
+
+/// The order of [`Store::search_logs`]' answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogOrder {
+    /// Newest time first.
+    #[default]
+    NewestFirst,
+    /// Oldest time first, records of one time by document id ([`LogEntry::doc_id`]): a
+    /// total order that is the same on every backend, which [`LogCursor`] continues.
+    OldestFirst,
+}
+
+/// A position in [`LogOrder::OldestFirst`] order: the last record a reader has seen.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogCursor {
+    /// The record's time, ns since the Unix epoch.
+    pub time_unix_nano: u64,
+    /// Its document id ([`LogEntry::doc_id`]).
+    pub doc_id: String,
+}
+
+impl LogCursor {
+    /// The position of a record.
+    pub fn of(entry: &LogEntry) -> Self {
+        LogCursor {
+            time_unix_nano: entry.time_unix_nano,
+            doc_id: entry.doc_id(),
+        }
+    }
 }
 
 /// One operation of a service.
@@ -566,7 +603,7 @@ pub trait Store: Send + Sync {
     /// trace id.
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError>;
 
-    /// Log records matching the query, newest first.
+    /// Log records matching the query, in the query's order (newest first by default).
     async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
 
     /// Names of the services that sent spans, sorted.

@@ -236,3 +236,146 @@ async fn a_store_from_a_newer_dlog_is_refused_with_what_to_do() {
         "{message}"
     );
 }
+
+/// Writes `logs` into a new store in `dir`, then takes it back to layout 2 (no span id
+/// column, no index, version 2 everywhere); the partitions' paths.
+async fn layout_2_store(
+    dir: &Path,
+    logs: &[dlog_core::model::LogEntry],
+) -> Vec<std::path::PathBuf> {
+    {
+        let store = open_store(&StoreConfig::embedded(dir)).await.unwrap();
+        let docs: Vec<_> = logs
+            .iter()
+            .cloned()
+            .map(dlog_storage::Document::Log)
+            .collect();
+        store.write(&docs).await.unwrap();
+    }
+    let parts: Vec<_> = std::fs::read_dir(dir.join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .collect();
+    assert!(!parts.is_empty());
+    for part in &parts {
+        let conn = rusqlite::Connection::open(part).unwrap();
+        conn.execute_batch(
+            "DROP INDEX logs_by_span; ALTER TABLE logs DROP COLUMN span_id; \
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    rusqlite::Connection::open(dir.join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 2)
+        .unwrap();
+    parts
+}
+
+/// Two processes opening a layout 2 store at once (`dlog up` and `dlog viewer`) both open
+/// it, the column added once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_2_store_opened_twice_at_once_migrates_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough records that the first migration is still running when the second starts.
+    let base = fixture_logs();
+    let logs: Vec<_> = (0..20_000u64)
+        .map(|i| {
+            let mut l = base[i as usize % base.len()].clone();
+            l.body = format!("{} #{i}", l.body);
+            l
+        })
+        .collect();
+    layout_2_store(dir.path(), &logs).await;
+    let config = StoreConfig::embedded(dir.path());
+    let open =
+        |config: StoreConfig| tokio::spawn(async move { open_store(&config).await.map(|_| ()) });
+    let (a, b) = tokio::join!(open(config.clone()), open(config.clone()));
+    a.unwrap().expect("the first open");
+    b.unwrap().expect("the second open");
+    let store = open_store(&config).await.unwrap();
+    let of_span = store
+        .search_logs(&LogQuery {
+            trace_id: Some(TRACE_A.into()),
+            span_id: Some("b000000000000003".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_span.len(), 5);
+    assert!(of_span.iter().all(|l| l.body.starts_with("charge slow")));
+}
+
+/// A record whose encoded rest is unreadable does not keep a layout 2 store from opening: it
+/// keeps no span id, and the others are found by span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_does_not_keep_a_layout_2_store_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = layout_2_store(dir.path(), &fixture_logs()).await;
+    let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+    let spoiled = conn
+        .execute(
+            "UPDATE logs SET rest = x'ff00ff' WHERE id = (SELECT min(id) FROM logs \
+             WHERE body != 'charge slow')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(spoiled, 1);
+    drop(conn);
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .expect("opens");
+    let of_span = store
+        .search_logs(&LogQuery {
+            trace_id: Some(TRACE_A.into()),
+            span_id: Some("b000000000000003".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        of_span.iter().map(|l| l.body.as_str()).collect::<Vec<_>>(),
+        vec!["charge slow"]
+    );
+}
+
+/// A store of layout 2 kept a log's span id only inside its encoded record: opening it adds
+/// the span id column, fills it for the records already stored, and searches by span find
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_2_store_gains_the_span_id_column_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = fixture_logs();
+    let parts = layout_2_store(dir.path(), &logs).await;
+
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let of_span = store
+        .search_logs(&LogQuery {
+            trace_id: Some(TRACE_A.into()),
+            span_id: Some("b000000000000003".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        of_span.iter().map(|l| l.body.as_str()).collect::<Vec<_>>(),
+        vec!["charge slow"]
+    );
+    assert_eq!(
+        store.search_logs(&LogQuery::default()).await.unwrap().len(),
+        logs.len()
+    );
+    drop(store);
+    for file in parts.iter().chain([&dir.path().join(DB_FILE)]) {
+        let version: i32 = rusqlite::Connection::open(file)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
+    }
+}

@@ -842,6 +842,21 @@
       h('button', { type: 'submit', id: 's-submit', text: 'Silence' }), ' ', sMsg);
     root.appendChild(form);
     root.appendChild(holder);
+    // With tokens, the author is the token's name and a read token may not change anything.
+    let readOnly = false;
+    try {
+      const me = await api('/api/v1/whoami');
+      if (me.name) {
+        sBy.hidden = true;
+        sBy.value = '';
+        sBy.after(h('strong', { id: 's-as', text: me.name + ' (' + me.role + ')' }));
+      }
+      if (me.role === 'read') {
+        readOnly = true;
+        form.querySelector('#s-submit').disabled = true;
+        sMsg.textContent = 'read-only token: silencing and acknowledging need an admin token';
+      }
+    } catch (e) { /* an older viewer: keep the form as it is */ }
     async function load() {
       try {
         const r = await api('/api/v1/alerts' + (state.value ? '?state=' + state.value : ''));
@@ -852,7 +867,7 @@
         st.appendChild(h('thead', null, h('tr', null, ['', 'Service', 'Rule', 'Starts', 'Expires', 'By', 'Comment', ''].map(x => h('th', { text: x })))));
         const sb = h('tbody');
         for (const x of sil.silences) {
-          const expire = x.active ? h('button', { class: 'expire', text: 'Expire', on: { click: async () => { try { await send('DELETE', '/api/v1/silences/' + encodeURIComponent(x.id)); await load(); } catch (e) { sMsg.textContent = String(e.message || e); } } } }) : null;
+          const expire = x.active && !readOnly ? h('button', { class: 'expire', text: 'Expire', on: { click: async () => { try { await send('DELETE', '/api/v1/silences/' + encodeURIComponent(x.id)); await load(); } catch (e) { sMsg.textContent = String(e.message || e); } } } }) : null;
           sb.appendChild(h('tr', { class: 'silence ' + (x.active ? 'active' : 'expired'), dataset: { id: x.id, service: x.service || '', rule: x.rule || '' } },
             h('td', { text: x.active ? 'active' : 'expired' }), h('td', { text: x.service || 'any' }), h('td', { text: x.rule || 'any' }),
             h('td', { text: fmtTime(x.starts_us) }), h('td', { class: 'expires', text: fmtTime(x.ends_us) }),
@@ -882,8 +897,8 @@
           if (a.silenced) marks.appendChild(h('span', { class: 'badge silenced', text: ' silenced' }));
           if (a.ack) marks.appendChild(h('span', { class: 'badge acked', title: a.ack.comment || '', text: ' acked by ' + a.ack.by }));
           const actions = h('div', { class: 'actions' });
-          if (a.state === 'firing' && !a.ack) actions.appendChild(h('button', { class: 'ack', text: 'Ack', on: { click: async () => { try { await send('POST', '/api/v1/acks', { alert_id: a.id, by: sBy.value || null }); await load(); } catch (e) { sMsg.textContent = String(e.message || e); } } } }));
-          if (!a.silenced) actions.appendChild(h('button', { class: 'silence-service', text: 'Silence service 1h', on: { click: () => createSilence(a.service, '', '1h', 'from alert ' + a.id) } }));
+          if (a.state === 'firing' && !a.ack && !readOnly) actions.appendChild(h('button', { class: 'ack', text: 'Ack', on: { click: async () => { try { await send('POST', '/api/v1/acks', { alert_id: a.id, by: sBy.value || null }); await load(); } catch (e) { sMsg.textContent = String(e.message || e); } } } }));
+          if (!a.silenced && !readOnly) actions.appendChild(h('button', { class: 'silence-service', text: 'Silence service 1h', on: { click: () => createSilence(a.service, '', '1h', 'from alert ' + a.id) } }));
           traces.appendChild(actions);
           tb.appendChild(h('tr', { class: 'alert ' + a.state + ' sev-' + a.severity + (a.silenced ? ' silenced' : '') + (a.ack ? ' acked' : ''), dataset: { id: a.id, rule: a.rule, service: a.service } },
             marks, h('td', { text: a.severity }), h('td', { text: a.service + (a.instance ? ' (' + a.instance + ')' : '') }),

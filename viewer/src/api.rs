@@ -2,7 +2,7 @@
 //! and live tail (Server-Sent Events), alerts and incidents, instance status, and declared
 //! versus observed dependencies. Times are µs since the epoch (exact in JavaScript numbers).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -11,11 +11,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use dlog_core::model::{LogEntry, SpanRecord};
-use dlog_storage::{AlertDoc, AlertQuery, LogQuery, SpanCursor, StatusQuery, TimeRange};
+use dlog_storage::{
+    AlertDoc, AlertQuery, LogCursor, LogOrder, LogQuery, SpanCursor, StatusQuery, TimeRange,
+};
 use futures::Stream;
 use serde_json::{json, Value};
 
-use crate::jaeger::{search_range, trace_query};
+use crate::jaeger::{page_within, search_range, trace_query};
 use crate::params::{span_id, trace_id, ApiError, Params};
 use crate::AppState;
 
@@ -114,6 +116,8 @@ pub async fn find_traces(
 
 /// `GET /api/v1/traces/{id}/spans?after_start_ns=&after_span=&limit=`: one window of a
 /// trace's spans in start order, read as a page from the store, and the cursor of the next.
+/// A window whose spans' JSON would pass `max_answer_bytes` ends early (after at least one
+/// span), and its cursor continues from there.
 /// With `around=<span id>` instead: the window of `limit` spans centred on that span (for a
 /// deep link into a huge trace), without a cursor.
 pub async fn trace_spans(
@@ -155,21 +159,62 @@ pub async fn trace_spans(
         let around = span_id("around", around)?;
         return window_around(&state, &id, &around, limit).await;
     }
-    let spans = state
-        .store
-        .get_trace_page(&id, after.as_ref(), limit)
-        .await?;
+    // Pages sized to the bytes left, so that huge spans are not all read before the bound
+    // is checked.
+    let max_bytes = state
+        .options
+        .max_answer_bytes
+        .saturating_sub(WINDOW_OVERHEAD_BYTES);
+    let mut budget = max_bytes;
+    let mut window = Vec::new();
+    let mut cursor = after;
+    let more = loop {
+        let want = page_within(
+            budget,
+            max_bytes - budget,
+            window.len(),
+            limit - window.len(),
+        );
+        let spans = state
+            .store
+            .get_trace_page(&id, cursor.as_ref(), want)
+            .await?;
+        let mut cut = false;
+        for s in &spans {
+            let json = span_json(s);
+            let cost = crate::jaeger::json_len(&json) + 1;
+            if cost > budget && !window.is_empty() {
+                cut = true;
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            window.push(json);
+            cursor = Some(SpanCursor {
+                start_unix_nano: s.start_unix_nano,
+                span_id: s.span_id.clone(),
+            });
+        }
+        if cut || window.len() == limit {
+            break true;
+        }
+        if spans.len() < want {
+            break false;
+        }
+    };
     // The cursor carries ns as a string: a JavaScript number cannot hold them exactly.
-    let next = (spans.len() == limit)
-        .then(|| spans.last())
+    let next = more
+        .then_some(cursor)
         .flatten()
-        .map(|s| json!({"after_start_ns": s.start_unix_nano.to_string(), "after_span": s.span_id}));
+        .map(|c| json!({"after_start_ns": c.start_unix_nano.to_string(), "after_span": c.span_id}));
     Ok(Json(json!({
         "trace_id": id,
-        "spans": spans.iter().map(span_json).collect::<Vec<_>>(),
+        "spans": window,
         "next": next,
     })))
 }
+
+/// Bytes a trace window's JSON takes besides its spans (trace id, cursor, separators).
+const WINDOW_OVERHEAD_BYTES: usize = 256;
 
 /// Most spans a window search reads through before giving up on finding the span.
 pub const MAX_WINDOW_SCAN: usize = 2_000_000;
@@ -183,14 +228,22 @@ async fn window_around(
     around: &str,
     limit: usize,
 ) -> Result<Json<Value>, ApiError> {
+    // Within the answer byte bound too: at most half of it before the span, the rest after.
+    let max_bytes = state
+        .options
+        .max_answer_bytes
+        .saturating_sub(WINDOW_OVERHEAD_BYTES);
     let before_max = limit / 2;
-    let mut before: std::collections::VecDeque<SpanRecord> = std::collections::VecDeque::new();
-    let mut window: Vec<SpanRecord> = Vec::new();
+    let mut before: std::collections::VecDeque<(Value, usize)> = Default::default();
+    let mut before_bytes = 0usize;
+    let mut window: Vec<Value> = Vec::new();
+    let mut window_bytes = 0usize;
     let mut cursor: Option<SpanCursor> = None;
-    let mut scanned = 0usize;
+    let (mut scanned, mut scanned_bytes) = (0usize, 0usize);
     let mut found = false;
-    let page = MAX_PAGE;
+    let mut full = false;
     loop {
+        let page = page_within(max_bytes, scanned_bytes, scanned, MAX_PAGE);
         let spans = state
             .store
             .get_trace_page(trace, cursor.as_ref(), page)
@@ -202,22 +255,33 @@ async fn window_around(
         let done = spans.len() < page;
         scanned += spans.len();
         for s in spans {
+            let json = span_json(&s);
+            let cost = crate::jaeger::json_len(&json) + 1;
+            scanned_bytes += cost;
             if found {
-                if window.len() < limit {
-                    window.push(s);
+                if window.len() >= limit || window_bytes + cost > max_bytes {
+                    full = true;
+                    break;
                 }
+                window_bytes += cost;
+                window.push(json);
             } else if s.span_id == around {
                 found = true;
-                window.extend(before.drain(..));
-                window.push(s);
+                window_bytes = before_bytes + cost;
+                window.extend(before.drain(..).map(|(j, _)| j));
+                window.push(json);
             } else {
-                if before.len() == before_max {
-                    before.pop_front();
+                before_bytes += cost;
+                before.push_back((json, cost));
+                while before.len() > before_max || before_bytes > max_bytes / 2 {
+                    let Some((_, c)) = before.pop_front() else {
+                        break;
+                    };
+                    before_bytes -= c;
                 }
-                before.push_back(s);
             }
         }
-        if done || (found && window.len() >= limit) {
+        if done || full || (found && window.len() >= limit) {
             break;
         }
         if scanned >= MAX_WINDOW_SCAN {
@@ -235,13 +299,13 @@ async fn window_around(
     }
     Ok(Json(json!({
         "trace_id": trace,
-        "spans": window.iter().map(span_json).collect::<Vec<_>>(),
+        "spans": window,
         "next": null,
         "window_around": around,
     })))
 }
 
-fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<String>), ApiError> {
+fn log_query(params: &Params, default_range: bool) -> Result<LogQuery, ApiError> {
     let time = if default_range || params.get("start").is_some() || params.get("end").is_some() {
         search_range(params)?
     } else {
@@ -256,63 +320,57 @@ fn log_query(params: &Params, default_range: bool) -> Result<(LogQuery, Option<S
         return Err(ApiError::bad_param("span_id", "needs 'trace_id' too"));
     }
     let level = params.get("level").map(|l| l.to_ascii_uppercase());
-    Ok((
-        LogQuery {
-            text: params.string("text"),
-            service: params.string("service"),
-            level,
-            trace_id: trace,
-            time,
-            limit: params.limit("limit", DEFAULT_LOGS, MAX_LOGS)?,
-        },
-        span,
-    ))
+    Ok(LogQuery {
+        text: params.string("text"),
+        service: params.string("service"),
+        level,
+        trace_id: trace,
+        span_id: span,
+        time,
+        limit: params.limit("limit", DEFAULT_LOGS, MAX_LOGS)?,
+        ..LogQuery::default()
+    })
 }
 
-/// Future-stamped records a live tail remembers having sent (beyond, it forgets them all and
-/// may send one again).
-const TAIL_FUTURE_REMEMBERED: usize = 10_000;
-
-/// How many of a trace's records are read to find one span's (the store filters by trace).
-const SPAN_LOGS_SCAN: usize = 10_000;
+/// Records a live tail remembers having sent past its settled position (those within the
+/// grace of the clock, and those stamped ahead of it). Beyond, it forgets the oldest and
+/// settles past them, so a record stored late among them is no longer caught.
+pub const TAIL_REMEMBERED: usize = 50_000;
 
 /// `GET /api/v1/logs?text=&service=&level=&trace_id=&span_id=&start=&end=&lookback=&limit=`:
-/// newest first. With `span_id`, only the records emitted inside that span.
+/// newest first. With `span_id`, only the records emitted inside that span (the store
+/// filters by span).
 pub async fn search_logs(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(raw.as_deref())?;
     // A trace's logs are wanted whatever their age; otherwise Jaeger's default window.
-    let (mut query, span) = log_query(&params, params.get("trace_id").is_none())?;
-    let limit = query.limit;
-    // The store filters by trace, not by span: with a span, read up to `SPAN_LOGS_SCAN` of
-    // the trace's records so that the limit applies to the span's own ones.
-    if span.is_some() && query.trace_id.is_some() {
-        query.limit = SPAN_LOGS_SCAN;
-    }
+    let query = log_query(&params, params.get("trace_id").is_none())?;
     let logs = state.store.search_logs(&query).await?;
-    let logs: Vec<Value> = logs
-        .iter()
-        .filter(|l| {
-            span.as_ref()
-                .is_none_or(|s| l.span_id.as_deref() == Some(s))
-        })
-        .take(limit)
-        .map(log_json)
-        .collect();
-    Ok(Json(json!({"logs": logs, "limit": limit})))
+    let logs: Vec<Value> = logs.iter().map(log_json).collect();
+    Ok(Json(json!({"logs": logs, "limit": query.limit})))
 }
 
-/// `GET /api/v1/logs/tail?text=&service=&level=&trace_id=`: Server-Sent Events, one `log`
-/// event per new record (oldest first), polling the store every `tail_poll` interval. At most
-/// [`crate::ViewerOptions::max_tails`] tails run at once; more are answered 503.
-pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+/// `GET /api/v1/logs/tail?text=&service=&level=&trace_id=&span_id=&since=`: Server-Sent
+/// Events, one `log` event per new record, oldest first. Every `tail_poll` interval the tail
+/// reads forward from its position (time, then document id) in pages of [`TAIL_BATCH`] until
+/// it has caught up, so a burst larger than a page is delivered whole, once, in order. The
+/// position trails the clock by [`crate::ViewerOptions::tail_grace`]: each poll re-reads that
+/// window and sends only what it had not, so a record stored up to the grace late still
+/// arrives (once). Each event's id is the latest record sent; a reconnect carrying it as
+/// `Last-Event-ID` resumes right after it. At most [`crate::ViewerOptions::max_tails`] tails
+/// run at once; more are answered 503.
+pub async fn tail_logs(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let params = match Params::parse(raw.as_deref()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let (mut query, span) = match log_query(&params, false) {
+    let mut query = match log_query(&params, false) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
@@ -324,16 +382,32 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
         .into_response();
     };
     query.limit = TAIL_BATCH;
+    query.order = LogOrder::OldestFirst;
     // Start from a little before now so that a record answered just before the tail opened
-    // is not missed; records are told apart by id.
+    // is not missed.
     let since = match params.micros_as_nanos("since") {
         Ok(since) => {
             since.unwrap_or_else(|| dlog_storage::now_unix_nano().saturating_sub(2_000_000_000))
         }
         Err(e) => return e.into_response(),
     };
+    // A reconnect resumes after the last record its stream carried. A `since` from the
+    // future would hide every record until then. The empty id sorts before every record of
+    // that time.
+    let position = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_event_id)
+        .unwrap_or(LogCursor {
+            time_unix_nano: since,
+            doc_id: String::new(),
+        });
+    let position = LogCursor {
+        time_unix_nano: position.time_unix_nano.min(dlog_storage::now_unix_nano()),
+        ..position
+    };
     let poll = state.options.tail_poll;
-    let stream = tail_stream(state, query, span, since, poll, slot);
+    let stream = tail_stream(state, query, position, poll, slot);
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -342,38 +416,88 @@ pub async fn tail_logs(State(state): State<AppState>, RawQuery(raw): RawQuery) -
 fn tail_stream(
     state: AppState,
     query: LogQuery,
-    span: Option<String>,
-    since: u64,
+    position: LogCursor,
     poll: Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     struct Tail {
         state: AppState,
         query: LogQuery,
-        span: Option<String>,
-        since: u64,
-        seen_at_since: HashSet<String>,
-        /// Records stamped after the wall clock, already sent: they do not move `since`.
-        future_sent: HashSet<String>,
+        /// Settled: every record up to it that was stored in time has been read. Each poll
+        /// reads forward from here, so it trails the clock by the grace.
+        position: LogCursor,
+        /// Records after `position` already sent (the grace window, and records stamped
+        /// ahead of the clock): a re-read skips them. At most [`TAIL_REMEMBERED`].
+        sent: BTreeSet<LogCursor>,
+        /// Where the next page of a catch-up starts (the last record of a full page).
+        read_from: Option<LogCursor>,
+        /// The last record read from ahead of the wall clock.
+        ahead: Option<LogCursor>,
+        /// The latest record sent: the event id, from which a reconnect resumes.
+        last_sent: LogCursor,
         pending: std::collections::VecDeque<Event>,
+        /// The last read filled a page: read on without waiting.
+        behind: bool,
+        /// Every record of this catch-up so far was read in one run from the position and
+        /// is past the grace: the position follows it.
+        settling: bool,
         first: bool,
         poll: Duration,
+        grace: u64,
         _slot: tokio::sync::OwnedSemaphorePermit,
     }
+    impl Tail {
+        fn send(&mut self, l: &LogEntry, at: LogCursor) {
+            if at > self.last_sent {
+                self.last_sent = at;
+            }
+            self.pending.push_back(
+                Event::default()
+                    .event("log")
+                    .id(event_id(&self.last_sent))
+                    .data(log_json(l).to_string()),
+            );
+        }
+
+        /// Past [`TAIL_REMEMBERED`], the oldest records up to the clock are forgotten and the
+        /// position moves over them (the re-read window shrinks); records ahead of the clock
+        /// are never settled, the latest of them are forgotten instead (and may come again).
+        fn forget_over_cap(&mut self, now: u64) {
+            while self.sent.len() > TAIL_REMEMBERED {
+                let oldest_settles = self.sent.first().is_some_and(|c| c.time_unix_nano <= now);
+                if oldest_settles {
+                    if let Some(c) = self.sent.pop_first() {
+                        self.position = self.position.clone().max(c);
+                    }
+                } else {
+                    self.sent.pop_last();
+                }
+            }
+        }
+    }
+    let grace = state.options.tail_grace.as_nanos().min(u64::MAX as u128) as u64;
     let tail = Tail {
         state,
         query,
-        span,
-        // A `since` from the future would hide every record until then.
-        since: since.min(dlog_storage::now_unix_nano()),
-        seen_at_since: HashSet::new(),
-        future_sent: HashSet::new(),
+        last_sent: position.clone(),
+        position,
+        sent: BTreeSet::new(),
+        read_from: None,
+        ahead: None,
         pending: Default::default(),
+        behind: false,
+        settling: false,
         first: true,
         poll,
+        grace,
         _slot: slot,
     };
-    futures::stream::unfold(tail, |mut t| async move {
+    let error_event = |e: dlog_storage::StoreError| {
+        Event::default()
+            .event("error")
+            .data(json!({"msg": e.to_string()}).to_string())
+    };
+    futures::stream::unfold(tail, move |mut t| async move {
         loop {
             if let Some(event) = t.pending.pop_front() {
                 return Some((Ok(event), t));
@@ -381,59 +505,107 @@ fn tail_stream(
             if t.state.closing.is_cancelled() {
                 return None;
             }
-            if !t.first {
+            if !t.first && !t.behind {
                 tokio::select! {
                     () = tokio::time::sleep(t.poll) => {}
                     () = t.state.closing.cancelled() => return None,
                 }
             }
             t.first = false;
+            // Forward from the position (or the page a catch-up reached), up to the wall
+            // clock: a record stamped ahead of it must not settle the position past every
+            // record until its time. What lies within the grace of the clock is sent but
+            // not settled, so that the next poll reads it again, with the records stored
+            // late among it.
+            let now = dlog_storage::now_unix_nano();
+            let settle = now.saturating_sub(t.grace);
             let mut q = t.query.clone();
-            q.time.start_unix_nano = Some(t.since);
+            if t.read_from.is_none() {
+                t.settling = true;
+            }
+            q.after = Some(t.read_from.take().unwrap_or_else(|| t.position.clone()));
+            q.time.end_unix_nano = Some(q.time.end_unix_nano.map_or(now, |e| e.min(now)));
             let found = match t.state.store.search_logs(&q).await {
                 Ok(found) => found,
                 Err(e) => {
-                    let event = Event::default()
-                        .event("error")
-                        .data(json!({"msg": e.to_string()}).to_string());
-                    return Some((Ok(event), t));
+                    t.behind = false;
+                    return Some((Ok(error_event(e)), t));
                 }
             };
-            // Oldest first; records at the boundary time already sent are skipped by id.
-            // A record stamped after the wall clock (a sender's clock ahead) is sent once but
-            // does not move `since`: it would hide every record until its time.
-            let now = dlog_storage::now_unix_nano();
-            for l in found.iter().rev() {
-                let id = l.doc_id();
-                if l.time_unix_nano > now {
-                    if t.future_sent.contains(&id) {
-                        continue;
-                    }
-                    if t.future_sent.len() >= TAIL_FUTURE_REMEMBERED {
-                        t.future_sent.clear();
-                    }
-                    t.future_sent.insert(id);
+            t.behind = found.len() >= TAIL_BATCH;
+            for l in &found {
+                let at = LogCursor::of(l);
+                let was_sent = t.sent.contains(&at);
+                if !was_sent {
+                    t.send(l, at.clone());
+                }
+                // Read in one run from the position: the position may settle on it.
+                if t.settling && at.time_unix_nano <= settle {
+                    t.sent.remove(&at);
+                    t.position = t.position.clone().max(at.clone());
                 } else {
-                    if l.time_unix_nano == t.since && t.seen_at_since.contains(&id) {
-                        continue;
-                    }
-                    if l.time_unix_nano > t.since {
-                        t.since = l.time_unix_nano;
-                        t.seen_at_since.clear();
-                    }
-                    t.seen_at_since.insert(id);
+                    t.settling = false;
+                    t.sent.insert(at.clone());
                 }
-                if t.span
-                    .as_ref()
-                    .is_some_and(|s| l.span_id.as_deref() != Some(s))
-                {
-                    continue;
+                if t.behind {
+                    t.read_from = Some(at);
                 }
-                t.pending
-                    .push_back(Event::default().event("log").data(log_json(l).to_string()));
             }
+            t.forget_over_cap(now);
+            if t.behind {
+                continue;
+            }
+            // Caught up: every record stored by now and stamped up to `settle` has been read,
+            // matching or not, so the next poll starts there (a selective tail does not
+            // re-scan everything since its last match).
+            let floor = LogCursor {
+                time_unix_nano: settle.saturating_add(1),
+                doc_id: String::new(),
+            };
+            if floor > t.position {
+                t.position = floor;
+                t.sent = t.sent.split_off(&t.position);
+            }
+            // The records stamped ahead of the clock, each sent once, a page per poll from
+            // the last one read.
+            let mut q = t.query.clone();
+            q.time.start_unix_nano = Some(
+                q.time
+                    .start_unix_nano
+                    .unwrap_or(0)
+                    .max(now.saturating_add(1)),
+            );
+            q.after = t.ahead.clone();
+            let ahead = match t.state.store.search_logs(&q).await {
+                Ok(found) => found,
+                Err(e) => return Some((Ok(error_event(e)), t)),
+            };
+            for l in &ahead {
+                let at = LogCursor::of(l);
+                t.ahead = Some(at.clone());
+                if t.sent.insert(at.clone()) {
+                    t.send(l, at);
+                }
+            }
+            t.forget_over_cap(now);
         }
     })
+}
+
+/// A live tail's event id: the latest record sent, `time.document-id`.
+fn event_id(c: &LogCursor) -> String {
+    format!("{}.{}", c.time_unix_nano, c.doc_id)
+}
+
+/// The position a reconnecting live tail resumes from (its `Last-Event-ID`).
+fn parse_event_id(id: &str) -> Option<LogCursor> {
+    let (time, doc_id) = id.split_once('.')?;
+    let ok = doc_id.len() <= 128 && doc_id.bytes().all(|b| b.is_ascii_alphanumeric());
+    Some(LogCursor {
+        time_unix_nano: time.parse().ok()?,
+        doc_id: doc_id.to_string(),
+    })
+    .filter(|_| ok)
 }
 
 fn alert_json(a: &AlertDoc) -> Value {

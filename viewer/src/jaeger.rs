@@ -209,145 +209,360 @@ pub struct Trace {
 }
 
 /// Service name, instance and version: the bucket a resource is looked up in.
-type ProcessKey<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+type ProcessKey = (String, Option<String>, Option<String>);
 
-/// A trace's spans in Jaeger's model; one process per distinct service resource.
-pub fn to_jaeger(trace_id: &str, spans: &[SpanRecord], warnings: Option<Vec<String>>) -> Trace {
-    let mut processes: Vec<(&ServiceInfo, String)> = Vec::new();
-    // Resources bucketed by name, instance and version, compared in full only within a
-    // bucket: a trace whose every span names another instance costs one lookup per span,
-    // not a scan of every process so far.
-    let mut buckets: HashMap<ProcessKey<'_>, Vec<usize>> = HashMap::new();
-    let mut out = Vec::with_capacity(spans.len());
-    for s in spans {
-        let key = (
-            s.service.name.as_str(),
-            s.service.instance_id.as_deref(),
-            s.service.version.as_deref(),
-        );
-        let bucket = buckets.entry(key).or_default();
-        let process_id = match bucket.iter().find(|&&i| processes[i].0 == &s.service) {
-            Some(&i) => processes[i].1.clone(),
-            None => {
-                let id = format!("p{}", processes.len() + 1);
-                bucket.push(processes.len());
-                processes.push((&s.service, id.clone()));
-                id
-            }
-        };
-        let mut references = Vec::with_capacity(1 + s.links.len());
-        if let Some(parent) = &s.parent_span_id {
-            references.push(Reference {
-                ref_type: "CHILD_OF",
-                trace_id: s.trace_id.clone(),
-                span_id: parent.clone(),
-            });
+/// Bytes an answer's JSON spends on one trace besides its spans and processes.
+const TRACE_OVERHEAD_BYTES: usize = 128;
+
+/// Bytes of a value's JSON, counted without building it.
+pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
         }
-        for link in &s.links {
-            references.push(Reference {
-                ref_type: "FOLLOWS_FROM",
-                trace_id: link.trace_id.clone(),
-                span_id: link.span_id.clone(),
-            });
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
-        let mut span_tags = tags(&s.attributes);
-        if s.kind != dlog_core::model::SpanKind::Unspecified {
-            span_tags.push(KeyValue::string("span.kind", s.kind.as_str()));
-        }
-        if !s.scope.is_empty() {
-            span_tags.push(KeyValue::string("otel.scope.name", s.scope.clone()));
-        }
-        match s.status {
-            dlog_core::model::StatusCode::Error => {
-                span_tags.push(KeyValue::string("otel.status_code", "ERROR"));
-                if !s.status_message.is_empty() {
-                    span_tags.push(KeyValue::string(
-                        "otel.status_description",
-                        s.status_message.clone(),
-                    ));
-                }
-                span_tags.push(KeyValue {
-                    key: "error".into(),
-                    kind: "bool",
-                    value: Value::Bool(true),
-                });
-            }
-            dlog_core::model::StatusCode::Ok => {
-                span_tags.push(KeyValue::string("otel.status_code", "OK"));
-            }
-            dlog_core::model::StatusCode::Unset => {}
-        }
-        let logs = s
-            .events
-            .iter()
-            .map(|e| {
-                let mut fields = vec![KeyValue::string("event", e.name.clone())];
-                fields.extend(tags(&e.attributes));
-                Log {
-                    timestamp: e.time_unix_nano / 1000,
-                    fields,
-                }
-            })
-            .collect();
-        out.push(Span {
-            trace_id: s.trace_id.clone(),
-            span_id: s.span_id.clone(),
-            operation_name: s.name.clone(),
-            references,
-            start_time: s.start_unix_nano / 1000,
-            duration: s.duration_nanos() / 1000,
-            tags: span_tags,
-            logs,
-            process_id,
-            warnings: None,
-        });
     }
-    Trace {
-        trace_id: trace_id.to_string(),
-        spans: out,
-        processes: processes
-            .into_iter()
-            .map(|(svc, id)| (id, Process::from_service(svc)))
-            .collect(),
-        warnings,
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// A trace in Jaeger's model, built a span at a time within a byte budget; one process per
+/// distinct service resource.
+pub struct TraceBuilder {
+    trace_id: String,
+    /// Resources bucketed by name, instance and version, compared in full only within a
+    /// bucket: a trace whose every span names another instance costs one lookup per span,
+    /// not a scan of every process so far.
+    buckets: HashMap<ProcessKey, Vec<(ServiceInfo, String)>>,
+    processes: BTreeMap<String, Process>,
+    spans: Vec<Span>,
+}
+
+impl TraceBuilder {
+    /// An empty trace.
+    pub fn new(trace_id: &str) -> Self {
+        TraceBuilder {
+            trace_id: trace_id.to_string(),
+            buckets: HashMap::new(),
+            processes: BTreeMap::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Spans added so far.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// True when no span was added.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Adds a span when its JSON (and its process's, when new) fits in `budget` bytes, and
+    /// takes them from it; false (nothing added) when it does not fit.
+    pub fn push_within(&mut self, s: &SpanRecord, budget: &mut usize) -> bool {
+        let key = (
+            s.service.name.clone(),
+            s.service.instance_id.clone(),
+            s.service.version.clone(),
+        );
+        let known = self
+            .buckets
+            .get(&key)
+            .and_then(|b| b.iter().find(|(svc, _)| svc == &s.service))
+            .map(|(_, id)| id.clone());
+        let (process_id, new_process) = match known {
+            Some(id) => (id, None),
+            None => (
+                format!("p{}", self.processes.len() + 1),
+                Some(Process::from_service(&s.service)),
+            ),
+        };
+        let span = jaeger_span(s, process_id.clone());
+        let cost = json_len(&span)
+            + 1
+            + new_process
+                .as_ref()
+                .map_or(0, |p| json_len(p) + process_id.len() + 4);
+        if cost > *budget {
+            return false;
+        }
+        *budget -= cost;
+        if let Some(process) = new_process {
+            self.buckets
+                .entry(key)
+                .or_default()
+                .push((s.service.clone(), process_id.clone()));
+            self.processes.insert(process_id, process);
+        }
+        self.spans.push(span);
+        true
+    }
+
+    /// The trace, with these warnings.
+    pub fn finish(self, warnings: Option<Vec<String>>) -> Trace {
+        Trace {
+            trace_id: self.trace_id,
+            spans: self.spans,
+            processes: self.processes,
+            warnings,
+        }
     }
 }
 
-/// Reads up to `max_spans` spans of a trace a page at a time; the flag says it was cut.
+fn jaeger_span(s: &SpanRecord, process_id: String) -> Span {
+    let mut references = Vec::with_capacity(1 + s.links.len());
+    if let Some(parent) = &s.parent_span_id {
+        references.push(Reference {
+            ref_type: "CHILD_OF",
+            trace_id: s.trace_id.clone(),
+            span_id: parent.clone(),
+        });
+    }
+    for link in &s.links {
+        references.push(Reference {
+            ref_type: "FOLLOWS_FROM",
+            trace_id: link.trace_id.clone(),
+            span_id: link.span_id.clone(),
+        });
+    }
+    let mut span_tags = tags(&s.attributes);
+    if s.kind != dlog_core::model::SpanKind::Unspecified {
+        span_tags.push(KeyValue::string("span.kind", s.kind.as_str()));
+    }
+    if !s.scope.is_empty() {
+        span_tags.push(KeyValue::string("otel.scope.name", s.scope.clone()));
+    }
+    match s.status {
+        dlog_core::model::StatusCode::Error => {
+            span_tags.push(KeyValue::string("otel.status_code", "ERROR"));
+            if !s.status_message.is_empty() {
+                span_tags.push(KeyValue::string(
+                    "otel.status_description",
+                    s.status_message.clone(),
+                ));
+            }
+            span_tags.push(KeyValue {
+                key: "error".into(),
+                kind: "bool",
+                value: Value::Bool(true),
+            });
+        }
+        dlog_core::model::StatusCode::Ok => {
+            span_tags.push(KeyValue::string("otel.status_code", "OK"));
+        }
+        dlog_core::model::StatusCode::Unset => {}
+    }
+    let logs = s
+        .events
+        .iter()
+        .map(|e| {
+            let mut fields = vec![KeyValue::string("event", e.name.clone())];
+            fields.extend(tags(&e.attributes));
+            Log {
+                timestamp: e.time_unix_nano / 1000,
+                fields,
+            }
+        })
+        .collect();
+    Span {
+        trace_id: s.trace_id.clone(),
+        span_id: s.span_id.clone(),
+        operation_name: s.name.clone(),
+        references,
+        start_time: s.start_unix_nano / 1000,
+        duration: s.duration_nanos() / 1000,
+        tags: span_tags,
+        logs,
+        process_id,
+        warnings: None,
+    }
+}
+
+/// A trace's spans in Jaeger's model, without a byte bound.
+pub fn to_jaeger(trace_id: &str, spans: &[SpanRecord], warnings: Option<Vec<String>>) -> Trace {
+    let mut trace = TraceBuilder::new(trace_id);
+    let mut unbounded = usize::MAX;
+    for s in spans {
+        trace.push_within(s, &mut unbounded);
+    }
+    trace.finish(warnings)
+}
+
+/// What [`read_trace`] found.
+pub enum ReadTrace {
+    /// The trace has no span.
+    NotFound,
+    /// Not even its first span fits in the byte budget left.
+    TooLarge,
+    /// The trace, cut (with a warning saying so) when it had more spans than allowed or its
+    /// answer would have passed the byte budget.
+    Found(Trace),
+}
+
+/// Spans a read asks the store for next: as many as the `budget` bytes left would hold at the
+/// mean size of the `spans` read so far (`spent` bytes), a few to start with, and at most
+/// `cap`; so that spans with huge attributes do not pile up in memory far past the bound
+/// before it is checked, while ordinary spans are read in full pages.
+pub(crate) fn page_within(budget: usize, spent: usize, spans: usize, cap: usize) -> usize {
+    /// The first page, before any span's size is known.
+    const FIRST: usize = 64;
+    let n = match spent.checked_div(spans) {
+        Some(mean) if mean > 0 => budget / mean + 1,
+        _ => FIRST,
+    };
+    n.clamp(1, cap.max(1))
+}
+
+/// Reads a trace a page at a time into Jaeger's model, with at most `max_spans` spans and
+/// `budget` bytes of JSON (taken from both; the bytes include the trace's own fields and the
+/// warning it may carry).
 pub async fn read_trace(
     state: &AppState,
     trace_id: &str,
-    max_spans: usize,
-) -> Result<(Vec<SpanRecord>, bool), ApiError> {
-    const PAGE: usize = 10_000;
-    let mut spans: Vec<SpanRecord> = Vec::new();
+    max_spans: &mut usize,
+    budget: &mut usize,
+) -> Result<ReadTrace, ApiError> {
+    const PAGE: usize = 2_000;
+    let max_bytes = state.options.max_answer_bytes;
+    let mut trace = TraceBuilder::new(trace_id);
     let mut cursor = None;
-    loop {
-        let want = PAGE.min(max_spans + 1 - spans.len());
+    // Room for the trace's fields and the longer of its two warnings, given back unused.
+    let reserve = TRACE_OVERHEAD_BYTES
+        + json_len(&[bytes_warning(max_bytes, *max_spans)])
+            .max(json_len(&[spans_warning(MAX_SPANS_PER_RESPONSE)]));
+    let Some(left) = budget.checked_sub(reserve) else {
+        return Ok(ReadTrace::TooLarge);
+    };
+    let start = left;
+    *budget = left;
+    let warning = loop {
+        let spent = start - *budget;
+        let want = page_within(*budget, spent, trace.len(), PAGE).min(*max_spans - trace.len() + 1);
         let page = state
             .store
             .get_trace_page(trace_id, cursor.as_ref(), want)
             .await?;
         let done = page.len() < want;
-        spans.extend(page);
-        if spans.len() > max_spans {
-            spans.truncate(max_spans);
-            return Ok((spans, true));
+        let mut stop = None;
+        for span in &page {
+            if trace.len() == *max_spans {
+                stop = Some(spans_warning(MAX_SPANS_PER_RESPONSE));
+                break;
+            }
+            if !trace.push_within(span, budget) {
+                if trace.is_empty() {
+                    *budget += reserve;
+                    return Ok(ReadTrace::TooLarge);
+                }
+                stop = Some(bytes_warning(max_bytes, trace.len()));
+                break;
+            }
+        }
+        if stop.is_some() {
+            break stop;
         }
         if done {
-            return Ok((spans, false));
+            break None;
         }
-        cursor = spans.last().map(|s| dlog_storage::SpanCursor {
+        cursor = page.last().map(|s| dlog_storage::SpanCursor {
             start_unix_nano: s.start_unix_nano,
             span_id: s.span_id.clone(),
         });
+    };
+    if trace.is_empty() {
+        *budget += reserve;
+        return Ok(ReadTrace::NotFound);
+    }
+    let warnings = warning.map(|w| vec![w]);
+    // The part of the reserve the trace does not use goes back.
+    *budget += reserve - TRACE_OVERHEAD_BYTES - warnings.as_ref().map_or(0, json_len);
+    *max_spans -= trace.len();
+    Ok(ReadTrace::Found(trace.finish(warnings)))
+}
+
+fn spans_warning(max: usize) -> String {
+    format!(
+        "the trace has more than {max} spans; only the first {max} are shown (dlog's /api/v1/traces/{{id}}/spans pages through all of them)"
+    )
+}
+
+fn bytes_warning(max_bytes: usize, shown: usize) -> String {
+    format!(
+        "the trace's answer would pass {max_bytes} bytes (max-answer-bytes); only its first {shown} spans are shown (dlog's /api/v1/traces/{{id}}/spans pages through all of them)"
+    )
+}
+
+/// Bytes an answer's envelope (`data`, `total`, `limit`, `offset`, `errors` and the traces'
+/// separators) takes besides the traces and error entries.
+const ENVELOPE_OVERHEAD_BYTES: usize = 128;
+
+/// Bytes kept aside in a search's answer for the entry that counts the errors left out.
+const ERRORS_OVERHEAD_BYTES: usize = 256;
+
+/// A search's `errors`, each counted against the answer's bytes; those past it are only
+/// counted, in one last entry.
+#[derive(Default)]
+struct Errors {
+    entries: Vec<Value>,
+    omitted: usize,
+}
+
+impl Errors {
+    fn push(&mut self, entry: Value, budget: &mut usize) {
+        let cost = json_len(&entry) + 1;
+        if cost <= *budget {
+            *budget -= cost;
+            self.entries.push(entry);
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    fn finish(mut self, max_bytes: usize) -> Vec<Value> {
+        if self.omitted > 0 {
+            self.entries.push(json!({
+                "code": 413,
+                "msg": format!(
+                    "{} more traces asked for are left out: the answer reached {max_bytes} bytes (max-answer-bytes)",
+                    self.omitted
+                ),
+            }));
+        }
+        self.entries
     }
 }
 
-fn cut_warning(max: usize) -> Vec<String> {
-    vec![format!(
-        "the trace has more than {max} spans; only the first {max} are shown (dlog's /api/v1/traces/{{id}}/spans pages through all of them)"
-    )]
+/// Jaeger's error entry for a trace left out because the answer had no room left for it.
+fn left_out_error(trace_id: &str, max_bytes: usize) -> Value {
+    json!({
+        "code": 413,
+        "msg": format!(
+            "trace {trace_id}: left out, the answer reached {max_bytes} bytes (max-answer-bytes); ask for it alone"
+        ),
+        "traceID": trace_id,
+    })
+}
+
+/// Jaeger's error entry for a trace not even one span of which fits in an answer.
+fn too_large_error(trace_id: &str, max_bytes: usize) -> Value {
+    json!({
+        "code": 413,
+        "msg": too_large_message(trace_id, max_bytes),
+        "traceID": trace_id,
+    })
+}
+
+fn too_large_message(trace_id: &str, max_bytes: usize) -> String {
+    format!(
+        "trace {trace_id}: its first span alone passes the answer bound of {max_bytes} bytes (max-answer-bytes)"
+    )
 }
 
 /// `GET /api/services`
@@ -459,8 +674,12 @@ pub async fn search(
         .all("traceID")
         .map(trace_id)
         .collect::<Result<_, _>>()?;
-    let mut budget = MAX_SPANS_PER_RESPONSE;
+    let max_bytes = state.options.max_answer_bytes;
+    let mut spans_left = MAX_SPANS_PER_RESPONSE;
+    // Room for the entry that sums up the errors past the bound, so `errors` stays within it.
+    let mut bytes_left = max_bytes.saturating_sub(ENVELOPE_OVERHEAD_BYTES + ERRORS_OVERHEAD_BYTES);
     let mut traces = Vec::new();
+    let mut errors = Errors::default();
     if !ids.is_empty() {
         if ids.len() > MAX_TRACES {
             return Err(ApiError::bad_param(
@@ -468,44 +687,63 @@ pub async fn search(
                 format!("more than {MAX_TRACES} ids"),
             ));
         }
+        // Every trace asked for is in the answer, or named in `errors` with the reason.
+        let mut full = false;
         for id in ids {
-            let (spans, cut) = read_trace(&state, &id, budget).await?;
-            if spans.is_empty() {
+            if full {
+                errors.push(left_out_error(&id, max_bytes), &mut bytes_left);
                 continue;
             }
-            budget -= spans.len();
-            traces.push(to_jaeger(
-                &id,
-                &spans,
-                cut.then(|| cut_warning(MAX_SPANS_PER_RESPONSE)),
-            ));
-            if budget == 0 {
-                break;
+            match read_trace(&state, &id, &mut spans_left, &mut bytes_left).await? {
+                ReadTrace::NotFound => {}
+                ReadTrace::Found(trace) => {
+                    full = trace.warnings.is_some() || spans_left == 0;
+                    traces.push(trace);
+                }
+                ReadTrace::TooLarge if traces.is_empty() => {
+                    errors.push(too_large_error(&id, max_bytes), &mut bytes_left);
+                }
+                ReadTrace::TooLarge => {
+                    errors.push(left_out_error(&id, max_bytes), &mut bytes_left);
+                }
             }
         }
-        return Ok(envelope(traces, 0));
-    }
-    let query = trace_query(&params)?;
-    if query.service.is_none() {
-        return Err(ApiError::bad_request("parameter 'service' is required"));
-    }
-    let found = state.store.find_traces(&query).await?;
-    for summary in found {
-        if budget == 0 {
-            break;
+    } else {
+        let query = trace_query(&params)?;
+        if query.service.is_none() {
+            return Err(ApiError::bad_request("parameter 'service' is required"));
         }
-        let (spans, cut) = read_trace(&state, &summary.trace_id, budget).await?;
-        if spans.is_empty() {
-            continue;
+        // Traces are added while both budgets last; one that passes either is cut with a
+        // warning and the rest are left out (a search's answer is its first traces). One
+        // whose first span alone passes the byte bound is named in `errors`.
+        let found = state.store.find_traces(&query).await?;
+        for summary in found {
+            if spans_left == 0 {
+                break;
+            }
+            let id = summary.trace_id;
+            match read_trace(&state, &id, &mut spans_left, &mut bytes_left).await? {
+                ReadTrace::NotFound => {}
+                ReadTrace::Found(trace) => {
+                    let cut = trace.warnings.is_some();
+                    traces.push(trace);
+                    if cut {
+                        break;
+                    }
+                }
+                ReadTrace::TooLarge if traces.is_empty() => {
+                    errors.push(too_large_error(&id, max_bytes), &mut bytes_left);
+                }
+                ReadTrace::TooLarge => break,
+            }
         }
-        budget -= spans.len();
-        traces.push(to_jaeger(
-            &summary.trace_id,
-            &spans,
-            cut.then(|| cut_warning(MAX_SPANS_PER_RESPONSE)),
-        ));
     }
-    Ok(envelope(traces, 0))
+    let errors = errors.finish(max_bytes);
+    let mut answer = envelope(traces, 0);
+    if !errors.is_empty() {
+        answer.0.errors = Some(errors);
+    }
+    Ok(answer)
 }
 
 /// The [`TraceQuery`] of a search's parameters (Jaeger's names; dlog's UI uses the same).
@@ -537,16 +775,20 @@ pub async fn get_trace(
     Path(id): Path<String>,
 ) -> Result<Json<Envelope<Vec<Trace>>>, ApiError> {
     let id = trace_id(&id)?;
-    let (spans, cut) = read_trace(&state, &id, MAX_SPANS_PER_RESPONSE).await?;
-    if spans.is_empty() {
-        return Err(ApiError::not_found("trace not found"));
-    }
-    let trace = to_jaeger(
-        &id,
-        &spans,
-        cut.then(|| cut_warning(MAX_SPANS_PER_RESPONSE)),
+    let max_bytes = state.options.max_answer_bytes;
+    let (mut spans_left, mut bytes_left) = (
+        MAX_SPANS_PER_RESPONSE,
+        max_bytes.saturating_sub(ENVELOPE_OVERHEAD_BYTES),
     );
-    Ok(envelope(vec![trace], 0))
+    let found = read_trace(&state, &id, &mut spans_left, &mut bytes_left).await?;
+    match found {
+        ReadTrace::NotFound => Err(ApiError::not_found("trace not found")),
+        ReadTrace::TooLarge => Err(ApiError {
+            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            message: too_large_message(&id, max_bytes),
+        }),
+        ReadTrace::Found(trace) => Ok(envelope(vec![trace], 0)),
+    }
 }
 
 /// `GET /api/dependencies?endTs=&lookback=` (ms, as Jaeger takes them; lookback defaults to
@@ -609,6 +851,18 @@ mod tests {
             attributes,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pages_hold_what_the_bytes_left_would_at_the_mean_span_size() {
+        // Nothing read yet: a few spans.
+        assert_eq!(page_within(1 << 20, 0, 0, 2_000), 64);
+        // 10 spans of 20 KB read, 256 KB left: 13 more, not a page of 2,000.
+        assert_eq!(page_within(256_000, 200_000, 10, 2_000), 13);
+        // Small spans: a full page.
+        assert_eq!(page_within(64 << 20, 5_000, 10, 2_000), 2_000);
+        // No room: still one, to find out.
+        assert_eq!(page_within(0, 5_000, 10, 2_000), 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
-use dlog_core::listen::{self, ConnectionLimits, Tokens};
+use dlog_core::listen::{self, ConnectionLimits};
 use dlog_storage::Store;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -41,23 +41,40 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// Default poll interval of a live tail.
 pub const DEFAULT_TAIL_POLL: Duration = Duration::from_millis(500);
+/// Default grace of a live tail: each poll re-reads the records stamped this long before the
+/// clock, so a record stored up to this late (a batch of another service, an Elasticsearch
+/// refresh) still reaches the tail.
+pub const DEFAULT_TAIL_GRACE: Duration = Duration::from_secs(2);
 /// Default number of live tails open at once.
 pub const DEFAULT_MAX_TAILS: usize = 32;
+/// Default bound on the JSON of one Jaeger API answer holding traces, bytes (64 MiB).
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest byte bound the binaries accept for a Jaeger answer (64 KiB).
+pub const MIN_MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How the routes behave.
 #[derive(Debug, Clone)]
 pub struct ViewerOptions {
     /// How often a live tail asks the store for new records.
     pub tail_poll: Duration,
+    /// How late a record may be stored (after the wall clock passed its time) and still reach
+    /// a live tail: every poll re-reads this trailing window, skipping what it already sent.
+    pub tail_grace: Duration,
     /// Live tails open at once; more are answered 503.
     pub max_tails: usize,
+    /// Bytes of span and process JSON one Jaeger answer (`/api/traces`,
+    /// `/api/traces/{id}`) may carry: a trace past it is cut with a warning, and later
+    /// traces of a search are left out.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for ViewerOptions {
     fn default() -> Self {
         ViewerOptions {
             tail_poll: DEFAULT_TAIL_POLL,
+            tail_grace: DEFAULT_TAIL_GRACE,
             max_tails: DEFAULT_MAX_TAILS,
+            max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
         }
     }
 }
@@ -121,6 +138,7 @@ pub fn router_until(
         )
         .route("/api/v1/silences/{id}", delete(silences::delete))
         .route("/api/v1/acks", post(silences::ack))
+        .route("/api/v1/whoami", get(silences::whoami))
         .route("/api/{*rest}", get(api_not_found))
         // Pages, and the files they load.
         .route(
@@ -188,7 +206,7 @@ impl Default for ViewerConfig {
 pub enum ViewerError {
     /// The token file could not be loaded.
     #[error("viewer auth_token_file: {0}")]
-    Tokens(#[from] dlog_core::listen::TokensError),
+    Tokens(#[from] auth::TokenFileError),
     /// The TLS files could not be loaded.
     #[error("viewer tls_cert / tls_key: {0}")]
     Tls(String),
@@ -227,7 +245,7 @@ pub async fn start(
     config: ViewerConfig,
     store: Arc<dyn Store>,
 ) -> Result<RunningViewer, ViewerError> {
-    let tokens = Tokens::load(None, config.auth_token_file.as_deref())?;
+    let tokens = auth::ViewerTokens::load(config.auth_token_file.as_deref())?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(
             listen::tls::acceptor(

@@ -61,6 +61,13 @@ struct Args {
     /// How often a live tail polls the store, ms [default: 500].
     #[arg(long, env = "DLOG_VIEWER_TAIL_POLL_MS", value_name = "MS")]
     tail_poll_ms: Option<u64>,
+    /// How late a record may be stored and still reach a live tail, ms [default: 2000].
+    #[arg(long, env = "DLOG_VIEWER_TAIL_GRACE_MS", value_name = "MS")]
+    tail_grace_ms: Option<u64>,
+    /// Bytes of span JSON one Jaeger API answer may carry: a trace past it is cut with a
+    /// warning (at least 65536) [default: 67108864].
+    #[arg(long, env = "DLOG_VIEWER_MAX_ANSWER_BYTES", value_name = "BYTES")]
+    max_answer_bytes: Option<usize>,
 }
 
 #[tokio::main]
@@ -93,6 +100,13 @@ async fn main() -> anyhow::Result<()> {
         tls_key: args.tls_key,
         options: ViewerOptions {
             tail_poll: Duration::from_millis(args.tail_poll_ms.unwrap_or(500).max(50)),
+            tail_grace: args
+                .tail_grace_ms
+                .map_or(dlog_viewer::DEFAULT_TAIL_GRACE, Duration::from_millis),
+            max_answer_bytes: args
+                .max_answer_bytes
+                .unwrap_or(dlog_viewer::DEFAULT_MAX_ANSWER_BYTES)
+                .max(dlog_viewer::MIN_MAX_ANSWER_BYTES),
             ..ViewerOptions::default()
         },
         ..ViewerConfig::default()

@@ -6,17 +6,21 @@
 //! `X-Dlog-Request` header (DELETE; JSON also accepted). A cross-site form cannot send
 //! either without a CORS preflight the viewer never grants, and the session cookie is
 //! SameSite=Strict besides.
+//!
+//! With a token file, they need a token (or a session signed in with one) of the admin role,
+//! and are recorded under the token's name, whatever author the request names.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use dlog_storage::{AlertAck, AlertDoc, Silence, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::{Identity, Role};
 use crate::params::{parse_duration, ApiError};
 use crate::AppState;
 
@@ -70,6 +74,41 @@ fn text(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
         }
     }
     Ok(value)
+}
+
+/// Who is changing silences or acks: with tokens, the admin token's name (a read-only token is
+/// refused, 403 naming the role it lacks); with access open, no one is known.
+fn admin(identity: &Option<Extension<Identity>>) -> Result<Option<String>, ApiError> {
+    match identity {
+        None => Ok(None),
+        Some(Extension(id)) if id.role == Role::Admin => Ok(Some(id.name.clone())),
+        Some(Extension(id)) => Err(forbidden(&format!(
+            "silencing and acknowledging need the admin role; token `{}` has the {} role",
+            id.name,
+            id.role.as_str()
+        ))),
+    }
+}
+
+/// The author recorded: the token's name when there is one (a client-named author is then
+/// ignored), else the client's, else `viewer`.
+fn author(
+    field: &str,
+    token_name: Option<String>,
+    claimed: Option<String>,
+) -> Result<String, ApiError> {
+    let claimed = text(field, claimed)?;
+    Ok(token_name.or(claimed).unwrap_or_else(|| "viewer".into()))
+}
+
+/// `GET /api/v1/whoami`: the name and role of the token the request came with, so that the
+/// UI can say who will be recorded and hide what a read token cannot do. With access open:
+/// no name, and the admin role (anyone may silence).
+pub async fn whoami(identity: Option<Extension<Identity>>) -> Json<Value> {
+    Json(match identity {
+        Some(Extension(id)) => json!({"name": id.name, "role": id.role.as_str()}),
+        None => json!({"name": null, "role": Role::Admin.as_str()}),
+    })
 }
 
 /// A silence in the API: times in µs, and whether it is active now.
@@ -171,9 +210,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 /// silences a service, a rule, or a rule on a service from now for the duration.
 pub async fn create(
     State(state): State<AppState>,
+    identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token_name = admin(&identity)?;
     let new: NewSilence = parse_body(&headers, &body)?;
     let service = text("service", new.service)?;
     let rule = text("rule", new.rule)?;
@@ -197,7 +238,7 @@ pub async fn create(
         rule,
         starts_unix_nano: now,
         ends_unix_nano: now.saturating_add(duration.as_nanos() as u64),
-        created_by: text("created_by", new.created_by)?.unwrap_or_else(|| "viewer".into()),
+        created_by: author("created_by", token_name, new.created_by)?,
         comment: text("comment", new.comment)?.unwrap_or_default(),
     };
     state.store.put_silence(&silence).await?;
@@ -208,15 +249,18 @@ pub async fn create(
 /// `DELETE /api/v1/silences/{id}`: ends a silence now (removes it).
 pub async fn delete(
     State(state): State<AppState>,
+    identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let by = admin(&identity)?;
     if !is_json(&headers) && !headers.contains_key(CSRF_HEADER) {
         return Err(forbidden(
             "DELETE needs the X-Dlog-Request header or Content-Type: application/json",
         ));
     }
     if state.store.delete_silence(&id).await? {
+        tracing::info!(id = %id, by = by.as_deref().unwrap_or("viewer"), "silence expired");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no silence `{id}`")))
@@ -237,16 +281,18 @@ struct NewAck {
 /// episode.
 pub async fn ack(
     State(state): State<AppState>,
+    identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token_name = admin(&identity)?;
     let new: NewAck = parse_body(&headers, &body)?;
     let alert_id = text("alert_id", Some(new.alert_id))?
         .ok_or_else(|| ApiError::bad_param("alert_id", "empty"))?;
     let ack = AlertAck {
         alert_id,
         acked_unix_nano: dlog_storage::now_unix_nano(),
-        by: text("by", new.by)?.unwrap_or_else(|| "viewer".into()),
+        by: author("by", token_name, new.by)?,
         comment: text("comment", new.comment)?.unwrap_or_default(),
     };
     state.store.ack_alert(&ack).await?;

@@ -43,9 +43,9 @@ use self::templates::IndexNames;
 use crate::config::StoreConfig;
 use crate::store::{
     effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage, RegistryEntry,
-    RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage,
-    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    DependencyEdge, Document, InstanceStatus, LogOrder, LogQuery, Operation, PartitionUsage,
+    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
+    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 
 /// Page size of scans (`search_after`), below the default `index.max_result_window`.
@@ -1326,17 +1326,39 @@ impl Store for ElasticStore {
         if let Some(t) = &query.trace_id {
             filter.push(json!({"term": {"trace.id": t.to_ascii_lowercase()}}));
         }
-        if let Some(r) = range_clause("time_unix_nano", query.time, 1) {
+        if let Some(s) = &query.span_id {
+            filter.push(json!({"term": {"span.id": s.to_ascii_lowercase()}}));
+        }
+        // Reading forward from a position, nothing before its time: the range lets every
+        // older daily index skip the search.
+        let mut time = query.time;
+        if let (LogOrder::OldestFirst, Some(after)) = (query.order, &query.after) {
+            time.start_unix_nano = time.start_unix_nano.max(Some(after.time_unix_nano));
+        }
+        if let Some(r) = range_clause("time_unix_nano", time, 1) {
             filter.push(r);
         }
         let limit = effective_limit(query.limit);
+        let (sort, start_after) = match query.order {
+            LogOrder::NewestFirst => (json!([{"time_unix_nano": "desc"}, {"doc_id": "asc"}]), None),
+            // `doc_id` is the tiebreak every backend shares, so a cursor taken from a record
+            // continues exactly after it.
+            LogOrder::OldestFirst => (
+                json!([{"time_unix_nano": "asc"}, {"doc_id": "asc"}]),
+                query
+                    .after
+                    .as_ref()
+                    .map(|c| json!([c.time_unix_nano, c.doc_id])),
+            ),
+        };
         let hits = self
-            .scan(
+            .scan_from(
                 &self.names.logs_pattern(),
                 json!({"bool": {"filter": filter}}),
-                json!([{"time_unix_nano": "desc"}, {"doc_id": "asc"}]),
+                sort,
                 None,
                 limit,
+                start_after,
             )
             .await?;
         hits.into_iter()
@@ -1560,6 +1582,15 @@ impl Store for ElasticStore {
             }
             self.delete_older(cutoff).await?;
         }
+        // Silences and acks are not in daily indices: those that ended (or were made) longer
+        // ago than both 7 days (as in the embedded store) and the retention age go, so that
+        // a short retention does not lose the ack of an alert still firing.
+        let kept = policy
+            .max_age
+            .map_or(0, |age| age.as_nanos().min(u64::MAX as u128) as u64)
+            .max(crate::silence::EXPIRED_KEPT_NANOS);
+        self.es_prune_silences(now_unix_nano.saturating_sub(kept))
+            .await?;
         if let Some(budget) = policy.max_bytes {
             let usage = self.usage_of(&indices);
             let mut used = usage.bytes_used;

@@ -1,6 +1,8 @@
 //! Silences and acks in Elasticsearch: one `{prefix}-dlog-silences` index, documents
 //! `silence:<id>` and `ack:<alert id>` with a `kind` field, written with `refresh=wait_for`
-//! (they are few and read back at once).
+//! (they are few and read back at once). Each kind is listed latest first, a scroll page at a
+//! time, up to [`MAX_SILENCES`]; retention prunes the ones that ended (or were made) longer
+//! ago than the retention age.
 
 use elasticsearch::http::Method;
 use serde::{Deserialize, Serialize};
@@ -130,13 +132,116 @@ impl ElasticStore {
         .map(|_| ())
     }
 
-    async fn es_docs(&self) -> Result<Vec<Doc>, StoreError> {
-        let answer = self
-            .search(
-                &self.silences_index(),
-                &json!({"size": MAX_SILENCES, "query": {"match_all": {}}}),
+    /// Deletes the silences that ended, and the acks made, before `cutoff_unix_nano`.
+    pub(crate) async fn es_prune_silences(&self, cutoff_unix_nano: u64) -> Result<(), StoreError> {
+        let query = json!({"query": {"bool": {
+            "should": [
+                {"range": {"ends_unix_nano": {"lt": cutoff_unix_nano}}},
+                {"range": {"acked_unix_nano": {"lt": cutoff_unix_nano}}}
+            ],
+            "minimum_should_match": 1
+        }}});
+        let path = format!("/{}/_delete_by_query", self.silences_index());
+        let (status, bytes) = self
+            .call(
+                Method::Post,
+                &path,
+                &[
+                    ("ignore_unavailable", "true"),
+                    ("allow_no_indices", "true"),
+                    ("conflicts", "proceed"),
+                    ("refresh", "true"),
+                ],
+                Some(serde_json::to_vec(&query).unwrap_or_default()),
+                false,
             )
             .await?;
+        // No index yet: nothing to prune.
+        if (200..300).contains(&status) || status == 404 {
+            return Ok(());
+        }
+        let text: String = String::from_utf8_lossy(&bytes).chars().take(1000).collect();
+        let m = format!(
+            "{} {path} (pruning silences): HTTP {status}: {text}",
+            self.url
+        );
+        Err(if retryable_status(status) {
+            StoreError::Unavailable(m)
+        } else {
+            StoreError::Refused(m)
+        })
+    }
+
+    /// The documents having `field`, latest `field` first, a scroll page at a time, up to
+    /// [`MAX_SILENCES`].
+    async fn es_docs(&self, field: &str) -> Result<Vec<Doc>, StoreError> {
+        let page = self.page.min(MAX_SILENCES);
+        let body = json!({
+            "size": page,
+            "query": {"exists": {"field": field}},
+            "sort": [{field: {"order": "desc", "unmapped_type": "long"}}],
+        });
+        let mut answer = self
+            .json(
+                Method::Post,
+                &format!("/{}/_search", self.silences_index()),
+                &[
+                    ("scroll", "1m"),
+                    ("ignore_unavailable", "true"),
+                    ("allow_no_indices", "true"),
+                ],
+                Some(&body),
+            )
+            .await?;
+        let mut out = Vec::new();
+        let mut scroll_id: Option<String> = None;
+        let result = loop {
+            if let Some(id) = answer.get("_scroll_id").and_then(Value::as_str) {
+                scroll_id = Some(id.to_string());
+            }
+            let hits = match Self::docs_of(&answer) {
+                Ok(hits) => hits,
+                Err(e) => break Err(e),
+            };
+            let n = hits.len();
+            out.extend(hits);
+            if n < page || out.len() >= MAX_SILENCES {
+                break Ok(());
+            }
+            let Some(id) = &scroll_id else {
+                break Ok(());
+            };
+            answer = match self
+                .json(
+                    Method::Post,
+                    "/_search/scroll",
+                    &[],
+                    Some(&json!({"scroll": "1m", "scroll_id": id})),
+                )
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => break Err(e),
+            };
+        };
+        if let Some(id) = scroll_id {
+            // Frees the search context now rather than when it times out; a failure costs
+            // nothing but that.
+            let _ = self
+                .json(
+                    Method::Delete,
+                    "/_search/scroll",
+                    &[],
+                    Some(&json!({"scroll_id": id})),
+                )
+                .await;
+        }
+        result?;
+        out.truncate(MAX_SILENCES);
+        Ok(out)
+    }
+
+    fn docs_of(answer: &Value) -> Result<Vec<Doc>, StoreError> {
         let hits = answer
             .get("hits")
             .and_then(|h| h.get("hits"))
@@ -162,7 +267,7 @@ impl ElasticStore {
 
     pub(crate) async fn es_list_silences(&self) -> Result<Vec<Silence>, StoreError> {
         let mut out: Vec<Silence> = self
-            .es_docs()
+            .es_docs("ends_unix_nano")
             .await?
             .into_iter()
             .filter_map(|d| match d {
@@ -176,7 +281,7 @@ impl ElasticStore {
 
     pub(crate) async fn es_list_acks(&self) -> Result<Vec<AlertAck>, StoreError> {
         let mut out: Vec<AlertAck> = self
-            .es_docs()
+            .es_docs("acked_unix_nano")
             .await?
             .into_iter()
             .filter_map(|d| match d {

@@ -35,9 +35,9 @@ use serde_json::Value;
 
 use crate::store::{
     effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage, RegistryEntry,
-    RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage,
-    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    DependencyEdge, Document, InstanceStatus, LogOrder, LogQuery, Operation, PartitionUsage,
+    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
+    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
 };
 use codec::{id_text, id_value, Dec, Enc};
 pub use schema::SCHEMA_VERSION;
@@ -698,6 +698,7 @@ struct LogRow {
     level: i64,
     severity: i64,
     trace_id: Option<Sql>,
+    span_id: Option<Sql>,
     body: String,
     rest: Vec<u8>,
 }
@@ -848,6 +849,7 @@ fn write_docs(
                             level: it.lookup(&l.level),
                             severity: i64::from(l.severity_number),
                             trace_id: l.trace_id.as_deref().map(id_value),
+                            span_id: l.span_id.as_deref().map(id_value),
                             body: l.body.clone(),
                             rest: log_rest(l, &ids),
                         });
@@ -1222,12 +1224,12 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreErro
         return Ok(());
     }
     tx.prepare_cached(
-        "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest, span_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .map_err(err)?
     .execute(params![
-        l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest
+        l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest, l.span_id
     ])
     .map_err(err)?;
     let id = tx.last_insert_rowid();
@@ -1402,6 +1404,18 @@ impl EmbeddedStore {
                 ))
                 .map_err(sql)?;
             }
+            2 => {
+                // Partitions first, each in its own transaction: an interrupted upgrade finds
+                // the shared file still at 2 and goes on with the partitions left.
+                for day in list_days(dir) {
+                    migrate_partition_2_to_3(
+                        &dir.join(PARTITIONS_DIR)
+                            .join(format!("{}.sqlite3", day_name(day))),
+                    )?;
+                }
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sql)?;
+            }
             SCHEMA_VERSION => {}
             v => {
                 return Err(err(format!(
@@ -1572,6 +1586,61 @@ impl EmbeddedStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
     }
+}
+
+/// Adds the span id column to a partition of layout 2 and fills it from each record's
+/// encoded rest; a partition already at layout 3 is left alone. The version is read inside
+/// a write transaction taken at once, so two processes opening the store together (`dlog up`
+/// and `dlog viewer`) migrate it once: the second waits, then finds layout 3. A record whose
+/// encoded rest cannot be read keeps no span id (a warning names it) rather than leaving the
+/// store unopenable.
+fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
+    let err = |e: rusqlite::Error| StoreError::Embedded {
+        path: path.display().to_string(),
+        message: format!("adding the span id column: {e}"),
+    };
+    let mut conn = Connection::open(path).map_err(err)?;
+    configure(&conn).map_err(err)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version: i32 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if version != 2 {
+        return Ok(());
+    }
+    tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
+    {
+        let mut read = tx.prepare("SELECT id, rest FROM logs").map_err(err)?;
+        let mut write = tx
+            .prepare("UPDATE logs SET span_id = ?1 WHERE id = ?2")
+            .map_err(err)?;
+        let mut rows = read.query([]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let id: i64 = row.get(0).map_err(err)?;
+            let rest: Vec<u8> = row.get(1).map_err(err)?;
+            let span_id = codec::open_body(&rest)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| Dec::new(&raw).opt_str().map_err(|e| e.to_string()));
+            match span_id {
+                Ok(Some(span)) => {
+                    write.execute(params![id_value(&span), id]).map_err(err)?;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    partition = %path.display(),
+                    log = id,
+                    error = %e,
+                    "a stored log record cannot be read; it keeps no span id"
+                ),
+            }
+        }
+    }
+    tx.execute_batch(schema::PARTITION_3_INDEXES).map_err(err)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(err)?;
+    tx.commit().map_err(err)
 }
 
 fn is_v1(path: &Path) -> Result<bool, StoreError> {
@@ -2385,8 +2454,9 @@ fn find_traces(
     Ok(found)
 }
 
-fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-    let limit = effective_limit(q.limit);
+/// The SQL conditions of a log query, and its trigram query when it has text; `None` when
+/// nothing can match (an unknown service or level).
+fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
     let mut f = Filter::default();
     let mut fts = None;
     {
@@ -2404,19 +2474,20 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         if let Some(s) = &q.service {
             let ids = cat.resources_of(s);
             if ids.is_empty() {
-                return Ok(Vec::new());
+                return None;
             }
             f.push_in("l.resource", ids.into_iter().map(Sql::Integer).collect());
         }
         if let Some(l) = &q.level {
-            let Some(id) = cat.string_ids.get(l.to_ascii_uppercase().as_str()) else {
-                return Ok(Vec::new());
-            };
+            let id = cat.string_ids.get(l.to_ascii_uppercase().as_str())?;
             f.push("l.level = ?", [Sql::Integer(*id)]);
         }
     }
     if let Some(t) = &q.trace_id {
         f.push("l.trace_id = ?", [id_value(&t.to_ascii_lowercase())]);
+    }
+    if let Some(s) = &q.span_id {
+        f.push("l.span_id = ?", [id_value(&s.to_ascii_lowercase())]);
     }
     if let Some(s) = q.time.start_unix_nano {
         f.push("l.time_ns >= ?", [Sql::Integer(ns(s))]);
@@ -2424,6 +2495,17 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
     if let Some(e) = q.time.end_unix_nano {
         f.push("l.time_ns <= ?", [Sql::Integer(ns(e))]);
     }
+    Some((f, fts))
+}
+
+fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+    let Some((f, fts)) = log_filter(ctx, q) else {
+        return Ok(Vec::new());
+    };
+    if q.order == LogOrder::OldestFirst {
+        return search_logs_forward(set, ctx, q, f, fts.is_some());
+    }
+    let limit = effective_limit(q.limit);
     // With text: the trigram index newest row first, until no older row can be newer than
     // the limit-th found. Without: the time index, newest first.
     let sql = if fts.is_some() {
@@ -2492,6 +2574,89 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
             let entry = decode_log(row, &cat)?;
             let key = (entry.time_unix_nano as i64, day, id);
             let at = found.partition_point(|(k, _)| *k > key);
+            if at < limit {
+                found.insert(at, (key, entry));
+                found.truncate(limit);
+            }
+        }
+    }
+    Ok(found.into_iter().map(|(_, l)| l).collect())
+}
+
+/// The query of [`search_logs_forward`]: the time index from the start, oldest row first, and
+/// with text a trigram probe of each row (the text index drives nothing, so no match is
+/// sorted: a page stops reading once it has its rows).
+fn forward_sql(text: bool, filter: &str) -> String {
+    if text {
+        format!(
+            "SELECT {LOG_COLS} FROM logs l CROSS JOIN logs_text ON logs_text.rowid = l.id \
+             {filter} ORDER BY l.time_ns, l.id"
+        )
+    } else {
+        format!("SELECT {LOG_COLS} FROM logs l {filter} ORDER BY l.time_ns, l.id")
+    }
+}
+
+/// [`LogOrder::OldestFirst`]: the time index oldest row first, in every partition that can
+/// hold records from the start on, keeping the `limit` first by (time, document id) after
+/// the cursor. A partition is read only until its rows are later than the `limit`-th kept,
+/// so a page costs about `limit` rows (plus the records sharing the cursor's time).
+fn search_logs_forward(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    q: &LogQuery,
+    mut f: Filter,
+    text: bool,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let limit = effective_limit(q.limit);
+    let after = q.after.as_ref();
+    let from = after
+        .map(|c| c.time_unix_nano)
+        .max(q.time.start_unix_nano)
+        .unwrap_or(0);
+    f.push("l.time_ns >= ?", [Sql::Integer(ns(from))]);
+    let sql = forward_sql(text, &f.sql());
+    let mut parts = Vec::new();
+    for day in list_days(&ctx.dir) {
+        if let Some(conn) = set.part(ctx, day) {
+            let max = bound(conn, "SELECT max(time_ns) FROM logs")?;
+            let min = bound(conn, "SELECT min(time_ns) FROM logs")?;
+            if let (Some(min), Some(max)) = (min, max) {
+                if max >= ns(from) {
+                    parts.push((min, day));
+                }
+            }
+        }
+    }
+    parts.sort_unstable();
+    let mut found: Vec<((u64, String), LogEntry)> = Vec::new();
+    let kth = |found: &Vec<((u64, String), LogEntry)>| {
+        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+    };
+    for (min, day) in parts {
+        if kth(&found).is_some_and(|k| min as u64 > k) {
+            break;
+        }
+        let Some(conn) = set.part(ctx, day) else {
+            continue;
+        };
+        let cat = ctx.catalog();
+        let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(f.params.iter()))
+            .map_err(read_err)?;
+        while let Some(row) = rows.next().map_err(read_err)? {
+            let time: i64 = row.get(1).map_err(read_err)?;
+            // Rows of the limit-th kept time may still sort before it by document id.
+            if kth(&found).is_some_and(|k| time as u64 > k) {
+                break;
+            }
+            let entry = decode_log(row, &cat)?;
+            let key = (entry.time_unix_nano, entry.doc_id());
+            if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
+                continue;
+            }
+            let at = found.partition_point(|(k, _)| *k < key);
             if at < limit {
                 found.insert(at, (key, entry));
                 found.truncate(limit);
@@ -2715,6 +2880,24 @@ mod tests {
         f.push("b IN (?, ?)", [text("y"), text("z")]);
         assert_eq!(f.sql(), "WHERE a = ?1 AND b IN (?2, ?3)");
         assert_eq!(f.params.len(), 3);
+    }
+
+    /// Reading forward with text follows the time index and probes the text index per row,
+    /// instead of collecting and sorting every match of the partition on each page.
+    #[test]
+    fn forward_text_search_reads_the_time_index_without_sorting() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::PARTITION).unwrap();
+        let sql = forward_sql(true, "WHERE logs_text MATCH ?1 AND l.time_ns >= ?2");
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params!["\"abc\"", 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("logs_by_time"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! version, and the days partitions are named after.
 
 /// The layout this build writes and reads (`PRAGMA user_version` of every file).
-/// 1 was the single-file JSON layout of earlier releases (user_version 0 on disk).
-pub const SCHEMA_VERSION: i32 = 2;
+/// 1 was the single-file JSON layout of earlier releases (user_version 0 on disk); 2 kept a
+/// log's span id only inside its encoded rest (opening such a store adds the column).
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// ns in a day.
 pub const DAY_NS: u64 = 86_400_000_000_000;
@@ -106,9 +107,11 @@ CREATE TABLE logs (
     severity INTEGER NOT NULL,
     trace_id BLOB,
     body     TEXT NOT NULL,
-    rest     BLOB NOT NULL
+    rest     BLOB NOT NULL,
+    span_id  BLOB
 );
 CREATE INDEX logs_by_time ON logs (time_ns);
+CREATE INDEX logs_by_span ON logs (span_id, trace_id, time_ns) WHERE span_id IS NOT NULL;
 CREATE TABLE log_ids (
     doc_id   BLOB PRIMARY KEY
 ) WITHOUT ROWID;
@@ -125,6 +128,16 @@ CREATE TABLE heartbeats (
     time_ns  INTEGER NOT NULL,
     doc      TEXT NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Turns a partition of layout 2 into layout 3 (the span id column is filled afterwards).
+pub const PARTITION_2_TO_3: &str = r#"
+ALTER TABLE logs ADD COLUMN span_id BLOB;
+"#;
+
+/// Indexes the span id column once it is filled.
+pub const PARTITION_3_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS logs_by_span ON logs (span_id, trace_id, time_ns) WHERE span_id IS NOT NULL;
 "#;
 
 /// The UTC day (days since the Unix epoch) of a time in ns.

@@ -10,9 +10,9 @@ use dlog_core::model::{
     SpanRecord, StatusCode,
 };
 use dlog_storage::{
-    AlertDoc, AlertQuery, DeclaredDependency, DependencyEdge, Document, Liveness, LogQuery,
-    Operation, RetentionPolicy, SpanCursor, StatusQuery, Store, TimeRange, TraceQuery,
-    WriteOutcome,
+    AlertDoc, AlertQuery, DeclaredDependency, DependencyEdge, Document, Liveness, LogCursor,
+    LogOrder, LogQuery, Operation, RetentionPolicy, SpanCursor, StatusQuery, Store, TimeRange,
+    TraceQuery, WriteOutcome,
 };
 
 /// Checks of this suite the Elasticsearch backend does not pass yet: they are skipped on it
@@ -691,6 +691,178 @@ pub async fn run(store: Arc<dyn Store>) {
     find_traces_applies_duration_to_the_trace(&store).await;
     attributes_match_resource_and_event_attributes(&store).await;
     get_trace_page_reads_a_window(&store).await;
+    logs_by_span(&store).await;
+    logs_oldest_first_page_by_page(&store).await;
+}
+
+/// The store filters a trace's records by span: the limit applies to the span's own records,
+/// however many the rest of the trace has.
+async fn logs_by_span(store: &Arc<dyn Store>) {
+    let trace = "5aa0000000000000000000000000a001".to_string();
+    let busy = service("busy", "busy-1", &[]);
+    let base = T0 + 3 * DAY;
+    let mut docs = Vec::new();
+    // 300 records in the span of interest's siblings, then 12 in it, then 300 more.
+    for i in 0..612u64 {
+        let span = if (300..312).contains(&i) {
+            "f000000000000001"
+        } else {
+            "f000000000000002"
+        };
+        docs.push(Document::Log(log(
+            &busy,
+            base + i * MS,
+            "INFO",
+            &format!("busy record {i}"),
+            Some((&trace, span)),
+            &[],
+        )));
+    }
+    write_all(store, docs).await;
+    let b = store.backend();
+    let of_span = |span: &str, limit| LogQuery {
+        trace_id: Some(trace.clone()),
+        span_id: Some(span.to_string()),
+        limit,
+        ..Default::default()
+    };
+    let bodies = |logs: Vec<LogEntry>| logs.into_iter().map(|l| l.body).collect::<Vec<_>>();
+    let five = store
+        .search_logs(&of_span("f000000000000001", 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(five),
+        (307..312)
+            .rev()
+            .map(|i| format!("busy record {i}"))
+            .collect::<Vec<_>>(),
+        "{b}: the newest five of the span's records"
+    );
+    let all = store
+        .search_logs(&of_span("f000000000000001", 100))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 12, "{b}");
+    assert!(all
+        .iter()
+        .all(|l| l.span_id.as_deref() == Some("f000000000000001")));
+    // A span alone (without its trace) filters too; an unknown span finds nothing.
+    let alone = store
+        .search_logs(&LogQuery {
+            span_id: Some("f000000000000001".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alone.len(), 12, "{b}");
+    let none = store
+        .search_logs(&of_span("f0000000000000ff", 100))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{b}");
+}
+
+/// Oldest first, by time then document id, continued by a cursor: paging through gives every
+/// record once, in order, also when a page ends inside a run of records sharing one time and
+/// when the records span two days.
+async fn logs_oldest_first_page_by_page(store: &Arc<dyn Store>) {
+    let svc = service("forward", "fw-1", &[]);
+    let base = T0 + 5 * DAY - 10 * MS;
+    let mut written = Vec::new();
+    for i in 0..60u64 {
+        // Three records per time; the times cross midnight.
+        written.push(log(
+            &svc,
+            base + (i / 3) * MS,
+            "INFO",
+            &format!("forward record {i}"),
+            None,
+            &[],
+        ));
+    }
+    // Written newest first, so that the store's insertion order is no help.
+    write_all(
+        store,
+        written.iter().rev().cloned().map(Document::Log).collect(),
+    )
+    .await;
+    let b = store.backend();
+    let mut expected = written.clone();
+    expected.sort_by_key(LogCursor::of);
+    let query = LogQuery {
+        service: Some("forward".into()),
+        order: LogOrder::OldestFirst,
+        limit: 7,
+        ..Default::default()
+    };
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..20 {
+        let page = store
+            .search_logs(&LogQuery {
+                after: after.clone(),
+                ..query.clone()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 7, "{b}");
+        let Some(last) = page.last() else { break };
+        after = Some(LogCursor::of(last));
+        got.extend(page);
+    }
+    assert_eq!(got, expected, "{b}: every record once, oldest first");
+    // The same with text (the embedded store probes its text index row by row).
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..20 {
+        let page = store
+            .search_logs(&LogQuery {
+                text: Some("forward".into()),
+                after: after.clone(),
+                ..query.clone()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(LogCursor::of(last));
+        got.extend(page);
+    }
+    assert_eq!(
+        got, expected,
+        "{b}: with text, every record once, oldest first"
+    );
+    // The time range still applies; the first page starts at its start.
+    let ranged = store
+        .search_logs(&LogQuery {
+            time: TimeRange::between(base + 5 * MS, base + 6 * MS),
+            limit: 100,
+            ..query.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ranged, expected[15..21].to_vec(), "{b}");
+    // Newest first remains the default.
+    let newest = store
+        .search_logs(&LogQuery {
+            limit: 1,
+            ..query.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        newest[0].time_unix_nano, base,
+        "{b}: oldest first was asked"
+    );
+    let newest = store
+        .search_logs(&LogQuery {
+            service: Some("forward".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest[0].time_unix_nano, base + 19 * MS, "{b}");
 }
 
 async fn write_all(store: &Arc<dyn Store>, docs: Vec<Document>) {
