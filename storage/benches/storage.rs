@@ -10,6 +10,7 @@
 //! number of spans (default 100000).
 
 use dlog_core::stage::ConsumerConfig;
+use dlog_storage::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

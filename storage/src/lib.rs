@@ -60,11 +60,22 @@ pub use silence::{AlertAck, Silence};
 pub use stage::{run, start, IndexerConfig, RunningIndexer};
 pub use store::now_unix_nano;
 pub use store::{
-    AlertDoc, AlertQuery, DeclaredDependency, Dependencies, DependencyEdge, Document,
-    InstanceStatus, Liveness, LogQuery, Operation, PartitionUsage, RegistryEntry, RetentionPolicy,
-    RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage, TimeRange, TimeWindow,
-    TraceQuery, TraceSummary, WriteOutcome,
+    AlertDoc, AlertQuery, AlertStore, Backend, DeclaredDependency, Dependencies, DependencyEdge,
+    DependencyReader, Document, InstanceStatus, Liveness, LogQuery, LogReader, Operation,
+    PartitionUsage, RegistryEntry, Retention, RetentionPolicy, RetentionReport, SpanCursor,
+    SpanWriter, StatusQuery, StatusReader, Store, StoreError, StoreUsage, TimeRange, TimeWindow,
+    TraceQuery, TraceReader, TraceSummary, WriteOutcome,
 };
+
+/// The storage traits, for calling their methods on a concrete backend
+/// (`use dlog_storage::prelude::*;`): through `dyn Store` or a generic bound they are in
+/// scope already.
+pub mod prelude {
+    pub use crate::store::{
+        AlertStore, Backend, DependencyReader, LogReader, Retention, SpanWriter, StatusReader,
+        Store, TraceReader,
+    };
+}
 
 /// Opens the configured store: Elasticsearch when `elasticsearch_url` is set, otherwise the
 /// embedded store in `data_dir`.

@@ -13,7 +13,7 @@ use dlog_core::stage::ConsumerConfig;
 use dlog_storage::elastic::model::date_of_nanos;
 use dlog_storage::elastic::ElasticStore;
 use dlog_storage::stage::retention::{ByteBudget, RetentionConfig};
-use dlog_storage::{Document, IndexerConfig, Store, StoreConfig, TraceQuery};
+use dlog_storage::{Document, IndexerConfig, Retention, SpanWriter, StoreConfig, TraceQuery};
 use opentelemetry_proto::tonic::trace::v1::span;
 
 const MS: u64 = 1_000_000;

@@ -34,10 +34,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde_json::Value;
 
 use crate::store::{
-    effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogQuery, Operation, PartitionUsage, RegistryEntry,
-    RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError, StoreUsage,
-    TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    effective_limit, sort_spans, AlertDoc, AlertQuery, AlertStore, Backend, DeclaredDependency,
+    Dependencies, DependencyEdge, DependencyReader, Document, InstanceStatus, LogQuery, LogReader,
+    Operation, PartitionUsage, RegistryEntry, Retention, RetentionPolicy, RetentionReport,
+    SpanCursor, SpanWriter, StatusQuery, StatusReader, StoreError, StoreUsage, TimeRange,
+    TimeWindow, TraceQuery, TraceReader, TraceSummary, WriteOutcome,
 };
 use codec::{id_text, id_value, Dec, Enc};
 pub use schema::SCHEMA_VERSION;
@@ -1938,12 +1939,14 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
 const LOG_COLS: &str =
     "l.id, l.time_ns, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest";
 
-#[async_trait]
-impl Store for EmbeddedStore {
+impl Backend for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
     }
+}
 
+#[async_trait]
+impl SpanWriter for EmbeddedStore {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let docs = docs.to_vec();
         let now = crate::store::now_unix_nano();
@@ -1955,7 +1958,10 @@ impl Store for EmbeddedStore {
     async fn refresh(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl TraceReader for EmbeddedStore {
     async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         let trace_id = trace_id.to_ascii_lowercase();
         self.read(move |set, ctx| {
@@ -2008,12 +2014,6 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        let query = query.clone();
-        self.read(move |set, ctx| search_logs(set, ctx, &query))
-            .await
-    }
-
     async fn services(&self) -> Result<Vec<String>, StoreError> {
         self.read(|set, _| {
             let mut stmt = set
@@ -2048,7 +2048,10 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DependencyReader for EmbeddedStore {
     async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
         self.read(move |set, ctx| {
             // Whole hours of the range from the hourly counts, the ragged ends from the
@@ -2125,7 +2128,19 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl LogReader for EmbeddedStore {
+    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        let query = query.clone();
+        self.read(move |set, ctx| search_logs(set, ctx, &query))
+            .await
+    }
+}
+
+#[async_trait]
+impl StatusReader for EmbeddedStore {
     async fn service_status(&self, query: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError> {
         let service = query.service.clone();
         let now = query
@@ -2140,7 +2155,10 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl AlertStore for EmbeddedStore {
     async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError> {
         let mut rows = Vec::with_capacity(alerts.len());
         for a in alerts {
@@ -2207,24 +2225,6 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn usage(&self) -> Result<StoreUsage, StoreError> {
-        let ctx = Arc::clone(&self.ctx);
-        tokio::task::spawn_blocking(move || usage(&ctx))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("usage task failed: {e}")))?
-    }
-
-    async fn apply_retention(
-        &self,
-        policy: &RetentionPolicy,
-        now_unix_nano: u64,
-    ) -> Result<RetentionReport, StoreError> {
-        let policy = *policy;
-        let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
-        self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
-            .await
-    }
-
     async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
         crate::silence::sqlite::put_silence(self.dir(), silence).await
     }
@@ -2243,6 +2243,27 @@ impl Store for EmbeddedStore {
 
     async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
         crate::silence::sqlite::list_acks(self.dir()).await
+    }
+}
+
+#[async_trait]
+impl Retention for EmbeddedStore {
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        let ctx = Arc::clone(&self.ctx);
+        tokio::task::spawn_blocking(move || usage(&ctx))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("usage task failed: {e}")))?
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_unix_nano: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let policy = *policy;
+        let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
+        self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
+            .await
     }
 }
 

@@ -290,6 +290,10 @@ pub async fn run_retention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{
+        AlertStore, Backend, DependencyReader, LogReader, Retention, SpanWriter, StatusReader,
+        TraceReader,
+    };
 
     #[test]
     fn budgets_parse_sizes_percentages_and_none() {
@@ -316,59 +320,87 @@ mod tests {
     /// A store as the embedded one is before it has retention: every call refused.
     struct NoRetention;
 
-    #[async_trait]
-    impl Store for NoRetention {
+    impl Backend for NoRetention {
         fn backend(&self) -> &'static str {
             "embedded"
         }
+    }
+
+    #[async_trait]
+    impl SpanWriter for NoRetention {
         async fn write(
             &self,
             _: &[crate::store::Document],
         ) -> Result<Vec<crate::store::WriteOutcome>, StoreError> {
             Ok(Vec::new())
         }
+
         async fn refresh(&self) -> Result<(), StoreError> {
             Ok(())
         }
+    }
+
+    #[async_trait]
+    impl TraceReader for NoRetention {
         async fn get_trace(
             &self,
             _: &str,
         ) -> Result<Vec<dlog_core::model::SpanRecord>, StoreError> {
             Ok(Vec::new())
         }
+
         async fn find_traces(
             &self,
             _: &crate::store::TraceQuery,
         ) -> Result<Vec<crate::store::TraceSummary>, StoreError> {
             Ok(Vec::new())
         }
-        async fn search_logs(
-            &self,
-            _: &crate::store::LogQuery,
-        ) -> Result<Vec<dlog_core::model::LogEntry>, StoreError> {
-            Ok(Vec::new())
-        }
+
         async fn services(&self) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())
         }
+
         async fn operations(&self, _: &str) -> Result<Vec<crate::store::Operation>, StoreError> {
             Ok(Vec::new())
         }
+    }
+
+    #[async_trait]
+    impl DependencyReader for NoRetention {
         async fn dependencies(
             &self,
             _: crate::store::TimeRange,
         ) -> Result<crate::store::Dependencies, StoreError> {
             Ok(Default::default())
         }
+    }
+
+    #[async_trait]
+    impl LogReader for NoRetention {
+        async fn search_logs(
+            &self,
+            _: &crate::store::LogQuery,
+        ) -> Result<Vec<dlog_core::model::LogEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[async_trait]
+    impl StatusReader for NoRetention {
         async fn service_status(
             &self,
             _: &crate::store::StatusQuery,
         ) -> Result<Vec<crate::store::InstanceStatus>, StoreError> {
             Ok(Vec::new())
         }
+    }
+
+    #[async_trait]
+    impl AlertStore for NoRetention {
         async fn upsert_alerts(&self, _: &[crate::store::AlertDoc]) -> Result<(), StoreError> {
             Ok(())
         }
+
         async fn list_alerts(
             &self,
             _: &crate::store::AlertQuery,
@@ -376,6 +408,9 @@ mod tests {
             Ok(Vec::new())
         }
     }
+
+    #[async_trait]
+    impl Retention for NoRetention {}
 
     /// Keeps day files in memory and drops those older than the age.
     struct Files(std::sync::Mutex<Vec<u64>>);
