@@ -55,6 +55,14 @@ pub const V1_FILE: &str = "dlog.v1.sqlite3";
 const READERS: usize = 2;
 /// Partition connections the writer keeps open.
 const WRITER_PARTITIONS: usize = 16;
+/// Day partitions each reader connection set keeps open (least recently used closed first,
+/// reopened on demand), so that many days neither exhaust file descriptors nor look missing.
+pub const READER_PARTITIONS: usize = 64;
+/// At most this many connections to day partition files are open per store: the writer's and
+/// every reader set's.
+pub const MAX_OPEN_PARTITIONS: usize = WRITER_PARTITIONS + READERS * READER_PARTITIONS;
+/// How often a reader set checks its open partitions for deletion by another store.
+const READER_SWEEP: Duration = Duration::from_secs(1);
 /// Trace ids whose partition the writer remembers, so later spans join their trace.
 const RECENT_TRACES: usize = 1 << 20;
 /// Spans one trace may hold in one partition; more are rejected with a message.
@@ -552,8 +560,13 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 
 impl Writer {
     fn partition(&mut self, ctx: &Ctx, day: i64) -> Result<&mut Connection, StoreError> {
+        let path = ctx.part_path(day);
+        if self.parts.contains_key(&day) && !path.exists() {
+            // Dropped by another store's retention: writing on would write into a deleted
+            // file, lost at close.
+            self.close_partition(day);
+        }
         if !self.parts.contains_key(&day) {
-            let path = ctx.part_path(day);
             let err = unavailable(&path);
             if !path.exists() {
                 create_partition(&path).map_err(&err)?;
@@ -1286,35 +1299,84 @@ const LOG_BLOCK_BITS: u32 = 10;
 
 struct ReaderSet {
     shared: Connection,
-    parts: HashMap<i64, Connection>,
+    /// Open day partitions with the tick of their last use, at most [`READER_PARTITIONS`].
+    parts: HashMap<i64, (Connection, u64)>,
+    tick: u64,
+    /// When cached partitions were last checked for deletion by another store.
+    swept: std::time::Instant,
 }
 
 impl ReaderSet {
+    fn new(shared: Connection) -> Self {
+        ReaderSet {
+            shared,
+            parts: HashMap::new(),
+            tick: 0,
+            swept: std::time::Instant::now(),
+        }
+    }
+
     /// A reader connection to a day partition; `None` when it does not exist (any more).
     fn part(&mut self, ctx: &Ctx, day: i64) -> Option<&Connection> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.parts.entry(day) {
-            let path = ctx.part_path(day);
-            if !path.exists() {
-                return None;
-            }
-            let conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .ok()?;
-            conn.busy_timeout(Duration::from_secs(10)).ok()?;
-            conn.pragma_update(None, "query_only", true).ok()?;
-            conn.pragma_update(None, "cache_size", -16_384).ok()?;
-            let v: i32 = conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .ok()?;
-            if v != SCHEMA_VERSION {
-                return None;
-            }
-            slot.insert(conn);
+        let path = ctx.part_path(day);
+        // Retention run by another store (the indexer's, when this one is the viewer's or
+        // another process's) deletes files under open connections: drop the connection, or
+        // the file's space stays taken while it is open.
+        if !path.exists() {
+            self.parts.remove(&day);
+            return None;
         }
-        self.parts.get(&day)
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(entry) = self.parts.get_mut(&day) {
+            entry.1 = tick;
+        } else {
+            let conn = open_part_reader(&path)?;
+            if self.parts.len() >= READER_PARTITIONS {
+                let oldest = self
+                    .parts
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(d, _)| *d);
+                if let Some(oldest) = oldest {
+                    self.parts.remove(&oldest);
+                }
+            }
+            self.parts.insert(day, (conn, tick));
+        }
+        self.parts.get(&day).map(|(conn, _)| conn)
     }
+
+    /// Closes the connection to a day partition, if open.
+    fn close(&mut self, day: i64) {
+        self.parts.remove(&day);
+    }
+
+    /// At most once per [`READER_SWEEP`], closes the connections to partitions whose file is
+    /// gone, so that a day no query asks for again does not keep its deleted file open.
+    fn sweep(&mut self, ctx: &Ctx) {
+        if self.swept.elapsed() < READER_SWEEP {
+            return;
+        }
+        self.swept = std::time::Instant::now();
+        self.parts.retain(|day, _| ctx.part_path(*day).exists());
+    }
+}
+
+/// A read-only connection to a day partition file of this build's schema.
+fn open_part_reader(path: &Path) -> Option<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_secs(10)).ok()?;
+    conn.pragma_update(None, "query_only", true).ok()?;
+    conn.pragma_update(None, "cache_size", -16_384).ok()?;
+    let v: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .ok()?;
+    (v == SCHEMA_VERSION).then_some(conn)
 }
 
 /// The day partitions on disk, oldest first.
@@ -1435,10 +1497,7 @@ impl EmbeddedStore {
             )
             .map_err(sql)?;
             reader.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-            readers.push(Arc::new(Mutex::new(ReaderSet {
-                shared: reader,
-                parts: HashMap::new(),
-            })));
+            readers.push(Arc::new(Mutex::new(ReaderSet::new(reader))));
         }
         let store = EmbeddedStore {
             ctx: Arc::new(Ctx {
@@ -1547,6 +1606,7 @@ impl EmbeddedStore {
         let ctx = Arc::clone(&self.ctx);
         tokio::task::spawn_blocking(move || {
             let mut set = reader.lock().unwrap_or_else(|e| e.into_inner());
+            set.sweep(&ctx);
             // What another process added to the dictionary since. Skipped while this
             // process's writer holds the catalog: it adds its own entries itself, and a
             // query must not wait behind a write waiting for a lock.
@@ -2569,10 +2629,7 @@ fn apply_retention(
     let drop_day = |w: &mut Writer, day: i64| -> Result<(), StoreError> {
         w.close_partition(day);
         for r in readers {
-            r.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .parts
-                .remove(&day);
+            r.lock().unwrap_or_else(|e| e.into_inner()).close(day);
         }
         w.recent.retain(|_, d| *d != day);
         let path = ctx.part_path(day);

@@ -1,0 +1,138 @@
+//! The embedded store under what a long run or a hostile sender brings: many day partitions
+//! (open files bounded, a dropped day's file really closed).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::conformance::{service, span};
+use dlog_core::model::SpanKind;
+use dlog_storage::embedded::{self, EmbeddedStore, MAX_OPEN_PARTITIONS};
+use dlog_storage::prelude::*;
+use dlog_storage::{Document, RetentionPolicy, TimeWindow, TraceQuery};
+
+const MS: u64 = 1_000_000;
+const DAY: u64 = 86_400_000 * MS;
+
+/// Files of `dir`'s day partitions this process holds open, as `/proc/self/fd` shows them
+/// (a deleted file shows as `<path> (deleted)`), one entry per descriptor.
+fn open_partition_files(dir: &Path) -> Vec<String> {
+    let partitions = dir.join(embedded::PARTITIONS_DIR);
+    let partitions = partitions.to_string_lossy();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with(partitions.as_ref()))
+        .collect()
+}
+
+/// Connections to partition files: descriptors on a partition's main file (each connection
+/// also holds its `-wal` and `-shm`).
+fn partition_connections(dir: &Path) -> usize {
+    open_partition_files(dir)
+        .iter()
+        .filter(|p| p.ends_with(".sqlite3"))
+        .count()
+}
+
+fn trace_id(day: u64) -> String {
+    format!("{:032x}", 0xda70_0000 + day)
+}
+
+/// Regression: reader connections to day partitions were cached forever. A store that did not
+/// run retention itself (the viewer's, next to the indexer's) kept dropped days' files open,
+/// so their space was not returned until a restart, and every day queried stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_dropped_partitions_are_closed_and_open_partitions_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let days = 100u64;
+    let window = TimeWindow {
+        max_age_nanos: (days + 10) * DAY,
+        max_ahead_nanos: DAY,
+    };
+    // The indexer's store writes and runs retention; the viewer's only reads.
+    let indexer = EmbeddedStore::open_with_window(dir.path(), window).unwrap();
+    let viewer = EmbeddedStore::open_with_window(dir.path(), window).unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let svc = service("daily", "daily-1", &[]);
+    let docs: Vec<Document> = (0..days)
+        .map(|k| {
+            Document::Span(span(
+                &trace_id(k),
+                "00000000000000a1",
+                None,
+                &svc,
+                "tick",
+                SpanKind::Server,
+                now - k * DAY,
+                1,
+            ))
+        })
+        .collect();
+    for chunk in docs.chunks(10) {
+        indexer.write(chunk).await.unwrap();
+    }
+    let all = TraceQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    // Twice: reads take turns over the reader connection sets, and each set answers over
+    // every day whatever it had to close.
+    for _ in 0..2 {
+        let found = viewer.find_traces(&all).await.unwrap();
+        assert_eq!(found.len(), days as usize);
+    }
+    for k in [0, days / 2, days - 1] {
+        assert_eq!(viewer.get_trace(&trace_id(k)).await.unwrap().len(), 1);
+    }
+    // The indexer's store has only its writer's partitions open (it has not read), the
+    // viewer's only its readers': together at most one store's bound.
+    let connections = partition_connections(dir.path());
+    assert!(
+        connections <= MAX_OPEN_PARTITIONS,
+        "{connections} connections to partition files over {days} days, more than \
+         {MAX_OPEN_PARTITIONS}"
+    );
+
+    // Retention drops the days older than 40 days; the viewer's store learns of it only
+    // from the files being gone.
+    let report = indexer
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: Some(Duration::from_nanos(40 * DAY)),
+                max_bytes: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(report.dropped.len() >= 58, "{:?}", report.dropped);
+    let dropped: BTreeSet<String> = report.dropped.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = viewer.find_traces(&all).await.unwrap();
+        assert_eq!(found.len(), days as usize - dropped.len());
+        let still_open: Vec<String> = open_partition_files(dir.path())
+            .into_iter()
+            .filter(|p| dropped.iter().any(|d| p.contains(d.as_str())))
+            .collect();
+        if still_open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "files of dropped days still open (their space is not returned): {still_open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !open_partition_files(dir.path())
+            .iter()
+            .any(|p| p.ends_with("(deleted)")),
+        "no deleted partition file is held open"
+    );
+}
