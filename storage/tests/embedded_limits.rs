@@ -1,17 +1,18 @@
 //! The embedded store under what a long run or a hostile sender brings: many day partitions
-//! (open files bounded, a dropped day's file really closed).
+//! (open files bounded, a dropped day's file really closed), and a service with tens of
+//! thousands of instances (no query parameter per instance).
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::conformance::{service, span};
+use common::conformance::{log, service, span};
 use dlog_core::model::SpanKind;
 use dlog_storage::embedded::{self, EmbeddedStore, MAX_OPEN_PARTITIONS};
 use dlog_storage::prelude::*;
-use dlog_storage::{Document, RetentionPolicy, TimeWindow, TraceQuery};
+use dlog_storage::{Document, LogQuery, RetentionPolicy, TimeWindow, TraceQuery};
 
 const MS: u64 = 1_000_000;
 const DAY: u64 = 86_400_000 * MS;
@@ -135,4 +136,80 @@ async fn regression_dropped_partitions_are_closed_and_open_partitions_are_bounde
             .any(|p| p.ends_with("(deleted)")),
         "no deleted partition file is held open"
     );
+}
+
+/// Regression: a query listed one SQL parameter per resource id, and a service with more
+/// than 32,766 instances failed every log search and trace search by service ("too many SQL
+/// variables").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_service_with_40000_instances_is_searchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let instances = 40_000u64;
+    let docs: Vec<Document> = (0..instances)
+        .flat_map(|i| {
+            let svc = service("crowd", &format!("crowd-{i}"), &[]);
+            let trace = format!("{:032x}", 0xc0_0000_0000u64 + i);
+            [
+                Document::Span(span(
+                    &trace,
+                    "00000000000000c1",
+                    None,
+                    &svc,
+                    "gather",
+                    SpanKind::Server,
+                    now + i * MS,
+                    1,
+                )),
+                Document::Log(log(
+                    &svc,
+                    now + i * MS,
+                    "INFO",
+                    &format!("arrived {i}"),
+                    None,
+                    &[],
+                )),
+            ]
+        })
+        .collect();
+    for chunk in docs.chunks(5000) {
+        store.write(chunk).await.unwrap();
+    }
+    let newest = format!("{:032x}", 0xc0_0000_0000u64 + instances - 1);
+
+    let logs = store
+        .search_logs(&LogQuery {
+            service: Some("crowd".into()),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = logs.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(bodies, ["arrived 39999", "arrived 39998", "arrived 39997"]);
+
+    let by_service = store
+        .find_traces(&TraceQuery {
+            service: Some("crowd".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_service.len(), 2);
+    assert_eq!(by_service[0].trace_id, newest);
+
+    // Every instance's resource has host.name = vm1: a resource attribute filter lists them
+    // all.
+    let by_resource = store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([("host.name".to_string(), "vm1".to_string())]),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_resource.len(), 1);
+    assert_eq!(by_resource[0].trace_id, newest);
 }

@@ -1733,10 +1733,14 @@ impl Filter {
         self.clauses.push(numbered);
     }
 
-    /// `column IN (v1, v2, ...)`.
-    fn push_in(&mut self, column: &str, values: Vec<Sql>) {
-        let marks = vec!["?"; values.len()].join(", ");
-        self.push(&format!("{column} IN ({marks})"), values);
+    /// `column` is one of `ids`, bound as one JSON array: a list of any length takes one
+    /// parameter (a `?` per id breaks past SQLite's 32,766 variables, e.g. a service with
+    /// 40,000 instances).
+    fn push_in(&mut self, column: &str, ids: &[i64]) {
+        self.push(
+            &format!("{column} IN (SELECT value FROM json_each(?))"),
+            [id_list(ids)],
+        );
     }
 
     fn sql(&self) -> String {
@@ -1750,6 +1754,11 @@ impl Filter {
 
 fn text(s: &str) -> Sql {
     Sql::Text(s.to_string())
+}
+
+/// Integer ids as one JSON array parameter, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[i64]) -> Sql {
+    Sql::Text(serde_json::Value::from(ids).to_string())
 }
 
 /// One condition of a trace search, on a single span.
@@ -1803,10 +1812,10 @@ impl Term {
             }
         };
         if !resources.is_empty() {
-            let marks = vec!["?"; resources.len()].join(", ");
-            let mut values = vec![Sql::Integer(KEY_RESOURCE)];
-            values.extend(resources.into_iter().map(Sql::Integer));
-            sub.push(&format!("(key = ? AND value IN ({marks}))"), values);
+            sub.push(
+                "(key = ? AND value IN (SELECT value FROM json_each(?)))",
+                [Sql::Integer(KEY_RESOURCE), id_list(&resources)],
+            );
             parts.push(sub.clauses.pop()?);
         }
         if parts.is_empty() {
@@ -2487,7 +2496,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
-            f.push_in("l.resource", ids.into_iter().map(Sql::Integer).collect());
+            f.push_in("l.resource", &ids);
         }
         if let Some(l) = &q.level {
             let Some(id) = cat.string_ids.get(l.to_ascii_uppercase().as_str()) else {
