@@ -82,7 +82,10 @@ pub mod prelude {
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     config.validate()?;
     match &config.elasticsearch_url {
-        None => Ok(Arc::new(embedded::EmbeddedStore::open(&config.data_dir)?)),
+        None => Ok(Arc::new(
+            embedded::EmbeddedStore::open(&config.data_dir)?
+                .with_max_dictionary_entries(config.max_dictionary_entries),
+        )),
         Some(_) => Ok(Arc::new(elastic::ElasticStore::connect(config).await?)),
     }
 }

@@ -458,6 +458,11 @@ pub struct StoreUsage {
     pub oldest_unix_nano: Option<u64>,
     /// The partitions, oldest first.
     pub partitions: Vec<PartitionUsage>,
+    /// Attributes stored with their span or log but not indexed for search since the store
+    /// was opened, because their key was new while the attribute dictionary was full (the
+    /// embedded store's `max_dictionary_entries`).
+    #[serde(default)]
+    pub unindexed_attributes: u64,
 }
 
 /// What one retention pass did.

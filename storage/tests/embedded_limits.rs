@@ -1,6 +1,7 @@
 //! The embedded store under what a long run or a hostile sender brings: many day partitions
-//! (open files bounded, a dropped day's file really closed), and a service with tens of
-//! thousands of instances (no query parameter per instance).
+//! (open files bounded, a dropped day's file really closed), a service with tens of thousands
+//! of instances (no query parameter per instance), and random attribute keys (the dictionary
+//! bounded, the spans still stored whole).
 
 mod common;
 
@@ -12,7 +13,10 @@ use common::conformance::{log, service, span};
 use dlog_core::model::SpanKind;
 use dlog_storage::embedded::{self, EmbeddedStore, MAX_OPEN_PARTITIONS};
 use dlog_storage::prelude::*;
-use dlog_storage::{Document, LogQuery, RetentionPolicy, TimeWindow, TraceQuery};
+use dlog_storage::{
+    open_store, Document, LogQuery, RetentionPolicy, StoreConfig, TimeWindow, TraceQuery,
+};
+use serde_json::json;
 
 const MS: u64 = 1_000_000;
 const DAY: u64 = 86_400_000 * MS;
@@ -212,4 +216,120 @@ async fn regression_a_service_with_40000_instances_is_searchable() {
         .unwrap();
     assert_eq!(by_resource.len(), 1);
     assert_eq!(by_resource[0].trace_id, newest);
+}
+
+/// Regression: every new attribute key went into the dictionary, held in memory and on disk
+/// for good, so random keys from a sender grew both without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_random_attribute_keys_do_not_grow_the_dictionary_past_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default cap, through the store configuration.
+    let config = StoreConfig::embedded(dir.path());
+    let cap = config.max_dictionary_entries;
+    assert_eq!(cap, dlog_storage::config::DEFAULT_MAX_DICTIONARY_ENTRIES);
+    let store = open_store(&config).await.unwrap();
+    let svc = service("noisy", "noisy-1", &[]);
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // A legitimate span first: its key is indexed.
+    let mut known = span(
+        &format!("{:032x}", 0xabcdu64),
+        "00000000000000b1",
+        None,
+        &svc,
+        "checkout",
+        SpanKind::Server,
+        now,
+        1,
+    );
+    known.attributes.insert("order.id".into(), json!("o-first"));
+    store.write(&[Document::Span(known.clone())]).await.unwrap();
+
+    // Then 2,000 spans with 100 random keys each: 200,000 distinct keys.
+    let spans: Vec<_> = (0..2000u64)
+        .map(|i| {
+            let mut s = span(
+                &format!("{:032x}", 0x1_0000_0000u64 + i),
+                "00000000000000b2",
+                None,
+                &svc,
+                "spray",
+                SpanKind::Server,
+                now + (i + 1) * MS,
+                1,
+            );
+            for k in 0..100u64 {
+                s.attributes.insert(
+                    format!(
+                        "k{:016x}",
+                        (i * 100 + k).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ),
+                    json!(k),
+                );
+            }
+            s.attributes
+                .insert("order.id".into(), json!(format!("o-{i}")));
+            s
+        })
+        .collect();
+    for chunk in spans.chunks(200) {
+        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
+        let outcomes = store.write(&docs).await.unwrap();
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == dlog_storage::WriteOutcome::Written));
+    }
+
+    let strings = embedded::count_rows(dir.path(), "strings").unwrap();
+    assert!(
+        strings <= cap as u64,
+        "{strings} dictionary entries, more than the cap of {cap}"
+    );
+    let usage = store.usage().await.unwrap();
+    // Each key beyond the room left was counted.
+    assert!(
+        usage.unindexed_attributes >= 200_000 + 1 - cap as u64,
+        "{}",
+        usage.unindexed_attributes
+    );
+
+    // Every span is stored whole, keys beyond the cap included.
+    for s in [&spans[0], &spans[1999]] {
+        assert_eq!(store.get_trace(&s.trace_id).await.unwrap(), vec![s.clone()]);
+    }
+    assert_eq!(
+        store.get_trace(&known.trace_id).await.unwrap(),
+        vec![known.clone()]
+    );
+    // Search by the key indexed before the dictionary filled still finds its span.
+    let found = store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([("order.id".to_string(), "o-first".to_string())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|t| t.trace_id.as_str())
+            .collect::<Vec<_>>(),
+        [known.trace_id.as_str()]
+    );
+    let found = store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([("order.id".to_string(), "o-1999".to_string())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].trace_id, spans[1999].trace_id);
+
+    // A reopened store reads the same spans (the keys written out are in the span bodies).
+    drop(store);
+    let reopened = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.get_trace(&spans[1234].trace_id).await.unwrap(),
+        vec![spans[1234].clone()]
+    );
 }

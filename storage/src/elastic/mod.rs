@@ -1063,6 +1063,7 @@ impl ElasticStore {
             bytes_used,
             oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
             partitions,
+            ..Default::default()
         }
     }
 

@@ -21,7 +21,7 @@ mod schema;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -334,7 +334,14 @@ const INTERN_TOTAL: u32 = 200_000;
 fn put_attrs(e: &mut Enc, attrs: &dlog_core::model::Attributes, ids: &dyn Fn(&str) -> i64) {
     e.u64(attrs.len() as u64);
     for (k, v) in attrs {
-        e.u64(ids(k) as u64);
+        match ids(k) {
+            // A key the dictionary has no room for is written out (id 0 is never used).
+            0 => {
+                e.u64(0);
+                e.str(k);
+            }
+            id => e.u64(id as u64),
+        }
         match v {
             // A string the dictionary holds is written as its id.
             Value::String(s) if s.len() <= INTERN_MAX_LEN && ids(s) > 0 => {
@@ -351,6 +358,10 @@ fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attribu
     let mut out = dlog_core::model::Attributes::new();
     for _ in 0..n {
         let k = d.u64().map_err(corrupt("attribute key"))? as i64;
+        let key = match k {
+            0 => d.str().map_err(corrupt("attribute key"))?,
+            k => cat.string(k)?.to_string(),
+        };
         let v = if d.peek() == Some(codec::DICT) {
             d.skip(1);
             let id = d.u64().map_err(corrupt("attribute value"))? as i64;
@@ -358,7 +369,7 @@ fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attribu
         } else {
             d.value().map_err(corrupt("attribute value"))?
         };
-        out.insert(cat.string(k)?.to_string(), v);
+        out.insert(key, v);
     }
     Ok(out)
 }
@@ -486,6 +497,11 @@ struct Writer {
     /// Days before this one were dropped for age: writes for them are acknowledged and
     /// dropped with their day.
     expired_before: Option<i64>,
+    /// Most distinct dictionary entries: past it, new attribute keys and values are not
+    /// added (their attributes are stored inline and not indexed).
+    max_dictionary_entries: usize,
+    /// The dictionary-full warning was logged.
+    warned_full: bool,
 }
 
 /// Settings the store was opened with.
@@ -493,6 +509,9 @@ struct Ctx {
     dir: PathBuf,
     window: TimeWindow,
     catalog: Arc<RwLock<Catalog>>,
+    /// Attributes stored but not indexed since open: their key was new and the dictionary
+    /// full.
+    unindexed_attributes: AtomicU64,
 }
 
 impl Ctx {
@@ -610,6 +629,10 @@ struct Interner<'a> {
     string_ids: HashMap<String, i64>,
     resources: Vec<(i64, u128, i64, ServiceInfo)>,
     resource_ids: HashMap<u128, i64>,
+    /// Most distinct dictionary entries (attribute keys and values stop there).
+    max_entries: usize,
+    /// Attributes left out of the dictionary, and so out of the index, in this batch.
+    unindexed: u64,
 }
 
 impl<'a> Interner<'a> {
@@ -617,6 +640,7 @@ impl<'a> Interner<'a> {
         cat: &'a Catalog,
         value_counts: &'a mut HashMap<String, u32>,
         interned: &'a mut u32,
+        max_entries: usize,
     ) -> Self {
         Interner {
             cat,
@@ -626,7 +650,14 @@ impl<'a> Interner<'a> {
             string_ids: HashMap::new(),
             resources: Vec::new(),
             resource_ids: HashMap::new(),
+            max_entries,
+            unindexed: 0,
         }
+    }
+
+    /// True when the dictionary holds its most entries.
+    fn full(&self) -> bool {
+        self.cat.strings.len() + self.strings.len() >= self.max_entries
     }
 
     fn string(&mut self, s: &str) -> i64 {
@@ -670,14 +701,21 @@ impl<'a> Interner<'a> {
         (id, service)
     }
 
-    /// Interns the keys, and the string values of keys seen with few distinct values.
+    /// Interns the keys, and the string values of keys seen with few distinct values, while
+    /// the dictionary has room; an attribute whose key finds none is counted as unindexed.
     fn attr_keys(&mut self, attrs: &dlog_core::model::Attributes) {
         for (k, v) in attrs {
-            self.string(k);
+            if self.lookup(k) == 0 {
+                if self.full() {
+                    self.unindexed += 1;
+                    continue;
+                }
+                self.string(k);
+            }
             let Value::String(v) = v else {
                 continue;
             };
-            if v.len() > INTERN_MAX_LEN || self.lookup(v) > 0 {
+            if v.len() > INTERN_MAX_LEN || self.lookup(v) > 0 || self.full() {
                 continue;
             }
             let seen = self.value_counts.entry(k.clone()).or_insert(0);
@@ -747,9 +785,10 @@ fn write_docs(
     let mut by_day: std::collections::BTreeMap<i64, DayRows> = Default::default();
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
-    let (new_strings, new_resources) = {
+    let max_entries = w.max_dictionary_entries;
+    let (new_strings, new_resources, unindexed) = {
         let cat = ctx.catalog();
-        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned);
+        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned, max_entries);
         let tx = w
             .shared
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -811,12 +850,15 @@ fn write_docs(
                         }
                         let ids = |k: &str| it.lookup(k);
                         let mut index: Vec<(i64, Sql)> = Vec::new();
-                        for (k, v) in &s.attributes {
-                            index.push((ids(k), index_value(v)));
-                        }
-                        for e in &s.events {
-                            for (k, v) in &e.attributes {
-                                index.push((ids(k), index_value(v)));
+                        // A key outside the dictionary (it was full) is not indexed.
+                        let attrs = s
+                            .attributes
+                            .iter()
+                            .chain(s.events.iter().flat_map(|e| e.attributes.iter()));
+                        for (k, v) in attrs {
+                            let key = ids(k);
+                            if key > 0 {
+                                index.push((key, index_value(v)));
                             }
                         }
                         index.push((KEY_RESOURCE, Sql::Integer(resource)));
@@ -931,8 +973,22 @@ fn write_docs(
             }
             return Err(shared_err(e));
         }
-        (it.strings, it.resources)
+        (it.strings, it.resources, it.unindexed)
     };
+    if unindexed > 0 {
+        ctx.unindexed_attributes
+            .fetch_add(unindexed, Ordering::Relaxed);
+        if !w.warned_full {
+            w.warned_full = true;
+            tracing::warn!(
+                store = %ctx.dir.display(),
+                max_dictionary_entries = max_entries,
+                "the attribute dictionary is full: attributes with new keys are stored but not \
+                 indexed for search (counted in the store usage's unindexed_attributes); raise \
+                 max_dictionary_entries if these keys are legitimate"
+            );
+        }
+    }
     // Only a batch that brought new strings or resources waits for the catalog's write lock:
     // the usual batch, whose strings are all known, never queues behind a long search.
     if !new_strings.is_empty() || !new_resources.is_empty() {
@@ -1504,6 +1560,7 @@ impl EmbeddedStore {
                 dir: dir.to_path_buf(),
                 window,
                 catalog: Arc::new(RwLock::new(catalog)),
+                unindexed_attributes: AtomicU64::new(0),
             }),
             writer: Arc::new(Mutex::new(Writer {
                 shared: conn,
@@ -1514,6 +1571,8 @@ impl EmbeddedStore {
                 value_counts: HashMap::new(),
                 interned: 0,
                 expired_before: None,
+                max_dictionary_entries: crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES,
+                warned_full: false,
             })),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -1524,6 +1583,18 @@ impl EmbeddedStore {
                 .map_err(|e| err(format!("migrated, but cannot remove {V1_FILE}: {e}")))?;
         }
         Ok(store)
+    }
+
+    /// Caps the distinct entries of the dictionary (attribute keys and values, service,
+    /// operation and scope names); default
+    /// [`crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES`]. Past it, an attribute with a new
+    /// key is still stored with its span or log but is not indexed for search.
+    pub fn with_max_dictionary_entries(self, max: usize) -> Self {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_dictionary_entries = max.max(1);
+        self
     }
 
     /// The store's directory.
@@ -2605,6 +2676,7 @@ fn usage(ctx: &Ctx) -> Result<StoreUsage, StoreError> {
         bytes_used: shared + partitions.iter().map(|p| p.bytes).sum::<u64>(),
         oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
         partitions,
+        unindexed_attributes: ctx.unindexed_attributes.load(Ordering::Relaxed),
     })
 }
 
