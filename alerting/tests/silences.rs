@@ -239,7 +239,8 @@ async fn rule_silences_and_acks_mute_what_they_name() {
     assert_eq!(silences.muting(&fired), None);
 }
 
-/// A store whose silences cannot be read while `down`; everything else passes through.
+/// A store whose silences cannot be read while `down`; everything else passes through. It has
+/// the alert role only: that is all [`Silences`] needs.
 struct Flaky {
     inner: Arc<dyn dlog_storage::Store>,
     down: std::sync::atomic::AtomicBool,
@@ -257,75 +258,33 @@ impl Flaky {
     }
 }
 
-#[async_trait::async_trait]
-impl dlog_storage::Store for Flaky {
+impl dlog_storage::Backend for Flaky {
     fn backend(&self) -> &'static str {
         "flaky"
     }
-    async fn write(
-        &self,
-        docs: &[dlog_storage::Document],
-    ) -> Result<Vec<dlog_storage::WriteOutcome>, dlog_storage::StoreError> {
-        self.inner.write(docs).await
-    }
-    async fn refresh(&self) -> Result<(), dlog_storage::StoreError> {
-        self.inner.refresh().await
-    }
-    async fn get_trace(
-        &self,
-        id: &str,
-    ) -> Result<Vec<dlog_core::model::SpanRecord>, dlog_storage::StoreError> {
-        self.inner.get_trace(id).await
-    }
-    async fn find_traces(
-        &self,
-        q: &dlog_storage::TraceQuery,
-    ) -> Result<Vec<dlog_storage::TraceSummary>, dlog_storage::StoreError> {
-        self.inner.find_traces(q).await
-    }
-    async fn search_logs(
-        &self,
-        q: &dlog_storage::LogQuery,
-    ) -> Result<Vec<dlog_core::model::LogEntry>, dlog_storage::StoreError> {
-        self.inner.search_logs(q).await
-    }
-    async fn services(&self) -> Result<Vec<String>, dlog_storage::StoreError> {
-        self.inner.services().await
-    }
-    async fn operations(
-        &self,
-        service: &str,
-    ) -> Result<Vec<dlog_storage::Operation>, dlog_storage::StoreError> {
-        self.inner.operations(service).await
-    }
-    async fn dependencies(
-        &self,
-        time: dlog_storage::TimeRange,
-    ) -> Result<dlog_storage::Dependencies, dlog_storage::StoreError> {
-        self.inner.dependencies(time).await
-    }
-    async fn service_status(
-        &self,
-        q: &dlog_storage::StatusQuery,
-    ) -> Result<Vec<dlog_storage::InstanceStatus>, dlog_storage::StoreError> {
-        self.inner.service_status(q).await
-    }
+}
+
+#[async_trait::async_trait]
+impl dlog_storage::AlertStore for Flaky {
     async fn upsert_alerts(
         &self,
         alerts: &[dlog_storage::AlertDoc],
     ) -> Result<(), dlog_storage::StoreError> {
         self.inner.upsert_alerts(alerts).await
     }
+
     async fn list_alerts(
         &self,
         q: &AlertQuery,
     ) -> Result<Vec<dlog_storage::AlertDoc>, dlog_storage::StoreError> {
         self.inner.list_alerts(q).await
     }
+
     async fn list_silences(&self) -> Result<Vec<Silence>, dlog_storage::StoreError> {
         self.check()?;
         self.inner.list_silences().await
     }
+
     async fn list_acks(&self) -> Result<Vec<AlertAck>, dlog_storage::StoreError> {
         self.check()?;
         self.inner.list_acks().await

@@ -290,6 +290,10 @@ pub async fn run_retention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dlog_storage::store::{
+        AlertStore, Backend, DependencyReader, LogReader, Retention, SpanWriter, StatusReader,
+        TraceReader,
+    };
 
     #[test]
     fn budgets_parse_sizes_percentages_and_none() {
@@ -316,65 +320,93 @@ mod tests {
     /// A store as the embedded one is before it has retention: every call refused.
     struct NoRetention;
 
-    #[async_trait]
-    impl Store for NoRetention {
+    impl Backend for NoRetention {
         fn backend(&self) -> &'static str {
             "embedded"
         }
+    }
+
+    #[async_trait]
+    impl SpanWriter for NoRetention {
         async fn write(
             &self,
             _: &[dlog_storage::store::Document],
         ) -> Result<Vec<dlog_storage::store::WriteOutcome>, StoreError> {
             Ok(Vec::new())
         }
+
         async fn refresh(&self) -> Result<(), StoreError> {
             Ok(())
         }
+    }
+
+    #[async_trait]
+    impl TraceReader for NoRetention {
         async fn get_trace(
             &self,
             _: &str,
         ) -> Result<Vec<dlog_core::model::SpanRecord>, StoreError> {
             Ok(Vec::new())
         }
+
         async fn find_traces(
             &self,
             _: &dlog_storage::store::TraceQuery,
         ) -> Result<Vec<dlog_storage::store::TraceSummary>, StoreError> {
             Ok(Vec::new())
         }
-        async fn search_logs(
-            &self,
-            _: &dlog_storage::store::LogQuery,
-        ) -> Result<Vec<dlog_core::model::LogEntry>, StoreError> {
-            Ok(Vec::new())
-        }
+
         async fn services(&self) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())
         }
+
         async fn operations(
             &self,
             _: &str,
         ) -> Result<Vec<dlog_storage::store::Operation>, StoreError> {
             Ok(Vec::new())
         }
+    }
+
+    #[async_trait]
+    impl DependencyReader for NoRetention {
         async fn dependencies(
             &self,
             _: dlog_storage::store::TimeRange,
         ) -> Result<dlog_storage::store::Dependencies, StoreError> {
             Ok(Default::default())
         }
+    }
+
+    #[async_trait]
+    impl LogReader for NoRetention {
+        async fn search_logs(
+            &self,
+            _: &dlog_storage::store::LogQuery,
+        ) -> Result<Vec<dlog_core::model::LogEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[async_trait]
+    impl StatusReader for NoRetention {
         async fn service_status(
             &self,
             _: &dlog_storage::store::StatusQuery,
         ) -> Result<Vec<dlog_storage::store::InstanceStatus>, StoreError> {
             Ok(Vec::new())
         }
+    }
+
+    #[async_trait]
+    impl AlertStore for NoRetention {
         async fn upsert_alerts(
             &self,
             _: &[dlog_storage::store::AlertDoc],
         ) -> Result<(), StoreError> {
             Ok(())
         }
+
         async fn list_alerts(
             &self,
             _: &dlog_storage::store::AlertQuery,
@@ -382,6 +414,9 @@ mod tests {
             Ok(Vec::new())
         }
     }
+
+    #[async_trait]
+    impl Retention for NoRetention {}
 
     /// Keeps day files in memory and drops those older than the age.
     struct Files(std::sync::Mutex<Vec<u64>>);

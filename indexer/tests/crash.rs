@@ -3,6 +3,7 @@
 
 mod common;
 
+use dlog_storage::prelude::*;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -105,7 +106,6 @@ fn stored(dir: &Path) -> Vec<String> {
 /// Every stored span document, read back through the store, with its row's trace id + span
 /// id.
 async fn stored_docs(dir: &Path) -> Vec<(String, dlog_core::model::SpanRecord)> {
-    use dlog_storage::Store;
     let store = dlog_storage::embedded::EmbeddedStore::open(dir.join("store")).unwrap();
     let traces: BTreeSet<String> = stored(dir)
         .into_iter()

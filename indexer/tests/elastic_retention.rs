@@ -14,7 +14,7 @@ use dlog_indexer::retention::{ByteBudget, RetentionConfig};
 use dlog_indexer::IndexerConfig;
 use dlog_storage::elastic::model::date_of_nanos;
 use dlog_storage::elastic::ElasticStore;
-use dlog_storage::{Document, Store, StoreConfig, TraceQuery};
+use dlog_storage::{Document, Retention, SpanWriter, StoreConfig, TraceQuery};
 use opentelemetry_proto::tonic::trace::v1::span;
 
 const MS: u64 = 1_000_000;

@@ -28,11 +28,14 @@ struct Flaky {
     attempts: Mutex<HashMap<String, usize>>,
 }
 
-#[async_trait]
-impl Store for Flaky {
+impl Backend for Flaky {
     fn backend(&self) -> &'static str {
         "flaky"
     }
+}
+
+#[async_trait]
+impl SpanWriter for Flaky {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut pass = Vec::new();
         let mut outcomes = Vec::new();
@@ -61,37 +64,65 @@ impl Store for Flaky {
             .map(|o| o.unwrap_or(WriteOutcome::Written))
             .collect())
     }
+
     async fn refresh(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+#[async_trait]
+impl TraceReader for Flaky {
     async fn get_trace(&self, id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         self.inner.get_trace(id).await
     }
+
     async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
         self.inner.find_traces(q).await
     }
-    async fn search_logs(&self, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        self.inner.search_logs(q).await
-    }
+
     async fn services(&self) -> Result<Vec<String>, StoreError> {
         self.inner.services().await
     }
+
     async fn operations(&self, s: &str) -> Result<Vec<Operation>, StoreError> {
         self.inner.operations(s).await
     }
+}
+
+#[async_trait]
+impl DependencyReader for Flaky {
     async fn dependencies(&self, t: TimeRange) -> Result<Dependencies, StoreError> {
         self.inner.dependencies(t).await
     }
+}
+
+#[async_trait]
+impl LogReader for Flaky {
+    async fn search_logs(&self, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.search_logs(q).await
+    }
+}
+
+#[async_trait]
+impl StatusReader for Flaky {
     async fn service_status(&self, q: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError> {
         self.inner.service_status(q).await
     }
+}
+
+#[async_trait]
+impl AlertStore for Flaky {
     async fn upsert_alerts(&self, a: &[AlertDoc]) -> Result<(), StoreError> {
         self.inner.upsert_alerts(a).await
     }
+
     async fn list_alerts(&self, q: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError> {
         self.inner.list_alerts(q).await
     }
 }
+
+#[async_trait]
+impl Retention for Flaky {}
 
 #[derive(Default)]
 struct Collected(Mutex<Vec<(RawRecord, String)>>);

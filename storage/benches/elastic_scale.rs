@@ -11,12 +11,13 @@
 //! Run: `cargo bench -p dlog-storage --bench elastic_scale` against osmem (or the cluster in
 //! `ELASTICSEARCH_URL`). `BENCH_SPANS` sets N (default 100000).
 
+use dlog_storage::prelude::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dlog_core::model::{LogEntry, ServiceInfo, SpanKind, SpanRecord, StatusCode};
 use dlog_storage::elastic::ElasticStore;
-use dlog_storage::{Document, LogQuery, Store, StoreConfig, TimeRange, TraceQuery};
+use dlog_storage::{Document, LogQuery, StoreConfig, TimeRange, TraceQuery};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 

@@ -8,6 +8,7 @@
 //! Run: `cargo bench -p dlog-storage --bench storage` (release). `BENCH_SPANS` sets the
 //! number of spans (default 100000).
 
+use dlog_storage::prelude::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -20,6 +20,10 @@ pub const DEFAULT_PARTITION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 /// Default of how far after the receive time a record's time may choose its daily index
 /// or time partition: 1 hour.
 pub const DEFAULT_PARTITION_MAX_AHEAD_SECS: u64 = 3600;
+/// Default most distinct entries of the embedded store's dictionary (attribute keys and
+/// common values, service, operation and scope names). Past it, attributes with new keys are
+/// still stored with their span or log, but not indexed for search.
+pub const DEFAULT_MAX_DICTIONARY_ENTRIES: usize = 100_000;
 /// Default Elasticsearch request timeout, ms.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
@@ -65,6 +69,13 @@ pub struct StoreConfig {
     /// (time partition) of the newest allowed day instead of its own, s. Its document keeps
     /// its original time. Default 3600 (1 hour).
     pub partition_max_ahead_secs: u64,
+    /// Embedded store: most distinct entries of its dictionary, which codes attribute keys
+    /// (and common values, service, operation and scope names) as numbers and indexes
+    /// attributes by them. It bounds what random keys from a hostile or broken sender cost in
+    /// memory and disk: past it, attributes with new keys are stored with their span or log
+    /// (shown on the trace) but not searchable, counted in `usage().unindexed_attributes`,
+    /// and a warning is logged once. Default 100000.
+    pub max_dictionary_entries: usize,
 }
 
 impl Default for StoreConfig {
@@ -85,6 +96,7 @@ impl Default for StoreConfig {
             replicas: 0,
             partition_max_age_secs: DEFAULT_PARTITION_MAX_AGE_SECS,
             partition_max_ahead_secs: DEFAULT_PARTITION_MAX_AHEAD_SECS,
+            max_dictionary_entries: DEFAULT_MAX_DICTIONARY_ENTRIES,
         }
     }
 }
@@ -169,6 +181,9 @@ impl StoreConfig {
         }
         if self.bulk_max_docs == 0 {
             return bad("bulk_max_docs", "must be at least 1");
+        }
+        if self.max_dictionary_entries == 0 {
+            return bad("max_dictionary_entries", "must be at least 1");
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms", "must be at least 1");

@@ -54,18 +54,32 @@ pub use config::StoreConfig;
 pub use silence::{AlertAck, Silence};
 pub use store::now_unix_nano;
 pub use store::{
-    AlertDoc, AlertQuery, DeclaredDependency, Dependencies, DependencyEdge, Document,
-    InstanceStatus, Liveness, LogCursor, LogOrder, LogQuery, Operation, PartitionUsage,
-    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
-    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    AlertDoc, AlertQuery, AlertStore, Backend, DeclaredDependency, Dependencies, DependencyEdge,
+    DependencyReader, Document, InstanceStatus, Liveness, LogCursor, LogOrder, LogQuery, LogReader,
+    Operation, PartitionUsage, RegistryEntry, Retention, RetentionPolicy, RetentionReport,
+    SpanCursor, SpanWriter, StatusQuery, StatusReader, Store, StoreError, StoreUsage, TimeRange,
+    TimeWindow, TraceQuery, TraceReader, TraceSummary, WriteOutcome,
 };
+
+/// The storage traits, for calling their methods on a concrete backend
+/// (`use dlog_storage::prelude::*;`): through `dyn Store` or a generic bound they are in
+/// scope already.
+pub mod prelude {
+    pub use crate::store::{
+        AlertStore, Backend, DependencyReader, LogReader, Retention, SpanWriter, StatusReader,
+        Store, TraceReader,
+    };
+}
 
 /// Opens the configured store: Elasticsearch when `elasticsearch_url` is set, otherwise the
 /// embedded store in `data_dir`.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     config.validate()?;
     match &config.elasticsearch_url {
-        None => Ok(Arc::new(embedded::EmbeddedStore::open(&config.data_dir)?)),
+        None => Ok(Arc::new(
+            embedded::EmbeddedStore::open(&config.data_dir)?
+                .with_max_dictionary_entries(config.max_dictionary_entries),
+        )),
         Some(_) => Ok(Arc::new(elastic::ElasticStore::connect(config).await?)),
     }
 }

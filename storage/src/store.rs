@@ -1,4 +1,6 @@
-//! The [`Store`] trait: what every backend writes and answers, and the types of its queries.
+//! The storage traits, one per role ([`SpanWriter`], [`TraceReader`], [`DependencyReader`],
+//! [`LogReader`], [`StatusReader`], [`AlertStore`], [`Retention`]) and [`Store`], their sum:
+//! what every backend writes and answers, and the types of its queries.
 //!
 //! Writes are idempotent: every [`Document`] has a deterministic id (see
 //! [`dlog_core::model`]), so a replay overwrites and never duplicates. A write returns one
@@ -89,7 +91,7 @@ pub struct AlertDoc {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Which alerts [`Store::list_alerts`] returns.
+/// Which alerts [`AlertStore::list_alerts`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct AlertQuery {
     /// Only alerts about this service.
@@ -136,7 +138,7 @@ impl TimeRange {
     }
 }
 
-/// Which traces [`Store::find_traces`] returns.
+/// Which traces [`TraceReader::find_traces`] returns.
 ///
 /// `service`, `operation` and `attributes` select traces with at least one span matching all
 /// three together. `min_duration`, `max_duration` and `time` apply to the **trace**: its
@@ -160,7 +162,7 @@ pub struct TraceQuery {
     pub limit: usize,
 }
 
-/// One trace found by [`Store::find_traces`].
+/// One trace found by [`TraceReader::find_traces`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceSummary {
     /// Trace id, lowercase hex.
@@ -209,7 +211,7 @@ impl TraceSummary {
     }
 }
 
-/// Which logs [`Store::search_logs`] returns, and in which order ([`LogQuery::order`]).
+/// Which logs [`LogReader::search_logs`] returns, and in which order ([`LogQuery::order`]).
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
     /// Text the message must contain (a case-insensitive substring in the embedded store,
@@ -305,7 +307,7 @@ pub struct DeclaredDependency {
     pub depends_on: String,
 }
 
-/// What [`Store::dependencies`] returns.
+/// What [`DependencyReader::dependencies`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dependencies {
     /// Edges seen in spans of the range, sorted by caller then callee.
@@ -342,7 +344,7 @@ pub const DEFAULT_SILENT_INTERVALS: u64 = 3;
 /// Heartbeat interval assumed when an instance did not announce one (the SDK's default).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Which instances [`Store::service_status`] reports, and when they count as silent.
+/// Which instances [`StatusReader::service_status`] reports, and when they count as silent.
 #[derive(Debug, Clone, Default)]
 pub struct StatusQuery {
     /// Only instances of this service.
@@ -394,7 +396,7 @@ impl RegistryEntry {
     }
 }
 
-/// One instance's status, as [`Store::service_status`] reports it.
+/// One instance's status, as [`StatusReader::service_status`] reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     /// UP, DOWN or SILENT.
@@ -493,6 +495,11 @@ pub struct StoreUsage {
     pub oldest_unix_nano: Option<u64>,
     /// The partitions, oldest first.
     pub partitions: Vec<PartitionUsage>,
+    /// Attributes stored with their span or log but not indexed for search since the store
+    /// was opened, because their key was new while the attribute dictionary was full (the
+    /// embedded store's `max_dictionary_entries`).
+    #[serde(default)]
+    pub unindexed_attributes: u64,
 }
 
 /// What one retention pass did.
@@ -505,7 +512,7 @@ pub struct RetentionReport {
 }
 
 /// Where a page of a trace's spans starts: after this (start, span id) in
-/// [`Store::get_trace`] order.
+/// [`TraceReader::get_trace`] order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpanCursor {
     /// Start of the last span of the previous page, ns since the Unix epoch.
@@ -556,14 +563,17 @@ impl StoreError {
     }
 }
 
-/// A storage backend: Elasticsearch or the embedded SQLite store.
-///
-/// Object-safe, so stages hold an `Arc<dyn Store>` chosen at start by [`crate::open_store`].
-#[async_trait]
-pub trait Store: Send + Sync {
+/// What every role of a backend shares: its name, for messages and metrics.
+pub trait Backend: Send + Sync {
     /// `elasticsearch` or `embedded`.
     fn backend(&self) -> &'static str;
+}
 
+/// Writes what the indexing stage derives from records: spans, logs and heartbeats (the
+/// role of Jaeger's `SpanWriter`; here one writer takes every document kind, so that one
+/// batch is one bulk write).
+#[async_trait]
+pub trait SpanWriter: Backend {
     /// Writes documents idempotently and returns one outcome per document, in order. An `Err`
     /// means nothing is known to be written (retry all when it is retryable).
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError>;
@@ -571,13 +581,18 @@ pub trait Store: Send + Sync {
     /// Makes every acknowledged write visible to queries (Elasticsearch refresh; a no-op for
     /// the embedded store, where commits are visible at once).
     async fn refresh(&self) -> Result<(), StoreError>;
+}
 
+/// Reads traces: one trace, a page of it, trace search, and the services and operations
+/// that search offers (Jaeger's `TraceReader`).
+#[async_trait]
+pub trait TraceReader: Backend {
     /// Every span of a trace, sorted by start time then span id; empty when unknown.
     async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError>;
 
-    /// Up to `limit` spans of a trace in [`Store::get_trace`] order, starting after `after`
-    /// (from the first span when `None`). Backends read only that page, so that a viewer can
-    /// open a trace of 100,000 spans a window at a time.
+    /// Up to `limit` spans of a trace in [`TraceReader::get_trace`] order, starting after
+    /// `after` (from the first span when `None`). Backends read only that page, so that a
+    /// viewer can open a trace of 100,000 spans a window at a time.
     async fn get_trace_page(
         &self,
         trace_id: &str,
@@ -603,50 +618,45 @@ pub trait Store: Send + Sync {
     /// trace id.
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError>;
 
-    /// Log records matching the query, in the query's order (newest first by default).
-    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
-
     /// Names of the services that sent spans, sorted.
     async fn services(&self) -> Result<Vec<String>, StoreError>;
 
     /// Operations of a service, sorted.
     async fn operations(&self, service: &str) -> Result<Vec<Operation>, StoreError>;
+}
 
+/// Reads the service graph (Jaeger's `DependencyReader`).
+#[async_trait]
+pub trait DependencyReader: Backend {
     /// Observed caller → callee edges in the time range (by child span start), next to the
     /// declared dependencies.
     async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError>;
+}
 
+/// Searches log records.
+#[async_trait]
+pub trait LogReader: Backend {
+    /// Log records matching the query, in the query's order (newest first by default).
+    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError>;
+}
+
+/// Reads the service registry that heartbeats keep.
+#[async_trait]
+pub trait StatusReader: Backend {
     /// UP / DOWN / SILENT per service instance with the last heartbeat, sorted by service
     /// then instance.
     async fn service_status(&self, query: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError>;
+}
 
+/// Keeps alerts, silences and acknowledgements: what the alerting stage writes and the
+/// viewer shows and edits.
+#[async_trait]
+pub trait AlertStore: Backend {
     /// Inserts or replaces alerts by id.
     async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError>;
 
     /// Alerts matching the query, newest `last_seen_unix_nano` first.
     async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError>;
-
-    /// Bytes used, the oldest data kept and the partitions.
-    async fn usage(&self) -> Result<StoreUsage, StoreError> {
-        Err(StoreError::Refused(format!(
-            "the {} store does not report its usage",
-            self.backend()
-        )))
-    }
-
-    /// Drops whole partitions past the policy's age, then the oldest ones while the store
-    /// holds more than its byte budget. Spans, logs, heartbeats and alerts all follow it.
-    async fn apply_retention(
-        &self,
-        policy: &RetentionPolicy,
-        now_unix_nano: u64,
-    ) -> Result<RetentionReport, StoreError> {
-        let _ = (policy, now_unix_nano);
-        Err(StoreError::Refused(format!(
-            "the {} store has no retention",
-            self.backend()
-        )))
-    }
 
     /// Inserts or replaces a silence by id (see [`crate::silence`]).
     async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
@@ -692,7 +702,56 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Sorts a trace's spans the way [`Store::get_trace`] promises.
+/// Bounds the store by age and bytes, and reports what it holds.
+#[async_trait]
+pub trait Retention: Backend {
+    /// Bytes used, the oldest data kept and the partitions.
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        Err(StoreError::Refused(format!(
+            "the {} store does not report its usage",
+            self.backend()
+        )))
+    }
+
+    /// Drops whole partitions past the policy's age, then the oldest ones while the store
+    /// holds more than its byte budget. Spans, logs, heartbeats and alerts all follow it.
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_unix_nano: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let _ = (policy, now_unix_nano);
+        Err(StoreError::Refused(format!(
+            "the {} store has no retention",
+            self.backend()
+        )))
+    }
+}
+
+/// A complete storage backend (Elasticsearch or the embedded SQLite store): every role.
+///
+/// Implemented for every type that has all the roles, so a backend implements the role
+/// traits and never `Store` itself. Object-safe, so stages hold an `Arc<dyn Store>` chosen at
+/// start by [`crate::open_store`]; a consumer that needs one role takes that role's trait
+/// (an `Arc<dyn Store>` coerces to `Arc<dyn TraceReader>` and the others).
+pub trait Store:
+    SpanWriter + TraceReader + DependencyReader + LogReader + StatusReader + AlertStore + Retention
+{
+}
+
+impl<T> Store for T where
+    T: SpanWriter
+        + TraceReader
+        + DependencyReader
+        + LogReader
+        + StatusReader
+        + AlertStore
+        + Retention
+        + ?Sized
+{
+}
+
+/// Sorts a trace's spans the way [`TraceReader::get_trace`] promises.
 pub fn sort_spans(spans: &mut [SpanRecord]) {
     spans.sort_by(|a, b| {
         a.start_unix_nano

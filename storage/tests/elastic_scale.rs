@@ -7,6 +7,7 @@
 
 mod common;
 
+use dlog_storage::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use dlog_core::model::{
 use dlog_storage::elastic::ElasticStore;
 use dlog_storage::{
     AlertDoc, AlertQuery, DependencyEdge, Document, LogQuery, RetentionPolicy, SpanCursor,
-    StatusQuery, Store, StoreConfig, TimeRange, TraceQuery, WriteOutcome,
+    StatusQuery, StoreConfig, TimeRange, TraceQuery, WriteOutcome,
 };
 use serde_json::json;
 

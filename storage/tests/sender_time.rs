@@ -3,6 +3,7 @@
 
 mod common;
 
+use dlog_storage::prelude::*;
 use std::sync::Arc;
 
 use common::conformance::{heartbeat, service, span};

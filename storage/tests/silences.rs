@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use dlog_storage::{open_store, AlertAck, Silence, Store, StoreConfig};
+use dlog_storage::prelude::*;
+use dlog_storage::{open_store, AlertAck, Silence, StoreConfig};
 
 const T0: u64 = 1_800_000_000_000_000_000;
 const MIN: u64 = 60_000_000_000;

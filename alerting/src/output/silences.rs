@@ -1,7 +1,7 @@
 //! Silences and acknowledgements, read from the store and honoured by the notifying outputs
 //! (terminal, Kafka, webhook).
 //!
-//! [`Silences`] keeps the last silences and acks read through the `Store` trait and rereads
+//! [`Silences`] keeps the last silences and acks read through the `AlertStore` role and rereads
 //! them every `silence_refresh_ms` in its own task, so evaluation never waits for the store;
 //! when the store cannot be read the last known ones stay in force (logged and counted in
 //! `dlog_alerter_silence_refresh_errors`). [`Muted`] wraps an output: an event of an alert
@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dlog_storage::{AlertAck, Silence, Store, StoreError};
+use dlog_storage::{AlertAck, AlertStore, Silence, StoreError};
 
 use super::{AlertSink, Delivery, SinkError};
 use crate::alert::{Transition, TransitionKind};
@@ -30,7 +30,7 @@ struct Known {
 
 /// The silences and acknowledgements in force, as last read from the store.
 pub struct Silences {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AlertStore>,
     clock: Arc<dyn Clock>,
     known: RwLock<Known>,
     metrics: Option<Arc<Metrics>>,
@@ -48,7 +48,7 @@ pub enum Muting {
 impl Silences {
     /// Reads silences from `store`, judging expiry by `clock`. Nothing is known until the
     /// first [`Silences::refresh`].
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Arc<Silences> {
+    pub fn new(store: Arc<dyn AlertStore>, clock: Arc<dyn Clock>) -> Arc<Silences> {
         Arc::new(Silences {
             store,
             clock,
@@ -58,7 +58,7 @@ impl Silences {
     }
 
     pub(crate) fn with_metrics(
-        store: Arc<dyn Store>,
+        store: Arc<dyn AlertStore>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Arc<Silences> {

@@ -42,10 +42,11 @@ use self::summary::{DependencyDoc, SummaryDoc};
 use self::templates::IndexNames;
 use crate::config::StoreConfig;
 use crate::store::{
-    effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogOrder, LogQuery, Operation, PartitionUsage,
-    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
-    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    effective_limit, sort_spans, AlertDoc, AlertQuery, AlertStore, Backend, DeclaredDependency,
+    Dependencies, DependencyEdge, DependencyReader, Document, InstanceStatus, LogOrder, LogQuery,
+    LogReader, Operation, PartitionUsage, RegistryEntry, Retention, RetentionPolicy,
+    RetentionReport, SpanCursor, SpanWriter, StatusQuery, StatusReader, StoreError, StoreUsage,
+    TimeRange, TimeWindow, TraceQuery, TraceReader, TraceSummary, WriteOutcome,
 };
 
 /// Page size of scans (`search_after`), below the default `index.max_result_window`.
@@ -1062,6 +1063,7 @@ impl ElasticStore {
             bytes_used,
             oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
             partitions,
+            ..Default::default()
         }
     }
 
@@ -1120,12 +1122,14 @@ impl ElasticStore {
     }
 }
 
-#[async_trait]
-impl Store for ElasticStore {
+impl Backend for ElasticStore {
     fn backend(&self) -> &'static str {
         "elasticsearch"
     }
+}
 
+#[async_trait]
+impl SpanWriter for ElasticStore {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let (items, failed) = self.items_of(docs);
         let results: Vec<Option<ItemResult>> =
@@ -1197,7 +1201,10 @@ impl Store for ElasticStore {
         .await
         .map(|_| ())
     }
+}
 
+#[async_trait]
+impl TraceReader for ElasticStore {
     async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         let id = trace_id.to_ascii_lowercase();
         let hits = self
@@ -1312,60 +1319,6 @@ impl Store for ElasticStore {
             .collect())
     }
 
-    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        let mut filter = Vec::new();
-        if let Some(t) = query.text.as_deref().filter(|t| !t.is_empty()) {
-            filter.push(json!({"match": {"message": {"query": t, "operator": "and"}}}));
-        }
-        if let Some(s) = &query.service {
-            filter.push(json!({"term": {"service.name": s}}));
-        }
-        if let Some(l) = &query.level {
-            filter.push(json!({"term": {"level": l.to_ascii_uppercase()}}));
-        }
-        if let Some(t) = &query.trace_id {
-            filter.push(json!({"term": {"trace.id": t.to_ascii_lowercase()}}));
-        }
-        if let Some(s) = &query.span_id {
-            filter.push(json!({"term": {"span.id": s.to_ascii_lowercase()}}));
-        }
-        // Reading forward from a position, nothing before its time: the range lets every
-        // older daily index skip the search.
-        let mut time = query.time;
-        if let (LogOrder::OldestFirst, Some(after)) = (query.order, &query.after) {
-            time.start_unix_nano = time.start_unix_nano.max(Some(after.time_unix_nano));
-        }
-        if let Some(r) = range_clause("time_unix_nano", time, 1) {
-            filter.push(r);
-        }
-        let limit = effective_limit(query.limit);
-        let (sort, start_after) = match query.order {
-            LogOrder::NewestFirst => (json!([{"time_unix_nano": "desc"}, {"doc_id": "asc"}]), None),
-            // `doc_id` is the tiebreak every backend shares, so a cursor taken from a record
-            // continues exactly after it.
-            LogOrder::OldestFirst => (
-                json!([{"time_unix_nano": "asc"}, {"doc_id": "asc"}]),
-                query
-                    .after
-                    .as_ref()
-                    .map(|c| json!([c.time_unix_nano, c.doc_id])),
-            ),
-        };
-        let hits = self
-            .scan_from(
-                &self.names.logs_pattern(),
-                json!({"bool": {"filter": filter}}),
-                sort,
-                None,
-                limit,
-                start_after,
-            )
-            .await?;
-        hits.into_iter()
-            .map(|d: LogDoc| Ok(log_from_doc(d)))
-            .collect()
-    }
-
     async fn services(&self) -> Result<Vec<String>, StoreError> {
         let body = json!({"size": 0, "aggs": {"services": {"terms": {"field": "serviceName", "size": 10000}}}});
         let response = self.search(&self.names.service_pattern(), &body).await?;
@@ -1404,7 +1357,10 @@ impl Store for ElasticStore {
         out.sort();
         Ok(out)
     }
+}
 
+#[async_trait]
+impl DependencyReader for ElasticStore {
     async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
         let filter: Vec<Value> = range_clause("start_ns", time, 1).into_iter().collect();
         let body = json!({
@@ -1458,7 +1414,67 @@ impl Store for ElasticStore {
         declared.dedup();
         Ok(Dependencies { observed, declared })
     }
+}
 
+#[async_trait]
+impl LogReader for ElasticStore {
+    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        let mut filter = Vec::new();
+        if let Some(t) = query.text.as_deref().filter(|t| !t.is_empty()) {
+            filter.push(json!({"match": {"message": {"query": t, "operator": "and"}}}));
+        }
+        if let Some(s) = &query.service {
+            filter.push(json!({"term": {"service.name": s}}));
+        }
+        if let Some(l) = &query.level {
+            filter.push(json!({"term": {"level": l.to_ascii_uppercase()}}));
+        }
+        if let Some(t) = &query.trace_id {
+            filter.push(json!({"term": {"trace.id": t.to_ascii_lowercase()}}));
+        }
+        if let Some(s) = &query.span_id {
+            filter.push(json!({"term": {"span.id": s.to_ascii_lowercase()}}));
+        }
+        // Reading forward from a position, nothing before its time: the range lets every
+        // older daily index skip the search.
+        let mut time = query.time;
+        if let (LogOrder::OldestFirst, Some(after)) = (query.order, &query.after) {
+            time.start_unix_nano = time.start_unix_nano.max(Some(after.time_unix_nano));
+        }
+        if let Some(r) = range_clause("time_unix_nano", time, 1) {
+            filter.push(r);
+        }
+        let limit = effective_limit(query.limit);
+        let (sort, start_after) = match query.order {
+            LogOrder::NewestFirst => (json!([{"time_unix_nano": "desc"}, {"doc_id": "asc"}]), None),
+            // `doc_id` is the tiebreak every backend shares, so a cursor taken from a record
+            // continues exactly after it.
+            LogOrder::OldestFirst => (
+                json!([{"time_unix_nano": "asc"}, {"doc_id": "asc"}]),
+                query
+                    .after
+                    .as_ref()
+                    .map(|c| json!([c.time_unix_nano, c.doc_id])),
+            ),
+        };
+        let hits = self
+            .scan_from(
+                &self.names.logs_pattern(),
+                json!({"bool": {"filter": filter}}),
+                sort,
+                None,
+                limit,
+                start_after,
+            )
+            .await?;
+        hits.into_iter()
+            .map(|d: LogDoc| Ok(log_from_doc(d)))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl StatusReader for ElasticStore {
     async fn service_status(&self, query: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError> {
         let now = query
             .now_unix_nano
@@ -1470,7 +1486,10 @@ impl Store for ElasticStore {
             .map(|e| InstanceStatus::derive(e, now, query.silent_after))
             .collect())
     }
+}
 
+#[async_trait]
+impl AlertStore for ElasticStore {
     async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError> {
         if alerts.is_empty() {
             return Ok(());
@@ -1558,6 +1577,29 @@ impl Store for ElasticStore {
         Ok(hits)
     }
 
+    async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
+        self.es_put_silence(silence).await
+    }
+
+    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        self.es_delete_silence(id).await
+    }
+
+    async fn list_silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
+        self.es_list_silences().await
+    }
+
+    async fn ack_alert(&self, ack: &crate::silence::AlertAck) -> Result<(), StoreError> {
+        self.es_put_ack(ack).await
+    }
+
+    async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
+        self.es_list_acks().await
+    }
+}
+
+#[async_trait]
+impl Retention for ElasticStore {
     async fn usage(&self) -> Result<StoreUsage, StoreError> {
         Ok(self.usage_of(&self.indices().await?))
     }
@@ -1626,25 +1668,5 @@ impl Store for ElasticStore {
             dropped: dropped_days.into_iter().map(model::date_of_days).collect(),
             usage: self.usage_of(&indices),
         })
-    }
-
-    async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
-        self.es_put_silence(silence).await
-    }
-
-    async fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
-        self.es_delete_silence(id).await
-    }
-
-    async fn list_silences(&self) -> Result<Vec<crate::silence::Silence>, StoreError> {
-        self.es_list_silences().await
-    }
-
-    async fn ack_alert(&self, ack: &crate::silence::AlertAck) -> Result<(), StoreError> {
-        self.es_put_ack(ack).await
-    }
-
-    async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
-        self.es_list_acks().await
     }
 }

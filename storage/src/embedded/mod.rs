@@ -21,7 +21,7 @@ mod schema;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -34,10 +34,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde_json::Value;
 
 use crate::store::{
-    effective_limit, sort_spans, AlertDoc, AlertQuery, DeclaredDependency, Dependencies,
-    DependencyEdge, Document, InstanceStatus, LogOrder, LogQuery, Operation, PartitionUsage,
-    RegistryEntry, RetentionPolicy, RetentionReport, SpanCursor, StatusQuery, Store, StoreError,
-    StoreUsage, TimeRange, TimeWindow, TraceQuery, TraceSummary, WriteOutcome,
+    effective_limit, sort_spans, AlertDoc, AlertQuery, AlertStore, Backend, DeclaredDependency,
+    Dependencies, DependencyEdge, DependencyReader, Document, InstanceStatus, LogOrder, LogQuery,
+    LogReader, Operation, PartitionUsage, RegistryEntry, Retention, RetentionPolicy,
+    RetentionReport, SpanCursor, SpanWriter, StatusQuery, StatusReader, StoreError, StoreUsage,
+    TimeRange, TimeWindow, TraceQuery, TraceReader, TraceSummary, WriteOutcome,
 };
 use codec::{id_text, id_value, Dec, Enc};
 pub use schema::SCHEMA_VERSION;
@@ -54,6 +55,14 @@ pub const V1_FILE: &str = "dlog.v1.sqlite3";
 const READERS: usize = 2;
 /// Partition connections the writer keeps open.
 const WRITER_PARTITIONS: usize = 16;
+/// Day partitions each reader connection set keeps open (least recently used closed first,
+/// reopened on demand), so that many days neither exhaust file descriptors nor look missing.
+pub const READER_PARTITIONS: usize = 64;
+/// At most this many connections to day partition files are open per store: the writer's and
+/// every reader set's.
+pub const MAX_OPEN_PARTITIONS: usize = WRITER_PARTITIONS + READERS * READER_PARTITIONS;
+/// How often a reader set checks its open partitions for deletion by another store.
+const READER_SWEEP: Duration = Duration::from_secs(1);
 /// Trace ids whose partition the writer remembers, so later spans join their trace.
 const RECENT_TRACES: usize = 1 << 20;
 /// Spans one trace may hold in one partition; more are rejected with a message.
@@ -325,7 +334,14 @@ const INTERN_TOTAL: u32 = 200_000;
 fn put_attrs(e: &mut Enc, attrs: &dlog_core::model::Attributes, ids: &dyn Fn(&str) -> i64) {
     e.u64(attrs.len() as u64);
     for (k, v) in attrs {
-        e.u64(ids(k) as u64);
+        match ids(k) {
+            // A key the dictionary has no room for is written out (id 0 is never used).
+            0 => {
+                e.u64(0);
+                e.str(k);
+            }
+            id => e.u64(id as u64),
+        }
         match v {
             // A string the dictionary holds is written as its id.
             Value::String(s) if s.len() <= INTERN_MAX_LEN && ids(s) > 0 => {
@@ -342,6 +358,10 @@ fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attribu
     let mut out = dlog_core::model::Attributes::new();
     for _ in 0..n {
         let k = d.u64().map_err(corrupt("attribute key"))? as i64;
+        let key = match k {
+            0 => d.str().map_err(corrupt("attribute key"))?,
+            k => cat.string(k)?.to_string(),
+        };
         let v = if d.peek() == Some(codec::DICT) {
             d.skip(1);
             let id = d.u64().map_err(corrupt("attribute value"))? as i64;
@@ -349,7 +369,7 @@ fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attribu
         } else {
             d.value().map_err(corrupt("attribute value"))?
         };
-        out.insert(cat.string(k)?.to_string(), v);
+        out.insert(key, v);
     }
     Ok(out)
 }
@@ -477,6 +497,11 @@ struct Writer {
     /// Days before this one were dropped for age: writes for them are acknowledged and
     /// dropped with their day.
     expired_before: Option<i64>,
+    /// Most distinct dictionary entries: past it, new attribute keys and values are not
+    /// added (their attributes are stored inline and not indexed).
+    max_dictionary_entries: usize,
+    /// The dictionary-full warning was logged.
+    warned_full: bool,
 }
 
 /// Settings the store was opened with.
@@ -484,6 +509,9 @@ struct Ctx {
     dir: PathBuf,
     window: TimeWindow,
     catalog: Arc<RwLock<Catalog>>,
+    /// Attributes stored but not indexed since open: their key was new and the dictionary
+    /// full.
+    unindexed_attributes: AtomicU64,
 }
 
 impl Ctx {
@@ -551,8 +579,13 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 
 impl Writer {
     fn partition(&mut self, ctx: &Ctx, day: i64) -> Result<&mut Connection, StoreError> {
+        let path = ctx.part_path(day);
+        if self.parts.contains_key(&day) && !path.exists() {
+            // Dropped by another store's retention: writing on would write into a deleted
+            // file, lost at close.
+            self.close_partition(day);
+        }
         if !self.parts.contains_key(&day) {
-            let path = ctx.part_path(day);
             let err = unavailable(&path);
             if !path.exists() {
                 create_partition(&path).map_err(&err)?;
@@ -596,6 +629,10 @@ struct Interner<'a> {
     string_ids: HashMap<String, i64>,
     resources: Vec<(i64, u128, i64, ServiceInfo)>,
     resource_ids: HashMap<u128, i64>,
+    /// Most distinct dictionary entries (attribute keys and values stop there).
+    max_entries: usize,
+    /// Attributes left out of the dictionary, and so out of the index, in this batch.
+    unindexed: u64,
 }
 
 impl<'a> Interner<'a> {
@@ -603,6 +640,7 @@ impl<'a> Interner<'a> {
         cat: &'a Catalog,
         value_counts: &'a mut HashMap<String, u32>,
         interned: &'a mut u32,
+        max_entries: usize,
     ) -> Self {
         Interner {
             cat,
@@ -612,7 +650,14 @@ impl<'a> Interner<'a> {
             string_ids: HashMap::new(),
             resources: Vec::new(),
             resource_ids: HashMap::new(),
+            max_entries,
+            unindexed: 0,
         }
+    }
+
+    /// True when the dictionary holds its most entries.
+    fn full(&self) -> bool {
+        self.cat.strings.len() + self.strings.len() >= self.max_entries
     }
 
     fn string(&mut self, s: &str) -> i64 {
@@ -656,14 +701,21 @@ impl<'a> Interner<'a> {
         (id, service)
     }
 
-    /// Interns the keys, and the string values of keys seen with few distinct values.
+    /// Interns the keys, and the string values of keys seen with few distinct values, while
+    /// the dictionary has room; an attribute whose key finds none is counted as unindexed.
     fn attr_keys(&mut self, attrs: &dlog_core::model::Attributes) {
         for (k, v) in attrs {
-            self.string(k);
+            if self.lookup(k) == 0 {
+                if self.full() {
+                    self.unindexed += 1;
+                    continue;
+                }
+                self.string(k);
+            }
             let Value::String(v) = v else {
                 continue;
             };
-            if v.len() > INTERN_MAX_LEN || self.lookup(v) > 0 {
+            if v.len() > INTERN_MAX_LEN || self.lookup(v) > 0 || self.full() {
                 continue;
             }
             let seen = self.value_counts.entry(k.clone()).or_insert(0);
@@ -734,9 +786,10 @@ fn write_docs(
     let mut by_day: std::collections::BTreeMap<i64, DayRows> = Default::default();
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
-    let (new_strings, new_resources) = {
+    let max_entries = w.max_dictionary_entries;
+    let (new_strings, new_resources, unindexed) = {
         let cat = ctx.catalog();
-        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned);
+        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned, max_entries);
         let tx = w
             .shared
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -798,12 +851,15 @@ fn write_docs(
                         }
                         let ids = |k: &str| it.lookup(k);
                         let mut index: Vec<(i64, Sql)> = Vec::new();
-                        for (k, v) in &s.attributes {
-                            index.push((ids(k), index_value(v)));
-                        }
-                        for e in &s.events {
-                            for (k, v) in &e.attributes {
-                                index.push((ids(k), index_value(v)));
+                        // A key outside the dictionary (it was full) is not indexed.
+                        let attrs = s
+                            .attributes
+                            .iter()
+                            .chain(s.events.iter().flat_map(|e| e.attributes.iter()));
+                        for (k, v) in attrs {
+                            let key = ids(k);
+                            if key > 0 {
+                                index.push((key, index_value(v)));
                             }
                         }
                         index.push((KEY_RESOURCE, Sql::Integer(resource)));
@@ -919,8 +975,22 @@ fn write_docs(
             }
             return Err(shared_err(e));
         }
-        (it.strings, it.resources)
+        (it.strings, it.resources, it.unindexed)
     };
+    if unindexed > 0 {
+        ctx.unindexed_attributes
+            .fetch_add(unindexed, Ordering::Relaxed);
+        if !w.warned_full {
+            w.warned_full = true;
+            tracing::warn!(
+                store = %ctx.dir.display(),
+                max_dictionary_entries = max_entries,
+                "the attribute dictionary is full: attributes with new keys are stored but not \
+                 indexed for search (counted in the store usage's unindexed_attributes); raise \
+                 max_dictionary_entries if these keys are legitimate"
+            );
+        }
+    }
     // Only a batch that brought new strings or resources waits for the catalog's write lock:
     // the usual batch, whose strings are all known, never queues behind a long search.
     if !new_strings.is_empty() || !new_resources.is_empty() {
@@ -1287,35 +1357,84 @@ const LOG_BLOCK_BITS: u32 = 10;
 
 struct ReaderSet {
     shared: Connection,
-    parts: HashMap<i64, Connection>,
+    /// Open day partitions with the tick of their last use, at most [`READER_PARTITIONS`].
+    parts: HashMap<i64, (Connection, u64)>,
+    tick: u64,
+    /// When cached partitions were last checked for deletion by another store.
+    swept: std::time::Instant,
 }
 
 impl ReaderSet {
+    fn new(shared: Connection) -> Self {
+        ReaderSet {
+            shared,
+            parts: HashMap::new(),
+            tick: 0,
+            swept: std::time::Instant::now(),
+        }
+    }
+
     /// A reader connection to a day partition; `None` when it does not exist (any more).
     fn part(&mut self, ctx: &Ctx, day: i64) -> Option<&Connection> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.parts.entry(day) {
-            let path = ctx.part_path(day);
-            if !path.exists() {
-                return None;
-            }
-            let conn = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .ok()?;
-            conn.busy_timeout(Duration::from_secs(10)).ok()?;
-            conn.pragma_update(None, "query_only", true).ok()?;
-            conn.pragma_update(None, "cache_size", -16_384).ok()?;
-            let v: i32 = conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .ok()?;
-            if v != SCHEMA_VERSION {
-                return None;
-            }
-            slot.insert(conn);
+        let path = ctx.part_path(day);
+        // Retention run by another store (the indexer's, when this one is the viewer's or
+        // another process's) deletes files under open connections: drop the connection, or
+        // the file's space stays taken while it is open.
+        if !path.exists() {
+            self.parts.remove(&day);
+            return None;
         }
-        self.parts.get(&day)
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(entry) = self.parts.get_mut(&day) {
+            entry.1 = tick;
+        } else {
+            let conn = open_part_reader(&path)?;
+            if self.parts.len() >= READER_PARTITIONS {
+                let oldest = self
+                    .parts
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(d, _)| *d);
+                if let Some(oldest) = oldest {
+                    self.parts.remove(&oldest);
+                }
+            }
+            self.parts.insert(day, (conn, tick));
+        }
+        self.parts.get(&day).map(|(conn, _)| conn)
     }
+
+    /// Closes the connection to a day partition, if open.
+    fn close(&mut self, day: i64) {
+        self.parts.remove(&day);
+    }
+
+    /// At most once per [`READER_SWEEP`], closes the connections to partitions whose file is
+    /// gone, so that a day no query asks for again does not keep its deleted file open.
+    fn sweep(&mut self, ctx: &Ctx) {
+        if self.swept.elapsed() < READER_SWEEP {
+            return;
+        }
+        self.swept = std::time::Instant::now();
+        self.parts.retain(|day, _| ctx.part_path(*day).exists());
+    }
+}
+
+/// A read-only connection to a day partition file of this build's schema.
+fn open_part_reader(path: &Path) -> Option<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    conn.busy_timeout(Duration::from_secs(10)).ok()?;
+    conn.pragma_update(None, "query_only", true).ok()?;
+    conn.pragma_update(None, "cache_size", -16_384).ok()?;
+    let v: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .ok()?;
+    (v == SCHEMA_VERSION).then_some(conn)
 }
 
 /// The day partitions on disk, oldest first.
@@ -1448,16 +1567,14 @@ impl EmbeddedStore {
             )
             .map_err(sql)?;
             reader.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-            readers.push(Arc::new(Mutex::new(ReaderSet {
-                shared: reader,
-                parts: HashMap::new(),
-            })));
+            readers.push(Arc::new(Mutex::new(ReaderSet::new(reader))));
         }
         let store = EmbeddedStore {
             ctx: Arc::new(Ctx {
                 dir: dir.to_path_buf(),
                 window,
                 catalog: Arc::new(RwLock::new(catalog)),
+                unindexed_attributes: AtomicU64::new(0),
             }),
             writer: Arc::new(Mutex::new(Writer {
                 shared: conn,
@@ -1468,6 +1585,8 @@ impl EmbeddedStore {
                 value_counts: HashMap::new(),
                 interned: 0,
                 expired_before: None,
+                max_dictionary_entries: crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES,
+                warned_full: false,
             })),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -1478,6 +1597,18 @@ impl EmbeddedStore {
                 .map_err(|e| err(format!("migrated, but cannot remove {V1_FILE}: {e}")))?;
         }
         Ok(store)
+    }
+
+    /// Caps the distinct entries of the dictionary (attribute keys and values, service,
+    /// operation and scope names); default
+    /// [`crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES`]. Past it, an attribute with a new
+    /// key is still stored with its span or log but is not indexed for search.
+    pub fn with_max_dictionary_entries(self, max: usize) -> Self {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_dictionary_entries = max.max(1);
+        self
     }
 
     /// The store's directory.
@@ -1560,6 +1691,7 @@ impl EmbeddedStore {
         let ctx = Arc::clone(&self.ctx);
         tokio::task::spawn_blocking(move || {
             let mut set = reader.lock().unwrap_or_else(|e| e.into_inner());
+            set.sweep(&ctx);
             // What another process added to the dictionary since. Skipped while this
             // process's writer holds the catalog: it adds its own entries itself, and a
             // query must not wait behind a write waiting for a lock.
@@ -1741,10 +1873,14 @@ impl Filter {
         self.clauses.push(numbered);
     }
 
-    /// `column IN (v1, v2, ...)`.
-    fn push_in(&mut self, column: &str, values: Vec<Sql>) {
-        let marks = vec!["?"; values.len()].join(", ");
-        self.push(&format!("{column} IN ({marks})"), values);
+    /// `column` is one of `ids`, bound as one JSON array: a list of any length takes one
+    /// parameter (a `?` per id breaks past SQLite's 32,766 variables, e.g. a service with
+    /// 40,000 instances).
+    fn push_in(&mut self, column: &str, ids: &[i64]) {
+        self.push(
+            &format!("{column} IN (SELECT value FROM json_each(?))"),
+            [id_list(ids)],
+        );
     }
 
     fn sql(&self) -> String {
@@ -1758,6 +1894,11 @@ impl Filter {
 
 fn text(s: &str) -> Sql {
     Sql::Text(s.to_string())
+}
+
+/// Integer ids as one JSON array parameter, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[i64]) -> Sql {
+    Sql::Text(serde_json::Value::from(ids).to_string())
 }
 
 /// One condition of a trace search, on a single span.
@@ -1811,10 +1952,10 @@ impl Term {
             }
         };
         if !resources.is_empty() {
-            let marks = vec!["?"; resources.len()].join(", ");
-            let mut values = vec![Sql::Integer(KEY_RESOURCE)];
-            values.extend(resources.into_iter().map(Sql::Integer));
-            sub.push(&format!("(key = ? AND value IN ({marks}))"), values);
+            sub.push(
+                "(key = ? AND value IN (SELECT value FROM json_each(?)))",
+                [Sql::Integer(KEY_RESOURCE), id_list(&resources)],
+            );
             parts.push(sub.clauses.pop()?);
         }
         if parts.is_empty() {
@@ -2007,12 +2148,14 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
 const LOG_COLS: &str =
     "l.id, l.time_ns, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest";
 
-#[async_trait]
-impl Store for EmbeddedStore {
+impl Backend for EmbeddedStore {
     fn backend(&self) -> &'static str {
         "embedded"
     }
+}
 
+#[async_trait]
+impl SpanWriter for EmbeddedStore {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let docs = docs.to_vec();
         let now = crate::store::now_unix_nano();
@@ -2024,7 +2167,10 @@ impl Store for EmbeddedStore {
     async fn refresh(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl TraceReader for EmbeddedStore {
     async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         let trace_id = trace_id.to_ascii_lowercase();
         self.read(move |set, ctx| {
@@ -2077,12 +2223,6 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-        let query = query.clone();
-        self.read(move |set, ctx| search_logs(set, ctx, &query))
-            .await
-    }
-
     async fn services(&self) -> Result<Vec<String>, StoreError> {
         self.read(|set, _| {
             let mut stmt = set
@@ -2117,7 +2257,10 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DependencyReader for EmbeddedStore {
     async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
         self.read(move |set, ctx| {
             // Whole hours of the range from the hourly counts, the ragged ends from the
@@ -2194,7 +2337,19 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl LogReader for EmbeddedStore {
+    async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
+        let query = query.clone();
+        self.read(move |set, ctx| search_logs(set, ctx, &query))
+            .await
+    }
+}
+
+#[async_trait]
+impl StatusReader for EmbeddedStore {
     async fn service_status(&self, query: &StatusQuery) -> Result<Vec<InstanceStatus>, StoreError> {
         let service = query.service.clone();
         let now = query
@@ -2209,7 +2364,10 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl AlertStore for EmbeddedStore {
     async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError> {
         let mut rows = Vec::with_capacity(alerts.len());
         for a in alerts {
@@ -2276,24 +2434,6 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn usage(&self) -> Result<StoreUsage, StoreError> {
-        let ctx = Arc::clone(&self.ctx);
-        tokio::task::spawn_blocking(move || usage(&ctx))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("usage task failed: {e}")))?
-    }
-
-    async fn apply_retention(
-        &self,
-        policy: &RetentionPolicy,
-        now_unix_nano: u64,
-    ) -> Result<RetentionReport, StoreError> {
-        let policy = *policy;
-        let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
-        self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
-            .await
-    }
-
     async fn put_silence(&self, silence: &crate::silence::Silence) -> Result<(), StoreError> {
         crate::silence::sqlite::put_silence(self.dir(), silence).await
     }
@@ -2312,6 +2452,27 @@ impl Store for EmbeddedStore {
 
     async fn list_acks(&self) -> Result<Vec<crate::silence::AlertAck>, StoreError> {
         crate::silence::sqlite::list_acks(self.dir()).await
+    }
+}
+
+#[async_trait]
+impl Retention for EmbeddedStore {
+    async fn usage(&self) -> Result<StoreUsage, StoreError> {
+        let ctx = Arc::clone(&self.ctx);
+        tokio::task::spawn_blocking(move || usage(&ctx))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("usage task failed: {e}")))?
+    }
+
+    async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_unix_nano: u64,
+    ) -> Result<RetentionReport, StoreError> {
+        let policy = *policy;
+        let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
+        self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
+            .await
     }
 }
 
@@ -2476,7 +2637,7 @@ fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
             if ids.is_empty() {
                 return None;
             }
-            f.push_in("l.resource", ids.into_iter().map(Sql::Integer).collect());
+            f.push_in("l.resource", &ids);
         }
         if let Some(l) = &q.level {
             let id = cat.string_ids.get(l.to_ascii_uppercase().as_str())?;
@@ -2680,6 +2841,7 @@ fn usage(ctx: &Ctx) -> Result<StoreUsage, StoreError> {
         bytes_used: shared + partitions.iter().map(|p| p.bytes).sum::<u64>(),
         oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
         partitions,
+        unindexed_attributes: ctx.unindexed_attributes.load(Ordering::Relaxed),
     })
 }
 
@@ -2713,10 +2875,7 @@ fn apply_retention(
     let drop_day = |w: &mut Writer, day: i64| -> Result<(), StoreError> {
         w.close_partition(day);
         for r in readers {
-            r.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .parts
-                .remove(&day);
+            r.lock().unwrap_or_else(|e| e.into_inner()).close(day);
         }
         w.recent.retain(|_, d| *d != day);
         let path = ctx.part_path(day);

@@ -1,11 +1,11 @@
-//! Alerts in the store (through the `dlog_storage::Store` trait), so the viewer can list them.
+//! Alerts in the store (through the `dlog_storage::AlertStore` role), so the viewer can list them.
 //! One document per alert id, upserted as it fires, updates and resolves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dlog_storage::{AlertDoc, Store, StoreError};
+use dlog_storage::{AlertDoc, AlertStore, StoreError};
 
 pub mod config;
 
@@ -23,7 +23,7 @@ pub async fn build(config: &StoreOutputConfig) -> Result<Option<Output>, dlog_st
 }
 
 /// The store output over an open store.
-pub fn build_on(config: &StoreOutputConfig, store: Arc<dyn Store>) -> Output {
+pub fn build_on(config: &StoreOutputConfig, store: Arc<dyn AlertStore>) -> Output {
     Output {
         sink: Arc::new(StoreSink::new(store)),
         filter: config.filter(),
@@ -34,12 +34,12 @@ pub fn build_on(config: &StoreOutputConfig, store: Arc<dyn Store>) -> Output {
 
 /// Upserts alert documents.
 pub struct StoreSink {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AlertStore>,
 }
 
 impl StoreSink {
     /// Writes to `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn AlertStore>) -> Self {
         StoreSink { store }
     }
 }
@@ -146,60 +146,31 @@ mod tests {
     use std::sync::Arc;
 
     use async_trait::async_trait;
-    use dlog_core::model::{LogEntry, SpanRecord};
-    use dlog_storage::{
-        AlertQuery, Dependencies, Document, InstanceStatus, LogQuery, Operation, StatusQuery,
-        TimeRange, TraceQuery, TraceSummary, WriteOutcome,
-    };
+    use dlog_storage::{AlertQuery, Backend, Store};
 
     use super::*;
     use crate::alert::{Severity, TransitionKind};
 
-    /// The embedded store, except that it refuses for good any batch holding an alert whose
-    /// summary says `poison`, as a store refuses a document it cannot index.
+    /// The embedded store's alerts, except that it refuses for good any batch holding an
+    /// alert whose summary says `poison`, as a store refuses a document it cannot index. It
+    /// has the alert role only: that is all the store output needs.
     struct Picky(Arc<dyn Store>);
 
-    #[async_trait]
-    impl Store for Picky {
+    impl Backend for Picky {
         fn backend(&self) -> &'static str {
             "picky"
         }
-        async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
-            self.0.write(docs).await
-        }
-        async fn refresh(&self) -> Result<(), StoreError> {
-            self.0.refresh().await
-        }
-        async fn get_trace(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
-            self.0.get_trace(trace_id).await
-        }
-        async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
-            self.0.find_traces(query).await
-        }
-        async fn search_logs(&self, query: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-            self.0.search_logs(query).await
-        }
-        async fn services(&self) -> Result<Vec<String>, StoreError> {
-            self.0.services().await
-        }
-        async fn operations(&self, service: &str) -> Result<Vec<Operation>, StoreError> {
-            self.0.operations(service).await
-        }
-        async fn dependencies(&self, time: TimeRange) -> Result<Dependencies, StoreError> {
-            self.0.dependencies(time).await
-        }
-        async fn service_status(
-            &self,
-            query: &StatusQuery,
-        ) -> Result<Vec<InstanceStatus>, StoreError> {
-            self.0.service_status(query).await
-        }
+    }
+
+    #[async_trait]
+    impl AlertStore for Picky {
         async fn upsert_alerts(&self, alerts: &[AlertDoc]) -> Result<(), StoreError> {
             if alerts.iter().any(|a| a.summary.contains("poison")) {
                 return Err(StoreError::Refused("document too large".into()));
             }
             self.0.upsert_alerts(alerts).await
         }
+
         async fn list_alerts(&self, query: &AlertQuery) -> Result<Vec<AlertDoc>, StoreError> {
             self.0.list_alerts(query).await
         }

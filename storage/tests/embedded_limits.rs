@@ -1,0 +1,335 @@
+//! The embedded store under what a long run or a hostile sender brings: many day partitions
+//! (open files bounded, a dropped day's file really closed), a service with tens of thousands
+//! of instances (no query parameter per instance), and random attribute keys (the dictionary
+//! bounded, the spans still stored whole).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::conformance::{log, service, span};
+use dlog_core::model::SpanKind;
+use dlog_storage::embedded::{self, EmbeddedStore, MAX_OPEN_PARTITIONS};
+use dlog_storage::prelude::*;
+use dlog_storage::{
+    open_store, Document, LogQuery, RetentionPolicy, StoreConfig, TimeWindow, TraceQuery,
+};
+use serde_json::json;
+
+const MS: u64 = 1_000_000;
+const DAY: u64 = 86_400_000 * MS;
+
+/// Files of `dir`'s day partitions this process holds open, as `/proc/self/fd` shows them
+/// (a deleted file shows as `<path> (deleted)`), one entry per descriptor.
+fn open_partition_files(dir: &Path) -> Vec<String> {
+    let partitions = dir.join(embedded::PARTITIONS_DIR);
+    let partitions = partitions.to_string_lossy();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with(partitions.as_ref()))
+        .collect()
+}
+
+/// Connections to partition files: descriptors on a partition's main file (each connection
+/// also holds its `-wal` and `-shm`).
+fn partition_connections(dir: &Path) -> usize {
+    open_partition_files(dir)
+        .iter()
+        .filter(|p| p.ends_with(".sqlite3"))
+        .count()
+}
+
+fn trace_id(day: u64) -> String {
+    format!("{:032x}", 0xda70_0000 + day)
+}
+
+/// Regression: reader connections to day partitions were cached forever. A store that did not
+/// run retention itself (the viewer's, next to the indexer's) kept dropped days' files open,
+/// so their space was not returned until a restart, and every day queried stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_dropped_partitions_are_closed_and_open_partitions_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let days = 100u64;
+    let window = TimeWindow {
+        max_age_nanos: (days + 10) * DAY,
+        max_ahead_nanos: DAY,
+    };
+    // The indexer's store writes and runs retention; the viewer's only reads.
+    let indexer = EmbeddedStore::open_with_window(dir.path(), window).unwrap();
+    let viewer = EmbeddedStore::open_with_window(dir.path(), window).unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let svc = service("daily", "daily-1", &[]);
+    let docs: Vec<Document> = (0..days)
+        .map(|k| {
+            Document::Span(span(
+                &trace_id(k),
+                "00000000000000a1",
+                None,
+                &svc,
+                "tick",
+                SpanKind::Server,
+                now - k * DAY,
+                1,
+            ))
+        })
+        .collect();
+    for chunk in docs.chunks(10) {
+        indexer.write(chunk).await.unwrap();
+    }
+    let all = TraceQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    // Twice: reads take turns over the reader connection sets, and each set answers over
+    // every day whatever it had to close.
+    for _ in 0..2 {
+        let found = viewer.find_traces(&all).await.unwrap();
+        assert_eq!(found.len(), days as usize);
+    }
+    for k in [0, days / 2, days - 1] {
+        assert_eq!(viewer.get_trace(&trace_id(k)).await.unwrap().len(), 1);
+    }
+    // The indexer's store has only its writer's partitions open (it has not read), the
+    // viewer's only its readers': together at most one store's bound.
+    let connections = partition_connections(dir.path());
+    assert!(
+        connections <= MAX_OPEN_PARTITIONS,
+        "{connections} connections to partition files over {days} days, more than \
+         {MAX_OPEN_PARTITIONS}"
+    );
+
+    // Retention drops the days older than 40 days; the viewer's store learns of it only
+    // from the files being gone.
+    let report = indexer
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: Some(Duration::from_nanos(40 * DAY)),
+                max_bytes: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(report.dropped.len() >= 58, "{:?}", report.dropped);
+    let dropped: BTreeSet<String> = report.dropped.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = viewer.find_traces(&all).await.unwrap();
+        assert_eq!(found.len(), days as usize - dropped.len());
+        let still_open: Vec<String> = open_partition_files(dir.path())
+            .into_iter()
+            .filter(|p| dropped.iter().any(|d| p.contains(d.as_str())))
+            .collect();
+        if still_open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "files of dropped days still open (their space is not returned): {still_open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !open_partition_files(dir.path())
+            .iter()
+            .any(|p| p.ends_with("(deleted)")),
+        "no deleted partition file is held open"
+    );
+}
+
+/// Regression: a query listed one SQL parameter per resource id, and a service with more
+/// than 32,766 instances failed every log search and trace search by service ("too many SQL
+/// variables").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_service_with_40000_instances_is_searchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let instances = 40_000u64;
+    let docs: Vec<Document> = (0..instances)
+        .flat_map(|i| {
+            let svc = service("crowd", &format!("crowd-{i}"), &[]);
+            let trace = format!("{:032x}", 0xc0_0000_0000u64 + i);
+            [
+                Document::Span(span(
+                    &trace,
+                    "00000000000000c1",
+                    None,
+                    &svc,
+                    "gather",
+                    SpanKind::Server,
+                    now + i * MS,
+                    1,
+                )),
+                Document::Log(log(
+                    &svc,
+                    now + i * MS,
+                    "INFO",
+                    &format!("arrived {i}"),
+                    None,
+                    &[],
+                )),
+            ]
+        })
+        .collect();
+    for chunk in docs.chunks(5000) {
+        store.write(chunk).await.unwrap();
+    }
+    let newest = format!("{:032x}", 0xc0_0000_0000u64 + instances - 1);
+
+    let logs = store
+        .search_logs(&LogQuery {
+            service: Some("crowd".into()),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = logs.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(bodies, ["arrived 39999", "arrived 39998", "arrived 39997"]);
+
+    let by_service = store
+        .find_traces(&TraceQuery {
+            service: Some("crowd".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_service.len(), 2);
+    assert_eq!(by_service[0].trace_id, newest);
+
+    // Every instance's resource has host.name = vm1: a resource attribute filter lists them
+    // all.
+    let by_resource = store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([("host.name".to_string(), "vm1".to_string())]),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_resource.len(), 1);
+    assert_eq!(by_resource[0].trace_id, newest);
+}
+
+/// Regression: every new attribute key went into the dictionary, held in memory and on disk
+/// for good, so random keys from a sender grew both without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_random_attribute_keys_do_not_grow_the_dictionary_past_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default cap, through the store configuration.
+    let config = StoreConfig::embedded(dir.path());
+    let cap = config.max_dictionary_entries;
+    assert_eq!(cap, dlog_storage::config::DEFAULT_MAX_DICTIONARY_ENTRIES);
+    let store = open_store(&config).await.unwrap();
+    let svc = service("noisy", "noisy-1", &[]);
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // A legitimate span first: its key is indexed.
+    let mut known = span(
+        &format!("{:032x}", 0xabcdu64),
+        "00000000000000b1",
+        None,
+        &svc,
+        "checkout",
+        SpanKind::Server,
+        now,
+        1,
+    );
+    known.attributes.insert("order.id".into(), json!("o-first"));
+    store.write(&[Document::Span(known.clone())]).await.unwrap();
+
+    // Then 2,000 spans with 100 random keys each: 200,000 distinct keys.
+    let spans: Vec<_> = (0..2000u64)
+        .map(|i| {
+            let mut s = span(
+                &format!("{:032x}", 0x1_0000_0000u64 + i),
+                "00000000000000b2",
+                None,
+                &svc,
+                "spray",
+                SpanKind::Server,
+                now + (i + 1) * MS,
+                1,
+            );
+            for k in 0..100u64 {
+                s.attributes.insert(
+                    format!(
+                        "k{:016x}",
+                        (i * 100 + k).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ),
+                    json!(k),
+                );
+            }
+            s.attributes
+                .insert("order.id".into(), json!(format!("o-{i}")));
+            s
+        })
+        .collect();
+    for chunk in spans.chunks(200) {
+        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
+        let outcomes = store.write(&docs).await.unwrap();
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == dlog_storage::WriteOutcome::Written));
+    }
+
+    let strings = embedded::count_rows(dir.path(), "strings").unwrap();
+    assert!(
+        strings <= cap as u64,
+        "{strings} dictionary entries, more than the cap of {cap}"
+    );
+    let usage = store.usage().await.unwrap();
+    // Each key beyond the room left was counted.
+    assert!(
+        usage.unindexed_attributes >= 200_000 + 1 - cap as u64,
+        "{}",
+        usage.unindexed_attributes
+    );
+
+    // Every span is stored whole, keys beyond the cap included.
+    for s in [&spans[0], &spans[1999]] {
+        assert_eq!(store.get_trace(&s.trace_id).await.unwrap(), vec![s.clone()]);
+    }
+    assert_eq!(
+        store.get_trace(&known.trace_id).await.unwrap(),
+        vec![known.clone()]
+    );
+    // Search by the key indexed before the dictionary filled still finds its span.
+    let found = store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([("order.id".to_string(), "o-first".to_string())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|t| t.trace_id.as_str())
+            .collect::<Vec<_>>(),
+        [known.trace_id.as_str()]
+    );
+    let found = store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([("order.id".to_string(), "o-1999".to_string())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].trace_id, spans[1999].trace_id);
+
+    // A reopened store reads the same spans (the keys written out are in the span bodies).
+    drop(store);
+    let reopened = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.get_trace(&spans[1234].trace_id).await.unwrap(),
+        vec![spans[1234].clone()]
+    );
+}
