@@ -92,6 +92,15 @@ pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(
     run_on_kafka(config, Arc::new(SystemClock), shutdown).await
 }
 
+/// A helper task that ends with the stage, even when the stage is dropped where it is.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The group's lease while the stage runs. Released on the blocking pool: releasing joins
 /// the lease's thread, which must not block an async worker, even when the stage is dropped
 /// where it is (an aborted task).
@@ -139,17 +148,17 @@ async fn run_on_kafka(
     let stop = shutdown.child_token();
     let watcher = {
         let (stop, lost) = (stop.clone(), lost.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             lost.cancelled().await;
             stop.cancel();
-        })
+        }))
     };
     let group = config.input.group_id.clone();
     let result = match prepare(config, clock, stop).await {
         Ok(prepared) => prepared.run(source).await,
         Err(e) => Err(e),
     };
-    watcher.abort();
+    drop(watcher);
     let lost = lost.is_cancelled();
     // Released only now: the successor starts from the state saved above.
     lease.release().await;
