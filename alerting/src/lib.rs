@@ -51,7 +51,7 @@
 //!
 //! The stage wraps it: [`Alerter::builder`] starts it on Kafka, or on any
 //! [`dlog_core::source::Source`] (the all-in-one mode's local log) with any clock; [`run`] and
-//! [`run_with`] start it and wait.
+//! [`run_with`] run it in the caller's task until it stops.
 
 pub mod alert;
 pub mod cli;

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use dlog_core::kafka::{ensure_topics, KafkaSource};
 use dlog_core::names;
 use dlog_core::source::{Mark, Marks, RawRecord, Source, SourceError};
-use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, InputEvents, StageTask};
+use dlog_core::stage::{
+    BatchHandler, Driver, DriverOptions, Input, InputEvents, ReadRetry, StageTask,
+};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -83,14 +85,48 @@ pub enum AlerterError {
 
 /// Runs the stage on Kafka with the wall clock until `shutdown` is cancelled, once it holds
 /// its group's lease ([`crate::lease`]): a second alerter in the same group refuses to start.
-/// The same as `Alerter::builder(config).with_shutdown(&shutdown).start()` and waiting.
+/// What `Alerter::builder(config).with_shutdown(&shutdown).start()` spawns, run in the
+/// caller's task: dropping (aborting) it stops the stage where it is, as a crash would.
 pub async fn run(config: AlerterConfig, shutdown: CancellationToken) -> Result<(), AlerterError> {
-    Alerter::builder(config)
-        .with_shutdown(&shutdown)
-        .start()
-        .await?
-        .wait()
-        .await
+    config.validate()?;
+    run_on_kafka(config, Arc::new(SystemClock), shutdown).await
+}
+
+/// A helper task that ends with the stage, even when the stage is dropped where it is.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The group's lease while the stage runs. Released on the blocking pool: releasing joins
+/// the lease's thread, which must not block an async worker, even when the stage is dropped
+/// where it is (an aborted task).
+struct LeaseGuard(Option<crate::lease::Lease>);
+
+impl LeaseGuard {
+    /// Releases the lease and waits until it is released.
+    async fn release(mut self) {
+        if let Some(lease) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(lease)).await.ok();
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let Some(lease) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(lease));
+            }
+            Err(_) => drop(lease),
+        }
+    }
 }
 
 /// The Kafka path: lease, then the consumer group, then the stage.
@@ -105,26 +141,27 @@ async fn run_on_kafka(
         Err(_) if shutdown.is_cancelled() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    let lost = lease.lost();
+    let lease = LeaseGuard(Some(lease));
     let source = kafka_source(&config).await?;
     // Losing the lease stops the stage as a shutdown would, after its last checkpoint.
     let stop = shutdown.child_token();
-    let lost = lease.lost();
     let watcher = {
         let (stop, lost) = (stop.clone(), lost.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             lost.cancelled().await;
             stop.cancel();
-        })
+        }))
     };
     let group = config.input.group_id.clone();
     let result = match prepare(config, clock, stop).await {
         Ok(prepared) => prepared.run(source).await,
         Err(e) => Err(e),
     };
-    watcher.abort();
+    drop(watcher);
     let lost = lost.is_cancelled();
     // Released only now: the successor starts from the state saved above.
-    tokio::task::spawn_blocking(move || drop(lease)).await.ok();
+    lease.release().await;
     result?;
     if lost {
         return Err(crate::lease::LeaseError::Lost { group }.into());
@@ -277,22 +314,16 @@ pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, Alerter
 }
 
 /// Runs the stage on any [`Source`] with any [`Clock`] until `shutdown` is cancelled (the
-/// all-in-one mode feeds it the local log; tests drive it with a `ManualClock`). The same as
-/// `Alerter::builder(config).with_source(source).with_clock(clock)`, started and waited for.
-pub async fn run_with<S: Source + 'static>(
+/// all-in-one mode feeds it the local log; tests drive it with a `ManualClock`). What
+/// `Alerter::builder(config).with_source(source).with_clock(clock)` spawns, run in the
+/// caller's task: dropping (aborting) it stops the stage where it is, as a crash would.
+pub async fn run_with<S: Source>(
     config: AlerterConfig,
     source: S,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), AlerterError> {
-    Alerter::builder(config)
-        .with_source(source)
-        .with_clock(clock)
-        .with_shutdown(&shutdown)
-        .start()
-        .await?
-        .wait()
-        .await
+    prepare(config, clock, shutdown).await?.run(source).await
 }
 
 /// A stage set up and ready to read its input.
@@ -316,6 +347,8 @@ impl Prepared {
             batch_linger: Duration::from_millis(stage.config.batch_linger_ms),
             retry_initial: Duration::from_millis(stage.config.retry_initial_ms),
             retry_max: Duration::from_millis(stage.config.retry_max_ms),
+            read_retry: ReadRetry::Backoff,
+            log_paused_poll_errors: true,
         };
         let result = Driver::new(source, options, shutdown)
             .with_events(stage.metrics.clone())
@@ -403,6 +436,7 @@ async fn prepare(
         pending_ack: Marks::default(),
         last_checkpoint: Instant::now(),
         last_tick: None,
+        checkpoint_started: None,
         config,
     };
     Ok(Prepared {
@@ -472,6 +506,8 @@ struct Stage {
     last_checkpoint: Instant,
     /// Clock time of the last tick.
     last_tick: Option<u64>,
+    /// When the checkpoint whose marks are being acknowledged started.
+    checkpoint_started: Option<Instant>,
 }
 
 impl InputEvents for Metrics {
@@ -550,6 +586,11 @@ impl<S: Source> BatchHandler<S> for Stage {
             tracing::warn!(error = %e, "committing input offsets failed; retrying at the next checkpoint");
             self.pending_ack.restore(marks);
         }
+        if let Some(started) = self.checkpoint_started.take() {
+            self.metrics
+                .checkpoint_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
 
     /// Graceful stop: save and acknowledge what was evaluated.
@@ -586,10 +627,10 @@ impl Stage {
                     if input.stopping() {
                         break Err(e);
                     }
+                    let wait = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?wait, "saving the state failed; input paused until it succeeds");
                     // Told to stop during the wait: one last attempt, then the error.
-                    let _ = input
-                        .retry(&mut backoff, format!("saving the state failed ({e})"))
-                        .await;
+                    let _ = input.retry(wait).await;
                 }
             }
         };
@@ -664,9 +705,14 @@ impl Stage {
         self.last_checkpoint = Instant::now();
         self.metrics
             .engine(self.engine.stats(), self.engine.firing_count());
-        self.metrics
-            .checkpoint_seconds
-            .observe(started.elapsed().as_secs_f64());
+        if marks.is_empty() {
+            self.metrics
+                .checkpoint_seconds
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            // Observed once the driver acknowledged the marks: the time covers the commit.
+            self.checkpoint_started = Some(started);
+        }
         Ok(marks)
     }
 
@@ -720,8 +766,9 @@ impl Stage {
                     break;
                 };
                 self.metrics.output(&self.metrics.output_errors, name, 1);
-                let reason = format!("required output `{name}` refused alerts ({e})");
-                if input.retry(&mut backoff, reason).await.is_err() {
+                let wait = backoff.next_delay();
+                tracing::warn!(output = name, error = %e, retry_in = ?wait, "required output refused alerts; input paused");
+                if input.retry(wait).await.is_err() {
                     complete = false;
                     break;
                 }

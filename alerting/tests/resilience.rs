@@ -34,6 +34,10 @@ struct Probe {
     failed_acks: AtomicU64,
     /// Whether `pause` and `resume` fail.
     failing_pause: AtomicBool,
+    /// `pause` calls.
+    pause_calls: AtomicU64,
+    /// How long each `ack` takes, in milliseconds.
+    ack_ms: AtomicU64,
 }
 
 impl Source for Flaky {
@@ -53,6 +57,10 @@ impl Source for Flaky {
     }
 
     async fn ack(&mut self, marks: &[Mark]) -> Result<(), SourceError> {
+        tokio::time::sleep(Duration::from_millis(
+            self.probe.ack_ms.load(Ordering::SeqCst),
+        ))
+        .await;
         let failing = self.probe.failing_acks.load(Ordering::SeqCst);
         if failing > 0 {
             self.probe.failing_acks.store(failing - 1, Ordering::SeqCst);
@@ -65,6 +73,7 @@ impl Source for Flaky {
     }
 
     fn pause(&mut self) -> Result<(), SourceError> {
+        self.probe.pause_calls.fetch_add(1, Ordering::SeqCst);
         self.probe.paused.store(true, Ordering::SeqCst);
         if self.probe.failing_pause.load(Ordering::SeqCst) {
             return Err(SourceError::Kafka("pause failed (injected)".into()));
@@ -305,5 +314,77 @@ async fn a_refused_alert_is_dropped_and_does_not_block_a_required_webhook() {
     assert_eq!(r.rules_received(), vec!["error_log:E2", "error_log:E3"]);
     // E1 was refused once and never retried; E2 was not delivered twice.
     assert_eq!(r.receiver.refused.load(Ordering::SeqCst), 1);
+    r.stop().await;
+}
+
+/// The stage's `/metrics` value of `name` (a counter or a histogram's sum), 0 when absent.
+async fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+fn local_admin() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], dlog_testkit::free_port().unwrap()))
+}
+
+/// `dlog_alerter_checkpoint_seconds` is the time to save, deliver and acknowledge: a slow
+/// commit shows in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_time_includes_the_commit() {
+    let admin = local_admin();
+    let r = start(|c| c.admin = admin).await;
+    r.probe.ack_ms.store(400, Ordering::SeqCst);
+    acked("E1", r.error("E1").await).await;
+    // The histogram is observed right after the commit that completed the acknowledgement.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sum = 0.0;
+    while Instant::now() < deadline {
+        sum = metric(admin, "dlog_alerter_checkpoint_seconds_sum").await;
+        if sum > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sum >= 0.4, "checkpoint seconds: {sum}");
+    r.stop().await;
+}
+
+/// A pause and a resume that keep failing through an output outage count one input error
+/// each, however many times the stage retried meanwhile or resumed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_pause_and_resume_count_once_per_outage() {
+    let admin = local_admin();
+    let r = start(|c| c.admin = admin).await;
+    r.probe.failing_pause.store(true, Ordering::SeqCst);
+    r.receiver.down.store(true, Ordering::SeqCst);
+    let e1 = r.error("E1").await;
+    // Several retries with the input paused again at every poll step.
+    wait_until("several pause attempts", || {
+        r.probe.pause_calls.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    r.receiver.down.store(false, Ordering::SeqCst);
+    acked("E1", e1).await;
+    // More batches after the outage: resuming is tried again, and fails, after each.
+    for code in ["E2", "E3"] {
+        acked(code, r.error(code).await).await;
+    }
+    assert_eq!(
+        r.rules_received(),
+        vec!["error_log:E1", "error_log:E2", "error_log:E3"]
+    );
+    assert_eq!(
+        metric(admin, "dlog_alerter_input_errors_total").await,
+        2.0,
+        "one failed pause and one failed resume"
+    );
     r.stop().await;
 }

@@ -213,6 +213,13 @@ impl Source for KafkaSource {
         let assignment = self.consumer.assignment().map_err(kafka_err)?;
         self.consumer.resume(&assignment).map_err(kafka_err)
     }
+
+    /// librdkafka fetches nothing for a paused partition (and drops what it had fetched).
+    /// Pausing covers the current assignment only: a partition assigned later needs
+    /// [`Source::pause`] again.
+    fn pause_holds_records(&self) -> bool {
+        true
+    }
 }
 
 /// Room above [`names::DEFAULT_MAX_MESSAGE_BYTES`] the dead-letter producer allows for the

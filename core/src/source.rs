@@ -183,6 +183,15 @@ pub trait Source: Send {
     fn resume(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
+
+    /// True when a paused source hands out (next to) nothing until resumed, so that it can be
+    /// polled for as long as it stays paused (Kafka, which evicts a consumer that stops
+    /// polling). False (the default) when pausing does not hold records back (an in-process
+    /// channel): the stage then stops polling once its stash is full, and the sender is
+    /// pushed back on instead.
+    fn pause_holds_records(&self) -> bool {
+        false
+    }
 }
 
 /// A batch handed to a [`ChannelSource`], with the acknowledgement its sender waits for.

@@ -34,7 +34,7 @@ use dlog_core::kafka::{DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
-use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, StageTask, Stopped};
+use dlog_core::stage::{BatchHandler, Driver, DriverOptions, Input, ReadRetry, StageTask, Stopped};
 use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -193,7 +193,7 @@ impl Default for Topics {
 
 /// How the pipeline batches and retries.
 #[derive(Debug, Clone)]
-pub struct PipelineOptions {
+struct PipelineOptions {
     /// Topic roles.
     pub topics: Topics,
     /// Most records per batch.
@@ -208,32 +208,22 @@ pub struct PipelineOptions {
     pub lag_interval: Duration,
 }
 
-impl Default for PipelineOptions {
-    fn default() -> Self {
-        PipelineOptions {
-            topics: Topics::default(),
-            batch_max_records: config::DEFAULT_BATCH_MAX_RECORDS,
-            batch_linger: Duration::from_millis(config::DEFAULT_BATCH_LINGER_MS),
-            retry_initial: Duration::from_millis(config::DEFAULT_RETRY_INITIAL_MS),
-            retry_max: Duration::from_millis(config::DEFAULT_RETRY_MAX_MS),
-            lag_interval: Duration::from_millis(config::DEFAULT_LAG_INTERVAL_MS),
-        }
-    }
-}
-
 impl PipelineOptions {
-    /// What the batch driver needs of these.
-    pub fn driver(&self) -> DriverOptions {
+    /// What the batch driver needs of these: a failed read is retried after `retry_initial`,
+    /// and a failed poll of the paused input only at the next poll step.
+    fn driver(&self) -> DriverOptions {
         DriverOptions {
             batch_max_records: self.batch_max_records,
             batch_linger: self.batch_linger,
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
+            read_retry: ReadRetry::Fixed,
+            log_paused_poll_errors: false,
         }
     }
 
     /// The options an [`IndexerConfig`] asks for.
-    pub fn from_config(config: &IndexerConfig) -> Self {
+    fn from_config(config: &IndexerConfig) -> Self {
         PipelineOptions {
             topics: Topics {
                 trace_logs: config.trace_logs_topic.clone(),
@@ -308,9 +298,6 @@ fn is_hex_id(id: &str, len: usize) -> bool {
 /// The stage failed for good.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    /// The source failed in a way that retrying will not fix.
-    #[error("input failed: {0}")]
-    Source(#[from] SourceError),
     /// The stage's task panicked or was aborted.
     #[error("stage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -500,11 +487,13 @@ impl Indexing {
                     .get_or_create(&metrics::KindLabel { kind: doc.kind() })
                     .inc();
             }
-            let reason = format!(
-                "the store did not take {} documents ({last_error})",
-                docs.len()
-            );
-            input.retry(&mut backoff, reason).await?;
+            let delay = backoff.next_delay();
+            let attempt = backoff.attempt();
+            if attempt == 1 || attempt.is_power_of_two() {
+                tracing::warn!(attempt, documents = docs.len(), error = %last_error,
+                    "store did not take the batch; pausing consumption and retrying");
+            }
+            input.retry(delay).await?;
         }
         if backoff.attempt() > 0 {
             tracing::info!(
@@ -539,8 +528,12 @@ impl Indexing {
                     return Ok(());
                 }
                 Err(e) => {
-                    let why = format!("writing a dead letter failed ({e})");
-                    input.retry(&mut backoff, why).await?;
+                    let delay = backoff.next_delay();
+                    let attempt = backoff.attempt();
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(error = %e, attempt, "writing a dead letter failed; pausing consumption and retrying");
+                    }
+                    input.retry(delay).await?;
                 }
             }
         }
@@ -751,10 +744,35 @@ impl<S> IndexerBuilder<S> {
     }
 }
 
-impl IndexerBuilder<JoinKafka> {
-    /// Starts the stage on its Kafka consumer group: see [`IndexerBuilder::start`].
-    pub async fn start(self) -> Result<RunningIndexer, StartError> {
+/// A validated configuration's retention policy and open store.
+struct Opened {
+    policy: dlog_storage::store::RetentionPolicy,
+    store: Arc<dyn Store>,
+}
+
+impl<S> IndexerBuilder<S> {
+    /// Checks the configuration and opens the store (installing Elasticsearch templates)
+    /// unless one was given: before any consumer joins the group.
+    async fn open(&mut self) -> Result<Opened, StartError> {
         self.config.validate()?;
+        let policy = self
+            .config
+            .retention
+            .policy(&self.config.store.data_dir)
+            .map_err(|reason| ConfigError::invalid("retention", reason))?;
+        let store = match self.store.take() {
+            Some(store) => store,
+            None => dlog_storage::open_store(&self.config.store).await?,
+        };
+        Ok(Opened { policy, store })
+    }
+}
+
+impl IndexerBuilder<JoinKafka> {
+    /// Starts the stage on its Kafka consumer group: opens the store first, then creates
+    /// the topics when asked and joins the group; see [`IndexerBuilder::start`].
+    pub async fn start(mut self) -> Result<RunningIndexer, StartError> {
+        let opened = self.open().await?;
         let config = &self.config;
         let kafka_err = |source| StartError::Kafka {
             brokers: config.input.kafka_brokers.clone(),
@@ -781,24 +799,22 @@ impl IndexerBuilder<JoinKafka> {
         }
         let source =
             KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
-        self.with_source(source).start().await
+        self.with_source(source).launch(opened).await
     }
 }
 
 impl<S: Source + ReportsLag + 'static> IndexerBuilder<S> {
     /// Starts the stage: opens the store (installing Elasticsearch templates) unless one was
     /// given, serves the admin endpoints, runs retention and the batch loop.
-    pub async fn start(self) -> Result<RunningIndexer, StartError> {
+    pub async fn start(mut self) -> Result<RunningIndexer, StartError> {
+        let opened = self.open().await?;
+        self.launch(opened).await
+    }
+
+    /// Sets up the dead letters, the admin listener and retention, and spawns the batch loop.
+    async fn launch(self, opened: Opened) -> Result<RunningIndexer, StartError> {
+        let Opened { policy, store } = opened;
         let config = self.config;
-        config.validate()?;
-        let policy = config
-            .retention
-            .policy(&config.store.data_dir)
-            .map_err(|reason| ConfigError::invalid("retention", reason))?;
-        let store = match self.store {
-            Some(store) => store,
-            None => dlog_storage::open_store(&config.store).await?,
-        };
         let dead_letters = match self.dead_letters {
             Some(dead_letters) => dead_letters,
             None => Arc::new(

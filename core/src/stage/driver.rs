@@ -2,19 +2,22 @@
 //!
 //! A stage implements [`BatchHandler`]: it is handed a batch and answers with the [`Mark`]s
 //! to acknowledge (none when it has nothing durable to acknowledge yet). When its next hop
-//! refuses (the store is down, the disk is full, a required output is away), it calls
-//! [`Input::retry`] with a [`Backoff`] and a reason, and tries again once that returns. The
-//! driver does the rest, the same way for every stage:
+//! refuses (the store is down, the disk is full, a required output is away), it logs why (at
+//! its own level, with its own fields), calls [`Input::retry`] with its [`Backoff`]'s next
+//! delay, and tries again once that returns. The driver does the rest, the same way for
+//! every stage:
 //!
 //! * takes batches from the [`Source`] (up to `batch_max_records`, waiting up to
 //!   `batch_linger`), records it handed out while paused first, in order;
-//! * while the stage retries, pauses the source but keeps polling it (librdkafka drops a
+//! * while the stage retries, pauses the source again at every poll step (so that a
+//!   partition assigned meanwhile is paused too) but keeps polling it (librdkafka drops a
 //!   consumer that does not poll within `max.poll.interval.ms`, paused or not) into a stash
-//!   bounded by `batch_max_records` (an input that ignores pausing, such as an in-process
-//!   channel, is then left to push back on its sender);
+//!   bounded by `batch_max_records`. A source whose pausing holds records back (Kafka) is
+//!   polled even once the stash is full; one that ignores pausing (an in-process channel)
+//!   is then left to push back on its sender;
 //! * resumes the source once the stage got through, and acknowledges the marks the stage
 //!   returned, telling it how that went ([`BatchHandler::acked`]);
-//! * retries a failed read with backoff, ends when an in-process input closes, and stops
+//! * retries a failed read ([`ReadRetry`]), ends when an in-process input closes, and stops
 //!   when the [`CancellationToken`] is cancelled: a retry in progress returns [`Stopped`] and
 //!   the stage returns without marks, so nothing it did not finish is acknowledged.
 //!
@@ -53,7 +56,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +69,16 @@ use crate::source::{Mark, RawRecord, Source, SourceError};
 /// `max.poll.interval.ms`, and short enough to notice a stop quickly.
 pub const PAUSED_POLL_STEP: Duration = Duration::from_millis(250);
 
+/// How the driver waits after a failed read of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadRetry {
+    /// `retry_initial` doubling (with jitter) to `retry_max`, logged with the wait.
+    #[default]
+    Backoff,
+    /// `retry_initial` every time.
+    Fixed,
+}
+
 /// How the driver batches and waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverOptions {
@@ -78,6 +90,11 @@ pub struct DriverOptions {
     pub retry_initial: Duration,
     /// Longest of those waits.
     pub retry_max: Duration,
+    /// How a failed read is retried.
+    pub read_retry: ReadRetry,
+    /// Whether a failed poll of the paused input is logged (otherwise it is only retried at
+    /// the next poll step).
+    pub log_paused_poll_errors: bool,
 }
 
 impl Default for DriverOptions {
@@ -87,6 +104,8 @@ impl Default for DriverOptions {
             batch_linger: Duration::from_millis(100),
             retry_initial: Duration::from_millis(super::DEFAULT_RETRY_INITIAL_MS),
             retry_max: Duration::from_millis(super::DEFAULT_RETRY_MAX_MS),
+            read_retry: ReadRetry::Backoff,
+            log_paused_poll_errors: true,
         }
     }
 }
@@ -95,7 +114,8 @@ impl Default for DriverOptions {
 pub trait InputEvents: Send + Sync {
     /// The input was paused (`true`) or resumed (`false`).
     fn paused(&self, _paused: bool) {}
-    /// Pausing or resuming the input failed (the driver logs it and tries again later).
+    /// Pausing or resuming the input failed (the driver logs it and tries again later). Told
+    /// at most once per hold-up for each.
     fn input_error(&self, _error: &SourceError) {}
 }
 
@@ -135,7 +155,8 @@ pub trait BatchHandler<S: Source>: Send {
         input: &mut Input<S>,
     ) -> impl Future<Output = Result<Vec<Mark>, Self::Error>> + Send;
 
-    /// How acknowledging `marks` went (the source committed them, or failed to).
+    /// How acknowledging `marks` went (the source committed them, or failed to). Called
+    /// only for a non-empty set of marks.
     fn acked(&mut self, marks: Vec<Mark>, result: Result<(), SourceError>) {
         let _ = (marks, result);
     }
@@ -159,18 +180,20 @@ pub struct Input<S> {
     events: Arc<dyn InputEvents>,
     /// Records handed out while paused, handled before anything new.
     stash: VecDeque<RawRecord>,
-    /// The source is paused.
+    /// Pausing was tried since the source last resumed: it needs resuming (even if pausing
+    /// failed, as it may have paused part of the input).
     paused: bool,
-    /// A retry happened since the last [`Input::resume`] (even if pausing failed).
+    /// [`InputEvents::paused`] was told `true` last.
+    shown_paused: bool,
+    /// A retry happened since the last [`Input::resume`]: a hold-up is in progress.
     held: bool,
+    /// A failure to pause was reported during the current hold-up.
+    pause_error_reported: bool,
+    /// A failure to resume was reported for the current (or last) hold-up.
+    resume_error_reported: bool,
 }
 
 impl<S: Source> Input<S> {
-    /// The source.
-    pub fn source(&self) -> &S {
-        &self.source
-    }
-
     /// True once the stage was told to stop.
     pub fn stopping(&self) -> bool {
         self.shutdown.is_cancelled()
@@ -181,29 +204,18 @@ impl<S: Source> Input<S> {
         Backoff::new(self.options.retry_initial, self.options.retry_max)
     }
 
-    /// Records handed out while paused and not yet handled.
-    pub fn stashed(&self) -> usize {
-        self.stash.len()
-    }
-
-    /// Waits `backoff`'s next delay before the stage tries again, with the input paused but
-    /// still polled (what it hands out is stashed for later, in order). Logs `reason` at the
-    /// first attempt and every power of two. [`Stopped`] when told to stop meanwhile.
-    pub async fn retry(
-        &mut self,
-        backoff: &mut Backoff,
-        reason: impl Display,
-    ) -> Result<(), Stopped> {
-        self.held = true;
+    /// Waits `wait` (a [`Backoff`]'s next delay) before the stage tries again, with the input
+    /// paused but still polled (what it hands out is stashed for later, in order). The stage
+    /// logs why before calling this. [`Stopped`] when told to stop meanwhile.
+    pub async fn retry(&mut self, wait: Duration) -> Result<(), Stopped> {
+        if !std::mem::replace(&mut self.held, true) {
+            // A new hold-up: its failures to pause or resume are news.
+            self.pause_error_reported = false;
+            self.resume_error_reported = false;
+        }
         if self.stopping() {
             return Err(Stopped);
         }
-        let wait = backoff.next_delay();
-        let attempt = backoff.attempt();
-        if attempt == 1 || attempt.is_power_of_two() {
-            tracing::warn!(attempt, retry_in = ?wait, "{reason}; input paused, retrying");
-        }
-        self.pause();
         self.wait_polling(wait).await;
         if self.stopping() {
             return Err(Stopped);
@@ -218,35 +230,43 @@ impl<S: Source> Input<S> {
             match self.source.resume() {
                 Ok(()) => {
                     self.paused = false;
-                    self.events.paused(false);
+                    if std::mem::take(&mut self.shown_paused) {
+                        self.events.paused(false);
+                    }
                 }
                 Err(e) => {
-                    self.events.input_error(&e);
-                    tracing::warn!(error = %e, "resuming the input failed; will try again");
+                    if !std::mem::replace(&mut self.resume_error_reported, true) {
+                        self.events.input_error(&e);
+                        tracing::warn!(error = %e, "resuming the input failed; will try again");
+                    }
                 }
             }
         }
         std::mem::take(&mut self.held)
     }
 
+    /// Pauses the source, again when already paused: a partition assigned since the last
+    /// call (a rebalance during the hold-up) is paused too.
     fn pause(&mut self) {
-        if self.paused {
-            return;
-        }
+        self.paused = true;
         match self.source.pause() {
             Ok(()) => {
-                self.paused = true;
-                self.events.paused(true);
+                if !std::mem::replace(&mut self.shown_paused, true) {
+                    self.events.paused(true);
+                }
             }
             // Not fatal: an unpaused input is only polled into the bounded stash.
             Err(e) => {
-                self.events.input_error(&e);
-                tracing::warn!(error = %e, "pausing the input failed");
+                if !std::mem::replace(&mut self.pause_error_reported, true) {
+                    self.events.input_error(&e);
+                    tracing::warn!(error = %e, "pausing the input failed");
+                }
             }
         }
     }
 
-    /// Waits `wait` (or until stopped), polling the input all along into the stash.
+    /// Waits `wait` (or until stopped), pausing the input and polling it all along into the
+    /// stash.
     async fn wait_polling(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         let stop = self.shutdown.clone();
@@ -255,12 +275,22 @@ impl<S: Source> Input<S> {
             if now >= deadline || self.stopping() {
                 return;
             }
+            self.pause();
             let step = (deadline - now).min(PAUSED_POLL_STEP);
             let room = self
                 .options
                 .batch_max_records
                 .saturating_sub(self.stash.len());
-            if room == 0 {
+            // A source that ignores pausing is left alone once the stash is full, so that it
+            // pushes back on its sender; one that holds records back while paused must still
+            // be polled (a Kafka consumer that stops polling is evicted), and hands out little
+            // or nothing.
+            let max = if self.source.pause_holds_records() {
+                room.max(1)
+            } else {
+                room
+            };
+            if max == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(step) => {}
                     _ = stop.cancelled() => return,
@@ -268,7 +298,7 @@ impl<S: Source> Input<S> {
                 continue;
             }
             let polled = tokio::select! {
-                polled = self.source.next_batch(room, step) => polled,
+                polled = self.source.next_batch(max, step) => polled,
                 _ = stop.cancelled() => return,
             };
             match polled {
@@ -284,7 +314,7 @@ impl<S: Source> Input<S> {
                 Err(e) => {
                     // A closed in-process input ends the stage through the main loop; here,
                     // only do not spin on it.
-                    if !matches!(e, SourceError::Closed) {
+                    if self.options.log_paused_poll_errors && !matches!(e, SourceError::Closed) {
                         tracing::warn!(error = %e, "polling the paused input failed");
                     }
                     tokio::select! {
@@ -313,7 +343,10 @@ impl<S: Source> Driver<S> {
                 events: Arc::new(NoInputEvents),
                 stash: VecDeque::new(),
                 paused: false,
+                shown_paused: false,
                 held: false,
+                pause_error_reported: false,
+                resume_error_reported: false,
             },
         }
     }
@@ -322,11 +355,6 @@ impl<S: Source> Driver<S> {
     pub fn with_events(mut self, events: Arc<dyn InputEvents>) -> Self {
         self.input.events = events;
         self
-    }
-
-    /// The source.
-    pub fn source(&self) -> &S {
-        &self.input.source
     }
 
     /// Runs until told to stop or the input closes; fails only when the handler does.
@@ -355,8 +383,17 @@ impl<S: Source> Driver<S> {
                         // A broker or disk hiccup: nothing was taken, so try again after a
                         // while rather than stop.
                         Err(e) => {
-                            let wait = input_backoff.next_delay();
-                            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reading the input failed; retrying");
+                            let wait = match input.options.read_retry {
+                                ReadRetry::Backoff => {
+                                    let wait = input_backoff.next_delay();
+                                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reading the input failed; retrying");
+                                    wait
+                                }
+                                ReadRetry::Fixed => {
+                                    tracing::warn!(error = %e, "reading the input failed; retrying");
+                                    input.options.retry_initial
+                                }
+                            };
                             tokio::select! {
                                 () = tokio::time::sleep(wait) => continue,
                                 () = stop.cancelled() => break,
@@ -476,7 +513,7 @@ mod tests {
             let mut backoff = input.backoff();
             while self.refusals > 0 {
                 self.refusals -= 1;
-                if input.retry(&mut backoff, "next hop away").await.is_err() {
+                if input.retry(backoff.next_delay()).await.is_err() {
                     return Ok(Vec::new());
                 }
             }
@@ -505,6 +542,7 @@ mod tests {
             batch_linger: Duration::from_millis(5),
             retry_initial: Duration::from_millis(30),
             retry_max: Duration::from_millis(30),
+            ..DriverOptions::default()
         };
         let mut handler = Flaky {
             refusals: 2,
@@ -552,5 +590,208 @@ mod tests {
         result.unwrap();
         assert!(handler.seen.is_empty());
         assert!(acked.try_recv().is_err(), "nothing handled, nothing acked");
+    }
+
+    /// A Kafka-like source: partitions hand out records unless paused; `pause` pauses the
+    /// current assignment only; partition 1 is assigned once the source has been paused.
+    struct Rebalancing {
+        assigned: Vec<i32>,
+        paused: std::collections::BTreeSet<i32>,
+        next: [i64; 2],
+        pauses: usize,
+        polls_while_held: Arc<AtomicUsize>,
+        partition_1_paused: Arc<AtomicBool>,
+        fail_pause: bool,
+        fail_resume: bool,
+    }
+
+    impl Rebalancing {
+        fn new(polls_while_held: Arc<AtomicUsize>, partition_1_paused: Arc<AtomicBool>) -> Self {
+            Rebalancing {
+                assigned: vec![0],
+                paused: Default::default(),
+                next: [0, 0],
+                pauses: 0,
+                polls_while_held,
+                partition_1_paused,
+                fail_pause: false,
+                fail_resume: false,
+            }
+        }
+    }
+
+    impl Source for Rebalancing {
+        async fn next_batch(
+            &mut self,
+            max: usize,
+            linger: Duration,
+        ) -> Result<Vec<RawRecord>, SourceError> {
+            if !self.paused.is_empty() || self.pauses > 0 {
+                self.polls_while_held.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut out = Vec::new();
+            for &p in &self.assigned {
+                while !self.paused.contains(&p) && out.len() < max {
+                    let mut r = record(self.next[p as usize]);
+                    r.partition = p;
+                    self.next[p as usize] += 1;
+                    out.push(r);
+                }
+            }
+            if out.is_empty() {
+                tokio::time::sleep(linger).await;
+            }
+            Ok(out)
+        }
+
+        async fn ack(&mut self, _marks: &[Mark]) -> Result<(), SourceError> {
+            Ok(())
+        }
+
+        fn pause(&mut self) -> Result<(), SourceError> {
+            self.pauses += 1;
+            if self.fail_pause {
+                return Err(SourceError::Kafka("pause refused".into()));
+            }
+            self.paused.extend(self.assigned.iter().copied());
+            self.partition_1_paused
+                .store(self.paused.contains(&1), Ordering::SeqCst);
+            // A rebalance during the hold-up hands this consumer a new partition.
+            if !self.assigned.contains(&1) {
+                self.assigned.push(1);
+            }
+            Ok(())
+        }
+
+        fn resume(&mut self) -> Result<(), SourceError> {
+            if self.fail_resume {
+                return Err(SourceError::Kafka("resume refused".into()));
+            }
+            self.paused.clear();
+            Ok(())
+        }
+
+        fn pause_holds_records(&self) -> bool {
+            true
+        }
+    }
+
+    /// Holds the first non-empty batch up for `hold`, then takes everything.
+    struct HoldOnce {
+        hold: Duration,
+        held: bool,
+        handled: usize,
+    }
+
+    impl<S: Source> BatchHandler<S> for HoldOnce {
+        type Error = std::convert::Infallible;
+
+        async fn handle(
+            &mut self,
+            batch: Vec<RawRecord>,
+            input: &mut Input<S>,
+        ) -> Result<Vec<Mark>, Self::Error> {
+            if !batch.is_empty() && !self.held {
+                self.held = true;
+                if input.retry(self.hold).await.is_err() {
+                    return Ok(Vec::new());
+                }
+                input.resume();
+            }
+            self.handled += 1;
+            Ok(Mark::latest(&batch))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partition_assigned_while_paused_is_paused_and_a_full_stash_keeps_polling() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let partition_1_paused = Arc::new(AtomicBool::new(false));
+        let source = Rebalancing::new(polls.clone(), partition_1_paused.clone());
+        let options = DriverOptions {
+            batch_max_records: 4,
+            batch_linger: Duration::from_millis(5),
+            ..DriverOptions::default()
+        };
+        let mut handler = HoldOnce {
+            hold: Duration::from_millis(1200),
+            held: false,
+            handled: 0,
+        };
+        let mut driver = Driver::new(source, options, CancellationToken::new());
+        // One batch of partition 0, held up.
+        let input = &mut driver.input;
+        let batch = input.source.next_batch(4, Duration::ZERO).await.unwrap();
+        let _ = handler.handle(batch, input).await;
+        // The partition assigned during the hold-up was paused at the next poll step: it
+        // filled the stash once, and nothing more came...
+        assert!(partition_1_paused.load(Ordering::SeqCst));
+        assert_eq!(input.stash.len(), 4, "partition 1 filled the stash");
+        // ...and the input was polled all along (every step of the 1.2 s), although the stash
+        // was full after the first one.
+        assert!(
+            polls.load(Ordering::SeqCst) >= 4,
+            "polled {} times while held",
+            polls.load(Ordering::SeqCst)
+        );
+    }
+
+    /// Counts input errors.
+    #[derive(Default)]
+    struct Errors(AtomicUsize);
+
+    impl InputEvents for Errors {
+        fn input_error(&self, _error: &SourceError) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_pause_counts_once_per_hold_up_and_a_failing_resume_once() {
+        // Pausing fails at every one of the hold-up's poll steps: one error.
+        let errors = Arc::new(Errors::default());
+        let mut source = Rebalancing::new(Default::default(), Default::default());
+        source.fail_pause = true;
+        let options = DriverOptions {
+            batch_max_records: 4,
+            batch_linger: Duration::from_millis(5),
+            ..DriverOptions::default()
+        };
+        let mut driver = Driver::new(source, options.clone(), CancellationToken::new())
+            .with_events(errors.clone());
+        let input = &mut driver.input;
+        for _ in 0..3 {
+            input.retry(Duration::from_millis(600)).await.unwrap();
+        }
+        assert!(
+            input.source.pauses >= 6,
+            "paused {} times",
+            input.source.pauses
+        );
+        assert_eq!(errors.0.load(Ordering::SeqCst), 1);
+        // A second hold-up is news again.
+        input.resume();
+        input.retry(Duration::from_millis(10)).await.unwrap();
+        assert_eq!(errors.0.load(Ordering::SeqCst), 2);
+
+        // Resuming fails after the hold-up, and again at every later batch: one error.
+        let errors = Arc::new(Errors::default());
+        let mut source = Rebalancing::new(Default::default(), Default::default());
+        source.fail_resume = true;
+        let stop = CancellationToken::new();
+        let mut handler = HoldOnce {
+            hold: Duration::from_millis(10),
+            held: false,
+            handled: 0,
+        };
+        let driver = Driver::new(source, options, stop.clone()).with_events(errors.clone());
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        };
+        let (result, ()) = tokio::join!(driver.run(&mut handler), stopper);
+        result.unwrap();
+        assert!(handler.handled > 3, "handled {} batches", handler.handled);
+        assert_eq!(errors.0.load(Ordering::SeqCst), 1);
     }
 }

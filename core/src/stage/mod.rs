@@ -16,7 +16,7 @@ pub use config::{
     DEFAULT_TOPIC_PARTITIONS, MIN_SESSION_TIMEOUT_MS,
 };
 pub use driver::{
-    BatchHandler, Driver, DriverOptions, Input, InputEvents, NoInputEvents, Stopped,
+    BatchHandler, Driver, DriverOptions, Input, InputEvents, NoInputEvents, ReadRetry, Stopped,
     PAUSED_POLL_STEP,
 };
 pub use task::StageTask;
