@@ -293,6 +293,7 @@ impl ElasticStore {
 
     /// Deletes every index this store wrote (tests against a shared cluster clean up with it).
     pub async fn delete_indices(&self) -> Result<(), StoreError> {
+        self.forget_summaries();
         let path = format!("/{}", self.names.all());
         self.json(
             Method::Delete,
@@ -302,6 +303,13 @@ impl ElasticStore {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Empties the cache of written summaries: indices are being deleted, and a cached
+    /// summary must not stand in for one that is gone.
+    fn forget_summaries(&self) {
+        let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_SPANS);
     }
 
     /// Sends one request; transport failures are `Unavailable`. Returns status and body.
@@ -779,12 +787,14 @@ impl ElasticStore {
     /// entry and the next round reads the stored summary and merges again.
     ///
     /// `window` chooses the daily indices, as in writes; the backfill of spans already in a
-    /// daily index keeps them in that index's day.
+    /// daily index keeps them in that index's day. `cached` false reads every summary (the
+    /// backfill, whose summaries may have been deleted behind the cache).
     async fn update_summaries(
         &self,
         spans: &[&SpanRecord],
         window: TimeWindow,
         prefetched: Option<Prefetched>,
+        cached: bool,
     ) -> HashMap<String, String> {
         let mut pending: BTreeMap<String, Vec<&SpanRecord>> = BTreeMap::new();
         for s in spans {
@@ -806,7 +816,8 @@ impl ElasticStore {
             {
                 let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
                 for (trace, spans) in &pending {
-                    if let Some(entry) = cache.take(trace) {
+                    let hit = cache.take(trace);
+                    if let (Some(entry), true) = (hit, cached) {
                         bases.insert(trace.clone(), Some(entry));
                     } else if covered.remove(trace) {
                         bases.insert(trace.clone(), prefetched.remove(trace));
@@ -1042,7 +1053,7 @@ impl ElasticStore {
                 let n = page.len();
                 let spans: Vec<SpanRecord> = page.into_iter().map(span_from_doc).collect();
                 let refs: Vec<&SpanRecord> = spans.iter().collect();
-                let failed = self.update_summaries(&refs, unclamped, None).await;
+                let failed = self.update_summaries(&refs, unclamped, None, false).await;
                 if let Some((trace, message)) = failed.into_iter().next() {
                     return Err(StoreError::Unavailable(format!(
                         "backfilling {index}: summary of trace {trace}: {message}"
@@ -1196,6 +1207,7 @@ impl ElasticStore {
 
     /// Deletes the named indices (explicit names: clusters refuse wildcard deletes by default).
     async fn delete_named(&self, names: &[String]) -> Result<(), StoreError> {
+        self.forget_summaries();
         // Keep the URL short on clusters with many indices per day.
         for chunk in names.chunks(20) {
             self.json(
@@ -1323,7 +1335,7 @@ impl Store for ElasticStore {
             })
             .collect();
         if !written.is_empty() {
-            let failed = self.update_summaries(&written, self.window, prefetched).await;
+            let failed = self.update_summaries(&written, self.window, prefetched, true).await;
             if !failed.is_empty() {
                 for (doc, outcome) in docs.iter().zip(outcomes.iter_mut()) {
                     if let Document::Span(s) = doc {

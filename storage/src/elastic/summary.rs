@@ -415,12 +415,16 @@ mod tests {
         assert!(!cache.contains("a"), "over the trace bound, the oldest goes");
         assert_eq!(cache.len(), 2);
         cache.put(entry("d", 8, 4));
-        assert!(!cache.contains("b") && !cache.contains("c") && cache.contains("d"));
+        assert!(
+            !cache.contains("b") && cache.contains("c") && cache.contains("d"),
+            "over the span bound, the oldest go until it fits"
+        );
         cache.put(entry("big", 11, 5));
         assert!(!cache.contains("big"), "one summary over the span bound is not cached");
         cache.put(entry("d", 2, 3));
         assert_eq!(cache.take("d").unwrap().seq_no, 4, "an older version does not win");
         assert!(cache.take("d").is_none(), "taken entries are gone");
+        assert_eq!(cache.take("c").unwrap().doc.spans.len(), 1);
         assert!(cache.is_empty());
         assert_eq!(cache.spans, 0);
     }
