@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use dlog_core::model::{ServiceInfo, SpanKind, SpanRecord, StatusCode};
 use dlog_storage::elastic::ElasticStore;
 use dlog_storage::{
-    DependencyEdge, Document, Store, StoreConfig, TimeRange, TraceQuery, TraceSummary,
-    WriteOutcome,
+    DependencyEdge, Document, Store, StoreConfig, TimeRange, TraceQuery, TraceSummary, WriteOutcome,
 };
 
 const MS: u64 = 1_000_000;
@@ -140,12 +139,19 @@ async fn summaries_stay_exact_over_many_batches_replays_and_a_racing_writer() {
             .iter()
             .map(|t| TraceSummary::from_spans(t).unwrap())
             .collect();
-        assert_eq!(found, expected, "span and error counts, duration, root, services");
+        assert_eq!(
+            found, expected,
+            "span and error counts, duration, root, services"
+        );
         let deps = store
             .dependencies(TimeRange::between(t0, t0 + DAY))
             .await
             .unwrap();
-        assert_eq!(deps.observed, expected_edges(&all), "each call counted once");
+        assert_eq!(
+            deps.observed,
+            expected_edges(&all),
+            "each call counted once"
+        );
     }
     let first = &traces[0];
     assert_eq!(

@@ -235,10 +235,7 @@ impl ElasticStore {
             page: PAGE,
             window: config.partition_window(),
             seen_services: Mutex::new(HashSet::new()),
-            summary_cache: Mutex::new(SummaryCache::new(
-                SUMMARY_CACHE_TRACES,
-                SUMMARY_CACHE_SPANS,
-            )),
+            summary_cache: Mutex::new(SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_SPANS)),
         };
         if config.install_templates {
             store
@@ -1335,7 +1332,9 @@ impl Store for ElasticStore {
             })
             .collect();
         if !written.is_empty() {
-            let failed = self.update_summaries(&written, self.window, prefetched, true).await;
+            let failed = self
+                .update_summaries(&written, self.window, prefetched, true)
+                .await;
             if !failed.is_empty() {
                 for (doc, outcome) in docs.iter().zip(outcomes.iter_mut()) {
                     if let Document::Span(s) = doc {

@@ -412,7 +412,10 @@ mod tests {
         cache.put(entry("a", 4, 1));
         cache.put(entry("b", 4, 2));
         cache.put(entry("c", 1, 3));
-        assert!(!cache.contains("a"), "over the trace bound, the oldest goes");
+        assert!(
+            !cache.contains("a"),
+            "over the trace bound, the oldest goes"
+        );
         assert_eq!(cache.len(), 2);
         cache.put(entry("d", 8, 4));
         assert!(
@@ -420,9 +423,16 @@ mod tests {
             "over the span bound, the oldest go until it fits"
         );
         cache.put(entry("big", 11, 5));
-        assert!(!cache.contains("big"), "one summary over the span bound is not cached");
+        assert!(
+            !cache.contains("big"),
+            "one summary over the span bound is not cached"
+        );
         cache.put(entry("d", 2, 3));
-        assert_eq!(cache.take("d").unwrap().seq_no, 4, "an older version does not win");
+        assert_eq!(
+            cache.take("d").unwrap().seq_no,
+            4,
+            "an older version does not win"
+        );
         assert!(cache.take("d").is_none(), "taken entries are gone");
         assert_eq!(cache.take("c").unwrap().doc.spans.len(), 1);
         assert!(cache.is_empty());
