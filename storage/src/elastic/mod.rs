@@ -38,7 +38,7 @@ use self::model::{
     heartbeat_to_doc, log_from_doc, log_to_doc, span_from_doc, span_to_doc, JaegerSpan, LogDoc,
     RegistryDoc, ServiceDoc,
 };
-use self::summary::{DependencyDoc, SummaryDoc};
+use self::summary::{CachedSummary, DependencyDoc, SummaryCache, SummaryDoc};
 use self::templates::IndexNames;
 use crate::config::StoreConfig;
 use crate::store::{
@@ -62,6 +62,15 @@ pub const MAX_ATTRIBUTE_CANDIDATES: usize = 10_000;
 const SUMMARY_ROUNDS: usize = 5;
 /// Documents per `_mget` request.
 const MGET_CHUNK: usize = 1_000;
+/// Most trace summaries the indexer keeps in memory to skip reading them back.
+pub const SUMMARY_CACHE_TRACES: usize = 50_000;
+/// Most span contributions those cached summaries hold in all (about 100 bytes each).
+pub const SUMMARY_CACHE_SPANS: usize = 1_000_000;
+/// Dependency documents are written with external versions `EDGE_VERSION_BASE + calls`, so a
+/// write computed from an older summary (fewer calls) never replaces a newer one, whatever
+/// order concurrent writers' requests land in. The base keeps them above the internal
+/// versions of documents written before edges were versioned.
+const EDGE_VERSION_BASE: u64 = 1 << 40;
 
 /// The Elasticsearch store.
 pub struct ElasticStore {
@@ -78,6 +87,26 @@ pub struct ElasticStore {
     /// Service documents (index + id) known to be written, so a span write does not repeat
     /// them (as Jaeger's writer caches them).
     seen_services: Mutex<HashSet<String>>,
+    /// Summaries this store wrote recently, with their versions.
+    summary_cache: Mutex<SummaryCache>,
+}
+
+/// Summaries read while the spans were written: the traces asked for, and what was found.
+type Prefetched = (
+    HashSet<String>,
+    Result<HashMap<String, CachedSummary>, StoreError>,
+);
+
+/// One trace's summary as merged in one round of [`ElasticStore::update_summaries`].
+struct Merged<'a> {
+    trace: String,
+    spans: Vec<&'a SpanRecord>,
+    index: String,
+    version: Option<(u64, u64)>,
+    doc: SummaryDoc,
+    changed: bool,
+    summary: Option<ItemResult>,
+    edges_failed: Option<String>,
 }
 
 /// One bulk item: the action and source lines, and what it belongs to.
@@ -91,6 +120,9 @@ enum ItemKind {
     Plain,
     /// External-versioned registry upsert: a version conflict means a newer entry is there.
     Registry,
+    /// External-versioned call edge: a version conflict means an edge with as many or more
+    /// calls is there.
+    Edge,
     /// A `jaeger-service` document, remembered once written.
     Service(String),
     /// A write conditional on the document's sequence number (or `create`): a conflict
@@ -99,7 +131,8 @@ enum ItemKind {
 }
 
 enum ItemResult {
-    Ok,
+    /// Stored; `_seq_no` and `_primary_term` when the server gave them.
+    Ok(Option<(u64, u64)>),
     /// A conditional write lost to another writer: read, merge and write again.
     Conflict,
     Retry(String),
@@ -117,6 +150,10 @@ struct BulkItem {
     status: u16,
     #[serde(default)]
     error: Option<Value>,
+    #[serde(default)]
+    _seq_no: Option<u64>,
+    #[serde(default)]
+    _primary_term: Option<u64>,
 }
 
 fn error_text(error: &Option<Value>) -> String {
@@ -199,6 +236,7 @@ impl ElasticStore {
             page: PAGE,
             window: config.partition_window(),
             seen_services: Mutex::new(HashSet::new()),
+            summary_cache: Mutex::new(SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_SPANS)),
         };
         if config.install_templates {
             store
@@ -253,6 +291,7 @@ impl ElasticStore {
 
     /// Deletes every index this store wrote (tests against a shared cluster clean up with it).
     pub async fn delete_indices(&self) -> Result<(), StoreError> {
+        self.forget_summaries();
         let path = format!("/{}", self.names.all());
         self.json(
             Method::Delete,
@@ -262,6 +301,13 @@ impl ElasticStore {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Empties the cache of written summaries: indices are being deleted, and a cached
+    /// summary must not stand in for one that is gone.
+    fn forget_summaries(&self) {
+        let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_SPANS);
     }
 
     /// Sends one request; transport failures are `Unavailable`. Returns status and body.
@@ -577,7 +623,8 @@ impl ElasticStore {
                     "/_bulk",
                     &[(
                         "filter_path",
-                        "errors,items.*.status,items.*.error.type,items.*.error.reason",
+                        "errors,items.*.status,items.*.error.type,items.*.error.reason,\
+                         items.*._seq_no,items.*._primary_term",
                     )],
                     Some(body),
                     true,
@@ -630,8 +677,10 @@ impl ElasticStore {
                         return ItemResult::Retry("empty bulk item".into());
                     };
                     match r.status {
-                        200..=299 => ItemResult::Ok,
-                        409 if matches!(item.kind, ItemKind::Registry) => ItemResult::Ok,
+                        200..=299 => ItemResult::Ok(r._seq_no.zip(r._primary_term)),
+                        409 if matches!(item.kind, ItemKind::Registry | ItemKind::Edge) => {
+                            ItemResult::Ok(None)
+                        }
                         409 if matches!(item.kind, ItemKind::Conditional) => ItemResult::Conflict,
                         s if retryable_status(s) => {
                             ItemResult::Retry(format!("HTTP {s} {}", error_text(&r.error)))
@@ -664,14 +713,14 @@ impl ElasticStore {
     }
 
     /// The stored summaries of `traces`, looked up (realtime) in the summary indices of the
-    /// days around their spans: `trace id -> (index, seq_no, primary_term, summary)`. When a
+    /// days around their spans, with their versions, by trace id. When a
     /// trace has summaries in two of those indices (two writers racing across midnight), the
     /// earliest is the one merged into; `find_traces` reports a trace once.
     async fn read_summaries(
         &self,
         traces: &BTreeMap<String, Vec<&SpanRecord>>,
         window: TimeWindow,
-    ) -> Result<HashMap<String, (String, u64, u64, SummaryDoc)>, StoreError> {
+    ) -> Result<HashMap<String, CachedSummary>, StoreError> {
         let now = crate::store::now_unix_nano();
         let mut wanted = Vec::new();
         for (trace, spans) in traces {
@@ -684,7 +733,7 @@ impl ElasticStore {
                 wanted.push(json!({"_index": self.names.summaries(day * DAY_NANOS), "_id": trace}));
             }
         }
-        let mut found: HashMap<String, (String, u64, u64, SummaryDoc)> = HashMap::new();
+        let mut found: HashMap<String, CachedSummary> = HashMap::new();
         for chunk in wanted.chunks(MGET_CHUNK) {
             let response = self
                 .json(Method::Post, "/_mget", &[], Some(&json!({"docs": chunk})))
@@ -708,9 +757,17 @@ impl ElasticStore {
                     })?;
                 let trace = summary.trace_id.clone();
                 match found.get(&trace) {
-                    Some((existing, ..)) if existing.as_str() <= index => {}
+                    Some(existing) if existing.index.as_str() <= index => {}
                     _ => {
-                        found.insert(trace, (index.to_string(), seq, term, summary));
+                        found.insert(
+                            trace,
+                            CachedSummary {
+                                index: index.to_string(),
+                                seq_no: seq,
+                                primary_term: term,
+                                doc: summary,
+                            },
+                        );
                     }
                 }
             }
@@ -718,135 +775,181 @@ impl ElasticStore {
         Ok(found)
     }
 
-    /// Merges spans into their traces' summaries and rewrites the traces' call edges.
-    /// Returns the traces that could not be updated, with the reason (retryable).
+    /// Merges spans into their traces' summaries and writes the call edges that changed, in
+    /// one `_bulk` request per round. Returns the traces that could not be updated, with the
+    /// reason (retryable).
+    ///
+    /// A trace's stored summary comes from the cache of summaries this store wrote, else from
+    /// `prefetched` (read while the spans were written), else from a read now. Every summary
+    /// write is conditional on the version it was merged into; a conflict drops the cached
+    /// entry and the next round reads the stored summary and merges again.
+    ///
     /// `window` chooses the daily indices, as in writes; the backfill of spans already in a
-    /// daily index keeps them in that index's day.
+    /// daily index keeps them in that index's day. `cached` false reads every summary (the
+    /// backfill, whose summaries may have been deleted behind the cache).
     async fn update_summaries(
         &self,
         spans: &[&SpanRecord],
         window: TimeWindow,
+        prefetched: Option<Prefetched>,
+        cached: bool,
     ) -> HashMap<String, String> {
         let mut pending: BTreeMap<String, Vec<&SpanRecord>> = BTreeMap::new();
         for s in spans {
             pending.entry(s.trace_id.clone()).or_default().push(s);
         }
+        let (mut covered, mut prefetched) = match prefetched {
+            Some((covered, Ok(found))) => (covered, found),
+            _ => (HashSet::new(), HashMap::new()),
+        };
         let mut failed = HashMap::new();
         let now = crate::store::now_unix_nano();
         for _ in 0..SUMMARY_ROUNDS {
             if pending.is_empty() {
                 break;
             }
-            let stored = match self.read_summaries(&pending, window).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let m = e.to_string();
-                    failed.extend(pending.into_keys().map(|t| (t, m.clone())));
-                    return failed;
-                }
-            };
-            let mut items = Vec::new();
-            let mut merged = Vec::new();
-            let mut unchanged = Vec::new();
-            for (trace, spans) in std::mem::take(&mut pending) {
-                let (index, version, mut doc) = match stored.get(&trace) {
-                    Some((index, seq, term, doc)) => {
-                        (index.clone(), Some((*seq, *term)), doc.clone())
+            // The stored summary each trace merges into: `None` when there is none yet.
+            let mut bases: HashMap<String, Option<CachedSummary>> = HashMap::new();
+            let mut unread: BTreeMap<String, Vec<&SpanRecord>> = BTreeMap::new();
+            {
+                let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
+                for (trace, spans) in &pending {
+                    let hit = cache.take(trace);
+                    if let (Some(entry), true) = (hit, cached) {
+                        bases.insert(trace.clone(), Some(entry));
+                    } else if covered.remove(trace) {
+                        bases.insert(trace.clone(), prefetched.remove(trace));
+                    } else {
+                        unread.insert(trace.clone(), spans.clone());
                     }
+                }
+            }
+            if !unread.is_empty() {
+                match self.read_summaries(&unread, window).await {
+                    Ok(mut stored) => {
+                        for trace in unread.into_keys() {
+                            let base = stored.remove(&trace);
+                            bases.insert(trace, base);
+                        }
+                    }
+                    Err(e) => {
+                        let m = e.to_string();
+                        failed.extend(pending.into_keys().map(|t| (t, m.clone())));
+                        return failed;
+                    }
+                }
+            }
+            let mut items = Vec::new();
+            // Per trace: its spans, the merged summary, where it goes, the version it is
+            // conditional on, and whether it changed.
+            let mut merged: Vec<Merged> = Vec::new();
+            for (trace, spans) in std::mem::take(&mut pending) {
+                let base = bases.remove(&trace).flatten();
+                let (index, version, mut doc) = match base {
+                    Some(c) => (c.index, Some((c.seq_no, c.primary_term)), c.doc),
                     None => {
                         let first = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
                         let index = self.names.summaries(window.clamp(first, now));
                         (index, None, SummaryDoc::new(&trace))
                     }
                 };
+                let before = doc.edges();
                 let mut changed = false;
                 for s in &spans {
                     changed |= doc.merge(s);
                 }
-                if !changed {
-                    // A replay: the summary already holds every span. Its edges are written
-                    // again, in case an earlier attempt stored the summary but not them.
-                    unchanged.push((trace, doc));
-                    continue;
-                }
-                let action = match version {
-                    Some((seq, term)) => json!({"index": {"_index": index, "_id": trace,
-                        "if_seq_no": seq, "if_primary_term": term}}),
-                    None => json!({"create": {"_index": index, "_id": trace}}),
-                };
-                let mut lines = Vec::with_capacity(512);
-                push_action(&mut lines, &action);
-                if let Err(e) = push_source(&mut lines, &doc) {
-                    failed.insert(trace, e);
-                    continue;
-                }
-                items.push(Item {
-                    doc: merged.len(),
-                    lines,
-                    kind: ItemKind::Conditional,
-                });
-                merged.push((trace, spans, doc));
-            }
-            let results = self.bulk(&items).await;
-            let mut edges = Vec::new();
-            let mut edge_traces = Vec::new();
-            let mut add_edges = |trace: String, doc: &SummaryDoc| {
-                for ((caller, callee, day), (calls, errors, start)) in doc.edges() {
-                    let id = format!(
-                        "{:016x}",
-                        xxhash_rust::xxh3::xxh3_64(
-                            format!("{trace}\u{1f}{caller}\u{1f}{callee}\u{1f}{day}").as_bytes()
-                        )
-                    );
-                    let index = self.names.dependencies(window.clamp(day * DAY_NANOS, now));
-                    let mut lines = Vec::with_capacity(256);
-                    push_action(&mut lines, &json!({"index": {"_index": index, "_id": id}}));
-                    let dep = DependencyDoc {
-                        trace_id: trace.clone(),
-                        caller,
-                        callee,
-                        calls,
-                        errors,
-                        start_ns: start,
+                let slot = merged.len();
+                if changed {
+                    let action = match version {
+                        Some((seq, term)) => json!({"index": {"_index": index, "_id": trace,
+                            "if_seq_no": seq, "if_primary_term": term}}),
+                        None => json!({"create": {"_index": index, "_id": trace}}),
                     };
-                    if push_source(&mut lines, &dep).is_ok() {
-                        edges.push(Item {
-                            doc: edge_traces.len(),
+                    let mut lines = Vec::with_capacity(512);
+                    push_action(&mut lines, &action);
+                    if let Err(e) = push_source(&mut lines, &doc) {
+                        failed.insert(trace, e);
+                        continue;
+                    }
+                    items.push(Item {
+                        doc: slot,
+                        lines,
+                        kind: ItemKind::Conditional,
+                    });
+                }
+                // A changed summary writes the edges whose counts changed; a replay (the
+                // summary already holds every span) writes them all again, in case an earlier
+                // attempt stored the summary but not them. Versioned by their call counts, a
+                // write from a summary that loses a race never replaces a newer edge.
+                for (key, value) in doc.edges() {
+                    if changed && before.get(&key) == Some(&value) {
+                        continue;
+                    }
+                    if let Some(lines) = self.edge_lines(&trace, key, value, window, now) {
+                        items.push(Item {
+                            doc: slot,
                             lines,
-                            kind: ItemKind::Plain,
+                            kind: ItemKind::Edge,
                         });
                     }
                 }
-                edge_traces.push(trace);
-            };
-            for (trace, doc) in unchanged {
-                add_edges(trace, &doc);
+                merged.push(Merged {
+                    trace,
+                    spans,
+                    index,
+                    version,
+                    doc,
+                    changed,
+                    summary: None,
+                    edges_failed: None,
+                });
             }
-            for ((trace, spans, doc), result) in merged.into_iter().zip(results) {
-                match result {
-                    ItemResult::Ok => add_edges(trace, &doc),
-                    ItemResult::Conflict => {
-                        pending.insert(trace, spans);
+            for (item, result) in items.iter().zip(self.bulk(&items).await) {
+                let m = &mut merged[item.doc];
+                match (&item.kind, result) {
+                    (ItemKind::Conditional, r) => m.summary = Some(r),
+                    (_, ItemResult::Ok(_)) => {}
+                    (_, ItemResult::Retry(e) | ItemResult::Rejected(e)) => {
+                        m.edges_failed = Some(format!("call edges: {e}"))
                     }
-                    ItemResult::Retry(m) => {
-                        failed.insert(trace, m);
-                    }
-                    ItemResult::Rejected(m) => {
-                        // The spans are stored; a summary the store refuses for good would
-                        // be refused again, so it is logged rather than retried forever.
-                        tracing::warn!(trace = %trace, error = %m, "trace summary rejected");
+                    (_, ItemResult::Conflict) => {
+                        m.edges_failed = Some("call edges: conflict".into())
                     }
                 }
             }
-            for (item, result) in edges.iter().zip(self.bulk(&edges).await) {
-                match result {
-                    ItemResult::Ok => {}
-                    ItemResult::Retry(m) | ItemResult::Rejected(m) => {
-                        failed.insert(edge_traces[item.doc].clone(), format!("call edges: {m}"));
+            let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
+            for m in merged {
+                let stored = match (m.changed, m.summary) {
+                    (false, _) => m.version,
+                    (true, Some(ItemResult::Ok(version))) => version,
+                    (true, Some(ItemResult::Conflict)) => {
+                        // Another writer changed it first: read, merge and write again (this
+                        // round's edges of it are rewritten from the merged summary).
+                        pending.insert(m.trace, m.spans);
+                        continue;
                     }
-                    ItemResult::Conflict => {
-                        failed.insert(edge_traces[item.doc].clone(), "call edges: conflict".into());
+                    (true, Some(ItemResult::Retry(e))) => {
+                        failed.insert(m.trace, e);
+                        continue;
                     }
+                    (true, Some(ItemResult::Rejected(e))) => {
+                        // The spans are stored; a summary the store refuses for good would
+                        // be refused again, so it is logged rather than retried forever.
+                        tracing::warn!(trace = %m.trace, error = %e, "trace summary rejected");
+                        continue;
+                    }
+                    (true, None) => continue,
+                };
+                if let Some(e) = m.edges_failed {
+                    failed.insert(m.trace.clone(), e);
+                }
+                if let Some((seq_no, primary_term)) = stored {
+                    cache.put(CachedSummary {
+                        index: m.index,
+                        seq_no,
+                        primary_term,
+                        doc: m.doc,
+                    });
                 }
             }
         }
@@ -857,6 +960,40 @@ impl ElasticStore {
             );
         }
         failed
+    }
+
+    /// The bulk lines of one call edge of a trace (see [`EDGE_VERSION_BASE`]).
+    fn edge_lines(
+        &self,
+        trace: &str,
+        (caller, callee, day): (String, String, u64),
+        (calls, errors, start): (u64, u64, u64),
+        window: TimeWindow,
+        now: u64,
+    ) -> Option<Vec<u8>> {
+        let id = format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(
+                format!("{trace}\u{1f}{caller}\u{1f}{callee}\u{1f}{day}").as_bytes()
+            )
+        );
+        let index = self.names.dependencies(window.clamp(day * DAY_NANOS, now));
+        let mut lines = Vec::with_capacity(256);
+        push_action(
+            &mut lines,
+            &json!({"index": {"_index": index, "_id": id,
+                "version": EDGE_VERSION_BASE + calls, "version_type": "external_gte"}}),
+        );
+        let dep = DependencyDoc {
+            trace_id: trace.to_string(),
+            caller,
+            callee,
+            calls,
+            errors,
+            start_ns: start,
+        };
+        push_source(&mut lines, &dep).ok()?;
+        Some(lines)
     }
 
     /// Days whose span index has no trace-summary index: spans stored by an earlier version
@@ -914,7 +1051,7 @@ impl ElasticStore {
                 let n = page.len();
                 let spans: Vec<SpanRecord> = page.into_iter().map(span_from_doc).collect();
                 let refs: Vec<&SpanRecord> = spans.iter().collect();
-                let failed = self.update_summaries(&refs, unclamped).await;
+                let failed = self.update_summaries(&refs, unclamped, None, false).await;
                 if let Some((trace, message)) = failed.into_iter().next() {
                     return Err(StoreError::Unavailable(format!(
                         "backfilling {index}: summary of trace {trace}: {message}"
@@ -1069,6 +1206,7 @@ impl ElasticStore {
 
     /// Deletes the named indices (explicit names: clusters refuse wildcard deletes by default).
     async fn delete_named(&self, names: &[String]) -> Result<(), StoreError> {
+        self.forget_summaries();
         // Keep the URL short on clusters with many indices per day.
         for chunk in names.chunks(20) {
             self.json(
@@ -1132,8 +1270,29 @@ impl Backend for ElasticStore {
 impl SpanWriter for ElasticStore {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
         let (items, failed) = self.items_of(docs);
-        let results: Vec<Option<ItemResult>> =
-            self.bulk(&items).await.into_iter().map(Some).collect();
+        // The summaries of traces that are not cached are read while the spans are written:
+        // the read is only a starting point (the summary write is conditional on it), so it
+        // need not wait for the spans. Summaries are written once the spans are stored.
+        let mut unread: BTreeMap<String, Vec<&SpanRecord>> = BTreeMap::new();
+        {
+            let cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
+            for (doc, failed) in docs.iter().zip(&failed) {
+                if let (Document::Span(s), None) = (doc, failed) {
+                    if !cache.contains(&s.trace_id) {
+                        unread.entry(s.trace_id.clone()).or_default().push(s);
+                    }
+                }
+            }
+        }
+        let read = async {
+            if unread.is_empty() {
+                return None;
+            }
+            let found = self.read_summaries(&unread, self.window).await;
+            Some((unread.keys().cloned().collect::<HashSet<_>>(), found))
+        };
+        let (results, prefetched) = tokio::join!(self.bulk(&items), read);
+        let results: Vec<Option<ItemResult>> = results.into_iter().map(Some).collect();
         // Combine item results per document: any retry → retry (the whole document is
         // written again, idempotently); otherwise any rejection → rejected.
         let mut outcomes: Vec<WriteOutcome> = failed
@@ -1144,7 +1303,7 @@ impl SpanWriter for ElasticStore {
         for (item, result) in items.iter().zip(results) {
             let slot = &mut outcomes[item.doc];
             match result {
-                Some(ItemResult::Ok) | None => {
+                Some(ItemResult::Ok(_)) | None => {
                     if let ItemKind::Service(key) = &item.kind {
                         newly_seen.push(key.clone());
                     }
@@ -1177,7 +1336,9 @@ impl SpanWriter for ElasticStore {
             })
             .collect();
         if !written.is_empty() {
-            let failed = self.update_summaries(&written, self.window).await;
+            let failed = self
+                .update_summaries(&written, self.window, prefetched, true)
+                .await;
             if !failed.is_empty() {
                 for (doc, outcome) in docs.iter().zip(outcomes.iter_mut()) {
                     if let Document::Span(s) = doc {

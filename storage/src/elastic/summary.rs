@@ -19,6 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use hashlink::LruCache;
+
 use dlog_core::model::SpanRecord;
 use serde::{Deserialize, Serialize};
 
@@ -243,6 +245,93 @@ pub struct DependencyDoc {
     pub start_ns: u64,
 }
 
+/// A summary as last written (or read) by this indexer, with the version its next write is
+/// conditional on.
+#[derive(Debug, Clone)]
+pub struct CachedSummary {
+    /// The daily summary index that holds it.
+    pub index: String,
+    /// `_seq_no` of the stored document.
+    pub seq_no: u64,
+    /// `_primary_term` of the stored document.
+    pub primary_term: u64,
+    /// The stored document.
+    pub doc: SummaryDoc,
+}
+
+/// Recently written summaries, least recently used evicted first, bounded by traces and by the
+/// span contributions they hold (a summary holds up to [`MAX_SUMMARY_SPANS`] of them).
+///
+/// Kafka keys spans by trace id, so in steady state one indexer writes all of a trace's
+/// summaries and its next write can skip the read. An entry is only a guess at the stored
+/// version: every write is still conditional on `_seq_no`/`_primary_term`, and a conflict (a
+/// second writer, a rebalance) drops the entry and reads the stored document again.
+pub struct SummaryCache {
+    map: LruCache<String, CachedSummary>,
+    spans: usize,
+    max_traces: usize,
+    max_spans: usize,
+}
+
+impl SummaryCache {
+    /// A cache of at most `max_traces` summaries holding at most `max_spans` span
+    /// contributions in all (0 disables it).
+    pub fn new(max_traces: usize, max_spans: usize) -> Self {
+        SummaryCache {
+            map: LruCache::new_unbounded(),
+            spans: 0,
+            max_traces,
+            max_spans,
+        }
+    }
+
+    /// True when the trace's summary is cached.
+    pub fn contains(&self, trace: &str) -> bool {
+        self.map.contains_key(trace)
+    }
+
+    /// Takes the trace's summary out of the cache; the writer puts it back once its write
+    /// succeeded, so two concurrent writes of one trace never both trust the same entry.
+    pub fn take(&mut self, trace: &str) -> Option<CachedSummary> {
+        let entry = self.map.remove(trace)?;
+        self.spans -= entry.doc.spans.len();
+        Some(entry)
+    }
+
+    /// Remembers a stored summary, unless a newer version of it is cached already.
+    pub fn put(&mut self, entry: CachedSummary) {
+        if self.max_traces == 0 || entry.doc.spans.len() > self.max_spans {
+            return;
+        }
+        if let Some(old) = self.map.get(&entry.doc.trace_id) {
+            if old.index == entry.index
+                && (old.primary_term, old.seq_no) > (entry.primary_term, entry.seq_no)
+            {
+                return;
+            }
+        }
+        self.take(&entry.doc.trace_id);
+        self.spans += entry.doc.spans.len();
+        self.map.insert(entry.doc.trace_id.clone(), entry);
+        while self.map.len() > self.max_traces || self.spans > self.max_spans {
+            match self.map.remove_lru() {
+                Some((_, old)) => self.spans -= old.doc.spans.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Cached summaries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +392,51 @@ mod tests {
                 (("fe".into(), "be".into(), 0), (1, 1, 105)),
             ]
         );
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_traces_and_spans_and_keeps_the_newest_version() {
+        let entry = |trace: &str, spans: usize, seq_no: u64| {
+            let mut doc = SummaryDoc::new(trace);
+            for i in 0..spans {
+                doc.merge(&span(&format!("{trace}-{i}"), None, "fe", i as u64, false));
+            }
+            CachedSummary {
+                index: "i".into(),
+                seq_no,
+                primary_term: 1,
+                doc,
+            }
+        };
+        let mut cache = SummaryCache::new(2, 10);
+        cache.put(entry("a", 4, 1));
+        cache.put(entry("b", 4, 2));
+        cache.put(entry("c", 1, 3));
+        assert!(
+            !cache.contains("a"),
+            "over the trace bound, the oldest goes"
+        );
+        assert_eq!(cache.len(), 2);
+        cache.put(entry("d", 8, 4));
+        assert!(
+            !cache.contains("b") && cache.contains("c") && cache.contains("d"),
+            "over the span bound, the oldest go until it fits"
+        );
+        cache.put(entry("big", 11, 5));
+        assert!(
+            !cache.contains("big"),
+            "one summary over the span bound is not cached"
+        );
+        cache.put(entry("d", 2, 3));
+        assert_eq!(
+            cache.take("d").unwrap().seq_no,
+            4,
+            "an older version does not win"
+        );
+        assert!(cache.take("d").is_none(), "taken entries are gone");
+        assert_eq!(cache.take("c").unwrap().doc.spans.len(), 1);
+        assert!(cache.is_empty());
+        assert_eq!(cache.spans, 0);
     }
 
     #[test]
