@@ -21,13 +21,13 @@
 //! nothing is lost (a required output may see an event again if the crash fell between its
 //! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dlog_core::encoding::{Signal, TopicSignals};
 use dlog_core::kafka::{ensure_topics, KafkaSource};
-use dlog_core::names;
 use dlog_core::source::{Marks, RawRecord, Source, SourceError};
 use dlog_core::stage::Backoff;
 use prometheus_client::registry::Registry;
@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::output::silences::{Muted, Silences};
 use crate::output::{kafka, store, terminal, webhook};
 use crate::output::{BestEffort, Delivery, Output, SinkError};
-use crate::record::{decode_into, Record, TopicKind};
+use crate::record::{decode_into, Record};
 use crate::state::{
     is_applied, mark_applied, AppliedOffsets, Pending, StageState, StateError, StateFile,
 };
@@ -59,6 +59,9 @@ pub enum AlerterError {
     /// The input failed.
     #[error("input: {0}")]
     Source(#[from] SourceError),
+    /// The topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] dlog_core::kafka::TopicError),
     /// An output could not be set up.
     #[error(transparent)]
     Output(#[from] SinkError),
@@ -192,10 +195,6 @@ pub async fn run_with<S: Source>(
         "alerter running"
     );
 
-    let mut topic_kinds = HashMap::new();
-    topic_kinds.insert(config.trace_logs_topic.clone(), TopicKind::Traces);
-    topic_kinds.insert(config.service_logs_topic.clone(), TopicKind::Logs);
-    topic_kinds.insert(config.heartbeat_logs_topic.clone(), TopicKind::Logs);
     let mut stage = Stage {
         source,
         clock,
@@ -207,7 +206,6 @@ pub async fn run_with<S: Source>(
         best_effort,
         metrics,
         stop: shutdown,
-        topic_kinds,
         pending_ack: Marks::default(),
         last_checkpoint: Instant::now(),
         last_tick: None,
@@ -279,7 +277,6 @@ struct Stage<S> {
     best_effort: Vec<BestEffort>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-    topic_kinds: HashMap<String, TopicKind>,
     /// Highest offset taken per topic and partition since the last acknowledgement.
     pending_ack: Marks,
     last_checkpoint: Instant,
@@ -355,8 +352,8 @@ impl<S: Source> Stage<S> {
                     self.metrics.replayed.inc();
                     continue;
                 }
-                let kind = self.kind_of(raw);
-                if let Err(e) = decode_into(raw, kind, &mut records) {
+                let signal = self.signal_of(raw);
+                if let Err(e) = decode_into(raw, signal, &mut records) {
                     // The indexer dead-letters undecodable records; the alerter only skips them.
                     self.metrics.decode_errors.inc();
                     tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "skipping undecodable record");
@@ -393,14 +390,15 @@ impl<S: Source> Stage<S> {
         Ok(())
     }
 
-    fn kind_of(&self, raw: &RawRecord) -> TopicKind {
-        if let Some(kind) = self.topic_kinds.get(&raw.topic) {
-            return *kind;
+    /// The signal of a record; a record that names none is read as logs.
+    fn signal_of(&self, raw: &RawRecord) -> Signal {
+        TopicSignals {
+            trace_logs: &self.config.trace_logs_topic,
+            service_logs: &self.config.service_logs_topic,
+            heartbeat_logs: &self.config.heartbeat_logs_topic,
         }
-        match raw.header(names::SIGNAL_HEADER) {
-            Some(b"traces") => TopicKind::Traces,
-            _ => TopicKind::Logs,
-        }
+        .signal_of(raw)
+        .unwrap_or(Signal::Logs)
     }
 
     /// Saves the state, retrying with backoff (`retry_initial_ms` doubling, with jitter, to

@@ -129,12 +129,12 @@ pub struct Config {
     pub produce_timeout_ms: u64,
     /// Largest OTLP request accepted, after decompression, in bytes (gRPC and HTTP).
     pub max_request_bytes: usize,
-    /// Encoded bytes that may wait for Kafka at once, summed over all requests. A request that
-    /// Bytes that requests in progress may hold at once, summed over all requests: request
-    /// bodies (reserved from `Content-Length` / the gRPC frame length before they are read),
-    /// their inflated size, and the records routed from them until Kafka acknowledged them. A
-    /// request that cannot get its share within `admission_timeout_ms` is answered
-    /// `UNAVAILABLE` / 503, which bounds memory when Kafka is slow.
+    /// Bytes that all requests in progress may hold at once, summed over them: each request's
+    /// body as it arrives, its inflated size when it is compressed, its decoded form when it
+    /// has to be decoded, the bookkeeping of routing it, and the records routed from it until
+    /// Kafka acknowledged them (the producer's queue is bounded to about the same). A request
+    /// that cannot get its share within `admission_timeout_ms` is answered `UNAVAILABLE` /
+    /// 503, which bounds the bridge's memory when Kafka is slow.
     pub max_in_flight_bytes: usize,
     /// How long a request may wait for its share of `max_in_flight_bytes` before it is answered
     /// `UNAVAILABLE` / 503 (at most `produce_timeout_ms`). Short, so that a slow Kafka turns

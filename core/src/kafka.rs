@@ -186,7 +186,10 @@ impl Source for KafkaSource {
         let committed =
             tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
                 .await
-                .map_err(|e| SourceError::Kafka(format!("offset commit task failed: {e}")))?;
+                .map_err(|source| SourceError::Task {
+                    task: "offset commit",
+                    source,
+                })?;
         match committed {
             Ok(()) => Ok(()),
             // Partitions were revoked mid-batch: the new owner replays them, which idempotent
@@ -242,7 +245,7 @@ impl DeadLetters {
     /// Its `message.max.bytes` is [`names::DEFAULT_MAX_MESSAGE_BYTES`] plus
     /// [`DLQ_HEADROOM_BYTES`], so a record of the bridge's largest size still fits with the
     /// dead-letter headers.
-    pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, SourceError> {
+    pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, DeadLetterError> {
         let max_bytes = names::DEFAULT_MAX_MESSAGE_BYTES + DLQ_HEADROOM_BYTES;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -251,7 +254,10 @@ impl DeadLetters {
             .set("message.timeout.ms", "30000")
             .set("message.max.bytes", max_bytes.to_string())
             .create()
-            .map_err(kafka_err)?;
+            .map_err(|source| DeadLetterError::Producer {
+                brokers: brokers.to_string(),
+                source,
+            })?;
         Ok(DeadLetters {
             producer,
             topic: topic.to_string(),
@@ -268,7 +274,7 @@ impl DeadLetters {
     /// [`DLQ_TRUNCATED_PAYLOAD_BYTES`] and a [`names::DLQ_TRUNCATED_HEADER`] holding the
     /// original length, so the reason and coordinates still land. An error from that second
     /// attempt, or any transient error, is returned for the caller to retry.
-    pub async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    pub async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         let reason = cap_reason(reason);
         match self.produce(record, &reason, None).await {
             Ok(()) => Ok(()),
@@ -278,13 +284,16 @@ impl DeadLetters {
                     "the dead-letter topic refused the record; sending it truncated");
                 self.produce(record, &reason, Some(DLQ_TRUNCATED_PAYLOAD_BYTES))
                     .await
-                    .map_err(|e2| {
-                        SourceError::Kafka(format!(
-                            "dead letter refused ({e}), and again when truncated: {e2}"
-                        ))
+                    .map_err(|truncated| DeadLetterError::Refused {
+                        topic: self.topic.clone(),
+                        whole: e,
+                        truncated,
                     })
             }
-            Err(e) => Err(kafka_err(e)),
+            Err(source) => Err(DeadLetterError::Send {
+                topic: self.topic.clone(),
+                source,
+            }),
         }
     }
 
@@ -381,11 +390,15 @@ pub async fn ensure_topics(
     topics: &[&str],
     partitions: i32,
     replication: i32,
-) -> Result<(), SourceError> {
+) -> Result<(), TopicError> {
+    let admin_error = |source| TopicError::Admin {
+        brokers: brokers.to_string(),
+        source,
+    };
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
-        .map_err(kafka_err)?;
+        .map_err(admin_error)?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
@@ -394,18 +407,91 @@ pub async fn ensure_topics(
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(kafka_err)?;
+        .map_err(admin_error)?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(SourceError::Kafka(format!(
-                    "cannot create topic `{topic}` on brokers {brokers}: {code}"
-                )))
+                return Err(TopicError::Create {
+                    topic,
+                    brokers: brokers.to_string(),
+                    code,
+                })
             }
         }
     }
     Ok(())
+}
+
+/// Topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The admin client could not be made or the brokers did not answer.
+    #[error("cannot create topics on brokers {brokers}: {source}")]
+    Admin {
+        /// The brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The brokers refused to create a topic.
+    #[error("cannot create topic `{topic}` on brokers {brokers}: {code}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The brokers.
+        brokers: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// A dead letter could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The dead-letter producer could not be made (an invalid property).
+    #[error("cannot create the dead-letter producer for brokers {brokers}: {source}")]
+    Producer {
+        /// The brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The dead-letter topic did not take the record (unreachable, timed out): worth
+    /// retrying.
+    #[error("cannot write a dead letter to topic `{topic}`: {source}")]
+    Send {
+        /// The dead-letter topic.
+        topic: String,
+        /// The producer's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The dead-letter topic refused the record whole, and again with its payload truncated.
+    #[error(
+        "dead letter refused by topic `{topic}` ({whole}), and again when truncated: {truncated}"
+    )]
+    Refused {
+        /// The dead-letter topic.
+        topic: String,
+        /// Why the whole record was refused.
+        whole: rdkafka::error::KafkaError,
+        /// Why the truncated record was refused.
+        truncated: rdkafka::error::KafkaError,
+    },
+    /// A dead letter could not be serialized.
+    #[error("cannot encode a dead letter: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The task writing dead letters panicked or was cancelled.
+    #[error("the dead-letter writer task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// A dead-letter file could not be written (the all-in-one mode).
+    #[error("cannot write dead letter file {path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]

@@ -170,13 +170,16 @@ pub enum AllInOneError {
         /// Why.
         source: dlog_storage::StoreError,
     },
-    /// Kafka could not be set up (topics, consumers).
-    #[error("kafka at {brokers}: {message}")]
+    /// The topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] dlog_core::kafka::TopicError),
+    /// The consumers could not be set up.
+    #[error("kafka at {brokers}: {source}")]
     Kafka {
         /// The brokers.
         brokers: String,
         /// What failed.
-        message: String,
+        source: SourceError,
     },
     /// The local log could not be opened.
     #[error(transparent)]
@@ -256,7 +259,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     // Kafka, the topics exist before anyone produces or subscribes.
     let input = match &config.kafka_brokers {
         None => Input::Local(Box::new(open_local_log(&config)?)),
-        Some(brokers) => Input::Kafka(join_kafka(brokers).await?),
+        Some(brokers) => Input::Kafka {
+            brokers: join_kafka(brokers).await?,
+        },
     };
     let store = open_store(&store_config)
         .await
@@ -292,7 +297,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         rules_file: config.rules_file.clone(),
         state_dir: config.data_dir.join(match input {
             Input::Local(_) => ALERTER_DIR,
-            Input::Kafka(_) => ALERTER_KAFKA_DIR,
+            Input::Kafka { .. } => ALERTER_KAFKA_DIR,
         }),
         // Log offsets are stable across restarts, as Kafka's are: records the saved state
         // already applied are skipped when the input hands them out again.
@@ -335,13 +340,13 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             let bridge = collector_bridge::start_with_sink(bridge_config, sink).await;
             (Some(local.wal), records_to, running, bridge)
         }
-        Input::Kafka(brokers) => {
+        Input::Kafka { brokers } => {
             let records_to = format!("Kafka brokers {brokers}");
             let mut indexer_config = IndexerConfig::default();
             indexer_config.input.kafka_brokers = brokers.clone();
-            let kafka_err = |e: SourceError| AllInOneError::Kafka {
+            let kafka_err = |source: SourceError| AllInOneError::Kafka {
                 brokers: brokers.clone(),
-                message: e.to_string(),
+                source,
             };
             let indexer_source =
                 KafkaSource::new(&indexer_config.input.settings(indexer_config.input_topics()))
@@ -443,8 +448,11 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
 /// What the stages read.
 enum Input {
     Local(Box<LocalInput>),
-    /// The brokers; the topics exist.
-    Kafka(String),
+    /// Kafka; the topics exist.
+    Kafka {
+        /// The bootstrap brokers.
+        brokers: String,
+    },
 }
 
 struct LocalInput {
@@ -488,11 +496,7 @@ async fn join_kafka(brokers: &str) -> Result<String, AllInOneError> {
         collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
         1,
     )
-    .await
-    .map_err(|e| AllInOneError::Kafka {
-        brokers: brokers.to_string(),
-        message: e.to_string(),
-    })?;
+    .await?;
     Ok(brokers.to_string())
 }
 

@@ -252,7 +252,10 @@ pub(crate) const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// DescribeConfigs, or does not report `max.message.bytes` (tansu answers with no entries)
 /// is logged and skipped, as is a topic that does not exist yet (logged as an error with the
 /// remedy; its records are answered UNAVAILABLE until it exists).
-pub(crate) async fn check_topic_limits(config: &Config, within: Duration) -> Result<(), String> {
+pub(crate) async fn check_topic_limits(
+    config: &Config,
+    within: Duration,
+) -> Result<(), Vec<String>> {
     let mut client = ClientConfig::new();
     // The user's table carries security settings the admin connection needs too.
     for (key, value) in &config.kafka {
@@ -315,7 +318,7 @@ pub(crate) async fn check_topic_limits(config: &Config, within: Duration) -> Res
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(problems)
     }
 }
 

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dlog_core::encoding::{decode_logs, decode_traces, Signal};
-use dlog_core::kafka::{DeadLetters, KafkaSource};
+use dlog_core::encoding::{decode_logs, decode_traces, Signal, TopicSignals};
+use dlog_core::kafka::{DeadLetterError, DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
@@ -41,12 +41,12 @@ use crate::store::{Document, Store, WriteOutcome};
 pub trait DeadLetterSink: Send + Sync {
     /// Stores `record` with `reason` durably; the stage acknowledges the record only after
     /// this returned `Ok`.
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError>;
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError>;
 }
 
 #[async_trait]
 impl DeadLetterSink for DeadLetters {
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         DeadLetters::send(self, record, reason).await
     }
 }
@@ -58,7 +58,7 @@ pub struct LogDeadLetters;
 
 #[async_trait]
 impl DeadLetterSink for LogDeadLetters {
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         tracing::error!(
             topic = %record.topic,
             partition = record.partition,
@@ -237,22 +237,17 @@ impl PipelineOptions {
 /// The topic decides the signal (`trace_logs` holds traces, the other two logs); a record
 /// from another topic is read by its `otlp.signal` header.
 pub fn decode_record(record: &RawRecord, topics: &Topics) -> Result<Vec<Document>, String> {
-    let signal = if record.topic == topics.trace_logs {
-        Signal::Traces
-    } else if record.topic == topics.service_logs || record.topic == topics.heartbeat_logs {
-        Signal::Logs
-    } else {
-        match record.header(names::SIGNAL_HEADER) {
-            Some(b"traces") => Signal::Traces,
-            Some(b"logs") => Signal::Logs,
-            _ => {
-                return Err(format!(
-                    "record from topic `{}` has no `{}` header saying traces or logs",
-                    record.topic,
-                    names::SIGNAL_HEADER
-                ))
-            }
-        }
+    let topics = TopicSignals {
+        trace_logs: &topics.trace_logs,
+        service_logs: &topics.service_logs,
+        heartbeat_logs: &topics.heartbeat_logs,
+    };
+    let Some(signal) = topics.signal_of(record) else {
+        return Err(format!(
+            "record from topic `{}` has no `{}` header saying traces or logs",
+            record.topic,
+            names::SIGNAL_HEADER
+        ));
     };
     let encoding = record.encoding().map_err(|e| e.to_string())?;
     match signal {
@@ -294,6 +289,9 @@ pub enum StageError {
     /// The source failed in a way that retrying will not fix.
     #[error("input failed: {0}")]
     Source(#[from] SourceError),
+    /// The stage's task panicked or was cancelled.
+    #[error("the indexing task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Why a step stopped early.
@@ -646,7 +644,7 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// Kafka could not be set up (topics, consumer, dead-letter producer).
+    /// The consumer could not be set up.
     #[error("kafka at {brokers}: {source}")]
     Kafka {
         /// The brokers.
@@ -654,6 +652,12 @@ pub enum StartError {
         /// What failed.
         source: SourceError,
     },
+    /// The topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] dlog_core::kafka::TopicError),
+    /// The dead-letter producer could not be made.
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
     /// The admin address could not be bound.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {
@@ -702,9 +706,7 @@ impl RunningIndexer {
     pub async fn wait(self) -> Result<(), StageError> {
         let result = match self.pipeline.await {
             Ok(result) => result,
-            Err(e) => Err(StageError::Source(SourceError::Kafka(format!(
-                "stage task failed: {e}"
-            )))),
+            Err(e) => Err(StageError::Task(e)),
         };
         self.shutdown.cancel();
         let _ = self.admin.await;
@@ -740,8 +742,7 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
             config.input.topic_partitions,
             1,
         )
-        .await
-        .map_err(kafka_err)?;
+        .await?;
     }
     let source =
         KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
@@ -749,8 +750,7 @@ pub async fn start(config: IndexerConfig) -> Result<RunningIndexer, StartError> 
         &config.input.kafka_brokers,
         &config.dead_letters_topic,
         "dlog-indexer",
-    )
-    .map_err(kafka_err)?;
+    )?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let (admin_addr, admin) = admin::serve(config.admin, Arc::clone(&metrics), shutdown.clone())
