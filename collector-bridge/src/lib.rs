@@ -349,7 +349,7 @@ pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
     sink::check_topic_limits(&config, sink::TOPIC_CHECK_TIMEOUT)
         .await
         .map_err(|problems| BridgeError::TopicLimits { problems })?;
-    let sink = KafkaSink::new(&config).map_err(BridgeError::Producer)?;
+    let sink = KafkaSink::new(&config.kafka_sink()).map_err(BridgeError::Producer)?;
     start_with_sink(config, sink).await
 }
 
