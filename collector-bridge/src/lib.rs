@@ -187,12 +187,11 @@ pub enum BridgeError {
     /// The topics could not be created (`create_topics`).
     #[error("kafka: {0}")]
     Topics(#[from] dlog_core::kafka::TopicError),
-    /// Topics refuse records of `max_message_bytes`: each problem names the topic, both
-    /// limits and the remedy.
-    #[error("kafka: {}", problems.join("; "))]
+    /// Topics refuse records of `max_message_bytes`.
+    #[error("kafka: {}", topics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     TopicLimits {
-        /// One sentence per topic.
-        problems: Vec<String>,
+        /// Each topic, with its limit and the remedy.
+        topics: Vec<sink::TopicTooSmall>,
     },
     /// The Kafka producer could not be made (an invalid `[kafka]` property).
     #[error("kafka: {0}")]
@@ -348,7 +347,7 @@ pub async fn start(config: Config) -> Result<RunningBridge, BridgeError> {
     // good: refuse to start instead, naming the topic and both values.
     sink::check_topic_limits(&config, sink::TOPIC_CHECK_TIMEOUT)
         .await
-        .map_err(|problems| BridgeError::TopicLimits { problems })?;
+        .map_err(|topics| BridgeError::TopicLimits { topics })?;
     let sink = KafkaSink::new(&config.kafka_sink()).map_err(BridgeError::Producer)?;
     start_with_sink(config, sink).await
 }

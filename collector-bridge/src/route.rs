@@ -816,15 +816,15 @@ struct OwnedItem<'a, G: OtlpSignal>(&'a G::Item);
 
 impl<G: OtlpSignal> Part for OwnedItem<'_, G> {
     fn wire_len(&self) -> usize {
-        self.0.encoded_len()
+        Owned(self.0).wire_len()
     }
 
     fn write(&self, buf: &mut Vec<u8>) {
-        self.0.encode_raw(buf);
+        Owned(self.0).write(buf);
     }
 
     fn json_len(&self) -> usize {
-        json_len(self.0)
+        Owned(self.0).json_len()
     }
 }
 

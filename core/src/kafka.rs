@@ -675,17 +675,21 @@ mod tests {
             producer.properties.insert(key.into(), value.into());
         }
         let client = producer.client_config();
-        assert_eq!(client.get("linger.ms"), Some("20"));
-        assert_eq!(client.get("compression.type"), Some("lz4"));
-        assert_eq!(client.get("acks"), Some("all"));
-        assert_eq!(client.get("request.required.acks"), None);
-        assert_eq!(client.get("enable.idempotence"), Some("true"));
-        assert_eq!(client.get("message.timeout.ms"), Some("7000"));
-        assert_eq!(client.get("delivery.timeout.ms"), None);
-        assert_eq!(client.get("message.max.bytes"), Some("2000000"));
-        assert_eq!(client.get("bootstrap.servers"), Some("k:9092"));
-        // Unset bounds keep librdkafka's defaults.
-        assert_eq!(client.get("queue.buffering.max.kbytes"), None);
+        for (key, expected) in [
+            ("linger.ms", Some("20")),
+            ("compression.type", Some("lz4")),
+            ("acks", Some("all")),
+            ("request.required.acks", None),
+            ("enable.idempotence", Some("true")),
+            ("message.timeout.ms", Some("7000")),
+            ("delivery.timeout.ms", None),
+            ("message.max.bytes", Some("2000000")),
+            ("bootstrap.servers", Some("k:9092")),
+            // Unset bounds keep librdkafka's defaults.
+            ("queue.buffering.max.kbytes", None),
+        ] {
+            assert_eq!(client.get(key), expected, "{key}");
+        }
     }
 
     #[test]

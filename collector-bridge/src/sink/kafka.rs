@@ -306,7 +306,7 @@ pub(crate) const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn check_topic_limits(
     config: &Config,
     within: Duration,
-) -> Result<(), Vec<String>> {
+) -> Result<(), Vec<TopicTooSmall>> {
     let mut client = ClientConfig::new();
     // The user's table carries security settings the admin connection needs too.
     for (key, value) in &config.kafka {
@@ -379,15 +379,32 @@ fn topic_limit_problem(
     topic: &str,
     max_message_bytes: usize,
     limit: Option<&str>,
-) -> Option<String> {
+) -> Option<TopicTooSmall> {
     let limit: usize = limit?.trim().parse().ok()?;
     let needed = max_message_bytes.saturating_add(RECORD_BATCH_OVERHEAD);
-    (limit < needed).then(|| {
-        format!(
-            "topic `{topic}` accepts record batches of at most {limit} bytes (max.message.bytes), but max_message_bytes is {max_message_bytes}, which needs {needed} with Kafka's framing: lower max_message_bytes to {} or less, or raise the topic's max.message.bytes",
-            limit.saturating_sub(RECORD_BATCH_OVERHEAD)
-        )
+    (limit < needed).then(|| TopicTooSmall {
+        topic: topic.to_string(),
+        limit,
+        max_message_bytes,
+        needed,
+        fits: limit.saturating_sub(RECORD_BATCH_OVERHEAD),
     })
+}
+
+/// A topic whose `max.message.bytes` is below what records of `max_message_bytes` need.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("topic `{topic}` accepts record batches of at most {limit} bytes (max.message.bytes), but max_message_bytes is {max_message_bytes}, which needs {needed} with Kafka's framing: lower max_message_bytes to {fits} or less, or raise the topic's max.message.bytes")]
+pub struct TopicTooSmall {
+    /// The topic.
+    pub topic: String,
+    /// Its `max.message.bytes`, as the broker reported it.
+    pub limit: usize,
+    /// The bridge's `max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// What a record of `max_message_bytes` needs with Kafka's framing.
+    pub needed: usize,
+    /// The largest `max_message_bytes` the topic takes.
+    pub fits: usize,
 }
 
 /// How long to wait before offering a record to a full producer queue again.
@@ -518,7 +535,9 @@ mod tests {
 
     #[test]
     fn regression_topic_max_message_bytes_below_max_message_bytes_is_a_start_error() {
-        let problem = topic_limit_problem("spans", 1_000_000, Some("500000")).unwrap();
+        let problem = topic_limit_problem("spans", 1_000_000, Some("500000"))
+            .unwrap()
+            .to_string();
         assert!(
             problem.contains("`spans`") && problem.contains("max_message_bytes"),
             "{problem}"
