@@ -30,19 +30,10 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::body::{self, Collected, InflateError};
-use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
+use crate::ingest::{Ingest, IngestError, Ticket};
 use crate::metrics::Transport;
 use crate::signal::OtlpSignal;
 use crate::sink::Sink;
-
-fn partial(accepted: &Accepted) -> Option<(i64, String)> {
-    (accepted.rejected > 0 || !accepted.error_message.is_empty()).then(|| {
-        (
-            i64::try_from(accepted.rejected).unwrap_or(i64::MAX),
-            accepted.error_message.clone(),
-        )
-    })
-}
 
 /// `UNAVAILABLE` carries a `RetryInfo` detail, which OTLP exporters honour as the back-off.
 fn status<S>(ingest: &Ingest<S>, error: IngestError) -> Status {
@@ -351,7 +342,7 @@ impl<S: Sink, G: OtlpSignal> UnaryService<Bytes> for Export<S, G> {
                     .map_err(|e| status(&ingest, e))?,
             };
             match ingest.protobuf::<G>(body, ticket, Transport::Grpc).await {
-                Ok(accepted) => Ok(tonic::Response::new(G::response(partial(&accepted)))),
+                Ok(accepted) => Ok(tonic::Response::new(G::response(&accepted))),
                 Err(e) => Err(status(&ingest, e)),
             }
         })

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::body::{self, Collected, InflateError, BLOCKING_THRESHOLD};
-use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
+use crate::ingest::{Ingest, IngestError, Ticket};
 use crate::json_size::json_decoded_size;
 use crate::metrics::Transport;
 use crate::signal::{Logs, OtlpSignal, Traces};
@@ -332,15 +332,6 @@ fn failure<S>(ingest: &Ingest<S>, error: IngestError) -> Failure {
     }
 }
 
-fn partial(accepted: &Accepted) -> Option<(i64, String)> {
-    (accepted.rejected > 0 || !accepted.error_message.is_empty()).then(|| {
-        (
-            i64::try_from(accepted.rejected).unwrap_or(i64::MAX),
-            accepted.error_message.clone(),
-        )
-    })
-}
-
 /// Counts a failure answered before the request reached the sink, and gives a 503 its retry
 /// hint.
 fn refuse<S: Sink>(ingest: &Ingest<S>, signal: Signal, mut failure: Failure) -> Failure {
@@ -461,7 +452,7 @@ async fn export<S: Sink, G: OtlpSignal>(
         }
     };
     match result {
-        Ok(accepted) => encode(format, &G::response(partial(&accepted))),
+        Ok(accepted) => encode(format, &G::response(&accepted)),
         Err(e) => failure(&state.ingest, e).into_response(format),
     }
 }

@@ -19,6 +19,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::ingest::Accepted;
 use crate::redact::Redactor;
 use crate::route::{classify_log, classify_span, Classified, Dest};
 use crate::wire::RawItem;
@@ -87,8 +88,8 @@ pub(crate) trait OtlpSignal: Send + Sync + Sized + 'static {
 
     /// Serializes a request as a record value.
     fn encode(encoding: Encoding, request: &Self::Request) -> Result<Vec<u8>, EncodeError>;
-    /// The answer to the sender: partial success with (rejected items, reason), if any.
-    fn response(partial: Option<(i64, String)>) -> Self::Response;
+    /// The answer to the sender, a partial success when items were rejected.
+    fn response(accepted: &Accepted) -> Self::Response;
 
     /// Spans or log records in a decoded request.
     fn item_count(request: &Self::Request) -> usize {
@@ -193,9 +194,9 @@ impl OtlpSignal for Traces {
         encoding::encode_traces(encoding, request)
     }
 
-    fn response(partial: Option<(i64, String)>) -> Self::Response {
+    fn response(accepted: &Accepted) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: partial.map(|(rejected_spans, error_message)| {
+            partial_success: partial(accepted).map(|(rejected_spans, error_message)| {
                 ExportTracePartialSuccess {
                     rejected_spans,
                     error_message,
@@ -296,9 +297,9 @@ impl OtlpSignal for Logs {
         encoding::encode_logs(encoding, request)
     }
 
-    fn response(partial: Option<(i64, String)>) -> Self::Response {
+    fn response(accepted: &Accepted) -> Self::Response {
         ExportLogsServiceResponse {
-            partial_success: partial.map(|(rejected_log_records, error_message)| {
+            partial_success: partial(accepted).map(|(rejected_log_records, error_message)| {
                 ExportLogsPartialSuccess {
                     rejected_log_records,
                     error_message,
@@ -306,4 +307,14 @@ impl OtlpSignal for Logs {
             }),
         }
     }
+}
+
+/// (rejected items, reason) when anything was rejected or there is a reason to give.
+fn partial(accepted: &Accepted) -> Option<(i64, String)> {
+    (accepted.rejected > 0 || !accepted.error_message.is_empty()).then(|| {
+        (
+            i64::try_from(accepted.rejected).unwrap_or(i64::MAX),
+            accepted.error_message.clone(),
+        )
+    })
 }
