@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use dlog_alerting::record::{decode_into, TopicKind};
+use dlog_alerting::record::decode_into;
 use dlog_alerting::{Engine, ManualClock, Record, RulesConfig};
-use dlog_core::encoding::{encode_logs, encode_traces, Encoding};
+use dlog_core::encoding::{encode_logs, encode_traces, Encoding, Signal};
 use dlog_core::names;
 use dlog_core::source::RawRecord;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -164,7 +164,7 @@ fn raw(topic: &str, value: Vec<u8>) -> RawRecord {
 /// (caller with a server and a client span, callee with a server span), 2 logs and a
 /// service.call record; some warnings, errors, slow and failing requests; a heartbeat per
 /// service every 10 s of simulated time.
-fn workload() -> Vec<(TopicKind, RawRecord)> {
+fn workload() -> Vec<(Signal, RawRecord)> {
     let mut out = Vec::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
@@ -221,7 +221,7 @@ fn workload() -> Vec<(TopicKind, RawRecord)> {
             ),
         ];
         out.push((
-            TopicKind::Traces,
+            Signal::Traces,
             raw(
                 names::TRACE_LOGS_TOPIC,
                 encode_traces(Encoding::OtlpProto, &traces(caller, caller_spans))
@@ -240,7 +240,7 @@ fn workload() -> Vec<(TopicKind, RawRecord)> {
             vec![],
         )];
         out.push((
-            TopicKind::Traces,
+            Signal::Traces,
             raw(
                 names::TRACE_LOGS_TOPIC,
                 encode_traces(Encoding::OtlpProto, &traces(callee, callee_span))
@@ -323,7 +323,7 @@ fn workload() -> Vec<(TopicKind, RawRecord)> {
             ));
         }
         out.push((
-            TopicKind::Logs,
+            Signal::Logs,
             raw(
                 names::SERVICE_LOGS_TOPIC,
                 encode_logs(Encoding::OtlpProto, &logs(caller, records)).unwrap_or_default(),
@@ -348,7 +348,7 @@ fn workload() -> Vec<(TopicKind, RawRecord)> {
                     names::HEARTBEAT_EVENT,
                 );
                 out.push((
-                    TopicKind::Logs,
+                    Signal::Logs,
                     raw(
                         names::HEARTBEAT_LOGS_TOPIC,
                         encode_logs(Encoding::OtlpProto, &logs(i, vec![hb])).unwrap_or_default(),

@@ -6,8 +6,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use dlog_core::cli::{parse_property, with_default};
+use dlog_core::{names, overlay};
 
-use crate::config::{AlerterConfig, ConfigError};
+use crate::config::{
+    AlerterConfig, ConfigError, DEFAULT_GROUP_ID, DEFAULT_KAFKA_BROKERS,
+    DEFAULT_LEASE_SESSION_TIMEOUT_MS, DEFAULT_LEASE_TOPIC, DEFAULT_LEASE_WAIT_MS,
+    DEFAULT_STATE_DIR,
+};
 
 /// Rules over spans, logs and heartbeats from Kafka; alerts to the terminal, the `alerts`
 /// topic, a webhook and the store.
@@ -22,48 +28,37 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_RULES", value_name = "FILE")]
     pub rules: Option<PathBuf>,
 
-    /// Kafka bootstrap brokers [default: 127.0.0.1:9092].
     #[arg(
         long,
         env = "DLOG_ALERTER_KAFKA_BROKERS",
-        value_name = "HOST:PORT[,..]"
-    )]
+        value_name = "HOST:PORT[,..]", help = with_default("Kafka bootstrap brokers", DEFAULT_KAFKA_BROKERS))]
     pub kafka_brokers: Option<String>,
 
-    /// Consumer group [default: dlog-alerter].
-    #[arg(long, env = "DLOG_ALERTER_GROUP_ID", value_name = "GROUP")]
+    #[arg(long, env = "DLOG_ALERTER_GROUP_ID", value_name = "GROUP", help = with_default("Consumer group", DEFAULT_GROUP_ID))]
     pub group_id: Option<String>,
 
-    /// Admin listen address for /metrics and /healthz [default: 127.0.0.1:8890].
-    #[arg(long, env = "DLOG_ALERTER_ADMIN", value_name = "ADDR:PORT")]
+    #[arg(long, env = "DLOG_ALERTER_ADMIN", value_name = "ADDR:PORT", help = with_default("Admin listen address for /metrics and /healthz", AlerterConfig::default().admin))]
     pub admin: Option<SocketAddr>,
 
-    /// Directory of the state file [default: dlog-alerter-state].
-    #[arg(long, env = "DLOG_ALERTER_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = "DLOG_ALERTER_STATE_DIR", value_name = "DIR", help = with_default("Directory of the state file", DEFAULT_STATE_DIR))]
     pub state_dir: Option<PathBuf>,
 
-    /// Topic for spans [default: trace_logs].
-    #[arg(long, env = "DLOG_ALERTER_TRACE_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_ALERTER_TRACE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic for spans", names::TRACE_LOGS_TOPIC))]
     pub trace_logs_topic: Option<String>,
 
-    /// Topic for log records [default: service_logs].
-    #[arg(long, env = "DLOG_ALERTER_SERVICE_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_ALERTER_SERVICE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic for log records", names::SERVICE_LOGS_TOPIC))]
     pub service_logs_topic: Option<String>,
 
-    /// Topic for registration and heartbeat events [default: heartbeat_logs].
-    #[arg(long, env = "DLOG_ALERTER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_ALERTER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic for registration and heartbeat events", names::HEARTBEAT_LOGS_TOPIC))]
     pub heartbeat_logs_topic: Option<String>,
 
-    /// Create missing topics at start [default: false].
-    #[arg(long, env = "DLOG_ALERTER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "DLOG_ALERTER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Create missing topics at start", AlerterConfig::default().input.create_topics))]
     pub create_topics: Option<bool>,
 
-    /// Topic for alert events [default: alerts].
-    #[arg(long, env = "DLOG_ALERTER_ALERTS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_ALERTER_ALERTS_TOPIC", value_name = "TOPIC", help = with_default("Topic for alert events", names::ALERTS_TOPIC))]
     pub alerts_topic: Option<String>,
 
-    /// Write alert events to Kafka [default: true].
-    #[arg(long, env = "DLOG_ALERTER_KAFKA_OUTPUT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "DLOG_ALERTER_KAFKA_OUTPUT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Write alert events to Kafka", AlerterConfig::default().outputs.kafka.enabled))]
     pub kafka_output: Option<bool>,
 
     /// POST alerts as JSON to this http:// URL (enables the webhook output).
@@ -83,32 +78,21 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_STORE_ELASTICSEARCH_URL", value_name = "URL")]
     pub store_elasticsearch_url: Option<String>,
 
-    /// Print alerts on stdout [default: true].
-    #[arg(long, env = "DLOG_ALERTER_TERMINAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "DLOG_ALERTER_TERMINAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Print alerts on stdout", AlerterConfig::default().outputs.terminal.enabled))]
     pub terminal: Option<bool>,
 
-    /// Single-partition topic holding the group's lease [default: alerter_lease].
-    #[arg(long, env = "DLOG_ALERTER_LEASE_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_ALERTER_LEASE_TOPIC", value_name = "TOPIC", help = with_default("Single-partition topic holding the group's lease", DEFAULT_LEASE_TOPIC))]
     pub lease_topic: Option<String>,
 
-    /// How long to wait for the lease before refusing to start, ms [default: 45000].
-    #[arg(long, env = "DLOG_ALERTER_LEASE_WAIT_MS", value_name = "MS")]
+    #[arg(long, env = "DLOG_ALERTER_LEASE_WAIT_MS", value_name = "MS", help = with_default("How long to wait for the lease before refusing to start, ms", DEFAULT_LEASE_WAIT_MS))]
     pub lease_wait_ms: Option<u64>,
 
-    /// Session timeout of the lease group, ms [default: 6000].
-    #[arg(long, env = "DLOG_ALERTER_LEASE_SESSION_TIMEOUT_MS", value_name = "MS")]
+    #[arg(long, env = "DLOG_ALERTER_LEASE_SESSION_TIMEOUT_MS", value_name = "MS", help = with_default("Session timeout of the lease group, ms", DEFAULT_LEASE_SESSION_TIMEOUT_MS))]
     pub lease_session_timeout_ms: Option<u32>,
 
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
 }
 
 impl Args {
@@ -119,22 +103,9 @@ impl Args {
             Some(path) => AlerterConfig::from_file(path)?,
             None => AlerterConfig::default(),
         };
-        macro_rules! overlay {
-            ($($field:ident),*) => {$(
-                if let Some(value) = self.$field {
-                    config.$field = value;
-                }
-            )*};
-        }
-        macro_rules! overlay_input {
-            ($($field:ident),*) => {$(
-                if let Some(value) = self.$field {
-                    config.input.$field = value;
-                }
-            )*};
-        }
-        overlay_input!(kafka_brokers, group_id, create_topics);
+        overlay!(self => config.input, kafka_brokers, group_id, create_topics);
         overlay!(
+            self => config,
             admin,
             state_dir,
             trace_logs_topic,

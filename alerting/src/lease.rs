@@ -101,6 +101,14 @@ pub enum LeaseError {
         /// The group.
         group: String,
     },
+    /// The task taking the lease panicked or was cancelled.
+    #[error("taking the lease of consumer group `{group}` failed: {source}")]
+    Task {
+        /// The group.
+        group: String,
+        /// Why the task stopped.
+        source: tokio::task::JoinError,
+    },
     /// Kafka failed.
     #[error("lease of consumer group `{group}` on topic `{topic}`: {message}")]
     Kafka {
@@ -225,7 +233,7 @@ pub async fn acquire(
     let stop = shutdown.clone();
     tokio::task::spawn_blocking(move || acquire_blocking(&config, admin, &stop))
         .await
-        .map_err(|e| kafka(format!("lease task failed: {e}")))?
+        .map_err(|source| LeaseError::Task { group, source })?
 }
 
 fn client_config(config: &AlerterConfig) -> ClientConfig {

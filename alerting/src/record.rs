@@ -1,6 +1,6 @@
 //! Kafka records → the flattened records the engine evaluates.
 
-use dlog_core::encoding::{decode_logs, decode_traces, DecodeError};
+use dlog_core::encoding::{decode_logs, decode_traces, DecodeError, Signal};
 use dlog_core::model::{self, Heartbeat, LogEntry, LogItem, SpanRecord};
 use dlog_core::source::RawRecord;
 
@@ -24,25 +24,16 @@ impl From<LogItem> for Record {
     }
 }
 
-/// Which OTLP request a topic carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopicKind {
-    /// `ExportTraceServiceRequest`.
-    Traces,
-    /// `ExportLogsServiceRequest` (logs, calls, heartbeats).
-    Logs,
-}
-
 /// Decodes one Kafka record into engine records, appending them to `out`. The encoding
 /// comes from the record's header; the signal from the topic it was read from.
 pub fn decode_into(
     raw: &RawRecord,
-    kind: TopicKind,
+    signal: Signal,
     out: &mut Vec<Record>,
 ) -> Result<(), DecodeError> {
     let encoding = raw.encoding()?;
-    match kind {
-        TopicKind::Traces => {
+    match signal {
+        Signal::Traces => {
             let request = decode_traces(encoding, &raw.payload)?;
             out.extend(
                 model::spans_from_request(&request)
@@ -50,7 +41,7 @@ pub fn decode_into(
                     .map(Record::Span),
             );
         }
-        TopicKind::Logs => {
+        Signal::Logs => {
             let request = decode_logs(encoding, &raw.payload)?;
             out.extend(
                 model::logs_from_request(&request)

@@ -21,13 +21,13 @@
 //! nothing is lost (a required output may see an event again if the crash fell between its
 //! acknowledgement and step 5; `(id, revision)` identifies such a repeat).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dlog_core::encoding::{Signal, TopicSignals};
 use dlog_core::kafka::{ensure_topics, KafkaSource};
-use dlog_core::names;
 use dlog_core::source::{Mark, Marks, RawRecord, Source, SourceError};
 use dlog_core::stage::{
     BatchHandler, Driver, DriverOptions, Input, InputEvents, ReadRetry, StageTask,
@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 use crate::output::silences::{Muted, Silences};
 use crate::output::{kafka, store, terminal, webhook};
 use crate::output::{BestEffort, Delivery, Output, SinkError};
-use crate::record::{decode_into, Record, TopicKind};
+use crate::record::{decode_into, Record};
 use crate::state::{
     is_applied, mark_applied, AppliedOffsets, Pending, StageState, StateError, StateFile,
 };
@@ -61,6 +61,9 @@ pub enum AlerterError {
     /// The input failed.
     #[error("input: {0}")]
     Source(#[from] SourceError),
+    /// The topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] dlog_core::kafka::TopicError),
     /// An output could not be set up.
     #[error(transparent)]
     Output(#[from] SinkError),
@@ -419,10 +422,6 @@ async fn prepare(
         "alerter running"
     );
 
-    let mut topic_kinds = HashMap::new();
-    topic_kinds.insert(config.trace_logs_topic.clone(), TopicKind::Traces);
-    topic_kinds.insert(config.service_logs_topic.clone(), TopicKind::Logs);
-    topic_kinds.insert(config.heartbeat_logs_topic.clone(), TopicKind::Logs);
     let stage = Stage {
         clock,
         engine,
@@ -432,7 +431,6 @@ async fn prepare(
         required,
         best_effort,
         metrics,
-        topic_kinds,
         pending_ack: Marks::default(),
         last_checkpoint: Instant::now(),
         last_tick: None,
@@ -500,7 +498,6 @@ struct Stage {
     required: Vec<Output>,
     best_effort: Vec<BestEffort>,
     metrics: Arc<Metrics>,
-    topic_kinds: HashMap<String, TopicKind>,
     /// Highest offset taken per topic and partition since the last acknowledgement.
     pending_ack: Marks,
     last_checkpoint: Instant,
@@ -544,8 +541,8 @@ impl<S: Source> BatchHandler<S> for Stage {
                 self.metrics.replayed.inc();
                 continue;
             }
-            let kind = self.kind_of(raw);
-            if let Err(e) = decode_into(raw, kind, &mut records) {
+            let signal = self.signal_of(raw);
+            if let Err(e) = decode_into(raw, signal, &mut records) {
                 // The indexer dead-letters undecodable records; the alerter only skips them.
                 self.metrics.decode_errors.inc();
                 tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, error = %e, "skipping undecodable record");
@@ -603,14 +600,15 @@ impl<S: Source> BatchHandler<S> for Stage {
 }
 
 impl Stage {
-    fn kind_of(&self, raw: &RawRecord) -> TopicKind {
-        if let Some(kind) = self.topic_kinds.get(&raw.topic) {
-            return *kind;
+    /// The signal of a record; a record that names none is read as logs.
+    fn signal_of(&self, raw: &RawRecord) -> Signal {
+        TopicSignals {
+            trace_logs: &self.config.trace_logs_topic,
+            service_logs: &self.config.service_logs_topic,
+            heartbeat_logs: &self.config.heartbeat_logs_topic,
         }
-        match raw.header(names::SIGNAL_HEADER) {
-            Some(b"traces") => TopicKind::Traces,
-            _ => TopicKind::Logs,
-        }
+        .signal_of(raw)
+        .unwrap_or(Signal::Logs)
     }
 
     /// Saves the state, retrying with backoff (`retry_initial_ms` doubling, with jitter, to

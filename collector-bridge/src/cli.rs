@@ -7,9 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use dlog_core::cli::{parse_property, with_default};
 use dlog_core::encoding::Encoding;
+use dlog_core::{names, overlay};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{
+    Config, ConfigError, DEFAULT_KAFKA_BROKERS, DEFAULT_PRODUCE_TIMEOUT_MS,
+    DEFAULT_TOPIC_PARTITIONS,
+};
 
 /// OTLP (gRPC and HTTP) in, Kafka out: answers senders only after Kafka acknowledged.
 #[derive(Debug, Clone, Parser)]
@@ -19,58 +24,45 @@ pub struct Args {
     #[arg(long, env = "DLOG_BRIDGE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Kafka bootstrap brokers [default: 127.0.0.1:9092].
-    #[arg(long, env = "DLOG_BRIDGE_KAFKA_BROKERS", value_name = "HOST:PORT[,..]")]
+    #[arg(long, env = "DLOG_BRIDGE_KAFKA_BROKERS", value_name = "HOST:PORT[,..]", help = with_default("Kafka bootstrap brokers", DEFAULT_KAFKA_BROKERS))]
     pub kafka_brokers: Option<String>,
 
-    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
-    #[arg(long, env = "DLOG_BRIDGE_OTLP_GRPC", value_name = "ADDR:PORT")]
+    #[arg(long, env = "DLOG_BRIDGE_OTLP_GRPC", value_name = "ADDR:PORT", help = with_default("OTLP/gRPC listen address", Config::default().otlp_grpc))]
     pub otlp_grpc: Option<SocketAddr>,
 
-    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
-    #[arg(long, env = "DLOG_BRIDGE_OTLP_HTTP", value_name = "ADDR:PORT")]
+    #[arg(long, env = "DLOG_BRIDGE_OTLP_HTTP", value_name = "ADDR:PORT", help = with_default("OTLP/HTTP listen address", Config::default().otlp_http))]
     pub otlp_http: Option<SocketAddr>,
 
-    /// Admin listen address for /metrics and /healthz [default: 127.0.0.1:8888].
-    #[arg(long, env = "DLOG_BRIDGE_ADMIN", value_name = "ADDR:PORT")]
+    #[arg(long, env = "DLOG_BRIDGE_ADMIN", value_name = "ADDR:PORT", help = with_default("Admin listen address for /metrics and /healthz", Config::default().admin))]
     pub admin: Option<SocketAddr>,
 
-    /// Topic for spans [default: trace_logs].
-    #[arg(long, env = "DLOG_BRIDGE_TRACE_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_BRIDGE_TRACE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic for spans", names::TRACE_LOGS_TOPIC))]
     pub trace_logs_topic: Option<String>,
 
-    /// Topic for log records [default: service_logs].
-    #[arg(long, env = "DLOG_BRIDGE_SERVICE_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_BRIDGE_SERVICE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic for log records", names::SERVICE_LOGS_TOPIC))]
     pub service_logs_topic: Option<String>,
 
-    /// Topic for registration and heartbeat events [default: heartbeat_logs].
-    #[arg(long, env = "DLOG_BRIDGE_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_BRIDGE_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic for registration and heartbeat events", names::HEARTBEAT_LOGS_TOPIC))]
     pub heartbeat_logs_topic: Option<String>,
 
-    /// Record value encoding: otlp_proto or otlp_json [default: otlp_proto].
-    #[arg(long, env = "DLOG_BRIDGE_ENCODING", value_name = "ENCODING")]
+    #[arg(long, env = "DLOG_BRIDGE_ENCODING", value_name = "ENCODING", help = with_default("Record value encoding: otlp_proto or otlp_json", Encoding::default()))]
     pub encoding: Option<Encoding>,
 
-    /// Largest Kafka record (value + key + headers) in bytes [default: 1000000].
-    #[arg(long, env = "DLOG_BRIDGE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "DLOG_BRIDGE_MAX_MESSAGE_BYTES", value_name = "BYTES", help = with_default("Largest Kafka record (value + key + headers) in bytes", names::DEFAULT_MAX_MESSAGE_BYTES))]
     pub max_message_bytes: Option<usize>,
 
-    /// Create missing topics at start [default: false].
     #[arg(
         long,
         env = "DLOG_BRIDGE_CREATE_TOPICS",
         value_name = "BOOL",
         num_args = 0..=1,
-        default_missing_value = "true"
-    )]
+        default_missing_value = "true", help = with_default("Create missing topics at start", Config::default().create_topics))]
     pub create_topics: Option<bool>,
 
-    /// Partitions of topics created with --create-topics [default: 3].
-    #[arg(long, env = "DLOG_BRIDGE_TOPIC_PARTITIONS", value_name = "N")]
+    #[arg(long, env = "DLOG_BRIDGE_TOPIC_PARTITIONS", value_name = "N", help = with_default("Partitions of topics created with --create-topics", DEFAULT_TOPIC_PARTITIONS))]
     pub topic_partitions: Option<i32>,
 
-    /// How long a request waits for Kafka before UNAVAILABLE/503, in ms [default: 10000].
-    #[arg(long, env = "DLOG_BRIDGE_PRODUCE_TIMEOUT_MS", value_name = "MS")]
+    #[arg(long, env = "DLOG_BRIDGE_PRODUCE_TIMEOUT_MS", value_name = "MS", help = with_default("How long a request waits for Kafka before UNAVAILABLE/503, in ms", DEFAULT_PRODUCE_TIMEOUT_MS))]
     pub produce_timeout_ms: Option<u64>,
 
     /// A bearer token OTLP requests and /metrics must carry [default: none, no auth].
@@ -103,13 +95,6 @@ pub struct Args {
     pub kafka_property: Vec<(String, String)>,
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
-}
-
 impl Args {
     /// The configuration these flags describe: the file (or defaults), overridden by every
     /// flag or env variable that was given, then validated.
@@ -118,14 +103,8 @@ impl Args {
             Some(path) => Config::from_toml_file(path)?,
             None => Config::default(),
         };
-        macro_rules! overlay {
-            ($($field:ident),*) => {$(
-                if let Some(value) = self.$field {
-                    config.$field = value;
-                }
-            )*};
-        }
         overlay!(
+            self => config,
             kafka_brokers,
             otlp_grpc,
             otlp_http,
@@ -139,15 +118,9 @@ impl Args {
             topic_partitions,
             produce_timeout_ms
         );
-        macro_rules! overlay_optional {
-            ($($field:ident),*) => {$(
-                if let Some(value) = self.$field {
-                    config.$field = Some(value);
-                }
-            )*};
-        }
-        overlay_optional!(
-            auth_token,
+        overlay!(
+            self => config,
+            Some: auth_token,
             auth_token_file,
             tls_cert,
             tls_key,
@@ -226,6 +199,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls_key"), "{err}");
+    }
+
+    #[test]
+    fn help_shows_the_defaults_the_settings_take() {
+        use clap::CommandFactory;
+        let help = Args::command().render_help().to_string();
+        let defaults = Config::default();
+        for shown in [
+            defaults.kafka_brokers.clone(),
+            defaults.otlp_grpc.to_string(),
+            defaults.otlp_http.to_string(),
+            defaults.admin.to_string(),
+            defaults.trace_logs_topic.clone(),
+            defaults.encoding.to_string(),
+            defaults.max_message_bytes.to_string(),
+            defaults.produce_timeout_ms.to_string(),
+        ] {
+            assert!(
+                help.contains(&format!("[default: {shown}]")),
+                "{shown}: {help}"
+            );
+        }
     }
 
     #[test]

@@ -58,39 +58,6 @@ pub const DEFAULT_REDACT_ATTRIBUTES: bool = true;
 /// Default `redact_log_bodies`.
 pub const DEFAULT_REDACT_LOG_BODIES: bool = false;
 
-/// librdkafka properties the bridge sets itself and a user may not override, with why.
-const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
-    ("bootstrap.servers", "set `kafka_brokers` instead"),
-    (
-        "acks",
-        "the bridge answers OTLP only after every in-sync replica has a record, so it always runs with acks=all",
-    ),
-    (
-        "request.required.acks",
-        "the bridge answers OTLP only after every in-sync replica has a record, so it always runs with acks=all",
-    ),
-    (
-        "enable.idempotence",
-        "the producer is always idempotent, so that its own retries never duplicate or reorder records",
-    ),
-    (
-        "message.timeout.ms",
-        "set `produce_timeout_ms` instead: records must not outlive the request that carried them",
-    ),
-    (
-        "delivery.timeout.ms",
-        "set `produce_timeout_ms` instead: records must not outlive the request that carried them",
-    ),
-    (
-        "queue.buffering.max.kbytes",
-        "set `max_in_flight_bytes` instead: it bounds the producer's queue with the bridge's memory",
-    ),
-    (
-        "message.max.bytes",
-        "set `max_message_bytes` instead: the producer's limit is derived from it",
-    ),
-];
-
 /// Everything the collector bridge needs to run.
 ///
 /// Every field has a default (see [`Config::default`]), so a TOML file names only what it
@@ -129,12 +96,12 @@ pub struct Config {
     pub produce_timeout_ms: u64,
     /// Largest OTLP request accepted, after decompression, in bytes (gRPC and HTTP).
     pub max_request_bytes: usize,
-    /// Encoded bytes that may wait for Kafka at once, summed over all requests. A request that
-    /// Bytes that requests in progress may hold at once, summed over all requests: request
-    /// bodies (reserved from `Content-Length` / the gRPC frame length before they are read),
-    /// their inflated size, and the records routed from them until Kafka acknowledged them. A
-    /// request that cannot get its share within `admission_timeout_ms` is answered
-    /// `UNAVAILABLE` / 503, which bounds memory when Kafka is slow.
+    /// Bytes that all requests in progress may hold at once, summed over them: each request's
+    /// body as it arrives, its inflated size when it is compressed, its decoded form when it
+    /// has to be decoded, the bookkeeping of routing it, and the records routed from it until
+    /// Kafka acknowledged them (the producer's queue is bounded to about the same). A request
+    /// that cannot get its share within `admission_timeout_ms` is answered `UNAVAILABLE` /
+    /// 503, which bounds the bridge's memory when Kafka is slow.
     pub max_in_flight_bytes: usize,
     /// How long a request may wait for its share of `max_in_flight_bytes` before it is answered
     /// `UNAVAILABLE` / 503 (at most `produce_timeout_ms`). Short, so that a slow Kafka turns
@@ -463,18 +430,7 @@ impl Config {
 
     /// Checks the `[kafka]` table alone: no reserved key, no empty value.
     pub fn validate_kafka_properties(&self) -> Result<(), ConfigError> {
-        for (key, value) in &self.kafka {
-            if let Some((_, why)) = RESERVED_KAFKA_PROPERTIES.iter().find(|(k, _)| k == key) {
-                return Err(invalid(
-                    format!("kafka.{key}"),
-                    format!("cannot be set: {why}"),
-                ));
-            }
-            if value.is_empty() {
-                return Err(invalid(format!("kafka.{key}"), "has an empty value"));
-            }
-        }
-        Ok(())
+        dlog_core::kafka::ProducerConfig::check_properties(&self.kafka, &crate::sink::RESERVED_BY)
     }
 
     /// `produce_timeout_ms` as a duration.

@@ -19,12 +19,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::body::Frame;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
 use prost::Message;
 use tokio::time::Instant;
 use tonic::codec::{
@@ -36,89 +30,10 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::body::{self, Collected, InflateError};
-use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
-use crate::metrics::{SignalKind, Transport};
+use crate::ingest::{Ingest, IngestError, Ticket};
+use crate::metrics::Transport;
+use crate::signal::OtlpSignal;
 use crate::sink::Sink;
-
-/// What differs between the trace and the logs service.
-pub(crate) trait Signal: Send + Sync + 'static {
-    const SERVICE: &'static str;
-    const EXPORT_PATH: &'static str;
-    const KIND: SignalKind;
-    type Response: Message + Default + Send + 'static;
-
-    fn export<S: Sink>(
-        ingest: &Ingest<S>,
-        body: Bytes,
-        ticket: Ticket,
-    ) -> impl std::future::Future<Output = Result<Accepted, IngestError>> + Send;
-
-    fn response(accepted: &Accepted) -> Self::Response;
-}
-
-pub(crate) struct Traces;
-pub(crate) struct Logs;
-
-impl Signal for Traces {
-    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
-    const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-    const KIND: SignalKind = SignalKind::Traces;
-    type Response = ExportTraceServiceResponse;
-
-    async fn export<S: Sink>(
-        ingest: &Ingest<S>,
-        body: Bytes,
-        ticket: Ticket,
-    ) -> Result<Accepted, IngestError> {
-        ingest.traces_protobuf(body, ticket, Transport::Grpc).await
-    }
-
-    fn response(accepted: &Accepted) -> Self::Response {
-        ExportTraceServiceResponse {
-            partial_success: partial(accepted).map(|(rejected_spans, error_message)| {
-                ExportTracePartialSuccess {
-                    rejected_spans,
-                    error_message,
-                }
-            }),
-        }
-    }
-}
-
-impl Signal for Logs {
-    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
-    const EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
-    const KIND: SignalKind = SignalKind::Logs;
-    type Response = ExportLogsServiceResponse;
-
-    async fn export<S: Sink>(
-        ingest: &Ingest<S>,
-        body: Bytes,
-        ticket: Ticket,
-    ) -> Result<Accepted, IngestError> {
-        ingest.logs_protobuf(body, ticket, Transport::Grpc).await
-    }
-
-    fn response(accepted: &Accepted) -> Self::Response {
-        ExportLogsServiceResponse {
-            partial_success: partial(accepted).map(|(rejected_log_records, error_message)| {
-                ExportLogsPartialSuccess {
-                    rejected_log_records,
-                    error_message,
-                }
-            }),
-        }
-    }
-}
-
-fn partial(accepted: &Accepted) -> Option<(i64, String)> {
-    (accepted.rejected > 0 || !accepted.error_message.is_empty()).then(|| {
-        (
-            i64::try_from(accepted.rejected).unwrap_or(i64::MAX),
-            accepted.error_message.clone(),
-        )
-    })
-}
 
 /// `UNAVAILABLE` carries a `RetryInfo` detail, which OTLP exporters honour as the back-off.
 fn status<S>(ingest: &Ingest<S>, error: IngestError) -> Status {
@@ -173,14 +88,14 @@ impl<S, G> Clone for OtlpService<S, G> {
     }
 }
 
-impl<S, G: Signal> NamedService for OtlpService<S, G> {
-    const NAME: &'static str = G::SERVICE;
+impl<S, G: OtlpSignal> NamedService for OtlpService<S, G> {
+    const NAME: &'static str = G::GRPC_SERVICE;
 }
 
 impl<S, G, B> tower::Service<http::Request<B>> for OtlpService<S, G>
 where
     S: Sink,
-    G: Signal,
+    G: OtlpSignal,
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -193,7 +108,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != G::EXPORT_PATH {
+        if request.uri().path() != G::GRPC_EXPORT_PATH {
             return Box::pin(async {
                 Ok(Status::unimplemented("OTLP services only have the Export method").into_http())
             });
@@ -203,7 +118,7 @@ where
         Box::pin(async move {
             let arrived = Instant::now();
             // In flight from here: a graceful shutdown waits for requests still being read.
-            let mut ticket = match ingest.admit(G::KIND, Transport::Grpc) {
+            let mut ticket = match ingest.admit(G::SIGNAL, Transport::Grpc) {
                 Ok(ticket) => ticket,
                 Err(e) => return Ok(status(&ingest, e).into_http()),
             };
@@ -249,7 +164,7 @@ const FRAME_HEADER: usize = 5;
 /// length in the frame header only guides buffer growth), within `first_frame_timeout` for
 /// the frame header and `body_timeout` for the whole message, both from `arrived`; inflates
 /// it when it is compressed. Refusals are counted, and answered with the status returned.
-async fn read_message<S: Sink, G: Signal, B>(
+async fn read_message<S: Sink, G: OtlpSignal, B>(
     ingest: &Ingest<S>,
     body: B,
     headers: &http::HeaderMap,
@@ -262,11 +177,11 @@ where
     B::Error: Into<StdError> + Send + 'static,
 {
     let invalid = |status: Status| {
-        ingest.invalid(G::KIND, Transport::Grpc);
+        ingest.invalid(G::SIGNAL, Transport::Grpc);
         status
     };
     let busy = |e: IngestError| {
-        ingest.refused(G::KIND, Transport::Grpc, &e);
+        ingest.refused(G::SIGNAL, Transport::Grpc, &e);
         status(ingest, e)
     };
     let max = limits.max_request_bytes;
@@ -409,7 +324,7 @@ struct Export<S, G> {
     signal: PhantomData<fn() -> G>,
 }
 
-impl<S: Sink, G: Signal> UnaryService<Bytes> for Export<S, G> {
+impl<S: Sink, G: OtlpSignal> UnaryService<Bytes> for Export<S, G> {
     type Response = G::Response;
     type Future = BoxFuture<tonic::Response<G::Response>, Status>;
 
@@ -423,10 +338,10 @@ impl<S: Sink, G: Signal> UnaryService<Bytes> for Export<S, G> {
             let ticket = match ticket {
                 Some(ticket) => ticket,
                 None => ingest
-                    .admit(G::KIND, Transport::Grpc)
+                    .admit(G::SIGNAL, Transport::Grpc)
                     .map_err(|e| status(&ingest, e))?,
             };
-            match G::export(&ingest, body, ticket).await {
+            match ingest.protobuf::<G>(body, ticket, Transport::Grpc).await {
                 Ok(accepted) => Ok(tonic::Response::new(G::response(&accepted))),
                 Err(e) => Err(status(&ingest, e)),
             }

@@ -19,21 +19,17 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use dlog_core::encoding::Signal;
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::body::{self, Collected, InflateError, BLOCKING_THRESHOLD};
-use crate::ingest::{Accepted, Ingest, IngestError, Ticket};
+use crate::ingest::{Ingest, IngestError, Ticket};
 use crate::json_size::json_decoded_size;
-use crate::metrics::{SignalKind, Transport};
+use crate::metrics::Transport;
+use crate::signal::{Logs, OtlpSignal, Traces};
 use crate::sink::Sink;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -59,8 +55,8 @@ pub(crate) fn router<S: Sink>(
     // The handlers read the body themselves, reserving memory for it as it arrives and
     // enforcing `max_request_bytes` before and after decompression.
     axum::Router::new()
-        .route("/v1/traces", post(traces::<S>))
-        .route("/v1/logs", post(logs::<S>))
+        .route(Traces::HTTP_PATH, post(export::<S, Traces>))
+        .route(Logs::HTTP_PATH, post(export::<S, Logs>))
         .with_state(state)
 }
 
@@ -336,18 +332,9 @@ fn failure<S>(ingest: &Ingest<S>, error: IngestError) -> Failure {
     }
 }
 
-fn partial(accepted: &Accepted) -> Option<(i64, String)> {
-    (accepted.rejected > 0 || !accepted.error_message.is_empty()).then(|| {
-        (
-            i64::try_from(accepted.rejected).unwrap_or(i64::MAX),
-            accepted.error_message.clone(),
-        )
-    })
-}
-
 /// Counts a failure answered before the request reached the sink, and gives a 503 its retry
 /// hint.
-fn refuse<S: Sink>(ingest: &Ingest<S>, signal: SignalKind, mut failure: Failure) -> Failure {
+fn refuse<S: Sink>(ingest: &Ingest<S>, signal: Signal, mut failure: Failure) -> Failure {
     match failure.status {
         StatusCode::SERVICE_UNAVAILABLE => {
             failure.retry_after = Some(ingest.retry_after.as_secs().max(1));
@@ -374,7 +361,7 @@ async fn prepare<S: Sink>(
     state: &HttpState<S>,
     headers: &HeaderMap,
     body: Body,
-    signal: SignalKind,
+    signal: Signal,
 ) -> Result<(Format, Bytes, Ticket), Response> {
     let ingest = &state.ingest;
     let format = format_of(headers)
@@ -411,7 +398,7 @@ async fn json_request<S: Sink, T: DeserializeOwned + Send + 'static>(
     state: &HttpState<S>,
     body: Bytes,
     ticket: &mut Ticket,
-    signal: SignalKind,
+    signal: Signal,
     format: Format,
     what: &'static str,
 ) -> Result<T, Response> {
@@ -427,12 +414,12 @@ async fn json_request<S: Sink, T: DeserializeOwned + Send + 'static>(
     decode_json::<T>(body, what).await.map_err(fail)
 }
 
-async fn traces<S: Sink>(
+async fn export<S: Sink, G: OtlpSignal>(
     State(state): State<Arc<HttpState<S>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let signal = SignalKind::Traces;
+    let signal = G::SIGNAL;
     let (format, body, mut ticket) = match prepare(&state, &headers, body, signal).await {
         Ok(prepared) => prepared,
         Err(response) => return response,
@@ -441,88 +428,31 @@ async fn traces<S: Sink>(
         Format::Protobuf => {
             state
                 .ingest
-                .traces_protobuf(body, ticket, Transport::Http)
+                .protobuf::<G>(body, ticket, Transport::Http)
                 .await
         }
         Format::Json => {
-            let request = match json_request::<S, ExportTraceServiceRequest>(
+            let request = match json_request::<S, G::Request>(
                 &state,
                 body,
                 &mut ticket,
                 signal,
                 format,
-                "ExportTraceServiceRequest",
+                signal.request_name(),
             )
             .await
             {
                 Ok(request) => request,
                 Err(response) => return response,
             };
-            state.ingest.traces(request, ticket, Transport::Http).await
-        }
-    };
-    match result {
-        Ok(accepted) => encode(
-            format,
-            &ExportTraceServiceResponse {
-                partial_success: partial(&accepted).map(|(rejected_spans, error_message)| {
-                    ExportTracePartialSuccess {
-                        rejected_spans,
-                        error_message,
-                    }
-                }),
-            },
-        ),
-        Err(e) => failure(&state.ingest, e).into_response(format),
-    }
-}
-
-async fn logs<S: Sink>(
-    State(state): State<Arc<HttpState<S>>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let signal = SignalKind::Logs;
-    let (format, body, mut ticket) = match prepare(&state, &headers, body, signal).await {
-        Ok(prepared) => prepared,
-        Err(response) => return response,
-    };
-    let result = match format {
-        Format::Protobuf => {
             state
                 .ingest
-                .logs_protobuf(body, ticket, Transport::Http)
+                .decoded::<G>(request, ticket, Transport::Http)
                 .await
-        }
-        Format::Json => {
-            let request = match json_request::<S, ExportLogsServiceRequest>(
-                &state,
-                body,
-                &mut ticket,
-                signal,
-                format,
-                "ExportLogsServiceRequest",
-            )
-            .await
-            {
-                Ok(request) => request,
-                Err(response) => return response,
-            };
-            state.ingest.logs(request, ticket, Transport::Http).await
         }
     };
     match result {
-        Ok(accepted) => encode(
-            format,
-            &ExportLogsServiceResponse {
-                partial_success: partial(&accepted).map(|(rejected_log_records, error_message)| {
-                    ExportLogsPartialSuccess {
-                        rejected_log_records,
-                        error_message,
-                    }
-                }),
-            },
-        ),
+        Ok(accepted) => encode(format, &G::response(&accepted)),
         Err(e) => failure(&state.ingest, e).into_response(format),
     }
 }

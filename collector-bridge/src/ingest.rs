@@ -24,16 +24,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use dlog_core::encoding::Signal;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, Outcome, SignalKind, Transport};
+use crate::metrics::{Metrics, Outcome, Transport};
 use crate::route::{RouteError, RouteLimits, Routed, Router};
+use crate::signal::OtlpSignal;
 use crate::sink::{Sink, SinkError};
 use crate::wire;
 
@@ -284,14 +284,14 @@ impl<S: Sink> Ingest<S> {
     }
 
     /// Admits a request at its arrival (see [`Admission::admit`]); a refusal is counted.
-    pub fn admit(&self, signal: SignalKind, transport: Transport) -> Result<Ticket, IngestError> {
+    pub fn admit(&self, signal: Signal, transport: Transport) -> Result<Ticket, IngestError> {
         self.admission
             .admit()
             .inspect_err(|e| self.refused(signal, transport, e))
     }
 
     /// Counts a request answered with `error` before it reached the sink.
-    pub fn refused(&self, signal: SignalKind, transport: Transport, error: &IngestError) {
+    pub fn refused(&self, signal: Signal, transport: Transport, error: &IngestError) {
         let outcome = match error {
             IngestError::Unavailable(_) => Outcome::Unavailable,
             IngestError::Failed(_) => Outcome::Failed,
@@ -309,58 +309,28 @@ impl<S: Sink> Ingest<S> {
     }
 
     /// Counts a request that never got as far as routing (malformed).
-    pub fn invalid(&self, signal: SignalKind, transport: Transport) {
+    pub fn invalid(&self, signal: Signal, transport: Transport) {
         self.metrics.request(signal, transport, Outcome::Invalid);
     }
 
-    /// Routes and delivers a decoded trace request (OTLP/JSON input). `ticket` holds the
-    /// request's body and decoded form already.
-    pub async fn traces(
+    /// Routes and delivers a decoded request (OTLP/JSON input). `ticket` holds the request's
+    /// body and decoded form already.
+    pub async fn decoded<G: OtlpSignal>(
         &self,
-        mut request: ExportTraceServiceRequest,
+        mut request: G::Request,
         mut ticket: Ticket,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
-        self.router.redact_traces(&mut request);
-        let items = request
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum();
+        self.router.redact::<G>(&mut request);
+        let items = G::item_count(&request);
         let routed = self
             .route_decoded(&mut ticket, items, |limits| {
-                self.router.route_traces(&request, limits)
+                self.router.route_decoded::<G>(&request, limits)
             })
             .await;
         // The records are all that is left to hold while Kafka is waited for.
         drop(request);
-        self.finish(routed, ticket, SignalKind::Traces, transport)
-            .await
-    }
-
-    /// Routes and delivers a decoded logs request (OTLP/JSON input).
-    pub async fn logs(
-        &self,
-        mut request: ExportLogsServiceRequest,
-        mut ticket: Ticket,
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        self.router.redact_logs(&mut request);
-        let items = request
-            .resource_logs
-            .iter()
-            .flat_map(|rl| &rl.scope_logs)
-            .map(|sl| sl.log_records.len())
-            .sum();
-        let routed = self
-            .route_decoded(&mut ticket, items, |limits| {
-                self.router.route_logs(&request, limits)
-            })
-            .await;
-        drop(request);
-        self.finish(routed, ticket, SignalKind::Logs, transport)
-            .await
+        self.finish(routed, ticket, G::SIGNAL, transport).await
     }
 
     /// Routes a decoded request of `items` items under reservations.
@@ -382,7 +352,7 @@ impl<S: Sink> Ingest<S> {
         &self,
         routed: Result<Routed, IngestError>,
         ticket: Ticket,
-        signal: SignalKind,
+        signal: Signal,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
         match routed {
@@ -458,33 +428,11 @@ impl<S: Sink> Ingest<S> {
         )))
     }
 
-    /// Routes and delivers a protobuf `ExportTraceServiceRequest`, read in place.
-    pub async fn traces_protobuf(
-        &self,
-        body: Bytes,
-        ticket: Ticket,
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        self.protobuf(body, ticket, SignalKind::Traces, transport)
-            .await
-    }
-
-    /// Routes and delivers a protobuf `ExportLogsServiceRequest`, read in place.
-    pub async fn logs_protobuf(
-        &self,
-        body: Bytes,
-        ticket: Ticket,
-        transport: Transport,
-    ) -> Result<Accepted, IngestError> {
-        self.protobuf(body, ticket, SignalKind::Logs, transport)
-            .await
-    }
-
-    async fn protobuf(
+    /// Routes and delivers a protobuf export request, read in place.
+    pub async fn protobuf<G: OtlpSignal>(
         &self,
         body: Bytes,
         mut ticket: Ticket,
-        signal: SignalKind,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
         // Broken framing counts as no items: validation refuses it before anything is made.
@@ -495,23 +443,22 @@ impl<S: Sink> Ingest<S> {
                     .len()
                     .saturating_add(items.saturating_mul(ITEM_OVERHEAD));
                 // First guess: records about as large as the request.
-                self.route_within(&mut ticket, base, body.len(), |limits| match signal {
-                    SignalKind::Traces => self.router.traces_protobuf_within(&body, limits),
-                    SignalKind::Logs => self.router.logs_protobuf_within(&body, limits),
+                self.route_within(&mut ticket, base, body.len(), |limits| {
+                    self.router.protobuf_within::<G>(&body, limits)
                 })
                 .await
             }
             Err(e) => Err(e),
         };
         drop(body);
-        self.finish(routed, ticket, signal, transport).await
+        self.finish(routed, ticket, G::SIGNAL, transport).await
     }
 
     async fn deliver(
         &self,
         routed: Routed,
         mut ticket: Ticket,
-        signal: SignalKind,
+        signal: Signal,
         transport: Transport,
     ) -> Result<Accepted, IngestError> {
         let deadline = Instant::now() + self.produce_timeout;

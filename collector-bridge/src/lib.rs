@@ -42,6 +42,7 @@ mod listen;
 mod metrics;
 pub mod redact;
 pub mod route;
+mod signal;
 pub mod sink;
 mod wire;
 
@@ -51,7 +52,9 @@ pub mod fuzzing {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-    use crate::wire::{self, Parsed, RequestKind};
+    use dlog_core::encoding::Signal;
+
+    use crate::wire::{self, Parsed};
 
     /// One span or log record as the protobuf validator sliced it.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +90,8 @@ pub mod fuzzing {
     /// Runs the validator on an `ExportLogsServiceRequest` (`logs`) or an
     /// `ExportTraceServiceRequest`.
     pub fn parse(bytes: &[u8], logs: bool) -> Verdict {
-        let kind = if logs {
-            RequestKind::Logs
-        } else {
-            RequestKind::Traces
-        };
-        match wire::parse_with(bytes, kind, None) {
+        let signal = if logs { Signal::Logs } else { Signal::Traces };
+        match wire::parse_with(bytes, signal, None) {
             Ok(Parsed::Slices {
                 resources,
                 messages,
@@ -186,9 +185,18 @@ pub enum BridgeError {
         /// Why.
         source: std::io::Error,
     },
-    /// Kafka could not be set up (producer creation, topic creation).
+    /// The topics could not be created (`create_topics`).
     #[error("kafka: {0}")]
-    Kafka(String),
+    Topics(#[from] dlog_core::kafka::TopicError),
+    /// Topics refuse records of `max_message_bytes`.
+    #[error("kafka: {}", topics.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    TopicLimits {
+        /// Each topic, with its limit and the remedy.
+        topics: Vec<sink::TopicTooSmall>,
+    },
+    /// The Kafka producer could not be made (an invalid `[kafka]` property).
+    #[error("kafka: {0}")]
+    Producer(#[source] SinkError),
     /// A server stopped with an error while running.
     #[error("the {what} server failed: {message}")]
     Server {
@@ -385,15 +393,14 @@ impl BridgeBuilder<ProduceToKafka> {
                 config.topic_partitions,
                 config.topic_replication,
             )
-            .await
-            .map_err(|e| BridgeError::Kafka(e.to_string()))?;
+            .await?;
         }
         // A topic that refuses records of max_message_bytes would fail every large request
         // for good: refuse to start instead, naming the topic and both values.
         sink::check_topic_limits(&config, sink::TOPIC_CHECK_TIMEOUT)
             .await
-            .map_err(BridgeError::Kafka)?;
-        let sink = KafkaSink::new(&config).map_err(|e| BridgeError::Kafka(e.to_string()))?;
+            .map_err(|topics| BridgeError::TopicLimits { topics })?;
+        let sink = KafkaSink::new(&config.kafka_sink()).map_err(BridgeError::Producer)?;
         BridgeBuilder { config, sink }.start().await
     }
 }
@@ -511,11 +518,11 @@ async fn serve<S: Sink>(config: Config, sink: S) -> Result<RunningBridge, Bridge
         .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
         .layer(auth("otlp_grpc"))
-        .add_service(grpc::OtlpService::<S, grpc::Traces>::new(
+        .add_service(grpc::OtlpService::<S, signal::Traces>::new(
             ingest.clone(),
             grpc_limits,
         ))
-        .add_service(grpc::OtlpService::<S, grpc::Logs>::new(
+        .add_service(grpc::OtlpService::<S, signal::Logs>::new(
             ingest.clone(),
             grpc_limits,
         ))

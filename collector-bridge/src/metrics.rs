@@ -10,23 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use dlog_core::encoding::Signal;
+
 use crate::config::Config;
-
-/// Which OTLP signal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SignalKind {
-    Traces = 0,
-    Logs = 1,
-}
-
-impl SignalKind {
-    fn label(self) -> &'static str {
-        match self {
-            SignalKind::Traces => "traces",
-            SignalKind::Logs => "logs",
-        }
-    }
-}
 
 /// Which OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,13 +124,13 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(0.00025, 2.0, 16),
         );
 
-        let signals = [SignalKind::Traces, SignalKind::Logs];
+        let signals = Signal::ALL;
         let transports = [Transport::Grpc, Transport::Http];
         let received = signals.map(|s| {
             transports.map(|t| {
                 received_family
                     .get_or_create(&ItemLabels {
-                        signal: s.label(),
+                        signal: s.as_str(),
                         transport: t.label(),
                     })
                     .clone()
@@ -155,7 +141,7 @@ impl Metrics {
                 OUTCOMES.map(|(_, outcome)| {
                     requests_family
                         .get_or_create(&RequestLabels {
-                            signal: s.label(),
+                            signal: s.as_str(),
                             transport: t.label(),
                             outcome,
                         })
@@ -165,7 +151,7 @@ impl Metrics {
         });
         let rejected = signals.map(|s| {
             rejected_family
-                .get_or_create(&SignalLabels { signal: s.label() })
+                .get_or_create(&SignalLabels { signal: s.as_str() })
                 .clone()
         });
         let mut topics: Vec<(String, TopicCounters)> = Vec::new();
@@ -248,16 +234,16 @@ impl Metrics {
         }
     }
 
-    pub fn received(&self, signal: SignalKind, transport: Transport, n: u64) {
-        self.received[signal as usize][transport as usize].inc_by(n);
+    pub fn received(&self, signal: Signal, transport: Transport, n: u64) {
+        self.received[signal.index()][transport as usize].inc_by(n);
     }
 
-    pub fn request(&self, signal: SignalKind, transport: Transport, outcome: Outcome) {
-        self.requests[signal as usize][transport as usize][outcome as usize].inc();
+    pub fn request(&self, signal: Signal, transport: Transport, outcome: Outcome) {
+        self.requests[signal.index()][transport as usize][outcome as usize].inc();
     }
 
-    pub fn rejected(&self, signal: SignalKind, n: u64) {
-        self.rejected[signal as usize].inc_by(n);
+    pub fn rejected(&self, signal: Signal, n: u64) {
+        self.rejected[signal.index()].inc_by(n);
     }
 
     pub fn topic(&self, topic: &str) -> Option<&TopicCounters> {

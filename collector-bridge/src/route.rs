@@ -19,6 +19,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -35,8 +36,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::redact::Redactor;
+use crate::signal::{Logs, OtlpSignal, OwnedEntry, Traces};
 use crate::sink::{headers_len, OutRecord};
-use crate::wire::{self, Parsed, RawItem, RawResource, RequestKind, WireError};
+use crate::wire::{self, Parsed, RawItem, RawResource, WireError};
 
 /// How many rejection reasons a partial-success message spells out before summarising.
 const REASONS_SHOWN: usize = 3;
@@ -100,155 +102,99 @@ impl Router {
     /// sensitive attribute values redacted (on a copy, only when there are some). Without the
     /// per-request limits the receivers apply (`max_groups_per_request`, the in-flight budget).
     pub fn traces(&self, request: &ExportTraceServiceRequest) -> Routed {
-        let routed = match &self.redactor {
-            Some(redactor) if redactor.traces_match(request) => {
-                let mut copy = request.clone();
-                redactor.traces(&mut copy);
-                self.route_traces(&copy, RouteLimits::NONE)
-            }
-            _ => self.route_traces(request, RouteLimits::NONE),
-        };
-        unlimited(routed)
+        self.decoded::<Traces>(request)
     }
 
     /// Routes log records, with sensitive attribute values redacted (on a copy, only when
     /// there are some). Without the per-request limits, as [`Router::traces`].
     pub fn logs(&self, request: &ExportLogsServiceRequest) -> Routed {
-        let routed = match &self.redactor {
-            Some(redactor) if redactor.logs_match(request) => {
-                let mut copy = request.clone();
-                redactor.logs(&mut copy);
-                self.route_logs(&copy, RouteLimits::NONE)
-            }
-            _ => self.route_logs(request, RouteLimits::NONE),
-        };
-        unlimited(routed)
+        self.decoded::<Logs>(request)
     }
 
     /// Routes a protobuf-encoded `ExportTraceServiceRequest`, reading it in place when the
     /// output encoding is `otlp_proto`. Without the per-request limits, as [`Router::traces`].
     pub fn traces_protobuf(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
-        match self.traces_protobuf_within(bytes, RouteLimits::NONE) {
-            Err(RouteError::Invalid(e)) => Err(e),
-            other => Ok(unlimited(other)),
-        }
+        self.protobuf::<Traces>(bytes)
     }
 
     /// Routes a protobuf-encoded `ExportLogsServiceRequest`, as [`Router::traces_protobuf`].
     pub fn logs_protobuf(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
-        match self.logs_protobuf_within(bytes, RouteLimits::NONE) {
+        self.protobuf::<Logs>(bytes)
+    }
+
+    fn decoded<G: OtlpSignal>(&self, request: &G::Request) -> Routed {
+        let routed = match &self.redactor {
+            Some(redactor) if G::redact_matches(redactor, request) => {
+                let mut copy = request.clone();
+                G::redact(redactor, &mut copy);
+                self.route_decoded::<G>(&copy, RouteLimits::NONE)
+            }
+            _ => self.route_decoded::<G>(request, RouteLimits::NONE),
+        };
+        unlimited(routed)
+    }
+
+    fn protobuf<G: OtlpSignal>(&self, bytes: &[u8]) -> Result<Routed, InvalidRequest> {
+        match self.protobuf_within::<G>(bytes, RouteLimits::NONE) {
             Err(RouteError::Invalid(e)) => Err(e),
             other => Ok(unlimited(other)),
         }
     }
 
     /// Redacts a decoded request in place (when redaction is on).
-    pub(crate) fn redact_traces(&self, request: &mut ExportTraceServiceRequest) {
+    pub(crate) fn redact<G: OtlpSignal>(&self, request: &mut G::Request) {
         if let Some(redactor) = &self.redactor {
-            redactor.traces(request);
+            G::redact(redactor, request);
         }
     }
 
-    /// Redacts a decoded request in place (when redaction is on).
-    pub(crate) fn redact_logs(&self, request: &mut ExportLogsServiceRequest) {
-        if let Some(redactor) = &self.redactor {
-            redactor.logs(request);
-        }
-    }
-
-    /// Routes a decoded (and already redacted) trace request within `limits`.
-    pub(crate) fn route_traces(
+    /// Routes a decoded (and already redacted) request within `limits`.
+    pub(crate) fn route_decoded<G: OtlpSignal>(
         &self,
-        request: &ExportTraceServiceRequest,
+        request: &G::Request,
         limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
-        let view: Vec<
-            ResourceView<'_, Owned<'_, Resource>, Owned<'_, InstrumentationScope>, Owned<'_, Span>>,
-        > = request
-            .resource_spans
+        let view: Vec<OwnedView<'_, G>> = G::resource_entries(request)
             .iter()
-            .map(|rs| ResourceView {
-                resource: rs.resource.as_ref().map(Owned),
-                schema_url: &rs.schema_url,
-                scopes: rs
-                    .scope_spans
-                    .iter()
-                    .map(|ss| ScopeView {
-                        scope: ss.scope.as_ref().map(Owned),
-                        schema_url: &ss.schema_url,
-                        items: ss.spans.iter().map(Owned).collect(),
-                    })
-                    .collect(),
+            .map(|entry| {
+                let (resource, schema_url, scopes) = G::resource_parts(entry);
+                ResourceView {
+                    resource: resource.map(Owned),
+                    schema_url,
+                    scopes: scopes
+                        .iter()
+                        .map(|entry| {
+                            let (scope, schema_url, items) = G::scope_parts(entry);
+                            ScopeView {
+                                scope: scope.map(Owned),
+                                schema_url,
+                                items: items.iter().map(OwnedItem).collect(),
+                            }
+                        })
+                        .collect(),
+                }
             })
             .collect();
         self.route(
             &view,
-            |span: &Owned<'_, Span>| {
-                classify_span(&span.0.trace_id, &span.0.span_id, || span.describe())
-            },
+            |item: &OwnedItem<'_, G>| G::classify(item.0),
             |r| resource_instance_key(view[r].resource.as_ref().map(|o| o.0)),
-            Some(&encode_json_traces),
+            Some(&encode_json::<G>),
             limits,
         )
     }
 
-    /// Routes a decoded (and already redacted) logs request within `limits`: heartbeats by
-    /// instance, other log records by trace id or instance.
-    pub(crate) fn route_logs(
-        &self,
-        request: &ExportLogsServiceRequest,
-        limits: RouteLimits<'_>,
-    ) -> Result<Routed, RouteError> {
-        let view: Vec<
-            ResourceView<
-                '_,
-                Owned<'_, Resource>,
-                Owned<'_, InstrumentationScope>,
-                Owned<'_, LogRecord>,
-            >,
-        > = request
-            .resource_logs
-            .iter()
-            .map(|rl| ResourceView {
-                resource: rl.resource.as_ref().map(Owned),
-                schema_url: &rl.schema_url,
-                scopes: rl
-                    .scope_logs
-                    .iter()
-                    .map(|sl| ScopeView {
-                        scope: sl.scope.as_ref().map(Owned),
-                        schema_url: &sl.schema_url,
-                        items: sl.log_records.iter().map(Owned).collect(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        self.route(
-            &view,
-            |log: &Owned<'_, LogRecord>| {
-                Ok(classify_log(
-                    &log.0.trace_id,
-                    dlog_core::model::is_heartbeat_record(log.0),
-                ))
-            },
-            |r| resource_instance_key(view[r].resource.as_ref().map(|o| o.0)),
-            Some(&encode_json_logs),
-            limits,
-        )
-    }
-
-    /// Routes a protobuf `ExportTraceServiceRequest` within `limits`: read in place with
-    /// `otlp_proto`, decoded otherwise (once its decoded size fits the allowance).
-    pub(crate) fn traces_protobuf_within(
+    /// Routes a protobuf export request within `limits`: read in place with `otlp_proto`,
+    /// decoded otherwise (once its decoded size fits the allowance).
+    pub(crate) fn protobuf_within<G: OtlpSignal>(
         &self,
         bytes: &[u8],
         limits: RouteLimits<'_>,
     ) -> Result<Routed, RouteError> {
-        const REQUEST: &str = "ExportTraceServiceRequest";
+        let request_name = G::SIGNAL.request_name();
         let in_place = self.encoding == Encoding::OtlpProto;
         let redactor = self.redactor.as_deref().filter(|_| in_place);
-        let parsed =
-            wire::parse_with(bytes, RequestKind::Traces, redactor).map_err(invalid(REQUEST))?;
+        let parsed = wire::parse_with(bytes, G::SIGNAL, redactor).map_err(invalid(request_name))?;
         let (resources, flagged) = match parsed {
             Parsed::Slices {
                 resources, flagged, ..
@@ -256,65 +202,23 @@ impl Router {
             Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => {
                 let decoded = decoded_size(bytes.len(), messages);
                 let limits = limits.spend(decoded, bytes.len())?;
-                let mut request = ExportTraceServiceRequest::decode(bytes)
-                    .map_err(|e| invalid(REQUEST)(WireError::new(e.to_string())))?;
-                self.redact_traces(&mut request);
+                let mut request = G::Request::decode(bytes)
+                    .map_err(|e| invalid(request_name)(WireError::new(e.to_string())))?;
+                self.redact::<G>(&mut request);
                 return self
-                    .route_traces(&request, limits)
+                    .route_decoded::<G>(&request, limits)
                     .map_err(|e| e.plus(decoded));
             }
         };
         let rewritten = self
-            .redacted_parts(&resources, flagged, RequestKind::Traces)
-            .map_err(invalid(REQUEST))?;
+            .redacted_parts::<G>(&resources, flagged)
+            .map_err(invalid(request_name))?;
         let mut resources = resources;
         substitute(&mut resources, &rewritten);
-        let view = raw_view(&resources, |item| RawSpan(*item));
+        let view = raw_view(&resources, |item| RawItemPart::<G>::new(*item));
         self.route(
             &view,
-            |span: &RawSpan<'_>| classify_span(span.0.trace_id, span.0.span_id, || span.describe()),
-            |r| wire::instance_key(resources[r].resource),
-            None,
-            limits,
-        )
-    }
-
-    /// Routes a protobuf `ExportLogsServiceRequest` within `limits`, as
-    /// [`Router::traces_protobuf_within`].
-    pub(crate) fn logs_protobuf_within(
-        &self,
-        bytes: &[u8],
-        limits: RouteLimits<'_>,
-    ) -> Result<Routed, RouteError> {
-        const REQUEST: &str = "ExportLogsServiceRequest";
-        let in_place = self.encoding == Encoding::OtlpProto;
-        let redactor = self.redactor.as_deref().filter(|_| in_place);
-        let parsed =
-            wire::parse_with(bytes, RequestKind::Logs, redactor).map_err(invalid(REQUEST))?;
-        let (resources, flagged) = match parsed {
-            Parsed::Slices {
-                resources, flagged, ..
-            } if in_place => (resources, flagged),
-            Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => {
-                let decoded = decoded_size(bytes.len(), messages);
-                let limits = limits.spend(decoded, bytes.len())?;
-                let mut request = ExportLogsServiceRequest::decode(bytes)
-                    .map_err(|e| invalid(REQUEST)(WireError::new(e.to_string())))?;
-                self.redact_logs(&mut request);
-                return self
-                    .route_logs(&request, limits)
-                    .map_err(|e| e.plus(decoded));
-            }
-        };
-        let rewritten = self
-            .redacted_parts(&resources, flagged, RequestKind::Logs)
-            .map_err(invalid(REQUEST))?;
-        let mut resources = resources;
-        substitute(&mut resources, &rewritten);
-        let view = raw_view(&resources, |item| RawLog(*item));
-        self.route(
-            &view,
-            |log: &RawLog<'_>| Ok(classify_log(log.0.trace_id, log.0.heartbeat)),
+            |item: &RawItemPart<'_, G>| G::classify_raw(&item.item, || item.describe()),
             |r| wire::instance_key(resources[r].resource),
             None,
             limits,
@@ -323,11 +227,10 @@ impl Router {
 
     /// The flagged parts of a sliced request, decoded, redacted and encoded again, in the
     /// order [`substitute`] puts them back. Nothing is decoded when nothing was flagged.
-    fn redacted_parts(
+    fn redacted_parts<G: OtlpSignal>(
         &self,
         resources: &[RawResource<'_>],
         flagged: usize,
-        kind: RequestKind,
     ) -> Result<Vec<Vec<u8>>, WireError> {
         let Some(redactor) = self.redactor.as_deref().filter(|_| flagged > 0) else {
             return Ok(Vec::new());
@@ -344,14 +247,9 @@ impl Router {
                     })?);
                 }
                 for item in sv.items.iter().filter(|i| i.redact) {
-                    out.push(match kind {
-                        RequestKind::Traces => {
-                            rewrite::<Span>(item.bytes, |span| redactor.span(span))?
-                        }
-                        RequestKind::Logs => {
-                            rewrite::<LogRecord>(item.bytes, |log| redactor.log(log))?
-                        }
-                    });
+                    out.push(rewrite::<G::Item>(item.bytes, |item| {
+                        G::redact_item(redactor, item)
+                    })?);
                 }
             }
         }
@@ -727,7 +625,7 @@ fn substitute<'a>(resources: &mut [RawResource<'a>], parts: &'a [Vec<u8>]) {
 
 /// A span needs a valid trace id (its key) and span id: the stages identify a span by the
 /// two, so spans without a span id of their own would overwrite each other downstream.
-fn classify_span(
+pub(crate) fn classify_span(
     trace_id: &[u8],
     span_id: &[u8],
     describe: impl FnOnce() -> String,
@@ -750,7 +648,7 @@ fn classify_span(
     Ok((Dest::Trace, Classified::Trace(trace)))
 }
 
-fn classify_log(trace_id: &[u8], heartbeat: bool) -> (Dest, Classified) {
+pub(crate) fn classify_log(trace_id: &[u8], heartbeat: bool) -> (Dest, Classified) {
     if heartbeat {
         return (Dest::Heartbeat, Classified::Instance);
     }
@@ -798,15 +696,16 @@ fn too_large<R: Part, S: Part, I: ItemPart>(
     )
 }
 
+/// The topic an item goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Dest {
+pub(crate) enum Dest {
     Trace,
     Service,
     Heartbeat,
 }
 
 /// What an item is keyed by, before the instance name is looked up.
-enum Classified {
+pub(crate) enum Classified {
     Trace([u8; 16]),
     Instance,
 }
@@ -912,42 +811,30 @@ impl<T: Message + Serialize> Part for Owned<'_, T> {
     }
 }
 
-impl ItemPart for Owned<'_, Span> {
-    const SIGNAL: Signal = Signal::Traces;
-    const NOUN: &'static str = "span";
+/// A decoded span or log record.
+struct OwnedItem<'a, G: OtlpSignal>(&'a G::Item);
+
+impl<G: OtlpSignal> Part for OwnedItem<'_, G> {
+    fn wire_len(&self) -> usize {
+        Owned(self.0).wire_len()
+    }
+
+    fn write(&self, buf: &mut Vec<u8>) {
+        Owned(self.0).write(buf);
+    }
+
+    fn json_len(&self) -> usize {
+        Owned(self.0).json_len()
+    }
+}
+
+impl<G: OtlpSignal> ItemPart for OwnedItem<'_, G> {
+    const SIGNAL: Signal = G::SIGNAL;
+    const NOUN: &'static str = G::NOUN;
 
     fn describe(&self) -> String {
-        describe_span(self.0)
+        G::describe(self.0)
     }
-}
-
-impl ItemPart for Owned<'_, LogRecord> {
-    const SIGNAL: Signal = Signal::Logs;
-    const NOUN: &'static str = "log record";
-
-    fn describe(&self) -> String {
-        describe_log(self.0)
-    }
-}
-
-fn describe_span(span: &Span) -> String {
-    format!(
-        "span {}/{} `{}`",
-        hex_id(&span.trace_id),
-        hex_id(&span.span_id),
-        span.name
-    )
-}
-
-fn describe_log(log: &LogRecord) -> String {
-    let mut text = format!("log record at time_unix_nano {}", log.time_unix_nano);
-    if !log.event_name.is_empty() {
-        text.push_str(&format!(" (event `{}`)", log.event_name));
-    }
-    if !is_empty_id(&log.trace_id) {
-        text.push_str(&format!(" in trace {}", hex_id(&log.trace_id)));
-    }
-    text
 }
 
 /// An encoded message inside the request.
@@ -969,63 +856,44 @@ impl Part for RawPart<'_> {
     }
 }
 
-/// An encoded span inside the request.
-#[derive(Clone, Copy)]
-struct RawSpan<'a>(RawItem<'a>);
-
-/// An encoded log record inside the request.
-#[derive(Clone, Copy)]
-struct RawLog<'a>(RawItem<'a>);
-
-impl Part for RawSpan<'_> {
-    fn wire_len(&self) -> usize {
-        self.0.bytes.len()
-    }
-
-    fn write(&self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(self.0.bytes);
-    }
-
-    fn json_len(&self) -> usize {
-        self.0.bytes.len()
-    }
+/// An encoded span or log record inside the request.
+struct RawItemPart<'a, G> {
+    item: RawItem<'a>,
+    signal: PhantomData<fn() -> G>,
 }
 
-impl ItemPart for RawSpan<'_> {
-    const SIGNAL: Signal = Signal::Traces;
-    const NOUN: &'static str = "span";
-
-    fn describe(&self) -> String {
-        // Only on the rejection path: decoding once is fine there.
-        match Span::decode(self.0.bytes) {
-            Ok(span) => describe_span(&span),
-            Err(_) => "a span".to_string(),
+impl<'a, G> RawItemPart<'a, G> {
+    fn new(item: RawItem<'a>) -> Self {
+        RawItemPart {
+            item,
+            signal: PhantomData,
         }
     }
 }
 
-impl Part for RawLog<'_> {
+impl<G: OtlpSignal> Part for RawItemPart<'_, G> {
     fn wire_len(&self) -> usize {
-        self.0.bytes.len()
+        self.item.bytes.len()
     }
 
     fn write(&self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(self.0.bytes);
+        buf.extend_from_slice(self.item.bytes);
     }
 
     fn json_len(&self) -> usize {
-        self.0.bytes.len()
+        self.item.bytes.len()
     }
 }
 
-impl ItemPart for RawLog<'_> {
-    const SIGNAL: Signal = Signal::Logs;
-    const NOUN: &'static str = "log record";
+impl<G: OtlpSignal> ItemPart for RawItemPart<'_, G> {
+    const SIGNAL: Signal = G::SIGNAL;
+    const NOUN: &'static str = G::NOUN;
 
     fn describe(&self) -> String {
-        match LogRecord::decode(self.0.bytes) {
-            Ok(log) => describe_log(&log),
-            Err(_) => "a log record".to_string(),
+        // Only on the rejection path: decoding once is fine there.
+        match G::Item::decode(self.item.bytes) {
+            Ok(item) => G::describe(&item),
+            Err(_) => format!("a {}", G::NOUN),
         }
     }
 }
@@ -1034,22 +902,20 @@ impl ItemPart for RawLog<'_> {
 type JsonEncoder<'j, R, S, I> =
     dyn Fn(&Layout<'_, '_, R, S, I>, &[Member]) -> Result<Vec<u8>, EncodeError> + 'j;
 
-/// A resource entry of an owned request: resource, schema URL, and its scope entries.
-type JsonResource<T> = (
-    Option<Resource>,
-    String,
-    Vec<(Option<InstrumentationScope>, String, Vec<T>)>,
-);
+/// A view of a decoded request.
+type OwnedView<'r, G> =
+    ResourceView<'r, Owned<'r, Resource>, Owned<'r, InstrumentationScope>, OwnedItem<'r, G>>;
 
-type OwnedLayout<'v, 'a, 'r, T> =
-    Layout<'v, 'a, Owned<'r, Resource>, Owned<'r, InstrumentationScope>, Owned<'r, T>>;
+type OwnedLayout<'v, 'a, 'r, G> =
+    Layout<'v, 'a, Owned<'r, Resource>, Owned<'r, InstrumentationScope>, OwnedItem<'r, G>>;
 
-/// The members' resources, scopes and items, cloned into a request of the same shape.
-fn json_parts<T: Clone>(
-    layout: &OwnedLayout<'_, '_, '_, T>,
+/// Encodes the members' resources, scopes and items, cloned into a request of the same
+/// shape, as OTLP/JSON.
+fn encode_json<G: OtlpSignal>(
+    layout: &OwnedLayout<'_, '_, '_, G>,
     members: &[Member],
-) -> Vec<JsonResource<T>> {
-    members
+) -> Result<Vec<u8>, EncodeError> {
+    let entries: Vec<OwnedEntry<G::Item>> = members
         .chunk_by(|a, b| a.r == b.r)
         .map(|resource_run| {
             let rv = &layout.view[resource_run[0].r as usize];
@@ -1072,55 +938,8 @@ fn json_parts<T: Clone>(
                 scopes,
             )
         })
-        .collect()
-}
-
-fn encode_json_traces(
-    layout: &OwnedLayout<'_, '_, '_, Span>,
-    members: &[Member],
-) -> Result<Vec<u8>, EncodeError> {
-    let request = ExportTraceServiceRequest {
-        resource_spans: json_parts(layout, members)
-            .into_iter()
-            .map(|(resource, schema_url, scopes)| ResourceSpans {
-                resource,
-                schema_url,
-                scope_spans: scopes
-                    .into_iter()
-                    .map(|(scope, schema_url, spans)| ScopeSpans {
-                        scope,
-                        spans,
-                        schema_url,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    };
-    dlog_core::encoding::encode_traces(Encoding::OtlpJson, &request)
-}
-
-fn encode_json_logs(
-    layout: &OwnedLayout<'_, '_, '_, LogRecord>,
-    members: &[Member],
-) -> Result<Vec<u8>, EncodeError> {
-    let request = ExportLogsServiceRequest {
-        resource_logs: json_parts(layout, members)
-            .into_iter()
-            .map(|(resource, schema_url, scopes)| ResourceLogs {
-                resource,
-                schema_url,
-                scope_logs: scopes
-                    .into_iter()
-                    .map(|(scope, schema_url, log_records)| ScopeLogs {
-                        scope,
-                        log_records,
-                        schema_url,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    };
-    dlog_core::encoding::encode_logs(Encoding::OtlpJson, &request)
+        .collect();
+    G::encode(Encoding::OtlpJson, &G::assemble(entries))
 }
 
 /// How big the pieces of a record are under an encoding: exact for protobuf, a close
@@ -1465,7 +1284,7 @@ mod tests {
                 }
             }
         }
-        let messages = match wire::parse_with(&bytes, RequestKind::Traces, None).unwrap() {
+        let messages = match wire::parse_with(&bytes, Signal::Traces, None).unwrap() {
             Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => messages,
         };
         let bound = decoded_size(bytes.len(), messages);
@@ -1496,7 +1315,7 @@ mod tests {
                 }],
             };
             let bytes = request.encode_to_vec();
-            let messages = match wire::parse_with(&bytes, RequestKind::Traces, None).unwrap() {
+            let messages = match wire::parse_with(&bytes, Signal::Traces, None).unwrap() {
                 Parsed::Slices { messages, .. } | Parsed::NeedsFullDecode { messages } => messages,
             };
             let bound = decoded_size(bytes.len(), messages);
@@ -2048,7 +1867,7 @@ mod tests {
             allowance: bytes.len(),
             grow: None,
         };
-        let needed = match router.traces_protobuf_within(&bytes, small()) {
+        let needed = match router.protobuf_within::<Traces>(&bytes, small()) {
             Err(RouteError::NeedsBytes { needed }) => needed,
             other => panic!("{other:?}"),
         };
@@ -2059,7 +1878,7 @@ mod tests {
             allowance: needed,
             grow: None,
         };
-        let routed = router.traces_protobuf_within(&bytes, enough).unwrap();
+        let routed = router.protobuf_within::<Traces>(&bytes, enough).unwrap();
         assert_eq!(summary(&routed), summary(&unlimited));
         let too_few_groups = RouteLimits {
             max_groups: 99,
@@ -2067,12 +1886,12 @@ mod tests {
             grow: None,
         };
         assert!(matches!(
-            router.traces_protobuf_within(&bytes, too_few_groups),
+            router.protobuf_within::<Traces>(&bytes, too_few_groups),
             Err(RouteError::TooManyGroups { max: 99 })
         ));
         // Decoded requests (JSON input) are limited the same way.
         assert!(matches!(
-            router.route_traces(&request, small()),
+            router.route_decoded::<Traces>(&request, small()),
             Err(RouteError::NeedsBytes { needed: n }) if n == needed
         ));
         // Reserving at once what is asked lets routing go on without a second pass.
@@ -2086,7 +1905,7 @@ mod tests {
             allowance: bytes.len(),
             grow: Some(&mut grow),
         };
-        let routed = router.traces_protobuf_within(&bytes, grown).unwrap();
+        let routed = router.protobuf_within::<Traces>(&bytes, grown).unwrap();
         assert_eq!(summary(&routed), summary(&unlimited));
         assert_eq!(asked, [needed]);
     }

@@ -15,6 +15,7 @@
 
 use std::fmt;
 
+use dlog_core::encoding::Signal;
 use dlog_core::names;
 
 use crate::redact::Redactor;
@@ -496,13 +497,6 @@ pub(crate) struct RawResource<'a> {
     pub scopes: Vec<RawScope<'a>>,
 }
 
-/// Which export request the bytes hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RequestKind {
-    Traces,
-    Logs,
-}
-
 /// A parsed request.
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
@@ -545,27 +539,27 @@ pub(crate) fn count_items(bytes: &[u8]) -> Option<usize> {
 
 /// Validates and slices an `ExportTraceServiceRequest` or `ExportLogsServiceRequest`.
 #[cfg(test)]
-pub(crate) fn parse(bytes: &[u8], kind: RequestKind) -> Result<Parsed<'_>, WireError> {
-    parse_with(bytes, kind, None)
+pub(crate) fn parse(bytes: &[u8], signal: Signal) -> Result<Parsed<'_>, WireError> {
+    parse_with(bytes, signal, None)
 }
 
 /// [`parse`], flagging the parts that hold an attribute `redactor` names.
 pub(crate) fn parse_with<'a>(
     bytes: &'a [u8],
-    kind: RequestKind,
+    signal: Signal,
     redactor: Option<&Redactor>,
 ) -> Result<Parsed<'a>, WireError> {
     let mut scan = Scan::new(redactor);
     let mut flagged = 0usize;
-    let (request, resource_entry, scope_entry, item_field, item_schema) = match kind {
-        RequestKind::Traces => (
+    let (request, resource_entry, scope_entry, item_field, item_schema) = match signal {
+        Signal::Traces => (
             "ExportTraceServiceRequest",
             "ResourceSpans",
             "ScopeSpans",
             "spans",
             &SPAN,
         ),
-        RequestKind::Logs => (
+        Signal::Logs => (
             "ExportLogsServiceRequest",
             "ResourceLogs",
             "ScopeLogs",
@@ -607,7 +601,7 @@ pub(crate) fn parse_with<'a>(
                         scope_entry,
                         item_field,
                         item_schema,
-                        kind,
+                        signal,
                         &mut scan,
                         &mut flagged,
                     )
@@ -645,7 +639,7 @@ fn parse_scope<'a>(
     scope_entry: &'static str,
     item_field: &'static str,
     item_schema: &'static Schema,
-    kind: RequestKind,
+    signal: Signal,
     scan: &mut Scan<'_>,
     flagged: &mut usize,
 ) -> Result<RawScope<'a>, WireError> {
@@ -667,8 +661,8 @@ fn parse_scope<'a>(
                 *flagged += usize::from(out.redact);
             }
             (2, Value::Len(b)) => {
-                let item = match kind {
-                    RequestKind::Traces => {
+                let item = match signal {
+                    Signal::Traces => {
                         let [trace_id, span_id] = validate(b, item_schema, 3, [1, 2], scan)
                             .map_err(|e| e.within(scope_entry, item_field))?;
                         RawItem {
@@ -679,7 +673,7 @@ fn parse_scope<'a>(
                             redact: scan.take(),
                         }
                     }
-                    RequestKind::Logs => {
+                    Signal::Logs => {
                         let [trace_id, span_id, event] =
                             validate(b, item_schema, 3, [9, 10, 12], scan)
                                 .map_err(|e| e.within(scope_entry, item_field))?;
@@ -903,8 +897,8 @@ mod tests {
         }
     }
 
-    fn slices(bytes: &[u8], kind: RequestKind) -> Vec<RawResource<'_>> {
-        match parse(bytes, kind).unwrap() {
+    fn slices(bytes: &[u8], signal: Signal) -> Vec<RawResource<'_>> {
+        match parse(bytes, signal).unwrap() {
             Parsed::Slices { resources, .. } => resources,
             Parsed::NeedsFullDecode { .. } => panic!("unexpected fallback"),
         }
@@ -914,7 +908,7 @@ mod tests {
     fn slices_are_the_encoded_messages() {
         let request = rich_traces();
         let bytes = request.encode_to_vec();
-        let parsed = slices(&bytes, RequestKind::Traces);
+        let parsed = slices(&bytes, Signal::Traces);
         let rs = &request.resource_spans[0];
         assert_eq!(
             parsed[0].resource,
@@ -935,7 +929,7 @@ mod tests {
 
         let request = rich_logs();
         let bytes = request.encode_to_vec();
-        let parsed = slices(&bytes, RequestKind::Logs);
+        let parsed = slices(&bytes, Signal::Logs);
         let items = &parsed[0].scopes[0].items;
         assert_eq!(items[0].trace_id, &[3; 16]);
         assert_eq!(items[0].span_id, &[4; 8]);
@@ -998,7 +992,7 @@ mod tests {
         bytes.extend_from_slice(&entry);
         assert!(ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok());
         assert!(matches!(
-            parse(&bytes, RequestKind::Traces).unwrap(),
+            parse(&bytes, Signal::Traces).unwrap(),
             Parsed::NeedsFullDecode { .. }
         ));
     }
@@ -1026,10 +1020,10 @@ mod tests {
         let logs = rich_logs().encode_to_vec();
         let mut disagreements = Vec::new();
         for round in 0..20_000 {
-            let (base, kind) = if round % 2 == 0 {
-                (&traces, RequestKind::Traces)
+            let (base, signal) = if round % 2 == 0 {
+                (&traces, Signal::Traces)
             } else {
-                (&logs, RequestKind::Logs)
+                (&logs, Signal::Logs)
             };
             let mut bytes = base.clone();
             for _ in 0..=rng.below(3) {
@@ -1055,24 +1049,22 @@ mod tests {
                     break;
                 }
             }
-            let prost = match kind {
-                RequestKind::Traces => ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok(),
-                RequestKind::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).is_ok(),
+            let prost = match signal {
+                Signal::Traces => ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok(),
+                Signal::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).is_ok(),
             };
-            let ours = match parse(&bytes, kind) {
+            let ours = match parse(&bytes, signal) {
                 Ok(Parsed::Slices { .. }) => true,
                 // The router hands these to prost, whose verdict is then the answer.
                 Ok(Parsed::NeedsFullDecode { .. }) => prost,
                 Err(_) => false,
             };
             if ours != prost {
-                let prost_err = match kind {
-                    RequestKind::Traces => {
-                        ExportTraceServiceRequest::decode(bytes.as_slice()).err()
-                    }
-                    RequestKind::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).err(),
+                let prost_err = match signal {
+                    Signal::Traces => ExportTraceServiceRequest::decode(bytes.as_slice()).err(),
+                    Signal::Logs => ExportLogsServiceRequest::decode(bytes.as_slice()).err(),
                 };
-                disagreements.push((round, ours, prost, parse(&bytes, kind).err(), prost_err));
+                disagreements.push((round, ours, prost, parse(&bytes, signal).err(), prost_err));
             }
         }
         assert!(
@@ -1126,7 +1118,7 @@ mod tests {
     #[test]
     fn regression_recursion_limit_off_by_one_matches_prost_at_100_and_101_levels() {
         let decodes = |bytes: &[u8]| ExportTraceServiceRequest::decode(bytes).is_ok();
-        let ours = |bytes: &[u8]| match parse(bytes, RequestKind::Traces) {
+        let ours = |bytes: &[u8]| match parse(bytes, Signal::Traces) {
             Ok(Parsed::Slices { .. }) => true,
             Ok(Parsed::NeedsFullDecode { .. }) => decodes(bytes),
             Err(_) => false,
@@ -1153,7 +1145,7 @@ mod tests {
                     ours(&bytes),
                     decodes(&bytes),
                     "depth {depth}, leaf {leaf:02x?}: {:?}",
-                    parse(&bytes, RequestKind::Traces).err()
+                    parse(&bytes, Signal::Traces).err()
                 );
             }
         }
@@ -1176,9 +1168,7 @@ mod tests {
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     let prost = ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok();
-                    let ours = parse(&bytes, RequestKind::Traces)
-                        .map(|_| ())
-                        .map_err(|e| e.0);
+                    let ours = parse(&bytes, Signal::Traces).map(|_| ()).map_err(|e| e.0);
                     (prost, ours)
                 })
                 .unwrap()
@@ -1198,7 +1188,7 @@ mod tests {
         // Make the first span's name invalid UTF-8 ("span 0" -> 0xff at the 's').
         let at = bytes.windows(6).position(|w| w == b"span 0").unwrap();
         bytes[at] = 0xff;
-        let err = parse(&bytes, RequestKind::Traces).unwrap_err().to_string();
+        let err = parse(&bytes, Signal::Traces).unwrap_err().to_string();
         assert!(err.contains("Span.name") && err.contains("UTF-8"), "{err}");
         assert!(ExportTraceServiceRequest::decode(bytes.as_slice()).is_err());
     }

@@ -52,21 +52,83 @@ impl FromStr for Encoding {
     }
 }
 
-/// The OTLP signal a record carries.
+/// The OTLP signal a record carries: the one name for it in headers, metric labels, topics
+/// and requests, shared by every stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
     /// `ExportTraceServiceRequest`.
-    Traces,
-    /// `ExportLogsServiceRequest`.
-    Logs,
+    Traces = 0,
+    /// `ExportLogsServiceRequest` (log records, `service.call` events, registrations and
+    /// heartbeats).
+    Logs = 1,
 }
 
 impl Signal {
-    /// The value written to the signal header.
+    /// Every signal, in [`Signal::index`] order.
+    pub const ALL: [Signal; 2] = [Signal::Traces, Signal::Logs];
+
+    /// The value written to the signal header, and the `signal` label of metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Traces => "traces",
             Signal::Logs => "logs",
+        }
+    }
+
+    /// A dense index (0 for traces, 1 for logs), for per-signal arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The OTLP export request message that carries the signal.
+    pub fn request_name(self) -> &'static str {
+        match self {
+            Signal::Traces => "ExportTraceServiceRequest",
+            Signal::Logs => "ExportLogsServiceRequest",
+        }
+    }
+
+    /// The signal a [`SIGNAL_HEADER`](crate::names::SIGNAL_HEADER) value names.
+    pub fn from_header(value: &[u8]) -> Option<Signal> {
+        match value {
+            b"traces" => Some(Signal::Traces),
+            b"logs" => Some(Signal::Logs),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which signal each topic carries: spans on the trace topic, logs on the service-logs and
+/// heartbeat topics. A record from any other topic says its signal in the
+/// [`SIGNAL_HEADER`](crate::names::SIGNAL_HEADER) header.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSignals<'a> {
+    /// The topic of spans (`trace_logs`).
+    pub trace_logs: &'a str,
+    /// The topic of log records (`service_logs`).
+    pub service_logs: &'a str,
+    /// The topic of registrations and heartbeats (`heartbeat_logs`).
+    pub heartbeat_logs: &'a str,
+}
+
+impl TopicSignals<'_> {
+    /// The signal of a record: by its topic, else by its signal header; `None` when neither
+    /// says.
+    pub fn signal_of(&self, record: &crate::source::RawRecord) -> Option<Signal> {
+        if record.topic == self.trace_logs {
+            Some(Signal::Traces)
+        } else if record.topic == self.service_logs || record.topic == self.heartbeat_logs {
+            Some(Signal::Logs)
+        } else {
+            record
+                .header(crate::names::SIGNAL_HEADER)
+                .and_then(Signal::from_header)
         }
     }
 }
@@ -452,6 +514,55 @@ mod tests {
                 }],
                 ..Default::default()
             }],
+        }
+    }
+
+    #[test]
+    fn topics_decide_the_signal_and_other_topics_are_read_by_their_header() {
+        let topics = TopicSignals {
+            trace_logs: "t",
+            service_logs: "s",
+            heartbeat_logs: "h",
+        };
+        let record = |topic: &str, header: Option<&str>| crate::source::RawRecord {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: Vec::new(),
+            headers: header
+                .map(|v| {
+                    vec![(
+                        crate::names::SIGNAL_HEADER.to_string(),
+                        v.as_bytes().to_vec(),
+                    )]
+                })
+                .unwrap_or_default(),
+            timestamp_ms: None,
+        };
+        // The topic wins over a header saying otherwise.
+        assert_eq!(
+            topics.signal_of(&record("t", Some("logs"))),
+            Some(Signal::Traces)
+        );
+        assert_eq!(topics.signal_of(&record("s", None)), Some(Signal::Logs));
+        assert_eq!(topics.signal_of(&record("h", None)), Some(Signal::Logs));
+        assert_eq!(
+            topics.signal_of(&record("x", Some("traces"))),
+            Some(Signal::Traces)
+        );
+        assert_eq!(
+            topics.signal_of(&record("x", Some("logs"))),
+            Some(Signal::Logs)
+        );
+        assert_eq!(topics.signal_of(&record("x", Some("metrics"))), None);
+        assert_eq!(topics.signal_of(&record("x", None)), None);
+        for signal in Signal::ALL {
+            assert_eq!(
+                Signal::from_header(signal.as_str().as_bytes()),
+                Some(signal)
+            );
+            assert_eq!(Signal::ALL[signal.index()], signal);
         }
     }
 

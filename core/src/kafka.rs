@@ -186,7 +186,10 @@ impl Source for KafkaSource {
         let committed =
             tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
                 .await
-                .map_err(|e| SourceError::Kafka(format!("offset commit task failed: {e}")))?;
+                .map_err(|source| SourceError::Task {
+                    task: "offset commit",
+                    source,
+                })?;
         match committed {
             Ok(()) => Ok(()),
             // Partitions were revoked mid-batch: the new owner replays them, which idempotent
@@ -235,6 +238,158 @@ pub const DLQ_TRUNCATED_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Most bytes of the source record's own headers copied into a truncated dead letter.
 const DLQ_TRUNCATED_HEADER_BYTES: usize = 16 * 1024;
 
+/// The producer settings every Kafka writer shares (the bridge's sink, the alerter's Kafka
+/// output, the dead-letter writer), and the properties their delivery promise rests on.
+///
+/// [`ProducerConfig::client_config`] sets the writer's `tuning` first, then the user's
+/// `properties` (which may override tuning), then the reserved properties last, so that no
+/// entry can loosen them:
+///
+/// * `acks=all` and `enable.idempotence=true`: a record is acknowledged only once every
+///   in-sync replica has it, and the producer's own retries never duplicate or reorder.
+/// * `bootstrap.servers` from `brokers`, `message.timeout.ms` from `message_timeout`, and,
+///   when set, `message.max.bytes` and `queue.buffering.max.kbytes`: each has a setting of
+///   its own in the writer's configuration.
+///
+/// The aliases `request.required.acks` and `delivery.timeout.ms` are removed so they cannot
+/// compete. [`ProducerConfig::check_properties`] refuses all of these in a user's table with
+/// the setting to use instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// Bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
+    pub brokers: String,
+    /// How long librdkafka may try to deliver one record (`message.timeout.ms`).
+    pub message_timeout: Duration,
+    /// Largest produce request (`message.max.bytes`); `None` keeps librdkafka's default.
+    pub message_max_bytes: Option<usize>,
+    /// Bound of the producer's queue in KiB (`queue.buffering.max.kbytes`); `None` keeps
+    /// librdkafka's default.
+    pub queue_max_kbytes: Option<usize>,
+    /// The writer's own tuning (`linger.ms`, `client.id`, ...), which `properties` may
+    /// override.
+    pub tuning: BTreeMap<String, String>,
+    /// The user's librdkafka properties, passed through (checked with
+    /// [`ProducerConfig::check_properties`]).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a writer's own settings replace the reserved producer properties, named as its
+/// configuration file spells them, for the reasons [`ProducerConfig::check_properties`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedBy<'a> {
+    /// The key of the user's property table (`kafka`, `outputs.kafka.producer`).
+    pub table: &'a str,
+    /// The setting of the brokers (`kafka_brokers`, `outputs.kafka.brokers`).
+    pub brokers: &'a str,
+    /// The setting of the delivery deadline (`produce_timeout_ms`, `outputs.kafka.timeout_ms`).
+    pub timeout: &'a str,
+    /// The setting that bounds the record size, when the writer has one.
+    pub message_max_bytes: Option<&'a str>,
+    /// The setting that bounds the producer's queue, when the writer has one.
+    pub queue: Option<&'a str>,
+}
+
+const ACKS_REASON: &str =
+    "a record counts as written only once every in-sync replica has it, so the producer always runs with acks=all";
+const IDEMPOTENCE_REASON: &str =
+    "the producer is always idempotent, so that its own retries never duplicate or reorder records";
+
+impl ProducerConfig {
+    /// A producer for `brokers` whose records may take `message_timeout` to be acknowledged,
+    /// with no tuning, bounds or user properties.
+    pub fn new(brokers: impl Into<String>, message_timeout: Duration) -> ProducerConfig {
+        ProducerConfig {
+            brokers: brokers.into(),
+            message_timeout,
+            message_max_bytes: None,
+            queue_max_kbytes: None,
+            tuning: BTreeMap::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// The librdkafka configuration: tuning, then the user's properties, then the reserved
+    /// properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        for (key, value) in self.tuning.iter().chain(&self.properties) {
+            client.set(key, value);
+        }
+        client
+            .set("bootstrap.servers", &self.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().max(1).to_string(),
+            );
+        if let Some(bytes) = self.message_max_bytes {
+            client.set("message.max.bytes", bytes.to_string());
+        }
+        if let Some(kbytes) = self.queue_max_kbytes {
+            client.set("queue.buffering.max.kbytes", kbytes.to_string());
+        }
+        // Aliases of the keys above would otherwise compete with them.
+        client.remove("request.required.acks");
+        client.remove("delivery.timeout.ms");
+        client
+    }
+
+    /// Checks a user's property table: no reserved property (the error names the setting to
+    /// use instead, or why it is fixed) and no empty value. Keys in errors are spelt
+    /// `<table>.<property>`.
+    pub fn check_properties(
+        properties: &BTreeMap<String, String>,
+        by: &ReservedBy<'_>,
+    ) -> Result<(), crate::config::ConfigError> {
+        for (key, value) in properties {
+            if let Some(why) = Self::reserved(key, by) {
+                return Err(crate::config::ConfigError::invalid(
+                    format!("{}.{key}", by.table),
+                    format!("cannot be set: {why}"),
+                ));
+            }
+            if value.is_empty() {
+                return Err(crate::config::ConfigError::invalid(
+                    format!("{}.{key}", by.table),
+                    "has an empty value",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `key` may not be set by a user of `by`, if it is reserved.
+    fn reserved(key: &str, by: &ReservedBy<'_>) -> Option<String> {
+        let instead = |setting: &str| format!("set `{setting}` instead");
+        match key {
+            "acks" | "request.required.acks" => Some(ACKS_REASON.to_string()),
+            "enable.idempotence" => Some(IDEMPOTENCE_REASON.to_string()),
+            "bootstrap.servers" => Some(instead(by.brokers)),
+            "message.timeout.ms" | "delivery.timeout.ms" => Some(format!(
+                "{}: records must not outlive the deadline of their delivery",
+                instead(by.timeout)
+            )),
+            "message.max.bytes" => by.message_max_bytes.map(|setting| {
+                format!(
+                    "{}: the producer's limit is derived from it",
+                    instead(setting)
+                )
+            }),
+            "queue.buffering.max.kbytes" => by.queue.map(|setting| {
+                format!(
+                    "{}: it bounds the producer's queue with the writer's memory",
+                    instead(setting)
+                )
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// How long the dead-letter producer may try to deliver one dead letter.
+const DLQ_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Producer for the `dead_letters` topic.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -249,16 +404,17 @@ impl DeadLetters {
     /// Its `message.max.bytes` is [`names::DEFAULT_MAX_MESSAGE_BYTES`] plus
     /// [`DLQ_HEADROOM_BYTES`], so a record of the bridge's largest size still fits with the
     /// dead-letter headers.
-    pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, SourceError> {
-        let max_bytes = names::DEFAULT_MAX_MESSAGE_BYTES + DLQ_HEADROOM_BYTES;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000")
-            .set("message.max.bytes", max_bytes.to_string())
-            .create()
-            .map_err(kafka_err)?;
+    pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, DeadLetterError> {
+        let mut config = ProducerConfig::new(brokers, DLQ_MESSAGE_TIMEOUT);
+        config.message_max_bytes = Some(names::DEFAULT_MAX_MESSAGE_BYTES + DLQ_HEADROOM_BYTES);
+        let producer: FutureProducer =
+            config
+                .client_config()
+                .create()
+                .map_err(|source| DeadLetterError::Producer {
+                    brokers: brokers.to_string(),
+                    source,
+                })?;
         Ok(DeadLetters {
             producer,
             topic: topic.to_string(),
@@ -275,7 +431,7 @@ impl DeadLetters {
     /// [`DLQ_TRUNCATED_PAYLOAD_BYTES`] and a [`names::DLQ_TRUNCATED_HEADER`] holding the
     /// original length, so the reason and coordinates still land. An error from that second
     /// attempt, or any transient error, is returned for the caller to retry.
-    pub async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    pub async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         let reason = cap_reason(reason);
         match self.produce(record, &reason, None).await {
             Ok(()) => Ok(()),
@@ -285,13 +441,16 @@ impl DeadLetters {
                     "the dead-letter topic refused the record; sending it truncated");
                 self.produce(record, &reason, Some(DLQ_TRUNCATED_PAYLOAD_BYTES))
                     .await
-                    .map_err(|e2| {
-                        SourceError::Kafka(format!(
-                            "dead letter refused ({e}), and again when truncated: {e2}"
-                        ))
+                    .map_err(|truncated| DeadLetterError::Refused {
+                        topic: self.topic.clone(),
+                        whole: Box::new(e),
+                        truncated: Box::new(truncated),
                     })
             }
-            Err(e) => Err(kafka_err(e)),
+            Err(source) => Err(DeadLetterError::Send {
+                topic: self.topic.clone(),
+                source,
+            }),
         }
     }
 
@@ -388,11 +547,15 @@ pub async fn ensure_topics(
     topics: &[&str],
     partitions: i32,
     replication: i32,
-) -> Result<(), SourceError> {
+) -> Result<(), TopicError> {
+    let admin_error = |source| TopicError::Admin {
+        brokers: brokers.to_string(),
+        source,
+    };
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
-        .map_err(kafka_err)?;
+        .map_err(admin_error)?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
@@ -401,23 +564,170 @@ pub async fn ensure_topics(
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(kafka_err)?;
+        .map_err(admin_error)?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(SourceError::Kafka(format!(
-                    "cannot create topic `{topic}` on brokers {brokers}: {code}"
-                )))
+                return Err(TopicError::Create {
+                    topic,
+                    brokers: brokers.to_string(),
+                    code,
+                })
             }
         }
     }
     Ok(())
 }
 
+/// Topics could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The admin client could not be made or the brokers did not answer.
+    #[error("cannot create topics on brokers {brokers}: {source}")]
+    Admin {
+        /// The brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The brokers refused to create a topic.
+    #[error("cannot create topic `{topic}` on brokers {brokers}: {code}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The brokers.
+        brokers: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// A dead letter could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The dead-letter producer could not be made (an invalid property).
+    #[error("cannot create the dead-letter producer for brokers {brokers}: {source}")]
+    Producer {
+        /// The brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The dead-letter topic did not take the record (unreachable, timed out): worth
+    /// retrying.
+    #[error("cannot write a dead letter to topic `{topic}`: {source}")]
+    Send {
+        /// The dead-letter topic.
+        topic: String,
+        /// The producer's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The dead-letter topic refused the record whole, and again with its payload truncated.
+    #[error(
+        "dead letter refused by topic `{topic}` ({whole}), and again when truncated: {truncated}"
+    )]
+    Refused {
+        /// The dead-letter topic.
+        topic: String,
+        /// Why the whole record was refused.
+        whole: Box<rdkafka::error::KafkaError>,
+        /// Why the truncated record was refused.
+        truncated: Box<rdkafka::error::KafkaError>,
+    },
+    /// A dead letter could not be serialized.
+    #[error("cannot encode a dead letter: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The task writing dead letters panicked or was cancelled.
+    #[error("the dead-letter writer task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// A dead-letter file could not be written (the all-in-one mode).
+    #[error("cannot write dead letter file {path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BY: ReservedBy<'static> = ReservedBy {
+        table: "outputs.kafka.producer",
+        brokers: "outputs.kafka.brokers",
+        timeout: "outputs.kafka.timeout_ms",
+        message_max_bytes: None,
+        queue: None,
+    };
+
+    #[test]
+    fn user_properties_override_tuning_but_never_what_delivery_rests_on() {
+        let mut producer = ProducerConfig::new("k:9092", Duration::from_secs(7));
+        producer.message_max_bytes = Some(2_000_000);
+        producer.tuning.insert("linger.ms".into(), "5".into());
+        for (key, value) in [
+            ("linger.ms", "20"),
+            ("compression.type", "lz4"),
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("enable.idempotence", "false"),
+            ("message.timeout.ms", "600000"),
+            ("delivery.timeout.ms", "600000"),
+            ("message.max.bytes", "10"),
+            ("bootstrap.servers", "elsewhere:9092"),
+        ] {
+            producer.properties.insert(key.into(), value.into());
+        }
+        let client = producer.client_config();
+        for (key, expected) in [
+            ("linger.ms", Some("20")),
+            ("compression.type", Some("lz4")),
+            ("acks", Some("all")),
+            ("request.required.acks", None),
+            ("enable.idempotence", Some("true")),
+            ("message.timeout.ms", Some("7000")),
+            ("delivery.timeout.ms", None),
+            ("message.max.bytes", Some("2000000")),
+            ("bootstrap.servers", Some("k:9092")),
+            // Unset bounds keep librdkafka's defaults.
+            ("queue.buffering.max.kbytes", None),
+        ] {
+            assert_eq!(client.get(key), expected, "{key}");
+        }
+    }
+
+    #[test]
+    fn reserved_properties_are_refused_naming_the_setting_to_use() {
+        let check = |key: &str, value: &str| {
+            ProducerConfig::check_properties(&BTreeMap::from([(key.into(), value.into())]), &BY)
+                .map_err(|e| e.to_string())
+        };
+        let err = check("bootstrap.servers", "x:1").unwrap_err();
+        assert!(
+            err.contains("`outputs.kafka.producer.bootstrap.servers`")
+                && err.contains("`outputs.kafka.brokers`"),
+            "{err}"
+        );
+        let err = check("delivery.timeout.ms", "1").unwrap_err();
+        assert!(err.contains("`outputs.kafka.timeout_ms`"), "{err}");
+        for key in ["acks", "request.required.acks", "enable.idempotence"] {
+            let err = check(key, "1").unwrap_err();
+            assert!(
+                err.contains(&format!("`outputs.kafka.producer.{key}`")),
+                "{err}"
+            );
+        }
+        assert!(check("compression.type", "")
+            .unwrap_err()
+            .contains("empty value"));
+        // A writer without a setting of its own for a bound leaves the property to the user.
+        check("queue.buffering.max.kbytes", "1024").unwrap();
+        check("message.max.bytes", "2000000").unwrap();
+        check("compression.type", "zstd").unwrap();
+    }
 
     #[test]
     fn long_reasons_are_cut_at_a_character_boundary() {

@@ -27,6 +27,7 @@
 //! assert_eq!(decode_traces(Encoding::OtlpProto, &bytes).unwrap(), request);
 //! ```
 
+pub mod cli;
 pub mod encoding;
 pub mod model;
 pub mod names;

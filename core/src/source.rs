@@ -155,9 +155,17 @@ pub enum SourceError {
     /// The in-process sender went away.
     #[error("the in-process input was closed")]
     Closed,
-    /// A local file (a dead-letter file in the all-in-one mode) could not be written.
+    /// A local file (the write-ahead log in the all-in-one mode) could not be read.
     #[error("{0}")]
     Io(String),
+    /// A task the source runs its blocking Kafka calls on panicked or was cancelled.
+    #[error("the {task} task failed: {source}")]
+    Task {
+        /// Which task (`offset commit`).
+        task: &'static str,
+        /// Why it stopped.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// Where a stage's records come from.

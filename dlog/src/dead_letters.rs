@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dlog_core::source::{RawRecord, SourceError};
+use dlog_core::kafka::DeadLetterError;
+use dlog_core::source::RawRecord;
 use dlog_indexer::retention::Retained;
 use dlog_indexer::DeadLetterSink;
 use dlog_storage::RetentionPolicy;
@@ -179,7 +180,7 @@ pub struct SkippedLine {
 
 #[async_trait]
 impl DeadLetterSink for FileDeadLetters {
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         let letter = DeadLetter {
             time_unix_nano: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -197,8 +198,7 @@ impl DeadLetterSink for FileDeadLetters {
                 .collect(),
             payload_hex: hex::encode(&record.payload),
         };
-        let mut line = serde_json::to_vec(&letter)
-            .map_err(|e| SourceError::Io(format!("cannot encode a dead letter: {e}")))?;
+        let mut line = serde_json::to_vec(&letter).map_err(DeadLetterError::Encode)?;
         line.push(b'\n');
         let path = self.path.clone();
         let now = letter.time_unix_nano;
@@ -222,12 +222,10 @@ impl DeadLetterSink for FileDeadLetters {
             file.sync_data()
         })
         .await
-        .map_err(|e| SourceError::Io(format!("dead-letter writer failed: {e}")))?
-        .map_err(|e| {
-            SourceError::Io(format!(
-                "cannot write dead letter to {}: {e}",
-                self.path.display()
-            ))
+        .map_err(DeadLetterError::Task)?
+        .map_err(|source| DeadLetterError::File {
+            path: self.path.clone(),
+            source,
         })
     }
 }

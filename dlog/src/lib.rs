@@ -169,13 +169,16 @@ pub enum AllInOneError {
         /// Why.
         source: dlog_storage::StoreError,
     },
-    /// Kafka could not be set up (topics, consumers).
-    #[error("kafka at {brokers}: {message}")]
+    /// The topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] dlog_core::kafka::TopicError),
+    /// The consumers could not be set up.
+    #[error("kafka at {brokers}: {source}")]
     Kafka {
         /// The brokers.
         brokers: String,
         /// What failed.
-        message: String,
+        source: SourceError,
     },
     /// The local log could not be opened.
     #[error(transparent)]
@@ -250,7 +253,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     // Kafka, the topics exist before anyone produces or subscribes.
     let input = match &config.kafka_brokers {
         None => Input::Local(Box::new(open_local_log(&config)?)),
-        Some(brokers) => Input::Kafka(join_kafka(brokers).await?),
+        Some(brokers) => Input::Kafka {
+            brokers: join_kafka(brokers).await?,
+        },
     };
     let store = open_store(&store_config)
         .await
@@ -267,7 +272,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         retention: retention_config,
         ..IndexerConfig::default()
     };
-    if let Input::Kafka(brokers) = &input {
+    if let Input::Kafka { brokers } = &input {
         indexer_config.input.kafka_brokers = brokers.clone();
     }
     let indexer = Indexer::builder(indexer_config)
@@ -280,10 +285,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             source,
         },
         StartError::Admin { addr, source } => AllInOneError::IndexerAdmin { addr, source },
-        StartError::Kafka { brokers, source } => AllInOneError::Kafka {
-            brokers,
-            message: source.to_string(),
-        },
+        StartError::Kafka { brokers, source } => AllInOneError::Kafka { brokers, source },
         other => AllInOneError::Stage {
             stage: "indexing",
             message: other.to_string(),
@@ -299,7 +301,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         rules_file: config.rules_file.clone(),
         state_dir: config.data_dir.join(match input {
             Input::Local(_) => ALERTER_DIR,
-            Input::Kafka(_) => ALERTER_KAFKA_DIR,
+            Input::Kafka { .. } => ALERTER_KAFKA_DIR,
         }),
         // Log offsets are stable across restarts, as Kafka's are: records the saved state
         // already applied are skipped when the input hands them out again.
@@ -351,7 +353,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
                 .await;
             (Some(local.wal), records_to, indexer, alerter, bridge)
         }
-        Input::Kafka(brokers) => {
+        Input::Kafka { brokers } => {
             let records_to = format!("Kafka brokers {brokers}");
             let indexer = indexer.start().await.map_err(indexer_error)?;
             alerter_config.input.kafka_brokers = brokers.clone();
@@ -435,8 +437,11 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
 /// What the stages read.
 enum Input {
     Local(Box<LocalInput>),
-    /// The brokers; the topics exist.
-    Kafka(String),
+    /// Kafka; the topics exist.
+    Kafka {
+        /// The bootstrap brokers.
+        brokers: String,
+    },
 }
 
 struct LocalInput {
@@ -480,11 +485,7 @@ async fn join_kafka(brokers: &str) -> Result<String, AllInOneError> {
         collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
         1,
     )
-    .await
-    .map_err(|e| AllInOneError::Kafka {
-        brokers: brokers.to_string(),
-        message: e.to_string(),
-    })?;
+    .await?;
     Ok(brokers.to_string())
 }
 

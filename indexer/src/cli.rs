@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use crate::{ConfigError, IndexerConfig};
+use dlog_core::cli::{parse_property, with_default};
+use dlog_core::overlay;
 use dlog_core::terminal::escape_control as esc;
 use dlog_storage::store::{
     now_unix_nano, LogQuery, StatusQuery, Store, StoreError, TimeRange, TraceQuery,
@@ -46,8 +48,7 @@ pub struct StoreArgs {
     )]
     pub elasticsearch_url: Option<String>,
 
-    /// Directory of the embedded store [default: dlog-data].
-    #[arg(long, env = "DLOG_INDEXER_DATA_DIR", value_name = "DIR", global = true)]
+    #[arg(long, env = "DLOG_INDEXER_DATA_DIR", value_name = "DIR", global = true, help = with_default("Directory of the embedded store", dlog_storage::config::DEFAULT_DATA_DIR))]
     pub data_dir: Option<PathBuf>,
 
     /// Prefix of Elasticsearch index names [default: none].
@@ -114,7 +115,7 @@ pub enum Command {
         #[arg(long)]
         operation: Option<String>,
         /// Span attribute KEY=VALUE (repeatable).
-        #[arg(long = "attr", value_parser = parse_pair)]
+        #[arg(long = "attr", value_parser = parse_property)]
         attributes: Vec<(String, String)>,
         /// Span lasted at least this long (`250ms`, `2s`).
         #[arg(long, value_parser = parse_duration)]
@@ -175,42 +176,30 @@ pub enum Command {
 /// Flags of the stage itself.
 #[derive(Debug, Clone, Default, ClapArgs)]
 pub struct RunArgs {
-    /// Kafka bootstrap brokers [default: 127.0.0.1:9092].
     #[arg(
         long,
         env = "DLOG_INDEXER_KAFKA_BROKERS",
-        value_name = "HOST:PORT[,..]"
-    )]
+        value_name = "HOST:PORT[,..]", help = with_default("Kafka bootstrap brokers", crate::config::DEFAULT_KAFKA_BROKERS))]
     pub kafka_brokers: Option<String>,
-    /// Consumer group [default: dlog-indexer].
-    #[arg(long, env = "DLOG_INDEXER_GROUP_ID", value_name = "GROUP")]
+    #[arg(long, env = "DLOG_INDEXER_GROUP_ID", value_name = "GROUP", help = with_default("Consumer group", crate::config::DEFAULT_GROUP_ID))]
     pub group_id: Option<String>,
-    /// Admin listen address for /metrics and /healthz [default: 127.0.0.1:8889].
-    #[arg(long, env = "DLOG_INDEXER_ADMIN", value_name = "ADDR:PORT")]
+    #[arg(long, env = "DLOG_INDEXER_ADMIN", value_name = "ADDR:PORT", help = with_default("Admin listen address for /metrics and /healthz", IndexerConfig::default().admin))]
     pub admin: Option<SocketAddr>,
-    /// Topic of spans [default: trace_logs].
-    #[arg(long, env = "DLOG_INDEXER_TRACE_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_INDEXER_TRACE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of spans", dlog_core::names::TRACE_LOGS_TOPIC))]
     pub trace_logs_topic: Option<String>,
-    /// Topic of log records [default: service_logs].
-    #[arg(long, env = "DLOG_INDEXER_SERVICE_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_INDEXER_SERVICE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of log records", dlog_core::names::SERVICE_LOGS_TOPIC))]
     pub service_logs_topic: Option<String>,
-    /// Topic of registration and heartbeat events [default: heartbeat_logs].
-    #[arg(long, env = "DLOG_INDEXER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_INDEXER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of registration and heartbeat events", dlog_core::names::HEARTBEAT_LOGS_TOPIC))]
     pub heartbeat_logs_topic: Option<String>,
-    /// Dead-letter topic [default: dead_letters].
-    #[arg(long, env = "DLOG_INDEXER_DEAD_LETTERS_TOPIC", value_name = "TOPIC")]
+    #[arg(long, env = "DLOG_INDEXER_DEAD_LETTERS_TOPIC", value_name = "TOPIC", help = with_default("Dead-letter topic", dlog_core::names::DEAD_LETTERS_TOPIC))]
     pub dead_letters_topic: Option<String>,
-    /// Create missing topics at start [default: false].
-    #[arg(long, env = "DLOG_INDEXER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "DLOG_INDEXER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Create missing topics at start", IndexerConfig::default().input.create_topics))]
     pub create_topics: Option<bool>,
-    /// Partitions of topics created with --create-topics [default: 3].
-    #[arg(long, env = "DLOG_INDEXER_TOPIC_PARTITIONS", value_name = "N")]
+    #[arg(long, env = "DLOG_INDEXER_TOPIC_PARTITIONS", value_name = "N", help = with_default("Partitions of topics created with --create-topics", crate::config::DEFAULT_TOPIC_PARTITIONS))]
     pub topic_partitions: Option<i32>,
-    /// Most records per batch [default: 500].
-    #[arg(long, env = "DLOG_INDEXER_BATCH_MAX_RECORDS", value_name = "N")]
+    #[arg(long, env = "DLOG_INDEXER_BATCH_MAX_RECORDS", value_name = "N", help = with_default("Most records per batch", crate::config::DEFAULT_BATCH_MAX_RECORDS))]
     pub batch_max_records: Option<usize>,
-    /// Consumer-group session timeout in ms [default: 10000].
-    #[arg(long, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS")]
+    #[arg(long, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS", help = with_default("Consumer-group session timeout in ms", crate::config::DEFAULT_SESSION_TIMEOUT_MS))]
     pub session_timeout_ms: Option<u32>,
     /// Drop a day of data once all of it is older than this (`7d`, `36h`; `0` keeps data
     /// forever) [default: 7d].
@@ -224,15 +213,8 @@ pub struct RunArgs {
     #[arg(long, env = "DLOG_INDEXER_RETENTION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub retention_interval: Option<Duration>,
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
-    #[arg(short = 'X', long = "consumer-property", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(short = 'X', long = "consumer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub consumer_property: Vec<(String, String)>,
-}
-
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
 }
 
 /// Parses `500ms`, `2s`, `15m`, `3h`, `7d` (a bare number is seconds).
@@ -291,21 +273,8 @@ impl Args {
         }
         if let Some(Command::Run(run)) = &self.command {
             let run = run.clone();
-            macro_rules! overlay {
-                ($($field:ident),*) => {$(
-                    if let Some(value) = run.$field {
-                        config.$field = value;
-                    }
-                )*};
-            }
-            macro_rules! overlay_input {
-                ($($field:ident),*) => {$(
-                    if let Some(value) = run.$field {
-                        config.input.$field = value;
-                    }
-                )*};
-            }
-            overlay_input!(
+            overlay!(
+                run => config.input,
                 kafka_brokers,
                 group_id,
                 create_topics,
@@ -313,6 +282,7 @@ impl Args {
                 session_timeout_ms
             );
             overlay!(
+                run => config,
                 admin,
                 trace_logs_topic,
                 service_logs_topic,

@@ -155,7 +155,9 @@ impl IndexerConfig {
             .validate(embedded)
             .map_err(|reason| invalid("retention", reason))?;
         self.store.validate().map_err(|e| match e {
-            dlog_storage::store::StoreError::Config(reason) => invalid("store", reason),
+            dlog_storage::store::StoreError::Config(ConfigError::Invalid { key, reason }) => {
+                invalid("store", format!("`{key}`: {reason}"))
+            }
             other => invalid("store", other.to_string()),
         })
     }

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dlog_core::encoding::{decode_logs, decode_traces, Signal};
-use dlog_core::kafka::{DeadLetters, KafkaSource};
+use dlog_core::encoding::{decode_logs, decode_traces, Signal, TopicSignals};
+use dlog_core::kafka::{DeadLetterError, DeadLetters, KafkaSource};
 use dlog_core::model::{logs_from_request, spans_from_request, LogItem};
 use dlog_core::names;
 use dlog_core::source::{ChannelSource, Mark, RawRecord, Source, SourceError};
@@ -48,12 +48,12 @@ use dlog_storage::store::{Document, Store, WriteOutcome};
 pub trait DeadLetterSink: Send + Sync {
     /// Stores `record` with `reason` durably; the stage acknowledges the record only after
     /// this returned `Ok`.
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError>;
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError>;
 }
 
 #[async_trait]
 impl DeadLetterSink for DeadLetters {
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         DeadLetters::send(self, record, reason).await
     }
 }
@@ -65,7 +65,7 @@ pub struct LogDeadLetters;
 
 #[async_trait]
 impl DeadLetterSink for LogDeadLetters {
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         tracing::error!(
             topic = %record.topic,
             partition = record.partition,
@@ -244,22 +244,17 @@ impl PipelineOptions {
 /// The topic decides the signal (`trace_logs` holds traces, the other two logs); a record
 /// from another topic is read by its `otlp.signal` header.
 pub fn decode_record(record: &RawRecord, topics: &Topics) -> Result<Vec<Document>, String> {
-    let signal = if record.topic == topics.trace_logs {
-        Signal::Traces
-    } else if record.topic == topics.service_logs || record.topic == topics.heartbeat_logs {
-        Signal::Logs
-    } else {
-        match record.header(names::SIGNAL_HEADER) {
-            Some(b"traces") => Signal::Traces,
-            Some(b"logs") => Signal::Logs,
-            _ => {
-                return Err(format!(
-                    "record from topic `{}` has no `{}` header saying traces or logs",
-                    record.topic,
-                    names::SIGNAL_HEADER
-                ))
-            }
-        }
+    let topics = TopicSignals {
+        trace_logs: &topics.trace_logs,
+        service_logs: &topics.service_logs,
+        heartbeat_logs: &topics.heartbeat_logs,
+    };
+    let Some(signal) = topics.signal_of(record) else {
+        return Err(format!(
+            "record from topic `{}` has no `{}` header saying traces or logs",
+            record.topic,
+            names::SIGNAL_HEADER
+        ));
     };
     let encoding = record.encoding().map_err(|e| e.to_string())?;
     match signal {
@@ -586,7 +581,7 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] dlog_storage::store::StoreError),
-    /// Kafka could not be set up (topics, consumer, dead-letter producer).
+    /// The consumer could not be set up.
     #[error("kafka at {brokers}: {source}")]
     Kafka {
         /// The brokers.
@@ -594,6 +589,12 @@ pub enum StartError {
         /// What failed.
         source: SourceError,
     },
+    /// The topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] dlog_core::kafka::TopicError),
+    /// The dead-letter producer could not be made.
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
     /// The admin address could not be bound.
     #[error("cannot listen on admin address {addr}: {source}")]
     Admin {
@@ -794,8 +795,7 @@ impl IndexerBuilder<JoinKafka> {
                 config.input.topic_partitions,
                 1,
             )
-            .await
-            .map_err(kafka_err)?;
+            .await?;
         }
         let source =
             KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
@@ -817,17 +817,11 @@ impl<S: Source + ReportsLag + 'static> IndexerBuilder<S> {
         let config = self.config;
         let dead_letters = match self.dead_letters {
             Some(dead_letters) => dead_letters,
-            None => Arc::new(
-                DeadLetters::new(
-                    &config.input.kafka_brokers,
-                    &config.dead_letters_topic,
-                    "dlog-indexer",
-                )
-                .map_err(|source| StartError::Kafka {
-                    brokers: config.input.kafka_brokers.clone(),
-                    source,
-                })?,
-            ),
+            None => Arc::new(DeadLetters::new(
+                &config.input.kafka_brokers,
+                &config.dead_letters_topic,
+                "dlog-indexer",
+            )?),
         };
         let metrics = Arc::new(Metrics::new());
         let shutdown = self.shutdown;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use dlog_core::encoding::{encode_traces, Encoding};
+use dlog_core::kafka::DeadLetterError;
 use dlog_core::model::{LogEntry, SpanRecord};
 use dlog_core::names;
 use dlog_core::source::Source;
@@ -129,7 +130,7 @@ struct Collected(Mutex<Vec<(RawRecord, String)>>);
 
 #[async_trait]
 impl DeadLetterSink for Collected {
-    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), SourceError> {
+    async fn send(&self, record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
         self.0
             .lock()
             .unwrap()

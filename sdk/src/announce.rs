@@ -14,7 +14,7 @@ use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::Key;
 use opentelemetry_sdk::logs::SdkLogger;
 
-use crate::BuildError;
+use crate::error::BuildError;
 
 /// The heartbeat thread. Stopping it sends the DOWN registration.
 pub(crate) struct Announcer {

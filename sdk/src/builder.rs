@@ -10,9 +10,12 @@ use opentelemetry_sdk::trace::SpanExporter;
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::filter::Targets;
 
-use crate::export::{BoundedLogProcessor, BoundedSpanProcessor, Diagnostics, QueueConfig};
-use crate::telemetry::Telemetry;
-use crate::{names, DistributedLogger, InstallError, TelemetryGuard};
+use crate::error::BuildError;
+use crate::export::{BoundedLogProcessor, BoundedSpanProcessor, QueueConfig};
+use crate::logger::DistributedLogger;
+use crate::names;
+use crate::settings::{Header, LevelFilter, LogWorkerFactory, Settings, SpanWorkerFactory};
+use crate::telemetry::{InstallError, Telemetry, TelemetryGuard};
 
 /// Environment variable: the OTLP/gRPC endpoint, when [`TelemetryBuilder::with_endpoint`] is not called.
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -63,76 +66,6 @@ pub const DEFAULT_ENV_FILTER: &str = "info";
 /// Shortest heartbeat interval accepted (shorter would flood the pipeline).
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 
-/// A setting was invalid, or a part of the pipeline could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// Neither the builder, `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` named the service.
-    #[error("no service name: pass one to Telemetry::builder, or set OTEL_SERVICE_NAME")]
-    MissingServiceName,
-    /// The endpoint is not an `http://host:port` or `https://host:port` URI.
-    #[error("OTLP endpoint `{endpoint}` (from {source_name}) is invalid: {reason}")]
-    InvalidEndpoint {
-        /// The endpoint as given.
-        endpoint: String,
-        /// Where it came from: `with_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT`.
-        source_name: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// `OTEL_RESOURCE_ATTRIBUTES` holds an entry that is not `key=value`.
-    #[error("OTEL_RESOURCE_ATTRIBUTES entry `{entry}` is invalid: {reason}")]
-    InvalidResourceAttributes {
-        /// The offending entry.
-        entry: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The filter directives do not parse.
-    #[error("filter directives `{directives}` (from {source_name}) are invalid: {reason}")]
-    InvalidEnvFilter {
-        /// The directives as given.
-        directives: String,
-        /// Where they came from: `with_env_filter` or `RUST_LOG`.
-        source_name: &'static str,
-        /// The parser's message.
-        reason: String,
-    },
-    /// A numeric setting is out of range.
-    #[error("setting `{setting}` is invalid: {reason}")]
-    InvalidSetting {
-        /// The builder method.
-        setting: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The OTLP exporter could not be built.
-    #[error("cannot build the OTLP {signal} exporter for {endpoint}: {reason}")]
-    Exporter {
-        /// `spans` or `logs`.
-        signal: &'static str,
-        /// The endpoint.
-        endpoint: String,
-        /// The exporter's message.
-        reason: String,
-    },
-    /// The export worker's runtime could not be created.
-    #[error("cannot create the export worker's Tokio runtime: {0}")]
-    Runtime(std::io::Error),
-    /// A background thread could not be spawned.
-    #[error("cannot spawn a telemetry thread: {0}")]
-    Thread(std::io::Error),
-    /// An export worker exited while starting.
-    #[error("the {0} export worker exited while starting")]
-    WorkerDied(&'static str),
-}
-
-type SpanWorkerFactory = Box<
-    dyn FnOnce(&QueueConfig, Arc<Diagnostics>) -> Result<BoundedSpanProcessor, BuildError> + Send,
->;
-type LogWorkerFactory = Box<
-    dyn FnOnce(&QueueConfig, Arc<Diagnostics>) -> Result<BoundedLogProcessor, BuildError> + Send,
->;
-
 /// Builds a [`Telemetry`]: the service's identity, where it exports, and how it behaves when
 /// the collector is slow or gone. See the crate docs for an example.
 ///
@@ -176,6 +109,14 @@ impl std::fmt::Debug for TelemetryBuilder {
             .field("env_filter", &self.env_filter)
             .field("queue_capacity", &self.queue_capacity)
             .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Starts configuring a service's telemetry. An empty name defers to `OTEL_SERVICE_NAME`
+    /// (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn builder(service_name: impl Into<String>) -> TelemetryBuilder {
+        TelemetryBuilder::new(service_name.into())
     }
 }
 
@@ -581,34 +522,6 @@ impl TelemetryBuilder {
     }
 }
 
-/// The resolved settings [`Telemetry::start`] works from.
-pub(crate) struct Settings {
-    pub service_name: String,
-    pub instance_id: String,
-    pub dependencies: Vec<String>,
-    pub endpoint: String,
-    pub headers: Arc<[Header]>,
-    /// PEM of the CA certificate(s) an `https://` collector must chain to.
-    pub ca_certificate: Option<Vec<u8>>,
-    pub heartbeat_interval: Duration,
-    pub stderr: bool,
-    pub level_filter: LevelFilter,
-    pub span_queue: QueueConfig,
-    pub log_queue: QueueConfig,
-    pub shutdown_timeout: Duration,
-    pub gzip: bool,
-    pub tracked_inactivity: bool,
-    pub resource: Resource,
-    pub span_exporter: Option<SpanWorkerFactory>,
-    pub log_exporter: Option<LogWorkerFactory>,
-}
-
-/// One export header, validated.
-pub(crate) type Header = (
-    tonic::metadata::AsciiMetadataKey,
-    tonic::metadata::AsciiMetadataValue,
-);
-
 /// Validates one header. Errors name the key, never the value (it is usually a secret).
 fn header(key: &str, value: &str, source: &'static str) -> Result<Header, BuildError> {
     let invalid = |reason: &str| BuildError::InvalidSetting {
@@ -684,15 +597,6 @@ fn parse_headers(raw: &str, source: &'static str) -> Result<Vec<Header>, BuildEr
             header(key, &value, source)
         })
         .collect()
-}
-
-/// The `EnvFilter`-syntax directives, in the cheapest filter that can evaluate them.
-#[allow(clippy::large_enum_variant)] // Built once per service, moved once.
-pub(crate) enum LevelFilter {
-    /// Only `target=level` directives.
-    Static(Targets),
-    /// Directives that match on spans or fields.
-    Dynamic(tracing_subscriber::EnvFilter),
 }
 
 /// The declared dependencies as an OTLP string array.

@@ -41,7 +41,11 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tokio::sync::mpsc as control_mpsc;
 
-use crate::{names, BuildError};
+use crate::error::BuildError;
+use crate::names;
+
+/// Instrumentation scope of the SDK's own spans and records.
+pub(crate) const SCOPE: &str = "distributed_logger";
 
 /// Target of the SDK's own diagnostics. It is kept out of the OTLP layers (see
 /// [`crate::filter`]), so a warning about failed exports never becomes an export itself.
@@ -888,7 +892,7 @@ impl LogProcessor for BoundedLogProcessor {
         {
             record.set_event_name("");
         }
-        let liveness = scope.name() == crate::telemetry::SCOPE
+        let liveness = scope.name() == SCOPE
             && record.event_name().is_some_and(|name| {
                 name == names::HEARTBEAT_EVENT || name == names::REGISTRATION_EVENT
             });
@@ -1082,7 +1086,8 @@ mod tests {
                 let mut reads = 0_u64;
                 while !done.load(Ordering::Acquire) || reads < 1_000 {
                     let before = pushed.load(Ordering::Acquire);
-                    let stats = crate::Stats::read(processor.queue().counters(), &no_logs);
+                    let stats =
+                        crate::lifecycle::Stats::read(processor.queue().counters(), &no_logs);
                     let after = started.load(Ordering::Acquire);
                     let outcomes = stats.exported_spans + stats.dropped_spans + stats.failed_spans;
                     assert!(
@@ -1112,7 +1117,7 @@ mod tests {
         assert!(processor
             .queue()
             .shutdown(Instant::now() + Duration::from_secs(5)));
-        let stats = crate::Stats::read(processor.queue().counters(), &no_logs);
+        let stats = crate::lifecycle::Stats::read(processor.queue().counters(), &no_logs);
         assert!(
             stats.exported_spans > 0 && stats.dropped_spans > 0,
             "{stats:?}"

@@ -16,7 +16,7 @@ use opentelemetry_sdk::logs::SdkLogger;
 use tracing::Level;
 
 use crate::export::DIAGNOSTICS_TARGET;
-use crate::telemetry::{Lifecycle, ShutdownReport};
+use crate::lifecycle::{Lifecycle, ShutdownReport};
 
 /// A value for an extra field: strings, integers, floats and booleans.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use dlog_core::config::ConfigError;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{StoreError, TimeWindow};
@@ -134,7 +135,8 @@ impl StoreConfig {
 
     /// Checks the settings, naming the key and the reason of the first problem.
     pub fn validate(&self) -> Result<(), StoreError> {
-        let bad = |key: &str, reason: &str| Err(StoreError::Config(format!("`{key}`: {reason}")));
+        let bad =
+            |key: &str, reason: &str| Err(StoreError::Config(ConfigError::invalid(key, reason)));
         if let Some(url) = &self.elasticsearch_url {
             if url.starts_with("https://") {
                 // The workspace builds the `elasticsearch` crate without a TLS backend, to keep

@@ -535,9 +535,9 @@ pub enum StoreError {
     /// The query was invalid before it reached the store.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
-    /// The store's configuration is invalid.
+    /// The store's configuration is invalid: the key and the reason.
     #[error("invalid storage configuration: {0}")]
-    Config(String),
+    Config(#[source] dlog_core::config::ConfigError),
     /// The embedded store failed.
     #[error("embedded store at {path}: {message}")]
     Embedded {

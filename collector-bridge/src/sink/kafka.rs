@@ -1,8 +1,10 @@
 //! The production sink: an idempotent, acks=all rdkafka `FutureProducer`.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dlog_core::kafka::{ProducerConfig, ReservedBy};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
@@ -12,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use super::{OutRecord, Sink, SinkError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// Routes librdkafka's own log lines and errors into `tracing`, under the target
 /// `collector_bridge::kafka`, so they obey the same filter as the rest of the bridge.
@@ -54,53 +56,102 @@ impl ClientContext for TracingContext {
     }
 }
 
-/// The librdkafka producer properties the bridge runs with.
-///
-/// Tuning the bridge derives (`linger.ms`, `batch.size`, `topic.metadata.propagation.max.ms`,
-/// ...) comes first and `config.kafka` may override it. What the bridge's guarantees rest on
-/// is set last, so that no entry of `config.kafka` can change it (and [`Config::validate`]
-/// refuses such entries with a reason):
-///
-/// * `acks=all` and `enable.idempotence=true`: a record is acknowledged only once every
-///   in-sync replica has it, and the producer's own retries never duplicate or reorder.
-/// * `message.timeout.ms = produce_timeout_ms`: librdkafka gives up on a record about when
-///   the request that carried it is answered UNAVAILABLE, so records of failed requests do
-///   not pile up in the queue while senders retry them.
-/// * `message.max.bytes` leaves room for Kafka's record framing above `max_message_bytes`.
-/// * `queue.buffering.max.kbytes` bounds the producer's copy of in-flight records to about
-///   `max_in_flight_bytes`, instead of librdkafka's default of 1 GiB.
-/// * `topic.metadata.propagation.max.ms` (half the produce timeout, at most librdkafka's
-///   default of 30 s): a record for a topic that does not exist fails with "unknown topic",
-///   which the bridge reports naming the topic, instead of timing out without a reason.
-pub fn producer_config(config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    let message_max_bytes = config.max_message_bytes.saturating_add(64 * 1024);
-    let queue_kbytes = (config.max_in_flight_bytes / 1024).max(1024) + message_max_bytes / 1024;
-    let propagation_ms = (config.produce_timeout_ms / 2).clamp(1, 30_000);
-    client
-        .set("linger.ms", config.linger_ms.to_string())
-        .set("batch.size", message_max_bytes.min(1_000_000).to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .set(
-            "topic.metadata.propagation.max.ms",
-            propagation_ms.to_string(),
-        )
-        .set("client.id", "dlog-collector-bridge");
-    for (key, value) in &config.kafka {
-        client.set(key, value);
+/// What the Kafka sink needs of the bridge's settings: the keys `kafka_brokers`,
+/// `produce_timeout_ms`, `max_message_bytes`, `max_in_flight_bytes` and `linger_ms`, and the
+/// `[kafka]` table of librdkafka properties ([`Config::kafka_sink`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers (`kafka_brokers`).
+    pub brokers: String,
+    /// How long a record may wait for its acknowledgement (`produce_timeout_ms`).
+    pub produce_timeout: Duration,
+    /// Largest record, value, key and headers (`max_message_bytes`).
+    pub max_message_bytes: usize,
+    /// What requests in progress may hold in all (`max_in_flight_bytes`), which also bounds
+    /// the producer's queue.
+    pub max_in_flight_bytes: usize,
+    /// librdkafka `linger.ms` (`linger_ms`).
+    pub linger_ms: u64,
+    /// Extra librdkafka properties (`[kafka]`).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How the bridge's settings replace the producer properties it reserves.
+pub(crate) const RESERVED_BY: ReservedBy<'static> = ReservedBy {
+    table: "kafka",
+    brokers: "kafka_brokers",
+    timeout: "produce_timeout_ms",
+    message_max_bytes: Some("max_message_bytes"),
+    queue: Some("max_in_flight_bytes"),
+};
+
+impl Config {
+    /// The settings of the Kafka sink.
+    pub fn kafka_sink(&self) -> KafkaSinkConfig {
+        KafkaSinkConfig {
+            brokers: self.kafka_brokers.clone(),
+            produce_timeout: self.produce_timeout(),
+            max_message_bytes: self.max_message_bytes,
+            max_in_flight_bytes: self.max_in_flight_bytes,
+            linger_ms: self.linger_ms,
+            properties: self.kafka.clone(),
+        }
     }
-    // After the user's table: these cannot be overridden.
-    client
-        .set("bootstrap.servers", &config.kafka_brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-        .set("message.max.bytes", message_max_bytes.to_string())
-        .set("queue.buffering.max.kbytes", queue_kbytes.to_string());
-    // Aliases of the keys above would otherwise compete with them.
-    client.remove("request.required.acks");
-    client.remove("delivery.timeout.ms");
-    client
+}
+
+impl KafkaSinkConfig {
+    /// Refuses `[kafka]` entries that would change what the bridge's guarantees rest on, and
+    /// empty values, naming the key (`kafka.acks`) and the setting to use instead.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ProducerConfig::check_properties(&self.properties, &RESERVED_BY)
+    }
+
+    /// The producer the bridge runs with ([`ProducerConfig`] sets what delivery rests on).
+    ///
+    /// Tuning the bridge derives (`linger.ms`, `batch.size`, `topic.metadata.propagation.max.ms`,
+    /// ...) comes first and `[kafka]` may override it. Then, beyond acks=all and idempotence:
+    ///
+    /// * `message.timeout.ms = produce_timeout_ms`: librdkafka gives up on a record about when
+    ///   the request that carried it is answered UNAVAILABLE, so records of failed requests do
+    ///   not pile up in the queue while senders retry them.
+    /// * `message.max.bytes` leaves room for Kafka's record framing above `max_message_bytes`.
+    /// * `queue.buffering.max.kbytes` bounds the producer's copy of in-flight records to about
+    ///   `max_in_flight_bytes`, instead of librdkafka's default of 1 GiB.
+    /// * `topic.metadata.propagation.max.ms` (half the produce timeout, at most librdkafka's
+    ///   default of 30 s): a record for a topic that does not exist fails with "unknown topic",
+    ///   which the bridge reports naming the topic, instead of timing out without a reason.
+    pub fn producer(&self) -> ProducerConfig {
+        let message_max_bytes = self.max_message_bytes.saturating_add(64 * 1024);
+        let queue_kbytes = (self.max_in_flight_bytes / 1024).max(1024) + message_max_bytes / 1024;
+        let propagation_ms = (self.produce_timeout.as_millis() / 2).clamp(1, 30_000);
+        let mut producer = ProducerConfig::new(self.brokers.clone(), self.produce_timeout);
+        producer.message_max_bytes = Some(message_max_bytes);
+        producer.queue_max_kbytes = Some(queue_kbytes);
+        producer.properties = self.properties.clone();
+        producer.tuning = BTreeMap::from([
+            ("linger.ms".to_string(), self.linger_ms.to_string()),
+            (
+                "batch.size".to_string(),
+                message_max_bytes.min(1_000_000).to_string(),
+            ),
+            (
+                "queue.buffering.max.messages".to_string(),
+                "1000000".to_string(),
+            ),
+            (
+                "topic.metadata.propagation.max.ms".to_string(),
+                propagation_ms.to_string(),
+            ),
+            ("client.id".to_string(), "dlog-collector-bridge".to_string()),
+        ]);
+        producer
+    }
+}
+
+/// The librdkafka producer properties the bridge runs with (see
+/// [`KafkaSinkConfig::producer`]).
+pub fn producer_config(config: &Config) -> ClientConfig {
+    config.kafka_sink().producer().client_config()
 }
 
 /// Writes records to Kafka and resolves once the broker acknowledged all of them.
@@ -116,17 +167,17 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// A sink with the bridge's producer settings (see [`producer_config`]). It does not
-    /// connect yet: an unreachable broker shows up as `UNAVAILABLE` answers, not as a start
-    /// failure.
+    /// A sink with the bridge's producer settings (see [`KafkaSinkConfig::producer`]). It
+    /// does not connect yet: an unreachable broker shows up as `UNAVAILABLE` answers, not as
+    /// a start failure.
     ///
-    /// `config.kafka` is checked as [`Config::validate`] does, so a sink built without going
+    /// `[kafka]` is checked as [`Config::validate`] does, so a sink built without going
     /// through [`crate::start`] cannot loosen `acks` or idempotence either.
-    pub fn new(config: &Config) -> Result<KafkaSink, SinkError> {
+    pub fn new(config: &KafkaSinkConfig) -> Result<KafkaSink, SinkError> {
         config
-            .validate_kafka_properties()
+            .validate()
             .map_err(|e| SinkError::Rejected(e.to_string()))?;
-        KafkaSink::from_client_config(&producer_config(config))
+        KafkaSink::from_client_config(&config.producer().client_config())
     }
 
     /// A sink over a producer built from `client` as it is (benchmarks, special setups).
@@ -252,7 +303,10 @@ pub(crate) const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// DescribeConfigs, or does not report `max.message.bytes` (tansu answers with no entries)
 /// is logged and skipped, as is a topic that does not exist yet (logged as an error with the
 /// remedy; its records are answered UNAVAILABLE until it exists).
-pub(crate) async fn check_topic_limits(config: &Config, within: Duration) -> Result<(), String> {
+pub(crate) async fn check_topic_limits(
+    config: &Config,
+    within: Duration,
+) -> Result<(), Vec<TopicTooSmall>> {
     let mut client = ClientConfig::new();
     // The user's table carries security settings the admin connection needs too.
     for (key, value) in &config.kafka {
@@ -315,7 +369,7 @@ pub(crate) async fn check_topic_limits(config: &Config, within: Duration) -> Res
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(problems)
     }
 }
 
@@ -325,15 +379,32 @@ fn topic_limit_problem(
     topic: &str,
     max_message_bytes: usize,
     limit: Option<&str>,
-) -> Option<String> {
+) -> Option<TopicTooSmall> {
     let limit: usize = limit?.trim().parse().ok()?;
     let needed = max_message_bytes.saturating_add(RECORD_BATCH_OVERHEAD);
-    (limit < needed).then(|| {
-        format!(
-            "topic `{topic}` accepts record batches of at most {limit} bytes (max.message.bytes), but max_message_bytes is {max_message_bytes}, which needs {needed} with Kafka's framing: lower max_message_bytes to {} or less, or raise the topic's max.message.bytes",
-            limit.saturating_sub(RECORD_BATCH_OVERHEAD)
-        )
+    (limit < needed).then(|| TopicTooSmall {
+        topic: topic.to_string(),
+        limit,
+        max_message_bytes,
+        needed,
+        fits: limit.saturating_sub(RECORD_BATCH_OVERHEAD),
     })
+}
+
+/// A topic whose `max.message.bytes` is below what records of `max_message_bytes` need.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("topic `{topic}` accepts record batches of at most {limit} bytes (max.message.bytes), but max_message_bytes is {max_message_bytes}, which needs {needed} with Kafka's framing: lower max_message_bytes to {fits} or less, or raise the topic's max.message.bytes")]
+pub struct TopicTooSmall {
+    /// The topic.
+    pub topic: String,
+    /// Its `max.message.bytes`, as the broker reported it.
+    pub limit: usize,
+    /// The bridge's `max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// What a record of `max_message_bytes` needs with Kafka's framing.
+    pub needed: usize,
+    /// The largest `max_message_bytes` the topic takes.
+    pub fits: usize,
 }
 
 /// How long to wait before offering a record to a full producer queue again.
@@ -464,7 +535,9 @@ mod tests {
 
     #[test]
     fn regression_topic_max_message_bytes_below_max_message_bytes_is_a_start_error() {
-        let problem = topic_limit_problem("spans", 1_000_000, Some("500000")).unwrap();
+        let problem = topic_limit_problem("spans", 1_000_000, Some("500000"))
+            .unwrap()
+            .to_string();
         assert!(
             problem.contains("`spans`") && problem.contains("max_message_bytes"),
             "{problem}"
@@ -480,11 +553,13 @@ mod tests {
     fn regression_kafka_sink_new_refuses_reserved_properties() {
         let mut config = Config::default();
         config.kafka.insert("acks".into(), "1".into());
-        let err = KafkaSink::new(&config).err().expect("acks=1 accepted");
+        let err = KafkaSink::new(&config.kafka_sink())
+            .err()
+            .expect("acks=1 accepted");
         assert!(err.to_string().contains("kafka.acks"), "{err}");
         let mut config = Config::default();
         config.kafka.insert("message.timeout.ms".into(), "1".into());
-        assert!(KafkaSink::new(&config).is_err());
+        assert!(KafkaSink::new(&config.kafka_sink()).is_err());
     }
 
     #[test]

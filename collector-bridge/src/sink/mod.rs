@@ -19,8 +19,8 @@ use dlog_core::names;
 use dlog_core::source::RawRecord;
 
 pub use channel::{ChannelSink, Subscriber};
-pub(crate) use kafka::{check_topic_limits, TOPIC_CHECK_TIMEOUT};
-pub use kafka::{producer_config, KafkaSink};
+pub(crate) use kafka::{check_topic_limits, RESERVED_BY, TOPIC_CHECK_TIMEOUT};
+pub use kafka::{producer_config, KafkaSink, KafkaSinkConfig, TopicTooSmall};
 pub use local_log::LocalLogSink;
 use prometheus_client::registry::Registry;
 

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dlog_core::config::ConfigError;
 use dlog_core::model::{LogEntry, SpanRecord};
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -209,12 +210,15 @@ impl ElasticStore {
     /// `install_templates` is off).
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
         config.validate()?;
-        let url_text = config
-            .elasticsearch_url
-            .clone()
-            .ok_or_else(|| StoreError::Config("`elasticsearch_url` is not set".into()))?;
-        let url = Url::parse(&url_text)
-            .map_err(|e| StoreError::Config(format!("`elasticsearch_url` `{url_text}`: {e}")))?;
+        let url_text = config.elasticsearch_url.clone().ok_or_else(|| {
+            StoreError::Config(ConfigError::invalid("elasticsearch_url", "is not set"))
+        })?;
+        let url = Url::parse(&url_text).map_err(|e| {
+            StoreError::Config(ConfigError::invalid(
+                "elasticsearch_url",
+                format!("`{url_text}`: {e}"),
+            ))
+        })?;
         let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .disable_proxy();
@@ -223,9 +227,12 @@ impl ElasticStore {
         } else if let (Some(user), Some(password)) = (&config.username, &config.password) {
             builder = builder.auth(Credentials::Basic(user.clone(), password.clone()));
         }
-        let transport = builder
-            .build()
-            .map_err(|e| StoreError::Config(format!("`elasticsearch_url` `{url_text}`: {e}")))?;
+        let transport = builder.build().map_err(|e| {
+            StoreError::Config(ConfigError::invalid(
+                "elasticsearch_url",
+                format!("`{url_text}`: {e}"),
+            ))
+        })?;
         let store = ElasticStore {
             client: Elasticsearch::new(transport),
             url: url_text,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use dlog_core::config::ConfigError;
+use dlog_core::kafka::{ProducerConfig, ReservedBy};
 use dlog_core::names;
 use serde::{Deserialize, Serialize};
 
@@ -13,9 +14,6 @@ use crate::config::Filter;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// Default `queue` (best effort only).
 pub const DEFAULT_QUEUE: usize = 10_000;
-
-/// Producer properties the output sets itself.
-const RESERVED_PRODUCER_PROPERTIES: [&str; 2] = ["acks", "bootstrap.servers"];
 
 /// `[outputs.kafka]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +30,9 @@ pub struct KafkaOutputConfig {
     pub required: bool,
     /// How long one delivery may take before it is retried, ms. Default 30000.
     pub timeout_ms: u64,
-    /// Extra librdkafka producer properties, passed through.
+    /// Extra librdkafka producer properties, passed through. What delivery rests on is the
+    /// output's own: `acks`, `enable.idempotence`, `bootstrap.servers` (set `brokers`) and
+    /// `message.timeout.ms` / `delivery.timeout.ms` (set `timeout_ms`) are refused.
     pub producer: BTreeMap<String, String>,
     /// Alerts below this severity are not sent here. Default info.
     pub min_severity: Severity,
@@ -91,14 +91,21 @@ impl KafkaOutputConfig {
         if self.queue == 0 {
             return Err(bad("queue", "must be at least 1".into()));
         }
-        for property in RESERVED_PRODUCER_PROPERTIES {
-            if self.producer.contains_key(property) {
-                return Err(bad(
-                    &format!("producer.{property}"),
-                    "is set by the stage (acks=all, `brokers`)".into(),
-                ));
-            }
-        }
+        let (table, brokers, timeout) = (
+            format!("{key}.producer"),
+            format!("{key}.brokers"),
+            format!("{key}.timeout_ms"),
+        );
+        ProducerConfig::check_properties(
+            &self.producer,
+            &ReservedBy {
+                table: &table,
+                brokers: &brokers,
+                timeout: &timeout,
+                message_max_bytes: None,
+                queue: None,
+            },
+        )?;
         Ok(())
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use dlog_core::kafka::ProducerConfig;
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -57,23 +57,17 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// A producer for `topic` on `brokers`.
+    /// An idempotent, acks=all producer for `topic` on `brokers` (see [`ProducerConfig`]),
+    /// with the user's `extra` properties.
     pub fn new(
         brokers: &str,
         topic: &str,
         timeout: Duration,
         extra: &BTreeMap<String, String>,
     ) -> Result<Self, SinkError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", timeout.as_millis().max(1).to_string());
-        for (k, v) in extra {
-            config.set(k, v);
-        }
-        let producer: FutureProducer = config.create().map_err(|e| {
+        let mut config = ProducerConfig::new(brokers, timeout);
+        config.properties = extra.clone();
+        let producer: FutureProducer = config.client_config().create().map_err(|e| {
             SinkError::new(
                 "kafka",
                 format!("cannot create producer for {brokers}: {e}"),
