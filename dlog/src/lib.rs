@@ -79,6 +79,8 @@ pub struct Config {
     /// Bytes of span JSON one of the viewer's Jaeger API answers may carry; a trace past it
     /// is cut with a warning. Default 64 MiB.
     pub viewer_max_answer_bytes: usize,
+    /// How late a record may be stored and still reach the viewer's live tail. Default 2 s.
+    pub viewer_tail_grace: std::time::Duration,
     /// Alert rules file (TOML); the built-in defaults when absent.
     pub rules_file: Option<PathBuf>,
     /// POST alerts as JSON to this URL as well.
@@ -128,6 +130,7 @@ impl Default for Config {
             alerter_admin: at(names::ALERTER_ADMIN_PORT),
             viewer: at(names::VIEWER_PORT),
             viewer_max_answer_bytes: dlog_viewer::DEFAULT_MAX_ANSWER_BYTES,
+            viewer_tail_grace: dlog_viewer::DEFAULT_TAIL_GRACE,
             rules_file: None,
             webhook_url: None,
             wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
@@ -399,6 +402,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
         tls_key: config.tls_key.clone(),
         options: dlog_viewer::ViewerOptions {
             max_answer_bytes: config.viewer_max_answer_bytes,
+            tail_grace: config.viewer_tail_grace,
             ..dlog_viewer::ViewerOptions::default()
         },
         ..dlog_viewer::ViewerConfig::default()

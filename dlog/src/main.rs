@@ -111,6 +111,10 @@ struct UpArgs {
     /// warning (at least 65536) [default: 67108864].
     #[arg(long, env = "DLOG_VIEWER_MAX_ANSWER_BYTES")]
     viewer_max_answer_bytes: Option<usize>,
+    /// How late a record may be stored and still reach the viewer's live tail, ms
+    /// [default: 2000].
+    #[arg(long, env = "DLOG_VIEWER_TAIL_GRACE_MS", value_name = "MS")]
+    viewer_tail_grace_ms: Option<u64>,
     /// Bytes the local log may hold before senders get back-pressure (503 / UNAVAILABLE)
     /// [default: 1073741824].
     #[arg(long, env = "DLOG_WAL_MAX_BYTES")]
@@ -144,6 +148,10 @@ struct ViewerArgs {
     /// warning (at least 65536) [default: 67108864].
     #[arg(long, env = "DLOG_VIEWER_MAX_ANSWER_BYTES")]
     viewer_max_answer_bytes: Option<usize>,
+    /// How late a record may be stored and still reach the viewer's live tail, ms
+    /// [default: 2000].
+    #[arg(long, env = "DLOG_VIEWER_TAIL_GRACE_MS", value_name = "MS")]
+    viewer_tail_grace_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -263,6 +271,9 @@ async fn viewer(
     if let Some(bytes) = args.viewer_max_answer_bytes {
         config.options.max_answer_bytes = bytes.max(dlog_viewer::MIN_MAX_ANSWER_BYTES);
     }
+    if let Some(ms) = args.viewer_tail_grace_ms {
+        config.options.tail_grace = std::time::Duration::from_millis(ms);
+    }
     let scheme = if config.tls_cert.is_some() {
         "https"
     } else {
@@ -318,6 +329,9 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     }
     if let Some(bytes) = args.viewer_max_answer_bytes {
         config.viewer_max_answer_bytes = bytes.max(dlog_viewer::MIN_MAX_ANSWER_BYTES);
+    }
+    if let Some(ms) = args.viewer_tail_grace_ms {
+        config.viewer_tail_grace = std::time::Duration::from_millis(ms);
     }
     if let Some(bytes) = args.wal_max_bytes {
         config.wal_max_bytes = bytes;
