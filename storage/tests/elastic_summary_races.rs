@@ -187,7 +187,12 @@ async fn a_writer_with_a_stale_cached_summary_reads_it_again_and_counts_each_cal
     // write loses, and it must read B's summary and merge into it.
     write(&a, &spans[0..2]).await;
     write(&b, &spans[2..4]).await;
+    let before = a.summary_stats().conflicts;
     write(&a, &spans[4..5]).await;
+    assert!(
+        a.summary_stats().conflicts > before,
+        "A's write from its stale cached summary lost and was merged again"
+    );
     a.refresh().await.unwrap();
     let deps = b
         .dependencies(TimeRange::between(t0, t0 + DAY))
@@ -217,6 +222,78 @@ async fn a_writer_with_a_stale_cached_summary_reads_it_again_and_counts_each_cal
             .unwrap()
             .observed,
         deps.observed
+    );
+    a.delete_indices().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_edge_the_store_refuses_does_not_hold_back_the_spans() {
+    let elastic = dlog_testkit::Elastic::start().unwrap();
+    let prefix = dlog_testkit::unique_name("es-edge-refused");
+    let config = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(prefix);
+    let store = ElasticStore::connect(&config).await.unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let t0 = (now / DAY * DAY + 3_600_000 * MS).min(now - 10_000 * MS);
+    // Today's dependency index, made by hand with a mapping no call edge fits: every edge
+    // written to it is refused for good (a mapping error, 400).
+    let deps_index = store.names().dependencies(t0);
+    let http = reqwest::Client::new();
+    let made = http
+        .put(format!(
+            "{}/{deps_index}",
+            elastic.url.trim_end_matches('/')
+        ))
+        .json(&serde_json::json!({"mappings": {"properties": {"caller": {"type": "long"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(made.status().is_success(), "{}", made.text().await.unwrap());
+
+    let spans = trace(21, 9, t0);
+    let docs: Vec<Document> = spans.iter().cloned().map(Document::Span).collect();
+    let outcomes = store.write(&docs).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![WriteOutcome::Written; docs.len()],
+        "the spans are acknowledged, not retried forever"
+    );
+    assert!(store.summary_stats().rejected_edges > 0);
+    store.refresh().await.unwrap();
+    assert_eq!(
+        store.find_traces(&TraceQuery::default()).await.unwrap(),
+        vec![TraceSummary::from_spans(&spans).unwrap()],
+        "the summary is stored"
+    );
+    assert_eq!(store.get_trace(&spans[0].trace_id).await.unwrap().len(), 9);
+    store.delete_indices().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_deleted_behind_the_cache_is_written_again_from_what_is_stored() {
+    let elastic = dlog_testkit::Elastic::start().unwrap();
+    let prefix = dlog_testkit::unique_name("es-deleted");
+    let config = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(prefix);
+    let a = ElasticStore::connect(&config).await.unwrap();
+    let b = ElasticStore::connect(&config).await.unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let t0 = (now / DAY * DAY + 3_600_000 * MS).min(now - 10_000 * MS);
+    let spans = trace(31, 6, t0);
+    write(&a, &spans[0..3]).await;
+    // Another process deletes everything (retention, an operator): A's cache still holds the
+    // summary of three spans.
+    b.delete_indices().await.unwrap();
+    let before = a.summary_stats().conflicts;
+    write(&a, &spans[3..6]).await;
+    assert!(
+        a.summary_stats().conflicts > before,
+        "the write conditional on the deleted summary failed and was read again"
+    );
+    a.refresh().await.unwrap();
+    let found = a.find_traces(&TraceQuery::default()).await.unwrap();
+    assert_eq!(
+        found,
+        vec![TraceSummary::from_spans(&spans[3..6]).unwrap()],
+        "the summary counts the spans that are stored, not the deleted ones"
     );
     a.delete_indices().await.unwrap();
 }

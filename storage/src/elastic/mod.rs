@@ -21,6 +21,7 @@ pub mod summary;
 pub mod templates;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,8 +66,9 @@ const SUMMARY_ROUNDS: usize = 5;
 const MGET_CHUNK: usize = 1_000;
 /// Most trace summaries the indexer keeps in memory to skip reading them back.
 pub const SUMMARY_CACHE_TRACES: usize = 50_000;
-/// Most span contributions those cached summaries hold in all (about 100 bytes each).
-pub const SUMMARY_CACHE_SPANS: usize = 1_000_000;
+/// Most bytes of serialized summary source those cached summaries add up to. Held parsed,
+/// a summary takes about two to three times its serialized size in memory.
+pub const SUMMARY_CACHE_BYTES: usize = 32 << 20;
 /// Dependency documents are written with external versions `EDGE_VERSION_BASE + calls`, so a
 /// write computed from an older summary (fewer calls) never replaces a newer one, whatever
 /// order concurrent writers' requests land in. The base keeps them above the internal
@@ -90,6 +92,23 @@ pub struct ElasticStore {
     seen_services: Mutex<HashSet<String>>,
     /// Summaries this store wrote recently, with their versions.
     summary_cache: Mutex<SummaryCache>,
+    /// What the summary writes ran into (see [`SummaryStats`]).
+    summary_conflicts: AtomicU64,
+    rejected_summaries: AtomicU64,
+    rejected_edges: AtomicU64,
+}
+
+/// Counts of what this store's summary and call-edge writes ran into since it connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SummaryStats {
+    /// Conditional summary writes that lost to another writer, each read, merged and
+    /// written again.
+    pub conflicts: u64,
+    /// Summaries the store refused for good (logged; the spans are stored).
+    pub rejected_summaries: u64,
+    /// Call-edge documents the store refused for good (logged; the summary stays
+    /// authoritative and the next change of the trace writes its edges again).
+    pub rejected_edges: u64,
 }
 
 /// Summaries read while the spans were written: the traces asked for, and what was found.
@@ -104,6 +123,8 @@ struct Merged<'a> {
     spans: Vec<&'a SpanRecord>,
     index: String,
     version: Option<(u64, u64)>,
+    /// Length of the summary's serialized source.
+    bytes: usize,
     doc: SummaryDoc,
     changed: bool,
     summary: Option<ItemResult>,
@@ -205,6 +226,23 @@ fn buckets<'a>(response: &'a Value, path: &str) -> &'a [Value] {
         .unwrap_or(&[])
 }
 
+/// Where a trace's summary comes from in one round of [`ElasticStore::update_summaries`]:
+/// `Some(base)` (the cached entry `hit`, else the summary read while the spans were written,
+/// `None` inside when there was none) or `None` when it must be read now. The prefetched
+/// read serves one round at most: after a conflict it is stale, and the next round reads.
+fn base_of(
+    trace: &str,
+    hit: Option<CachedSummary>,
+    covered: &mut HashSet<String>,
+    prefetched: &mut HashMap<String, CachedSummary>,
+) -> Option<Option<CachedSummary>> {
+    let read = covered.remove(trace).then(|| prefetched.remove(trace));
+    match hit {
+        Some(entry) => Some(Some(entry)),
+        None => read,
+    }
+}
+
 impl ElasticStore {
     /// Connects to `config.elasticsearch_url` and installs the index templates (unless
     /// `install_templates` is off).
@@ -243,7 +281,10 @@ impl ElasticStore {
             page: PAGE,
             window: config.partition_window(),
             seen_services: Mutex::new(HashSet::new()),
-            summary_cache: Mutex::new(SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_SPANS)),
+            summary_cache: Mutex::new(SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_BYTES)),
+            summary_conflicts: AtomicU64::new(0),
+            rejected_summaries: AtomicU64::new(0),
+            rejected_edges: AtomicU64::new(0),
         };
         if config.install_templates {
             store
@@ -300,21 +341,41 @@ impl ElasticStore {
     pub async fn delete_indices(&self) -> Result<(), StoreError> {
         self.forget_summaries();
         let path = format!("/{}", self.names.all());
-        self.json(
-            Method::Delete,
-            &path,
-            &[("ignore_unavailable", "true"), ("allow_no_indices", "true")],
-            None,
-        )
-        .await
-        .map(|_| ())
+        let result = self
+            .json(
+                Method::Delete,
+                &path,
+                &[("ignore_unavailable", "true"), ("allow_no_indices", "true")],
+                None,
+            )
+            .await
+            .map(|_| ());
+        self.forget_summaries();
+        result
     }
 
     /// Empties the cache of written summaries: indices are being deleted, and a cached
-    /// summary must not stand in for one that is gone.
+    /// summary must not stand in for one that is gone. Called before a delete and again
+    /// after it, since a write that ran meanwhile may have cached a summary the delete then
+    /// removed.
     fn forget_summaries(&self) {
         let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
-        *cache = SummaryCache::new(SUMMARY_CACHE_TRACES, SUMMARY_CACHE_SPANS);
+        cache.clear();
+    }
+
+    /// What this store's summary and call-edge writes ran into since it connected.
+    pub fn summary_stats(&self) -> SummaryStats {
+        SummaryStats {
+            conflicts: self.summary_conflicts.load(Ordering::Relaxed),
+            rejected_summaries: self.rejected_summaries.load(Ordering::Relaxed),
+            rejected_edges: self.rejected_edges.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bytes of serialized source the summary cache holds.
+    pub fn summary_cache_bytes(&self) -> usize {
+        let cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.bytes()
     }
 
     /// Sends one request; transport failures are `Unavailable`. Returns status and body.
@@ -757,6 +818,7 @@ impl ElasticStore {
                 ) else {
                     continue;
                 };
+                let bytes = serde_json::to_vec(source).map_or(0, |v| v.len());
                 let summary: SummaryDoc =
                     serde_json::from_value(source.clone()).map_err(|e| StoreError::Corrupt {
                         id: format!("{index}/{}", doc.get("_id").unwrap_or(&Value::Null)),
@@ -772,6 +834,7 @@ impl ElasticStore {
                                 index: index.to_string(),
                                 seq_no: seq,
                                 primary_term: term,
+                                bytes,
                                 doc: summary,
                             },
                         );
@@ -821,13 +884,14 @@ impl ElasticStore {
             {
                 let mut cache = self.summary_cache.lock().unwrap_or_else(|p| p.into_inner());
                 for (trace, spans) in &pending {
-                    let hit = cache.take(trace);
-                    if let (Some(entry), true) = (hit, cached) {
-                        bases.insert(trace.clone(), Some(entry));
-                    } else if covered.remove(trace) {
-                        bases.insert(trace.clone(), prefetched.remove(trace));
-                    } else {
-                        unread.insert(trace.clone(), spans.clone());
+                    let hit = cache.take(trace).filter(|_| cached);
+                    match base_of(trace, hit, &mut covered, &mut prefetched) {
+                        Some(base) => {
+                            bases.insert(trace.clone(), base);
+                        }
+                        None => {
+                            unread.insert(trace.clone(), spans.clone());
+                        }
                     }
                 }
             }
@@ -852,12 +916,12 @@ impl ElasticStore {
             let mut merged: Vec<Merged> = Vec::new();
             for (trace, spans) in std::mem::take(&mut pending) {
                 let base = bases.remove(&trace).flatten();
-                let (index, version, mut doc) = match base {
-                    Some(c) => (c.index, Some((c.seq_no, c.primary_term)), c.doc),
+                let (index, version, mut bytes, mut doc) = match base {
+                    Some(c) => (c.index, Some((c.seq_no, c.primary_term)), c.bytes, c.doc),
                     None => {
                         let first = spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0);
                         let index = self.names.summaries(window.clamp(first, now));
-                        (index, None, SummaryDoc::new(&trace))
+                        (index, None, 0, SummaryDoc::new(&trace))
                     }
                 };
                 let before = doc.edges();
@@ -874,10 +938,12 @@ impl ElasticStore {
                     };
                     let mut lines = Vec::with_capacity(512);
                     push_action(&mut lines, &action);
+                    let action_len = lines.len();
                     if let Err(e) = push_source(&mut lines, &doc) {
                         failed.insert(trace, e);
                         continue;
                     }
+                    bytes = lines.len() - action_len;
                     items.push(Item {
                         doc: slot,
                         lines,
@@ -905,6 +971,7 @@ impl ElasticStore {
                     spans,
                     index,
                     version,
+                    bytes,
                     doc,
                     changed,
                     summary: None,
@@ -916,9 +983,15 @@ impl ElasticStore {
                 match (&item.kind, result) {
                     (ItemKind::Conditional, r) => m.summary = Some(r),
                     (_, ItemResult::Ok(_)) => {}
-                    (_, ItemResult::Retry(e) | ItemResult::Rejected(e)) => {
-                        m.edges_failed = Some(format!("call edges: {e}"))
+                    (_, ItemResult::Rejected(e)) => {
+                        // A refused edge (a mapping conflict, a blocked index) would be refused
+                        // again: retrying the batch would stall the partition for good. The
+                        // summary stays right, and the next change of the trace writes its
+                        // edges again.
+                        self.rejected_edges.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(trace = %m.trace, error = %e, "call edge rejected");
                     }
+                    (_, ItemResult::Retry(e)) => m.edges_failed = Some(format!("call edges: {e}")),
                     (_, ItemResult::Conflict) => {
                         m.edges_failed = Some("call edges: conflict".into())
                     }
@@ -930,8 +1003,10 @@ impl ElasticStore {
                     (false, _) => m.version,
                     (true, Some(ItemResult::Ok(version))) => version,
                     (true, Some(ItemResult::Conflict)) => {
-                        // Another writer changed it first: read, merge and write again (this
-                        // round's edges of it are rewritten from the merged summary).
+                        // Another writer changed it first (or deleted it): read, merge and
+                        // write again (this round's edges of it are rewritten from the merged
+                        // summary). Its cache entry, taken for this write, stays out.
+                        self.summary_conflicts.fetch_add(1, Ordering::Relaxed);
                         pending.insert(m.trace, m.spans);
                         continue;
                     }
@@ -942,6 +1017,7 @@ impl ElasticStore {
                     (true, Some(ItemResult::Rejected(e))) => {
                         // The spans are stored; a summary the store refuses for good would
                         // be refused again, so it is logged rather than retried forever.
+                        self.rejected_summaries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(trace = %m.trace, error = %e, "trace summary rejected");
                         continue;
                     }
@@ -955,6 +1031,7 @@ impl ElasticStore {
                         index: m.index,
                         seq_no,
                         primary_term,
+                        bytes: m.bytes,
                         doc: m.doc,
                     });
                 }
@@ -1215,16 +1292,24 @@ impl ElasticStore {
     async fn delete_named(&self, names: &[String]) -> Result<(), StoreError> {
         self.forget_summaries();
         // Keep the URL short on clusters with many indices per day.
+        let mut result = Ok(());
         for chunk in names.chunks(20) {
-            self.json(
-                Method::Delete,
-                &format!("/{}", chunk.join(",")),
-                &[("ignore_unavailable", "true")],
-                None,
-            )
-            .await?;
+            if let Err(e) = self
+                .json(
+                    Method::Delete,
+                    &format!("/{}", chunk.join(",")),
+                    &[("ignore_unavailable", "true")],
+                    None,
+                )
+                .await
+            {
+                result = Err(e);
+                break;
+            }
         }
-        Ok(())
+        // Again after the delete: a write that ran meanwhile may have cached a deleted summary.
+        self.forget_summaries();
+        result
     }
 
     /// Deletes alerts last seen, and registry entries last heard from, before `cutoff`.
@@ -1836,5 +1921,39 @@ impl Retention for ElasticStore {
             dropped: dropped_days.into_iter().map(model::date_of_days).collect(),
             usage: self.usage_of(&indices),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(trace: &str, seq_no: u64) -> CachedSummary {
+        CachedSummary {
+            index: "s".into(),
+            seq_no,
+            primary_term: 1,
+            bytes: 10,
+            doc: SummaryDoc::new(trace),
+        }
+    }
+
+    #[test]
+    fn a_prefetched_summary_serves_one_round_only() {
+        let mut covered: HashSet<String> = ["t".to_string(), "u".to_string()].into();
+        let mut prefetched: HashMap<String, CachedSummary> =
+            [("t".to_string(), entry("t", 1))].into();
+        // Round 1: the cache has `t`, so the prefetched read is not used, and is dropped.
+        let base = base_of("t", Some(entry("t", 7)), &mut covered, &mut prefetched);
+        assert_eq!(base.unwrap().unwrap().seq_no, 7);
+        // Round 2 (the cached version lost a race): the stale prefetched read is not reused.
+        assert!(base_of("t", None, &mut covered, &mut prefetched).is_none());
+        // `u` was read and not found: a new trace in round 1, read again in round 2.
+        assert!(matches!(
+            base_of("u", None, &mut covered, &mut prefetched),
+            Some(None)
+        ));
+        assert!(base_of("u", None, &mut covered, &mut prefetched).is_none());
+        assert!(covered.is_empty() && prefetched.is_empty());
     }
 }

@@ -255,12 +255,14 @@ pub struct CachedSummary {
     pub seq_no: u64,
     /// `_primary_term` of the stored document.
     pub primary_term: u64,
+    /// Length of the stored document's JSON source, bytes: what the cache is bounded by.
+    pub bytes: usize,
     /// The stored document.
     pub doc: SummaryDoc,
 }
 
 /// Recently written summaries, least recently used evicted first, bounded by traces and by the
-/// span contributions they hold (a summary holds up to [`MAX_SUMMARY_SPANS`] of them).
+/// bytes of their serialized sources (a summary of [`MAX_SUMMARY_SPANS`] spans is about 1 MB).
 ///
 /// Kafka keys spans by trace id, so in steady state one indexer writes all of a trace's
 /// summaries and its next write can skip the read. An entry is only a guess at the stored
@@ -268,20 +270,20 @@ pub struct CachedSummary {
 /// second writer, a rebalance) drops the entry and reads the stored document again.
 pub struct SummaryCache {
     map: LruCache<String, CachedSummary>,
-    spans: usize,
+    bytes: usize,
     max_traces: usize,
-    max_spans: usize,
+    max_bytes: usize,
 }
 
 impl SummaryCache {
-    /// A cache of at most `max_traces` summaries holding at most `max_spans` span
-    /// contributions in all (0 disables it).
-    pub fn new(max_traces: usize, max_spans: usize) -> Self {
+    /// A cache of at most `max_traces` summaries whose serialized sources add up to at most
+    /// `max_bytes` (0 traces disables it).
+    pub fn new(max_traces: usize, max_bytes: usize) -> Self {
         SummaryCache {
             map: LruCache::new_unbounded(),
-            spans: 0,
+            bytes: 0,
             max_traces,
-            max_spans,
+            max_bytes,
         }
     }
 
@@ -294,13 +296,13 @@ impl SummaryCache {
     /// succeeded, so two concurrent writes of one trace never both trust the same entry.
     pub fn take(&mut self, trace: &str) -> Option<CachedSummary> {
         let entry = self.map.remove(trace)?;
-        self.spans -= entry.doc.spans.len();
+        self.bytes -= entry.bytes;
         Some(entry)
     }
 
     /// Remembers a stored summary, unless a newer version of it is cached already.
     pub fn put(&mut self, entry: CachedSummary) {
-        if self.max_traces == 0 || entry.doc.spans.len() > self.max_spans {
+        if self.max_traces == 0 || entry.bytes > self.max_bytes {
             return;
         }
         if let Some(old) = self.map.get(&entry.doc.trace_id) {
@@ -311,14 +313,25 @@ impl SummaryCache {
             }
         }
         self.take(&entry.doc.trace_id);
-        self.spans += entry.doc.spans.len();
+        self.bytes += entry.bytes;
         self.map.insert(entry.doc.trace_id.clone(), entry);
-        while self.map.len() > self.max_traces || self.spans > self.max_spans {
+        while self.map.len() > self.max_traces || self.bytes > self.max_bytes {
             match self.map.remove_lru() {
-                Some((_, old)) => self.spans -= old.doc.spans.len(),
+                Some((_, old)) => self.bytes -= old.bytes,
                 None => break,
             }
         }
+    }
+
+    /// Empties the cache.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+
+    /// Bytes of the cached summaries' serialized sources.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Cached summaries.
@@ -395,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded_by_traces_and_spans_and_keeps_the_newest_version() {
+    fn the_cache_is_bounded_by_traces_and_bytes_and_keeps_the_newest_version() {
         let entry = |trace: &str, spans: usize, seq_no: u64| {
             let mut doc = SummaryDoc::new(trace);
             for i in 0..spans {
@@ -405,10 +418,12 @@ mod tests {
                 index: "i".into(),
                 seq_no,
                 primary_term: 1,
+                // Sizes in units of 100 bytes, as if each span took 100.
+                bytes: spans * 100,
                 doc,
             }
         };
-        let mut cache = SummaryCache::new(2, 10);
+        let mut cache = SummaryCache::new(2, 1_000);
         cache.put(entry("a", 4, 1));
         cache.put(entry("b", 4, 2));
         cache.put(entry("c", 1, 3));
@@ -420,12 +435,12 @@ mod tests {
         cache.put(entry("d", 8, 4));
         assert!(
             !cache.contains("b") && cache.contains("c") && cache.contains("d"),
-            "over the span bound, the oldest go until it fits"
+            "over the byte bound, the oldest go until it fits"
         );
         cache.put(entry("big", 11, 5));
         assert!(
             !cache.contains("big"),
-            "one summary over the span bound is not cached"
+            "one summary over the byte bound is not cached"
         );
         cache.put(entry("d", 2, 3));
         assert_eq!(
@@ -436,7 +451,10 @@ mod tests {
         assert!(cache.take("d").is_none(), "taken entries are gone");
         assert_eq!(cache.take("c").unwrap().doc.spans.len(), 1);
         assert!(cache.is_empty());
-        assert_eq!(cache.spans, 0);
+        assert_eq!(cache.bytes(), 0);
+        cache.put(entry("e", 3, 6));
+        cache.clear();
+        assert!(cache.is_empty() && cache.bytes() == 0);
     }
 
     #[test]
