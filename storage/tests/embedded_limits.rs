@@ -535,3 +535,33 @@ async fn regression_a_retried_batch_counts_its_unindexed_attributes_once() {
         2
     );
 }
+
+/// Regression: a day file that exists but could not be opened was taken for a missing day, so
+/// a query answered without that day's data and without saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_day_file_that_cannot_be_opened_fails_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let svc = service("broken", "broken-1", &[]);
+    let s = span_with(0xf1, &svc, "op", now, "order.id", "o-1");
+    store.write(&[Document::Span(s.clone())]).await.unwrap();
+    drop(store);
+    let file = std::fs::read_dir(dir.path().join(embedded::PARTITIONS_DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    std::fs::write(&file, vec![0x5a; 8192]).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let err = store
+        .find_traces(&TraceQuery::default())
+        .await
+        .expect_err("a day that cannot be read is an error, not an empty answer");
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.to_string().contains(&name), "{err}");
+}

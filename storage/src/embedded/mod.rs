@@ -55,12 +55,35 @@ pub const V1_FILE: &str = "dlog.v1.sqlite3";
 const READERS: usize = 2;
 /// Partition connections the writer keeps open.
 const WRITER_PARTITIONS: usize = 16;
-/// Day partitions each reader connection set keeps open (least recently used closed first,
-/// reopened on demand), so that many days neither exhaust file descriptors nor look missing.
+/// Day partitions each reader connection set keeps open at least (least recently used closed
+/// first, reopened on demand), so that many days neither exhaust file descriptors nor look
+/// missing; more when the open-files limit allows, see [`reader_partitions`].
 pub const READER_PARTITIONS: usize = 64;
+/// Day partitions each reader connection set keeps open at most.
+pub const MAX_READER_PARTITIONS: usize = 256;
 /// At most this many connections to day partition files are open per store: the writer's and
 /// every reader set's.
-pub const MAX_OPEN_PARTITIONS: usize = WRITER_PARTITIONS + READERS * READER_PARTITIONS;
+pub const MAX_OPEN_PARTITIONS: usize = WRITER_PARTITIONS + READERS * MAX_READER_PARTITIONS;
+
+/// Day partitions each reader connection set keeps open: as many as let every connection of a
+/// store (three descriptors each: the file, its `-wal` and `-shm`) take at most a quarter of
+/// the process's open-files limit, between [`READER_PARTITIONS`] and
+/// [`MAX_READER_PARTITIONS`], so that a retention of three months does not reopen every day's
+/// file for every query.
+pub fn reader_partitions() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        #[cfg(unix)]
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        #[cfg(not(unix))]
+        let nofile = 0u64;
+        let connections = usize::try_from(nofile / 4 / 3).unwrap_or(usize::MAX);
+        (connections.saturating_sub(WRITER_PARTITIONS) / READERS)
+            .clamp(READER_PARTITIONS, MAX_READER_PARTITIONS)
+    })
+}
 /// How often a reader set checks its open partitions for deletion by another store.
 const READER_SWEEP: Duration = Duration::from_secs(1);
 /// Trace ids whose partition the writer remembers, so later spans join their trace.
@@ -1425,7 +1448,7 @@ const LOG_BLOCK_BITS: u32 = 10;
 
 struct ReaderSet {
     shared: Connection,
-    /// Open day partitions with the tick of their last use, at most [`READER_PARTITIONS`].
+    /// Open day partitions with the tick of their last use, at most [`reader_partitions`].
     parts: HashMap<i64, (Connection, u64, FileId)>,
     tick: u64,
     /// When cached partitions were last checked for deletion by another store.
@@ -1465,7 +1488,7 @@ impl ReaderSet {
             let Some((conn, id)) = open_part_reader(&path)? else {
                 return Ok(None);
             };
-            if self.parts.len() >= READER_PARTITIONS {
+            if self.parts.len() >= reader_partitions() {
                 let oldest = self
                     .parts
                     .iter()
