@@ -3,8 +3,9 @@
 //! Layout (schema version [`SCHEMA_VERSION`], see `docs/storage.md`):
 //!
 //! * `dlog.sqlite3`, the shared database: the string dictionary (attribute keys, service,
-//!   operation, scope and level names), resources (one row per distinct service instance
-//!   resource), operations, the service registry and alerts;
+//!   operation, scope and level names; the names listed apart, outside the dictionary cap),
+//!   resources (one row per distinct service instance resource), operations, the service
+//!   registry and alerts;
 //! * `partitions/YYYY-MM-DD.sqlite3`, one database per UTC day, chosen from the record's time
 //!   clamped to the partition window: spans, trace summaries (one row per trace, kept up to
 //!   date as spans arrive), a per-trace attribute index with dictionary-coded keys and typed
