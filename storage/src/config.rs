@@ -21,9 +21,10 @@ pub const DEFAULT_PARTITION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 /// Default of how far after the receive time a record's time may choose its daily index
 /// or time partition: 1 hour.
 pub const DEFAULT_PARTITION_MAX_AHEAD_SECS: u64 = 3600;
-/// Default most distinct entries of the embedded store's dictionary (attribute keys and
-/// common values, service, operation and scope names). Past it, attributes with new keys are
-/// still stored with their span or log, but not indexed for search.
+/// Default most distinct attribute keys and common values in the embedded store's dictionary
+/// (service, operation, scope and level names are not counted, and not capped). Past it,
+/// attributes with new keys are still stored with their span or log, but not indexed for
+/// search.
 pub const DEFAULT_MAX_DICTIONARY_ENTRIES: usize = 100_000;
 /// Default Elasticsearch request timeout, ms.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -70,9 +71,9 @@ pub struct StoreConfig {
     /// (time partition) of the newest allowed day instead of its own, s. Its document keeps
     /// its original time. Default 3600 (1 hour).
     pub partition_max_ahead_secs: u64,
-    /// Embedded store: most distinct entries of its dictionary, which codes attribute keys
-    /// (and common values, service, operation and scope names) as numbers and indexes
-    /// attributes by them. It bounds what random keys from a hostile or broken sender cost in
+    /// Embedded store: most distinct attribute keys and common values in its dictionary,
+    /// which codes them (and service, operation, scope and level names, which are not
+    /// counted nor capped) as numbers and indexes attributes by them. It bounds what random keys from a hostile or broken sender cost in
     /// memory and disk: past it, attributes with new keys are stored with their span or log
     /// (shown on the trace) but not searchable, counted in `usage().unindexed_attributes`,
     /// and a warning is logged once. Default 100000.

@@ -279,10 +279,12 @@ async fn regression_random_attribute_keys_do_not_grow_the_dictionary_past_its_ca
             .all(|o| *o == dlog_storage::WriteOutcome::Written));
     }
 
-    let strings = embedded::count_rows(dir.path(), "strings").unwrap();
+    // Names (service, operation, scope) are outside the cap; attribute keys are within it.
+    let strings = embedded::count_rows(dir.path(), "strings").unwrap()
+        - embedded::count_rows(dir.path(), "names").unwrap();
     assert!(
         strings <= cap as u64,
-        "{strings} dictionary entries, more than the cap of {cap}"
+        "{strings} attribute dictionary entries, more than the cap of {cap}"
     );
     let usage = store.usage().await.unwrap();
     // Each key beyond the room left was counted.
@@ -332,4 +334,234 @@ async fn regression_random_attribute_keys_do_not_grow_the_dictionary_past_its_ca
         reopened.get_trace(&spans[1234].trace_id).await.unwrap(),
         vec![spans[1234].clone()]
     );
+}
+
+/// A span with one attribute, for the tests below.
+fn span_with(
+    trace: u64,
+    svc: &dlog_core::model::ServiceInfo,
+    name: &str,
+    time: u64,
+    key: &str,
+    value: &str,
+) -> dlog_core::model::SpanRecord {
+    let mut s = span(
+        &format!("{trace:032x}"),
+        "00000000000000c1",
+        None,
+        svc,
+        name,
+        SpanKind::Server,
+        time,
+        1,
+    );
+    s.attributes.insert(key.into(), json!(value));
+    s
+}
+
+async fn traces_with(store: &EmbeddedStore, key: &str, value: &str) -> Vec<String> {
+    store
+        .find_traces(&TraceQuery {
+            attributes: BTreeMap::from([(key.to_string(), value.to_string())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.trace_id)
+        .collect()
+}
+
+/// Regression: a day file dropped for size and created again by a late write was not noticed
+/// by another store holding a connection to the deleted file: it kept returning the deleted
+/// spans, missed the new ones and kept the deleted file's space taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_day_dropped_and_written_again_is_read_from_its_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let indexer = EmbeddedStore::open(dir.path()).unwrap();
+    let viewer = EmbeddedStore::open(dir.path()).unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let svc = service("late", "late-1", &[]);
+    let day_ago = now - 2 * DAY;
+    let old = span_with(0xd1, &svc, "old", day_ago, "order.id", "o-old");
+    indexer.write(&[Document::Span(old.clone())]).await.unwrap();
+    // The viewer opens the day's file.
+    assert_eq!(
+        viewer.get_trace(&old.trace_id).await.unwrap(),
+        vec![old.clone()]
+    );
+
+    // Over budget: every day before today is dropped, the viewer's only learns of it from
+    // the file system.
+    let report = indexer
+        .apply_retention(
+            &RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(1),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+    // A late span for the same day creates its file again.
+    let late = span_with(0xd2, &svc, "late", day_ago + MS, "order.id", "o-late");
+    indexer
+        .write(&[Document::Span(late.clone())])
+        .await
+        .unwrap();
+
+    // Read at once (before any periodic check could close the old connection).
+    assert_eq!(viewer.get_trace(&old.trace_id).await.unwrap(), vec![]);
+    assert_eq!(
+        viewer.get_trace(&late.trace_id).await.unwrap(),
+        vec![late.clone()]
+    );
+    assert_eq!(
+        traces_with(&viewer, "order.id", "o-late").await,
+        std::slice::from_ref(&late.trace_id)
+    );
+    assert!(traces_with(&viewer, "order.id", "o-old").await.is_empty());
+    let deleted: Vec<String> = open_partition_files(dir.path())
+        .into_iter()
+        .filter(|p| p.ends_with("(deleted)"))
+        .collect();
+    assert!(
+        deleted.is_empty(),
+        "deleted partition files held open: {deleted:?}"
+    );
+}
+
+/// Regression: span, service and scope names counted against the dictionary cap, so span
+/// names built from URLs filled it and every new attribute key, legitimate ones included, was
+/// left unindexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_distinct_span_names_do_not_use_up_the_attribute_key_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 100;
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_dictionary_entries(cap);
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // 3,000 distinct span names (30 times the cap), from 30 services.
+    let spans: Vec<Document> = (0..3000u64)
+        .map(|i| {
+            let svc = service(&format!("svc-{}", i % 30), "i-1", &[]);
+            Document::Span(span_with(
+                0x5000 + i,
+                &svc,
+                &format!("GET /orders/{i}"),
+                now + i * MS,
+                "http.method",
+                "GET",
+            ))
+        })
+        .collect();
+    for chunk in spans.chunks(500) {
+        store.write(chunk).await.unwrap();
+    }
+    assert_eq!(store.usage().await.unwrap().unindexed_attributes, 0);
+    // A new, legitimate key is still indexed.
+    let svc = service("svc-0", "i-1", &[]);
+    let s = span_with(0x9001, &svc, "GET /orders/new", now, "order.id", "o-1");
+    store.write(&[Document::Span(s.clone())]).await.unwrap();
+    assert_eq!(
+        traces_with(&store, "order.id", "o-1").await,
+        std::slice::from_ref(&s.trace_id)
+    );
+    assert_eq!(store.usage().await.unwrap().unindexed_attributes, 0);
+
+    // The names are known as names after a reopen too.
+    drop(store);
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_dictionary_entries(cap);
+    let s = span_with(0x9002, &svc, "GET /orders/newer", now, "customer.id", "c-1");
+    store.write(&[Document::Span(s.clone())]).await.unwrap();
+    assert_eq!(
+        traces_with(&store, "customer.id", "c-1").await,
+        std::slice::from_ref(&s.trace_id)
+    );
+    assert_eq!(store.usage().await.unwrap().unindexed_attributes, 0);
+    let keys = embedded::count_rows(dir.path(), "strings").unwrap()
+        - embedded::count_rows(dir.path(), "names").unwrap();
+    assert!(keys <= cap as u64, "{keys} attribute entries, cap {cap}");
+}
+
+/// Regression: attributes left unindexed were counted before the partition writes, so a batch
+/// whose partition write failed and was retried counted them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_retried_batch_counts_its_unindexed_attributes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_dictionary_entries(1);
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let svc = service("retry", "retry-1", &[]);
+    // Fills the dictionary (one key) and creates the day's file.
+    let first = span_with(0xe1, &svc, "first", now, "a", "1");
+    store.write(&[Document::Span(first)]).await.unwrap();
+    drop(store);
+    let parts = dir.path().join(embedded::PARTITIONS_DIR);
+    let file = std::fs::read_dir(&parts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .unwrap();
+    // The day's file is replaced by something that cannot be opened: the write fails.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    std::fs::create_dir(&file).unwrap();
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_dictionary_entries(1);
+    let before = store.usage().await.unwrap().unindexed_attributes;
+    let mut second = span_with(0xe2, &svc, "second", now + MS, "b", "2");
+    second.attributes.insert("c".into(), json!("3"));
+    let batch = [Document::Span(second.clone())];
+    assert!(store.write(&batch).await.is_err());
+    // Retried once the file system is back.
+    std::fs::remove_dir(&file).unwrap();
+    store.write(&batch).await.unwrap();
+    assert_eq!(
+        store.get_trace(&second.trace_id).await.unwrap(),
+        vec![second]
+    );
+    // Two new keys past the cap, written once.
+    assert_eq!(
+        store.usage().await.unwrap().unindexed_attributes - before,
+        2
+    );
+}
+
+/// Regression: a day file that exists but could not be opened was taken for a missing day, so
+/// a query answered without that day's data and without saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_day_file_that_cannot_be_opened_fails_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let svc = service("broken", "broken-1", &[]);
+    let s = span_with(0xf1, &svc, "op", now, "order.id", "o-1");
+    store.write(&[Document::Span(s.clone())]).await.unwrap();
+    drop(store);
+    let file = std::fs::read_dir(dir.path().join(embedded::PARTITIONS_DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    std::fs::write(&file, vec![0x5a; 8192]).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let err = store
+        .find_traces(&TraceQuery::default())
+        .await
+        .expect_err("a day that cannot be read is an error, not an empty answer");
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.to_string().contains(&name), "{err}");
 }

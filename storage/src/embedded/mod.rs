@@ -3,8 +3,9 @@
 //! Layout (schema version [`SCHEMA_VERSION`], see `docs/storage.md`):
 //!
 //! * `dlog.sqlite3`, the shared database: the string dictionary (attribute keys, service,
-//!   operation, scope and level names), resources (one row per distinct service instance
-//!   resource), operations, the service registry and alerts;
+//!   operation, scope and level names; the names listed apart, outside the dictionary cap),
+//!   resources (one row per distinct service instance resource), operations, the service
+//!   registry and alerts;
 //! * `partitions/YYYY-MM-DD.sqlite3`, one database per UTC day, chosen from the record's time
 //!   clamped to the partition window: spans, trace summaries (one row per trace, kept up to
 //!   date as spans arrive), a per-trace attribute index with dictionary-coded keys and typed
@@ -55,12 +56,35 @@ pub const V1_FILE: &str = "dlog.v1.sqlite3";
 const READERS: usize = 2;
 /// Partition connections the writer keeps open.
 const WRITER_PARTITIONS: usize = 16;
-/// Day partitions each reader connection set keeps open (least recently used closed first,
-/// reopened on demand), so that many days neither exhaust file descriptors nor look missing.
+/// Day partitions each reader connection set keeps open at least (least recently used closed
+/// first, reopened on demand), so that many days neither exhaust file descriptors nor look
+/// missing; more when the open-files limit allows, see [`reader_partitions`].
 pub const READER_PARTITIONS: usize = 64;
+/// Day partitions each reader connection set keeps open at most.
+pub const MAX_READER_PARTITIONS: usize = 256;
 /// At most this many connections to day partition files are open per store: the writer's and
 /// every reader set's.
-pub const MAX_OPEN_PARTITIONS: usize = WRITER_PARTITIONS + READERS * READER_PARTITIONS;
+pub const MAX_OPEN_PARTITIONS: usize = WRITER_PARTITIONS + READERS * MAX_READER_PARTITIONS;
+
+/// Day partitions each reader connection set keeps open: as many as let every connection of a
+/// store (three descriptors each: the file, its `-wal` and `-shm`) take at most a quarter of
+/// the process's open-files limit, between [`READER_PARTITIONS`] and
+/// [`MAX_READER_PARTITIONS`], so that a retention of three months does not reopen every day's
+/// file for every query.
+pub fn reader_partitions() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        #[cfg(unix)]
+        let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        #[cfg(not(unix))]
+        let nofile = 0u64;
+        let connections = usize::try_from(nofile / 4 / 3).unwrap_or(usize::MAX);
+        (connections.saturating_sub(WRITER_PARTITIONS) / READERS)
+            .clamp(READER_PARTITIONS, MAX_READER_PARTITIONS)
+    })
+}
 /// How often a reader set checks its open partitions for deletion by another store.
 const READER_SWEEP: Duration = Duration::from_secs(1);
 /// Trace ids whose partition the writer remembers, so later spans join their trace.
@@ -97,6 +121,10 @@ struct Catalog {
     resource_ids: HashMap<u128, i64>,
     max_string: i64,
     max_resource: i64,
+    /// Dictionary entries that are service, operation, scope or level names (outside the
+    /// cap on attribute keys and values).
+    names: usize,
+    max_name: i64,
 }
 
 impl Catalog {
@@ -122,6 +150,18 @@ impl Catalog {
         self.strings.insert(id, Arc::clone(&text));
         self.string_ids.insert(text, id);
         self.max_string = self.max_string.max(id);
+    }
+
+    fn add_name(&mut self, id: i64) {
+        if id > self.max_name {
+            self.names += 1;
+            self.max_name = id;
+        }
+    }
+
+    /// Dictionary entries counted against the cap: attribute keys and values.
+    fn attribute_entries(&self) -> usize {
+        self.strings.len().saturating_sub(self.names)
     }
 
     fn add_resource(&mut self, id: i64, hash: u128, service: i64, info: ServiceInfo) {
@@ -151,6 +191,17 @@ impl Catalog {
             .map_err(err)?;
         for (id, text) in rows {
             self.add_string(id, &text);
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM names WHERE id > ?1 ORDER BY id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([self.max_name], |r| r.get::<_, i64>(0))
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        for id in rows {
+            self.add_name(id);
         }
         let mut stmt = conn
             .prepare_cached(
@@ -484,7 +535,8 @@ fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
 
 struct Writer {
     shared: Connection,
-    parts: HashMap<i64, Connection>,
+    /// Open day partitions with the file each opened.
+    parts: HashMap<i64, (Connection, FileId)>,
     /// Partition use order, for closing the least recently used.
     part_use: Vec<i64>,
     known_operations: HashSet<(String, String, String)>,
@@ -580,9 +632,13 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 impl Writer {
     fn partition(&mut self, ctx: &Ctx, day: i64) -> Result<&mut Connection, StoreError> {
         let path = ctx.part_path(day);
-        if self.parts.contains_key(&day) && !path.exists() {
-            // Dropped by another store's retention: writing on would write into a deleted
-            // file, lost at close.
+        if self
+            .parts
+            .get(&day)
+            .is_some_and(|(_, id)| file_id(&path) != Some(*id))
+        {
+            // Dropped by another store's retention (and perhaps created again by a later
+            // write): writing on would write into a deleted file, lost at close.
             self.close_partition(day);
         }
         if !self.parts.contains_key(&day) {
@@ -600,17 +656,27 @@ impl Writer {
             conn.pragma_update(None, "cache_size", -32_768)
                 .map_err(&err)?;
             check_version(&conn, &path)?;
+            let id = file_id(&path).ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "embedded store at {}: the partition file vanished while opened",
+                    path.display()
+                ))
+            })?;
             if self.parts.len() >= WRITER_PARTITIONS {
                 if let Some(oldest) = self.part_use.first().copied() {
                     self.parts.remove(&oldest);
                     self.part_use.retain(|d| *d != oldest);
                 }
             }
-            self.parts.insert(day, conn);
+            self.parts.insert(day, (conn, id));
         }
         self.part_use.retain(|d| *d != day);
         self.part_use.push(day);
-        Ok(self.parts.get_mut(&day).expect("just opened"))
+        Ok(self
+            .parts
+            .get_mut(&day)
+            .map(|(conn, _)| conn)
+            .expect("just opened"))
     }
 
     fn close_partition(&mut self, day: i64) {
@@ -627,9 +693,11 @@ struct Interner<'a> {
     interned: &'a mut u32,
     strings: Vec<(i64, String)>,
     string_ids: HashMap<String, i64>,
+    /// New strings of this batch that are names, not attribute keys or values.
+    names: Vec<i64>,
     resources: Vec<(i64, u128, i64, ServiceInfo)>,
     resource_ids: HashMap<u128, i64>,
-    /// Most distinct dictionary entries (attribute keys and values stop there).
+    /// Most distinct attribute keys and values in the dictionary (names are not counted).
     max_entries: usize,
     /// Attributes left out of the dictionary, and so out of the index, in this batch.
     unindexed: u64,
@@ -648,6 +716,7 @@ impl<'a> Interner<'a> {
             interned,
             strings: Vec::new(),
             string_ids: HashMap::new(),
+            names: Vec::new(),
             resources: Vec::new(),
             resource_ids: HashMap::new(),
             max_entries,
@@ -655,9 +724,21 @@ impl<'a> Interner<'a> {
         }
     }
 
-    /// True when the dictionary holds its most entries.
+    /// True when the dictionary holds its most attribute keys and values. Names (service,
+    /// operation, scope, level) do not count: span names built from URLs must not use up the
+    /// budget of legitimate attribute keys.
     fn full(&self) -> bool {
-        self.cat.strings.len() + self.strings.len() >= self.max_entries
+        self.cat.attribute_entries() + self.strings.len() - self.names.len() >= self.max_entries
+    }
+
+    /// Interns a service, operation, scope or level name (never capped).
+    fn name(&mut self, s: &str) -> i64 {
+        let before = self.strings.len();
+        let id = self.string(s);
+        if self.strings.len() > before {
+            self.names.push(id);
+        }
+        id
     }
 
     fn string(&mut self, s: &str) -> i64 {
@@ -686,7 +767,7 @@ impl<'a> Interner<'a> {
 
     fn resource(&mut self, info: &ServiceInfo) -> (i64, i64) {
         let hash = resource_hash(info);
-        let service = self.string(&info.name);
+        let service = self.name(&info.name);
         if let Some(id) = self
             .cat
             .resource_ids
@@ -787,7 +868,7 @@ fn write_docs(
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     let max_entries = w.max_dictionary_entries;
-    let (new_strings, new_resources, unindexed) = {
+    let (new_strings, new_names, new_resources, unindexed) = {
         let cat = ctx.catalog();
         let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned, max_entries);
         let tx = w
@@ -817,8 +898,8 @@ fn write_docs(
                 match doc {
                     Document::Span(s) => {
                         resource_of.push(it.resource(&s.service));
-                        it.string(&s.name);
-                        it.string(&s.scope);
+                        it.name(&s.name);
+                        it.name(&s.scope);
                         it.attr_keys(&s.attributes);
                         for e in &s.events {
                             it.attr_keys(&e.attributes);
@@ -826,7 +907,7 @@ fn write_docs(
                     }
                     Document::Log(l) => {
                         resource_of.push(it.resource(&l.service));
-                        it.string(&l.level);
+                        it.name(&l.level);
                         it.attr_keys(&l.attributes);
                     }
                     Document::Heartbeat(_) => resource_of.push((0, 0)),
@@ -957,6 +1038,12 @@ fn write_docs(
             for (id, text) in &it.strings {
                 s_stmt.execute(params![id, text]).map_err(&shared_err)?;
             }
+            let mut n_stmt = tx
+                .prepare_cached("INSERT INTO names (id) VALUES (?1)")
+                .map_err(&shared_err)?;
+            for id in &it.names {
+                n_stmt.execute([id]).map_err(&shared_err)?;
+            }
             let mut r_stmt = tx
                 .prepare_cached(
                     "INSERT INTO resources (id, hash, service, doc) VALUES (?1, ?2, ?3, ?4)",
@@ -975,28 +1062,17 @@ fn write_docs(
             }
             return Err(shared_err(e));
         }
-        (it.strings, it.resources, it.unindexed)
+        (it.strings, it.names, it.resources, it.unindexed)
     };
-    if unindexed > 0 {
-        ctx.unindexed_attributes
-            .fetch_add(unindexed, Ordering::Relaxed);
-        if !w.warned_full {
-            w.warned_full = true;
-            tracing::warn!(
-                store = %ctx.dir.display(),
-                max_dictionary_entries = max_entries,
-                "the attribute dictionary is full: attributes with new keys are stored but not \
-                 indexed for search (counted in the store usage's unindexed_attributes); raise \
-                 max_dictionary_entries if these keys are legitimate"
-            );
-        }
-    }
     // Only a batch that brought new strings or resources waits for the catalog's write lock:
     // the usual batch, whose strings are all known, never queues behind a long search.
     if !new_strings.is_empty() || !new_resources.is_empty() {
         let mut cat = ctx.catalog.write().unwrap_or_else(|e| e.into_inner());
         for (id, text) in new_strings {
             cat.add_string(id, &text);
+        }
+        for id in new_names {
+            cat.add_name(id);
         }
         for (id, hash, service, info) in new_resources {
             cat.add_resource(id, hash, service, info);
@@ -1079,6 +1155,22 @@ fn write_docs(
         }
         for g in rows.traces {
             w.recent.insert(g.trace_id, day);
+        }
+    }
+    // Counted once the batch is written: a batch retried after a failed partition write
+    // is counted once.
+    if unindexed > 0 {
+        ctx.unindexed_attributes
+            .fetch_add(unindexed, Ordering::Relaxed);
+        if !w.warned_full {
+            w.warned_full = true;
+            tracing::warn!(
+                store = %ctx.dir.display(),
+                max_dictionary_entries = max_entries,
+                "the attribute dictionary is full: attributes with new keys are stored but not \
+                 indexed for search (counted in the store usage's unindexed_attributes); raise \
+                 max_dictionary_entries if these keys are legitimate"
+            );
         }
     }
     Ok(outcomes)
@@ -1357,8 +1449,8 @@ const LOG_BLOCK_BITS: u32 = 10;
 
 struct ReaderSet {
     shared: Connection,
-    /// Open day partitions with the tick of their last use, at most [`READER_PARTITIONS`].
-    parts: HashMap<i64, (Connection, u64)>,
+    /// Open day partitions with the tick of their last use, at most [`reader_partitions`].
+    parts: HashMap<i64, (Connection, u64, FileId)>,
     tick: u64,
     /// When cached partitions were last checked for deletion by another store.
     swept: std::time::Instant,
@@ -1374,35 +1466,42 @@ impl ReaderSet {
         }
     }
 
-    /// A reader connection to a day partition; `None` when it does not exist (any more).
-    fn part(&mut self, ctx: &Ctx, day: i64) -> Option<&Connection> {
+    /// A reader connection to a day partition; `None` when it does not exist (any more). A
+    /// file that exists but cannot be opened is an error, not a missing day.
+    fn part(&mut self, ctx: &Ctx, day: i64) -> Result<Option<&Connection>, StoreError> {
         let path = ctx.part_path(day);
         // Retention run by another store (the indexer's, when this one is the viewer's or
-        // another process's) deletes files under open connections: drop the connection, or
-        // the file's space stays taken while it is open.
-        if !path.exists() {
+        // another process's) deletes files under open connections, and a later write for the
+        // day creates a new file at the same path: drop the connection to the old file, or
+        // it reads deleted rows, misses the new ones and keeps the old file's space taken.
+        let Some(id) = file_id(&path) else {
             self.parts.remove(&day);
-            return None;
+            return Ok(None);
+        };
+        if self.parts.get(&day).is_some_and(|(_, _, open)| *open != id) {
+            self.parts.remove(&day);
         }
         self.tick += 1;
         let tick = self.tick;
         if let Some(entry) = self.parts.get_mut(&day) {
             entry.1 = tick;
         } else {
-            let conn = open_part_reader(&path)?;
-            if self.parts.len() >= READER_PARTITIONS {
+            let Some((conn, id)) = open_part_reader(&path)? else {
+                return Ok(None);
+            };
+            if self.parts.len() >= reader_partitions() {
                 let oldest = self
                     .parts
                     .iter()
-                    .min_by_key(|(_, (_, t))| *t)
+                    .min_by_key(|(_, (_, t, _))| *t)
                     .map(|(d, _)| *d);
                 if let Some(oldest) = oldest {
                     self.parts.remove(&oldest);
                 }
             }
-            self.parts.insert(day, (conn, tick));
+            self.parts.insert(day, (conn, tick, id));
         }
-        self.parts.get(&day).map(|(conn, _)| conn)
+        Ok(self.parts.get(&day).map(|(conn, _, _)| conn))
     }
 
     /// Closes the connection to a day partition, if open.
@@ -1411,30 +1510,93 @@ impl ReaderSet {
     }
 
     /// At most once per [`READER_SWEEP`], closes the connections to partitions whose file is
-    /// gone, so that a day no query asks for again does not keep its deleted file open.
+    /// gone or was replaced, so that a day no query asks for again does not keep its deleted
+    /// file open.
     fn sweep(&mut self, ctx: &Ctx) {
         if self.swept.elapsed() < READER_SWEEP {
             return;
         }
         self.swept = std::time::Instant::now();
-        self.parts.retain(|day, _| ctx.part_path(*day).exists());
+        self.parts
+            .retain(|day, (_, _, id)| file_id(&ctx.part_path(*day)) == Some(*id));
     }
 }
 
-/// A read-only connection to a day partition file of this build's schema.
-fn open_part_reader(path: &Path) -> Option<Connection> {
-    let conn = Connection::open_with_flags(
+/// Which file a path names (device and inode): a day file deleted and created again at the
+/// same path is a different file.
+type FileId = (u64, u64);
+
+/// The file at `path`, or `None` when there is none.
+fn file_id(path: &Path) -> Option<FileId> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let created = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Some((0, created))
+    }
+}
+
+/// Creates the table of dictionary entries that are names, if missing (a store written before
+/// it existed): filled from the service and operation names the store records, so that they
+/// do not count against the cap on attribute keys.
+fn ensure_names(conn: &Connection) -> rusqlite::Result<()> {
+    let exists = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'names'")?
+        .exists([])?;
+    if exists {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY);
+         INSERT OR IGNORE INTO names (id)
+             SELECT id FROM strings WHERE id IN (SELECT service FROM resources)
+                 OR text IN (SELECT operation FROM operations)
+                 OR text IN (SELECT service FROM operations);
+         COMMIT;",
+    )
+}
+
+/// A read-only connection to a day partition file of this build's schema, with the file it
+/// opened; `None` when the file is gone. A file that exists but cannot be opened, or is of
+/// another schema version, is an error.
+fn open_part_reader(path: &Path) -> Result<Option<(Connection, FileId)>, StoreError> {
+    let conn = match Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .ok()?;
-    conn.busy_timeout(Duration::from_secs(10)).ok()?;
-    conn.pragma_update(None, "query_only", true).ok()?;
-    conn.pragma_update(None, "cache_size", -16_384).ok()?;
-    let v: i32 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .ok()?;
-    (v == SCHEMA_VERSION).then_some(conn)
+    ) {
+        Ok(conn) => conn,
+        Err(_) if !path.exists() => return Ok(None),
+        Err(e) => return Err(unavailable(path)(e)),
+    };
+    // The file opened: stat it now, so a replacement after this is noticed on next use.
+    let Some(id) = file_id(path) else {
+        return Ok(None);
+    };
+    let setup = || -> Result<(), StoreError> {
+        let err = unavailable(path);
+        conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+        conn.pragma_update(None, "query_only", true).map_err(&err)?;
+        conn.pragma_update(None, "cache_size", -16_384)
+            .map_err(&err)?;
+        check_version(&conn, path)
+    };
+    match setup() {
+        Ok(()) => {}
+        // Dropped by retention while it was being opened: a missing day.
+        Err(_) if file_id(path) != Some(id) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok(Some((conn, id)))
 }
 
 /// The day partitions on disk, oldest first.
@@ -1545,6 +1707,7 @@ impl EmbeddedStore {
                 )))
             }
         }
+        ensure_names(&conn).map_err(sql)?;
         let mut known_operations = HashSet::new();
         {
             let mut stmt = conn
@@ -1599,8 +1762,8 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    /// Caps the distinct entries of the dictionary (attribute keys and values, service,
-    /// operation and scope names); default
+    /// Caps the distinct attribute keys and values of the dictionary (service, operation,
+    /// scope and level names are not counted and not capped); default
     /// [`crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES`]. Past it, an attribute with a new
     /// key is still stored with its span or log but is not indexed for search.
     pub fn with_max_dictionary_entries(self, max: usize) -> Self {
@@ -2100,7 +2263,7 @@ fn trace_partitions(
 ) -> Result<Vec<(i64, i64)>, StoreError> {
     let mut out = Vec::new();
     for day in list_days(&ctx.dir).into_iter().rev() {
-        if let Some(conn) = set.part(ctx, day) {
+        if let Some(conn) = set.part(ctx, day)? {
             if let Some(no) = trace_no_of(conn, trace_id)? {
                 out.push((day, no));
             }
@@ -2177,7 +2340,7 @@ impl TraceReader for EmbeddedStore {
             let mut spans = Vec::new();
             for (day, no) in trace_partitions(set, ctx, &trace_id)? {
                 let cat = ctx.catalog();
-                if let Some(conn) = set.part(ctx, day) {
+                if let Some(conn) = set.part(ctx, day)? {
                     spans.extend(trace_spans(conn, &cat, &trace_id, no, None, None)?);
                 }
             }
@@ -2199,7 +2362,7 @@ impl TraceReader for EmbeddedStore {
             let mut spans = Vec::new();
             for (day, no) in trace_partitions(set, ctx, &trace_id)? {
                 let cat = ctx.catalog();
-                if let Some(conn) = set.part(ctx, day) {
+                if let Some(conn) = set.part(ctx, day)? {
                     spans.extend(trace_spans(
                         conn,
                         &cat,
@@ -2287,7 +2450,7 @@ impl DependencyReader for EmbeddedStore {
             }
             let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
             for day in list_days(&ctx.dir) {
-                let Some(conn) = set.part(ctx, day) else {
+                let Some(conn) = set.part(ctx, day)? else {
                     continue;
                 };
                 for (sql, lo, hi) in &pieces {
@@ -2543,7 +2706,7 @@ fn find_traces(
     // limit-th trace found cannot contribute.
     let mut parts = Vec::new();
     for day in list_days(&ctx.dir) {
-        if let Some(conn) = set.part(ctx, day) {
+        if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(start_ns) FROM traces")? {
                 parts.push((max, day));
             }
@@ -2555,7 +2718,7 @@ fn find_traces(
         if found.len() >= limit && (max as u64) < found[limit - 1].start_unix_nano {
             break;
         }
-        let Some(conn) = set.part(ctx, day) else {
+        let Some(conn) = set.part(ctx, day)? else {
             continue;
         };
         let mut taken = 0usize;
@@ -2683,7 +2846,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
     };
     let mut parts = Vec::new();
     for day in list_days(&ctx.dir) {
-        if let Some(conn) = set.part(ctx, day) {
+        if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(time_ns) FROM logs")? {
                 parts.push((max, day));
             }
@@ -2699,7 +2862,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         if kth(&found).is_some_and(|k| max < k) {
             break;
         }
-        let Some(conn) = set.part(ctx, day) else {
+        let Some(conn) = set.part(ctx, day)? else {
             continue;
         };
         let cat = ctx.catalog();
@@ -2779,7 +2942,7 @@ fn search_logs_forward(
     let sql = forward_sql(text, &f.sql());
     let mut parts = Vec::new();
     for day in list_days(&ctx.dir) {
-        if let Some(conn) = set.part(ctx, day) {
+        if let Some(conn) = set.part(ctx, day)? {
             let max = bound(conn, "SELECT max(time_ns) FROM logs")?;
             let min = bound(conn, "SELECT min(time_ns) FROM logs")?;
             if let (Some(min), Some(max)) = (min, max) {
@@ -2798,7 +2961,7 @@ fn search_logs_forward(
         if kth(&found).is_some_and(|k| min as u64 > k) {
             break;
         }
-        let Some(conn) = set.part(ctx, day) else {
+        let Some(conn) = set.part(ctx, day)? else {
             continue;
         };
         let cat = ctx.catalog();

@@ -20,6 +20,10 @@ CREATE TABLE IF NOT EXISTS strings (
     id   INTEGER PRIMARY KEY,
     text TEXT NOT NULL UNIQUE
 );
+-- Strings that are service, operation, scope or level names, outside the dictionary cap.
+CREATE TABLE IF NOT EXISTS names (
+    id INTEGER PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS resources (
     id      INTEGER PRIMARY KEY,
     hash    BLOB NOT NULL UNIQUE,
