@@ -15,7 +15,7 @@
 //! per request), `BENCH_BRIDGE_ARGS` (extra flags for the bridge, e.g. `-X linger.ms=1`),
 //! `ROTEL_AGENT` (path to rotel-agent), `BENCH_ONLY` (`raw`, `bridge`, `baseline`, `variant`
 //! or `rotel`), `BENCH_BASELINE_BIN` (an older `collector-bridge` binary, measured next to this
-//! build with the same load), `BENCH_VARIANT_CONFIG` (a TOML file: this build measured once
+//! build with the same load, in ABBA order), `BENCH_VARIANT_CONFIG` (a TOML file: this build measured once
 //! more with it).
 //!
 //! Rates and CPU per span count the spans *delivered*: read back from the topic after the
@@ -761,29 +761,31 @@ fn main() {
             results.push(bench_raw(&load, &runtime, run.trim()));
         }
     }
-    if wanted("bridge") {
-        results.push(bench_bridge(
-            "collector-bridge",
-            std::path::Path::new(env!("CARGO_BIN_EXE_collector-bridge")),
-            None,
-            &load,
-            &encoded,
-            &runtime,
-        ));
-    }
     // BENCH_BASELINE_BIN=path/to/an/older/collector-bridge runs that build too, with the same
-    // load, so that two builds' CPU per span sit side by side in one table.
-    if let Some(baseline) = std::env::var_os("BENCH_BASELINE_BIN") {
-        if wanted("bridge") || wanted("baseline") {
-            results.push(bench_bridge(
-                "collector-bridge (baseline build)",
-                std::path::Path::new(&baseline),
-                None,
-                &load,
-                &encoded,
-                &runtime,
-            ));
+    // load, so that two builds' CPU per span sit side by side in one table. The two are
+    // measured in ABBA order (this, baseline, baseline, this): whichever runs first on a
+    // fresh broker has an edge, and a fixed order is enough to fake a gap of 10 % or more.
+    let this_build = std::path::Path::new(env!("CARGO_BIN_EXE_collector-bridge"));
+    let baseline =
+        std::env::var_os("BENCH_BASELINE_BIN").filter(|_| wanted("bridge") || wanted("baseline"));
+    let mut order: Vec<(&str, &std::path::Path)> = Vec::new();
+    match &baseline {
+        Some(baseline) => {
+            let baseline = std::path::Path::new(baseline);
+            if wanted("bridge") {
+                order.push(("collector-bridge", this_build));
+            }
+            order.push(("collector-bridge (baseline build)", baseline));
+            order.push(("collector-bridge (baseline build)", baseline));
+            if wanted("bridge") {
+                order.push(("collector-bridge", this_build));
+            }
         }
+        None if wanted("bridge") => order.push(("collector-bridge", this_build)),
+        None => {}
+    }
+    for (name, bin) in order {
+        results.push(bench_bridge(name, bin, None, &load, &encoded, &runtime));
     }
     // BENCH_VARIANT_CONFIG=file.toml runs this build once more with that config file (for
     // example `redact_attributes = false`, to see what a setting costs).
