@@ -12,7 +12,7 @@ use dlog_core::{names, overlay};
 use crate::config::{
     AlerterConfig, ConfigError, DEFAULT_GROUP_ID, DEFAULT_KAFKA_BROKERS,
     DEFAULT_LEASE_SESSION_TIMEOUT_MS, DEFAULT_LEASE_TOPIC, DEFAULT_LEASE_WAIT_MS,
-    DEFAULT_STATE_DIR,
+    DEFAULT_STATE_DIR, DEFAULT_STATE_TOPIC,
 };
 
 /// Rules over spans, logs and heartbeats from Kafka; alerts to the terminal, the `alerts`
@@ -90,6 +90,12 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_LEASE_SESSION_TIMEOUT_MS", value_name = "MS", help = with_default("Session timeout of the lease group, ms", DEFAULT_LEASE_SESSION_TIMEOUT_MS))]
     pub lease_session_timeout_ms: Option<u32>,
 
+    #[arg(long, env = "DLOG_ALERTER_STANDBY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Wait for the lease as long as it takes and checkpoint the state to --state-topic, so that a standby takes over with it", AlerterConfig::default().standby))]
+    pub standby: Option<bool>,
+
+    #[arg(long, env = "DLOG_ALERTER_STATE_TOPIC", value_name = "TOPIC", help = with_default("Topic the state is checkpointed to with --standby", DEFAULT_STATE_TOPIC))]
+    pub state_topic: Option<String>,
+
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
@@ -113,7 +119,9 @@ impl Args {
             heartbeat_logs_topic,
             lease_topic,
             lease_wait_ms,
-            lease_session_timeout_ms
+            lease_session_timeout_ms,
+            standby,
+            state_topic
         );
         if let Some(rules) = self.rules {
             config.rules_file = Some(rules);

@@ -48,6 +48,8 @@ pub const DEFAULT_LEASE_SESSION_TIMEOUT_MS: u32 = 6_000;
 /// Default `lease_wait_ms`: long enough for a holder that died to leave its group (one
 /// session timeout at the default), for a join again and the rebalance that follows.
 pub const DEFAULT_LEASE_WAIT_MS: u64 = 45_000;
+/// Default `state_topic`.
+pub const DEFAULT_STATE_TOPIC: &str = "alerter_state";
 
 pub use dlog_core::stage::ConsumerConfig;
 
@@ -114,6 +116,15 @@ pub struct AlerterConfig {
     /// The lease is polled by a thread of its own, so this can be shorter than the data
     /// topics' `session_timeout_ms`; a holder cut off from the coordinator for longer stops.
     pub lease_session_timeout_ms: u32,
+    /// Stand by for failover: an alerter that joins while another holds the lease waits for
+    /// it as long as it takes (instead of refusing after `lease_wait_ms`), and every alerter
+    /// of the group checkpoints its state to `state_topic` as well as to its state file, so
+    /// that whichever takes the lease over resumes from the state the last holder left. Set
+    /// it on every alerter of the group.
+    pub standby: bool,
+    /// Topic the state is checkpointed to when `standby` is set (one partition, records keyed
+    /// by group, compacted where the broker honours it). Created at start.
+    pub state_topic: String,
     /// Where alerts go (`[outputs.terminal]`, `[outputs.kafka]`, `[outputs.webhook]`,
     /// `[outputs.store]`).
     pub outputs: OutputsConfig,
@@ -140,6 +151,8 @@ impl Default for AlerterConfig {
             lease_topic: DEFAULT_LEASE_TOPIC.to_string(),
             lease_wait_ms: DEFAULT_LEASE_WAIT_MS,
             lease_session_timeout_ms: DEFAULT_LEASE_SESSION_TIMEOUT_MS,
+            standby: false,
+            state_topic: DEFAULT_STATE_TOPIC.to_string(),
             outputs: OutputsConfig::default(),
         }
     }
@@ -215,6 +228,7 @@ impl AlerterConfig {
             ("service_logs_topic", &self.service_logs_topic),
             ("heartbeat_logs_topic", &self.heartbeat_logs_topic),
             ("lease_topic", &self.lease_topic),
+            ("state_topic", &self.state_topic),
         ] {
             if topic.trim().is_empty() {
                 return Err(invalid(key, "is empty"));
@@ -250,6 +264,18 @@ impl AlerterConfig {
             return Err(invalid(
                 "lease_topic",
                 format!("`{}` is an input or the alerts topic", self.lease_topic),
+            ));
+        }
+        if inputs.contains(&&self.state_topic)
+            || self.state_topic == self.outputs.kafka.topic
+            || self.state_topic == self.lease_topic
+        {
+            return Err(invalid(
+                "state_topic",
+                format!(
+                    "`{}` is an input, the alerts topic or the lease topic",
+                    self.state_topic
+                ),
             ));
         }
         let o = &self.outputs;

@@ -20,9 +20,18 @@
 //!   partition (the holder was cut off longer than its session), the stage stops with an
 //!   error instead of evaluating alongside the new holder.
 //!
-//! Failover (a standby that keeps waiting instead of refusing, and resumes from the state
-//! the holder left) is not built yet; until it is, a second alerter in the same group
-//! refuses to start.
+//! Failover: with `standby` set, a member that joins without the partition does not
+//! refuse; it stands by as long as it takes (`/healthz` says `standby`, the
+//! `dlog_alerter_standby` gauge is 1, and it logs who holds the lease every
+//! [`STANDBY_LOG_EVERY`]). When the holder dies, its session ends after
+//! `lease_session_timeout_ms`, the coordinator hands the partition to a waiting member (or
+//! the member joins again after a session and gets it), and that member loads the newest
+//! state the holder checkpointed to the state topic ([`crate::state::topic`]) before it
+//! joins the data topics' group and evaluates. A holder that stops gracefully leaves the
+//! lease group only after its last checkpoint, so the successor starts at once from it.
+//! Without `standby`, a second alerter in the same group refuses to start, as above: a
+//! deployment that did not ask for a standby gets a clear error instead of a process that
+//! silently waits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +57,8 @@ const LEASE_PARTITION: i32 = 0;
 const POLL_STEP: Duration = Duration::from_millis(100);
 /// How many of the lease topic's last records are read to name the holder.
 const HOLDER_TAIL: i64 = 200;
+/// How often a standby logs who holds the lease.
+pub const STANDBY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Who holds a group's lease, as written to the lease topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,7 +247,9 @@ pub async fn acquire(
         .map_err(|source| LeaseError::Task { group, source })?
 }
 
-fn client_config(config: &AlerterConfig) -> ClientConfig {
+/// Clients of the alerter's own topics (lease, state): the brokers and the consumer
+/// properties (security and the like).
+pub(crate) fn client_config(config: &AlerterConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     // Security and similar properties apply to the lease clients too.
     for (k, v) in &config.input.consumer {
@@ -290,6 +303,7 @@ fn acquire_blocking(
     // waiting member joins again after each session.
     let rejoin_every = Duration::from_millis(u64::from(session) + 1_000);
     let mut rejoin_at: Option<Instant> = None;
+    let mut standby_log_at: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             return Err(LeaseError::Kafka {
@@ -304,10 +318,19 @@ fn acquire_blocking(
             break;
         }
         let now = Instant::now();
+        if joined && config.standby {
+            if standby_log_at.is_none_or(|at| now >= at) {
+                let holder = read_holder(config)
+                    .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
+                    .unwrap_or_else(|| "its holder wrote no lease record".into());
+                tracing::info!(group = %group, holder = %holder, "standing by: another alerter holds the lease of the group; taking over when it goes");
+                standby_log_at = Some(now + STANDBY_LOG_EVERY);
+            }
+        }
         if joined {
             let deadline =
                 *wait_deadline.get_or_insert(now + Duration::from_millis(config.lease_wait_ms));
-            if now >= deadline {
+            if now >= deadline && !config.standby {
                 let holder = read_holder(config)
                     // The record comes from a topic anyone may write: escaped for a terminal.
                     .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
@@ -316,7 +339,7 @@ fn acquire_blocking(
             }
             let at = *rejoin_at.get_or_insert(now + rejoin_every);
             if now >= at {
-                tracing::info!(group = %group, "the alerter lease is held by another member; joining the lease group again");
+                tracing::debug!(group = %group, "the alerter lease is held by another member; joining the lease group again");
                 drop(consumer);
                 consumer = join()?;
                 rejoin_at = None;

@@ -43,6 +43,8 @@ pub(crate) struct Metrics {
     pub firing: Gauge,
     pub outbox: Gauge,
     pub state_bytes: Gauge,
+    pub state_topic_bytes: Gauge,
+    pub standby: Gauge,
     pub alerts_dropped: Gauge,
     pub keys_dropped: Gauge,
     pub stale_heartbeats: Gauge,
@@ -67,6 +69,8 @@ impl Metrics {
             firing: Gauge::default(),
             outbox: Gauge::default(),
             state_bytes: Gauge::default(),
+            state_topic_bytes: Gauge::default(),
+            standby: Gauge::default(),
             alerts_dropped: Gauge::default(),
             keys_dropped: Gauge::default(),
             stale_heartbeats: Gauge::default(),
@@ -147,6 +151,16 @@ impl Metrics {
             "state_bytes",
             "Size of the last saved state file",
             m.state_bytes.clone(),
+        );
+        r.register(
+            "state_topic_bytes",
+            "Compressed size of the last state checkpointed to the state topic (with standby)",
+            m.state_topic_bytes.clone(),
+        );
+        r.register(
+            "standby",
+            "1 while the alerter stands by for its group's lease, 0 once it holds it and evaluates",
+            m.standby.clone(),
         );
         r.register(
             "alerts_dropped",

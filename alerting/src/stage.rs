@@ -16,6 +16,10 @@
 //!    evaluated first, in order, once the outputs are back;
 //! 5. the emptied outbox is saved and the input acknowledged.
 //!
+//! With `standby` set, step 2 also writes the state to the state topic (acks=all) before
+//! anything is delivered or acknowledged, and an alerter that takes the group's lease over
+//! starts from the newer of that and its own state file ([`crate::state`]).
+//!
 //! A crash before 2 replays the records (nothing was emitted); between 2 and 5 the replayed
 //! records are skipped and the outbox is delivered at start, so nothing fires twice and
 //! nothing is lost (a required output may see an event again if the crash fell between its
@@ -44,10 +48,12 @@ use crate::output::silences::{Muted, Silences};
 use crate::output::{kafka, store, terminal, webhook};
 use crate::output::{BestEffort, Delivery, Output, SinkError};
 use crate::record::{decode_into, Record};
+use crate::state::topic::{StateTopic, TopicStateError};
 use crate::state::{
     is_applied, mark_applied, AppliedOffsets, Pending, StageState, StateError, StateFile,
 };
-use dlog_core::admin::Serving;
+use dlog_core::admin::AdminSource;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The stage could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,9 @@ pub enum AlerterError {
     /// The state file could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The state topic could not be read or written.
+    #[error(transparent)]
+    StateTopic(#[from] TopicStateError),
     /// The input failed.
     #[error("input: {0}")]
     Source(#[from] SourceError),
@@ -138,14 +147,33 @@ async fn run_on_kafka(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), AlerterError> {
-    let lease = match crate::lease::acquire(&config, config.admin.to_string(), &shutdown).await {
+    config.validate()?;
+    // Served while standing by, too: `/healthz` says `standby` until the lease is taken.
+    let admin = Admin::start(&config, &shutdown).await?;
+    admin.state.set_standby(config.standby);
+    admin.metrics.standby.set(i64::from(config.standby));
+    let lease = match crate::lease::acquire(&config, admin.addr.to_string(), &shutdown).await {
         Ok(lease) => lease,
         // Told to stop while waiting for the lease: nothing was evaluated, nothing to save.
         Err(_) if shutdown.is_cancelled() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    admin.state.set_standby(false);
+    admin.metrics.standby.set(0);
     let lost = lease.lost();
     let lease = LeaseGuard(Some(lease));
+    let state_topic = if config.standby {
+        Some(
+            StateTopic::open(
+                crate::lease::client_config(&config),
+                &config.state_topic,
+                &config.input.group_id,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let source = kafka_source(&config).await?;
     // Losing the lease stops the stage as a shutdown would, after its last checkpoint.
     let stop = shutdown.child_token();
@@ -157,7 +185,7 @@ async fn run_on_kafka(
         }))
     };
     let group = config.input.group_id.clone();
-    let result = match prepare(config, clock, stop).await {
+    let result = match prepare(config, clock, stop, Some(admin), state_topic).await {
         Ok(prepared) => prepared.run(source).await,
         Err(e) => Err(e),
     };
@@ -260,7 +288,7 @@ impl<S: Source + 'static> AlerterBuilder<S> {
     /// runs the stage on the given source.
     pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
         let shutdown = self.shutdown;
-        let prepared = prepare(self.config, self.clock, shutdown.clone()).await?;
+        let prepared = prepare(self.config, self.clock, shutdown.clone(), None, None).await?;
         Ok(RunningAlerter {
             task: StageTask::spawn(shutdown, prepared.run(self.source)),
         })
@@ -326,14 +354,96 @@ pub async fn run_with<S: Source>(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<(), AlerterError> {
-    prepare(config, clock, shutdown).await?.run(source).await
+    prepare(config, clock, shutdown, None, None)
+        .await?
+        .run(source)
+        .await
 }
 
 /// A stage set up and ready to read its input.
 struct Prepared {
     stage: Stage,
-    admin_task: tokio::task::JoinHandle<()>,
+    admin: Admin,
     shutdown: CancellationToken,
+}
+
+/// `/metrics` and `/healthz` of the stage: healthy until a graceful shutdown begins, and
+/// saying `standby` while the alerter waits for its group's lease.
+struct AlerterAdmin {
+    registry: Registry,
+    serving: AtomicBool,
+    standby: AtomicBool,
+}
+
+impl AlerterAdmin {
+    fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+    }
+}
+
+impl AdminSource for AlerterAdmin {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.serving.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("shutting down".to_string())
+        }
+    }
+
+    fn healthy_as(&self) -> String {
+        if self.standby.load(Ordering::Relaxed) {
+            "standby".to_string()
+        } else {
+            "ok".to_string()
+        }
+    }
+}
+
+/// The admin listener and the metrics it serves; stops serving when dropped.
+struct Admin {
+    state: Arc<AlerterAdmin>,
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+    _task: AbortOnDrop,
+}
+
+impl Admin {
+    /// Binds `config.admin` and serves until `shutdown` is cancelled (or this is dropped).
+    async fn start(
+        config: &AlerterConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Admin, AlerterError> {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let state = Arc::new(AlerterAdmin {
+            registry,
+            serving: AtomicBool::new(true),
+            standby: AtomicBool::new(false),
+        });
+        let (addr, task) = {
+            let admin_state = Arc::clone(&state);
+            let admin_stop = shutdown.clone();
+            dlog_core::admin::serve(config.admin, state.clone(), async move {
+                admin_stop.cancelled().await;
+                admin_state.serving.store(false, Ordering::Relaxed);
+            })
+            .await
+            .map_err(|source| AlerterError::Admin {
+                addr: config.admin,
+                source,
+            })?
+        };
+        Ok(Admin {
+            state,
+            metrics,
+            addr,
+            _task: AbortOnDrop(task),
+        })
+    }
 }
 
 impl Prepared {
@@ -342,7 +452,7 @@ impl Prepared {
     async fn run<S: Source>(self, source: S) -> Result<(), AlerterError> {
         let Prepared {
             mut stage,
-            admin_task,
+            admin,
             shutdown,
         } = self;
         let options = DriverOptions {
@@ -362,7 +472,7 @@ impl Prepared {
             output.close(timeout).await;
         }
         // The admin server stops with the token; on an error exit, stop it here.
-        admin_task.abort();
+        drop(admin);
         result
     }
 }
@@ -372,52 +482,43 @@ async fn prepare(
     config: AlerterConfig,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
+    admin: Option<Admin>,
+    state_topic: Option<StateTopic>,
 ) -> Result<Prepared, AlerterError> {
     config.validate()?;
     let rules = config.load_rules()?;
     let state_file = StateFile::open(&config.state_dir)?;
-    let saved = state_file.load()?;
-    let (engine, applied, outbox) = match saved {
-        Some(saved) => {
-            tracing::info!(
-                path = %state_file.path().display(),
-                firing = saved.engine.firing(),
-                undelivered = saved.outbox.len(),
-                "resuming from saved state"
-            );
-            (
-                Engine::restore(rules, clock.clone(), saved.engine).map_err(ConfigError::from)?,
-                saved.applied,
-                saved.outbox,
-            )
-        }
+    let saved = load_state(&state_file, state_topic.as_ref()).await?;
+    let checkpoint = saved.as_ref().map_or(0, |s| s.checkpoint);
+    let (engine, applied, outbox, held) = match saved {
+        Some(saved) => (
+            Engine::restore(rules, clock.clone(), saved.engine).map_err(ConfigError::from)?,
+            saved.applied,
+            saved.outbox,
+            saved.held,
+        ),
         None => (
             Engine::new(rules, clock.clone()).map_err(ConfigError::from)?,
             BTreeMap::new(),
             Vec::new(),
+            BTreeMap::new(),
         ),
     };
 
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
-    let (required, best_effort) = build_outputs(&config, &metrics, &clock).await?;
-
-    let admin_state = Arc::new(Serving::new(registry));
-    let (admin_addr, admin_task) = {
-        let admin_state = Arc::clone(&admin_state);
-        let admin_stop = shutdown.clone();
-        dlog_core::admin::serve(config.admin, admin_state.clone(), async move {
-            admin_stop.cancelled().await;
-            admin_state.stop_serving();
-        })
-        .await
-        .map_err(|source| AlerterError::Admin {
-            addr: config.admin,
-            source,
-        })?
+    let admin = match admin {
+        Some(admin) => admin,
+        None => Admin::start(&config, &shutdown).await?,
     };
+    let metrics = admin.metrics.clone();
+    let (required, best_effort, muted) = build_outputs(&config, &metrics, &clock).await?;
+    let mut held = held;
+    for m in &muted {
+        if let Some(events) = held.remove(m.output()) {
+            m.hold(events);
+        }
+    }
     tracing::info!(
-        admin = %admin_addr,
+        admin = %admin.addr,
         outputs = ?required.iter().map(Output::name).chain(best_effort.iter().map(BestEffort::name)).collect::<Vec<_>>(),
         "alerter running"
     );
@@ -428,6 +529,9 @@ async fn prepare(
         applied,
         outbox,
         state_file,
+        state_topic,
+        checkpoint,
+        muted,
         required,
         best_effort,
         metrics,
@@ -439,16 +543,57 @@ async fn prepare(
     };
     Ok(Prepared {
         stage,
-        admin_task,
+        admin,
         shutdown,
     })
+}
+
+/// The state to resume from: the newer (by checkpoint number) of the state file and, with a
+/// state topic, the group's newest checkpoint there.
+async fn load_state(
+    file: &StateFile,
+    topic: Option<&StateTopic>,
+) -> Result<Option<StageState>, AlerterError> {
+    let local = file.load()?;
+    let remote = match topic {
+        Some(topic) => {
+            let topic = topic.clone();
+            let started = Instant::now();
+            let remote = tokio::task::spawn_blocking(move || topic.load_blocking()).await??;
+            tracing::debug!(elapsed = ?started.elapsed(), "read the state topic");
+            remote
+        }
+        None => None,
+    };
+    let from_topic = match (&local, &remote) {
+        (Some(l), Some(r)) => r.checkpoint > l.checkpoint,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let (state, from) = if from_topic {
+        let name = topic.map(StateTopic::topic).unwrap_or_default();
+        (remote, format!("state topic {name}"))
+    } else {
+        (local, format!("state file {}", file.path().display()))
+    };
+    if let Some(saved) = &state {
+        tracing::info!(
+            from = %from,
+            checkpoint = saved.checkpoint,
+            firing = saved.engine.firing(),
+            undelivered = saved.outbox.len(),
+            held = saved.held.values().map(Vec::len).sum::<usize>(),
+            "resuming from saved state"
+        );
+    }
+    Ok(state)
 }
 
 async fn build_outputs(
     config: &AlerterConfig,
     metrics: &Arc<Metrics>,
     clock: &Arc<dyn Clock>,
-) -> Result<(Vec<Output>, Vec<BestEffort>), AlerterError> {
+) -> Result<(Vec<Output>, Vec<BestEffort>, Vec<Arc<Muted>>), AlerterError> {
     let o = &config.outputs;
     let mut outputs = [
         terminal::build(&o.terminal),
@@ -458,6 +603,7 @@ async fn build_outputs(
     ];
     // With the store output, silences and acks are read from the same store and mute the
     // notifying outputs.
+    let mut muted_outputs = Vec::new();
     if o.store.enabled {
         let db = dlog_storage::open_store(&o.store.backend).await?;
         let silences = Silences::with_metrics(db.clone(), clock.clone(), metrics.clone());
@@ -470,6 +616,7 @@ async fn build_outputs(
         for output in outputs.iter_mut().flatten() {
             let muted = Arc::new(Muted::new(output.sink.clone(), silences.clone()));
             muted.start_release(Duration::from_millis(o.store.silence_refresh_ms));
+            muted_outputs.push(muted.clone());
             output.sink = muted;
         }
         outputs[3] = Some(store::build_on(&o.store, db));
@@ -484,7 +631,7 @@ async fn build_outputs(
             best_effort.push(BestEffort::spawn(output, queue, metrics.clone()));
         }
     }
-    Ok((required, best_effort))
+    Ok((required, best_effort, muted_outputs))
 }
 
 /// The alerter's batch logic, run by the stage runtime's [`Driver`].
@@ -495,6 +642,12 @@ struct Stage {
     applied: AppliedOffsets,
     outbox: Vec<Pending>,
     state_file: StateFile,
+    /// Where checkpoints also go, with `standby`.
+    state_topic: Option<StateTopic>,
+    /// Number of the last checkpoint saved (or resumed from).
+    checkpoint: u64,
+    /// The notifying outputs a silence mutes, whose held events are saved with the state.
+    muted: Vec<Arc<Muted>>,
     required: Vec<Output>,
     best_effort: Vec<BestEffort>,
     metrics: Arc<Metrics>,
@@ -616,6 +769,7 @@ impl Stage {
     /// polled, as during an output outage. Fails only when told to stop before a save
     /// succeeded.
     async fn save<S: Source>(&mut self, input: &mut Input<S>) -> Result<(), AlerterError> {
+        self.checkpoint += 1;
         let mut backoff = input.backoff();
         let result = loop {
             match self.save_once().await {
@@ -638,22 +792,46 @@ impl Stage {
         result
     }
 
-    /// Saves the state once. Serializing, writing and fsyncing run on the blocking pool: a
-    /// large state or a slow disk must not stall an async worker (the admin server and
-    /// best-effort outputs share them).
+    /// Saves the state once: to the state file, then (with `standby`) to the state topic.
+    /// Serializing, compressing, writing and fsyncing run on the blocking pool: a large state
+    /// or a slow disk must not stall an async worker (the admin server and best-effort
+    /// outputs share them).
     async fn save_once(&self) -> Result<(), AlerterError> {
         let state = StageState {
             engine: self.engine.snapshot(),
             applied: self.applied.clone(),
             outbox: self.outbox.clone(),
+            held: self
+                .muted
+                .iter()
+                .map(|m| (m.output().to_string(), m.held()))
+                .filter(|(_, events)| !events.is_empty())
+                .collect(),
+            checkpoint: self.checkpoint,
         };
         let file = self.state_file.clone();
-        let bytes = tokio::task::spawn_blocking(move || file.save(&state))
-            .await
-            .map_err(|e| StateError::Io {
-                path: self.state_file.path().to_path_buf(),
-                source: std::io::Error::other(format!("state save task failed: {e}")),
-            })??;
+        let topic = self.state_topic.clone();
+        let (bytes, chunks) = tokio::task::spawn_blocking(move || {
+            let json = serde_json::to_vec(&state).map_err(|e| StateError::Corrupt {
+                path: file.path().to_path_buf(),
+                message: e.to_string(),
+            })?;
+            file.save_json(&json)?;
+            let chunks = match &topic {
+                Some(topic) => Some(topic.encode(&json)?),
+                None => None,
+            };
+            Ok::<_, AlerterError>((json.len(), chunks))
+        })
+        .await
+        .map_err(|e| StateError::Io {
+            path: self.state_file.path().to_path_buf(),
+            source: std::io::Error::other(format!("state save task failed: {e}")),
+        })??;
+        if let (Some(topic), Some(chunks)) = (&self.state_topic, chunks) {
+            let written = topic.save(self.checkpoint, &chunks).await?;
+            self.metrics.state_topic_bytes.set(written as i64);
+        }
         self.metrics.state_bytes.set(bytes as i64);
         self.metrics.outbox.set(self.outbox.len() as i64);
         Ok(())

@@ -5,6 +5,13 @@
 //! are acknowledged, so after a crash the stage resumes from a state that matches what Kafka
 //! will replay: replayed records below the recorded offsets are skipped instead of evaluated
 //! twice, and transitions left in the outbox are delivered again rather than lost.
+//!
+//! With `standby` set, each checkpoint also goes to the state topic ([`topic`]) before the
+//! offsets are acknowledged, so that an alerter on another node that takes the lease over
+//! resumes from it. Every checkpoint carries a sequence number that grows across
+//! handoffs; at start the newer of the state file and the state topic wins.
+
+pub mod topic;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -43,6 +50,13 @@ pub struct StageState {
     pub applied: AppliedOffsets,
     /// Transitions not yet delivered to every required output, oldest first.
     pub outbox: Vec<Pending>,
+    /// Per notifying output, the events a silence holds back (sent when it ends).
+    #[serde(default)]
+    pub held: BTreeMap<String, Vec<Transition>>,
+    /// Sequence number of the checkpoint: one more than the state it resumed from, so the
+    /// newer of two saved states (file, topic) is the one with the higher number.
+    #[serde(default)]
+    pub checkpoint: u64,
 }
 
 /// Per topic and partition, the offset after the last record evaluated.
@@ -158,6 +172,12 @@ impl StateFile {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
+        self.save_json(&bytes)?;
+        Ok(bytes.len())
+    }
+
+    /// Replaces the saved state with `bytes` (a state's JSON) atomically and durably.
+    pub fn save_json(&self, bytes: &[u8]) -> Result<(), StateError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
@@ -167,7 +187,7 @@ impl StateFile {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
         let mut file = options.open(&self.tmp).map_err(io(&self.tmp))?;
-        file.write_all(&bytes).map_err(io(&self.tmp))?;
+        file.write_all(bytes).map_err(io(&self.tmp))?;
         file.sync_all().map_err(io(&self.tmp))?;
         drop(file);
         fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
@@ -175,7 +195,7 @@ impl StateFile {
         if let Ok(dir) = fs::File::open(&self.dir) {
             let _ = dir.sync_all();
         }
-        Ok(bytes.len())
+        Ok(())
     }
 }
 

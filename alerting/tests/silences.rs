@@ -163,6 +163,95 @@ async fn a_silenced_service_reaches_the_webhook_only_after_the_silence_expires()
     drop(stop);
 }
 
+/// Regression (issue 11): an alert held back by a silence lived only in the alerter's memory,
+/// so an alerter restarted during the silence never sent it. Now the held event is part of
+/// the saved state: the stage is killed where it is (dropped, as a crash would) during the
+/// silence, a new one starts from the same state directory, and once the silence is over
+/// the receiver gets the alert, once, as `fired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_held_by_a_silence_is_sent_after_it_ends_across_a_restart() {
+    let hook = Arc::new(Hook::default());
+    let (url, _server) = serve_hook(hook.clone()).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = dlog_storage::open_store(&StoreConfig::embedded(store_dir.path()))
+        .await
+        .unwrap();
+    store
+        .put_silence(&Silence {
+            id: "maintenance".into(),
+            service: Some("svc-a".into()),
+            rule: None,
+            starts_unix_nano: T0,
+            ends_unix_nano: T0 + 60 * SEC,
+            created_by: "alice".into(),
+            comment: "db migration".into(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+
+    let mut config = webhook_only_config(state_dir.path(), url);
+    config.outputs.store.enabled = true;
+    config.outputs.store.backend = StoreConfig::embedded(store_dir.path());
+    config.outputs.store.silence_refresh_ms = 50;
+    let clock = ManualClock::new(T0);
+
+    // First run: the alert fires under the silence and is held back.
+    let (tx, source) = ChannelSource::new(4);
+    let stop = CancellationToken::new();
+    let first = tokio::spawn(run_with(
+        config.clone(),
+        source,
+        Arc::new(clock.clone()),
+        stop.clone(),
+    ));
+    error_log_acked(&tx, "E500", 0, T0 + SEC).await;
+    assert!(codes(&hook).is_empty(), "{:?}", codes(&hook));
+    // Killed where it is, during the silence.
+    first.abort();
+    let _ = first.await;
+    drop(tx);
+
+    // Second run, same state: the silence ends; the held alert goes out.
+    let (tx, source) = ChannelSource::new(4);
+    let second = tokio::spawn(run_with(
+        config,
+        source,
+        Arc::new(clock.clone()),
+        stop.clone(),
+    ));
+    clock.advance(Duration::from_secs(120));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while codes(&hook).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alert held by the silence was not sent after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A later alert goes through too, and the held one was sent exactly once.
+    error_log_acked(&tx, "E501", 1, T0 + 121 * SEC).await;
+    let mut sent = codes(&hook);
+    sent.sort();
+    assert_eq!(sent, ["E500", "E501"]);
+    assert!(hook
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b["labels"]["error_code"] == "E500")
+        .all(|b| b["event"] == "fired"));
+
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(stop);
+}
+
 fn transition(kind: TransitionKind, service: &str, rule: &str, first_seen: u64) -> Transition {
     Transition {
         kind,

@@ -27,6 +27,12 @@ pub trait AdminSource: Send + Sync + 'static {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// The body of a 200 on `/healthz`, without the newline: `ok`, unless the component has
+    /// more to say (an alerter standing by for failover says `standby`).
+    fn healthy_as(&self) -> String {
+        "ok".to_string()
+    }
 }
 
 /// The common case: a registry, healthy until a graceful shutdown begins (so that load
@@ -122,7 +128,7 @@ async fn metrics(State(source): State<Arc<dyn AdminSource>>) -> Response {
 
 async fn healthz(State(source): State<Arc<dyn AdminSource>>) -> Response {
     match source.health() {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(()) => (StatusCode::OK, format!("{}\n", source.healthy_as())).into_response(),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
     }
 }

@@ -152,8 +152,9 @@ const MAX_HELD: usize = 10_000;
 /// matches it any more, if the alert is still firing then; an alert that fired and resolved
 /// within the silence is never sent. A `resolved` event of an alert that was notified before
 /// the silence began always goes through, so that the receiver's incident closes. `updated`
-/// events of such an alert are dropped while the silence lasts. Held events live in memory:
-/// a restart of the alerter during the silence forgets them.
+/// events of such an alert are dropped while the silence lasts. Held events are part of the
+/// stage's saved state ([`Muted::held`], [`Muted::hold`]): an alerter restarted during the
+/// silence, or a standby taking over, still sends them when it ends.
 pub struct Muted {
     inner: Arc<dyn AlertSink>,
     silences: Arc<Silences>,
@@ -167,6 +168,30 @@ impl Muted {
             inner,
             silences,
             held: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The output's name.
+    pub fn output(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    /// The events held back now, by alert id, to save with the state.
+    pub fn held(&self) -> Vec<Transition> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut events: Vec<Transition> = held.values().cloned().collect();
+        events.sort_by(|a, b| a.alert.id.cmp(&b.alert.id));
+        events
+    }
+
+    /// Holds `events` back again (from a saved state), as many as the bound allows.
+    pub fn hold(&self, events: Vec<Transition>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for t in events {
+            if held.len() >= MAX_HELD && !held.contains_key(&t.alert.id) {
+                break;
+            }
+            held.insert(t.alert.id.clone(), t);
         }
     }
 

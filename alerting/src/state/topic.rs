@@ -1,0 +1,368 @@
+//! The state checkpointed to Kafka, for a standby on another node to take over with.
+//!
+//! Each checkpoint is the state file's JSON, gzip-compressed, cut into chunks of at most
+//! [`CHUNK_BYTES`] (well under Kafka's default 1 MB message size) and written to partition 0
+//! of `state_topic` with `acks=all`, one record per produce request. A record's key is
+//! `<group>/<chunk index>`, so that a broker that compacts keeps the last chunk of every
+//! index; headers name the group, the checkpoint's sequence number and its chunk count. The
+//! compressed state is bounded by [`MAX_STATE_BYTES`], its JSON by [`MAX_JSON_BYTES`].
+//!
+//! tansu 0.6.0 accepts `cleanup.policy=compact` but does not compact (500 records written
+//! under one key were all still there after 40 s), so the topic grows by a checkpoint per
+//! `checkpoint_interval_ms` while records arrive. Loading therefore never reads the topic
+//! from the start: it reads windows of [`WINDOW`] records backwards from the end until it
+//! finds the newest checkpoint of the group whose chunks are all there. One record per
+//! request keeps tansu's high watermark right (it is wrong after a multi-record batch).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::StageState;
+
+/// The state's partition.
+const PARTITION: i32 = 0;
+/// Largest chunk of compressed state in one record.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Largest compressed state written or read (256 chunks).
+pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest state JSON read back (bounds what decompressing a hostile record can cost).
+pub const MAX_JSON_BYTES: usize = 512 * 1024 * 1024;
+/// Records read per step backwards from the end of the topic.
+const WINDOW: i64 = 512;
+/// Longest a load reads the topic.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one checkpoint record may take to be acknowledged.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+const GROUP_HEADER: &str = "dlog.state.group";
+const CHECKPOINT_HEADER: &str = "dlog.state.checkpoint";
+const CHUNK_HEADER: &str = "dlog.state.chunk";
+const CHUNKS_HEADER: &str = "dlog.state.chunks";
+
+/// The state topic failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicStateError {
+    /// Kafka refused or timed out.
+    #[error("state topic `{topic}`: {message}")]
+    Kafka {
+        /// The state topic.
+        topic: String,
+        /// What failed.
+        message: String,
+    },
+    /// The state is larger than the topic may hold.
+    #[error(
+        "state topic `{topic}`: the compressed state is {bytes} bytes, more than the {max} \
+         bytes a checkpoint may have (lower the rules' bounds on windows and alerts)"
+    )]
+    TooLarge {
+        /// The state topic.
+        topic: String,
+        /// Compressed size.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The newest checkpoint could not be read back.
+    #[error("state topic `{topic}`: checkpoint {checkpoint} of group `{group}` is unreadable ({message}); delete the topic's records of the group to start from scratch")]
+    Corrupt {
+        /// The state topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// Its sequence number.
+        checkpoint: u64,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A consumer group's checkpoints on the state topic.
+#[derive(Clone)]
+pub struct StateTopic {
+    config: ClientConfig,
+    topic: String,
+    group: String,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for StateTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateTopic")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl StateTopic {
+    /// The checkpoints of `group` on `topic`, through clients made from `config` (brokers and
+    /// security properties); creates the topic (one partition, compacted) when missing.
+    pub async fn open(
+        config: ClientConfig,
+        topic: &str,
+        group: &str,
+    ) -> Result<StateTopic, TopicStateError> {
+        let err = |message: String| TopicStateError::Kafka {
+            topic: topic.to_string(),
+            message,
+        };
+        let admin: AdminClient<DefaultClientContext> =
+            config.create().map_err(|e| err(e.to_string()))?;
+        let new =
+            NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(err(format!("cannot create it: {code}"))),
+            }
+        }
+        let producer: FutureProducer = config
+            .clone()
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.max.bytes", (CHUNK_BYTES * 2).to_string())
+            .create()
+            .map_err(|e| err(e.to_string()))?;
+        Ok(StateTopic {
+            config,
+            topic: topic.to_string(),
+            group: group.to_string(),
+            producer,
+        })
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Compresses and chunks a state's JSON (what [`super::StateFile::save`] wrote).
+    pub fn encode(&self, json: &[u8]) -> Result<Vec<Vec<u8>>, TopicStateError> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(json)
+            .and_then(|()| gz.flush())
+            .map_err(|e| self.kafka(format!("cannot compress the state: {e}")))?;
+        let compressed = gz
+            .finish()
+            .map_err(|e| self.kafka(format!("cannot compress the state: {e}")))?;
+        if compressed.len() > MAX_STATE_BYTES {
+            return Err(TopicStateError::TooLarge {
+                topic: self.topic.clone(),
+                bytes: compressed.len(),
+                max: MAX_STATE_BYTES,
+            });
+        }
+        Ok(compressed.chunks(CHUNK_BYTES).map(<[u8]>::to_vec).collect())
+    }
+
+    /// Writes checkpoint `checkpoint` (chunks from [`StateTopic::encode`]), each chunk
+    /// acknowledged by every in-sync replica before the next is sent. Returns the bytes
+    /// written.
+    pub async fn save(
+        &self,
+        checkpoint: u64,
+        chunks: &[Vec<u8>],
+    ) -> Result<usize, TopicStateError> {
+        let (seq, count) = (checkpoint.to_string(), chunks.len().to_string());
+        let mut bytes = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let index = i.to_string();
+            let key = format!("{}/{i}", self.group);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: GROUP_HEADER,
+                    value: Some(self.group.as_str()),
+                })
+                .insert(Header {
+                    key: CHECKPOINT_HEADER,
+                    value: Some(seq.as_str()),
+                })
+                .insert(Header {
+                    key: CHUNK_HEADER,
+                    value: Some(index.as_str()),
+                })
+                .insert(Header {
+                    key: CHUNKS_HEADER,
+                    value: Some(count.as_str()),
+                });
+            self.producer
+                .send(
+                    FutureRecord::to(&self.topic)
+                        .partition(PARTITION)
+                        .key(&key)
+                        .payload(chunk)
+                        .headers(headers),
+                    SEND_TIMEOUT,
+                )
+                .await
+                .map_err(|(e, _)| {
+                    self.kafka(format!("checkpoint {checkpoint} not written: {e}"))
+                })?;
+            bytes += chunk.len();
+        }
+        Ok(bytes)
+    }
+
+    /// The group's newest complete checkpoint, or `None` when the topic holds none. Blocks:
+    /// call it on the blocking pool.
+    pub fn load_blocking(&self) -> Result<Option<StageState>, TopicStateError> {
+        let reader: BaseConsumer = self
+            .config
+            .clone()
+            .set("group.id", format!("{}.state-reader", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| self.kafka(e.to_string()))?;
+        let (low, high) = reader
+            .fetch_watermarks(&self.topic, PARTITION, Duration::from_secs(10))
+            .map_err(|e| self.kafka(format!("cannot read its watermarks: {e}")))?;
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        let mut end = high;
+        // Chunks of checkpoints, by checkpoint, as far as read.
+        let mut found: BTreeMap<u64, Found> = BTreeMap::new();
+        while end > low {
+            let start = (end - WINDOW).max(low);
+            self.read_window(&reader, start, end, deadline, &mut found)?;
+            // Chunks are written in order: a checkpoint whose first chunk was read but not
+            // all the others was cut short by a crash and is passed over; one whose first
+            // chunk was not read yet starts in an earlier window.
+            for (&checkpoint, f) in found.iter().rev() {
+                if f.complete() {
+                    return self.decode(checkpoint, f).map(Some);
+                }
+                if !f.chunks.contains_key(&0) && start > low {
+                    break;
+                }
+            }
+            end = start;
+        }
+        Ok(None)
+    }
+
+    fn read_window(
+        &self,
+        reader: &BaseConsumer,
+        start: i64,
+        end: i64,
+        deadline: Instant,
+        found: &mut BTreeMap<u64, Found>,
+    ) -> Result<(), TopicStateError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, PARTITION, Offset::Offset(start))
+            .map_err(|e| self.kafka(e.to_string()))?;
+        reader.assign(&tpl).map_err(|e| self.kafka(e.to_string()))?;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(self.kafka(format!(
+                    "reading the newest checkpoint took longer than {LOAD_TIMEOUT:?}"
+                )));
+            }
+            match reader.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    if m.offset() >= end {
+                        return Ok(());
+                    }
+                    if let Some((checkpoint, index, count)) = self.chunk_of(&m) {
+                        let f = found.entry(checkpoint).or_insert_with(|| Found {
+                            count,
+                            chunks: BTreeMap::new(),
+                        });
+                        if f.count == count {
+                            f.chunks
+                                .insert(index, m.payload().unwrap_or_default().to_vec());
+                        }
+                    }
+                    if m.offset() + 1 >= end {
+                        return Ok(());
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                    return Ok(())
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "reading the state topic"),
+                None => {}
+            }
+        }
+    }
+
+    /// (checkpoint, chunk index, chunk count) of a record of this group.
+    fn chunk_of(&self, m: &impl Message) -> Option<(u64, usize, usize)> {
+        let headers = m.headers()?;
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        };
+        if get(GROUP_HEADER)? != self.group {
+            return None;
+        }
+        let checkpoint = get(CHECKPOINT_HEADER)?.parse().ok()?;
+        let index: usize = get(CHUNK_HEADER)?.parse().ok()?;
+        let count: usize = get(CHUNKS_HEADER)?.parse().ok()?;
+        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES)
+            .then_some((checkpoint, index, count))
+    }
+
+    fn decode(&self, checkpoint: u64, f: &Found) -> Result<StageState, TopicStateError> {
+        let corrupt = |message: String| TopicStateError::Corrupt {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            checkpoint,
+            message,
+        };
+        let compressed: Vec<u8> = f.chunks.values().flatten().copied().collect();
+        let mut json = Vec::new();
+        GzDecoder::new(compressed.as_slice())
+            .take(MAX_JSON_BYTES as u64 + 1)
+            .read_to_end(&mut json)
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+        if json.len() > MAX_JSON_BYTES {
+            return Err(corrupt(format!("more than {MAX_JSON_BYTES} bytes of JSON")));
+        }
+        serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn kafka(&self, message: String) -> TopicStateError {
+        TopicStateError::Kafka {
+            topic: self.topic.clone(),
+            message,
+        }
+    }
+}
+
+/// The chunks of one checkpoint read so far.
+struct Found {
+    count: usize,
+    chunks: BTreeMap<usize, Vec<u8>>,
+}
+
+impl Found {
+    fn complete(&self) -> bool {
+        self.chunks.len() == self.count
+    }
+}
