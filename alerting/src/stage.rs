@@ -185,8 +185,14 @@ async fn run_on_kafka(
         }))
     };
     let group = config.input.group_id.clone();
+    // The data topics' group is joined only now (a takeover waits for the dead holder's
+    // partitions): until its first records arrive, silence is not the services'.
+    let joining = Duration::from_millis(u64::from(config.input.session_timeout_ms) * 3);
     let result = match prepare(config, clock, stop, Some(admin), state_topic).await {
-        Ok(prepared) => prepared.run(source).await,
+        Ok(mut prepared) => {
+            prepared.stage.joining_until = Some(Instant::now() + joining);
+            prepared.run(source).await
+        }
         Err(e) => Err(e),
     };
     drop(watcher);
@@ -539,6 +545,7 @@ async fn prepare(
         last_checkpoint: Instant::now(),
         last_tick: None,
         checkpoint_started: None,
+        joining_until: None,
         config,
     };
     Ok(Prepared {
@@ -658,6 +665,10 @@ struct Stage {
     last_tick: Option<u64>,
     /// When the checkpoint whose marks are being acknowledged started.
     checkpoint_started: Option<Instant>,
+    /// While the input's consumer group is being joined (until its first records, at most
+    /// until this instant), the engine is told its input is stalled, so that heartbeats not
+    /// read yet do not count as silence.
+    joining_until: Option<Instant>,
 }
 
 impl InputEvents for Metrics {
@@ -682,6 +693,12 @@ impl<S: Source> BatchHandler<S> for Stage {
         batch: Vec<RawRecord>,
         input: &mut Input<S>,
     ) -> Result<Vec<Mark>, AlerterError> {
+        if let Some(until) = self.joining_until {
+            if !batch.is_empty() || Instant::now() >= until {
+                self.joining_until = None;
+            }
+            self.engine.note_input_gap(self.clock.now_unix_nanos());
+        }
         let tick_nanos = self.config.tick_interval_ms.saturating_mul(1_000_000);
         let checkpoint_every = Duration::from_millis(self.config.checkpoint_interval_ms);
         let mut records: Vec<Record> = Vec::new();

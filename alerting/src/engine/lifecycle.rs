@@ -505,9 +505,12 @@ impl Context {
 
     /// Resolves event alerts whose cooldown passed without a repeat, and incidents whose
     /// root is healthy again and that nothing was grouped into for a window; forgets
-    /// failures older than the root-cause window.
+    /// failures older than the root-cause window. Like heartbeat silence, the quiet is
+    /// measured from no earlier than the restore or the last input stall: repeats sent while
+    /// the alerter was down or taking over are still in the backlog.
     pub(crate) fn expire(&mut self) {
         let now = self.now;
+        let quiet_since = |last_hit: u64| last_hit.max(self.resumed_at);
         let window = self
             .rules
             .root_cause
@@ -518,7 +521,7 @@ impl Context {
             match active.kind {
                 Kind::Event => {
                     let cooldown = self.rules.cooldown_nanos(&active.alert.rule);
-                    if now.saturating_sub(active.last_hit) > cooldown {
+                    if now.saturating_sub(quiet_since(active.last_hit)) > cooldown {
                         let summary = format!(
                             "{} (no repeat for {}, {} occurrences)",
                             active.alert.summary,
@@ -530,7 +533,7 @@ impl Context {
                 }
                 Kind::Incident => {
                     let root = active.alert.service.as_str();
-                    if now.saturating_sub(active.last_hit) > window
+                    if now.saturating_sub(quiet_since(active.last_hit)) > window
                         && self.unhealthy(root).is_none()
                     {
                         let summary = format!(
