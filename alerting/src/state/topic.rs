@@ -183,9 +183,21 @@ impl StateTopic {
         checkpoint: u64,
         chunks: &[Vec<u8>],
     ) -> Result<usize, TopicStateError> {
+        self.save_first(checkpoint, chunks, chunks.len()).await
+    }
+
+    /// Writes only the first `n` chunks of a checkpoint: what a holder that crashed while
+    /// writing it leaves (for tests).
+    #[doc(hidden)]
+    pub async fn save_first(
+        &self,
+        checkpoint: u64,
+        chunks: &[Vec<u8>],
+        n: usize,
+    ) -> Result<usize, TopicStateError> {
         let (seq, count) = (checkpoint.to_string(), chunks.len().to_string());
         let mut bytes = 0;
-        for (i, chunk) in chunks.iter().enumerate() {
+        for (i, chunk) in chunks.iter().enumerate().take(n) {
             let index = i.to_string();
             let key = format!("{}/{i}", self.group);
             let headers = OwnedHeaders::new()
