@@ -318,14 +318,13 @@ fn acquire_blocking(
             break;
         }
         let now = Instant::now();
-        if joined && config.standby {
-            if standby_log_at.is_none_or(|at| now >= at) {
-                let holder = read_holder(config)
-                    .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
-                    .unwrap_or_else(|| "its holder wrote no lease record".into());
-                tracing::info!(group = %group, holder = %holder, "standing by: another alerter holds the lease of the group; taking over when it goes");
-                standby_log_at = Some(now + STANDBY_LOG_EVERY);
-            }
+        if joined && config.standby && standby_log_at.is_none_or(|at| now >= at) {
+            // The record comes from a topic anyone may write: escaped for a terminal.
+            let holder = read_holder(config)
+                .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
+                .unwrap_or_else(|| "its holder wrote no lease record".into());
+            tracing::info!(group = %group, holder = %holder, "standing by: another alerter holds the lease of the group; taking over when it goes");
+            standby_log_at = Some(now + STANDBY_LOG_EVERY);
         }
         if joined {
             let deadline =

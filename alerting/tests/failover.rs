@@ -128,7 +128,7 @@ impl Services {
             tokio::spawn(async move {
                 let mut n: u32 = 0;
                 while !stop.load(Ordering::SeqCst) {
-                    if n % 5 == 0 {
+                    if n.is_multiple_of(5) {
                         for (service, instance) in [("svc-a", "a-1"), ("svc-b", "b-1")] {
                             let beat = logs(
                                 resource(service, instance, &[]),
@@ -137,7 +137,7 @@ impl Services {
                             producer.logs(&heartbeats, instance, &beat).await;
                         }
                     }
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         let code = *error.lock().unwrap();
                         if let Some(code) = code {
                             let trace = [(n % 250) as u8 + 1; 16];
@@ -303,6 +303,19 @@ async fn the_standby_takes_over_mid_incident_with_the_state_the_active_one_left(
     })
     .await;
     services.stop().await;
+    let (sum, count) = (
+        standby.metric("dlog_alerter_checkpoint_seconds_sum").await,
+        standby
+            .metric("dlog_alerter_checkpoint_seconds_count")
+            .await,
+    );
+    if let (Some(sum), Some(count)) = (sum, count) {
+        println!(
+            "checkpoints with the state topic (file + topic + alerts + commit): {count} of mean {:.1} ms; last checkpoint on the topic {} bytes",
+            sum / count.max(1.0) * 1e3,
+            standby.metric("dlog_alerter_state_topic_bytes").await.unwrap_or(0.0)
+        );
+    }
     let summary: Vec<String> = events
         .iter()
         .map(|e| format!("{} {} {} rev {}", e.rule, code(e), e.state, e.revision))
