@@ -75,6 +75,10 @@ pub struct Holder {
     pub client_id: String,
     /// When it took the lease, ms since the Unix epoch.
     pub since_unix_ms: u64,
+    /// Written when the holder let the lease go after a graceful stop (it left the data
+    /// topics' group first); a holder whose last record is not a release died holding it.
+    #[serde(default)]
+    pub released: bool,
 }
 
 impl std::fmt::Display for Holder {
@@ -193,6 +197,7 @@ pub struct Lease {
     thread: Option<JoinHandle<()>>,
     lost: CancellationToken,
     holder: Holder,
+    took_over: bool,
 }
 
 impl Lease {
@@ -204,6 +209,13 @@ impl Lease {
     /// Who holds it: this process.
     pub fn holder(&self) -> &Holder {
         &self.holder
+    }
+
+    /// Whether this one took the lease over from a holder that died holding it (the group's
+    /// last lease record is another process's, and not a release): that holder may still be
+    /// a member of the data topics' group until its session there ends.
+    pub fn took_over(&self) -> bool {
+        self.took_over
     }
 }
 
@@ -355,7 +367,9 @@ fn acquire_blocking(
         }
     }
 
+    let previous = read_holder(config);
     let holder = Holder {
+        released: false,
         group: group.clone(),
         host: host_name(),
         pid: std::process::id(),
@@ -366,6 +380,10 @@ fn acquire_blocking(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
+    let took_over = previous.is_some_and(|p| {
+        !p.released
+            && (p.host != holder.host || p.pid != holder.pid || p.client_id != holder.client_id)
+    });
     write_holder(config, &holder).map_err(kafka)?;
     tracing::info!(group = %group, lease_topic = %topic, client_id = %holder.client_id, "took the alerter lease of the group");
 
@@ -374,6 +392,11 @@ fn acquire_blocking(
     let thread = {
         let stop = Arc::clone(&stop);
         let lost = lost.clone();
+        let owned = config.clone();
+        let release = Holder {
+            released: true,
+            ..holder.clone()
+        };
         std::thread::Builder::new()
             .name("alerter-lease".into())
             .spawn(move || {
@@ -383,6 +406,13 @@ fn acquire_blocking(
                     if revoked && !lost.is_cancelled() {
                         tracing::error!(group = %group, "the alerter lease was revoked");
                         lost.cancel();
+                    }
+                }
+                // The stage has stopped and left the data topics' group: a successor need not
+                // wait for this one's session there.
+                if !lost.is_cancelled() {
+                    if let Err(e) = write_holder(&owned, &release) {
+                        tracing::warn!(group = %group, error = %e, "cannot record the lease's release");
                     }
                 }
                 // Dropping the consumer leaves the lease group, so a successor takes it at
@@ -400,6 +430,7 @@ fn acquire_blocking(
         thread: Some(thread),
         lost,
         holder,
+        took_over,
     })
 }
 

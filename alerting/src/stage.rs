@@ -160,6 +160,24 @@ async fn run_on_kafka(
     };
     admin.state.set_standby(false);
     admin.metrics.standby.set(0);
+    // A holder that died is still a member of the data topics' group until its session
+    // there ends, up to `session_timeout_ms - lease_session_timeout_ms` after the lease
+    // moved. Joining before that leaves the partitions with the dead member on a broker
+    // that does not rebalance when its session ends (tansu 0.6), so a successor waits it
+    // out.
+    let overlap = u64::from(config.input.session_timeout_ms)
+        .saturating_sub(u64::from(config.lease_session_timeout_ms));
+    if lease.took_over() && overlap > 0 {
+        let wait = Duration::from_millis(overlap + 1_000);
+        tracing::info!(wait_ms = wait.as_millis() as u64, "took the lease over; waiting for the previous holder's session in the data topics' group to end");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => {
+                LeaseGuard(Some(lease)).release().await;
+                return Ok(());
+            }
+        }
+    }
     let lost = lease.lost();
     let lease = LeaseGuard(Some(lease));
     let state_topic = if config.standby {

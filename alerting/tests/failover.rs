@@ -199,7 +199,7 @@ async fn the_standby_takes_over_mid_incident_with_the_state_the_active_one_left(
         format!(
             "kafka_brokers = \"{brokers}\"\n\
              group_id = \"{group}\"\n\
-             session_timeout_ms = 6000\n\
+             session_timeout_ms = 10000\n\
              create_topics = true\n\
              trace_logs_topic = \"{traces}\"\n\
              service_logs_topic = \"{logs}\"\n\
