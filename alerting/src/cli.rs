@@ -191,6 +191,21 @@ mod tests {
     }
 
     #[test]
+    fn standby_and_state_topic_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerter.toml");
+        std::fs::write(&path, "state_topic = \"team_state\"\n").unwrap();
+        let config = args(&["--config", path.to_str().unwrap(), "--standby"])
+            .load()
+            .unwrap();
+        assert!(config.standby);
+        assert_eq!(config.state_topic, "team_state");
+        let config = args(&["--standby", "false"]).load().unwrap();
+        assert!(!config.standby);
+        assert_eq!(config.state_topic, DEFAULT_STATE_TOPIC);
+    }
+
+    #[test]
     fn a_bad_rules_file_is_reported_before_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");

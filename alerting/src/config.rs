@@ -335,6 +335,13 @@ mod tests {
             .to_string()
             .contains("outputs.kafka.topic"));
         let mut c = AlerterConfig::default();
+        c.state_topic = c.lease_topic.clone();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("state_topic"));
+        let mut c = AlerterConfig::default();
         c.input
             .consumer
             .insert("enable.auto.commit".into(), "true".into());

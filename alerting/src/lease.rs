@@ -28,7 +28,10 @@
 //! the member joins again after a session and gets it), and that member loads the newest
 //! state the holder checkpointed to the state topic ([`crate::state::topic`]) before it
 //! joins the data topics' group and evaluates. A holder that stops gracefully leaves the
-//! lease group only after its last checkpoint, so the successor starts at once from it.
+//! lease group only after its last checkpoint and a `released` lease record, so the
+//! successor starts at once from it; a successor of a holder that died (its last record is
+//! not a release) first waits out that holder's session in the data topics' group
+//! ([`Lease::took_over`]), since tansu 0.6 does not rebalance when that session ends.
 //! Without `standby`, a second alerter in the same group refuses to start, as above: a
 //! deployment that did not ask for a standby gets a clear error instead of a process that
 //! silently waits.
