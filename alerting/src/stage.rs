@@ -209,6 +209,7 @@ async fn run_on_kafka(
     let result = match prepare(config, clock, stop, Some(admin), state_topic).await {
         Ok(mut prepared) => {
             prepared.stage.joining_until = Some(Instant::now() + joining);
+            prepared.stage.lease_lost = Some(lost.clone());
             prepared.run(source).await
         }
         Err(e) => Err(e),
@@ -564,6 +565,7 @@ async fn prepare(
         last_tick: None,
         checkpoint_started: None,
         joining_until: None,
+        lease_lost: None,
         config,
     };
     Ok(Prepared {
@@ -687,6 +689,9 @@ struct Stage {
     /// until this instant), the engine is told its input is stalled, so that heartbeats not
     /// read yet do not count as silence.
     joining_until: Option<Instant>,
+    /// Cancelled when the group's lease was lost: the last checkpoint then goes to the state
+    /// file only, since the state topic is the new holder's now.
+    lease_lost: Option<CancellationToken>,
 }
 
 impl InputEvents for Metrics {
@@ -804,9 +809,11 @@ impl Stage {
     /// polled, as during an output outage. Fails only when told to stop before a save
     /// succeeded.
     async fn save<S: Source>(&mut self, input: &mut Input<S>) -> Result<(), AlerterError> {
-        self.checkpoint += 1;
         let mut backoff = input.backoff();
         let result = loop {
+            // A number per attempt: chunks an attempt that failed midway left on the state
+            // topic are never mistaken for part of the next one.
+            self.checkpoint += 1;
             match self.save_once().await {
                 Ok(()) => break Ok(()),
                 Err(e) => {
@@ -845,7 +852,10 @@ impl Stage {
             checkpoint: self.checkpoint,
         };
         let file = self.state_file.clone();
-        let topic = self.state_topic.clone();
+        let topic = self
+            .state_topic
+            .clone()
+            .filter(|_| !self.lease_lost.as_ref().is_some_and(|l| l.is_cancelled()));
         let (bytes, chunks) = tokio::task::spawn_blocking(move || {
             let json = serde_json::to_vec(&state).map_err(|e| StateError::Corrupt {
                 path: file.path().to_path_buf(),

@@ -4,7 +4,8 @@
 //! [`CHUNK_BYTES`] (well under Kafka's default 1 MB message size) and written to partition 0
 //! of `state_topic` with `acks=all`, one record per produce request. A record's key is
 //! `<group>/<chunk index>`, so that a broker that compacts keeps the last chunk of every
-//! index; headers name the group, the checkpoint's sequence number and its chunk count. The
+//! index; headers name the group, the checkpoint's sequence number, its chunk count and the
+//! writing process (so that two writers' chunks are never mixed). The
 //! compressed state is bounded by [`MAX_STATE_BYTES`], its JSON by [`MAX_JSON_BYTES`].
 //!
 //! tansu 0.6.0 accepts `cleanup.policy=compact` but does not compact (500 records written
@@ -52,6 +53,7 @@ const GROUP_HEADER: &str = "dlog.state.group";
 const CHECKPOINT_HEADER: &str = "dlog.state.checkpoint";
 const CHUNK_HEADER: &str = "dlog.state.chunk";
 const CHUNKS_HEADER: &str = "dlog.state.chunks";
+const WRITER_HEADER: &str = "dlog.state.writer";
 
 /// The state topic failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,9 @@ pub struct StateTopic {
     config: ClientConfig,
     topic: String,
     group: String,
+    /// Who writes, unique per process start: chunks of two writers that used the same
+    /// checkpoint number are never mixed.
+    writer: String,
     producer: FutureProducer,
 }
 
@@ -143,10 +148,15 @@ impl StateTopic {
             .set("message.max.bytes", (CHUNK_BYTES * 2).to_string())
             .create()
             .map_err(|e| err(e.to_string()))?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         Ok(StateTopic {
             config,
             topic: topic.to_string(),
             group: group.to_string(),
+            writer: format!("{}-{started}", std::process::id()),
             producer,
         })
     }
@@ -216,6 +226,10 @@ impl StateTopic {
                 .insert(Header {
                     key: CHUNKS_HEADER,
                     value: Some(count.as_str()),
+                })
+                .insert(Header {
+                    key: WRITER_HEADER,
+                    value: Some(self.writer.as_str()),
                 });
             self.producer
                 .send(
@@ -252,17 +266,17 @@ impl StateTopic {
             .map_err(|e| self.kafka(format!("cannot read its watermarks: {e}")))?;
         let deadline = Instant::now() + LOAD_TIMEOUT;
         let mut end = high;
-        // Chunks of checkpoints, by checkpoint, as far as read.
-        let mut found: BTreeMap<u64, Found> = BTreeMap::new();
+        // Chunks of checkpoints, by checkpoint and writer, as far as read.
+        let mut found: BTreeMap<(u64, String), Found> = BTreeMap::new();
         while end > low {
             let start = (end - WINDOW).max(low);
             self.read_window(&reader, start, end, deadline, &mut found)?;
             // Chunks are written in order: a checkpoint whose first chunk was read but not
             // all the others was cut short by a crash and is passed over; one whose first
             // chunk was not read yet starts in an earlier window.
-            for (&checkpoint, f) in found.iter().rev() {
+            for ((checkpoint, _), f) in found.iter().rev() {
                 if f.complete() {
-                    return self.decode(checkpoint, f).map(Some);
+                    return self.decode(*checkpoint, f).map(Some);
                 }
                 if !f.chunks.contains_key(&0) && start > low {
                     break;
@@ -279,7 +293,7 @@ impl StateTopic {
         start: i64,
         end: i64,
         deadline: Instant,
-        found: &mut BTreeMap<u64, Found>,
+        found: &mut BTreeMap<(u64, String), Found>,
     ) -> Result<(), TopicStateError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, PARTITION, Offset::Offset(start))
@@ -296,8 +310,8 @@ impl StateTopic {
                     if m.offset() >= end {
                         return Ok(());
                     }
-                    if let Some((checkpoint, index, count)) = self.chunk_of(&m) {
-                        let f = found.entry(checkpoint).or_insert_with(|| Found {
+                    if let Some((checkpoint, writer, index, count)) = self.chunk_of(&m) {
+                        let f = found.entry((checkpoint, writer)).or_insert_with(|| Found {
                             count,
                             chunks: BTreeMap::new(),
                         });
@@ -320,8 +334,8 @@ impl StateTopic {
         }
     }
 
-    /// (checkpoint, chunk index, chunk count) of a record of this group.
-    fn chunk_of(&self, m: &impl Message) -> Option<(u64, usize, usize)> {
+    /// (checkpoint, writer, chunk index, chunk count) of a record of this group.
+    fn chunk_of(&self, m: &impl Message) -> Option<(u64, String, usize, usize)> {
         let headers = m.headers()?;
         let get = |name: &str| {
             headers
@@ -336,8 +350,9 @@ impl StateTopic {
         let checkpoint = get(CHECKPOINT_HEADER)?.parse().ok()?;
         let index: usize = get(CHUNK_HEADER)?.parse().ok()?;
         let count: usize = get(CHUNKS_HEADER)?.parse().ok()?;
+        let writer = get(WRITER_HEADER).unwrap_or_default().to_string();
         (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES)
-            .then_some((checkpoint, index, count))
+            .then_some((checkpoint, writer, index, count))
     }
 
     fn decode(&self, checkpoint: u64, f: &Found) -> Result<StageState, TopicStateError> {
