@@ -592,16 +592,12 @@ async fn load_state(
         }
         None => None,
     };
-    let from_topic = match (&local, &remote) {
-        (Some(l), Some(r)) => r.checkpoint > l.checkpoint,
-        (None, Some(_)) => true,
-        _ => false,
-    };
+    let (state, from_topic) = crate::state::newer(local, remote);
     let (state, from) = if from_topic {
         let name = topic.map(StateTopic::topic).unwrap_or_default();
-        (remote, format!("state topic {name}"))
+        (state, format!("state topic {name}"))
     } else {
-        (local, format!("state file {}", file.path().display()))
+        (state, format!("state file {}", file.path().display()))
     };
     if let Some(saved) = &state {
         tracing::info!(

@@ -80,6 +80,18 @@ pub fn mark_applied(applied: &mut AppliedOffsets, topic: &str, partition: i32, o
     *next = (*next).max(offset + 1);
 }
 
+/// The state to resume from: the one with the higher checkpoint number, the local one on a
+/// tie (it is at least as recent: the file is written before the topic). The flag says
+/// whether it is `remote`.
+pub fn newer(local: Option<StageState>, remote: Option<StageState>) -> (Option<StageState>, bool) {
+    match (local, remote) {
+        (Some(l), Some(r)) if r.checkpoint > l.checkpoint => (Some(r), true),
+        (Some(l), _) => (Some(l), false),
+        (None, Some(r)) => (Some(r), true),
+        (None, None) => (None, false),
+    }
+}
+
 /// A borrowed [`StageState`], to save without copying the engine's state.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct StateView<'a> {
@@ -232,6 +244,30 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state_dir), 0o700);
         assert_eq!(mode(file.path()), 0o600);
+    }
+
+    #[test]
+    fn the_newer_checkpoint_wins_and_the_file_on_a_tie() {
+        let at = |checkpoint: u64, offset: i64| {
+            let mut s = StageState {
+                checkpoint,
+                ..Default::default()
+            };
+            mark_applied(&mut s.applied, "trace_logs", 0, offset);
+            Some(s)
+        };
+        let pick = |l, r| {
+            let (s, remote) = newer(l, r);
+            (s.map(|s: StageState| s.applied["trace_logs"][&0]), remote)
+        };
+        // Another node held the lease since: the topic is newer.
+        assert_eq!(pick(at(10, 100), at(25, 250)), (Some(251), true));
+        // The topic write of the last checkpoint failed, or the topic was recreated.
+        assert_eq!(pick(at(26, 260), at(25, 250)), (Some(261), false));
+        assert_eq!(pick(at(25, 255), at(25, 250)), (Some(256), false));
+        assert_eq!(pick(None, at(3, 30)), (Some(31), true));
+        assert_eq!(pick(at(3, 30), None), (Some(31), false));
+        assert_eq!(pick(None, None), (None, false));
     }
 
     #[test]
