@@ -61,9 +61,33 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_KAFKA_OUTPUT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Write alert events to Kafka", AlerterConfig::default().outputs.kafka.enabled))]
     pub kafka_output: Option<bool>,
 
-    /// POST alerts as JSON to this http:// URL (enables the webhook output).
+    /// POST alerts as JSON to this http:// or https:// URL (enables the webhook output).
     #[arg(long, env = "DLOG_ALERTER_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
+
+    /// PEM CA certificates trusted for an https:// webhook, next to the Mozilla roots built
+    /// in [default: none].
+    #[arg(long, env = "DLOG_ALERTER_WEBHOOK_CA_FILE", value_name = "FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+
+    /// PEM certificate chain of the admin listener; with --tls-key it speaks TLS only
+    /// [default: none].
+    #[arg(long, env = "DLOG_ALERTER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "DLOG_ALERTER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: admin clients must present a certificate they issued (mTLS)
+    /// [default: none].
+    #[arg(long, env = "DLOG_ALERTER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens (one per line) that admin /metrics requests must carry
+    /// [default: none].
+    #[arg(long, env = "DLOG_ALERTER_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 
     /// Upsert alerts into the embedded store in this directory (enables the store output).
     #[arg(
@@ -123,6 +147,10 @@ impl Args {
         }
         if let Some(enabled) = self.kafka_output {
             config.outputs.kafka.enabled = enabled;
+        }
+        overlay!(self => config, Some: tls_cert, tls_key, tls_client_ca, auth_token_file);
+        if let Some(ca) = self.webhook_ca_file {
+            config.outputs.webhook.ca_file = Some(ca);
         }
         if let Some(url) = self.webhook_url {
             config.outputs.webhook.enabled = true;

@@ -402,18 +402,34 @@ async fn prepare(
     let metrics = Arc::new(Metrics::new(&mut registry));
     let (required, best_effort) = build_outputs(&config, &metrics, &clock).await?;
 
+    let admin_refused = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "dlog_alerter_admin_unauthenticated",
+        "Admin /metrics requests refused for a missing or wrong bearer token",
+        admin_refused.clone(),
+    );
     let admin_state = Arc::new(Serving::new(registry));
     let (admin_addr, admin_task) = {
         let admin_state = Arc::clone(&admin_state);
         let admin_stop = shutdown.clone();
-        dlog_core::admin::serve(config.admin, admin_state.clone(), async move {
-            admin_stop.cancelled().await;
-            admin_state.stop_serving();
-        })
+        dlog_core::admin::serve_secure(
+            config.admin,
+            admin_state.clone(),
+            &config.admin_security(),
+            admin_refused,
+            async move {
+                admin_stop.cancelled().await;
+                admin_state.stop_serving();
+            },
+        )
         .await
-        .map_err(|source| AlerterError::Admin {
-            addr: config.admin,
-            source,
+        .map_err(|e| match e {
+            dlog_core::admin::AdminError::Bind { addr, source } => {
+                AlerterError::Admin { addr, source }
+            }
+            dlog_core::admin::AdminError::Setting { key, reason } => {
+                AlerterError::Config(dlog_core::config::ConfigError::invalid(key, reason).into())
+            }
         })?
     };
     tracing::info!(

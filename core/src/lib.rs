@@ -46,3 +46,22 @@ pub mod listen;
 pub mod process;
 #[cfg(feature = "stage")]
 pub mod stage;
+
+/// `error` followed by its sources, joined with `: ` (a source whose text repeats the one
+/// before is left out). HTTP and TLS clients put the reason (for example "invalid peer
+/// certificate: UnknownIssuer") in a source, not in the top-level text.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut last = text.clone();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if part != last && !last.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        last = part;
+        source = e.source();
+    }
+    text
+}

@@ -95,8 +95,8 @@ pub struct Config {
     /// give people theirs here, so that a service's token cannot read everything or silence
     /// alerts. None: the viewer takes `auth_token_file`.
     pub viewer_token_file: Option<PathBuf>,
-    /// PEM certificate chain: the bridge's OTLP and admin listeners speak TLS only. None:
-    /// plaintext.
+    /// PEM certificate chain: the bridge's OTLP listeners, the viewer and the admin listeners
+    /// of the bridge, indexer and alerter speak TLS only. None: plaintext.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
@@ -110,6 +110,9 @@ pub struct Config {
     /// Prefix of the Elasticsearch index and template names (`<prefix>-jaeger-span-..`).
     /// Default: none.
     pub elasticsearch_index_prefix: String,
+    /// PEM CA certificates trusted for an `https://` `elasticsearch_url`, next to the Mozilla
+    /// roots built in. Default: none.
+    pub elasticsearch_ca: Option<PathBuf>,
     /// How long the store and the dead letters keep data. Default: 7 days, and at most half
     /// of the disk holding `data_dir`.
     pub retention: RetentionConfig,
@@ -141,6 +144,7 @@ impl Default for Config {
             kafka_brokers: None,
             elasticsearch_url: None,
             elasticsearch_index_prefix: String::new(),
+            elasticsearch_ca: None,
             retention: RetentionConfig {
                 max_bytes: ByteBudget::DiskPercent(DEFAULT_RETENTION_DISK_PERCENT),
                 ..RetentionConfig::default()
@@ -154,8 +158,11 @@ impl Config {
     /// embedded store in `<data_dir>/store`.
     pub fn store_config(&self) -> StoreConfig {
         match &self.elasticsearch_url {
-            Some(url) => StoreConfig::elasticsearch(url.clone())
-                .with_index_prefix(self.elasticsearch_index_prefix.clone()),
+            Some(url) => StoreConfig {
+                elasticsearch_ca: self.elasticsearch_ca.clone(),
+                ..StoreConfig::elasticsearch(url.clone())
+                    .with_index_prefix(self.elasticsearch_index_prefix.clone())
+            },
             None => StoreConfig::embedded(self.data_dir.join("store")),
         }
     }
@@ -271,6 +278,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     let dead_letters = Arc::new(FileDeadLetters::new(&config.data_dir));
     let mut indexer_config = IndexerConfig {
         admin: config.indexer_admin,
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
+        auth_token_file: config.auth_token_file.clone(),
         store: store_config.clone(),
         retention: retention_config,
         ..IndexerConfig::default()
@@ -301,6 +311,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
 
     let mut alerter_config = AlerterConfig {
         admin: config.alerter_admin,
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
+        auth_token_file: config.auth_token_file.clone(),
         rules_file: config.rules_file.clone(),
         state_dir: config.data_dir.join(match input {
             Input::Local(_) => ALERTER_DIR,

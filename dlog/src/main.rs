@@ -24,10 +24,15 @@ struct Args {
     /// Data directory: the embedded store and the alerting state.
     #[arg(long, env = "DLOG_DATA_DIR", default_value = dlog::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
-    /// Elasticsearch (or OpenSearch-API) base URL, http://HOST:PORT: `up` stores there, and
-    /// the queries read there, instead of the embedded store [default: none, embedded].
+    /// Elasticsearch (or OpenSearch-API) base URL, http://HOST:PORT or https://HOST:PORT:
+    /// `up` stores there, and the queries read there, instead of the embedded store
+    /// [default: none, embedded].
     #[arg(long, env = "DLOG_ELASTICSEARCH", global = true)]
     elasticsearch: Option<String>,
+    /// PEM CA certificates trusted for an https:// --elasticsearch, next to the Mozilla roots
+    /// built in [default: none].
+    #[arg(long, env = "DLOG_ELASTICSEARCH_CA", global = true)]
+    elasticsearch_ca: Option<PathBuf>,
     /// Prefix of the Elasticsearch index names [default: none].
     #[arg(long, env = "DLOG_ELASTICSEARCH_INDEX_PREFIX", global = true)]
     elasticsearch_index_prefix: Option<String>,
@@ -88,7 +93,8 @@ struct UpArgs {
     /// viewer (reading everything, silencing alerts) [default: --auth-token-file].
     #[arg(long, env = "DLOG_VIEWER_TOKEN_FILE")]
     viewer_token_file: Option<PathBuf>,
-    /// PEM certificate chain: OTLP and the bridge admin port speak TLS [default: none].
+    /// PEM certificate chain: OTLP, the viewer and every admin port speak TLS
+    /// [default: none].
     #[arg(long, env = "DLOG_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert [default: none].
@@ -163,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         elasticsearch_url: args.elasticsearch.clone(),
         elasticsearch_index_prefix: args.elasticsearch_index_prefix.clone().unwrap_or_default(),
+        elasticsearch_ca: args.elasticsearch_ca.clone(),
         ..dlog::Config::default()
     }
     .store_config();
@@ -301,6 +308,7 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
             .elasticsearch_index_prefix
             .clone()
             .unwrap_or_default(),
+        elasticsearch_ca: global.elasticsearch_ca.clone(),
         rules_file: args.rules,
         webhook_url: args.webhook_url,
         auth_token_file: args.auth_token_file,

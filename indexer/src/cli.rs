@@ -88,6 +88,34 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub es_api_key: Option<String>,
+
+    /// PEM CA certificates trusted for an https:// Elasticsearch URL, next to the Mozilla
+    /// roots built in [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_CA",
+        value_name = "FILE",
+        global = true
+    )]
+    pub elasticsearch_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to Elasticsearch over https (mTLS) [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_CLIENT_CERT",
+        value_name = "FILE",
+        global = true
+    )]
+    pub elasticsearch_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --elasticsearch-client-cert [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_CLIENT_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub elasticsearch_client_key: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -212,6 +240,21 @@ pub struct RunArgs {
     /// How often retention runs [default: 5m].
     #[arg(long, env = "DLOG_INDEXER_RETENTION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub retention_interval: Option<Duration>,
+    /// PEM certificate chain of the admin listener; with --tls-key it speaks TLS only
+    /// [default: none].
+    #[arg(long, env = "DLOG_INDEXER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "DLOG_INDEXER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: admin clients must present a certificate they issued (mTLS)
+    /// [default: none].
+    #[arg(long, env = "DLOG_INDEXER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens (one per line) that admin /metrics requests must carry
+    /// [default: none].
+    #[arg(long, env = "DLOG_INDEXER_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
     #[arg(short = 'X', long = "consumer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub consumer_property: Vec<(String, String)>,
@@ -271,6 +314,7 @@ impl Args {
         if let Some(v) = s.es_api_key {
             config.store.api_key = Some(v);
         }
+        overlay!(s => config.store, Some: elasticsearch_ca, elasticsearch_client_cert, elasticsearch_client_key);
         if let Some(Command::Run(run)) = &self.command {
             let run = run.clone();
             overlay!(
@@ -290,6 +334,7 @@ impl Args {
                 dead_letters_topic,
                 batch_max_records
             );
+            overlay!(run => config, Some: tls_cert, tls_key, tls_client_ca, auth_token_file);
             config.input.consumer.extend(run.consumer_property);
             if let Some(age) = run.retention_max_age {
                 config.retention.max_age_secs = age.as_secs();

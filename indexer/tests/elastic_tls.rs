@@ -1,0 +1,269 @@
+//! TLS on both sides of the indexing stage: it stores spans in Elasticsearch (osmem, or
+//! `ELASTICSEARCH_URL` when it is plain http) reached through `https://` (a TLS-terminating
+//! proxy with a certificate made for the test), trusting the CA given by `elasticsearch_ca`;
+//! a server whose certificate that CA did not sign, or that was made for another host, fails
+//! the start with an error naming the URL and the TLS reason. Its admin listener speaks TLS
+//! with `/metrics` behind a bearer token.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use dlog_core::encoding::{encode_traces, Encoding};
+use dlog_core::kafka::DeadLetterError;
+use dlog_core::names;
+use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord};
+use dlog_indexer::{DeadLetterSink, Indexer, IndexerConfig};
+use dlog_storage::elastic::ElasticStore;
+use dlog_storage::{StoreConfig, TraceQuery, TraceReader};
+use dlog_testkit::tls::{Pki, TlsProxy};
+
+const TOKEN: &str = "admin-secret-token";
+
+#[derive(Default)]
+struct Collected(Mutex<Vec<String>>);
+
+#[async_trait]
+impl DeadLetterSink for Collected {
+    async fn send(&self, _record: &RawRecord, reason: &str) -> Result<(), DeadLetterError> {
+        self.0.lock().unwrap().push(reason.to_string());
+        Ok(())
+    }
+}
+
+fn record(offset: i64, payload: Vec<u8>) -> RawRecord {
+    RawRecord {
+        topic: names::TRACE_LOGS_TOPIC.into(),
+        partition: 0,
+        offset,
+        key: None,
+        payload,
+        headers: vec![(names::ENCODING_HEADER.into(), b"otlp_proto".to_vec())],
+        timestamp_ms: None,
+    }
+}
+
+/// The plain-http Elasticsearch the proxies forward to, or `None` when the configured cluster
+/// is already https (the test then has nothing to put TLS in front of).
+fn plain_elastic() -> Option<dlog_testkit::Elastic> {
+    let elastic = dlog_testkit::Elastic::start().unwrap();
+    if elastic.url.starts_with("https://") {
+        eprintln!("ELASTICSEARCH_URL is https already: skipped");
+        return None;
+    }
+    Some(elastic)
+}
+
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_elasticsearch_over_https_and_the_admin_listener_speaks_tls() {
+    let Some(elastic) = plain_elastic() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let es_pki = Pki::issue("elasticsearch").unwrap();
+    let es_files = es_pki.write(&dir.path().join("es").tap_mkdir()).unwrap();
+    let proxy = TlsProxy::start(&elastic.url, &es_pki).unwrap();
+    let admin_pki = Pki::issue("admin").unwrap();
+    let admin_files = admin_pki
+        .write(&dir.path().join("admin").tap_mkdir())
+        .unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("# admin scrapers\n{TOKEN}\n")).unwrap();
+
+    let prefix = dlog_testkit::unique_name("tls");
+    let mut store = StoreConfig::elasticsearch(&proxy.url).with_index_prefix(&prefix);
+    store.elasticsearch_ca = Some(es_files.ca.clone());
+    let admin_port = dlog_testkit::free_port().unwrap();
+    let config = IndexerConfig {
+        retry_initial_ms: 10,
+        retry_max_ms: 50,
+        batch_linger_ms: 10,
+        admin: ([127, 0, 0, 1], admin_port).into(),
+        tls_cert: Some(admin_files.cert.clone()),
+        tls_key: Some(admin_files.key.clone()),
+        auth_token_file: Some(tokens),
+        store,
+        ..Default::default()
+    };
+    let dead = Arc::new(Collected::default());
+    let (tx, source) = ChannelSource::new(4);
+    let running = Indexer::builder(config)
+        .with_source(source)
+        .with_dead_letters(Arc::clone(&dead) as Arc<dyn DeadLetterSink>)
+        .start()
+        .await
+        .unwrap();
+
+    let request = two_service_request(dlog_storage::store::now_unix_nano());
+    let trace_id = hex::encode(request.trace_id);
+    let sent: usize = [&request.frontend_spans, &request.backend_spans]
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    let (ack, acked) = tokio::sync::oneshot::channel();
+    tx.send(InProcessBatch {
+        records: vec![
+            record(
+                0,
+                encode_traces(Encoding::OtlpProto, &request.frontend_spans).unwrap(),
+            ),
+            record(
+                1,
+                encode_traces(Encoding::OtlpProto, &request.backend_spans).unwrap(),
+            ),
+        ],
+        ack,
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("acknowledged in time")
+        .unwrap();
+    assert!(dead.0.lock().unwrap().is_empty(), "{:?}", dead.0.lock());
+    assert!(proxy.handshakes() > 0, "the stage never went through TLS");
+
+    // The documents are in the server behind the proxy: read them back over plain http.
+    let mut direct = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(&prefix);
+    direct.install_templates = false;
+    let direct = ElasticStore::connect(&direct).await.unwrap();
+    let spans = direct.get_trace(&trace_id).await.unwrap();
+    assert_eq!(spans.len(), sent, "{spans:#?}");
+    let found = direct
+        .find_traces(&TraceQuery {
+            service: Some("backend".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        found.iter().any(|t| t.trace_id == trace_id),
+        "trace search over the summaries written through https: {found:#?}"
+    );
+
+    // The admin listener speaks TLS only; /healthz is open, /metrics needs the token.
+    let admin = https_client(&admin_pki.ca_pem);
+    let base = format!("https://127.0.0.1:{admin_port}");
+    let health = admin.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let refused = admin.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let metrics = admin
+        .get(format!("{base}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dlog_indexer_admin_unauthenticated_total 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains("dlog_indexer_records_consumed_total"),
+        "{text}"
+    );
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{admin_port}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "plain http answered"
+    );
+
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Starts the indexer against `proxy` trusting `ca`, and returns its start error.
+async fn start_error(proxy: &TlsProxy, ca: &std::path::Path) -> String {
+    let mut store = StoreConfig::elasticsearch(&proxy.url)
+        .with_index_prefix(dlog_testkit::unique_name("tls-refused"));
+    store.elasticsearch_ca = Some(ca.to_path_buf());
+    let config = IndexerConfig {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        store,
+        ..Default::default()
+    };
+    let (_tx, source) = ChannelSource::new(1);
+    let started = tokio::time::timeout(
+        Duration::from_secs(20),
+        Indexer::builder(config)
+            .with_source(source)
+            .with_dead_letters(Arc::new(Collected::default()) as Arc<dyn DeadLetterSink>)
+            .start(),
+    )
+    .await
+    .expect("the start neither failed nor succeeded: it hung");
+    match started {
+        Ok(_) => panic!("started against a server it must not trust"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_or_misnamed_elasticsearch_certificate_fails_the_start_naming_url_and_reason()
+{
+    let Some(elastic) = plain_elastic() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = Pki::issue("trusted").unwrap();
+    let trusted_files = trusted.write(dir.path()).unwrap();
+
+    // Signed by a CA nobody configured.
+    let impostor = Pki::issue("impostor").unwrap();
+    let proxy = TlsProxy::start(&elastic.url, &impostor).unwrap();
+    let error = start_error(&proxy, &trusted_files.ca).await;
+    assert!(error.contains(&proxy.url), "names the URL: {error}");
+    assert!(
+        error.contains("invalid peer certificate") && error.contains("UnknownIssuer"),
+        "names the TLS reason: {error}"
+    );
+    assert!(proxy.saw_failed_handshake(Duration::from_secs(5)));
+
+    // Signed by the configured CA, but for another host.
+    let misnamed = Pki::issue_for("misnamed", &["search.example"]).unwrap();
+    let misnamed_files = misnamed
+        .write(&dir.path().join("misnamed").tap_mkdir())
+        .unwrap();
+    let proxy = TlsProxy::start(&elastic.url, &misnamed).unwrap();
+    let error = start_error(&proxy, &misnamed_files.ca).await;
+    assert!(error.contains(&proxy.url), "names the URL: {error}");
+    assert!(
+        error.contains("invalid peer certificate") && error.contains("not valid for name"),
+        "names the TLS reason: {error}"
+    );
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
