@@ -211,6 +211,36 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_come_from_flags() {
+        let config = args(&[
+            "--webhook-url",
+            "https://hooks.internal/alerts",
+            "--webhook-ca-file",
+            "/etc/dlog/hooks-ca.pem",
+            "--tls-cert",
+            "/etc/dlog/admin.pem",
+            "--tls-key",
+            "/etc/dlog/admin.key",
+            "--auth-token-file",
+            "/etc/dlog/tokens",
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(config.outputs.webhook.url, "https://hooks.internal/alerts");
+        assert_eq!(
+            config.outputs.webhook.ca_file,
+            Some(PathBuf::from("/etc/dlog/hooks-ca.pem"))
+        );
+        let admin = config.admin_security();
+        assert_eq!(admin.tls_cert, Some(PathBuf::from("/etc/dlog/admin.pem")));
+        assert_eq!(admin.tls_key, Some(PathBuf::from("/etc/dlog/admin.key")));
+        assert_eq!(
+            admin.auth_token_file,
+            Some(PathBuf::from("/etc/dlog/tokens"))
+        );
+    }
+
+    #[test]
     fn a_bad_rules_file_is_reported_before_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rules.toml");

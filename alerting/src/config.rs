@@ -337,8 +337,10 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("outputs.webhook.ca_file"));
-        let mut c = AlerterConfig::default();
-        c.tls_cert = Some("admin.pem".into());
+        let c = AlerterConfig {
+            tls_cert: Some("admin.pem".into()),
+            ..AlerterConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("tls_key"));
         let mut c = AlerterConfig::default();
         c.outputs.kafka.topic = c.trace_logs_topic.clone();

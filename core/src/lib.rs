@@ -65,3 +65,33 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layer(text: &'static str, source: Option<Layer>) -> Layer {
+        Layer {
+            text,
+            source: source.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_the_sources_and_skips_repeats() {
+        let reason = layer("invalid peer certificate: UnknownIssuer", None);
+        let connect = layer("client error (Connect)", Some(reason));
+        let repeated = layer("error sending request", Some(connect));
+        let top = layer("error sending request", Some(repeated));
+        assert_eq!(
+            super::error_chain(&top),
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+    }
+}

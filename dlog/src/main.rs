@@ -354,7 +354,7 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     let mut running = dlog::start(config).await.context("cannot start dlog")?;
     let scheme = if config_tls { "https" } else { "http" };
     eprintln!(
-        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics http://{}/metrics · viewer {scheme}://{}/search. Ctrl-C stops.",
+        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics {scheme}://{}/metrics · viewer {scheme}://{}/search. Ctrl-C stops.",
         running.grpc_addr(),
         running.http_addr(),
         esc(running.records_to()),

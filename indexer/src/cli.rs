@@ -119,6 +119,8 @@ pub struct StoreArgs {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of `Run` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the indexing stage (the default).
@@ -581,6 +583,69 @@ mod tests {
         assert_eq!(config.store.data_dir, PathBuf::from("/var/dlog"));
         assert_eq!(config.store.index_prefix, "p1");
         assert_eq!(config.input.consumer["fetch.max.bytes"], "1000000");
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("indexer.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/dlog/admin.pem\"\ntls_key = \"/etc/dlog/admin.key\"\n\
+             [store]\nelasticsearch_url = \"https://es.internal:9200\"\n\
+             elasticsearch_ca = \"/etc/dlog/es-ca.pem\"\n",
+        )
+        .unwrap();
+        let config = args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--elasticsearch-client-cert",
+            "/etc/dlog/client.pem",
+            "--elasticsearch-client-key",
+            "/etc/dlog/client.key",
+            "run",
+            "--auth-token-file",
+            "/etc/dlog/tokens",
+            "--tls-client-ca",
+            "/etc/dlog/clients.pem",
+        ])
+        .load()
+        .unwrap();
+        let store = &config.store;
+        assert_eq!(
+            store.elasticsearch_url.as_deref(),
+            Some("https://es.internal:9200")
+        );
+        assert_eq!(
+            store.elasticsearch_ca,
+            Some(PathBuf::from("/etc/dlog/es-ca.pem"))
+        );
+        assert_eq!(
+            store.elasticsearch_client_cert,
+            Some(PathBuf::from("/etc/dlog/client.pem"))
+        );
+        assert_eq!(
+            store.elasticsearch_client_key,
+            Some(PathBuf::from("/etc/dlog/client.key"))
+        );
+        let admin = config.admin_security();
+        assert_eq!(admin.tls_cert, Some(PathBuf::from("/etc/dlog/admin.pem")));
+        assert_eq!(admin.tls_key, Some(PathBuf::from("/etc/dlog/admin.key")));
+        assert_eq!(
+            admin.tls_client_ca,
+            Some(PathBuf::from("/etc/dlog/clients.pem"))
+        );
+        assert_eq!(
+            admin.auth_token_file,
+            Some(PathBuf::from("/etc/dlog/tokens"))
+        );
+        assert_eq!(admin.scheme(), "https");
+        // A key without its certificate names the missing one.
+        let err = args(&["run", "--tls-key", "/etc/dlog/admin.key"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
     }
 
     #[test]
