@@ -257,6 +257,60 @@ async fn an_untrusted_or_misnamed_elasticsearch_certificate_fails_the_start_nami
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_opens_an_elasticsearch_that_requires_one() {
+    let Some(elastic) = plain_elastic() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::issue("mtls").unwrap();
+    let files = pki.write(dir.path()).unwrap();
+    let proxy = TlsProxy::start_with(
+        &elastic.url,
+        dlog_testkit::tls::server_config(&pki, true).unwrap(),
+    )
+    .unwrap();
+    let prefix = dlog_testkit::unique_name("mtls");
+    let mut config = StoreConfig::elasticsearch(&proxy.url).with_index_prefix(&prefix);
+    config.elasticsearch_ca = Some(files.ca.clone());
+
+    // Without a client certificate the server ends the handshake: the error says so.
+    let refused = match ElasticStore::connect(&config).await {
+        Ok(_) => panic!("connected without the client certificate the server requires"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains(&proxy.url), "names the URL: {refused}");
+    assert!(
+        refused.contains("CertificateRequired"),
+        "names the reason: {refused}"
+    );
+
+    // With it (basic auth set as well, which a client certificate must not displace),
+    // templates install, and spans written through the proxy are in the server.
+    config.elasticsearch_client_cert = Some(files.client_cert.clone());
+    config.elasticsearch_client_key = Some(files.client_key.clone());
+    config.username = Some("indexer".into());
+    config.password = Some("secret".into());
+    let store = ElasticStore::connect(&config).await.unwrap();
+    let request = two_service_request(dlog_storage::store::now_unix_nano());
+    let trace_id = hex::encode(request.trace_id);
+    let docs: Vec<dlog_storage::Document> =
+        dlog_core::model::spans_from_request(&request.frontend_spans)
+            .into_iter()
+            .map(dlog_storage::Document::Span)
+            .collect();
+    assert!(!docs.is_empty());
+    use dlog_storage::SpanWriter as _;
+    let outcomes = store.write(&docs).await.unwrap();
+    assert!(outcomes
+        .iter()
+        .all(|o| *o == dlog_storage::WriteOutcome::Written));
+    let mut direct = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(&prefix);
+    direct.install_templates = false;
+    let direct = ElasticStore::connect(&direct).await.unwrap();
+    assert_eq!(direct.get_trace(&trace_id).await.unwrap().len(), docs.len());
+}
+
 trait TapMkdir {
     fn tap_mkdir(self) -> Self;
 }
