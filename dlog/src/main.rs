@@ -238,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{} dead letters", letters.len());
             Ok(())
         }
-        Some(Command::Query(QueryCommand::Run(_))) => {
+        Some(Command::Query(QueryCommand::Run)) => {
             anyhow::bail!("`run` belongs to dlog-indexer; use `dlog up` to run everything here")
         }
         Some(Command::Query(command)) => {
