@@ -181,11 +181,29 @@ impl StoreConfig {
                     }
                 }
             }
-        } else if self.data_dir.as_os_str().is_empty() {
-            return bad(
-                "data_dir",
-                "must not be empty when no elasticsearch_url is set",
-            );
+        } else {
+            // The embedded store: an Elasticsearch TLS setting would be silently unused.
+            for (key, set) in [
+                ("elasticsearch_ca", self.elasticsearch_ca.is_some()),
+                (
+                    "elasticsearch_client_cert",
+                    self.elasticsearch_client_cert.is_some(),
+                ),
+                (
+                    "elasticsearch_client_key",
+                    self.elasticsearch_client_key.is_some(),
+                ),
+            ] {
+                if set {
+                    return bad(key, "is set but no elasticsearch_url is");
+                }
+            }
+            if self.data_dir.as_os_str().is_empty() {
+                return bad(
+                    "data_dir",
+                    "must not be empty when no elasticsearch_url is set",
+                );
+            }
         }
         if !self.index_prefix.is_empty()
             && !self
@@ -258,6 +276,26 @@ mod tests {
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("`elasticsearch_ca`"), "{err}");
         assert!(err.to_string().contains("not https://"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_without_an_elasticsearch_url_are_refused() {
+        for key in [
+            "elasticsearch_ca",
+            "elasticsearch_client_cert",
+            "elasticsearch_client_key",
+        ] {
+            let mut c = StoreConfig::embedded("/var/lib/dlog/store");
+            let file = Some(PathBuf::from("file.pem"));
+            match key {
+                "elasticsearch_ca" => c.elasticsearch_ca = file,
+                "elasticsearch_client_cert" => c.elasticsearch_client_cert = file,
+                _ => c.elasticsearch_client_key = file,
+            }
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+            assert!(err.contains("no elasticsearch_url"), "{err}");
+        }
     }
 
     #[test]

@@ -276,23 +276,23 @@ fn tls_settings(
         pem.extend(read("elasticsearch_client_key", key)?);
         builder = builder.auth(Credentials::Certificate(ClientCertificate::Pem(pem)));
         if let Some(api_key) = &config.api_key {
-            header = Some(format!("ApiKey {api_key}"));
+            header = Some(("api_key", format!("ApiKey {api_key}")));
         } else if let (Some(user), Some(password)) = (&config.username, &config.password) {
             use base64::Engine as _;
             let pair =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            header = Some(format!("Basic {pair}"));
+            header = Some(("username", format!("Basic {pair}")));
         }
     } else if let Some(key) = &config.api_key {
         builder = builder.auth(Credentials::EncodedApiKey(key.clone()));
     } else if let (Some(user), Some(password)) = (&config.username, &config.password) {
         builder = builder.auth(Credentials::Basic(user.clone(), password.clone()));
     }
-    if let Some(value) = header {
+    if let Some((key, value)) = header {
         let mut value = HeaderValue::from_str(&value).map_err(|_| {
             invalid(
-                "username",
-                "credentials hold characters an HTTP header cannot carry".to_string(),
+                key,
+                "holds characters an HTTP header cannot carry".to_string(),
             )
         })?;
         value.set_sensitive(true);
@@ -1992,6 +1992,25 @@ impl Retention for ElasticStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_key_no_header_can_carry_is_reported_under_api_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+        std::fs::write(&cert, "certificate").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let mut config = StoreConfig::elasticsearch("https://search.example:9200");
+        config.elasticsearch_client_cert = Some(cert);
+        config.elasticsearch_client_key = Some(key);
+        config.api_key = Some("id:key\nX-Injected: 1".into());
+        let url = Url::parse("https://search.example:9200").unwrap();
+        let builder = TransportBuilder::new(SingleNodeConnectionPool::new(url));
+        let err = match tls_settings(builder, &config) {
+            Ok(_) => panic!("an API key with a line break became a header"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("`api_key`"), "{err}");
+    }
 
     fn entry(trace: &str, seq_no: u64) -> CachedSummary {
         CachedSummary {
