@@ -98,9 +98,15 @@ pub struct Args {
     )]
     pub store_dir: Option<PathBuf>,
 
-    /// Upsert alerts into Elasticsearch at this URL (enables the store output).
+    /// Upsert alerts into Elasticsearch at this http:// or https:// URL (enables the store
+    /// output).
     #[arg(long, env = "DLOG_ALERTER_STORE_ELASTICSEARCH_URL", value_name = "URL")]
     pub store_elasticsearch_url: Option<String>,
+
+    /// PEM CA certificates trusted for an https:// --store-elasticsearch-url, next to the
+    /// Mozilla roots built in [default: none].
+    #[arg(long, env = "DLOG_ALERTER_STORE_ELASTICSEARCH_CA", value_name = "FILE")]
+    pub store_elasticsearch_ca: Option<PathBuf>,
 
     #[arg(long, env = "DLOG_ALERTER_TERMINAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Print alerts on stdout", AlerterConfig::default().outputs.terminal.enabled))]
     pub terminal: Option<bool>,
@@ -164,6 +170,16 @@ impl Args {
         if let Some(url) = self.store_elasticsearch_url {
             config.outputs.store.enabled = true;
             config.outputs.store.backend.elasticsearch_url = Some(url);
+        }
+        if let Some(ca) = self.store_elasticsearch_ca {
+            if !config.outputs.store.enabled {
+                return Err(dlog_core::config::ConfigError::invalid(
+                    "outputs.store.backend.elasticsearch_ca",
+                    "is set but the store output is not enabled (--store-elasticsearch-url)",
+                )
+                .into());
+            }
+            config.outputs.store.backend.elasticsearch_ca = Some(ca);
         }
         if let Some(enabled) = self.terminal {
             config.outputs.terminal.enabled = enabled;
@@ -238,6 +254,41 @@ mod tests {
             admin.auth_token_file,
             Some(PathBuf::from("/etc/dlog/tokens"))
         );
+    }
+
+    #[test]
+    fn the_store_output_takes_a_ca_for_an_https_elasticsearch() {
+        let config = args(&[
+            "--store-elasticsearch-url",
+            "https://es.internal:9200",
+            "--store-elasticsearch-ca",
+            "/etc/dlog/es-ca.pem",
+        ])
+        .load()
+        .unwrap();
+        let backend = &config.outputs.store.backend;
+        assert!(config.outputs.store.enabled);
+        assert_eq!(
+            backend.elasticsearch_url.as_deref(),
+            Some("https://es.internal:9200")
+        );
+        assert_eq!(
+            backend.elasticsearch_ca,
+            Some(PathBuf::from("/etc/dlog/es-ca.pem"))
+        );
+        // Without the store output, or with its embedded store, the CA would be unused.
+        for list in [
+            &["--store-elasticsearch-ca", "/etc/dlog/es-ca.pem"][..],
+            &[
+                "--store-dir",
+                "/tmp/store",
+                "--store-elasticsearch-ca",
+                "/etc/dlog/es-ca.pem",
+            ][..],
+        ] {
+            let err = args(list).load().unwrap_err().to_string();
+            assert!(err.contains("elasticsearch_ca"), "{list:?}: {err}");
+        }
     }
 
     #[test]

@@ -82,11 +82,20 @@ struct UpArgs {
     /// Alert rules file (TOML, see config/alerting/rules.toml).
     #[arg(long, env = "DLOG_RULES")]
     rules: Option<PathBuf>,
-    /// Also POST alerts as JSON to this URL.
+    /// Also POST alerts as JSON to this http:// or https:// URL.
     #[arg(long, env = "DLOG_WEBHOOK_URL")]
     webhook_url: Option<String>,
-    /// File of bearer tokens (one per line) OTLP senders and the bridge's /metrics must
-    /// present [default: none, no auth].
+    /// PEM CA certificates trusted for an https:// --webhook-url, next to the Mozilla roots
+    /// built in [default: none].
+    #[arg(
+        long,
+        env = "DLOG_WEBHOOK_CA_FILE",
+        value_name = "FILE",
+        requires = "webhook_url"
+    )]
+    webhook_ca_file: Option<PathBuf>,
+    /// File of bearer tokens (one per line) OTLP senders and the /metrics of the bridge,
+    /// indexer and alerter must present [default: none, no auth].
     #[arg(long, env = "DLOG_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
     /// File of the viewer's own bearer tokens, so that senders' tokens do not open the
@@ -311,6 +320,7 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
         elasticsearch_ca: global.elasticsearch_ca.clone(),
         rules_file: args.rules,
         webhook_url: args.webhook_url,
+        webhook_ca_file: args.webhook_ca_file,
         auth_token_file: args.auth_token_file,
         viewer_token_file: args.viewer_token_file,
         tls_cert: args.tls_cert,
