@@ -251,6 +251,7 @@ impl AlerterBuilder<JoinKafka> {
         let run = run_on_kafka(self.config, self.clock, shutdown.clone());
         Ok(RunningAlerter {
             task: StageTask::spawn(shutdown, run),
+            admin_addr: None,
         })
     }
 }
@@ -261,8 +262,10 @@ impl<S: Source + 'static> AlerterBuilder<S> {
     pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
         let shutdown = self.shutdown;
         let prepared = prepare(self.config, self.clock, shutdown.clone()).await?;
+        let admin_addr = Some(prepared.admin_addr);
         Ok(RunningAlerter {
             task: StageTask::spawn(shutdown, prepared.run(self.source)),
+            admin_addr,
         })
     }
 }
@@ -270,9 +273,16 @@ impl<S: Source + 'static> AlerterBuilder<S> {
 /// A running alerting stage.
 pub struct RunningAlerter {
     task: StageTask<AlerterError>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl RunningAlerter {
+    /// Where the admin listener is bound (the port the OS chose for port 0). `None` on
+    /// Kafka, where the listener starts once the group's lease is held.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Saves and acknowledges what was evaluated, delivers what it can, and waits for the
     /// stage to stop.
     pub async fn shutdown(self) -> Result<(), AlerterError> {
@@ -332,6 +342,7 @@ pub async fn run_with<S: Source>(
 /// A stage set up and ready to read its input.
 struct Prepared {
     stage: Stage,
+    admin_addr: SocketAddr,
     admin_task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -342,6 +353,7 @@ impl Prepared {
     async fn run<S: Source>(self, source: S) -> Result<(), AlerterError> {
         let Prepared {
             mut stage,
+            admin_addr: _,
             admin_task,
             shutdown,
         } = self;
@@ -455,6 +467,7 @@ async fn prepare(
     };
     Ok(Prepared {
         stage,
+        admin_addr,
         admin_task,
         shutdown,
     })

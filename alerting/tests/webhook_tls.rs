@@ -16,11 +16,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Json;
 use common::*;
-use dlog_alerting::{run_with, ManualClock};
+use dlog_alerting::{Alerter, ManualClock};
 use dlog_core::source::{ChannelSource, InProcessBatch, RawRecord};
 use dlog_testkit::tls::{Pki, TlsProxy};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "alerter-admin-token";
 
@@ -130,19 +129,18 @@ async fn alerts_reach_an_https_webhook_trusting_the_configured_ca() {
     let state_dir = tempfile::tempdir().unwrap();
     let mut config = webhook_only_config(state_dir.path(), format!("{}/alerts", proxy.url));
     config.outputs.webhook.ca_file = Some(hook_files.ca.clone());
-    let admin: SocketAddr = ([127, 0, 0, 1], dlog_testkit::free_port().unwrap()).into();
-    config.admin = admin;
+    config.admin = "127.0.0.1:0".parse().unwrap();
     config.tls_cert = Some(admin_files.cert.clone());
     config.tls_key = Some(admin_files.key.clone());
     config.auth_token_file = Some(tokens);
     let (tx, source) = ChannelSource::new(4);
-    let stop = CancellationToken::new();
-    let stage = tokio::spawn(run_with(
-        config,
-        source,
-        Arc::new(ManualClock::new(T0)),
-        stop.clone(),
-    ));
+    let stage = Alerter::builder(config)
+        .with_source(source)
+        .with_clock(Arc::new(ManualClock::new(T0)))
+        .start()
+        .await
+        .unwrap();
+    let admin = stage.admin_addr().expect("bound before start returned");
 
     // The webhook is required: the record is acknowledged only once the receiver took it.
     send_and_wait_ack(&tx, [0x3a; 16]).await;
@@ -181,9 +179,8 @@ async fn alerts_reach_an_https_webhook_trusting_the_configured_ca() {
         Some(1.0)
     );
 
-    stop.cancel();
     drop(tx);
-    stage.await.unwrap().unwrap();
+    stage.shutdown().await.unwrap();
     server.abort();
 }
 
@@ -209,19 +206,18 @@ async fn an_untrusted_webhook_certificate_is_a_counted_delivery_failure_not_a_cr
     let mut config = webhook_only_config(state_dir.path(), url);
     config.outputs.webhook.required = false;
     config.outputs.webhook.ca_file = Some(trusted_files.ca.clone());
-    let admin: SocketAddr = ([127, 0, 0, 1], dlog_testkit::free_port().unwrap()).into();
-    config.admin = admin;
+    config.admin = "127.0.0.1:0".parse().unwrap();
     config.tls_cert = Some(admin_files.cert.clone());
     config.tls_key = Some(admin_files.key.clone());
     config.auth_token_file = Some(tokens);
     let (tx, source) = ChannelSource::new(4);
-    let stop = CancellationToken::new();
-    let stage = tokio::spawn(run_with(
-        config,
-        source,
-        Arc::new(ManualClock::new(T0)),
-        stop.clone(),
-    ));
+    let mut stage = Alerter::builder(config)
+        .with_source(source)
+        .with_clock(Arc::new(ManualClock::new(T0)))
+        .start()
+        .await
+        .unwrap();
+    let admin = stage.admin_addr().expect("bound before start returned");
     send_and_wait_ack(&tx, [0x4a; 16]).await;
     let client = https_client(&admin_pki.ca_pem);
     let dropped = "dlog_alerter_output_dropped_total{output=\"webhook\"}";
@@ -235,10 +231,14 @@ async fn an_untrusted_webhook_certificate_is_a_counted_delivery_failure_not_a_cr
     }
     assert!(received.lock().unwrap().is_empty());
     assert!(proxy.saw_failed_handshake(Duration::from_secs(5)));
-    assert!(!stage.is_finished(), "the stage stopped");
+    assert!(
+        tokio::time::timeout(Duration::ZERO, stage.stopped())
+            .await
+            .is_err(),
+        "the stage stopped"
+    );
 
-    stop.cancel();
     drop(tx);
-    stage.await.unwrap().unwrap();
+    stage.shutdown().await.unwrap();
     server.abort();
 }

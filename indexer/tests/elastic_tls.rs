@@ -46,15 +46,68 @@ fn record(offset: i64, payload: Vec<u8>) -> RawRecord {
     }
 }
 
-/// The plain-http Elasticsearch the proxies forward to, or `None` when the configured cluster
-/// is already https (the test then has nothing to put TLS in front of).
-fn plain_elastic() -> Option<dlog_testkit::Elastic> {
+/// The plain-http Elasticsearch the proxies forward to. An https `ELASTICSEARCH_URL` fails
+/// the test rather than pass it unrun: there would be nothing to put TLS in front of.
+fn plain_elastic() -> dlog_testkit::Elastic {
     let elastic = dlog_testkit::Elastic::start().unwrap();
-    if elastic.url.starts_with("https://") {
-        eprintln!("ELASTICSEARCH_URL is https already: skipped");
-        return None;
-    }
-    Some(elastic)
+    assert!(
+        !elastic.url.starts_with("https://"),
+        "ELASTICSEARCH_URL is https: these tests put their own TLS in front of a plain-http \
+         server; unset it (osmem is used) or give a plain-http one"
+    );
+    elastic
+}
+
+/// A plain TCP relay to `upstream` (`http://HOST:PORT`) that keeps every byte clients sent
+/// through it, to read the requests' headers after TLS was taken off. Returns its
+/// `http://` URL and the bytes.
+async fn recording_relay(upstream: &str) -> (String, Arc<Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (record, upstream) = (Arc::clone(&record), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let requests = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_write.shutdown().await;
+                };
+                let answers = tokio::io::copy(&mut server_read, &mut client_write);
+                let _ = tokio::join!(requests, answers);
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// The `Authorization` values of the requests `bytes` holds.
+fn authorization_headers(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .split("\r\n")
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        })
+        .collect()
 }
 
 fn https_client(ca_pem: &str) -> reqwest::Client {
@@ -68,9 +121,7 @@ fn https_client(ca_pem: &str) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_elasticsearch_over_https_and_the_admin_listener_speaks_tls() {
-    let Some(elastic) = plain_elastic() else {
-        return;
-    };
+    let elastic = plain_elastic();
     let dir = tempfile::tempdir().unwrap();
     let es_pki = Pki::issue("elasticsearch").unwrap();
     let es_files = es_pki.write(&dir.path().join("es").tap_mkdir()).unwrap();
@@ -85,12 +136,11 @@ async fn spans_reach_elasticsearch_over_https_and_the_admin_listener_speaks_tls(
     let prefix = dlog_testkit::unique_name("tls");
     let mut store = StoreConfig::elasticsearch(&proxy.url).with_index_prefix(&prefix);
     store.elasticsearch_ca = Some(es_files.ca.clone());
-    let admin_port = dlog_testkit::free_port().unwrap();
     let config = IndexerConfig {
         retry_initial_ms: 10,
         retry_max_ms: 50,
         batch_linger_ms: 10,
-        admin: ([127, 0, 0, 1], admin_port).into(),
+        admin: "127.0.0.1:0".parse().unwrap(),
         tls_cert: Some(admin_files.cert.clone()),
         tls_key: Some(admin_files.key.clone()),
         auth_token_file: Some(tokens),
@@ -105,6 +155,7 @@ async fn spans_reach_elasticsearch_over_https_and_the_admin_listener_speaks_tls(
         .start()
         .await
         .unwrap();
+    let admin_addr = running.admin_addr();
 
     let request = two_service_request(dlog_storage::store::now_unix_nano());
     let trace_id = hex::encode(request.trace_id);
@@ -157,7 +208,7 @@ async fn spans_reach_elasticsearch_over_https_and_the_admin_listener_speaks_tls(
 
     // The admin listener speaks TLS only; /healthz is open, /metrics needs the token.
     let admin = https_client(&admin_pki.ca_pem);
-    let base = format!("https://127.0.0.1:{admin_port}");
+    let base = format!("https://127.0.0.1:{}", admin_addr.port());
     let health = admin.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let refused = admin.get(format!("{base}/metrics")).send().await.unwrap();
@@ -170,17 +221,19 @@ async fn spans_reach_elasticsearch_over_https_and_the_admin_listener_speaks_tls(
         .unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("dlog_indexer_admin_unauthenticated_total 1")),
-        "{text}"
-    );
+    let refused_count = text.lines().find_map(|l| {
+        l.strip_prefix("dlog_indexer_admin_unauthenticated_total ")?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    });
+    assert_eq!(refused_count, Some(1.0), "{text}");
     assert!(
         text.contains("dlog_indexer_records_consumed_total"),
         "{text}"
     );
     let plain = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{admin_port}/healthz"))
+        .get(format!("http://127.0.0.1:{}/healthz", admin_addr.port()))
         .timeout(Duration::from_secs(5))
         .send()
         .await;
@@ -225,9 +278,7 @@ async fn start_error(proxy: &TlsProxy, ca: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_or_misnamed_elasticsearch_certificate_fails_the_start_naming_url_and_reason()
 {
-    let Some(elastic) = plain_elastic() else {
-        return;
-    };
+    let elastic = plain_elastic();
     let dir = tempfile::tempdir().unwrap();
     let trusted = Pki::issue("trusted").unwrap();
     let trusted_files = trusted.write(dir.path()).unwrap();
@@ -259,14 +310,14 @@ async fn an_untrusted_or_misnamed_elasticsearch_certificate_fails_the_start_nami
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_opens_an_elasticsearch_that_requires_one() {
-    let Some(elastic) = plain_elastic() else {
-        return;
-    };
+    let elastic = plain_elastic();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::issue("mtls").unwrap();
     let files = pki.write(dir.path()).unwrap();
+    // TLS off at the proxy, then a relay that keeps the requests, then the server.
+    let (relay, requests) = recording_relay(&elastic.url).await;
     let proxy = TlsProxy::start_with(
-        &elastic.url,
+        &relay,
         dlog_testkit::tls::server_config(&pki, true).unwrap(),
     )
     .unwrap();
@@ -291,7 +342,18 @@ async fn a_client_certificate_opens_an_elasticsearch_that_requires_one() {
     config.elasticsearch_client_key = Some(files.client_key.clone());
     config.username = Some("indexer".into());
     config.password = Some("secret".into());
+    requests.lock().unwrap().clear();
     let store = ElasticStore::connect(&config).await.unwrap();
+    assert!(
+        !requests.lock().unwrap().is_empty(),
+        "no request reached the server"
+    );
+    let sent = authorization_headers(&requests.lock().unwrap());
+    // base64("indexer:secret")
+    assert!(
+        !sent.is_empty() && sent.iter().all(|v| v == "Basic aW5kZXhlcjpzZWNyZXQ="),
+        "basic auth on every request: {sent:?}"
+    );
     let request = two_service_request(dlog_storage::store::now_unix_nano());
     let trace_id = hex::encode(request.trace_id);
     let docs: Vec<dlog_storage::Document> =
@@ -309,6 +371,28 @@ async fn a_client_certificate_opens_an_elasticsearch_that_requires_one() {
     direct.install_templates = false;
     let direct = ElasticStore::connect(&direct).await.unwrap();
     assert_eq!(direct.get_trace(&trace_id).await.unwrap().len(), docs.len());
+    let after_write = authorization_headers(&requests.lock().unwrap());
+    assert!(
+        after_write.len() > sent.len()
+            && after_write
+                .iter()
+                .all(|v| v == "Basic aW5kZXhlcjpzZWNyZXQ="),
+        "basic auth on the write as well: {after_write:?}"
+    );
+
+    // An API key instead travels as `ApiKey …` next to the client certificate.
+    config.username = None;
+    config.password = None;
+    config.api_key = Some("aWQ6a2V5".into());
+    config.install_templates = false;
+    requests.lock().unwrap().clear();
+    let store = ElasticStore::connect(&config).await.unwrap();
+    assert!(!store.get_trace(&trace_id).await.unwrap().is_empty());
+    let sent = authorization_headers(&requests.lock().unwrap());
+    assert!(
+        !sent.is_empty() && sent.iter().all(|v| v == "ApiKey aWQ6a2V5"),
+        "the API key on every request: {sent:?}"
+    );
 }
 
 trait TapMkdir {

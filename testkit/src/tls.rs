@@ -119,6 +119,9 @@ pub fn server_config(pki: &Pki, require_client_cert: bool) -> Result<Arc<rustls:
     Ok(Arc::new(config))
 }
 
+/// How long the proxy waits after a failed `accept` before the next one.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A TLS-terminating TCP proxy on a free loopback port, in front of a plain server. It runs
 /// on its own thread (so sync and async tests alike can use it) until dropped.
 pub struct TlsProxy {
@@ -166,6 +169,9 @@ impl TlsProxy {
                     let accept = async {
                         loop {
                             let Ok((client, _)) = listener.accept().await else {
+                                // Out of file descriptors, say: pause rather than spin, as
+                                // dlog's own listeners do.
+                                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                                 continue;
                             };
                             let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
