@@ -40,6 +40,8 @@ struct Args {
     command: Option<Command>,
 }
 
+// Parsed once per process: the size of `Up` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the bridge, the indexing and alerting stages, the embedded store and the viewer
