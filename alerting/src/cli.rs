@@ -61,9 +61,33 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_KAFKA_OUTPUT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Write alert events to Kafka", AlerterConfig::default().outputs.kafka.enabled))]
     pub kafka_output: Option<bool>,
 
-    /// POST alerts as JSON to this http:// URL (enables the webhook output).
+    /// POST alerts as JSON to this http:// or https:// URL (enables the webhook output).
     #[arg(long, env = "DLOG_ALERTER_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
+
+    /// PEM CA certificates trusted for an https:// webhook, next to the Mozilla roots built
+    /// in [default: none].
+    #[arg(long, env = "DLOG_ALERTER_WEBHOOK_CA_FILE", value_name = "FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+
+    /// PEM certificate chain of the admin listener; with --tls-key it speaks TLS only
+    /// [default: none].
+    #[arg(long, env = "DLOG_ALERTER_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "DLOG_ALERTER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: admin clients must present a certificate they issued (mTLS)
+    /// [default: none].
+    #[arg(long, env = "DLOG_ALERTER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of bearer tokens (one per line) that admin /metrics requests must carry
+    /// [default: none].
+    #[arg(long, env = "DLOG_ALERTER_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 
     /// Upsert alerts into the embedded store in this directory (enables the store output).
     #[arg(
@@ -74,9 +98,15 @@ pub struct Args {
     )]
     pub store_dir: Option<PathBuf>,
 
-    /// Upsert alerts into Elasticsearch at this URL (enables the store output).
+    /// Upsert alerts into Elasticsearch at this http:// or https:// URL (enables the store
+    /// output).
     #[arg(long, env = "DLOG_ALERTER_STORE_ELASTICSEARCH_URL", value_name = "URL")]
     pub store_elasticsearch_url: Option<String>,
+
+    /// PEM CA certificates trusted for an https:// --store-elasticsearch-url, next to the
+    /// Mozilla roots built in [default: none].
+    #[arg(long, env = "DLOG_ALERTER_STORE_ELASTICSEARCH_CA", value_name = "FILE")]
+    pub store_elasticsearch_ca: Option<PathBuf>,
 
     #[arg(long, env = "DLOG_ALERTER_TERMINAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Print alerts on stdout", AlerterConfig::default().outputs.terminal.enabled))]
     pub terminal: Option<bool>,
@@ -132,6 +162,10 @@ impl Args {
         if let Some(enabled) = self.kafka_output {
             config.outputs.kafka.enabled = enabled;
         }
+        overlay!(self => config, Some: tls_cert, tls_key, tls_client_ca, auth_token_file);
+        if let Some(ca) = self.webhook_ca_file {
+            config.outputs.webhook.ca_file = Some(ca);
+        }
         if let Some(url) = self.webhook_url {
             config.outputs.webhook.enabled = true;
             config.outputs.webhook.url = url;
@@ -144,6 +178,16 @@ impl Args {
         if let Some(url) = self.store_elasticsearch_url {
             config.outputs.store.enabled = true;
             config.outputs.store.backend.elasticsearch_url = Some(url);
+        }
+        if let Some(ca) = self.store_elasticsearch_ca {
+            if !config.outputs.store.enabled {
+                return Err(dlog_core::config::ConfigError::invalid(
+                    "outputs.store.backend.elasticsearch_ca",
+                    "is set but the store output is not enabled (--store-elasticsearch-url)",
+                )
+                .into());
+            }
+            config.outputs.store.backend.elasticsearch_ca = Some(ca);
         }
         if let Some(enabled) = self.terminal {
             config.outputs.terminal.enabled = enabled;
@@ -203,6 +247,71 @@ mod tests {
         let config = args(&["--standby", "false"]).load().unwrap();
         assert!(!config.standby);
         assert_eq!(config.state_topic, DEFAULT_STATE_TOPIC);
+    }
+
+    #[test]
+    fn tls_settings_come_from_flags() {
+        let config = args(&[
+            "--webhook-url",
+            "https://hooks.internal/alerts",
+            "--webhook-ca-file",
+            "/etc/dlog/hooks-ca.pem",
+            "--tls-cert",
+            "/etc/dlog/admin.pem",
+            "--tls-key",
+            "/etc/dlog/admin.key",
+            "--auth-token-file",
+            "/etc/dlog/tokens",
+        ])
+        .load()
+        .unwrap();
+        assert_eq!(config.outputs.webhook.url, "https://hooks.internal/alerts");
+        assert_eq!(
+            config.outputs.webhook.ca_file,
+            Some(PathBuf::from("/etc/dlog/hooks-ca.pem"))
+        );
+        let admin = config.admin_security();
+        assert_eq!(admin.tls_cert, Some(PathBuf::from("/etc/dlog/admin.pem")));
+        assert_eq!(admin.tls_key, Some(PathBuf::from("/etc/dlog/admin.key")));
+        assert_eq!(
+            admin.auth_token_file,
+            Some(PathBuf::from("/etc/dlog/tokens"))
+        );
+    }
+
+    #[test]
+    fn the_store_output_takes_a_ca_for_an_https_elasticsearch() {
+        let config = args(&[
+            "--store-elasticsearch-url",
+            "https://es.internal:9200",
+            "--store-elasticsearch-ca",
+            "/etc/dlog/es-ca.pem",
+        ])
+        .load()
+        .unwrap();
+        let backend = &config.outputs.store.backend;
+        assert!(config.outputs.store.enabled);
+        assert_eq!(
+            backend.elasticsearch_url.as_deref(),
+            Some("https://es.internal:9200")
+        );
+        assert_eq!(
+            backend.elasticsearch_ca,
+            Some(PathBuf::from("/etc/dlog/es-ca.pem"))
+        );
+        // Without the store output, or with its embedded store, the CA would be unused.
+        for list in [
+            &["--store-elasticsearch-ca", "/etc/dlog/es-ca.pem"][..],
+            &[
+                "--store-dir",
+                "/tmp/store",
+                "--store-elasticsearch-ca",
+                "/etc/dlog/es-ca.pem",
+            ][..],
+        ] {
+            let err = args(list).load().unwrap_err().to_string();
+            assert!(err.contains("elasticsearch_ca"), "{list:?}: {err}");
+        }
     }
 
     #[test]

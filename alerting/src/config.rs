@@ -81,6 +81,16 @@ pub struct AlerterConfig {
     pub heartbeat_logs_topic: String,
     /// Admin listen address serving `/metrics` (Prometheus) and `/healthz`. Port 0 picks one.
     pub admin: SocketAddr,
+    /// PEM certificate chain (leaf first) of the admin listener; with `tls_key` it speaks TLS
+    /// only. Default: none (plain HTTP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: admin clients must present a certificate they issued (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens (one per line) that admin `/metrics` requests must carry;
+    /// `/healthz` stays open. Default: none (no auth).
+    pub auth_token_file: Option<PathBuf>,
     /// The rules file (TOML). Unset: every rule with its defaults.
     pub rules_file: Option<PathBuf>,
     /// Directory of the state file (alerts, trackers, windows, undelivered alerts).
@@ -138,6 +148,10 @@ impl Default for AlerterConfig {
             service_logs_topic: names::SERVICE_LOGS_TOPIC.to_string(),
             heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
             admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), names::ALERTER_ADMIN_PORT),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_token_file: None,
             rules_file: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
@@ -220,9 +234,22 @@ impl AlerterConfig {
         })
     }
 
+    /// The admin listener's TLS and token settings.
+    pub fn admin_security(&self) -> dlog_core::admin::AdminSecurity {
+        dlog_core::admin::AdminSecurity {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+            auth_token_file: self.auth_token_file.clone(),
+        }
+    }
+
     /// Checks every setting, naming the key and the reason of the first problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.input.validate()?;
+        self.admin_security()
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         for (key, topic) in [
             ("trace_logs_topic", &self.trace_logs_topic),
             ("service_logs_topic", &self.service_logs_topic),
@@ -321,12 +348,26 @@ mod tests {
     fn invalid_settings_name_their_key() {
         let mut c = AlerterConfig::default();
         c.outputs.webhook.enabled = true;
-        c.outputs.webhook.url = "https://hooks.example/x".into();
+        c.outputs.webhook.url = "ftp://hooks.example/x".into();
         assert!(c
             .validate()
             .unwrap_err()
             .to_string()
             .contains("outputs.webhook.url"));
+        c.outputs.webhook.url = "https://hooks.example/x".into();
+        c.validate().unwrap();
+        c.outputs.webhook.url = "http://hooks.example/x".into();
+        c.outputs.webhook.ca_file = Some("ca.pem".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("outputs.webhook.ca_file"));
+        let c = AlerterConfig {
+            tls_cert: Some("admin.pem".into()),
+            ..AlerterConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("tls_key"));
         let mut c = AlerterConfig::default();
         c.outputs.kafka.topic = c.trace_logs_topic.clone();
         assert!(c

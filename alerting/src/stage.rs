@@ -304,6 +304,7 @@ impl AlerterBuilder<JoinKafka> {
         let run = run_on_kafka(self.config, self.clock, shutdown.clone());
         Ok(RunningAlerter {
             task: StageTask::spawn(shutdown, run),
+            admin_addr: None,
         })
     }
 }
@@ -314,8 +315,10 @@ impl<S: Source + 'static> AlerterBuilder<S> {
     pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
         let shutdown = self.shutdown;
         let prepared = prepare(self.config, self.clock, shutdown.clone(), None, None).await?;
+        let admin_addr = Some(prepared.admin.addr);
         Ok(RunningAlerter {
             task: StageTask::spawn(shutdown, prepared.run(self.source)),
+            admin_addr,
         })
     }
 }
@@ -323,9 +326,16 @@ impl<S: Source + 'static> AlerterBuilder<S> {
 /// A running alerting stage.
 pub struct RunningAlerter {
     task: StageTask<AlerterError>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl RunningAlerter {
+    /// Where the admin listener is bound (the port the OS chose for port 0). `None` on
+    /// Kafka, where the listener starts once the group's lease is held.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Saves and acknowledges what was evaluated, delivers what it can, and waits for the
     /// stage to stop.
     pub async fn shutdown(self) -> Result<(), AlerterError> {
@@ -444,6 +454,12 @@ impl Admin {
     ) -> Result<Admin, AlerterError> {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        let admin_refused = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "dlog_alerter_admin_unauthenticated",
+            "Admin /metrics requests refused for a missing or wrong bearer token",
+            admin_refused.clone(),
+        );
         let state = Arc::new(AlerterAdmin {
             registry,
             serving: AtomicBool::new(true),
@@ -452,14 +468,24 @@ impl Admin {
         let (addr, task) = {
             let admin_state = Arc::clone(&state);
             let admin_stop = shutdown.clone();
-            dlog_core::admin::serve(config.admin, state.clone(), async move {
-                admin_stop.cancelled().await;
-                admin_state.serving.store(false, Ordering::Relaxed);
-            })
+            dlog_core::admin::serve_secure(
+                config.admin,
+                state.clone(),
+                &config.admin_security(),
+                admin_refused,
+                async move {
+                    admin_stop.cancelled().await;
+                    admin_state.serving.store(false, Ordering::Relaxed);
+                },
+            )
             .await
-            .map_err(|source| AlerterError::Admin {
-                addr: config.admin,
-                source,
+            .map_err(|e| match e {
+                dlog_core::admin::AdminError::Bind { addr, source } => {
+                    AlerterError::Admin { addr, source }
+                }
+                dlog_core::admin::AdminError::Setting { key, reason } => AlerterError::Config(
+                    dlog_core::config::ConfigError::invalid(key, reason).into(),
+                ),
             })?
         };
         Ok(Admin {

@@ -46,3 +46,52 @@ pub mod listen;
 pub mod process;
 #[cfg(feature = "stage")]
 pub mod stage;
+
+/// `error` followed by its sources, joined with `: ` (a source whose text repeats the one
+/// before is left out). HTTP and TLS clients put the reason (for example "invalid peer
+/// certificate: UnknownIssuer") in a source, not in the top-level text.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut last = text.clone();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if part != last && !last.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        last = part;
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layer(text: &'static str, source: Option<Layer>) -> Layer {
+        Layer {
+            text,
+            source: source.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_the_sources_and_skips_repeats() {
+        let reason = layer("invalid peer certificate: UnknownIssuer", None);
+        let connect = layer("client error (Connect)", Some(reason));
+        let repeated = layer("error sending request", Some(connect));
+        let top = layer("error sending request", Some(repeated));
+        assert_eq!(
+            super::error_chain(&top),
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+    }
+}

@@ -85,18 +85,21 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// POST alerts as JSON to this URL as well.
     pub webhook_url: Option<String>,
+    /// PEM CA certificates trusted for an `https://` `webhook_url`, next to the Mozilla roots
+    /// built in. Default: none.
+    pub webhook_ca_file: Option<PathBuf>,
     /// Bytes the local log may hold (records not yet read by every stage). Past it, senders
     /// are answered `UNAVAILABLE` / 503 until the slowest stage catches up. Default 1 GiB.
     pub wal_max_bytes: u64,
-    /// File of bearer tokens (one per line) that OTLP requests and the bridge's `/metrics`
-    /// must carry. None: no auth.
+    /// File of bearer tokens (one per line) that OTLP requests and the `/metrics` of the
+    /// bridge, indexer and alerter must carry. None: no auth.
     pub auth_token_file: Option<PathBuf>,
     /// File of the viewer's own bearer tokens. Senders' tokens sit on every service host:
     /// give people theirs here, so that a service's token cannot read everything or silence
     /// alerts. None: the viewer takes `auth_token_file`.
     pub viewer_token_file: Option<PathBuf>,
-    /// PEM certificate chain: the bridge's OTLP and admin listeners speak TLS only. None:
-    /// plaintext.
+    /// PEM certificate chain: the bridge's OTLP listeners, the viewer and the admin listeners
+    /// of the bridge, indexer and alerter speak TLS only. None: plaintext.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
@@ -110,6 +113,9 @@ pub struct Config {
     /// Prefix of the Elasticsearch index and template names (`<prefix>-jaeger-span-..`).
     /// Default: none.
     pub elasticsearch_index_prefix: String,
+    /// PEM CA certificates trusted for an `https://` `elasticsearch_url`, next to the Mozilla
+    /// roots built in. Default: none.
+    pub elasticsearch_ca: Option<PathBuf>,
     /// How long the store and the dead letters keep data. Default: 7 days, and at most half
     /// of the disk holding `data_dir`.
     pub retention: RetentionConfig,
@@ -133,6 +139,7 @@ impl Default for Config {
             viewer_tail_grace: dlog_viewer::DEFAULT_TAIL_GRACE,
             rules_file: None,
             webhook_url: None,
+            webhook_ca_file: None,
             wal_max_bytes: dlog_wal::DEFAULT_MAX_BYTES,
             auth_token_file: None,
             viewer_token_file: None,
@@ -141,6 +148,7 @@ impl Default for Config {
             kafka_brokers: None,
             elasticsearch_url: None,
             elasticsearch_index_prefix: String::new(),
+            elasticsearch_ca: None,
             retention: RetentionConfig {
                 max_bytes: ByteBudget::DiskPercent(DEFAULT_RETENTION_DISK_PERCENT),
                 ..RetentionConfig::default()
@@ -153,10 +161,16 @@ impl Config {
     /// Where the stages store: Elasticsearch when `elasticsearch_url` is set, otherwise the
     /// embedded store in `<data_dir>/store`.
     pub fn store_config(&self) -> StoreConfig {
-        match &self.elasticsearch_url {
+        let store = match &self.elasticsearch_url {
             Some(url) => StoreConfig::elasticsearch(url.clone())
                 .with_index_prefix(self.elasticsearch_index_prefix.clone()),
             None => StoreConfig::embedded(self.data_dir.join("store")),
+        };
+        // Passed through either way: without a URL, the store's validation refuses it
+        // rather than leave it silently unused.
+        StoreConfig {
+            elasticsearch_ca: self.elasticsearch_ca.clone(),
+            ..store
         }
     }
 }
@@ -271,6 +285,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     let dead_letters = Arc::new(FileDeadLetters::new(&config.data_dir));
     let mut indexer_config = IndexerConfig {
         admin: config.indexer_admin,
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
+        auth_token_file: config.auth_token_file.clone(),
         store: store_config.clone(),
         retention: retention_config,
         ..IndexerConfig::default()
@@ -301,6 +318,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
 
     let mut alerter_config = AlerterConfig {
         admin: config.alerter_admin,
+        tls_cert: config.tls_cert.clone(),
+        tls_key: config.tls_key.clone(),
+        auth_token_file: config.auth_token_file.clone(),
         rules_file: config.rules_file.clone(),
         state_dir: config.data_dir.join(match input {
             Input::Local(_) => ALERTER_DIR,
@@ -317,6 +337,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     if let Some(url) = &config.webhook_url {
         alerter_config.outputs.webhook.enabled = true;
         alerter_config.outputs.webhook.url = url.clone();
+        alerter_config.outputs.webhook.ca_file = config.webhook_ca_file.clone();
     }
     let bridge_config = collector_bridge::Config {
         otlp_grpc: config.otlp_grpc,
@@ -655,3 +676,28 @@ impl Source for IndexingSource {
 }
 
 impl ReportsLag for IndexingSource {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_elasticsearch_ca_without_an_elasticsearch_url_is_refused_not_dropped() {
+        let config = Config {
+            elasticsearch_ca: Some(PathBuf::from("/etc/dlog/es-ca.pem")),
+            ..Config::default()
+        };
+        let err = config.store_config().validate().unwrap_err().to_string();
+        assert!(err.contains("`elasticsearch_ca`"), "{err}");
+        let config = Config {
+            elasticsearch_url: Some("https://search.example:9200".into()),
+            ..config
+        };
+        let store = config.store_config();
+        store.validate().unwrap();
+        assert_eq!(
+            store.elasticsearch_ca,
+            Some(PathBuf::from("/etc/dlog/es-ca.pem"))
+        );
+    }
+}

@@ -24,10 +24,15 @@ struct Args {
     /// Data directory: the embedded store and the alerting state.
     #[arg(long, env = "DLOG_DATA_DIR", default_value = dlog::DEFAULT_DATA_DIR, global = true)]
     data_dir: PathBuf,
-    /// Elasticsearch (or OpenSearch-API) base URL, http://HOST:PORT: `up` stores there, and
-    /// the queries read there, instead of the embedded store [default: none, embedded].
+    /// Elasticsearch (or OpenSearch-API) base URL, http://HOST:PORT or https://HOST:PORT:
+    /// `up` stores there, and the queries read there, instead of the embedded store
+    /// [default: none, embedded].
     #[arg(long, env = "DLOG_ELASTICSEARCH", global = true)]
     elasticsearch: Option<String>,
+    /// PEM CA certificates trusted for an https:// --elasticsearch, next to the Mozilla roots
+    /// built in [default: none].
+    #[arg(long, env = "DLOG_ELASTICSEARCH_CA", global = true)]
+    elasticsearch_ca: Option<PathBuf>,
     /// Prefix of the Elasticsearch index names [default: none].
     #[arg(long, env = "DLOG_ELASTICSEARCH_INDEX_PREFIX", global = true)]
     elasticsearch_index_prefix: Option<String>,
@@ -35,6 +40,8 @@ struct Args {
     command: Option<Command>,
 }
 
+// Parsed once per process: the size of `Up` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the bridge, the indexing and alerting stages, the embedded store and the viewer
@@ -77,18 +84,28 @@ struct UpArgs {
     /// Alert rules file (TOML, see config/alerting/rules.toml).
     #[arg(long, env = "DLOG_RULES")]
     rules: Option<PathBuf>,
-    /// Also POST alerts as JSON to this URL.
+    /// Also POST alerts as JSON to this http:// or https:// URL.
     #[arg(long, env = "DLOG_WEBHOOK_URL")]
     webhook_url: Option<String>,
-    /// File of bearer tokens (one per line) OTLP senders and the bridge's /metrics must
-    /// present [default: none, no auth].
+    /// PEM CA certificates trusted for an https:// --webhook-url, next to the Mozilla roots
+    /// built in [default: none].
+    #[arg(
+        long,
+        env = "DLOG_WEBHOOK_CA_FILE",
+        value_name = "FILE",
+        requires = "webhook_url"
+    )]
+    webhook_ca_file: Option<PathBuf>,
+    /// File of bearer tokens (one per line) OTLP senders and the /metrics of the bridge,
+    /// indexer and alerter must present [default: none, no auth].
     #[arg(long, env = "DLOG_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
     /// File of the viewer's own bearer tokens, so that senders' tokens do not open the
     /// viewer (reading everything, silencing alerts) [default: --auth-token-file].
     #[arg(long, env = "DLOG_VIEWER_TOKEN_FILE")]
     viewer_token_file: Option<PathBuf>,
-    /// PEM certificate chain: OTLP and the bridge admin port speak TLS [default: none].
+    /// PEM certificate chain: OTLP, the viewer and every admin port speak TLS
+    /// [default: none].
     #[arg(long, env = "DLOG_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert [default: none].
@@ -163,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         elasticsearch_url: args.elasticsearch.clone(),
         elasticsearch_index_prefix: args.elasticsearch_index_prefix.clone().unwrap_or_default(),
+        elasticsearch_ca: args.elasticsearch_ca.clone(),
         ..dlog::Config::default()
     }
     .store_config();
@@ -231,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{} dead letters", letters.len());
             Ok(())
         }
-        Some(Command::Query(QueryCommand::Run(_))) => {
+        Some(Command::Query(QueryCommand::Run)) => {
             anyhow::bail!("`run` belongs to dlog-indexer; use `dlog up` to run everything here")
         }
         Some(Command::Query(command)) => {
@@ -301,8 +319,10 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
             .elasticsearch_index_prefix
             .clone()
             .unwrap_or_default(),
+        elasticsearch_ca: global.elasticsearch_ca.clone(),
         rules_file: args.rules,
         webhook_url: args.webhook_url,
+        webhook_ca_file: args.webhook_ca_file,
         auth_token_file: args.auth_token_file,
         viewer_token_file: args.viewer_token_file,
         tls_cert: args.tls_cert,
@@ -346,7 +366,7 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     let mut running = dlog::start(config).await.context("cannot start dlog")?;
     let scheme = if config_tls { "https" } else { "http" };
     eprintln!(
-        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics http://{}/metrics · viewer {scheme}://{}/search. Ctrl-C stops.",
+        "dlog is up: OTLP/gRPC {} · OTLP/HTTP {} · records to {} · stored in {} · metrics {scheme}://{}/metrics · viewer {scheme}://{}/search. Ctrl-C stops.",
         running.grpc_addr(),
         running.http_addr(),
         esc(running.records_to()),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dlog_core::admin::AdminSource;
+use dlog_core::admin::{AdminError, AdminSecurity, AdminSource};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +26,15 @@ impl AdminSource for Metrics {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled; returns the bound address.
+/// Binds `addr` and serves until `shutdown` is cancelled (under TLS and with `/metrics`
+/// behind bearer tokens when `security` says so); returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    security: &AdminSecurity,
     shutdown: CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    dlog_core::admin::serve(addr, metrics, shutdown.cancelled_owned()).await
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), AdminError> {
+    let refused = metrics.admin_unauthenticated.clone();
+    dlog_core::admin::serve_secure(addr, metrics, security, refused, shutdown.cancelled_owned())
+        .await
 }

@@ -31,6 +31,11 @@ pub struct Args {
     #[command(flatten)]
     pub store: StoreArgs,
 
+    /// Settings of the stage: accepted before or after `run`, and read from the environment
+    /// also when no subcommand is given (which runs the stage).
+    #[command(flatten)]
+    pub run: RunArgs,
+
     /// What to do (default: run the stage).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -88,13 +93,41 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub es_api_key: Option<String>,
+
+    /// PEM CA certificates trusted for an https:// Elasticsearch URL, next to the Mozilla
+    /// roots built in [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_CA",
+        value_name = "FILE",
+        global = true
+    )]
+    pub elasticsearch_ca: Option<PathBuf>,
+
+    /// PEM client certificate presented to Elasticsearch over https (mTLS) [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_CLIENT_CERT",
+        value_name = "FILE",
+        global = true
+    )]
+    pub elasticsearch_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --elasticsearch-client-cert [default: none].
+    #[arg(
+        long,
+        env = "DLOG_INDEXER_ELASTICSEARCH_CLIENT_KEY",
+        value_name = "FILE",
+        global = true
+    )]
+    pub elasticsearch_client_key: Option<PathBuf>,
 }
 
 /// Subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the indexing stage (the default).
-    Run(RunArgs),
+    Run,
     /// Print a trace as a tree with a waterfall, its logs under their spans.
     Trace {
         /// Trace id (32 hex characters).
@@ -173,47 +206,85 @@ pub enum Command {
     },
 }
 
-/// Flags of the stage itself.
+/// Flags of the stage itself. Global, so that `dlog-indexer --admin ADDR`, `dlog-indexer run
+/// --admin ADDR` and `DLOG_INDEXER_ADMIN` with no subcommand all reach the stage; the query
+/// subcommands ignore them.
 #[derive(Debug, Clone, Default, ClapArgs)]
 pub struct RunArgs {
     #[arg(
         long,
+        global = true,
         env = "DLOG_INDEXER_KAFKA_BROKERS",
         value_name = "HOST:PORT[,..]", help = with_default("Kafka bootstrap brokers", crate::config::DEFAULT_KAFKA_BROKERS))]
     pub kafka_brokers: Option<String>,
-    #[arg(long, env = "DLOG_INDEXER_GROUP_ID", value_name = "GROUP", help = with_default("Consumer group", crate::config::DEFAULT_GROUP_ID))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_GROUP_ID", value_name = "GROUP", help = with_default("Consumer group", crate::config::DEFAULT_GROUP_ID))]
     pub group_id: Option<String>,
-    #[arg(long, env = "DLOG_INDEXER_ADMIN", value_name = "ADDR:PORT", help = with_default("Admin listen address for /metrics and /healthz", IndexerConfig::default().admin))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_ADMIN", value_name = "ADDR:PORT", help = with_default("Admin listen address for /metrics and /healthz", IndexerConfig::default().admin))]
     pub admin: Option<SocketAddr>,
-    #[arg(long, env = "DLOG_INDEXER_TRACE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of spans", dlog_core::names::TRACE_LOGS_TOPIC))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_TRACE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of spans", dlog_core::names::TRACE_LOGS_TOPIC))]
     pub trace_logs_topic: Option<String>,
-    #[arg(long, env = "DLOG_INDEXER_SERVICE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of log records", dlog_core::names::SERVICE_LOGS_TOPIC))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_SERVICE_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of log records", dlog_core::names::SERVICE_LOGS_TOPIC))]
     pub service_logs_topic: Option<String>,
-    #[arg(long, env = "DLOG_INDEXER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of registration and heartbeat events", dlog_core::names::HEARTBEAT_LOGS_TOPIC))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_HEARTBEAT_LOGS_TOPIC", value_name = "TOPIC", help = with_default("Topic of registration and heartbeat events", dlog_core::names::HEARTBEAT_LOGS_TOPIC))]
     pub heartbeat_logs_topic: Option<String>,
-    #[arg(long, env = "DLOG_INDEXER_DEAD_LETTERS_TOPIC", value_name = "TOPIC", help = with_default("Dead-letter topic", dlog_core::names::DEAD_LETTERS_TOPIC))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_DEAD_LETTERS_TOPIC", value_name = "TOPIC", help = with_default("Dead-letter topic", dlog_core::names::DEAD_LETTERS_TOPIC))]
     pub dead_letters_topic: Option<String>,
-    #[arg(long, env = "DLOG_INDEXER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Create missing topics at start", IndexerConfig::default().input.create_topics))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Create missing topics at start", IndexerConfig::default().input.create_topics))]
     pub create_topics: Option<bool>,
-    #[arg(long, env = "DLOG_INDEXER_TOPIC_PARTITIONS", value_name = "N", help = with_default("Partitions of topics created with --create-topics", crate::config::DEFAULT_TOPIC_PARTITIONS))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_TOPIC_PARTITIONS", value_name = "N", help = with_default("Partitions of topics created with --create-topics", crate::config::DEFAULT_TOPIC_PARTITIONS))]
     pub topic_partitions: Option<i32>,
-    #[arg(long, env = "DLOG_INDEXER_BATCH_MAX_RECORDS", value_name = "N", help = with_default("Most records per batch", crate::config::DEFAULT_BATCH_MAX_RECORDS))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_BATCH_MAX_RECORDS", value_name = "N", help = with_default("Most records per batch", crate::config::DEFAULT_BATCH_MAX_RECORDS))]
     pub batch_max_records: Option<usize>,
-    #[arg(long, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS", help = with_default("Consumer-group session timeout in ms", crate::config::DEFAULT_SESSION_TIMEOUT_MS))]
+    #[arg(long, global = true, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS", help = with_default("Consumer-group session timeout in ms", crate::config::DEFAULT_SESSION_TIMEOUT_MS))]
     pub session_timeout_ms: Option<u32>,
     /// Drop a day of data once all of it is older than this (`7d`, `36h`; `0` keeps data
     /// forever) [default: 7d].
-    #[arg(long, env = "DLOG_INDEXER_RETENTION_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "DLOG_INDEXER_RETENTION_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
     pub retention_max_age: Option<Duration>,
     /// Drop the oldest days while the store holds more than this (`500GiB`, `80%` of the
     /// embedded store's disk, `none`); never the current day [default: none].
-    #[arg(long, env = "DLOG_INDEXER_RETENTION_MAX_BYTES", value_name = "SIZE")]
+    #[arg(
+        long,
+        global = true,
+        env = "DLOG_INDEXER_RETENTION_MAX_BYTES",
+        value_name = "SIZE"
+    )]
     pub retention_max_bytes: Option<crate::retention::ByteBudget>,
     /// How often retention runs [default: 5m].
-    #[arg(long, env = "DLOG_INDEXER_RETENTION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "DLOG_INDEXER_RETENTION_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub retention_interval: Option<Duration>,
+    /// PEM certificate chain of the admin listener; with --tls-key it speaks TLS only
+    /// [default: none].
+    #[arg(
+        long,
+        global = true,
+        env = "DLOG_INDEXER_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, global = true, env = "DLOG_INDEXER_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: admin clients must present a certificate they issued (mTLS)
+    /// [default: none].
+    #[arg(
+        long,
+        global = true,
+        env = "DLOG_INDEXER_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens (one per line) that admin /metrics requests must carry
+    /// [default: none].
+    #[arg(
+        long,
+        global = true,
+        env = "DLOG_INDEXER_AUTH_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub auth_token_file: Option<PathBuf>,
     /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
-    #[arg(short = 'X', long = "consumer-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    #[arg(short = 'X', long = "consumer-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
     pub consumer_property: Vec<(String, String)>,
 }
 
@@ -271,8 +342,9 @@ impl Args {
         if let Some(v) = s.es_api_key {
             config.store.api_key = Some(v);
         }
-        if let Some(Command::Run(run)) = &self.command {
-            let run = run.clone();
+        overlay!(s => config.store, Some: elasticsearch_ca, elasticsearch_client_cert, elasticsearch_client_key);
+        if matches!(self.command, None | Some(Command::Run)) {
+            let run = self.run.clone();
             overlay!(
                 run => config.input,
                 kafka_brokers,
@@ -290,6 +362,7 @@ impl Args {
                 dead_letters_topic,
                 batch_max_records
             );
+            overlay!(run => config, Some: tls_cert, tls_key, tls_client_ca, auth_token_file);
             config.input.consumer.extend(run.consumer_property);
             if let Some(age) = run.retention_max_age {
                 config.retention.max_age_secs = age.as_secs();
@@ -347,7 +420,7 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
     use std::fmt::Write as _;
     let mut out = String::new();
     match command {
-        Command::Run(_) => {}
+        Command::Run => {}
         Command::Migrate => match store.backend() {
             "elasticsearch" => {}
             other => {
@@ -507,8 +580,82 @@ pub async fn query(store: &dyn Store, command: &Command) -> Result<String, Query
 mod tests {
     use super::*;
 
+    /// Parsing reads the process environment: tests that set variables hold this while they
+    /// do, every parse takes it.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn args(list: &[&str]) -> Args {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
         Args::try_parse_from(std::iter::once("dlog-indexer").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn stage_settings_apply_with_no_subcommand_from_env_and_on_either_side_of_run() {
+        let vars = [
+            ("DLOG_INDEXER_TLS_CERT", "/etc/dlog/admin.pem"),
+            ("DLOG_INDEXER_TLS_KEY", "/etc/dlog/admin.key"),
+            ("DLOG_INDEXER_TLS_CLIENT_CA", "/etc/dlog/clients.pem"),
+            ("DLOG_INDEXER_AUTH_TOKEN_FILE", "/etc/dlog/tokens"),
+            ("DLOG_INDEXER_KAFKA_BROKERS", "env-broker:9092"),
+            ("DLOG_INDEXER_ADMIN", "127.0.0.1:18889"),
+        ];
+        // `dlog-indexer` as the systemd unit of an older release starts it: no subcommand,
+        // everything from /etc/default/dlog-indexer.
+        let from_env = {
+            let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, v) in vars {
+                std::env::set_var(k, v);
+            }
+            let parsed = Args::try_parse_from(["dlog-indexer"]);
+            for (k, _) in vars {
+                std::env::remove_var(k);
+            }
+            parsed.unwrap()
+        };
+        assert!(from_env.command.is_none());
+        let config = from_env.load().unwrap();
+        let admin = config.admin_security();
+        assert_eq!(admin.tls_cert, Some(PathBuf::from("/etc/dlog/admin.pem")));
+        assert_eq!(admin.tls_key, Some(PathBuf::from("/etc/dlog/admin.key")));
+        assert_eq!(
+            admin.tls_client_ca,
+            Some(PathBuf::from("/etc/dlog/clients.pem"))
+        );
+        assert_eq!(
+            admin.auth_token_file,
+            Some(PathBuf::from("/etc/dlog/tokens"))
+        );
+        assert_eq!(admin.scheme(), "https");
+        assert_eq!(config.input.kafka_brokers, "env-broker:9092");
+        assert_eq!(config.admin, "127.0.0.1:18889".parse().unwrap());
+
+        // Flags before `run`, after it, and with no subcommand all reach the stage.
+        for list in [
+            &["--admin", "127.0.0.1:18890", "--kafka-brokers", "a:9092"][..],
+            &[
+                "--admin",
+                "127.0.0.1:18890",
+                "run",
+                "--kafka-brokers",
+                "a:9092",
+            ][..],
+            &[
+                "run",
+                "--admin",
+                "127.0.0.1:18890",
+                "--kafka-brokers",
+                "a:9092",
+            ][..],
+        ] {
+            let config = args(list).load().unwrap();
+            assert_eq!(config.admin, "127.0.0.1:18890".parse().unwrap(), "{list:?}");
+            assert_eq!(config.input.kafka_brokers, "a:9092", "{list:?}");
+        }
+        // A query leaves the stage's settings alone.
+        let config = args(&["--admin", "127.0.0.1:18890", "services"])
+            .load()
+            .unwrap();
+        assert_eq!(config.admin, IndexerConfig::default().admin);
     }
 
     #[test]
@@ -536,6 +683,69 @@ mod tests {
         assert_eq!(config.store.data_dir, PathBuf::from("/var/dlog"));
         assert_eq!(config.store.index_prefix, "p1");
         assert_eq!(config.input.consumer["fetch.max.bytes"], "1000000");
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("indexer.toml");
+        std::fs::write(
+            &path,
+            "tls_cert = \"/etc/dlog/admin.pem\"\ntls_key = \"/etc/dlog/admin.key\"\n\
+             [store]\nelasticsearch_url = \"https://es.internal:9200\"\n\
+             elasticsearch_ca = \"/etc/dlog/es-ca.pem\"\n",
+        )
+        .unwrap();
+        let config = args(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--elasticsearch-client-cert",
+            "/etc/dlog/client.pem",
+            "--elasticsearch-client-key",
+            "/etc/dlog/client.key",
+            "run",
+            "--auth-token-file",
+            "/etc/dlog/tokens",
+            "--tls-client-ca",
+            "/etc/dlog/clients.pem",
+        ])
+        .load()
+        .unwrap();
+        let store = &config.store;
+        assert_eq!(
+            store.elasticsearch_url.as_deref(),
+            Some("https://es.internal:9200")
+        );
+        assert_eq!(
+            store.elasticsearch_ca,
+            Some(PathBuf::from("/etc/dlog/es-ca.pem"))
+        );
+        assert_eq!(
+            store.elasticsearch_client_cert,
+            Some(PathBuf::from("/etc/dlog/client.pem"))
+        );
+        assert_eq!(
+            store.elasticsearch_client_key,
+            Some(PathBuf::from("/etc/dlog/client.key"))
+        );
+        let admin = config.admin_security();
+        assert_eq!(admin.tls_cert, Some(PathBuf::from("/etc/dlog/admin.pem")));
+        assert_eq!(admin.tls_key, Some(PathBuf::from("/etc/dlog/admin.key")));
+        assert_eq!(
+            admin.tls_client_ca,
+            Some(PathBuf::from("/etc/dlog/clients.pem"))
+        );
+        assert_eq!(
+            admin.auth_token_file,
+            Some(PathBuf::from("/etc/dlog/tokens"))
+        );
+        assert_eq!(admin.scheme(), "https");
+        // A key without its certificate names the missing one.
+        let err = args(&["run", "--tls-key", "/etc/dlog/admin.key"])
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_cert"), "{err}");
     }
 
     #[test]

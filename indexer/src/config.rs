@@ -2,7 +2,7 @@
 //! by the binary, and validated before anything connects.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dlog_core::names;
@@ -62,6 +62,16 @@ pub struct IndexerConfig {
     pub dead_letters_topic: String,
     /// Admin listen address serving `/metrics` (Prometheus) and `/healthz`. Port 0 picks one.
     pub admin: SocketAddr,
+    /// PEM certificate chain (leaf first) of the admin listener; with `tls_key` it speaks TLS
+    /// only. Default: none (plain HTTP).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: admin clients must present a certificate they issued (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens (one per line) that admin `/metrics` requests must carry;
+    /// `/healthz` stays open. Default: none (no auth).
+    pub auth_token_file: Option<PathBuf>,
     /// Most records taken from Kafka per batch (one store write and one commit per batch).
     pub batch_max_records: usize,
     /// How long a batch waits to fill up, ms.
@@ -87,6 +97,10 @@ impl Default for IndexerConfig {
             heartbeat_logs_topic: names::HEARTBEAT_LOGS_TOPIC.to_string(),
             dead_letters_topic: names::DEAD_LETTERS_TOPIC.to_string(),
             admin: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), names::INDEXER_ADMIN_PORT),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_token_file: None,
             batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
             retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
@@ -134,6 +148,9 @@ impl IndexerConfig {
                 return Err(invalid(key, format!("`{topic}` is also `{other}`")));
             }
         }
+        self.admin_security()
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         if self.batch_max_records == 0 {
             return Err(invalid("batch_max_records", "must be at least 1"));
         }
@@ -160,6 +177,16 @@ impl IndexerConfig {
             }
             other => invalid("store", other.to_string()),
         })
+    }
+
+    /// The admin listener's TLS and token settings.
+    pub fn admin_security(&self) -> dlog_core::admin::AdminSecurity {
+        dlog_core::admin::AdminSecurity {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+            auth_token_file: self.auth_token_file.clone(),
+        }
     }
 
     /// The three input topics.

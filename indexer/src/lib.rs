@@ -825,13 +825,21 @@ impl<S: Source + ReportsLag + 'static> IndexerBuilder<S> {
         };
         let metrics = Arc::new(Metrics::new());
         let shutdown = self.shutdown;
-        let (admin_addr, admin) =
-            admin::serve(config.admin, Arc::clone(&metrics), shutdown.clone())
-                .await
-                .map_err(|source| StartError::Admin {
-                    addr: config.admin,
-                    source,
-                })?;
+        let (admin_addr, admin) = admin::serve(
+            config.admin,
+            Arc::clone(&metrics),
+            &config.admin_security(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            dlog_core::admin::AdminError::Bind { addr, source } => {
+                StartError::Admin { addr, source }
+            }
+            dlog_core::admin::AdminError::Setting { key, reason } => {
+                StartError::Config(ConfigError::invalid(key, reason))
+            }
+        })?;
         tracing::info!(%admin_addr, backend = store.backend(), brokers = %config.input.kafka_brokers,
             group = %config.input.group_id, "indexing stage started");
         tracing::info!(max_age = ?policy.max_age, max_bytes = ?policy.max_bytes,

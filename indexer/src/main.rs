@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = args.load().context("invalid configuration")?;
     match &args.command {
-        None | Some(Command::Run(_)) => dlog_indexer::run(config, shutdown_token())
+        None | Some(Command::Run) => dlog_indexer::run(config, shutdown_token())
             .await
             .context("indexing stage failed"),
         Some(Command::Migrate) if config.store.elasticsearch_url.is_some() => {

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub(crate) store_up: Gauge,
     pub(crate) paused: Gauge,
     pub(crate) write_seconds: Histogram,
+    pub(crate) admin_unauthenticated: Counter,
 }
 
 impl Default for Metrics {
@@ -126,6 +127,12 @@ impl Metrics {
             "Time to write one batch to the store",
             write_seconds.clone(),
         );
+        let admin_unauthenticated = Counter::default();
+        registry.register(
+            "admin_unauthenticated",
+            "Admin /metrics requests refused for a missing or wrong bearer token",
+            admin_unauthenticated.clone(),
+        );
         store_up.set(1);
         let store_registry = root.sub_registry_with_prefix("dlog_store");
         let store_bytes_used = Gauge::default();
@@ -176,6 +183,7 @@ impl Metrics {
             store_up,
             paused,
             write_seconds,
+            admin_unauthenticated,
         }
     }
 

@@ -34,9 +34,18 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Elasticsearch (or OpenSearch-API) base URL, e.g. `http://127.0.0.1:9200` (plain http:
-    /// this build has no TLS backend). Unset: the embedded store.
+    /// Elasticsearch (or OpenSearch-API) base URL, `http://HOST:PORT` or `https://HOST:PORT`
+    /// (TLS through rustls; the server's certificate must chain to the Mozilla root set or to
+    /// `elasticsearch_ca`). Unset: the embedded store.
     pub elasticsearch_url: Option<String>,
+    /// PEM file of CA certificates trusted for an `https://` `elasticsearch_url`, next to the
+    /// Mozilla root set built in (webpki-roots). Default: none.
+    pub elasticsearch_ca: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) presented to Elasticsearch over https (mTLS).
+    /// Needs `elasticsearch_client_key`. Default: none.
+    pub elasticsearch_client_cert: Option<PathBuf>,
+    /// PEM private key of `elasticsearch_client_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub elasticsearch_client_key: Option<PathBuf>,
     /// Directory of the embedded store (created if missing). Default `dlog-data`.
     pub data_dir: PathBuf,
     /// Prefix of every Elasticsearch index and template name, joined with `-`
@@ -84,6 +93,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             elasticsearch_url: None,
+            elasticsearch_ca: None,
+            elasticsearch_client_cert: None,
+            elasticsearch_client_key: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             index_prefix: String::new(),
             username: None,
@@ -139,25 +151,59 @@ impl StoreConfig {
         let bad =
             |key: &str, reason: &str| Err(StoreError::Config(ConfigError::invalid(key, reason)));
         if let Some(url) = &self.elasticsearch_url {
-            if url.starts_with("https://") {
-                // The workspace builds the `elasticsearch` crate without a TLS backend, to keep
-                // rustls/ring out of every build; fail here rather than on the first request.
+            let https = url.starts_with("https://");
+            if !https && !url.starts_with("http://") {
                 return bad(
                     "elasticsearch_url",
-                    &format!("`{url}`: this build speaks plain http only (no TLS backend); use an http:// URL or a local TLS-terminating proxy"),
+                    &format!("`{url}` is not an http:// or https:// URL"),
                 );
             }
-            if !url.starts_with("http://") {
+            if self.elasticsearch_client_cert.is_some() != self.elasticsearch_client_key.is_some() {
                 return bad(
-                    "elasticsearch_url",
-                    &format!("`{url}` is not an http:// URL"),
+                    "elasticsearch_client_cert",
+                    "elasticsearch_client_cert and elasticsearch_client_key must be set together",
                 );
             }
-        } else if self.data_dir.as_os_str().is_empty() {
-            return bad(
-                "data_dir",
-                "must not be empty when no elasticsearch_url is set",
-            );
+            if !https {
+                // A TLS setting with a plain URL would be silently unused: say so.
+                for (key, set) in [
+                    ("elasticsearch_ca", self.elasticsearch_ca.is_some()),
+                    (
+                        "elasticsearch_client_cert",
+                        self.elasticsearch_client_cert.is_some(),
+                    ),
+                ] {
+                    if set {
+                        return bad(
+                            key,
+                            &format!("is set but elasticsearch_url `{url}` is not https://"),
+                        );
+                    }
+                }
+            }
+        } else {
+            // The embedded store: an Elasticsearch TLS setting would be silently unused.
+            for (key, set) in [
+                ("elasticsearch_ca", self.elasticsearch_ca.is_some()),
+                (
+                    "elasticsearch_client_cert",
+                    self.elasticsearch_client_cert.is_some(),
+                ),
+                (
+                    "elasticsearch_client_key",
+                    self.elasticsearch_client_key.is_some(),
+                ),
+            ] {
+                if set {
+                    return bad(key, "is set but no elasticsearch_url is");
+                }
+            }
+            if self.data_dir.as_os_str().is_empty() {
+                return bad(
+                    "data_dir",
+                    "must not be empty when no elasticsearch_url is set",
+                );
+            }
         }
         if !self.index_prefix.is_empty()
             && !self
@@ -211,6 +257,45 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("`index_prefix`"), "{err}");
         assert!(StoreConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn tls_settings_need_an_https_url_and_come_in_pairs() {
+        let mut c = StoreConfig::elasticsearch("https://search.example:9200");
+        c.elasticsearch_ca = Some("ca.pem".into());
+        c.validate().unwrap();
+        c.elasticsearch_client_cert = Some("client.pem".into());
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("`elasticsearch_client_cert`"),
+            "{err}"
+        );
+        c.elasticsearch_client_key = Some("client.key".into());
+        c.validate().unwrap();
+        c.elasticsearch_url = Some("http://search.example:9200".into());
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("`elasticsearch_ca`"), "{err}");
+        assert!(err.to_string().contains("not https://"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_without_an_elasticsearch_url_are_refused() {
+        for key in [
+            "elasticsearch_ca",
+            "elasticsearch_client_cert",
+            "elasticsearch_client_key",
+        ] {
+            let mut c = StoreConfig::embedded("/var/lib/dlog/store");
+            let file = Some(PathBuf::from("file.pem"));
+            match key {
+                "elasticsearch_ca" => c.elasticsearch_ca = file,
+                "elasticsearch_client_cert" => c.elasticsearch_client_cert = file,
+                _ => c.elasticsearch_client_key = file,
+            }
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+            assert!(err.contains("no elasticsearch_url"), "{err}");
+        }
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! * [`Elastic`]: an osmem OpenSearch-API server, one per test, or the cluster named by
 //!   `ELASTICSEARCH_URL` when set;
 //! * [`unique_name`]: fresh topic, group and index names per test;
+//! * [`tls`]: certificates made on the spot, and a TLS-terminating proxy that puts a plain
+//!   server (osmem, a webhook receiver) behind `https://`;
 //! * [`read_topic`]: reads a topic from the beginning until a condition holds or a deadline
 //!   passes (never from watermarks, which tansu reports wrongly for multi-record batches).
 //!
 //! Binaries are found through `TANSU_BIN` / `OSMEM_SERVER_BIN`, then `~/.cargo/bin/tansu`,
 //! `PATH`, and the installed `osmem_server` Python package.
+
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

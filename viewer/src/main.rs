@@ -45,6 +45,24 @@ struct Args {
         hide_env_values = true
     )]
     es_api_key: Option<String>,
+    /// PEM CA certificates trusted for an https:// Elasticsearch URL, next to the Mozilla
+    /// roots built in [default: none].
+    #[arg(long, env = "DLOG_VIEWER_ELASTICSEARCH_CA", value_name = "FILE")]
+    elasticsearch_ca: Option<PathBuf>,
+    /// PEM client certificate presented to Elasticsearch over https (mTLS) [default: none].
+    #[arg(
+        long,
+        env = "DLOG_VIEWER_ELASTICSEARCH_CLIENT_CERT",
+        value_name = "FILE"
+    )]
+    elasticsearch_client_cert: Option<PathBuf>,
+    /// PEM private key of --elasticsearch-client-cert [default: none].
+    #[arg(
+        long,
+        env = "DLOG_VIEWER_ELASTICSEARCH_CLIENT_KEY",
+        value_name = "FILE"
+    )]
+    elasticsearch_client_key: Option<PathBuf>,
     /// Directory of the embedded store [default: dlog-data/store].
     #[arg(long, env = "DLOG_VIEWER_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -88,6 +106,9 @@ async fn main() -> anyhow::Result<()> {
     store_config.username = args.es_username.clone();
     store_config.password = args.es_password.clone();
     store_config.api_key = args.es_api_key.clone();
+    store_config.elasticsearch_ca = args.elasticsearch_ca.clone();
+    store_config.elasticsearch_client_cert = args.elasticsearch_client_cert.clone();
+    store_config.elasticsearch_client_key = args.elasticsearch_client_key.clone();
     // The viewer only reads: the indexer owns the templates.
     store_config.install_templates = false;
     store_config.validate().context("invalid store settings")?;

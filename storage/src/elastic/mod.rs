@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dlog_core::config::ConfigError;
+use dlog_core::error_chain;
 use dlog_core::model::{LogEntry, SpanRecord};
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -243,6 +244,63 @@ fn base_of(
     }
 }
 
+/// The credentials and TLS material of `config` on `builder`: the CA trusted next to the
+/// Mozilla roots, the client certificate (mTLS), and basic auth or an API key. With a client
+/// certificate, which takes the client's one credentials slot, basic auth or the API key
+/// travel as an `Authorization` header instead.
+fn tls_settings(
+    mut builder: TransportBuilder,
+    config: &StoreConfig,
+) -> Result<TransportBuilder, StoreError> {
+    use elasticsearch::auth::ClientCertificate;
+    use elasticsearch::cert::{Certificate, CertificateValidation};
+    use elasticsearch::http::headers::AUTHORIZATION;
+
+    let invalid = |key: &str, reason: String| StoreError::Config(ConfigError::invalid(key, reason));
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))
+    };
+    if let Some(path) = &config.elasticsearch_ca {
+        let pem = read("elasticsearch_ca", path)?;
+        let roots = Certificate::from_pem(&pem)
+            .map_err(|e| invalid("elasticsearch_ca", format!("{}: {e}", path.display())))?;
+        builder = builder.cert_validation(CertificateValidation::Full(roots));
+    }
+    let mut header = None;
+    if let (Some(cert), Some(key)) = (
+        &config.elasticsearch_client_cert,
+        &config.elasticsearch_client_key,
+    ) {
+        let mut pem = read("elasticsearch_client_cert", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("elasticsearch_client_key", key)?);
+        builder = builder.auth(Credentials::Certificate(ClientCertificate::Pem(pem)));
+        if let Some(api_key) = &config.api_key {
+            header = Some(("api_key", format!("ApiKey {api_key}")));
+        } else if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            use base64::Engine as _;
+            let pair =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            header = Some(("username", format!("Basic {pair}")));
+        }
+    } else if let Some(key) = &config.api_key {
+        builder = builder.auth(Credentials::EncodedApiKey(key.clone()));
+    } else if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        builder = builder.auth(Credentials::Basic(user.clone(), password.clone()));
+    }
+    if let Some((key, value)) = header {
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            invalid(
+                key,
+                "holds characters an HTTP header cannot carry".to_string(),
+            )
+        })?;
+        value.set_sensitive(true);
+        builder = builder.header(AUTHORIZATION, value);
+    }
+    Ok(builder)
+}
+
 impl ElasticStore {
     /// Connects to `config.elasticsearch_url` and installs the index templates (unless
     /// `install_templates` is off).
@@ -260,15 +318,18 @@ impl ElasticStore {
         let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .disable_proxy();
-        if let Some(key) = &config.api_key {
-            builder = builder.auth(Credentials::EncodedApiKey(key.clone()));
-        } else if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            builder = builder.auth(Credentials::Basic(user.clone(), password.clone()));
-        }
+        builder = tls_settings(builder, config)?;
         let transport = builder.build().map_err(|e| {
+            let key = if config.elasticsearch_client_cert.is_some() {
+                "elasticsearch_client_cert"
+            } else if config.elasticsearch_ca.is_some() {
+                "elasticsearch_ca"
+            } else {
+                "elasticsearch_url"
+            };
             StoreError::Config(ConfigError::invalid(
-                "elasticsearch_url",
-                format!("`{url_text}`: {e}"),
+                key,
+                format!("`{url_text}`: cannot build the client: {}", error_chain(&e)),
             ))
         })?;
         let store = ElasticStore {
@@ -398,7 +459,11 @@ impl ElasticStore {
             .client
             .send(method, path, headers, Some(query), body, None)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("{} {path}: {e}", self.url)))?;
+            .map_err(|e| {
+                // The reason of a connection or TLS failure (unknown issuer, name mismatch) is
+                // in the error's sources.
+                StoreError::Unavailable(format!("{} {path}: {}", self.url, error_chain(&e)))
+            })?;
         let status = response.status_code().as_u16();
         let bytes = response.bytes().await.map_err(|e| {
             StoreError::Unavailable(format!("{} {path}: reading the answer: {e}", self.url))
@@ -1927,6 +1992,25 @@ impl Retention for ElasticStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_key_no_header_can_carry_is_reported_under_api_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+        std::fs::write(&cert, "certificate").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let mut config = StoreConfig::elasticsearch("https://search.example:9200");
+        config.elasticsearch_client_cert = Some(cert);
+        config.elasticsearch_client_key = Some(key);
+        config.api_key = Some("id:key\nX-Injected: 1".into());
+        let url = Url::parse("https://search.example:9200").unwrap();
+        let builder = TransportBuilder::new(SingleNodeConnectionPool::new(url));
+        let err = match tls_settings(builder, &config) {
+            Ok(_) => panic!("an API key with a line break became a header"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("`api_key`"), "{err}");
+    }
 
     fn entry(trace: &str, seq_no: u64) -> CachedSummary {
         CachedSummary {

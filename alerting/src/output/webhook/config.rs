@@ -1,6 +1,7 @@
 //! `[outputs.webhook]`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use dlog_core::config::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -25,9 +26,12 @@ pub const DEFAULT_QUEUE: usize = 1_000;
 pub struct WebhookConfig {
     /// POST alerts to `url`. Default false.
     pub enabled: bool,
-    /// The endpoint, `http://HOST:PORT/PATH` (this build has no TLS client; put a relay in
-    /// front of an https endpoint).
+    /// The endpoint, `http://HOST:PORT/PATH` or `https://HOST:PORT/PATH` (TLS through rustls;
+    /// the endpoint's certificate must chain to the Mozilla root set or to `ca_file`).
     pub url: String,
+    /// PEM file of CA certificates trusted for an `https://` endpoint, next to the Mozilla
+    /// root set built in (webpki-roots). Default: none.
+    pub ca_file: Option<PathBuf>,
     /// Extra request headers (e.g. `Authorization`).
     pub headers: BTreeMap<String, String>,
     /// Timeout of one request, ms. Default 5000.
@@ -58,6 +62,7 @@ impl Default for WebhookConfig {
         WebhookConfig {
             enabled: false,
             url: String::new(),
+            ca_file: None,
             headers: BTreeMap::new(),
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
@@ -87,14 +92,16 @@ impl WebhookConfig {
         }
         let bad = |k: &str, reason: String| ConfigError::invalid(format!("{key}.{k}"), reason);
         match reqwest::Url::parse(&self.url) {
-            Ok(url) if url.scheme() == "http" => {}
+            Ok(url) if url.scheme() == "https" => {}
+            Ok(url) if url.scheme() == "http" => {
+                if self.ca_file.is_some() {
+                    return Err(bad("ca_file", "is set but the url is not https://".into()));
+                }
+            }
             Ok(url) => {
                 return Err(bad(
                     "url",
-                    format!(
-                        "scheme `{}` is not supported (this build speaks http only)",
-                        url.scheme()
-                    ),
+                    format!("scheme `{}` is not supported (http or https)", url.scheme()),
                 ))
             }
             // The URL may hold a token: say why, not what.

@@ -76,7 +76,26 @@ impl WebhookSink {
                 .map_err(|e| SinkError::new("webhook", format!("header `{k}` value: {e}")))?;
             headers.insert(name, value);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                SinkError::new("webhook", format!("ca_file {}: {e}", path.display()))
+            })?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SinkError::new("webhook", format!("ca_file {}: {e}", path.display()))
+            })?;
+            if roots.is_empty() {
+                return Err(SinkError::new(
+                    "webhook",
+                    format!("ca_file {}: holds no PEM certificate", path.display()),
+                ));
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let client = builder
+            .use_rustls_tls()
             .timeout(Duration::from_millis(config.timeout_ms))
             .default_headers(headers)
             .user_agent(concat!("dlog-alerter/", env!("CARGO_PKG_VERSION")))
@@ -84,7 +103,12 @@ impl WebhookSink {
             // never named: a 3xx is a refusal.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| SinkError::new("webhook", format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| {
+                SinkError::new(
+                    "webhook",
+                    format!("cannot build HTTP client: {}", dlog_core::error_chain(&e)),
+                )
+            })?;
         Ok(WebhookSink {
             client,
             shown: shown_url(&url),
@@ -144,7 +168,14 @@ impl WebhookSink {
                         return Err((SinkError::new("webhook", last_error), false));
                     }
                 }
-                Err(e) => last_error = format!("POST {}: {}", self.shown, e.without_url()),
+                // The reason of a TLS failure (unknown issuer, name mismatch) is in the sources.
+                Err(e) => {
+                    last_error = format!(
+                        "POST {}: {}",
+                        self.shown,
+                        dlog_core::error_chain(&e.without_url())
+                    )
+                }
             }
             if attempt < self.max_attempts {
                 let wait = backoff.next_delay();
@@ -250,6 +281,56 @@ mod tests {
         let err = sink.send(&[t]).await.unwrap_err().to_string();
         assert!(err.contains("http://127.0.0.1:9"), "{err}");
         assert!(!err.contains("T0K3N") && !err.contains("s3cret"), "{err}");
+    }
+
+    /// Over https, a certificate the configured CA did not sign is a failed delivery whose
+    /// error names the endpoint (not its secret path) and the TLS reason.
+    #[tokio::test]
+    async fn an_untrusted_https_certificate_fails_naming_the_endpoint_and_the_reason() {
+        use dlog_testkit::tls::{Pki, TlsProxy};
+
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = Pki::issue("trusted").unwrap().write(dir.path()).unwrap();
+        let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain = format!("http://{}", endpoint.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/alerts/T0K3N",
+            axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+        );
+        let server = tokio::spawn(async move { axum::serve(endpoint, app).await });
+        let impostor = TlsProxy::start(&plain, &Pki::issue("impostor").unwrap()).unwrap();
+        let config = WebhookConfig {
+            enabled: true,
+            url: format!("{}/alerts/T0K3N", impostor.url),
+            ca_file: Some(trusted.ca),
+            max_attempts: 1,
+            ..WebhookConfig::default()
+        };
+        let sink = WebhookSink::new(&config).unwrap();
+        let alert = crate::alert::Alert::firing(
+            "error_log",
+            "svc|E1".into(),
+            crate::alert::Severity::Critical,
+            "svc",
+            "boom".into(),
+            1,
+        );
+        let t = Transition {
+            kind: crate::alert::TransitionKind::Fired,
+            alert,
+        };
+        let results = sink.send_each(&[t]).await;
+        let [Delivery::Retry(error)] = &results[..] else {
+            panic!("{results:?}");
+        };
+        assert!(error.contains(&impostor.url), "names the endpoint: {error}");
+        assert!(!error.contains("T0K3N"), "{error}");
+        assert!(
+            error.contains("invalid peer certificate") && error.contains("UnknownIssuer"),
+            "names the TLS reason: {error}"
+        );
+        assert!(impostor.saw_failed_handshake(Duration::from_secs(5)));
+        server.abort();
     }
 
     /// Regression: the client followed redirects, so a 307 from the endpoint sent the alert,
