@@ -274,7 +274,7 @@ fn regression_client_url_full_has_no_credentials_or_query_secrets() {
     let client = reqwest::Client::new();
     let url = format!(
         "http://alice:hunter2@{}/orders/5?sig=VAL1&X-Goog-Signature=VAL2&AWSAccessKeyId=VAL3\
-         &Signature=VAL4&access_token=VAL5&api-key=VAL6&page=2",
+         &Signature=VAL4&access_token=VAL5&X-Amz-Security-Token=VAL6&page=2",
         service.addr
     );
     let status =
@@ -290,7 +290,7 @@ fn regression_client_url_full_has_no_credentials_or_query_secrets() {
         format!(
             "http://{}/orders/5?sig=REDACTED&X-Goog-Signature=REDACTED\
              &AWSAccessKeyId=REDACTED&Signature=REDACTED&access_token=REDACTED\
-             &api-key=REDACTED&page=2",
+             &X-Amz-Security-Token=REDACTED&page=2",
             service.addr
         )
     );
