@@ -280,7 +280,9 @@ mod tests {
         ] {
             let got = redacted(url);
             assert_eq!(got, expected, "{url}");
-            for secret in ["alice", "s3cret", "tok3n", "pw@", "bob", "ss@w0rd", "p%40ss"] {
+            for secret in [
+                "alice", "s3cret", "tok3n", "pw@", "bob", "ss@w0rd", "p%40ss",
+            ] {
                 assert!(!got.contains(secret), "{secret} leaked from {url}: {got}");
             }
         }
