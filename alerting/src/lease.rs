@@ -226,7 +226,7 @@ pub async fn acquire(
         message,
     };
     // The lease topic is the alerter's own: created whatever `create_topics` says.
-    ensure_topics(&config.input.kafka_brokers, &[&topic], 1, 1)
+    ensure_topics(&config.input.topic_settings(Some(1)), &[&topic])
         .await
         .map_err(|e| kafka(e.to_string()))?;
     let config = config.clone();
@@ -237,13 +237,8 @@ pub async fn acquire(
 }
 
 fn client_config(config: &AlerterConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
     // Security and similar properties apply to the lease clients too.
-    for (k, v) in &config.input.consumer {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &config.input.kafka_brokers);
-    c
+    dlog_core::kafka::client_config(&config.input.kafka_brokers, &config.input.consumer)
 }
 
 fn acquire_blocking(

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,6 +105,14 @@ pub struct Config {
     /// and the stages consume it in their groups, instead of the local log. The topics
     /// (`trace_logs`, `service_logs`, `heartbeat_logs`, `alerts`) are created when missing.
     pub kafka_brokers: Option<String>,
+    /// librdkafka properties every Kafka client gets with `kafka_brokers` (the bridge's
+    /// producer, the stages' consumers, the admin client creating the topics, the alerter's
+    /// lease and alerts producer): `security.protocol`, `sasl.*`, `ssl.*` and the like.
+    /// Default: none.
+    pub kafka_properties: BTreeMap<String, String>,
+    /// Replication factor of the topics created on `kafka_brokers`. Default 1 (one broker);
+    /// production clusters should use 3.
+    pub topic_replication: i32,
     /// Elasticsearch (or OpenSearch-API) base URL, `http://HOST:PORT`. Set: the stages store
     /// there instead of the embedded store.
     pub elasticsearch_url: Option<String>,
@@ -139,6 +148,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             kafka_brokers: None,
+            kafka_properties: BTreeMap::new(),
+            topic_replication: dlog_core::stage::DEFAULT_TOPIC_REPLICATION,
             elasticsearch_url: None,
             elasticsearch_index_prefix: String::new(),
             retention: RetentionConfig {
@@ -257,7 +268,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     let input = match &config.kafka_brokers {
         None => Input::Local(Box::new(open_local_log(&config)?)),
         Some(brokers) => Input::Kafka {
-            brokers: join_kafka(brokers).await?,
+            brokers: join_kafka(brokers, &config).await?,
         },
     };
     let store = open_store(&store_config)
@@ -277,6 +288,8 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     };
     if let Input::Kafka { brokers } = &input {
         indexer_config.input.kafka_brokers = brokers.clone();
+        indexer_config.input.consumer = config.kafka_properties.clone();
+        indexer_config.input.topic_replication = config.topic_replication;
     }
     let indexer = Indexer::builder(indexer_config)
         .with_store(Arc::clone(&store))
@@ -360,6 +373,8 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             let records_to = format!("Kafka brokers {brokers}");
             let indexer = indexer.start().await.map_err(indexer_error)?;
             alerter_config.input.kafka_brokers = brokers.clone();
+            alerter_config.input.consumer = config.kafka_properties.clone();
+            alerter_config.input.topic_replication = config.topic_replication;
             alerter_config.outputs.kafka.enabled = true;
             // As the standalone alerter: it evaluates only once it holds its group's lease, so
             // a second alerter in the group (another `dlog up --kafka`, or `dlog-alerter`)
@@ -373,7 +388,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             };
             let bridge = collector_bridge::Bridge::builder(collector_bridge::Config {
                 kafka_brokers: brokers.clone(),
+                kafka: config.kafka_properties.clone(),
                 create_topics: true,
+                topic_replication: config.topic_replication,
                 ..bridge_config
             })
             .start()
@@ -476,20 +493,20 @@ fn open_local_log(config: &Config) -> Result<LocalInput, AllInOneError> {
 }
 
 /// Creates the topics the bridge produces to and the alerter emits to, when missing.
-async fn join_kafka(brokers: &str) -> Result<String, AllInOneError> {
+async fn join_kafka(brokers: &str, config: &Config) -> Result<String, AllInOneError> {
     let topics = [
         names::TRACE_LOGS_TOPIC,
         names::SERVICE_LOGS_TOPIC,
         names::HEARTBEAT_LOGS_TOPIC,
         names::ALERTS_TOPIC,
     ];
-    dlog_core::kafka::ensure_topics(
+    let settings = dlog_core::kafka::TopicSettings {
         brokers,
-        &topics,
-        collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
-        1,
-    )
-    .await?;
+        properties: &config.kafka_properties,
+        partitions: collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
+        replication: config.topic_replication,
+    };
+    dlog_core::kafka::ensure_topics(&settings, &topics).await?;
     Ok(brokers.to_string())
 }
 

@@ -68,6 +68,14 @@ struct UpArgs {
     /// consume in their groups, instead of the local log [default: none, local log].
     #[arg(long, env = "DLOG_KAFKA")]
     kafka: Option<String>,
+    /// librdkafka property for every Kafka client with --kafka (repeatable), e.g.
+    /// -X security.protocol=SASL_SSL [default: none].
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = dlog_core::cli::parse_property)]
+    kafka_property: Vec<(String, String)>,
+    /// Replication factor of the topics created with --kafka; production clusters should
+    /// use 3 [default: 1].
+    #[arg(long, env = "DLOG_TOPIC_REPLICATION", value_name = "N")]
+    topic_replication: Option<i32>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "DLOG_OTLP_GRPC")]
     otlp_grpc: Option<SocketAddr>,
@@ -296,6 +304,7 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     let mut config = dlog::Config {
         data_dir: global.data_dir.clone(),
         kafka_brokers: args.kafka,
+        kafka_properties: args.kafka_property.into_iter().collect(),
         elasticsearch_url: global.elasticsearch.clone(),
         elasticsearch_index_prefix: global
             .elasticsearch_index_prefix
@@ -309,6 +318,9 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         ..dlog::Config::default()
     };
+    if let Some(replication) = args.topic_replication {
+        config.topic_replication = replication;
+    }
     if let Some(addr) = args.otlp_grpc {
         config.otlp_grpc = addr;
     }
