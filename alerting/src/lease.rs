@@ -237,8 +237,13 @@ pub async fn acquire(
 }
 
 fn client_config(config: &AlerterConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
     // Security and similar properties apply to the lease clients too.
-    dlog_core::kafka::client_config(&config.input.kafka_brokers, &config.input.consumer)
+    for (k, v) in &config.input.consumer {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.input.kafka_brokers);
+    c
 }
 
 fn acquire_blocking(
