@@ -9,8 +9,8 @@
 //!   CLIENT span whose `peer.service` is the called service, with that span's context
 //!   injected as `traceparent`, so the callee's server span becomes its child. Its `url.full`
 //!   carries no credentials, as the OpenTelemetry conventions ask: userinfo reads
-//!   `REDACTED:REDACTED` and the values of signed-URL and token query parameters `REDACTED`
-//!   (see [`redact_url`]).
+//!   `REDACTED:REDACTED` and the values of signed-URL, token, password and other secret
+//!   query parameters `REDACTED` (see [`redact_url`]).
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -31,11 +31,13 @@
 //! ```
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use dlog_core::names;
+use dlog_core::redact::SecretNames;
 use tracing::field::Empty;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -141,9 +143,9 @@ pub const REDACTED: &str = "REDACTED";
 /// Query parameters whose values `url.full` never carries, matched case-sensitively against
 /// the decoded key, as the OpenTelemetry semantic conventions ask: their list (`AWSAccessKeyId`,
 /// `Signature`, `sig`, `X-Goog-Signature`), plus the credentials of AWS SigV4 presigned URLs
-/// and the OAuth 2.0 bearer token sent as a query parameter (RFC 6750, section 2.3), which
-/// the conventions' "sensitive content ... SHOULD be scrubbed when instrumentations can
-/// identify it" covers.
+/// and the OAuth 2.0 bearer token sent as a query parameter (RFC 6750, section 2.3). The
+/// conventions' list is a floor ("sensitive content ... SHOULD be scrubbed when
+/// instrumentations can identify it"): [`redact_url`] also applies dlog's secret-name rule.
 pub const SENSITIVE_QUERY_PARAMETERS: &[&str] = &[
     // OpenTelemetry semantic conventions, `url.full`.
     "AWSAccessKeyId",
@@ -158,19 +160,49 @@ pub const SENSITIVE_QUERY_PARAMETERS: &[&str] = &[
     "access_token",
 ];
 
-/// `url` as `url.full` records it, following the OpenTelemetry semantic conventions: any
-/// userinfo (a username, a password or both) becomes `REDACTED:REDACTED`, and the value of
-/// every query parameter named in [`SENSITIVE_QUERY_PARAMETERS`] becomes `REDACTED`, its key
-/// kept as sent (`?color=blue&sig=REDACTED`). Keys are compared decoded (`%73ig` is `sig`)
-/// and case-sensitively; a repeated key is redacted every time. The path, the other
-/// parameters and the fragment are kept as sent.
-pub fn redact_url(url: &reqwest::Url) -> String {
-    redact_url_with(url, SENSITIVE_QUERY_PARAMETERS)
+/// Secret names for query keys beyond [`dlog_core::redact::SENSITIVE_KEYS`]: `pwd` is a
+/// common spelling of a password parameter in URLs.
+const EXTRA_SECRET_QUERY_NAMES: &[&str] = &["pwd"];
+
+/// dlog's secret-name rule ([`dlog_core::redact::SecretNames`], the one the collector bridge
+/// applies to attribute keys) with [`EXTRA_SECRET_QUERY_NAMES`].
+fn secret_names() -> &'static SecretNames {
+    static NAMES: OnceLock<SecretNames> = OnceLock::new();
+    NAMES.get_or_init(|| SecretNames::new(EXTRA_SECRET_QUERY_NAMES.iter().copied()))
 }
 
-/// [`redact_url`] with `sensitive` replacing [`SENSITIVE_QUERY_PARAMETERS`] (a full override,
-/// as the conventions' `sensitive_query_parameters` setting is; userinfo is always redacted).
+/// `url` as `url.full` records it, following the OpenTelemetry semantic conventions: any
+/// userinfo (a username, a password or both) becomes `REDACTED:REDACTED`, and the value of
+/// a query parameter becomes `REDACTED`, its key kept as sent (`?color=blue&sig=REDACTED`),
+/// when its decoded key is
+///
+/// * one of [`SENSITIVE_QUERY_PARAMETERS`], compared case-sensitively (the conventions), or
+/// * a secret by dlog's secret-name rule ([`dlog_core::redact`], the rule the collector
+///   bridge applies to attribute keys; plus `pwd`): its last `.` segment, case-insensitively
+///   and with `-` as `_`, ends with a secret's name as a whole word, so `api_key`,
+///   `x-api-key`, `clientSecret`, `user_password`, `password`, `token` and `pwd` are
+///   redacted while `token_count`, `tokens` and `monkey` are kept (and `next_page_token` is
+///   redacted: the rule errs on the side of hiding).
+///
+/// Keys are compared decoded (`%73ig` is `sig`); a repeated key is redacted every time. The
+/// path, the other parameters and the fragment are kept as sent.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    redact_url_by(url, |key| {
+        SENSITIVE_QUERY_PARAMETERS.contains(&key) || secret_names().matches(key.as_bytes())
+    })
+}
+
+/// [`redact_url`] with exactly the query keys in `sensitive` redacted (compared
+/// case-sensitively, decoded): a full override of both [`SENSITIVE_QUERY_PARAMETERS`] and
+/// the secret-name rule, as the conventions' `sensitive_query_parameters` setting is.
+/// Userinfo is always redacted.
 pub fn redact_url_with(url: &reqwest::Url, sensitive: &[&str]) -> String {
+    redact_url_by(url, |key| sensitive.contains(&key))
+}
+
+/// Redacts userinfo and the values of the query parameters whose decoded key `sensitive`
+/// accepts.
+fn redact_url_by(url: &reqwest::Url, sensitive: impl Fn(&str) -> bool) -> String {
     let mut url = url.clone();
     if !url.username().is_empty() || url.password().is_some() {
         // Only URLs that cannot carry credentials refuse these; they have none to hide.
@@ -182,7 +214,7 @@ pub fn redact_url_with(url: &reqwest::Url, sensitive: &[&str]) -> String {
         let redacted = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if sensitive.contains(&percent_decode_lossy(key).as_str()) => {
+                Some((key, _)) if sensitive(&percent_decode_lossy(key)) => {
                     changed = true;
                     format!("{key}={REDACTED}")
                 }
@@ -300,10 +332,33 @@ mod tests {
              &Signature=REDACTED&page=2&q=sig&X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED\
              &X-Amz-Security-Token=REDACTED&access_token=REDACTED&sort=asc"
         );
-        // Matching is case-sensitive and on the whole key, as the conventions ask: other
-        // spellings and longer keys are not the listed parameters.
+        // The conventions' keys match case-sensitively and on the whole key: other
+        // spellings and longer keys are not the listed parameters (nor secret names).
         let kept = "http://h.test/?SIG=1&signature=2&x-goog-signature=3&sig2=4&my.sig=5\
-                    &token_count=6&api_key=7";
+                    &token_count=6";
+        assert_eq!(redacted(kept), kept);
+    }
+
+    /// `?api_key=…`, `?password=…` and `?client_secret=…` reached `url.full` (and so Kafka and
+    /// the store) once only the conventions' four keys were redacted: the bridge redacts
+    /// attribute keys, not secrets inside a `url.full` value.
+    #[test]
+    fn regression_url_full_redacts_dlog_secret_names_on_top_of_the_conventions() {
+        assert_eq!(
+            redacted(
+                "https://api.test/v1?api_key=K1&page=2&password=P1&x-api-key=K2&clientSecret=C1\
+                 &user_password=P2&token=T1&refresh_token=T2&API-KEY=K3&apikey=K4&pwd=P3\
+                 &db.passwd=P4&%61pi_key=K5&authorization=A1&sig=S1&cookie=C2"
+            ),
+            "https://api.test/v1?api_key=REDACTED&page=2&password=REDACTED&x-api-key=REDACTED\
+             &clientSecret=REDACTED&user_password=REDACTED&token=REDACTED\
+             &refresh_token=REDACTED&API-KEY=REDACTED&apikey=REDACTED&pwd=REDACTED\
+             &db.passwd=REDACTED&%61pi_key=REDACTED&authorization=REDACTED&sig=REDACTED\
+             &cookie=REDACTED"
+        );
+        // Whole words only: names that merely contain a secret's name are kept.
+        let kept = "http://h.test/?token_count=1&tokens=2&monkey=3&password.length=4\
+                    &keyboard=5&passwordless=6&api_key_id=7&q=password";
         assert_eq!(redacted(kept), kept);
     }
 
@@ -342,10 +397,11 @@ mod tests {
 
     #[test]
     fn the_sensitive_list_can_be_replaced_whole() {
-        let url = reqwest::Url::parse("http://u:p@h.test/?sig=1&session=2").unwrap();
+        let url =
+            reqwest::Url::parse("http://u:p@h.test/?sig=1&session=2&api_key=3&Token=4").unwrap();
         assert_eq!(
-            redact_url_with(&url, &["session"]),
-            "http://REDACTED:REDACTED@h.test/?sig=1&session=REDACTED"
+            redact_url_with(&url, &["session", "Token"]),
+            "http://REDACTED:REDACTED@h.test/?sig=1&session=REDACTED&api_key=3&Token=REDACTED"
         );
     }
 }
