@@ -237,6 +237,10 @@ pub struct AllInOne {
 /// Opens the store and the local log (or joins Kafka), starts both stages reading it, then the
 /// bridge in front of it. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
+    // Every Kafka setting is checked before any client connects or any topic is created.
+    if let Some(brokers) = &config.kafka_brokers {
+        check_kafka_settings(brokers, &config)?;
+    }
     // With Elasticsearch a share of the local disk means nothing: the default budget gives
     // way to none (age only); a byte size given explicitly applies.
     let mut retention_config = config.retention.clone();
@@ -490,6 +494,45 @@ fn open_local_log(config: &Config) -> Result<LocalInput, AllInOneError> {
         indexer,
         alerter,
     })
+}
+
+/// Checks what `dlog up --kafka` hands each piece's Kafka clients, as each piece would when it
+/// starts: the replication factor, the brokers and the properties (none of a producer's or a
+/// consumer's reserved keys, such as `acks` or `enable.auto.commit`). The pieces start one
+/// after another once the topics exist; a setting one of them would refuse must stop the
+/// start before anything is created.
+fn check_kafka_settings(brokers: &str, config: &Config) -> Result<(), AllInOneError> {
+    let invalid = |stage: &'static str| {
+        move |e: dlog_core::config::ConfigError| AllInOneError::Stage {
+            stage,
+            message: e.to_string(),
+        }
+    };
+    if config.topic_replication < 1 {
+        return Err(AllInOneError::Stage {
+            stage: "kafka",
+            message: format!(
+                "topic_replication (--topic-replication) must be at least 1, not {}",
+                config.topic_replication
+            ),
+        });
+    }
+    let mut indexer = IndexerConfig::default().input;
+    indexer.kafka_brokers = brokers.to_string();
+    indexer.consumer = config.kafka_properties.clone();
+    indexer.topic_replication = config.topic_replication;
+    indexer.validate().map_err(invalid("indexing"))?;
+    let mut alerter = AlerterConfig::default().input;
+    alerter.kafka_brokers = brokers.to_string();
+    alerter.consumer = config.kafka_properties.clone();
+    alerter.topic_replication = config.topic_replication;
+    alerter.validate().map_err(invalid("alerting"))?;
+    collector_bridge::Config {
+        kafka: config.kafka_properties.clone(),
+        ..collector_bridge::Config::default()
+    }
+    .validate_kafka_properties()
+    .map_err(|e| AllInOneError::Bridge(e.into()))
 }
 
 /// Creates the topics the bridge produces to and the alerter emits to, when missing.
