@@ -117,9 +117,9 @@ async fn the_alerts_producer_on_the_stages_brokers_carries_its_properties_under_
     );
 }
 
-/// The lease topic is created with the stage's replication factor (1 on the one broker here)
-/// and the lease is then taken on it. tansu reports the replication factor a topic was created
-/// with (3 when asked for 3, even on one broker), so this shows the setting reaching
+/// The lease topic is created with the stage's replication factor and the lease is then taken
+/// on it. tansu reports the replication factor a topic was created with (3 when asked for 3,
+/// even on its one broker), so asking for 3, not the default 1, shows the setting reaching
 /// CreateTopics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_topic_is_created_with_the_configured_replication() {
@@ -128,11 +128,11 @@ async fn the_lease_topic_is_created_with_the_configured_replication() {
     config.input.kafka_brokers = kafka.brokers.clone();
     config.input.group_id = unique_name("alerters");
     config.lease_topic = unique_name("lease");
-    config.input.topic_replication = 1;
+    config.input.topic_replication = 3;
     let shutdown = CancellationToken::new();
     let held = lease::acquire(&config, "127.0.0.1:1".into(), &shutdown)
         .await
-        .expect("the lease on a topic with replication 1");
+        .expect("the lease on a topic with replication 3");
     assert!(!held.lost().is_cancelled());
 
     let consumer: BaseConsumer = dlog_core::kafka::client_config(&kafka.brokers, &BTreeMap::new())
@@ -149,6 +149,6 @@ async fn the_lease_topic_is_created_with_the_configured_replication() {
     let topic = &metadata.topics()[0];
     assert_eq!(topic.name(), config.lease_topic);
     assert_eq!(topic.partitions().len(), 1);
-    assert_eq!(topic.partitions()[0].replicas().len(), 1);
+    assert_eq!(topic.partitions()[0].replicas().len(), 3);
     drop(held);
 }
