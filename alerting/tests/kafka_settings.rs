@@ -11,7 +11,8 @@ use std::time::Duration;
 use dlog_alerting::alert::{Alert, AlertState, Severity, Transition, TransitionKind};
 use dlog_alerting::lease;
 use dlog_alerting::output::kafka;
-use dlog_alerting::AlerterConfig;
+use dlog_alerting::{Alerter, AlerterConfig};
+use dlog_core::source::ChannelSource;
 use dlog_testkit::tls_probe::{Handshake, TlsProbe};
 use dlog_testkit::{unique_name, Kafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -115,6 +116,31 @@ async fn the_alerts_producer_on_the_stages_brokers_carries_its_properties_under_
         properties,
         BTreeMap::from([("client.id".to_string(), "t-alerts".to_string())])
     );
+}
+
+/// The alerts producer the stage itself builds (not the output alone) gets the stage's
+/// properties: the stage reads a channel, so the producer is its only Kafka client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stage_builds_its_alerts_producer_with_the_stages_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = TlsProbe::start().await.unwrap();
+    let ca = probe.write_ca(dir.path()).unwrap();
+    let mut config = AlerterConfig {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().join("state"),
+        ..Default::default()
+    };
+    config.input.kafka_brokers = probe.brokers();
+    config.input.consumer = sasl_ssl(&ca, "t-alerts-stage");
+    config.outputs.kafka.enabled = true;
+    let (_records, source) = ChannelSource::new(4);
+    let running = Alerter::builder(config)
+        .with_source(source)
+        .start()
+        .await
+        .expect("the stage starts on a channel");
+    assert_reached_over_tls(&probe, "t-alerts-stage").await;
+    drop(running);
 }
 
 /// The lease topic is created with the stage's replication factor and the lease is then taken
