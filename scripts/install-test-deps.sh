@@ -13,12 +13,14 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 
-# gcc and make build the bundled librdkafka, SQLite and zlib; nothing links OpenSSL. procps
+# gcc and make build the bundled librdkafka, SQLite and zlib. libssl-dev (found through
+# pkg-config) is linked by librdkafka only, for Kafka SSL and SASL/SCRAM; everything else uses
+# rustls. procps
 # provides `kill`, which the tests use to freeze and thaw servers (SIGSTOP/SIGCONT). iproute2
 # provides `ip`, with which the two-host test makes its network namespaces and veth pair.
 # chromium and chromium-driver run the viewer's browser tests (headless, over WebDriver).
 need_apt=()
-for pkg in build-essential pkg-config procps iproute2 chromium chromium-driver; do
+for pkg in build-essential pkg-config libssl-dev procps iproute2 chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then

@@ -55,6 +55,9 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_CREATE_TOPICS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help = with_default("Create missing topics at start", AlerterConfig::default().input.create_topics))]
     pub create_topics: Option<bool>,
 
+    #[arg(long, env = "DLOG_ALERTER_TOPIC_REPLICATION", value_name = "N", help = with_default("Replication factor of the topics it creates: the lease topic, and those of --create-topics (production: 3)", dlog_core::stage::DEFAULT_TOPIC_REPLICATION))]
+    pub topic_replication: Option<i32>,
+
     #[arg(long, env = "DLOG_ALERTER_ALERTS_TOPIC", value_name = "TOPIC", help = with_default("Topic for alert events", names::ALERTS_TOPIC))]
     pub alerts_topic: Option<String>,
 
@@ -126,7 +129,9 @@ pub struct Args {
     #[arg(long, env = "DLOG_ALERTER_STATE_TOPIC", value_name = "TOPIC", help = with_default("Topic the state is checkpointed to with --standby", DEFAULT_STATE_TOPIC))]
     pub state_topic: Option<String>,
 
-    /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
+    /// Extra librdkafka property (repeatable) for every Kafka client of the stage (consumer,
+    /// topic creation, lease, alerts producer on the same brokers), e.g.
+    /// -X security.protocol=SASL_SSL.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
 }
@@ -139,7 +144,7 @@ impl Args {
             Some(path) => AlerterConfig::from_file(path)?,
             None => AlerterConfig::default(),
         };
-        overlay!(self => config.input, kafka_brokers, group_id, create_topics);
+        overlay!(self => config.input, kafka_brokers, group_id, create_topics, topic_replication);
         overlay!(
             self => config,
             admin,
@@ -224,9 +229,15 @@ mod tests {
             "/tmp/store",
             "--terminal",
             "false",
+            "--topic-replication",
+            "3",
+            "-X",
+            "security.protocol=SASL_SSL",
         ])
         .load()
         .unwrap();
+        assert_eq!(config.input.topic_replication, 3);
+        assert_eq!(config.input.consumer["security.protocol"], "SASL_SSL");
         assert_eq!(config.input.kafka_brokers, "flag:9092");
         assert_eq!(config.input.group_id, "file-group");
         assert_eq!(config.outputs.kafka.topic, "file-alerts");

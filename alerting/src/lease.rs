@@ -252,7 +252,7 @@ pub async fn acquire(
         message,
     };
     // The lease topic is the alerter's own: created whatever `create_topics` says.
-    ensure_topics(&config.input.kafka_brokers, &[&topic], 1, 1)
+    ensure_topics(&config.input.topic_settings(Some(1)), &[&topic])
         .await
         .map_err(|e| kafka(e.to_string()))?;
     let config = config.clone();

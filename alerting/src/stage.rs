@@ -366,13 +366,7 @@ pub async fn kafka_source(config: &AlerterConfig) -> Result<KafkaSource, Alerter
             topics.push(config.outputs.kafka.topic.clone());
         }
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        ensure_topics(
-            &config.input.kafka_brokers,
-            &refs,
-            config.input.topic_partitions,
-            1,
-        )
-        .await?;
+        ensure_topics(&config.input.topic_settings(None), &refs).await?;
     }
     Ok(KafkaSource::new(
         &config.input.settings(config.input_topics()),
@@ -646,7 +640,11 @@ async fn build_outputs(
     let o = &config.outputs;
     let mut outputs = [
         terminal::build(&o.terminal),
-        kafka::build(&o.kafka, &config.input.kafka_brokers)?,
+        kafka::build(
+            &o.kafka,
+            &config.input.kafka_brokers,
+            &config.input.consumer,
+        )?,
         webhook::build(&o.webhook)?,
         None,
     ];

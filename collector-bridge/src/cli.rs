@@ -13,7 +13,7 @@ use dlog_core::{names, overlay};
 
 use crate::config::{
     Config, ConfigError, DEFAULT_KAFKA_BROKERS, DEFAULT_PRODUCE_TIMEOUT_MS,
-    DEFAULT_TOPIC_PARTITIONS,
+    DEFAULT_TOPIC_PARTITIONS, DEFAULT_TOPIC_REPLICATION,
 };
 
 /// OTLP (gRPC and HTTP) in, Kafka out: answers senders only after Kafka acknowledged.
@@ -62,6 +62,9 @@ pub struct Args {
     #[arg(long, env = "DLOG_BRIDGE_TOPIC_PARTITIONS", value_name = "N", help = with_default("Partitions of topics created with --create-topics", DEFAULT_TOPIC_PARTITIONS))]
     pub topic_partitions: Option<i32>,
 
+    #[arg(long, env = "DLOG_BRIDGE_TOPIC_REPLICATION", value_name = "N", help = with_default("Replication factor of topics created with --create-topics (production: 3)", DEFAULT_TOPIC_REPLICATION))]
+    pub topic_replication: Option<i32>,
+
     #[arg(long, env = "DLOG_BRIDGE_PRODUCE_TIMEOUT_MS", value_name = "MS", help = with_default("How long a request waits for Kafka before UNAVAILABLE/503, in ms", DEFAULT_PRODUCE_TIMEOUT_MS))]
     pub produce_timeout_ms: Option<u64>,
 
@@ -90,7 +93,8 @@ pub struct Args {
     #[arg(long, env = "DLOG_BRIDGE_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Extra librdkafka producer property (repeatable), e.g. -X compression.type=lz4.
+    /// Extra librdkafka property (repeatable) for the producer and the admin client, e.g.
+    /// -X compression.type=lz4 or -X security.protocol=SASL_SSL.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_property: Vec<(String, String)>,
 }
@@ -116,6 +120,7 @@ impl Args {
             max_message_bytes,
             create_topics,
             topic_partitions,
+            topic_replication,
             produce_timeout_ms
         );
         overlay!(
@@ -225,11 +230,18 @@ mod tests {
 
     #[test]
     fn bare_create_topics_flag_means_true() {
-        let config = args(&["--create-topics", "--topic-partitions", "6"])
-            .load()
-            .unwrap();
+        let config = args(&[
+            "--create-topics",
+            "--topic-partitions",
+            "6",
+            "--topic-replication",
+            "3",
+        ])
+        .load()
+        .unwrap();
         assert!(config.create_topics);
         assert_eq!(config.topic_partitions, 6);
+        assert_eq!(config.topic_replication, 3);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 32 * 1024 * 1024;
 /// Default `topic_partitions`.
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
+/// Default `topic_replication`: right for a single broker; production clusters should use 3.
+pub const DEFAULT_TOPIC_REPLICATION: i32 = 1;
 /// Default `retry_after_secs`.
 pub const DEFAULT_RETRY_AFTER_SECS: u64 = 2;
 /// Default `shutdown_timeout_ms`.
@@ -195,7 +197,7 @@ impl Default for Config {
             max_message_bytes: names::DEFAULT_MAX_MESSAGE_BYTES,
             create_topics: false,
             topic_partitions: DEFAULT_TOPIC_PARTITIONS,
-            topic_replication: 1,
+            topic_replication: DEFAULT_TOPIC_REPLICATION,
             produce_timeout_ms: DEFAULT_PRODUCE_TIMEOUT_MS,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,

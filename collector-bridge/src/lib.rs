@@ -387,13 +387,13 @@ impl BridgeBuilder<ProduceToKafka> {
         let config = self.config;
         config.validate()?;
         if config.create_topics {
-            dlog_core::kafka::ensure_topics(
-                &config.kafka_brokers,
-                &config.topics(),
-                config.topic_partitions,
-                config.topic_replication,
-            )
-            .await?;
+            let settings = dlog_core::kafka::TopicSettings {
+                brokers: &config.kafka_brokers,
+                properties: &config.kafka,
+                partitions: config.topic_partitions,
+                replication: config.topic_replication,
+            };
+            dlog_core::kafka::ensure_topics(&settings, &config.topics()).await?;
         }
         // A topic that refuses records of max_message_bytes would fail every large request
         // for good: refuse to start instead, naming the topic and both values.

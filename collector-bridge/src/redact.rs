@@ -8,7 +8,8 @@
 //! `db.password`, `http.request.header.x-api-key`, `user_password`, `X-Auth-Token` and
 //! `clientSecret` are redacted, while `gen_ai.usage.input_tokens`, `token_count`,
 //! `password.length`, `monkey`, `keyboard` and `tokenizer` are kept: a name only counts as a
-//! whole word at the end of the segment. Resource, scope, span, span-event,
+//! whole word at the end of the segment (the rule is [`dlog_core::redact`], which the SDK's
+//! `url.full` applies to query keys too). Resource, scope, span, span-event,
 //! span-link and log attributes are covered, nested values included (a key inside a kvlist
 //! inside an attribute value); log bodies only with `redact_log_bodies`.
 //!
@@ -26,52 +27,14 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// Names whose values are redacted by default (lowercase, `_` for `-`), when they are a key's
-/// last segment or end it as a whole word.
-pub const SENSITIVE_KEYS: &[&str] = &[
-    "authorization",
-    "proxy_authorization",
-    "cookie",
-    "set_cookie",
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "api_key",
-    "apikey",
-    "private_key",
-    "secret_key",
-    "secret_access_key",
-];
-
-/// The longest key segment `redact_extra_keys` may name.
-pub const MAX_KEY_SEGMENT: usize = 64;
-
-/// 64-bit words in a normalised key segment of at most [`MAX_KEY_SEGMENT`] bytes.
-const WORDS: usize = MAX_KEY_SEGMENT / 8;
-
-/// The last bytes of a normalised key segment, last byte first, as little-endian words,
-/// zero-padded: whether a name ends the segment is whether its first `len` bytes (reversed
-/// the same way) are equal, `len.div_ceil(8)` integer comparisons with no call into
-/// `memcmp`. This runs for every attribute key.
-type Words = [u64; WORDS];
+use dlog_core::redact::SecretNames;
+pub use dlog_core::redact::{MAX_KEY_SEGMENT, SENSITIVE_KEYS};
 
 /// Decides which attribute values are redacted, and rewrites them.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    /// The normalised names, reversed, by their length in bytes (index 0 to
-    /// `MAX_KEY_SEGMENT`).
-    by_len: Vec<Vec<Words>>,
-    /// The longest name's length.
-    longest: usize,
-    /// By normalised last byte, the lengths of the names that end with it (bit `len - 1`):
-    /// most keys are ruled out by their last byte before anything is normalised, and the rest
-    /// are compared only at the lengths that can match.
-    lengths_by_last: [u64; 256],
+    /// The key rule (`dlog_core::redact`), shared with the SDK's `url.full`.
+    names: SecretNames,
     bodies: bool,
 }
 
@@ -80,26 +43,8 @@ impl Redactor {
     /// the config to be at most [`MAX_KEY_SEGMENT`] bytes); `bodies` extends it into log
     /// bodies.
     pub fn new<'a>(extra: impl IntoIterator<Item = &'a str>, bodies: bool) -> Redactor {
-        let mut by_len: Vec<Vec<Words>> = vec![Vec::new(); MAX_KEY_SEGMENT + 1];
-        let mut lengths_by_last = [0u64; 256];
-        let mut longest = 0;
-        for segment in SENSITIVE_KEYS.iter().copied().chain(extra) {
-            let bytes = segment.as_bytes();
-            let Some(&last) = bytes.last().filter(|_| bytes.len() <= MAX_KEY_SEGMENT) else {
-                continue;
-            };
-            lengths_by_last[usize::from(normalise(last))] |= 1 << (bytes.len() - 1);
-            longest = longest.max(bytes.len());
-            let words = reversed(bytes, MAX_KEY_SEGMENT);
-            let same = &mut by_len[bytes.len()];
-            if !same.contains(&words) {
-                same.push(words);
-            }
-        }
         Redactor {
-            by_len,
-            longest,
-            lengths_by_last,
+            names: SecretNames::new(extra),
             bodies,
         }
     }
@@ -112,45 +57,7 @@ impl Redactor {
     /// Whether an attribute with this key is redacted.
     #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
-        let Some(&last) = key.last() else {
-            return false;
-        };
-        let mut lengths = self.lengths_by_last[usize::from(normalise(last))];
-        if lengths == 0 {
-            return false;
-        }
-        let segment = match key.iter().rposition(|b| *b == b'.') {
-            Some(dot) => &key[dot + 1..],
-            None => key,
-        };
-        // Only names that fit in the segment.
-        if segment.len() < 64 {
-            lengths &= (1u64 << segment.len()) - 1;
-        }
-        let mut words = None;
-        while lengths != 0 {
-            let len = lengths.trailing_zeros() as usize + 1;
-            lengths &= lengths - 1;
-            // The name must start a word: the whole segment, after `_` or `-`, or a capital
-            // after a lowercase letter or digit.
-            let start = segment.len() - len;
-            if start > 0 {
-                let before = segment[start - 1];
-                let camel = segment[start].is_ascii_uppercase()
-                    && (before.is_ascii_lowercase() || before.is_ascii_digit());
-                if !(before == b'_' || before == b'-' || camel) {
-                    continue;
-                }
-            }
-            let words = words.get_or_insert_with(|| reversed(segment, self.longest));
-            if self.by_len[len]
-                .iter()
-                .any(|name| starts_equal(name, words, len))
-            {
-                return true;
-            }
-        }
-        false
+        self.names.matches(key)
     }
 
     fn any_match(&self, attributes: &[KeyValue]) -> bool {
@@ -299,46 +206,6 @@ impl Redactor {
                 }
             }
         }
-    }
-}
-
-/// The last `limit` (at most [`MAX_KEY_SEGMENT`]) bytes of `segment`, lowercased, `-` as `_`,
-/// last byte first, as words.
-#[inline]
-fn reversed(segment: &[u8], limit: usize) -> Words {
-    let mut bytes = [0u8; MAX_KEY_SEGMENT];
-    for (to, from) in bytes.iter_mut().zip(segment.iter().rev().take(limit)) {
-        *to = normalise(*from);
-    }
-    let mut words = [0u64; WORDS];
-    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-        let mut eight = [0u8; 8];
-        eight.copy_from_slice(chunk);
-        *word = u64::from_le_bytes(eight);
-    }
-    words
-}
-
-/// Whether the first `len` bytes of two [`reversed`] segments are equal.
-#[inline]
-fn starts_equal(a: &Words, b: &Words, len: usize) -> bool {
-    let full = len / 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    let rest = len % 8;
-    rest == 0 || {
-        let mask = (1u64 << (8 * rest)) - 1;
-        (a[full] ^ b[full]) & mask == 0
-    }
-}
-
-#[inline]
-fn normalise(b: u8) -> u8 {
-    if b == b'-' {
-        b'_'
-    } else {
-        b.to_ascii_lowercase()
     }
 }
 

@@ -10,6 +10,34 @@ pub fn parse_property(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Reads a file of librdkafka properties, one `KEY=VALUE` a line (as `-X` takes them; blank
+/// lines and lines starting with `#` are skipped), for secrets that must not appear on a
+/// command line (`sasl.password`), where `ps` shows them. An error names the file and the
+/// line number, never the line, which may hold a secret.
+pub fn read_properties_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_properties(&text).map_err(|line| {
+        format!(
+            "{} line {line}: not KEY=VALUE (a non-empty key, then `=`)",
+            path.display()
+        )
+    })
+}
+
+/// The properties of [`read_properties_file`]'s text; `Err` holds the 1-based number of the
+/// first line that is not `KEY=VALUE`.
+pub fn parse_properties(text: &str) -> Result<Vec<(String, String)>, usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with('#')
+        })
+        .map(|(n, line)| parse_property(line).map_err(|_| n + 1))
+        .collect()
+}
+
 /// A flag's help text ending in `[default: VALUE]`, the value taken from the constant the
 /// settings use, so that the help never disagrees with the default. (The flags are options,
 /// so that an absent flag keeps the file's value; clap's own `default_value` would override
@@ -65,5 +93,30 @@ mod tests {
             let err = parse_property(bad).unwrap_err();
             assert!(err.contains(bad) && err.contains("KEY=VALUE"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_properties_file_has_one_property_a_line_and_errors_hide_the_line() {
+        let text = "# Kafka\r\nsecurity.protocol = SASL_SSL\r\n\n  \nsasl.password=p=w#1\n";
+        assert_eq!(
+            parse_properties(text),
+            Ok(vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.password".into(), "p=w#1".into()),
+            ])
+        );
+        assert_eq!(parse_properties("a=1\n\nhunter2\n"), Err(3));
+        let dir = std::env::temp_dir().join(format!("dlog-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kafka.properties");
+        std::fs::write(&path, "sasl.username=u\nhunter2\n").unwrap();
+        let err = read_properties_file(&path).unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("kafka.properties"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(read_properties_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

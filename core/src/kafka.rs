@@ -399,13 +399,21 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// An idempotent, acks=all producer for `topic`, naming `stage` in every dead letter.
+    /// An idempotent, acks=all producer for `topic`, naming `stage` in every dead letter,
+    /// with the stage's librdkafka `properties` (security and the like; the delivery
+    /// properties [`ProducerConfig`] reserves are still set by it).
     ///
     /// Its `message.max.bytes` is [`names::DEFAULT_MAX_MESSAGE_BYTES`] plus
     /// [`DLQ_HEADROOM_BYTES`], so a record of the bridge's largest size still fits with the
     /// dead-letter headers.
-    pub fn new(brokers: &str, topic: &str, stage: &str) -> Result<Self, DeadLetterError> {
+    pub fn new(
+        brokers: &str,
+        properties: &BTreeMap<String, String>,
+        topic: &str,
+        stage: &str,
+    ) -> Result<Self, DeadLetterError> {
         let mut config = ProducerConfig::new(brokers, DLQ_MESSAGE_TIMEOUT);
+        config.properties = properties.clone();
         config.message_max_bytes = Some(names::DEFAULT_MAX_MESSAGE_BYTES + DLQ_HEADROOM_BYTES);
         let producer: FutureProducer =
             config
@@ -541,25 +549,69 @@ fn is_permanent_produce_error(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// Creates the topics that do not exist yet. Existing topics are left as they are.
+/// How dlog creates the topics it needs: the admin client's connection (brokers and the
+/// stage's librdkafka properties, so that `security.protocol`, `sasl.*` and `ssl.*` reach it
+/// as they reach the stage's other clients) and the shape of each new topic.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSettings<'a> {
+    /// Bootstrap brokers, `HOST:PORT[,HOST:PORT..]`.
+    pub brokers: &'a str,
+    /// The stage's librdkafka properties (security and the like).
+    pub properties: &'a BTreeMap<String, String>,
+    /// Partitions of each new topic.
+    pub partitions: i32,
+    /// Replication factor of each new topic: 1 suits a single broker, production clusters
+    /// should use 3.
+    pub replication: i32,
+}
+
+impl TopicSettings<'_> {
+    /// The admin client's librdkafka configuration.
+    pub fn admin_config(&self) -> ClientConfig {
+        client_config(self.brokers, self.properties)
+    }
+
+    /// The CreateTopics request's topics.
+    pub fn new_topics<'t>(&self, topics: &[&'t str]) -> Vec<NewTopic<'t>> {
+        topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
+            .collect()
+    }
+}
+
+/// A librdkafka configuration for `brokers` carrying `properties` (a stage's pass-through
+/// table: security and the like). `bootstrap.servers` is set last, so the table cannot
+/// change it.
+pub fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in properties {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", brokers);
+    client
+}
+
+/// Creates the topics that do not exist yet, as `settings` describe them. Existing topics
+/// are left as they are.
 pub async fn ensure_topics(
-    brokers: &str,
+    settings: &TopicSettings<'_>,
     topics: &[&str],
-    partitions: i32,
-    replication: i32,
 ) -> Result<(), TopicError> {
+    let brokers = settings.brokers;
     let admin_error = |source| TopicError::Admin {
         brokers: brokers.to_string(),
         source,
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(admin_error)?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
-        .collect();
+    let admin: AdminClient<DefaultClientContext> =
+        settings.admin_config().create().map_err(admin_error)?;
+    let new_topics = settings.new_topics(topics);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new_topics, &options)
@@ -727,6 +779,34 @@ mod tests {
         check("queue.buffering.max.kbytes", "1024").unwrap();
         check("message.max.bytes", "2000000").unwrap();
         check("compression.type", "zstd").unwrap();
+    }
+
+    #[test]
+    fn created_topics_carry_the_settings_and_the_admin_client_the_properties() {
+        let properties = BTreeMap::from([
+            ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ("bootstrap.servers".to_string(), "elsewhere:1".to_string()),
+        ]);
+        let settings = TopicSettings {
+            brokers: "k:9092",
+            properties: &properties,
+            partitions: 6,
+            replication: 3,
+        };
+        let topics = settings.new_topics(&["trace_logs", "alerter_lease"]);
+        assert_eq!(topics.len(), 2);
+        for (topic, name) in topics.iter().zip(["trace_logs", "alerter_lease"]) {
+            assert_eq!(topic.name, name);
+            assert_eq!(topic.num_partitions, 6);
+            assert!(
+                matches!(topic.replication, TopicReplication::Fixed(3)),
+                "{:?}",
+                topic.replication
+            );
+        }
+        let admin = settings.admin_config();
+        assert_eq!(admin.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(admin.get("bootstrap.servers"), Some("k:9092"));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod encoding;
 pub mod model;
 pub mod names;
+pub mod redact;
 pub mod source;
 pub mod terminal;
 

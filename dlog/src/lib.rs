@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,6 +108,14 @@ pub struct Config {
     /// and the stages consume it in their groups, instead of the local log. The topics
     /// (`trace_logs`, `service_logs`, `heartbeat_logs`, `alerts`) are created when missing.
     pub kafka_brokers: Option<String>,
+    /// librdkafka properties every Kafka client gets with `kafka_brokers` (the bridge's
+    /// producer, the stages' consumers, the admin client creating the topics, the alerter's
+    /// lease and alerts producer): `security.protocol`, `sasl.*`, `ssl.*` and the like.
+    /// Default: none.
+    pub kafka_properties: BTreeMap<String, String>,
+    /// Replication factor of the topics created on `kafka_brokers`. Default 1 (one broker);
+    /// production clusters should use 3.
+    pub topic_replication: i32,
     /// Elasticsearch (or OpenSearch-API) base URL, `http://HOST:PORT`. Set: the stages store
     /// there instead of the embedded store.
     pub elasticsearch_url: Option<String>,
@@ -146,6 +155,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             kafka_brokers: None,
+            kafka_properties: BTreeMap::new(),
+            topic_replication: dlog_core::stage::DEFAULT_TOPIC_REPLICATION,
             elasticsearch_url: None,
             elasticsearch_index_prefix: String::new(),
             elasticsearch_ca: None,
@@ -240,6 +251,10 @@ pub struct AllInOne {
 /// Opens the store and the local log (or joins Kafka), starts both stages reading it, then the
 /// bridge in front of it. Returns once every listener is bound.
 pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
+    // Every Kafka setting is checked before any client connects or any topic is created.
+    if let Some(brokers) = &config.kafka_brokers {
+        check_kafka_settings(brokers, &config)?;
+    }
     // With Elasticsearch a share of the local disk means nothing: the default budget gives
     // way to none (age only); a byte size given explicitly applies.
     let mut retention_config = config.retention.clone();
@@ -271,7 +286,7 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     let input = match &config.kafka_brokers {
         None => Input::Local(Box::new(open_local_log(&config)?)),
         Some(brokers) => Input::Kafka {
-            brokers: join_kafka(brokers).await?,
+            brokers: join_kafka(brokers, &config).await?,
         },
     };
     let store = open_store(&store_config)
@@ -294,6 +309,8 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
     };
     if let Input::Kafka { brokers } = &input {
         indexer_config.input.kafka_brokers = brokers.clone();
+        indexer_config.input.consumer = config.kafka_properties.clone();
+        indexer_config.input.topic_replication = config.topic_replication;
     }
     let indexer = Indexer::builder(indexer_config)
         .with_store(Arc::clone(&store))
@@ -381,6 +398,8 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             let records_to = format!("Kafka brokers {brokers}");
             let indexer = indexer.start().await.map_err(indexer_error)?;
             alerter_config.input.kafka_brokers = brokers.clone();
+            alerter_config.input.consumer = config.kafka_properties.clone();
+            alerter_config.input.topic_replication = config.topic_replication;
             alerter_config.outputs.kafka.enabled = true;
             // As the standalone alerter: it evaluates only once it holds its group's lease, so
             // a second alerter in the group (another `dlog up --kafka`, or `dlog-alerter`)
@@ -394,7 +413,9 @@ pub async fn start(config: Config) -> Result<AllInOne, AllInOneError> {
             };
             let bridge = collector_bridge::Bridge::builder(collector_bridge::Config {
                 kafka_brokers: brokers.clone(),
+                kafka: config.kafka_properties.clone(),
                 create_topics: true,
+                topic_replication: config.topic_replication,
                 ..bridge_config
             })
             .start()
@@ -496,21 +517,60 @@ fn open_local_log(config: &Config) -> Result<LocalInput, AllInOneError> {
     })
 }
 
+/// Checks what `dlog up --kafka` hands each piece's Kafka clients, as each piece would when it
+/// starts: the replication factor, the brokers and the properties (none of a producer's or a
+/// consumer's reserved keys, such as `acks` or `enable.auto.commit`). The pieces start one
+/// after another once the topics exist; a setting one of them would refuse must stop the
+/// start before anything is created.
+fn check_kafka_settings(brokers: &str, config: &Config) -> Result<(), AllInOneError> {
+    let invalid = |stage: &'static str| {
+        move |e: dlog_core::config::ConfigError| AllInOneError::Stage {
+            stage,
+            message: e.to_string(),
+        }
+    };
+    if config.topic_replication < 1 {
+        return Err(AllInOneError::Stage {
+            stage: "kafka",
+            message: format!(
+                "topic_replication (--topic-replication) must be at least 1, not {}",
+                config.topic_replication
+            ),
+        });
+    }
+    let mut indexer = IndexerConfig::default().input;
+    indexer.kafka_brokers = brokers.to_string();
+    indexer.consumer = config.kafka_properties.clone();
+    indexer.topic_replication = config.topic_replication;
+    indexer.validate().map_err(invalid("indexing"))?;
+    let mut alerter = AlerterConfig::default().input;
+    alerter.kafka_brokers = brokers.to_string();
+    alerter.consumer = config.kafka_properties.clone();
+    alerter.topic_replication = config.topic_replication;
+    alerter.validate().map_err(invalid("alerting"))?;
+    collector_bridge::Config {
+        kafka: config.kafka_properties.clone(),
+        ..collector_bridge::Config::default()
+    }
+    .validate_kafka_properties()
+    .map_err(|e| AllInOneError::Bridge(e.into()))
+}
+
 /// Creates the topics the bridge produces to and the alerter emits to, when missing.
-async fn join_kafka(brokers: &str) -> Result<String, AllInOneError> {
+async fn join_kafka(brokers: &str, config: &Config) -> Result<String, AllInOneError> {
     let topics = [
         names::TRACE_LOGS_TOPIC,
         names::SERVICE_LOGS_TOPIC,
         names::HEARTBEAT_LOGS_TOPIC,
         names::ALERTS_TOPIC,
     ];
-    dlog_core::kafka::ensure_topics(
+    let settings = dlog_core::kafka::TopicSettings {
         brokers,
-        &topics,
-        collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
-        1,
-    )
-    .await?;
+        properties: &config.kafka_properties,
+        partitions: collector_bridge::config::DEFAULT_TOPIC_PARTITIONS,
+        replication: config.topic_replication,
+    };
+    dlog_core::kafka::ensure_topics(&settings, &topics).await?;
     Ok(brokers.to_string())
 }
 

@@ -75,6 +75,19 @@ struct UpArgs {
     /// consume in their groups, instead of the local log [default: none, local log].
     #[arg(long, env = "DLOG_KAFKA")]
     kafka: Option<String>,
+    /// librdkafka property for every Kafka client with --kafka (repeatable), e.g.
+    /// -X security.protocol=SASL_SSL; it overrides --kafka-properties-file. Not for secrets:
+    /// `ps` shows a command line [default: none].
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = dlog_core::cli::parse_property)]
+    kafka_property: Vec<(String, String)>,
+    /// File of librdkafka properties for every Kafka client with --kafka, one KEY=VALUE a
+    /// line (`#` comments): the place for sasl.password and other secrets [default: none].
+    #[arg(long, env = "DLOG_KAFKA_PROPERTIES_FILE", value_name = "FILE")]
+    kafka_properties_file: Option<PathBuf>,
+    /// Replication factor of the topics created with --kafka, at least 1; production
+    /// clusters should use 3 [default: 1].
+    #[arg(long, env = "DLOG_TOPIC_REPLICATION", value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    topic_replication: Option<i32>,
     /// OTLP/gRPC listen address.
     #[arg(long, env = "DLOG_OTLP_GRPC")]
     otlp_grpc: Option<SocketAddr>,
@@ -310,10 +323,30 @@ async fn viewer(
     Ok(())
 }
 
+/// The librdkafka properties of `dlog up`: the file's, then the `-X` flags over them.
+fn kafka_properties(
+    file: Option<&std::path::Path>,
+    flags: Vec<(String, String)>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut properties = std::collections::BTreeMap::new();
+    if let Some(file) = file {
+        properties.extend(
+            dlog_core::cli::read_properties_file(file)
+                .map_err(|e| anyhow::anyhow!("--kafka-properties-file: {e}"))?,
+        );
+    }
+    properties.extend(flags);
+    Ok(properties)
+}
+
 async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
     let mut config = dlog::Config {
         data_dir: global.data_dir.clone(),
         kafka_brokers: args.kafka,
+        kafka_properties: kafka_properties(
+            args.kafka_properties_file.as_deref(),
+            args.kafka_property,
+        )?,
         elasticsearch_url: global.elasticsearch.clone(),
         elasticsearch_index_prefix: global
             .elasticsearch_index_prefix
@@ -329,6 +362,9 @@ async fn up(global: &Args, args: UpArgs) -> anyhow::Result<()> {
         tls_key: args.tls_key,
         ..dlog::Config::default()
     };
+    if let Some(replication) = args.topic_replication {
+        config.topic_replication = replication;
+    }
     if let Some(addr) = args.otlp_grpc {
         config.otlp_grpc = addr;
     }

@@ -233,6 +233,8 @@ pub struct RunArgs {
     pub create_topics: Option<bool>,
     #[arg(long, global = true, env = "DLOG_INDEXER_TOPIC_PARTITIONS", value_name = "N", help = with_default("Partitions of topics created with --create-topics", crate::config::DEFAULT_TOPIC_PARTITIONS))]
     pub topic_partitions: Option<i32>,
+    #[arg(long, global = true, env = "DLOG_INDEXER_TOPIC_REPLICATION", value_name = "N", help = with_default("Replication factor of topics created with --create-topics (production: 3)", dlog_core::stage::DEFAULT_TOPIC_REPLICATION))]
+    pub topic_replication: Option<i32>,
     #[arg(long, global = true, env = "DLOG_INDEXER_BATCH_MAX_RECORDS", value_name = "N", help = with_default("Most records per batch", crate::config::DEFAULT_BATCH_MAX_RECORDS))]
     pub batch_max_records: Option<usize>,
     #[arg(long, global = true, env = "DLOG_INDEXER_SESSION_TIMEOUT_MS", value_name = "MS", help = with_default("Consumer-group session timeout in ms", crate::config::DEFAULT_SESSION_TIMEOUT_MS))]
@@ -283,7 +285,8 @@ pub struct RunArgs {
         value_name = "FILE"
     )]
     pub auth_token_file: Option<PathBuf>,
-    /// Extra librdkafka consumer property (repeatable), e.g. -X security.protocol=ssl.
+    /// Extra librdkafka property (repeatable) for every Kafka client of the stage (consumer,
+    /// topic creation, dead letters), e.g. -X security.protocol=SASL_SSL.
     #[arg(short = 'X', long = "consumer-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
     pub consumer_property: Vec<(String, String)>,
 }
@@ -351,6 +354,7 @@ impl Args {
                 group_id,
                 create_topics,
                 topic_partitions,
+                topic_replication,
                 session_timeout_ms
             );
             overlay!(
@@ -672,11 +676,14 @@ mod tests {
             "--kafka-brokers",
             "flag:9092",
             "--create-topics",
+            "--topic-replication",
+            "3",
             "-X",
             "fetch.max.bytes=1000000",
         ])
         .load()
         .unwrap();
+        assert_eq!(config.input.topic_replication, 3);
         assert_eq!(config.input.group_id, "from-file");
         assert_eq!(config.input.kafka_brokers, "flag:9092");
         assert!(config.input.create_topics);

@@ -789,13 +789,7 @@ impl IndexerBuilder<JoinKafka> {
                 topics.push(&config.dead_letters_topic);
             }
             topics.dedup();
-            dlog_core::kafka::ensure_topics(
-                &config.input.kafka_brokers,
-                &topics,
-                config.input.topic_partitions,
-                1,
-            )
-            .await?;
+            dlog_core::kafka::ensure_topics(&config.input.topic_settings(None), &topics).await?;
         }
         let source =
             KafkaSource::new(&config.input.settings(config.input_topics())).map_err(kafka_err)?;
@@ -819,6 +813,7 @@ impl<S: Source + ReportsLag + 'static> IndexerBuilder<S> {
             Some(dead_letters) => dead_letters,
             None => Arc::new(DeadLetters::new(
                 &config.input.kafka_brokers,
+                &config.input.consumer,
                 &config.dead_letters_topic,
                 "dlog-indexer",
             )?),

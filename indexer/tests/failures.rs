@@ -341,7 +341,13 @@ async fn a_poison_record_of_the_largest_size_is_dead_lettered_and_the_partition_
 async fn a_dead_letter_too_large_for_the_topic_lands_truncated_with_its_reason() {
     let kafka = dlog_testkit::Kafka::start().unwrap();
     let t = topics(&kafka).await;
-    let dlq = dlog_core::kafka::DeadLetters::new(&kafka.brokers, &t.dlq, "dlog-indexer").unwrap();
+    let dlq = dlog_core::kafka::DeadLetters::new(
+        &kafka.brokers,
+        &Default::default(),
+        &t.dlq,
+        "dlog-indexer",
+    )
+    .unwrap();
     let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let record = dlog_core::source::RawRecord {
         topic: t.trace.clone(),

@@ -8,8 +8,9 @@
 //! * [`send_traced`] / [`RequestBuilderExt::send_traced`]: sends a reqwest request inside a
 //!   CLIENT span whose `peer.service` is the called service, with that span's context
 //!   injected as `traceparent`, so the callee's server span becomes its child. Its `url.full`
-//!   carries no credentials: userinfo and the values of secret query parameters read
-//!   `REDACTED` (see [`redact_url`]).
+//!   carries no credentials, as the OpenTelemetry conventions ask: userinfo reads
+//!   `REDACTED:REDACTED` and the values of signed-URL, token, password and other secret
+//!   query parameters `REDACTED` (see [`redact_url`]).
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
@@ -30,11 +31,13 @@
 //! ```
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use dlog_core::names;
+use dlog_core::redact::SecretNames;
 use tracing::field::Empty;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -137,49 +140,73 @@ pub async fn send_traced(
 /// What replaces a secret in `url.full`.
 pub const REDACTED: &str = "REDACTED";
 
-/// Query parameters whose values are secrets, compared case-insensitively with `-` read as
-/// `_`, against the whole key or its last `.`-separated segment: the keys the OpenTelemetry
-/// semantic conventions name for `url.full` (signed-URL signatures), AWS SigV4 presigned-URL
-/// credentials, and the attribute names dlog redacts.
-const SECRET_QUERY_KEYS: &[&str] = &[
+/// Query parameters whose values `url.full` never carries, matched case-sensitively against
+/// the decoded key, as the OpenTelemetry semantic conventions ask: their list (`AWSAccessKeyId`,
+/// `Signature`, `sig`, `X-Goog-Signature`), plus the credentials of AWS SigV4 presigned URLs
+/// and the OAuth 2.0 bearer token sent as a query parameter (RFC 6750, section 2.3). The
+/// conventions' list is a floor ("sensitive content ... SHOULD be scrubbed when
+/// instrumentations can identify it"): [`redact_url`] also applies dlog's secret-name rule.
+pub const SENSITIVE_QUERY_PARAMETERS: &[&str] = &[
     // OpenTelemetry semantic conventions, `url.full`.
-    "awsaccesskeyid",
-    "signature",
+    "AWSAccessKeyId",
+    "Signature",
     "sig",
-    "x_goog_signature",
+    "X-Goog-Signature",
     // AWS SigV4 presigned URLs.
-    "x_amz_signature",
-    "x_amz_credential",
-    "x_amz_security_token",
-    // dlog's redaction list.
-    "authorization",
-    "proxy_authorization",
-    "cookie",
-    "set_cookie",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "client_secret",
-    "token",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    // OAuth 2.0 bearer token in the query.
     "access_token",
-    "refresh_token",
-    "id_token",
-    "api_key",
-    "apikey",
-    "private_key",
 ];
 
-/// `url` as `url.full` records it (OpenTelemetry semantic conventions): a username and a
-/// password become `REDACTED:REDACTED`, and so does the value of every query parameter whose
-/// key names a secret (`sig`, `X-Goog-Signature`, `AWSAccessKeyId`, `Signature`,
-/// `access_token`, `api-key`, `password`, …). Everything else is kept as sent.
+/// Secret names for query keys beyond [`dlog_core::redact::SENSITIVE_KEYS`]: `pwd` is a
+/// common spelling of a password parameter in URLs.
+const EXTRA_SECRET_QUERY_NAMES: &[&str] = &["pwd"];
+
+/// dlog's secret-name rule ([`dlog_core::redact::SecretNames`], the one the collector bridge
+/// applies to attribute keys) with [`EXTRA_SECRET_QUERY_NAMES`].
+fn secret_names() -> &'static SecretNames {
+    static NAMES: OnceLock<SecretNames> = OnceLock::new();
+    NAMES.get_or_init(|| SecretNames::new(EXTRA_SECRET_QUERY_NAMES.iter().copied()))
+}
+
+/// `url` as `url.full` records it, following the OpenTelemetry semantic conventions: any
+/// userinfo (a username, a password or both) becomes `REDACTED:REDACTED`, and the value of
+/// a query parameter becomes `REDACTED`, its key kept as sent (`?color=blue&sig=REDACTED`),
+/// when its decoded key is
+///
+/// * one of [`SENSITIVE_QUERY_PARAMETERS`], compared case-sensitively (the conventions), or
+/// * a secret by dlog's secret-name rule ([`dlog_core::redact`], the rule the collector
+///   bridge applies to attribute keys; plus `pwd`): its last `.` segment, case-insensitively
+///   and with `-` as `_`, ends with a secret's name as a whole word, so `api_key`,
+///   `x-api-key`, `clientSecret`, `user_password`, `password`, `token` and `pwd` are
+///   redacted while `token_count`, `tokens` and `monkey` are kept (and `next_page_token` is
+///   redacted: the rule errs on the side of hiding).
+///
+/// Keys are compared decoded (`%73ig` is `sig`); a repeated key is redacted every time. The
+/// path, the other parameters and the fragment are kept as sent.
 pub fn redact_url(url: &reqwest::Url) -> String {
+    redact_url_by(url, |key| {
+        SENSITIVE_QUERY_PARAMETERS.contains(&key) || secret_names().matches(key.as_bytes())
+    })
+}
+
+/// [`redact_url`] with exactly the query keys in `sensitive` redacted (compared
+/// case-sensitively, decoded): a full override of both [`SENSITIVE_QUERY_PARAMETERS`] and
+/// the secret-name rule, as the conventions' `sensitive_query_parameters` setting is.
+/// Userinfo is always redacted.
+pub fn redact_url_with(url: &reqwest::Url, sensitive: &[&str]) -> String {
+    redact_url_by(url, |key| sensitive.contains(&key))
+}
+
+/// Redacts userinfo and the values of the query parameters whose decoded key `sensitive`
+/// accepts.
+fn redact_url_by(url: &reqwest::Url, sensitive: impl Fn(&str) -> bool) -> String {
     let mut url = url.clone();
-    if !url.username().is_empty() {
+    if !url.username().is_empty() || url.password().is_some() {
+        // Only URLs that cannot carry credentials refuse these; they have none to hide.
         let _ = url.set_username(REDACTED);
-    }
-    if url.password().is_some() {
         let _ = url.set_password(Some(REDACTED));
     }
     let redacted_query = url.query().and_then(|query| {
@@ -187,7 +214,7 @@ pub fn redact_url(url: &reqwest::Url) -> String {
         let redacted = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, value)) if !value.is_empty() && is_secret_key(key) => {
+                Some((key, _)) if sensitive(&percent_decode_lossy(key)) => {
                     changed = true;
                     format!("{key}={REDACTED}")
                 }
@@ -201,21 +228,6 @@ pub fn redact_url(url: &reqwest::Url) -> String {
         url.set_query(Some(&query));
     }
     url.to_string()
-}
-
-/// Whether a raw (percent-encoded) query key names a secret.
-fn is_secret_key(raw: &str) -> bool {
-    let key: String = percent_decode_lossy(raw)
-        .chars()
-        .map(|c| match c {
-            '-' => '_',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    let last = key.rsplit('.').next().unwrap_or(&key);
-    SECRET_QUERY_KEYS
-        .iter()
-        .any(|secret| *secret == key || *secret == last)
 }
 
 /// Decodes `%XX` and `+` (form encoding) in a query key; invalid escapes stay as they are.
@@ -274,38 +286,122 @@ mod tests {
     }
 
     #[test]
-    fn url_full_carries_no_userinfo() {
-        assert_eq!(
-            redacted("https://alice:s3cret@example.test:8443/a?b=c"),
-            "https://REDACTED:REDACTED@example.test:8443/a?b=c"
-        );
-        assert_eq!(
-            redacted("http://token@127.0.0.1/x"),
-            "http://REDACTED@127.0.0.1/x"
-        );
-        assert_eq!(redacted("http://127.0.0.1:80/x"), "http://127.0.0.1/x");
+    fn url_full_replaces_any_userinfo_with_redacted_redacted() {
+        for (url, expected) in [
+            (
+                "https://alice:s3cret@example.test:8443/a?b=c",
+                "https://REDACTED:REDACTED@example.test:8443/a?b=c",
+            ),
+            // A username alone is often the secret itself (a token).
+            (
+                "http://tok3n@127.0.0.1/x",
+                "http://REDACTED:REDACTED@127.0.0.1/x",
+            ),
+            ("http://:pw@h.test/", "http://REDACTED:REDACTED@h.test/"),
+            // `@` in the password: the userinfo runs to the last `@`.
+            (
+                "http://bob:p@ss@w0rd@h.test/p",
+                "http://REDACTED:REDACTED@h.test/p",
+            ),
+            (
+                "http://bob:p%40ss@[2001:db8::1]:8080/p?q=1#top",
+                "http://REDACTED:REDACTED@[2001:db8::1]:8080/p?q=1#top",
+            ),
+            ("http://127.0.0.1:80/x", "http://127.0.0.1/x"),
+            ("http://[::1]:9000/x#f", "http://[::1]:9000/x#f"),
+        ] {
+            let got = redacted(url);
+            assert_eq!(got, expected, "{url}");
+            for secret in [
+                "alice", "s3cret", "tok3n", "pw@", "bob", "ss@w0rd", "p%40ss",
+            ] {
+                assert!(!got.contains(secret), "{secret} leaked from {url}: {got}");
+            }
+        }
     }
 
     #[test]
-    fn url_full_redacts_secret_query_values_only() {
+    fn url_full_redacts_the_conventions_query_keys_case_sensitively() {
         assert_eq!(
             redacted(
                 "https://s.test/o?X-Goog-Signature=abc&sig=x%2By&AWSAccessKeyId=AK&Signature=s\
-                 &page=2&q=token&user.password=pw&API-KEY=k&apikey=k2&access_token=t&sort=asc"
+                 &page=2&q=sig&X-Amz-Signature=z&X-Amz-Credential=AK%2F2026&X-Amz-Security-Token=t\
+                 &access_token=t2&sort=asc"
             ),
             "https://s.test/o?X-Goog-Signature=REDACTED&sig=REDACTED&AWSAccessKeyId=REDACTED\
-             &Signature=REDACTED&page=2&q=token&user.password=REDACTED&API-KEY=REDACTED\
-             &apikey=REDACTED&access_token=REDACTED&sort=asc"
+             &Signature=REDACTED&page=2&q=sig&X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED\
+             &X-Amz-Security-Token=REDACTED&access_token=REDACTED&sort=asc"
         );
-        // Encoded keys are read decoded; keys that merely contain a word are kept.
+        // The conventions' keys match case-sensitively and on the whole key: other
+        // spellings and longer keys are not the listed parameters (nor secret names).
+        let kept = "http://h.test/?SIG=1&signature=2&x-goog-signature=3&sig2=4&my.sig=5\
+                    &token_count=6";
+        assert_eq!(redacted(kept), kept);
+    }
+
+    /// `?api_key=…`, `?password=…` and `?client_secret=…` reached `url.full` (and so Kafka and
+    /// the store) once only the conventions' four keys were redacted: the bridge redacts
+    /// attribute keys, not secrets inside a `url.full` value.
+    #[test]
+    fn regression_url_full_redacts_dlog_secret_names_on_top_of_the_conventions() {
         assert_eq!(
-            redacted("http://h.test/?%61ccess_token=t&tokens=3&token_count=5&x-amz-signature=z"),
-            "http://h.test/?%61ccess_token=REDACTED&tokens=3&token_count=5&x-amz-signature=REDACTED"
+            redacted(
+                "https://api.test/v1?api_key=K1&page=2&password=P1&x-api-key=K2&clientSecret=C1\
+                 &user_password=P2&token=T1&refresh_token=T2&API-KEY=K3&apikey=K4&pwd=P3\
+                 &db.passwd=P4&%61pi_key=K5&authorization=A1&sig=S1&cookie=C2"
+            ),
+            "https://api.test/v1?api_key=REDACTED&page=2&password=REDACTED&x-api-key=REDACTED\
+             &clientSecret=REDACTED&user_password=REDACTED&token=REDACTED\
+             &refresh_token=REDACTED&API-KEY=REDACTED&apikey=REDACTED&pwd=REDACTED\
+             &db.passwd=REDACTED&%61pi_key=REDACTED&authorization=REDACTED&sig=REDACTED\
+             &cookie=REDACTED"
         );
-        // Nothing secret: the URL is unchanged, fragment and odd pairs included.
+        // Whole words only: names that merely contain a secret's name are kept.
+        let kept = "http://h.test/?token_count=1&tokens=2&monkey=3&password.length=4\
+                    &keyboard=5&passwordless=6&api_key_id=7&q=password";
+        assert_eq!(redacted(kept), kept);
+    }
+
+    #[test]
+    fn url_full_reads_keys_decoded_and_redacts_every_repetition() {
+        // `%73ig` and `X%2DGoog-Signature` are what the server reads as `sig` and
+        // `X-Goog-Signature`; the key is kept as sent.
         assert_eq!(
-            redacted("http://h.test/p?a&b=&c=1#frag"),
-            "http://h.test/p?a&b=&c=1#frag"
+            redacted("http://h.test/a?%73ig=1&X%2DGoog-Signature=2&sig=3&sig=4&n=5&sig=&sig"),
+            "http://h.test/a?%73ig=REDACTED&X%2DGoog-Signature=REDACTED&sig=REDACTED\
+             &sig=REDACTED&n=5&sig=REDACTED&sig"
+        );
+        // A value holding `=` is replaced whole; an invalid escape elsewhere is kept.
+        assert_eq!(
+            redacted("http://h.test/?Signature=a=b==&x=%ZZ"),
+            "http://h.test/?Signature=REDACTED&x=%ZZ"
+        );
+        // The fragment is kept; a `sig=` inside it is not a query parameter.
+        assert_eq!(
+            redacted("http://h.test/p?sig=v#sig=frag"),
+            "http://h.test/p?sig=REDACTED#sig=frag"
+        );
+    }
+
+    #[test]
+    fn url_full_without_query_or_secrets_is_unchanged() {
+        for url in [
+            "http://h.test/p",
+            "http://h.test/p?",
+            "http://h.test/p?a&b=&c=1#frag",
+            "https://[2001:db8::2]/x?y=%20z",
+        ] {
+            assert_eq!(redacted(url), url);
+        }
+    }
+
+    #[test]
+    fn the_sensitive_list_can_be_replaced_whole() {
+        let url =
+            reqwest::Url::parse("http://u:p@h.test/?sig=1&session=2&api_key=3&Token=4").unwrap();
+        assert_eq!(
+            redact_url_with(&url, &["session", "Token"]),
+            "http://REDACTED:REDACTED@h.test/?sig=1&session=REDACTED&api_key=3&Token=REDACTED"
         );
     }
 }

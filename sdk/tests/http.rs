@@ -267,14 +267,16 @@ fn server_and_client_spans_mark_errors_as_the_alert_rules_expect() {
 }
 
 /// Regression (issue 7, redaction): `url.full` of a CLIENT span carried the URL as sent,
-/// credentials and signed-URL secrets included.
+/// credentials and signed-URL secrets included. Regression too: with only the conventions'
+/// keys redacted, `api_key`, `x-api-key` and `password` values reached `url.full`.
 #[test]
 fn regression_client_url_full_has_no_credentials_or_query_secrets() {
     let service = Service::start();
     let client = reqwest::Client::new();
     let url = format!(
         "http://alice:hunter2@{}/orders/5?sig=VAL1&X-Goog-Signature=VAL2&AWSAccessKeyId=VAL3\
-         &Signature=VAL4&access_token=VAL5&api-key=VAL6&page=2",
+         &Signature=VAL4&access_token=VAL5&X-Amz-Security-Token=VAL6&api_key=VAL7\
+         &x-api-key=VAL8&password=VAL9&token_count=3&page=2",
         service.addr
     );
     let status =
@@ -290,7 +292,8 @@ fn regression_client_url_full_has_no_credentials_or_query_secrets() {
         format!(
             "http://{}/orders/5?sig=REDACTED&X-Goog-Signature=REDACTED\
              &AWSAccessKeyId=REDACTED&Signature=REDACTED&access_token=REDACTED\
-             &api-key=REDACTED&page=2",
+             &X-Amz-Security-Token=REDACTED&api_key=REDACTED&x-api-key=REDACTED\
+             &password=REDACTED&token_count=3&page=2",
             service.addr
         )
     );

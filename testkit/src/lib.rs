@@ -7,6 +7,8 @@
 //! * [`unique_name`]: fresh topic, group and index names per test;
 //! * [`tls`]: certificates made on the spot, and a TLS-terminating proxy that puts a plain
 //!   server (osmem, a webhook receiver) behind `https://`;
+//! * [`tls_probe::TlsProbe`]: a TLS listener in a broker's place, showing that a Kafka
+//!   client's SSL settings reach the wire;
 //! * [`read_topic`]: reads a topic from the beginning until a condition holds or a deadline
 //!   passes (never from watermarks, which tansu reports wrongly for multi-record batches).
 //!
@@ -14,6 +16,7 @@
 //! `PATH`, and the installed `osmem_server` Python package.
 
 pub mod tls;
+pub mod tls_probe;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -122,7 +125,14 @@ impl Kafka {
 
     /// Creates topics (3 partitions unless told otherwise).
     pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> Result<()> {
-        dlog_core::kafka::ensure_topics(&self.brokers, topics, partitions, 1)
+        let properties = std::collections::BTreeMap::new();
+        let settings = dlog_core::kafka::TopicSettings {
+            brokers: &self.brokers,
+            properties: &properties,
+            partitions,
+            replication: 1,
+        };
+        dlog_core::kafka::ensure_topics(&settings, topics)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     }

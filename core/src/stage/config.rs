@@ -15,6 +15,8 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 pub const MIN_SESSION_TIMEOUT_MS: u32 = 1_000;
 /// Default `topic_partitions`.
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = 3;
+/// Default `topic_replication`: right for a single broker; production clusters should use 3.
+pub const DEFAULT_TOPIC_REPLICATION: i32 = 1;
 
 /// What differs between the stages' consumer settings.
 pub trait StageDefaults {
@@ -39,9 +41,15 @@ pub struct ConsumerConfig<D: StageDefaults> {
     pub create_topics: bool,
     /// Partitions of topics created with `create_topics`.
     pub topic_partitions: i32,
+    /// Replication factor of every topic the stage creates (`create_topics`, the alerter's
+    /// lease topic). 1 suits a single broker; production clusters should use 3.
+    pub topic_replication: i32,
     /// Consumer-group session timeout, ms.
     pub session_timeout_ms: u32,
-    /// Extra librdkafka consumer properties, passed through (e.g. `security.protocol`).
+    /// Extra librdkafka properties, passed through. The consumer gets them all, and so does
+    /// every other Kafka client the stage makes (the admin client that creates topics, the
+    /// dead-letter producer, the alerter's lease clients and, on the same brokers, its alerts
+    /// producer), so that `security.protocol`, `sasl.*` and `ssl.*` apply everywhere.
     pub consumer: BTreeMap<String, String>,
     /// Which stage's defaults apply; not a setting.
     #[serde(skip)]
@@ -55,6 +63,7 @@ impl<D: StageDefaults> Default for ConsumerConfig<D> {
             group_id: D::GROUP_ID.to_string(),
             create_topics: false,
             topic_partitions: DEFAULT_TOPIC_PARTITIONS,
+            topic_replication: DEFAULT_TOPIC_REPLICATION,
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             consumer: BTreeMap::new(),
             stage: PhantomData,
@@ -96,6 +105,12 @@ impl<D: StageDefaults> ConsumerConfig<D> {
                 "must be at least 1",
             ));
         }
+        if self.topic_replication < 1 {
+            return Err(ConfigError::invalid(
+                "topic_replication",
+                "must be at least 1",
+            ));
+        }
         if self.session_timeout_ms < MIN_SESSION_TIMEOUT_MS {
             return Err(ConfigError::invalid(
                 "session_timeout_ms",
@@ -122,6 +137,19 @@ impl<D: StageDefaults> ConsumerConfig<D> {
         settings.session_timeout_ms = self.session_timeout_ms;
         settings.extra = self.consumer.clone();
         settings
+    }
+
+    /// How the stage creates topics: on its brokers, with its properties, its
+    /// `topic_partitions` (`partitions` for a topic of fixed size such as the lease) and its
+    /// `topic_replication`.
+    #[cfg(feature = "kafka")]
+    pub fn topic_settings(&self, partitions: Option<i32>) -> crate::kafka::TopicSettings<'_> {
+        crate::kafka::TopicSettings {
+            brokers: &self.kafka_brokers,
+            properties: &self.consumer,
+            partitions: partitions.unwrap_or(self.topic_partitions),
+            replication: self.topic_replication,
+        }
     }
 }
 
@@ -175,6 +203,7 @@ mod tests {
             (|c| c.kafka_brokers = "nohost".into(), "kafka_brokers"),
             (|c| c.group_id = " ".into(), "group_id"),
             (|c| c.topic_partitions = 0, "topic_partitions"),
+            (|c| c.topic_replication = 0, "topic_replication"),
             (|c| c.session_timeout_ms = 10, "session_timeout_ms"),
             (
                 |c| {

@@ -13,7 +13,7 @@ pub use backoff::{
 };
 pub use config::{
     ConsumerConfig, StageDefaults, DEFAULT_KAFKA_BROKERS, DEFAULT_SESSION_TIMEOUT_MS,
-    DEFAULT_TOPIC_PARTITIONS, MIN_SESSION_TIMEOUT_MS,
+    DEFAULT_TOPIC_PARTITIONS, DEFAULT_TOPIC_REPLICATION, MIN_SESSION_TIMEOUT_MS,
 };
 pub use driver::{
     BatchHandler, Driver, DriverOptions, Input, InputEvents, NoInputEvents, ReadRetry, Stopped,

@@ -23,7 +23,8 @@ pub struct KafkaOutputConfig {
     pub enabled: bool,
     /// The topic. Default `alerts`.
     pub topic: String,
-    /// Brokers; unset: `kafka_brokers`.
+    /// Brokers; unset: `kafka_brokers`, and then the producer also gets the stage's
+    /// `[consumer]` properties (security and the like), under its own `producer` table.
     pub brokers: Option<String>,
     /// Offsets are acknowledged only after Kafka acknowledged the alerts (acks=all). Default
     /// true.

@@ -21,20 +21,22 @@ use super::{AlertSink, Delivery, Output, SinkError};
 use crate::alert::Transition;
 use config::KafkaOutputConfig;
 
-/// The Kafka output `config` describes, if enabled; `default_brokers` when it names none.
+/// The Kafka output `config` describes, if enabled. When it names no brokers it produces to
+/// the stage's, `default_brokers`, with the stage's `default_properties` (security and the
+/// like) overridden by its own `producer` table.
 pub fn build(
     config: &KafkaOutputConfig,
     default_brokers: &str,
+    default_properties: &BTreeMap<String, String>,
 ) -> Result<Option<Output>, SinkError> {
     if !config.enabled {
         return Ok(None);
     }
-    let brokers = config.brokers.as_deref().unwrap_or(default_brokers);
     let sink = KafkaSink::new(
-        brokers,
+        config.brokers.as_deref().unwrap_or(default_brokers),
         &config.topic,
         Duration::from_millis(config.timeout_ms),
-        &config.producer,
+        &producer_properties(config, default_properties),
     )?;
     Ok(Some(Output {
         sink: Arc::new(sink),
@@ -42,6 +44,20 @@ pub fn build(
         required: config.required,
         queue: config.queue,
     }))
+}
+
+/// The properties the output's producer gets: its own `producer` table, over the stage's
+/// properties when it produces to the stage's brokers.
+pub fn producer_properties(
+    config: &KafkaOutputConfig,
+    default_properties: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut properties = match config.brokers {
+        Some(_) => BTreeMap::new(),
+        None => default_properties.clone(),
+    };
+    properties.extend(config.producer.clone());
+    properties
 }
 
 /// Record header naming the value's message type.
