@@ -379,3 +379,100 @@ async fn a_layout_2_store_gains_the_span_id_column_when_opened() {
         assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
     }
 }
+
+/// A store of layout 3 did not mark the traces whose spans name parents their partition does
+/// not hold: opening it marks them (a search completes those from every partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
+    use common::conformance::{service, span};
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service("late", "lt-1", &[]);
+    let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
+    let kind = dlog_core::model::SpanKind::Server;
+    let complete = "0000000000000000000000000000c0de";
+    let orphan = "0000000000000000000000000000f00d";
+    {
+        let store = open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let docs = vec![
+            span(complete, "00000000000000a1", None, &svc, "root", kind, t, 5),
+            span(
+                complete,
+                "00000000000000a2",
+                Some("00000000000000a1"),
+                &svc,
+                "c",
+                kind,
+                t,
+                1,
+            ),
+            span(
+                orphan,
+                "00000000000000b2",
+                Some("00000000000000b1"),
+                &svc,
+                "c",
+                kind,
+                t,
+                1,
+            ),
+        ];
+        store
+            .write(
+                &docs
+                    .into_iter()
+                    .map(dlog_storage::Document::Span)
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+    }
+    let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .collect();
+    assert_eq!(parts.len(), 1);
+    {
+        let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+        conn.execute_batch(
+            "DROP INDEX traces_open; ALTER TABLE traces DROP COLUMN open; \
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 3)
+        .unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_traces(&dlog_storage::TraceQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+    let open: Vec<String> = conn
+        .prepare("SELECT hex(trace_id) FROM traces WHERE open = 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(open, vec![orphan.to_uppercase()]);
+    for file in [&parts[0], &dir.path().join(DB_FILE)] {
+        let version: i32 = rusqlite::Connection::open(file)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
+    }
+}

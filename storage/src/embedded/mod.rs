@@ -1351,9 +1351,14 @@ fn write_trace(
     for s in &services {
         packed.u64(*s as u64);
     }
+    // Open: some span names a parent this partition does not hold, so the trace may have
+    // spans in another day's partition; searches complete such traces from every partition.
+    let open = all
+        .iter()
+        .any(|c| c.parent.as_deref().is_some_and(|p| !cols.contains_key(p)));
     tx.prepare_cached(
         "UPDATE traces SET start_ns = ?2, duration_ns = ?3, root_service = ?4, root_op = ?5, \
-         span_count = ?6, error_count = ?7, services = ?8 WHERE trace_no = ?1",
+         span_count = ?6, error_count = ?7, services = ?8, open = ?9 WHERE trace_no = ?1",
     )?
     .execute(params![
         trace_no,
@@ -1363,7 +1368,8 @@ fn write_trace(
         root.map_or(0, |r| r.op),
         all.len() as i64,
         all.iter().filter(|c| is_error_flag(c.flags)).count() as i64,
-        packed.buf
+        packed.buf,
+        open
     ])?;
     Ok(None)
 }
@@ -1685,11 +1691,12 @@ impl EmbeddedStore {
                 ))
                 .map_err(sql)?;
             }
-            2 => {
+            2 | 3 => {
                 // Partitions first, each in its own transaction: an interrupted upgrade finds
-                // the shared file still at 2 and goes on with the partitions left.
+                // the shared file still at its old version and goes on with the partitions
+                // left.
                 for day in list_days(dir) {
-                    migrate_partition_2_to_3(
+                    migrate_partition(
                         &dir.join(PARTITIONS_DIR)
                             .join(format!("{}.sqlite3", day_name(day))),
                     )?;
@@ -1883,16 +1890,17 @@ impl EmbeddedStore {
     }
 }
 
-/// Adds the span id column to a partition of layout 2 and fills it from each record's
-/// encoded rest; a partition already at layout 3 is left alone. The version is read inside
-/// a write transaction taken at once, so two processes opening the store together (`dlog up`
-/// and `dlog viewer`) migrate it once: the second waits, then finds layout 3. A record whose
+/// Brings a partition of layout 2 or 3 to this build's layout: adds the span id column (layout
+/// 2) and fills it from each record's encoded rest, then marks the open traces (layout 3); a
+/// partition already at this layout is left alone. The version is read inside a write
+/// transaction taken at once, so two processes opening the store together (`dlog up` and
+/// `dlog viewer`) migrate it once: the second waits, then finds the new layout. A record whose
 /// encoded rest cannot be read keeps no span id (a warning names it) rather than leaving the
 /// store unopenable.
-fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
+fn migrate_partition(path: &Path) -> Result<(), StoreError> {
     let err = |e: rusqlite::Error| StoreError::Embedded {
         path: path.display().to_string(),
-        message: format!("adding the span id column: {e}"),
+        message: format!("upgrading the partition's layout: {e}"),
     };
     let mut conn = Connection::open(path).map_err(err)?;
     configure(&conn).map_err(err)?;
@@ -1902,11 +1910,11 @@ fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
     let version: i32 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
-    if version != 2 {
+    if version != 2 && version != 3 {
         return Ok(());
     }
-    tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
-    {
+    if version == 2 {
+        tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
         let mut read = tx.prepare("SELECT id, rest FROM logs").map_err(err)?;
         let mut write = tx
             .prepare("UPDATE logs SET span_id = ?1 WHERE id = ?2")
@@ -1931,8 +1939,20 @@ fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
                 ),
             }
         }
+        drop(rows);
+        drop(read);
+        drop(write);
+        tx.execute_batch(schema::PARTITION_3_INDEXES).map_err(err)?;
     }
-    tx.execute_batch(schema::PARTITION_3_INDEXES).map_err(err)?;
+    let has_open = tx
+        .prepare("SELECT 1 FROM pragma_table_info('traces') WHERE name = 'open'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    if !has_open {
+        tx.execute_batch("ALTER TABLE traces ADD COLUMN open INTEGER NOT NULL DEFAULT 0;")
+            .map_err(err)?;
+    }
+    tx.execute_batch(schema::PARTITION_3_TO_4).map_err(err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)
@@ -2154,10 +2174,12 @@ struct SummaryRow {
     span_count: i64,
     error_count: i64,
     services: Vec<u8>,
+    /// Some span's parent is not in this partition: other spans may be in another one.
+    open: bool,
 }
 
 const SUMMARY_COLS: &str = "trace_no, trace_id, start_ns, duration_ns, root_service, root_op, \
-                            span_count, error_count, services";
+                            span_count, error_count, services, open";
 
 fn read_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
     Ok(SummaryRow {
@@ -2170,6 +2192,7 @@ fn read_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
         span_count: r.get(6)?,
         error_count: r.get(7)?,
         services: r.get(8)?,
+        open: r.get(9)?,
     })
 }
 
@@ -2195,13 +2218,9 @@ fn to_summary(row: &SummaryRow, cat: &Catalog) -> Result<TraceSummary, StoreErro
 }
 
 /// Two summaries of one trace found in two partitions (spans that arrived more than a day
-/// apart), merged.
+/// apart), merged; `a`'s root is kept.
 fn merge_summaries(a: &mut TraceSummary, b: TraceSummary) {
     let end = (a.start_unix_nano + a.duration_nanos).max(b.start_unix_nano + b.duration_nanos);
-    if b.start_unix_nano < a.start_unix_nano {
-        a.root_service = b.root_service;
-        a.root_operation = b.root_operation;
-    }
     a.start_unix_nano = a.start_unix_nano.min(b.start_unix_nano);
     a.duration_nanos = end - a.start_unix_nano;
     a.span_count += b.span_count;
@@ -2209,6 +2228,71 @@ fn merge_summaries(a: &mut TraceSummary, b: TraceSummary) {
     a.services.extend(b.services);
     a.services.sort();
     a.services.dedup();
+}
+
+/// Every part of a trace among `days`: the day and the trace's number there.
+fn trace_parts(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    days: &[i64],
+    trace_id: &str,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut out = Vec::new();
+    for &day in days {
+        if let Some(conn) = set.part(ctx, day)? {
+            if let Some(no) = trace_no_of(conn, trace_id)? {
+                out.push((day, no));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The summary of a whole trace from its parts: the start, duration, counts and services of
+/// all its spans; the root of a part that holds its spans' parents (else the earliest part's).
+fn whole_summary(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    parts: &[(i64, i64)],
+) -> Result<Option<TraceSummary>, StoreError> {
+    let mut rows = Vec::with_capacity(parts.len());
+    for &(day, no) in parts {
+        let Some(conn) = set.part(ctx, day)? else {
+            continue;
+        };
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {SUMMARY_COLS} FROM traces WHERE trace_no = ?1"
+            ))
+            .map_err(read_err)?
+            .query_row([no], read_summary)
+            .optional()
+            .map_err(read_err)?;
+        rows.extend(row);
+    }
+    rows.sort_by_key(|r| (r.open, r.start));
+    let cat = ctx.catalog();
+    let mut rows = rows.iter();
+    let Some(first) = rows.next() else {
+        return Ok(None);
+    };
+    let mut whole = to_summary(first, &cat)?;
+    for row in rows {
+        merge_summaries(&mut whole, to_summary(row, &cat)?);
+    }
+    Ok(Some(whole))
+}
+
+/// The trace-level conditions of a search, on a whole trace.
+fn whole_matches(t: &TraceSummary, q: &TraceQuery) -> bool {
+    q.min_duration
+        .is_none_or(|d| u128::from(t.duration_nanos) >= d.as_nanos())
+        && q.max_duration
+            .is_none_or(|d| u128::from(t.duration_nanos) <= d.as_nanos())
+        && q.time
+            .start_unix_nano
+            .is_none_or(|s| t.start_unix_nano >= s)
+        && q.time.end_unix_nano.is_none_or(|e| t.start_unix_nano <= e)
 }
 
 /// The spans of one trace in one partition, in `get_trace` order, after a cursor.
@@ -2704,8 +2788,9 @@ fn find_traces(
 
     // Partitions newest trace start first; one whose newest start is older than the
     // limit-th trace found cannot contribute.
+    let days = list_days(&ctx.dir);
     let mut parts = Vec::new();
-    for day in list_days(&ctx.dir) {
+    for &day in &days {
         if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(start_ns) FROM traces")? {
                 parts.push((max, day));
@@ -2713,41 +2798,73 @@ fn find_traces(
         }
     }
     parts.sort_unstable_by(|a, b| b.cmp(a));
+    let sort = |found: &mut Vec<TraceSummary>| {
+        found.sort_by(|a, b| {
+            b.start_unix_nano
+                .cmp(&a.start_unix_nano)
+                .then_with(|| a.trace_id.cmp(&b.trace_id))
+        })
+    };
     let mut found: Vec<TraceSummary> = Vec::new();
+    // Traces judged whole already (a span of theirs matched the conditions on one span).
+    let mut seen: HashSet<String> = HashSet::new();
     for (max, day) in parts {
         if found.len() >= limit && (max as u64) < found[limit - 1].start_unix_nano {
             break;
         }
-        let Some(conn) = set.part(ctx, day)? else {
-            continue;
-        };
         let mut taken = 0usize;
         let mut offset = 0i64;
         loop {
             let mut params = f.params.clone();
             params.push(Sql::Integer(offset));
-            let rows: Vec<SummaryRow> = {
-                let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
-                let rows = stmt
-                    .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
-                    .map_err(read_err)?
-                    .collect::<Result<_, _>>()
-                    .map_err(read_err)?;
-                rows
+            let (rows, n) = {
+                let Some(conn) = set.part(ctx, day)? else {
+                    break;
+                };
+                let rows: Vec<SummaryRow> = {
+                    let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
+                        .map_err(read_err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(read_err)?;
+                    rows
+                };
+                let n = rows.len();
+                let cat = ctx.catalog();
+                let mut matching = Vec::with_capacity(n);
+                for row in rows {
+                    if seen.contains(&row.trace_id) {
+                        continue;
+                    }
+                    if !terms.is_empty() {
+                        let spans =
+                            trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
+                        if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                            continue;
+                        }
+                    }
+                    matching.push(row);
+                }
+                (matching, n)
             };
-            let n = rows.len();
-            let cat = ctx.catalog();
             for row in rows {
                 if taken >= limit {
                     break;
                 }
-                if !terms.is_empty() {
-                    let spans = trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
-                    if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
-                        continue;
-                    }
-                }
-                found.push(to_summary(&row, &cat)?);
+                seen.insert(row.trace_id.clone());
+                // The trace-level conditions hold on the whole trace, whichever partitions
+                // hold its spans (a trace whose spans arrived more than a day apart).
+                let trace_parts = trace_parts(set, ctx, &days, &row.trace_id)?;
+                let whole = if trace_parts.len() > 1 {
+                    whole_summary(set, ctx, &trace_parts)?
+                } else {
+                    Some(to_summary(&row, &ctx.catalog())?)
+                };
+                let Some(whole) = whole.filter(|t| whole_matches(t, q)) else {
+                    continue;
+                };
+                found.push(whole);
                 taken += 1;
             }
             if taken >= limit || n < page {
@@ -2755,24 +2872,72 @@ fn find_traces(
             }
             offset += page as i64;
         }
-        found.sort_by(|a, b| {
-            b.start_unix_nano
-                .cmp(&a.start_unix_nano)
-                .then_with(|| a.trace_id.cmp(&b.trace_id))
-        });
-        // A trace found in two partitions is one trace.
-        let mut merged: Vec<TraceSummary> = Vec::with_capacity(found.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for t in found {
-            match seen.get(&t.trace_id) {
-                Some(&i) => merge_summaries(&mut merged[i], t),
-                None => {
-                    seen.insert(t.trace_id.clone(), merged.len());
-                    merged.push(t);
+        sort(&mut found);
+    }
+
+    // A trace split over partitions may match as a whole where no part does on its own: a
+    // minimum duration only the whole trace lasts, or a span matching in a part that started
+    // after the range where the trace started. Such a trace has a part whose spans name
+    // parents it does not hold (marked open), starting no earlier and lasting no longer
+    // than the whole trace.
+    if q.min_duration.is_some() || (!terms.is_empty() && q.time.end_unix_nano.is_some()) {
+        let mut f = Filter::default();
+        f.push("open = 1", []);
+        if let Some(s) = q.time.start_unix_nano {
+            f.push("start_ns >= ?", [Sql::Integer(ns(s))]);
+        }
+        if let Some(d) = q.max_duration {
+            f.push("duration_ns <= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
+        }
+        let sql = format!("SELECT trace_id FROM traces {}", f.sql());
+        for &day in &days {
+            let ids: Vec<String> = {
+                let Some(conn) = set.part(ctx, day)? else {
+                    continue;
+                };
+                let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
+                        Ok(id_text(r.get_ref(0)?).unwrap_or_default())
+                    })
+                    .map_err(read_err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(read_err)?;
+                rows
+            };
+            for id in ids {
+                if !seen.insert(id.clone()) {
+                    continue;
                 }
+                let trace_parts = trace_parts(set, ctx, &days, &id)?;
+                if trace_parts.len() < 2 {
+                    continue;
+                }
+                let Some(whole) =
+                    whole_summary(set, ctx, &trace_parts)?.filter(|t| whole_matches(t, q))
+                else {
+                    continue;
+                };
+                if !terms.is_empty() {
+                    let mut any = false;
+                    for &(day, no) in &trace_parts {
+                        let Some(conn) = set.part(ctx, day)? else {
+                            continue;
+                        };
+                        let spans = trace_spans(conn, &ctx.catalog(), &id, no, None, None)?;
+                        if spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                            any = true;
+                            break;
+                        }
+                    }
+                    if !any {
+                        continue;
+                    }
+                }
+                found.push(whole);
             }
         }
-        found = merged;
+        sort(&mut found);
     }
     found.truncate(limit);
     Ok(found)

@@ -3,8 +3,10 @@
 
 /// The layout this build writes and reads (`PRAGMA user_version` of every file).
 /// 1 was the single-file JSON layout of earlier releases (user_version 0 on disk); 2 kept a
-/// log's span id only inside its encoded rest (opening such a store adds the column).
-pub const SCHEMA_VERSION: i32 = 3;
+/// log's span id only inside its encoded rest (opening such a store adds the column); 3 did
+/// not mark the trace summaries of partitions holding part of a trace without its parent
+/// spans (opening such a store adds the mark).
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// ns in a day.
 pub const DAY_NS: u64 = 86_400_000_000_000;
@@ -65,9 +67,11 @@ CREATE TABLE traces (
     root_op      INTEGER NOT NULL,
     span_count   INTEGER NOT NULL,
     error_count  INTEGER NOT NULL,
-    services     BLOB NOT NULL
+    services     BLOB NOT NULL,
+    open         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX traces_by_start ON traces (start_ns);
+CREATE INDEX traces_open ON traces (start_ns) WHERE open = 1;
 CREATE TABLE spans (
     trace_no    INTEGER NOT NULL,
     start_ns    INTEGER NOT NULL,
@@ -137,6 +141,18 @@ CREATE TABLE heartbeats (
 /// Turns a partition of layout 2 into layout 3 (the span id column is filled afterwards).
 pub const PARTITION_2_TO_3: &str = r#"
 ALTER TABLE logs ADD COLUMN span_id BLOB;
+"#;
+
+/// Turns a partition of layout 3 into layout 4: marks the traces some of whose spans name a
+/// parent this partition does not hold (the part of a trace whose other spans are in another
+/// day's partition is such a part).
+pub const PARTITION_3_TO_4: &str = r#"
+UPDATE traces SET open = 1 WHERE trace_no IN (
+    SELECT s.trace_no FROM spans s WHERE s.parent IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM spans p WHERE p.trace_no = s.trace_no AND p.span_id = s.parent
+    )
+);
+CREATE INDEX IF NOT EXISTS traces_open ON traces (start_ns) WHERE open = 1;
 "#;
 
 /// Indexes the span id column once it is filled.
