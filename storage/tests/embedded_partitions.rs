@@ -161,3 +161,164 @@ async fn regression_a_trace_split_over_two_days_is_filtered_and_summarized_whole
     .await;
     assert!(both.is_empty(), "{both:?}");
 }
+
+/// Connections this process holds to `dir`'s day partition files.
+fn partition_connections(dir: &std::path::Path) -> usize {
+    let partitions = dir.join("partitions");
+    let partitions = partitions.to_string_lossy();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with(partitions.as_ref()) && p.ends_with(".sqlite3"))
+        .count()
+}
+
+fn p50_p99(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
+}
+
+/// A search over a time range opens only the day files whose records' times can fall in it,
+/// and still finds a record whose clamped time put it in another day's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_time_range_search_opens_only_the_day_files_that_can_hold_it() {
+    use common::conformance::log;
+    use dlog_storage::LogQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let svc = service("daily", "dl-1", &[]);
+    let at = |k: u64| now - k * DAY - 60_000 * MS;
+    // 30 days back, outside the 7-day partition window: stored in the oldest day's file.
+    let ancient = now - 30 * DAY;
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for k in 0..7u64 {
+            let mut docs: Vec<Document> = (0..200u64)
+                .map(|i| {
+                    Document::Log(log(
+                        &svc,
+                        at(k) + i * MS,
+                        "INFO",
+                        &format!("day {k} record {i}"),
+                        None,
+                        &[],
+                    ))
+                })
+                .collect();
+            docs.push(Document::Span(span(
+                &format!("{:032x}", 0xd000 + k),
+                "00000000000000a1",
+                None,
+                &svc,
+                &format!("job {k}"),
+                SpanKind::Server,
+                at(k),
+                5,
+            )));
+            store.write(&docs).await.unwrap();
+        }
+        store
+            .write(&[Document::Log(log(
+                &svc,
+                ancient,
+                "WARN",
+                "from an old clock",
+                None,
+                &[],
+            ))])
+            .await
+            .unwrap();
+    }
+    let days = std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".sqlite3"))
+        .count();
+    assert_eq!(days, 8, "seven days and the oldest one of the window");
+
+    let hour_of_day_3 = TimeRange::between(at(3) - 1_800_000 * MS, at(3) + 1_800_000 * MS);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(partition_connections(dir.path()), 0);
+    let logs = store
+        .search_logs(&LogQuery {
+            time: hour_of_day_3,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 200);
+    assert!(logs.iter().all(|l| l.body.starts_with("day 3 ")));
+    let deps = store.dependencies(hour_of_day_3).await.unwrap();
+    assert!(deps.observed.is_empty());
+    // Each of the two reader sets opened day 3's file at most.
+    let opened = partition_connections(dir.path());
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} connections to day files for one day's hour"
+    );
+    // Trace search reads the same day's candidates (each trace found is then looked up by id
+    // in every day file, to complete a trace split over days).
+    let traces = store
+        .find_traces(&TraceQuery {
+            time: hour_of_day_3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&traces), vec![format!("{:032x}", 0xd003)]);
+
+    // The record from an old clock is in another day's file, and found by its own time.
+    let old = store
+        .search_logs(&LogQuery {
+            time: TimeRange::between(ancient - 3_600_000 * MS, ancient + 3_600_000 * MS),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        old.iter().map(|l| l.body.as_str()).collect::<Vec<_>>(),
+        vec!["from an old clock"]
+    );
+    drop(store);
+
+    // The effect, printed: an hour's log search by a freshly opened store (no connection to
+    // any day file yet), with the bounds, then with them forgotten (every day searched).
+    let mut timings = Vec::new();
+    for forget in [false, true] {
+        if forget {
+            rusqlite::Connection::open(dir.path().join("dlog.sqlite3"))
+                .unwrap()
+                .execute("DELETE FROM partition_bounds", [])
+                .unwrap();
+        }
+        let mut took = Vec::new();
+        let mut files = 0;
+        for _ in 0..20 {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let t = std::time::Instant::now();
+            let found = store
+                .search_logs(&LogQuery {
+                    time: hour_of_day_3,
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            took.push(t.elapsed());
+            assert_eq!(found.len(), 200);
+            files = partition_connections(dir.path());
+        }
+        let (p50, p99) = p50_p99(took);
+        timings.push((forget, files, p50, p99));
+    }
+    for (forget, files, p50, p99) in timings {
+        println!(
+            "1 hour of logs in a store of 8 day files, fresh store handle ({}): {files} day \
+             files opened, p50 {p50:?}, p99 {p99:?}",
+            if forget { "no bounds" } else { "with bounds" }
+        );
+    }
+}

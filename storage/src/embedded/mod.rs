@@ -864,6 +864,57 @@ fn write_docs(
     let expired_before = w.expired_before;
     let live = move |day: i64| expired_before.is_none_or(|e| day >= e);
 
+    // The partition of each trace of the batch: a trace stays in the partition that holds it
+    // already (the day of its first span, or a neighbouring day it was found in), so its
+    // summary and edges are complete. Chosen before the shared transaction, which records
+    // each partition's time bounds.
+    let mut trace_day: HashMap<&str, i64> = HashMap::new();
+    for doc in docs {
+        if let Document::Span(s) = doc {
+            let day = day_of_time(s.start_unix_nano);
+            trace_day
+                .entry(s.trace_id.as_str())
+                .and_modify(|d| *d = (*d).min(day))
+                .or_insert(day);
+        }
+    }
+    for (trace_id, day) in trace_day.iter_mut() {
+        if let Some(known) = w.recent.get(*trace_id) {
+            *day = *known;
+            continue;
+        }
+        for candidate in [*day, *day - 1, *day + 1] {
+            if !ctx.part_path(candidate).exists() {
+                continue;
+            }
+            let conn = w.partition(ctx, candidate)?;
+            let found = conn
+                .prepare_cached("SELECT 1 FROM traces WHERE trace_id = ?1")
+                .and_then(|mut s| s.exists([id_value(trace_id)]))
+                .map_err(unavailable(&ctx.part_path(candidate)))?;
+            if found {
+                *day = candidate;
+                break;
+            }
+        }
+    }
+    // Per day written, the earliest and latest record time.
+    let mut bounds: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    let mut widen = |day: i64, t: u64| {
+        if live(day) {
+            let t = ns(t);
+            let b = bounds.entry(day).or_insert((t, t));
+            *b = (b.0.min(t), b.1.max(t));
+        }
+    };
+    for doc in docs {
+        match doc {
+            Document::Span(s) => widen(trace_day[s.trace_id.as_str()], s.start_unix_nano),
+            Document::Log(l) => widen(day_of_time(l.time_unix_nano), l.time_unix_nano),
+            Document::Heartbeat(h) => widen(day_of_time(h.time_unix_nano), h.time_unix_nano),
+        }
+    }
+
     let mut by_day: std::collections::BTreeMap<i64, DayRows> = Default::default();
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
@@ -963,14 +1014,12 @@ fn write_docs(
                         let g = *group_of.entry(s.trace_id.as_str()).or_insert_with(|| {
                             groups.push(TraceGroup {
                                 trace_id: s.trace_id.clone(),
-                                day: day_of_time(s.start_unix_nano),
+                                day: trace_day[s.trace_id.as_str()],
                                 spans: Vec::new(),
                             });
                             groups.len() - 1
                         });
-                        let group = &mut groups[g];
-                        group.day = group.day.min(day_of_time(s.start_unix_nano));
-                        group.spans.push(row);
+                        groups[g].spans.push(row);
                     }
                     Document::Log(l) => {
                         let day = day_of_time(l.time_unix_nano);
@@ -1055,6 +1104,17 @@ fn write_docs(
                     .execute(params![id, hash.to_le_bytes().to_vec(), service, doc])
                     .map_err(&shared_err)?;
             }
+            let mut b_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO partition_bounds (day, min_ns, max_ns) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (day) DO UPDATE SET min_ns = min(min_ns, excluded.min_ns), \
+                     max_ns = max(max_ns, excluded.max_ns) \
+                     WHERE excluded.min_ns < min_ns OR excluded.max_ns > max_ns",
+                )
+                .map_err(&shared_err)?;
+            for (day, (lo, hi)) in &bounds {
+                b_stmt.execute(params![day, lo, hi]).map_err(&shared_err)?;
+            }
         }
         if let Err(e) = tx.commit() {
             for key in new_ops {
@@ -1079,27 +1139,7 @@ fn write_docs(
         }
     }
 
-    // A trace stays in the partition that holds it already (the day of its first span, or
-    // a neighbouring day it was found in), so its summary and edges are complete.
-    for mut g in groups {
-        if let Some(day) = w.recent.get(&g.trace_id) {
-            g.day = *day;
-        } else {
-            for day in [g.day, g.day - 1, g.day + 1] {
-                if !ctx.part_path(day).exists() {
-                    continue;
-                }
-                let conn = w.partition(ctx, day)?;
-                let found = conn
-                    .prepare_cached("SELECT 1 FROM traces WHERE trace_id = ?1")
-                    .and_then(|mut s| s.exists([id_value(&g.trace_id)]))
-                    .map_err(unavailable(&ctx.part_path(day)))?;
-                if found {
-                    g.day = day;
-                    break;
-                }
-            }
-        }
+    for g in groups {
         if live(g.day) {
             by_day.entry(g.day).or_default().traces.push(g);
         }
@@ -1572,6 +1612,70 @@ fn ensure_names(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Creates the table of partition time bounds, if missing (a store written before it
+/// existed): every day already on disk gets the widest bounds, since its records' times are
+/// not known.
+fn ensure_bounds(conn: &Connection, dir: &Path) -> rusqlite::Result<()> {
+    let exists = |conn: &Connection| {
+        conn.prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'partition_bounds'",
+        )?
+        .exists([])
+    };
+    if exists(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let made = (|| {
+        if exists(conn)? {
+            return Ok(());
+        }
+        conn.execute_batch(schema::BOUNDS)?;
+        let mut ins = conn.prepare(
+            "INSERT OR IGNORE INTO partition_bounds (day, min_ns, max_ns) VALUES (?1, ?2, ?3)",
+        )?;
+        for day in list_days(dir) {
+            ins.execute(params![day, i64::MIN, i64::MAX])?;
+        }
+        Ok(())
+    })();
+    match made {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The day partitions on disk that may hold records timed in `[start, end]`, oldest first:
+/// those whose recorded bounds overlap it, and those without bounds.
+fn days_in(
+    set: &ReaderSet,
+    ctx: &Ctx,
+    start: Option<u64>,
+    end: Option<u64>,
+) -> Result<Vec<i64>, StoreError> {
+    let days = list_days(&ctx.dir);
+    if start.is_none() && end.is_none() {
+        return Ok(days);
+    }
+    let (s, e) = (ns(start.unwrap_or(0)), ns(end.unwrap_or(u64::MAX)));
+    let mut stmt = set
+        .shared
+        .prepare_cached("SELECT day, min_ns, max_ns FROM partition_bounds")
+        .map_err(read_err)?;
+    let bounds: HashMap<i64, (i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .map_err(read_err)?
+        .collect::<Result<_, _>>()
+        .map_err(read_err)?;
+    Ok(days
+        .into_iter()
+        .filter(|d| bounds.get(d).is_none_or(|(lo, hi)| *lo <= e && *hi >= s))
+        .collect())
+}
+
 /// A read-only connection to a day partition file of this build's schema, with the file it
 /// opened; `None` when the file is gone. A file that exists but cannot be opened, or is of
 /// another schema version, is an error.
@@ -1715,6 +1819,7 @@ impl EmbeddedStore {
             }
         }
         ensure_names(&conn).map_err(sql)?;
+        ensure_bounds(&conn, dir).map_err(sql)?;
         let mut known_operations = HashSet::new();
         {
             let mut stmt = conn
@@ -2533,7 +2638,7 @@ impl DependencyReader for EmbeddedStore {
                 pieces.push((EDGES, s as i64, e as i64));
             }
             let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
-            for day in list_days(&ctx.dir) {
+            for day in days_in(set, ctx, time.start_unix_nano, time.end_unix_nano)? {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
                 };
@@ -2788,9 +2893,11 @@ fn find_traces(
 
     // Partitions newest trace start first; one whose newest start is older than the
     // limit-th trace found cannot contribute.
+    // Every day, to complete the traces found; the days whose records' times can hold a
+    // trace start in the range, to search.
     let days = list_days(&ctx.dir);
     let mut parts = Vec::new();
-    for &day in &days {
+    for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(start_ns) FROM traces")? {
                 parts.push((max, day));
@@ -2890,7 +2997,7 @@ fn find_traces(
             f.push("duration_ns <= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
         }
         let sql = format!("SELECT trace_id FROM traces {}", f.sql());
-        for &day in &days {
+        for day in days_in(set, ctx, q.time.start_unix_nano, None)? {
             let ids: Vec<String> = {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
@@ -3010,7 +3117,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         )
     };
     let mut parts = Vec::new();
-    for day in list_days(&ctx.dir) {
+    for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(time_ns) FROM logs")? {
                 parts.push((max, day));
@@ -3106,7 +3213,7 @@ fn search_logs_forward(
     f.push("l.time_ns >= ?", [Sql::Integer(ns(from))]);
     let sql = forward_sql(text, &f.sql());
     let mut parts = Vec::new();
-    for day in list_days(&ctx.dir) {
+    for day in days_in(set, ctx, Some(from), q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
             let max = bound(conn, "SELECT max(time_ns) FROM logs")?;
             let min = bound(conn, "SELECT min(time_ns) FROM logs")?;
@@ -3218,6 +3325,10 @@ fn apply_retention(
                 }
             }
         }
+        // After the file: a day left without bounds is searched whatever the range.
+        w.shared
+            .execute("DELETE FROM partition_bounds WHERE day = ?1", [day])
+            .map_err(unavailable(&ctx.dir))?;
         Ok(())
     };
     let mut dropped = Vec::new();

@@ -55,6 +55,18 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_by_last_seen ON alerts (last_seen);
 "#;
 
+/// The earliest and latest record time (span start, log or heartbeat time, as sent) each day
+/// partition may hold: widened in the shared transaction, before the partition is written, so
+/// a search can leave out the files whose range misses its own. A day without a row may hold
+/// any time.
+pub const BOUNDS: &str = r#"
+CREATE TABLE IF NOT EXISTS partition_bounds (
+    day    INTEGER PRIMARY KEY,
+    min_ns INTEGER NOT NULL,
+    max_ns INTEGER NOT NULL
+);
+"#;
+
 /// One day partition: the spans, trace summaries, attribute index, dependency edges, logs
 /// (with their trigram text index) and heartbeats whose (clamped) time falls on that UTC day.
 pub const PARTITION: &str = r#"
