@@ -22,7 +22,7 @@ mod schema;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -426,7 +426,24 @@ fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attribu
 }
 
 /// What a span's body holds (the rest is in its row's columns).
-fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
+/// A resource that found no room in the resources table is written out at the end of the
+/// record's body (as JSON); bodies without it end before.
+fn put_resource(e: &mut Enc, inline: Option<&ServiceInfo>) {
+    if let Some(info) = inline {
+        e.str(&serde_json::to_string(info).unwrap_or_default());
+    }
+}
+
+/// The resource written out at the end of a body, if any; else the row's resource.
+fn get_resource(d: &mut Dec<'_>, cat: &Catalog, resource: i64) -> Result<ServiceInfo, StoreError> {
+    if d.remaining() > 0 {
+        let json = d.str().map_err(corrupt("resource"))?;
+        return parse("resource written out", &json);
+    }
+    Ok((*cat.resource(resource)?.info).clone())
+}
+
+fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceInfo>) -> Vec<u8> {
     let mut e = Enc::default();
     e.u64(ids(&s.scope) as u64);
     e.str(&s.status_message);
@@ -442,6 +459,7 @@ fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
         codec::put_id(&mut e, &l.trace_id);
         codec::put_id(&mut e, &l.span_id);
     }
+    put_resource(&mut e, inline);
     e.finish()
 }
 
@@ -503,7 +521,7 @@ fn decode_span(
             span_id: codec::get_id(&mut d).map_err(&c)?,
         });
     }
-    let resource = cat.resource(cols.resource)?;
+    let service = get_resource(&mut d, cat, cols.resource)?;
     Ok(SpanRecord {
         trace_id: trace_id.to_string(),
         span_id: cols.span_id.clone(),
@@ -514,7 +532,7 @@ fn decode_span(
         end_unix_nano: cols.start.wrapping_add(cols.duration) as u64,
         status: status_of(cols.flags),
         status_message,
-        service: (*resource.info).clone(),
+        service,
         scope,
         attributes,
         events,
@@ -522,11 +540,12 @@ fn decode_span(
     })
 }
 
-fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
+fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceInfo>) -> Vec<u8> {
     let mut e = Enc::default();
     e.opt_str(l.span_id.as_deref());
     e.opt_str(l.event_name.as_deref());
     put_attrs(&mut e, &l.attributes, ids);
+    put_resource(&mut e, inline);
     e.finish()
 }
 
@@ -554,6 +573,11 @@ struct Writer {
     max_dictionary_entries: usize,
     /// The dictionary-full warning was logged.
     warned_full: bool,
+    /// Most distinct resources: past it, a record with a new resource is stored with its
+    /// resource written out in its body, and indexed under its service's stand-in resource.
+    max_resources: usize,
+    /// The resources-full warning was logged.
+    warned_resources_full: bool,
 }
 
 /// Settings the store was opened with.
@@ -561,9 +585,6 @@ struct Ctx {
     dir: PathBuf,
     window: TimeWindow,
     catalog: Arc<RwLock<Catalog>>,
-    /// Attributes stored but not indexed since open: their key was new and the dictionary
-    /// full.
-    unindexed_attributes: AtomicU64,
 }
 
 impl Ctx {
@@ -701,6 +722,10 @@ struct Interner<'a> {
     max_entries: usize,
     /// Attributes left out of the dictionary, and so out of the index, in this batch.
     unindexed: u64,
+    /// Most distinct resources in the resources table (stand-ins of services not counted).
+    max_resources: usize,
+    /// Records of this batch whose resource found no room.
+    unindexed_resources: u64,
 }
 
 impl<'a> Interner<'a> {
@@ -709,6 +734,7 @@ impl<'a> Interner<'a> {
         value_counts: &'a mut HashMap<String, u32>,
         interned: &'a mut u32,
         max_entries: usize,
+        max_resources: usize,
     ) -> Self {
         Interner {
             cat,
@@ -721,6 +747,8 @@ impl<'a> Interner<'a> {
             resource_ids: HashMap::new(),
             max_entries,
             unindexed: 0,
+            max_resources,
+            unindexed_resources: 0,
         }
     }
 
@@ -765,7 +793,10 @@ impl<'a> Interner<'a> {
             .unwrap_or(0)
     }
 
-    fn resource(&mut self, info: &ServiceInfo) -> (i64, i64) {
+    /// The resource id and service name id of a record's resource, and whether the resource
+    /// found no room (then the id is its service's stand-in: a resource of the name alone, not
+    /// counted against the cap, and the record keeps its resource in its body).
+    fn resource(&mut self, info: &ServiceInfo) -> (i64, i64, bool) {
         let hash = resource_hash(info);
         let service = self.name(&info.name);
         if let Some(id) = self
@@ -774,12 +805,34 @@ impl<'a> Interner<'a> {
             .get(&hash)
             .or_else(|| self.resource_ids.get(&hash))
         {
-            return (*id, service);
+            return (*id, service, false);
+        }
+        let standin = ServiceInfo {
+            name: info.name.clone(),
+            ..Default::default()
+        };
+        let full = self.cat.resources.len() + self.resources.len() >= self.max_resources;
+        if full && *info != standin {
+            self.unindexed_resources += 1;
+            let (id, service, _) = self.add_resource(&standin, resource_hash(&standin), service);
+            return (id, service, true);
+        }
+        self.add_resource(info, hash, service)
+    }
+
+    fn add_resource(&mut self, info: &ServiceInfo, hash: u128, service: i64) -> (i64, i64, bool) {
+        if let Some(id) = self
+            .cat
+            .resource_ids
+            .get(&hash)
+            .or_else(|| self.resource_ids.get(&hash))
+        {
+            return (*id, service, false);
         }
         let id = self.cat.max_resource + self.resources.len() as i64 + 1;
         self.resources.push((id, hash, service, info.clone()));
         self.resource_ids.insert(hash, id);
-        (id, service)
+        (id, service, false)
     }
 
     /// Interns the keys, and the string values of keys seen with few distinct values, while
@@ -919,9 +972,15 @@ fn write_docs(
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     let max_entries = w.max_dictionary_entries;
-    let (new_strings, new_names, new_resources, unindexed) = {
+    let (new_strings, new_names, new_resources, (unindexed, unindexed_resources)) = {
         let cat = ctx.catalog();
-        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned, max_entries);
+        let mut it = Interner::new(
+            &cat,
+            &mut w.value_counts,
+            &mut w.interned,
+            max_entries,
+            w.max_resources,
+        );
         let tx = w
             .shared
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -961,13 +1020,13 @@ fn write_docs(
                         it.name(&l.level);
                         it.attr_keys(&l.attributes);
                     }
-                    Document::Heartbeat(_) => resource_of.push((0, 0)),
+                    Document::Heartbeat(_) => resource_of.push((0, 0, false)),
                 }
             }
             for (i, doc) in docs.iter().enumerate() {
                 match doc {
                     Document::Span(s) => {
-                        let (resource, service) = resource_of[i];
+                        let (resource, service, inline) = resource_of[i];
                         let op = it.lookup(&s.name);
                         let key = (
                             s.service.name.clone(),
@@ -1008,7 +1067,7 @@ fn write_docs(
                                 flags: flags(s),
                             },
                             service,
-                            body: span_body(s, &ids),
+                            body: span_body(s, &ids, inline.then_some(&s.service)),
                             index,
                         };
                         let g = *group_of.entry(s.trace_id.as_str()).or_insert_with(|| {
@@ -1026,7 +1085,7 @@ fn write_docs(
                         if !live(day) {
                             continue;
                         }
-                        let (resource, _) = resource_of[i];
+                        let (resource, _, inline) = resource_of[i];
                         let ids = |k: &str| it.lookup(k);
                         by_day.entry(day).or_default().logs.push(LogRow {
                             doc_id: l.doc_id(),
@@ -1037,7 +1096,7 @@ fn write_docs(
                             trace_id: l.trace_id.as_deref().map(id_value),
                             span_id: l.span_id.as_deref().map(id_value),
                             body: l.body.clone(),
-                            rest: log_rest(l, &ids),
+                            rest: log_rest(l, &ids, inline.then_some(&l.service)),
                         });
                     }
                     Document::Heartbeat(h) => {
@@ -1122,7 +1181,12 @@ fn write_docs(
             }
             return Err(shared_err(e));
         }
-        (it.strings, it.names, it.resources, it.unindexed)
+        (
+            it.strings,
+            it.names,
+            it.resources,
+            (it.unindexed, it.unindexed_resources),
+        )
     };
     // Only a batch that brought new strings or resources waits for the catalog's write lock:
     // the usual batch, whose strings are all known, never queues behind a long search.
@@ -1197,24 +1261,57 @@ fn write_docs(
             w.recent.insert(g.trace_id, day);
         }
     }
-    // Counted once the batch is written: a batch retried after a failed partition write
-    // is counted once.
-    if unindexed > 0 {
-        ctx.unindexed_attributes
-            .fetch_add(unindexed, Ordering::Relaxed);
-        if !w.warned_full {
-            w.warned_full = true;
-            tracing::warn!(
-                store = %ctx.dir.display(),
-                max_dictionary_entries = max_entries,
-                "the attribute dictionary is full: attributes with new keys are stored but not \
-                 indexed for search (counted in the store usage's unindexed_attributes); raise \
-                 max_dictionary_entries if these keys are legitimate"
-            );
+    // Counted once the batch is written (a batch retried after a failed partition write is
+    // counted once), in the shared database: the counts survive restarts and every store on
+    // the directory reads them.
+    if unindexed > 0 || unindexed_resources > 0 {
+        let tx = w.shared.transaction().map_err(&shared_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                )
+                .map_err(&shared_err)?;
+            for (name, n) in [
+                (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
+                (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
+            ] {
+                if n > 0 {
+                    stmt.execute(params![name, ns(n)]).map_err(&shared_err)?;
+                }
+            }
         }
+        tx.commit().map_err(&shared_err)?;
+    }
+    if unindexed > 0 && !w.warned_full {
+        w.warned_full = true;
+        tracing::warn!(
+            store = %ctx.dir.display(),
+            max_dictionary_entries = max_entries,
+            "the attribute dictionary is full: attributes with new keys are stored but not \
+             indexed for search (counted in the store usage's unindexed_attributes); raise \
+             max_dictionary_entries if these keys are legitimate"
+        );
+    }
+    if unindexed_resources > 0 && !w.warned_resources_full {
+        w.warned_resources_full = true;
+        tracing::warn!(
+            store = %ctx.dir.display(),
+            max_resources = w.max_resources,
+            "the resources table is full: records with new resources are stored whole but \
+             found only by their service's name, not by their other resource attributes \
+             (counted in the store usage's unindexed_resources); raise max_resources if these \
+             service instances are legitimate"
+        );
     }
     Ok(outcomes)
 }
+
+/// Counter of attributes stored but not indexed (their key was new, the dictionary full).
+const COUNTER_UNINDEXED_ATTRIBUTES: &str = "unindexed_attributes";
+/// Counter of records stored with a resource the resources table had no room for.
+const COUNTER_UNINDEXED_RESOURCES: &str = "unindexed_resources";
 
 /// Writes one trace's new spans, its summary, attribute index rows and dependency edges.
 /// Returns a rejection message when the trace is over its bound.
@@ -1820,6 +1917,7 @@ impl EmbeddedStore {
         }
         ensure_names(&conn).map_err(sql)?;
         ensure_bounds(&conn, dir).map_err(sql)?;
+        conn.execute_batch(schema::COUNTERS).map_err(sql)?;
         let mut known_operations = HashSet::new();
         {
             let mut stmt = conn
@@ -1849,7 +1947,6 @@ impl EmbeddedStore {
                 dir: dir.to_path_buf(),
                 window,
                 catalog: Arc::new(RwLock::new(catalog)),
-                unindexed_attributes: AtomicU64::new(0),
             }),
             writer: Arc::new(Mutex::new(Writer {
                 shared: conn,
@@ -1862,6 +1959,8 @@ impl EmbeddedStore {
                 expired_before: None,
                 max_dictionary_entries: crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES,
                 warned_full: false,
+                max_resources: crate::config::DEFAULT_MAX_RESOURCES,
+                warned_resources_full: false,
             })),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -1883,6 +1982,19 @@ impl EmbeddedStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .max_dictionary_entries = max.max(1);
+        self
+    }
+
+    /// Caps the distinct resources (service instances: a resource's attributes) the store
+    /// keeps in its resources table; default [`crate::config::DEFAULT_MAX_RESOURCES`]. Past
+    /// it, a record with a new resource is stored with that resource written out in its body
+    /// (shown whole), and indexed under a resource holding only its service's name: found by
+    /// service, not by its other resource attributes.
+    pub fn with_max_resources(self, max: usize) -> Self {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_resources = max.max(1);
         self
     }
 
@@ -2484,6 +2596,7 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
     let span_id = d.opt_str().map_err(corrupt(&what))?;
     let event_name = d.opt_str().map_err(corrupt(&what))?;
     let attributes = get_attrs(&mut d, cat)?;
+    let service = get_resource(&mut d, cat, resource)?;
     Ok(LogEntry {
         time_unix_nano: time as u64,
         severity_number: severity as i32,
@@ -2492,7 +2605,7 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
         trace_id,
         span_id,
         event_name,
-        service: (*cat.resource(resource)?.info).clone(),
+        service,
         attributes,
     })
 }
@@ -3271,12 +3384,27 @@ fn usage(ctx: &Ctx) -> Result<StoreUsage, StoreError> {
             bytes: file_bytes(&ctx.part_path(day)),
         });
     }
-    let shared = file_bytes(&ctx.dir.join(DB_FILE));
+    let path = ctx.dir.join(DB_FILE);
+    let shared = file_bytes(&path);
+    let err = unavailable(&ctx.dir);
+    let conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+    let counter = |name: &str| -> Result<u64, StoreError> {
+        let n: Option<i64> = conn
+            .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(&err)?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    };
     Ok(StoreUsage {
         bytes_used: shared + partitions.iter().map(|p| p.bytes).sum::<u64>(),
         oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
         partitions,
-        unindexed_attributes: ctx.unindexed_attributes.load(Ordering::Relaxed),
+        unindexed_attributes: counter(COUNTER_UNINDEXED_ATTRIBUTES)?,
+        unindexed_resources: counter(COUNTER_UNINDEXED_RESOURCES)?,
     })
 }
 

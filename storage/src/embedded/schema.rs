@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_by_last_seen ON alerts (last_seen);
 "#;
 
+/// Counts kept across restarts: attributes and resources stored but not indexed.
+pub const COUNTERS: &str = r#"
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#;
+
 /// The earliest and latest record time (span start, log or heartbeat time, as sent) each day
 /// partition may hold: widened in the shared transaction, before the partition is written, so
 /// a search can leave out the files whose range misses its own. A day without a row may hold
