@@ -476,3 +476,67 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
         assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
     }
 }
+
+/// Regression: two processes opening a store of the first layout at once (`dlog up` and
+/// `dlog viewer`) raced: one moved the old file aside while the other read it, created the
+/// new layout next to it or removed it while the first still imported it. Both opens now
+/// succeed, and the store holds every document once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_first_layout_store_opened_twice_at_once_migrates_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_v1_store(dir.path());
+    // Enough records that the first migration is still running when the second starts.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let base = fixture_logs();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 0..20_000u64 {
+            let mut l = base[i as usize % base.len()].clone();
+            l.body = format!("{} #{i}", l.body);
+            tx.execute(
+                "INSERT INTO logs (doc_id, time_ns, service, level, trace_id, body, doc) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    l.doc_id(),
+                    l.time_unix_nano as i64,
+                    l.service.name,
+                    l.level,
+                    l.trace_id,
+                    l.body,
+                    serde_json::to_string(&l).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let total = fixture_logs().len() + 20_000;
+    let opens: Vec<_> = (0..2)
+        .map(|_| {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                dlog_storage::embedded::EmbeddedStore::open(&dir).map(|_| ())
+            })
+        })
+        .collect();
+    for open in opens {
+        open.join().unwrap().expect("both opens succeed");
+    }
+    assert!(!dir.path().join(V1_FILE).exists());
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let logs = store
+        .search_logs(&LogQuery {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), total);
+    let expected: Vec<_> = fixture_spans()
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_A)
+        .collect();
+    assert_eq!(store.get_trace(TRACE_A).await.unwrap(), expected);
+}

@@ -1866,6 +1866,19 @@ impl EmbeddedStore {
         let path = dir.join(DB_FILE);
         let sql = |e: rusqlite::Error| err(e.to_string());
         let v1 = dir.join(V1_FILE);
+        // A first-layout store, or one whose migration is under way or was interrupted (the
+        // old file moved aside is removed last): migrated under a lock, so that two processes
+        // opening it together (`dlog up` and `dlog viewer`) migrate it once; the second waits,
+        // then finds it migrated.
+        // The first check reads the file's header, not the database: a connection of this
+        // process would keep the migrating one from switching the old file's journal. It may
+        // take the lock for nothing (a new store whose version is still in its WAL); the
+        // check under the lock is exact.
+        let _migrating = if v1.exists() || header_version(&path) == Some(0) {
+            Some(migration_lock(dir)?)
+        } else {
+            None
+        };
         if path.exists() && is_v1(&path)? {
             // Moved aside first: an interrupted migration starts again from it.
             {
@@ -2107,6 +2120,43 @@ impl EmbeddedStore {
     }
 }
 
+/// The `user_version` in an SQLite file's header (0 for a file too short to hold one),
+/// without opening it as a database; `None` when there is no file.
+fn header_version(path: &Path) -> Option<i32> {
+    use std::io::Read;
+    let mut header = [0u8; 64];
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => return Some(0),
+            Ok(n) => read += n,
+            Err(_) => return Some(0),
+        }
+    }
+    Some(i32::from_be_bytes([
+        header[60], header[61], header[62], header[63],
+    ]))
+}
+
+/// Where the migration lock is taken (an SQLite file holding no data).
+pub const MIGRATION_LOCK_FILE: &str = "dlog.migrating.sqlite3";
+
+/// Takes the store's migration lock: a write transaction taken at once on
+/// [`MIGRATION_LOCK_FILE`], held until the connection is dropped; a second process waits for
+/// it (as long as a migration of a large store may take).
+fn migration_lock(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join(MIGRATION_LOCK_FILE);
+    let err = |e: rusqlite::Error| StoreError::Embedded {
+        path: path.display().to_string(),
+        message: format!("taking the migration lock: {e}"),
+    };
+    let conn = Connection::open(&path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(3600)).map_err(err)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    Ok(conn)
+}
+
 /// Brings a partition of layout 2 or 3 to this build's layout: adds the span id column (layout
 /// 2) and fills it from each record's encoded rest, then marks the open traces (layout 3); a
 /// partition already at this layout is left alone. The version is read inside a write
@@ -2180,7 +2230,9 @@ fn is_v1(path: &Path) -> Result<bool, StoreError> {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    // Read-write (never created): a read-only connection cannot open a WAL file whose
+    // shared-memory index another connection is just removing.
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
     let version: i32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
