@@ -322,3 +322,93 @@ async fn regression_a_time_range_search_opens_only_the_day_files_that_can_hold_i
         );
     }
 }
+
+/// Regression: a store in another process (the viewer's, next to the indexer's) met
+/// dictionary and resource ids written after it loaded its catalog (the writer commits its
+/// dictionary, then the day partition; the query read the dictionary between the two, or
+/// skipped loading it while another query held the catalog) and failed with `Corrupt`. It now
+/// loads the catalog again on a miss and reads again, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_second_store_reads_ids_written_after_it_loaded_its_catalog() {
+    use common::conformance::log;
+    use dlog_storage::LogQuery;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let writer = EmbeddedStore::open(dir.path()).unwrap();
+    let viewer = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let done = Arc::new(AtomicBool::new(false));
+    // Queries of the viewer, two at a time, while the writer adds new names.
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let viewer = Arc::clone(&viewer);
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut queries = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    queries += 1;
+                    let traces = viewer
+                        .find_traces(&TraceQuery {
+                            limit: 5,
+                            ..Default::default()
+                        })
+                        .await;
+                    let logs = viewer
+                        .search_logs(&LogQuery {
+                            limit: 5,
+                            ..Default::default()
+                        })
+                        .await;
+                    if let Err(e) = traces {
+                        errors.push(format!("reader {r}: traces: {e}"));
+                    }
+                    if let Err(e) = logs {
+                        errors.push(format!("reader {r}: logs: {e}"));
+                    }
+                }
+                (queries, errors)
+            })
+        })
+        .collect();
+    let n = 300u64;
+    for i in 0..n {
+        let svc = service(&format!("svc-{i}"), &format!("in-{i}"), &[]);
+        let mut s = span(
+            &format!("{:032x}", 0xcafe_0000 + i),
+            "00000000000000a1",
+            None,
+            &svc,
+            &format!("op-{i}"),
+            SpanKind::Server,
+            t0 + i * MS,
+            1,
+        );
+        s.attributes
+            .insert(format!("key-{i}"), json!(format!("value-{i}")));
+        let l = log(&svc, t0 + i * MS, "INFO", &format!("log {i}"), None, &[]);
+        writer
+            .write(&[Document::Span(s), Document::Log(l)])
+            .await
+            .unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut queries = 0;
+    for r in readers {
+        let (q, errors) = r.await.unwrap();
+        queries += q;
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+    assert!(queries > 0);
+    // Everything written is read back by the second store, names resolved.
+    let last = viewer
+        .find_traces(&TraceQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(last[0].root_service, format!("svc-{}", n - 1));
+    assert_eq!(last[0].root_operation, format!("op-{}", n - 1));
+}

@@ -127,6 +127,17 @@ struct Catalog {
     max_name: i64,
 }
 
+/// The message of an id the catalog does not hold.
+const NOT_IN_DICTIONARY: &str = "not in the dictionary";
+/// The message of a resource id the catalog does not hold.
+const NOT_IN_RESOURCES: &str = "not in the resource table";
+
+/// A dictionary or resource id the catalog did not hold.
+fn is_catalog_miss(e: &StoreError) -> bool {
+    matches!(e, StoreError::Corrupt { message, .. }
+        if message == NOT_IN_DICTIONARY || message == NOT_IN_RESOURCES)
+}
+
 impl Catalog {
     fn string(&self, id: i64) -> Result<&str, StoreError> {
         self.strings
@@ -134,14 +145,14 @@ impl Catalog {
             .map(|s| &**s)
             .ok_or_else(|| StoreError::Corrupt {
                 id: format!("string {id}"),
-                message: "not in the dictionary".into(),
+                message: NOT_IN_DICTIONARY.into(),
             })
     }
 
     fn resource(&self, id: i64) -> Result<&Resource, StoreError> {
         self.resources.get(&id).ok_or_else(|| StoreError::Corrupt {
             id: format!("resource {id}"),
-            message: "not in the resource table".into(),
+            message: NOT_IN_RESOURCES.into(),
         })
     }
 
@@ -2084,7 +2095,7 @@ impl EmbeddedStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut ReaderSet, &Ctx) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&mut ReaderSet, &Ctx) -> Result<T, StoreError> + Send + 'static,
     {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let reader = Arc::clone(&self.readers[i]);
@@ -2098,7 +2109,20 @@ impl EmbeddedStore {
             if let Ok(mut cat) = ctx.catalog.try_write() {
                 cat.load_new(&set.shared)?;
             }
-            f(&mut set, &ctx)
+            match f(&mut set, &ctx) {
+                // An id another process added after the catalog was loaded (its dictionary
+                // commits before its day partition, so a query can meet the row first, or the
+                // load above was skipped): the catalog is loaded again, waiting for it this
+                // time, and the read made again, once. A second miss is corruption.
+                Err(e) if is_catalog_miss(&e) => {
+                    ctx.catalog
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .load_new(&set.shared)?;
+                    f(&mut set, &ctx)
+                }
+                result => result,
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
@@ -2763,7 +2787,7 @@ impl TraceReader for EmbeddedStore {
                 )
                 .map_err(read_err)?;
             let rows = stmt
-                .query_map([service], |r| {
+                .query_map([&service], |r| {
                     Ok(Operation {
                         name: r.get(0)?,
                         span_kind: r.get(1)?,
