@@ -381,7 +381,9 @@ async fn a_layout_2_store_gains_the_span_id_column_when_opened() {
 }
 
 /// A store of layout 3 did not mark the traces whose spans name parents their partition does
-/// not hold: opening it marks them (a search completes those from every partition).
+/// not hold, and kept log identities in a table apart: opening it marks them (a search
+/// completes those from every partition) and gives each log its identity, which orders a
+/// page oldest first and keeps a replayed log from being stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
     use common::conformance::{service, span};
@@ -390,6 +392,10 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
     let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
     let kind = dlog_core::model::SpanKind::Server;
     let complete = "0000000000000000000000000000c0de";
+    // Ten logs sharing one time.
+    let logs: Vec<_> = (0..10)
+        .map(|i| common::conformance::log(&svc, t, "INFO", &format!("same time {i}"), None, &[]))
+        .collect();
     let orphan = "0000000000000000000000000000f00d";
     {
         let store = open_store(&StoreConfig::embedded(dir.path()))
@@ -427,6 +433,16 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
             )
             .await
             .unwrap();
+        store
+            .write(
+                &logs
+                    .iter()
+                    .cloned()
+                    .map(dlog_storage::Document::Log)
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
     }
     let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
         .unwrap()
@@ -439,6 +455,9 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
         let conn = rusqlite::Connection::open(&parts[0]).unwrap();
         conn.execute_batch(
             "DROP INDEX traces_open; ALTER TABLE traces DROP COLUMN open; \
+             DROP INDEX logs_by_time; ALTER TABLE logs DROP COLUMN doc_id; \
+             CREATE INDEX logs_by_time ON logs (time_ns); \
+             CREATE TABLE log_ids (doc_id BLOB PRIMARY KEY) WITHOUT ROWID; \
              PRAGMA user_version = 3;",
         )
         .unwrap();
@@ -458,6 +477,36 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
             .len(),
         2
     );
+    // A replay stores nothing; pages of three, oldest first, give each log once, in order.
+    store
+        .write(
+            &logs
+                .iter()
+                .cloned()
+                .map(dlog_storage::Document::Log)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut expected = logs.clone();
+    expected.sort_by_key(dlog_storage::LogCursor::of);
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store
+            .search_logs(&LogQuery {
+                order: dlog_storage::LogOrder::OldestFirst,
+                after: after.clone(),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(dlog_storage::LogCursor::of(last));
+        got.extend(page);
+    }
+    assert_eq!(got, expected);
     drop(store);
     let conn = rusqlite::Connection::open(&parts[0]).unwrap();
     let open: Vec<String> = conn

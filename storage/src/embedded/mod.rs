@@ -22,7 +22,7 @@ mod schema;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -1528,26 +1528,30 @@ fn write_trace(
 /// search walking the index newest row first knows when no older row can be newer.
 fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreError> {
     let err = read_err;
-    // A replay is found by its identity in one index lookup, whatever else shares its time
-    // (a sender stamping every record with the same time must not make each write scan them).
-    let key = hex::decode(&l.doc_id).unwrap_or_else(|_| l.doc_id.as_bytes().to_vec());
+    // A replay is found by its identity (time, document id) in one lookup of the unique time
+    // index, whatever else shares its time (a sender stamping every record with the same time
+    // must not make each write scan them).
     let inserted = tx
-        .prepare_cached("INSERT OR IGNORE INTO log_ids (doc_id) VALUES (?1)")
+        .prepare_cached(
+            "INSERT OR IGNORE INTO logs (time_ns, resource, level, severity, trace_id, body, \
+             rest, span_id, doc_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
         .map_err(err)?
-        .execute([key])
+        .execute(params![
+            l.time,
+            l.resource,
+            l.level,
+            l.severity,
+            l.trace_id,
+            l.body,
+            l.rest,
+            l.span_id,
+            doc_key(&l.doc_id)
+        ])
         .map_err(err)?;
     if inserted == 0 {
         return Ok(());
     }
-    tx.prepare_cached(
-        "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest, span_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .map_err(err)?
-    .execute(params![
-        l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest, l.span_id
-    ])
-    .map_err(err)?;
     let id = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO logs_text (rowid, body) VALUES (?1, ?2)")
         .map_err(err)?
@@ -1562,6 +1566,11 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreErro
     .execute(params![id >> LOG_BLOCK_BITS, l.time])
     .map_err(err)?;
     Ok(())
+}
+
+/// A log's document id as stored: its 16 bytes (the text itself, for an id that is not hex).
+fn doc_key(doc_id: &str) -> Vec<u8> {
+    hex::decode(doc_id).unwrap_or_else(|_| doc_id.as_bytes().to_vec())
 }
 
 /// SQLite's order of values: numbers (by value), then text, then blobs.
@@ -1919,11 +1928,15 @@ impl EmbeddedStore {
             2 | 3 => {
                 // Partitions first, each in its own transaction: an interrupted upgrade finds
                 // the shared file still at its old version and goes on with the partitions
-                // left.
+                // left. The catalog decodes the logs whose identity is computed.
+                ensure_names(&conn).map_err(sql)?;
+                let mut catalog = Catalog::default();
+                catalog.load_new(&conn)?;
                 for day in list_days(dir) {
                     migrate_partition(
                         &dir.join(PARTITIONS_DIR)
                             .join(format!("{}.sqlite3", day_name(day))),
+                        &catalog,
                     )?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -2188,7 +2201,7 @@ fn migration_lock(dir: &Path) -> Result<Connection, StoreError> {
 /// `dlog viewer`) migrate it once: the second waits, then finds the new layout. A record whose
 /// encoded rest cannot be read keeps no span id (a warning names it) rather than leaving the
 /// store unopenable.
-fn migrate_partition(path: &Path) -> Result<(), StoreError> {
+fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
     let err = |e: rusqlite::Error| StoreError::Embedded {
         path: path.display().to_string(),
         message: format!("upgrading the partition's layout: {e}"),
@@ -2244,6 +2257,44 @@ fn migrate_partition(path: &Path) -> Result<(), StoreError> {
             .map_err(err)?;
     }
     tx.execute_batch(schema::PARTITION_3_TO_4).map_err(err)?;
+    // Each log's identity next to it, in the time index that orders and deduplicates logs.
+    let has_doc_id = tx
+        .prepare("SELECT 1 FROM pragma_table_info('logs') WHERE name = 'doc_id'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    if !has_doc_id {
+        tx.execute_batch("ALTER TABLE logs ADD COLUMN doc_id BLOB;")
+            .map_err(err)?;
+        let mut read = tx
+            .prepare(&format!("SELECT {LOG_COLS} FROM logs l"))
+            .map_err(err)?;
+        let mut write = tx
+            .prepare("UPDATE logs SET doc_id = ?1 WHERE id = ?2")
+            .map_err(err)?;
+        let mut rows = read.query([]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let id: i64 = row.get(0).map_err(err)?;
+            match decode_log(row, cat) {
+                Ok(l) => {
+                    write
+                        .execute(params![doc_key(&l.doc_id()), id])
+                        .map_err(err)?;
+                }
+                Err(e) => tracing::warn!(
+                    partition = %path.display(),
+                    log = id,
+                    error = %e,
+                    "a stored log record cannot be read; it keeps no document id"
+                ),
+            }
+        }
+    }
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS log_ids;
+         DROP INDEX IF EXISTS logs_by_time;
+         CREATE UNIQUE INDEX logs_by_time ON logs (time_ns, doc_id);",
+    )
+    .map_err(err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)
@@ -2657,7 +2708,17 @@ fn bound(conn: &Connection, sql: &str) -> Result<Option<i64>, StoreError> {
         .map_err(read_err)
 }
 
+/// Log rows decoded by this process (see [`log_decodes`]).
+static LOG_DECODES: AtomicU64 = AtomicU64::new(0);
+
+/// Log rows decoded by this process so far: what a search cost, for tests.
+#[doc(hidden)]
+pub fn log_decodes() -> u64 {
+    LOG_DECODES.load(Ordering::Relaxed)
+}
+
 fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreError> {
+    LOG_DECODES.fetch_add(1, Ordering::Relaxed);
     let id: i64 = r.get(0).map_err(read_err)?;
     let time: i64 = r.get(1).map_err(read_err)?;
     let resource: i64 = r.get(2).map_err(read_err)?;
@@ -3374,18 +3435,19 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
 fn forward_sql(text: bool, filter: &str) -> String {
     if text {
         format!(
-            "SELECT {LOG_COLS} FROM logs l CROSS JOIN logs_text ON logs_text.rowid = l.id \
-             {filter} ORDER BY l.time_ns, l.id"
+            "SELECT {LOG_COLS}, l.doc_id FROM logs l CROSS JOIN logs_text \
+             ON logs_text.rowid = l.id {filter} ORDER BY l.time_ns, l.doc_id"
         )
     } else {
-        format!("SELECT {LOG_COLS} FROM logs l {filter} ORDER BY l.time_ns, l.id")
+        format!("SELECT {LOG_COLS}, l.doc_id FROM logs l {filter} ORDER BY l.time_ns, l.doc_id")
     }
 }
 
-/// [`LogOrder::OldestFirst`]: the time index oldest row first, in every partition that can
-/// hold records from the start on, keeping the `limit` first by (time, document id) after
-/// the cursor. A partition is read only until its rows are later than the `limit`-th kept,
-/// so a page costs about `limit` rows (plus the records sharing the cursor's time).
+/// [`LogOrder::OldestFirst`]: the time index, which orders by (time, document id), oldest row
+/// first from the cursor on, in every partition that can hold records from the start on,
+/// keeping the `limit` first after the cursor. A partition is read only until its rows sort
+/// after the `limit`-th kept, and a row is decoded only once it is kept, so a page costs about
+/// `limit` rows, however many records share the cursor's time.
 fn search_logs_forward(
     set: &mut ReaderSet,
     ctx: &Ctx,
@@ -3400,6 +3462,23 @@ fn search_logs_forward(
         .max(q.time.start_unix_nano)
         .unwrap_or(0);
     f.push("l.time_ns >= ?", [Sql::Integer(ns(from))]);
+    // Past the cursor inside the index (a cursor whose id is not a stored one is checked row
+    // by row below).
+    if let Some(c) = after.filter(|c| c.time_unix_nano >= from) {
+        if c.doc_id.len() == 32
+            && c.doc_id
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            f.push(
+                "(l.time_ns, l.doc_id) > (?, ?)",
+                [
+                    Sql::Integer(ns(c.time_unix_nano)),
+                    Sql::Blob(doc_key(&c.doc_id)),
+                ],
+            );
+        }
+    }
     let sql = forward_sql(text, &f.sql());
     let mut parts = Vec::new();
     for day in days_in(set, ctx, Some(from), q.time.end_unix_nano)? {
@@ -3416,10 +3495,10 @@ fn search_logs_forward(
     parts.sort_unstable();
     let mut found: Vec<((u64, String), LogEntry)> = Vec::new();
     let kth = |found: &Vec<((u64, String), LogEntry)>| {
-        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+        (found.len() >= limit).then(|| found[limit - 1].0.clone())
     };
     for (min, day) in parts {
-        if kth(&found).is_some_and(|k| min as u64 > k) {
+        if kth(&found).is_some_and(|k| min as u64 > k.0) {
             break;
         }
         let Some(conn) = set.part(ctx, day)? else {
@@ -3432,15 +3511,29 @@ fn search_logs_forward(
             .map_err(read_err)?;
         while let Some(row) = rows.next().map_err(read_err)? {
             let time: i64 = row.get(1).map_err(read_err)?;
-            // Rows of the limit-th kept time may still sort before it by document id.
-            if kth(&found).is_some_and(|k| time as u64 > k) {
+            let stored: Option<Vec<u8>> = row.get(8).map_err(read_err)?;
+            let mut entry = None;
+            let key = match stored {
+                Some(id) => (time as u64, hex::encode(id)),
+                // A row whose id could not be filled when its partition was upgraded.
+                None => {
+                    let e = decode_log(row, &cat)?;
+                    let key = (e.time_unix_nano, e.doc_id());
+                    entry = Some(e);
+                    key
+                }
+            };
+            // Rows come in key order: none after the limit-th kept can be kept.
+            if kth(&found).is_some_and(|k| key > k) {
                 break;
             }
-            let entry = decode_log(row, &cat)?;
-            let key = (entry.time_unix_nano, entry.doc_id());
             if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
                 continue;
             }
+            let entry = match entry {
+                Some(e) => e,
+                None => decode_log(row, &cat)?,
+            };
             let at = found.partition_point(|(k, _)| *k < key);
             if at < limit {
                 found.insert(at, (key, entry));

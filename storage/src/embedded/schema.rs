@@ -5,7 +5,8 @@
 /// 1 was the single-file JSON layout of earlier releases (user_version 0 on disk); 2 kept a
 /// log's span id only inside its encoded rest (opening such a store adds the column); 3 did
 /// not mark the trace summaries of partitions holding part of a trace without its parent
-/// spans (opening such a store adds the mark).
+/// spans, and kept log identities apart from the log rows (opening such a store adds the mark
+/// and the identity column).
 pub const SCHEMA_VERSION: i32 = 4;
 
 /// ns in a day.
@@ -136,13 +137,11 @@ CREATE TABLE logs (
     trace_id BLOB,
     body     TEXT NOT NULL,
     rest     BLOB NOT NULL,
-    span_id  BLOB
+    span_id  BLOB,
+    doc_id   BLOB
 );
-CREATE INDEX logs_by_time ON logs (time_ns);
+CREATE UNIQUE INDEX logs_by_time ON logs (time_ns, doc_id);
 CREATE INDEX logs_by_span ON logs (span_id, trace_id, time_ns) WHERE span_id IS NOT NULL;
-CREATE TABLE log_ids (
-    doc_id   BLOB PRIMARY KEY
-) WITHOUT ROWID;
 CREATE INDEX logs_by_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
 CREATE TABLE log_blocks (
     block    INTEGER PRIMARY KEY,
