@@ -2256,7 +2256,40 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
         tx.execute_batch("ALTER TABLE traces ADD COLUMN open INTEGER NOT NULL DEFAULT 0;")
             .map_err(err)?;
     }
-    tx.execute_batch(schema::PARTITION_3_TO_4).map_err(err)?;
+    // The traces some of whose spans name a parent this partition does not hold, one pass
+    // over the spans in trace order.
+    {
+        let mut read = tx
+            .prepare("SELECT trace_no, span_id, parent FROM spans ORDER BY trace_no")
+            .map_err(err)?;
+        let mut mark = tx
+            .prepare("UPDATE traces SET open = 1 WHERE trace_no = ?1")
+            .map_err(err)?;
+        let mut rows = read.query([]).map_err(err)?;
+        let mut current: Option<i64> = None;
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut parents: Vec<String> = Vec::new();
+        let mut flush = |no: Option<i64>, ids: &mut HashSet<String>, parents: &mut Vec<String>| {
+            let open = parents.iter().any(|p| !ids.contains(p));
+            ids.clear();
+            parents.clear();
+            match no {
+                Some(no) if open => mark.execute([no]).map(|_| ()),
+                _ => Ok(()),
+            }
+        };
+        while let Some(row) = rows.next().map_err(err)? {
+            let no: i64 = row.get(0).map_err(err)?;
+            if current != Some(no) {
+                flush(current, &mut ids, &mut parents).map_err(err)?;
+                current = Some(no);
+            }
+            ids.extend(id_text(row.get_ref(1).map_err(err)?));
+            parents.extend(id_text(row.get_ref(2).map_err(err)?));
+        }
+        flush(current, &mut ids, &mut parents).map_err(err)?;
+    }
+    tx.execute_batch(schema::PARTITION_4_INDEXES).map_err(err)?;
     // Each log's identity next to it, in the time index that orders and deduplicates logs.
     let has_doc_id = tx
         .prepare("SELECT 1 FROM pragma_table_info('logs') WHERE name = 'doc_id'")

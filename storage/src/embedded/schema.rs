@@ -162,15 +162,8 @@ pub const PARTITION_2_TO_3: &str = r#"
 ALTER TABLE logs ADD COLUMN span_id BLOB;
 "#;
 
-/// Turns a partition of layout 3 into layout 4: marks the traces some of whose spans name a
-/// parent this partition does not hold (the part of a trace whose other spans are in another
-/// day's partition is such a part).
-pub const PARTITION_3_TO_4: &str = r#"
-UPDATE traces SET open = 1 WHERE trace_no IN (
-    SELECT s.trace_no FROM spans s WHERE s.parent IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM spans p WHERE p.trace_no = s.trace_no AND p.span_id = s.parent
-    )
-);
+/// The index of the traces marked open (layout 4).
+pub const PARTITION_4_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS traces_open ON traces (start_ns) WHERE open = 1;
 "#;
 
