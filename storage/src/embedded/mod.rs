@@ -2607,19 +2607,41 @@ fn merge_summaries(a: &mut TraceSummary, b: TraceSummary) {
     a.services.dedup();
 }
 
-/// Every part of a trace among `days`: the day and the trace's number there.
-fn trace_parts(
+/// The parts of each of `ids` among `days`, one lookup per day for all of them.
+fn parts_of(
     set: &mut ReaderSet,
     ctx: &Ctx,
     days: &[i64],
-    trace_id: &str,
-) -> Result<Vec<(i64, i64)>, StoreError> {
-    let mut out = Vec::new();
+    ids: &[&str],
+) -> Result<HashMap<String, Vec<(i64, i64)>>, StoreError> {
+    let mut out: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let list = Sql::Text(serde_json::Value::from(ids.to_vec()).to_string());
     for &day in days {
-        if let Some(conn) = set.part(ctx, day)? {
-            if let Some(no) = trace_no_of(conn, trace_id)? {
-                out.push((day, no));
-            }
+        let Some(conn) = set.part(ctx, day)? else {
+            continue;
+        };
+        // Ids are stored as bytes (as text when not hex).
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT trace_id, trace_no FROM traces WHERE trace_id IN \
+                 (SELECT unhex(value) FROM json_each(?1) UNION ALL \
+                  SELECT value FROM json_each(?1))",
+            )
+            .map_err(read_err)?;
+        let rows = stmt
+            .query_map([&list], |r| {
+                Ok((
+                    id_text(r.get_ref(0)?).unwrap_or_default(),
+                    r.get::<_, i64>(1)?,
+                ))
+            })
+            .map_err(read_err)?;
+        for row in rows {
+            let (id, no) = row.map_err(read_err)?;
+            out.entry(id).or_default().push((day, no));
         }
     }
     Ok(out)
@@ -3238,6 +3260,9 @@ fn find_traces(
                 }
                 (matching, n)
             };
+            // Every partition holding part of the page's traces, one lookup per day.
+            let ids: Vec<&str> = rows.iter().map(|r| r.trace_id.as_str()).collect();
+            let mut all_parts = parts_of(set, ctx, &days, &ids)?;
             for row in rows {
                 if taken >= limit {
                     break;
@@ -3245,7 +3270,7 @@ fn find_traces(
                 seen.insert(row.trace_id.clone());
                 // The trace-level conditions hold on the whole trace, whichever partitions
                 // hold its spans (a trace whose spans arrived more than a day apart).
-                let trace_parts = trace_parts(set, ctx, &days, &row.trace_id)?;
+                let trace_parts = all_parts.remove(&row.trace_id).unwrap_or_default();
                 let whole = if trace_parts.len() > 1 {
                     whole_summary(set, ctx, &trace_parts)?
                 } else {
@@ -3295,11 +3320,16 @@ fn find_traces(
                     .map_err(read_err)?;
                 rows
             };
-            for id in ids {
-                if !seen.insert(id.clone()) {
-                    continue;
-                }
-                let trace_parts = trace_parts(set, ctx, &days, &id)?;
+            let fresh: Vec<String> = ids
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            let mut all_parts = {
+                let refs: Vec<&str> = fresh.iter().map(String::as_str).collect();
+                parts_of(set, ctx, &days, &refs)?
+            };
+            for id in fresh {
+                let trace_parts = all_parts.remove(&id).unwrap_or_default();
                 if trace_parts.len() < 2 {
                     continue;
                 }
