@@ -3229,58 +3229,68 @@ fn find_traces(
         loop {
             let mut params = f.params.clone();
             params.push(Sql::Integer(offset));
-            let (rows, n) = {
+            let rows: Vec<SummaryRow> = {
                 let Some(conn) = set.part(ctx, day)? else {
                     break;
                 };
-                let rows: Vec<SummaryRow> = {
-                    let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
-                    let rows = stmt
-                        .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
-                        .map_err(read_err)?
-                        .collect::<Result<_, _>>()
-                        .map_err(read_err)?;
-                    rows
-                };
-                let n = rows.len();
-                let cat = ctx.catalog();
-                let mut matching = Vec::with_capacity(n);
-                for row in rows {
-                    if seen.contains(&row.trace_id) {
-                        continue;
-                    }
-                    if !terms.is_empty() {
-                        let spans =
-                            trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
-                        if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
+                    .map_err(read_err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(read_err)?;
+                rows
+            };
+            let n = rows.len();
+            let mut rows = rows.into_iter();
+            // In rounds of as many candidates as are still wanted: checked span by span,
+            // then completed together from every day file (one lookup per day) and judged
+            // whole, so a page is checked no further than needed.
+            while taken < limit {
+                let mut matching = Vec::new();
+                {
+                    let Some(conn) = set.part(ctx, day)? else {
+                        break;
+                    };
+                    let cat = ctx.catalog();
+                    for row in rows.by_ref() {
+                        if seen.contains(&row.trace_id) {
                             continue;
                         }
+                        if !terms.is_empty() {
+                            let spans =
+                                trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
+                            if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                                continue;
+                            }
+                        }
+                        matching.push(row);
+                        if matching.len() >= limit - taken {
+                            break;
+                        }
                     }
-                    matching.push(row);
                 }
-                (matching, n)
-            };
-            // Every partition holding part of the page's traces, one lookup per day.
-            let ids: Vec<&str> = rows.iter().map(|r| r.trace_id.as_str()).collect();
-            let mut all_parts = parts_of(set, ctx, &days, &ids)?;
-            for row in rows {
-                if taken >= limit {
+                if matching.is_empty() {
                     break;
                 }
-                seen.insert(row.trace_id.clone());
-                // The trace-level conditions hold on the whole trace, whichever partitions
-                // hold its spans (a trace whose spans arrived more than a day apart).
-                let trace_parts = all_parts.remove(&row.trace_id).unwrap_or_default();
-                let whole = if trace_parts.len() > 1 {
-                    whole_summary(set, ctx, &trace_parts)?
-                } else {
-                    Some(to_summary(&row, &ctx.catalog())?)
-                };
-                let Some(whole) = whole.filter(|t| whole_matches(t, q)) else {
-                    continue;
-                };
-                found.push(whole);
-                taken += 1;
+                let ids: Vec<&str> = matching.iter().map(|r| r.trace_id.as_str()).collect();
+                let mut all_parts = parts_of(set, ctx, &days, &ids)?;
+                for row in matching {
+                    seen.insert(row.trace_id.clone());
+                    // The trace-level conditions hold on the whole trace, whichever
+                    // partitions hold its spans (a trace whose spans arrived more than a day
+                    // apart).
+                    let trace_parts = all_parts.remove(&row.trace_id).unwrap_or_default();
+                    let whole = if trace_parts.len() > 1 {
+                        whole_summary(set, ctx, &trace_parts)?
+                    } else {
+                        Some(to_summary(&row, &ctx.catalog())?)
+                    };
+                    if let Some(whole) = whole.filter(|t| whole_matches(t, q)) {
+                        found.push(whole);
+                        taken += 1;
+                    }
+                }
             }
             if taken >= limit || n < page {
                 break;
