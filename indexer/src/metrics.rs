@@ -33,6 +33,8 @@ pub struct Metrics {
     pub(super) registry: Registry,
     pub(crate) store_bytes_used: Gauge,
     pub(crate) store_oldest_seconds: Gauge,
+    pub(crate) store_unindexed_attributes: Gauge,
+    pub(crate) store_unindexed_resources: Gauge,
     pub(crate) partitions_dropped: Counter,
     pub(crate) files_dropped: Counter,
     pub(crate) retention_errors: Counter,
@@ -137,6 +139,8 @@ impl Metrics {
         let store_registry = root.sub_registry_with_prefix("dlog_store");
         let store_bytes_used = Gauge::default();
         let store_oldest_seconds = Gauge::default();
+        let store_unindexed_attributes = Gauge::default();
+        let store_unindexed_resources = Gauge::default();
         let partitions_dropped = Counter::default();
         let files_dropped = Counter::default();
         let retention_errors = Counter::default();
@@ -149,6 +153,19 @@ impl Metrics {
             "oldest_timestamp_seconds",
             "Start of the oldest day the store keeps, s since the Unix epoch (0 when empty)",
             store_oldest_seconds.clone(),
+        );
+        store_registry.register(
+            "unindexed_attributes",
+            "Attributes stored but not indexed for search because the attribute dictionary was \
+             full (embedded store, since it was created), as of the last retention pass",
+            store_unindexed_attributes.clone(),
+        );
+        store_registry.register(
+            "unindexed_resources",
+            "Records stored with a resource the resources table had no room for, found by \
+             their service's name only (embedded store, since it was created), as of the last \
+             retention pass",
+            store_unindexed_resources.clone(),
         );
         store_registry.register(
             "partitions_dropped",
@@ -169,6 +186,8 @@ impl Metrics {
             registry: root,
             store_bytes_used,
             store_oldest_seconds,
+            store_unindexed_attributes,
+            store_unindexed_resources,
             partitions_dropped,
             files_dropped,
             retention_errors,

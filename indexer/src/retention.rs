@@ -211,6 +211,12 @@ fn set_usage(metrics: &Metrics, usage: &StoreUsage) {
             .oldest_unix_nano
             .map_or(0, |n| (n / 1_000_000_000) as i64),
     );
+    metrics
+        .store_unindexed_attributes
+        .set(usage.unindexed_attributes.min(i64::MAX as u64) as i64);
+    metrics
+        .store_unindexed_resources
+        .set(usage.unindexed_resources.min(i64::MAX as u64) as i64);
 }
 
 /// One retention pass over the store and `others`. Failures are logged and counted; `quiet`
@@ -477,6 +483,71 @@ mod tests {
         );
         assert!(text.contains("dlog_indexer_commits_total"), "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    }
+
+    /// Regression: the attributes and resources an embedded store keeps but does not index
+    /// were only in its usage report (and counted from 0 again at every start): they are on
+    /// `/metrics`, read from the store, so a restart keeps them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unindexed_attributes_and_resources_are_metrics_that_survive_a_restart() {
+        use dlog_core::model::{ServiceInfo, SpanKind, SpanRecord, StatusCode};
+        use dlog_storage::embedded::EmbeddedStore;
+        use dlog_storage::Document;
+        let dir = tempfile::tempdir().unwrap();
+        let now = dlog_storage::store::now_unix_nano() - 3_600_000_000_000;
+        let span = |i: u64| SpanRecord {
+            trace_id: format!("{:032x}", 0x77 + i),
+            span_id: "00000000000000a1".into(),
+            parent_span_id: None,
+            name: "op".into(),
+            kind: SpanKind::Server,
+            start_unix_nano: now + i,
+            end_unix_nano: now + i + 1,
+            status: StatusCode::Unset,
+            status_message: String::new(),
+            service: ServiceInfo {
+                name: "svc".into(),
+                instance_id: Some(format!("i-{i}")),
+                ..Default::default()
+            },
+            scope: String::new(),
+            attributes: [(format!("key{i}"), serde_json::json!("v"))]
+                .into_iter()
+                .collect(),
+            events: vec![],
+            links: vec![],
+        };
+        {
+            // One attribute key and one resource fit; the second span's key and resource
+            // do not, nor the third's.
+            let store = EmbeddedStore::open(dir.path())
+                .unwrap()
+                .with_max_dictionary_entries(1)
+                .with_max_resources(1);
+            let docs: Vec<Document> = (0..3).map(|i| Document::Span(span(i))).collect();
+            store.write(&docs).await.unwrap();
+        }
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let metrics = Metrics::new();
+        retention_pass(
+            store.as_ref(),
+            &[],
+            &RetentionPolicy::default(),
+            &metrics,
+            &mut false,
+        )
+        .await;
+        let text = metrics.encode();
+        assert!(
+            text.lines()
+                .any(|l| l == "dlog_store_unindexed_attributes 2"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "dlog_store_unindexed_resources 2"),
+            "{text}"
+        );
     }
 
     #[test]

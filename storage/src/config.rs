@@ -26,6 +26,8 @@ pub const DEFAULT_PARTITION_MAX_AHEAD_SECS: u64 = 3600;
 /// attributes with new keys are still stored with their span or log, but not indexed for
 /// search.
 pub const DEFAULT_MAX_DICTIONARY_ENTRIES: usize = 100_000;
+/// Default [`StoreConfig::max_resources`].
+pub const DEFAULT_MAX_RESOURCES: usize = 100_000;
 /// Default Elasticsearch request timeout, ms.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
@@ -87,6 +89,13 @@ pub struct StoreConfig {
     /// (shown on the trace) but not searchable, counted in `usage().unindexed_attributes`,
     /// and a warning is logged once. Default 100000.
     pub max_dictionary_entries: usize,
+    /// Embedded store: most distinct resources (service instances, by all their resource
+    /// attributes) in its resources table. It bounds what random resource attributes from a
+    /// hostile or broken sender cost: past it, a record with a new resource is stored whole
+    /// (its resource written out with it) but indexed under its service's name alone, so it
+    /// is found by service and not by its other resource attributes; counted in
+    /// `usage().unindexed_resources`, and a warning is logged once. Default 100000.
+    pub max_resources: usize,
 }
 
 impl Default for StoreConfig {
@@ -111,6 +120,7 @@ impl Default for StoreConfig {
             partition_max_age_secs: DEFAULT_PARTITION_MAX_AGE_SECS,
             partition_max_ahead_secs: DEFAULT_PARTITION_MAX_AHEAD_SECS,
             max_dictionary_entries: DEFAULT_MAX_DICTIONARY_ENTRIES,
+            max_resources: DEFAULT_MAX_RESOURCES,
         }
     }
 }
@@ -233,6 +243,9 @@ impl StoreConfig {
         }
         if self.max_dictionary_entries == 0 {
             return bad("max_dictionary_entries", "must be at least 1");
+        }
+        if self.max_resources == 0 {
+            return bad("max_resources", "must be at least 1");
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms", "must be at least 1");

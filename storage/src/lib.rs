@@ -78,7 +78,8 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
     match &config.elasticsearch_url {
         None => Ok(Arc::new(
             embedded::EmbeddedStore::open(&config.data_dir)?
-                .with_max_dictionary_entries(config.max_dictionary_entries),
+                .with_max_dictionary_entries(config.max_dictionary_entries)
+                .with_max_resources(config.max_resources),
         )),
         Some(_) => Ok(Arc::new(elastic::ElasticStore::connect(config).await?)),
     }

@@ -495,11 +495,16 @@ pub struct StoreUsage {
     pub oldest_unix_nano: Option<u64>,
     /// The partitions, oldest first.
     pub partitions: Vec<PartitionUsage>,
-    /// Attributes stored with their span or log but not indexed for search since the store
-    /// was opened, because their key was new while the attribute dictionary was full (the
-    /// embedded store's `max_dictionary_entries`).
+    /// Attributes stored with their span or log but not indexed for search, because their key
+    /// was new while the attribute dictionary was full (the embedded store's
+    /// `max_dictionary_entries`); kept across restarts.
     #[serde(default)]
     pub unindexed_attributes: u64,
+    /// Records stored with a resource the store did not index (the embedded store's
+    /// `max_resources`): found by their service's name, not by their other resource
+    /// attributes.
+    #[serde(default)]
+    pub unindexed_resources: u64,
 }
 
 /// What one retention pass did.

@@ -297,3 +297,56 @@ async fn a_summary_deleted_behind_the_cache_is_written_again_from_what_is_stored
     );
     a.delete_indices().await.unwrap();
 }
+
+/// Regression: call edges went in the same `_bulk` request as the merged summary they came
+/// from, so a summary the store refused (or that lost a race) still left its edges, counting
+/// calls no stored summary held, until the trace's next change. Edges are now written only
+/// from summaries the store accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_edges_follow_only_summaries_the_store_accepted() {
+    let elastic = dlog_testkit::Elastic::start().unwrap();
+    let prefix = dlog_testkit::unique_name("es-edge-after-summary");
+    let config = StoreConfig::elasticsearch(&elastic.url).with_index_prefix(prefix);
+    let store = ElasticStore::connect(&config).await.unwrap();
+    let now = dlog_storage::now_unix_nano();
+    let t0 = (now / DAY * DAY + 3_600_000 * MS).min(now - 10_000 * MS);
+    // Today's summary index, made by hand with a mapping no summary fits: every summary
+    // written to it is refused for good (a mapping error, 400).
+    let summaries_index = store.names().summaries(t0);
+    let http = reqwest::Client::new();
+    let index_url = format!("{}/{summaries_index}", elastic.url.trim_end_matches('/'));
+    let made = http
+        .put(&index_url)
+        .json(&serde_json::json!({"mappings": {"properties": {"root_service": {"type": "long"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(made.status().is_success(), "{}", made.text().await.unwrap());
+
+    let spans = trace(31, 9, t0);
+    assert!(!expected_edges(&spans).is_empty());
+    write(&store, &spans).await;
+    assert!(store.summary_stats().rejected_summaries > 0);
+    store.refresh().await.unwrap();
+    let day = TimeRange::between(t0 - DAY, t0 + DAY);
+    assert_eq!(
+        store.dependencies(day).await.unwrap().observed,
+        vec![],
+        "no edge without its stored summary"
+    );
+
+    // Once the summary can be stored, the same spans again (a replay) store it and its edges.
+    let deleted = http.delete(&index_url).send().await.unwrap();
+    assert!(deleted.status().is_success());
+    write(&store, &spans).await;
+    store.refresh().await.unwrap();
+    assert_eq!(
+        store.find_traces(&TraceQuery::default()).await.unwrap(),
+        vec![TraceSummary::from_spans(&spans).unwrap()]
+    );
+    assert_eq!(
+        store.dependencies(day).await.unwrap().observed,
+        expected_edges(&spans)
+    );
+    store.delete_indices().await.unwrap();
+}

@@ -565,3 +565,105 @@ async fn regression_a_day_file_that_cannot_be_opened_fails_the_query() {
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     assert!(err.to_string().contains(&name), "{err}");
 }
+
+/// Regression: the resources table was uncapped, so random resource attributes from a hostile
+/// sender (a new `host.id` on every record) grew it, and the catalog every store holds in
+/// memory, without bound. Past `max_resources`, records are stored whole and found by their
+/// service's name; the count survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_random_resource_attributes_do_not_grow_the_resources_table_past_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 50usize;
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_resources(cap);
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let instance = |i: u64| {
+        let mut svc = service("spray", &format!("sp-{i}"), &[]);
+        svc.attributes
+            .insert("host.id".into(), json!(format!("h-{i:08x}")));
+        svc
+    };
+    // 300 records, each from a new instance: 200 spans, 100 logs.
+    let spans: Vec<_> = (0..200u64)
+        .map(|i| span_with(0x5e00 + i, &instance(i), "spray", now + i * MS, "k", "v"))
+        .collect();
+    let logs: Vec<_> = (200..300u64)
+        .map(|i| {
+            log(
+                &instance(i),
+                now + i * MS,
+                "INFO",
+                &format!("log {i}"),
+                None,
+                &[],
+            )
+        })
+        .collect();
+    for chunk in spans.chunks(40) {
+        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
+        let outcomes = store.write(&docs).await.unwrap();
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == dlog_storage::WriteOutcome::Written));
+    }
+    store
+        .write(&logs.iter().cloned().map(Document::Log).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    // The table stops at the cap, plus the service's stand-in (its name alone).
+    let rows = embedded::count_rows(dir.path(), "resources").unwrap();
+    assert!(rows <= cap as u64 + 1, "{rows} resources, cap {cap}");
+    let usage = store.usage().await.unwrap();
+    assert_eq!(usage.unindexed_resources, 300 - cap as u64);
+
+    // Every record reads back whole, its own resource included.
+    for s in [&spans[0], &spans[cap], &spans[199]] {
+        assert_eq!(store.get_trace(&s.trace_id).await.unwrap(), vec![s.clone()]);
+    }
+    let found = store
+        .search_logs(&LogQuery {
+            service: Some("spray".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut found_sorted = found.clone();
+    found_sorted.sort_by_key(|l| l.time_unix_nano);
+    assert_eq!(found_sorted, logs, "every log, whole, found by service");
+    // Found by service, all of them.
+    let by_service = store
+        .find_traces(&TraceQuery {
+            service: Some("spray".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_service.len(), 200);
+    // By a resource attribute: the instances that found room, not the others.
+    assert_eq!(
+        traces_with(&store, "host.id", "h-00000000").await,
+        vec![spans[0].trace_id.clone()]
+    );
+    assert!(traces_with(&store, "host.id", "h-000000c7")
+        .await
+        .is_empty());
+
+    // The counts are kept across a restart, and known resources stay indexed.
+    drop(store);
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_resources(cap);
+    let usage = store.usage().await.unwrap();
+    assert_eq!(usage.unindexed_resources, 300 - cap as u64);
+    let again = span_with(0x5eff, &instance(1), "spray", now + 999 * MS, "k", "v");
+    store.write(&[Document::Span(again.clone())]).await.unwrap();
+    assert_eq!(
+        store.usage().await.unwrap().unindexed_resources,
+        300 - cap as u64
+    );
+    assert_eq!(store.get_trace(&again.trace_id).await.unwrap(), vec![again]);
+}

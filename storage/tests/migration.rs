@@ -379,3 +379,213 @@ async fn a_layout_2_store_gains_the_span_id_column_when_opened() {
         assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
     }
 }
+
+/// A store of layout 3 did not mark the traces whose spans name parents their partition does
+/// not hold, and kept log identities in a table apart: opening it marks them (a search
+/// completes those from every partition) and gives each log its identity, which orders a
+/// page oldest first and keeps a replayed log from being stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
+    use common::conformance::{service, span};
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service("late", "lt-1", &[]);
+    let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
+    let kind = dlog_core::model::SpanKind::Server;
+    let complete = "0000000000000000000000000000c0de";
+    // Ten logs sharing one time.
+    let logs: Vec<_> = (0..10)
+        .map(|i| common::conformance::log(&svc, t, "INFO", &format!("same time {i}"), None, &[]))
+        .collect();
+    let orphan = "0000000000000000000000000000f00d";
+    {
+        let store = open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let docs = vec![
+            span(complete, "00000000000000a1", None, &svc, "root", kind, t, 5),
+            span(
+                complete,
+                "00000000000000a2",
+                Some("00000000000000a1"),
+                &svc,
+                "c",
+                kind,
+                t,
+                1,
+            ),
+            span(
+                orphan,
+                "00000000000000b2",
+                Some("00000000000000b1"),
+                &svc,
+                "c",
+                kind,
+                t,
+                1,
+            ),
+        ];
+        store
+            .write(
+                &docs
+                    .into_iter()
+                    .map(dlog_storage::Document::Span)
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        store
+            .write(
+                &logs
+                    .iter()
+                    .cloned()
+                    .map(dlog_storage::Document::Log)
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+    }
+    let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .collect();
+    assert_eq!(parts.len(), 1);
+    {
+        let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+        conn.execute_batch(
+            "DROP INDEX traces_open; ALTER TABLE traces DROP COLUMN open; \
+             DROP INDEX logs_by_time; ALTER TABLE logs DROP COLUMN doc_id; \
+             CREATE INDEX logs_by_time ON logs (time_ns); \
+             CREATE TABLE log_ids (doc_id BLOB PRIMARY KEY) WITHOUT ROWID; \
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 3)
+        .unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_traces(&dlog_storage::TraceQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // A replay stores nothing; pages of three, oldest first, give each log once, in order.
+    store
+        .write(
+            &logs
+                .iter()
+                .cloned()
+                .map(dlog_storage::Document::Log)
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut expected = logs.clone();
+    expected.sort_by_key(dlog_storage::LogCursor::of);
+    let mut got = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store
+            .search_logs(&LogQuery {
+                order: dlog_storage::LogOrder::OldestFirst,
+                after: after.clone(),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(dlog_storage::LogCursor::of(last));
+        got.extend(page);
+    }
+    assert_eq!(got, expected);
+    drop(store);
+    let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+    let open: Vec<String> = conn
+        .prepare("SELECT hex(trace_id) FROM traces WHERE open = 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(open, vec![orphan.to_uppercase()]);
+    for file in [&parts[0], &dir.path().join(DB_FILE)] {
+        let version: i32 = rusqlite::Connection::open(file)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
+    }
+}
+
+/// Regression: two processes opening a store of the first layout at once (`dlog up` and
+/// `dlog viewer`) raced: one moved the old file aside while the other read it, created the
+/// new layout next to it or removed it while the first still imported it. Both opens now
+/// succeed, and the store holds every document once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_first_layout_store_opened_twice_at_once_migrates_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_v1_store(dir.path());
+    // Enough records that the first migration is still running when the second starts.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let base = fixture_logs();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 0..20_000u64 {
+            let mut l = base[i as usize % base.len()].clone();
+            l.body = format!("{} #{i}", l.body);
+            tx.execute(
+                "INSERT INTO logs (doc_id, time_ns, service, level, trace_id, body, doc) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    l.doc_id(),
+                    l.time_unix_nano as i64,
+                    l.service.name,
+                    l.level,
+                    l.trace_id,
+                    l.body,
+                    serde_json::to_string(&l).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let total = fixture_logs().len() + 20_000;
+    let opens: Vec<_> = (0..2)
+        .map(|_| {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                dlog_storage::embedded::EmbeddedStore::open(&dir).map(|_| ())
+            })
+        })
+        .collect();
+    for open in opens {
+        open.join().unwrap().expect("both opens succeed");
+    }
+    assert!(!dir.path().join(V1_FILE).exists());
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let logs = store
+        .search_logs(&LogQuery {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), total);
+    let expected: Vec<_> = fixture_spans()
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_A)
+        .collect();
+    assert_eq!(store.get_trace(TRACE_A).await.unwrap(), expected);
+}

@@ -342,3 +342,129 @@ async fn span_logs_and_tail_bursts_over_elasticsearch() {
     late_and_early_records_reach_the_tail_once(&base, &store).await;
     viewer.shutdown().await;
 }
+
+/// Opens a live tail of service `svc` with `Last-Event-ID` set to these bytes.
+async fn tail_with_id(base: &str, svc: &str, id: &[u8]) -> reqwest::Response {
+    let tail = reqwest::Client::new()
+        .get(format!("{base}/api/v1/logs/tail?service={svc}"))
+        .header(
+            "Last-Event-ID",
+            reqwest::header::HeaderValue::from_bytes(id).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200, "{}", String::from_utf8_lossy(id));
+    tail
+}
+
+/// Writes a record of service `svc` now, then reads the tail until it arrives: every record
+/// the tail sent up to it.
+async fn records_up_to_a_fresh_one(
+    tail: &mut reqwest::Response,
+    store: &Arc<dyn Store>,
+    svc: &str,
+) -> Vec<String> {
+    let fresh = log(
+        &service(svc, &[]),
+        dlog_storage::now_unix_nano(),
+        "INFO",
+        "fresh",
+        None,
+    );
+    store.write(&[Document::Log(fresh)]).await.unwrap();
+    store.refresh().await.unwrap();
+    let mut buffer = String::new();
+    let mut got = Vec::new();
+    read_tail(
+        tail,
+        &mut buffer,
+        Duration::from_secs(20),
+        |g| g.iter().any(|l| l["body"] == "fresh"),
+        &mut got,
+    )
+    .await;
+    got.iter()
+        .map(|l| l["body"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `Last-Event-ID` is input from anyone: an id that is too long, not alphanumeric, not UTF-8,
+/// out of range or full of control characters is ignored (the tail starts from its default,
+/// a moment before now) or refused; a well-formed id that names no record resumes from its
+/// position; one from the future does not hide the records until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_last_event_ids_are_ignored_or_refused() {
+    let (store, _dir) = embedded().await;
+    let (viewer, base) = viewer(Arc::clone(&store), config()).await;
+    let old_time = dlog_storage::now_unix_nano() - 60_000 * MS;
+    // A record a minute old in each service tailed below: a tail from its default start does
+    // not send it; one that took a malformed id below as a position (time 1) would, first.
+    let services: Vec<String> = (0..12).map(|i| format!("hostile-{i}")).collect();
+    for svc in &services {
+        let old = log(&service(svc, &[]), old_time, "INFO", "a minute old", None);
+        store.write(&[Document::Log(old)]).await.unwrap();
+    }
+    store.refresh().await.unwrap();
+
+    let oversized = format!("1.{}", "a".repeat(129));
+    let huge = format!("1.{}", "a".repeat(8_000));
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        ("129 characters", oversized.into_bytes()),
+        ("8,000 characters", huge.into_bytes()),
+        ("not alphanumeric", b"1.ab-cd".to_vec()),
+        ("not UTF-8", b"1.ab\xff\xfecd".to_vec()),
+        ("no separator", b"1abcd".to_vec()),
+        (
+            "a time out of range",
+            b"99999999999999999999999.abcd".to_vec(),
+        ),
+        ("a negative time", b"-1.abcd".to_vec()),
+        ("nothing", b"".to_vec()),
+    ];
+    for ((what, id), svc) in malformed.iter().zip(&services) {
+        let mut tail = tail_with_id(&base, svc, id).await;
+        assert_eq!(
+            records_up_to_a_fresh_one(&mut tail, &store, svc).await,
+            vec!["fresh".to_string()],
+            "an id with {what} is ignored"
+        );
+    }
+
+    // Control characters cannot travel in a header value: the server refuses the request.
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(
+        b"GET /api/v1/logs/tail?service=hostile-8 HTTP/1.1\r\nHost: viewer\r\n\
+          Last-Event-ID: 1.ab\x01\x1b[2Jcd\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+
+    // Well formed, naming no record: the tail resumes from its position, the old record
+    // (after it) included.
+    let before_old = format!("{}.nowhere", old_time - 1);
+    let mut tail = tail_with_id(&base, &services[9], before_old.as_bytes()).await;
+    assert_eq!(
+        records_up_to_a_fresh_one(&mut tail, &store, &services[9]).await,
+        vec!["a minute old".to_string(), "fresh".to_string()]
+    );
+    drop(tail);
+    // From a day ahead: taken as now, so the next record arrives.
+    let ahead = format!("{}.abc", dlog_storage::now_unix_nano() + 86_400_000 * MS);
+    let mut tail = tail_with_id(&base, &services[10], ahead.as_bytes()).await;
+    assert_eq!(
+        records_up_to_a_fresh_one(&mut tail, &store, &services[10]).await,
+        vec!["fresh".to_string()]
+    );
+    drop(tail);
+    viewer.shutdown().await;
+}

@@ -367,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
             "edge",
             "sqlite_autoindex_traces",
         ]);
-        let log_bytes = side(&["logs"]);
+        let log_bytes = side(&["logs", "log_"]);
         let shared = tables.get("shared").copied().unwrap_or(0);
         for (name, bytes) in &tables {
             println!("  {name:<28} {bytes:>14} bytes");
@@ -377,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
             span_bytes as f64 / (traces * SPANS_PER_TRACE).max(1) as f64
         );
         println!(
-            "bytes per log: {:.1} (rows, trace index, trigram text index)",
+            "bytes per log: {:.1} (rows, time, trace and span indexes, trigram text index)",
             log_bytes as f64 / args.logs.max(1) as f64
         );
         println!("shared database: {shared} bytes");

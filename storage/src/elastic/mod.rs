@@ -910,9 +910,10 @@ impl ElasticStore {
         Ok(found)
     }
 
-    /// Merges spans into their traces' summaries and writes the call edges that changed, in
-    /// one `_bulk` request per round. Returns the traces that could not be updated, with the
-    /// reason (retryable).
+    /// Merges spans into their traces' summaries and writes the call edges that changed: per
+    /// round, one `_bulk` request of summaries, then one of the edges of the summaries the
+    /// store accepted. Returns the traces that could not be updated, with the reason
+    /// (retryable).
     ///
     /// A trace's stored summary comes from the cache of summaries this store wrote, else from
     /// `prefetched` (read while the spans were written), else from a read now. Every summary
@@ -976,6 +977,8 @@ impl ElasticStore {
                 }
             }
             let mut items = Vec::new();
+            // The call edges of each merged summary, written once its summary is stored.
+            let mut edge_items = Vec::new();
             // Per trace: its spans, the merged summary, where it goes, the version it is
             // conditional on, and whether it changed.
             let mut merged: Vec<Merged> = Vec::new();
@@ -1024,7 +1027,7 @@ impl ElasticStore {
                         continue;
                     }
                     if let Some(lines) = self.edge_lines(&trace, key, value, window, now) {
-                        items.push(Item {
+                        edge_items.push(Item {
                             doc: slot,
                             lines,
                             kind: ItemKind::Edge,
@@ -1044,6 +1047,18 @@ impl ElasticStore {
                 });
             }
             for (item, result) in items.iter().zip(self.bulk(&items).await) {
+                merged[item.doc].summary = Some(result);
+            }
+            // Edges only from summaries the store accepted (or that did not change: a replay
+            // writes them again from the stored summary): an edge of a merged summary that was
+            // refused or lost a race would count calls no stored summary holds, and stay so
+            // until the trace changes again (its version, the call count, keeps an older
+            // summary's edge from replacing it).
+            edge_items.retain(|item| {
+                let m = &merged[item.doc];
+                !m.changed || matches!(m.summary, Some(ItemResult::Ok(_)))
+            });
+            for (item, result) in edge_items.iter().zip(self.bulk(&edge_items).await) {
                 let m = &mut merged[item.doc];
                 match (&item.kind, result) {
                     (ItemKind::Conditional, r) => m.summary = Some(r),

@@ -127,6 +127,17 @@ struct Catalog {
     max_name: i64,
 }
 
+/// The message of an id the catalog does not hold.
+const NOT_IN_DICTIONARY: &str = "not in the dictionary";
+/// The message of a resource id the catalog does not hold.
+const NOT_IN_RESOURCES: &str = "not in the resource table";
+
+/// A dictionary or resource id the catalog did not hold.
+fn is_catalog_miss(e: &StoreError) -> bool {
+    matches!(e, StoreError::Corrupt { message, .. }
+        if message == NOT_IN_DICTIONARY || message == NOT_IN_RESOURCES)
+}
+
 impl Catalog {
     fn string(&self, id: i64) -> Result<&str, StoreError> {
         self.strings
@@ -134,14 +145,14 @@ impl Catalog {
             .map(|s| &**s)
             .ok_or_else(|| StoreError::Corrupt {
                 id: format!("string {id}"),
-                message: "not in the dictionary".into(),
+                message: NOT_IN_DICTIONARY.into(),
             })
     }
 
     fn resource(&self, id: i64) -> Result<&Resource, StoreError> {
         self.resources.get(&id).ok_or_else(|| StoreError::Corrupt {
             id: format!("resource {id}"),
-            message: "not in the resource table".into(),
+            message: NOT_IN_RESOURCES.into(),
         })
     }
 
@@ -426,7 +437,24 @@ fn get_attrs(d: &mut Dec<'_>, cat: &Catalog) -> Result<dlog_core::model::Attribu
 }
 
 /// What a span's body holds (the rest is in its row's columns).
-fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
+/// A resource that found no room in the resources table is written out at the end of the
+/// record's body (as JSON); bodies without it end before.
+fn put_resource(e: &mut Enc, inline: Option<&ServiceInfo>) {
+    if let Some(info) = inline {
+        e.str(&serde_json::to_string(info).unwrap_or_default());
+    }
+}
+
+/// The resource written out at the end of a body, if any; else the row's resource.
+fn get_resource(d: &mut Dec<'_>, cat: &Catalog, resource: i64) -> Result<ServiceInfo, StoreError> {
+    if d.remaining() > 0 {
+        let json = d.str().map_err(corrupt("resource"))?;
+        return parse("resource written out", &json);
+    }
+    Ok((*cat.resource(resource)?.info).clone())
+}
+
+fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceInfo>) -> Vec<u8> {
     let mut e = Enc::default();
     e.u64(ids(&s.scope) as u64);
     e.str(&s.status_message);
@@ -442,6 +470,7 @@ fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
         codec::put_id(&mut e, &l.trace_id);
         codec::put_id(&mut e, &l.span_id);
     }
+    put_resource(&mut e, inline);
     e.finish()
 }
 
@@ -503,7 +532,7 @@ fn decode_span(
             span_id: codec::get_id(&mut d).map_err(&c)?,
         });
     }
-    let resource = cat.resource(cols.resource)?;
+    let service = get_resource(&mut d, cat, cols.resource)?;
     Ok(SpanRecord {
         trace_id: trace_id.to_string(),
         span_id: cols.span_id.clone(),
@@ -514,7 +543,7 @@ fn decode_span(
         end_unix_nano: cols.start.wrapping_add(cols.duration) as u64,
         status: status_of(cols.flags),
         status_message,
-        service: (*resource.info).clone(),
+        service,
         scope,
         attributes,
         events,
@@ -522,11 +551,12 @@ fn decode_span(
     })
 }
 
-fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64) -> Vec<u8> {
+fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceInfo>) -> Vec<u8> {
     let mut e = Enc::default();
     e.opt_str(l.span_id.as_deref());
     e.opt_str(l.event_name.as_deref());
     put_attrs(&mut e, &l.attributes, ids);
+    put_resource(&mut e, inline);
     e.finish()
 }
 
@@ -554,6 +584,11 @@ struct Writer {
     max_dictionary_entries: usize,
     /// The dictionary-full warning was logged.
     warned_full: bool,
+    /// Most distinct resources: past it, a record with a new resource is stored with its
+    /// resource written out in its body, and indexed under its service's stand-in resource.
+    max_resources: usize,
+    /// The resources-full warning was logged.
+    warned_resources_full: bool,
 }
 
 /// Settings the store was opened with.
@@ -561,9 +596,6 @@ struct Ctx {
     dir: PathBuf,
     window: TimeWindow,
     catalog: Arc<RwLock<Catalog>>,
-    /// Attributes stored but not indexed since open: their key was new and the dictionary
-    /// full.
-    unindexed_attributes: AtomicU64,
 }
 
 impl Ctx {
@@ -701,6 +733,10 @@ struct Interner<'a> {
     max_entries: usize,
     /// Attributes left out of the dictionary, and so out of the index, in this batch.
     unindexed: u64,
+    /// Most distinct resources in the resources table (stand-ins of services not counted).
+    max_resources: usize,
+    /// Records of this batch whose resource found no room.
+    unindexed_resources: u64,
 }
 
 impl<'a> Interner<'a> {
@@ -709,6 +745,7 @@ impl<'a> Interner<'a> {
         value_counts: &'a mut HashMap<String, u32>,
         interned: &'a mut u32,
         max_entries: usize,
+        max_resources: usize,
     ) -> Self {
         Interner {
             cat,
@@ -721,6 +758,8 @@ impl<'a> Interner<'a> {
             resource_ids: HashMap::new(),
             max_entries,
             unindexed: 0,
+            max_resources,
+            unindexed_resources: 0,
         }
     }
 
@@ -765,7 +804,10 @@ impl<'a> Interner<'a> {
             .unwrap_or(0)
     }
 
-    fn resource(&mut self, info: &ServiceInfo) -> (i64, i64) {
+    /// The resource id and service name id of a record's resource, and whether the resource
+    /// found no room (then the id is its service's stand-in: a resource of the name alone, not
+    /// counted against the cap, and the record keeps its resource in its body).
+    fn resource(&mut self, info: &ServiceInfo) -> (i64, i64, bool) {
         let hash = resource_hash(info);
         let service = self.name(&info.name);
         if let Some(id) = self
@@ -774,12 +816,34 @@ impl<'a> Interner<'a> {
             .get(&hash)
             .or_else(|| self.resource_ids.get(&hash))
         {
-            return (*id, service);
+            return (*id, service, false);
+        }
+        let standin = ServiceInfo {
+            name: info.name.clone(),
+            ..Default::default()
+        };
+        let full = self.cat.resources.len() + self.resources.len() >= self.max_resources;
+        if full && *info != standin {
+            self.unindexed_resources += 1;
+            let (id, service, _) = self.add_resource(&standin, resource_hash(&standin), service);
+            return (id, service, true);
+        }
+        self.add_resource(info, hash, service)
+    }
+
+    fn add_resource(&mut self, info: &ServiceInfo, hash: u128, service: i64) -> (i64, i64, bool) {
+        if let Some(id) = self
+            .cat
+            .resource_ids
+            .get(&hash)
+            .or_else(|| self.resource_ids.get(&hash))
+        {
+            return (*id, service, false);
         }
         let id = self.cat.max_resource + self.resources.len() as i64 + 1;
         self.resources.push((id, hash, service, info.clone()));
         self.resource_ids.insert(hash, id);
-        (id, service)
+        (id, service, false)
     }
 
     /// Interns the keys, and the string values of keys seen with few distinct values, while
@@ -864,13 +928,70 @@ fn write_docs(
     let expired_before = w.expired_before;
     let live = move |day: i64| expired_before.is_none_or(|e| day >= e);
 
+    // The partition of each trace of the batch: a trace stays in the partition that holds it
+    // already (the day of its first span, or a neighbouring day it was found in), so its
+    // summary and edges are complete. Chosen before the shared transaction, which records
+    // each partition's time bounds.
+    let mut trace_day: HashMap<&str, i64> = HashMap::new();
+    for doc in docs {
+        if let Document::Span(s) = doc {
+            let day = day_of_time(s.start_unix_nano);
+            trace_day
+                .entry(s.trace_id.as_str())
+                .and_modify(|d| *d = (*d).min(day))
+                .or_insert(day);
+        }
+    }
+    for (trace_id, day) in trace_day.iter_mut() {
+        if let Some(known) = w.recent.get(*trace_id) {
+            *day = *known;
+            continue;
+        }
+        for candidate in [*day, *day - 1, *day + 1] {
+            if !ctx.part_path(candidate).exists() {
+                continue;
+            }
+            let conn = w.partition(ctx, candidate)?;
+            let found = conn
+                .prepare_cached("SELECT 1 FROM traces WHERE trace_id = ?1")
+                .and_then(|mut s| s.exists([id_value(trace_id)]))
+                .map_err(unavailable(&ctx.part_path(candidate)))?;
+            if found {
+                *day = candidate;
+                break;
+            }
+        }
+    }
+    // Per day written, the earliest and latest record time.
+    let mut bounds: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    let mut widen = |day: i64, t: u64| {
+        if live(day) {
+            let t = ns(t);
+            let b = bounds.entry(day).or_insert((t, t));
+            *b = (b.0.min(t), b.1.max(t));
+        }
+    };
+    for doc in docs {
+        match doc {
+            Document::Span(s) => widen(trace_day[s.trace_id.as_str()], s.start_unix_nano),
+            Document::Log(l) => widen(day_of_time(l.time_unix_nano), l.time_unix_nano),
+            Document::Heartbeat(h) => widen(day_of_time(h.time_unix_nano), h.time_unix_nano),
+        }
+    }
+
     let mut by_day: std::collections::BTreeMap<i64, DayRows> = Default::default();
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     let max_entries = w.max_dictionary_entries;
-    let (new_strings, new_names, new_resources, unindexed) = {
+    let (new_strings, new_names, new_resources, (unindexed, unindexed_resources)) = {
         let cat = ctx.catalog();
-        let mut it = Interner::new(&cat, &mut w.value_counts, &mut w.interned, max_entries);
+        let mut it = Interner::new(
+            &cat,
+            &mut w.value_counts,
+            &mut w.interned,
+            max_entries,
+            w.max_resources,
+        );
         let tx = w
             .shared
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -910,13 +1031,13 @@ fn write_docs(
                         it.name(&l.level);
                         it.attr_keys(&l.attributes);
                     }
-                    Document::Heartbeat(_) => resource_of.push((0, 0)),
+                    Document::Heartbeat(_) => resource_of.push((0, 0, false)),
                 }
             }
             for (i, doc) in docs.iter().enumerate() {
                 match doc {
                     Document::Span(s) => {
-                        let (resource, service) = resource_of[i];
+                        let (resource, service, inline) = resource_of[i];
                         let op = it.lookup(&s.name);
                         let key = (
                             s.service.name.clone(),
@@ -957,27 +1078,25 @@ fn write_docs(
                                 flags: flags(s),
                             },
                             service,
-                            body: span_body(s, &ids),
+                            body: span_body(s, &ids, inline.then_some(&s.service)),
                             index,
                         };
                         let g = *group_of.entry(s.trace_id.as_str()).or_insert_with(|| {
                             groups.push(TraceGroup {
                                 trace_id: s.trace_id.clone(),
-                                day: day_of_time(s.start_unix_nano),
+                                day: trace_day[s.trace_id.as_str()],
                                 spans: Vec::new(),
                             });
                             groups.len() - 1
                         });
-                        let group = &mut groups[g];
-                        group.day = group.day.min(day_of_time(s.start_unix_nano));
-                        group.spans.push(row);
+                        groups[g].spans.push(row);
                     }
                     Document::Log(l) => {
                         let day = day_of_time(l.time_unix_nano);
                         if !live(day) {
                             continue;
                         }
-                        let (resource, _) = resource_of[i];
+                        let (resource, _, inline) = resource_of[i];
                         let ids = |k: &str| it.lookup(k);
                         by_day.entry(day).or_default().logs.push(LogRow {
                             doc_id: l.doc_id(),
@@ -988,7 +1107,7 @@ fn write_docs(
                             trace_id: l.trace_id.as_deref().map(id_value),
                             span_id: l.span_id.as_deref().map(id_value),
                             body: l.body.clone(),
-                            rest: log_rest(l, &ids),
+                            rest: log_rest(l, &ids, inline.then_some(&l.service)),
                         });
                     }
                     Document::Heartbeat(h) => {
@@ -1055,6 +1174,17 @@ fn write_docs(
                     .execute(params![id, hash.to_le_bytes().to_vec(), service, doc])
                     .map_err(&shared_err)?;
             }
+            let mut b_stmt = tx
+                .prepare_cached(
+                    "INSERT INTO partition_bounds (day, min_ns, max_ns) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (day) DO UPDATE SET min_ns = min(min_ns, excluded.min_ns), \
+                     max_ns = max(max_ns, excluded.max_ns) \
+                     WHERE excluded.min_ns < min_ns OR excluded.max_ns > max_ns",
+                )
+                .map_err(&shared_err)?;
+            for (day, (lo, hi)) in &bounds {
+                b_stmt.execute(params![day, lo, hi]).map_err(&shared_err)?;
+            }
         }
         if let Err(e) = tx.commit() {
             for key in new_ops {
@@ -1062,7 +1192,12 @@ fn write_docs(
             }
             return Err(shared_err(e));
         }
-        (it.strings, it.names, it.resources, it.unindexed)
+        (
+            it.strings,
+            it.names,
+            it.resources,
+            (it.unindexed, it.unindexed_resources),
+        )
     };
     // Only a batch that brought new strings or resources waits for the catalog's write lock:
     // the usual batch, whose strings are all known, never queues behind a long search.
@@ -1079,27 +1214,7 @@ fn write_docs(
         }
     }
 
-    // A trace stays in the partition that holds it already (the day of its first span, or
-    // a neighbouring day it was found in), so its summary and edges are complete.
-    for mut g in groups {
-        if let Some(day) = w.recent.get(&g.trace_id) {
-            g.day = *day;
-        } else {
-            for day in [g.day, g.day - 1, g.day + 1] {
-                if !ctx.part_path(day).exists() {
-                    continue;
-                }
-                let conn = w.partition(ctx, day)?;
-                let found = conn
-                    .prepare_cached("SELECT 1 FROM traces WHERE trace_id = ?1")
-                    .and_then(|mut s| s.exists([id_value(&g.trace_id)]))
-                    .map_err(unavailable(&ctx.part_path(day)))?;
-                if found {
-                    g.day = day;
-                    break;
-                }
-            }
-        }
+    for g in groups {
         if live(g.day) {
             by_day.entry(g.day).or_default().traces.push(g);
         }
@@ -1157,24 +1272,57 @@ fn write_docs(
             w.recent.insert(g.trace_id, day);
         }
     }
-    // Counted once the batch is written: a batch retried after a failed partition write
-    // is counted once.
-    if unindexed > 0 {
-        ctx.unindexed_attributes
-            .fetch_add(unindexed, Ordering::Relaxed);
-        if !w.warned_full {
-            w.warned_full = true;
-            tracing::warn!(
-                store = %ctx.dir.display(),
-                max_dictionary_entries = max_entries,
-                "the attribute dictionary is full: attributes with new keys are stored but not \
-                 indexed for search (counted in the store usage's unindexed_attributes); raise \
-                 max_dictionary_entries if these keys are legitimate"
-            );
+    // Counted once the batch is written (a batch retried after a failed partition write is
+    // counted once), in the shared database: the counts survive restarts and every store on
+    // the directory reads them.
+    if unindexed > 0 || unindexed_resources > 0 {
+        let tx = w.shared.transaction().map_err(&shared_err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                )
+                .map_err(&shared_err)?;
+            for (name, n) in [
+                (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
+                (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
+            ] {
+                if n > 0 {
+                    stmt.execute(params![name, ns(n)]).map_err(&shared_err)?;
+                }
+            }
         }
+        tx.commit().map_err(&shared_err)?;
+    }
+    if unindexed > 0 && !w.warned_full {
+        w.warned_full = true;
+        tracing::warn!(
+            store = %ctx.dir.display(),
+            max_dictionary_entries = max_entries,
+            "the attribute dictionary is full: attributes with new keys are stored but not \
+             indexed for search (counted in the store usage's unindexed_attributes); raise \
+             max_dictionary_entries if these keys are legitimate"
+        );
+    }
+    if unindexed_resources > 0 && !w.warned_resources_full {
+        w.warned_resources_full = true;
+        tracing::warn!(
+            store = %ctx.dir.display(),
+            max_resources = w.max_resources,
+            "the resources table is full: records with new resources are stored whole but \
+             found only by their service's name, not by their other resource attributes \
+             (counted in the store usage's unindexed_resources); raise max_resources if these \
+             service instances are legitimate"
+        );
     }
     Ok(outcomes)
 }
+
+/// Counter of attributes stored but not indexed (their key was new, the dictionary full).
+const COUNTER_UNINDEXED_ATTRIBUTES: &str = "unindexed_attributes";
+/// Counter of records stored with a resource the resources table had no room for.
+const COUNTER_UNINDEXED_RESOURCES: &str = "unindexed_resources";
 
 /// Writes one trace's new spans, its summary, attribute index rows and dependency edges.
 /// Returns a rejection message when the trace is over its bound.
@@ -1351,9 +1499,14 @@ fn write_trace(
     for s in &services {
         packed.u64(*s as u64);
     }
+    // Open: some span names a parent this partition does not hold, so the trace may have
+    // spans in another day's partition; searches complete such traces from every partition.
+    let open = all
+        .iter()
+        .any(|c| c.parent.as_deref().is_some_and(|p| !cols.contains_key(p)));
     tx.prepare_cached(
         "UPDATE traces SET start_ns = ?2, duration_ns = ?3, root_service = ?4, root_op = ?5, \
-         span_count = ?6, error_count = ?7, services = ?8 WHERE trace_no = ?1",
+         span_count = ?6, error_count = ?7, services = ?8, open = ?9 WHERE trace_no = ?1",
     )?
     .execute(params![
         trace_no,
@@ -1363,7 +1516,8 @@ fn write_trace(
         root.map_or(0, |r| r.op),
         all.len() as i64,
         all.iter().filter(|c| is_error_flag(c.flags)).count() as i64,
-        packed.buf
+        packed.buf,
+        open
     ])?;
     Ok(None)
 }
@@ -1374,26 +1528,30 @@ fn write_trace(
 /// search walking the index newest row first knows when no older row can be newer.
 fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreError> {
     let err = read_err;
-    // A replay is found by its identity in one index lookup, whatever else shares its time
-    // (a sender stamping every record with the same time must not make each write scan them).
-    let key = hex::decode(&l.doc_id).unwrap_or_else(|_| l.doc_id.as_bytes().to_vec());
+    // A replay is found by its identity (time, document id) in one lookup of the unique time
+    // index, whatever else shares its time (a sender stamping every record with the same time
+    // must not make each write scan them).
     let inserted = tx
-        .prepare_cached("INSERT OR IGNORE INTO log_ids (doc_id) VALUES (?1)")
+        .prepare_cached(
+            "INSERT OR IGNORE INTO logs (time_ns, resource, level, severity, trace_id, body, \
+             rest, span_id, doc_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
         .map_err(err)?
-        .execute([key])
+        .execute(params![
+            l.time,
+            l.resource,
+            l.level,
+            l.severity,
+            l.trace_id,
+            l.body,
+            l.rest,
+            l.span_id,
+            doc_key(&l.doc_id)
+        ])
         .map_err(err)?;
     if inserted == 0 {
         return Ok(());
     }
-    tx.prepare_cached(
-        "INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest, span_id) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .map_err(err)?
-    .execute(params![
-        l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest, l.span_id
-    ])
-    .map_err(err)?;
     let id = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO logs_text (rowid, body) VALUES (?1, ?2)")
         .map_err(err)?
@@ -1408,6 +1566,11 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreErro
     .execute(params![id >> LOG_BLOCK_BITS, l.time])
     .map_err(err)?;
     Ok(())
+}
+
+/// A log's document id as stored: its 16 bytes (the text itself, for an id that is not hex).
+fn doc_key(doc_id: &str) -> Vec<u8> {
+    hex::decode(doc_id).unwrap_or_else(|_| doc_id.as_bytes().to_vec())
 }
 
 /// SQLite's order of values: numbers (by value), then text, then blobs.
@@ -1566,6 +1729,70 @@ fn ensure_names(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Creates the table of partition time bounds, if missing (a store written before it
+/// existed): every day already on disk gets the widest bounds, since its records' times are
+/// not known.
+fn ensure_bounds(conn: &Connection, dir: &Path) -> rusqlite::Result<()> {
+    let exists = |conn: &Connection| {
+        conn.prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'partition_bounds'",
+        )?
+        .exists([])
+    };
+    if exists(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let made = (|| {
+        if exists(conn)? {
+            return Ok(());
+        }
+        conn.execute_batch(schema::BOUNDS)?;
+        let mut ins = conn.prepare(
+            "INSERT OR IGNORE INTO partition_bounds (day, min_ns, max_ns) VALUES (?1, ?2, ?3)",
+        )?;
+        for day in list_days(dir) {
+            ins.execute(params![day, i64::MIN, i64::MAX])?;
+        }
+        Ok(())
+    })();
+    match made {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The day partitions on disk that may hold records timed in `[start, end]`, oldest first:
+/// those whose recorded bounds overlap it, and those without bounds.
+fn days_in(
+    set: &ReaderSet,
+    ctx: &Ctx,
+    start: Option<u64>,
+    end: Option<u64>,
+) -> Result<Vec<i64>, StoreError> {
+    let days = list_days(&ctx.dir);
+    if start.is_none() && end.is_none() {
+        return Ok(days);
+    }
+    let (s, e) = (ns(start.unwrap_or(0)), ns(end.unwrap_or(u64::MAX)));
+    let mut stmt = set
+        .shared
+        .prepare_cached("SELECT day, min_ns, max_ns FROM partition_bounds")
+        .map_err(read_err)?;
+    let bounds: HashMap<i64, (i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+        .map_err(read_err)?
+        .collect::<Result<_, _>>()
+        .map_err(read_err)?;
+    Ok(days
+        .into_iter()
+        .filter(|d| bounds.get(d).is_none_or(|(lo, hi)| *lo <= e && *hi >= s))
+        .collect())
+}
+
 /// A read-only connection to a day partition file of this build's schema, with the file it
 /// opened; `None` when the file is gone. A file that exists but cannot be opened, or is of
 /// another schema version, is an error.
@@ -1659,6 +1886,19 @@ impl EmbeddedStore {
         let path = dir.join(DB_FILE);
         let sql = |e: rusqlite::Error| err(e.to_string());
         let v1 = dir.join(V1_FILE);
+        // A first-layout store, or one whose migration is under way or was interrupted (the
+        // old file moved aside is removed last): migrated under a lock, so that two processes
+        // opening it together (`dlog up` and `dlog viewer`) migrate it once; the second waits,
+        // then finds it migrated.
+        // The first check reads the file's header, not the database: a connection of this
+        // process would keep the migrating one from switching the old file's journal. It may
+        // take the lock for nothing (a new store whose version is still in its WAL); the
+        // check under the lock is exact.
+        let _migrating = if v1.exists() || header_version(&path) == Some(0) {
+            Some(migration_lock(dir)?)
+        } else {
+            None
+        };
         if path.exists() && is_v1(&path)? {
             // Moved aside first: an interrupted migration starts again from it.
             {
@@ -1685,13 +1925,18 @@ impl EmbeddedStore {
                 ))
                 .map_err(sql)?;
             }
-            2 => {
+            2 | 3 => {
                 // Partitions first, each in its own transaction: an interrupted upgrade finds
-                // the shared file still at 2 and goes on with the partitions left.
+                // the shared file still at its old version and goes on with the partitions
+                // left. The catalog decodes the logs whose identity is computed.
+                ensure_names(&conn).map_err(sql)?;
+                let mut catalog = Catalog::default();
+                catalog.load_new(&conn)?;
                 for day in list_days(dir) {
-                    migrate_partition_2_to_3(
+                    migrate_partition(
                         &dir.join(PARTITIONS_DIR)
                             .join(format!("{}.sqlite3", day_name(day))),
+                        &catalog,
                     )?;
                 }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -1708,6 +1953,8 @@ impl EmbeddedStore {
             }
         }
         ensure_names(&conn).map_err(sql)?;
+        ensure_bounds(&conn, dir).map_err(sql)?;
+        conn.execute_batch(schema::COUNTERS).map_err(sql)?;
         let mut known_operations = HashSet::new();
         {
             let mut stmt = conn
@@ -1737,7 +1984,6 @@ impl EmbeddedStore {
                 dir: dir.to_path_buf(),
                 window,
                 catalog: Arc::new(RwLock::new(catalog)),
-                unindexed_attributes: AtomicU64::new(0),
             }),
             writer: Arc::new(Mutex::new(Writer {
                 shared: conn,
@@ -1750,6 +1996,8 @@ impl EmbeddedStore {
                 expired_before: None,
                 max_dictionary_entries: crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES,
                 warned_full: false,
+                max_resources: crate::config::DEFAULT_MAX_RESOURCES,
+                warned_resources_full: false,
             })),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -1771,6 +2019,19 @@ impl EmbeddedStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .max_dictionary_entries = max.max(1);
+        self
+    }
+
+    /// Caps the distinct resources (service instances: a resource's attributes) the store
+    /// keeps in its resources table; default [`crate::config::DEFAULT_MAX_RESOURCES`]. Past
+    /// it, a record with a new resource is stored with that resource written out in its body
+    /// (shown whole), and indexed under a resource holding only its service's name: found by
+    /// service, not by its other resource attributes.
+    pub fn with_max_resources(self, max: usize) -> Self {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_resources = max.max(1);
         self
     }
 
@@ -1847,7 +2108,7 @@ impl EmbeddedStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut ReaderSet, &Ctx) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&mut ReaderSet, &Ctx) -> Result<T, StoreError> + Send + 'static,
     {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let reader = Arc::clone(&self.readers[i]);
@@ -1861,7 +2122,20 @@ impl EmbeddedStore {
             if let Ok(mut cat) = ctx.catalog.try_write() {
                 cat.load_new(&set.shared)?;
             }
-            f(&mut set, &ctx)
+            match f(&mut set, &ctx) {
+                // An id another process added after the catalog was loaded (its dictionary
+                // commits before its day partition, so a query can meet the row first, or the
+                // load above was skipped): the catalog is loaded again, waiting for it this
+                // time, and the read made again, once. A second miss is corruption.
+                Err(e) if is_catalog_miss(&e) => {
+                    ctx.catalog
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .load_new(&set.shared)?;
+                    f(&mut set, &ctx)
+                }
+                result => result,
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
@@ -1883,16 +2157,54 @@ impl EmbeddedStore {
     }
 }
 
-/// Adds the span id column to a partition of layout 2 and fills it from each record's
-/// encoded rest; a partition already at layout 3 is left alone. The version is read inside
-/// a write transaction taken at once, so two processes opening the store together (`dlog up`
-/// and `dlog viewer`) migrate it once: the second waits, then finds layout 3. A record whose
-/// encoded rest cannot be read keeps no span id (a warning names it) rather than leaving the
-/// store unopenable.
-fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
+/// The `user_version` in an SQLite file's header (0 for a file too short to hold one),
+/// without opening it as a database; `None` when there is no file.
+fn header_version(path: &Path) -> Option<i32> {
+    use std::io::Read;
+    let mut header = [0u8; 64];
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]) {
+            Ok(0) => return Some(0),
+            Ok(n) => read += n,
+            Err(_) => return Some(0),
+        }
+    }
+    Some(i32::from_be_bytes([
+        header[60], header[61], header[62], header[63],
+    ]))
+}
+
+/// Where the migration lock is taken (an SQLite file holding no data).
+pub const MIGRATION_LOCK_FILE: &str = "dlog.migrating.sqlite3";
+
+/// Takes the store's migration lock: a write transaction taken at once on
+/// [`MIGRATION_LOCK_FILE`], held until the connection is dropped; a second process waits for
+/// it (as long as a migration of a large store may take).
+fn migration_lock(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join(MIGRATION_LOCK_FILE);
     let err = |e: rusqlite::Error| StoreError::Embedded {
         path: path.display().to_string(),
-        message: format!("adding the span id column: {e}"),
+        message: format!("taking the migration lock: {e}"),
+    };
+    let conn = Connection::open(&path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(3600)).map_err(err)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+    Ok(conn)
+}
+
+/// Brings a partition of layout 2 or 3 to this build's layout: adds the span id column (layout
+/// 2) and fills it from each record's encoded rest, then marks the open traces (layout 3); a
+/// partition already at this layout is left alone. The version is read inside a write
+/// transaction taken at once, so two processes opening the store together (`dlog up` and
+/// `dlog viewer`) migrate it once: the second waits, then finds the new layout. A record whose
+/// encoded rest cannot be read keeps no span id (a warning names it) rather than leaving the
+/// store unopenable.
+fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
+    let err = |e: rusqlite::Error| StoreError::Embedded {
+        path: path.display().to_string(),
+        message: format!("upgrading the partition's layout: {e}"),
     };
     let mut conn = Connection::open(path).map_err(err)?;
     configure(&conn).map_err(err)?;
@@ -1902,11 +2214,11 @@ fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
     let version: i32 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
-    if version != 2 {
+    if version != 2 && version != 3 {
         return Ok(());
     }
-    tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
-    {
+    if version == 2 {
+        tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
         let mut read = tx.prepare("SELECT id, rest FROM logs").map_err(err)?;
         let mut write = tx
             .prepare("UPDATE logs SET span_id = ?1 WHERE id = ?2")
@@ -1931,8 +2243,91 @@ fn migrate_partition_2_to_3(path: &Path) -> Result<(), StoreError> {
                 ),
             }
         }
+        drop(rows);
+        drop(read);
+        drop(write);
+        tx.execute_batch(schema::PARTITION_3_INDEXES).map_err(err)?;
     }
-    tx.execute_batch(schema::PARTITION_3_INDEXES).map_err(err)?;
+    let has_open = tx
+        .prepare("SELECT 1 FROM pragma_table_info('traces') WHERE name = 'open'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    if !has_open {
+        tx.execute_batch("ALTER TABLE traces ADD COLUMN open INTEGER NOT NULL DEFAULT 0;")
+            .map_err(err)?;
+    }
+    // The traces some of whose spans name a parent this partition does not hold, one pass
+    // over the spans in trace order.
+    {
+        let mut read = tx
+            .prepare("SELECT trace_no, span_id, parent FROM spans ORDER BY trace_no")
+            .map_err(err)?;
+        let mut mark = tx
+            .prepare("UPDATE traces SET open = 1 WHERE trace_no = ?1")
+            .map_err(err)?;
+        let mut rows = read.query([]).map_err(err)?;
+        let mut current: Option<i64> = None;
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut parents: Vec<String> = Vec::new();
+        let mut flush = |no: Option<i64>, ids: &mut HashSet<String>, parents: &mut Vec<String>| {
+            let open = parents.iter().any(|p| !ids.contains(p));
+            ids.clear();
+            parents.clear();
+            match no {
+                Some(no) if open => mark.execute([no]).map(|_| ()),
+                _ => Ok(()),
+            }
+        };
+        while let Some(row) = rows.next().map_err(err)? {
+            let no: i64 = row.get(0).map_err(err)?;
+            if current != Some(no) {
+                flush(current, &mut ids, &mut parents).map_err(err)?;
+                current = Some(no);
+            }
+            ids.extend(id_text(row.get_ref(1).map_err(err)?));
+            parents.extend(id_text(row.get_ref(2).map_err(err)?));
+        }
+        flush(current, &mut ids, &mut parents).map_err(err)?;
+    }
+    tx.execute_batch(schema::PARTITION_4_INDEXES).map_err(err)?;
+    // Each log's identity next to it, in the time index that orders and deduplicates logs.
+    let has_doc_id = tx
+        .prepare("SELECT 1 FROM pragma_table_info('logs') WHERE name = 'doc_id'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    if !has_doc_id {
+        tx.execute_batch("ALTER TABLE logs ADD COLUMN doc_id BLOB;")
+            .map_err(err)?;
+        let mut read = tx
+            .prepare(&format!("SELECT {LOG_COLS} FROM logs l"))
+            .map_err(err)?;
+        let mut write = tx
+            .prepare("UPDATE logs SET doc_id = ?1 WHERE id = ?2")
+            .map_err(err)?;
+        let mut rows = read.query([]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let id: i64 = row.get(0).map_err(err)?;
+            match decode_log(row, cat) {
+                Ok(l) => {
+                    write
+                        .execute(params![doc_key(&l.doc_id()), id])
+                        .map_err(err)?;
+                }
+                Err(e) => tracing::warn!(
+                    partition = %path.display(),
+                    log = id,
+                    error = %e,
+                    "a stored log record cannot be read; it keeps no document id"
+                ),
+            }
+        }
+    }
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS log_ids;
+         DROP INDEX IF EXISTS logs_by_time;
+         CREATE UNIQUE INDEX logs_by_time ON logs (time_ns, doc_id);",
+    )
+    .map_err(err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)
@@ -1943,7 +2338,9 @@ fn is_v1(path: &Path) -> Result<bool, StoreError> {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    // Read-write (never created): a read-only connection cannot open a WAL file whose
+    // shared-memory index another connection is just removing.
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
     let version: i32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -2154,10 +2551,12 @@ struct SummaryRow {
     span_count: i64,
     error_count: i64,
     services: Vec<u8>,
+    /// Some span's parent is not in this partition: other spans may be in another one.
+    open: bool,
 }
 
 const SUMMARY_COLS: &str = "trace_no, trace_id, start_ns, duration_ns, root_service, root_op, \
-                            span_count, error_count, services";
+                            span_count, error_count, services, open";
 
 fn read_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
     Ok(SummaryRow {
@@ -2170,6 +2569,7 @@ fn read_summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
         span_count: r.get(6)?,
         error_count: r.get(7)?,
         services: r.get(8)?,
+        open: r.get(9)?,
     })
 }
 
@@ -2195,13 +2595,9 @@ fn to_summary(row: &SummaryRow, cat: &Catalog) -> Result<TraceSummary, StoreErro
 }
 
 /// Two summaries of one trace found in two partitions (spans that arrived more than a day
-/// apart), merged.
+/// apart), merged; `a`'s root is kept.
 fn merge_summaries(a: &mut TraceSummary, b: TraceSummary) {
     let end = (a.start_unix_nano + a.duration_nanos).max(b.start_unix_nano + b.duration_nanos);
-    if b.start_unix_nano < a.start_unix_nano {
-        a.root_service = b.root_service;
-        a.root_operation = b.root_operation;
-    }
     a.start_unix_nano = a.start_unix_nano.min(b.start_unix_nano);
     a.duration_nanos = end - a.start_unix_nano;
     a.span_count += b.span_count;
@@ -2209,6 +2605,93 @@ fn merge_summaries(a: &mut TraceSummary, b: TraceSummary) {
     a.services.extend(b.services);
     a.services.sort();
     a.services.dedup();
+}
+
+/// The parts of each of `ids` among `days`, one lookup per day for all of them.
+fn parts_of(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    days: &[i64],
+    ids: &[&str],
+) -> Result<HashMap<String, Vec<(i64, i64)>>, StoreError> {
+    let mut out: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let list = Sql::Text(serde_json::Value::from(ids.to_vec()).to_string());
+    for &day in days {
+        let Some(conn) = set.part(ctx, day)? else {
+            continue;
+        };
+        // Ids are stored as bytes (as text when not hex).
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT trace_id, trace_no FROM traces WHERE trace_id IN \
+                 (SELECT unhex(value) FROM json_each(?1) UNION ALL \
+                  SELECT value FROM json_each(?1))",
+            )
+            .map_err(read_err)?;
+        let rows = stmt
+            .query_map([&list], |r| {
+                Ok((
+                    id_text(r.get_ref(0)?).unwrap_or_default(),
+                    r.get::<_, i64>(1)?,
+                ))
+            })
+            .map_err(read_err)?;
+        for row in rows {
+            let (id, no) = row.map_err(read_err)?;
+            out.entry(id).or_default().push((day, no));
+        }
+    }
+    Ok(out)
+}
+
+/// The summary of a whole trace from its parts: the start, duration, counts and services of
+/// all its spans; the root of a part that holds its spans' parents (else the earliest part's).
+fn whole_summary(
+    set: &mut ReaderSet,
+    ctx: &Ctx,
+    parts: &[(i64, i64)],
+) -> Result<Option<TraceSummary>, StoreError> {
+    let mut rows = Vec::with_capacity(parts.len());
+    for &(day, no) in parts {
+        let Some(conn) = set.part(ctx, day)? else {
+            continue;
+        };
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {SUMMARY_COLS} FROM traces WHERE trace_no = ?1"
+            ))
+            .map_err(read_err)?
+            .query_row([no], read_summary)
+            .optional()
+            .map_err(read_err)?;
+        rows.extend(row);
+    }
+    rows.sort_by_key(|r| (r.open, r.start));
+    let cat = ctx.catalog();
+    let mut rows = rows.iter();
+    let Some(first) = rows.next() else {
+        return Ok(None);
+    };
+    let mut whole = to_summary(first, &cat)?;
+    for row in rows {
+        merge_summaries(&mut whole, to_summary(row, &cat)?);
+    }
+    Ok(Some(whole))
+}
+
+/// The trace-level conditions of a search, on a whole trace.
+fn whole_matches(t: &TraceSummary, q: &TraceQuery) -> bool {
+    q.min_duration
+        .is_none_or(|d| u128::from(t.duration_nanos) >= d.as_nanos())
+        && q.max_duration
+            .is_none_or(|d| u128::from(t.duration_nanos) <= d.as_nanos())
+        && q.time
+            .start_unix_nano
+            .is_none_or(|s| t.start_unix_nano >= s)
+        && q.time.end_unix_nano.is_none_or(|e| t.start_unix_nano <= e)
 }
 
 /// The spans of one trace in one partition, in `get_trace` order, after a cursor.
@@ -2280,7 +2763,17 @@ fn bound(conn: &Connection, sql: &str) -> Result<Option<i64>, StoreError> {
         .map_err(read_err)
 }
 
+/// Log rows decoded by this process (see [`log_decodes`]).
+static LOG_DECODES: AtomicU64 = AtomicU64::new(0);
+
+/// Log rows decoded by this process so far: what a search cost, for tests.
+#[doc(hidden)]
+pub fn log_decodes() -> u64 {
+    LOG_DECODES.load(Ordering::Relaxed)
+}
+
 fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreError> {
+    LOG_DECODES.fetch_add(1, Ordering::Relaxed);
     let id: i64 = r.get(0).map_err(read_err)?;
     let time: i64 = r.get(1).map_err(read_err)?;
     let resource: i64 = r.get(2).map_err(read_err)?;
@@ -2295,6 +2788,7 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
     let span_id = d.opt_str().map_err(corrupt(&what))?;
     let event_name = d.opt_str().map_err(corrupt(&what))?;
     let attributes = get_attrs(&mut d, cat)?;
+    let service = get_resource(&mut d, cat, resource)?;
     Ok(LogEntry {
         time_unix_nano: time as u64,
         severity_number: severity as i32,
@@ -2303,7 +2797,7 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
         trace_id,
         span_id,
         event_name,
-        service: (*cat.resource(resource)?.info).clone(),
+        service,
         attributes,
     })
 }
@@ -2409,7 +2903,7 @@ impl TraceReader for EmbeddedStore {
                 )
                 .map_err(read_err)?;
             let rows = stmt
-                .query_map([service], |r| {
+                .query_map([&service], |r| {
                     Ok(Operation {
                         name: r.get(0)?,
                         span_kind: r.get(1)?,
@@ -2449,7 +2943,7 @@ impl DependencyReader for EmbeddedStore {
                 pieces.push((EDGES, s as i64, e as i64));
             }
             let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
-            for day in list_days(&ctx.dir) {
+            for day in days_in(set, ctx, time.start_unix_nano, time.end_unix_nano)? {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
                 };
@@ -2704,8 +3198,11 @@ fn find_traces(
 
     // Partitions newest trace start first; one whose newest start is older than the
     // limit-th trace found cannot contribute.
+    // Every day, to complete the traces found; the days whose records' times can hold a
+    // trace start in the range, to search.
+    let days = list_days(&ctx.dir);
     let mut parts = Vec::new();
-    for day in list_days(&ctx.dir) {
+    for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(start_ns) FROM traces")? {
                 parts.push((max, day));
@@ -2713,20 +3210,29 @@ fn find_traces(
         }
     }
     parts.sort_unstable_by(|a, b| b.cmp(a));
+    let sort = |found: &mut Vec<TraceSummary>| {
+        found.sort_by(|a, b| {
+            b.start_unix_nano
+                .cmp(&a.start_unix_nano)
+                .then_with(|| a.trace_id.cmp(&b.trace_id))
+        })
+    };
     let mut found: Vec<TraceSummary> = Vec::new();
+    // Traces judged whole already (a span of theirs matched the conditions on one span).
+    let mut seen: HashSet<String> = HashSet::new();
     for (max, day) in parts {
         if found.len() >= limit && (max as u64) < found[limit - 1].start_unix_nano {
             break;
         }
-        let Some(conn) = set.part(ctx, day)? else {
-            continue;
-        };
         let mut taken = 0usize;
         let mut offset = 0i64;
         loop {
             let mut params = f.params.clone();
             params.push(Sql::Integer(offset));
             let rows: Vec<SummaryRow> = {
+                let Some(conn) = set.part(ctx, day)? else {
+                    break;
+                };
                 let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
                 let rows = stmt
                     .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
@@ -2736,43 +3242,132 @@ fn find_traces(
                 rows
             };
             let n = rows.len();
-            let cat = ctx.catalog();
-            for row in rows {
-                if taken >= limit {
-                    break;
-                }
-                if !terms.is_empty() {
-                    let spans = trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
-                    if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
-                        continue;
+            let mut rows = rows.into_iter();
+            // In rounds of as many candidates as are still wanted: checked span by span,
+            // then completed together from every day file (one lookup per day) and judged
+            // whole, so a page is checked no further than needed.
+            while taken < limit {
+                let mut matching = Vec::new();
+                {
+                    let Some(conn) = set.part(ctx, day)? else {
+                        break;
+                    };
+                    let cat = ctx.catalog();
+                    for row in rows.by_ref() {
+                        if seen.contains(&row.trace_id) {
+                            continue;
+                        }
+                        if !terms.is_empty() {
+                            let spans =
+                                trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
+                            if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                                continue;
+                            }
+                        }
+                        matching.push(row);
+                        if matching.len() >= limit - taken {
+                            break;
+                        }
                     }
                 }
-                found.push(to_summary(&row, &cat)?);
-                taken += 1;
+                if matching.is_empty() {
+                    break;
+                }
+                let ids: Vec<&str> = matching.iter().map(|r| r.trace_id.as_str()).collect();
+                let mut all_parts = parts_of(set, ctx, &days, &ids)?;
+                for row in matching {
+                    seen.insert(row.trace_id.clone());
+                    // The trace-level conditions hold on the whole trace, whichever
+                    // partitions hold its spans (a trace whose spans arrived more than a day
+                    // apart).
+                    let trace_parts = all_parts.remove(&row.trace_id).unwrap_or_default();
+                    let whole = if trace_parts.len() > 1 {
+                        whole_summary(set, ctx, &trace_parts)?
+                    } else {
+                        Some(to_summary(&row, &ctx.catalog())?)
+                    };
+                    if let Some(whole) = whole.filter(|t| whole_matches(t, q)) {
+                        found.push(whole);
+                        taken += 1;
+                    }
+                }
             }
             if taken >= limit || n < page {
                 break;
             }
             offset += page as i64;
         }
-        found.sort_by(|a, b| {
-            b.start_unix_nano
-                .cmp(&a.start_unix_nano)
-                .then_with(|| a.trace_id.cmp(&b.trace_id))
-        });
-        // A trace found in two partitions is one trace.
-        let mut merged: Vec<TraceSummary> = Vec::with_capacity(found.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for t in found {
-            match seen.get(&t.trace_id) {
-                Some(&i) => merge_summaries(&mut merged[i], t),
-                None => {
-                    seen.insert(t.trace_id.clone(), merged.len());
-                    merged.push(t);
+        sort(&mut found);
+    }
+
+    // A trace split over partitions may match as a whole where no part does on its own: a
+    // minimum duration only the whole trace lasts, or a span matching in a part that started
+    // after the range where the trace started. Such a trace has a part whose spans name
+    // parents it does not hold (marked open), starting no earlier and lasting no longer
+    // than the whole trace.
+    if q.min_duration.is_some() || (!terms.is_empty() && q.time.end_unix_nano.is_some()) {
+        let mut f = Filter::default();
+        f.push("open = 1", []);
+        if let Some(s) = q.time.start_unix_nano {
+            f.push("start_ns >= ?", [Sql::Integer(ns(s))]);
+        }
+        if let Some(d) = q.max_duration {
+            f.push("duration_ns <= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
+        }
+        let sql = format!("SELECT trace_id FROM traces {}", f.sql());
+        for day in days_in(set, ctx, q.time.start_unix_nano, None)? {
+            let ids: Vec<String> = {
+                let Some(conn) = set.part(ctx, day)? else {
+                    continue;
+                };
+                let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
+                        Ok(id_text(r.get_ref(0)?).unwrap_or_default())
+                    })
+                    .map_err(read_err)?
+                    .collect::<Result<_, _>>()
+                    .map_err(read_err)?;
+                rows
+            };
+            let fresh: Vec<String> = ids
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            let mut all_parts = {
+                let refs: Vec<&str> = fresh.iter().map(String::as_str).collect();
+                parts_of(set, ctx, &days, &refs)?
+            };
+            for id in fresh {
+                let trace_parts = all_parts.remove(&id).unwrap_or_default();
+                if trace_parts.len() < 2 {
+                    continue;
                 }
+                let Some(whole) =
+                    whole_summary(set, ctx, &trace_parts)?.filter(|t| whole_matches(t, q))
+                else {
+                    continue;
+                };
+                if !terms.is_empty() {
+                    let mut any = false;
+                    for &(day, no) in &trace_parts {
+                        let Some(conn) = set.part(ctx, day)? else {
+                            continue;
+                        };
+                        let spans = trace_spans(conn, &ctx.catalog(), &id, no, None, None)?;
+                        if spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                            any = true;
+                            break;
+                        }
+                    }
+                    if !any {
+                        continue;
+                    }
+                }
+                found.push(whole);
             }
         }
-        found = merged;
+        sort(&mut found);
     }
     found.truncate(limit);
     Ok(found)
@@ -2845,7 +3440,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         )
     };
     let mut parts = Vec::new();
-    for day in list_days(&ctx.dir) {
+    for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
             if let Some(max) = bound(conn, "SELECT max(time_ns) FROM logs")? {
                 parts.push((max, day));
@@ -2913,18 +3508,19 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
 fn forward_sql(text: bool, filter: &str) -> String {
     if text {
         format!(
-            "SELECT {LOG_COLS} FROM logs l CROSS JOIN logs_text ON logs_text.rowid = l.id \
-             {filter} ORDER BY l.time_ns, l.id"
+            "SELECT {LOG_COLS}, l.doc_id FROM logs l CROSS JOIN logs_text \
+             ON logs_text.rowid = l.id {filter} ORDER BY l.time_ns, l.doc_id"
         )
     } else {
-        format!("SELECT {LOG_COLS} FROM logs l {filter} ORDER BY l.time_ns, l.id")
+        format!("SELECT {LOG_COLS}, l.doc_id FROM logs l {filter} ORDER BY l.time_ns, l.doc_id")
     }
 }
 
-/// [`LogOrder::OldestFirst`]: the time index oldest row first, in every partition that can
-/// hold records from the start on, keeping the `limit` first by (time, document id) after
-/// the cursor. A partition is read only until its rows are later than the `limit`-th kept,
-/// so a page costs about `limit` rows (plus the records sharing the cursor's time).
+/// [`LogOrder::OldestFirst`]: the time index, which orders by (time, document id), oldest row
+/// first from the cursor on, in every partition that can hold records from the start on,
+/// keeping the `limit` first after the cursor. A partition is read only until its rows sort
+/// after the `limit`-th kept, and a row is decoded only once it is kept, so a page costs about
+/// `limit` rows, however many records share the cursor's time.
 fn search_logs_forward(
     set: &mut ReaderSet,
     ctx: &Ctx,
@@ -2939,9 +3535,26 @@ fn search_logs_forward(
         .max(q.time.start_unix_nano)
         .unwrap_or(0);
     f.push("l.time_ns >= ?", [Sql::Integer(ns(from))]);
+    // Past the cursor inside the index (a cursor whose id is not a stored one is checked row
+    // by row below).
+    if let Some(c) = after.filter(|c| c.time_unix_nano >= from) {
+        if c.doc_id.len() == 32
+            && c.doc_id
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            f.push(
+                "(l.time_ns, l.doc_id) > (?, ?)",
+                [
+                    Sql::Integer(ns(c.time_unix_nano)),
+                    Sql::Blob(doc_key(&c.doc_id)),
+                ],
+            );
+        }
+    }
     let sql = forward_sql(text, &f.sql());
     let mut parts = Vec::new();
-    for day in list_days(&ctx.dir) {
+    for day in days_in(set, ctx, Some(from), q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
             let max = bound(conn, "SELECT max(time_ns) FROM logs")?;
             let min = bound(conn, "SELECT min(time_ns) FROM logs")?;
@@ -2955,10 +3568,10 @@ fn search_logs_forward(
     parts.sort_unstable();
     let mut found: Vec<((u64, String), LogEntry)> = Vec::new();
     let kth = |found: &Vec<((u64, String), LogEntry)>| {
-        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+        (found.len() >= limit).then(|| found[limit - 1].0.clone())
     };
     for (min, day) in parts {
-        if kth(&found).is_some_and(|k| min as u64 > k) {
+        if kth(&found).is_some_and(|k| min as u64 > k.0) {
             break;
         }
         let Some(conn) = set.part(ctx, day)? else {
@@ -2971,15 +3584,29 @@ fn search_logs_forward(
             .map_err(read_err)?;
         while let Some(row) = rows.next().map_err(read_err)? {
             let time: i64 = row.get(1).map_err(read_err)?;
-            // Rows of the limit-th kept time may still sort before it by document id.
-            if kth(&found).is_some_and(|k| time as u64 > k) {
+            let stored: Option<Vec<u8>> = row.get(8).map_err(read_err)?;
+            let mut entry = None;
+            let key = match stored {
+                Some(id) => (time as u64, hex::encode(id)),
+                // A row whose id could not be filled when its partition was upgraded.
+                None => {
+                    let e = decode_log(row, &cat)?;
+                    let key = (e.time_unix_nano, e.doc_id());
+                    entry = Some(e);
+                    key
+                }
+            };
+            // Rows come in key order: none after the limit-th kept can be kept.
+            if kth(&found).is_some_and(|k| key > k) {
                 break;
             }
-            let entry = decode_log(row, &cat)?;
-            let key = (entry.time_unix_nano, entry.doc_id());
             if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
                 continue;
             }
+            let entry = match entry {
+                Some(e) => e,
+                None => decode_log(row, &cat)?,
+            };
             let at = found.partition_point(|(k, _)| *k < key);
             if at < limit {
                 found.insert(at, (key, entry));
@@ -2999,12 +3626,27 @@ fn usage(ctx: &Ctx) -> Result<StoreUsage, StoreError> {
             bytes: file_bytes(&ctx.part_path(day)),
         });
     }
-    let shared = file_bytes(&ctx.dir.join(DB_FILE));
+    let path = ctx.dir.join(DB_FILE);
+    let shared = file_bytes(&path);
+    let err = unavailable(&ctx.dir);
+    let conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+    let counter = |name: &str| -> Result<u64, StoreError> {
+        let n: Option<i64> = conn
+            .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(&err)?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    };
     Ok(StoreUsage {
         bytes_used: shared + partitions.iter().map(|p| p.bytes).sum::<u64>(),
         oldest_unix_nano: partitions.first().map(|p| p.day_start_unix_nano),
         partitions,
-        unindexed_attributes: ctx.unindexed_attributes.load(Ordering::Relaxed),
+        unindexed_attributes: counter(COUNTER_UNINDEXED_ATTRIBUTES)?,
+        unindexed_resources: counter(COUNTER_UNINDEXED_RESOURCES)?,
     })
 }
 
@@ -3053,6 +3695,10 @@ fn apply_retention(
                 }
             }
         }
+        // After the file: a day left without bounds is searched whatever the range.
+        w.shared
+            .execute("DELETE FROM partition_bounds WHERE day = ?1", [day])
+            .map_err(unavailable(&ctx.dir))?;
         Ok(())
     };
     let mut dropped = Vec::new();

@@ -3,8 +3,11 @@
 
 /// The layout this build writes and reads (`PRAGMA user_version` of every file).
 /// 1 was the single-file JSON layout of earlier releases (user_version 0 on disk); 2 kept a
-/// log's span id only inside its encoded rest (opening such a store adds the column).
-pub const SCHEMA_VERSION: i32 = 3;
+/// log's span id only inside its encoded rest (opening such a store adds the column); 3 did
+/// not mark the trace summaries of partitions holding part of a trace without its parent
+/// spans, and kept log identities apart from the log rows (opening such a store adds the mark
+/// and the identity column).
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// ns in a day.
 pub const DAY_NS: u64 = 86_400_000_000_000;
@@ -53,6 +56,26 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_by_last_seen ON alerts (last_seen);
 "#;
 
+/// Counts kept across restarts: attributes and resources stored but not indexed.
+pub const COUNTERS: &str = r#"
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#;
+
+/// The earliest and latest record time (span start, log or heartbeat time, as sent) each day
+/// partition may hold: widened in the shared transaction, before the partition is written, so
+/// a search can leave out the files whose range misses its own. A day without a row may hold
+/// any time.
+pub const BOUNDS: &str = r#"
+CREATE TABLE IF NOT EXISTS partition_bounds (
+    day    INTEGER PRIMARY KEY,
+    min_ns INTEGER NOT NULL,
+    max_ns INTEGER NOT NULL
+);
+"#;
+
 /// One day partition: the spans, trace summaries, attribute index, dependency edges, logs
 /// (with their trigram text index) and heartbeats whose (clamped) time falls on that UTC day.
 pub const PARTITION: &str = r#"
@@ -65,9 +88,11 @@ CREATE TABLE traces (
     root_op      INTEGER NOT NULL,
     span_count   INTEGER NOT NULL,
     error_count  INTEGER NOT NULL,
-    services     BLOB NOT NULL
+    services     BLOB NOT NULL,
+    open         INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX traces_by_start ON traces (start_ns);
+CREATE INDEX traces_open ON traces (start_ns) WHERE open = 1;
 CREATE TABLE spans (
     trace_no    INTEGER NOT NULL,
     start_ns    INTEGER NOT NULL,
@@ -112,13 +137,11 @@ CREATE TABLE logs (
     trace_id BLOB,
     body     TEXT NOT NULL,
     rest     BLOB NOT NULL,
-    span_id  BLOB
+    span_id  BLOB,
+    doc_id   BLOB
 );
-CREATE INDEX logs_by_time ON logs (time_ns);
+CREATE UNIQUE INDEX logs_by_time ON logs (time_ns, doc_id);
 CREATE INDEX logs_by_span ON logs (span_id, trace_id, time_ns) WHERE span_id IS NOT NULL;
-CREATE TABLE log_ids (
-    doc_id   BLOB PRIMARY KEY
-) WITHOUT ROWID;
 CREATE INDEX logs_by_trace ON logs (trace_id) WHERE trace_id IS NOT NULL;
 CREATE TABLE log_blocks (
     block    INTEGER PRIMARY KEY,
@@ -137,6 +160,11 @@ CREATE TABLE heartbeats (
 /// Turns a partition of layout 2 into layout 3 (the span id column is filled afterwards).
 pub const PARTITION_2_TO_3: &str = r#"
 ALTER TABLE logs ADD COLUMN span_id BLOB;
+"#;
+
+/// The index of the traces marked open (layout 4).
+pub const PARTITION_4_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS traces_open ON traces (start_ns) WHERE open = 1;
 "#;
 
 /// Indexes the span id column once it is filled.
