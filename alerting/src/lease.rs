@@ -12,7 +12,8 @@
 //! - the member the coordinator assigns the partition to holds the lease; it writes who it
 //!   is (host, pid, admin address, client id, since when) to the lease topic, keyed by the
 //!   group, so that others can name it;
-//! - a member that joins without the partition waits up to `lease_wait_ms` (a holder that
+//! - a member that joins without the partition (each join may take up to three lease
+//!   sessions and 10 s) waits up to `lease_wait_ms` (a holder that
 //!   died leaves the group after `lease_session_timeout_ms`, and the partition moves to the
 //!   waiting member); if a live alerter still holds it then, the newcomer refuses to start,
 //!   naming the group and the holder;
@@ -30,8 +31,11 @@
 //! joins the data topics' group and evaluates. A holder that stops gracefully leaves the
 //! lease group only after its last checkpoint and a `released` lease record, so the
 //! successor starts at once from it; a successor of a holder that died (its last record is
-//! not a release) first waits out that holder's session in the data topics' group
-//! ([`Lease::took_over`]), since tansu 0.6 does not rebalance when that session ends.
+//! not a release, or cannot be read) first waits out that holder's session in the data
+//! topics' group ([`Lease::took_over`]), since tansu 0.6 does not rebalance when that session
+//! ends. A successor stopped during that wait records no release ([`Lease::leave_unreleased`]).
+//! A holder that loses the lease delivers and acknowledges nothing more and writes no more
+//! checkpoints to the state topic.
 //! Without `standby`, a second alerter in the same group refuses to start, as above: a
 //! deployment that did not ask for a standby gets a clear error instead of a process that
 //! silently waits.
@@ -197,6 +201,8 @@ impl ConsumerContext for LeaseContext {
 /// leaves the lease group) on drop.
 pub struct Lease {
     stop: Arc<AtomicBool>,
+    /// Leave without recording a release.
+    unreleased: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     lost: CancellationToken,
     holder: Holder,
@@ -214,11 +220,18 @@ impl Lease {
         &self.holder
     }
 
-    /// Whether this one took the lease over from a holder that died holding it (the group's
-    /// last lease record is another process's, and not a release): that holder may still be
-    /// a member of the data topics' group until its session there ends.
+    /// Whether this one took the lease over from a holder that may have died holding it (the
+    /// group's last lease record is not a release, or could not be read): that holder may
+    /// still be a member of the data topics' group until its session there ends.
     pub fn took_over(&self) -> bool {
         self.took_over
+    }
+
+    /// Leaves the lease group without recording a release: this holder never joined the
+    /// data topics' group, so the previous holder that died may still be a member there,
+    /// and the next one must wait it out as this one did.
+    pub fn leave_unreleased(&self) {
+        self.unreleased.store(true, Ordering::SeqCst);
     }
 }
 
@@ -311,7 +324,10 @@ fn acquire_blocking(
 
     // A join takes about half a session on some brokers, a rebalance with a live member up
     // to a session and a heartbeat more.
-    let join_deadline = Instant::now() + Duration::from_millis(u64::from(session) * 3 + 10_000);
+    // It applies to each join: a standby joins again after every session (below), and each
+    // of those joins gets the same time as the first.
+    let join_within = Duration::from_millis(u64::from(session) * 3 + 10_000);
+    let mut join_deadline = Instant::now() + join_within;
     let mut wait_deadline: Option<Instant> = None;
     // A member that joined while a dead holder was still in the group is not always offered
     // the partition once the holder's session ends (tansu 0.6 does not rebalance then), so a
@@ -336,6 +352,8 @@ fn acquire_blocking(
         if joined && config.standby && standby_log_at.is_none_or(|at| now >= at) {
             // The record comes from a topic anyone may write: escaped for a terminal.
             let holder = read_holder(config)
+                .ok()
+                .flatten()
                 .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
                 .unwrap_or_else(|| "its holder wrote no lease record".into());
             tracing::info!(group = %group, holder = %holder, "standing by: another alerter holds the lease of the group; taking over when it goes");
@@ -346,6 +364,8 @@ fn acquire_blocking(
                 *wait_deadline.get_or_insert(now + Duration::from_millis(config.lease_wait_ms));
             if now >= deadline && !config.standby {
                 let holder = read_holder(config)
+                    .ok()
+                    .flatten()
                     // The record comes from a topic anyone may write: escaped for a terminal.
                     .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
                     .unwrap_or_else(|| "its holder wrote no lease record".into());
@@ -356,6 +376,7 @@ fn acquire_blocking(
                 tracing::debug!(group = %group, "the alerter lease is held by another member; joining the lease group again");
                 drop(consumer);
                 consumer = join()?;
+                join_deadline = Instant::now() + join_within;
                 rejoin_at = None;
             }
         } else if now >= join_deadline {
@@ -383,17 +404,26 @@ fn acquire_blocking(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    let took_over = previous.is_some_and(|p| {
-        !p.released
-            && (p.host != holder.host || p.pid != holder.pid || p.client_id != holder.client_id)
-    });
+    // The previous record is never this lease's own (it is written below), even when it
+    // names this host and pid (a restarted container). No record at all: no holder ever
+    // evaluated the group. A record that could not be read: the previous holder may have
+    // died holding the group, so the successor waits as for one that did.
+    let took_over = match &previous {
+        Ok(previous) => previous.as_ref().is_some_and(|p| !p.released),
+        Err(e) => {
+            tracing::warn!(group = %group, error = %e, "cannot read the previous lease record; waiting as after a holder that died");
+            true
+        }
+    };
     write_holder(config, &holder).map_err(kafka)?;
     tracing::info!(group = %group, lease_topic = %topic, client_id = %holder.client_id, "took the alerter lease of the group");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let unreleased = Arc::new(AtomicBool::new(false));
     let lost = CancellationToken::new();
     let thread = {
         let stop = Arc::clone(&stop);
+        let unreleased = Arc::clone(&unreleased);
         let lost = lost.clone();
         let owned = config.clone();
         let release = Holder {
@@ -413,7 +443,7 @@ fn acquire_blocking(
                 }
                 // The stage has stopped and left the data topics' group: a successor need not
                 // wait for this one's session there.
-                if !lost.is_cancelled() {
+                if !lost.is_cancelled() && !unreleased.load(Ordering::SeqCst) {
                     if let Err(e) = write_holder(&owned, &release) {
                         tracing::warn!(group = %group, error = %e, "cannot record the lease's release");
                     }
@@ -430,6 +460,7 @@ fn acquire_blocking(
     };
     Ok(Lease {
         stop,
+        unreleased,
         thread: Some(thread),
         lost,
         holder,
@@ -454,8 +485,10 @@ fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<(), KafkaErro
     producer.flush(Duration::from_secs(10))
 }
 
-/// The latest holder record of the group among the lease topic's last records.
-fn read_holder(config: &AlerterConfig) -> Option<Holder> {
+/// The latest holder record of the group among the lease topic's last records: `Ok(None)`
+/// when the end was read and none names the group, an error when it could not be read to
+/// its end.
+fn read_holder(config: &AlerterConfig) -> Result<Option<Holder>, String> {
     let reader: BaseConsumer = client_config(config)
         .set(
             "group.id",
@@ -464,15 +497,15 @@ fn read_holder(config: &AlerterConfig) -> Option<Holder> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()
-        .ok()?;
+        .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(
         &config.lease_topic,
         LEASE_PARTITION,
         Offset::OffsetTail(HOLDER_TAIL),
     )
-    .ok()?;
-    reader.assign(&tpl).ok()?;
+    .map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut latest = None;
     while Instant::now() < deadline {
@@ -486,15 +519,17 @@ fn read_holder(config: &AlerterConfig) -> Option<Holder> {
                     latest = Some(holder);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                return Ok(latest)
+            }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "reading the lease topic");
             }
             None => {}
         }
     }
-    latest
+    Err("the lease topic was not read to its end within 5 s".into())
 }
 
 /// This machine's host name, for the lease record.

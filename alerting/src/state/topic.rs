@@ -31,6 +31,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use super::StageState;
 
@@ -40,13 +41,19 @@ const PARTITION: i32 = 0;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest compressed state written or read (256 chunks).
 pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
-/// Largest state JSON read back (bounds what decompressing a hostile record can cost).
+/// Largest state JSON written or read back (bounds what decompressing a hostile record can
+/// cost).
 pub const MAX_JSON_BYTES: usize = 512 * 1024 * 1024;
+/// Most chunk bytes a load holds at once: chunks of checkpoints whose first chunk lies in an
+/// earlier window (a topic others may write could otherwise fill the memory).
+const MAX_BUFFERED_BYTES: usize = 2 * MAX_STATE_BYTES;
 /// Records read per step backwards from the end of the topic.
 const WINDOW: i64 = 512;
 /// Longest a load reads the topic.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one checkpoint record may take to be acknowledged.
+/// How long one checkpoint record may take to be acknowledged, from the call (waiting for
+/// queue space) to the broker's acknowledgement (the producer's `message.timeout.ms`): a
+/// record that failed is not written later.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 const GROUP_HEADER: &str = "dlog.state.group";
@@ -68,8 +75,8 @@ pub enum TopicStateError {
     },
     /// The state is larger than the topic may hold.
     #[error(
-        "state topic `{topic}`: the compressed state is {bytes} bytes, more than the {max} \
-         bytes a checkpoint may have (lower the rules' bounds on windows and alerts)"
+        "state topic `{topic}`: the state is {bytes} bytes, more than the {max} bytes a \
+         checkpoint may have (lower the rules' bounds on windows and alerts)"
     )]
     TooLarge {
         /// The state topic.
@@ -79,8 +86,8 @@ pub enum TopicStateError {
         /// The bound.
         max: usize,
     },
-    /// The newest checkpoint could not be read back.
-    #[error("state topic `{topic}`: checkpoint {checkpoint} of group `{group}` is unreadable ({message}); delete the topic's records of the group to start from scratch")]
+    /// A checkpoint could not be read back.
+    #[error("state topic `{topic}`: checkpoint {checkpoint} of group `{group}` is unreadable ({message})")]
     Corrupt {
         /// The state topic.
         topic: String,
@@ -103,6 +110,8 @@ pub struct StateTopic {
     /// checkpoint number are never mixed.
     writer: String,
     producer: FutureProducer,
+    /// Cancelled when the group's lease is lost: no chunk is written after that.
+    lost: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for StateTopic {
@@ -146,6 +155,7 @@ impl StateTopic {
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.max.bytes", (CHUNK_BYTES * 2).to_string())
+            .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
             .create()
             .map_err(|e| err(e.to_string()))?;
         let started = std::time::SystemTime::now()
@@ -158,7 +168,15 @@ impl StateTopic {
             group: group.to_string(),
             writer: format!("{}-{started}", std::process::id()),
             producer,
+            lost: None,
         })
+    }
+
+    /// Writes no chunk once `lost` is cancelled (the group's lease was lost: the topic is
+    /// the next holder's).
+    pub fn with_lease_lost(mut self, lost: CancellationToken) -> Self {
+        self.lost = Some(lost);
+        self
     }
 
     /// The topic's name.
@@ -168,6 +186,14 @@ impl StateTopic {
 
     /// Compresses and chunks a state's JSON (what [`super::StateFile::save`] wrote).
     pub fn encode(&self, json: &[u8]) -> Result<Vec<Vec<u8>>, TopicStateError> {
+        // A successor refuses larger ones when loading.
+        if json.len() > MAX_JSON_BYTES {
+            return Err(TopicStateError::TooLarge {
+                topic: self.topic.clone(),
+                bytes: json.len(),
+                max: MAX_JSON_BYTES,
+            });
+        }
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(json)
             .and_then(|()| gz.flush())
@@ -231,26 +257,42 @@ impl StateTopic {
                     key: WRITER_HEADER,
                     value: Some(self.writer.as_str()),
                 });
-            self.producer
-                .send(
-                    FutureRecord::to(&self.topic)
-                        .partition(PARTITION)
-                        .key(&key)
-                        .payload(chunk)
-                        .headers(headers),
-                    SEND_TIMEOUT,
-                )
-                .await
-                .map_err(|(e, _)| {
-                    self.kafka(format!("checkpoint {checkpoint} not written: {e}"))
-                })?;
+            let lost = || {
+                self.kafka(format!(
+                    "checkpoint {checkpoint} not written: the lease was lost"
+                ))
+            };
+            if self
+                .lost
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+            {
+                return Err(lost());
+            }
+            let send = self.producer.send(
+                FutureRecord::to(&self.topic)
+                    .partition(PARTITION)
+                    .key(&key)
+                    .payload(chunk)
+                    .headers(headers),
+                SEND_TIMEOUT,
+            );
+            let sent = match &self.lost {
+                Some(token) => tokio::select! {
+                    sent = send => sent,
+                    () = token.cancelled() => return Err(lost()),
+                },
+                None => send.await,
+            };
+            sent.map_err(|(e, _)| self.kafka(format!("checkpoint {checkpoint} not written: {e}")))?;
             bytes += chunk.len();
         }
         Ok(bytes)
     }
 
-    /// The group's newest complete checkpoint, or `None` when the topic holds none. Blocks:
-    /// call it on the blocking pool.
+    /// The group's newest complete checkpoint that can be read back, or `None` when the
+    /// topic holds none (an unreadable one is passed over with a warning, for the next older
+    /// one). Blocks: call it on the blocking pool.
     pub fn load_blocking(&self) -> Result<Option<StageState>, TopicStateError> {
         let reader: BaseConsumer = self
             .config
@@ -268,18 +310,31 @@ impl StateTopic {
         let mut end = high;
         // Chunks of checkpoints, by checkpoint and writer, as far as read.
         let mut found: BTreeMap<(u64, String), Found> = BTreeMap::new();
+        let mut buffered = 0usize;
         while end > low {
             let start = (end - WINDOW).max(low);
-            self.read_window(&reader, start, end, deadline, &mut found)?;
+            self.read_window(&reader, start, end, deadline, &mut found, &mut buffered)?;
             // Chunks are written in order: a checkpoint whose first chunk was read but not
-            // all the others was cut short by a crash and is passed over; one whose first
-            // chunk was not read yet starts in an earlier window.
-            for ((checkpoint, _), f) in found.iter().rev() {
+            // all the others was cut short by a crash and is passed over (and dropped); one
+            // whose first chunk was not read yet starts in an earlier window.
+            let keys: Vec<(u64, String)> = found.keys().rev().cloned().collect();
+            for key in keys {
+                let f = &found[&key];
                 if f.complete() {
-                    return self.decode(*checkpoint, f).map(Some);
+                    match self.decode(key.0, f) {
+                        Ok(state) => return Ok(Some(state)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "passing over an unreadable checkpoint on the state topic for the next older one");
+                        }
+                    }
+                } else if !f.chunks.contains_key(&0) {
+                    if start > low {
+                        break;
+                    }
+                    continue;
                 }
-                if !f.chunks.contains_key(&0) && start > low {
-                    break;
+                if let Some(f) = found.remove(&key) {
+                    buffered -= f.bytes();
                 }
             }
             end = start;
@@ -294,6 +349,7 @@ impl StateTopic {
         end: i64,
         deadline: Instant,
         found: &mut BTreeMap<(u64, String), Found>,
+        buffered: &mut usize,
     ) -> Result<(), TopicStateError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, PARTITION, Offset::Offset(start))
@@ -311,13 +367,23 @@ impl StateTopic {
                         return Ok(());
                     }
                     if let Some((checkpoint, writer, index, count)) = self.chunk_of(&m) {
+                        let payload = m.payload().unwrap_or_default();
                         let f = found.entry((checkpoint, writer)).or_insert_with(|| Found {
                             count,
                             chunks: BTreeMap::new(),
                         });
                         if f.count == count {
-                            f.chunks
-                                .insert(index, m.payload().unwrap_or_default().to_vec());
+                            *buffered += payload.len();
+                            if let Some(old) = f.chunks.insert(index, payload.to_vec()) {
+                                *buffered -= old.len();
+                            }
+                        }
+                        if *buffered > MAX_BUFFERED_BYTES {
+                            return Err(self.kafka(format!(
+                                "more than {MAX_BUFFERED_BYTES} bytes of incomplete checkpoints of \
+                                 group `{}` near its end; records not written by dlog-alerter?",
+                                self.group
+                            )));
                         }
                     }
                     if m.offset() + 1 >= end {
@@ -351,7 +417,8 @@ impl StateTopic {
         let index: usize = get(CHUNK_HEADER)?.parse().ok()?;
         let count: usize = get(CHUNKS_HEADER)?.parse().ok()?;
         let writer = get(WRITER_HEADER).unwrap_or_default().to_string();
-        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES)
+        let size = m.payload().map_or(0, <[u8]>::len);
+        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES && size <= CHUNK_BYTES)
             .then_some((checkpoint, writer, index, count))
     }
 
@@ -371,7 +438,15 @@ impl StateTopic {
         if json.len() > MAX_JSON_BYTES {
             return Err(corrupt(format!("more than {MAX_JSON_BYTES} bytes of JSON")));
         }
-        serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+        let state: StageState =
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        if state.checkpoint != checkpoint {
+            return Err(corrupt(format!(
+                "it holds checkpoint {} instead",
+                state.checkpoint
+            )));
+        }
+        Ok(state)
     }
 
     fn kafka(&self, message: String) -> TopicStateError {
@@ -391,5 +466,9 @@ struct Found {
 impl Found {
     fn complete(&self) -> bool {
         self.chunks.len() == self.count
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.values().map(Vec::len).sum()
     }
 }
