@@ -50,7 +50,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -201,6 +201,8 @@ impl ConsumerContext for LeaseContext {
 /// leaves the lease group) on drop.
 pub struct Lease {
     stop: Arc<AtomicBool>,
+    /// Offset of the lease record this holder wrote when it took the lease.
+    epoch: u64,
     /// Leave without recording a release.
     unreleased: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -213,6 +215,13 @@ impl Lease {
     /// Cancelled when the lease is lost.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
+    }
+
+    /// The epoch of this holding: the offset of the lease record written when it was taken,
+    /// higher than any earlier holder's. Checkpoints carry it, so that a later holder's win
+    /// over an earlier one's whatever their numbers.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Who holds it: this process.
@@ -415,7 +424,8 @@ fn acquire_blocking(
             true
         }
     };
-    write_holder(config, &holder).map_err(kafka)?;
+    // Every later holder's record lands at a higher offset: the epoch of this holding.
+    let epoch = write_holder(config, &holder).map_err(kafka)?;
     tracing::info!(group = %group, lease_topic = %topic, client_id = %holder.client_id, "took the alerter lease of the group");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -460,6 +470,7 @@ fn acquire_blocking(
     };
     Ok(Lease {
         stop,
+        epoch,
         unreleased,
         thread: Some(thread),
         lost,
@@ -468,11 +479,28 @@ fn acquire_blocking(
     })
 }
 
-fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<(), KafkaError> {
-    let producer: BaseProducer = client_config(config)
+/// Keeps the offset of the record a producer wrote.
+#[derive(Default)]
+struct Written(Mutex<Option<i64>>);
+
+impl ClientContext for Written {}
+
+impl ProducerContext for Written {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(message) = result {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.offset());
+        }
+    }
+}
+
+/// Writes `holder` to the lease topic; returns the record's offset.
+fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaError> {
+    let producer: BaseProducer<Written> = client_config(config)
         .set("acks", "all")
         .set("linger.ms", "0")
-        .create()?;
+        .create_with_context(Written::default())?;
     let payload = serde_json::to_vec(holder).unwrap_or_default();
     producer
         .send(
@@ -482,7 +510,16 @@ fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<(), KafkaErro
                 .payload(&payload),
         )
         .map_err(|(e, _)| e)?;
-    producer.flush(Duration::from_secs(10))
+    producer.flush(Duration::from_secs(10))?;
+    // Delivery reports are served by the flush.
+    let offset = *producer
+        .context()
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    offset
+        .and_then(|o| u64::try_from(o).ok())
+        .ok_or(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut))
 }
 
 /// The latest holder record of the group among the lease topic's last records: `Ok(None)`

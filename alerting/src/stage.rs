@@ -195,6 +195,7 @@ async fn run_on_kafka(
         }
     }
     let lost = lease.lost();
+    let epoch = lease.epoch();
     let lease = LeaseGuard(Some(lease));
     let state_topic = state_topic.map(|t| t.with_lease_lost(lost.clone()));
     // Losing the lease stops the stage: its last checkpoint goes to the state file only, and
@@ -218,6 +219,8 @@ async fn run_on_kafka(
             Ok(source) => {
                 prepared.stage.joining_until = Some(Instant::now() + joining);
                 prepared.stage.lease_lost = Some(lost.clone());
+                // Never below the epoch resumed from (a recreated lease topic starts at 0).
+                prepared.stage.epoch = prepared.stage.epoch.max(epoch);
                 prepared.run(source).await
             }
             Err(e) => Err(e),
@@ -537,6 +540,7 @@ async fn prepare(
     let state_file = StateFile::open(&config.state_dir)?;
     let saved = load_state(&state_file, state_topic.as_ref()).await?;
     let checkpoint = saved.as_ref().map_or(0, |s| s.checkpoint);
+    let epoch = saved.as_ref().map_or(0, |s| s.epoch);
     let (engine, applied, outbox, held) = match saved {
         Some(saved) => (
             Engine::restore(rules, clock.clone(), saved.engine).map_err(ConfigError::from)?,
@@ -578,6 +582,7 @@ async fn prepare(
         state_file,
         state_topic,
         checkpoint,
+        epoch,
         muted,
         required,
         best_effort,
@@ -691,6 +696,9 @@ struct Stage {
     state_topic: Option<StateTopic>,
     /// Number of the last checkpoint saved (or resumed from).
     checkpoint: u64,
+    /// Lease epoch its checkpoints carry: the lease's once it is held, else the one resumed
+    /// from.
+    epoch: u64,
     /// The notifying outputs a silence mutes, whose held events are saved with the state.
     muted: Vec<Arc<Muted>>,
     required: Vec<Output>,
@@ -887,6 +895,7 @@ impl Stage {
                 .filter(|(_, events)| !events.is_empty())
                 .collect(),
             checkpoint: self.checkpoint,
+            epoch: self.epoch,
         };
         let file = self.state_file.clone();
         let topic = self.state_topic.clone().filter(|_| !self.lease_is_lost());
@@ -911,7 +920,7 @@ impl Stage {
         // delivery or an acknowledgement, since the successor resumes from the state topic.
         self.check_lease()?;
         if let (Some(topic), Some(chunks)) = (&self.state_topic, chunks) {
-            let written = topic.save(self.checkpoint, &chunks).await?;
+            let written = topic.save(self.epoch, self.checkpoint, &chunks).await?;
             self.metrics.state_topic_bytes.set(written as i64);
             // Lost during the write: the successor may have loaded an older checkpoint.
             self.check_lease()?;

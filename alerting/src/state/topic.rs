@@ -4,8 +4,10 @@
 //! [`CHUNK_BYTES`] (well under Kafka's default 1 MB message size) and written to partition 0
 //! of `state_topic` with `acks=all`, one record per produce request. A record's key is
 //! `<group>/<chunk index>`, so that a broker that compacts keeps the last chunk of every
-//! index; headers name the group, the checkpoint's sequence number, its chunk count and the
-//! writing process (so that two writers' chunks are never mixed). The
+//! index; headers name the group, the holder's lease epoch (see
+//! [`crate::lease::Lease::epoch`]), the checkpoint's sequence number, its chunk count and the
+//! writing process (so that two writers' chunks are never mixed). Checkpoints are ordered by
+//! (epoch, sequence number): a holder that lost the lease never wins over its successor. The
 //! compressed state is bounded by [`MAX_STATE_BYTES`], its JSON by [`MAX_JSON_BYTES`].
 //!
 //! tansu 0.6.0 accepts `cleanup.policy=compact` but does not compact (500 records written
@@ -61,6 +63,7 @@ const CHECKPOINT_HEADER: &str = "dlog.state.checkpoint";
 const CHUNK_HEADER: &str = "dlog.state.chunk";
 const CHUNKS_HEADER: &str = "dlog.state.chunks";
 const WRITER_HEADER: &str = "dlog.state.writer";
+const EPOCH_HEADER: &str = "dlog.state.epoch";
 
 /// The state topic failed.
 #[derive(Debug, thiserror::Error)]
@@ -211,15 +214,17 @@ impl StateTopic {
         Ok(compressed.chunks(CHUNK_BYTES).map(<[u8]>::to_vec).collect())
     }
 
-    /// Writes checkpoint `checkpoint` (chunks from [`StateTopic::encode`]), each chunk
-    /// acknowledged by every in-sync replica before the next is sent. Returns the bytes
-    /// written.
+    /// Writes checkpoint `checkpoint` of lease epoch `epoch` (chunks from
+    /// [`StateTopic::encode`] of a state holding both), each chunk acknowledged by every
+    /// in-sync replica before the next is sent. Returns the bytes written.
     pub async fn save(
         &self,
+        epoch: u64,
         checkpoint: u64,
         chunks: &[Vec<u8>],
     ) -> Result<usize, TopicStateError> {
-        self.save_first(checkpoint, chunks, chunks.len()).await
+        self.save_first(epoch, checkpoint, chunks, chunks.len())
+            .await
     }
 
     /// Writes only the first `n` chunks of a checkpoint: what a holder that crashed while
@@ -227,11 +232,13 @@ impl StateTopic {
     #[doc(hidden)]
     pub async fn save_first(
         &self,
+        epoch: u64,
         checkpoint: u64,
         chunks: &[Vec<u8>],
         n: usize,
     ) -> Result<usize, TopicStateError> {
         let (seq, count) = (checkpoint.to_string(), chunks.len().to_string());
+        let epoch = epoch.to_string();
         let mut bytes = 0;
         for (i, chunk) in chunks.iter().enumerate().take(n) {
             let index = i.to_string();
@@ -256,6 +263,10 @@ impl StateTopic {
                 .insert(Header {
                     key: WRITER_HEADER,
                     value: Some(self.writer.as_str()),
+                })
+                .insert(Header {
+                    key: EPOCH_HEADER,
+                    value: Some(epoch.as_str()),
                 });
             let lost = || {
                 self.kafka(format!(
@@ -308,8 +319,8 @@ impl StateTopic {
             .map_err(|e| self.kafka(format!("cannot read its watermarks: {e}")))?;
         let deadline = Instant::now() + LOAD_TIMEOUT;
         let mut end = high;
-        // Chunks of checkpoints, by checkpoint and writer, as far as read.
-        let mut found: BTreeMap<(u64, String), Found> = BTreeMap::new();
+        // Chunks of checkpoints, by epoch, checkpoint and writer, as far as read.
+        let mut found: BTreeMap<Id, Found> = BTreeMap::new();
         let mut buffered = 0usize;
         while end > low {
             let start = (end - WINDOW).max(low);
@@ -317,11 +328,11 @@ impl StateTopic {
             // Chunks are written in order: a checkpoint whose first chunk was read but not
             // all the others was cut short by a crash and is passed over (and dropped); one
             // whose first chunk was not read yet starts in an earlier window.
-            let keys: Vec<(u64, String)> = found.keys().rev().cloned().collect();
+            let keys: Vec<Id> = found.keys().rev().cloned().collect();
             for key in keys {
                 let f = &found[&key];
                 if f.complete() {
-                    match self.decode(key.0, f) {
+                    match self.decode(&key, f) {
                         Ok(state) => return Ok(Some(state)),
                         Err(e) => {
                             tracing::warn!(error = %e, "passing over an unreadable checkpoint on the state topic for the next older one");
@@ -348,7 +359,7 @@ impl StateTopic {
         start: i64,
         end: i64,
         deadline: Instant,
-        found: &mut BTreeMap<(u64, String), Found>,
+        found: &mut BTreeMap<Id, Found>,
         buffered: &mut usize,
     ) -> Result<(), TopicStateError> {
         let mut tpl = TopicPartitionList::new();
@@ -366,9 +377,9 @@ impl StateTopic {
                     if m.offset() >= end {
                         return Ok(());
                     }
-                    if let Some((checkpoint, writer, index, count)) = self.chunk_of(&m) {
+                    if let Some((id, index, count)) = self.chunk_of(&m) {
                         let payload = m.payload().unwrap_or_default();
-                        let f = found.entry((checkpoint, writer)).or_insert_with(|| Found {
+                        let f = found.entry(id).or_insert_with(|| Found {
                             count,
                             chunks: BTreeMap::new(),
                         });
@@ -400,8 +411,8 @@ impl StateTopic {
         }
     }
 
-    /// (checkpoint, writer, chunk index, chunk count) of a record of this group.
-    fn chunk_of(&self, m: &impl Message) -> Option<(u64, String, usize, usize)> {
+    /// (checkpoint id, chunk index, chunk count) of a record of this group.
+    fn chunk_of(&self, m: &impl Message) -> Option<(Id, usize, usize)> {
         let headers = m.headers()?;
         let get = |name: &str| {
             headers
@@ -417,16 +428,30 @@ impl StateTopic {
         let index: usize = get(CHUNK_HEADER)?.parse().ok()?;
         let count: usize = get(CHUNKS_HEADER)?.parse().ok()?;
         let writer = get(WRITER_HEADER).unwrap_or_default().to_string();
+        // Written before epochs were: 0.
+        let epoch = match get(EPOCH_HEADER) {
+            Some(e) => e.parse().ok()?,
+            None => 0,
+        };
         let size = m.payload().map_or(0, <[u8]>::len);
-        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES && size <= CHUNK_BYTES)
-            .then_some((checkpoint, writer, index, count))
+        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES && size <= CHUNK_BYTES).then_some(
+            (
+                Id {
+                    epoch,
+                    checkpoint,
+                    writer,
+                },
+                index,
+                count,
+            ),
+        )
     }
 
-    fn decode(&self, checkpoint: u64, f: &Found) -> Result<StageState, TopicStateError> {
+    fn decode(&self, id: &Id, f: &Found) -> Result<StageState, TopicStateError> {
         let corrupt = |message: String| TopicStateError::Corrupt {
             topic: self.topic.clone(),
             group: self.group.clone(),
-            checkpoint,
+            checkpoint: id.checkpoint,
             message,
         };
         let compressed: Vec<u8> = f.chunks.values().flatten().copied().collect();
@@ -440,10 +465,10 @@ impl StateTopic {
         }
         let state: StageState =
             serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
-        if state.checkpoint != checkpoint {
+        if (state.epoch, state.checkpoint) != (id.epoch, id.checkpoint) {
             return Err(corrupt(format!(
-                "it holds checkpoint {} instead",
-                state.checkpoint
+                "it holds checkpoint {} of epoch {} instead of epoch {}",
+                state.checkpoint, state.epoch, id.epoch
             )));
         }
         Ok(state)
@@ -455,6 +480,18 @@ impl StateTopic {
             message,
         }
     }
+}
+
+/// Which checkpoint a chunk belongs to; ordered oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Id {
+    /// The writing holder's lease epoch.
+    epoch: u64,
+    /// Its checkpoint number.
+    checkpoint: u64,
+    /// The writing process (two writers of one epoch and number cannot both hold the lease;
+    /// kept apart all the same).
+    writer: String,
 }
 
 /// The chunks of one checkpoint read so far.
