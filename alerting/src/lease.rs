@@ -26,7 +26,9 @@
 //! `dlog_alerter_standby` gauge is 1, and it logs who holds the lease every
 //! [`STANDBY_LOG_EVERY`]). When the holder dies, its session ends after
 //! `lease_session_timeout_ms`, the coordinator hands the partition to a waiting member (or
-//! the member joins again after a session and gets it), and that member loads the newest
+//! the member joins again after a session and gets it: it does so once the holder stopped
+//! renewing its lease record, which a live holder does every half session, since on tansu
+//! 0.6 a join now and then takes the partition from a live holder), and that member loads the newest
 //! state the holder checkpointed to the state topic ([`crate::state::topic`]) before it
 //! joins the data topics' group and evaluates. A holder that stops gracefully leaves the
 //! lease group only after its last checkpoint and a `released` lease record, so the
@@ -340,9 +342,21 @@ fn acquire_blocking(
     let mut wait_deadline: Option<Instant> = None;
     // A member that joined while a dead holder was still in the group is not always offered
     // the partition once the holder's session ends (tansu 0.6 does not rebalance then), so a
-    // waiting member joins again after each session.
+    // waiting member joins again after each session, once the holder stopped renewing its
+    // lease record (or released it): on tansu 0.6, a join now and then moves the partition
+    // away from a live holder.
     let rejoin_every = Duration::from_millis(u64::from(session) + 1_000);
     let mut rejoin_at: Option<Instant> = None;
+    let silent_after = renew_every(session) * 3 + Duration::from_millis(1_000);
+    let follower = match follow_holders(config) {
+        Ok(follower) => Some(follower),
+        Err(e) => {
+            tracing::warn!(group = %group, error = %e, "cannot follow the lease topic; joining the lease group again after every session");
+            None
+        }
+    };
+    let mut holder_seen = Instant::now();
+    let mut holder_released = false;
     let mut standby_log_at: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
@@ -356,6 +370,18 @@ fn acquire_blocking(
         let (joined, holds, _) = consumer.context().snapshot();
         if holds {
             break;
+        }
+        if let Some(follower) = &follower {
+            while let Some(Ok(message)) = follower.poll(Duration::ZERO) {
+                if let Some(h) = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Holder>(p).ok())
+                    .filter(|h| h.group == config.input.group_id)
+                {
+                    holder_seen = Instant::now();
+                    holder_released = h.released;
+                }
+            }
         }
         let now = Instant::now();
         if joined && config.standby && standby_log_at.is_none_or(|at| now >= at) {
@@ -381,7 +407,10 @@ fn acquire_blocking(
                 return Err(LeaseError::Held { group, holder });
             }
             let at = *rejoin_at.get_or_insert(now + rejoin_every);
-            if now >= at {
+            let holder_silent = follower.is_none()
+                || holder_released
+                || now.duration_since(holder_seen) >= silent_after;
+            if now >= at && holder_silent {
                 tracing::debug!(group = %group, "the alerter lease is held by another member; joining the lease group again");
                 drop(consumer);
                 consumer = join()?;
@@ -440,11 +469,23 @@ fn acquire_blocking(
             released: true,
             ..holder.clone()
         };
+        let renewal = holder.clone();
+        let renewer = holder_producer(config).map_err(kafka)?;
+        let renew = renew_every(session);
         std::thread::Builder::new()
             .name("alerter-lease".into())
             .spawn(move || {
+                let mut renew_at = Instant::now() + renew;
                 while !stop.load(Ordering::SeqCst) {
                     let _ = consumer.poll(POLL_STEP);
+                    // Renewed while held, so that standbys see it is alive; not waited for.
+                    if Instant::now() >= renew_at && !lost.is_cancelled() {
+                        if let Err(e) = send_holder(&renewer, &owned, &renewal) {
+                            tracing::debug!(group = %group, error = %e, "cannot renew the lease record");
+                        }
+                        renew_at = Instant::now() + renew;
+                    }
+                    renewer.poll(Duration::ZERO);
                     let (_, _, revoked) = consumer.context().snapshot();
                     if revoked && !lost.is_cancelled() {
                         tracing::error!(group = %group, "the alerter lease was revoked");
@@ -495,12 +536,25 @@ impl ProducerContext for Written {
     }
 }
 
-/// Writes `holder` to the lease topic; returns the record's offset.
-fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaError> {
-    let producer: BaseProducer<Written> = client_config(config)
+/// How often a holder renews its lease record.
+fn renew_every(session_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(session_ms / 2).max(100))
+}
+
+/// A producer of lease records.
+fn holder_producer(config: &AlerterConfig) -> Result<BaseProducer<Written>, KafkaError> {
+    client_config(config)
         .set("acks", "all")
         .set("linger.ms", "0")
-        .create_with_context(Written::default())?;
+        .create_with_context(Written::default())
+}
+
+/// Queues `holder` for the lease topic.
+fn send_holder(
+    producer: &BaseProducer<Written>,
+    config: &AlerterConfig,
+    holder: &Holder,
+) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(holder).unwrap_or_default();
     producer
         .send(
@@ -509,7 +563,28 @@ fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaErr
                 .key(&holder.group)
                 .payload(&payload),
         )
-        .map_err(|(e, _)| e)?;
+        .map_err(|(e, _)| e)
+}
+
+/// A consumer of the lease records written from now on.
+fn follow_holders(config: &AlerterConfig) -> Result<BaseConsumer, KafkaError> {
+    let follower: BaseConsumer = client_config(config)
+        .set(
+            "group.id",
+            format!("{}.reader", lease_group(&config.input.group_id)),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&config.lease_topic, LEASE_PARTITION, Offset::End)?;
+    follower.assign(&tpl)?;
+    Ok(follower)
+}
+
+/// Writes `holder` to the lease topic; returns the record's offset.
+fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaError> {
+    let producer = holder_producer(config)?;
+    send_holder(&producer, config, holder)?;
     producer.flush(Duration::from_secs(10))?;
     // Delivery reports are served by the flush.
     let offset = *producer
