@@ -150,7 +150,7 @@ async fn run_on_kafka(
     config.validate()?;
     // Served while standing by, too: `/healthz` says `standby` until the lease is taken.
     let admin = Admin::start(&config, &shutdown).await?;
-    admin.state.set_standby(config.standby);
+    admin.state.set_waiting(true, config.standby);
     admin.metrics.standby.set(i64::from(config.standby));
     // Opened (created when missing) before standing by: a wrong topic or a missing right shows
     // at start, not at a takeover.
@@ -172,7 +172,7 @@ async fn run_on_kafka(
         Err(_) if shutdown.is_cancelled() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    admin.state.set_standby(false);
+    admin.state.set_waiting(false, config.standby);
     admin.metrics.standby.set(0);
     // A holder that died is still a member of the data topics' group until its session
     // there ends, up to `session_timeout_ms - lease_session_timeout_ms` after the lease
@@ -423,11 +423,15 @@ struct AlerterAdmin {
     registry: Registry,
     serving: AtomicBool,
     standby: AtomicBool,
+    /// Waiting for the lease without `standby` (it refuses if a live alerter keeps it).
+    waiting: AtomicBool,
 }
 
 impl AlerterAdmin {
-    fn set_standby(&self, standby: bool) {
-        self.standby.store(standby, Ordering::Relaxed);
+    /// Waiting for the lease (`true`), as a standby or not, or holding it (`false`).
+    fn set_waiting(&self, waiting: bool, standby: bool) {
+        self.standby.store(waiting && standby, Ordering::Relaxed);
+        self.waiting.store(waiting && !standby, Ordering::Relaxed);
     }
 }
 
@@ -447,6 +451,8 @@ impl AdminSource for AlerterAdmin {
     fn healthy_as(&self) -> String {
         if self.standby.load(Ordering::Relaxed) {
             "standby".to_string()
+        } else if self.waiting.load(Ordering::Relaxed) {
+            "waiting for the lease".to_string()
         } else {
             "ok".to_string()
         }
@@ -473,6 +479,7 @@ impl Admin {
             registry,
             serving: AtomicBool::new(true),
             standby: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         });
         let (addr, task) = {
             let admin_state = Arc::clone(&state);
