@@ -8,8 +8,9 @@
 //!
 //! With `standby` set, each checkpoint also goes to the state topic ([`topic`]) before the
 //! offsets are acknowledged, so that an alerter on another node that takes the lease over
-//! resumes from it. Every checkpoint carries a sequence number that grows across
-//! handoffs; at start the newer of the state file and the state topic wins.
+//! resumes from it. Every checkpoint carries its holder's lease epoch and a sequence number
+//! that grows across handoffs; at start the newer of the state file and the state topic, by
+//! (epoch, number), wins.
 
 pub mod topic;
 
