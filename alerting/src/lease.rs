@@ -12,7 +12,8 @@
 //! - the member the coordinator assigns the partition to holds the lease; it writes who it
 //!   is (host, pid, admin address, client id, since when) to the lease topic, keyed by the
 //!   group, so that others can name it;
-//! - a member that joins without the partition waits up to `lease_wait_ms` (a holder that
+//! - a member that joins without the partition (each join may take up to three lease
+//!   sessions and 10 s) waits up to `lease_wait_ms` (a holder that
 //!   died leaves the group after `lease_session_timeout_ms`, and the partition moves to the
 //!   waiting member); if a live alerter still holds it then, the newcomer refuses to start,
 //!   naming the group and the holder;
@@ -25,13 +26,18 @@
 //! `dlog_alerter_standby` gauge is 1, and it logs who holds the lease every
 //! [`STANDBY_LOG_EVERY`]). When the holder dies, its session ends after
 //! `lease_session_timeout_ms`, the coordinator hands the partition to a waiting member (or
-//! the member joins again after a session and gets it), and that member loads the newest
+//! the member joins again after a session and gets it: it does so once the holder stopped
+//! renewing its lease record, which a live holder does every half session, since on tansu
+//! 0.6 a join now and then takes the partition from a live holder), and that member loads the newest
 //! state the holder checkpointed to the state topic ([`crate::state::topic`]) before it
 //! joins the data topics' group and evaluates. A holder that stops gracefully leaves the
 //! lease group only after its last checkpoint and a `released` lease record, so the
 //! successor starts at once from it; a successor of a holder that died (its last record is
-//! not a release) first waits out that holder's session in the data topics' group
-//! ([`Lease::took_over`]), since tansu 0.6 does not rebalance when that session ends.
+//! not a release, or cannot be read) first waits out that holder's session in the data
+//! topics' group ([`Lease::took_over`]), since tansu 0.6 does not rebalance when that session
+//! ends. A successor stopped during that wait records no release ([`Lease::leave_unreleased`]).
+//! A holder that loses the lease delivers and acknowledges nothing more and writes no more
+//! checkpoints to the state topic.
 //! Without `standby`, a second alerter in the same group refuses to start, as above: a
 //! deployment that did not ask for a standby gets a clear error instead of a process that
 //! silently waits.
@@ -46,7 +52,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -197,6 +203,10 @@ impl ConsumerContext for LeaseContext {
 /// leaves the lease group) on drop.
 pub struct Lease {
     stop: Arc<AtomicBool>,
+    /// Offset of the lease record this holder wrote when it took the lease.
+    epoch: u64,
+    /// Leave without recording a release.
+    unreleased: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     lost: CancellationToken,
     holder: Holder,
@@ -209,16 +219,30 @@ impl Lease {
         self.lost.clone()
     }
 
+    /// The epoch of this holding: the offset of the lease record written when it was taken,
+    /// higher than any earlier holder's. Checkpoints carry it, so that a later holder's win
+    /// over an earlier one's whatever their numbers.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Who holds it: this process.
     pub fn holder(&self) -> &Holder {
         &self.holder
     }
 
-    /// Whether this one took the lease over from a holder that died holding it (the group's
-    /// last lease record is another process's, and not a release): that holder may still be
-    /// a member of the data topics' group until its session there ends.
+    /// Whether this one took the lease over from a holder that may have died holding it (the
+    /// group's last lease record is not a release, or could not be read): that holder may
+    /// still be a member of the data topics' group until its session there ends.
     pub fn took_over(&self) -> bool {
         self.took_over
+    }
+
+    /// Leaves the lease group without recording a release: this holder never joined the
+    /// data topics' group, so the previous holder that died may still be a member there,
+    /// and the next one must wait it out as this one did.
+    pub fn leave_unreleased(&self) {
+        self.unreleased.store(true, Ordering::SeqCst);
     }
 }
 
@@ -311,13 +335,28 @@ fn acquire_blocking(
 
     // A join takes about half a session on some brokers, a rebalance with a live member up
     // to a session and a heartbeat more.
-    let join_deadline = Instant::now() + Duration::from_millis(u64::from(session) * 3 + 10_000);
+    // It applies to each join: a standby joins again after every session (below), and each
+    // of those joins gets the same time as the first.
+    let join_within = Duration::from_millis(u64::from(session) * 3 + 10_000);
+    let mut join_deadline = Instant::now() + join_within;
     let mut wait_deadline: Option<Instant> = None;
     // A member that joined while a dead holder was still in the group is not always offered
     // the partition once the holder's session ends (tansu 0.6 does not rebalance then), so a
-    // waiting member joins again after each session.
+    // waiting member joins again after each session, once the holder stopped renewing its
+    // lease record (or released it): on tansu 0.6, a join now and then moves the partition
+    // away from a live holder.
     let rejoin_every = Duration::from_millis(u64::from(session) + 1_000);
     let mut rejoin_at: Option<Instant> = None;
+    let silent_after = renew_every(session) * 3 + Duration::from_millis(1_000);
+    let follower = match follow_holders(config) {
+        Ok(follower) => Some(follower),
+        Err(e) => {
+            tracing::warn!(group = %group, error = %e, "cannot follow the lease topic; joining the lease group again after every session");
+            None
+        }
+    };
+    let mut holder_seen = Instant::now();
+    let mut holder_released = false;
     let mut standby_log_at: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
@@ -332,10 +371,24 @@ fn acquire_blocking(
         if holds {
             break;
         }
+        if let Some(follower) = &follower {
+            while let Some(Ok(message)) = follower.poll(Duration::ZERO) {
+                if let Some(h) = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Holder>(p).ok())
+                    .filter(|h| h.group == config.input.group_id)
+                {
+                    holder_seen = Instant::now();
+                    holder_released = h.released;
+                }
+            }
+        }
         let now = Instant::now();
         if joined && config.standby && standby_log_at.is_none_or(|at| now >= at) {
             // The record comes from a topic anyone may write: escaped for a terminal.
             let holder = read_holder(config)
+                .ok()
+                .flatten()
                 .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
                 .unwrap_or_else(|| "its holder wrote no lease record".into());
             tracing::info!(group = %group, holder = %holder, "standing by: another alerter holds the lease of the group; taking over when it goes");
@@ -346,16 +399,22 @@ fn acquire_blocking(
                 *wait_deadline.get_or_insert(now + Duration::from_millis(config.lease_wait_ms));
             if now >= deadline && !config.standby {
                 let holder = read_holder(config)
+                    .ok()
+                    .flatten()
                     // The record comes from a topic anyone may write: escaped for a terminal.
                     .map(|h| dlog_core::terminal::escape_control(&h.to_string()).into_owned())
                     .unwrap_or_else(|| "its holder wrote no lease record".into());
                 return Err(LeaseError::Held { group, holder });
             }
             let at = *rejoin_at.get_or_insert(now + rejoin_every);
-            if now >= at {
+            let holder_silent = follower.is_none()
+                || holder_released
+                || now.duration_since(holder_seen) >= silent_after;
+            if now >= at && holder_silent {
                 tracing::debug!(group = %group, "the alerter lease is held by another member; joining the lease group again");
                 drop(consumer);
                 consumer = join()?;
+                join_deadline = Instant::now() + join_within;
                 rejoin_at = None;
             }
         } else if now >= join_deadline {
@@ -383,28 +442,50 @@ fn acquire_blocking(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     };
-    let took_over = previous.is_some_and(|p| {
-        !p.released
-            && (p.host != holder.host || p.pid != holder.pid || p.client_id != holder.client_id)
-    });
-    write_holder(config, &holder).map_err(kafka)?;
+    // The previous record is never this lease's own (it is written below), even when it
+    // names this host and pid (a restarted container). No record at all: no holder ever
+    // evaluated the group. A record that could not be read: the previous holder may have
+    // died holding the group, so the successor waits as for one that did.
+    let took_over = match &previous {
+        Ok(previous) => previous.as_ref().is_some_and(|p| !p.released),
+        Err(e) => {
+            tracing::warn!(group = %group, error = %e, "cannot read the previous lease record; waiting as after a holder that died");
+            true
+        }
+    };
+    // Every later holder's record lands at a higher offset: the epoch of this holding.
+    let epoch = write_holder(config, &holder).map_err(kafka)?;
     tracing::info!(group = %group, lease_topic = %topic, client_id = %holder.client_id, "took the alerter lease of the group");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let unreleased = Arc::new(AtomicBool::new(false));
     let lost = CancellationToken::new();
     let thread = {
         let stop = Arc::clone(&stop);
+        let unreleased = Arc::clone(&unreleased);
         let lost = lost.clone();
         let owned = config.clone();
         let release = Holder {
             released: true,
             ..holder.clone()
         };
+        let renewal = holder.clone();
+        let renewer = holder_producer(config).map_err(kafka)?;
+        let renew = renew_every(session);
         std::thread::Builder::new()
             .name("alerter-lease".into())
             .spawn(move || {
+                let mut renew_at = Instant::now() + renew;
                 while !stop.load(Ordering::SeqCst) {
                     let _ = consumer.poll(POLL_STEP);
+                    // Renewed while held, so that standbys see it is alive; not waited for.
+                    if Instant::now() >= renew_at && !lost.is_cancelled() {
+                        if let Err(e) = send_holder(&renewer, &owned, &renewal) {
+                            tracing::debug!(group = %group, error = %e, "cannot renew the lease record");
+                        }
+                        renew_at = Instant::now() + renew;
+                    }
+                    renewer.poll(Duration::ZERO);
                     let (_, _, revoked) = consumer.context().snapshot();
                     if revoked && !lost.is_cancelled() {
                         tracing::error!(group = %group, "the alerter lease was revoked");
@@ -413,7 +494,7 @@ fn acquire_blocking(
                 }
                 // The stage has stopped and left the data topics' group: a successor need not
                 // wait for this one's session there.
-                if !lost.is_cancelled() {
+                if !lost.is_cancelled() && !unreleased.load(Ordering::SeqCst) {
                     if let Err(e) = write_holder(&owned, &release) {
                         tracing::warn!(group = %group, error = %e, "cannot record the lease's release");
                     }
@@ -430,6 +511,8 @@ fn acquire_blocking(
     };
     Ok(Lease {
         stop,
+        epoch,
+        unreleased,
         thread: Some(thread),
         lost,
         holder,
@@ -437,11 +520,41 @@ fn acquire_blocking(
     })
 }
 
-fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<(), KafkaError> {
-    let producer: BaseProducer = client_config(config)
+/// Keeps the offset of the record a producer wrote.
+#[derive(Default)]
+struct Written(Mutex<Option<i64>>);
+
+impl ClientContext for Written {}
+
+impl ProducerContext for Written {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(message) = result {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.offset());
+        }
+    }
+}
+
+/// How often a holder renews its lease record.
+fn renew_every(session_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(session_ms / 2).max(100))
+}
+
+/// A producer of lease records.
+fn holder_producer(config: &AlerterConfig) -> Result<BaseProducer<Written>, KafkaError> {
+    client_config(config)
         .set("acks", "all")
         .set("linger.ms", "0")
-        .create()?;
+        .create_with_context(Written::default())
+}
+
+/// Queues `holder` for the lease topic.
+fn send_holder(
+    producer: &BaseProducer<Written>,
+    config: &AlerterConfig,
+    holder: &Holder,
+) -> Result<(), KafkaError> {
     let payload = serde_json::to_vec(holder).unwrap_or_default();
     producer
         .send(
@@ -450,12 +563,44 @@ fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<(), KafkaErro
                 .key(&holder.group)
                 .payload(&payload),
         )
-        .map_err(|(e, _)| e)?;
-    producer.flush(Duration::from_secs(10))
+        .map_err(|(e, _)| e)
 }
 
-/// The latest holder record of the group among the lease topic's last records.
-fn read_holder(config: &AlerterConfig) -> Option<Holder> {
+/// A consumer of the lease records written from now on.
+fn follow_holders(config: &AlerterConfig) -> Result<BaseConsumer, KafkaError> {
+    let follower: BaseConsumer = client_config(config)
+        .set(
+            "group.id",
+            format!("{}.reader", lease_group(&config.input.group_id)),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&config.lease_topic, LEASE_PARTITION, Offset::End)?;
+    follower.assign(&tpl)?;
+    Ok(follower)
+}
+
+/// Writes `holder` to the lease topic; returns the record's offset.
+fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaError> {
+    let producer = holder_producer(config)?;
+    send_holder(&producer, config, holder)?;
+    producer.flush(Duration::from_secs(10))?;
+    // Delivery reports are served by the flush.
+    let offset = *producer
+        .context()
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    offset
+        .and_then(|o| u64::try_from(o).ok())
+        .ok_or(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut))
+}
+
+/// The latest holder record of the group among the lease topic's last records: `Ok(None)`
+/// when the end was read and none names the group, an error when it could not be read to
+/// its end.
+fn read_holder(config: &AlerterConfig) -> Result<Option<Holder>, String> {
     let reader: BaseConsumer = client_config(config)
         .set(
             "group.id",
@@ -464,15 +609,15 @@ fn read_holder(config: &AlerterConfig) -> Option<Holder> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()
-        .ok()?;
+        .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(
         &config.lease_topic,
         LEASE_PARTITION,
         Offset::OffsetTail(HOLDER_TAIL),
     )
-    .ok()?;
-    reader.assign(&tpl).ok()?;
+    .map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut latest = None;
     while Instant::now() < deadline {
@@ -486,15 +631,17 @@ fn read_holder(config: &AlerterConfig) -> Option<Holder> {
                     latest = Some(holder);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => break,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                return Ok(latest)
+            }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "reading the lease topic");
             }
             None => {}
         }
     }
-    latest
+    Err("the lease topic was not read to its end within 5 s".into())
 }
 
 /// This machine's host name, for the lease record.

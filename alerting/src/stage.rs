@@ -150,15 +150,29 @@ async fn run_on_kafka(
     config.validate()?;
     // Served while standing by, too: `/healthz` says `standby` until the lease is taken.
     let admin = Admin::start(&config, &shutdown).await?;
-    admin.state.set_standby(config.standby);
+    admin.state.set_waiting(true, config.standby);
     admin.metrics.standby.set(i64::from(config.standby));
+    // Opened (created when missing) before standing by: a wrong topic or a missing right shows
+    // at start, not at a takeover.
+    let state_topic = if config.standby {
+        Some(
+            StateTopic::open(
+                crate::lease::client_config(&config),
+                &config.state_topic,
+                &config.input.group_id,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let lease = match crate::lease::acquire(&config, admin.addr.to_string(), &shutdown).await {
         Ok(lease) => lease,
         // Told to stop while waiting for the lease: nothing was evaluated, nothing to save.
         Err(_) if shutdown.is_cancelled() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    admin.state.set_standby(false);
+    admin.state.set_waiting(false, config.standby);
     admin.metrics.standby.set(0);
     // A holder that died is still a member of the data topics' group until its session
     // there ends, up to `session_timeout_ms - lease_session_timeout_ms` after the lease
@@ -173,27 +187,19 @@ async fn run_on_kafka(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => {
+                // The successor must wait as this one did.
+                lease.leave_unreleased();
                 LeaseGuard(Some(lease)).release().await;
                 return Ok(());
             }
         }
     }
     let lost = lease.lost();
+    let epoch = lease.epoch();
     let lease = LeaseGuard(Some(lease));
-    let state_topic = if config.standby {
-        Some(
-            StateTopic::open(
-                crate::lease::client_config(&config),
-                &config.state_topic,
-                &config.input.group_id,
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    let source = kafka_source(&config).await?;
-    // Losing the lease stops the stage as a shutdown would, after its last checkpoint.
+    let state_topic = state_topic.map(|t| t.with_lease_lost(lost.clone()));
+    // Losing the lease stops the stage: its last checkpoint goes to the state file only, and
+    // it delivers and acknowledges nothing more.
     let stop = shutdown.child_token();
     let watcher = {
         let (stop, lost) = (stop.clone(), lost.clone());
@@ -206,12 +212,19 @@ async fn run_on_kafka(
     // The data topics' group is joined only now (a takeover waits for the dead holder's
     // partitions): until its first records arrive, silence is not the services'.
     let joining = Duration::from_millis(u64::from(config.input.session_timeout_ms) * 3);
+    // The state is loaded before the data topics' group is joined.
+    let input = config.clone();
     let result = match prepare(config, clock, stop, Some(admin), state_topic).await {
-        Ok(mut prepared) => {
-            prepared.stage.joining_until = Some(Instant::now() + joining);
-            prepared.stage.lease_lost = Some(lost.clone());
-            prepared.run(source).await
-        }
+        Ok(mut prepared) => match kafka_source(&input).await {
+            Ok(source) => {
+                prepared.stage.joining_until = Some(Instant::now() + joining);
+                prepared.stage.lease_lost = Some(lost.clone());
+                // Never below the epoch resumed from (a recreated lease topic starts at 0).
+                prepared.stage.epoch = prepared.stage.epoch.max(epoch);
+                prepared.run(source).await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     drop(watcher);
@@ -253,6 +266,7 @@ impl Alerter {
             source: JoinKafka,
             clock: Arc::new(SystemClock),
             shutdown: CancellationToken::new(),
+            lease_lost: None,
         }
     }
 }
@@ -268,6 +282,7 @@ pub struct AlerterBuilder<S> {
     source: S,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
+    lease_lost: Option<CancellationToken>,
 }
 
 impl<S> AlerterBuilder<S> {
@@ -279,6 +294,7 @@ impl<S> AlerterBuilder<S> {
             source,
             clock: self.clock,
             shutdown: self.shutdown,
+            lease_lost: self.lease_lost,
         }
     }
 
@@ -310,11 +326,20 @@ impl AlerterBuilder<JoinKafka> {
 }
 
 impl<S: Source + 'static> AlerterBuilder<S> {
+    /// The caller's own ownership of the group (a lease of its own): once `lost` is
+    /// cancelled, the stage delivers and acknowledges nothing more; its next checkpoint goes
+    /// to the state file only and the stage ends with [`crate::lease::LeaseError::Lost`].
+    pub fn with_lease_lost(mut self, lost: &CancellationToken) -> Self {
+        self.lease_lost = Some(lost.clone());
+        self
+    }
+
     /// Loads the rules and the saved state, sets up the outputs and the admin listener, then
     /// runs the stage on the given source.
     pub async fn start(self) -> Result<RunningAlerter, AlerterError> {
         let shutdown = self.shutdown;
-        let prepared = prepare(self.config, self.clock, shutdown.clone(), None, None).await?;
+        let mut prepared = prepare(self.config, self.clock, shutdown.clone(), None, None).await?;
+        prepared.stage.lease_lost = self.lease_lost;
         let admin_addr = Some(prepared.admin.addr);
         Ok(RunningAlerter {
             task: StageTask::spawn(shutdown, prepared.run(self.source)),
@@ -402,11 +427,15 @@ struct AlerterAdmin {
     registry: Registry,
     serving: AtomicBool,
     standby: AtomicBool,
+    /// Waiting for the lease without `standby` (it refuses if a live alerter keeps it).
+    waiting: AtomicBool,
 }
 
 impl AlerterAdmin {
-    fn set_standby(&self, standby: bool) {
-        self.standby.store(standby, Ordering::Relaxed);
+    /// Waiting for the lease (`true`), as a standby or not, or holding it (`false`).
+    fn set_waiting(&self, waiting: bool, standby: bool) {
+        self.standby.store(waiting && standby, Ordering::Relaxed);
+        self.waiting.store(waiting && !standby, Ordering::Relaxed);
     }
 }
 
@@ -426,6 +455,8 @@ impl AdminSource for AlerterAdmin {
     fn healthy_as(&self) -> String {
         if self.standby.load(Ordering::Relaxed) {
             "standby".to_string()
+        } else if self.waiting.load(Ordering::Relaxed) {
+            "waiting for the lease".to_string()
         } else {
             "ok".to_string()
         }
@@ -458,6 +489,7 @@ impl Admin {
             registry,
             serving: AtomicBool::new(true),
             standby: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         });
         let (addr, task) = {
             let admin_state = Arc::clone(&state);
@@ -535,6 +567,7 @@ async fn prepare(
     let state_file = StateFile::open(&config.state_dir)?;
     let saved = load_state(&state_file, state_topic.as_ref()).await?;
     let checkpoint = saved.as_ref().map_or(0, |s| s.checkpoint);
+    let epoch = saved.as_ref().map_or(0, |s| s.epoch);
     let (engine, applied, outbox, held) = match saved {
         Some(saved) => (
             Engine::restore(rules, clock.clone(), saved.engine).map_err(ConfigError::from)?,
@@ -576,6 +609,7 @@ async fn prepare(
         state_file,
         state_topic,
         checkpoint,
+        epoch,
         muted,
         required,
         best_effort,
@@ -693,6 +727,9 @@ struct Stage {
     state_topic: Option<StateTopic>,
     /// Number of the last checkpoint saved (or resumed from).
     checkpoint: u64,
+    /// Lease epoch its checkpoints carry: the lease's once it is held, else the one resumed
+    /// from.
+    epoch: u64,
     /// The notifying outputs a silence mutes, whose held events are saved with the state.
     muted: Vec<Arc<Muted>>,
     required: Vec<Output>,
@@ -709,8 +746,9 @@ struct Stage {
     /// until this instant), the engine is told its input is stalled, so that heartbeats not
     /// read yet do not count as silence.
     joining_until: Option<Instant>,
-    /// Cancelled when the group's lease was lost: the last checkpoint then goes to the state
-    /// file only, since the state topic is the new holder's now.
+    /// Cancelled when the group's lease was lost: a checkpoint then goes to the state file
+    /// only, since the state topic is the new holder's now, and the stage delivers and
+    /// acknowledges nothing more (the successor resumes from the state topic).
     lease_lost: Option<CancellationToken>,
 }
 
@@ -813,6 +851,22 @@ impl<S: Source> BatchHandler<S> for Stage {
 }
 
 impl Stage {
+    /// Whether the group's lease was lost.
+    fn lease_is_lost(&self) -> bool {
+        self.lease_lost.as_ref().is_some_and(|l| l.is_cancelled())
+    }
+
+    /// Fails with [`crate::lease::LeaseError::Lost`] once the group's lease was lost.
+    fn check_lease(&self) -> Result<(), AlerterError> {
+        if self.lease_is_lost() {
+            return Err(crate::lease::LeaseError::Lost {
+                group: self.config.input.group_id.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// The signal of a record; a record that names none is read as logs.
     fn signal_of(&self, raw: &RawRecord) -> Signal {
         TopicSignals {
@@ -833,9 +887,11 @@ impl Stage {
         let result = loop {
             // A number per attempt: chunks an attempt that failed midway left on the state
             // topic are never mistaken for part of the next one.
-            self.checkpoint += 1;
+            self.checkpoint = self.checkpoint.saturating_add(1);
             match self.save_once().await {
                 Ok(()) => break Ok(()),
+                // The group is another alerter's now: nothing to retry.
+                Err(e) if self.lease_is_lost() => break Err(e),
                 Err(e) => {
                     self.metrics.state_save_errors.inc();
                     if input.stopping() {
@@ -870,12 +926,10 @@ impl Stage {
                 .filter(|(_, events)| !events.is_empty())
                 .collect(),
             checkpoint: self.checkpoint,
+            epoch: self.epoch,
         };
         let file = self.state_file.clone();
-        let topic = self
-            .state_topic
-            .clone()
-            .filter(|_| !self.lease_lost.as_ref().is_some_and(|l| l.is_cancelled()));
+        let topic = self.state_topic.clone().filter(|_| !self.lease_is_lost());
         let (bytes, chunks) = tokio::task::spawn_blocking(move || {
             let json = serde_json::to_vec(&state).map_err(|e| StateError::Corrupt {
                 path: file.path().to_path_buf(),
@@ -893,9 +947,14 @@ impl Stage {
             path: self.state_file.path().to_path_buf(),
             source: std::io::Error::other(format!("state save task failed: {e}")),
         })??;
+        // Saved to the file only once the lease is lost: that checkpoint must not lead to a
+        // delivery or an acknowledgement, since the successor resumes from the state topic.
+        self.check_lease()?;
         if let (Some(topic), Some(chunks)) = (&self.state_topic, chunks) {
-            let written = topic.save(self.checkpoint, &chunks).await?;
+            let written = topic.save(self.epoch, self.checkpoint, &chunks).await?;
             self.metrics.state_topic_bytes.set(written as i64);
+            // Lost during the write: the successor may have loaded an older checkpoint.
+            self.check_lease()?;
         }
         self.metrics.state_bytes.set(bytes as i64);
         self.metrics.outbox.set(self.outbox.len() as i64);
@@ -932,6 +991,7 @@ impl Stage {
         let delivered = if self.outbox.is_empty() {
             true
         } else {
+            self.check_lease()?;
             self.deliver(input).await?
         };
         if !delivered {
@@ -942,6 +1002,8 @@ impl Stage {
         if !transitions.is_empty() {
             self.save(input).await?;
         }
+        // Acknowledged only while the group is still this alerter's.
+        self.check_lease()?;
         let marks = self.pending_ack.take();
         self.last_checkpoint = Instant::now();
         self.metrics

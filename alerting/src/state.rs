@@ -8,8 +8,9 @@
 //!
 //! With `standby` set, each checkpoint also goes to the state topic ([`topic`]) before the
 //! offsets are acknowledged, so that an alerter on another node that takes the lease over
-//! resumes from it. Every checkpoint carries a sequence number that grows across
-//! handoffs; at start the newer of the state file and the state topic wins.
+//! resumes from it. Every checkpoint carries its holder's lease epoch and a sequence number
+//! that grows across handoffs; at start the newer of the state file and the state topic, by
+//! (epoch, number), wins.
 
 pub mod topic;
 
@@ -53,10 +54,15 @@ pub struct StageState {
     /// Per notifying output, the events a silence holds back (sent when it ends).
     #[serde(default)]
     pub held: BTreeMap<String, Vec<Transition>>,
-    /// Sequence number of the checkpoint: one more than the state it resumed from, so the
-    /// newer of two saved states (file, topic) is the one with the higher number.
+    /// Sequence number of the checkpoint: one more than the state it resumed from.
     #[serde(default)]
     pub checkpoint: u64,
+    /// The lease epoch of the holder that saved it: the offset of its lease record, higher
+    /// for every later holder (0 without a lease). Of two saved states (file, topic), the one
+    /// with the higher `(epoch, checkpoint)` is the newer: a holder cut off from the group
+    /// (or a stale local file) never wins over a later holder's checkpoints.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Per topic and partition, the offset after the last record evaluated.
@@ -80,12 +86,12 @@ pub fn mark_applied(applied: &mut AppliedOffsets, topic: &str, partition: i32, o
     *next = (*next).max(offset + 1);
 }
 
-/// The state to resume from: the one with the higher checkpoint number, the local one on a
-/// tie (it is at least as recent: the file is written before the topic). The flag says
-/// whether it is `remote`.
+/// The state to resume from: the one with the higher `(epoch, checkpoint)`, the local one on
+/// a tie (the same holder's same checkpoint: the file is written before the topic). The flag
+/// says whether it is `remote`.
 pub fn newer(local: Option<StageState>, remote: Option<StageState>) -> (Option<StageState>, bool) {
     match (local, remote) {
-        (Some(l), Some(r)) if r.checkpoint > l.checkpoint => (Some(r), true),
+        (Some(l), Some(r)) if (r.epoch, r.checkpoint) > (l.epoch, l.checkpoint) => (Some(r), true),
         (Some(l), _) => (Some(l), false),
         (None, Some(r)) => (Some(r), true),
         (None, None) => (None, false),
@@ -268,6 +274,27 @@ mod tests {
         assert_eq!(pick(None, at(3, 30)), (Some(31), true));
         assert_eq!(pick(at(3, 30), None), (Some(31), false));
         assert_eq!(pick(None, None), (None, false));
+    }
+
+    /// Regression: a holder killed between its file write and its topic write, whose
+    /// successor resumed from the topic and saved once before dying too, took the group back
+    /// from its own stale file (a higher checkpoint number), losing the successor's work.
+    #[test]
+    fn a_later_holders_checkpoint_wins_over_a_higher_number_of_an_earlier_one() {
+        let state = |epoch: u64, checkpoint: u64, offset: i64| {
+            let mut s = StageState {
+                epoch,
+                checkpoint,
+                ..Default::default()
+            };
+            mark_applied(&mut s.applied, "trace_logs", 0, offset);
+            Some(s)
+        };
+        let (s, remote) = newer(state(4, 11, 110), state(9, 10, 105));
+        assert_eq!((s.unwrap().applied["trace_logs"][&0], remote), (106, true));
+        // The other way round: the file is the later holder's.
+        let (s, remote) = newer(state(9, 10, 105), state(4, 11, 110));
+        assert_eq!((s.unwrap().applied["trace_logs"][&0], remote), (106, false));
     }
 
     #[test]

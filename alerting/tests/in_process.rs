@@ -540,3 +540,42 @@ async fn regression_input_error_ends_alerting_read_errors_are_retried() {
     stop.cancel();
     stage.await.unwrap().unwrap();
 }
+
+/// Regression: once the group's lease is lost, a successor resumes from the state topic, so
+/// the old holder must neither deliver nor acknowledge what only its local file saved (its
+/// offsets would skip records the successor never saw, and reuse revisions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_lease_is_lost_nothing_is_delivered_or_acknowledged() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let config = store_only_config(state_dir.path(), store_dir.path());
+    let (tx, source) = ChannelSource::new(4);
+    let lost = CancellationToken::new();
+    let mut stage = dlog_alerting::Alerter::builder(config)
+        .with_source(source)
+        .with_clock(Arc::new(ManualClock::new(T0)))
+        .with_lease_lost(&lost)
+        .start()
+        .await
+        .unwrap();
+
+    lost.cancel();
+    let acked = send_error_log(&tx, [0x43; 16], "database timeout").await;
+    let outcome = tokio::time::timeout(Duration::from_secs(30), stage.stopped())
+        .await
+        .expect("the stage did not stop after losing the lease");
+    let error = outcome.expect_err("the stage ended cleanly after losing the lease");
+    assert!(error.to_string().contains("lost the lease"), "{error}");
+    assert!(
+        acked.await.is_err(),
+        "the input was acknowledged after the lease was lost"
+    );
+    let store = dlog_storage::open_store(&StoreConfig::embedded(store_dir.path()))
+        .await
+        .unwrap();
+    let docs = store.list_alerts(&AlertQuery::default()).await.unwrap();
+    assert!(
+        docs.is_empty(),
+        "delivered after the lease was lost: {docs:#?}"
+    );
+}

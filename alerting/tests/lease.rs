@@ -180,3 +180,48 @@ fn a_different_group_runs_alongside() {
     one.wait_log("alerter running", Duration::from_secs(40));
     two.wait_log("alerter running", Duration::from_secs(40));
 }
+
+#[test]
+fn a_standby_stands_by_longer_than_a_join_takes_and_still_takes_over() {
+    let kafka = Kafka::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique_name("alerters");
+    let lease_topic = unique_name("lease");
+    let state_topic = unique_name("state");
+    let args = [
+        "--lease-topic",
+        lease_topic.as_str(),
+        "--state-topic",
+        state_topic.as_str(),
+        "--standby",
+        "true",
+    ];
+    let mut active = Alerter::start(dir.path(), "active", &kafka.brokers, &group, &args);
+    active.wait_log("alerter running", Duration::from_secs(40));
+    let mut standby = Alerter::start(dir.path(), "standby", &kafka.brokers, &group, &args);
+    standby.wait_log("standing by", Duration::from_secs(40));
+
+    // A standby joins the lease group again after every session; a join must complete within
+    // 3 sessions and 10 s (28 s with the default 6 s session), which is no limit on how long
+    // it stands by.
+    let stood_by = Instant::now();
+    while stood_by.elapsed() < Duration::from_secs(32) {
+        assert!(
+            standby.running(),
+            "the standby stopped while standing by:\n{}",
+            standby.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !standby.log().contains("alerter running") && active.running(),
+        "the lease moved while its holder was alive:\nactive:\n{}\nstandby:\n{}",
+        active.log(),
+        standby.log()
+    );
+
+    active.child.kill().unwrap();
+    active.child.wait().unwrap();
+    standby.wait_log("alerter running", Duration::from_secs(60));
+    assert!(standby.running());
+}

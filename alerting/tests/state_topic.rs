@@ -1,8 +1,9 @@
 //! The state topic against a real broker (tansu): checkpoints larger than a Kafka message
 //! are chunked and read back whole; the newest complete checkpoint of the group is found
 //! from the end of a topic that holds hundreds of older ones and other groups' (tansu does
-//! not compact), passing over one a crash cut short; an unreadable newest checkpoint is an
-//! error naming the topic, the group and the checkpoint.
+//! not compact), passing over one a crash cut short, also when many other records follow it or its chunks
+//! straddle two reads; a later holder's checkpoint wins over a higher number of an earlier
+//! one; unreadable or hostile newer checkpoints are passed over for the next older one.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -67,7 +68,10 @@ fn state(checkpoint: u64, alerts: usize) -> StageState {
 
 async fn save(topic: &StateTopic, state: &StageState) -> usize {
     let chunks = topic.encode(&serde_json::to_vec(state).unwrap()).unwrap();
-    topic.save(state.checkpoint, &chunks).await.unwrap();
+    topic
+        .save(state.epoch, state.checkpoint, &chunks)
+        .await
+        .unwrap();
     chunks.len()
 }
 
@@ -109,7 +113,7 @@ async fn the_newest_complete_checkpoint_is_found_from_the_end() {
         .encode(&serde_json::to_vec(&state(302, 4_000)).unwrap())
         .unwrap();
     assert!(cut.len() >= 2);
-    ours.save_first(302, &cut, 1).await.unwrap();
+    ours.save_first(0, 302, &cut, 1).await.unwrap();
 
     let started = Instant::now();
     let loaded = load(&ours).await.expect("no state found");
@@ -130,24 +134,106 @@ async fn the_newest_complete_checkpoint_is_found_from_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_newest_checkpoint_is_an_error_naming_it() {
+async fn unreadable_or_hostile_newer_checkpoints_are_passed_over_for_the_next_older_one() {
     let kafka = Kafka::start().unwrap();
     let name = unique_name("alerter_state");
     let topic = StateTopic::open(client(&kafka), &name, "team-a")
         .await
         .unwrap();
-    save(&topic, &state(1, 1)).await;
-    topic.save(2, &[b"not gzip".to_vec()]).await.unwrap();
-    let err = {
-        let topic = topic.clone();
-        tokio::task::spawn_blocking(move || topic.load_blocking())
-            .await
-            .unwrap()
-            .unwrap_err()
-            .to_string()
+    let good = state(1, 1);
+    save(&topic, &good).await;
+    // Not gzip.
+    topic.save(0, 2, &[b"not gzip".to_vec()]).await.unwrap();
+    // Valid, but numbered as another checkpoint than the one it holds.
+    let other = topic
+        .encode(&serde_json::to_vec(&state(9, 1)).unwrap())
+        .unwrap();
+    topic.save(0, 3, &other).await.unwrap();
+    // A chunk larger than a writer ever makes.
+    topic
+        .save(0, 4, &[vec![0x1f; CHUNK_BYTES + 1]])
+        .await
+        .unwrap();
+    let loaded = load(&topic)
+        .await
+        .expect("the readable checkpoint was not found");
+    assert_eq!(loaded.checkpoint, 1);
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&good).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_found_behind_other_records_and_across_reads() {
+    let kafka = Kafka::start().unwrap();
+
+    // More records of another group after it than one read takes (512).
+    let name = unique_name("alerter_state");
+    let ours = StateTopic::open(client(&kafka), &name, "team-a")
+        .await
+        .unwrap();
+    let theirs = StateTopic::open(client(&kafka), &name, "team-b")
+        .await
+        .unwrap();
+    let big = state(7, 4_000);
+    save(&ours, &big).await;
+    for checkpoint in 1..=600 {
+        save(&theirs, &state(checkpoint, 0)).await;
+    }
+    assert_eq!(load(&ours).await.expect("not found").checkpoint, 7);
+
+    // Its chunks straddle two reads: chunk 0 in the earlier one.
+    let name = unique_name("alerter_state");
+    let ours = StateTopic::open(client(&kafka), &name, "team-a")
+        .await
+        .unwrap();
+    let theirs = StateTopic::open(client(&kafka), &name, "team-b")
+        .await
+        .unwrap();
+    let chunks = save(&ours, &big).await;
+    assert!(chunks >= 3);
+    // Offsets start at 0: 513 records in all put the first read at offsets 1..513.
+    for checkpoint in 1..=(513 - chunks as u64) {
+        save(&theirs, &state(checkpoint, 0)).await;
+    }
+    let loaded = load(&ours).await.expect("not found");
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&big).unwrap()
+    );
+}
+
+/// Regression: checkpoints were ordered by number alone, so a holder cut off from the group
+/// (or one that resumed from a stale file) could outnumber its successor's checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_holders_checkpoint_wins_over_a_higher_number_of_an_earlier_one() {
+    let kafka = Kafka::start().unwrap();
+    let name = unique_name("alerter_state");
+    let successor = StateTopic::open(client(&kafka), &name, "team-a")
+        .await
+        .unwrap();
+    let stale = StateTopic::open(client(&kafka), &name, "team-a")
+        .await
+        .unwrap();
+    let later = StageState {
+        epoch: 40,
+        ..state(10, 1)
     };
-    assert!(
-        err.contains(&name) && err.contains("team-a") && err.contains("checkpoint 2"),
-        "{err}"
+    save(&successor, &later).await;
+    // Written after it by the holder before (a lower lease epoch), with a higher number.
+    save(
+        &stale,
+        &StageState {
+            epoch: 12,
+            ..state(50, 1)
+        },
+    )
+    .await;
+    let loaded = load(&successor).await.expect("not found");
+    assert_eq!((loaded.epoch, loaded.checkpoint), (40, 10));
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&later).unwrap()
     );
 }

@@ -4,8 +4,10 @@
 //! [`CHUNK_BYTES`] (well under Kafka's default 1 MB message size) and written to partition 0
 //! of `state_topic` with `acks=all`, one record per produce request. A record's key is
 //! `<group>/<chunk index>`, so that a broker that compacts keeps the last chunk of every
-//! index; headers name the group, the checkpoint's sequence number, its chunk count and the
-//! writing process (so that two writers' chunks are never mixed). The
+//! index; headers name the group, the holder's lease epoch (see
+//! [`crate::lease::Lease::epoch`]), the checkpoint's sequence number, its chunk count and the
+//! writing process (so that two writers' chunks are never mixed). Checkpoints are ordered by
+//! (epoch, sequence number): a holder that lost the lease never wins over its successor. The
 //! compressed state is bounded by [`MAX_STATE_BYTES`], its JSON by [`MAX_JSON_BYTES`].
 //!
 //! tansu 0.6.0 accepts `cleanup.policy=compact` but does not compact (500 records written
@@ -31,6 +33,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use super::StageState;
 
@@ -40,13 +43,19 @@ const PARTITION: i32 = 0;
 pub const CHUNK_BYTES: usize = 256 * 1024;
 /// Largest compressed state written or read (256 chunks).
 pub const MAX_STATE_BYTES: usize = 64 * 1024 * 1024;
-/// Largest state JSON read back (bounds what decompressing a hostile record can cost).
+/// Largest state JSON written or read back (bounds what decompressing a hostile record can
+/// cost).
 pub const MAX_JSON_BYTES: usize = 512 * 1024 * 1024;
+/// Most chunk bytes a load holds at once: chunks of checkpoints whose first chunk lies in an
+/// earlier window (a topic others may write could otherwise fill the memory).
+const MAX_BUFFERED_BYTES: usize = 2 * MAX_STATE_BYTES;
 /// Records read per step backwards from the end of the topic.
 const WINDOW: i64 = 512;
 /// Longest a load reads the topic.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one checkpoint record may take to be acknowledged.
+/// How long one checkpoint record may take to be acknowledged, from the call (waiting for
+/// queue space) to the broker's acknowledgement (the producer's `message.timeout.ms`): a
+/// record that failed is not written later.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 const GROUP_HEADER: &str = "dlog.state.group";
@@ -54,6 +63,7 @@ const CHECKPOINT_HEADER: &str = "dlog.state.checkpoint";
 const CHUNK_HEADER: &str = "dlog.state.chunk";
 const CHUNKS_HEADER: &str = "dlog.state.chunks";
 const WRITER_HEADER: &str = "dlog.state.writer";
+const EPOCH_HEADER: &str = "dlog.state.epoch";
 
 /// The state topic failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +78,8 @@ pub enum TopicStateError {
     },
     /// The state is larger than the topic may hold.
     #[error(
-        "state topic `{topic}`: the compressed state is {bytes} bytes, more than the {max} \
-         bytes a checkpoint may have (lower the rules' bounds on windows and alerts)"
+        "state topic `{topic}`: the state is {bytes} bytes, more than the {max} bytes a \
+         checkpoint may have (lower the rules' bounds on windows and alerts)"
     )]
     TooLarge {
         /// The state topic.
@@ -79,8 +89,8 @@ pub enum TopicStateError {
         /// The bound.
         max: usize,
     },
-    /// The newest checkpoint could not be read back.
-    #[error("state topic `{topic}`: checkpoint {checkpoint} of group `{group}` is unreadable ({message}); delete the topic's records of the group to start from scratch")]
+    /// A checkpoint could not be read back.
+    #[error("state topic `{topic}`: checkpoint {checkpoint} of group `{group}` is unreadable ({message})")]
     Corrupt {
         /// The state topic.
         topic: String,
@@ -103,6 +113,8 @@ pub struct StateTopic {
     /// checkpoint number are never mixed.
     writer: String,
     producer: FutureProducer,
+    /// Cancelled when the group's lease is lost: no chunk is written after that.
+    lost: Option<CancellationToken>,
 }
 
 impl std::fmt::Debug for StateTopic {
@@ -146,6 +158,7 @@ impl StateTopic {
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.max.bytes", (CHUNK_BYTES * 2).to_string())
+            .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
             .create()
             .map_err(|e| err(e.to_string()))?;
         let started = std::time::SystemTime::now()
@@ -158,7 +171,15 @@ impl StateTopic {
             group: group.to_string(),
             writer: format!("{}-{started}", std::process::id()),
             producer,
+            lost: None,
         })
+    }
+
+    /// Writes no chunk once `lost` is cancelled (the group's lease was lost: the topic is
+    /// the next holder's).
+    pub fn with_lease_lost(mut self, lost: CancellationToken) -> Self {
+        self.lost = Some(lost);
+        self
     }
 
     /// The topic's name.
@@ -168,6 +189,14 @@ impl StateTopic {
 
     /// Compresses and chunks a state's JSON (what [`super::StateFile::save`] wrote).
     pub fn encode(&self, json: &[u8]) -> Result<Vec<Vec<u8>>, TopicStateError> {
+        // A successor refuses larger ones when loading.
+        if json.len() > MAX_JSON_BYTES {
+            return Err(TopicStateError::TooLarge {
+                topic: self.topic.clone(),
+                bytes: json.len(),
+                max: MAX_JSON_BYTES,
+            });
+        }
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         gz.write_all(json)
             .and_then(|()| gz.flush())
@@ -185,15 +214,17 @@ impl StateTopic {
         Ok(compressed.chunks(CHUNK_BYTES).map(<[u8]>::to_vec).collect())
     }
 
-    /// Writes checkpoint `checkpoint` (chunks from [`StateTopic::encode`]), each chunk
-    /// acknowledged by every in-sync replica before the next is sent. Returns the bytes
-    /// written.
+    /// Writes checkpoint `checkpoint` of lease epoch `epoch` (chunks from
+    /// [`StateTopic::encode`] of a state holding both), each chunk acknowledged by every
+    /// in-sync replica before the next is sent. Returns the bytes written.
     pub async fn save(
         &self,
+        epoch: u64,
         checkpoint: u64,
         chunks: &[Vec<u8>],
     ) -> Result<usize, TopicStateError> {
-        self.save_first(checkpoint, chunks, chunks.len()).await
+        self.save_first(epoch, checkpoint, chunks, chunks.len())
+            .await
     }
 
     /// Writes only the first `n` chunks of a checkpoint: what a holder that crashed while
@@ -201,11 +232,13 @@ impl StateTopic {
     #[doc(hidden)]
     pub async fn save_first(
         &self,
+        epoch: u64,
         checkpoint: u64,
         chunks: &[Vec<u8>],
         n: usize,
     ) -> Result<usize, TopicStateError> {
         let (seq, count) = (checkpoint.to_string(), chunks.len().to_string());
+        let epoch = epoch.to_string();
         let mut bytes = 0;
         for (i, chunk) in chunks.iter().enumerate().take(n) {
             let index = i.to_string();
@@ -230,27 +263,47 @@ impl StateTopic {
                 .insert(Header {
                     key: WRITER_HEADER,
                     value: Some(self.writer.as_str()),
+                })
+                .insert(Header {
+                    key: EPOCH_HEADER,
+                    value: Some(epoch.as_str()),
                 });
-            self.producer
-                .send(
-                    FutureRecord::to(&self.topic)
-                        .partition(PARTITION)
-                        .key(&key)
-                        .payload(chunk)
-                        .headers(headers),
-                    SEND_TIMEOUT,
-                )
-                .await
-                .map_err(|(e, _)| {
-                    self.kafka(format!("checkpoint {checkpoint} not written: {e}"))
-                })?;
+            let lost = || {
+                self.kafka(format!(
+                    "checkpoint {checkpoint} not written: the lease was lost"
+                ))
+            };
+            if self
+                .lost
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+            {
+                return Err(lost());
+            }
+            let send = self.producer.send(
+                FutureRecord::to(&self.topic)
+                    .partition(PARTITION)
+                    .key(&key)
+                    .payload(chunk)
+                    .headers(headers),
+                SEND_TIMEOUT,
+            );
+            let sent = match &self.lost {
+                Some(token) => tokio::select! {
+                    sent = send => sent,
+                    () = token.cancelled() => return Err(lost()),
+                },
+                None => send.await,
+            };
+            sent.map_err(|(e, _)| self.kafka(format!("checkpoint {checkpoint} not written: {e}")))?;
             bytes += chunk.len();
         }
         Ok(bytes)
     }
 
-    /// The group's newest complete checkpoint, or `None` when the topic holds none. Blocks:
-    /// call it on the blocking pool.
+    /// The group's newest complete checkpoint that can be read back, or `None` when the
+    /// topic holds none (an unreadable one is passed over with a warning, for the next older
+    /// one). Blocks: call it on the blocking pool.
     pub fn load_blocking(&self) -> Result<Option<StageState>, TopicStateError> {
         let reader: BaseConsumer = self
             .config
@@ -266,20 +319,33 @@ impl StateTopic {
             .map_err(|e| self.kafka(format!("cannot read its watermarks: {e}")))?;
         let deadline = Instant::now() + LOAD_TIMEOUT;
         let mut end = high;
-        // Chunks of checkpoints, by checkpoint and writer, as far as read.
-        let mut found: BTreeMap<(u64, String), Found> = BTreeMap::new();
+        // Chunks of checkpoints, by epoch, checkpoint and writer, as far as read.
+        let mut found: BTreeMap<Id, Found> = BTreeMap::new();
+        let mut buffered = 0usize;
         while end > low {
             let start = (end - WINDOW).max(low);
-            self.read_window(&reader, start, end, deadline, &mut found)?;
+            self.read_window(&reader, start, end, deadline, &mut found, &mut buffered)?;
             // Chunks are written in order: a checkpoint whose first chunk was read but not
-            // all the others was cut short by a crash and is passed over; one whose first
-            // chunk was not read yet starts in an earlier window.
-            for ((checkpoint, _), f) in found.iter().rev() {
+            // all the others was cut short by a crash and is passed over (and dropped); one
+            // whose first chunk was not read yet starts in an earlier window.
+            let keys: Vec<Id> = found.keys().rev().cloned().collect();
+            for key in keys {
+                let f = &found[&key];
                 if f.complete() {
-                    return self.decode(*checkpoint, f).map(Some);
+                    match self.decode(&key, f) {
+                        Ok(state) => return Ok(Some(state)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "passing over an unreadable checkpoint on the state topic for the next older one");
+                        }
+                    }
+                } else if !f.chunks.contains_key(&0) {
+                    if start > low {
+                        break;
+                    }
+                    continue;
                 }
-                if !f.chunks.contains_key(&0) && start > low {
-                    break;
+                if let Some(f) = found.remove(&key) {
+                    buffered -= f.bytes();
                 }
             }
             end = start;
@@ -293,7 +359,8 @@ impl StateTopic {
         start: i64,
         end: i64,
         deadline: Instant,
-        found: &mut BTreeMap<(u64, String), Found>,
+        found: &mut BTreeMap<Id, Found>,
+        buffered: &mut usize,
     ) -> Result<(), TopicStateError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, PARTITION, Offset::Offset(start))
@@ -310,14 +377,24 @@ impl StateTopic {
                     if m.offset() >= end {
                         return Ok(());
                     }
-                    if let Some((checkpoint, writer, index, count)) = self.chunk_of(&m) {
-                        let f = found.entry((checkpoint, writer)).or_insert_with(|| Found {
+                    if let Some((id, index, count)) = self.chunk_of(&m) {
+                        let payload = m.payload().unwrap_or_default();
+                        let f = found.entry(id).or_insert_with(|| Found {
                             count,
                             chunks: BTreeMap::new(),
                         });
                         if f.count == count {
-                            f.chunks
-                                .insert(index, m.payload().unwrap_or_default().to_vec());
+                            *buffered += payload.len();
+                            if let Some(old) = f.chunks.insert(index, payload.to_vec()) {
+                                *buffered -= old.len();
+                            }
+                        }
+                        if *buffered > MAX_BUFFERED_BYTES {
+                            return Err(self.kafka(format!(
+                                "more than {MAX_BUFFERED_BYTES} bytes of incomplete checkpoints of \
+                                 group `{}` near its end; records not written by dlog-alerter?",
+                                self.group
+                            )));
                         }
                     }
                     if m.offset() + 1 >= end {
@@ -334,8 +411,8 @@ impl StateTopic {
         }
     }
 
-    /// (checkpoint, writer, chunk index, chunk count) of a record of this group.
-    fn chunk_of(&self, m: &impl Message) -> Option<(u64, String, usize, usize)> {
+    /// (checkpoint id, chunk index, chunk count) of a record of this group.
+    fn chunk_of(&self, m: &impl Message) -> Option<(Id, usize, usize)> {
         let headers = m.headers()?;
         let get = |name: &str| {
             headers
@@ -351,15 +428,30 @@ impl StateTopic {
         let index: usize = get(CHUNK_HEADER)?.parse().ok()?;
         let count: usize = get(CHUNKS_HEADER)?.parse().ok()?;
         let writer = get(WRITER_HEADER).unwrap_or_default().to_string();
-        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES)
-            .then_some((checkpoint, writer, index, count))
+        // Written before epochs were: 0.
+        let epoch = match get(EPOCH_HEADER) {
+            Some(e) => e.parse().ok()?,
+            None => 0,
+        };
+        let size = m.payload().map_or(0, <[u8]>::len);
+        (index < count && count <= MAX_STATE_BYTES / CHUNK_BYTES && size <= CHUNK_BYTES).then_some(
+            (
+                Id {
+                    epoch,
+                    checkpoint,
+                    writer,
+                },
+                index,
+                count,
+            ),
+        )
     }
 
-    fn decode(&self, checkpoint: u64, f: &Found) -> Result<StageState, TopicStateError> {
+    fn decode(&self, id: &Id, f: &Found) -> Result<StageState, TopicStateError> {
         let corrupt = |message: String| TopicStateError::Corrupt {
             topic: self.topic.clone(),
             group: self.group.clone(),
-            checkpoint,
+            checkpoint: id.checkpoint,
             message,
         };
         let compressed: Vec<u8> = f.chunks.values().flatten().copied().collect();
@@ -371,7 +463,15 @@ impl StateTopic {
         if json.len() > MAX_JSON_BYTES {
             return Err(corrupt(format!("more than {MAX_JSON_BYTES} bytes of JSON")));
         }
-        serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+        let state: StageState =
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        if (state.epoch, state.checkpoint) != (id.epoch, id.checkpoint) {
+            return Err(corrupt(format!(
+                "it holds checkpoint {} of epoch {} instead of epoch {}",
+                state.checkpoint, state.epoch, id.epoch
+            )));
+        }
+        Ok(state)
     }
 
     fn kafka(&self, message: String) -> TopicStateError {
@@ -380,6 +480,18 @@ impl StateTopic {
             message,
         }
     }
+}
+
+/// Which checkpoint a chunk belongs to; ordered oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Id {
+    /// The writing holder's lease epoch.
+    epoch: u64,
+    /// Its checkpoint number.
+    checkpoint: u64,
+    /// The writing process (two writers of one epoch and number cannot both hold the lease;
+    /// kept apart all the same).
+    writer: String,
 }
 
 /// The chunks of one checkpoint read so far.
@@ -391,5 +503,9 @@ struct Found {
 impl Found {
     fn complete(&self) -> bool {
         self.chunks.len() == self.count
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.values().map(Vec::len).sum()
     }
 }
