@@ -344,6 +344,30 @@ async fn forward(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // On its own task: a write the store acknowledged is counted even when the writer was
+    // killed (and its connection closed) before the answer came.
+    let task = tokio::spawn(exchange(state, method, uri, headers, body));
+    match task.await {
+        Ok(Ok((status, out, bytes))) => (status, out, bytes).into_response(),
+        Ok(Err(e)) => (axum::http::StatusCode::BAD_GATEWAY, e).into_response(),
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn exchange(
+    state: ProxyState,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> std::result::Result<
+    (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        axum::body::Bytes,
+    ),
+    String,
+> {
     let (counts, client, upstream) = &*state;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = client.request(method, format!("{upstream}{path}"));
@@ -352,10 +376,11 @@ async fn forward(
             request = request.header(name, value);
         }
     }
-    let answer = match request.body(body.clone()).send().await {
-        Ok(answer) => answer,
-        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
+    let answer = request
+        .body(body.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = answer.status();
     let mut out = axum::http::HeaderMap::new();
     for (name, value) in answer.headers() {
@@ -365,17 +390,14 @@ async fn forward(
             out.insert(name, value.clone());
         }
     }
-    let bytes = match answer.bytes().await {
-        Ok(bytes) => bytes,
-        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
+    let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
     if uri.path().ends_with("/_bulk") && status.is_success() {
         counts.writes.fetch_add(
             acknowledged(&body, &bytes, &counts.needle),
             std::sync::atomic::Ordering::SeqCst,
         );
     }
-    (status, out, bytes).into_response()
+    Ok((status, out, bytes))
 }
 
 /// Bulk items into an index containing `needle` that the store answered with 2xx. The index
