@@ -221,7 +221,14 @@ impl Setup {
             {
                 let trace = hex::encode(&span.trace_id);
                 if stored.get(&trace).copied().unwrap_or(0) < spans_in(&record) {
-                    out.push((record.partition, record.offset, trace));
+                    let (sent, acked) = self.proxy.ids_starting_with(&trace);
+                    out.push((
+                        record.partition,
+                        record.offset,
+                        format!(
+                            "trace {trace}: {sent} spans sent to the store, {acked} acknowledged"
+                        ),
+                    ));
                 }
             }
         }
@@ -428,9 +435,9 @@ impl Load {
     }
 }
 
-/// Sends one request and waits until the store holds it, before the load starts: osmem
-/// (0.1.6) was seen to acknowledge, and then not hold, a few span writes that raced the
-/// first writes into a new index (docs/sizing.md, "Fault drills"). Returns its spans.
+/// Sends one request and waits until the store holds it, before the load starts, so that
+/// the load does not race the store's first writes into a new index (spans were seen missing
+/// from there: docs/sizing.md, "Fault drills"). Returns its spans.
 async fn warm_up(setup: &Setup, url: &str) -> u64 {
     let body = request(80, 1, dlog_storage::store::now_unix_nano()).encode_to_vec();
     let client = reqwest::Client::new();

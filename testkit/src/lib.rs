@@ -293,6 +293,11 @@ struct ProxyCounts {
     /// Index-name fragment whose documents are counted.
     needle: String,
     writes: std::sync::atomic::AtomicU64,
+    /// Ids of the documents sent in bulk requests, and of those the store acknowledged.
+    ids: std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::HashSet<String>,
+    )>,
 }
 
 impl StoreProxy {
@@ -325,6 +330,17 @@ impl StoreProxy {
     /// Documents the store acknowledged through this proxy so far.
     pub fn writes(&self) -> u64 {
         self.counts.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many documents whose id starts with `prefix` were sent to the store, and how many
+    /// of those it acknowledged: tells a write that never reached the store from one it
+    /// acknowledged and then did not hold.
+    pub fn ids_starting_with(&self, prefix: &str) -> (usize, usize) {
+        let ids = self.counts.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let count = |set: &std::collections::HashSet<String>| {
+            set.iter().filter(|id| id.starts_with(prefix)).count()
+        };
+        (count(&ids.0), count(&ids.1))
     }
 }
 
@@ -392,51 +408,62 @@ async fn exchange(
     }
     let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
     if uri.path().ends_with("/_bulk") && status.is_success() {
-        counts.writes.fetch_add(
-            acknowledged(&body, &bytes, &counts.needle),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        let (sent, acked) = acknowledged(&body, &bytes, &counts.needle);
+        counts
+            .writes
+            .fetch_add(acked.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        let mut ids = counts.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.0.extend(sent);
+        ids.1.extend(acked);
     }
     Ok((status, out, bytes))
 }
 
-/// Bulk items into an index containing `needle` that the store answered with 2xx. The index
-/// of each item is read from the request's action lines (answers may be trimmed with
-/// `filter_path`), in order with the answer's items.
-fn acknowledged(request: &[u8], answer: &[u8], needle: &str) -> u64 {
+/// The ids of the bulk items into an index containing `needle` (sent), and of those the
+/// store answered with 2xx (acknowledged). The index and id of each item are read from the
+/// request's action lines (answers may be trimmed with `filter_path`), in order with the
+/// answer's items.
+fn acknowledged(request: &[u8], answer: &[u8], needle: &str) -> (Vec<String>, Vec<String>) {
     let mut counted = Vec::new();
     let mut lines = request
         .split(|b| *b == b'\n')
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
     while let Some(line) = lines.next() {
         let Ok(serde_json::Value::Object(action)) = serde_json::from_slice(line) else {
-            return 0;
+            return Default::default();
         };
         let Some((op, meta)) = action.iter().next() else {
-            return 0;
+            return Default::default();
         };
-        counted.push(meta["_index"].as_str().is_some_and(|i| i.contains(needle)));
+        counted.push(
+            meta["_index"]
+                .as_str()
+                .is_some_and(|i| i.contains(needle))
+                .then(|| meta["_id"].as_str().unwrap_or("").to_string()),
+        );
         if op != "delete" {
             lines.next();
         }
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(answer) else {
-        return 0;
+        return Default::default();
     };
     let items = value["items"].as_array().cloned().unwrap_or_default();
     if items.len() != counted.len() {
-        return 0;
+        return Default::default();
     }
-    items
+    let sent = counted.iter().flatten().cloned().collect();
+    let acked = items
         .iter()
         .zip(counted)
-        .filter(|(item, counted)| {
-            *counted
-                && item
-                    .as_object()
-                    .and_then(|o| o.values().next())
-                    .and_then(|op| op["status"].as_u64())
-                    .is_some_and(|s| (200..300).contains(&s))
+        .filter_map(|(item, id)| {
+            let ok = item
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|op| op["status"].as_u64())
+                .is_some_and(|s| (200..300).contains(&s));
+            id.filter(|_| ok)
         })
-        .count() as u64
+        .collect();
+    (sent, acked)
 }
