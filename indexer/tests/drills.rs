@@ -698,10 +698,6 @@ async fn indexer_killed_three_times_under_load_loses_nothing_and_resumes() {
     setup.bridge.shutdown().await.unwrap();
 }
 
-// Fails in about half the runs on a loaded machine: records consumed while the store was
-// frozen were committed although their documents never reached the store (open defect,
-// docs/sizing.md, "Fault drills"). Run with `--ignored`.
-#[ignore = "open defect: records consumed during a store freeze can be committed unwritten"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_paused_the_indexer_holds_stays_in_its_group_and_everything_arrives() {
     // Longer than the store request timeout and than the group session.
