@@ -13,10 +13,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 const RECORDS: i64 = 40;
 const PER_BATCH: i64 = 8;
 
-/// Reads until `want` records were handed out in all, or nothing came for 5 s.
+/// Reads until `want` records were handed out in all, or nothing came for 15 s (the group
+/// join alone takes about half the 6 s session).
 async fn read_until(source: &mut KafkaSource, got: &mut Vec<RawRecord>, want: usize) {
     let mut last_progress = Instant::now();
-    while got.len() < want && last_progress.elapsed() < Duration::from_secs(5) {
+    while got.len() < want && last_progress.elapsed() < Duration::from_secs(15) {
         let batch = source
             .next_batch(want - got.len(), Duration::from_millis(200))
             .await
