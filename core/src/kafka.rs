@@ -61,7 +61,14 @@ impl ConsumerSettings {
 pub struct KafkaSource {
     // Shared so that the synchronous commit can run on a blocking thread.
     consumer: std::sync::Arc<StreamConsumer>,
+    /// Records librdkafka had already fetched when the input was paused, taken from its
+    /// queue then (see [`Source::pause`]) and handed out first.
+    drained: std::collections::VecDeque<RawRecord>,
 }
+
+/// Most records [`Source::pause`] takes from librdkafka's queue at once (librdkafka's own
+/// prefetch bound, `queued.min.messages`, defaults to 100,000).
+const MAX_DRAINED_AT_PAUSE: usize = 100_000;
 
 impl KafkaSource {
     /// Joins the group and subscribes to the topics.
@@ -89,6 +96,7 @@ impl KafkaSource {
         consumer.subscribe(&topics).map_err(kafka_err)?;
         Ok(KafkaSource {
             consumer: std::sync::Arc::new(consumer),
+            drained: std::collections::VecDeque::new(),
         })
     }
 
@@ -140,6 +148,11 @@ impl Source for KafkaSource {
         max: usize,
         linger: Duration,
     ) -> Result<Vec<RawRecord>, SourceError> {
+        if !self.drained.is_empty() {
+            // Taken from librdkafka's queue at a pause: they come before anything newer.
+            let n = self.drained.len().min(max.max(1));
+            return Ok(self.drained.drain(..n).collect());
+        }
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + linger;
         while out.len() < max {
@@ -207,7 +220,23 @@ impl Source for KafkaSource {
         }
     }
 
+    /// Takes what librdkafka already fetched out of its queue first (handed out next), so
+    /// that the position it fetches from on resume (one past the last record handed out) is
+    /// the end of a fetched record batch rather than a point inside one. Pausing drops the
+    /// fetched records it holds, and a broker may answer a fetch from inside a record batch
+    /// with the batch after it: tansu 0.6 does, which skipped the rest of the batch.
     fn pause(&mut self) -> Result<(), SourceError> {
+        use futures::FutureExt;
+        while self.drained.len() < MAX_DRAINED_AT_PAUSE {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => self.drained.push_back(raw_record(&message)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                None => break,
+            }
+        }
         let assignment = self.consumer.assignment().map_err(kafka_err)?;
         self.consumer.pause(&assignment).map_err(kafka_err)
     }
@@ -217,9 +246,9 @@ impl Source for KafkaSource {
         self.consumer.resume(&assignment).map_err(kafka_err)
     }
 
-    /// librdkafka fetches nothing for a paused partition (and drops what it had fetched).
-    /// Pausing covers the current assignment only: a partition assigned later needs
-    /// [`Source::pause`] again.
+    /// librdkafka fetches nothing for a paused partition (what it had fetched before is
+    /// handed out first, see [`Source::pause`]). Pausing covers the current assignment only:
+    /// a partition assigned later needs [`Source::pause`] again.
     fn pause_holds_records(&self) -> bool {
         true
     }

@@ -10,7 +10,9 @@
 //! * [`tls_probe::TlsProbe`]: a TLS listener in a broker's place, showing that a Kafka
 //!   client's SSL settings reach the wire;
 //! * [`read_topic`]: reads a topic from the beginning until a condition holds or a deadline
-//!   passes (never from watermarks, which tansu reports wrongly for multi-record batches).
+//!   passes (never from watermarks, which tansu reports wrongly for multi-record batches);
+//! * [`StoreProxy`]: a proxy in front of the store that counts the writes it acknowledged,
+//!   across the stage processes a fault drill kills.
 //!
 //! Binaries are found through `TANSU_BIN` / `OSMEM_SERVER_BIN`, then `~/.cargo/bin/tansu`,
 //! `PATH`, and the installed `osmem_server` Python package.
@@ -288,4 +290,194 @@ pub fn read_topic(
         }
     }
     Ok(out)
+}
+
+/// An HTTP proxy in front of an Elasticsearch-API server that counts the documents the store
+/// acknowledged in `_bulk` answers, per index kind. It outlives the stages a drill kills, so
+/// its count covers every write of every process, killed or not.
+pub struct StoreProxy {
+    /// Base URL of the proxy, `http://127.0.0.1:PORT`: give it to the stage as the store.
+    pub url: String,
+    counts: std::sync::Arc<ProxyCounts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyCounts {
+    /// Index-name fragment whose documents are counted.
+    needle: String,
+    writes: std::sync::atomic::AtomicU64,
+    /// Ids of the documents sent in bulk requests, and of those the store acknowledged.
+    ids: std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::HashSet<String>,
+    )>,
+}
+
+impl StoreProxy {
+    /// Listens on a free loopback port and forwards every request to `upstream`; counts the
+    /// bulk items into indices whose name contains `index_contains` that the store answered
+    /// with a 2xx status.
+    pub async fn start(upstream: &str, index_contains: &str) -> Result<StoreProxy> {
+        let counts = std::sync::Arc::new(ProxyCounts {
+            needle: index_contains.to_string(),
+            ..Default::default()
+        });
+        let client = reqwest::Client::new();
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let state = (std::sync::Arc::clone(&counts), client, upstream);
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(std::sync::Arc::new(state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(StoreProxy {
+            url: format!("http://{addr}"),
+            counts,
+            task,
+        })
+    }
+
+    /// Documents the store acknowledged through this proxy so far.
+    pub fn writes(&self) -> u64 {
+        self.counts.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many documents whose id starts with `prefix` were sent to the store, and how many
+    /// of those it acknowledged: tells a write that never reached the store from one it
+    /// acknowledged and then did not hold.
+    pub fn ids_starting_with(&self, prefix: &str) -> (usize, usize) {
+        let ids = self.counts.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let count = |set: &std::collections::HashSet<String>| {
+            set.iter().filter(|id| id.starts_with(prefix)).count()
+        };
+        (count(&ids.0), count(&ids.1))
+    }
+}
+
+impl Drop for StoreProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type ProxyState = std::sync::Arc<(std::sync::Arc<ProxyCounts>, reqwest::Client, String)>;
+
+async fn forward(
+    axum::extract::State(state): axum::extract::State<ProxyState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // On its own task: a write the store acknowledged is counted even when the writer was
+    // killed (and its connection closed) before the answer came.
+    let task = tokio::spawn(exchange(state, method, uri, headers, body));
+    match task.await {
+        Ok(Ok((status, out, bytes))) => (status, out, bytes).into_response(),
+        Ok(Err(e)) => (axum::http::StatusCode::BAD_GATEWAY, e).into_response(),
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn exchange(
+    state: ProxyState,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> std::result::Result<
+    (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        axum::body::Bytes,
+    ),
+    String,
+> {
+    let (counts, client, upstream) = &*state;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = client.request(method, format!("{upstream}{path}"));
+    for (name, value) in &headers {
+        if name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH {
+            request = request.header(name, value);
+        }
+    }
+    let answer = request
+        .body(body.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = answer.status();
+    let mut out = axum::http::HeaderMap::new();
+    for (name, value) in answer.headers() {
+        if name != axum::http::header::CONTENT_LENGTH
+            && name != axum::http::header::TRANSFER_ENCODING
+        {
+            out.insert(name, value.clone());
+        }
+    }
+    let bytes = answer.bytes().await.map_err(|e| e.to_string())?;
+    if uri.path().ends_with("/_bulk") && status.is_success() {
+        let (sent, acked) = acknowledged(&body, &bytes, &counts.needle);
+        counts
+            .writes
+            .fetch_add(acked.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        let mut ids = counts.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.0.extend(sent);
+        ids.1.extend(acked);
+    }
+    Ok((status, out, bytes))
+}
+
+/// The ids of the bulk items into an index containing `needle` (sent), and of those the
+/// store answered with 2xx (acknowledged). The index and id of each item are read from the
+/// request's action lines (answers may be trimmed with `filter_path`), in order with the
+/// answer's items.
+fn acknowledged(request: &[u8], answer: &[u8], needle: &str) -> (Vec<String>, Vec<String>) {
+    let mut counted = Vec::new();
+    let mut lines = request
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+    while let Some(line) = lines.next() {
+        let Ok(serde_json::Value::Object(action)) = serde_json::from_slice(line) else {
+            return Default::default();
+        };
+        let Some((op, meta)) = action.iter().next() else {
+            return Default::default();
+        };
+        counted.push(
+            meta["_index"]
+                .as_str()
+                .is_some_and(|i| i.contains(needle))
+                .then(|| meta["_id"].as_str().unwrap_or("").to_string()),
+        );
+        if op != "delete" {
+            lines.next();
+        }
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(answer) else {
+        return Default::default();
+    };
+    let items = value["items"].as_array().cloned().unwrap_or_default();
+    if items.len() != counted.len() {
+        return Default::default();
+    }
+    let sent = counted.iter().flatten().cloned().collect();
+    let acked = items
+        .iter()
+        .zip(counted)
+        .filter_map(|(item, id)| {
+            let ok = item
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|op| op["status"].as_u64())
+                .is_some_and(|s| (200..300).contains(&s));
+            id.filter(|_| ok)
+        })
+        .collect();
+    (sent, acked)
 }
