@@ -50,7 +50,7 @@ for target in "${targets[@]}"; do
     # The largest input libFuzzer makes. The structure-aware inputs expand (an entry repeated
     # 64 times, thousands of entity key names, groups) up to the body limit of
     # fuzz/src/lib.rs (MAX_BODY), so a few KB of input reach it; a JSON body that nests past
-    # every limit takes about 6 KB.
+    # every limit of the receiver takes under 2 KB.
     max_len=65536
     extra=()
     case "$target" in
