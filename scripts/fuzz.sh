@@ -41,7 +41,16 @@ triple="$(rustc -vV | sed -n 's/^host: //p')"
 bin_dir="$target_dir/$triple/release"
 failed=()
 runs_limit="${FUZZ_RUNS:--1}"
-summary=("$(printf '%-18s %14s %10s %8s %8s' target executions exec/s seconds result)")
+# CPU seconds (user + system) of the finished children of this shell, in hundredths: on a
+# shared machine executions per CPU second say more than per wall second. `times` runs in
+# this shell (in a command substitution it would see the subshell's children only).
+cpu_times="$(mktemp)"
+trap 'rm -f "$cpu_times"' EXIT
+children_cpu() {
+    awk 'END { s = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }
+               printf "%d", s * 100 }' "$cpu_times"
+}
+summary=("$(printf '%-18s %14s %10s %8s %12s %8s' target executions exec/s seconds exec/cpu-s result)")
 for target in "${targets[@]}"; do
     corpus="$work/corpus/$target"
     artifacts="$work/artifacts/$target/"
@@ -62,6 +71,8 @@ for target in "${targets[@]}"; do
     esac
     echo "==> $target for ${seconds}s"
     start=$(date +%s)
+    times > "$cpu_times"
+    cpu_start=$(children_cpu)
     set +e
     "$bin_dir/$target" "$corpus" "fuzz/corpus/$target" \
         -max_total_time="$seconds" -runs="$runs_limit" -timeout=20 -rss_limit_mb=2048 \
@@ -70,8 +81,11 @@ for target in "${targets[@]}"; do
     status=$?
     set -e
     elapsed=$(( $(date +%s) - start ))
+    times > "$cpu_times"
+    cpu=$(( $(children_cpu) - cpu_start ))
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | awk '{s+=$1} END {print s+0}')
     rate=$(( runs / (elapsed > 0 ? elapsed : 1) ))
+    cpu_rate=$(( runs * 100 / (cpu > 0 ? cpu : 1) ))
     if [ "$status" -eq 0 ]; then
         result=ok
     else
@@ -81,7 +95,7 @@ for target in "${targets[@]}"; do
         tail -40 "$log"
         ls -1 "$artifacts" | sed "s|^|    artifact: $artifacts|"
     fi
-    summary+=("$(printf '%-18s %14s %10s %8s %8s' "$target" "$runs" "$rate" "$elapsed" "$result")")
+    summary+=("$(printf '%-18s %14s %10s %8s %12s %8s' "$target" "$runs" "$rate" "$elapsed" "$cpu_rate" "$result")")
 done
 echo "==> executions per target (at most ${seconds}s each)"
 printf '%s\n' "${summary[@]}"
