@@ -498,11 +498,14 @@ impl Event {
     }
 }
 
+/// One scope entry: the scope (a name and attributes), if any, and its items.
+type Scope = (Option<(String, Vec<Kv>)>, Vec<Item>);
+
 /// One resource entry.
 #[derive(Arbitrary, Debug, Clone)]
 pub struct Res {
     resource: Option<Vec<Kv>>,
-    scopes: Vec<(Option<(String, Vec<Kv>)>, Vec<Item>)>,
+    scopes: Vec<Scope>,
     schema_url: String,
     /// Entity references of the resource: a type, and how many id and description key names
     /// (repeated strings: many empty ones are cheap on the wire, not once decoded).
