@@ -50,7 +50,8 @@ children_cpu() {
     awk 'END { s = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] }
                printf "%d", s * 100 }' "$cpu_times"
 }
-summary=("$(printf '%-18s %14s %10s %8s %12s %8s' target executions exec/s seconds exec/cpu-s result)")
+row='%-18s %14s %10s %8s %12s %8s'
+summary=("$(printf "$row" target executions exec/s seconds exec/cpu-s result)")
 for target in "${targets[@]}"; do
     corpus="$work/corpus/$target"
     artifacts="$work/artifacts/$target/"
@@ -95,7 +96,7 @@ for target in "${targets[@]}"; do
         tail -40 "$log"
         ls -1 "$artifacts" | sed "s|^|    artifact: $artifacts|"
     fi
-    summary+=("$(printf '%-18s %14s %10s %8s %12s %8s' "$target" "$runs" "$rate" "$elapsed" "$cpu_rate" "$result")")
+    summary+=("$(printf "$row" "$target" "$runs" "$rate" "$elapsed" "$cpu_rate" "$result")")
 done
 echo "==> executions per target (at most ${seconds}s each)"
 printf '%s\n' "${summary[@]}"
