@@ -12,13 +12,19 @@ static ALLOC: dlog_fuzz::Counting = dlog_fuzz::Counting;
 
 fuzz_target!(|input: (bool, Request, Vec<Mutation>)| {
     let (logs, request, mutations) = input;
-    let mut bytes = if logs {
-        request.logs().encode_to_vec()
+    let encoded = if logs {
+        request.logs().map(|r| r.encode_to_vec())
     } else {
-        request.traces().encode_to_vec()
+        request.traces().map(|r| r.encode_to_vec())
+    };
+    let Some(mut bytes) = encoded else {
+        return;
     };
     for mutation in mutations.iter().take(8) {
         mutation.apply(&mut bytes);
+    }
+    if bytes.len() > 2 * dlog_fuzz::MAX_BODY {
+        return;
     }
     dlog_fuzz::dump(&bytes);
     dlog_fuzz::check_protobuf(&bytes, logs);

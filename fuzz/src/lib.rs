@@ -98,8 +98,18 @@ pub fn dump(bytes: &[u8]) {
     }
 }
 
-/// The record size limit of the fuzzed routers: small, so that splitting is reached.
-pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// The record size limit of the fuzzed routers: the smallest the bridge's configuration
+/// accepts, so that splitting and oversized items are reached with small requests.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// The largest request body the structure-aware targets build (protobuf or JSON, after the
+/// mutations); a larger one is skipped. 8 times the record limit, so splitting, oversized
+/// items, repeated resource entries and thousands of entity key names all fit, while the
+/// checks (prost, the validator, both routers, each several passes over the body) stay at
+/// about a millisecond per input. Every check costs in proportion to the body, and the
+/// decoded-size bounds are ratios to it, so a larger body reaches nothing a smaller one
+/// cannot.
+pub const MAX_BODY: usize = 8 * 1024;
 
 /// Routers the protobuf and JSON checks run: the in-place path with redaction (the default),
 /// and the decoding path (`otlp_json` output), both with a small record limit so that
@@ -355,9 +365,12 @@ pub enum Val {
     Deep(u8, Box<Val>),
 }
 
-/// How deep the structured inputs nest values at most: past prost's recursion limit (100),
-/// and bounded, since encoding costs the square of the depth.
-const MAX_NESTING: usize = 130;
+/// How many messages deep the structured inputs nest values at most (an `arrayValue` level is
+/// two: the `AnyValue` and its `ArrayValue`): with the five messages above an attribute, past
+/// prost's recursion limit (100) and the JSON receiver's limits (100 messages, 128 arrays and
+/// objects: three per `arrayValue` level), and bounded, since encoding costs the square of
+/// the depth.
+const MAX_NESTING: usize = 112;
 
 impl Val {
     fn any(&self) -> AnyValue {
@@ -485,11 +498,14 @@ impl Event {
     }
 }
 
+/// One scope entry: the scope (a name and attributes), if any, and its items.
+type Scope = (Option<(String, Vec<Kv>)>, Vec<Item>);
+
 /// One resource entry.
 #[derive(Arbitrary, Debug, Clone)]
 pub struct Res {
     resource: Option<Vec<Kv>>,
-    scopes: Vec<(Option<(String, Vec<Kv>)>, Vec<Item>)>,
+    scopes: Vec<Scope>,
     schema_url: String,
     /// Entity references of the resource: a type, and how many id and description key names
     /// (repeated strings: many empty ones are cheap on the wire, not once decoded).
@@ -506,7 +522,12 @@ impl Res {
                 .map(|(kind, ids, descriptions)| EntityRef {
                     r#type: kind.clone(),
                     id_keys: vec![String::new(); usize::from(*ids % 4096)],
-                    description_keys: vec![kind.clone(); usize::from(*descriptions % 256)],
+                    // As many copies of the type as fit in the body limit.
+                    description_keys: vec![
+                        kind.clone();
+                        usize::from(*descriptions % 256)
+                            .min(MAX_BODY / (kind.len() + 2))
+                    ],
                     ..Default::default()
                 })
                 .collect(),
@@ -535,12 +556,12 @@ impl Request {
             .chain(std::iter::repeat_n(last, usize::from(self.repeat_last % 64)).flatten())
     }
 
-    /// As an `ExportTraceServiceRequest`.
-    pub fn traces(&self) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: self
-                .entries()
-                .map(|r| ResourceSpans {
+    /// As an `ExportTraceServiceRequest`, or `None` when its encoding would be over
+    /// [`MAX_BODY`] (built entry by entry, so that a huge one costs little).
+    pub fn traces(&self) -> Option<ExportTraceServiceRequest> {
+        Some(ExportTraceServiceRequest {
+            resource_spans: within_body(self.entries().map(|r| {
+                ResourceSpans {
                     resource: r.resource(),
                     scope_spans: r
                         .scopes
@@ -556,17 +577,17 @@ impl Request {
                         })
                         .collect(),
                     schema_url: r.schema_url.clone(),
-                })
-                .collect(),
-        }
+                }
+            }))?,
+        })
     }
 
-    /// As an `ExportLogsServiceRequest`.
-    pub fn logs(&self) -> ExportLogsServiceRequest {
-        ExportLogsServiceRequest {
-            resource_logs: self
-                .entries()
-                .map(|r| ResourceLogs {
+    /// As an `ExportLogsServiceRequest`, or `None` when its encoding would be over
+    /// [`MAX_BODY`].
+    pub fn logs(&self) -> Option<ExportLogsServiceRequest> {
+        Some(ExportLogsServiceRequest {
+            resource_logs: within_body(self.entries().map(|r| {
+                ResourceLogs {
                     resource: r.resource(),
                     scope_logs: r
                         .scopes
@@ -582,10 +603,24 @@ impl Request {
                         })
                         .collect(),
                     schema_url: r.schema_url.clone(),
-                })
-                .collect(),
-        }
+                }
+            }))?,
+        })
     }
+}
+
+/// Collects resource entries while their encoding stays within [`MAX_BODY`]; `None` past it.
+fn within_body<M: Message>(entries: impl Iterator<Item = M>) -> Option<Vec<M>> {
+    let mut total = 0;
+    let mut out = Vec::new();
+    for entry in entries {
+        total += prost::length_delimiter_len(entry.encoded_len()) + 1 + entry.encoded_len();
+        if total > MAX_BODY {
+            return None;
+        }
+        out.push(entry);
+    }
+    Some(out)
 }
 
 impl Item {
@@ -715,7 +750,8 @@ impl Mutation {
                 let i = at(*i, bytes.len());
                 let tag = u64::from((*tag).max(1));
                 let mut ins = Vec::new();
-                let count = usize::from(*count % 4096);
+                // Far past the recursion limit (100), within the body limit.
+                let count = usize::from(*count % 2048);
                 for _ in 0..count {
                     put_varint(&mut ins, tag << 3 | 3);
                 }
