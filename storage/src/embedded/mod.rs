@@ -1099,7 +1099,7 @@ fn write_docs(
                         let (resource, _, inline) = resource_of[i];
                         let ids = |k: &str| it.lookup(k);
                         by_day.entry(day).or_default().logs.push(LogRow {
-                            doc_id: l.doc_id(),
+                            doc_id: stored_log_id(l),
                             time: ns(l.time_unix_nano),
                             resource,
                             level: it.lookup(&l.level),
@@ -1566,6 +1566,18 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreErro
     .execute(params![id >> LOG_BLOCK_BITS, l.time])
     .map_err(err)?;
     Ok(())
+}
+
+/// A log's identity as a reader will compute it from the stored record: a time past
+/// i64::MAX is stored clipped, so its identity is that of the clipped record (a replay is
+/// then found, and the id written is the one a reader's cursor names).
+fn stored_log_id(l: &LogEntry) -> String {
+    if i64::try_from(l.time_unix_nano).is_ok() {
+        return l.doc_id();
+    }
+    let mut clipped = l.clone();
+    clipped.time_unix_nano = ns(l.time_unix_nano) as u64;
+    clipped.doc_id()
 }
 
 /// A log's document id as stored: its 16 bytes (the text itself, for an id that is not hex).
@@ -2298,20 +2310,39 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
     if !has_doc_id {
         tx.execute_batch("ALTER TABLE logs ADD COLUMN doc_id BLOB;")
             .map_err(err)?;
+        // In time order, so that two rows of one time with one identity are seen together:
+        // a time past i64::MAX was stored clipped, so logs that differed only there decode
+        // alike. The first keeps the identity (a replay finds it), the others keep none, so
+        // the unique index below can be built.
         let mut read = tx
-            .prepare(&format!("SELECT {LOG_COLS} FROM logs l"))
+            .prepare(&format!("SELECT {LOG_COLS} FROM logs l ORDER BY l.time_ns"))
             .map_err(err)?;
         let mut write = tx
             .prepare("UPDATE logs SET doc_id = ?1 WHERE id = ?2")
             .map_err(err)?;
         let mut rows = read.query([]).map_err(err)?;
+        let mut seen_time = None;
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
         while let Some(row) = rows.next().map_err(err)? {
             let id: i64 = row.get(0).map_err(err)?;
+            let time: i64 = row.get(1).map_err(err)?;
+            if seen_time != Some(time) {
+                seen_time = Some(time);
+                seen.clear();
+            }
             match decode_log(row, cat) {
                 Ok(l) => {
-                    write
-                        .execute(params![doc_key(&l.doc_id()), id])
-                        .map_err(err)?;
+                    let key = doc_key(&l.doc_id());
+                    if seen.insert(key.clone()) {
+                        write.execute(params![key, id]).map_err(err)?;
+                    } else {
+                        tracing::warn!(
+                            partition = %path.display(),
+                            log = id,
+                            "a stored log record reads the same as another of its time; \
+                             it keeps no document id"
+                        );
+                    }
                 }
                 Err(e) => tracing::warn!(
                     partition = %path.display(),
@@ -3596,8 +3627,12 @@ fn search_logs_forward(
                     key
                 }
             };
-            // Rows come in key order: none after the limit-th kept can be kept.
+            // Rows with an id come in key order: none after the limit-th kept can be kept. A
+            // row without one sorts first among its time, whatever its decoded key.
             if kth(&found).is_some_and(|k| key > k) {
+                if entry.is_some() {
+                    continue;
+                }
                 break;
             }
             if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
