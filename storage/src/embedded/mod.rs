@@ -3458,18 +3458,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
     let limit = effective_limit(q.limit);
     // With text: the trigram index newest row first, until no older row can be newer than
     // the limit-th found. Without: the time index, newest first.
-    let sql = if fts.is_some() {
-        format!(
-            "SELECT {LOG_COLS} FROM logs_text JOIN logs l ON l.id = logs_text.rowid {} \
-             ORDER BY logs_text.rowid DESC",
-            f.sql()
-        )
-    } else {
-        format!(
-            "SELECT {LOG_COLS} FROM logs l {} ORDER BY l.time_ns DESC, l.id DESC LIMIT {limit}",
-            f.sql()
-        )
-    };
+    let sql = backward_sql(fts.is_some(), &f.sql(), limit);
     let mut parts = Vec::new();
     for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
@@ -3479,10 +3468,10 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         }
     }
     parts.sort_unstable_by(|a, b| b.cmp(a));
-    // (time, day, id) → entry, newest first.
-    let mut found: Vec<((i64, i64, i64), LogEntry)> = Vec::new();
-    let kth = |found: &Vec<((i64, i64, i64), LogEntry)>| {
-        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+    // (time, document id) → entry, newest first (the order of the time index).
+    let mut found: Vec<((u64, String), LogEntry)> = Vec::new();
+    let kth = |found: &Vec<((u64, String), LogEntry)>| {
+        (found.len() >= limit).then(|| found[limit - 1].0 .0 as i64)
     };
     for (max, day) in parts {
         if kth(&found).is_some_and(|k| max < k) {
@@ -3522,7 +3511,11 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
                 }
             }
             let entry = decode_log(row, &cat)?;
-            let key = (entry.time_unix_nano as i64, day, id);
+            let stored: Option<Vec<u8>> = row.get(8).map_err(read_err)?;
+            let key = (
+                entry.time_unix_nano,
+                stored.map_or_else(|| entry.doc_id(), hex::encode),
+            );
             let at = found.partition_point(|(k, _)| *k > key);
             if at < limit {
                 found.insert(at, (key, entry));
@@ -3531,6 +3524,23 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         }
     }
     Ok(found.into_iter().map(|(_, l)| l).collect())
+}
+
+/// The query of [`search_logs`] newest first: with text the trigram index, newest row first;
+/// without, the time index backwards, which orders by (time, document id) so a page reads
+/// `limit` rows however many records share the newest time.
+fn backward_sql(text: bool, filter: &str, limit: usize) -> String {
+    if text {
+        format!(
+            "SELECT {LOG_COLS}, l.doc_id FROM logs_text JOIN logs l ON l.id = logs_text.rowid \
+             {filter} ORDER BY logs_text.rowid DESC"
+        )
+    } else {
+        format!(
+            "SELECT {LOG_COLS}, l.doc_id FROM logs l {filter} \
+             ORDER BY l.time_ns DESC, l.doc_id DESC LIMIT {limit}"
+        )
+    }
 }
 
 /// The query of [`search_logs_forward`]: the time index from the start, oldest row first, and
@@ -3895,6 +3905,25 @@ mod tests {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let plan: Vec<String> = stmt
             .query_map(rusqlite::params!["\"abc\"", 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("logs_by_time"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    /// Regression: newest first, the time index was read by (time, row id) while it orders
+    /// by (time, document id), so every record of the newest time was read and sorted for
+    /// each page.
+    #[test]
+    fn newest_first_search_reads_the_time_index_without_sorting() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::PARTITION).unwrap();
+        let sql = backward_sql(false, "WHERE l.time_ns <= ?1", 100);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params![i64::MAX], |r| r.get::<_, String>(3))
             .unwrap()
             .map(Result::unwrap)
             .collect();
