@@ -3257,6 +3257,11 @@ fn find_traces(
         }
         let mut taken = 0usize;
         let mut offset = 0i64;
+        // Rows come newest part start first, and a trace as a whole starts no later than any
+        // part of it: the file is read until a part starts before the limit-th trace found
+        // (not until it gave `limit` traces: a split trace's whole starts earlier than its
+        // part, and a newer trace may follow it in this file).
+        let mut done = false;
         loop {
             let mut params = f.params.clone();
             params.push(Sql::Integer(offset));
@@ -3277,7 +3282,9 @@ fn find_traces(
             // In rounds of as many candidates as are still wanted: checked span by span,
             // then completed together from every day file (one lookup per day) and judged
             // whole, so a page is checked no further than needed.
-            while taken < limit {
+            while !done {
+                let want = limit.saturating_sub(taken).max(1);
+                let kth = (found.len() >= limit).then(|| found[limit - 1].start_unix_nano);
                 let mut matching = Vec::new();
                 {
                     let Some(conn) = set.part(ctx, day)? else {
@@ -3285,6 +3292,10 @@ fn find_traces(
                     };
                     let cat = ctx.catalog();
                     for row in rows.by_ref() {
+                        if kth.is_some_and(|k| (row.start as u64) < k) {
+                            done = true;
+                            break;
+                        }
                         if seen.contains(&row.trace_id) {
                             continue;
                         }
@@ -3296,7 +3307,7 @@ fn find_traces(
                             }
                         }
                         matching.push(row);
-                        if matching.len() >= limit - taken {
+                        if matching.len() >= want {
                             break;
                         }
                     }
@@ -3322,8 +3333,10 @@ fn find_traces(
                         taken += 1;
                     }
                 }
+                sort(&mut found);
+                found.truncate(limit);
             }
-            if taken >= limit || n < page {
+            if done || n < page {
                 break;
             }
             offset += page as i64;
