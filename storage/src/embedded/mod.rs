@@ -805,8 +805,9 @@ impl<'a> Interner<'a> {
     }
 
     /// The resource id and service name id of a record's resource, and whether the resource
-    /// found no room (then the id is its service's stand-in: a resource of the name alone, not
-    /// counted against the cap, and the record keeps its resource in its body).
+    /// found no room (then the id is its service's stand-in: a resource of the name alone,
+    /// added even past the cap, one per service name, as a span's service is its resource's;
+    /// the record keeps its resource in its body).
     fn resource(&mut self, info: &ServiceInfo) -> (i64, i64, bool) {
         let hash = resource_hash(info);
         let service = self.name(&info.name);
@@ -1275,25 +1276,36 @@ fn write_docs(
     // Counted once the batch is written (a batch retried after a failed partition write is
     // counted once), in the shared database: the counts survive restarts and every store on
     // the directory reads them.
+    // The batch is stored by now: a failure to count is logged, not returned (the batch
+    // reported failed would be retried and counted twice).
     if unindexed > 0 || unindexed_resources > 0 {
-        let tx = w.shared.transaction().map_err(&shared_err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
+        let counted = (|| {
+            let tx = w.shared.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
                     "INSERT INTO counters (name, value) VALUES (?1, ?2) \
                      ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                )
-                .map_err(&shared_err)?;
-            for (name, n) in [
-                (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
-                (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
-            ] {
-                if n > 0 {
-                    stmt.execute(params![name, ns(n)]).map_err(&shared_err)?;
+                )?;
+                for (name, n) in [
+                    (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
+                    (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
+                ] {
+                    if n > 0 {
+                        stmt.execute(params![name, ns(n)])?;
+                    }
                 }
             }
+            tx.commit()
+        })();
+        if let Err(e) = counted {
+            tracing::warn!(
+                store = %ctx.dir.display(),
+                unindexed_attributes = unindexed,
+                unindexed_resources,
+                error = %e,
+                "a stored batch's unindexed attributes and resources could not be counted"
+            );
         }
-        tx.commit().map_err(&shared_err)?;
     }
     if unindexed > 0 && !w.warned_full {
         w.warned_full = true;
