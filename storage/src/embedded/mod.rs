@@ -93,6 +93,10 @@ const RECENT_TRACES: usize = 1 << 20;
 pub const MAX_TRACE_SPANS: usize = 100_000;
 /// Attribute filters one trace search may have.
 pub const MAX_ATTRIBUTE_FILTERS: usize = 64;
+
+/// Trace parts marked open that a search with a minimum duration reads, newest first, to find
+/// traces lasting long enough only as a whole (bounds the work of one search).
+const MAX_OPEN_CANDIDATES: usize = 10_000;
 /// Trigrams of a log text query looked up in the index (the match is then checked in full).
 const MAX_TRIGRAMS: usize = 12;
 
@@ -3361,6 +3365,12 @@ fn find_traces(
     // after the range where the trace started. Such a trace has a part whose spans name
     // parents it does not hold (marked open), starting no earlier and lasting no longer
     // than the whole trace.
+    //
+    // Without a minimum duration, only a part starting after the range's end can hold the
+    // matching span of such a trace (the parts starting in the range were searched above), and
+    // it holds a span matching every condition: the conditions' index applies. With one, any
+    // open part may belong to a trace lasting long enough: at most MAX_OPEN_CANDIDATES such
+    // parts are read, newest first.
     if q.min_duration.is_some() || (!terms.is_empty() && q.time.end_unix_nano.is_some()) {
         let mut f = Filter::default();
         f.push("open = 1", []);
@@ -3370,15 +3380,50 @@ fn find_traces(
         if let Some(d) = q.max_duration {
             f.push("duration_ns <= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
         }
-        let sql = format!("SELECT trace_id FROM traces {}", f.sql());
-        for day in days_in(set, ctx, q.time.start_unix_nano, None)? {
+        let mut from = q.time.start_unix_nano;
+        if q.min_duration.is_none() {
+            if let Some(e) = q.time.end_unix_nano {
+                f.push("start_ns > ?", [Sql::Integer(ns(e))]);
+                from = Some(e);
+            }
+            let cat = ctx.catalog();
+            let mut subs = Vec::new();
+            for t in &terms {
+                match t.index_sql(&cat, &mut f) {
+                    Some(sql) => subs.push(sql),
+                    None => return Ok(found.into_iter().take(limit).collect()),
+                }
+            }
+            if !subs.is_empty() {
+                let joined = subs.join(" INTERSECT ");
+                f.clauses.push(format!("trace_no IN ({joined})"));
+            }
+        }
+        let mut budget = MAX_OPEN_CANDIDATES;
+        let sql = format!(
+            "SELECT trace_id FROM traces {} ORDER BY start_ns DESC LIMIT ?",
+            f.sql()
+        );
+        let mut open_days = days_in(set, ctx, from, None)?;
+        open_days.sort_unstable_by(|a, b| b.cmp(a));
+        for day in open_days {
+            if budget == 0 {
+                tracing::debug!(
+                    store = %ctx.dir.display(),
+                    "trace search: more open trace parts than are read for a whole-trace \
+                     condition; the oldest are not checked"
+                );
+                break;
+            }
+            let mut params = f.params.clone();
+            params.push(Sql::Integer(budget as i64));
             let ids: Vec<String> = {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
                 };
                 let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
                 let rows = stmt
-                    .query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
+                    .query_map(rusqlite::params_from_iter(params.iter()), |r| {
                         Ok(id_text(r.get_ref(0)?).unwrap_or_default())
                     })
                     .map_err(read_err)?
@@ -3386,6 +3431,7 @@ fn find_traces(
                     .map_err(read_err)?;
                 rows
             };
+            budget = budget.saturating_sub(ids.len());
             let fresh: Vec<String> = ids
                 .into_iter()
                 .filter(|id| seen.insert(id.clone()))
