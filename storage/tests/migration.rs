@@ -643,3 +643,43 @@ async fn regression_a_layout_3_store_with_two_logs_that_read_the_same_opens() {
     let found = store.search_logs(&LogQuery::default()).await.unwrap();
     assert_eq!(found, vec![log.clone(), log]);
 }
+
+/// Regression: only a first-layout store was upgraded under the migration lock; a layout 3
+/// store's partitions were upgraded under their own transactions, with a 10 s busy wait, so
+/// a second process opening it during a large partition's upgrade failed ("database is
+/// locked"). Opening a store below this layout now waits for the lock.
+#[test]
+fn regression_a_layout_3_store_is_upgraded_under_the_migration_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = open_store(&StoreConfig::embedded(dir.path()))
+                .await
+                .unwrap();
+            let svc = common::conformance::service("lock", "lk-1", &[]);
+            let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
+            let log = common::conformance::log(&svc, t, "INFO", "locked", None, &[]);
+            store
+                .write(&[dlog_storage::Document::Log(log)])
+                .await
+                .unwrap();
+        });
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA user_version = 3;")
+        .unwrap();
+    // Another process upgrading: it holds the lock.
+    let lock =
+        rusqlite::Connection::open(dir.path().join(dlog_storage::embedded::MIGRATION_LOCK_FILE))
+            .unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let path = dir.path().to_path_buf();
+    let opener =
+        std::thread::spawn(move || dlog_storage::embedded::EmbeddedStore::open(&path).map(|_| ()));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!opener.is_finished(), "the open did not wait for the lock");
+    lock.execute_batch("COMMIT").unwrap();
+    opener.join().unwrap().unwrap();
+}

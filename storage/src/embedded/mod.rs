@@ -1915,14 +1915,18 @@ impl EmbeddedStore {
         let sql = |e: rusqlite::Error| err(e.to_string());
         let v1 = dir.join(V1_FILE);
         // A first-layout store, or one whose migration is under way or was interrupted (the
-        // old file moved aside is removed last): migrated under a lock, so that two processes
+        // old file moved aside is removed last): migrated under a lock (never removed: an
+        // empty file), so that two processes
         // opening it together (`dlog up` and `dlog viewer`) migrate it once; the second waits,
         // then finds it migrated.
         // The first check reads the file's header, not the database: a connection of this
         // process would keep the migrating one from switching the old file's journal. It may
         // take the lock for nothing (a new store whose version is still in its WAL); the
         // check under the lock is exact.
-        let _migrating = if v1.exists() || header_version(&path) == Some(0) {
+        // A store of layout 2 or 3 is upgraded under the same lock: its partitions may take
+        // longer than a connection's busy wait to upgrade, and the second process waits for
+        // the lock instead.
+        let _migrating = if v1.exists() || matches!(header_version(&path), Some(0 | 2 | 3)) {
             Some(migration_lock(dir)?)
         } else {
             None
