@@ -76,11 +76,18 @@ pub mod prelude {
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     config.validate()?;
     match &config.elasticsearch_url {
-        None => Ok(Arc::new(
-            embedded::EmbeddedStore::open(&config.data_dir)?
-                .with_max_dictionary_entries(config.max_dictionary_entries)
-                .with_max_resources(config.max_resources),
-        )),
+        None => {
+            // Off the async threads: opening may wait for another process's upgrade.
+            let dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(dir))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("opening the store failed: {e}")))??;
+            Ok(Arc::new(
+                store
+                    .with_max_dictionary_entries(config.max_dictionary_entries)
+                    .with_max_resources(config.max_resources),
+            ))
+        }
         Some(_) => Ok(Arc::new(elastic::ElasticStore::connect(config).await?)),
     }
 }

@@ -667,3 +667,42 @@ async fn regression_random_resource_attributes_do_not_grow_the_resources_table_p
     );
     assert_eq!(store.get_trace(&again.trace_id).await.unwrap(), vec![again]);
 }
+
+/// Regression: the unindexed counts were written after the batch, in a transaction of their
+/// own, and a failure there reported the stored batch as failed (its retry counted twice).
+/// Now the batch is reported written, and the failure logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_failure_to_count_does_not_fail_a_stored_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .with_max_resources(1);
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let first = log(&service("one", "i-1", &[]), now, "INFO", "first", None, &[]);
+    store.write(&[Document::Log(first.clone())]).await.unwrap();
+    rusqlite::Connection::open(dir.path().join(embedded::DB_FILE))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_counts BEFORE INSERT ON counters \
+             BEGIN SELECT RAISE(ABORT, 'counters are read-only'); END;",
+        )
+        .unwrap();
+    let second = log(
+        &service("one", "i-2", &[]),
+        now + MS,
+        "INFO",
+        "second",
+        None,
+        &[],
+    );
+    let outcomes = store.write(&[Document::Log(second.clone())]).await.unwrap();
+    assert_eq!(outcomes, vec![dlog_storage::WriteOutcome::Written]);
+    let found = store
+        .search_logs(&LogQuery {
+            service: Some("one".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found, vec![second, first]);
+}

@@ -412,3 +412,67 @@ async fn regression_a_second_store_reads_ids_written_after_it_loaded_its_catalog
     assert_eq!(last[0].root_service, format!("svc-{}", n - 1));
     assert_eq!(last[0].root_operation, format!("op-{}", n - 1));
 }
+
+/// Regression: a day file was read only until it gave `limit` traces, in the order of their
+/// part's start there; a trace split over days starts, as a whole, earlier than its part, so
+/// it took the page's place of a newer trace further down the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_split_trace_does_not_hide_a_newer_trace_of_its_day_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let today = dlog_storage::now_unix_nano() / DAY;
+    let d = today - 3;
+    let svc = service("front", "fr-1", &[]);
+    let split = "0af7651916cd43dd8448eb211c80319c";
+    let newer = "0000000000000000000000000000beef";
+    let root = span(
+        split,
+        "00000000000000a1",
+        None,
+        &svc,
+        "GET /report",
+        SpanKind::Server,
+        (d + 1) * DAY - 500 * MS,
+        200,
+    );
+    let child = span(
+        split,
+        "00000000000000a2",
+        Some("00000000000000a1"),
+        &svc,
+        "render",
+        SpanKind::Server,
+        (d + 2) * DAY + 500 * MS,
+        500,
+    );
+    // Whole in the later day's file, starting before the split trace's part there but long
+    // after the split trace as a whole.
+    let other = span(
+        newer,
+        "00000000000000b1",
+        None,
+        &svc,
+        "GET /other",
+        SpanKind::Server,
+        (d + 2) * DAY + 100 * MS,
+        10,
+    );
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.write(&[Document::Span(root)]).await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store
+        .write(&[Document::Span(child), Document::Span(other)])
+        .await
+        .unwrap();
+    let first = store
+        .find_traces(&TraceQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec![newer.to_string()]);
+    let both = store.find_traces(&TraceQuery::default()).await.unwrap();
+    assert_eq!(ids(&both), vec![newer.to_string(), split.to_string()]);
+}

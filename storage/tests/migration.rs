@@ -589,3 +589,97 @@ async fn regression_a_first_layout_store_opened_twice_at_once_migrates_once() {
         .collect();
     assert_eq!(store.get_trace(TRACE_A).await.unwrap(), expected);
 }
+
+/// Regression: a time past i64::MAX is stored clipped, so a layout 3 partition could hold two
+/// logs that differed only there and read the same. Giving each log its identity made both
+/// the same, and building the unique time index failed on every open. The store now opens,
+/// keeps both records, and a replay of the log stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_layout_3_store_with_two_logs_that_read_the_same_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = common::conformance::service("clip", "cl-1", &[]);
+    let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
+    let log = common::conformance::log(&svc, t, "INFO", "read alike", None, &[]);
+    {
+        let store = open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        store
+            .write(&[dlog_storage::Document::Log(log.clone())])
+            .await
+            .unwrap();
+    }
+    let part = std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&part).unwrap();
+        conn.execute_batch(
+            "DROP INDEX traces_open; ALTER TABLE traces DROP COLUMN open; \
+             DROP INDEX logs_by_time; ALTER TABLE logs DROP COLUMN doc_id; \
+             CREATE INDEX logs_by_time ON logs (time_ns); \
+             CREATE TABLE log_ids (doc_id BLOB PRIMARY KEY) WITHOUT ROWID; \
+             INSERT INTO logs (time_ns, resource, level, severity, trace_id, body, rest, span_id) \
+                 SELECT time_ns, resource, level, severity, trace_id, body, rest, span_id \
+                 FROM logs; \
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 3)
+        .unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    store
+        .write(&[dlog_storage::Document::Log(log.clone())])
+        .await
+        .unwrap();
+    let found = store.search_logs(&LogQuery::default()).await.unwrap();
+    assert_eq!(found, vec![log.clone(), log]);
+}
+
+/// Regression: only a first-layout store was upgraded under the migration lock; a layout 3
+/// store's partitions were upgraded under their own transactions, with a 10 s busy wait, so
+/// a second process opening it during a large partition's upgrade failed ("database is
+/// locked"). Opening a store below this layout now waits for the lock.
+#[test]
+fn regression_a_layout_3_store_is_upgraded_under_the_migration_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let store = open_store(&StoreConfig::embedded(dir.path()))
+                .await
+                .unwrap();
+            let svc = common::conformance::service("lock", "lk-1", &[]);
+            let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
+            let log = common::conformance::log(&svc, t, "INFO", "locked", None, &[]);
+            store
+                .write(&[dlog_storage::Document::Log(log)])
+                .await
+                .unwrap();
+        });
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA user_version = 3;")
+        .unwrap();
+    // Another process upgrading: it holds the lock.
+    let lock =
+        rusqlite::Connection::open(dir.path().join(dlog_storage::embedded::MIGRATION_LOCK_FILE))
+            .unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let path = dir.path().to_path_buf();
+    let opener =
+        std::thread::spawn(move || dlog_storage::embedded::EmbeddedStore::open(&path).map(|_| ()));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!opener.is_finished(), "the open did not wait for the lock");
+    lock.execute_batch("COMMIT").unwrap();
+    opener.join().unwrap().unwrap();
+}

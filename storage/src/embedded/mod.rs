@@ -93,6 +93,10 @@ const RECENT_TRACES: usize = 1 << 20;
 pub const MAX_TRACE_SPANS: usize = 100_000;
 /// Attribute filters one trace search may have.
 pub const MAX_ATTRIBUTE_FILTERS: usize = 64;
+
+/// Trace parts marked open that a search with a minimum duration reads, newest first, to find
+/// traces lasting long enough only as a whole (bounds the work of one search).
+const MAX_OPEN_CANDIDATES: usize = 10_000;
 /// Trigrams of a log text query looked up in the index (the match is then checked in full).
 const MAX_TRIGRAMS: usize = 12;
 
@@ -805,8 +809,9 @@ impl<'a> Interner<'a> {
     }
 
     /// The resource id and service name id of a record's resource, and whether the resource
-    /// found no room (then the id is its service's stand-in: a resource of the name alone, not
-    /// counted against the cap, and the record keeps its resource in its body).
+    /// found no room (then the id is its service's stand-in: a resource of the name alone,
+    /// added even past the cap, one per service name, as a span's service is its resource's;
+    /// the record keeps its resource in its body).
     fn resource(&mut self, info: &ServiceInfo) -> (i64, i64, bool) {
         let hash = resource_hash(info);
         let service = self.name(&info.name);
@@ -1099,7 +1104,7 @@ fn write_docs(
                         let (resource, _, inline) = resource_of[i];
                         let ids = |k: &str| it.lookup(k);
                         by_day.entry(day).or_default().logs.push(LogRow {
-                            doc_id: l.doc_id(),
+                            doc_id: stored_log_id(l),
                             time: ns(l.time_unix_nano),
                             resource,
                             level: it.lookup(&l.level),
@@ -1275,25 +1280,36 @@ fn write_docs(
     // Counted once the batch is written (a batch retried after a failed partition write is
     // counted once), in the shared database: the counts survive restarts and every store on
     // the directory reads them.
+    // The batch is stored by now: a failure to count is logged, not returned (the batch
+    // reported failed would be retried and counted twice).
     if unindexed > 0 || unindexed_resources > 0 {
-        let tx = w.shared.transaction().map_err(&shared_err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
+        let counted = (|| {
+            let tx = w.shared.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
                     "INSERT INTO counters (name, value) VALUES (?1, ?2) \
                      ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                )
-                .map_err(&shared_err)?;
-            for (name, n) in [
-                (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
-                (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
-            ] {
-                if n > 0 {
-                    stmt.execute(params![name, ns(n)]).map_err(&shared_err)?;
+                )?;
+                for (name, n) in [
+                    (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
+                    (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
+                ] {
+                    if n > 0 {
+                        stmt.execute(params![name, ns(n)])?;
+                    }
                 }
             }
+            tx.commit()
+        })();
+        if let Err(e) = counted {
+            tracing::warn!(
+                store = %ctx.dir.display(),
+                unindexed_attributes = unindexed,
+                unindexed_resources,
+                error = %e,
+                "a stored batch's unindexed attributes and resources could not be counted"
+            );
         }
-        tx.commit().map_err(&shared_err)?;
     }
     if unindexed > 0 && !w.warned_full {
         w.warned_full = true;
@@ -1566,6 +1582,18 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreErro
     .execute(params![id >> LOG_BLOCK_BITS, l.time])
     .map_err(err)?;
     Ok(())
+}
+
+/// A log's identity as a reader will compute it from the stored record: a time past
+/// i64::MAX is stored clipped, so its identity is that of the clipped record (a replay is
+/// then found, and the id written is the one a reader's cursor names).
+fn stored_log_id(l: &LogEntry) -> String {
+    if i64::try_from(l.time_unix_nano).is_ok() {
+        return l.doc_id();
+    }
+    let mut clipped = l.clone();
+    clipped.time_unix_nano = ns(l.time_unix_nano) as u64;
+    clipped.doc_id()
 }
 
 /// A log's document id as stored: its 16 bytes (the text itself, for an id that is not hex).
@@ -1887,14 +1915,18 @@ impl EmbeddedStore {
         let sql = |e: rusqlite::Error| err(e.to_string());
         let v1 = dir.join(V1_FILE);
         // A first-layout store, or one whose migration is under way or was interrupted (the
-        // old file moved aside is removed last): migrated under a lock, so that two processes
+        // old file moved aside is removed last): migrated under a lock (never removed: an
+        // empty file), so that two processes
         // opening it together (`dlog up` and `dlog viewer`) migrate it once; the second waits,
         // then finds it migrated.
         // The first check reads the file's header, not the database: a connection of this
         // process would keep the migrating one from switching the old file's journal. It may
         // take the lock for nothing (a new store whose version is still in its WAL); the
         // check under the lock is exact.
-        let _migrating = if v1.exists() || header_version(&path) == Some(0) {
+        // A store of layout 2 or 3 is upgraded under the same lock: its partitions may take
+        // longer than a connection's busy wait to upgrade, and the second process waits for
+        // the lock instead.
+        let _migrating = if v1.exists() || matches!(header_version(&path), Some(0 | 2 | 3)) {
             Some(migration_lock(dir)?)
         } else {
             None
@@ -2298,20 +2330,39 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
     if !has_doc_id {
         tx.execute_batch("ALTER TABLE logs ADD COLUMN doc_id BLOB;")
             .map_err(err)?;
+        // In time order, so that two rows of one time with one identity are seen together:
+        // a time past i64::MAX was stored clipped, so logs that differed only there decode
+        // alike. The first keeps the identity (a replay finds it), the others keep none, so
+        // the unique index below can be built.
         let mut read = tx
-            .prepare(&format!("SELECT {LOG_COLS} FROM logs l"))
+            .prepare(&format!("SELECT {LOG_COLS} FROM logs l ORDER BY l.time_ns"))
             .map_err(err)?;
         let mut write = tx
             .prepare("UPDATE logs SET doc_id = ?1 WHERE id = ?2")
             .map_err(err)?;
         let mut rows = read.query([]).map_err(err)?;
+        let mut seen_time = None;
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
         while let Some(row) = rows.next().map_err(err)? {
             let id: i64 = row.get(0).map_err(err)?;
+            let time: i64 = row.get(1).map_err(err)?;
+            if seen_time != Some(time) {
+                seen_time = Some(time);
+                seen.clear();
+            }
             match decode_log(row, cat) {
                 Ok(l) => {
-                    write
-                        .execute(params![doc_key(&l.doc_id()), id])
-                        .map_err(err)?;
+                    let key = doc_key(&l.doc_id());
+                    if seen.insert(key.clone()) {
+                        write.execute(params![key, id]).map_err(err)?;
+                    } else {
+                        tracing::warn!(
+                            partition = %path.display(),
+                            log = id,
+                            "a stored log record reads the same as another of its time; \
+                             it keeps no document id"
+                        );
+                    }
                 }
                 Err(e) => tracing::warn!(
                     partition = %path.display(),
@@ -3226,6 +3277,11 @@ fn find_traces(
         }
         let mut taken = 0usize;
         let mut offset = 0i64;
+        // Rows come newest part start first, and a trace as a whole starts no later than any
+        // part of it: the file is read until a part starts before the limit-th trace found
+        // (not until it gave `limit` traces: a split trace's whole starts earlier than its
+        // part, and a newer trace may follow it in this file).
+        let mut done = false;
         loop {
             let mut params = f.params.clone();
             params.push(Sql::Integer(offset));
@@ -3246,7 +3302,9 @@ fn find_traces(
             // In rounds of as many candidates as are still wanted: checked span by span,
             // then completed together from every day file (one lookup per day) and judged
             // whole, so a page is checked no further than needed.
-            while taken < limit {
+            while !done {
+                let want = limit.saturating_sub(taken).max(1);
+                let kth = (found.len() >= limit).then(|| found[limit - 1].start_unix_nano);
                 let mut matching = Vec::new();
                 {
                     let Some(conn) = set.part(ctx, day)? else {
@@ -3254,6 +3312,10 @@ fn find_traces(
                     };
                     let cat = ctx.catalog();
                     for row in rows.by_ref() {
+                        if kth.is_some_and(|k| (row.start as u64) < k) {
+                            done = true;
+                            break;
+                        }
                         if seen.contains(&row.trace_id) {
                             continue;
                         }
@@ -3265,7 +3327,7 @@ fn find_traces(
                             }
                         }
                         matching.push(row);
-                        if matching.len() >= limit - taken {
+                        if matching.len() >= want {
                             break;
                         }
                     }
@@ -3291,8 +3353,10 @@ fn find_traces(
                         taken += 1;
                     }
                 }
+                sort(&mut found);
+                found.truncate(limit);
             }
-            if taken >= limit || n < page {
+            if done || n < page {
                 break;
             }
             offset += page as i64;
@@ -3305,6 +3369,12 @@ fn find_traces(
     // after the range where the trace started. Such a trace has a part whose spans name
     // parents it does not hold (marked open), starting no earlier and lasting no longer
     // than the whole trace.
+    //
+    // Without a minimum duration, only a part starting after the range's end can hold the
+    // matching span of such a trace (the parts starting in the range were searched above), and
+    // it holds a span matching every condition: the conditions' index applies. With one, any
+    // open part may belong to a trace lasting long enough: at most MAX_OPEN_CANDIDATES such
+    // parts are read, newest first.
     if q.min_duration.is_some() || (!terms.is_empty() && q.time.end_unix_nano.is_some()) {
         let mut f = Filter::default();
         f.push("open = 1", []);
@@ -3314,15 +3384,50 @@ fn find_traces(
         if let Some(d) = q.max_duration {
             f.push("duration_ns <= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
         }
-        let sql = format!("SELECT trace_id FROM traces {}", f.sql());
-        for day in days_in(set, ctx, q.time.start_unix_nano, None)? {
+        let mut from = q.time.start_unix_nano;
+        if q.min_duration.is_none() {
+            if let Some(e) = q.time.end_unix_nano {
+                f.push("start_ns > ?", [Sql::Integer(ns(e))]);
+                from = Some(e);
+            }
+            let cat = ctx.catalog();
+            let mut subs = Vec::new();
+            for t in &terms {
+                match t.index_sql(&cat, &mut f) {
+                    Some(sql) => subs.push(sql),
+                    None => return Ok(found.into_iter().take(limit).collect()),
+                }
+            }
+            if !subs.is_empty() {
+                let joined = subs.join(" INTERSECT ");
+                f.clauses.push(format!("trace_no IN ({joined})"));
+            }
+        }
+        let mut budget = MAX_OPEN_CANDIDATES;
+        let sql = format!(
+            "SELECT trace_id FROM traces {} ORDER BY start_ns DESC LIMIT ?",
+            f.sql()
+        );
+        let mut open_days = days_in(set, ctx, from, None)?;
+        open_days.sort_unstable_by(|a, b| b.cmp(a));
+        for day in open_days {
+            if budget == 0 {
+                tracing::debug!(
+                    store = %ctx.dir.display(),
+                    "trace search: more open trace parts than are read for a whole-trace \
+                     condition; the oldest are not checked"
+                );
+                break;
+            }
+            let mut params = f.params.clone();
+            params.push(Sql::Integer(budget as i64));
             let ids: Vec<String> = {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
                 };
                 let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
                 let rows = stmt
-                    .query_map(rusqlite::params_from_iter(f.params.iter()), |r| {
+                    .query_map(rusqlite::params_from_iter(params.iter()), |r| {
                         Ok(id_text(r.get_ref(0)?).unwrap_or_default())
                     })
                     .map_err(read_err)?
@@ -3330,6 +3435,7 @@ fn find_traces(
                     .map_err(read_err)?;
                 rows
             };
+            budget = budget.saturating_sub(ids.len());
             let fresh: Vec<String> = ids
                 .into_iter()
                 .filter(|id| seen.insert(id.clone()))
@@ -3427,18 +3533,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
     let limit = effective_limit(q.limit);
     // With text: the trigram index newest row first, until no older row can be newer than
     // the limit-th found. Without: the time index, newest first.
-    let sql = if fts.is_some() {
-        format!(
-            "SELECT {LOG_COLS} FROM logs_text JOIN logs l ON l.id = logs_text.rowid {} \
-             ORDER BY logs_text.rowid DESC",
-            f.sql()
-        )
-    } else {
-        format!(
-            "SELECT {LOG_COLS} FROM logs l {} ORDER BY l.time_ns DESC, l.id DESC LIMIT {limit}",
-            f.sql()
-        )
-    };
+    let sql = backward_sql(fts.is_some(), &f.sql(), limit);
     let mut parts = Vec::new();
     for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
@@ -3448,10 +3543,10 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         }
     }
     parts.sort_unstable_by(|a, b| b.cmp(a));
-    // (time, day, id) → entry, newest first.
-    let mut found: Vec<((i64, i64, i64), LogEntry)> = Vec::new();
-    let kth = |found: &Vec<((i64, i64, i64), LogEntry)>| {
-        (found.len() >= limit).then(|| found[limit - 1].0 .0)
+    // (time, document id) → entry, newest first (the order of the time index).
+    let mut found: Vec<((u64, String), LogEntry)> = Vec::new();
+    let kth = |found: &Vec<((u64, String), LogEntry)>| {
+        (found.len() >= limit).then(|| found[limit - 1].0 .0 as i64)
     };
     for (max, day) in parts {
         if kth(&found).is_some_and(|k| max < k) {
@@ -3491,7 +3586,11 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
                 }
             }
             let entry = decode_log(row, &cat)?;
-            let key = (entry.time_unix_nano as i64, day, id);
+            let stored: Option<Vec<u8>> = row.get(8).map_err(read_err)?;
+            let key = (
+                entry.time_unix_nano,
+                stored.map_or_else(|| entry.doc_id(), hex::encode),
+            );
             let at = found.partition_point(|(k, _)| *k > key);
             if at < limit {
                 found.insert(at, (key, entry));
@@ -3500,6 +3599,23 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
         }
     }
     Ok(found.into_iter().map(|(_, l)| l).collect())
+}
+
+/// The query of [`search_logs`] newest first: with text the trigram index, newest row first;
+/// without, the time index backwards, which orders by (time, document id) so a page reads
+/// `limit` rows however many records share the newest time.
+fn backward_sql(text: bool, filter: &str, limit: usize) -> String {
+    if text {
+        format!(
+            "SELECT {LOG_COLS}, l.doc_id FROM logs_text JOIN logs l ON l.id = logs_text.rowid \
+             {filter} ORDER BY logs_text.rowid DESC"
+        )
+    } else {
+        format!(
+            "SELECT {LOG_COLS}, l.doc_id FROM logs l {filter} \
+             ORDER BY l.time_ns DESC, l.doc_id DESC LIMIT {limit}"
+        )
+    }
 }
 
 /// The query of [`search_logs_forward`]: the time index from the start, oldest row first, and
@@ -3596,8 +3712,12 @@ fn search_logs_forward(
                     key
                 }
             };
-            // Rows come in key order: none after the limit-th kept can be kept.
+            // Rows with an id come in key order: none after the limit-th kept can be kept. A
+            // row without one sorts first among its time, whatever its decoded key.
             if kth(&found).is_some_and(|k| key > k) {
+                if entry.is_some() {
+                    continue;
+                }
                 break;
             }
             if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
@@ -3860,6 +3980,25 @@ mod tests {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let plan: Vec<String> = stmt
             .query_map(rusqlite::params!["\"abc\"", 0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("logs_by_time"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    /// Regression: newest first, the time index was read by (time, row id) while it orders
+    /// by (time, document id), so every record of the newest time was read and sorted for
+    /// each page.
+    #[test]
+    fn newest_first_search_reads_the_time_index_without_sorting() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema::PARTITION).unwrap();
+        let sql = backward_sql(false, "WHERE l.time_ns <= ?1", 100);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params![i64::MAX], |r| r.get::<_, String>(3))
             .unwrap()
             .map(Result::unwrap)
             .collect();
