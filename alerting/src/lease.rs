@@ -470,8 +470,9 @@ fn acquire_blocking(
             ..holder.clone()
         };
         let renewal = holder.clone();
-        let renewer = holder_producer(config).map_err(kafka)?;
         let renew = renew_every(session);
+        // A renewal not delivered within a renewal interval is dropped, not sent late.
+        let renewer = holder_producer(config, renew).map_err(kafka)?;
         std::thread::Builder::new()
             .name("alerter-lease".into())
             .spawn(move || {
@@ -494,8 +495,11 @@ fn acquire_blocking(
                 }
                 // The stage has stopped and left the data topics' group: a successor need not
                 // wait for this one's session there.
+                // Through the renewer, after its last renewal: one producer with one request
+                // in flight keeps the order, so no renewal lands after the release.
                 if !lost.is_cancelled() && !unreleased.load(Ordering::SeqCst) {
-                    if let Err(e) = write_holder(&owned, &release) {
+                    let _ = renewer.flush(renew + Duration::from_secs(1));
+                    if let Err(e) = write_through(&renewer, &owned, &release, renew + Duration::from_secs(1)) {
                         tracing::warn!(group = %group, error = %e, "cannot record the lease's release");
                     }
                 }
@@ -541,11 +545,17 @@ fn renew_every(session_ms: u32) -> Duration {
     Duration::from_millis(u64::from(session_ms / 2).max(100))
 }
 
-/// A producer of lease records.
-fn holder_producer(config: &AlerterConfig) -> Result<BaseProducer<Written>, KafkaError> {
+/// A producer of lease records, delivered in the order sent (one request in flight), each
+/// within `timeout` or not at all.
+fn holder_producer(
+    config: &AlerterConfig,
+    timeout: Duration,
+) -> Result<BaseProducer<Written>, KafkaError> {
     client_config(config)
         .set("acks", "all")
         .set("linger.ms", "0")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
         .create_with_context(Written::default())
 }
 
@@ -583,9 +593,26 @@ fn follow_holders(config: &AlerterConfig) -> Result<BaseConsumer, KafkaError> {
 
 /// Writes `holder` to the lease topic; returns the record's offset.
 fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaError> {
-    let producer = holder_producer(config)?;
-    send_holder(&producer, config, holder)?;
-    producer.flush(Duration::from_secs(10))?;
+    let within = Duration::from_secs(10);
+    let producer = holder_producer(config, within)?;
+    write_through(&producer, config, holder, within)
+}
+
+/// Writes `holder` through `producer`, which has nothing else queued, and waits up to `within`
+/// for it; returns the record's offset.
+fn write_through(
+    producer: &BaseProducer<Written>,
+    config: &AlerterConfig,
+    holder: &Holder,
+    within: Duration,
+) -> Result<u64, KafkaError> {
+    *producer
+        .context()
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = None;
+    send_holder(producer, config, holder)?;
+    producer.flush(within)?;
     // Delivery reports are served by the flush.
     let offset = *producer
         .context()
