@@ -180,7 +180,7 @@ impl Services {
 /// another standby starts. Returns (active, standby).
 async fn stand_by(dir: &Path, config: &Path, mut active: Alerter) -> (Alerter, Alerter) {
     for attempt in 0..3 {
-        let mut standby = Alerter::start(dir, &format!("standby-{attempt}"), config);
+        let standby = Alerter::start(dir, &format!("standby-{attempt}"), config);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = standby.log();

@@ -335,8 +335,7 @@ impl StateTopic {
             let floor = fallback.as_ref().map(|(id, _)| id.clone());
             if let Err(e) = self.read_window(
                 &reader,
-                start,
-                end,
+                start..end,
                 deadline,
                 floor.as_ref(),
                 &mut found,
@@ -403,13 +402,13 @@ impl StateTopic {
     fn read_window(
         &self,
         reader: &BaseConsumer,
-        start: i64,
-        end: i64,
+        offsets: std::ops::Range<i64>,
         deadline: Instant,
         floor: Option<&Id>,
         found: &mut BTreeMap<Id, Found>,
         buffered: &mut usize,
     ) -> Result<(), TopicStateError> {
+        let std::ops::Range { start, end } = offsets;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, PARTITION, Offset::Offset(start))
             .map_err(|e| self.kafka(e.to_string()))?;
