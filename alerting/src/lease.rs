@@ -27,7 +27,8 @@
 //! [`STANDBY_LOG_EVERY`]). When the holder dies, its session ends after
 //! `lease_session_timeout_ms`, the coordinator hands the partition to a waiting member (or
 //! the member joins again after a session and gets it: it does so once the holder stopped
-//! renewing its lease record, which a live holder does every half session, since on tansu
+//! renewing its lease record, which a live holder does every half of its own session and
+//! says so in the record, since on tansu
 //! 0.6 a join now and then takes the partition from a live holder), and that member loads the newest
 //! state the holder checkpointed to the state topic ([`crate::state::topic`]) before it
 //! joins the data topics' group and evaluates. A holder that stops gracefully leaves the
@@ -66,6 +67,8 @@ const LEASE_PARTITION: i32 = 0;
 const POLL_STEP: Duration = Duration::from_millis(100);
 /// How many of the lease topic's last records are read to name the holder.
 const HOLDER_TAIL: i64 = 200;
+/// Longest renewal interval a lease record may claim (5 minutes).
+const MAX_RENEW_EVERY_MS: u64 = 300_000;
 /// How often a standby logs who holds the lease.
 pub const STANDBY_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -88,6 +91,19 @@ pub struct Holder {
     /// topics' group first); a holder whose last record is not a release died holding it.
     #[serde(default)]
     pub released: bool,
+    /// How often it renews this record, in ms: a standby judges it silent by this, not by its
+    /// own setting. Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_every_ms: Option<u64>,
+}
+
+impl Holder {
+    /// How often it renews its record, when it says (bounded: the record is anyone's to
+    /// write).
+    fn renews_every(&self) -> Option<Duration> {
+        self.renew_every_ms
+            .map(|ms| Duration::from_millis(ms.clamp(100, MAX_RENEW_EVERY_MS)))
+    }
 }
 
 impl std::fmt::Display for Holder {
@@ -347,7 +363,9 @@ fn acquire_blocking(
     // away from a live holder.
     let rejoin_every = Duration::from_millis(u64::from(session) + 1_000);
     let mut rejoin_at: Option<Instant> = None;
-    let silent_after = renew_every(session) * 3 + Duration::from_millis(1_000);
+    // The holder renews as often as its own setting says (its record tells; else this one's).
+    let silent_after = |renews: Duration| renews * 3 + Duration::from_millis(1_000);
+    let mut holder_renews: Option<Duration> = None;
     let follower = match follow_holders(config) {
         Ok(follower) => Some(follower),
         Err(e) => {
@@ -380,6 +398,7 @@ fn acquire_blocking(
                 {
                     holder_seen = Instant::now();
                     holder_released = h.released;
+                    holder_renews = h.renews_every().or(holder_renews);
                 }
             }
         }
@@ -393,6 +412,14 @@ fn acquire_blocking(
                 .unwrap_or_else(|| "its holder wrote no lease record".into());
             tracing::info!(group = %group, holder = %holder, "standing by: another alerter holds the lease of the group; taking over when it goes");
             standby_log_at = Some(now + STANDBY_LOG_EVERY);
+        }
+        if joined && holder_renews.is_none() {
+            let renews = read_holder(config)
+                .ok()
+                .flatten()
+                .and_then(|h| h.renews_every())
+                .unwrap_or_else(|| renew_every(session));
+            holder_renews = Some(renews);
         }
         if joined {
             let deadline =
@@ -409,7 +436,8 @@ fn acquire_blocking(
             let at = *rejoin_at.get_or_insert(now + rejoin_every);
             let holder_silent = follower.is_none()
                 || holder_released
-                || now.duration_since(holder_seen) >= silent_after;
+                || now.duration_since(holder_seen)
+                    >= silent_after(holder_renews.unwrap_or_else(|| renew_every(session)));
             if now >= at && holder_silent {
                 tracing::debug!(group = %group, "the alerter lease is held by another member; joining the lease group again");
                 drop(consumer);
@@ -432,6 +460,7 @@ fn acquire_blocking(
     let previous = read_holder(config);
     let holder = Holder {
         released: false,
+        renew_every_ms: Some(renew_every(session).as_millis() as u64),
         group: group.clone(),
         host: host_name(),
         pid: std::process::id(),
@@ -470,8 +499,9 @@ fn acquire_blocking(
             ..holder.clone()
         };
         let renewal = holder.clone();
-        let renewer = holder_producer(config).map_err(kafka)?;
         let renew = renew_every(session);
+        // A renewal not delivered within a renewal interval is dropped, not sent late.
+        let renewer = holder_producer(config, renew).map_err(kafka)?;
         std::thread::Builder::new()
             .name("alerter-lease".into())
             .spawn(move || {
@@ -494,8 +524,11 @@ fn acquire_blocking(
                 }
                 // The stage has stopped and left the data topics' group: a successor need not
                 // wait for this one's session there.
+                // Through the renewer, after its last renewal: one producer with one request
+                // in flight keeps the order, so no renewal lands after the release.
                 if !lost.is_cancelled() && !unreleased.load(Ordering::SeqCst) {
-                    if let Err(e) = write_holder(&owned, &release) {
+                    let _ = renewer.flush(renew + Duration::from_secs(1));
+                    if let Err(e) = write_through(&renewer, &owned, &release, renew + Duration::from_secs(1)) {
                         tracing::warn!(group = %group, error = %e, "cannot record the lease's release");
                     }
                 }
@@ -541,11 +574,17 @@ fn renew_every(session_ms: u32) -> Duration {
     Duration::from_millis(u64::from(session_ms / 2).max(100))
 }
 
-/// A producer of lease records.
-fn holder_producer(config: &AlerterConfig) -> Result<BaseProducer<Written>, KafkaError> {
+/// A producer of lease records, delivered in the order sent (one request in flight), each
+/// within `timeout` or not at all.
+fn holder_producer(
+    config: &AlerterConfig,
+    timeout: Duration,
+) -> Result<BaseProducer<Written>, KafkaError> {
     client_config(config)
         .set("acks", "all")
         .set("linger.ms", "0")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
         .create_with_context(Written::default())
 }
 
@@ -583,9 +622,26 @@ fn follow_holders(config: &AlerterConfig) -> Result<BaseConsumer, KafkaError> {
 
 /// Writes `holder` to the lease topic; returns the record's offset.
 fn write_holder(config: &AlerterConfig, holder: &Holder) -> Result<u64, KafkaError> {
-    let producer = holder_producer(config)?;
-    send_holder(&producer, config, holder)?;
-    producer.flush(Duration::from_secs(10))?;
+    let within = Duration::from_secs(10);
+    let producer = holder_producer(config, within)?;
+    write_through(&producer, config, holder, within)
+}
+
+/// Writes `holder` through `producer`, which has nothing else queued, and waits up to `within`
+/// for it; returns the record's offset.
+fn write_through(
+    producer: &BaseProducer<Written>,
+    config: &AlerterConfig,
+    holder: &Holder,
+    within: Duration,
+) -> Result<u64, KafkaError> {
+    *producer
+        .context()
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = None;
+    send_holder(producer, config, holder)?;
+    producer.flush(within)?;
     // Delivery reports are served by the flush.
     let offset = *producer
         .context()

@@ -761,8 +761,12 @@ impl InputEvents for Metrics {
 impl<S: Source> BatchHandler<S> for Stage {
     type Error = AlerterError;
 
-    /// Alerts a previous run saved but could not deliver go out first.
+    /// Alerts a previous run saved but could not deliver go out first, while the lease is
+    /// still held.
     async fn start(&mut self, input: &mut Input<S>) -> Result<Vec<Mark>, AlerterError> {
+        if !self.outbox.is_empty() {
+            self.check_lease()?;
+        }
         if !self.outbox.is_empty() && self.deliver(input).await? {
             self.save(input).await?;
         }
@@ -1036,6 +1040,8 @@ impl Stage {
                 if owed.is_empty() {
                     break;
                 }
+                // Never delivered once the group is another alerter's (also on a retry).
+                self.check_lease()?;
                 let batch: Vec<Transition> = owed
                     .iter()
                     .map(|i| self.outbox[*i].transition.clone())

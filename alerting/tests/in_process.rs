@@ -426,6 +426,56 @@ async fn alerts_left_in_the_outbox_are_delivered_at_the_next_start() {
     server.abort();
 }
 
+/// Regression: a stage started after its lease was already lost does not deliver the outbox
+/// the previous run saved; the successor delivers it from the state topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_outbox_is_not_delivered_once_the_lease_is_lost() {
+    let receiver = Arc::new(Hook::default());
+    receiver.down.store(true, Ordering::SeqCst);
+    let (url, server) = serve_hook(receiver.clone()).await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let config = webhook_only_config(state_dir.path(), url);
+
+    let (tx, source) = ChannelSource::new(4);
+    let (stop, stage) = start_stage(config.clone(), source);
+    let (batch, _acked) = error_batch("E1");
+    tx.send(batch).await.unwrap();
+    wait_until("the alert in the saved outbox", || {
+        saved_state(state_dir.path())["outbox"]
+            .as_array()
+            .is_some_and(|o| o.len() == 1)
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), stage)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    receiver.down.store(false, Ordering::SeqCst);
+    let lost = CancellationToken::new();
+    lost.cancel();
+    let (_tx2, source) = ChannelSource::new(4);
+    let mut stage = dlog_alerting::Alerter::builder(config)
+        .with_source(source)
+        .with_clock(Arc::new(ManualClock::new(T0)))
+        .with_lease_lost(&lost)
+        .start()
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), stage.stopped())
+        .await
+        .expect("the stage did not stop after losing the lease");
+    let error = outcome.expect_err("the stage ended cleanly after losing the lease");
+    assert!(error.to_string().contains("lost the lease"), "{error}");
+    assert!(
+        codes(&receiver).is_empty(),
+        "the saved outbox was delivered after the lease was lost"
+    );
+    server.abort();
+}
+
 /// A drift edge raised before a restart is not raised again after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_not_raised_again_after_a_restart() {

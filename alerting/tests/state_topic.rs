@@ -237,3 +237,64 @@ async fn a_later_holders_checkpoint_wins_over_a_higher_number_of_an_earlier_one(
         serde_json::to_value(&later).unwrap()
     );
 }
+
+/// A stray chunk of a high checkpoint whose first chunk never comes (written by anyone who
+/// can write the topic) does not hide the good checkpoint below it: the load stops a little
+/// past the good one instead of reading (and holding) the whole topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_chunk_without_its_first_does_not_hide_the_checkpoint_below() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let kafka = Kafka::start().unwrap();
+    let name = unique_name("alerter_state");
+    let ours = StateTopic::open(client(&kafka), &name, "team-a")
+        .await
+        .unwrap();
+    let theirs = StateTopic::open(client(&kafka), &name, "team-b")
+        .await
+        .unwrap();
+    // More records below than one read takes (512), so the stray's first chunk may lie in an
+    // earlier read.
+    for checkpoint in 1..=520 {
+        save(&theirs, &state(checkpoint, 0)).await;
+    }
+    save(&ours, &state(4, 1)).await;
+    let good = state(5, 2);
+    save(&ours, &good).await;
+    let producer: FutureProducer = client(&kafka).create().unwrap();
+    let headers = [
+        ("dlog.state.group", "team-a"),
+        ("dlog.state.checkpoint", "999999"),
+        ("dlog.state.chunk", "1"),
+        ("dlog.state.chunks", "2"),
+        ("dlog.state.writer", "stray"),
+        ("dlog.state.epoch", "999999"),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    });
+    producer
+        .send(
+            FutureRecord::to(&name)
+                .partition(0)
+                .key("team-a")
+                .payload(&[0x1f_u8; 64][..])
+                .headers(headers),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let loaded = load(&ours)
+        .await
+        .expect("the good checkpoint was not found");
+    assert_eq!(
+        serde_json::to_value(&loaded).unwrap(),
+        serde_json::to_value(&good).unwrap()
+    );
+}

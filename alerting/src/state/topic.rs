@@ -51,6 +51,9 @@ pub const MAX_JSON_BYTES: usize = 512 * 1024 * 1024;
 const MAX_BUFFERED_BYTES: usize = 2 * MAX_STATE_BYTES;
 /// Records read per step backwards from the end of the topic.
 const WINDOW: i64 = 512;
+/// Windows read, once a complete checkpoint was found, for the first chunk of a newer one
+/// (a checkpoint has at most 256 chunks, so its first chunk is near its others).
+const FALLBACK_WINDOWS: u32 = 2;
 /// Longest a load reads the topic.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one checkpoint record may take to be acknowledged, from the call (waiting for
@@ -322,33 +325,76 @@ impl StateTopic {
         // Chunks of checkpoints, by epoch, checkpoint and writer, as far as read.
         let mut found: BTreeMap<Id, Found> = BTreeMap::new();
         let mut buffered = 0usize;
+        // The newest complete checkpoint found below newer ones whose first chunk was not read
+        // yet, and how many windows were read since: only newer chunks are buffered from then
+        // on, and after FALLBACK_WINDOWS more windows (or a load that fails) it is the one.
+        let mut fallback: Option<(Id, StageState)> = None;
+        let mut windows_since = 0u32;
         while end > low {
             let start = (end - WINDOW).max(low);
-            self.read_window(&reader, start, end, deadline, &mut found, &mut buffered)?;
+            let floor = fallback.as_ref().map(|(id, _)| id.clone());
+            if let Err(e) = self.read_window(
+                &reader,
+                start..end,
+                deadline,
+                floor.as_ref(),
+                &mut found,
+                &mut buffered,
+            ) {
+                match fallback {
+                    Some((_, state)) => {
+                        tracing::warn!(error = %e, "loading an older checkpoint from the state topic: newer ones could not be read whole");
+                        return Ok(Some(state));
+                    }
+                    None => return Err(e),
+                }
+            }
             // Chunks are written in order: a checkpoint whose first chunk was read but not
             // all the others was cut short by a crash and is passed over (and dropped); one
             // whose first chunk was not read yet starts in an earlier window.
             let keys: Vec<Id> = found.keys().rev().cloned().collect();
+            let mut unresolved = false;
             for key in keys {
-                let f = &found[&key];
+                let Some(f) = found.get(&key) else { continue };
                 if f.complete() {
                     match self.decode(&key, f) {
-                        Ok(state) => return Ok(Some(state)),
+                        Ok(state) if !unresolved => return Ok(Some(state)),
+                        Ok(state) => {
+                            // Nothing older is needed any more.
+                            let older: Vec<Id> =
+                                found.range(..=&key).map(|(k, _)| k.clone()).collect();
+                            for k in older {
+                                if let Some(f) = found.remove(&k) {
+                                    buffered -= f.bytes();
+                                }
+                            }
+                            fallback = Some((key, state));
+                            windows_since = 0;
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "passing over an unreadable checkpoint on the state topic for the next older one");
                         }
                     }
-                } else if !f.chunks.contains_key(&0) {
-                    if start > low {
-                        break;
-                    }
+                } else if !f.chunks.contains_key(&0) && start > low {
+                    unresolved = true;
                     continue;
                 }
                 if let Some(f) = found.remove(&key) {
                     buffered -= f.bytes();
                 }
             }
+            if fallback.is_some() {
+                windows_since += 1;
+                if windows_since > FALLBACK_WINDOWS {
+                    break;
+                }
+            }
             end = start;
+        }
+        if let Some((_, state)) = fallback {
+            tracing::warn!("loading an older checkpoint from the state topic: the first chunk of a newer one was not found near it (records not written by dlog-alerter?)");
+            return Ok(Some(state));
         }
         Ok(None)
     }
@@ -356,12 +402,13 @@ impl StateTopic {
     fn read_window(
         &self,
         reader: &BaseConsumer,
-        start: i64,
-        end: i64,
+        offsets: std::ops::Range<i64>,
         deadline: Instant,
+        floor: Option<&Id>,
         found: &mut BTreeMap<Id, Found>,
         buffered: &mut usize,
     ) -> Result<(), TopicStateError> {
+        let std::ops::Range { start, end } = offsets;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, PARTITION, Offset::Offset(start))
             .map_err(|e| self.kafka(e.to_string()))?;
@@ -377,7 +424,10 @@ impl StateTopic {
                     if m.offset() >= end {
                         return Ok(());
                     }
-                    if let Some((id, index, count)) = self.chunk_of(&m) {
+                    if let Some((id, index, count)) = self
+                        .chunk_of(&m)
+                        .filter(|(id, _, _)| floor.is_none_or(|floor| id > floor))
+                    {
                         let payload = m.payload().unwrap_or_default();
                         let f = found.entry(id).or_insert_with(|| Found {
                             count,
