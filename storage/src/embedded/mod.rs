@@ -136,6 +136,10 @@ const NOT_IN_DICTIONARY: &str = "not in the dictionary";
 /// The message of a resource id the catalog does not hold.
 const NOT_IN_RESOURCES: &str = "not in the resource table";
 
+/// How many times a read that met ids its catalog did not hold loads the catalog again and
+/// reads again, while each load finds new entries.
+const CATALOG_RELOADS: usize = 8;
+
 /// A dictionary or resource id the catalog did not hold.
 fn is_catalog_miss(e: &StoreError) -> bool {
     matches!(e, StoreError::Corrupt { message, .. }
@@ -2154,20 +2158,30 @@ impl EmbeddedStore {
             if let Ok(mut cat) = ctx.catalog.try_write() {
                 cat.load_new(&set.shared)?;
             }
-            match f(&mut set, &ctx) {
-                // An id another process added after the catalog was loaded (its dictionary
-                // commits before its day partition, so a query can meet the row first, or the
-                // load above was skipped): the catalog is loaded again, waiting for it this
-                // time, and the read made again, once. A second miss is corruption.
-                Err(e) if is_catalog_miss(&e) => {
-                    ctx.catalog
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .load_new(&set.shared)?;
-                    f(&mut set, &ctx)
+            // An id another process added after the catalog was loaded (its dictionary
+            // commits before its day partition, so a query can meet the row first, or the
+            // load above was skipped): the catalog is loaded again, waiting for it this time,
+            // and the read made again. A writer that keeps adding names can make the new read
+            // meet newer ids still, so this repeats while the load finds something new (at
+            // most `CATALOG_RELOADS` times); a miss that a load does not cure is corruption.
+            let mut result = f(&mut set, &ctx);
+            for _ in 0..CATALOG_RELOADS {
+                match &result {
+                    Err(e) if is_catalog_miss(e) => {}
+                    _ => break,
                 }
-                result => result,
+                let grew = {
+                    let mut cat = ctx.catalog.write().unwrap_or_else(|e| e.into_inner());
+                    let before = (cat.max_string, cat.max_resource);
+                    cat.load_new(&set.shared)?;
+                    (cat.max_string, cat.max_resource) != before
+                };
+                if !grew {
+                    break;
+                }
+                result = f(&mut set, &ctx);
             }
+            result
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
