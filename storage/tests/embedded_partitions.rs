@@ -327,7 +327,8 @@ async fn regression_a_time_range_search_opens_only_the_day_files_that_can_hold_i
 /// dictionary and resource ids written after it loaded its catalog (the writer commits its
 /// dictionary, then the day partition; the query read the dictionary between the two, or
 /// skipped loading it while another query held the catalog) and failed with `Corrupt`. It now
-/// loads the catalog again on a miss and reads again, once.
+/// loads the catalog again on a miss and reads again, while the catalog has grown since the
+/// failed read began (another query may have loaded the missing ids meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_a_second_store_reads_ids_written_after_it_loaded_its_catalog() {
     use common::conformance::log;

@@ -1234,7 +1234,12 @@ fn write_docs(
         let err = unavailable(&path);
         let cat = ctx.catalog();
         let conn = w.partition(ctx, day)?;
-        let tx = conn.transaction().map_err(&err)?;
+        // Take the write lock at the start, waiting for it: a deferred transaction that read
+        // first and then writes fails at once (SQLITE_BUSY, no waiting) when another
+        // connection wrote the file since its read began.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
         let mut index_rows = Vec::new();
         for g in &rows.traces {
             if let Some(msg) = write_trace(&tx, &cat, g, &mut index_rows).map_err(&err)? {
@@ -2162,23 +2167,29 @@ impl EmbeddedStore {
             // commits before its day partition, so a query can meet the row first, or the
             // load above was skipped): the catalog is loaded again, waiting for it this time,
             // and the read made again. A writer that keeps adding names can make the new read
-            // meet newer ids still, so this repeats while the load finds something new (at
-            // most `CATALOG_RELOADS` times); a miss that a load does not cure is corruption.
+            // meet newer ids still, so this repeats while the catalog holds more than when the
+            // failed read began (a load here, or one by a concurrent query), at most
+            // `CATALOG_RELOADS` times; a miss with nothing new to load is corruption.
+            let extent = |ctx: &Ctx| {
+                let cat = ctx.catalog.read().unwrap_or_else(|e| e.into_inner());
+                (cat.max_string, cat.max_resource)
+            };
+            let mut seen = extent(&ctx);
             let mut result = f(&mut set, &ctx);
             for _ in 0..CATALOG_RELOADS {
                 match &result {
                     Err(e) if is_catalog_miss(e) => {}
                     _ => break,
                 }
-                let grew = {
+                let now = {
                     let mut cat = ctx.catalog.write().unwrap_or_else(|e| e.into_inner());
-                    let before = (cat.max_string, cat.max_resource);
                     cat.load_new(&set.shared)?;
-                    (cat.max_string, cat.max_resource) != before
+                    (cat.max_string, cat.max_resource)
                 };
-                if !grew {
+                if now == seen {
                     break;
                 }
+                seen = now;
                 result = f(&mut set, &ctx);
             }
             result
