@@ -217,7 +217,17 @@ async fn otlp_reaches_the_store_as_the_exact_tree(
     .await;
     assert_eq!(status[0].entry.service, "backend");
     assert_eq!(status[0].entry.dependencies, vec!["postgres".to_string()]);
-    let deps = store.dependencies(Default::default()).await.unwrap();
+    // Call edges are written after the trace summaries they come from (on Elasticsearch in
+    // a later `_bulk` of the same batch), so they may become visible after the registry.
+    let deps = wait_for("the call edge", Duration::from_secs(30), || {
+        let store = Arc::clone(&store);
+        async move {
+            store.refresh().await.ok()?;
+            let deps = store.dependencies(Default::default()).await.ok()?;
+            (!deps.observed.is_empty()).then_some(deps)
+        }
+    })
+    .await;
     assert_eq!(deps.observed.len(), 1);
     assert_eq!(
         (
