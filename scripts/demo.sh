@@ -97,7 +97,7 @@ echo; echo "==> newest traces";          q traces --limit 5
 trace=$(awk '/^slowest requests:/ {found=1; next} found && /trace/ {id = $NF; sub(/.*\//, "", id); print id; exit}' "${logs}/test-client.table")
 if [ -n "${trace}" ]; then
   for _ in $(seq 1 40); do
-    q trace "${trace}" 2>/dev/null | grep -q orphan || break
+    q trace "${trace}" 2>/dev/null | grep orphan >/dev/null || break
     sleep 0.25
   done
   echo; echo "==> dlog trace ${trace} (the slowest request)"; q trace "${trace}"
@@ -114,7 +114,7 @@ echo; echo "==> kill -9 service-c: its heartbeats stop; 'delayed' fires after 2 
 kill -9 "${pid_c}" 2>/dev/null || true
 if ${once}; then
   for _ in $(seq 1 80); do
-    q alerts --state firing | grep -q heartbeat_down && break
+    q alerts --state firing | grep heartbeat_down >/dev/null && break
     sleep 0.25
   done
   q alerts --limit 10
