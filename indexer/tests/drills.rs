@@ -492,22 +492,6 @@ fn request(
     traces(resource("shop", &format!("shop-{stream}"), &[]), spans)
 }
 
-async fn stored_spans(elastic: &Elastic, prefix: &str) -> Option<u64> {
-    let url = format!("{}/{prefix}-jaeger-span-*/_count", elastic.url);
-    let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
-    body["count"].as_u64()
-}
-
-fn spans_in(record: &RawRecord) -> u64 {
-    let request = decode_traces(Encoding::OtlpProto, &record.payload).expect("a span record");
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
-        .sum()
-}
-
 fn span_ids(record: &RawRecord) -> Vec<Vec<u8>> {
     let request = decode_traces(Encoding::OtlpProto, &record.payload).expect("a span record");
     request

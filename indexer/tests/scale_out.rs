@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dlog_core::encoding::{decode_traces, Encoding};
-use dlog_core::source::RawRecord;
 use dlog_testkit::{free_port, read_topic, unique_name, Elastic, Kafka};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
@@ -174,21 +172,6 @@ fn request(
 }
 
 /// Stored span documents under the test's index prefix.
-async fn stored_spans(elastic: &Elastic, prefix: &str) -> Option<u64> {
-    let url = format!("{}/{prefix}-jaeger-span-*/_count", elastic.url);
-    let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
-    body["count"].as_u64()
-}
-
-fn spans_in(record: &RawRecord) -> u64 {
-    let request = decode_traces(Encoding::OtlpProto, &record.payload).expect("a span record");
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_indexers_share_the_load_and_the_survivor_takes_over_without_loss() {

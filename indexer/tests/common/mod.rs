@@ -387,3 +387,22 @@ pub fn committed(
         })
         .collect()
 }
+
+/// Span documents in the store's span indices of `prefix`.
+pub async fn stored_spans(elastic: &dlog_testkit::Elastic, prefix: &str) -> Option<u64> {
+    let url = format!("{}/{prefix}-jaeger-span-*/_count", elastic.url);
+    let body: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+    body["count"].as_u64()
+}
+
+/// Spans in one span-topic record.
+pub fn spans_in(record: &dlog_core::source::RawRecord) -> u64 {
+    let request = dlog_core::encoding::decode_traces(Encoding::OtlpProto, &record.payload)
+        .expect("a span record");
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
+}
