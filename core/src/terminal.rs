@@ -37,6 +37,25 @@ pub fn escape_control(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Writes a command's results to standard output, buffered, through `write`. A reader that
+/// went away (`dlog logs | head`, a pager quit early) ends the output quietly: a broken pipe
+/// is not an error, and nothing panics as `println!` would. Any other write error is returned.
+pub fn write_stdout(
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match write(&mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // What is still buffered has nowhere to go; dropping the writer must not try
+            // again and fail the same way.
+            let (_, _) = out.into_parts();
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dlog_core::process::{init_logging, shutdown_signal};
-use dlog_core::terminal::escape_control as esc;
+use dlog_core::terminal::{escape_control as esc, write_stdout};
 use dlog_indexer::cli::{query, Command as QueryCommand};
 use dlog_storage::{open_store, AlertQuery};
 
@@ -217,22 +217,27 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await
                 .context("query failed")?;
-            for a in alerts {
-                let root = a
-                    .root_cause
-                    .map(|r| format!(" (root cause: {r})"))
-                    .unwrap_or_default();
-                println!(
-                    "{:<8} {:<9} {:<16} {:<20} x{:<4} {}{}",
-                    esc(&a.state),
-                    esc(&a.severity),
-                    esc(&a.service),
-                    esc(&a.rule),
-                    a.occurrences,
-                    esc(&a.summary),
-                    esc(&root)
-                );
-            }
+            write_stdout(|out| {
+                for a in alerts {
+                    let root = a
+                        .root_cause
+                        .map(|r| format!(" (root cause: {r})"))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<8} {:<9} {:<16} {:<20} x{:<4} {}{}",
+                        esc(&a.state),
+                        esc(&a.severity),
+                        esc(&a.service),
+                        esc(&a.rule),
+                        a.occurrences,
+                        esc(&a.summary),
+                        esc(&root)
+                    )?;
+                }
+                Ok(())
+            })
+            .context("cannot write to standard output")?;
             Ok(())
         }
         Some(Command::DeadLetters) => {
@@ -247,18 +252,23 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             let letters = all.letters;
-            for l in &letters {
-                println!(
-                    "{} {}[{}]@{} key={} {} bytes: {}",
-                    l.time_unix_nano,
-                    esc(&l.topic),
-                    l.partition,
-                    l.offset,
-                    esc(l.key.as_deref().unwrap_or("-")),
-                    l.payload_hex.len() / 2,
-                    esc(&l.reason)
-                );
-            }
+            write_stdout(|out| {
+                for l in &letters {
+                    writeln!(
+                        out,
+                        "{} {}[{}]@{} key={} {} bytes: {}",
+                        l.time_unix_nano,
+                        esc(&l.topic),
+                        l.partition,
+                        l.offset,
+                        esc(l.key.as_deref().unwrap_or("-")),
+                        l.payload_hex.len() / 2,
+                        esc(&l.reason)
+                    )?;
+                }
+                Ok(())
+            })
+            .context("cannot write to standard output")?;
             eprintln!("{} dead letters", letters.len());
             Ok(())
         }
@@ -269,13 +279,11 @@ async fn main() -> anyhow::Result<()> {
             let store = open_store(&store_config)
                 .await
                 .context("cannot open the store")?;
-            print!(
-                "{}",
-                query(store.as_ref(), &command)
-                    .await
-                    .context("query failed")?
-            );
-            Ok(())
+            let text = query(store.as_ref(), &command)
+                .await
+                .context("query failed")?;
+            write_stdout(|out| out.write_all(text.as_bytes()))
+                .context("cannot write to standard output")
         }
     }
 }

@@ -124,3 +124,48 @@ fn regression_ansi_in_files_logs_to_a_pipe_carry_no_colour_codes() {
     );
     assert!(!text.contains('\x1b'), "colour codes in a pipe: {text:?}");
 }
+
+/// `dlog dead-letters | head -1` used to panic ("failed printing to stdout: Broken pipe")
+/// and exit 101 once `head` had gone: a reader that leaves early ends the output quietly.
+#[test]
+fn regression_broken_pipe_cli_output_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    // Far more than a pipe holds (64 KiB on Linux), so that the CLI is still writing when
+    // the reader goes.
+    let mut file = std::fs::File::create(data.path().join("dead_letters.jsonl")).unwrap();
+    for offset in 0..20_000i64 {
+        let letter = dlog::dead_letters::DeadLetter {
+            time_unix_nano: 1_700_000_000_000_000_000,
+            reason: "not a valid OTLP record".into(),
+            topic: "trace_logs".into(),
+            partition: 0,
+            offset,
+            key: Some("k".into()),
+            headers: vec![],
+            payload_hex: "00".repeat(64),
+        };
+        serde_json::to_writer(&mut file, &letter).unwrap();
+        file.write_all(b"\n").unwrap();
+    }
+    drop(file);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dlog"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("dead-letters")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone (dropped above) after one line, as `head -1` would be.
+    assert!(first.contains("trace_logs[0]@0"), "{first:?}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("20000 dead letters"), "{stderr}");
+}

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dlog_core::process::{init_logging, shutdown_token};
+use dlog_core::terminal::write_stdout;
 use dlog_indexer::cli::{open_for_queries, query, Args, Command};
 
 /// Used when neither `DLOG_INDEXER_LOG` nor `RUST_LOG` is set.
@@ -25,12 +26,17 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("cannot connect to Elasticsearch")?;
             let days = store.days_without_summaries().await?;
-            println!("days to backfill: {}", days.join(", "));
+            write_stdout(|out| writeln!(out, "days to backfill: {}", days.join(", ")))?;
             let spans = store
                 .backfill_summaries()
                 .await
                 .context("backfill failed (safe to run again)")?;
-            println!("trace summaries and call edges written for {spans} spans");
+            write_stdout(|out| {
+                writeln!(
+                    out,
+                    "trace summaries and call edges written for {spans} spans"
+                )
+            })?;
             Ok(())
         }
         Some(command) => {
@@ -40,8 +46,8 @@ async fn main() -> anyhow::Result<()> {
             let out = query(store.as_ref(), command)
                 .await
                 .context("query failed")?;
-            print!("{out}");
-            Ok(())
+            write_stdout(|stdout| stdout.write_all(out.as_bytes()))
+                .context("cannot write to standard output")
         }
     }
 }
