@@ -35,6 +35,7 @@ pub struct Metrics {
     pub(crate) store_oldest_seconds: Gauge,
     pub(crate) store_unindexed_attributes: Gauge,
     pub(crate) store_unindexed_resources: Gauge,
+    pub(crate) store_unindexed_names: Gauge,
     pub(crate) partitions_dropped: Counter,
     pub(crate) files_dropped: Counter,
     pub(crate) retention_errors: Counter,
@@ -141,6 +142,7 @@ impl Metrics {
         let store_oldest_seconds = Gauge::default();
         let store_unindexed_attributes = Gauge::default();
         let store_unindexed_resources = Gauge::default();
+        let store_unindexed_names = Gauge::default();
         let partitions_dropped = Counter::default();
         let files_dropped = Counter::default();
         let retention_errors = Counter::default();
@@ -168,6 +170,13 @@ impl Metrics {
             store_unindexed_resources.clone(),
         );
         store_registry.register(
+            "unindexed_names",
+            "Records stored with a service, operation, scope or level name the dictionary had \
+             no room for, indexed under \"(names full)\" (embedded store, since it was created), \
+             as of the last retention pass",
+            store_unindexed_names.clone(),
+        );
+        store_registry.register(
             "partitions_dropped",
             "Days of data (partitions, daily indices) dropped by retention",
             partitions_dropped.clone(),
@@ -188,6 +197,7 @@ impl Metrics {
             store_oldest_seconds,
             store_unindexed_attributes,
             store_unindexed_resources,
+            store_unindexed_names,
             partitions_dropped,
             files_dropped,
             retention_errors,

@@ -217,6 +217,9 @@ fn set_usage(metrics: &Metrics, usage: &StoreUsage) {
     metrics
         .store_unindexed_resources
         .set(usage.unindexed_resources.min(i64::MAX as u64) as i64);
+    metrics
+        .store_unindexed_names
+        .set(usage.unindexed_names.min(i64::MAX as u64) as i64);
 }
 
 /// One retention pass over the store and `others`. Failures are logged and counted; `quiet`
@@ -489,7 +492,7 @@ mod tests {
     /// were only in its usage report (and counted from 0 again at every start): they are on
     /// `/metrics`, read from the store, so a restart keeps them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unindexed_attributes_and_resources_are_metrics_that_survive_a_restart() {
+    async fn unindexed_attributes_resources_and_names_are_metrics_that_survive_a_restart() {
         use dlog_core::model::{ServiceInfo, SpanKind, SpanRecord, StatusCode};
         use dlog_storage::embedded::EmbeddedStore;
         use dlog_storage::Document;
@@ -499,7 +502,7 @@ mod tests {
             trace_id: format!("{:032x}", 0x77 + i),
             span_id: "00000000000000a1".into(),
             parent_span_id: None,
-            name: "op".into(),
+            name: format!("op{i}"),
             kind: SpanKind::Server,
             start_unix_nano: now + i,
             end_unix_nano: now + i + 1,
@@ -518,12 +521,13 @@ mod tests {
             links: vec![],
         };
         {
-            // One attribute key and one resource fit; the second span's key and resource
-            // do not, nor the third's.
+            // One attribute key, one resource and three names (service, operation, scope)
+            // fit; the second span's key, resource and operation name do not, nor the third's.
             let store = EmbeddedStore::open(dir.path())
                 .unwrap()
                 .with_max_dictionary_entries(1)
-                .with_max_resources(1);
+                .with_max_resources(1)
+                .with_max_names(3);
             let docs: Vec<Document> = (0..3).map(|i| Document::Span(span(i))).collect();
             store.write(&docs).await.unwrap();
         }
@@ -546,6 +550,10 @@ mod tests {
         assert!(
             text.lines()
                 .any(|l| l == "dlog_store_unindexed_resources 2"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l == "dlog_store_unindexed_names 2"),
             "{text}"
         );
     }

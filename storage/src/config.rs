@@ -22,12 +22,15 @@ pub const DEFAULT_PARTITION_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 /// or time partition: 1 hour.
 pub const DEFAULT_PARTITION_MAX_AHEAD_SECS: u64 = 3600;
 /// Default most distinct attribute keys and common values in the embedded store's dictionary
-/// (service, operation, scope and level names are not counted, and not capped). Past it,
+/// (service, operation, scope and level names are not counted: they have their own cap,
+/// [`DEFAULT_MAX_NAMES`]). Past it,
 /// attributes with new keys are still stored with their span or log, but not indexed for
 /// search.
 pub const DEFAULT_MAX_DICTIONARY_ENTRIES: usize = 100_000;
 /// Default [`StoreConfig::max_resources`].
 pub const DEFAULT_MAX_RESOURCES: usize = 100_000;
+/// Default [`StoreConfig::max_names`].
+pub const DEFAULT_MAX_NAMES: usize = 500_000;
 /// Default Elasticsearch request timeout, ms.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
@@ -84,7 +87,7 @@ pub struct StoreConfig {
     pub partition_max_ahead_secs: u64,
     /// Embedded store: most distinct attribute keys and common values in its dictionary,
     /// which codes them (and service, operation, scope and level names, which are not
-    /// counted nor capped) as numbers and indexes attributes by them. It bounds what random keys from a hostile or broken sender cost in
+    /// counted here but against `max_names`) as numbers and indexes attributes by them. It bounds what random keys from a hostile or broken sender cost in
     /// memory and disk: past it, attributes with new keys are stored with their span or log
     /// (shown on the trace) but not searchable, counted in `usage().unindexed_attributes`,
     /// and a warning is logged once. Default 100000.
@@ -96,6 +99,15 @@ pub struct StoreConfig {
     /// is found by service and not by its other resource attributes; counted in
     /// `usage().unindexed_resources`, and a warning is logged once. Default 100000.
     pub max_resources: usize,
+    /// Embedded store: most distinct service, operation (span), scope and level names in its
+    /// dictionary, and most (service, operation, kind) entries in its operation list. It
+    /// bounds what unbounded names cost in memory and disk for good (span names built from
+    /// URLs, a service name with a random suffix; dropping old days does not shrink the
+    /// dictionary): past it, a record with a new name is stored whole (its names written out
+    /// with it) but indexed under the name `(names full)`, so it is not found by its own
+    /// service or operation name; counted in `usage().unindexed_names`, and a warning is
+    /// logged once. Default 500000.
+    pub max_names: usize,
 }
 
 impl Default for StoreConfig {
@@ -121,6 +133,7 @@ impl Default for StoreConfig {
             partition_max_ahead_secs: DEFAULT_PARTITION_MAX_AHEAD_SECS,
             max_dictionary_entries: DEFAULT_MAX_DICTIONARY_ENTRIES,
             max_resources: DEFAULT_MAX_RESOURCES,
+            max_names: DEFAULT_MAX_NAMES,
         }
     }
 }
@@ -246,6 +259,9 @@ impl StoreConfig {
         }
         if self.max_resources == 0 {
             return bad("max_resources", "must be at least 1");
+        }
+        if self.max_names == 0 {
+            return bad("max_names", "must be at least 1");
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms", "must be at least 1");

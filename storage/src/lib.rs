@@ -85,7 +85,8 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
             Ok(Arc::new(
                 store
                     .with_max_dictionary_entries(config.max_dictionary_entries)
-                    .with_max_resources(config.max_resources),
+                    .with_max_resources(config.max_resources)
+                    .with_max_names(config.max_names),
             ))
         }
         Some(_) => Ok(Arc::new(elastic::ElasticStore::connect(config).await?)),

@@ -505,6 +505,11 @@ pub struct StoreUsage {
     /// attributes.
     #[serde(default)]
     pub unindexed_resources: u64,
+    /// Records stored with a service, operation, scope or level name the store did not
+    /// index (the embedded store's `max_names`): found under the name `(names full)`, not
+    /// by their own.
+    #[serde(default)]
+    pub unindexed_names: u64,
 }
 
 /// What one retention pass did.

@@ -668,6 +668,189 @@ async fn regression_random_resource_attributes_do_not_grow_the_resources_table_p
     assert_eq!(store.get_trace(&again.trace_id).await.unwrap(), vec![again]);
 }
 
+/// Regression: service, operation, scope and level names were never capped, so a sender
+/// naming spans after raw URLs (`GET /item/81723`), or putting a random suffix on its service
+/// name (which also bypassed the resources cap: one stand-in resource per service name), grew
+/// the dictionary, the operation list and the catalog every store holds in memory for good
+/// (dropping old days does not shrink them). Past `max_names`, records are stored whole and
+/// indexed under `(names full)`; the count survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_random_names_do_not_grow_the_dictionary_past_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 40usize;
+    let open = || {
+        EmbeddedStore::open(dir.path())
+            .unwrap()
+            .with_max_resources(cap)
+            .with_max_names(cap)
+    };
+    let store = open();
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // 300 spans, each named after its URL, from a service with a random suffix; a tenth from
+    // a steady service. 100 logs with a new service and level each.
+    let steady = service("steady", "st-1", &[]);
+    let spans: Vec<_> = (0..300u64)
+        .map(|i| {
+            let svc = if i % 10 == 0 {
+                steady.clone()
+            } else {
+                service(&format!("spray-{i:04x}"), "sp-1", &[])
+            };
+            let mut s = span_with(
+                0x7a00 + i,
+                &svc,
+                &format!("GET /item/{i}"),
+                now + i * MS,
+                "k",
+                "v",
+            );
+            s.scope = format!("lib-{i}");
+            s
+        })
+        .collect();
+    let logs: Vec<_> = (0..100u64)
+        .map(|i| {
+            log(
+                &service(&format!("logger-{i:04x}"), "lg-1", &[]),
+                now + (400 + i) * MS,
+                &format!("LEVEL{i}"),
+                &format!("log {i}"),
+                None,
+                &[],
+            )
+        })
+        .collect();
+    for chunk in spans.chunks(50) {
+        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
+        let outcomes = store.write(&docs).await.unwrap();
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == dlog_storage::WriteOutcome::Written));
+    }
+    store
+        .write(&logs.iter().cloned().map(Document::Log).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    // The names stop at the cap, plus the stand-in name; the operation list at the cap; the
+    // resources at the names that found room, plus the stand-in resource.
+    let names = embedded::count_rows(dir.path(), "names").unwrap();
+    assert!(names <= cap as u64 + 1, "{names} names, cap {cap}");
+    let operations = embedded::count_rows(dir.path(), "operations").unwrap();
+    assert!(
+        operations <= cap as u64,
+        "{operations} operations, cap {cap}"
+    );
+    let resources = embedded::count_rows(dir.path(), "resources").unwrap();
+    assert!(
+        resources <= cap as u64 + 1,
+        "{resources} resources, cap {cap}"
+    );
+
+    // Every record reads back whole: its own service, operation, scope and level.
+    for s in &spans {
+        assert_eq!(
+            store.get_trace(&s.trace_id).await.unwrap(),
+            vec![s.clone()],
+            "{}",
+            s.name
+        );
+    }
+    let overflowed_logs = store
+        .search_logs(&LogQuery {
+            service: Some(embedded::NAMES_FULL.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!overflowed_logs.is_empty());
+    for l in &overflowed_logs {
+        assert!(logs.contains(l), "{l:?} is not a log that was written");
+        assert!(l.service.name.starts_with("logger-"), "{l:?}");
+    }
+    // The steady service kept its name: all of its 30 traces are found by it.
+    let steady_traces = store
+        .find_traces(&TraceQuery {
+            service: Some("steady".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(steady_traces.len(), 30);
+    // The others are found, together, under the stand-in name.
+    let overflowed = store
+        .find_traces(&TraceQuery {
+            service: Some(embedded::NAMES_FULL.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!overflowed.is_empty());
+    let by_own_name = spans
+        .iter()
+        .filter(|s| !s.service.name.starts_with("steady"))
+        .filter(|s| overflowed.iter().any(|t| t.trace_id == s.trace_id))
+        .count();
+    assert_eq!(by_own_name, overflowed.len());
+    // So are the spans whose operation name found no room, the steady service's included.
+    let unnamed_ops = store
+        .find_traces(&TraceQuery {
+            service: Some("steady".into()),
+            operation: Some(embedded::NAMES_FULL.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        !unnamed_ops.is_empty() && unnamed_ops.len() < 30,
+        "{} of the steady service's 30 traces",
+        unnamed_ops.len()
+    );
+    let usage = store.usage().await.unwrap();
+    // Every record but the few whose names all fit before the cap was reached.
+    let fitted = spans.len() + logs.len() - usage.unindexed_names as usize;
+    assert!(
+        usage.unindexed_names > 0 && fitted <= cap,
+        "{} unindexed names, {fitted} records fitted",
+        usage.unindexed_names
+    );
+    let services = store.services().await.unwrap();
+    assert!(services.len() <= cap + 1, "{services:?}");
+    assert!(
+        services.iter().any(|s| s == embedded::NAMES_FULL),
+        "{services:?}"
+    );
+
+    // The count is kept across a restart, and known names stay indexed.
+    drop(store);
+    let store = open();
+    assert_eq!(
+        store.usage().await.unwrap().unindexed_names,
+        usage.unindexed_names
+    );
+    let mut again = span_with(0x7aff, &steady, &spans[0].name, now + 999 * MS, "k", "v");
+    again.scope = spans[0].scope.clone();
+    store.write(&[Document::Span(again.clone())]).await.unwrap();
+    assert_eq!(
+        store.usage().await.unwrap().unindexed_names,
+        usage.unindexed_names
+    );
+    let steady_traces = store
+        .find_traces(&TraceQuery {
+            service: Some("steady".into()),
+            operation: Some(spans[0].name.clone()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(steady_traces.len(), 2, "{steady_traces:?}");
+}
+
 /// Regression: the unindexed counts were written after the batch, in a transaction of their
 /// own, and a failure there reported the stored batch as failed (its retry counted twice).
 /// Now the batch is reported written, and the failure logged.

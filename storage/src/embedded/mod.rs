@@ -32,6 +32,7 @@ use dlog_core::model::{
 };
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::store::{
@@ -462,9 +463,64 @@ fn get_resource(d: &mut Dec<'_>, cat: &Catalog, resource: i64) -> Result<Service
     Ok((*cat.resource(resource)?.info).clone())
 }
 
-fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceInfo>) -> Vec<u8> {
+/// The name under which a record whose service, operation, scope or level name found no room
+/// in the dictionary (`max_names`) is indexed; the record keeps its own names in its body.
+pub const NAMES_FULL: &str = "(names full)";
+
+/// A record's names that found no room in the dictionary, written out after its resource
+/// (which is then always written out too, so that the two are told apart by position).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct InlineNames {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    level: Option<String>,
+}
+
+impl InlineNames {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.scope.is_none() && self.level.is_none()
+    }
+}
+
+/// Writes the resource out when it found no room, or when names follow it.
+fn put_resource_and_names(
+    e: &mut Enc,
+    inline: Option<&ServiceInfo>,
+    own: &ServiceInfo,
+    names: &InlineNames,
+) {
+    if names.is_empty() {
+        put_resource(e, inline);
+        return;
+    }
+    put_resource(e, Some(inline.unwrap_or(own)));
+    e.str(&serde_json::to_string(names).unwrap_or_default());
+}
+
+/// The names written out after the resource, if any.
+fn get_names(d: &mut Dec<'_>) -> Result<InlineNames, StoreError> {
+    if d.remaining() == 0 {
+        return Ok(InlineNames::default());
+    }
+    let json = d.str().map_err(corrupt("names"))?;
+    parse("names written out", &json)
+}
+
+fn span_body(
+    s: &SpanRecord,
+    ids: &dyn Fn(&str) -> i64,
+    inline: Option<&ServiceInfo>,
+    names: &InlineNames,
+) -> Vec<u8> {
     let mut e = Enc::default();
-    e.u64(ids(&s.scope) as u64);
+    let scope = match ids(&s.scope) {
+        0 => ids(NAMES_FULL),
+        id => id,
+    };
+    e.u64(scope as u64);
     e.str(&s.status_message);
     put_attrs(&mut e, &s.attributes, ids);
     e.u64(s.events.len() as u64);
@@ -478,7 +534,7 @@ fn span_body(s: &SpanRecord, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceI
         codec::put_id(&mut e, &l.trace_id);
         codec::put_id(&mut e, &l.span_id);
     }
-    put_resource(&mut e, inline);
+    put_resource_and_names(&mut e, inline, &s.service, names);
     e.finish()
 }
 
@@ -541,30 +597,40 @@ fn decode_span(
         });
     }
     let service = get_resource(&mut d, cat, cols.resource)?;
+    let names = get_names(&mut d)?;
+    let name = match names.name {
+        Some(name) => name,
+        None => cat.string(cols.op)?.to_string(),
+    };
     Ok(SpanRecord {
         trace_id: trace_id.to_string(),
         span_id: cols.span_id.clone(),
         parent_span_id: cols.parent.clone(),
-        name: cat.string(cols.op)?.to_string(),
+        name,
         kind: kind_of(cols.flags),
         start_unix_nano: cols.start as u64,
         end_unix_nano: cols.start.wrapping_add(cols.duration) as u64,
         status: status_of(cols.flags),
         status_message,
         service,
-        scope,
+        scope: names.scope.unwrap_or(scope),
         attributes,
         events,
         links,
     })
 }
 
-fn log_rest(l: &LogEntry, ids: &dyn Fn(&str) -> i64, inline: Option<&ServiceInfo>) -> Vec<u8> {
+fn log_rest(
+    l: &LogEntry,
+    ids: &dyn Fn(&str) -> i64,
+    inline: Option<&ServiceInfo>,
+    names: &InlineNames,
+) -> Vec<u8> {
     let mut e = Enc::default();
     e.opt_str(l.span_id.as_deref());
     e.opt_str(l.event_name.as_deref());
     put_attrs(&mut e, &l.attributes, ids);
-    put_resource(&mut e, inline);
+    put_resource_and_names(&mut e, inline, &l.service, names);
     e.finish()
 }
 
@@ -597,6 +663,10 @@ struct Writer {
     max_resources: usize,
     /// The resources-full warning was logged.
     warned_resources_full: bool,
+    /// Most distinct names (service, operation, scope, level) and operation list entries.
+    max_names: usize,
+    /// The names-full warning was logged.
+    warned_names_full: bool,
 }
 
 /// Settings the store was opened with.
@@ -745,6 +815,10 @@ struct Interner<'a> {
     max_resources: usize,
     /// Records of this batch whose resource found no room.
     unindexed_resources: u64,
+    /// Most distinct names (service, operation, scope, level) in the dictionary.
+    max_names: usize,
+    /// Records of this batch with a name that found no room.
+    unindexed_names: u64,
 }
 
 impl<'a> Interner<'a> {
@@ -754,6 +828,7 @@ impl<'a> Interner<'a> {
         interned: &'a mut u32,
         max_entries: usize,
         max_resources: usize,
+        max_names: usize,
     ) -> Self {
         Interner {
             cat,
@@ -768,6 +843,8 @@ impl<'a> Interner<'a> {
             unindexed: 0,
             max_resources,
             unindexed_resources: 0,
+            max_names,
+            unindexed_names: 0,
         }
     }
 
@@ -778,8 +855,17 @@ impl<'a> Interner<'a> {
         self.cat.attribute_entries() + self.strings.len() - self.names.len() >= self.max_entries
     }
 
-    /// Interns a service, operation, scope or level name (never capped).
+    /// Interns a service, operation, scope or level name while the names have room; past
+    /// `max_names` a new name is not added and the id of [`NAMES_FULL`] (added even then, once)
+    /// is returned: [`Self::lookup`] of the name stays 0, so that the record writes it out.
     fn name(&mut self, s: &str) -> i64 {
+        let known = self.lookup(s);
+        if known > 0 {
+            return known;
+        }
+        if self.cat.names + self.names.len() >= self.max_names && s != NAMES_FULL {
+            return self.name(NAMES_FULL);
+        }
         let before = self.strings.len();
         let id = self.string(s);
         if self.strings.len() > before {
@@ -819,6 +905,16 @@ impl<'a> Interner<'a> {
     fn resource(&mut self, info: &ServiceInfo) -> (i64, i64, bool) {
         let hash = resource_hash(info);
         let service = self.name(&info.name);
+        if self.lookup(&info.name) == 0 {
+            // The service's name found no room: indexed under the names-full stand-in, the
+            // record writes its resource out.
+            let standin = ServiceInfo {
+                name: NAMES_FULL.to_string(),
+                ..Default::default()
+            };
+            let (id, _, _) = self.add_resource(&standin, resource_hash(&standin), service);
+            return (id, service, true);
+        }
         if let Some(id) = self
             .cat
             .resource_ids
@@ -992,7 +1088,7 @@ fn write_docs(
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     let max_entries = w.max_dictionary_entries;
-    let (new_strings, new_names, new_resources, (unindexed, unindexed_resources)) = {
+    let (new_strings, new_names, new_resources, (unindexed, unindexed_resources, unindexed_names)) = {
         let cat = ctx.catalog();
         let mut it = Interner::new(
             &cat,
@@ -1000,6 +1096,7 @@ fn write_docs(
             &mut w.interned,
             max_entries,
             w.max_resources,
+            w.max_names,
         );
         let tx = w
             .shared
@@ -1047,13 +1144,38 @@ fn write_docs(
                 match doc {
                     Document::Span(s) => {
                         let (resource, service, inline) = resource_of[i];
-                        let op = it.lookup(&s.name);
+                        let full = it.lookup(NAMES_FULL);
+                        let own = |name: &str| (it.lookup(name) == 0).then(|| name.to_string());
+                        let names = InlineNames {
+                            name: own(&s.name),
+                            scope: own(&s.scope),
+                            level: None,
+                        };
+                        let op = match it.lookup(&s.name) {
+                            0 => full,
+                            op => op,
+                        };
+                        let named = |id: i64, name: &str| {
+                            if id == full && name != NAMES_FULL {
+                                NAMES_FULL.to_string()
+                            } else {
+                                name.to_string()
+                            }
+                        };
+                        if !names.is_empty() || (service == full && s.service.name != NAMES_FULL) {
+                            it.unindexed_names += 1;
+                        }
                         let key = (
-                            s.service.name.clone(),
-                            s.name.clone(),
+                            named(service, &s.service.name),
+                            named(op, &s.name),
                             s.kind.as_str().to_string(),
                         );
-                        if !w.known_operations.contains(&key) {
+                        // The operation list has the names' bound too: past it, new
+                        // (service, operation, kind) entries are not listed (their spans are
+                        // still found by both names).
+                        if !w.known_operations.contains(&key)
+                            && w.known_operations.len() < w.max_names
+                        {
                             op_stmt
                                 .execute(params![key.0, key.1, key.2])
                                 .map_err(&shared_err)?;
@@ -1087,7 +1209,7 @@ fn write_docs(
                                 flags: flags(s),
                             },
                             service,
-                            body: span_body(s, &ids, inline.then_some(&s.service)),
+                            body: span_body(s, &ids, inline.then_some(&s.service), &names),
                             index,
                         };
                         let g = *group_of.entry(s.trace_id.as_str()).or_insert_with(|| {
@@ -1105,18 +1227,29 @@ fn write_docs(
                         if !live(day) {
                             continue;
                         }
-                        let (resource, _, inline) = resource_of[i];
+                        let (resource, service, inline) = resource_of[i];
+                        let full = it.lookup(NAMES_FULL);
+                        let names = InlineNames {
+                            level: (it.lookup(&l.level) == 0).then(|| l.level.clone()),
+                            ..Default::default()
+                        };
+                        if !names.is_empty() || (service == full && l.service.name != NAMES_FULL) {
+                            it.unindexed_names += 1;
+                        }
                         let ids = |k: &str| it.lookup(k);
                         by_day.entry(day).or_default().logs.push(LogRow {
                             doc_id: stored_log_id(l),
                             time: ns(l.time_unix_nano),
                             resource,
-                            level: it.lookup(&l.level),
+                            level: match ids(&l.level) {
+                                0 => full,
+                                level => level,
+                            },
                             severity: i64::from(l.severity_number),
                             trace_id: l.trace_id.as_deref().map(id_value),
                             span_id: l.span_id.as_deref().map(id_value),
                             body: l.body.clone(),
-                            rest: log_rest(l, &ids, inline.then_some(&l.service)),
+                            rest: log_rest(l, &ids, inline.then_some(&l.service), &names),
                         });
                     }
                     Document::Heartbeat(h) => {
@@ -1205,7 +1338,7 @@ fn write_docs(
             it.strings,
             it.names,
             it.resources,
-            (it.unindexed, it.unindexed_resources),
+            (it.unindexed, it.unindexed_resources, it.unindexed_names),
         )
     };
     // Only a batch that brought new strings or resources waits for the catalog's write lock:
@@ -1291,7 +1424,7 @@ fn write_docs(
     // the directory reads them.
     // The batch is stored by now: a failure to count is logged, not returned (the batch
     // reported failed would be retried and counted twice).
-    if unindexed > 0 || unindexed_resources > 0 {
+    if unindexed > 0 || unindexed_resources > 0 || unindexed_names > 0 {
         let counted = (|| {
             let tx = w.shared.transaction()?;
             {
@@ -1302,6 +1435,7 @@ fn write_docs(
                 for (name, n) in [
                     (COUNTER_UNINDEXED_ATTRIBUTES, unindexed),
                     (COUNTER_UNINDEXED_RESOURCES, unindexed_resources),
+                    (COUNTER_UNINDEXED_NAMES, unindexed_names),
                 ] {
                     if n > 0 {
                         stmt.execute(params![name, ns(n)])?;
@@ -1315,6 +1449,7 @@ fn write_docs(
                 store = %ctx.dir.display(),
                 unindexed_attributes = unindexed,
                 unindexed_resources,
+                unindexed_names,
                 error = %e,
                 "a stored batch's unindexed attributes and resources could not be counted"
             );
@@ -1328,6 +1463,17 @@ fn write_docs(
             "the attribute dictionary is full: attributes with new keys are stored but not \
              indexed for search (counted in the store usage's unindexed_attributes); raise \
              max_dictionary_entries if these keys are legitimate"
+        );
+    }
+    if unindexed_names > 0 && !w.warned_names_full {
+        w.warned_names_full = true;
+        tracing::warn!(
+            store = %ctx.dir.display(),
+            max_names = w.max_names,
+            "the dictionary's names are full: records with a new service, operation, scope or \
+             level name are stored whole but indexed under the name \"(names full)\", not found \
+             by their own (counted in the store usage's unindexed_names); look for names built \
+             from ids or URLs, or raise max_names if these names are legitimate"
         );
     }
     if unindexed_resources > 0 && !w.warned_resources_full {
@@ -1348,6 +1494,8 @@ fn write_docs(
 const COUNTER_UNINDEXED_ATTRIBUTES: &str = "unindexed_attributes";
 /// Counter of records stored with a resource the resources table had no room for.
 const COUNTER_UNINDEXED_RESOURCES: &str = "unindexed_resources";
+/// Counter of records stored with a name the dictionary's names had no room for.
+const COUNTER_UNINDEXED_NAMES: &str = "unindexed_names";
 
 /// Writes one trace's new spans, its summary, attribute index rows and dependency edges.
 /// Returns a rejection message when the trace is over its bound.
@@ -2039,6 +2187,8 @@ impl EmbeddedStore {
                 warned_full: false,
                 max_resources: crate::config::DEFAULT_MAX_RESOURCES,
                 warned_resources_full: false,
+                max_names: crate::config::DEFAULT_MAX_NAMES,
+                warned_names_full: false,
             })),
             readers,
             next_reader: AtomicUsize::new(0),
@@ -2073,6 +2223,18 @@ impl EmbeddedStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .max_resources = max.max(1);
+        self
+    }
+
+    /// Caps the distinct service, operation, scope and level names the dictionary keeps, and
+    /// the entries of the operation list; default [`crate::config::DEFAULT_MAX_NAMES`]. Past
+    /// it, a record with a new name is stored with its names written out in its body (shown
+    /// whole) and indexed under [`NAMES_FULL`]: not found by its own service or operation name.
+    pub fn with_max_names(self, max: usize) -> Self {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_names = max.max(1);
         self
     }
 
@@ -2545,8 +2707,15 @@ enum Term {
 }
 
 impl Term {
-    fn matches(&self, s: &SpanRecord) -> bool {
+    /// Whether span `s` matches. A span whose own service or operation name found no room in
+    /// the dictionary (`max_names`) matches [`NAMES_FULL`], under which it is indexed.
+    fn matches(&self, s: &SpanRecord, cat: &Catalog) -> bool {
+        let unnamed = |name: &str| !cat.string_ids.contains_key(name);
         match self {
+            Term::Service(name) if name == NAMES_FULL => {
+                s.service.name == NAMES_FULL || unnamed(&s.service.name)
+            }
+            Term::Operation(op) if op == NAMES_FULL => s.name == NAMES_FULL || unnamed(&s.name),
             Term::Service(name) => &s.service.name == name,
             Term::Operation(op) => &s.name == op,
             Term::Attr(k, v) => {
@@ -2865,10 +3034,14 @@ fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreErr
     let event_name = d.opt_str().map_err(corrupt(&what))?;
     let attributes = get_attrs(&mut d, cat)?;
     let service = get_resource(&mut d, cat, resource)?;
+    let level = match get_names(&mut d)?.level {
+        Some(level) => level,
+        None => cat.string(level)?.to_string(),
+    };
     Ok(LogEntry {
         time_unix_nano: time as u64,
         severity_number: severity as i32,
-        level: cat.string(level)?.to_string(),
+        level,
         body,
         trace_id,
         span_id,
@@ -3347,7 +3520,10 @@ fn find_traces(
                         if !terms.is_empty() {
                             let spans =
                                 trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
-                            if !spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                            if !spans
+                                .iter()
+                                .any(|s| terms.iter().all(|t| t.matches(s, &cat)))
+                            {
                                 continue;
                             }
                         }
@@ -3485,8 +3661,12 @@ fn find_traces(
                         let Some(conn) = set.part(ctx, day)? else {
                             continue;
                         };
-                        let spans = trace_spans(conn, &ctx.catalog(), &id, no, None, None)?;
-                        if spans.iter().any(|s| terms.iter().all(|t| t.matches(s))) {
+                        let cat = ctx.catalog();
+                        let spans = trace_spans(conn, &cat, &id, no, None, None)?;
+                        if spans
+                            .iter()
+                            .any(|s| terms.iter().all(|t| t.matches(s, &cat)))
+                        {
                             any = true;
                             break;
                         }
@@ -3792,6 +3972,7 @@ fn usage(ctx: &Ctx) -> Result<StoreUsage, StoreError> {
         partitions,
         unindexed_attributes: counter(COUNTER_UNINDEXED_ATTRIBUTES)?,
         unindexed_resources: counter(COUNTER_UNINDEXED_RESOURCES)?,
+        unindexed_names: counter(COUNTER_UNINDEXED_NAMES)?,
     })
 }
 
