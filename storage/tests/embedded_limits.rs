@@ -705,6 +705,10 @@ async fn regression_random_names_do_not_grow_the_dictionary_past_its_cap() {
                 "v",
             );
             s.scope = format!("lib-{i}");
+            // Its own service name as an attribute value too: the dictionary then holds that
+            // text, which must not change how the span was indexed.
+            s.attributes
+                .insert("peer.service".into(), json!(svc.name.clone()));
             s
         })
         .collect();
@@ -769,6 +773,17 @@ async fn regression_random_names_do_not_grow_the_dictionary_past_its_cap() {
         assert!(logs.contains(l), "{l:?} is not a log that was written");
         assert!(l.service.name.starts_with("logger-"), "{l:?}");
     }
+    // Their levels found no room either: found by level `(names full)`, shown as written.
+    let by_level = store
+        .search_logs(&LogQuery {
+            level: Some(embedded::NAMES_FULL.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_level.len(), overflowed_logs.len());
+    assert!(by_level.iter().all(|l| l.level.starts_with("LEVEL")));
     // The steady service kept its name: all of its 30 traces are found by it.
     let steady_traces = store
         .find_traces(&TraceQuery {
@@ -789,12 +804,16 @@ async fn regression_random_names_do_not_grow_the_dictionary_past_its_cap() {
         .await
         .unwrap();
     assert!(!overflowed.is_empty());
-    let by_own_name = spans
+    // Exactly the spans whose service is not listed (its name found no room), though the
+    // dictionary holds their names as attribute values.
+    let listed = store.services().await.unwrap();
+    let unlisted: BTreeSet<String> = spans
         .iter()
-        .filter(|s| !s.service.name.starts_with("steady"))
-        .filter(|s| overflowed.iter().any(|t| t.trace_id == s.trace_id))
-        .count();
-    assert_eq!(by_own_name, overflowed.len());
+        .filter(|s| !listed.contains(&s.service.name))
+        .map(|s| s.trace_id.clone())
+        .collect();
+    let found: BTreeSet<String> = overflowed.iter().map(|t| t.trace_id.clone()).collect();
+    assert_eq!(found, unlisted);
     // So are the spans whose operation name found no room, the steady service's included.
     let unnamed_ops = store
         .find_traces(&TraceQuery {
@@ -838,6 +857,16 @@ async fn regression_random_names_do_not_grow_the_dictionary_past_its_cap() {
     assert_eq!(
         store.usage().await.unwrap().unindexed_names,
         usage.unindexed_names
+    );
+    // A name past the length bound is written out whatever room is left.
+    let store = store.with_max_names(10_000);
+    let mut long = span_with(0x7afe, &steady, &"n".repeat(600), now + 998 * MS, "k", "v");
+    long.scope = spans[0].scope.clone();
+    store.write(&[Document::Span(long.clone())]).await.unwrap();
+    assert_eq!(store.get_trace(&long.trace_id).await.unwrap(), vec![long]);
+    assert_eq!(
+        store.usage().await.unwrap().unindexed_names,
+        usage.unindexed_names + 1
     );
     let steady_traces = store
         .find_traces(&TraceQuery {

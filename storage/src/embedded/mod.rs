@@ -464,8 +464,18 @@ fn get_resource(d: &mut Dec<'_>, cat: &Catalog, resource: i64) -> Result<Service
 }
 
 /// The name under which a record whose service, operation, scope or level name found no room
-/// in the dictionary (`max_names`) is indexed; the record keeps its own names in its body.
+/// in the dictionary (`max_names`), or was longer than [`MAX_NAME_BYTES`], is indexed; the
+/// record keeps its own names in its body.
 pub const NAMES_FULL: &str = "(names full)";
+
+/// Longest name (service, operation, scope, level) or attribute key the dictionary takes:
+/// the dictionary's memory is bounded by its entries times this. A longer one is written out
+/// with its record (a name indexed under [`NAMES_FULL`], a key not indexed).
+pub const MAX_NAME_BYTES: usize = 512;
+
+/// Largest resource (as JSON) the resources table takes; a larger one is written out with
+/// each record and indexed under its service's stand-in, as past `max_resources`.
+const MAX_RESOURCE_BYTES: usize = 16 * 1024;
 
 /// A record's names that found no room in the dictionary, written out after its resource
 /// (which is then always written out too, so that the two are told apart by position).
@@ -863,7 +873,9 @@ impl<'a> Interner<'a> {
         if known > 0 {
             return known;
         }
-        if self.cat.names + self.names.len() >= self.max_names && s != NAMES_FULL {
+        if (self.cat.names + self.names.len() >= self.max_names || s.len() > MAX_NAME_BYTES)
+            && s != NAMES_FULL
+        {
             return self.name(NAMES_FULL);
         }
         let before = self.strings.len();
@@ -927,7 +939,8 @@ impl<'a> Interner<'a> {
             name: info.name.clone(),
             ..Default::default()
         };
-        let full = self.cat.resources.len() + self.resources.len() >= self.max_resources;
+        let full = self.cat.resources.len() + self.resources.len() >= self.max_resources
+            || serde_json::to_vec(info).map_or(true, |json| json.len() > MAX_RESOURCE_BYTES);
         if full && *info != standin {
             self.unindexed_resources += 1;
             let (id, service, _) = self.add_resource(&standin, resource_hash(&standin), service);
@@ -956,7 +969,7 @@ impl<'a> Interner<'a> {
     fn attr_keys(&mut self, attrs: &dlog_core::model::Attributes) {
         for (k, v) in attrs {
             if self.lookup(k) == 0 {
-                if self.full() {
+                if self.full() || k.len() > MAX_NAME_BYTES {
                     self.unindexed += 1;
                     continue;
                 }
@@ -1162,20 +1175,27 @@ fn write_docs(
                                 name.to_string()
                             }
                         };
-                        if !names.is_empty() || (service == full && s.service.name != NAMES_FULL) {
-                            it.unindexed_names += 1;
-                        }
-                        let key = (
+                        let mut unnamed =
+                            !names.is_empty() || (service == full && s.service.name != NAMES_FULL);
+                        let mut key = (
                             named(service, &s.service.name),
                             named(op, &s.name),
                             s.kind.as_str().to_string(),
                         );
-                        // The operation list has the names' bound too: past it, new
-                        // (service, operation, kind) entries are not listed (their spans are
-                        // still found by both names).
+                        // The operation list has the names' bound too: past it, a new
+                        // (service, operation, kind) is listed as the service's `(names
+                        // full)` operation (at most one per service and kind), so that every
+                        // service stays listed; its spans are still found by both names.
                         if !w.known_operations.contains(&key)
-                            && w.known_operations.len() < w.max_names
+                            && w.known_operations.len() >= w.max_names
                         {
+                            key.1 = NAMES_FULL.to_string();
+                            unnamed = true;
+                        }
+                        if unnamed && live(trace_day[s.trace_id.as_str()]) {
+                            it.unindexed_names += 1;
+                        }
+                        if !w.known_operations.contains(&key) {
                             op_stmt
                                 .execute(params![key.0, key.1, key.2])
                                 .map_err(&shared_err)?;
@@ -2707,15 +2727,17 @@ enum Term {
 }
 
 impl Term {
-    /// Whether span `s` matches. A span whose own service or operation name found no room in
-    /// the dictionary (`max_names`) matches [`NAMES_FULL`], under which it is indexed.
-    fn matches(&self, s: &SpanRecord, cat: &Catalog) -> bool {
-        let unnamed = |name: &str| !cat.string_ids.contains_key(name);
+    /// Whether span `s`, stored as `cols`, matches. A span whose own service or operation name
+    /// found no room in the dictionary (`max_names`) matches [`NAMES_FULL`], under which it
+    /// was indexed when written (its row names the stand-in).
+    fn matches(&self, cols: &SpanCols, s: &SpanRecord, cat: &Catalog) -> bool {
         match self {
-            Term::Service(name) if name == NAMES_FULL => {
-                s.service.name == NAMES_FULL || unnamed(&s.service.name)
+            Term::Service(name) if name == NAMES_FULL => cat
+                .resource(cols.resource)
+                .is_ok_and(|r| r.info.name == NAMES_FULL),
+            Term::Operation(op) if op == NAMES_FULL => {
+                cat.string(cols.op).is_ok_and(|op| op == NAMES_FULL)
             }
-            Term::Operation(op) if op == NAMES_FULL => s.name == NAMES_FULL || unnamed(&s.name),
             Term::Service(name) => &s.service.name == name,
             Term::Operation(op) => &s.name == op,
             Term::Attr(k, v) => {
@@ -2948,6 +2970,23 @@ fn trace_spans(
     after: Option<&SpanCursor>,
     limit: Option<usize>,
 ) -> Result<Vec<SpanRecord>, StoreError> {
+    Ok(
+        trace_span_rows(conn, cat, trace_id, trace_no, after, limit)?
+            .into_iter()
+            .map(|(_, span)| span)
+            .collect(),
+    )
+}
+
+/// [`trace_spans`] with each span's stored columns (its resource and operation ids).
+fn trace_span_rows(
+    conn: &Connection,
+    cat: &Catalog,
+    trace_id: &str,
+    trace_no: i64,
+    after: Option<&SpanCursor>,
+    limit: Option<usize>,
+) -> Result<Vec<(SpanCols, SpanRecord)>, StoreError> {
     let mut f = Filter::default();
     f.push("trace_no = ?", [Sql::Integer(trace_no)]);
     if let Some(c) = after {
@@ -2970,7 +3009,8 @@ fn trace_spans(
     let mut out = Vec::new();
     for row in rows {
         let (cols, body) = row.map_err(read_err)?;
-        out.push(decode_span(trace_id, &cols, &body, cat)?);
+        let span = decode_span(trace_id, &cols, &body, cat)?;
+        out.push((cols, span));
     }
     Ok(out)
 }
@@ -3518,11 +3558,17 @@ fn find_traces(
                             continue;
                         }
                         if !terms.is_empty() {
-                            let spans =
-                                trace_spans(conn, &cat, &row.trace_id, row.trace_no, None, None)?;
+                            let spans = trace_span_rows(
+                                conn,
+                                &cat,
+                                &row.trace_id,
+                                row.trace_no,
+                                None,
+                                None,
+                            )?;
                             if !spans
                                 .iter()
-                                .any(|s| terms.iter().all(|t| t.matches(s, &cat)))
+                                .any(|(c, s)| terms.iter().all(|t| t.matches(c, s, &cat)))
                             {
                                 continue;
                             }
@@ -3662,10 +3708,10 @@ fn find_traces(
                             continue;
                         };
                         let cat = ctx.catalog();
-                        let spans = trace_spans(conn, &cat, &id, no, None, None)?;
+                        let spans = trace_span_rows(conn, &cat, &id, no, None, None)?;
                         if spans
                             .iter()
-                            .any(|s| terms.iter().all(|t| t.matches(s, &cat)))
+                            .any(|(c, s)| terms.iter().all(|t| t.matches(c, s, &cat)))
                         {
                             any = true;
                             break;
@@ -3709,7 +3755,12 @@ fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
             f.push_in("l.resource", &ids);
         }
         if let Some(l) = &q.level {
-            let id = cat.string_ids.get(l.to_ascii_uppercase().as_str())?;
+            let level = if l.eq_ignore_ascii_case(NAMES_FULL) {
+                NAMES_FULL.to_string()
+            } else {
+                l.to_ascii_uppercase()
+            };
+            let id = cat.string_ids.get(level.as_str())?;
             f.push("l.level = ?", [Sql::Integer(*id)]);
         }
     }
