@@ -160,6 +160,73 @@ async fn trace_search_pages_past_candidates_that_do_not_match_on_one_span() {
     assert_eq!(ids, expected);
 }
 
+/// Many traces starting at the same instant (a batch stamped with one clock tick): a search
+/// returns the newest by start, then by trace id, exactly as the order says, whether the tie
+/// falls within the first page of candidates or past it (checked span by span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_sharing_a_start_are_returned_in_trace_id_order_past_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let svc = service("tick", "tk-1", &[]);
+    let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    // 5 traces at t0 + 1 ms, then 150 at t0, their ids in no order.
+    let mut starts = BTreeMap::new();
+    for i in 0..155u64 {
+        let trace = format!("{:032x}", (i * 7_919) % 1_009 + 0x7000);
+        let start = if i < 5 { t0 + MS } else { t0 };
+        starts.insert(trace, start);
+    }
+    let docs: Vec<Document> = starts
+        .iter()
+        .map(|(trace, start)| {
+            let mut s = span(
+                trace,
+                "00000000000000a1",
+                None,
+                &svc,
+                "tick",
+                SpanKind::Server,
+                *start,
+                1,
+            );
+            s.attributes = BTreeMap::from([("batch".to_string(), json!("b1"))]);
+            Document::Span(s)
+        })
+        .collect();
+    store.write(&docs).await.unwrap();
+    // The expected order, from the written starts and ids alone.
+    let mut expected: Vec<(std::cmp::Reverse<u64>, String)> = starts
+        .iter()
+        .map(|(id, start)| (std::cmp::Reverse(*start), id.clone()))
+        .collect();
+    expected.sort();
+    for attributes in [
+        BTreeMap::new(),
+        BTreeMap::from([("batch".to_string(), "b1".to_string())]),
+    ] {
+        for limit in [3, 20, 100] {
+            let found = store
+                .find_traces(&TraceQuery {
+                    service: Some("tick".into()),
+                    attributes: attributes.clone(),
+                    limit,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let ids: Vec<String> = found.iter().map(|t| t.trace_id.clone()).collect();
+            let want: Vec<String> = expected
+                .iter()
+                .take(limit)
+                .map(|(_, id)| id.clone())
+                .collect();
+            assert_eq!(ids, want, "limit {limit}, attributes {attributes:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependencies_count_each_edge_once_through_late_parents_replays_and_moves() {
     use dlog_storage::{DependencyEdge, TimeRange};

@@ -3542,7 +3542,14 @@ fn find_traces(
             // whole, so a page is checked no further than needed.
             while !done {
                 let want = limit.saturating_sub(taken).max(1);
-                let kth = (found.len() >= limit).then(|| found[limit - 1].start_unix_nano);
+                // The limit-th trace found, by the order of both the query and the result
+                // (start, newest first, then trace id): a candidate after it cannot enter,
+                // nor can any after that candidate in this file (a whole trace starts no
+                // later than its part).
+                let kth = (found.len() >= limit).then(|| {
+                    let t = &found[limit - 1];
+                    (t.start_unix_nano, t.trace_id.clone())
+                });
                 let mut matching = Vec::new();
                 {
                     let Some(conn) = set.part(ctx, day)? else {
@@ -3550,7 +3557,10 @@ fn find_traces(
                     };
                     let cat = ctx.catalog();
                     for row in rows.by_ref() {
-                        if kth.is_some_and(|k| (row.start as u64) < k) {
+                        if kth.as_ref().is_some_and(|(start, id)| {
+                            let row_start = row.start as u64;
+                            row_start < *start || (row_start == *start && row.trace_id > *id)
+                        }) {
                             done = true;
                             break;
                         }
