@@ -4,8 +4,8 @@
 #     source), chromium and chromium-driver (the viewer's browser tests), and Python with pip
 #     when the machine has none;
 #   - rustfmt and clippy;
-#   - tansu, the Kafka-protocol broker the system tests start (cargo install skips an
-#     already-installed version);
+#   - tansu, the Kafka-protocol broker the system tests start, with memory and SQLite storage
+#     (installed again only when the version or the SQLite storage is missing);
 #   - cargo-fuzz, which builds the fuzz targets under fuzz/ (CI runs a short smoke of each);
 #   - osmem-server (Elasticsearch/OpenSearch-API server), rotel (peer OTLP -> Kafka collector),
 #     confluent-kafka and the OpenTelemetry Python SDK (interoperability tests), pinned.
@@ -39,10 +39,19 @@ for component in rustfmt clippy; do
   fi
 done
 
+# tansu with its SQLite storage (libsql) besides memory: the broker-restart drill and the
+# SASL/SCRAM test need a broker whose topics, offsets and users survive a restart. A build
+# prints the storage features it has when it starts.
 TANSU_VERSION=0.6.0
-if ! "${HOME}/.cargo/bin/tansu" --version 2>/dev/null | grep -q "${TANSU_VERSION}"; then
-  echo "==> cargo install tansu ${TANSU_VERSION} (about 12 minutes on 2 cores, once per machine)"
-  cargo install tansu --version "${TANSU_VERSION}" --locked --no-default-features --features dynostore
+tansu_storage() {
+  timeout 3 "${HOME}/.cargo/bin/tansu" broker --listener-url tcp://127.0.0.1:0 \
+    --storage-engine memory://tansu/ 2>&1 | grep '^storage:' || true
+}
+if ! "${HOME}/.cargo/bin/tansu" --version 2>/dev/null | grep -q "${TANSU_VERSION}" \
+    || ! tansu_storage | grep -q libsql; then
+  echo "==> cargo install tansu ${TANSU_VERSION} (about 20 minutes on 2 cores, once per machine)"
+  cargo install tansu --version "${TANSU_VERSION}" --locked --force --no-default-features \
+    --features dynostore,libsql
 fi
 
 CARGO_FUZZ_VERSION=0.13.2

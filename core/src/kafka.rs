@@ -634,18 +634,25 @@ pub async fn ensure_topics(
     topics: &[&str],
 ) -> Result<(), TopicError> {
     let brokers = settings.brokers;
-    let admin_error = |source| TopicError::Admin {
+    let admin_error = |source, last_error: Option<String>| TopicError::Admin {
         brokers: brokers.to_string(),
         source,
+        last_error: LastError(last_error.map(String::into_boxed_str)),
     };
+    let config = settings.admin_config();
+    let probe_config = config.clone();
+    tokio::task::spawn_blocking(move || check_brokers(&probe_config))
+        .await
+        .unwrap_or_else(|e| Err((rdkafka::error::KafkaError::Canceled, Some(e.to_string()))))
+        .map_err(|(e, last)| admin_error(e, last))?;
     let admin: AdminClient<DefaultClientContext> =
-        settings.admin_config().create().map_err(admin_error)?;
+        config.create().map_err(|e| admin_error(e, None))?;
     let new_topics = settings.new_topics(topics);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(admin_error)?;
+        .map_err(|e| admin_error(e, None))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -661,16 +668,122 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// How long [`check_brokers`] tries before it gives up on brokers that do not answer.
+const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects to the brokers as every client of the stage will (TLS, SASL) and reads their
+/// metadata. A refused SASL authentication ends the check at once and a failed TLS handshake
+/// at its timeout, with librdkafka's reason: librdkafka retries both, and an admin request
+/// would only time out, a minute later, saying nothing of why. Blocking.
+fn check_brokers(
+    config: &ClientConfig,
+) -> Result<(), (rdkafka::error::KafkaError, Option<String>)> {
+    use rdkafka::producer::{BaseProducer, Producer as _};
+    let probe: BaseProducer<ProbeContext> = config
+        .create_with_context(ProbeContext::default())
+        .map_err(|e| (e, None))?;
+    let deadline = std::time::Instant::now() + BROKER_CHECK_TIMEOUT;
+    loop {
+        // Serves the log and error events, where connection failures are reported.
+        probe.poll(Duration::from_millis(50));
+        let context = probe.context();
+        if context.refused() {
+            return Err((
+                rdkafka::error::KafkaError::Global(RDKafkaErrorCode::Authentication),
+                context.last_error(),
+            ));
+        }
+        match probe
+            .client()
+            .fetch_metadata(None, Duration::from_millis(500))
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err((e, context.last_error()))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The context of [`check_brokers`]'s client: librdkafka's log lines and errors are logged as
+/// by default, and the last failure kept.
+#[derive(Default)]
+struct ProbeContext {
+    last_error: std::sync::Mutex<Option<String>>,
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl ProbeContext {
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn keep(&self, reason: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        if reason.to_ascii_lowercase().contains("sasl authentication") {
+            self.refused
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    // librdkafka reports a broker connection's failure (`FAIL`: a refused SASL
+    // authentication, a failed TLS handshake) as a log line.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        DefaultClientContext.log(level, fac, log_message);
+        use rdkafka::config::RDKafkaLogLevel as L;
+        let error = matches!(level, L::Emerg | L::Alert | L::Critical | L::Error);
+        if error || (matches!(level, L::Warning) && fac == "FAIL") {
+            self.keep(log_message);
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        DefaultClientContext.error(error, reason);
+        self.keep(reason);
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
+/// The last error the brokers gave a client, if any, for an error message.
+#[derive(Debug)]
+pub struct LastError(pub Option<Box<str>>);
+
+impl std::fmt::Display for LastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(reason) => write!(f, " (last error from the brokers: {reason})"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Topics could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     /// The admin client could not be made or the brokers did not answer.
-    #[error("cannot create topics on brokers {brokers}: {source}")]
+    #[error("cannot create topics on brokers {brokers}: {source}{last_error}")]
     Admin {
         /// The brokers.
         brokers: String,
         /// The client's error.
         source: rdkafka::error::KafkaError,
+        /// What librdkafka last reported about the brokers (why they did not answer).
+        last_error: LastError,
     },
     /// The brokers refused to create a topic.
     #[error("cannot create topic `{topic}` on brokers {brokers}: {code}")]

@@ -4,15 +4,17 @@
 //! service instrumented with the SDK exports a trace and its logs, and they are found through
 //! the store's queries (and, with Elasticsearch, through `dlog --elasticsearch URL traces`),
 //! with the alert for its error; with Kafka, the records are on the topics the stages
-//! consumed.
+//! consumed. Kafka is also reached over SASL_SSL with SCRAM on a broker that requires both.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use distributed_logger::Telemetry;
 use dlog_storage::{AlertQuery, LogQuery, Store};
-use dlog_testkit::{read_topic, unique_name, Elastic, Kafka};
+use dlog_testkit::tls::{Pki, TlsProxy};
+use dlog_testkit::{free_port, read_topic_with, unique_name, Elastic, Kafka, KafkaOptions};
 
 #[tracing::instrument(skip(logger))]
 fn checkout(logger: &distributed_logger::DistributedLogger, order: i64) -> String {
@@ -67,10 +69,21 @@ where
 }
 
 async fn run(kafka: Option<&Kafka>, elastic: Option<&Elastic>) {
+    run_with(kafka.map(|k| k.brokers.as_str()), &BTreeMap::new(), elastic).await
+}
+
+/// [`run`] on the Kafka `brokers`, with librdkafka `properties` for every Kafka client
+/// (`dlog up -X`).
+async fn run_with(
+    kafka: Option<&str>,
+    properties: &BTreeMap<String, String>,
+    elastic: Option<&Elastic>,
+) {
     let data = tempfile::tempdir().unwrap();
     let prefix = unique_name("dlog-up");
     let config = dlog::Config {
-        kafka_brokers: kafka.map(|k| k.brokers.clone()),
+        kafka_brokers: kafka.map(str::to_string),
+        kafka_properties: properties.clone(),
         elasticsearch_url: elastic.map(|e| e.url.clone()),
         elasticsearch_index_prefix: prefix.clone(),
         ..support::config(data.path())
@@ -78,7 +91,7 @@ async fn run(kafka: Option<&Kafka>, elastic: Option<&Elastic>) {
     let running = dlog::start(config).await.unwrap();
     match kafka {
         Some(k) => {
-            assert_eq!(running.records_to(), format!("Kafka brokers {}", k.brokers));
+            assert_eq!(running.records_to(), format!("Kafka brokers {k}"));
             assert!(running.wal().is_none(), "no local log next to Kafka");
             assert!(!data.path().join(dlog::WAL_DIR).exists());
         }
@@ -194,17 +207,25 @@ async fn run(kafka: Option<&Kafka>, elastic: Option<&Elastic>) {
     if let Some(kafka) = kafka {
         // The records went through the broker: the trace keyed by its id, the logs, and the
         // alert the alerter emitted.
-        let brokers = kafka.brokers.clone();
+        let brokers = kafka.to_string();
         let key = trace_id.clone();
+        let properties = properties.clone();
+        let read_topic =
+            move |brokers: &str,
+                  topic: &str,
+                  within: Duration,
+                  done: &dyn Fn(&[dlog_core::source::RawRecord]) -> bool| {
+                read_topic_with(brokers, &properties, topic, within, done)
+            };
         let on_topics = tokio::task::spawn_blocking(move || {
             let has_key = |records: &[dlog_core::source::RawRecord]| {
                 records
                     .iter()
                     .any(|r| r.key.as_deref() == Some(key.as_bytes()))
             };
-            let spans = read_topic(&brokers, "trace_logs", Duration::from_secs(20), has_key)?;
-            let logs = read_topic(&brokers, "service_logs", Duration::from_secs(20), has_key)?;
-            let alerts = read_topic(&brokers, "alerts", Duration::from_secs(20), |r| {
+            let spans = read_topic(&brokers, "trace_logs", Duration::from_secs(20), &has_key)?;
+            let logs = read_topic(&brokers, "service_logs", Duration::from_secs(20), &has_key)?;
+            let alerts = read_topic(&brokers, "alerts", Duration::from_secs(20), &|r| {
                 !r.is_empty()
             })?;
             anyhow::Ok((has_key(&spans), has_key(&logs), !alerts.is_empty()))
@@ -238,4 +259,84 @@ async fn kafka_and_elasticsearch_together() {
     let kafka = Kafka::start().unwrap();
     let elastic = Elastic::start().unwrap();
     run(Some(&kafka), Some(&elastic)).await;
+}
+
+/// The password of the SCRAM user the broker knows.
+const SCRAM_PASSWORD: &str = "s3cret-Pa55-for-tests";
+
+/// A broker that requires SASL, reached over TLS, with a SCRAM-SHA-512 user: every Kafka
+/// client of `dlog up` (the topic creation, the bridge's producer, the stages' consumers and
+/// the alerts producer) goes through a TLS handshake it verifies and a real SCRAM exchange
+/// with tansu, and the whole flow works. A wrong password stops the start, naming the
+/// authentication failure. (tansu 0.6.0 cannot serve TLS itself, its `--cert` and `--key`
+/// being refused together: a TLS proxy stands in front of it, and tansu names the proxy's
+/// port to clients.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_sasl_ssl_with_scram() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::issue("tansu").unwrap();
+    let pem = pki.write(dir.path()).unwrap();
+    let durable = Some(dir.path().join("tansu.db"));
+    let port = free_port().unwrap();
+    let proxy = TlsProxy::start(&format!("127.0.0.1:{port}"), &pki).unwrap();
+    // tansu adds users through the broker, and refuses that once it requires authentication:
+    // the user is added first, on durable storage, and the broker restarted with
+    // authentication on the same storage.
+    let kafka = Kafka::start_on(
+        port,
+        KafkaOptions {
+            durable: durable.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    kafka
+        .create_scram_user("dlog", SCRAM_PASSWORD, "scram512")
+        .unwrap();
+    kafka.kill().unwrap();
+    kafka
+        .start_again_with(KafkaOptions {
+            durable,
+            authentication: true,
+            advertised_port: Some(proxy.addr.port()),
+        })
+        .unwrap();
+    let brokers = proxy.addr.to_string();
+    let properties = |password: &str| -> BTreeMap<String, String> {
+        [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "dlog"),
+            ("sasl.password", password),
+            ("ssl.ca.location", pem.ca.to_str().unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+
+    let data = tempfile::tempdir().unwrap();
+    let refused = dlog::start(dlog::Config {
+        kafka_brokers: Some(brokers.clone()),
+        kafka_properties: properties("not-the-password"),
+        ..support::config(data.path())
+    })
+    .await;
+    let Err(e) = refused else {
+        panic!("dlog started with a wrong SCRAM password");
+    };
+    let message = format!("{e:#}");
+    assert!(
+        message.to_lowercase().contains("authentication"),
+        "the error does not name the authentication failure: {message}"
+    );
+    assert!(
+        !message.contains("not-the-password"),
+        "the error shows the password: {message}"
+    );
+    let handshakes = proxy.handshakes();
+    assert!(handshakes > 0, "no TLS handshake reached the broker");
+
+    run_with(Some(&brokers), &properties(SCRAM_PASSWORD), None).await;
+    assert!(proxy.handshakes() > handshakes);
 }

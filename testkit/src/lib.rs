@@ -93,36 +93,176 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
 pub struct Kafka {
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
     pub brokers: String,
-    child: Child,
+    child: std::sync::Mutex<Child>,
+    port: u16,
+    options: std::sync::Mutex<KafkaOptions>,
+}
+
+/// How a [`Kafka`] broker keeps its data and whom it lets in.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaOptions {
+    /// A SQLite file (tansu's `sqlite://` storage, built with its `libsql` feature): topics,
+    /// records, offsets and users survive a restart. `None`: memory, lost with the process.
+    /// Its name must be lowercase (tansu reads it as a URL's host).
+    pub durable: Option<PathBuf>,
+    /// The port the broker names to clients in its metadata, when they are to reach it
+    /// through something in front of it (a TLS proxy: tansu 0.6.0's own `--cert` and `--key`
+    /// cannot be given together). `None`: its own port.
+    pub advertised_port: Option<u16>,
+    /// Clients must authenticate with SASL (tansu offers SCRAM-SHA-256 and -512).
+    pub authentication: bool,
 }
 
 impl Kafka {
     /// Starts a broker with in-memory storage and waits until it accepts connections.
     pub fn start() -> Result<Kafka> {
-        let bin = find_binary("TANSU_BIN", "tansu", &[])?;
-        let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
+        Kafka::start_with(KafkaOptions::default())
+    }
+
+    /// Starts a broker as `options` say and waits until it accepts connections.
+    pub fn start_with(options: KafkaOptions) -> Result<Kafka> {
+        Kafka::start_on(free_port()?, options)
+    }
+
+    /// [`Kafka::start_with`] on loopback port `port`.
+    pub fn start_on(port: u16, options: KafkaOptions) -> Result<Kafka> {
+        let child = Kafka::spawn(port, &options)?;
         let kafka = Kafka {
             brokers: format!("127.0.0.1:{port}"),
-            child,
+            child: std::sync::Mutex::new(child),
+            port,
+            options: std::sync::Mutex::new(options),
         };
         wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
         Ok(kafka)
+    }
+
+    fn spawn(port: u16, options: &KafkaOptions) -> Result<Child> {
+        let bin = find_binary("TANSU_BIN", "tansu", &[])?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            options.advertised_port.unwrap_or(port)
+        );
+        // tansu opens `sqlite://NAME` as NAME in its working directory (whatever the path).
+        let storage = match &options.durable {
+            Some(file) => format!(
+                "sqlite://{}",
+                file.file_name()
+                    .and_then(|n| n.to_str())
+                    .context("a durable broker's file needs a UTF-8 name")?
+            ),
+            None => "memory://tansu/".to_string(),
+        };
+        let mut command = Command::new(&bin);
+        if let Some(dir) = options.durable.as_ref().and_then(|f| f.parent()) {
+            command.current_dir(dir);
+        }
+        command.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised,
+            "--storage-engine",
+            &storage,
+        ]);
+        if options.authentication {
+            command.arg("--authentication");
+        }
+        if options.durable.is_none() {
+            return command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("start {}", bin.display()));
+        }
+        // A durable broker's log is kept next to its file; one that cannot start says why
+        // there and exits at once (a storage engine this build lacks).
+        let Some(file) = &options.durable else {
+            unreachable!("a memory broker returned above")
+        };
+        let log_path = file.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(300) {
+            if let Some(status) = child.try_wait()? {
+                let why = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!(
+                    "tansu exited ({status}) with storage {storage}: {why}\n(durable storage \
+                     needs tansu built with its libsql feature: run `bash .ci/run` once)"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child)
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would, and waits until it is gone.
+    pub fn kill(&self) -> Result<()> {
+        let mut child = self.child();
+        let _ = signal(child.id(), "-CONT");
+        child.kill().context("kill tansu")?;
+        child.wait().context("wait for tansu")?;
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port and storage (after [`Kafka::kill`]) and waits
+    /// until it accepts connections.
+    pub fn start_again(&self) -> Result<()> {
+        let options = self
+            .options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.start_again_with(options)
+    }
+
+    /// [`Kafka::start_again`] with other options (TLS, authentication) on the same storage.
+    pub fn start_again_with(&self, options: KafkaOptions) -> Result<()> {
+        *self.child() = Kafka::spawn(self.port, &options)?;
+        *self.options.lock().unwrap_or_else(|e| e.into_inner()) = options;
+        wait_for_port(([127, 0, 0, 1], self.port).into(), Duration::from_secs(20))
+    }
+
+    /// Adds a SCRAM user through the broker (`tansu user create`); on a broker that requires
+    /// authentication this is refused, so users are added before
+    /// ([`KafkaOptions::authentication`] on a durable broker restarted).
+    pub fn create_scram_user(&self, name: &str, password: &str, mechanism: &str) -> Result<()> {
+        let bin = find_binary("TANSU_BIN", "tansu", &[])?;
+        let out = Command::new(&bin)
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.brokers),
+                "--mechanism",
+                mechanism,
+                name,
+                password,
+            ])
+            .output()
+            .context("run tansu user create")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || stderr.contains("ERROR") || stderr.contains("Error") {
+            bail!("tansu user create {name} failed: {stderr}");
+        }
+        Ok(())
     }
 
     /// Creates topics (3 partitions unless told otherwise).
@@ -141,25 +281,26 @@ impl Kafka {
 
     /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered.
     pub fn pause(&self) -> Result<()> {
-        signal(self.child.id(), "-STOP")
+        signal(self.pid(), "-STOP")
     }
 
     /// Thaws a paused broker (SIGCONT).
     pub fn resume(&self) -> Result<()> {
-        signal(self.child.id(), "-CONT")
+        signal(self.pid(), "-CONT")
     }
 
     /// The broker's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child().id()
     }
 }
 
 impl Drop for Kafka {
     fn drop(&mut self) {
-        let _ = signal(self.child.id(), "-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child();
+        let _ = signal(child.id(), "-CONT");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -256,9 +397,24 @@ pub fn read_topic(
     brokers: &str,
     topic: &str,
     within: Duration,
+    done: impl FnMut(&[RawRecord]) -> bool,
+) -> Result<Vec<RawRecord>> {
+    read_topic_with(brokers, &Default::default(), topic, within, done)
+}
+
+/// [`read_topic`] with more librdkafka properties (TLS, SASL).
+pub fn read_topic_with(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+    topic: &str,
+    within: Duration,
     mut done: impl FnMut(&[RawRecord]) -> bool,
 ) -> Result<Vec<RawRecord>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config
         .set("bootstrap.servers", brokers)
         .set("group.id", unique_name("reader"))
         .set("enable.auto.commit", "false")
