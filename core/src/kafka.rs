@@ -641,10 +641,14 @@ pub async fn ensure_topics(
     };
     let config = settings.admin_config();
     let probe_config = config.clone();
-    tokio::task::spawn_blocking(move || check_brokers(&probe_config))
+    // The check stops when this call is dropped (a start abandoned).
+    let cancel = CancelOnDrop::default();
+    let cancelled = std::sync::Arc::clone(&cancel.0);
+    tokio::task::spawn_blocking(move || check_brokers(&probe_config, &cancelled))
         .await
         .unwrap_or_else(|e| Err((rdkafka::error::KafkaError::Canceled, Some(e.to_string()))))
         .map_err(|(e, last)| admin_error(e, last))?;
+    drop(cancel);
     let admin: AdminClient<DefaultClientContext> =
         config.create().map_err(|e| admin_error(e, None))?;
     let new_topics = settings.new_topics(topics);
@@ -670,6 +674,19 @@ pub async fn ensure_topics(
 
 /// How long [`check_brokers`] tries before it gives up on brokers that do not answer.
 const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one metadata request of [`check_brokers`] may take (every topic's metadata: a
+/// large cluster's answer takes a while).
+const BROKER_CHECK_REQUEST: Duration = Duration::from_secs(5);
+
+/// Sets its flag when dropped.
+#[derive(Default)]
+struct CancelOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// Connects to the brokers as every client of the stage will (TLS, SASL) and reads their
 /// metadata. A refused SASL authentication ends the check at once and a failed TLS handshake
@@ -677,6 +694,7 @@ const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// would only time out, a minute later, saying nothing of why. Blocking.
 fn check_brokers(
     config: &ClientConfig,
+    cancelled: &std::sync::atomic::AtomicBool,
 ) -> Result<(), (rdkafka::error::KafkaError, Option<String>)> {
     use rdkafka::producer::{BaseProducer, Producer as _};
     let probe: BaseProducer<ProbeContext> = config
@@ -684,21 +702,26 @@ fn check_brokers(
         .map_err(|e| (e, None))?;
     let deadline = std::time::Instant::now() + BROKER_CHECK_TIMEOUT;
     loop {
+        let wait = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .min(BROKER_CHECK_REQUEST)
+            .max(Duration::from_millis(100));
+        let result = probe.client().fetch_metadata(None, wait);
         // Serves the log and error events, where connection failures are reported.
         probe.poll(Duration::from_millis(50));
         let context = probe.context();
-        if context.refused() {
-            return Err((
-                rdkafka::error::KafkaError::Global(RDKafkaErrorCode::Authentication),
-                context.last_error(),
-            ));
-        }
-        match probe
-            .client()
-            .fetch_metadata(None, Duration::from_millis(500))
-        {
+        match result {
             Ok(_) => return Ok(()),
-            Err(e) if std::time::Instant::now() >= deadline => {
+            Err(_) if context.refused() => {
+                return Err((
+                    rdkafka::error::KafkaError::Global(RDKafkaErrorCode::Authentication),
+                    context.last_error(),
+                ))
+            }
+            Err(e)
+                if std::time::Instant::now() >= deadline
+                    || cancelled.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
                 return Err((e, context.last_error()))
             }
             Err(_) => {}
@@ -711,15 +734,25 @@ fn check_brokers(
 #[derive(Default)]
 struct ProbeContext {
     last_error: std::sync::Mutex<Option<String>>,
+    /// Why the brokers refused the client's authentication, when they did (kept over the
+    /// errors that follow, such as "all brokers are down").
+    refusal: std::sync::Mutex<Option<String>>,
     refused: std::sync::atomic::AtomicBool,
 }
 
 impl ProbeContext {
     fn last_error(&self) -> Option<String> {
-        self.last_error
+        let refusal = self
+            .refusal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        refusal.or_else(|| {
+            self.last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
     }
 
     fn refused(&self) -> bool {
@@ -728,10 +761,6 @@ impl ProbeContext {
 
     fn keep(&self, reason: &str) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
-        if reason.to_ascii_lowercase().contains("sasl authentication") {
-            self.refused
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
     }
 }
 
@@ -748,6 +777,13 @@ impl rdkafka::ClientContext for ProbeContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // librdkafka turns a broker's refusal and a failed SCRAM proof into this code; a
+        // connection lost during the exchange is reported otherwise, and retried.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+            self.refused
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         DefaultClientContext.error(error, reason);
         self.keep(reason);
     }

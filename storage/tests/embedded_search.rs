@@ -225,6 +225,39 @@ async fn traces_sharing_a_start_are_returned_in_trace_id_order_past_the_limit() 
             assert_eq!(ids, want, "limit {limit}, attributes {attributes:?}");
         }
     }
+
+    // Ids that are not lowercase hex are kept as text, which the store's index orders before
+    // every id kept as bytes: the tie must not end at a text id that sorts after the limit-th
+    // trace found while a byte id that sorts before it is still to come.
+    let mixed = service("mixed", "mx-1", &[]);
+    let tied: Vec<Document> = ["G1", "z9", "00ff"]
+        .iter()
+        .map(|id| {
+            Document::Span(span(
+                id,
+                "00000000000000a1",
+                None,
+                &mixed,
+                "tick",
+                SpanKind::Server,
+                t0,
+                1,
+            ))
+        })
+        .collect();
+    store.write(&tied).await.unwrap();
+    for limit in [1, 2, 3] {
+        let found = store
+            .find_traces(&TraceQuery {
+                service: Some("mixed".into()),
+                limit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ids: Vec<&str> = found.iter().map(|t| t.trace_id.as_str()).collect();
+        assert_eq!(ids, ["00ff", "G1", "z9"][..limit], "limit {limit}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,7 +155,12 @@ impl Kafka {
             None => "memory://tansu/".to_string(),
         };
         let mut command = Command::new(&bin);
-        if let Some(dir) = options.durable.as_ref().and_then(|f| f.parent()) {
+        if let Some(dir) = options
+            .durable
+            .as_ref()
+            .and_then(|f| f.parent())
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             command.current_dir(dir);
         }
         command.args([
@@ -235,7 +240,13 @@ impl Kafka {
 
     /// [`Kafka::start_again`] with other options (TLS, authentication) on the same storage.
     pub fn start_again_with(&self, options: KafkaOptions) -> Result<()> {
-        *self.child() = Kafka::spawn(self.port, &options)?;
+        {
+            let mut child = self.child();
+            if child.try_wait()?.is_none() {
+                bail!("the broker is still running: kill() it first");
+            }
+            *child = Kafka::spawn(self.port, &options)?;
+        }
         *self.options.lock().unwrap_or_else(|e| e.into_inner()) = options;
         wait_for_port(([127, 0, 0, 1], self.port).into(), Duration::from_secs(20))
     }

@@ -123,7 +123,9 @@ async fn each_clients_security_settings_reach_the_wire() {
     assert_reached_over_tls(&probe, "t-consumer").await;
     polling.abort();
 
-    // The admin client creating topics.
+    // Creating topics: the brokers are checked first, with the admin client's settings (the
+    // admin client itself connects only once that check passed, which this listener never
+    // lets happen).
     let probe = TlsProbe::start().await.unwrap();
     let ca = probe.write_ca(dir.path()).unwrap();
     let brokers = probe.brokers();

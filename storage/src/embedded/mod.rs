@@ -3557,9 +3557,18 @@ fn find_traces(
                     };
                     let cat = ctx.catalog();
                     for row in rows.by_ref() {
+                        // On a tie, only an id stored as bytes (lowercase hex) is known to
+                        // come before every later row of the tie in the result's order too:
+                        // other ids are stored as text, which SQLite orders before all bytes.
                         if kth.as_ref().is_some_and(|(start, id)| {
                             let row_start = row.start as u64;
-                            row_start < *start || (row_start == *start && row.trace_id > *id)
+                            row_start < *start
+                                || (row_start == *start
+                                    && row.trace_id > *id
+                                    && matches!(
+                                        id_value(&row.trace_id),
+                                        rusqlite::types::Value::Blob(_)
+                                    ))
                         }) {
                             done = true;
                             break;
