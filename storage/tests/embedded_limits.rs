@@ -566,6 +566,26 @@ async fn regression_a_day_file_that_cannot_be_opened_fails_the_query() {
     assert!(err.to_string().contains(&name), "{err}");
 }
 
+/// Writes `spans` in batches of `batch`, each answered written, then `logs` in one batch.
+async fn write_all(
+    store: &EmbeddedStore,
+    spans: &[dlog_core::model::SpanRecord],
+    logs: &[dlog_core::model::LogEntry],
+    batch: usize,
+) {
+    for chunk in spans.chunks(batch) {
+        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
+        let outcomes = store.write(&docs).await.unwrap();
+        assert!(outcomes
+            .iter()
+            .all(|o| *o == dlog_storage::WriteOutcome::Written));
+    }
+    store
+        .write(&logs.iter().cloned().map(Document::Log).collect::<Vec<_>>())
+        .await
+        .unwrap();
+}
+
 /// Regression: the resources table was uncapped, so random resource attributes from a hostile
 /// sender (a new `host.id` on every record) grew it, and the catalog every store holds in
 /// memory, without bound. Past `max_resources`, records are stored whole and found by their
@@ -600,17 +620,7 @@ async fn regression_random_resource_attributes_do_not_grow_the_resources_table_p
             )
         })
         .collect();
-    for chunk in spans.chunks(40) {
-        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
-        let outcomes = store.write(&docs).await.unwrap();
-        assert!(outcomes
-            .iter()
-            .all(|o| *o == dlog_storage::WriteOutcome::Written));
-    }
-    store
-        .write(&logs.iter().cloned().map(Document::Log).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    write_all(&store, &spans, &logs, 40).await;
 
     // The table stops at the cap, plus the service's stand-in (its name alone).
     let rows = embedded::count_rows(dir.path(), "resources").unwrap();
@@ -724,17 +734,7 @@ async fn regression_random_names_do_not_grow_the_dictionary_past_its_cap() {
             )
         })
         .collect();
-    for chunk in spans.chunks(50) {
-        let docs: Vec<Document> = chunk.iter().cloned().map(Document::Span).collect();
-        let outcomes = store.write(&docs).await.unwrap();
-        assert!(outcomes
-            .iter()
-            .all(|o| *o == dlog_storage::WriteOutcome::Written));
-    }
-    store
-        .write(&logs.iter().cloned().map(Document::Log).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    write_all(&store, &spans, &logs, 50).await;
 
     // The names stop at the cap, plus the stand-in name; the operation list at the cap; the
     // resources at the names that found room, plus the stand-in resource.

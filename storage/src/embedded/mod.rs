@@ -901,6 +901,15 @@ impl<'a> Interner<'a> {
         id
     }
 
+    /// The id a record is indexed under for `name`: its own, or [`NAMES_FULL`]'s when it found
+    /// no room, with the name to write out then.
+    fn indexed_name(&self, name: &str) -> (i64, Option<String>) {
+        match self.lookup(name) {
+            0 => (self.lookup(NAMES_FULL), Some(name.to_string())),
+            id => (id, None),
+        }
+    }
+
     fn lookup(&self, s: &str) -> i64 {
         self.cat
             .string_ids
@@ -1158,15 +1167,11 @@ fn write_docs(
                     Document::Span(s) => {
                         let (resource, service, inline) = resource_of[i];
                         let full = it.lookup(NAMES_FULL);
-                        let own = |name: &str| (it.lookup(name) == 0).then(|| name.to_string());
+                        let (op, name) = it.indexed_name(&s.name);
                         let names = InlineNames {
-                            name: own(&s.name),
-                            scope: own(&s.scope),
+                            name,
+                            scope: it.indexed_name(&s.scope).1,
                             level: None,
-                        };
-                        let op = match it.lookup(&s.name) {
-                            0 => full,
-                            op => op,
                         };
                         let named = |id: i64, name: &str| {
                             if id == full && name != NAMES_FULL {
@@ -1249,8 +1254,9 @@ fn write_docs(
                         }
                         let (resource, service, inline) = resource_of[i];
                         let full = it.lookup(NAMES_FULL);
+                        let (level, written_out) = it.indexed_name(&l.level);
                         let names = InlineNames {
-                            level: (it.lookup(&l.level) == 0).then(|| l.level.clone()),
+                            level: written_out,
                             ..Default::default()
                         };
                         if !names.is_empty() || (service == full && l.service.name != NAMES_FULL) {
@@ -1261,10 +1267,7 @@ fn write_docs(
                             doc_id: stored_log_id(l),
                             time: ns(l.time_unix_nano),
                             resource,
-                            level: match ids(&l.level) {
-                                0 => full,
-                                level => level,
-                            },
+                            level,
                             severity: i64::from(l.severity_number),
                             trace_id: l.trace_id.as_deref().map(id_value),
                             span_id: l.span_id.as_deref().map(id_value),
