@@ -184,6 +184,12 @@ struct ViewerArgs {
     viewer_tail_grace_ms: Option<u64>,
 }
 
+/// mimalloc instead of the system allocator: the embedded store's write path allocates per
+/// record and attribute, and glibc's malloc and free took about a third of its time
+/// (`BENCHMARKS.md`, the store at scale).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging(&["DLOG_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;

@@ -11,6 +11,12 @@ use dlog_indexer::cli::{open_for_queries, query, Args, Command};
 const DEFAULT_LOG_FILTER: &str =
     "info,rdkafka=warn,hyper=warn,hyper_util=warn,reqwest=warn,axum=warn";
 
+/// mimalloc instead of the system allocator: the embedded store's write path allocates per
+/// record and attribute, and glibc's malloc and free took about a third of its time
+/// (`BENCHMARKS.md`, the store at scale).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging(&["DLOG_INDEXER_LOG", "RUST_LOG"], DEFAULT_LOG_FILTER)?;

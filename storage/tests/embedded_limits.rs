@@ -918,3 +918,42 @@ async fn regression_a_failure_to_count_does_not_fail_a_stored_batch() {
         .unwrap();
     assert_eq!(found, vec![second, first]);
 }
+
+/// A batch whose shared transaction fails (here the dictionary refuses new strings) leaves
+/// nothing behind: the next batch is handed the same dictionary ids for other names, and its
+/// operations must be listed under their own names, as must the failed batch's once retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_failed_batch_leaves_no_operation_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let now = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let first = span_with(0xf1, &service("first", "f-1", &[]), "ready", now, "a", "1");
+    store.write(&[Document::Span(first)]).await.unwrap();
+    let shared = rusqlite::Connection::open(dir.path().join(embedded::DB_FILE)).unwrap();
+    shared
+        .execute_batch(
+            "CREATE TRIGGER no_strings BEFORE INSERT ON strings \
+             BEGIN SELECT RAISE(ABORT, 'the dictionary is read-only'); END;",
+        )
+        .unwrap();
+    let failed = span_with(0xf2, &service("lost", "l-1", &[]), "vanish", now, "a", "1");
+    assert!(store
+        .write(&[Document::Span(failed.clone())])
+        .await
+        .is_err());
+    shared.execute_batch("DROP TRIGGER no_strings").unwrap();
+    // The same kind of span, new names in the same order: the same ids as the failed batch's.
+    let next = span_with(0xf3, &service("next", "n-1", &[]), "appear", now, "a", "1");
+    store.write(&[Document::Span(next)]).await.unwrap();
+    store.write(&[Document::Span(failed)]).await.unwrap();
+    for (svc, op) in [("next", "appear"), ("lost", "vanish"), ("first", "ready")] {
+        let listed: Vec<String> = store
+            .operations(svc)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(listed, [op], "operations of {svc}");
+    }
+}

@@ -330,6 +330,146 @@ async fn dependencies_count_each_edge_once_through_late_parents_replays_and_move
     assert_eq!(deps(0, u64::MAX / 2).await, one);
 }
 
+/// One batch over several blocks of log row ids (1,024 each), the newest records first and
+/// replays mixed in: the newest time up to each block is carried to the blocks after it, so
+/// the text search's walk from the newest row does not stop before the newest records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_several_log_blocks_keeps_the_newest_records_findable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let svc = service("blocks", "bl-1", &[]);
+    let t0 = dlog_storage::now_unix_nano() - 3_600_000 * MS;
+    let record = |t: u64| {
+        Document::Log(log(
+            &svc,
+            t,
+            "INFO",
+            &format!("invoice settled at {t}"),
+            None,
+            &[],
+        ))
+    };
+    let newest: Vec<u64> = (0..10).map(|i| t0 + (10_000 + i) * MS).collect();
+    let older: Vec<u64> = (0..3_500).map(|i| t0 + i * MS).collect();
+    let mut batch: Vec<Document> = newest.iter().map(|t| record(*t)).collect();
+    for (i, t) in older.iter().enumerate() {
+        batch.push(record(*t));
+        if i.is_multiple_of(35) {
+            // A replay of a record written earlier in the same batch.
+            batch.push(record(older[i / 2]));
+        }
+    }
+    store.write(&batch).await.unwrap();
+    store.write(&batch).await.unwrap();
+    let search = |limit| LogQuery {
+        text: Some("settled".into()),
+        limit,
+        ..Default::default()
+    };
+    let found = store.search_logs(&search(3)).await.unwrap();
+    assert_eq!(bodies_times(&found), vec![newest[9], newest[8], newest[7]]);
+    let all = store.search_logs(&search(10_000)).await.unwrap();
+    let mut expected: Vec<u64> = newest.iter().chain(&older).copied().collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(bodies_times(&all), expected);
+}
+
+/// The hourly call counts are summed per batch before they are written: many traces of one
+/// batch crossing the same services in the same hour, errors among them, replays of the whole
+/// batch, and moves of some children to another hour in a batch that also brings new traces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_counts_summed_over_a_batch_stay_exact_through_replays_and_moves() {
+    use dlog_storage::TimeRange;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let front = service("front", "fr-1", &[]);
+    let back = service("back", "bk-1", &[]);
+    let db = service("db", "db-1", &[]);
+    let hour = 3_600_000 * MS;
+    let t0 = (dlog_storage::now_unix_nano() - 6 * hour) / hour * hour + hour / 4;
+    let trace = |k: u64| format!("{k:032x}");
+    // Trace k: front → back (an error when k % 3 == 0) → db, the children at `at`.
+    let spans = |k: u64, at: u64| {
+        let mut child = span(
+            &trace(k),
+            "00000000000000c1",
+            Some("00000000000000b1"),
+            &back,
+            "load",
+            SpanKind::Server,
+            at,
+            2,
+        );
+        if k.is_multiple_of(3) {
+            child.status = dlog_core::model::StatusCode::Error;
+        }
+        vec![
+            Document::Span(span(
+                &trace(k),
+                "00000000000000b1",
+                None,
+                &front,
+                "GET /",
+                SpanKind::Server,
+                t0,
+                5,
+            )),
+            Document::Span(child),
+            Document::Span(span(
+                &trace(k),
+                "00000000000000d1",
+                Some("00000000000000c1"),
+                &db,
+                "select",
+                SpanKind::Client,
+                at,
+                1,
+            )),
+        ]
+    };
+    let deps = |s: u64, e: u64| {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            let mut found: Vec<(String, String, u64, u64)> = store
+                .dependencies(TimeRange::between(s, e))
+                .await
+                .unwrap()
+                .observed
+                .into_iter()
+                .map(|d| (d.caller, d.callee, d.calls, d.errors))
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    let edges = |calls: u64, errors: u64| {
+        vec![
+            ("back".to_string(), "db".to_string(), calls, 0),
+            ("front".to_string(), "back".to_string(), calls, errors),
+        ]
+    };
+    let batch: Vec<Document> = (0..60).flat_map(|k| spans(k, t0 + k * MS)).collect();
+    for _ in 0..3 {
+        store.write(&batch).await.unwrap();
+        assert_eq!(deps(t0 - hour, t0 + hour).await, edges(60, 20));
+    }
+    // Children of traces 0..15 move two hours on (5 of them errors); traces 60..70 are new,
+    // in the first hour (4 errors: 60, 63, 66, 69).
+    let moved: Vec<Document> = (0..15)
+        .flat_map(|k| spans(k, t0 + 2 * hour + k * MS))
+        .chain((60..70).flat_map(|k| spans(k, t0 + k * MS)))
+        .collect();
+    store.write(&moved).await.unwrap();
+    store.write(&moved).await.unwrap();
+    assert_eq!(deps(t0 - hour, t0 + hour).await, edges(55, 19));
+    assert_eq!(deps(t0 + hour, t0 + 3 * hour).await, edges(15, 5));
+    assert_eq!(deps(0, u64::MAX / 2).await, edges(70, 24));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_search_with_too_many_conditions_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();

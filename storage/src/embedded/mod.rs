@@ -20,7 +20,7 @@
 mod codec;
 mod schema;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -45,6 +45,12 @@ use crate::store::{
 use codec::{id_text, id_value, Dec, Enc};
 pub use schema::SCHEMA_VERSION;
 use schema::{day_name, day_of, parse_day, DAY_NS, KEY_OPERATION, KEY_RESOURCE};
+
+/// The maps of the write and read paths, keyed by ids, names and values from the senders:
+/// foldhash (randomly seeded per map) instead of SipHash, which took about a tenth of the
+/// write path's time in a profile of the store benchmark.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::quality::RandomState>;
 
 /// File name of the shared database inside the store's directory.
 pub const DB_FILE: &str = "dlog.sqlite3";
@@ -276,9 +282,56 @@ impl Catalog {
     }
 }
 
+/// A resource's service name and instance id.
+type InstanceKey<'a> = (&'a str, Option<&'a str>);
+
+/// The resource hashes of a batch, each distinct resource hashed once: the records of a batch
+/// come from a few service instances, and hashing a resource serializes it.
+#[derive(Default)]
+struct ResourceHashes<'a> {
+    /// (service name, instance id) → the resources seen with them, and their hashes.
+    seen: HashMap<InstanceKey<'a>, Vec<(&'a ServiceInfo, u128)>>,
+}
+
+impl<'a> ResourceHashes<'a> {
+    /// Distinct resources with the same name and instance kept per batch, past which the
+    /// rest are hashed each time (a sender varying other resource attributes per record).
+    const PER_INSTANCE: usize = 8;
+
+    fn of(&mut self, info: &'a ServiceInfo) -> u128 {
+        let same = self
+            .seen
+            .entry((info.name.as_str(), info.instance_id.as_deref()))
+            .or_default();
+        if let Some((_, hash)) = same.iter().find(|(known, _)| *known == info) {
+            return *hash;
+        }
+        let hash = resource_hash(info);
+        if same.len() < Self::PER_INSTANCE {
+            same.push((info, hash));
+        }
+        hash
+    }
+}
+
+/// The hash a resource is stored under: xxh3-128 of its JSON, streamed into the hasher.
 fn resource_hash(info: &ServiceInfo) -> u128 {
-    let bytes = serde_json::to_vec(info).unwrap_or_default();
-    xxhash_rust::xxh3::xxh3_128(&bytes)
+    struct Hashing(xxhash_rust::xxh3::Xxh3);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(xxhash_rust::xxh3::Xxh3::new());
+    if serde_json::to_writer(&mut h, info).is_err() {
+        // As the hash of the empty serialization it stood for before.
+        return xxhash_rust::xxh3::xxh3_128(b"");
+    }
+    h.0.digest128()
 }
 
 /// An attribute value compared as text: strings as they are, anything else as JSON.
@@ -654,6 +707,8 @@ struct Writer {
     /// Partition use order, for closing the least recently used.
     part_use: Vec<i64>,
     known_operations: HashSet<(String, String, String)>,
+    /// (service, operation, kind code) ids of operations in `known_operations`.
+    known_op_ids: HashSet<(i64, i64, i64)>,
     /// Trace id → the day partition holding it.
     recent: HashMap<String, i64>,
     /// Distinct values dictionary-coded per attribute key in this run.
@@ -845,10 +900,10 @@ impl<'a> Interner<'a> {
             value_counts,
             interned,
             strings: Vec::new(),
-            string_ids: HashMap::new(),
+            string_ids: HashMap::default(),
             names: Vec::new(),
             resources: Vec::new(),
-            resource_ids: HashMap::new(),
+            resource_ids: HashMap::default(),
             max_entries,
             unindexed: 0,
             max_resources,
@@ -923,8 +978,7 @@ impl<'a> Interner<'a> {
     /// found no room (then the id is its service's stand-in: a resource of the name alone,
     /// added even past the cap, one per service name, as a span's service is its resource's;
     /// the record keeps its resource in its body).
-    fn resource(&mut self, info: &ServiceInfo) -> (i64, i64, bool) {
-        let hash = resource_hash(info);
+    fn resource(&mut self, info: &ServiceInfo, hash: u128) -> (i64, i64, bool) {
         let service = self.name(&info.name);
         if self.lookup(&info.name) == 0 {
             // The service's name found no room: indexed under the names-full stand-in, the
@@ -1059,7 +1113,7 @@ fn write_docs(
     // already (the day of its first span, or a neighbouring day it was found in), so its
     // summary and edges are complete. Chosen before the shared transaction, which records
     // each partition's time bounds.
-    let mut trace_day: HashMap<&str, i64> = HashMap::new();
+    let mut trace_day: HashMap<&str, i64> = HashMap::default();
     for doc in docs {
         if let Document::Span(s) = doc {
             let day = day_of_time(s.start_unix_nano);
@@ -1069,13 +1123,17 @@ fn write_docs(
                 .or_insert(day);
         }
     }
+    // The days whose partition file was missing, looked up once per batch (a file found is
+    // looked up again: retention may drop it meanwhile).
+    let mut missing: HashSet<i64> = HashSet::default();
     for (trace_id, day) in trace_day.iter_mut() {
         if let Some(known) = w.recent.get(*trace_id) {
             *day = *known;
             continue;
         }
         for candidate in [*day, *day - 1, *day + 1] {
-            if !ctx.part_path(candidate).exists() {
+            if missing.contains(&candidate) || !ctx.part_path(candidate).exists() {
+                missing.insert(candidate);
                 continue;
             }
             let conn = w.partition(ctx, candidate)?;
@@ -1108,7 +1166,7 @@ fn write_docs(
 
     let mut by_day: std::collections::BTreeMap<i64, DayRows> = Default::default();
     let mut groups: Vec<TraceGroup> = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::default();
     let max_entries = w.max_dictionary_entries;
     let (new_strings, new_names, new_resources, (unindexed, unindexed_resources, unindexed_names)) = {
         let cat = ctx.catalog();
@@ -1124,7 +1182,11 @@ fn write_docs(
             .shared
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&shared_err)?;
-        let mut new_ops = Vec::new();
+        // Operations and their ids listed by this batch: added to the writer's sets once the
+        // shared transaction committed, so that a failed batch (an error anywhere in it, or a
+        // panic) leaves nothing behind; its string ids are handed out again by the next batch.
+        let mut new_ops: HashSet<(String, String, String)> = HashSet::default();
+        let mut new_op_ids: HashSet<(i64, i64, i64)> = HashSet::default();
         {
             let mut op_stmt = tx
                 .prepare_cached(
@@ -1143,10 +1205,11 @@ fn write_docs(
                 .map_err(&shared_err)?;
             // Dictionary entries first, so every body encodes with final ids.
             let mut resource_of = Vec::with_capacity(docs.len());
+            let mut hashes = ResourceHashes::default();
             for doc in docs {
                 match doc {
                     Document::Span(s) => {
-                        resource_of.push(it.resource(&s.service));
+                        resource_of.push(it.resource(&s.service, hashes.of(&s.service)));
                         it.name(&s.name);
                         it.name(&s.scope);
                         it.attr_keys(&s.attributes);
@@ -1155,7 +1218,7 @@ fn write_docs(
                         }
                     }
                     Document::Log(l) => {
-                        resource_of.push(it.resource(&l.service));
+                        resource_of.push(it.resource(&l.service, hashes.of(&l.service)));
                         it.name(&l.level);
                         it.attr_keys(&l.attributes);
                     }
@@ -1173,39 +1236,49 @@ fn write_docs(
                             scope: it.indexed_name(&s.scope).1,
                             level: None,
                         };
-                        let named = |id: i64, name: &str| {
-                            if id == full && name != NAMES_FULL {
-                                NAMES_FULL.to_string()
-                            } else {
-                                name.to_string()
-                            }
-                        };
                         let mut unnamed =
                             !names.is_empty() || (service == full && s.service.name != NAMES_FULL);
-                        let mut key = (
-                            named(service, &s.service.name),
-                            named(op, &s.name),
-                            s.kind.as_str().to_string(),
-                        );
-                        // The operation list has the names' bound too: past it, a new
-                        // (service, operation, kind) is listed as the service's `(names
-                        // full)` operation (at most one per service and kind), so that every
-                        // service stays listed; its spans are still found by both names.
-                        if !w.known_operations.contains(&key)
-                            && w.known_operations.len() >= w.max_names
-                        {
-                            key.1 = NAMES_FULL.to_string();
-                            unnamed = true;
+                        // The usual span's operation is listed already: found by its ids
+                        // without building its names.
+                        let op_ids = (service, op, kind_code(s.kind));
+                        if !w.known_op_ids.contains(&op_ids) && !new_op_ids.contains(&op_ids) {
+                            let named = |id: i64, name: &str| {
+                                if id == full && name != NAMES_FULL {
+                                    NAMES_FULL.to_string()
+                                } else {
+                                    name.to_string()
+                                }
+                            };
+                            let mut key = (
+                                named(service, &s.service.name),
+                                named(op, &s.name),
+                                s.kind.as_str().to_string(),
+                            );
+                            // The operation list has the names' bound too: past it, a new
+                            // (service, operation, kind) is listed as the service's `(names
+                            // full)` operation (at most one per service and kind), so that
+                            // every service stays listed; its spans are still found by both
+                            // names.
+                            let listed = |k: &(String, String, String)| {
+                                w.known_operations.contains(k) || new_ops.contains(k)
+                            };
+                            if !listed(&key)
+                                && w.known_operations.len() + new_ops.len() >= w.max_names
+                            {
+                                key.1 = NAMES_FULL.to_string();
+                                unnamed = true;
+                            } else {
+                                new_op_ids.insert(op_ids);
+                            }
+                            if !listed(&key) {
+                                op_stmt
+                                    .execute(params![key.0, key.1, key.2])
+                                    .map_err(&shared_err)?;
+                                new_ops.insert(key);
+                            }
                         }
                         if unnamed && live(trace_day[s.trace_id.as_str()]) {
                             it.unindexed_names += 1;
-                        }
-                        if !w.known_operations.contains(&key) {
-                            op_stmt
-                                .execute(params![key.0, key.1, key.2])
-                                .map_err(&shared_err)?;
-                            w.known_operations.insert(key.clone());
-                            new_ops.push(key);
                         }
                         let ids = |k: &str| it.lookup(k);
                         let mut index: Vec<(i64, Sql)> = Vec::new();
@@ -1351,12 +1424,9 @@ fn write_docs(
                 b_stmt.execute(params![day, lo, hi]).map_err(&shared_err)?;
             }
         }
-        if let Err(e) = tx.commit() {
-            for key in new_ops {
-                w.known_operations.remove(&key);
-            }
-            return Err(shared_err(e));
-        }
+        tx.commit().map_err(&shared_err)?;
+        w.known_operations.extend(new_ops);
+        w.known_op_ids.extend(new_op_ids);
         (
             it.strings,
             it.names,
@@ -1397,8 +1467,11 @@ fn write_docs(
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         let mut index_rows = Vec::new();
+        let mut hours = HourCounts::default();
         for g in &rows.traces {
-            if let Some(msg) = write_trace(&tx, &cat, g, &mut index_rows).map_err(&err)? {
+            if let Some(msg) =
+                write_trace(&tx, &cat, g, &mut index_rows, &mut hours).map_err(&err)?
+            {
                 for s in &g.spans {
                     outcomes[s.doc] = WriteOutcome::Rejected(msg.clone());
                 }
@@ -1410,6 +1483,7 @@ fn write_docs(
                 .then_with(|| sql_order(&a.1, &b.1))
                 .then_with(|| a.2.cmp(&b.2))
         });
+        index_rows.dedup();
         {
             let mut attr = tx
                 .prepare_cached(
@@ -1419,9 +1493,37 @@ fn write_docs(
             for (k, v, no) in &index_rows {
                 attr.execute(params![k, v, no]).map_err(&err)?;
             }
+            let mut hour = tx
+                .prepare_cached(
+                    "INSERT INTO edge_hours (hour, caller, callee, calls, errors) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hour, caller, callee) DO UPDATE \
+                     SET calls = calls + excluded.calls, errors = errors + excluded.errors",
+                )
+                .map_err(&err)?;
+            for ((h, caller, callee), (calls, errors)) in &hours {
+                if (*calls, *errors) != (0, 0) {
+                    hour.execute(params![h, caller, callee, calls, errors])
+                        .map_err(&err)?;
+                }
+            }
         }
+        // Per block of row ids, the newest time written to it (ids are dense and rising).
+        let mut blocks: std::collections::BTreeMap<i64, i64> = Default::default();
         for l in &rows.logs {
-            write_log(&tx, l)?;
+            if let Some(id) = write_log(&tx, l)? {
+                let t = blocks.entry(id >> LOG_BLOCK_BITS).or_insert(l.time);
+                *t = (*t).max(l.time);
+            }
+        }
+        for (block, time) in blocks {
+            tx.prepare_cached(
+                "INSERT INTO log_blocks (block, max_time) VALUES (?1, max(?2, coalesce((SELECT \
+                 max_time FROM log_blocks WHERE block < ?1 ORDER BY block DESC LIMIT 1), ?2))) \
+                 ON CONFLICT (block) DO UPDATE SET max_time = max(max_time, excluded.max_time)",
+            )
+            .map_err(&err)?
+            .execute(params![block, time])
+            .map_err(&err)?;
         }
         {
             let mut stmt = tx
@@ -1520,22 +1622,27 @@ const COUNTER_UNINDEXED_RESOURCES: &str = "unindexed_resources";
 /// Counter of records stored with a name the dictionary's names had no room for.
 const COUNTER_UNINDEXED_NAMES: &str = "unindexed_names";
 
-/// Writes one trace's new spans, its summary, attribute index rows and dependency edges.
-/// Returns a rejection message when the trace is over its bound.
+/// Changes to the hourly call counts, (hour, caller, callee) → (calls, errors), summed over a
+/// batch and written once per key.
+type HourCounts = HashMap<(i64, i64, i64), (i64, i64)>;
+
 /// Writes one trace's new spans, its summary and dependency edges; its attribute index rows
-/// are added to `index_rows`, written for the whole batch in index order.
+/// are added to `index_rows` and its hourly call count changes to `hours`, both written for
+/// the whole batch (the index rows in index order). Returns a rejection message when the
+/// trace is over its bound.
 fn write_trace(
     tx: &rusqlite::Transaction<'_>,
     cat: &Catalog,
     g: &TraceGroup,
     index_rows: &mut Vec<(i64, Sql, i64)>,
+    hours: &mut HourCounts,
 ) -> rusqlite::Result<Option<String>> {
     let tid = id_value(&g.trace_id);
     let existing: Option<i64> = tx
         .prepare_cached("SELECT trace_no FROM traces WHERE trace_id = ?1")?
         .query_row([&tid], |r| r.get(0))
         .optional()?;
-    let mut cols: HashMap<String, SpanCols> = HashMap::new();
+    let mut cols: HashMap<String, SpanCols> = HashMap::default();
     let trace_no = match existing {
         Some(no) => {
             let mut stmt = tx.prepare_cached(&format!(
@@ -1571,7 +1678,12 @@ fn write_trace(
         )));
     }
     let service_of = |resource: i64| cat.resources.get(&resource).map_or(0, |r| r.service);
-    let before = cols.clone();
+    // A new trace had nothing before this batch.
+    let before = if existing.is_some() {
+        cols.clone()
+    } else {
+        HashMap::default()
+    };
     {
         let mut del = tx.prepare_cached(
             "DELETE FROM spans WHERE trace_no = ?1 AND start_ns = ?2 AND span_id = ?3",
@@ -1580,7 +1692,6 @@ fn write_trace(
             "INSERT OR REPLACE INTO spans (trace_no, start_ns, span_id, duration_ns, parent, \
              resource, op, flags, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        let mut indexed: HashSet<(i64, String)> = HashSet::new();
         for s in &g.spans {
             let sid = id_value(&s.cols.span_id);
             if let Some(old) = cols.get(&s.cols.span_id) {
@@ -1600,14 +1711,10 @@ fn write_trace(
                 s.body
             ])?;
             cols.insert(s.cols.span_id.clone(), s.cols.clone());
+            // Repeats (the same value in several spans of the trace) go once the batch's rows
+            // are sorted.
             for (k, v) in &s.index {
-                let text = match v {
-                    Sql::Integer(i) => format!("i{i}"),
-                    Sql::Real(f) => format!("r{f}"),
-                    Sql::Text(t) => format!("t{t}"),
-                    _ => continue,
-                };
-                if indexed.insert((*k, text)) {
+                if matches!(v, Sql::Integer(_) | Sql::Real(_) | Sql::Text(_)) {
                     index_rows.push((*k, v.clone(), trace_no));
                 }
             }
@@ -1634,11 +1741,6 @@ fn write_trace(
         let mut del_edge = tx.prepare_cached(
             "DELETE FROM edges WHERE start_ns = ?1 AND trace_no = ?2 AND span_id = ?3",
         )?;
-        let mut hour = tx.prepare_cached(
-            "INSERT INTO edge_hours (hour, caller, callee, calls, errors) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hour, caller, callee) DO UPDATE SET \
-             calls = calls + excluded.calls, errors = errors + excluded.errors",
-        )?;
         for child in cols.values() {
             let touched = new_ids.contains(child.span_id.as_str())
                 || child.parent.as_deref().is_some_and(|p| new_ids.contains(p));
@@ -1653,23 +1755,13 @@ fn write_trace(
             let sid = id_value(&child.span_id);
             if let Some((start, caller, callee, error)) = old {
                 del_edge.execute(params![start, trace_no, sid])?;
-                hour.execute(params![
-                    start / HOUR_NS,
-                    caller,
-                    callee,
-                    -1,
-                    -i64::from(error)
-                ])?;
+                let h = hours.entry((start / HOUR_NS, caller, callee)).or_default();
+                *h = (h.0 - 1, h.1 - i64::from(error));
             }
             if let Some((start, caller, callee, error)) = new {
                 edge.execute(params![start, trace_no, sid, caller, callee, error])?;
-                hour.execute(params![
-                    start / HOUR_NS,
-                    caller,
-                    callee,
-                    1,
-                    i64::from(error)
-                ])?;
+                let h = hours.entry((start / HOUR_NS, caller, callee)).or_default();
+                *h = (h.0 + 1, h.1 + i64::from(error));
             }
         }
     }
@@ -1718,11 +1810,12 @@ fn write_trace(
     Ok(None)
 }
 
-/// Writes a log unless it is there already (a replay: the same identity at the same time).
-/// Row ids are dense, in arrival order, which keeps the trigram index small; `log_blocks`
-/// keeps, per block of 1024 row ids, the newest time of any row up to that block, so a text
-/// search walking the index newest row first knows when no older row can be newer.
-fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreError> {
+/// Writes a log unless it is there already (a replay: the same identity at the same time),
+/// returning its row id when written. Row ids are dense, in arrival order, which keeps the
+/// trigram index small; `log_blocks` keeps, per block of 1024 row ids, the newest time of any
+/// row up to that block (written by the caller once per batch), so a text search walking the
+/// index newest row first knows when no older row can be newer.
+fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<Option<i64>, StoreError> {
     let err = read_err;
     // A replay is found by its identity (time, document id) in one lookup of the unique time
     // index, whatever else shares its time (a sender stamping every record with the same time
@@ -1746,22 +1839,14 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<(), StoreErro
         ])
         .map_err(err)?;
     if inserted == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let id = tx.last_insert_rowid();
     tx.prepare_cached("INSERT INTO logs_text (rowid, body) VALUES (?1, ?2)")
         .map_err(err)?
         .execute(params![id, l.body])
         .map_err(err)?;
-    tx.prepare_cached(
-        "INSERT INTO log_blocks (block, max_time) VALUES (?1, max(?2, coalesce((SELECT \
-         max_time FROM log_blocks WHERE block < ?1 ORDER BY block DESC LIMIT 1), ?2))) \
-         ON CONFLICT (block) DO UPDATE SET max_time = max(max_time, excluded.max_time)",
-    )
-    .map_err(err)?
-    .execute(params![id >> LOG_BLOCK_BITS, l.time])
-    .map_err(err)?;
-    Ok(())
+    Ok(Some(id))
 }
 
 /// A log's identity as a reader will compute it from the stored record: a time past
@@ -1831,7 +1916,7 @@ impl ReaderSet {
     fn new(shared: Connection) -> Self {
         ReaderSet {
             shared,
-            parts: HashMap::new(),
+            parts: HashMap::default(),
             tick: 0,
             swept: std::time::Instant::now(),
         }
@@ -2167,7 +2252,7 @@ impl EmbeddedStore {
         ensure_names(&conn).map_err(sql)?;
         ensure_bounds(&conn, dir).map_err(sql)?;
         conn.execute_batch(schema::COUNTERS).map_err(sql)?;
-        let mut known_operations = HashSet::new();
+        let mut known_operations = HashSet::default();
         {
             let mut stmt = conn
                 .prepare("SELECT service, operation, span_kind FROM operations")
@@ -2199,11 +2284,12 @@ impl EmbeddedStore {
             }),
             writer: Arc::new(Mutex::new(Writer {
                 shared: conn,
-                parts: HashMap::new(),
+                parts: HashMap::default(),
                 part_use: Vec::new(),
                 known_operations,
-                recent: HashMap::new(),
-                value_counts: HashMap::new(),
+                known_op_ids: HashSet::default(),
+                recent: HashMap::default(),
+                value_counts: HashMap::default(),
                 interned: 0,
                 expired_before: None,
                 max_dictionary_entries: crate::config::DEFAULT_MAX_DICTIONARY_ENTRIES,
@@ -2509,7 +2595,7 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
             .map_err(err)?;
         let mut rows = read.query([]).map_err(err)?;
         let mut current: Option<i64> = None;
-        let mut ids: HashSet<String> = HashSet::new();
+        let mut ids: HashSet<String> = HashSet::default();
         let mut parents: Vec<String> = Vec::new();
         let mut flush = |no: Option<i64>, ids: &mut HashSet<String>, parents: &mut Vec<String>| {
             let open = parents.iter().any(|p| !ids.contains(p));
@@ -2552,7 +2638,7 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
             .map_err(err)?;
         let mut rows = read.query([]).map_err(err)?;
         let mut seen_time = None;
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::default();
         while let Some(row) = rows.next().map_err(err)? {
             let id: i64 = row.get(0).map_err(err)?;
             let time: i64 = row.get(1).map_err(err)?;
@@ -2884,7 +2970,7 @@ fn parts_of(
     days: &[i64],
     ids: &[&str],
 ) -> Result<HashMap<String, Vec<(i64, i64)>>, StoreError> {
-    let mut out: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+    let mut out: HashMap<String, Vec<(i64, i64)>> = HashMap::default();
     if ids.is_empty() {
         return Ok(out);
     }
@@ -3106,9 +3192,27 @@ impl Backend for EmbeddedStore {
 #[async_trait]
 impl SpanWriter for EmbeddedStore {
     async fn write(&self, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let docs = docs.to_vec();
         let now = crate::store::now_unix_nano();
         // Disk full, I/O errors and lock timeouts may pass: the stage retries the batch.
+        // On a multi-threaded runtime the batch is written in place (the worker's other tasks
+        // move to another thread meanwhile), without the copy a blocking task needs: copying
+        // and dropping a batch of records took a tenth of a write.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            return tokio::task::block_in_place(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                    write_docs(&mut guard, &self.ctx, docs, now)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "write task failed: it panicked".to_string(),
+                    ))
+                })
+            });
+        }
+        let docs = docs.to_vec();
         self.with_writer(move |w, ctx| write_docs(w, ctx, &docs, now))
             .await
     }
@@ -3234,7 +3338,7 @@ impl DependencyReader for EmbeddedStore {
             } else {
                 pieces.push((EDGES, s as i64, e as i64));
             }
-            let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
+            let mut edges: HashMap<(i64, i64), (u64, u64)> = HashMap::default();
             for day in days_in(set, ctx, time.start_unix_nano, time.end_unix_nano)? {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
@@ -3511,7 +3615,7 @@ fn find_traces(
     };
     let mut found: Vec<TraceSummary> = Vec::new();
     // Traces judged whole already (a span of theirs matched the conditions on one span).
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::default();
     for (max, day) in parts {
         if found.len() >= limit && (max as u64) < found[limit - 1].start_unix_nano {
             break;
@@ -3834,7 +3938,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
             continue;
         };
         let cat = ctx.catalog();
-        let mut block_max: HashMap<i64, i64> = HashMap::new();
+        let mut block_max: HashMap<i64, i64> = HashMap::default();
         let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(f.params.iter()))
@@ -4234,6 +4338,25 @@ pub fn table_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resources are found again by the hash they were stored under: the streamed hash is the
+    /// hash of the whole JSON, as stores written before computed it.
+    #[test]
+    fn resource_hash_is_the_hash_of_the_resource_json() {
+        let mut info = ServiceInfo {
+            name: "checkout \u{1b}[31m\"quoted\"".into(),
+            instance_id: Some("i-1".into()),
+            ..Default::default()
+        };
+        info.attributes
+            .insert("deployment.environment".into(), Value::from("prod"));
+        info.attributes
+            .insert("k8s.pod.uid".into(), Value::from(42.5));
+        for info in [info, ServiceInfo::default()] {
+            let json = serde_json::to_vec(&info).unwrap();
+            assert_eq!(resource_hash(&info), xxhash_rust::xxh3::xxh3_128(&json));
+        }
+    }
 
     #[test]
     fn like_patterns_match_literally() {
