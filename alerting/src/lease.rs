@@ -376,6 +376,8 @@ fn acquire_blocking(
     let mut holder_seen = Instant::now();
     let mut holder_released = false;
     let mut standby_log_at: Option<Instant> = None;
+    // The group assigned this member something once: the brokers and the group work.
+    let mut ever_joined = false;
     loop {
         if shutdown.is_cancelled() {
             return Err(LeaseError::Kafka {
@@ -389,6 +391,7 @@ fn acquire_blocking(
         if holds {
             break;
         }
+        ever_joined |= joined;
         if let Some(follower) = &follower {
             while let Some(Ok(message)) = follower.poll(Duration::ZERO) {
                 if let Some(h) = message
@@ -445,6 +448,15 @@ fn acquire_blocking(
                 join_deadline = Instant::now() + join_within;
                 rejoin_at = None;
             }
+        } else if now >= join_deadline && config.standby && ever_joined {
+            // A standby that stood by once keeps waiting: a join the coordinator leaves
+            // unanswered (tansu 0.6 now and then, after the holder died) is tried again rather
+            // than ending the standby just when it is needed.
+            tracing::warn!(group = %group, "the lease group assigned nothing to this standby's join in time; joining again");
+            drop(consumer);
+            consumer = join()?;
+            join_deadline = Instant::now() + join_within;
+            rejoin_at = None;
         } else if now >= join_deadline {
             return Err(LeaseError::Kafka {
                 group,
