@@ -132,6 +132,10 @@ async fn timed_write(store: &dyn Store, docs: &mut Vec<Document>) -> anyhow::Res
 /// The ingest rate over the whole load (making the records included) and over the store's
 /// write calls alone (the store's own path).
 fn print_ingest(what: &str, n: u64, total: Duration, writing: Duration) {
+    if n == 0 {
+        println!("ingest {what}: none");
+        return;
+    }
     println!(
         "ingest {what}: {:.0} {what}/s ({n} in {:.1} s); in the store's write calls alone \
          {:.0} {what}/s ({:.1} s)",
