@@ -22,6 +22,17 @@ async fn embedded_store_passes_the_conformance_suite() {
     common::conformance::run(Arc::clone(&store)).await;
 }
 
+/// On a current-thread runtime the store cannot write a batch in place (`block_in_place`
+/// needs a multi-threaded one): it copies the batch into a blocking task, the same suite holds.
+#[tokio::test(flavor = "current_thread")]
+async fn embedded_store_passes_the_conformance_suite_on_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    common::conformance::run(Arc::clone(&store)).await;
+}
+
 /// A backend that has only the span writer and trace reader roles (here the embedded store's,
 /// seen through those two traits alone), as a new backend has while it is being written.
 struct TracesOnly(EmbeddedStore);
