@@ -485,16 +485,17 @@ async fn kill_9_mid_stream_loses_nothing_that_was_answered_and_alerts_count_each
         ours.windows(2).all(|w| w[0].1 <= w[1].1),
         "a later revision counts fewer: {ours:?}"
     );
-    assert_eq!(
-        received
-            .iter()
-            .filter(|(_, b)| b["id"] == id.as_str() && b["event"] == "fired")
-            .map(|(k, _)| k)
-            .collect::<BTreeSet<_>>()
-            .len(),
-        1,
-        "the alert fired more than once"
-    );
+    // The webhook is a best-effort output in `dlog up` (the store is the required one, checked
+    // above): a kill between the checkpoint that fired the alert and the webhook's request
+    // loses that event for the webhook, as documented, so it may have seen none; never two
+    // firings of the one alert.
+    let fired = received
+        .iter()
+        .filter(|(_, b)| b["id"] == id.as_str() && b["event"] == "fired")
+        .map(|(k, _)| k)
+        .collect::<BTreeSet<_>>()
+        .len();
+    assert!(fired <= 1, "the alert fired {fired} times");
 }
 
 /// A data directory from before the local log holds an alerting state whose input offsets
