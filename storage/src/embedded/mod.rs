@@ -3196,7 +3196,8 @@ impl SpanWriter for EmbeddedStore {
         // Disk full, I/O errors and lock timeouts may pass: the stage retries the batch.
         // On a multi-threaded runtime the batch is written in place (the worker's other tasks
         // move to another thread meanwhile), without the copy a blocking task needs: copying
-        // and dropping a batch of records took a tenth of a write.
+        // and dropping a batch of records took a tenth of a write. The calling task, and any
+        // future it polls beside this one (`join!`, `select!`), waits for the write.
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         if multi_thread {
