@@ -13,8 +13,8 @@ use dlog_storage::{
     TraceQuery, TraceReader, TraceSummary, WriteOutcome,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_store_passes_the_conformance_suite() {
+/// The conformance suite on the embedded store in a fresh directory.
+async fn embedded_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(&StoreConfig::embedded(dir.path()))
         .await
@@ -22,15 +22,16 @@ async fn embedded_store_passes_the_conformance_suite() {
     common::conformance::run(Arc::clone(&store)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_passes_the_conformance_suite() {
+    embedded_conformance().await;
+}
+
 /// On a current-thread runtime the store cannot write a batch in place (`block_in_place`
 /// needs a multi-threaded one): it copies the batch into a blocking task, the same suite holds.
 #[tokio::test(flavor = "current_thread")]
 async fn embedded_store_passes_the_conformance_suite_on_a_current_thread_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&StoreConfig::embedded(dir.path()))
-        .await
-        .unwrap();
-    common::conformance::run(Arc::clone(&store)).await;
+    embedded_conformance().await;
 }
 
 /// A backend that has only the span writer and trace reader roles (here the embedded store's,
