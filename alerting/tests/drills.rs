@@ -165,7 +165,7 @@ impl Load {
     fn start(kafka: &Kafka, topics: &Topics) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(BTreeMap::new()));
-        let producer = Arc::new(Producer::new(kafka));
+        let producer = Arc::new(Producer::one_per_batch(kafka));
         let mut tasks = Vec::new();
         for stream in 0..STREAMS {
             let (stop, errors, producer) = (stop.clone(), errors.clone(), producer.clone());
