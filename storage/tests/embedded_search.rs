@@ -601,3 +601,162 @@ async fn regression_a_trace_refused_for_its_size_leaves_search_working() {
     }
     assert!(store.get_trace(huge).await.unwrap().is_empty());
 }
+
+/// The attribute index keeps, per value, the list of traces holding it, in chunks: a value
+/// held by thousands of traces in a day (more chunks than one, and more candidates than are
+/// looked up one by one) and one held by three are both found newest first; conditions
+/// intersect; a late span of an old trace adds its values to the lists; a replay of every
+/// trace changes no result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let svc = service("lists", "ls-1", &[]);
+    let other = service("elsewhere", "el-1", &[]);
+    let t0 = dlog_storage::now_unix_nano() - 2 * 3_600_000 * MS;
+    const N: u64 = 9000;
+    let trace_of = |i: u64| format!("{:032x}", 0xabc0_0000 + i);
+    let span_of = |i: u64| {
+        let mut s = span(
+            &trace_of(i),
+            &format!("{:016x}", i + 1),
+            None,
+            if i % 3 == 0 { &other } else { &svc },
+            "work",
+            SpanKind::Server,
+            t0 + i * MS,
+            1,
+        );
+        s.attributes = BTreeMap::from([
+            (
+                "parity".to_string(),
+                json!(if i % 2 == 0 { "even" } else { "odd" }),
+            ),
+            ("n".to_string(), json!(i)),
+        ]);
+        if [5, 4000, 8001].contains(&i) {
+            s.attributes.insert("flag".into(), json!("x"));
+        }
+        s
+    };
+    let all: Vec<Document> = (0..N).map(|i| Document::Span(span_of(i))).collect();
+    for batch in all.chunks(700) {
+        store.write(batch).await.unwrap();
+    }
+    // A late span of trace 10, with a value no other span has.
+    let mut late = span(
+        &trace_of(10),
+        "00000000000fffff",
+        Some(&format!("{:016x}", 11)),
+        &svc,
+        "late",
+        SpanKind::Internal,
+        t0 + 10 * MS,
+        1,
+    );
+    late.attributes = BTreeMap::from([("late".to_string(), json!("yes"))]);
+    store.write(&[Document::Span(late)]).await.unwrap();
+
+    let search = |pairs: &[(&str, &str)], service: Option<&str>, limit: usize| TraceQuery {
+        attributes: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        service: service.map(str::to_string),
+        limit,
+        ..Default::default()
+    };
+    let ids = |found: Vec<dlog_storage::TraceSummary>| -> Vec<String> {
+        found.into_iter().map(|t| t.trace_id).collect()
+    };
+    let check = |store: std::sync::Arc<dyn dlog_storage::Store>| async move {
+        // 4,500 candidates: read in start order, the 20 newest even ones.
+        let even = ids(store
+            .find_traces(&search(&[("parity", "even")], None, 20))
+            .await
+            .unwrap());
+        let want: Vec<String> = (0..N)
+            .rev()
+            .filter(|i| i % 2 == 0)
+            .take(20)
+            .map(trace_of)
+            .collect();
+        assert_eq!(even, want);
+        // Every one of them, past one page.
+        let every = store
+            .find_traces(&search(&[("parity", "even")], None, 5000))
+            .await
+            .unwrap();
+        assert_eq!(every.len(), (N / 2) as usize);
+        let rare = ids(store
+            .find_traces(&search(&[("flag", "x")], None, 20))
+            .await
+            .unwrap());
+        assert_eq!(rare, vec![trace_of(8001), trace_of(4000), trace_of(5)]);
+        // Intersected: odd and flagged; even, flagged and of one service.
+        let odd_flag = ids(store
+            .find_traces(&search(&[("parity", "odd"), ("flag", "x")], None, 20))
+            .await
+            .unwrap());
+        assert_eq!(odd_flag, vec![trace_of(8001), trace_of(5)]);
+        let one = ids(store
+            .find_traces(&search(
+                &[("parity", "even"), ("flag", "x")],
+                Some("lists"),
+                20,
+            ))
+            .await
+            .unwrap());
+        assert_eq!(one, vec![trace_of(4000)]);
+        // A number stored as an integer, asked for as text.
+        let n = ids(store
+            .find_traces(&search(&[("n", "6001")], None, 20))
+            .await
+            .unwrap());
+        assert_eq!(n, vec![trace_of(6001)]);
+        let by_service = store
+            .find_traces(&search(&[], Some("elsewhere"), 5000))
+            .await
+            .unwrap();
+        assert_eq!(by_service.len(), (N / 3) as usize);
+        assert!(by_service
+            .windows(2)
+            .all(|w| w[0].start_unix_nano >= w[1].start_unix_nano));
+        let late = ids(store
+            .find_traces(&search(&[("late", "yes")], None, 20))
+            .await
+            .unwrap());
+        assert_eq!(late, vec![trace_of(10)]);
+        assert!(store
+            .find_traces(&search(&[("flag", "y")], None, 20))
+            .await
+            .unwrap()
+            .is_empty());
+    };
+    check(store.clone()).await;
+    for batch in all.chunks(2000) {
+        store.write(batch).await.unwrap();
+    }
+    check(store.clone()).await;
+    // The list of a value shared by thousands of traces spans several chunks.
+    drop(store);
+    let mut chunks = 0i64;
+    for part in std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+    {
+        if part.path().extension().is_some_and(|e| e == "sqlite3") {
+            let conn = rusqlite::Connection::open(part.path()).unwrap();
+            chunks += conn
+                .query_row(
+                    "SELECT count(*) FROM postings WHERE value = 'even'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap();
+        }
+    }
+    assert!(chunks > 1, "{chunks} chunks");
+}

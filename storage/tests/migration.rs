@@ -683,3 +683,165 @@ fn regression_a_layout_3_store_is_upgraded_under_the_migration_lock() {
     lock.execute_batch("COMMIT").unwrap();
     opener.join().unwrap().unwrap();
 }
+
+/// A store of layout 4 kept its attribute index as one row per (key, value, trace number):
+/// opening it turns the rows into posting lists, and every search by attribute, service and
+/// operation finds what it found before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_4_store_turns_its_attribute_index_into_posting_lists() {
+    use common::conformance::{service, span};
+    use dlog_storage::TraceQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service("tiered", "ti-1", &[]);
+    let t = dlog_storage::now_unix_nano() - 3_600_000_000_000;
+    let kind = dlog_core::model::SpanKind::Server;
+    let traces = [
+        ("000000000000000000000000000000a1", "gold"),
+        ("000000000000000000000000000000a2", "silver"),
+        ("000000000000000000000000000000a3", "gold"),
+    ];
+    {
+        let store = open_store(&StoreConfig::embedded(dir.path()))
+            .await
+            .unwrap();
+        let docs: Vec<_> = traces
+            .iter()
+            .enumerate()
+            .map(|(i, (id, tier))| {
+                let mut s = span(
+                    id,
+                    "00000000000000b1",
+                    None,
+                    &svc,
+                    "checkout",
+                    kind,
+                    t + i as u64,
+                    5,
+                );
+                s.attributes.insert("tier".into(), serde_json::json!(tier));
+                dlog_storage::Document::Span(s)
+            })
+            .collect();
+        store.write(&docs).await.unwrap();
+    }
+    let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
+        .collect();
+    assert_eq!(parts.len(), 1);
+    // The index as layout 4 wrote it: the attribute, the resource and the operation of each
+    // trace's span, one row each.
+    {
+        let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+        conn.execute(
+            "ATTACH DATABASE ?1 AS shared",
+            [dir.path().join(DB_FILE).display().to_string()],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "DROP TABLE postings;
+             CREATE TABLE attrs (
+                 key      INTEGER NOT NULL,
+                 value    ANY NOT NULL,
+                 trace_no INTEGER NOT NULL,
+                 PRIMARY KEY (key, value, trace_no)
+             ) WITHOUT ROWID;
+             INSERT INTO attrs SELECT -1, r.id, t.trace_no FROM shared.resources r, traces t;
+             INSERT INTO attrs SELECT -2, s.id, t.trace_no
+                 FROM shared.strings s, traces t WHERE s.text = 'checkout';",
+        )
+        .unwrap();
+        for (id, tier) in traces {
+            conn.execute(
+                "INSERT INTO attrs SELECT s.id, ?2, t.trace_no FROM shared.strings s, traces t \
+                 WHERE s.text = 'tier' AND hex(t.trace_id) = upper(?1)",
+                [id, tier],
+            )
+            .unwrap();
+        }
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM attrs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 9);
+        conn.execute_batch("DETACH DATABASE shared; PRAGMA user_version = 4;")
+            .unwrap();
+    }
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .pragma_update(None, "user_version", 4)
+        .unwrap();
+    let store = open_store(&StoreConfig::embedded(dir.path()))
+        .await
+        .unwrap();
+    let found = |q: TraceQuery| {
+        let store = store.clone();
+        async move {
+            let mut ids: Vec<String> = store
+                .find_traces(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.trace_id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let tier = |v: &str| TraceQuery {
+        attributes: [("tier".to_string(), v.to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(found(tier("gold")).await, vec![traces[0].0, traces[2].0]);
+    assert_eq!(found(tier("silver")).await, vec![traces[1].0]);
+    let all: Vec<&str> = traces.iter().map(|t| t.0).collect();
+    let by_service = TraceQuery {
+        service: Some("tiered".into()),
+        ..Default::default()
+    };
+    assert_eq!(found(by_service).await, all);
+    let by_op = TraceQuery {
+        operation: Some("checkout".into()),
+        ..Default::default()
+    };
+    assert_eq!(found(by_op).await, all);
+    // Written on after the upgrade: a new trace's value joins the lists.
+    let mut s = span(
+        "000000000000000000000000000000a4",
+        "00000000000000b1",
+        None,
+        &svc,
+        "checkout",
+        kind,
+        t + 10,
+        5,
+    );
+    s.attributes
+        .insert("tier".into(), serde_json::json!("gold"));
+    store
+        .write(&[dlog_storage::Document::Span(s)])
+        .await
+        .unwrap();
+    assert_eq!(
+        found(tier("gold")).await,
+        vec![traces[0].0, traces[2].0, "000000000000000000000000000000a4"]
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(&parts[0]).unwrap();
+    let old: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'attrs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old, 0);
+    for file in [&parts[0], &dir.path().join(DB_FILE)] {
+        let version: i32 = rusqlite::Connection::open(file)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
+    }
+}

@@ -384,7 +384,7 @@ async fn main() -> anyhow::Result<()> {
         let span_bytes = side(&[
             "spans",
             "traces",
-            "attrs",
+            "postings",
             "edge",
             "sqlite_autoindex_traces",
         ]);

@@ -18,6 +18,7 @@
 //! never counts twice.
 
 mod codec;
+mod postings;
 mod schema;
 
 use std::collections::BTreeSet;
@@ -771,8 +772,9 @@ fn create_partition(path: &Path) -> rusqlite::Result<()> {
         let conn = Connection::open(&tmp)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(&format!(
-            "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
-            schema::PARTITION
+            "BEGIN; {} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            schema::PARTITION,
+            schema::POSTINGS
         ))?;
         conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
     }
@@ -1485,13 +1487,16 @@ fn write_docs(
         });
         index_rows.dedup();
         {
-            let mut attr = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO attrs (key, value, trace_no) VALUES (?1, ?2, ?3)",
-                )
-                .map_err(&err)?;
-            for (k, v, no) in &index_rows {
-                attr.execute(params![k, v, no]).map_err(&err)?;
+            // One append per (key, value): its traces, ascending, onto its posting list.
+            let mut nos = Vec::new();
+            let mut rows = index_rows.iter().peekable();
+            while let Some((k, v, no)) = rows.next() {
+                nos.clear();
+                nos.push(*no);
+                while let Some((_, _, next)) = rows.next_if(|(k2, v2, _)| k2 == k && v2 == v) {
+                    nos.push(*next);
+                }
+                postings::append(&tx, *k, v, &nos).map_err(&err)?;
             }
             let mut hour = tx
                 .prepare_cached(
@@ -1875,6 +1880,7 @@ fn sql_order(a: &Sql, b: &Sql) -> std::cmp::Ordering {
         _ => None,
     };
     match (a, b) {
+        (Sql::Integer(x), Sql::Integer(y)) => x.cmp(y),
         (Sql::Text(x), Sql::Text(y)) => x.cmp(y),
         (Sql::Text(_), _) => {
             if num(b).is_some() {
@@ -2108,6 +2114,8 @@ fn open_part_reader(path: &Path) -> Result<Option<(Connection, FileId)>, StoreEr
         conn.pragma_update(None, "query_only", true).map_err(&err)?;
         conn.pragma_update(None, "cache_size", -16_384)
             .map_err(&err)?;
+        // `rarray`: the attribute index's candidates bound as one parameter.
+        rusqlite::vtab::array::load_module(&conn).map_err(&err)?;
         check_version(&conn, path)
     };
     match setup() {
@@ -2191,7 +2199,7 @@ impl EmbeddedStore {
         // A store of layout 2 or 3 is upgraded under the same lock: its partitions may take
         // longer than a connection's busy wait to upgrade, and the second process waits for
         // the lock instead.
-        let _migrating = if v1.exists() || matches!(header_version(&path), Some(0 | 2 | 3)) {
+        let _migrating = if v1.exists() || matches!(header_version(&path), Some(0 | 2 | 3 | 4)) {
             Some(migration_lock(dir)?)
         } else {
             None
@@ -2222,7 +2230,7 @@ impl EmbeddedStore {
                 ))
                 .map_err(sql)?;
             }
-            2 | 3 => {
+            2..=4 => {
                 // Partitions first, each in its own transaction: an interrupted upgrade finds
                 // the shared file still at its old version and goes on with the partitions
                 // left. The catalog decodes the logs whose identity is computed.
@@ -2542,8 +2550,14 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
     let version: i32 = tx
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(err)?;
-    if version != 2 && version != 3 {
+    if !(2..=4).contains(&version) {
         return Ok(());
+    }
+    if version == 4 {
+        attrs_to_postings(&tx).map_err(err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+        return tx.commit().map_err(err);
     }
     if version == 2 {
         tx.execute_batch(schema::PARTITION_2_TO_3).map_err(err)?;
@@ -2675,9 +2689,47 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
          CREATE UNIQUE INDEX logs_by_time ON logs (time_ns, doc_id);",
     )
     .map_err(err)?;
+    attrs_to_postings(&tx).map_err(err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)
+}
+
+/// Turns a partition's attribute index of one row per (key, value, trace number), layouts 2
+/// to 4, into posting lists (layout 5), read in index order; a partition without the old
+/// table is left with an empty index.
+fn attrs_to_postings(tx: &Connection) -> rusqlite::Result<()> {
+    tx.execute_batch(schema::POSTINGS)?;
+    let has_attrs = tx
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attrs'")?
+        .exists([])?;
+    if !has_attrs {
+        return Ok(());
+    }
+    {
+        let mut read =
+            tx.prepare("SELECT key, value, trace_no FROM attrs ORDER BY key, value, trace_no")?;
+        let mut rows = read.query([])?;
+        let mut group: Option<(i64, Sql)> = None;
+        let mut nos = Vec::new();
+        while let Some(row) = rows.next()? {
+            let key: i64 = row.get(0)?;
+            let value: Sql = row.get(1)?;
+            let no: i64 = row.get(2)?;
+            if group.as_ref().is_none_or(|(k, v)| *k != key || *v != value) {
+                if let Some((k, v)) = &group {
+                    postings::append(tx, *k, v, &nos)?;
+                }
+                group = Some((key, value));
+                nos.clear();
+            }
+            nos.push(no);
+        }
+        if let Some((k, v)) = &group {
+            postings::append(tx, *k, v, &nos)?;
+        }
+    }
+    tx.execute_batch("DROP TABLE attrs;")
 }
 
 fn is_v1(path: &Path) -> Result<bool, StoreError> {
@@ -2797,6 +2849,64 @@ impl Filter {
             format!("WHERE {}", self.clauses.join(" AND "))
         }
     }
+
+    /// As [`Filter::sql`], with the trace numbers the attribute index gave (`candidates` of
+    /// them) bound as one array parameter after this filter's own: a few are looked up by
+    /// number and then sorted, many are tested while the traces are read in start order.
+    fn sql_with(&self, candidates: Option<usize>) -> String {
+        let mut clauses = self.clauses.clone();
+        if let Some(n) = candidates {
+            let k = self.params.len() + 1;
+            clauses.push(if n <= LOOKUP_CANDIDATES {
+                format!("trace_no IN rarray(?{k})")
+            } else {
+                format!("+trace_no IN rarray(?{k})")
+            });
+        }
+        if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        }
+    }
+}
+
+/// Index candidates up to this many (in one day partition) are looked up by trace number;
+/// past it, reading the traces in start order and testing each against the set finds the
+/// newest ones sooner than sorting every candidate.
+const LOOKUP_CANDIDATES: usize = 4096;
+
+/// The trace numbers of a partition found in the attribute index under every term (each a
+/// union of posting lists), sorted and deduplicated.
+fn index_candidates_in(
+    conn: &Connection,
+    terms: &[Vec<(i64, Sql)>],
+) -> Result<Vec<i64>, StoreError> {
+    let mut out: Option<Vec<i64>> = None;
+    for alternatives in terms {
+        let mut nos = Vec::new();
+        for (k, v) in alternatives {
+            postings::read(conn, *k, v, &mut nos).map_err(|message| StoreError::Corrupt {
+                id: "attribute index".into(),
+                message,
+            })?;
+        }
+        postings::normalize(&mut nos);
+        let next = match out {
+            None => nos,
+            Some(before) => postings::intersect(&before, &nos),
+        };
+        if next.is_empty() {
+            return Ok(next);
+        }
+        out = Some(next);
+    }
+    Ok(out.unwrap_or_default())
+}
+
+/// The candidates as the array parameter `rarray` reads.
+fn candidate_array(nos: Vec<i64>) -> std::rc::Rc<Vec<Sql>> {
+    std::rc::Rc::new(nos.into_iter().map(Sql::Integer).collect())
 }
 
 fn text(s: &str) -> Sql {
@@ -2839,61 +2949,30 @@ impl Term {
         }
     }
 
-    /// The index lookup that finds every trace where some span may match; `None` when no
-    /// trace can.
-    fn index_sql(&self, cat: &Catalog, f: &mut Filter) -> Option<String> {
-        let mut parts = Vec::new();
-        let mut sub = Filter::default();
+    /// The posting lists whose union holds every trace where some span may match, as
+    /// (key, value); `None` when no trace can.
+    fn index_keys(&self, cat: &Catalog) -> Option<Vec<(i64, Sql)>> {
+        let mut keys = Vec::new();
         let resources = match self {
             Term::Service(name) => cat.resources_of(name),
             Term::Operation(op) => {
                 let id = *cat.string_ids.get(op.as_str())?;
-                sub.push(
-                    "(key = ? AND value = ?)",
-                    [Sql::Integer(KEY_OPERATION), Sql::Integer(id)],
-                );
-                parts.push(sub.clauses.pop()?);
+                keys.push((KEY_OPERATION, Sql::Integer(id)));
                 Vec::new()
             }
             Term::Attr(k, v) => {
                 if let Some(id) = cat.string_ids.get(k.as_str()) {
-                    let cands = index_candidates(v);
-                    let marks = vec!["?"; cands.len()].join(", ");
-                    let mut values = vec![Sql::Integer(*id)];
-                    values.extend(cands);
-                    sub.push(&format!("(key = ? AND value IN ({marks}))"), values);
-                    parts.push(sub.clauses.pop()?);
+                    keys.extend(index_candidates(v).into_iter().map(|c| (*id, c)));
                 }
                 cat.resources_with(k, v)
             }
         };
-        if !resources.is_empty() {
-            sub.push(
-                "(key = ? AND value IN (SELECT value FROM json_each(?)))",
-                [Sql::Integer(KEY_RESOURCE), id_list(&resources)],
-            );
-            parts.push(sub.clauses.pop()?);
-        }
-        if parts.is_empty() {
-            return None;
-        }
-        // Renumber into the outer filter.
-        let joined = parts.join(" OR ");
-        let mut out = String::new();
-        let mut values = sub.params.into_iter();
-        let mut chars = joined.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '?' {
-                while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-                    chars.next();
-                }
-                f.params.push(values.next().unwrap_or(Sql::Null));
-                out.push_str(&format!("?{}", f.params.len()));
-            } else {
-                out.push(c);
-            }
-        }
-        Some(format!("SELECT trace_no FROM attrs WHERE {out}"))
+        keys.extend(
+            resources
+                .into_iter()
+                .map(|r| (KEY_RESOURCE, Sql::Integer(r))),
+        );
+        (!keys.is_empty()).then_some(keys)
     }
 }
 
@@ -3552,21 +3631,17 @@ fn find_traces(
     for (k, v) in &q.attributes {
         terms.push(Term::Attr(k.clone(), v.clone()));
     }
-    let mut f = Filter::default();
+    let mut term_keys = Vec::new();
     {
         let cat = ctx.catalog();
-        let mut subs = Vec::new();
         for t in &terms {
-            match t.index_sql(&cat, &mut f) {
-                Some(sql) => subs.push(sql),
+            match t.index_keys(&cat) {
+                Some(keys) => term_keys.push(keys),
                 None => return Ok(Vec::new()),
             }
         }
-        if !subs.is_empty() {
-            let joined = subs.join(" INTERSECT ");
-            f.clauses.push(format!("trace_no IN ({joined})"));
-        }
     }
+    let mut f = Filter::default();
     if let Some(d) = q.min_duration {
         f.push("duration_ns >= ?", [Sql::Integer(ns(d.as_nanos() as u64))]);
     }
@@ -3587,11 +3662,13 @@ fn find_traces(
     } else {
         limit * 2 + 16
     };
-    let sql = format!(
-        "SELECT {SUMMARY_COLS} FROM traces {} ORDER BY start_ns DESC, trace_id \
-         LIMIT {page} OFFSET ?",
-        f.sql()
-    );
+    let sql_with = |candidates: Option<usize>| {
+        format!(
+            "SELECT {SUMMARY_COLS} FROM traces {} ORDER BY start_ns DESC, trace_id \
+             LIMIT {page} OFFSET ?",
+            f.sql_with(candidates)
+        )
+    };
 
     // Partitions newest trace start first; one whose newest start is older than the
     // limit-th trace found cannot contribute.
@@ -3621,6 +3698,20 @@ fn find_traces(
         if found.len() >= limit && (max as u64) < found[limit - 1].start_unix_nano {
             break;
         }
+        // The traces of this file the attribute index gives for every term.
+        let candidates = if term_keys.is_empty() {
+            None
+        } else {
+            let Some(conn) = set.part(ctx, day)? else {
+                continue;
+            };
+            let nos = index_candidates_in(conn, &term_keys)?;
+            if nos.is_empty() {
+                continue;
+            }
+            Some(candidate_array(nos))
+        };
+        let sql = sql_with(candidates.as_ref().map(|c| c.len()));
         let mut taken = 0usize;
         let mut offset = 0i64;
         // Rows come newest part start first, and a trace as a whole starts no later than any
@@ -3629,15 +3720,19 @@ fn find_traces(
         // part, and a newer trace may follow it in this file).
         let mut done = false;
         loop {
-            let mut params = f.params.clone();
-            params.push(Sql::Integer(offset));
+            let mut params: Vec<&dyn rusqlite::ToSql> =
+                f.params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+            if let Some(c) = &candidates {
+                params.push(c);
+            }
+            params.push(&offset);
             let rows: Vec<SummaryRow> = {
                 let Some(conn) = set.part(ctx, day)? else {
                     break;
                 };
                 let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
                 let rows = stmt
-                    .query_map(rusqlite::params_from_iter(params.iter()), read_summary)
+                    .query_map(&params[..], read_summary)
                     .map_err(read_err)?
                     .collect::<Result<_, _>>()
                     .map_err(read_err)?;
@@ -3764,24 +3859,20 @@ fn find_traces(
                 f.push("start_ns > ?", [Sql::Integer(ns(e))]);
                 from = Some(e);
             }
-            let cat = ctx.catalog();
-            let mut subs = Vec::new();
-            for t in &terms {
-                match t.index_sql(&cat, &mut f) {
-                    Some(sql) => subs.push(sql),
-                    None => return Ok(found.into_iter().take(limit).collect()),
-                }
-            }
-            if !subs.is_empty() {
-                let joined = subs.join(" INTERSECT ");
-                f.clauses.push(format!("trace_no IN ({joined})"));
-            }
         }
+        // Without a minimum duration, the parts searched hold a span matching every term.
+        let open_keys = if q.min_duration.is_none() {
+            term_keys
+        } else {
+            Vec::new()
+        };
         let mut budget = MAX_OPEN_CANDIDATES;
-        let sql = format!(
-            "SELECT trace_id FROM traces {} ORDER BY start_ns DESC LIMIT ?",
-            f.sql()
-        );
+        let sql_with = |candidates: Option<usize>| {
+            format!(
+                "SELECT trace_id FROM traces {} ORDER BY start_ns DESC LIMIT ?",
+                f.sql_with(candidates)
+            )
+        };
         let mut open_days = days_in(set, ctx, from, None)?;
         open_days.sort_unstable_by(|a, b| b.cmp(a));
         for day in open_days {
@@ -3793,15 +3884,30 @@ fn find_traces(
                 );
                 break;
             }
-            let mut params = f.params.clone();
-            params.push(Sql::Integer(budget as i64));
             let ids: Vec<String> = {
                 let Some(conn) = set.part(ctx, day)? else {
                     continue;
                 };
+                let candidates = if open_keys.is_empty() {
+                    None
+                } else {
+                    let nos = index_candidates_in(conn, &open_keys)?;
+                    if nos.is_empty() {
+                        continue;
+                    }
+                    Some(candidate_array(nos))
+                };
+                let sql = sql_with(candidates.as_ref().map(|c| c.len()));
+                let budget = budget as i64;
+                let mut params: Vec<&dyn rusqlite::ToSql> =
+                    f.params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+                if let Some(c) = &candidates {
+                    params.push(c);
+                }
+                params.push(&budget);
                 let mut stmt = conn.prepare_cached(&sql).map_err(read_err)?;
                 let rows = stmt
-                    .query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                    .query_map(&params[..], |r| {
                         Ok(id_text(r.get_ref(0)?).unwrap_or_default())
                     })
                     .map_err(read_err)?
@@ -4250,7 +4356,7 @@ fn registry(conn: &Connection, service: Option<&str>) -> Result<Vec<RegistryEntr
 }
 
 /// Counts rows of a table, for tests and diagnostics: `spans`, `logs`, `heartbeats`,
-/// `traces`, `attrs` and `edges` summed over the day partitions, any other table of the
+/// `traces`, `postings` and `edges` summed over the day partitions, any other table of the
 /// shared database.
 pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError> {
     let dir = dir.as_ref();
@@ -4275,7 +4381,7 @@ pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError>
     };
     if matches!(
         table,
-        "spans" | "logs" | "heartbeats" | "traces" | "attrs" | "edges"
+        "spans" | "logs" | "heartbeats" | "traces" | "postings" | "edges"
     ) {
         let mut total = 0;
         for day in list_days(dir) {

@@ -6,8 +6,9 @@
 /// log's span id only inside its encoded rest (opening such a store adds the column); 3 did
 /// not mark the trace summaries of partitions holding part of a trace without its parent
 /// spans, and kept log identities apart from the log rows (opening such a store adds the mark
-/// and the identity column).
-pub const SCHEMA_VERSION: i32 = 4;
+/// and the identity column); 4 kept the attribute index as one row per trace and value
+/// (opening such a store turns it into posting lists).
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// ns in a day.
 pub const DAY_NS: u64 = 86_400_000_000_000;
@@ -105,12 +106,6 @@ CREATE TABLE spans (
     body        BLOB NOT NULL,
     PRIMARY KEY (trace_no, start_ns, span_id)
 ) WITHOUT ROWID;
-CREATE TABLE attrs (
-    key      INTEGER NOT NULL,
-    value    ANY NOT NULL,
-    trace_no INTEGER NOT NULL,
-    PRIMARY KEY (key, value, trace_no)
-) WITHOUT ROWID;
 CREATE TABLE edges (
     trace_no INTEGER NOT NULL,
     span_id  BLOB NOT NULL,
@@ -154,6 +149,19 @@ CREATE TABLE heartbeats (
     doc_id   TEXT PRIMARY KEY,
     time_ns  INTEGER NOT NULL,
     doc      TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// The attribute index of a partition: per (key, value), the trace numbers holding it, as
+/// chunks of delta-coded varints (see `postings.rs`). Layout 5; before, `attrs` held one row
+/// per (key, value, trace number).
+pub const POSTINGS: &str = r#"
+CREATE TABLE IF NOT EXISTS postings (
+    key   INTEGER NOT NULL,
+    value ANY NOT NULL,
+    chunk INTEGER NOT NULL,
+    list  BLOB NOT NULL,
+    PRIMARY KEY (key, value, chunk)
 ) WITHOUT ROWID;
 "#;
 
