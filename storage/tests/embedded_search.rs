@@ -615,7 +615,10 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
         .unwrap();
     let svc = service("lists", "ls-1", &[]);
     let other = service("elsewhere", "el-1", &[]);
-    let t0 = dlog_storage::now_unix_nano() - 2 * 3_600_000 * MS;
+    // One hour into yesterday (UTC): every trace in one day file, so that one file's list of
+    // `parity=even` holds more candidates than are looked up one by one.
+    const DAY: u64 = 86_400_000 * MS;
+    let t0 = (dlog_storage::now_unix_nano() / DAY - 1) * DAY + 3_600_000 * MS;
     const N: u64 = 9000;
     let trace_of = |i: u64| format!("{:032x}", 0xabc0_0000 + i);
     let span_of = |i: u64| {
@@ -639,6 +642,13 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
         if [5, 4000, 8001].contains(&i) {
             s.attributes.insert("flag".into(), json!("x"));
         }
+        // One value in three forms: an integer, a float and a text.
+        let code = match i % 3 {
+            0 => json!(200),
+            1 => json!(200.0),
+            _ => json!("200"),
+        };
+        s.attributes.insert("code".into(), code);
         s
     };
     let all: Vec<Document> = (0..N).map(|i| Document::Span(span_of(i))).collect();
@@ -656,7 +666,11 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
         t0 + 10 * MS,
         1,
     );
-    late.attributes = BTreeMap::from([("late".to_string(), json!("yes"))]);
+    // Trace 10 is even: its late span adds it to the odd list, past many chunks.
+    late.attributes = BTreeMap::from([
+        ("late".to_string(), json!("yes")),
+        ("parity".to_string(), json!("odd")),
+    ]);
     store.write(&[Document::Span(late)]).await.unwrap();
 
     let search = |pairs: &[(&str, &str)], service: Option<&str>, limit: usize| TraceQuery {
@@ -690,6 +704,23 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
             .await
             .unwrap();
         assert_eq!(every.len(), (N / 2) as usize);
+        let odd = store
+            .find_traces(&search(&[("parity", "odd")], None, 5000))
+            .await
+            .unwrap();
+        assert_eq!(odd.len(), (N / 2) as usize + 1);
+        assert!(odd.iter().any(|t| t.trace_id == trace_of(10)));
+        // SQLite keeps the three forms in one list; a value matches as its text renders.
+        let coded = store
+            .find_traces(&search(&[("code", "200")], None, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(coded.len(), (N - N / 3) as usize);
+        let floats = store
+            .find_traces(&search(&[("code", "200.0")], None, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(floats.len(), (N / 3) as usize);
         let rare = ids(store
             .find_traces(&search(&[("flag", "x")], None, 20))
             .await

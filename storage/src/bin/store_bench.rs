@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use dlog_core::model::{LogEntry, ServiceInfo, SpanEvent, SpanKind, SpanRecord, StatusCode};
-use dlog_storage::{Document, LogQuery, Store, StoreConfig, TimeRange, TraceQuery};
+use dlog_storage::{
+    Document, LogQuery, RetentionPolicy, Store, StoreConfig, TimeRange, TraceQuery,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -364,44 +366,70 @@ async fn main() -> anyhow::Result<()> {
     print_ingest("logs", args.logs, started.elapsed(), writing);
     store.refresh().await?;
 
-    match store.usage().await {
-        Ok(u) => println!(
-            "on disk: {} bytes in {} partitions",
-            u.bytes_used,
-            u.partitions.len()
-        ),
-        Err(e) => println!("on disk: not reported ({e})"),
-    }
-    if args.elasticsearch.is_none() {
-        let tables = dlog_storage::embedded::table_bytes(&dir)?;
-        let side = |names: &[&str]| -> u64 {
-            tables
-                .iter()
-                .filter(|(n, _)| names.iter().any(|p| n.starts_with(p)))
-                .map(|(_, b)| *b)
-                .sum()
-        };
-        let span_bytes = side(&[
-            "spans",
-            "traces",
-            "postings",
-            "edge",
-            "sqlite_autoindex_traces",
-        ]);
-        let log_bytes = side(&["logs", "log_"]);
-        let shared = tables.get("shared").copied().unwrap_or(0);
-        for (name, bytes) in &tables {
-            println!("  {name:<28} {bytes:>14} bytes");
+    let print_size = |store: Arc<dyn Store>, label: &'static str| {
+        let dir = dir.clone();
+        let embedded = args.elasticsearch.is_none();
+        let (spans, logs) = (traces * SPANS_PER_TRACE, args.logs);
+        async move {
+            match store.usage().await {
+                Ok(u) => println!(
+                    "on disk {label}: {} bytes in {} partitions",
+                    u.bytes_used,
+                    u.partitions.len()
+                ),
+                Err(e) => println!("on disk {label}: not reported ({e})"),
+            }
+            if !embedded {
+                return anyhow::Ok(());
+            }
+            let tables = dlog_storage::embedded::table_bytes(&dir)?;
+            let side = |names: &[&str]| -> u64 {
+                tables
+                    .iter()
+                    .filter(|(n, _)| names.iter().any(|p| n.starts_with(p)))
+                    .map(|(_, b)| *b)
+                    .sum()
+            };
+            let span_bytes = side(&[
+                "spans",
+                "traces",
+                "postings",
+                "edge",
+                "sqlite_autoindex_traces",
+            ]);
+            let log_bytes = side(&["logs", "log_"]);
+            let shared = tables.get("shared").copied().unwrap_or(0);
+            for (name, bytes) in &tables {
+                println!("  {name:<28} {bytes:>14} bytes");
+            }
+            println!(
+                "bytes per span {label}: {:.1} (spans, summaries, attribute index, edges)",
+                span_bytes as f64 / spans.max(1) as f64
+            );
+            println!(
+                "bytes per log {label}: {:.1} (rows and packs, their time, trace and span \
+                 indexes, trigram text indexes)",
+                log_bytes as f64 / logs.max(1) as f64
+            );
+            println!("shared database: {shared} bytes");
+            anyhow::Ok(())
         }
+    };
+    if args.elasticsearch.is_some() {
+        print_size(Arc::clone(&store), "").await?;
+    } else {
+        print_size(Arc::clone(&store), "before packing").await?;
+        // The retention pass (no bound here) moves the logs of the closed days into packs, as
+        // it does every few minutes in `dlog up` and the indexer.
+        let started = Instant::now();
+        store
+            .apply_retention(&RetentionPolicy::default(), dlog_storage::now_unix_nano())
+            .await?;
         println!(
-            "bytes per span: {:.1} (spans, summaries, attribute index, edges)",
-            span_bytes as f64 / (traces * SPANS_PER_TRACE).max(1) as f64
+            "packing the closed days' logs (with VACUUM): {:.1} s",
+            started.elapsed().as_secs_f64()
         );
-        println!(
-            "bytes per log: {:.1} (rows, time, trace and span indexes, trigram text index)",
-            log_bytes as f64 / args.logs.max(1) as f64
-        );
-        println!("shared database: {shared} bytes");
+        print_size(Arc::clone(&store), "after packing").await?;
     }
 
     // Background ingest while querying, at the given rate, of new traces at "now".

@@ -18,6 +18,7 @@
 //! never counts twice.
 
 mod codec;
+mod packs;
 mod postings;
 mod schema;
 
@@ -772,9 +773,10 @@ fn create_partition(path: &Path) -> rusqlite::Result<()> {
         let conn = Connection::open(&tmp)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(&format!(
-            "BEGIN; {} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+            "BEGIN; {} {} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
             schema::PARTITION,
-            schema::POSTINGS
+            schema::POSTINGS,
+            schema::LOG_PACKS
         ))?;
         conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
     }
@@ -1514,7 +1516,11 @@ fn write_docs(
         }
         // Per block of row ids, the newest time written to it (ids are dense and rising).
         let mut blocks: std::collections::BTreeMap<i64, i64> = Default::default();
+        let mut packed = PackedKeys::default();
         for l in &rows.logs {
+            if packed.holds(&tx, &path, l.time, &doc_key(&l.doc_id))? {
+                continue;
+            }
             if let Some(id) = write_log(&tx, l)? {
                 let t = blocks.entry(id >> LOG_BLOCK_BITS).or_insert(l.time);
                 *t = (*t).max(l.time);
@@ -1854,6 +1860,199 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<Option<i64>, 
     Ok(Some(id))
 }
 
+/// The identities of a partition's packed logs, loaded pack by pack as a batch's logs need
+/// them: a replay of a log moved into a pack is found here, since the unique time index holds
+/// only the rows.
+#[derive(Default)]
+struct PackedKeys {
+    /// (earliest, latest time, pack) of every pack, once loaded.
+    packs: Option<Vec<(i64, i64, i64)>>,
+    keys: HashMap<i64, HashSet<(i64, Vec<u8>)>>,
+}
+
+impl PackedKeys {
+    /// Whether a pack holds a log of this time and identity. A pack that cannot be decoded
+    /// holds nothing (a warning names it): a damaged pack must not stop the day's writes.
+    fn holds(
+        &mut self,
+        tx: &Connection,
+        path: &Path,
+        time: i64,
+        key: &[u8],
+    ) -> Result<bool, StoreError> {
+        let err = unavailable(path);
+        if self.packs.is_none() {
+            let mut stmt = tx
+                .prepare_cached("SELECT min_time, max_time, pack FROM log_packs")
+                .map_err(&err)?;
+            let all = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(&err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&err)?;
+            self.packs = Some(all);
+        }
+        let covering: Vec<i64> = self
+            .packs
+            .iter()
+            .flatten()
+            .filter(|(min, max, _)| *min <= time && time <= *max)
+            .map(|p| p.2)
+            .collect();
+        for pack in covering {
+            if !self.keys.contains_key(&pack) {
+                let data: Vec<u8> = tx
+                    .prepare_cached("SELECT data FROM log_packs WHERE pack = ?1")
+                    .map_err(&err)?
+                    .query_row([pack], |r| r.get(0))
+                    .map_err(&err)?;
+                let keys = match packs::decode(&data) {
+                    Ok(logs) => logs
+                        .into_iter()
+                        .filter(|l| !l.doc_key.is_empty())
+                        .map(|l| (l.time, l.doc_key))
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(partition = %path.display(), pack, error = %e,
+                            "a log pack cannot be read; its records are not checked for replays");
+                        HashSet::default()
+                    }
+                };
+                self.keys.insert(pack, keys);
+            }
+            if self.keys[&pack].contains(&(time, key.to_vec())) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Log rows moved into packs per transaction of [`compact_logs`]: a whole number of packs, and
+/// short enough (about a second) that the writer is not held from other days for long.
+pub const COMPACT_SLICE: usize = 64 * packs::PACK_LOGS;
+
+/// Moves up to `max` of a day partition's log rows, oldest first, into packs (see
+/// `packs.rs`), in one transaction of the writer: each pack, its text in the pack trigram
+/// index, its trace and span ids; the rows and their trigram entries go. Returns the rows
+/// moved (fewer than `max` once the rows are all moved). A day without a file is left alone.
+fn compact_logs(w: &mut Writer, ctx: &Ctx, day: i64, max: usize) -> Result<usize, StoreError> {
+    let path = ctx.part_path(day);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let err = unavailable(&path);
+    let conn = w.partition(ctx, day)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&err)?;
+    struct Moved {
+        id: i64,
+        span_id: Option<Sql>,
+        log: packs::PackedLog,
+    }
+    let rows: Vec<Moved> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT id, time_ns, resource, level, severity, trace_id, body, rest, span_id, \
+                 doc_id FROM logs ORDER BY time_ns, doc_id LIMIT ?1",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([max as i64], |r| {
+                let opt_id = |i: usize| -> rusqlite::Result<Option<Sql>> {
+                    Ok(match r.get::<_, Sql>(i)? {
+                        Sql::Null => None,
+                        v => Some(v),
+                    })
+                };
+                Ok(Moved {
+                    id: r.get(0)?,
+                    span_id: opt_id(8)?,
+                    log: packs::PackedLog {
+                        time: r.get(1)?,
+                        resource: r.get(2)?,
+                        level: r.get(3)?,
+                        severity: r.get(4)?,
+                        trace_id: opt_id(5)?,
+                        body: r.get(6)?,
+                        rest: r.get(7)?,
+                        doc_key: r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default(),
+                    },
+                })
+            })
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        rows
+    };
+    let flush = |pack: &[&Moved]| -> rusqlite::Result<()> {
+        let Some(first) = pack.first() else {
+            return Ok(());
+        };
+        let logs: Vec<packs::PackedLog> = pack.iter().map(|m| m.log.clone()).collect();
+        let min = first.log.time;
+        let max = pack.iter().map(|m| m.log.time).max().unwrap_or(min);
+        tx.prepare_cached(
+            "INSERT INTO log_packs (min_time, max_time, count, data) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![min, max, logs.len() as i64, packs::encode(&logs)])?;
+        let no = tx.last_insert_rowid();
+        let text: Vec<&str> = pack.iter().map(|m| m.log.body.as_str()).collect();
+        tx.prepare_cached("INSERT INTO log_packs_text (rowid, body) VALUES (?1, ?2)")?
+            .execute(params![no, text.join("\n")])?;
+        let mut keys: Vec<i64> = pack
+            .iter()
+            .flat_map(|m| {
+                [
+                    m.log.trace_id.as_ref().and_then(|t| packs::id_key(b't', t)),
+                    m.span_id.as_ref().and_then(|s| packs::id_key(b's', s)),
+                ]
+            })
+            .flatten()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut ids =
+            tx.prepare_cached("INSERT OR IGNORE INTO log_pack_ids (key, pack) VALUES (?1, ?2)")?;
+        for k in keys {
+            ids.execute(params![k, no])?;
+        }
+        // A moved row's trigram entries stay until the day's rows are all moved (deleting
+        // them one by one from a contentless index adds a tombstone each): a text search
+        // joins them to the rows, and one left without its row, or whose id a later row
+        // takes, is a candidate the text check refuses.
+        let mut del = tx.prepare_cached("DELETE FROM logs WHERE id = ?1")?;
+        for m in pack {
+            del.execute([m.id])?;
+        }
+        Ok(())
+    };
+    let mut pack: Vec<&Moved> = Vec::new();
+    let mut bytes = 0usize;
+    for m in &rows {
+        pack.push(m);
+        bytes += m.log.body.len() + m.log.rest.len() + 48;
+        if pack.len() >= packs::PACK_LOGS || bytes >= packs::PACK_BYTES {
+            flush(&pack).map_err(&err)?;
+            pack.clear();
+            bytes = 0;
+        }
+    }
+    flush(&pack).map_err(&err)?;
+    let left: bool = tx
+        .query_row("SELECT EXISTS (SELECT 1 FROM logs)", [], |r| r.get(0))
+        .map_err(&err)?;
+    if !left && !rows.is_empty() {
+        tx.execute_batch(
+            "INSERT INTO logs_text (logs_text) VALUES ('delete-all'); DELETE FROM log_blocks;",
+        )
+        .map_err(&err)?;
+    }
+    tx.commit().map_err(&err)?;
+    Ok(rows.len())
+}
+
 /// A log's identity as a reader will compute it from the stored record: a time past
 /// i64::MAX is stored clipped, so its identity is that of the clipped record (a replay is
 /// then found, and the id written is the one a reader's cursor names).
@@ -1871,33 +2070,31 @@ fn doc_key(doc_id: &str) -> Vec<u8> {
     hex::decode(doc_id).unwrap_or_else(|_| doc_id.as_bytes().to_vec())
 }
 
-/// SQLite's order of values: numbers (by value), then text, then blobs.
+/// SQLite's order of values: null, numbers (by value), text, blobs. A total order: an
+/// integer and a float of the same value (or integers past 2^53 sharing a float) are told
+/// apart, integers first, so that sorting never meets an inconsistent comparison.
 fn sql_order(a: &Sql, b: &Sql) -> std::cmp::Ordering {
     use std::cmp::Ordering;
-    let num = |v: &Sql| match v {
-        Sql::Integer(i) => Some(*i as f64),
-        Sql::Real(f) => Some(*f),
-        _ => None,
+    let rank = |v: &Sql| match v {
+        Sql::Null => 0,
+        Sql::Integer(_) | Sql::Real(_) => 1,
+        Sql::Text(_) => 2,
+        Sql::Blob(_) => 3,
     };
-    match (a, b) {
+    let num = |v: &Sql| match v {
+        Sql::Integer(i) => *i as f64,
+        Sql::Real(f) => *f,
+        _ => 0.0,
+    };
+    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
         (Sql::Integer(x), Sql::Integer(y)) => x.cmp(y),
         (Sql::Text(x), Sql::Text(y)) => x.cmp(y),
-        (Sql::Text(_), _) => {
-            if num(b).is_some() {
-                Ordering::Greater
-            } else {
-                Ordering::Less
-            }
-        }
-        (_, Sql::Text(_)) => {
-            if num(a).is_some() {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            }
-        }
-        _ => num(a).partial_cmp(&num(b)).unwrap_or(Ordering::Equal),
-    }
+        (Sql::Blob(x), Sql::Blob(y)) => x.cmp(y),
+        (Sql::Integer(_) | Sql::Real(_), Sql::Integer(_) | Sql::Real(_)) => num(a)
+            .total_cmp(&num(b))
+            .then_with(|| matches!(a, Sql::Real(_)).cmp(&matches!(b, Sql::Real(_)))),
+        _ => Ordering::Equal,
+    })
 }
 
 /// ns per `edge_hours` bucket.
@@ -2696,10 +2893,11 @@ fn migrate_partition(path: &Path, cat: &Catalog) -> Result<(), StoreError> {
 }
 
 /// Turns a partition's attribute index of one row per (key, value, trace number), layouts 2
-/// to 4, into posting lists (layout 5), read in index order; a partition without the old
-/// table is left with an empty index.
+/// to 4, into posting lists (layout 5), read in index order, and adds the (empty) log pack
+/// tables; a partition without the old table is left with an empty index.
 fn attrs_to_postings(tx: &Connection) -> rusqlite::Result<()> {
     tx.execute_batch(schema::POSTINGS)?;
+    tx.execute_batch(schema::LOG_PACKS)?;
     let has_attrs = tx
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attrs'")?
         .exists([])?;
@@ -3226,17 +3424,48 @@ pub fn log_decodes() -> u64 {
 }
 
 fn decode_log(r: &rusqlite::Row<'_>, cat: &Catalog) -> Result<LogEntry, StoreError> {
-    LOG_DECODES.fetch_add(1, Ordering::Relaxed);
     let id: i64 = r.get(0).map_err(read_err)?;
-    let time: i64 = r.get(1).map_err(read_err)?;
-    let resource: i64 = r.get(2).map_err(read_err)?;
-    let level: i64 = r.get(3).map_err(read_err)?;
-    let severity: i64 = r.get(4).map_err(read_err)?;
     let trace_id = id_text(r.get_ref(5).map_err(read_err)?);
-    let body: String = r.get(6).map_err(read_err)?;
     let rest: Vec<u8> = r.get(7).map_err(read_err)?;
-    let what = format!("log {id}");
-    let raw = codec::open_body(&rest).map_err(corrupt(&what))?;
+    decode_log_parts(
+        &format!("log {id}"),
+        LogParts {
+            time: r.get(1).map_err(read_err)?,
+            resource: r.get(2).map_err(read_err)?,
+            level: r.get(3).map_err(read_err)?,
+            severity: r.get(4).map_err(read_err)?,
+            trace_id,
+            body: r.get(6).map_err(read_err)?,
+            rest: &rest,
+        },
+        cat,
+    )
+}
+
+/// The columns of a stored log, from its row or its pack.
+struct LogParts<'a> {
+    time: i64,
+    resource: i64,
+    level: i64,
+    severity: i64,
+    trace_id: Option<String>,
+    body: String,
+    rest: &'a [u8],
+}
+
+fn decode_log_parts(what: &str, p: LogParts<'_>, cat: &Catalog) -> Result<LogEntry, StoreError> {
+    LOG_DECODES.fetch_add(1, Ordering::Relaxed);
+    let LogParts {
+        time,
+        resource,
+        level,
+        severity,
+        trace_id,
+        body,
+        rest,
+    } = p;
+    let what = what.to_string();
+    let raw = codec::open_body(rest).map_err(corrupt(&what))?;
     let mut d = Dec::new(&raw);
     let span_id = d.opt_str().map_err(corrupt(&what))?;
     let event_name = d.opt_str().map_err(corrupt(&what))?;
@@ -3604,9 +3833,76 @@ impl Retention for EmbeddedStore {
     ) -> Result<RetentionReport, StoreError> {
         let policy = *policy;
         let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
-        self.with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
-            .await
+        let mut report = self
+            .with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
+            .await?;
+        // Then the logs of the days kept and closed go into packs.
+        if self.compact_closed_days(now_unix_nano).await? > 0 {
+            report.usage = self.with_writer(|_, ctx| usage(ctx)).await?;
+        }
+        Ok(report)
     }
+}
+
+impl EmbeddedStore {
+    /// Moves the log rows of every day before `now`'s into packs (see `packs.rs`),
+    /// [`COMPACT_SLICE`] rows per hold of the writer, so that writes of other days go on
+    /// between slices; then gives a day file's freed pages back to the filesystem once a
+    /// quarter of it is free. Runs with every retention pass; returns the records moved. A
+    /// record arriving later for a closed day is written as a row and moved on the next pass.
+    pub async fn compact_closed_days(&self, now_unix_nano: u64) -> Result<u64, StoreError> {
+        let today = day_of(now_unix_nano);
+        let mut total = 0u64;
+        for day in list_days(&self.ctx.dir).into_iter().filter(|d| *d < today) {
+            let mut moved_day = 0u64;
+            loop {
+                let moved = self
+                    .with_writer(move |w, ctx| compact_logs(w, ctx, day, COMPACT_SLICE))
+                    .await?;
+                moved_day += moved as u64;
+                if moved < COMPACT_SLICE {
+                    break;
+                }
+            }
+            if moved_day > 0 {
+                let path = self.ctx.part_path(day);
+                tracing::info!(partition = %path.display(), records = moved_day,
+                    "closed day's logs moved into packs");
+                tokio::task::spawn_blocking(move || reclaim(&path))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("reclaim task failed: {e}")))??;
+            }
+            total += moved_day;
+        }
+        Ok(total)
+    }
+}
+
+/// Gives a day file's free pages back to the filesystem (`VACUUM`) once at least a quarter
+/// of it is free: on a connection of its own, outside the writer, so that only a write to
+/// this (closed) day waits for it.
+fn reclaim(path: &Path) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let err = unavailable(path);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(&err)?;
+    configure(&conn).map_err(&err)?;
+    let free: i64 = conn
+        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+        .map_err(&err)?;
+    let pages: i64 = conn
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .map_err(&err)?;
+    if free * 4 < pages {
+        return Ok(());
+    }
+    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+        .map_err(&err)
 }
 
 fn find_traces(
@@ -3963,15 +4259,31 @@ fn find_traces(
     Ok(found)
 }
 
-/// The SQL conditions of a log query, and its trigram query when it has text; `None` when
-/// nothing can match (an unknown service or level).
-fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
+/// The SQL conditions of a log query, its trigram query when it has text, and the same
+/// conditions for the records of log packs; `None` when nothing can match (an unknown service
+/// or level).
+fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>, PackQuery)> {
     let mut f = Filter::default();
     let mut fts = None;
+    let mut pq = PackQuery {
+        start: q.time.start_unix_nano.map(ns),
+        end: q.time.end_unix_nano.map(ns),
+        trace: q
+            .trace_id
+            .as_ref()
+            .map(|t| id_value(&t.to_ascii_lowercase())),
+        span: q
+            .span_id
+            .as_ref()
+            .map(|s| id_value(&s.to_ascii_lowercase())),
+        ..Default::default()
+    };
     {
         let cat = ctx.catalog();
         if let Some(t) = q.text.as_deref().filter(|t| !t.is_empty()) {
             fts = trigram_query(t);
+            pq.fts = fts.clone();
+            pq.text = Some(t.to_string());
             if let Some(m) = &fts {
                 f.push("logs_text MATCH ?", [text(m)]);
             }
@@ -3986,6 +4298,7 @@ fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
                 return None;
             }
             f.push_in("l.resource", &ids);
+            pq.resources = Some(ids.iter().copied().collect());
         }
         if let Some(l) = &q.level {
             let level = if l.eq_ignore_ascii_case(NAMES_FULL) {
@@ -3995,6 +4308,7 @@ fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
             };
             let id = cat.string_ids.get(level.as_str())?;
             f.push("l.level = ?", [Sql::Integer(*id)]);
+            pq.level = Some(*id);
         }
     }
     if let Some(t) = &q.trace_id {
@@ -4009,15 +4323,190 @@ fn log_filter(ctx: &Ctx, q: &LogQuery) -> Option<(Filter, Option<String>)> {
     if let Some(e) = q.time.end_unix_nano {
         f.push("l.time_ns <= ?", [Sql::Integer(ns(e))]);
     }
-    Some((f, fts))
+    Some((f, fts, pq))
+}
+
+/// A log query's conditions on the records of a log pack: the rows' SQL conditions, checked
+/// in Rust on each record of the packs the pack indexes point to.
+#[derive(Default)]
+struct PackQuery {
+    /// The trigram query of the text: which packs may hold it.
+    fts: Option<String>,
+    /// The text itself, a case-insensitive substring of the body (as `LIKE`).
+    text: Option<String>,
+    resources: Option<HashSet<i64>>,
+    level: Option<i64>,
+    /// The ids as stored.
+    trace: Option<Sql>,
+    span: Option<Sql>,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+/// The newest (`max`) or oldest log time of a partition, rows and packs together.
+fn log_time_bound(conn: &Connection, max: bool) -> Result<Option<i64>, StoreError> {
+    bound(
+        conn,
+        if max {
+            "SELECT max(t) FROM (SELECT max(time_ns) AS t FROM logs \
+             UNION ALL SELECT max(max_time) FROM log_packs)"
+        } else {
+            "SELECT min(t) FROM (SELECT min(time_ns) AS t FROM logs \
+             UNION ALL SELECT min(min_time) FROM log_packs)"
+        },
+    )
+}
+
+/// Searches a partition's log packs, adding what matches to `found`: kept in the query's
+/// order (newest first, or oldest first past `after`), at most `limit`. Packs are read in
+/// that order and the search stops at the first that cannot hold a record before the
+/// `limit`-th found. Which packs are read: those listing the trace or span id asked for, else
+/// those whose text holds every trigram of the text asked for, else every pack in the time
+/// range.
+fn search_packs(
+    conn: &Connection,
+    cat: &Catalog,
+    pq: &PackQuery,
+    newest_first: bool,
+    after: Option<&crate::store::LogCursor>,
+    limit: usize,
+    found: &mut Vec<((u64, String), LogEntry)>,
+) -> Result<(), StoreError> {
+    let mut metas: Vec<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT pack, min_time, max_time FROM log_packs WHERE max_time >= ?1 AND min_time <= ?2",
+        )
+        .map_err(read_err)?
+        .query_map(
+            params![pq.start.unwrap_or(i64::MIN), pq.end.unwrap_or(i64::MAX)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(read_err)?
+        .collect::<Result<_, _>>()
+        .map_err(read_err)?;
+    if metas.is_empty() {
+        return Ok(());
+    }
+    let listed = |sql: &str, param: Sql| -> Result<HashSet<i64>, StoreError> {
+        conn.prepare_cached(sql)
+            .map_err(read_err)?
+            .query_map([param], |r| r.get(0))
+            .map_err(read_err)?
+            .collect::<Result<_, _>>()
+            .map_err(read_err)
+    };
+    let ids_sql = "SELECT pack FROM log_pack_ids WHERE key = ?1";
+    let wanted = if let Some(key) = pq.trace.as_ref().and_then(|t| packs::id_key(b't', t)) {
+        Some(listed(ids_sql, Sql::Integer(key))?)
+    } else if let Some(key) = pq.span.as_ref().and_then(|s| packs::id_key(b's', s)) {
+        Some(listed(ids_sql, Sql::Integer(key))?)
+    } else if let Some(m) = &pq.fts {
+        Some(listed(
+            "SELECT rowid FROM log_packs_text WHERE log_packs_text MATCH ?1",
+            text(m),
+        )?)
+    } else {
+        None
+    };
+    if let Some(w) = &wanted {
+        metas.retain(|(pack, _, _)| w.contains(pack));
+    }
+    if newest_first {
+        metas.sort_unstable_by(|a, b| b.2.cmp(&a.2));
+    } else {
+        metas.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+    }
+    let needle = pq.text.as_deref();
+    for (pack, min, max) in metas {
+        if found.len() >= limit {
+            let k = found[limit - 1].0 .0;
+            if newest_first && (max.max(0) as u64) < k {
+                break;
+            }
+            if !newest_first && (min.max(0) as u64) > k {
+                break;
+            }
+        }
+        if after.is_some_and(|c| (max.max(0) as u64) < c.time_unix_nano) {
+            continue;
+        }
+        let data: Vec<u8> = conn
+            .prepare_cached("SELECT data FROM log_packs WHERE pack = ?1")
+            .map_err(read_err)?
+            .query_row([pack], |r| r.get(0))
+            .map_err(read_err)?;
+        let what = format!("log pack {pack}");
+        let records = packs::decode(&data).map_err(corrupt(&what))?;
+        for r in records {
+            if pq.start.is_some_and(|s| r.time < s)
+                || pq.end.is_some_and(|e| r.time > e)
+                || pq.level.is_some_and(|l| r.level != l)
+                || pq
+                    .resources
+                    .as_ref()
+                    .is_some_and(|set| !set.contains(&r.resource))
+                || pq
+                    .trace
+                    .as_ref()
+                    .is_some_and(|t| r.trace_id.as_ref() != Some(t))
+                || needle.is_some_and(|n| !packs::like_contains(&r.body, n))
+            {
+                continue;
+            }
+            let doc_key = r.doc_key;
+            let entry = decode_log_parts(
+                &what,
+                LogParts {
+                    time: r.time,
+                    resource: r.resource,
+                    level: r.level,
+                    severity: r.severity,
+                    trace_id: r.trace_id.as_ref().and_then(|t| id_text(t.into())),
+                    body: r.body,
+                    rest: &r.rest,
+                },
+                cat,
+            )?;
+            if let Some(s) = &pq.span {
+                if entry.span_id.as_deref().map(id_value).as_ref() != Some(s) {
+                    continue;
+                }
+            }
+            let key = (
+                entry.time_unix_nano,
+                if doc_key.is_empty() {
+                    entry.doc_id()
+                } else {
+                    hex::encode(doc_key)
+                },
+            );
+            if newest_first {
+                let at = found.partition_point(|(k, _)| *k > key);
+                if at < limit {
+                    found.insert(at, (key, entry));
+                    found.truncate(limit);
+                }
+            } else {
+                if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
+                    continue;
+                }
+                let at = found.partition_point(|(k, _)| *k < key);
+                if at < limit {
+                    found.insert(at, (key, entry));
+                    found.truncate(limit);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEntry>, StoreError> {
-    let Some((f, fts)) = log_filter(ctx, q) else {
+    let Some((f, fts, pq)) = log_filter(ctx, q) else {
         return Ok(Vec::new());
     };
     if q.order == LogOrder::OldestFirst {
-        return search_logs_forward(set, ctx, q, f, fts.is_some());
+        return search_logs_forward(set, ctx, q, f, fts.is_some(), &pq);
     }
     let limit = effective_limit(q.limit);
     // With text: the trigram index newest row first, until no older row can be newer than
@@ -4026,7 +4515,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
     let mut parts = Vec::new();
     for day in days_in(set, ctx, q.time.start_unix_nano, q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
-            if let Some(max) = bound(conn, "SELECT max(time_ns) FROM logs")? {
+            if let Some(max) = log_time_bound(conn, true)? {
                 parts.push((max, day));
             }
         }
@@ -4086,6 +4575,9 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
                 found.truncate(limit);
             }
         }
+        drop(rows);
+        drop(stmt);
+        search_packs(conn, &cat, &pq, true, None, limit, &mut found)?;
     }
     Ok(found.into_iter().map(|(_, l)| l).collect())
 }
@@ -4132,6 +4624,7 @@ fn search_logs_forward(
     q: &LogQuery,
     mut f: Filter,
     text: bool,
+    pq: &PackQuery,
 ) -> Result<Vec<LogEntry>, StoreError> {
     let limit = effective_limit(q.limit);
     let after = q.after.as_ref();
@@ -4161,8 +4654,8 @@ fn search_logs_forward(
     let mut parts = Vec::new();
     for day in days_in(set, ctx, Some(from), q.time.end_unix_nano)? {
         if let Some(conn) = set.part(ctx, day)? {
-            let max = bound(conn, "SELECT max(time_ns) FROM logs")?;
-            let min = bound(conn, "SELECT min(time_ns) FROM logs")?;
+            let max = log_time_bound(conn, true)?;
+            let min = log_time_bound(conn, false)?;
             if let (Some(min), Some(max)) = (min, max) {
                 if max >= ns(from) {
                     parts.push((min, day));
@@ -4222,6 +4715,9 @@ fn search_logs_forward(
                 found.truncate(limit);
             }
         }
+        drop(rows);
+        drop(stmt);
+        search_packs(conn, &cat, pq, false, after, limit, &mut found)?;
     }
     Ok(found.into_iter().map(|(_, l)| l).collect())
 }
@@ -4383,6 +4879,21 @@ pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError>
         table,
         "spans" | "logs" | "heartbeats" | "traces" | "postings" | "edges"
     ) {
+        // Logs moved into packs count as logs.
+        let count = |path: &Path| -> Result<u64, StoreError> {
+            let rows = count(path)?;
+            if table != "logs" {
+                return Ok(rows);
+            }
+            let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(unavailable(path))?;
+            let packed: i64 = conn
+                .query_row("SELECT coalesce(sum(count), 0) FROM log_packs", [], |r| {
+                    r.get(0)
+                })
+                .map_err(unavailable(path))?;
+            Ok(rows + packed as u64)
+        };
         let mut total = 0;
         for day in list_days(dir) {
             let path = dir
@@ -4468,6 +4979,44 @@ mod tests {
     #[test]
     fn like_patterns_match_literally() {
         assert_eq!(like_escape("50%_off\\"), "50\\%\\_off\\\\");
+    }
+
+    /// Regression: integers were compared as floats against floats but exactly against each
+    /// other, which is not a total order (2^53 = 2^53 as a float = 2^53 + 1, yet 2^53 < 2^53
+    /// + 1), and sorting a batch's index entries may panic on such a comparison.
+    #[test]
+    fn sql_order_is_a_total_order() {
+        let big = 1i64 << 53;
+        let values = [
+            Sql::Integer(big),
+            Sql::Integer(big + 1),
+            Sql::Integer(big + 2),
+            Sql::Real(big as f64),
+            Sql::Real((big + 2) as f64),
+            Sql::Integer(200),
+            Sql::Real(200.0),
+            Sql::Real(-0.0),
+            Sql::Integer(0),
+            Sql::Integer(i64::MIN),
+            Sql::Integer(i64::MAX),
+            Sql::Real(f64::MAX),
+            Sql::Text("200".into()),
+            Sql::Text("a".into()),
+            Sql::Blob(vec![1]),
+            Sql::Null,
+        ];
+        use std::cmp::Ordering::*;
+        for a in &values {
+            assert_eq!(sql_order(a, a), Equal, "{a:?}");
+            for b in &values {
+                assert_eq!(sql_order(a, b), sql_order(b, a).reverse(), "{a:?} {b:?}");
+                for c in &values {
+                    if sql_order(a, b) != Greater && sql_order(b, c) != Greater {
+                        assert_ne!(sql_order(a, c), Greater, "{a:?} {b:?} {c:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

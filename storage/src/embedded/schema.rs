@@ -165,6 +165,29 @@ CREATE TABLE IF NOT EXISTS postings (
 ) WITHOUT ROWID;
 "#;
 
+/// The logs of a closed day moved into packs (see `packs.rs`; layout 5): the packs with
+/// their time range and record count (indexed by range: a search reads the ranges without
+/// the packs), a trigram index of each pack's text (its bodies, one per line), and the packs
+/// each trace and span id (as a 32-bit key) appears in.
+pub const LOG_PACKS: &str = r#"
+CREATE TABLE IF NOT EXISTS log_packs (
+    pack     INTEGER PRIMARY KEY,
+    min_time INTEGER NOT NULL,
+    max_time INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    data     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_packs_by_time ON log_packs (max_time, min_time);
+CREATE VIRTUAL TABLE IF NOT EXISTS log_packs_text USING fts5 (
+    body, content = '', tokenize = 'trigram', detail = 'none', columnsize = 0
+);
+CREATE TABLE IF NOT EXISTS log_pack_ids (
+    key  INTEGER NOT NULL,
+    pack INTEGER NOT NULL,
+    PRIMARY KEY (key, pack)
+) WITHOUT ROWID;
+"#;
+
 /// Turns a partition of layout 2 into layout 3 (the span id column is filled afterwards).
 pub const PARTITION_2_TO_3: &str = r#"
 ALTER TABLE logs ADD COLUMN span_id BLOB;
