@@ -4480,9 +4480,11 @@ fn search_packs(
                     hex::encode(doc_key)
                 },
             );
+            // A record found among the rows already: the rows were read before a packing
+            // pass committed, the packs after it (each statement reads its own snapshot).
             if newest_first {
                 let at = found.partition_point(|(k, _)| *k > key);
-                if at < limit {
+                if at < limit && found.get(at).is_none_or(|(k, _)| *k != key) {
                     found.insert(at, (key, entry));
                     found.truncate(limit);
                 }
@@ -4491,7 +4493,7 @@ fn search_packs(
                     continue;
                 }
                 let at = found.partition_point(|(k, _)| *k < key);
-                if at < limit {
+                if at < limit && found.get(at).is_none_or(|(k, _)| *k != key) {
                     found.insert(at, (key, entry));
                     found.truncate(limit);
                 }
