@@ -7,13 +7,15 @@ mod common;
 
 use common::conformance::{log, service};
 use dlog_core::model::LogEntry;
-use dlog_storage::{
-    open_store, Document, LogCursor, LogOrder, LogQuery, RetentionPolicy, StoreConfig, TimeRange,
-};
+use std::sync::Arc;
+
+use dlog_storage::embedded::EmbeddedStore;
+use dlog_storage::{Document, LogCursor, LogOrder, LogQuery, RetentionPolicy, TimeRange};
 use serde_json::json;
 
 const MS: u64 = 1_000_000;
 const DAY: u64 = 86_400_000 * MS;
+const TIE: u64 = 11 * 3_600_000 * MS;
 const WORDS: [&str; 6] = [
     "payment",
     "Order",
@@ -44,8 +46,9 @@ fn fixture(today: u64) -> Vec<LogEntry> {
     (0..3000u64)
         .map(|i| {
             let day = today - (2 - i % 3) * DAY;
+            // Mid-day, so that the tied records straddle packs.
             let time = if i % 10 == 0 {
-                day + 3_600_000 * MS
+                day + TIE
             } else {
                 day + (i * 7919 % 80_000) * 1000 * MS + i
             };
@@ -156,14 +159,50 @@ async fn answers(store: &dyn dlog_storage::Store, today: u64) -> Vec<(String, Ve
     out
 }
 
+/// Per day file: (log rows, packed records, log block rows, pages, free pages), and the packs'
+/// (earliest, latest) times.
+type DayState = (i64, i64, i64, i64, i64, Vec<(i64, i64)>);
+
+fn day_files(dir: &std::path::Path) -> Vec<(String, DayState)> {
+    let mut out = Vec::new();
+    for part in std::fs::read_dir(dir.join("partitions")).unwrap().flatten() {
+        if part.path().extension().is_none_or(|e| e != "sqlite3") {
+            continue;
+        }
+        let conn = rusqlite::Connection::open(part.path()).unwrap();
+        let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let ranges = conn
+            .prepare("SELECT min_time, max_time FROM log_packs")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        out.push((
+            part.file_name().to_string_lossy().into_owned(),
+            (
+                one("SELECT count(*) FROM logs"),
+                one("SELECT coalesce(sum(count), 0) FROM log_packs"),
+                one("SELECT count(*) FROM log_blocks"),
+                one("PRAGMA page_count"),
+                one("PRAGMA freelist_count"),
+                ranges,
+            ),
+        ));
+    }
+    out.sort();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_logs_answer_every_query_as_their_rows_did() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&StoreConfig::embedded(dir.path()))
-        .await
-        .unwrap();
+    let embedded = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store: Arc<dyn dlog_storage::Store> = embedded.clone();
     let now = dlog_storage::now_unix_nano();
     let today = now / DAY * DAY;
+    // Packing as if two hours into today: both earlier days are closed.
+    let pack_now = today + 2 * 3_600_000 * MS;
     let logs = fixture(today);
     let docs: Vec<Document> = logs.iter().cloned().map(Document::Log).collect();
     for batch in docs.chunks(500) {
@@ -181,44 +220,67 @@ async fn packed_logs_answer_every_query_as_their_rows_did() {
     }
     assert_eq!(before[1].1.len(), 3000);
     assert_eq!(before[before.len() - 2].1.len(), 3000);
+    let unpacked = day_files(dir.path());
+    assert_eq!(unpacked.len(), 3);
+    let check = |what: &str, now: &Vec<(String, Vec<LogEntry>)>| {
+        for ((name, was), (_, is)) in before.iter().zip(now) {
+            assert_eq!(was, is, "{what}: {name}");
+        }
+    };
 
-    store
-        .apply_retention(&RetentionPolicy::default(), now)
+    // Three slices of 100 (a budget of 300): the oldest day is part rows, part packs.
+    let moved = embedded
+        .compact_closed_days(pack_now, 100, 300)
         .await
         .unwrap();
-    // The two closed days hold packs and no rows; today holds rows.
-    let mut packed_days = 0;
-    for part in std::fs::read_dir(dir.path().join("partitions"))
-        .unwrap()
-        .flatten()
-    {
-        if part.path().extension().is_none_or(|e| e != "sqlite3") {
+    assert_eq!(moved, 300);
+    let half = day_files(dir.path());
+    assert_eq!((half[0].1 .0, half[0].1 .1), (700, 300));
+    assert_eq!((half[1].1 .0, half[1].1 .1), (1000, 0));
+    check("part packed", &answers(store.as_ref(), today).await);
+
+    // The rest in slices of 250: the newer closed day's 1,000 rows end on a slice boundary.
+    let moved = embedded
+        .compact_closed_days(pack_now, 250, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1700);
+    let packed = day_files(dir.path());
+    for (i, (name, (rows, in_packs, blocks, pages, free, ranges))) in packed.iter().enumerate() {
+        if i == 2 {
+            // Today: rows, as written.
+            assert_eq!((*rows, *in_packs), (1000, 0), "{name}");
             continue;
         }
-        let conn = rusqlite::Connection::open(part.path()).unwrap();
-        let rows: i64 = conn
-            .query_row("SELECT count(*) FROM logs", [], |r| r.get(0))
-            .unwrap();
-        let packed: i64 = conn
-            .query_row("SELECT coalesce(sum(count), 0) FROM log_packs", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(rows + packed, 1000, "{}", part.path().display());
-        if packed > 0 {
-            assert_eq!(rows, 0);
-            packed_days += 1;
+        assert_eq!((*rows, *in_packs, *blocks), (0, 1000, 0), "{name}");
+        // The space the rows and their indexes took is given back to the filesystem (less
+        // than an eighth of the file may stay free).
+        assert!(*free * 8 < *pages, "{name}: {free} free of {pages}");
+        assert!(
+            *pages < unpacked[i].1 .3,
+            "{name}: {pages} pages of {}",
+            unpacked[i].1 .3
+        );
+        if i == 0 {
+            continue;
         }
+        // The newer closed day's packs are of 250 records: the 100 sharing one time (about
+        // 445 come before them) are split between its second and third packs.
+        let tie = (today - (2 - i as u64) * DAY + TIE) as i64;
+        assert!(
+            ranges.iter().any(|r| r.1 == tie && r.0 < tie),
+            "{name}: {ranges:?}"
+        );
+        assert!(
+            ranges.iter().any(|r| r.0 == tie && r.1 > tie),
+            "{name}: {ranges:?}"
+        );
     }
-    assert_eq!(packed_days, 2);
     assert_eq!(
         dlog_storage::embedded::count_rows(dir.path(), "logs").unwrap(),
         3000
     );
-    let after = answers(store.as_ref(), today).await;
-    for ((name, was), (_, is)) in before.iter().zip(&after) {
-        assert_eq!(was, is, "{name}");
-    }
+    check("packed", &answers(store.as_ref(), today).await);
 
     // A replay of every log stores nothing, packed or not.
     for batch in docs.chunks(700) {
@@ -228,25 +290,26 @@ async fn packed_logs_answer_every_query_as_their_rows_did() {
         dlog_storage::embedded::count_rows(dir.path(), "logs").unwrap(),
         3000
     );
-    let replayed = answers(store.as_ref(), today).await;
-    for ((name, was), (_, is)) in before.iter().zip(&replayed) {
-        assert_eq!(was, is, "{name}");
-    }
+    check("replayed", &answers(store.as_ref(), today).await);
 
-    // A late log for a closed day: found among the packs as a row, then packed itself.
-    let mut late = logs[3].clone();
+    // A late log for the oldest day: found among the packs as a row, then packed by the
+    // retention pass (that day ended more than an hour ago, whatever the time now).
+    let mut late = logs[0].clone();
     late.body = "late arrival for a closed day".into();
     late.time_unix_nano += 1;
+    assert_eq!(late.time_unix_nano / DAY * DAY, today - 2 * DAY);
     store.write(&[Document::Log(late.clone())]).await.unwrap();
     let find = LogQuery {
         text: Some("late arrival".into()),
         ..Default::default()
     };
     assert_eq!(store.search_logs(&find).await.unwrap(), vec![late.clone()]);
+    assert_eq!(day_files(dir.path())[0].1 .0, 1);
     store
         .apply_retention(&RetentionPolicy::default(), now)
         .await
         .unwrap();
+    assert_eq!(day_files(dir.path())[0].1 .0, 0);
     assert_eq!(store.search_logs(&find).await.unwrap(), vec![late.clone()]);
     store.write(&[Document::Log(late.clone())]).await.unwrap();
     assert_eq!(
@@ -261,4 +324,49 @@ async fn packed_logs_answer_every_query_as_their_rows_did() {
         .await
         .unwrap();
     assert_eq!(everything.len(), 3001);
+
+    // Twenty more late logs at the oldest day's shared time, packed: a pack overlapping the
+    // others, whose records sort among theirs. Pages oldest first still give every record
+    // once, in order (a page ending inside the shared time must read that pack too).
+    let late: Vec<Document> = (0..20)
+        .map(|i| {
+            let mut l = logs[0].clone();
+            l.body = format!("late at the shared time {i}");
+            Document::Log(l)
+        })
+        .collect();
+    store.write(&late).await.unwrap();
+    embedded
+        .compact_closed_days(pack_now, 250, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(day_files(dir.path())[0].1 .0, 0);
+    let mut everything = store
+        .search_logs(&LogQuery {
+            limit: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(everything.len(), 3021);
+    everything.reverse();
+    for limit in [37, 7] {
+        let mut paged = Vec::new();
+        let mut after: Option<LogCursor> = None;
+        loop {
+            let page = store
+                .search_logs(&LogQuery {
+                    order: LogOrder::OldestFirst,
+                    after: after.clone(),
+                    limit,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(LogCursor::of(last));
+            paged.extend(page);
+        }
+        assert_eq!(paged, everything, "pages of {limit}");
+    }
 }

@@ -771,6 +771,9 @@ fn create_partition(path: &Path) -> rusqlite::Result<()> {
     let _ = std::fs::remove_file(&tmp);
     {
         let conn = Connection::open(&tmp)?;
+        // Before any table: the pages a packing pass frees can be given back in steps
+        // (`incremental_vacuum`) by the writer, instead of a whole-file VACUUM.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(&format!(
             "BEGIN; {} {} {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
@@ -1929,7 +1932,7 @@ impl PackedKeys {
 }
 
 /// Log rows moved into packs per transaction of [`compact_logs`]: a whole number of packs, and
-/// short enough (about a second) that the writer is not held from other days for long.
+/// short enough (about half a second) that the writer is not held from other days for long.
 pub const COMPACT_SLICE: usize = 64 * packs::PACK_LOGS;
 
 /// Moves up to `max` of a day partition's log rows, oldest first, into packs (see
@@ -2040,10 +2043,16 @@ fn compact_logs(w: &mut Writer, ctx: &Ctx, day: i64, max: usize) -> Result<usize
         }
     }
     flush(&pack).map_err(&err)?;
-    let left: bool = tx
-        .query_row("SELECT EXISTS (SELECT 1 FROM logs)", [], |r| r.get(0))
+    // Once no row is left: the rows' text index and blocks go (also when the last slice
+    // moved nothing, the one before having emptied the table).
+    let clear: bool = tx
+        .query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM logs) AND EXISTS (SELECT 1 FROM log_blocks)",
+            [],
+            |r| r.get(0),
+        )
         .map_err(&err)?;
-    if !left && !rows.is_empty() {
+    if clear {
         tx.execute_batch(
             "INSERT INTO logs_text (logs_text) VALUES ('delete-all'); DELETE FROM log_blocks;",
         )
@@ -3837,72 +3846,175 @@ impl Retention for EmbeddedStore {
             .with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
             .await?;
         // Then the logs of the days kept and closed go into packs.
-        if self.compact_closed_days(now_unix_nano).await? > 0 {
+        if self
+            .compact_closed_days(now_unix_nano, COMPACT_SLICE, PACK_PER_PASS)
+            .await?
+            > 0
+        {
             report.usage = self.with_writer(|_, ctx| usage(ctx)).await?;
         }
         Ok(report)
     }
 }
 
+/// Log rows one retention pass moves into packs at most (about a minute and a half of
+/// work); the next pass goes on where it stopped.
+pub const PACK_PER_PASS: u64 = 4 << 20;
+/// A day is packed once it ended this long ago: the records of its last minutes still
+/// arriving (late spans, a sender's backlog) are written as rows first.
+const PACK_GRACE_NS: u64 = 3_600_000_000_000;
+/// Pages given back to the filesystem per hold of the writer (64 MiB of 4 KiB pages).
+const RECLAIM_STEP_PAGES: i64 = 16_384;
+
 impl EmbeddedStore {
-    /// Moves the log rows of every day before `now`'s into packs (see `packs.rs`),
-    /// [`COMPACT_SLICE`] rows per hold of the writer, so that writes of other days go on
-    /// between slices; then gives a day file's freed pages back to the filesystem once a
-    /// quarter of it is free. Runs with every retention pass; returns the records moved. A
-    /// record arriving later for a closed day is written as a row and moved on the next pass.
-    pub async fn compact_closed_days(&self, now_unix_nano: u64) -> Result<u64, StoreError> {
-        let today = day_of(now_unix_nano);
+    /// Moves the log rows of every day that ended more than an hour before `now` into packs
+    /// (see `packs.rs`), `slice` rows per hold of the writer, so that writes go on between
+    /// slices, and at most `budget` rows in all; then gives the day file's freed pages back to
+    /// the filesystem in steps, also under the writer. Every retention pass runs it with
+    /// [`COMPACT_SLICE`] and [`PACK_PER_PASS`]. Returns the records moved. A day that fails
+    /// is logged and left for the next pass; the others go on. A record arriving later for a
+    /// packed day is written as a row and moved on the next pass.
+    pub async fn compact_closed_days(
+        &self,
+        now_unix_nano: u64,
+        slice: usize,
+        budget: u64,
+    ) -> Result<u64, StoreError> {
+        let closed_before = day_of(now_unix_nano.saturating_sub(PACK_GRACE_NS));
+        let slice = slice.max(1);
         let mut total = 0u64;
-        for day in list_days(&self.ctx.dir).into_iter().filter(|d| *d < today) {
-            let mut moved_day = 0u64;
-            loop {
-                let moved = self
-                    .with_writer(move |w, ctx| compact_logs(w, ctx, day, COMPACT_SLICE))
-                    .await?;
-                moved_day += moved as u64;
-                if moved < COMPACT_SLICE {
-                    break;
-                }
+        for day in list_days(&self.ctx.dir)
+            .into_iter()
+            .filter(|d| *d < closed_before)
+        {
+            if total >= budget {
+                break;
             }
-            if moved_day > 0 {
-                let path = self.ctx.part_path(day);
-                tracing::info!(partition = %path.display(), records = moved_day,
-                    "closed day's logs moved into packs");
-                tokio::task::spawn_blocking(move || reclaim(&path))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("reclaim task failed: {e}")))??;
+            match self.pack_day(day, slice, budget - total).await {
+                Ok(moved) => total += moved,
+                Err(e) => tracing::warn!(store = %self.ctx.dir.display(), day = %day_name(day),
+                    error = %e, "packing a closed day's logs failed; the next retention pass tries again"),
             }
-            total += moved_day;
         }
         Ok(total)
     }
+
+    async fn pack_day(&self, day: i64, slice: usize, budget: u64) -> Result<u64, StoreError> {
+        let path = self.ctx.part_path(day);
+        // Read first, on a connection of its own: a day with nothing to pack and nothing to
+        // give back is not opened by the writer (which keeps today's connection open).
+        let state = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || pack_state(&path))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("packing task failed: {e}")))??
+        };
+        let Some((to_pack, to_reclaim)) = state else {
+            return Ok(0);
+        };
+        let mut moved = 0u64;
+        if to_pack {
+            loop {
+                let n = self
+                    .with_writer(move |w, ctx| compact_logs(w, ctx, day, slice))
+                    .await?;
+                moved += n as u64;
+                if n < slice || moved >= budget {
+                    break;
+                }
+            }
+        }
+        if to_pack || to_reclaim {
+            while self
+                .with_writer(move |w, ctx| reclaim_step(w, ctx, day))
+                .await?
+            {}
+        }
+        if moved > 0 {
+            tracing::info!(partition = %path.display(), records = moved,
+                "closed day's logs moved into packs");
+        }
+        Ok(moved)
+    }
 }
 
-/// Gives a day file's free pages back to the filesystem (`VACUUM`) once at least a quarter
-/// of it is free: on a connection of its own, outside the writer, so that only a write to
-/// this (closed) day waits for it.
-fn reclaim(path: &Path) -> Result<(), StoreError> {
-    if !path.exists() {
-        return Ok(());
-    }
+/// A day file's WAL past this size after packing is emptied on the next pass.
+const WAL_LEFT_BYTES: u64 = 64 << 20;
+
+/// Whether a day file has log rows to pack (or a text index left to clear), and whether it
+/// has free pages (or a large WAL) to give back; `None` when there is no file.
+fn pack_state(path: &Path) -> Result<Option<(bool, bool)>, StoreError> {
     let err = unavailable(path);
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(&err)?;
-    configure(&conn).map_err(&err)?;
-    let free: i64 = conn
-        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+    let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        Ok(conn) => conn,
+        Err(_) if !path.exists() => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+    let to_pack: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM logs) OR EXISTS (SELECT 1 FROM log_blocks)",
+            [],
+            |r| r.get(0),
+        )
         .map_err(&err)?;
-    let pages: i64 = conn
-        .pragma_query_value(None, "page_count", |r| r.get(0))
-        .map_err(&err)?;
-    if free * 4 < pages {
-        return Ok(());
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len());
+    let to_reclaim = reclaimable(&conn).map_err(&err)? || wal > WAL_LEFT_BYTES;
+    Ok(Some((to_pack, to_reclaim)))
+}
+
+/// A file made with `auto_vacuum = INCREMENTAL` (every day file since layout 5) with at
+/// least an eighth of its pages free. Older files keep their size until retention drops them.
+fn reclaimable(conn: &Connection) -> rusqlite::Result<bool> {
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    Ok(mode == 2 && free > 0 && free * 8 >= pages)
+}
+
+/// Gives up to [`RECLAIM_STEP_PAGES`] free pages of a day file back to the filesystem, on the
+/// writer's connection; returns whether more are left to give.
+fn reclaim_step(w: &mut Writer, ctx: &Ctx, day: i64) -> Result<bool, StoreError> {
+    let path = ctx.part_path(day);
+    if !path.exists() {
+        return Ok(false);
     }
-    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
-        .map_err(&err)
+    let err = unavailable(&path);
+    let conn = w.partition(ctx, day)?;
+    if !reclaimable(conn).map_err(&err)? {
+        truncate_wal(conn).map_err(&err)?;
+        return Ok(false);
+    }
+    conn.query_row(
+        &format!("PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})"),
+        [],
+        |_| Ok(()),
+    )
+    .optional()
+    .map_err(&err)?;
+    if !reclaimable(conn).map_err(&err)? {
+        truncate_wal(conn).map_err(&err)?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Copies a day file's WAL (the moved pages) back into it, so the file shrinks, and empties
+/// the WAL file. Waits at most 100 ms for readers of an older snapshot (the writer is held):
+/// when they keep it, the WAL stays until the next pass ([`pack_state`] looks at its size).
+fn truncate_wal(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_millis(100))?;
+    let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    conn.busy_timeout(Duration::from_secs(10))?;
+    match done {
+        Ok(()) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn find_traces(
@@ -4436,7 +4548,14 @@ fn search_packs(
             .query_row([pack], |r| r.get(0))
             .map_err(read_err)?;
         let what = format!("log pack {pack}");
-        let records = packs::decode(&data).map_err(corrupt(&what))?;
+        let records = match packs::decode(&data) {
+            Ok(records) => records,
+            // One damaged pack must not fail every search over its hours.
+            Err(e) => {
+                tracing::warn!(pack, error = %e, "a log pack cannot be read; its records are left out");
+                continue;
+            }
+        };
         for r in records {
             if pq.start.is_some_and(|s| r.time < s)
                 || pq.end.is_some_and(|e| r.time > e)
@@ -4881,20 +5000,24 @@ pub fn count_rows(dir: impl AsRef<Path>, table: &str) -> Result<u64, StoreError>
         table,
         "spans" | "logs" | "heartbeats" | "traces" | "postings" | "edges"
     ) {
-        // Logs moved into packs count as logs.
+        // Logs moved into packs count as logs (one statement: one snapshot).
         let count = |path: &Path| -> Result<u64, StoreError> {
-            let rows = count(path)?;
             if table != "logs" {
-                return Ok(rows);
+                return count(path);
             }
             let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .map_err(unavailable(path))?;
-            let packed: i64 = conn
-                .query_row("SELECT coalesce(sum(count), 0) FROM log_packs", [], |r| {
-                    r.get(0)
-                })
+            conn.busy_timeout(Duration::from_secs(10))
                 .map_err(unavailable(path))?;
-            Ok(rows + packed as u64)
+            let n: i64 = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM logs) + \
+                     (SELECT coalesce(sum(count), 0) FROM log_packs)",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable(path))?;
+            Ok(n as u64)
         };
         let mut total = 0;
         for day in list_days(dir) {

@@ -139,16 +139,23 @@ pub fn id_key(kind: u8, id: &Sql) -> Option<i64> {
     Some(i64::from(h.digest() as i32))
 }
 
-/// SQLite's `LIKE '%needle%'` on a body: a substring, ASCII letters compared without case.
+/// SQLite's `body LIKE ('%' || needle || '%')` (the needle's wildcards escaped), as the rows'
+/// search runs it: a substring, ASCII letters compared without case. SQLite reads both texts
+/// up to their first NUL: a body ends there, and a needle holding one leaves the pattern
+/// `'%' || (needle up to it)`, which a body matches by ending with it.
 pub fn like_contains(body: &str, needle: &str) -> bool {
-    if needle.is_empty() {
-        return true;
+    let b = body.split('\0').next().unwrap_or_default().as_bytes();
+    match needle.find('\0') {
+        None => {
+            let n = needle.as_bytes();
+            n.is_empty()
+                || (n.len() <= b.len() && b.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
+        }
+        Some(i) => {
+            let n = &needle.as_bytes()[..i];
+            n.len() <= b.len() && b[b.len() - n.len()..].eq_ignore_ascii_case(n)
+        }
     }
-    let (b, n) = (body.as_bytes(), needle.as_bytes());
-    if n.len() > b.len() {
-        return false;
-    }
-    b.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
 #[cfg(test)]
@@ -231,6 +238,78 @@ mod tests {
         // Wildcards are plain characters.
         assert!(!like_contains("50 off", "50%"));
         assert!(like_contains("50% off", "50%"));
+    }
+
+    /// The check of a packed record agrees with SQLite's own `LIKE`, as the rows' search
+    /// runs it, on texts of letters in both cases, wildcards, the escape character, NUL and
+    /// non-ASCII letters.
+    #[test]
+    fn like_contains_agrees_with_sqlite_like() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT ?1 LIKE ('%' || ?2 || '%') ESCAPE '\\'")
+            .unwrap();
+        let alphabet = ['a', 'A', 'b', 'B', '%', '_', '\\', '\0', 'ü', 'Ü', ' '];
+        // A small deterministic generator: every text of up to 3 characters as the needle,
+        // bodies of up to 6 drawn from a fixed sequence.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut needles = vec![String::new()];
+        for len in 1..=3 {
+            let mut idx = vec![0usize; len];
+            loop {
+                needles.push(idx.iter().map(|i| alphabet[*i]).collect());
+                let mut k = 0;
+                while k < len {
+                    idx[k] += 1;
+                    if idx[k] < alphabet.len() {
+                        break;
+                    }
+                    idx[k] = 0;
+                    k += 1;
+                }
+                if k == len {
+                    break;
+                }
+            }
+        }
+        let mut checked = 0;
+        for needle in &needles {
+            for _ in 0..4 {
+                let len = (next() % 7) as usize;
+                let body: String = (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect();
+                let sqlite: bool = stmt
+                    .query_row(
+                        rusqlite::params![body, super::super::like_escape(needle)],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(like_contains(&body, needle), sqlite, "{body:?} {needle:?}");
+                checked += 1;
+            }
+            // And the needle inside a body, at its end, and after a NUL.
+            for body in [
+                format!("x{needle}y"),
+                format!("xx{needle}"),
+                format!("a\0{needle}"),
+            ] {
+                let sqlite: bool = stmt
+                    .query_row(
+                        rusqlite::params![body, super::super::like_escape(needle)],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(like_contains(&body, needle), sqlite, "{body:?} {needle:?}");
+            }
+        }
+        assert!(checked > 5000);
     }
 
     #[test]
