@@ -47,7 +47,7 @@ fn fixture(today: u64) -> Vec<LogEntry> {
         .map(|i| {
             let day = today - (2 - i % 3) * DAY;
             // Mid-day, so that the tied records straddle packs.
-            let time = if i % 10 == 0 {
+            let time = if i.is_multiple_of(10) {
                 day + TIE
             } else {
                 day + (i * 7919 % 80_000) * 1000 * MS + i
@@ -57,10 +57,10 @@ fn fixture(today: u64) -> Vec<LogEntry> {
                 WORDS[(i % 6) as usize],
                 WORDS[(i / 6 % 6) as usize]
             );
-            if i % 97 == 0 {
+            if i.is_multiple_of(97) {
                 body.push_str(" RARE-token");
             }
-            let trace = (i % 2 == 0).then(|| (trace_of(i), span_of(i)));
+            let trace = i.is_multiple_of(2).then(|| (trace_of(i), span_of(i)));
             let mut l = log(
                 &services[(i % 4) as usize],
                 time,
@@ -72,7 +72,7 @@ fn fixture(today: u64) -> Vec<LogEntry> {
                     ("component", json!(["db", "http"][(i % 2) as usize])),
                 ],
             );
-            if i % 4 != 0 {
+            if !i.is_multiple_of(4) {
                 l.span_id = None;
             }
             l

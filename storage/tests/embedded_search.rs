@@ -626,7 +626,7 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
             &trace_of(i),
             &format!("{:016x}", i + 1),
             None,
-            if i % 3 == 0 { &other } else { &svc },
+            if i.is_multiple_of(3) { &other } else { &svc },
             "work",
             SpanKind::Server,
             t0 + i * MS,
@@ -635,7 +635,7 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
         s.attributes = BTreeMap::from([
             (
                 "parity".to_string(),
-                json!(if i % 2 == 0 { "even" } else { "odd" }),
+                json!(if i.is_multiple_of(2) { "even" } else { "odd" }),
             ),
             ("n".to_string(), json!(i)),
         ]);
@@ -693,7 +693,7 @@ async fn attribute_lists_find_common_and_rare_values_through_late_spans_and_repl
             .unwrap());
         let want: Vec<String> = (0..N)
             .rev()
-            .filter(|i| i % 2 == 0)
+            .filter(|i| i.is_multiple_of(2))
             .take(20)
             .map(trace_of)
             .collect();

@@ -68,19 +68,28 @@ async fn a_byte_budget_drops_the_oldest_days_while_ingest_goes_on() {
     let now = dlog_storage::now_unix_nano();
     let today = now / DAY;
 
-    // How big one day is, to set a budget of about two and a half days.
+    // How big today is, and a closed day once the retention pass packed its logs, to set a
+    // budget of today and about one and a half closed days.
     let probe = tempfile::tempdir().unwrap();
     let probe_store = open_store(&StoreConfig::embedded(probe.path()))
         .await
         .unwrap();
     for n in 0..BATCHES_PER_DAY {
         probe_store.write(&batch(now, 0, n)).await.unwrap();
+        probe_store.write(&batch(now, 2, n)).await.unwrap();
     }
-    let one_day = probe_store.usage().await.unwrap();
-    let day_bytes = one_day.partitions[0].bytes;
-    let budget = one_day.bytes_used + day_bytes * 3 / 2;
+    probe_store
+        .apply_retention(&RetentionPolicy::default(), now)
+        .await
+        .unwrap();
+    let probed = probe_store.usage().await.unwrap();
+    let closed_bytes = probed.partitions[0].bytes;
+    let today_bytes = probed.partitions[1].bytes;
+    let budget = probed.bytes_used + closed_bytes / 2;
     drop(probe_store);
-    eprintln!("one day: {day_bytes} bytes; budget {budget} bytes");
+    eprintln!(
+        "today: {today_bytes} bytes, a closed day: {closed_bytes} bytes; budget {budget} bytes"
+    );
 
     let done = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));

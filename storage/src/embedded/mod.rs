@@ -1903,7 +1903,7 @@ impl PackedKeys {
             .map(|p| p.2)
             .collect();
         for pack in covering {
-            if !self.keys.contains_key(&pack) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.keys.entry(pack) {
                 let data: Vec<u8> = tx
                     .prepare_cached("SELECT data FROM log_packs WHERE pack = ?1")
                     .map_err(&err)?
@@ -1921,7 +1921,7 @@ impl PackedKeys {
                         HashSet::default()
                     }
                 };
-                self.keys.insert(pack, keys);
+                slot.insert(keys);
             }
             if self.keys[&pack].contains(&(time, key.to_vec())) {
                 return Ok(true);
@@ -4524,9 +4524,9 @@ fn search_packs(
         metas.retain(|(pack, _, _)| w.contains(pack));
     }
     if newest_first {
-        metas.sort_unstable_by(|a, b| b.2.cmp(&a.2));
+        metas.sort_unstable_by_key(|m| std::cmp::Reverse(m.2));
     } else {
-        metas.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        metas.sort_unstable_by_key(|m| m.1);
     }
     let needle = pq.text.as_deref();
     for (pack, min, max) in metas {
