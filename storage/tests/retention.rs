@@ -67,6 +67,9 @@ async fn a_byte_budget_drops_the_oldest_days_while_ingest_goes_on() {
         .unwrap();
     let now = dlog_storage::now_unix_nano();
     let today = now / DAY;
+    // Retention as if at least two hours into today: the retention pass packs the days that
+    // ended more than an hour ago, and yesterday must be one of them whatever the clock says.
+    let pass_now = now.max(today * DAY + 2 * 3_600_000_000_000);
 
     // How big today is, and a closed day once the retention pass packed its logs, to set a
     // budget of today and about one and a half closed days.
@@ -79,7 +82,7 @@ async fn a_byte_budget_drops_the_oldest_days_while_ingest_goes_on() {
         probe_store.write(&batch(now, 2, n)).await.unwrap();
     }
     probe_store
-        .apply_retention(&RetentionPolicy::default(), now)
+        .apply_retention(&RetentionPolicy::default(), pass_now)
         .await
         .unwrap();
     let probed = probe_store.usage().await.unwrap();
@@ -104,11 +107,17 @@ async fn a_byte_budget_drops_the_oldest_days_while_ingest_goes_on() {
             };
             let mut dropped = Vec::new();
             while !done.load(Ordering::Relaxed) {
-                let report = store.apply_retention(&policy, now).await.unwrap();
+                let report = store.apply_retention(&policy, pass_now).await.unwrap();
                 dropped.extend(report.dropped);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            dropped.extend(store.apply_retention(&policy, now).await.unwrap().dropped);
+            dropped.extend(
+                store
+                    .apply_retention(&policy, pass_now)
+                    .await
+                    .unwrap()
+                    .dropped,
+            );
             dropped
         })
     };

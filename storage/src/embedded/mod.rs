@@ -3929,6 +3929,13 @@ impl EmbeddedStore {
                 .with_writer(move |w, ctx| reclaim_step(w, ctx, day))
                 .await?
             {}
+            // The closed day's connection goes (its cache filled by the packing), which also
+            // removes its WAL once no other connection has the file open.
+            self.with_writer(move |w, _| {
+                w.close_partition(day);
+                Ok(())
+            })
+            .await?;
         }
         if moved > 0 {
             tracing::info!(partition = %path.display(), records = moved,
@@ -3937,9 +3944,6 @@ impl EmbeddedStore {
         Ok(moved)
     }
 }
-
-/// A day file's WAL past this size after packing is emptied on the next pass.
-const WAL_LEFT_BYTES: u64 = 64 << 20;
 
 /// Whether a day file has log rows to pack (or a text index left to clear), and whether it
 /// has free pages (or a large WAL) to give back; `None` when there is no file.
@@ -3959,12 +3963,13 @@ fn pack_state(path: &Path) -> Result<Option<(bool, bool)>, StoreError> {
         )
         .map_err(&err)?;
     let wal = std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len());
-    let to_reclaim = reclaimable(&conn).map_err(&err)? || wal > WAL_LEFT_BYTES;
+    let to_reclaim = reclaimable(&conn).map_err(&err)? || wal > 0;
     Ok(Some((to_pack, to_reclaim)))
 }
 
-/// A file made with `auto_vacuum = INCREMENTAL` (every day file since layout 5) with at
-/// least an eighth of its pages free. Older files keep their size until retention drops them.
+/// A file made with `auto_vacuum = INCREMENTAL` (every day file this build creates) with at
+/// least an eighth of its pages free. Files made before keep their size until retention drops
+/// them.
 fn reclaimable(conn: &Connection) -> rusqlite::Result<bool> {
     let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
     let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
@@ -3985,18 +3990,32 @@ fn reclaim_step(w: &mut Writer, ctx: &Ctx, day: i64) -> Result<bool, StoreError>
         truncate_wal(conn).map_err(&err)?;
         return Ok(false);
     }
-    conn.query_row(
-        &format!("PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})"),
-        [],
-        |_| Ok(()),
-    )
-    .optional()
-    .map_err(&err)?;
-    if !reclaimable(conn).map_err(&err)? {
+    let free_before: i64 = conn
+        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+        .map_err(&err)?;
+    incremental_vacuum(conn, RECLAIM_STEP_PAGES).map_err(&err)?;
+    let free: i64 = conn
+        .pragma_query_value(None, "freelist_count", |r| r.get(0))
+        .map_err(&err)?;
+    // Done, or no longer shrinking (never loop on a step that frees nothing).
+    if free >= free_before || !reclaimable(conn).map_err(&err)? {
         truncate_wal(conn).map_err(&err)?;
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Gives up to `pages` free pages back to the filesystem. The pragma frees one page per step of
+/// its statement: stepped to the end, in one transaction (an error of the commit, a full disk,
+/// is returned, not lost in a statement reset).
+fn incremental_vacuum(conn: &mut Connection, pages: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut stmt = tx.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+    }
+    tx.commit()
 }
 
 /// Copies a day file's WAL (the moved pages) back into it, so the file shrinks, and empties
@@ -5104,6 +5123,38 @@ mod tests {
     #[test]
     fn like_patterns_match_literally() {
         assert_eq!(like_escape("50%_off\\"), "50\\%\\_off\\\\");
+    }
+
+    /// Regression: `PRAGMA incremental_vacuum(N)` run with `query_row` freed one page (its
+    /// statement frees one per step), so giving back a day's pages took a commit per page.
+    #[test]
+    fn incremental_vacuum_frees_the_pages_asked_for_in_one_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("v.sqlite3")).unwrap();
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB NOT NULL);")
+            .unwrap();
+        {
+            let tx = conn.transaction().unwrap();
+            for _ in 0..600 {
+                tx.execute("INSERT INTO t (b) VALUES (zeroblob(4000))", [])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        conn.execute("DELETE FROM t", []).unwrap();
+        let free = |c: &Connection| -> i64 {
+            c.pragma_query_value(None, "freelist_count", |r| r.get(0))
+                .unwrap()
+        };
+        let before = free(&conn);
+        assert!(before >= 600, "{before}");
+        incremental_vacuum(&mut conn, 100).unwrap();
+        assert_eq!(free(&conn), before - 100);
+        incremental_vacuum(&mut conn, 16_384).unwrap();
+        assert_eq!(free(&conn), 0);
     }
 
     /// Regression: integers were compared as floats against floats but exactly against each
