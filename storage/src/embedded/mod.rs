@@ -834,7 +834,8 @@ impl Writer {
             )
             .map_err(&err)?;
             configure(&conn).map_err(&err)?;
-            // 32 MiB of page cache: the attribute index takes inserts all over a day's tree.
+            // 32 MiB of page cache: the trace-id index and the logs' trace and span indexes
+            // take inserts all over a day's file (ids are random).
             conn.pragma_update(None, "cache_size", -32_768)
                 .map_err(&err)?;
             check_version(&conn, &path)?;
@@ -2402,7 +2403,7 @@ impl EmbeddedStore {
         // process would keep the migrating one from switching the old file's journal. It may
         // take the lock for nothing (a new store whose version is still in its WAL); the
         // check under the lock is exact.
-        // A store of layout 2 or 3 is upgraded under the same lock: its partitions may take
+        // A store of layout 2, 3 or 4 is upgraded under the same lock: its partitions may take
         // longer than a connection's busy wait to upgrade, and the second process waits for
         // the lock instead.
         let _migrating = if v1.exists() || matches!(header_version(&path), Some(0 | 2 | 3 | 4)) {
@@ -2736,7 +2737,8 @@ fn migration_lock(dir: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Brings a partition of layout 2 or 3 to this build's layout: adds the span id column (layout
+/// Brings a partition of layout 2, 3 or 4 to this build's layout: turns its attribute index into
+/// posting lists (layouts 2 to 4, see [`attrs_to_postings`]), adds the span id column (layout
 /// 2) and fills it from each record's encoded rest, then marks the open traces (layout 3); a
 /// partition already at this layout is left alone. The version is read inside a write
 /// transaction taken at once, so two processes opening the store together (`dlog up` and
