@@ -3842,17 +3842,36 @@ impl Retention for EmbeddedStore {
         policy: &RetentionPolicy,
         now_unix_nano: u64,
     ) -> Result<RetentionReport, StoreError> {
-        let policy = *policy;
+        // By age first; then the closed days' logs go into packs; then by size, so that a
+        // day the packing makes fit the budget is not dropped for the size its rows had.
+        let by_age = RetentionPolicy {
+            max_bytes: None,
+            ..*policy
+        };
+        let by_size = RetentionPolicy {
+            max_age: None,
+            ..*policy
+        };
         let readers: Vec<_> = self.readers.iter().map(Arc::clone).collect();
-        let mut report = self
-            .with_writer(move |w, ctx| apply_retention(w, ctx, &readers, &policy, now_unix_nano))
-            .await?;
-        // Then the logs of the days kept and closed go into packs.
-        if self
-            .compact_closed_days(now_unix_nano, COMPACT_SLICE, PACK_PER_PASS)
+        let mut report = {
+            let readers = readers.clone();
+            self.with_writer(move |w, ctx| {
+                apply_retention(w, ctx, &readers, &by_age, now_unix_nano)
+            })
             .await?
-            > 0
-        {
+        };
+        let packed = self
+            .compact_closed_days(now_unix_nano, COMPACT_SLICE, PACK_PER_PASS)
+            .await?;
+        if by_size.max_bytes.is_some() {
+            let sized = self
+                .with_writer(move |w, ctx| {
+                    apply_retention(w, ctx, &readers, &by_size, now_unix_nano)
+                })
+                .await?;
+            report.dropped.extend(sized.dropped);
+            report.usage = sized.usage;
+        } else if packed > 0 {
             report.usage = self.with_writer(|_, ctx| usage(ctx)).await?;
         }
         Ok(report)
