@@ -137,26 +137,32 @@ async fn answers(store: &dyn dlog_storage::Store, today: u64) -> Vec<(String, Ve
     }
     // Pages of 37, oldest first, through everything and through a text.
     for text in [None, Some("retry")] {
-        let mut all = Vec::new();
-        let mut after: Option<LogCursor> = None;
-        loop {
-            let page = store
-                .search_logs(&LogQuery {
-                    order: LogOrder::OldestFirst,
-                    after: after.clone(),
-                    text: text.map(str::to_string),
-                    limit: 37,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(LogCursor::of(last));
-            all.extend(page);
-        }
+        let all = pages(store, text, 37).await;
         out.push((format!("pages {text:?}"), all));
     }
     out
+}
+
+/// Every record oldest first, read page by page through the cursor.
+async fn pages(store: &dyn dlog_storage::Store, text: Option<&str>, limit: usize) -> Vec<LogEntry> {
+    let mut all = Vec::new();
+    let mut after: Option<LogCursor> = None;
+    loop {
+        let page = store
+            .search_logs(&LogQuery {
+                order: LogOrder::OldestFirst,
+                after: after.clone(),
+                text: text.map(str::to_string),
+                limit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(LogCursor::of(last));
+        all.extend(page);
+    }
+    all
 }
 
 /// Per day file: (log rows, packed records, log block rows, pages, free pages), and the packs'
@@ -351,22 +357,7 @@ async fn packed_logs_answer_every_query_as_their_rows_did() {
     assert_eq!(everything.len(), 3021);
     everything.reverse();
     for limit in [37, 7] {
-        let mut paged = Vec::new();
-        let mut after: Option<LogCursor> = None;
-        loop {
-            let page = store
-                .search_logs(&LogQuery {
-                    order: LogOrder::OldestFirst,
-                    after: after.clone(),
-                    limit,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            after = Some(LogCursor::of(last));
-            paged.extend(page);
-        }
+        let paged = pages(store.as_ref(), None, limit).await;
         assert_eq!(paged, everything, "pages of {limit}");
     }
 }

@@ -279,20 +279,23 @@ mod tests {
             }
         }
         let mut checked = 0;
+        let mut agree = |body: &str, needle: &str| {
+            let sqlite: bool = stmt
+                .query_row(
+                    rusqlite::params![body, super::super::like_escape(needle)],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(like_contains(body, needle), sqlite, "{body:?} {needle:?}");
+            checked += 1;
+        };
         for needle in &needles {
             for _ in 0..4 {
                 let len = (next() % 7) as usize;
                 let body: String = (0..len)
                     .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                     .collect();
-                let sqlite: bool = stmt
-                    .query_row(
-                        rusqlite::params![body, super::super::like_escape(needle)],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
-                assert_eq!(like_contains(&body, needle), sqlite, "{body:?} {needle:?}");
-                checked += 1;
+                agree(&body, needle);
             }
             // And the needle inside a body, at its end, and after a NUL.
             for body in [
@@ -300,13 +303,7 @@ mod tests {
                 format!("xx{needle}"),
                 format!("a\0{needle}"),
             ] {
-                let sqlite: bool = stmt
-                    .query_row(
-                        rusqlite::params![body, super::super::like_escape(needle)],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
-                assert_eq!(like_contains(&body, needle), sqlite, "{body:?} {needle:?}");
+                agree(&body, needle);
             }
         }
         assert!(checked > 5000);
