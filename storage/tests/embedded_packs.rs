@@ -171,11 +171,8 @@ type DayState = (i64, i64, i64, i64, i64, Vec<(i64, i64)>);
 
 fn day_files(dir: &std::path::Path) -> Vec<(String, DayState)> {
     let mut out = Vec::new();
-    for part in std::fs::read_dir(dir.join("partitions")).unwrap().flatten() {
-        if part.path().extension().is_none_or(|e| e != "sqlite3") {
-            continue;
-        }
-        let conn = rusqlite::Connection::open(part.path()).unwrap();
+    for part in common::partition_files(dir) {
+        let conn = rusqlite::Connection::open(&part).unwrap();
         let one = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         let ranges = conn
             .prepare("SELECT min_time, max_time FROM log_packs")
@@ -185,7 +182,7 @@ fn day_files(dir: &std::path::Path) -> Vec<(String, DayState)> {
             .collect::<Result<_, _>>()
             .unwrap();
         out.push((
-            part.file_name().to_string_lossy().into_owned(),
+            part.file_name().unwrap().to_string_lossy().into_owned(),
             (
                 one("SELECT count(*) FROM logs"),
                 one("SELECT coalesce(sum(count), 0) FROM log_packs"),

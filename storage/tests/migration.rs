@@ -252,12 +252,7 @@ async fn layout_2_store(
             .collect();
         store.write(&docs).await.unwrap();
     }
-    let parts: Vec<_> = std::fs::read_dir(dir.join("partitions"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
-        .collect();
+    let parts = common::partition_files(dir);
     assert!(!parts.is_empty());
     for part in &parts {
         let conn = rusqlite::Connection::open(part).unwrap();
@@ -444,12 +439,7 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
             .await
             .unwrap();
     }
-    let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
-        .collect();
+    let parts = common::partition_files(dir.path());
     assert_eq!(parts.len(), 1);
     {
         let conn = rusqlite::Connection::open(&parts[0]).unwrap();
@@ -517,13 +507,7 @@ async fn a_layout_3_store_gains_the_open_trace_mark_when_opened() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(open, vec![orphan.to_uppercase()]);
-    for file in [&parts[0], &dir.path().join(DB_FILE)] {
-        let version: i32 = rusqlite::Connection::open(file)
-            .unwrap()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
-    }
+    common::assert_schema_version(&[&parts[0], &dir.path().join(DB_FILE)]);
 }
 
 /// Regression: two processes opening a store of the first layout at once (`dlog up` and
@@ -724,12 +708,7 @@ async fn a_layout_4_store_turns_its_attribute_index_into_posting_lists() {
             .collect();
         store.write(&docs).await.unwrap();
     }
-    let parts: Vec<_> = std::fs::read_dir(dir.path().join("partitions"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sqlite3"))
-        .collect();
+    let parts = common::partition_files(dir.path());
     assert_eq!(parts.len(), 1);
     // The index as layout 4 wrote it: the attribute, the resource and the operation of each
     // trace's span, one row each.
@@ -837,11 +816,5 @@ async fn a_layout_4_store_turns_its_attribute_index_into_posting_lists() {
         )
         .unwrap();
     assert_eq!(old, 0);
-    for file in [&parts[0], &dir.path().join(DB_FILE)] {
-        let version: i32 = rusqlite::Connection::open(file)
-            .unwrap()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION, "{}", file.display());
-    }
+    common::assert_schema_version(&[&parts[0], &dir.path().join(DB_FILE)]);
 }

@@ -1522,10 +1522,11 @@ fn write_docs(
         let mut blocks: std::collections::BTreeMap<i64, i64> = Default::default();
         let mut packed = PackedKeys::default();
         for l in &rows.logs {
-            if packed.holds(&tx, &path, l.time, &doc_key(&l.doc_id))? {
+            let key = doc_key(&l.doc_id);
+            if packed.holds(&tx, &path, l.time, &key)? {
                 continue;
             }
-            if let Some(id) = write_log(&tx, l)? {
+            if let Some(id) = write_log(&tx, l, key)? {
                 let t = blocks.entry(id >> LOG_BLOCK_BITS).or_insert(l.time);
                 *t = (*t).max(l.time);
             }
@@ -1830,7 +1831,11 @@ fn write_trace(
 /// trigram index small; `log_blocks` keeps, per block of 1024 row ids, the newest time of any
 /// row up to that block (written by the caller once per batch), so a text search walking the
 /// index newest row first knows when no older row can be newer.
-fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<Option<i64>, StoreError> {
+fn write_log(
+    tx: &rusqlite::Transaction<'_>,
+    l: &LogRow,
+    doc_key: Vec<u8>,
+) -> Result<Option<i64>, StoreError> {
     let err = read_err;
     // A replay is found by its identity (time, document id) in one lookup of the unique time
     // index, whatever else shares its time (a sender stamping every record with the same time
@@ -1842,15 +1847,7 @@ fn write_log(tx: &rusqlite::Transaction<'_>, l: &LogRow) -> Result<Option<i64>, 
         )
         .map_err(err)?
         .execute(params![
-            l.time,
-            l.resource,
-            l.level,
-            l.severity,
-            l.trace_id,
-            l.body,
-            l.rest,
-            l.span_id,
-            doc_key(&l.doc_id)
+            l.time, l.resource, l.level, l.severity, l.trace_id, l.body, l.rest, l.span_id, doc_key
         ])
         .map_err(err)?;
     if inserted == 0 {
@@ -1896,10 +1893,11 @@ impl PackedKeys {
                 .map_err(&err)?;
             self.packs = Some(all);
         }
-        let covering: Vec<i64> = self
-            .packs
+        let Some(packs) = self.packs.as_ref().filter(|p| !p.is_empty()) else {
+            return Ok(false);
+        };
+        let covering: Vec<i64> = packs
             .iter()
-            .flatten()
             .filter(|(min, max, _)| *min <= time && time <= *max)
             .map(|p| p.2)
             .collect();
@@ -1994,13 +1992,17 @@ fn compact_logs(w: &mut Writer, ctx: &Ctx, day: i64, max: usize) -> Result<usize
         let Some(first) = pack.first() else {
             return Ok(());
         };
-        let logs: Vec<packs::PackedLog> = pack.iter().map(|m| m.log.clone()).collect();
         let min = first.log.time;
         let max = pack.iter().map(|m| m.log.time).max().unwrap_or(min);
         tx.prepare_cached(
             "INSERT INTO log_packs (min_time, max_time, count, data) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![min, max, logs.len() as i64, packs::encode(&logs)])?;
+        .execute(params![
+            min,
+            max,
+            pack.len() as i64,
+            packs::encode(pack.iter().map(|m| &m.log))
+        ])?;
         let no = tx.last_insert_rowid();
         let text: Vec<&str> = pack.iter().map(|m| m.log.body.as_str()).collect();
         tx.prepare_cached("INSERT INTO log_packs_text (rowid, body) VALUES (?1, ?2)")?
@@ -3087,10 +3089,7 @@ const LOOKUP_CANDIDATES: usize = 4096;
 
 /// The trace numbers of a partition found in the attribute index under every term (each a
 /// union of posting lists), sorted and deduplicated.
-fn index_candidates_in(
-    conn: &Connection,
-    terms: &[Vec<(i64, Sql)>],
-) -> Result<Vec<i64>, StoreError> {
+fn trace_candidates(conn: &Connection, terms: &[Vec<(i64, Sql)>]) -> Result<Vec<i64>, StoreError> {
     let mut out: Option<Vec<i64>> = None;
     for alternatives in terms {
         let mut nos = Vec::new();
@@ -4153,7 +4152,7 @@ fn find_traces(
             let Some(conn) = set.part(ctx, day)? else {
                 continue;
             };
-            let nos = index_candidates_in(conn, &term_keys)?;
+            let nos = trace_candidates(conn, &term_keys)?;
             if nos.is_empty() {
                 continue;
             }
@@ -4339,7 +4338,7 @@ fn find_traces(
                 let candidates = if open_keys.is_empty() {
                     None
                 } else {
-                    let nos = index_candidates_in(conn, &open_keys)?;
+                    let nos = trace_candidates(conn, &open_keys)?;
                     if nos.is_empty() {
                         continue;
                     }
@@ -4495,6 +4494,30 @@ struct PackQuery {
     end: Option<i64>,
 }
 
+/// Keeps `entry` among the `limit` first of `found`, in (time, identity) order: descending
+/// when `newest_first`, else ascending. A record from a pack (`from_pack`) kept already as a
+/// row is not kept twice: a search reads a day's rows before its packs, each statement in its
+/// own snapshot, so a packing pass committed between the two shows a record in both. (Two
+/// rows may share a key: an upgrade left the second of two records that read alike without
+/// an identity, and both are answered.)
+fn keep_found(
+    found: &mut Vec<((u64, String), LogEntry)>,
+    (key, entry): ((u64, String), LogEntry),
+    limit: usize,
+    newest_first: bool,
+    from_pack: bool,
+) {
+    let at = if newest_first {
+        found.partition_point(|(k, _)| *k > key)
+    } else {
+        found.partition_point(|(k, _)| *k < key)
+    };
+    if at < limit && !(from_pack && found.get(at).is_some_and(|(k, _)| *k == key)) {
+        found.insert(at, (key, entry));
+        found.truncate(limit);
+    }
+}
+
 /// The newest (`max`) or oldest log time of a partition, rows and packs together.
 fn log_time_bound(conn: &Connection, max: bool) -> Result<Option<i64>, StoreError> {
     bound(
@@ -4639,24 +4662,12 @@ fn search_packs(
                     hex::encode(doc_key)
                 },
             );
-            // A record found among the rows already: the rows were read before a packing
-            // pass committed, the packs after it (each statement reads its own snapshot).
-            if newest_first {
-                let at = found.partition_point(|(k, _)| *k > key);
-                if at < limit && found.get(at).is_none_or(|(k, _)| *k != key) {
-                    found.insert(at, (key, entry));
-                    found.truncate(limit);
-                }
-            } else {
-                if after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1)) {
-                    continue;
-                }
-                let at = found.partition_point(|(k, _)| *k < key);
-                if at < limit && found.get(at).is_none_or(|(k, _)| *k != key) {
-                    found.insert(at, (key, entry));
-                    found.truncate(limit);
-                }
+            if !newest_first
+                && after.is_some_and(|c| (c.time_unix_nano, c.doc_id.as_str()) >= (key.0, &key.1))
+            {
+                continue;
             }
+            keep_found(found, (key, entry), limit, newest_first, true);
         }
     }
     Ok(())
@@ -4730,11 +4741,7 @@ fn search_logs(set: &mut ReaderSet, ctx: &Ctx, q: &LogQuery) -> Result<Vec<LogEn
                 entry.time_unix_nano,
                 stored.map_or_else(|| entry.doc_id(), hex::encode),
             );
-            let at = found.partition_point(|(k, _)| *k > key);
-            if at < limit {
-                found.insert(at, (key, entry));
-                found.truncate(limit);
-            }
+            keep_found(&mut found, (key, entry), limit, true, false);
         }
         drop(rows);
         drop(stmt);
@@ -4870,11 +4877,7 @@ fn search_logs_forward(
                 Some(e) => e,
                 None => decode_log(row, &cat)?,
             };
-            let at = found.partition_point(|(k, _)| *k < key);
-            if at < limit {
-                found.insert(at, (key, entry));
-                found.truncate(limit);
-            }
+            keep_found(&mut found, (key, entry), limit, false, false);
         }
         drop(rows);
         drop(stmt);

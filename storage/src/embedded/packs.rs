@@ -60,7 +60,12 @@ fn get_opt_id(d: &mut Dec<'_>) -> Result<Option<Sql>, Corrupt> {
 }
 
 /// The stored form of a pack: its records (in time order) encoded, then deflated.
-pub fn encode(logs: &[PackedLog]) -> Vec<u8> {
+pub fn encode<'a, I>(logs: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a PackedLog>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let logs = logs.into_iter();
     let mut e = Enc::default();
     e.u64(logs.len() as u64);
     let mut prev = 0i64;
